@@ -1,0 +1,130 @@
+"""Reading and writing ``ScheduleConfig`` files (JSON and YAML, with a format version).
+
+Loading never executes content: ``json`` and ``yaml.safe_load`` only. Every problem with the
+content is a ``ValueError`` whose message names the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autowarm._shapes import Decay, WsdShape
+
+if TYPE_CHECKING:
+    from autowarm.schedules import ScheduleConfig
+
+FORMAT_NAME = "autowarm.schedule"
+FORMAT_VERSION = 1
+_COMMON = ("peak_lr", "total_steps", "warmup_steps", "decay", "min_lr", "warmup_start_factor")
+_SHAPE_FIELDS: dict[Decay, tuple[str, ...]] = {
+    Decay.COSINE_WITH_RESTARTS: ("num_cycles",),
+    Decay.POLYNOMIAL: ("power",),
+    Decay.INVERSE_SQRT: ("timescale",),
+    Decay.WARMUP_STABLE_DECAY: ("wsd_decay_fraction", "wsd_decay_shape"),
+}
+_ALL_FIELDS = _COMMON + tuple(f for fs in _SHAPE_FIELDS.values() for f in fs)
+_REQUIRED = ("peak_lr", "total_steps", "warmup_steps")
+_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def config_to_dict(cfg: ScheduleConfig) -> dict[str, Any]:
+    decay = Decay(cfg.decay)
+    out: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    for name in _COMMON + _SHAPE_FIELDS.get(decay, ()):
+        value = getattr(cfg, name)
+        out[name] = value.value if isinstance(value, (Decay, WsdShape)) else value
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
+    from autowarm.schedules import ScheduleConfig
+
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"a schedule config must be a mapping of field names to values, but got "
+            f"{type(data).__name__}: {data!r}"
+        )
+    fmt = data.get("format", FORMAT_NAME)
+    if fmt != FORMAT_NAME:
+        raise ValueError(f"format must be {FORMAT_NAME!r}, but got format={fmt!r}")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"format_version must be an int >= 1, but got format_version={version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"format_version={version} was written by a newer autowarm (this one reads up to "
+            f"{FORMAT_VERSION}); upgrade autowarm to read it"
+        )
+    fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    unknown = sorted(str(k) for k in fields if k not in _ALL_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} in schedule config; valid fields "
+            f"are {', '.join(_ALL_FIELDS)}"
+        )
+    missing = [k for k in _REQUIRED if k not in fields]
+    if missing:
+        raise ValueError(f"missing required field(s) {', '.join(map(repr, missing))}")
+    return ScheduleConfig(**fields)
+
+
+def save_config(cfg: ScheduleConfig, path: Path) -> Path:
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(
+            f"path must end in .json, .yaml or .yml, but got path={str(path)!r}"
+        )
+    data = config_to_dict(cfg)
+    if suffix == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    _atomic_write(path, text)
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Write beside the target and rename, so a crash never leaves a half-written config.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_mapping(path: Path) -> Any:
+    """Parse a ``.json``/``.yaml`` file into plain data (no code execution)."""
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"path must end in .json, .yaml or .yml, but got path={str(path)!r}")
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+
+
+def load_config(path: Path) -> ScheduleConfig:
+    data = read_mapping(path)
+    try:
+        return config_from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -1,0 +1,187 @@
+"""The ``autowarm`` command: a thin shell over the library.
+
+Each subcommand has an ``add_arguments(parser)`` and a ``run(args) -> int``; everything it does
+is reachable from Python under the same names. User errors print one line and exit 1; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from autowarm import __version__
+from autowarm.schedules import ScheduleConfig
+
+_log = logging.getLogger("autowarm")
+EXPORT_FORMATS = ("json", "yaml", "transformers", "trainer", "lightning")
+
+
+# ---------------------------------------------------------------------------- schedule show
+def key_points(cfg: ScheduleConfig) -> list[dict[str, Any]]:
+    """Rows (label, step, lr, multiplier) at step 0, warmup end, quarter points, last step."""
+    t = cfg.total_steps
+    points = [("start", 0), ("warmup end", cfg.warmup_steps)]
+    points += [(f"{q}/4 of run", (q * t) // 4) for q in (1, 2, 3)]
+    points += [("last step", t - 1), ("end (floor)", t)]
+    rows = []
+    for label, step in sorted(points, key=lambda p: p[1]):
+        rows.append(
+            {"point": label, "step": step, "lr": cfg.lr_at(step), "multiplier": cfg.multiplier(step)}
+        )
+    return rows
+
+
+def plot_schedule(cfg: ScheduleConfig, path: Path) -> Path:
+    """Draw LR against step to ``path`` (PNG), the end of warmup marked."""
+    from autowarm._imports import require
+
+    require("matplotlib", "plotting a schedule")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(cfg.total_steps), cfg.lrs(), color="C0", label="learning rate")
+    if cfg.warmup_steps:
+        ax.axvline(cfg.warmup_steps, color="C1", ls="--", label=f"warmup end ({cfg.warmup_steps})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate (absolute)")
+    ax.set_title(f"{cfg.decay.value if hasattr(cfg.decay, 'value') else cfg.decay} schedule, "
+                 f"peak {cfg.peak_lr:.3g}")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _add_schedule(sub: Any) -> None:
+    p = sub.add_parser("schedule", help="inspect a schedule config file")
+    ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    show = ssub.add_parser("show", help="print the schedule's key points (and plot it)")
+    show.add_argument("file", type=Path, help="schedule config (.json or .yaml)")
+    show.add_argument("--plot", type=Path, metavar="PNG", help="also draw LR against step")
+    show.add_argument("--json", action="store_true", help="print the key points as JSON")
+    show.set_defaults(func=_run_schedule_show)
+
+
+def _run_schedule_show(args: argparse.Namespace) -> int:
+    cfg = ScheduleConfig.load(args.file)
+    rows = key_points(cfg)
+    if args.json:
+        print(json.dumps({"schedule": cfg.to_dict(), "key_points": rows}, indent=2))
+    else:
+        d = cfg.to_dict()
+        head = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("format", "format_version"))
+        print(head)
+        print(f"{'point':<14}{'step':>8}  {'lr':>12}  {'x peak':>8}")
+        for r in rows:
+            print(f"{r['point']:<14}{r['step']:>8}  {r['lr']:>12.6g}  {r['multiplier']:>8.4f}")
+    if args.plot:
+        plot_schedule(cfg, args.plot)
+        _log.info("wrote %s", args.plot)
+    return 0
+
+
+# ---------------------------------------------------------------------------- export
+def export_text(cfg: ScheduleConfig, fmt: str) -> str:
+    """The text ``autowarm export`` writes for ``fmt`` (one of ``EXPORT_FORMATS``)."""
+    if fmt == "json":
+        return json.dumps(cfg.to_dict(), indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if fmt == "transformers":
+        return json.dumps(cfg.to_transformers(), indent=2) + "\n"
+    if fmt == "trainer":
+        return json.dumps(cfg.to_trainer_args(), indent=2) + "\n"
+    if fmt == "lightning":
+        out = {
+            "lr_scheduler": {"interval": "step", "frequency": 1, "name": "autowarm"},
+            "schedule": cfg.to_dict(),
+            "usage": "return ScheduleConfig.from_dict(d['schedule']).to_lightning(optimizer) "
+            "from configure_optimizers",
+        }
+        return json.dumps(out, indent=2) + "\n"
+    raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, but got {fmt!r}")
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="convert a schedule config to another format")
+    p.add_argument("file", type=Path, help="schedule config (.json or .yaml)")
+    p.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="json")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    cfg = ScheduleConfig.load(args.file)
+    fmt = args.format
+    if args.output is not None:
+        if fmt in ("json", "yaml") and args.output.suffix.lower() in (".json", ".yaml", ".yml"):
+            cfg.save(args.output)
+        else:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(export_text(cfg, fmt), encoding="utf-8")
+        _log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(export_text(cfg, fmt))
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+_COMMANDS: list[Callable[[Any], None]] = [_add_schedule, _add_export]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``autowarm`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="autowarm",
+        description="Measure the warmup length and peak LR of a PyTorch run.",
+    )
+    parser.add_argument("--version", action="version", version=f"autowarm {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("autowarm")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``autowarm`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        print("autowarm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"autowarm: error: {msg}", file=sys.stderr)
+        return 1

@@ -1,0 +1,331 @@
+"""``ScheduleConfig``: the one carrier of a learning-rate schedule in autowarm.
+
+The probe produces one, the study searches over them, and every export (``LambdaLR``,
+transformers, ``TrainingArguments``, Lightning, JSON/YAML files) is a method on it.
+
+Step convention
+---------------
+A *step* is one optimizer update (after gradient accumulation). The LR used for update number
+``step + 1`` is ``lr_at(step)``: the first update uses ``lr_at(0)``. This is the convention of
+``LambdaLR`` when ``scheduler.step()`` is called after every ``optimizer.step()``, and of
+transformers.
+
+- Warmup (``step < warmup_steps``) is linear from ``warmup_start_factor * peak_lr`` at step 0 to
+  ``peak_lr``; the peak is reached at ``step == warmup_steps`` (so with ``warmup_steps=W`` the
+  first ``W`` updates run below the peak and update ``W + 1`` is the first at the peak). With
+  ``warmup_start_factor=0`` (the default, as in transformers) the first update has LR 0.
+- Decay runs from ``warmup_steps`` to ``total_steps`` and ends at ``min_lr``:
+  ``lr = min_lr + (peak_lr - min_lr) * f(progress)`` with ``f`` the shape's factor, 1 at the end
+  of warmup. ``lr_at(total_steps) == min_lr`` (for shapes that reach their floor); the last update
+  of the run uses ``lr_at(total_steps - 1)``. Steps past ``total_steps`` stay at the floor.
+
+.. math::
+
+    \\mathrm{lr}(s) = \\begin{cases}
+        \\eta \\left(a + (1 - a)\\, s / W\\right) & s < W \\\\
+        \\eta_{\\min} + (\\eta - \\eta_{\\min})\\, f\\!\\left(\\frac{s - W}{T - W}\\right) & s \\ge W
+    \\end{cases}
+
+with :math:`\\eta` = ``peak_lr``, :math:`a` = ``warmup_start_factor``, :math:`W` =
+``warmup_steps``, :math:`T` = ``total_steps``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autowarm._shapes import Decay, ScheduleLambda, WsdShape, schedule_multiplier
+
+if TYPE_CHECKING:
+    import torch
+    from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["Decay", "ScheduleConfig", "TransformersExportError"]
+
+class TransformersExportError(ValueError):
+    """A schedule that transformers cannot express exactly; the message names the closest type."""
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _bad(name: str, rule: str, value: object) -> ValueError:
+    return ValueError(f"{name} must be {rule}, but got {name}={value!r} ({type(value).__name__})")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """A validated, immutable learning-rate schedule: linear warmup, then a decay shape.
+
+    See the module docstring for the step convention and the formula.
+
+    Args:
+        peak_lr: LR at the end of warmup (absolute, > 0).
+        total_steps: optimizer updates in the whole run (>= 1).
+        warmup_steps: updates of linear warmup, ``0 <= warmup_steps <= total_steps``.
+        decay: shape after warmup; one of ``constant``, ``linear``, ``cosine``,
+            ``cosine_with_restarts``, ``polynomial``, ``inverse_sqrt``, ``warmup_stable_decay``.
+        min_lr: absolute LR the decay ends at (the floor), ``0 <= min_lr <= peak_lr``.
+        warmup_start_factor: fraction of ``peak_lr`` at step 0, in ``[0, 1]``.
+        num_cycles: hard restarts of ``cosine_with_restarts`` (int >= 1).
+        power: exponent of ``polynomial`` (> 0).
+        timescale: time scale of ``inverse_sqrt``; ``None`` means ``warmup_steps`` (or 10000
+            without warmup), as in transformers.
+        wsd_decay_fraction: share of ``total_steps`` spent in the final decay of
+            ``warmup_stable_decay`` (in ``(0, 1]``); the stable phase is what remains.
+        wsd_decay_shape: ``linear``, ``cosine`` or ``1-sqrt``, the final decay of
+            ``warmup_stable_decay``.
+
+    Raises:
+        ValueError: any field of the wrong type or out of range; the message names the field and
+            the value.
+
+    Example:
+        >>> cfg = ScheduleConfig(peak_lr=1e-3, total_steps=100, warmup_steps=10)
+        >>> cfg.lr_at(0), cfg.lr_at(5), cfg.lr_at(10)
+        (0.0, 0.0005, 0.001)
+    """
+
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int
+    decay: Decay | str = Decay.COSINE
+    min_lr: float = 0.0
+    warmup_start_factor: float = 0.0
+    num_cycles: int = 1
+    power: float = 1.0
+    timescale: int | None = None
+    wsd_decay_fraction: float = 0.2
+    wsd_decay_shape: WsdShape | str = WsdShape.LINEAR
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not _is_real(self.peak_lr) or not math.isfinite(self.peak_lr) or self.peak_lr <= 0:
+            raise _bad("peak_lr", "a finite float > 0", self.peak_lr)
+        set_(self, "peak_lr", float(self.peak_lr))
+        if not _is_int(self.total_steps) or self.total_steps < 1:
+            raise _bad("total_steps", "an int >= 1", self.total_steps)
+        if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.total_steps:
+            raise _bad("warmup_steps", f"an int in [0, total_steps={self.total_steps}]",
+                       self.warmup_steps)
+        if not isinstance(self.decay, str):
+            raise _bad("decay", "a str", self.decay)
+        set_(self, "decay", Decay(self.decay))
+        if not _is_real(self.min_lr) or not 0.0 <= self.min_lr <= self.peak_lr:
+            raise _bad("min_lr", f"a float in [0, peak_lr={self.peak_lr}]", self.min_lr)
+        set_(self, "min_lr", float(self.min_lr))
+        if not _is_real(self.warmup_start_factor) or not 0.0 <= self.warmup_start_factor <= 1.0:
+            raise _bad("warmup_start_factor", "a float in [0, 1]", self.warmup_start_factor)
+        set_(self, "warmup_start_factor", float(self.warmup_start_factor))
+        self._check_shape_parameters()
+
+    def _check_shape_parameters(self) -> None:
+        set_ = object.__setattr__
+        if not _is_int(self.num_cycles) or self.num_cycles < 1:
+            raise _bad("num_cycles", "an int >= 1", self.num_cycles)
+        if not _is_real(self.power) or not math.isfinite(self.power) or self.power <= 0:
+            raise _bad("power", "a finite float > 0", self.power)
+        set_(self, "power", float(self.power))
+        if self.timescale is not None and (not _is_int(self.timescale) or self.timescale < 1):
+            raise _bad("timescale", "None or an int >= 1", self.timescale)
+        frac = self.wsd_decay_fraction
+        if not _is_real(frac) or not 0.0 < frac <= 1.0:
+            raise _bad("wsd_decay_fraction", "a float in (0, 1]", frac)
+        set_(self, "wsd_decay_fraction", float(frac))
+        if not isinstance(self.wsd_decay_shape, str):
+            raise _bad("wsd_decay_shape", "a str", self.wsd_decay_shape)
+        set_(self, "wsd_decay_shape", WsdShape(self.wsd_decay_shape))
+        if self.decay is Decay.WARMUP_STABLE_DECAY and (
+            self.warmup_steps + self.wsd_decay_steps > self.total_steps
+        ):
+            raise ValueError(
+                "warmup_steps + wsd_decay_fraction * total_steps must be <= total_steps, but got "
+                f"warmup_steps={self.warmup_steps}, wsd_decay_fraction={frac!r}, "
+                f"total_steps={self.total_steps}"
+            )
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def wsd_decay_steps(self) -> int:
+        """Updates in the final decay of ``warmup_stable_decay`` (at least 1)."""
+        return max(1, round(self.wsd_decay_fraction * self.total_steps))
+
+    @property
+    def effective_timescale(self) -> int:
+        """The ``inverse_sqrt`` time scale actually used."""
+        if self.timescale is not None:
+            return self.timescale
+        return self.warmup_steps or 10_000
+
+    @property
+    def warmup_fraction(self) -> float:
+        """``warmup_steps / total_steps``."""
+        return self.warmup_steps / self.total_steps
+
+    def _lambda(self, group_scale: float = 1.0) -> ScheduleLambda:
+        return ScheduleLambda(
+            decay=Decay(self.decay).value,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            warmup_start_factor=self.warmup_start_factor,
+            floor=self.min_lr / self.peak_lr,
+            num_cycles=self.num_cycles,
+            power=self.power,
+            timescale=self.effective_timescale,
+            wsd_decay_steps=self.wsd_decay_steps,
+            wsd_decay_shape=WsdShape(self.wsd_decay_shape).value,
+            group_scale=group_scale,
+        )
+
+    # ------------------------------------------------------------------ uses
+    def multiplier(self, step: int) -> float:
+        """Factor on ``peak_lr`` for update ``step + 1`` (see the step convention)."""
+        if not _is_int(step) or step < 0:
+            raise _bad("step", "an int >= 0", step)
+        return schedule_multiplier(step, self._lambda())
+
+    def lr_at(self, step: int) -> float:
+        """Absolute LR for update ``step + 1``: ``peak_lr * multiplier(step)``."""
+        return self.peak_lr * self.multiplier(step)
+
+    def lrs(self) -> list[float]:
+        """LRs of every update of the run: ``[lr_at(0), ..., lr_at(total_steps - 1)]``."""
+        lam = self._lambda()
+        return [self.peak_lr * schedule_multiplier(s, lam) for s in range(self.total_steps)]
+
+    def lambda_lr(
+        self,
+        optimizer: torch.optim.Optimizer,
+        last_epoch: int = -1,
+        *,
+        group_scales: Sequence[float] | None = None,
+    ) -> LambdaLR:
+        """A plain ``LambdaLR`` driving ``optimizer`` along this schedule.
+
+        Every parameter group's base LR is set to ``peak_lr`` (times its entry of
+        ``group_scales``, for discriminative LRs), so group ``i`` follows
+        ``group_scales[i] * lr_at(step)``. Call ``scheduler.step()`` after each
+        ``optimizer.step()``. The lambda is a module-level callable object of plain attributes,
+        so the scheduler pickles and ``state_dict()`` round-trips.
+
+        Args:
+            optimizer: the optimizer to drive; its groups' ``lr`` and ``initial_lr`` are set.
+            last_epoch: ``-1`` for a fresh run; to resume without a saved scheduler state, the
+                number of updates already done minus one.
+            group_scales: optional factor per parameter group (default 1 for all).
+
+        Returns:
+            ``torch.optim.lr_scheduler.LambdaLR``.
+        """
+        from torch.optim.lr_scheduler import LambdaLR
+
+        n = len(optimizer.param_groups)
+        scales = [1.0] * n if group_scales is None else [float(x) for x in group_scales]
+        if len(scales) != n or not all(math.isfinite(x) and x > 0 for x in scales):
+            raise ValueError(
+                f"group_scales must hold one positive float per parameter group ({n}), "
+                f"but got group_scales={group_scales!r}"
+            )
+        if not _is_int(last_epoch) or last_epoch < -1:
+            raise _bad("last_epoch", "an int >= -1", last_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = self.peak_lr
+            group["initial_lr"] = self.peak_lr
+        lambdas = [self._lambda(scale) for scale in scales]
+        return LambdaLR(optimizer, lambdas, last_epoch=last_epoch)  # type: ignore[arg-type]
+
+    def to_transformers(self) -> dict[str, Any]:
+        """Keyword arguments of ``transformers.get_scheduler`` giving exactly this schedule.
+
+        Build the optimizer with ``lr=peak_lr`` (transformers multiplies the optimizer's LR, and
+        ``polynomial`` reads ``optimizer.defaults["lr"]``), then
+        ``get_scheduler(optimizer=opt, **cfg.to_transformers())``.
+
+        Raises:
+            TransformersExportError: the schedule has no exact transformers equivalent; the
+                message names the closest type.
+        """
+        from autowarm._hf_export import transformers_kwargs
+
+        return transformers_kwargs(self)
+
+    def to_trainer_args(self) -> dict[str, Any]:
+        """``TrainingArguments`` fields for this schedule (transformers 5.x names).
+
+        ``learning_rate``, ``warmup_steps`` (an absolute int), ``lr_scheduler_type``,
+        ``lr_scheduler_kwargs`` and ``max_steps``: ``TrainingArguments(**cfg.to_trainer_args(),
+        output_dir=...)``.
+
+        Raises:
+            TransformersExportError: as :meth:`to_transformers`.
+        """
+        hf = self.to_transformers()
+        return {
+            "learning_rate": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "lr_scheduler_type": hf["name"],
+            "lr_scheduler_kwargs": dict(hf["scheduler_specific_kwargs"]),
+            "max_steps": self.total_steps,
+        }
+
+    def to_lightning(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The dict ``LightningModule.configure_optimizers`` returns, stepping per update.
+
+        ``interval="step"`` makes Lightning call ``scheduler.step()`` after every optimizer
+        update; do not call it yourself as well.
+        """
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": self.lambda_lr(optimizer),
+                "interval": "step",
+                "frequency": 1,
+                "name": "autowarm",
+            },
+        }
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able mapping with the format name and version (inverse of ``from_dict``)."""
+        from autowarm._config_io import config_to_dict
+
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
+        """Validate a mapping (as written by ``to_dict``); unknown keys raise ``ValueError``."""
+        from autowarm._config_io import config_from_dict
+
+        return config_from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as ``.json`` or ``.yaml``/``.yml`` (chosen by the suffix)."""
+        from autowarm._config_io import save_config
+
+        return save_config(self, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ScheduleConfig:
+        """Read a ``.json`` or ``.yaml`` config; never executes content.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: unreadable content, unknown keys, wrong types or out-of-range values;
+                the message names the field and the value.
+        """
+        from autowarm._config_io import load_config
+
+        return load_config(Path(path))
+
+    def replace(self, **changes: Any) -> ScheduleConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
