@@ -1,0 +1,463 @@
+"""The one training step shared by the probe, the study and the benchmark.
+
+Everything that touches a user's batch lives here: moving it to the model's device
+(:func:`move_to_device`), turning it into a scalar loss (:func:`resolve_loss_fn`), one optimizer
+update with a non-finite guard (:func:`train_step`) and a batch source that restarts itself
+(:class:`BatchStream`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BatchStream",
+    "LossFn",
+    "StepResult",
+    "model_device",
+    "move_to_device",
+    "resolve_loss_fn",
+    "train_step",
+]
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+Criterion = Callable[[Any, Any], torch.Tensor]
+
+_LOSS_FN_HINT = "pass loss_fn=callable(model, batch) -> scalar loss"
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``.
+
+    Tuples, lists and mappings are walked recursively. Namedtuples keep their type, and so do
+    mappings that can be rebuilt from a dict (``dict``, ``OrderedDict``, Hugging Face
+    ``BatchEncoding``); other mappings come back as a plain ``dict``. Anything that is not a
+    tensor or a container is returned unchanged.
+
+    Args:
+        batch:
+            A tensor, or a tuple, list or mapping holding tensors.
+        device:
+            Where the tensors should go.
+
+    Returns:
+        A batch of the same structure with its tensors on ``device``.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        moved = {key: move_to_device(value, device) for key, value in batch.items()}
+        try:
+            return type(batch)(moved)  # type: ignore[call-arg]
+        except Exception:  # a Mapping whose constructor does not take a dict
+            return moved
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to_device(item, device) for item in batch))
+    if isinstance(batch, (tuple, list)):
+        items = [move_to_device(item, device) for item in batch]
+        try:
+            return type(batch)(items)
+        except Exception:  # a sequence subclass with another constructor
+            return tuple(items) if isinstance(batch, tuple) else items
+    return batch
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Return the device of the model's first parameter, else first buffer, else CPU."""
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+class _CheckedLoss:
+    """Calls a loss function and checks that the result is a one-element tensor."""
+
+    def __init__(self, fn: LossFn) -> None:
+        self.fn = fn
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return _as_scalar_loss(self.fn(model, batch))
+
+    def __repr__(self) -> str:
+        return f"_CheckedLoss({self.fn!r})"
+
+
+class _DefaultLoss:
+    """The default batch handling: mapping batches with a model-computed loss, or
+    ``(inputs, targets)`` pairs scored by ``criterion``."""
+
+    def __init__(self, criterion: Criterion | None = None) -> None:
+        self.criterion = criterion
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        if isinstance(batch, Mapping):
+            return _as_scalar_loss(_loss_from_output(model(**batch)))
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            if self.criterion is None:
+                raise TypeError(
+                    "an (inputs, targets) batch needs a criterion: pass "
+                    "criterion=torch.nn.functional.cross_entropy (for example) or "
+                    f"{_LOSS_FN_HINT}"
+                )
+            inputs, targets = batch
+            return _as_scalar_loss(self.criterion(model(inputs), targets))
+        raise TypeError(
+            "the default batch handling takes a mapping (model(**batch) returning .loss) or "
+            f"an (inputs, targets) pair, but got a batch of type {_describe(batch)}; "
+            f"{_LOSS_FN_HINT}"
+        )
+
+    def __repr__(self) -> str:
+        return f"_DefaultLoss(criterion={self.criterion!r})"
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, (tuple, list)):
+        return f"{type(batch).__name__} of length {len(batch)}"
+    return type(batch).__name__
+
+
+def _loss_from_output(output: Any) -> Any:
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if loss is None:
+        raise TypeError(
+            f"the model output (type {type(output).__name__}) has no loss; pass labels in the "
+            f"batch (e.g. batch['labels']) so the model computes one, or {_LOSS_FN_HINT}"
+        )
+    return loss
+
+
+def _as_scalar_loss(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(
+            f"the loss must be a torch.Tensor with one element, but got type "
+            f"{type(loss).__name__}; return the tensor itself, not loss.item()"
+        )
+    if loss.numel() != 1:
+        raise ValueError(
+            "the loss must be a tensor with one element, but got shape="
+            f"{tuple(loss.shape)}; typical causes are reduction='none' in the criterion or "
+            "a batch of the wrong shape"
+        )
+    return loss.reshape(())
+
+
+def resolve_loss_fn(loss_fn: LossFn | None = None, criterion: Criterion | None = None) -> LossFn:
+    """Build the function that turns ``(model, batch)`` into a scalar loss.
+
+    With ``loss_fn`` it is used as is. Without it, a batch that is a mapping is called as
+    ``model(**batch)`` and its ``.loss`` (or ``["loss"]``) is used, as Hugging Face models do
+    when the batch holds ``labels``; a batch that is an ``(inputs, targets)`` pair is scored as
+    ``criterion(model(inputs), targets)``. The returned object is picklable whenever
+    ``loss_fn``/``criterion`` are.
+
+    Every loss is checked when it is computed: it must be a tensor with exactly one element.
+
+    Args:
+        loss_fn:
+            ``loss_fn(model, batch) -> Tensor``, for any batch format.
+        criterion:
+            ``criterion(outputs, targets) -> Tensor``, for ``(inputs, targets)`` batches, e.g.
+            ``torch.nn.functional.cross_entropy``.
+
+    Returns:
+        A callable ``(model, batch) -> Tensor`` returning a 0-dim loss.
+
+    Raises:
+        ValueError: If both ``loss_fn`` and ``criterion`` are given.
+        TypeError: If either is not callable.
+    """
+    if loss_fn is not None and criterion is not None:
+        raise ValueError(
+            "pass either loss_fn= or criterion=, not both; loss_fn(model, batch) already "
+            "computes the loss, so call the criterion inside it"
+        )
+    if loss_fn is not None:
+        if not callable(loss_fn):
+            raise TypeError(
+                "loss_fn must be a callable(model, batch) -> scalar loss, but got "
+                f"type {type(loss_fn).__name__}"
+            )
+        return _CheckedLoss(loss_fn)
+    if criterion is not None and not callable(criterion):
+        raise TypeError(
+            "criterion must be a callable(outputs, targets) -> scalar loss such as "
+            f"torch.nn.functional.cross_entropy, but got type {type(criterion).__name__}"
+        )
+    return _DefaultLoss(criterion)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one call of :func:`train_step` did.
+
+    Attributes:
+        loss:
+            The loss before the update (``nan``/``inf`` when it was not finite).
+        grad_norm:
+            Total L2 norm of the gradients before clipping (``nan`` when the loss was not
+            finite, so no backward pass ran).
+        finite:
+            Whether the loss and the gradient norm were finite, i.e. whether the optimizer
+            stepped.
+    """
+
+    loss: float
+    grad_norm: float
+    finite: bool
+
+
+def _grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [
+        param.grad
+        for group in optimizer.param_groups
+        for param in group["params"]
+        if param.grad is not None
+    ]
+
+
+def _total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    if not grads:
+        return None
+    device = grads[0].device
+    # Per-tensor norms queue on the device without syncing; float32 at least so that fp16/bf16
+    # gradients do not overflow the sum of squares.
+    norms = [
+        torch.linalg.vector_norm(
+            g.detach(), 2.0, dtype=torch.promote_types(g.dtype, torch.float32)
+        )
+        for g in grads
+    ]
+    total: torch.Tensor = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2.0)
+    return total
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    loss_fn: LossFn,
+    *,
+    grad_clip: float | None = None,
+) -> StepResult:
+    """Run one optimizer update on ``batch``, skipping it when anything is not finite.
+
+    The gradients are zeroed, the loss computed and, if it is finite, back-propagated. The
+    total gradient norm is :math:`\\lVert (\\lVert g_1 \\rVert_2, \\dots, \\lVert g_n
+    \\rVert_2) \\rVert_2` over the optimizer's parameters that have a gradient. If it is finite,
+    the gradients are clipped to ``grad_clip`` (when given) and the optimizer steps; otherwise
+    the gradients are dropped and the weights stay as they were. The loss and the norm each cost
+    one device sync.
+
+    Args:
+        model:
+            The model, already on its device.
+        optimizer:
+            Optimizer over (some of) the model's parameters.
+        batch:
+            A batch already on the model's device.
+        loss_fn:
+            ``loss_fn(model, batch) -> Tensor``, typically from :func:`resolve_loss_fn`.
+        grad_clip:
+            Maximum total gradient norm, or ``None`` not to clip.
+
+    Returns:
+        The loss, the gradient norm before clipping, and whether the step was taken.
+
+    Raises:
+        ValueError: If ``grad_clip`` is not positive or the loss does not require grad.
+    """
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(
+            f"grad_clip must be a positive float or None, but got grad_clip={grad_clip!r}"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model, batch)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
+    if not loss.requires_grad:
+        raise ValueError(
+            "the loss does not require grad, so no parameter can learn from it; check that "
+            "the model has trainable parameters and is not run under torch.no_grad()"
+        )
+    loss.backward()  # type: ignore[no-untyped-call]
+    grads = _grads(optimizer)
+    total = _total_grad_norm(grads)
+    grad_norm = 0.0 if total is None else float(total)
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
+    if grad_clip is not None and grad_norm > grad_clip:
+        scale = grad_clip / (grad_norm + 1e-6)  # same epsilon as clip_grad_norm_
+        with torch.no_grad():
+            for g in grads:
+                g.mul_(scale)
+    optimizer.step()
+    return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True)
+
+
+_UNSET: Any = object()
+
+
+class BatchStream:
+    """Endless, restartable batches from the user's data, moved to a device.
+
+    Two kinds of source are handled:
+
+    * **Re-iterable** data (``iter(data) is not data``: a ``DataLoader``, a list of batches):
+      when an epoch runs out, a fresh ``iter(data)`` starts, so a loader shorter than the probe
+      cycles. :meth:`restart` starts a fresh ``iter(data)``, so every burst sees the same
+      sequence, provided the order is deterministic. A shuffling ``DataLoader`` draws its order
+      from torch's global RNG when it is iterated, so seed torch (``torch.manual_seed``) right
+      before :meth:`restart`; the probe does.
+    * **One-shot** iterators (``iter(data) is data``: a generator): consumed only as far as
+      needed. Every batch drawn is kept, as drawn (on its original device), so :meth:`restart`
+      replays exactly the same batches before drawing new ones; once the source is exhausted,
+      the kept batches cycle. The memory cost is one reference per batch drawn, i.e. as many
+      batches as the longest burst uses; pass a ``DataLoader`` or a list to avoid it.
+
+    Args:
+        data:
+            An iterable of batches.
+        device:
+            Where :meth:`next` and :meth:`first` put the batches.
+
+    Raises:
+        TypeError: If ``data`` is not iterable, or is a single tensor or mapping (one batch).
+    """
+
+    def __init__(self, data: Iterable[Any], device: torch.device) -> None:
+        if isinstance(data, (torch.Tensor, Mapping)):
+            raise TypeError(
+                "data must be an iterable of batches, but got a single "
+                f"{type(data).__name__}; wrap it in a list ([batch]) or a DataLoader"
+            )
+        try:
+            iterator = iter(data)
+        except TypeError:
+            raise TypeError(
+                "data must be an iterable of batches (a DataLoader, a list of batches or a "
+                f"generator), but got type {type(data).__name__}"
+            ) from None
+        self.device = device
+        self.batches_drawn = 0
+        """Number of batches :meth:`next` has returned, over all restarts."""
+        self._data = data
+        self._iter: Iterator[Any] = iterator
+        self._reiterable = iterator is not data
+        self._first: Any = _UNSET
+        self._pending: Any = _UNSET  # re-iterable: a batch peeked by first(), served next
+        self._cache: list[Any] = []  # one-shot: every batch drawn, in order
+        self._pos = 0  # one-shot: index of the next cached batch to serve
+        self._exhausted = False  # one-shot: the source raised StopIteration
+
+    @property
+    def reiterable(self) -> bool:
+        """Whether ``data`` can be iterated again (else the batches drawn are cached)."""
+        return self._reiterable
+
+    @property
+    def cached_batches(self) -> int:
+        """How many batches a one-shot source has had drawn and kept (0 if re-iterable)."""
+        return len(self._cache)
+
+    def first(self) -> Any:
+        """Return the first batch of the data, on the device, without training on anything.
+
+        Useful to check the batch format before a probe starts. Calling it does not change
+        what :meth:`next` returns.
+
+        Raises:
+            ValueError: If the data yields no batches.
+        """
+        if self._first is _UNSET:
+            if self._reiterable:
+                self._pending = self._draw_reiterable()
+            else:
+                self._fill_cache()
+                self._first = self._cache[0]
+        return move_to_device(self._first, self.device)
+
+    def next(self) -> Any:
+        """Return the next batch on the device, starting over when the data runs out.
+
+        Raises:
+            ValueError: If the data yields no batches.
+        """
+        if self._reiterable:
+            if self._pending is not _UNSET:
+                raw, self._pending = self._pending, _UNSET
+            else:
+                raw = self._draw_reiterable()
+        else:
+            if self._pos >= len(self._cache):
+                self._fill_cache()
+            if self._pos >= len(self._cache):  # source exhausted: cycle through the cache
+                self._pos = 0
+            raw = self._cache[self._pos]
+            self._pos += 1
+        self.batches_drawn += 1
+        return move_to_device(raw, self.device)
+
+    __next__ = next
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def restart(self) -> None:
+        """Start the sequence of batches again from the beginning.
+
+        For re-iterable data this calls ``iter(data)`` afresh; for a one-shot iterator it
+        replays the kept batches first.
+        """
+        if self._reiterable:
+            self._pending = _UNSET
+            self._iter = iter(self._data)
+        else:
+            self._pos = 0
+
+    def _draw_reiterable(self) -> Any:
+        try:
+            raw = next(self._iter)
+        except StopIteration:
+            self._iter = iter(self._data)
+            try:
+                raw = next(self._iter)
+            except StopIteration:
+                raise _empty_error(self._data) from None
+        if self._first is _UNSET:
+            self._first = raw
+        return raw
+
+    def _fill_cache(self) -> None:
+        # Draw one more batch from a one-shot source into the cache, unless it is exhausted.
+        if not self._exhausted:
+            try:
+                raw = next(self._iter)
+            except StopIteration:
+                self._exhausted = True
+            else:
+                self._cache.append(raw)
+                if self._first is _UNSET:
+                    self._first = raw
+        if not self._cache:
+            raise _empty_error(self._data)
+
+
+def _empty_error(data: object) -> ValueError:
+    return ValueError(
+        "the data yielded no batches; pass a non-empty DataLoader or iterable of batches, "
+        f"but got an empty {type(data).__name__} (with drop_last=True, check that the dataset "
+        "holds at least batch_size samples)"
+    )
