@@ -1,0 +1,258 @@
+"""Snapshot and restore of everything a probe can change, so that it leaves no trace.
+
+:class:`ModelSnapshot` keeps one copy of a model's weights plus the small state around them
+(``requires_grad``, ``.training``, ``.grad``, RNG states); :func:`preserved` restores all of it
+when its block ends, however it ends. :class:`RngState` captures and restores the random number
+generators on its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["ModelSnapshot", "RngState", "preserved", "rng_state", "set_rng_state"]
+
+
+@dataclass(frozen=True)
+class RngState:
+    """The states of the global random number generators a training run draws from.
+
+    Covers torch's CPU generator, every CUDA device's generator (only when CUDA is already
+    initialised, so capturing never initialises it), numpy's global ``np.random`` state and
+    python's ``random`` module.
+
+    Attributes:
+        torch_cpu:
+            ``torch.get_rng_state()``.
+        torch_cuda:
+            ``torch.cuda.get_rng_state_all()``, or ``None`` if CUDA was not initialised.
+        numpy:
+            ``np.random.get_state()``.
+        python:
+            ``random.getstate()``.
+    """
+
+    torch_cpu: torch.Tensor
+    torch_cuda: tuple[torch.Tensor, ...] | None
+    numpy: Any
+    python: Any
+
+    @classmethod
+    def capture(cls) -> RngState:
+        """Return the current states of all the generators."""
+        cuda_ready = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        cuda = tuple(torch.cuda.get_rng_state_all()) if cuda_ready else None
+        return cls(
+            torch_cpu=torch.get_rng_state(),
+            torch_cuda=cuda,
+            numpy=np.random.get_state(),
+            python=random.getstate(),
+        )
+
+    def restore(self) -> None:
+        """Put every generator back in the captured state."""
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+
+def rng_state() -> RngState:
+    """Capture the torch (CPU and CUDA), numpy and python RNG states; see :class:`RngState`."""
+    return RngState.capture()
+
+
+def set_rng_state(state: RngState) -> None:
+    """Restore RNG states captured by :func:`rng_state`."""
+    if not isinstance(state, RngState):
+        raise TypeError(
+            f"state must be an RngState from rng_state(), but got type {type(state).__name__}"
+        )
+    state.restore()
+
+
+# (module, "_parameters" or "_buffers", name, the tensor registered there or None)
+_Slot = tuple[nn.Module, str, str, "torch.Tensor | None"]
+
+
+class ModelSnapshot:
+    """One copy of a model's weights and the state around them, to put back after a probe.
+
+    Taken at construction: every parameter and buffer (including non-persistent buffers;
+    shared or tied tensors are copied once, so the snapshot costs at most one extra copy of the
+    weights), which tensor object each module slot holds (``None`` slots included),
+    ``requires_grad`` and ``.grad`` of each parameter (the gradient is cloned if present),
+    ``.training`` of every submodule, and the RNG states (:class:`RngState`). Nothing is written
+    to disk.
+
+    Restoring copies the values back *into the same tensor objects*, under ``torch.no_grad()``,
+    so an optimizer holding the parameters stays valid and ``model.weight is weight`` still
+    holds. A slot that was rebound during the probe is pointed back at its original tensor; a
+    tensor whose dtype, shape or device was changed (``model.half()``) gets its original data
+    back. Copies of values are bitwise.
+
+    The optimizer's state is not part of the snapshot.
+
+    Args:
+        model:
+            The model to snapshot.
+        snapshot_device:
+            Where to keep the copy. ``None`` keeps each tensor's copy on that tensor's device
+            (fastest); ``"cpu"`` keeps it in host memory, so a GPU model does not need room for
+            twice its weights on the GPU.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+        ValueError: If ``snapshot_device`` is not a valid device.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, snapshot_device: torch.device | str | None = None
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module, but got type {type(model).__name__}"
+            )
+        self._device = _as_device(snapshot_device)
+        self._modules = list(model.modules())  # shared submodules appear once
+        self._training = [module.training for module in self._modules]
+        self._slots: list[_Slot] = [
+            (module, kind, name, tensor)
+            for module in self._modules
+            for kind in ("_parameters", "_buffers")
+            for name, tensor in getattr(module, kind).items()
+        ]
+        self._tensors: list[torch.Tensor] = []
+        seen: set[int] = set()
+        for _, _, _, tensor in self._slots:
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                self._tensors.append(tensor)
+        self._meta = [_meta(tensor) for tensor in self._tensors]
+        with torch.no_grad():
+            self._copies = [self._copy(tensor) for tensor in self._tensors]
+            self._params = [t for t in self._tensors if isinstance(t, nn.Parameter)]
+            self._requires_grad = [p.requires_grad for p in self._params]
+            self._grads = [None if p.grad is None else self._copy(p.grad) for p in self._params]
+        self._rng = RngState.capture()
+        self._released = False
+
+    def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        device = tensor.device if self._device is None else self._device
+        return tensor.detach().to(device=device, copy=True)
+
+    @property
+    def rng(self) -> RngState:
+        """The RNG states captured with the snapshot."""
+        return self._rng
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the copies of weights and gradients, in bytes."""
+        tensors = [*self._copies, *(g for g in self._grads if g is not None)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def restore_weights(self) -> None:
+        """Copy the saved parameters and buffers back into the model, in place and bitwise.
+
+        Used between probe bursts. ``requires_grad``, modes, gradients and RNG states are left
+        as they are; :meth:`restore_all` restores those too.
+        """
+        self._check_live()
+        for module, kind, name, tensor in self._slots:
+            slots = getattr(module, kind)
+            if name not in slots or slots[name] is not tensor:
+                slots[name] = tensor
+        with torch.no_grad():
+            for tensor, saved, meta in zip(self._tensors, self._copies, self._meta, strict=True):
+                if _meta(tensor) == meta:
+                    tensor.copy_(saved)
+                else:  # converted during the probe (e.g. model.half()): give back its data
+                    tensor.data = saved.to(device=meta[2], copy=True)
+
+    def restore_all(self) -> None:
+        """Restore the weights, ``requires_grad``, ``.training``, ``.grad`` and RNG states."""
+        self.restore_weights()
+        for module, training in zip(self._modules, self._training, strict=True):
+            module.training = training
+        for param, requires_grad, grad in zip(
+            self._params, self._requires_grad, self._grads, strict=True
+        ):
+            param.requires_grad_(requires_grad)
+            param.grad = None if grad is None else grad.to(device=param.device, copy=True)
+        self._rng.restore()
+
+    def release(self) -> None:
+        """Drop the saved copies to free their memory; the snapshot cannot restore after this."""
+        self._copies = []
+        self._grads = []
+        self._released = True
+
+    def _check_live(self) -> None:
+        if self._released:
+            raise RuntimeError("this ModelSnapshot was released and can no longer restore")
+
+
+def _meta(tensor: torch.Tensor) -> tuple[torch.dtype, torch.Size, torch.device, tuple[int, ...]]:
+    return tensor.dtype, tensor.shape, tensor.device, tensor.stride()
+
+
+def _as_device(device: torch.device | str | None) -> torch.device | None:
+    if device is None or isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            pass
+    raise ValueError(
+        "snapshot_device must be None, a device name such as 'cpu', or a torch.device, but got "
+        f"snapshot_device={device!r}"
+    )
+
+
+@contextmanager
+def preserved(
+    model: nn.Module, *, snapshot_device: torch.device | str | None = None
+) -> Iterator[ModelSnapshot]:
+    """Snapshot ``model`` and put everything back when the block ends, however it ends.
+
+    On normal exit, on an exception and on ``KeyboardInterrupt`` alike, :meth:`ModelSnapshot.
+    restore_all` runs and the snapshot is then released, so its copy does not outlive the
+    block.
+
+    Args:
+        model:
+            The model to protect.
+        snapshot_device:
+            Where to keep the copy; see :class:`ModelSnapshot`.
+
+    Yields:
+        The snapshot, whose :meth:`~ModelSnapshot.restore_weights` resets the weights between
+        bursts.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> before = model.weight.detach().clone()
+        >>> with preserved(model):
+        ...     with torch.no_grad():
+        ...         model.weight.add_(1.0)
+        >>> torch.equal(model.weight, before)
+        True
+    """
+    snapshot = ModelSnapshot(model, snapshot_device=snapshot_device)
+    try:
+        yield snapshot
+    finally:
+        snapshot.restore_all()
+        snapshot.release()

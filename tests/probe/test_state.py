@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autowarm.probe._state import ModelSnapshot, RngState, preserved, rng_state, set_rng_state
+
+
+class _Net(nn.Module):
+    """BatchNorm, Dropout, a frozen layer, tied weights, buffers of every kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(5, 4)
+        self.frozen = nn.Linear(4, 4).requires_grad_(False)
+        self.bn = nn.BatchNorm1d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(4, 5, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.register_buffer("scratch", torch.zeros(3), persistent=False)
+        self.register_buffer("maybe", None)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.scratch.add_(1.0)
+        return self.head(self.drop(self.bn(self.frozen(self.embed(ids)))))
+
+
+def _mixed_model() -> _Net:
+    model = _Net()
+    model.train()
+    model.bn.eval()  # mixed train/eval submodules
+    model.bn.running_mean.uniform_()  # not the default values
+    ids = torch.arange(5)
+    F.cross_entropy(model(ids), ids).backward()  # existing .grad on trainable params
+    return model
+
+
+def _state(model: nn.Module) -> dict[str, Any]:
+    """Clones of everything the snapshot promises to restore (never a bare state_dict())."""
+    named = [*model.named_parameters(remove_duplicate=False)]
+    return {
+        "params": {n: p.detach().clone() for n, p in named},
+        "buffers": {n: b.clone() for n, b in model.named_buffers(remove_duplicate=False)},
+        "ids": {n: id(p) for n, p in named},
+        "requires_grad": {n: p.requires_grad for n, p in named},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in named},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "maybe": model._buffers["maybe"],
+    }
+
+
+def _assert_same(before: dict[str, Any], model: nn.Module) -> None:
+    after = _state(model)
+    assert after["ids"] == before["ids"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["training"] == before["training"]
+    assert after["maybe"] is before["maybe"]
+    for kind in ("params", "buffers"):
+        assert after[kind].keys() == before[kind].keys()
+        for name, tensor in before[kind].items():
+            assert after[kind][name].dtype == tensor.dtype, name
+            assert torch.equal(after[kind][name], tensor), name
+    for name, grad in before["grads"].items():
+        if grad is None:
+            assert after["grads"][name] is None, name
+        else:
+            assert torch.equal(after["grads"][name], grad), name
+
+
+def _mess_up(model: _Net) -> None:
+    """Everything a probe burst could do to a model."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        ids = torch.randint(0, 5, (5,))
+        F.cross_entropy(model(ids), ids).backward()
+        optimizer.step()
+    model.frozen.requires_grad_(True)
+    model.embed.weight.requires_grad_(False)
+    model.head.weight.grad = None
+    model.frozen.weight.grad = torch.ones_like(model.frozen.weight)
+    model.maybe = torch.ones(1)
+    with torch.no_grad():
+        model.bn.running_var.mul_(3.0)
+    random.random()
+    np.random.rand(3)
+
+
+def test_restores_everything_after_success() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    with preserved(model):
+        _mess_up(model)
+        assert not torch.equal(model.embed.weight, before["params"]["embed.weight"])
+    _assert_same(before, model)
+    assert model.head.weight is model.embed.weight  # still tied
+
+
+def test_restores_after_exception() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="boom"), preserved(model):
+        _mess_up(model)
+        raise RuntimeError("boom")
+    _assert_same(before, model)
+
+
+def test_restores_after_keyboard_interrupt() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    interrupted = False
+    try:
+        with preserved(model):
+            _mess_up(model)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+    assert interrupted
+    _assert_same(before, model)
+
+
+def test_restore_weights_between_bursts_keeps_optimizer_valid() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    snapshot = ModelSnapshot(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    results = []
+    for _ in range(2):
+        snapshot.restore_weights()
+        torch.manual_seed(7)
+        optimizer.zero_grad(set_to_none=True)
+        ids = torch.arange(5)
+        F.cross_entropy(model(ids), ids).backward()
+        optimizer.step()  # would not move the model if restore had swapped its tensors
+        results.append(model.embed.weight.detach().clone())
+    assert not torch.equal(results[0], before["params"]["embed.weight"])
+    assert torch.equal(results[0], results[1])
+    snapshot.restore_all()
+    _assert_same(before, model)
+
+
+def test_restore_weights_leaves_modes_and_grads_alone() -> None:
+    model = _mixed_model()
+    snapshot = ModelSnapshot(model)
+    model.eval()
+    model.frozen.requires_grad_(True)
+    snapshot.restore_weights()
+    assert not model.training
+    assert model.frozen.weight.requires_grad
+
+
+def test_rebound_and_converted_tensors_come_back() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    with preserved(model):
+        model.double()  # changes the dtype of every tensor in place (same Parameter objects)
+        model.frozen.weight = nn.Parameter(torch.zeros(4, 4))  # rebinds a slot
+        model.bn.num_batches_tracked = torch.tensor(99)
+    _assert_same(before, model)
+
+
+def test_snapshot_costs_one_copy_of_weights() -> None:
+    model = _mixed_model()
+    assert len([*model.named_parameters(remove_duplicate=False)]) > len(
+        [*model.parameters()]
+    )  # tied
+    snapshot = ModelSnapshot(model)
+    unique = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # tied weight once
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    expected = sum(t.numel() * t.element_size() for t in [*unique.values(), *grads])
+    assert snapshot.nbytes == expected
+
+
+def test_preserved_releases_the_copy() -> None:
+    model = _mixed_model()
+    with preserved(model) as snapshot:
+        assert snapshot.nbytes > 0
+    assert snapshot.nbytes == 0
+    with pytest.raises(RuntimeError, match="released"):
+        snapshot.restore_weights()
+
+
+def test_snapshot_on_cpu() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    with preserved(model, snapshot_device="cpu") as snapshot:
+        assert all(c.device.type == "cpu" for c in snapshot._copies)
+        _mess_up(model)
+    _assert_same(before, model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_snapshot_of_cuda_model() -> None:
+    model = _mixed_model().cuda()
+    before = _state(model)
+    torch.cuda.manual_seed_all(3)
+    expected_cuda = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed_all(3)
+    with preserved(model, snapshot_device="cpu") as snapshot:
+        assert all(c.device.type == "cpu" for c in snapshot._copies)
+        ids = torch.arange(5, device="cuda")
+        F.cross_entropy(model(ids), ids).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        torch.rand(10, device="cuda")
+    _assert_same(before, model)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert torch.equal(torch.rand(4, device="cuda"), expected_cuda)
+
+
+@pytest.mark.parametrize("bad", ["gpu0", 3])
+def test_bad_arguments(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"snapshot_device must be None.*snapshot_device="):
+        ModelSnapshot(nn.Linear(1, 1), snapshot_device=bad)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn.Module.*got type dict"):
+        ModelSnapshot({"w": torch.ones(1)})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="state must be an RngState"):
+        set_rng_state(None)  # type: ignore[arg-type]
+
+
+_DRAWS: list[tuple[str, Callable[[], Any]]] = [
+    ("torch", lambda: torch.rand(4)),
+    ("numpy", lambda: np.random.rand(4)),
+    ("python", lambda: [random.random() for _ in range(4)]),
+]
+
+
+def _draw_all() -> list[Any]:
+    return [draw() for _, draw in _DRAWS]
+
+
+def _saved_states() -> tuple[torch.Tensor, Any, Any]:
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _draw_from(saved: tuple[torch.Tensor, Any, Any]) -> list[Any]:
+    torch.set_rng_state(saved[0])
+    np.random.set_state(saved[1])
+    random.setstate(saved[2])
+    return _draw_all()
+
+
+def _assert_draws_equal(a: list[Any], b: list[Any]) -> None:
+    assert torch.equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2] == b[2]
+
+
+def test_preserved_restores_rng_states() -> None:
+    model = nn.Linear(2, 2)  # its init draws from torch's RNG: before saving
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    saved = _saved_states()
+    with preserved(model):
+        torch.manual_seed(123)
+        np.random.seed(123)
+        random.seed(123)
+        _draw_all()
+    after = _draw_all()
+    _assert_draws_equal(after, _draw_from(saved))
+
+
+def test_rng_state_pair_roundtrip() -> None:
+    state = rng_state()
+    assert isinstance(state, RngState)
+    first = _draw_all()
+    set_rng_state(state)
+    second = _draw_all()
+    _assert_draws_equal(first, second)
+    assert state.torch_cuda is None or len(state.torch_cuda) == torch.cuda.device_count()
