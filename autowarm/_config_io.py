@@ -76,9 +76,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
 def save_config(cfg: ScheduleConfig, path: Path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ValueError(
-            f"path must end in .json, .yaml or .yml, but got path={str(path)!r}"
-        )
+        raise ValueError(f"path must end in .json, .yaml or .yml, but got path={str(path)!r}")
     data = config_to_dict(cfg)
     if suffix == ".json":
         text = json.dumps(data, indent=2) + "\n"

@@ -47,7 +47,8 @@ def _name_and_kwargs(
         # transformers starts the WSD warmup at min_lr_ratio: it must equal our start factor.
         if cfg.warmup_steps > 0 and not math.isclose(start, floor, rel_tol=1e-12, abs_tol=0.0):
             raise _unsupported(
-                cfg, "warmup_stable_decay",
+                cfg,
+                "warmup_stable_decay",
                 f"warmup_start_factor={start!r} != min_lr/peak_lr={floor!r} (transformers starts "
                 "its warmup at min_lr_ratio)",
             )
@@ -59,7 +60,8 @@ def _name_and_kwargs(
     if start != 0.0:
         closest = "cosine_warmup_with_min_lr" if decay is Decay.COSINE else decay.value
         raise _unsupported(
-            cfg, closest,
+            cfg,
+            closest,
             f"warmup_start_factor={start!r} (transformers warms up from 0, and "
             "cosine_warmup_with_min_lr reaches the peak one step earlier)",
         )

@@ -41,7 +41,9 @@ class WsdShape(str, Enum):
     @classmethod
     def _missing_(cls, value: object) -> WsdShape:
         valid = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"wsd_decay_shape must be one of {valid}, but got wsd_decay_shape={value!r}")
+        raise ValueError(
+            f"wsd_decay_shape must be one of {valid}, but got wsd_decay_shape={value!r}"
+        )
 
 
 def _warmup(step: int, warmup_steps: int, start_factor: float) -> float:
@@ -86,6 +88,8 @@ def _polynomial(step: int, s: ScheduleLambda) -> float:
 
 
 def _inverse_sqrt(step: int, s: ScheduleLambda) -> float:
+    # Held at its value at total_steps afterwards, like every other shape.
+    step = min(step, s.total_steps)
     timescale = s.timescale
     shift = timescale - s.warmup_steps
     return 1.0 / math.sqrt((step + shift) / timescale)

@@ -32,7 +32,12 @@ def key_points(cfg: ScheduleConfig) -> list[dict[str, Any]]:
     rows = []
     for label, step in sorted(points, key=lambda p: p[1]):
         rows.append(
-            {"point": label, "step": step, "lr": cfg.lr_at(step), "multiplier": cfg.multiplier(step)}
+            {
+                "point": label,
+                "step": step,
+                "lr": cfg.lr_at(step),
+                "multiplier": cfg.multiplier(step),
+            }
         )
     return rows
 
@@ -53,8 +58,10 @@ def plot_schedule(cfg: ScheduleConfig, path: Path) -> Path:
         ax.axvline(cfg.warmup_steps, color="C1", ls="--", label=f"warmup end ({cfg.warmup_steps})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate (absolute)")
-    ax.set_title(f"{cfg.decay.value if hasattr(cfg.decay, 'value') else cfg.decay} schedule, "
-                 f"peak {cfg.peak_lr:.3g}")
+    ax.set_title(
+        f"{cfg.decay.value if hasattr(cfg.decay, 'value') else cfg.decay} schedule, "
+        f"peak {cfg.peak_lr:.3g}"
+    )
     ax.legend(loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

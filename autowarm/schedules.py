@@ -1,4 +1,4 @@
-"""``ScheduleConfig``: the one carrier of a learning-rate schedule in autowarm.
+r"""``ScheduleConfig``: the one carrier of a learning-rate schedule in autowarm.
 
 The probe produces one, the study searches over them, and every export (``LambdaLR``,
 transformers, ``TrainingArguments``, Lightning, JSON/YAML files) is a method on it.
@@ -21,12 +21,13 @@ transformers.
 
 .. math::
 
-    \\mathrm{lr}(s) = \\begin{cases}
-        \\eta \\left(a + (1 - a)\\, s / W\\right) & s < W \\\\
-        \\eta_{\\min} + (\\eta - \\eta_{\\min})\\, f\\!\\left(\\frac{s - W}{T - W}\\right) & s \\ge W
-    \\end{cases}
+    \mathrm{lr}(s) = \begin{cases}
+        \eta \left(a + (1 - a)\, s / W\right) & s < W \\
+        \eta_{\min} + (\eta - \eta_{\min})\, f\left(\frac{s - W}{T - W}\right)
+            & s \ge W
+    \end{cases}
 
-with :math:`\\eta` = ``peak_lr``, :math:`a` = ``warmup_start_factor``, :math:`W` =
+with :math:`\eta` = ``peak_lr``, :math:`a` = ``warmup_start_factor``, :math:`W` =
 ``warmup_steps``, :math:`T` = ``total_steps``.
 """
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["Decay", "ScheduleConfig", "TransformersExportError"]
+
 
 class TransformersExportError(ValueError):
     """A schedule that transformers cannot express exactly; the message names the closest type."""
@@ -115,8 +117,9 @@ class ScheduleConfig:
         if not _is_int(self.total_steps) or self.total_steps < 1:
             raise _bad("total_steps", "an int >= 1", self.total_steps)
         if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.total_steps:
-            raise _bad("warmup_steps", f"an int in [0, total_steps={self.total_steps}]",
-                       self.warmup_steps)
+            raise _bad(
+                "warmup_steps", f"an int in [0, total_steps={self.total_steps}]", self.warmup_steps
+            )
         if not isinstance(self.decay, str):
             raise _bad("decay", "a str", self.decay)
         set_(self, "decay", Decay(self.decay))

@@ -1,0 +1,124 @@
+"""The ``autowarm`` command, run as a user would run it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autowarm import ScheduleConfig
+
+
+def autowarm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autowarm", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def sched_file(tmp_path: Path) -> Path:
+    cfg = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100, min_lr=1e-5)
+    return cfg.save(tmp_path / "schedule.yaml")
+
+
+def test_version() -> None:
+    r = autowarm("--version")
+    assert r.returncode == 0
+    assert r.stdout.startswith("autowarm ")
+
+
+def test_schedule_show(sched_file: Path) -> None:
+    r = autowarm("schedule", "show", str(sched_file))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("start") and line.split()[1] == "0" for line in lines)
+    warm = next(line for line in lines if line.startswith("warmup end"))
+    assert warm.split()[2] == "100" and float(warm.split()[3]) == pytest.approx(1e-3)
+    assert any(line.startswith("last step") and "999" in line for line in lines)
+
+
+def test_schedule_show_json(sched_file: Path) -> None:
+    r = autowarm("schedule", "show", str(sched_file), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    steps = [p["step"] for p in out["key_points"]]
+    assert steps == [0, 100, 250, 500, 750, 999, 1000]
+    assert out["key_points"][1]["lr"] == pytest.approx(1e-3)
+    assert out["key_points"][-1]["lr"] == pytest.approx(1e-5)
+
+
+def test_schedule_show_plot(sched_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (extra plot)")
+    png = tmp_path / "out" / "s.png"
+    r = autowarm("schedule", "show", str(sched_file), "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 5000
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml", "transformers", "trainer", "lightning"])
+def test_export_formats(sched_file: Path, fmt: str, tmp_path: Path) -> None:
+    r = autowarm("export", str(sched_file), "--format", fmt)
+    assert r.returncode == 0, r.stderr
+    cfg = ScheduleConfig.load(sched_file)
+    if fmt == "yaml":
+        import yaml
+
+        assert ScheduleConfig.from_dict(yaml.safe_load(r.stdout)) == cfg
+        return
+    out = json.loads(r.stdout)
+    expected = {
+        "json": cfg.to_dict(),
+        "transformers": cfg.to_transformers(),
+        "trainer": cfg.to_trainer_args(),
+    }.get(fmt)
+    if expected is not None:
+        assert out == expected
+    else:
+        assert out["lr_scheduler"]["interval"] == "step"
+        assert ScheduleConfig.from_dict(out["schedule"]) == cfg
+
+
+def test_export_to_file_converts(sched_file: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "converted.json"
+    r = autowarm("export", str(sched_file), "-o", str(dest))
+    assert r.returncode == 0, r.stderr
+    assert ScheduleConfig.load(dest) == ScheduleConfig.load(sched_file)
+
+
+def test_error_is_one_line_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"peak_lr": -1, "total_steps": 10, "warmup_steps": 1}')
+    r = autowarm("export", str(bad))
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1
+    assert "peak_lr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_file_error(tmp_path: Path) -> None:
+    r = autowarm("schedule", "show", str(tmp_path / "nope.json"))
+    assert r.returncode == 1
+    assert "nope.json" in r.stderr
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"peak_lr": 1, "total_steps": 10, "warmup_steps": 1, "decay": "cosin"}')
+    r = autowarm("--debug", "export", str(bad))
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr
+
+
+def test_transformers_export_error(tmp_path: Path) -> None:
+    cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2, decay="linear", min_lr=0.1)
+    path = cfg.save(tmp_path / "s.json")
+    r = autowarm("export", str(path), "--format", "trainer")
+    assert r.returncode == 1
+    assert "closest transformers type" in r.stderr

@@ -1,0 +1,175 @@
+"""ScheduleConfig files: round trips, strict loading, and property-based malformed input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autowarm import ScheduleConfig
+
+CONFIGS = [
+    ScheduleConfig(peak_lr=3e-4, total_steps=1000, warmup_steps=100),
+    ScheduleConfig(peak_lr=1e-3, total_steps=50, warmup_steps=0, decay="linear"),
+    ScheduleConfig(
+        peak_lr=2e-3,
+        total_steps=500,
+        warmup_steps=7,
+        decay="cosine_with_restarts",
+        num_cycles=3,
+        min_lr=0.0,
+    ),
+    ScheduleConfig(
+        peak_lr=1e-2,
+        total_steps=500,
+        warmup_steps=20,
+        decay="polynomial",
+        power=2.5,
+        min_lr=1e-5,
+        warmup_start_factor=0.01,
+    ),
+    ScheduleConfig(
+        peak_lr=1e-2, total_steps=500, warmup_steps=20, decay="inverse_sqrt", timescale=77
+    ),
+    ScheduleConfig(
+        peak_lr=1e-2,
+        total_steps=500,
+        warmup_steps=20,
+        decay="warmup_stable_decay",
+        wsd_decay_fraction=0.3,
+        wsd_decay_shape="1-sqrt",
+    ),
+]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: str(c.decay.value))
+def test_round_trip(cfg: ScheduleConfig, suffix: str, tmp_path: Path) -> None:
+    path = cfg.save(tmp_path / f"sched{suffix}")
+    loaded = ScheduleConfig.load(path)
+    assert loaded == cfg
+    assert loaded.lrs() == cfg.lrs()
+    assert ScheduleConfig.from_dict(cfg.to_dict()) == cfg
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left beside it
+
+
+def test_file_has_format_and_version(tmp_path: Path) -> None:
+    data = json.loads(CONFIGS[0].save(tmp_path / "s.json").read_text())
+    assert data["format"] == "autowarm.schedule"
+    assert data["format_version"] == 1
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_rejects_unknown_key(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        "s.json",
+        '{"peak_lr": 1e-3, "total_steps": 10, "warmup_steps": 1, "warmup_ratio": 0.1}',
+    )
+    with pytest.raises(ValueError, match="'warmup_ratio'"):
+        ScheduleConfig.load(p)
+
+
+def test_rejects_newer_version(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path, "s.yaml", "format_version: 9\npeak_lr: 0.1\ntotal_steps: 5\nwarmup_steps: 1\n"
+    )
+    with pytest.raises(ValueError, match="newer autowarm"):
+        ScheduleConfig.load(p)
+
+
+def test_missing_required(tmp_path: Path) -> None:
+    p = _write(tmp_path, "s.yaml", "peak_lr: 0.1\ntotal_steps: 5\n")
+    with pytest.raises(ValueError, match="'warmup_steps'"):
+        ScheduleConfig.load(p)
+
+
+def test_yaml_never_executes(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    p = _write(
+        tmp_path, "s.yaml", f"peak_lr: !!python/object/apply:os.system ['touch {marker}']\n"
+    )
+    with pytest.raises(ValueError, match="not valid YAML"):
+        ScheduleConfig.load(p)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{", "", "3"])
+def test_malformed_json(text: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"s\.json"):
+        ScheduleConfig.load(_write(tmp_path, "s.json", text))
+
+
+def test_wrong_suffix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\.json, \.yaml or \.yml"):
+        CONFIGS[0].save(tmp_path / "s.toml")
+
+
+# ------------------------------------------------------------------ property-based
+VALID: dict[str, Any] = {"peak_lr": 1e-3, "total_steps": 100, "warmup_steps": 10}
+FIELDS = [
+    "peak_lr",
+    "total_steps",
+    "warmup_steps",
+    "decay",
+    "min_lr",
+    "warmup_start_factor",
+    "num_cycles",
+    "power",
+    "timescale",
+    "wsd_decay_fraction",
+    "wsd_decay_shape",
+]
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.text(max_size=8),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(FIELDS), value=junk)
+def test_malformed_field_raises_value_error_naming_it(field: str, value: Any) -> None:
+    data = {
+        **VALID,
+        "decay": "warmup_stable_decay" if field.startswith("wsd") else "cosine",
+        field: value,
+    }
+    try:
+        cfg = ScheduleConfig.from_dict(data)
+    except ValueError as exc:
+        assert field in str(exc), str(exc)
+    else:  # the junk happened to be valid: it must then really be usable
+        assert math.isfinite(cfg.lr_at(cfg.total_steps - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.dictionaries(st.text(max_size=12), junk, max_size=6))
+def test_arbitrary_mapping_raises_only_value_error(data: dict[str, Any]) -> None:
+    # Anything but ValueError (TypeError, KeyError, ...) escapes and fails the test.
+    with contextlib.suppress(ValueError):
+        ScheduleConfig.from_dict(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=junk)
+def test_non_mapping_raises_value_error(data: Any) -> None:
+    if isinstance(data, dict):
+        return
+    with pytest.raises(ValueError, match="mapping"):
+        ScheduleConfig.from_dict(data)
