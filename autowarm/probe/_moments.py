@@ -1,0 +1,513 @@
+"""Adam's second moment, watched on a fixed random subset of coordinates.
+
+Adam keeps :math:`v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2` per coordinate
+(``optimizer.state[p]["exp_avg_sq"]``, stored without the bias correction) and divides by
+:math:`1 - \\beta_2^t`. Early on that estimate rests on few samples and lags a gradient scale
+that is still moving; :class:`SecondMomentMonitor` measures both, on the real model and data,
+after every (or every k-th) ``optimizer.step()``. See ``PROBE.md`` section 1, Liu et al. (2020,
+RAdam) and Ma & Yarats (2021).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from autowarm.probe.signals import n_eff as _n_eff
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from torch.utils.hooks import RemovableHandle
+
+__all__ = ["MomentStats", "SecondMomentMonitor", "has_second_moment"]
+
+_logger = logging.getLogger(__name__)
+
+# Optimizer classes (matched anywhere in the MRO, so subclasses count) whose state holds an
+# ``exp_avg_sq`` EMA of squared gradients. Adamax keeps ``exp_inf`` (an infinity norm) and
+# bitsandbytes' 8-bit Adam keeps a quantised ``state2``: neither is listed.
+_SECOND_MOMENT_CLASSES = frozenset(
+    {
+        "Adam",  # torch.optim
+        "AdamW",  # torch.optim, transformers (deprecated copy)
+        "NAdam",  # torch.optim
+        "RAdam",  # torch.optim
+        "SparseAdam",  # torch.optim (sparse gradients: the monitor skips them)
+        "FusedAdam",  # apex, DeepSpeed
+        "FusedLAMB",  # apex
+        "Lamb",  # timm
+        "AdamP",  # clovaai / timm
+    }
+)
+
+
+def _meta(unit: str, description: str) -> dict[str, str]:
+    return {"unit": unit, "description": description}
+
+
+def has_second_moment(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` keeps Adam's second moment ``exp_avg_sq``.
+
+    After at least one step the optimizer's state decides: ``True`` when any parameter's state
+    holds ``exp_avg_sq``. Before the first step the state is empty, so the decision falls back on
+    the class name, matched anywhere in the MRO: ``Adam``, ``AdamW``, ``NAdam``, ``RAdam``,
+    ``SparseAdam``, ``FusedAdam``, ``FusedLAMB``, ``Lamb``, ``AdamP``. ``Adamax`` (``exp_inf``, an
+    infinity norm, not a second moment), SGD, Adagrad and unknown classes give ``False`` before
+    their first step; an unlisted Adam-like optimizer is recognised once it has stepped.
+
+    Args:
+        optimizer:
+            Any ``torch.optim.Optimizer``.
+
+    Returns:
+        ``True`` when the optimizer keeps an ``exp_avg_sq`` state.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> has_second_moment(torch.optim.AdamW([w])), has_second_moment(torch.optim.SGD([w]))
+        (True, False)
+    """
+    states = [s for s in optimizer.state.values() if s]
+    if states:
+        return any("exp_avg_sq" in s for s in states)
+    return any(c.__name__ in _SECOND_MOMENT_CLASSES for c in type(optimizer).__mro__)
+
+
+@dataclass(frozen=True)
+class MomentStats:
+    """Second-moment statistics of one optimizer update, on the sampled coordinates.
+
+    Every field is a plain ``int`` or ``float`` (``nan`` where undefined); see
+    :class:`SecondMomentMonitor` for the exact definitions.
+    """
+
+    update: int = field(metadata=_meta("count", "index of this observation in the burst, from 0"))
+    step: int = field(metadata=_meta("steps", "Adam's step count t (max over sampled tensors)"))
+    beta2: float = field(metadata=_meta("1", "Adam's beta2 (min over sampled tensors)"))
+    n_coords: int = field(metadata=_meta("count", "sampled coordinates that took this update"))
+    vhat_mean: float = field(
+        metadata=_meta("grad^2", "mean bias-corrected second moment exp_avg_sq/(1-beta2^t)")
+    )
+    g2_mean: float = field(metadata=_meta("grad^2", "mean squared gradient of this update"))
+    drift: float = field(
+        metadata=_meta("ratio", "size-weighted median over tensors of short-EMA(g^2) / v_hat")
+    )
+    vhat_change: float = field(
+        metadata=_meta("ratio", "||v_hat - previous v_hat||_1 / ||previous v_hat||_1")
+    )
+    kappa: float = field(metadata=_meta("ratio", "median over coordinates of Var(g^2)/E[g^2]^2"))
+    n_eff: float = field(
+        metadata=_meta("samples", "effective samples in v_hat (min over sampled tensors)")
+    )
+    rel_error: float = field(metadata=_meta("ratio", "sqrt(kappa / n_eff)"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict."""
+        return asdict(self)
+
+
+@dataclass
+class _Entry:
+    param: torch.Tensor
+    group: int
+    index: torch.Tensor  # flat (row-major) coordinates, on param.device
+    start: int  # offset of this tensor's coordinates in the sample vectors
+    count: int
+
+
+def _allocate(sizes: list[int], max_coords: int) -> list[int]:
+    # Proportional to size with at least one per tensor; the total stays <= max_coords unless
+    # there are more tensors than max_coords, in which case one per tensor wins.
+    total, n_tensors = sum(sizes), len(sizes)
+    if total <= max_coords:
+        return list(sizes)
+    if n_tensors >= max_coords:
+        return [1] * n_tensors
+    spare = max_coords - n_tensors
+    return [min(n, 1 + (spare * n) // total) for n in sizes]
+
+
+def _trainable(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, int]]:
+    return [
+        (p, gi)
+        for gi, group in enumerate(optimizer.param_groups)
+        for p in group["params"]
+        if p.requires_grad
+    ]
+
+
+def _check_optimizer(optimizer: object) -> torch.optim.Optimizer:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "optimizer must be a torch.optim.Optimizer, "
+            f"but got optimizer of type {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+def _step_value(step: object) -> float | torch.Tensor:
+    # A CPU step (torch's default) is read on the host for free; a step kept on an accelerator
+    # (capturable / fused Adam) stays there so that reading it costs no extra sync.
+    if isinstance(step, torch.Tensor):
+        return float(step) if step.device.type == "cpu" else step.detach()
+    return float(step)  # type: ignore[arg-type]
+
+
+def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # Lower weighted median of the finite values; nan when none. On-device, no host sync.
+    valid = torch.isfinite(values) & (weights > 0)
+    w = torch.where(valid, weights, torch.zeros_like(weights))
+    v = torch.where(valid, values, torch.full_like(values, math.inf))
+    order = torch.argsort(v)
+    cum = torch.cumsum(w[order], 0)
+    half = (cum[-1] * 0.5).reshape(1)
+    k = torch.searchsorted(cum, half).clamp(max=values.numel() - 1)
+    med = v[order][k][0]
+    return torch.where(cum[-1] > 0, med, torch.full_like(med, math.nan))
+
+
+class SecondMomentMonitor:
+    """Watch Adam's second moment on a fixed random subset of coordinates.
+
+    Call :meth:`update` right after each ``optimizer.step()`` (or :meth:`attach` it as a step
+    post-hook). On ``max_coords`` coordinates, chosen once (seeded, spread over the trainable
+    tensors in proportion to their size, at least one per tensor), it reads ``exp_avg_sq``,
+    ``step`` and the group's ``betas`` from the optimizer and ``p.grad`` (the gradient that step
+    used) and returns a :class:`MomentStats`:
+
+    .. math::
+
+        \\hat v_t = \\frac{v_t}{1 - \\beta_2^t}, \\qquad
+        s_t = \\frac{\\mathrm{EMA}_{\\beta_s}(g^2)_t}{1 - \\beta_s^{n}}, \\qquad
+        n_\\text{eff}(t) = \\frac{(1 + \\beta_2)(1 - \\beta_2^t)}{(1 - \\beta_2)(1 + \\beta_2^t)}
+
+    - ``vhat_mean``, ``g2_mean``: means of :math:`\\hat v_t` and :math:`g_t^2` over the sample.
+    - ``drift``: for each tensor, :math:`\\sum s_t / \\sum \\hat v_t` over its sampled
+      coordinates; then the median over tensors weighted by their sampled counts (so by size).
+      :math:`s_t` is a short EMA (``short_beta`` = 0.9: a window of about 10 updates), so
+      ``drift`` well above 1 means gradients grow faster than the preconditioner adapts and
+      Adam's steps are larger than intended. Why this aggregate: Adam normalises per
+      coordinate, so a global ratio of sums would let the layer with the largest gradients
+      decide; a per-coordinate median instead breaks on sparse or heavy-tailed gradients (an
+      embedding row absent from recent batches has :math:`s \\approx 0`), and is biased below 1
+      for stationary noise. Inside one tensor coordinates share a scale, so the ratio of sums
+      is unbiased and robust there; across tensors the weighted median takes the typical layer.
+    - ``vhat_change``: :math:`\\lVert \\hat v_t - \\hat v_{t'} \\rVert_1 /
+      \\lVert \\hat v_{t'} \\rVert_1` with :math:`t'` the previous observed update (so over
+      ``every`` steps); ``nan`` at the first.
+    - ``kappa``: per coordinate :math:`\\mathrm{Var}(g^2) / \\mathrm{E}[g^2]^2` from Welford
+      running moments of :math:`g^2` over this burst's observed updates (unbiased variance),
+      then the (lower) median over coordinates with a non-zero mean; 2 for zero-mean Gaussian
+      gradients, larger for heavy tails; ``nan`` until 3 observations. A gradient scale that
+      moves during the burst also counts as variance, which overstates ``kappa`` (the safe side).
+    - ``n_eff`` (min over the sampled tensors, whose steps and betas may differ) and
+      ``rel_error`` :math:`= \\sqrt{\\kappa / n_\\text{eff}}`, the relative error of
+      :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
+
+    Cost: everything is on-device tensor work on the sample (``torch.take`` per tensor, so no
+    copy of non-contiguous tensors), with one host sync per observed update; memory is a few
+    vectors of ``max_coords`` entries. Tensors whose ``p.grad`` is ``None`` or sparse, or whose
+    state has no ``exp_avg_sq`` yet, are skipped for that update (their running moments wait).
+    With ``every=k`` only every k-th call is observed: the short EMA, the Welford moments and
+    ``vhat_change`` are then over observed updates. ``p.grad`` is the gradient Adam used
+    unless the optimizer adds L2 weight decay into it (``Adam(weight_decay>0)``; AdamW's
+    decoupled decay is fine) or clips it internally.
+
+    Args:
+        optimizer:
+            The optimizer of the burst, usually ``Adam`` or ``AdamW``.
+        max_coords:
+            Most coordinates sampled in total (all when the model is smaller).
+        every:
+            Observe every ``every``-th call to :meth:`update` (the 1st, ``every+1``-th, ...).
+        short_beta:
+            Decay of the short EMA of :math:`g^2` in ``drift`` (window about
+            ``1/(1-short_beta)`` observed updates).
+        seed:
+            Seed of the coordinate sample.
+
+    Raises:
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+        ValueError: a setting is out of range, or no parameter requires grad.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.Adam(model.parameters())
+        >>> monitor = SecondMomentMonitor(opt, max_coords=1024)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     model(torch.randn(8, 4)).pow(2).mean().backward()
+        ...     opt.step()
+        ...     stats = monitor.update()
+        >>> stats.step, stats.drift > 0, round(stats.n_eff, 3)
+        (3, True, 3.0)
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_coords: int = 65536,
+        every: int = 1,
+        short_beta: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("max_coords", max_coords), ("every", every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}")
+        if not 0.0 <= short_beta < 1.0:
+            raise ValueError(f"short_beta must be in [0, 1), but got short_beta={short_beta!r}")
+        self._optimizer = _check_optimizer(optimizer)
+        self._max_coords = max_coords
+        self._every = every
+        self._short_beta = float(short_beta)
+        self._seed = seed
+        self._handle: RemovableHandle | None = None
+        self._select(_trainable(self._optimizer))
+        self.history: list[MomentStats] = []
+        self.reset()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer being watched."""
+        return self._optimizer
+
+    @property
+    def n_coords(self) -> int:
+        """Number of sampled coordinates."""
+        return self._n
+
+    def _select(self, params: list[tuple[torch.Tensor, int]]) -> None:
+        if not params:
+            raise ValueError("optimizer must hold at least one parameter with requires_grad=True")
+        self._device = params[0][0].device
+        self._dtype = torch.float32 if self._device.type == "mps" else torch.float64
+        counts = _allocate([p.numel() for p, _ in params], self._max_coords)
+        rng = np.random.default_rng(self._seed)
+        self._entries: list[_Entry] = []
+        start = 0
+        for (p, gi), k in zip(params, counts, strict=True):
+            n = p.numel()
+            flat = np.arange(n) if k == n else np.sort(rng.choice(n, size=k, replace=False))
+            index = torch.as_tensor(flat, dtype=torch.int64, device=p.device)
+            self._entries.append(_Entry(p, gi, index, start, k))
+            start += k
+        self._n = start
+        self._seg = torch.as_tensor(
+            np.repeat(np.arange(len(counts)), counts), dtype=torch.int64, device=self._device
+        )
+        self._weights = torch.as_tensor(counts, dtype=self._dtype, device=self._device)
+
+    def reset(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Forget everything observed, for a new burst.
+
+        Args:
+            optimizer:
+                The new burst's optimizer. When its trainable tensors have the same shapes in
+                the same order, the same coordinates stay sampled (so bursts compare);
+                otherwise a new sample is drawn. An attached hook moves to it.
+        """
+        if optimizer is not None:
+            params = _trainable(_check_optimizer(optimizer))
+            shapes = [p.shape for p, _ in params]
+            if shapes == [e.param.shape for e in self._entries]:
+                for e, (p, gi) in zip(self._entries, params, strict=True):
+                    e.param, e.group = p, gi
+            else:
+                self._select(params)
+            attached = self._handle is not None
+            self.detach()
+            self._optimizer = optimizer
+            if attached:
+                self.attach()
+        zeros = torch.zeros(self._n, dtype=self._dtype, device=self._device)
+        self._count, self._short, self._mean, self._m2 = (zeros.clone() for _ in range(4))
+        self._prev_vhat = torch.full_like(zeros, math.nan)
+        self._calls = 0
+        self.history = []
+
+    def attach(self) -> None:
+        """Call :meth:`update` after every ``optimizer.step()`` (a step post-hook)."""
+        if self._handle is None:
+            self._handle = self._optimizer.register_step_post_hook(self._hook)
+
+    def detach(self) -> None:
+        """Remove the hook installed by :meth:`attach` (no-op when not attached)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self) -> SecondMomentMonitor:
+        self.attach()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+    def _hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.update()
+
+    def to_frame(self) -> pd.DataFrame:
+        """The observed updates, one row each, columns as in :class:`MomentStats`."""
+        columns = [f.name for f in fields(MomentStats)]
+        return pd.DataFrame([s.to_dict() for s in self.history], columns=columns)
+
+    def update(self) -> MomentStats | None:
+        """Read the optimizer after a step and return this update's statistics.
+
+        Returns:
+            The statistics (also appended to :attr:`history`), or ``None`` when this call is
+            skipped by ``every`` or no sampled tensor has both a gradient and ``exp_avg_sq``.
+        """
+        call, self._calls = self._calls, self._calls + 1
+        if call % self._every:
+            return None
+        with torch.no_grad():
+            return self._observe()
+
+    def _observe(self) -> MomentStats | None:
+        groups = self._optimizer.param_groups
+        active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
+        for e in self._entries:
+            st = self._optimizer.state.get(e.param)  # .get: never add keys to the defaultdict
+            grad = e.param.grad
+            if st and "exp_avg_sq" in st and grad is not None and not grad.is_sparse:
+                active.append((e, st, grad))
+        if not active:
+            return None
+        dev, dt = self._device, self._dtype
+        v_raw = torch.cat([torch.take(st["exp_avg_sq"], e.index) for e, st, _ in active])
+        g2 = torch.cat([torch.take(g, e.index) for e, _, g in active]).to(dev, dt).square()
+        v_raw = v_raw.to(dev, dt)
+        corr: list[float | torch.Tensor] = []
+        neff: list[float | torch.Tensor] = []
+        steps: list[float | torch.Tensor] = []
+        b2s: list[float] = []
+        for e, st, _ in active:
+            b2 = float(groups[e.group]["betas"][1])
+            t = _step_value(st.get("step", 0.0))
+            corr.append(1.0 - b2**t)
+            neff.append(_n_eff(t, b2) if isinstance(t, float) else _n_eff_tensor(t, b2))
+            steps.append(t)
+            b2s.append(b2)
+        on_host = all(isinstance(t, float) for t in steps)
+        if len(active) == len(self._entries):
+            pos: torch.Tensor | None = None
+            seg = self._seg
+        else:
+            pos = torch.cat(
+                [torch.arange(e.start, e.start + e.count, device=dev) for e, _, _ in active]
+            )
+            seg = self._seg[pos]
+        if pos is None:
+            local = seg  # position in `active` of each sampled coordinate's tensor
+        else:
+            order = {id(e): i for i, (e, _, _) in enumerate(active)}
+            local = torch.as_tensor(
+                [order.get(id(e), 0) for e in self._entries], dtype=torch.int64, device=dev
+            )[seg]
+        if on_host:
+            corr_t = torch.tensor(corr, dtype=dt, device=dev)
+        else:
+            corr_t = torch.stack([torch.as_tensor(c, dtype=dt, device=dev) for c in corr])
+        vhat = v_raw / corr_t[local]
+        stats = self._advance(pos, seg, vhat, g2)
+        extra = [] if on_host else [_stack_min(neff, dev, dt), _stack_max(steps, dev, dt)]
+        host = torch.stack([*stats, *extra]).tolist()  # the one host sync
+        vhat_mean, g2_mean, drift, change, kappa = host[:5]
+        n_eff = min(float(x) for x in neff) if on_host else host[5]
+        step = max(float(x) for x in steps) if on_host else host[6]
+        rel = math.sqrt(kappa / n_eff) if n_eff > 0 and math.isfinite(kappa) else math.nan
+        out = MomentStats(
+            update=len(self.history),
+            step=round(step),
+            beta2=min(b2s),
+            n_coords=sum(e.count for e, _, _ in active),
+            vhat_mean=vhat_mean,
+            g2_mean=g2_mean,
+            drift=drift,
+            vhat_change=change,
+            kappa=kappa,
+            n_eff=n_eff,
+            rel_error=rel,
+        )
+        self.history.append(out)
+        return out
+
+    def _advance(
+        self, pos: torch.Tensor | None, seg: torch.Tensor, vhat: torch.Tensor, g2: torch.Tensor
+    ) -> list[torch.Tensor]:
+        # Update the running per-coordinate state of the active coordinates and return the
+        # device scalars [vhat_mean, g2_mean, drift, vhat_change, kappa].
+        def get(vec: torch.Tensor) -> torch.Tensor:
+            return vec if pos is None else vec[pos]
+
+        def put(vec: torch.Tensor, value: torch.Tensor) -> None:
+            if pos is None:
+                vec.copy_(value)
+            else:
+                vec[pos] = value
+
+        bs = self._short_beta
+        n_prev = get(self._count)
+        n = n_prev + 1.0
+        short = bs * get(self._short) + (1.0 - bs) * g2
+        s_hat = short / (1.0 - torch.pow(bs, n))
+        mean_prev = get(self._mean)
+        delta = g2 - mean_prev
+        mean = mean_prev + delta / n
+        m2 = get(self._m2) + delta * (g2 - mean)
+        prev = get(self._prev_vhat)
+        has_prev = n_prev > 0
+        zero = torch.zeros_like(vhat)
+        change = (
+            torch.where(has_prev, (vhat - prev).abs(), zero).sum()
+            / torch.where(has_prev, prev, zero).sum()
+        )
+        kappa_c = (m2 / (n - 1.0)) / mean.square()
+        kappa_c = torch.where((n >= 3) & (mean > 0), kappa_c, torch.full_like(kappa_c, math.nan))
+        n_tensors = len(self._entries)
+        sum_s = torch.zeros(n_tensors, dtype=vhat.dtype, device=vhat.device).index_add_(
+            0, seg, s_hat
+        )
+        sum_v = torch.zeros_like(sum_s).index_add_(0, seg, vhat)
+        ratio = torch.where(sum_v > 0, sum_s / sum_v, torch.full_like(sum_s, math.nan))
+        drift = _weighted_median(ratio, self._weights)
+        for vec, value in (
+            (self._count, n),
+            (self._short, short),
+            (self._mean, mean),
+            (self._m2, m2),
+            (self._prev_vhat, vhat),
+        ):
+            put(vec, value)
+        return [vhat.mean(), g2.mean(), drift, change, torch.nanmedian(kappa_c)]
+
+
+def _n_eff_tensor(t: torch.Tensor, beta2: float) -> torch.Tensor:
+    if beta2 == 0.0:
+        return (t > 0).to(torch.float64)
+    x = torch.pow(beta2, t.to(torch.float64))
+    return (1.0 + beta2) * (1.0 - x) / ((1.0 - beta2) * (1.0 + x))
+
+
+def _stack_min(values: list[Any], dev: torch.device, dt: torch.dtype) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(v, dtype=dt, device=dev) for v in values]).min()
+
+
+def _stack_max(values: list[Any], dev: torch.device, dt: torch.dtype) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(v, dtype=dt, device=dev) for v in values]).max()
