@@ -1,0 +1,361 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from autowarm.probe._moments import (
+    MomentStats,
+    SecondMomentMonitor,
+    _allocate,
+    has_second_moment,
+)
+from autowarm.probe.signals import n_eff, settling_step
+
+
+def _lower_median(x: np.ndarray) -> float:
+    x = np.sort(x[np.isfinite(x)])
+    return float(x[(x.size - 1) // 2]) if x.size else math.nan
+
+
+def _weighted_lower_median(values: np.ndarray, weights: np.ndarray) -> float:
+    ok = np.isfinite(values)
+    v, w = values[ok], weights[ok]
+    order = np.argsort(v)
+    cum = np.cumsum(w[order])
+    return float(v[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+class Reference:
+    """numpy recomputation of every MomentStats field from recorded gradients."""
+
+    def __init__(self, sizes: list[int], short_beta: float = 0.9) -> None:
+        self.sizes = sizes
+        self.bs = short_beta
+        self.v = [np.zeros(n) for n in sizes]
+        self.t = [0] * len(sizes)
+        self.g2 = [[] for _ in sizes]  # history of g^2 per tensor
+        self.prev = [None] * len(sizes)
+
+    def step(self, grads: list[np.ndarray | None], beta2: float) -> dict[str, float]:
+        vhat_all, g2_all, prev_all, kappa_all, ratio, weight = [], [], [], [], [], []
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            g2 = g.astype(np.float64) ** 2
+            self.t[i] += 1
+            self.v[i] = beta2 * self.v[i] + (1 - beta2) * g2
+            vhat = self.v[i] / (1 - beta2 ** self.t[i])
+            self.g2[i].append(g2)
+            hist = np.array(self.g2[i])
+            k = len(hist)
+            ema = np.zeros_like(g2)
+            for row in hist:
+                ema = self.bs * ema + (1 - self.bs) * row
+            s = ema / (1 - self.bs**k)
+            if k >= 3:
+                mean = hist.mean(0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    kappa = np.where(mean > 0, hist.var(0, ddof=1) / mean**2, np.nan)
+                kappa_all.append(kappa)
+            if self.prev[i] is not None:
+                prev_all.append((vhat, self.prev[i]))
+            self.prev[i] = vhat
+            vhat_all.append(vhat)
+            g2_all.append(g2)
+            ratio.append(s.sum() / vhat.sum() if vhat.sum() > 0 else np.nan)
+            weight.append(g.size)
+        num = sum(np.abs(a - b).sum() for a, b in prev_all)
+        den = sum(b.sum() for _, b in prev_all)
+        t_max = max(t for t, g in zip(self.t, grads, strict=True) if g is not None)
+        return {
+            "vhat": np.concatenate(vhat_all),
+            "vhat_mean": float(np.concatenate(vhat_all).mean()),
+            "g2_mean": float(np.concatenate(g2_all).mean()),
+            "drift": _weighted_lower_median(np.array(ratio), np.array(weight, dtype=float)),
+            "vhat_change": num / den if prev_all else math.nan,
+            "kappa": _lower_median(np.concatenate(kappa_all)) if kappa_all else math.nan,
+            "step": t_max,
+        }
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+
+
+def _grads(model: torch.nn.Module) -> list[np.ndarray]:
+    return [p.grad.detach().double().numpy().ravel().copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("opt_cls", "betas", "kwargs"),
+    [
+        (torch.optim.Adam, (0.9, 0.999), {}),
+        (torch.optim.AdamW, (0.9, 0.95), {"weight_decay": 0.1}),
+        (torch.optim.NAdam, (0.9, 0.99), {}),
+    ],
+)
+def test_matches_numpy_recomputation(
+    opt_cls: type, betas: tuple[float, float], kwargs: dict
+) -> None:
+    model = _tiny_model()
+    opt = opt_cls(model.parameters(), lr=1e-2, betas=betas, **kwargs)
+    monitor = SecondMomentMonitor(opt, max_coords=10_000)
+    sizes = [p.numel() for p in model.parameters()]
+    assert monitor.n_coords == sum(sizes)
+    ref = Reference(sizes)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 13):
+        opt.zero_grad()
+        x = torch.randn(16, 5, generator=gen)
+        model(x).pow(2).mean().backward()
+        opt.step()
+        got = monitor.update()
+        want = ref.step(_grads(model), betas[1])
+        assert got is not None
+        assert got.step == step and got.beta2 == betas[1]
+        np.testing.assert_allclose(monitor._prev_vhat.numpy(), want["vhat"], rtol=1e-5)
+        for name in ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa"):
+            assert got.to_dict()[name] == pytest.approx(want[name], rel=1e-5, nan_ok=True), (
+                f"{name} at step {step} with {opt_cls.__name__}{betas}"
+            )
+        assert got.n_eff == pytest.approx(n_eff(step, betas[1]), rel=1e-12)
+        expected_rel = math.sqrt(want["kappa"] / n_eff(step, betas[1])) if step >= 3 else math.nan
+        assert got.rel_error == pytest.approx(expected_rel, rel=1e-5, nan_ok=True)
+    assert math.isnan(monitor.history[0].vhat_change)
+    assert monitor.history[0].drift == pytest.approx(1.0)  # s_1 = v_hat_1 = g_1^2
+    assert math.isnan(monitor.history[1].kappa) and math.isfinite(monitor.history[2].kappa)
+
+
+def test_subsample_matches_recomputation_at_sampled_coordinates() -> None:
+    model = _tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    monitor = SecondMomentMonitor(opt, max_coords=20, seed=3)
+    idx = [e.index.numpy() for e in monitor._entries]
+    assert monitor.n_coords <= 20 and all(i.size >= 1 for i in idx)
+    assert all(np.all(np.diff(i) > 0) for i in idx)  # sorted, distinct
+    ref = Reference([i.size for i in idx])
+    for _ in range(6):
+        opt.zero_grad()
+        model(torch.randn(8, 5)).pow(2).mean().backward()
+        opt.step()
+        got = monitor.update()
+        want = ref.step([g[i] for g, i in zip(_grads(model), idx, strict=True)], 0.999)
+        np.testing.assert_allclose(monitor._prev_vhat.numpy(), want["vhat"], rtol=1e-5)
+        assert got is not None
+        assert got.drift == pytest.approx(want["drift"], rel=1e-5)
+        assert got.kappa == pytest.approx(want["kappa"], rel=1e-5, nan_ok=True)
+
+
+def test_tensor_without_grad_is_skipped_and_steps_stay_per_tensor() -> None:
+    model = _tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    monitor = SecondMomentMonitor(opt, max_coords=10_000)
+    ref = Reference([p.numel() for p in model.parameters()])
+    last = list(model.parameters())[-1]
+    for step in range(8):
+        opt.zero_grad()
+        model(torch.randn(8, 5)).pow(2).mean().backward()
+        grads: list[np.ndarray | None] = list(_grads(model))
+        if step in (2, 3):  # the last bias misses two updates: Adam skips it entirely
+            last.grad = None
+            grads[-1] = None
+        opt.step()
+        got = monitor.update()
+        want = ref.step(grads, 0.999)
+        assert got is not None
+        assert got.n_coords == sum(g.size for g in grads if g is not None)
+        for name in ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa"):
+            assert got.to_dict()[name] == pytest.approx(want[name], rel=1e-5, nan_ok=True), name
+    assert int(opt.state[last]["step"]) == 6
+    assert got.n_eff == pytest.approx(n_eff(6, 0.999))  # min over tensors
+
+
+def _manual_run(
+    grad_fn, steps: int, *, size: int = 4096, betas=(0.9, 0.999), **monitor_kwargs
+) -> SecondMomentMonitor:
+    w = torch.nn.Parameter(torch.zeros(size))
+    opt = torch.optim.Adam([w], lr=1e-8, betas=betas)
+    monitor = SecondMomentMonitor(opt, **monitor_kwargs)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, steps + 1):
+        w.grad = grad_fn(t, gen, size)
+        opt.step()
+        monitor.update()
+    return monitor
+
+
+def _gaussian(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+    return torch.randn(size, generator=gen)
+
+
+def test_kappa_is_two_for_gaussian_gradients() -> None:
+    monitor = _manual_run(_gaussian, 400)
+    assert monitor.history[-1].kappa == pytest.approx(2.0, rel=0.12)
+
+
+def test_kappa_is_large_for_heavy_tailed_gradients() -> None:
+    def sparse(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+        # nonzero with probability 0.1: E[g^2]=0.1, E[g^4]=0.3 -> kappa = 0.29/0.01 = 29
+        return torch.randn(size, generator=gen) * (torch.rand(size, generator=gen) < 0.1)
+
+    monitor = _manual_run(sparse, 400)
+    assert monitor.history[-1].kappa > 15
+
+
+def test_drift_near_one_when_stationary_and_large_when_growing() -> None:
+    stationary = _manual_run(_gaussian, 200)
+    assert stationary.history[-1].drift == pytest.approx(1.0, abs=0.1)
+
+    def growing(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+        return torch.randn(size, generator=gen) * 1.05**t
+
+    grow = _manual_run(growing, 60)
+    assert grow.history[-1].drift > 2.0
+    drifts = [s.drift for s in grow.history[10:]]
+    assert drifts == sorted(drifts)  # the lag only widens while the growth goes on
+
+
+def test_betas_095_saturates_and_settles() -> None:
+    monitor = _manual_run(_gaussian, 300, betas=(0.9, 0.95))
+    last = monitor.history[-1]
+    assert last.n_eff == pytest.approx(1.95 / 0.05, rel=1e-6)
+    assert last.rel_error == pytest.approx(math.sqrt(2 / 39), rel=0.1)
+    frame = monitor.to_frame()
+    result = settling_step(frame)
+    assert result.settled and not result.extrapolated
+    # rel_error <= 0.1 is out of reach; n_eff >= 0.8 * 39 first holds at t = 42.
+    assert result.settling_step == pytest.approx(42, abs=2)
+    assert result.beta2 == 0.95
+
+
+def test_every_k_updates() -> None:
+    monitor = _manual_run(_gaussian, 10, every=3)
+    assert [s.step for s in monitor.history] == [1, 4, 7, 10]
+    assert [s.update for s in monitor.history] == [0, 1, 2, 3]
+
+
+def test_to_frame_columns() -> None:
+    monitor = _manual_run(_gaussian, 4, size=16)
+    frame = monitor.to_frame()
+    assert list(frame.columns) == [
+        "update", "step", "beta2", "n_coords", "vhat_mean", "g2_mean", "drift",
+        "vhat_change", "kappa", "n_eff", "rel_error",
+    ]  # fmt: skip
+    assert len(frame) == 4 and frame["step"].tolist() == [1, 2, 3, 4]
+    assert all(frame[c].dtype.kind in "if" for c in frame.columns)
+    empty = SecondMomentMonitor(torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]))
+    assert list(empty.to_frame().columns) == list(frame.columns)
+
+
+def test_attach_reset_and_new_optimizer_keep_the_sample() -> None:
+    model = _tiny_model()
+    opt = torch.optim.Adam(model.parameters())
+    monitor = SecondMomentMonitor(opt, max_coords=10, seed=5)
+    before = [e.index.clone() for e in monitor._entries]
+    with monitor:
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(4, 5)).sum().backward()
+            opt.step()
+    assert len(monitor.history) == 4
+    opt.step()  # detached: not observed
+    assert len(monitor.history) == 4
+    opt2 = torch.optim.AdamW(model.parameters())
+    monitor.reset(opt2)
+    assert monitor.history == [] and monitor.optimizer is opt2
+    assert all(torch.equal(a, e.index) for a, e in zip(before, monitor._entries, strict=True))
+    monitor.attach()
+    opt2.zero_grad()
+    model(torch.randn(4, 5)).sum().backward()
+    opt2.step()
+    monitor.detach()
+    (first,) = monitor.history
+    assert first.step == 1 and math.isnan(first.kappa) and math.isnan(first.vhat_change)
+
+
+def test_update_before_any_step_and_state_untouched() -> None:
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([w])
+    monitor = SecondMomentMonitor(opt)
+    assert monitor.update() is None
+    assert len(opt.state) == 0  # reading never inserts keys into the state defaultdict
+
+
+def test_has_second_moment() -> None:
+    w = torch.nn.Parameter(torch.zeros(3))
+    for cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam):
+        assert has_second_moment(cls([w]))
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    assert not has_second_moment(sgd)
+    w.grad = torch.ones(3)
+    sgd.step()
+    assert not has_second_moment(sgd)  # momentum_buffer only
+    adamax = torch.optim.Adamax([w])
+    assert not has_second_moment(adamax)
+    adamax.step()
+    assert not has_second_moment(adamax)  # exp_inf is not a second moment
+
+    class MyAdam(torch.optim.Adam):
+        pass
+
+    assert has_second_moment(MyAdam([w]))
+    custom = torch.optim.SGD([w], lr=0.1)
+    custom.state[w]["exp_avg_sq"] = torch.zeros(3)  # an unlisted class, known by its state
+    assert has_second_moment(custom)
+
+
+def test_allocate() -> None:
+    assert _allocate([10, 5], 100) == [10, 5]
+    counts = _allocate([1000, 10, 1], 100)
+    assert counts == [96, 1, 1] and sum(counts) <= 100
+    assert _allocate([7, 7, 7], 2) == [1, 1, 1]  # one per tensor wins over the budget
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        sizes = rng.integers(1, 10_000, size=rng.integers(1, 30)).tolist()
+        budget = int(rng.integers(30, 20_000))
+        c = _allocate(sizes, budget)
+        assert sum(c) <= max(budget, len(sizes)) and all(
+            1 <= k <= n for k, n in zip(c, sizes, strict=True)
+        )
+
+
+def test_seeded_sample() -> None:
+    w = torch.nn.Parameter(torch.zeros(100_000))
+    opt = torch.optim.Adam([w])
+    a = SecondMomentMonitor(opt, max_coords=500, seed=1)._entries[0].index
+    b = SecondMomentMonitor(opt, max_coords=500, seed=1)._entries[0].index
+    c = SecondMomentMonitor(opt, max_coords=500, seed=2)._entries[0].index
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.numel() == 500
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_coords": 0}, "max_coords must be a positive integer, but got max_coords=0"),
+        ({"every": 1.5}, "every must be a positive integer"),
+        ({"short_beta": 1.0}, r"short_beta must be in \[0, 1\)"),
+    ],
+)
+def test_bad_settings(kwargs: dict, match: str) -> None:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=match):
+        SecondMomentMonitor(opt, **kwargs)
+
+
+def test_bad_optimizer() -> None:
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
+        SecondMomentMonitor("adam")  # type: ignore[arg-type]
+    frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        SecondMomentMonitor(torch.optim.Adam([frozen]))
+
+
+def test_stats_are_plain_python() -> None:
+    monitor = _manual_run(_gaussian, 3, size=8)
+    s = monitor.history[-1]
+    assert isinstance(s, MomentStats)
+    assert all(type(v) in (int, float) for v in s.to_dict().values())
