@@ -325,7 +325,11 @@ def test_non_finite_loss_skips_step(bad: float) -> None:
     def poisoned(m: nn.Module, b: Any) -> torch.Tensor:
         return m(b[0]).sum() * bad
 
+    backward_calls = []
+    model[0].weight.register_hook(lambda grad: backward_calls.append(grad))
     result = train_step(model, optimizer, (x, y), resolve_loss_fn(poisoned))
+    assert backward_calls == []  # no backward pass on a non-finite loss
+    assert all(p.grad is None for p in model.parameters())
     assert not result.finite
     assert math.isnan(result.grad_norm)
     assert result.loss == bad or (math.isnan(bad) and math.isnan(result.loss))
