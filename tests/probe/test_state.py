@@ -50,6 +50,7 @@ def _state(model: nn.Module) -> dict[str, Any]:
         "params": {n: p.detach().clone() for n, p in named},
         "buffers": {n: b.clone() for n, b in model.named_buffers(remove_duplicate=False)},
         "ids": {n: id(p) for n, p in named},
+        "storage": {n: t.data_ptr() for n, t in [*named, *model.named_buffers()]},
         "requires_grad": {n: p.requires_grad for n, p in named},
         "grads": {n: None if p.grad is None else p.grad.clone() for n, p in named},
         "training": {n: m.training for n, m in model.named_modules()},
@@ -57,9 +58,11 @@ def _state(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _assert_same(before: dict[str, Any], model: nn.Module) -> None:
+def _assert_same(before: dict[str, Any], model: nn.Module, *, in_place: bool = True) -> None:
     after = _state(model)
     assert after["ids"] == before["ids"]
+    if in_place:  # copied into the same memory, not swapped for new tensors
+        assert after["storage"] == before["storage"]
     assert after["requires_grad"] == before["requires_grad"]
     assert after["training"] == before["training"]
     assert after["maybe"] is before["maybe"]
@@ -166,7 +169,7 @@ def test_rebound_and_converted_tensors_come_back() -> None:
         model.double()  # changes the dtype of every tensor in place (same Parameter objects)
         model.frozen.weight = nn.Parameter(torch.zeros(4, 4))  # rebinds a slot
         model.bn.num_batches_tracked = torch.tensor(99)
-    _assert_same(before, model)
+    _assert_same(before, model, in_place=False)
 
 
 def test_snapshot_costs_one_copy_of_weights() -> None:
