@@ -246,7 +246,7 @@ def preserved(
         >>> before = model.weight.detach().clone()
         >>> with preserved(model):
         ...     with torch.no_grad():
-        ...         model.weight.add_(1.0)
+        ...         _ = model.weight.add_(1.0)
         >>> torch.equal(model.weight, before)
         True
     """
