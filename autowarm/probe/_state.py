@@ -21,7 +21,7 @@ from torch import nn
 __all__ = ["ModelSnapshot", "RngState", "preserved", "rng_state", "set_rng_state"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on tensor fields would be ambiguous
 class RngState:
     """The states of the global random number generators a training run draws from.
 
@@ -192,9 +192,12 @@ class ModelSnapshot:
         self._rng.restore()
 
     def release(self) -> None:
-        """Drop the saved copies to free their memory; the snapshot cannot restore after this."""
-        self._copies = []
-        self._grads = []
+        """Drop the saved copies (and references to the model) to free their memory.
+
+        The snapshot cannot restore after this. :func:`preserved` calls it on exit.
+        """
+        self._copies, self._grads, self._meta = [], [], []
+        self._slots, self._tensors, self._params, self._modules = [], [], [], []
         self._released = True
 
     def _check_live(self) -> None:
