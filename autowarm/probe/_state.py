@@ -96,9 +96,11 @@ class ModelSnapshot:
 
     Restoring copies the values back *into the same tensor objects*, under ``torch.no_grad()``,
     so an optimizer holding the parameters stays valid and ``model.weight is weight`` still
-    holds. A slot that was rebound during the probe is pointed back at its original tensor; a
-    tensor whose dtype, shape or device was changed (``model.half()``) gets its original data
-    back. Copies of values are bitwise.
+    holds. A slot that was rebound during the probe is pointed back at its original tensor.
+    Between bursts (:meth:`restore_weights`) the values go wherever the tensors are now, so a
+    model moved to a GPU for the probe stays there; :meth:`restore_all` also gives a tensor
+    whose dtype, device or layout was changed (``model.half()``, ``model.cuda()``) its
+    original data back. Copies of values are bitwise.
 
     The optimizer's state is not part of the snapshot.
 
@@ -164,24 +166,18 @@ class ModelSnapshot:
     def restore_weights(self) -> None:
         """Copy the saved parameters and buffers back into the model, in place and bitwise.
 
-        Used between probe bursts. ``requires_grad``, modes, gradients and RNG states are left
-        as they are; :meth:`restore_all` restores those too.
+        Used between probe bursts. The values go into the tensors where they are now: a model
+        moved to another device after the snapshot stays there (a model whose dtype was changed
+        gets the saved values cast to it). ``requires_grad``, modes, gradients and RNG states
+        are left as they are; :meth:`restore_all` restores those, and the original dtypes and
+        devices, too.
         """
-        self._check_live()
-        for module, kind, name, tensor in self._slots:
-            slots = getattr(module, kind)
-            if name not in slots or slots[name] is not tensor:
-                slots[name] = tensor
-        with torch.no_grad():
-            for tensor, saved, meta in zip(self._tensors, self._copies, self._meta, strict=True):
-                if _meta(tensor) == meta:
-                    tensor.copy_(saved)
-                else:  # converted during the probe (e.g. model.half()): give back its data
-                    tensor.data = saved.to(device=meta[2], copy=True)
+        self._restore_weights(exact=False)
 
     def restore_all(self) -> None:
-        """Restore the weights, ``requires_grad``, ``.training``, ``.grad`` and RNG states."""
-        self.restore_weights()
+        """Restore the weights (with their original dtype and device), ``requires_grad``,
+        ``.training``, ``.grad`` and RNG states."""
+        self._restore_weights(exact=True)
         for module, training in zip(self._modules, self._training, strict=True):
             module.training = training
         for param, requires_grad, grad in zip(
@@ -190,6 +186,20 @@ class ModelSnapshot:
             param.requires_grad_(requires_grad)
             param.grad = None if grad is None else grad.to(device=param.device, copy=True)
         self._rng.restore()
+
+    def _restore_weights(self, *, exact: bool) -> None:
+        self._check_live()
+        for module, kind, name, tensor in self._slots:
+            slots = getattr(module, kind)
+            if name not in slots or slots[name] is not tensor:
+                slots[name] = tensor
+        with torch.no_grad():
+            for tensor, saved, meta in zip(self._tensors, self._copies, self._meta, strict=True):
+                if (_meta(tensor) == meta) if exact else (tensor.shape == saved.shape):
+                    tensor.copy_(saved)
+                else:  # converted since the snapshot (e.g. model.half()): give back its data
+                    device = meta[2] if exact else tensor.device
+                    tensor.data = saved.to(device=device, copy=True)
 
     def release(self) -> None:
         """Drop the saved copies (and references to the model) to free their memory.

@@ -172,6 +172,20 @@ def test_rebound_and_converted_tensors_come_back() -> None:
     _assert_same(before, model, in_place=False)
 
 
+def test_converted_model_stays_converted_between_bursts() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    with preserved(model) as snapshot:
+        # model.double() converts like model.cuda() does: same Parameter objects, new .data
+        model.double()
+        with torch.no_grad():
+            model.frozen.weight.add_(1.0)
+        snapshot.restore_weights()
+        assert model.frozen.weight.dtype == torch.float64
+        assert torch.equal(model.frozen.weight, before["params"]["frozen.weight"].double())
+    _assert_same(before, model, in_place=False)  # restore_all: float32 again, bitwise
+
+
 def test_snapshot_costs_one_copy_of_weights() -> None:
     model = _mixed_model()
     assert len([*model.named_parameters(remove_duplicate=False)]) > len(
@@ -221,6 +235,22 @@ def test_cpu_snapshot_of_cuda_model() -> None:
     _assert_same(before, model)
     assert all(p.device.type == "cuda" for p in model.parameters())
     assert torch.equal(torch.rand(4, device="cuda"), expected_cuda)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_model_probed_on_cuda_comes_back_to_cpu() -> None:
+    model = _mixed_model()
+    before = _state(model)
+    with preserved(model, snapshot_device="cpu") as snapshot:
+        model.cuda()
+        with torch.no_grad():
+            model.frozen.weight.add_(1.0)
+        snapshot.restore_weights()
+        assert model.frozen.weight.device.type == "cuda"
+        assert torch.equal(model.frozen.weight.cpu(), before["params"]["frozen.weight"])
+    _assert_same(before, model, in_place=False)
+    assert all(p.device.type == "cpu" for p in model.parameters())
 
 
 @pytest.mark.parametrize("bad", ["gpu0", 3])
