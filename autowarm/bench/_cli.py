@@ -1,0 +1,211 @@
+"""The ``autowarm bench`` command: a thin shell over :mod:`autowarm.bench`.
+
+Sub-actions:
+
+* ``grid``: run (or resume) the oracle grid of some tasks into a CSV;
+* ``table``: the oracle summary of every task in a grid CSV, as JSON (or one task's cells as
+  CSV);
+* ``tasks``: the registered tasks, their run lengths and grids, as JSON;
+* ``time``: time one full run per task at a middle cell of its grid, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "main", "run"]
+
+DEFAULT_OUT = Path("reports/benchmark")
+GRID_CSV = "oracle_grid.csv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``grid``, ``table``, ``tasks`` and ``time`` sub-actions to ``parser``."""
+    sub = parser.add_subparsers(dest="bench_action", metavar="ACTION", required=True)
+
+    grid = sub.add_parser("grid", help="run or resume the oracle grid (appends to a CSV)")
+    _add_task_options(grid)
+    grid.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per cell (default 2)")
+    grid.add_argument("--workers", type=int, default=2, help="worker processes; 0 = in-process")
+    grid.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    grid.add_argument("--csv", type=Path, default=None, help=f"CSV path (default OUT/{GRID_CSV})")
+    grid.add_argument("--lrs", type=_floats, default=None, help="peak LRs, comma separated")
+    grid.add_argument(
+        "--warmups", type=_ints, default=None, help="warmup lengths in steps, comma separated"
+    )
+
+    table = sub.add_parser("table", help="oracle summary per task of a grid CSV (JSON)")
+    table.add_argument("csv", type=Path, help="grid CSV")
+    table.add_argument("--task", default=None, help="print this task's cells as CSV instead")
+
+    sub.add_parser("tasks", help="list the benchmark tasks (JSON)")
+
+    timing = sub.add_parser("time", help="time one full run per task (JSON)")
+    _add_task_options(timing)
+
+
+def _add_task_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tasks", default=None, help="comma-separated task names (default: all available)"
+    )
+    parser.add_argument(
+        "--total-steps", type=int, default=None, help="override every task's run length"
+    )
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the parsed sub-action; returns the exit code.
+
+    Raises:
+        KeyError: For an unknown task name (the message lists the valid ones).
+    """
+    action: str = args.bench_action
+    if action == "tasks":
+        return _tasks()
+    if action == "table":
+        return _table(args.csv, args.task)
+    if action == "time":
+        return _time(args)
+    return _grid(args)
+
+
+def _selected(args: argparse.Namespace) -> list[Any]:
+    import dataclasses
+
+    from autowarm.bench.tasks import available_tasks, get_task
+
+    if args.tasks is None:
+        tasks = list(available_tasks().values())
+    else:
+        tasks = []
+        for name in (n.strip() for n in args.tasks.split(",") if n.strip()):
+            task = get_task(name)
+            if task.is_available():
+                tasks.append(task)
+            else:
+                logging.getLogger(__name__).warning(
+                    "skipping task %s: it needs %s", name, ", ".join(task.requires)
+                )
+    if args.total_steps is not None:
+        tasks = [dataclasses.replace(t, total_steps=args.total_steps) for t in tasks]
+    return tasks
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from autowarm.bench._grid import oracle_grid
+
+    csv_path = args.csv if args.csv is not None else args.out / GRID_CSV
+    result = oracle_grid(
+        _selected(args),
+        csv_path=csv_path,
+        lrs=args.lrs,
+        warmups=args.warmups,
+        seeds=args.seeds,
+        workers=args.workers,
+    )
+    out = {
+        "csv": str(result.csv_path),
+        "ran": result.ran,
+        "skipped": result.skipped,
+        "failed": [{"cell": c, "error": e} for c, e in result.failed],
+    }
+    print(json.dumps(out, indent=2))
+    return 1 if result.failed else 0
+
+
+def _table(csv_path: Path, task: str | None) -> int:
+    from autowarm.bench._oracle import oracle_table, oracle_tables
+
+    if task is not None:
+        oracle_table(csv_path, task).cells.to_csv(sys.stdout, index=False)
+        return 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables = oracle_tables(csv_path)
+    for w in caught:
+        logging.getLogger(__name__).warning("%s", w.message)
+    print(json.dumps([t.summary() for t in tables.values()], indent=2))
+    return 0
+
+
+def _tasks() -> int:
+    from autowarm.bench.tasks import TASKS
+
+    out = [
+        {
+            "name": t.name,
+            "available": t.is_available(),
+            "description": t.description,
+            "total_steps": t.total_steps,
+            "lr_grid": list(t.lr_grid),
+            "warmup_grid": list(t.warmup_grid),
+            "optimizer_kwargs": {k: v for k, v in t.optimizer_kwargs.items()},
+            "warmup_needed": t.warmup_needed,
+        }
+        for t in TASKS.values()
+    ]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _time(args: argparse.Namespace) -> int:
+    from autowarm.bench._run import run_schedule
+    from autowarm.schedules import ScheduleConfig
+
+    out = []
+    for task in _selected(args):
+        lr = task.lr_grid[len(task.lr_grid) // 2]
+        warmup = task.warmup_grid[len(task.warmup_grid) // 2]
+        schedule = ScheduleConfig(peak_lr=lr, total_steps=task.total_steps, warmup_steps=warmup)
+        result = run_schedule(task, schedule, seed=0)
+        out.append(
+            {
+                "task": task.name,
+                "peak_lr": lr,
+                "warmup_steps": warmup,
+                "steps": result.steps,
+                "seconds": round(result.seconds, 3),
+                "ms_per_step": round(1e3 * result.seconds_per_step, 3),
+                "final_val_loss": result.final_val_loss,
+            }
+        )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m autowarm.bench``: parse ``argv`` and run; user errors exit with code 1."""
+    parser = argparse.ArgumentParser(
+        prog="python -m autowarm.bench", description="autowarm benchmark: oracle grids"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every cell")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    level = logging.INFO if args.verbose or args.bench_action == "grid" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+    import torch
+
+    torch.set_num_threads(1)  # cells (or `time` runs) are the parallelism, one thread each
+    try:
+        return run(args)
+    except (KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,341 @@
+"""The oracle grid: every (peak LR, warmup, seed) cell of a task trained in full.
+
+Each cell is one :func:`~autowarm.bench._run.run_schedule` with linear warmup from 0 and cosine
+decay to 0. Cells run in worker processes (one torch thread each) and every finished cell is
+appended to a CSV at once, so the grid is resumable: a second call skips the rows already there
+and a kill loses only the cells that were running. :mod:`autowarm.bench._oracle` reads the CSV
+back into the oracle table.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import csv
+import functools
+import importlib.metadata
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autowarm.bench._run import run_schedule
+from autowarm.bench.tasks import BenchTask
+from autowarm.schedules import ScheduleConfig
+
+__all__ = ["COLUMNS", "GridCell", "GridResult", "grid_cells", "oracle_grid"]
+
+_logger = logging.getLogger(__name__)
+
+COLUMNS: tuple[str, ...] = (
+    "task",
+    "peak_lr",
+    "warmup_steps",
+    "warmup_frac",
+    "total_steps",
+    "seed",
+    "final_val_loss",
+    "diverged",
+    "seconds",
+    "seconds_per_step",
+    "autowarm_version",
+    "torch_version",
+)
+"""Columns of the grid CSV, in order."""
+
+_Key = tuple[str, float, int, int, int]  # task, peak_lr, warmup_steps, total_steps, seed
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One run of the grid: a task at one peak LR, warmup length and seed."""
+
+    task: BenchTask
+    peak_lr: float
+    warmup_steps: int
+    seed: int
+
+    @property
+    def key(self) -> _Key:
+        """``(task name, peak_lr, warmup_steps, total_steps, seed)``, as the CSV stores it."""
+        t = self.task
+        return (t.name, float(self.peak_lr), int(self.warmup_steps), t.total_steps, self.seed)
+
+    def schedule(self) -> ScheduleConfig:
+        """Linear warmup from 0 to ``peak_lr``, then cosine decay to 0."""
+        return ScheduleConfig(
+            peak_lr=self.peak_lr,
+            total_steps=self.task.total_steps,
+            warmup_steps=self.warmup_steps,
+            decay="cosine",
+        )
+
+    def label(self) -> str:
+        return f"{self.task.name} lr={self.peak_lr:g} warmup={self.warmup_steps} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """What :func:`oracle_grid` did.
+
+    Attributes:
+        csv_path:
+            The CSV holding every row (old and new).
+        ran:
+            Cells trained by this call.
+        skipped:
+            Cells already in the CSV, not trained again.
+        failed:
+            ``(cell label, error message)`` of cells that raised; they have no row, so the next
+            call retries them.
+    """
+
+    csv_path: Path
+    ran: int
+    skipped: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a positive count or a list of ints, got {seeds}")
+        return list(range(seeds))
+    return [int(s) for s in seeds]
+
+
+def grid_cells(
+    tasks: BenchTask | Sequence[BenchTask],
+    *,
+    lrs: Sequence[float] | None = None,
+    warmups: Sequence[int] | None = None,
+    seeds: int | Sequence[int] = 2,
+) -> list[GridCell]:
+    """All cells of the grid, seed by seed (so a grid stopped half-way has whole seeds).
+
+    Args:
+        tasks:
+            One task or several.
+        lrs:
+            Peak LRs; ``None`` for each task's ``lr_grid``.
+        warmups:
+            Warmup lengths in steps; ``None`` for each task's ``warmup_grid``.
+        seeds:
+            A count ``n`` (seeds ``0 .. n-1``) or explicit seeds.
+
+    Raises:
+        ValueError: If a warmup is negative or longer than a task's ``total_steps``, or an LR is
+            not positive.
+    """
+    task_list = [tasks] if isinstance(tasks, BenchTask) else list(tasks)
+    cells: list[GridCell] = []
+    for seed in _seed_list(seeds):
+        for task in task_list:
+            task_lrs = task.lr_grid if lrs is None else tuple(float(x) for x in lrs)
+            task_warmups = task.warmup_grid if warmups is None else tuple(int(w) for w in warmups)
+            for w in task_warmups:
+                if not 0 <= w <= task.total_steps:
+                    raise ValueError(
+                        f"warmups must lie in [0, total_steps={task.total_steps}] for task "
+                        f"{task.name!r}, but got warmup={w}"
+                    )
+            if any(not lr > 0 for lr in task_lrs):
+                raise ValueError(f"lrs must be positive floats, but got lrs={task_lrs!r}")
+            cells += [GridCell(task, lr, w, seed) for lr in task_lrs for w in task_warmups]
+    return cells
+
+
+def _versions() -> dict[str, str]:
+    try:
+        autowarm_version = importlib.metadata.version("autowarm")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        autowarm_version = "unknown"
+    return {"autowarm_version": autowarm_version, "torch_version": torch.__version__}
+
+
+def _run_cell(cell: GridCell) -> dict[str, Any]:
+    result = run_schedule(cell.task, cell.schedule(), cell.seed)
+    return {
+        "task": cell.task.name,
+        "peak_lr": float(cell.peak_lr),
+        "warmup_steps": int(cell.warmup_steps),
+        "warmup_frac": cell.warmup_steps / cell.task.total_steps,
+        "total_steps": cell.task.total_steps,
+        "seed": cell.seed,
+        "final_val_loss": result.final_val_loss,
+        "diverged": result.diverged,
+        "seconds": round(result.seconds, 4),
+        "seconds_per_step": result.seconds_per_step,
+        **_versions(),
+    }
+
+
+def _init_worker() -> None:
+    # One thread per cell: the cells are the parallelism, and tiny models gain nothing from more.
+    torch.set_num_threads(1)
+    with contextlib.suppress(RuntimeError):  # already set in this process
+        torch.set_num_interop_threads(1)
+
+
+def _existing_keys(csv_path: Path) -> set[_Key]:
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return set()
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(
+                f"{csv_path} has columns {reader.fieldnames}, but a grid CSV has {list(COLUMNS)}; "
+                "pass a new csv_path (or move the old file away)"
+            )
+        return {
+            (
+                row["task"],
+                float(row["peak_lr"]),
+                int(row["warmup_steps"]),
+                int(row["total_steps"]),
+                int(row["seed"]),
+            )
+            for row in reader
+        }
+
+
+class _RowWriter:
+    """Appends rows to the CSV, header first when the file is new, flushed row by row."""
+
+    def __init__(self, csv_path: Path) -> None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        new = not csv_path.exists() or csv_path.stat().st_size == 0
+        self._file = csv_path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=list(COLUMNS))
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow(row)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def oracle_grid(
+    tasks: BenchTask | Sequence[BenchTask],
+    *,
+    csv_path: str | os.PathLike[str],
+    lrs: Sequence[float] | None = None,
+    warmups: Sequence[int] | None = None,
+    seeds: int | Sequence[int] = 2,
+    workers: int = 1,
+) -> GridResult:
+    """Train every (peak LR, warmup, seed) cell in full and append one CSV row per cell.
+
+    Cells already in ``csv_path`` (same task, peak LR, warmup, total steps and seed) are
+    skipped, so calling again after a kill resumes the grid. Each cell trains with linear
+    warmup from 0 and cosine decay to 0 (:meth:`GridCell.schedule`).
+
+    Args:
+        tasks:
+            One task or several (one pool serves them all).
+        csv_path:
+            The CSV to append to (created with a header if missing); columns :data:`COLUMNS`.
+        lrs:
+            Peak LRs; ``None`` for each task's ``lr_grid``.
+        warmups:
+            Warmup lengths in steps; ``None`` for each task's ``warmup_grid``.
+        seeds:
+            A count ``n`` (seeds ``0 .. n-1``) or explicit seeds.
+        workers:
+            Worker processes (``forkserver`` where available, else ``spawn``), one torch
+            thread each; ``0`` runs the cells in this process, one after another.
+
+    Returns:
+        A :class:`GridResult` with the counts of cells run, skipped and failed.
+
+    Raises:
+        ValueError: If ``workers`` is negative, or the CSV has other columns.
+    """
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, but got workers={workers!r}")
+    path = Path(csv_path)
+    cells = grid_cells(tasks, lrs=lrs, warmups=warmups, seeds=seeds)
+    done = _existing_keys(path)
+    todo = [c for c in cells if c.key not in done]
+    skipped = len(cells) - len(todo)
+    _logger.info(
+        "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
+    )
+    writer = _RowWriter(path)
+    try:
+        failed = _run_cells(todo, writer, workers)
+    finally:
+        writer.close()
+    return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
+
+
+def _run_cells(todo: list[GridCell], writer: _RowWriter, workers: int) -> list[tuple[str, str]]:
+    progress = _Progress(len(todo))
+    failed: list[tuple[str, str]] = []
+    if workers == 0:
+        for cell in todo:
+            _finish(cell, functools.partial(_run_cell, cell), writer, progress, failed)
+        return failed
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    try:
+        futures = {pool.submit(_run_cell, cell): cell for cell in todo}
+        for future in cf.as_completed(futures):
+            _finish(futures[future], future.result, writer, progress, failed)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return failed
+
+
+def _finish(
+    cell: GridCell,
+    get: Callable[[], dict[str, Any]],
+    writer: _RowWriter,
+    progress: _Progress,
+    failed: list[tuple[str, str]],
+) -> None:
+    try:
+        row = get()
+    except Exception as exc:  # one bad cell must not stop the grid; it stays to be retried
+        failed.append((cell.label(), f"{type(exc).__name__}: {exc}"))
+        _logger.error("grid: %s failed: %s: %s", cell.label(), type(exc).__name__, exc)
+        return
+    writer.write(row)
+    progress.tick(cell, row)
+
+
+class _Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.monotonic()
+
+    def tick(self, cell: GridCell, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        loss = row["final_val_loss"]
+        shown = "diverged" if row["diverged"] or not math.isfinite(loss) else f"val={loss:.4f}"
+        _logger.info(
+            "grid %d/%d (%.0f s, eta %.0f s): %s %s in %.1f s",
+            self.done,
+            self.total,
+            elapsed,
+            eta,
+            cell.label(),
+            shown,
+            row["seconds"],
+        )

@@ -1,0 +1,233 @@
+"""Reading a grid CSV back: the oracle table of a task, its best cell, flatness and regret."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "FLATNESS_TOLERANCE",
+    "GridEdgeWarning",
+    "OracleTable",
+    "load_grid",
+    "oracle_table",
+    "oracle_tables",
+    "regret",
+]
+
+FLATNESS_TOLERANCE = 0.01
+"""A cell counts towards flatness when its loss is within this fraction of the best."""
+
+
+class GridEdgeWarning(UserWarning):
+    """The best oracle cell lies on the edge of the grid, so the grid may have set the answer."""
+
+
+def regret(value: float, oracle_best: float) -> float:
+    """Relative excess loss over the best oracle cell.
+
+    .. math::
+
+        \\mathrm{regret} = \\frac{L_\\text{suggestion}}{L_\\text{oracle best}} - 1
+
+    0 is perfect; a diverged run (``nan`` or ``inf`` loss) has infinite regret. Negative values
+    mean the suggestion beat every grid cell.
+
+    Args:
+        value:
+            Final validation loss reached with the suggestion.
+        oracle_best:
+            Mean final validation loss of the best oracle cell.
+
+    Raises:
+        ValueError: If ``oracle_best`` is not a finite positive number.
+    """
+    if not math.isfinite(oracle_best) or oracle_best <= 0:
+        raise ValueError(
+            "oracle_best must be a finite loss > 0 (regret is a ratio), but got "
+            f"oracle_best={oracle_best!r}"
+        )
+    if not math.isfinite(value):
+        return math.inf
+    return value / oracle_best - 1.0
+
+
+def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
+    """The grid rows as a DataFrame (from a CSV path, or a frame passed through)."""
+    frame = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source)
+    if frame["diverged"].dtype != bool:
+        frame["diverged"] = frame["diverged"].astype(str).str.lower().eq("true")
+    return frame
+
+
+@dataclass(frozen=True)
+class OracleTable:
+    """The oracle of one task: the grid averaged over seeds, and its best cell.
+
+    Attributes:
+        task:
+            Task name.
+        total_steps:
+            Run length of the grid's cells.
+        cells:
+            One row per (``peak_lr``, ``warmup_steps``): ``warmup_frac``, ``mean_val_loss``
+            (``inf`` when any seed diverged), ``std_val_loss``, ``n_seeds``, ``n_diverged``,
+            ``rel_to_best`` (the regret of that cell).
+        best_peak_lr:
+            Peak LR of the best cell.
+        best_warmup_steps:
+            Warmup steps of the best cell.
+        best_loss:
+            Mean final validation loss of the best cell.
+        flatness:
+            Number of cells within ``tolerance`` of the best loss (the best included).
+        tolerance:
+            The relative tolerance of :attr:`flatness`.
+        edges:
+            Where the best cell touches the grid's edge (``"lowest peak_lr"``, ``"highest
+            peak_lr"``, ``"longest warmup"``); empty when it is inside. Warmup 0 is a natural
+            bound, not an edge.
+    """
+
+    task: str
+    total_steps: int
+    cells: pd.DataFrame
+    best_peak_lr: float
+    best_warmup_steps: int
+    best_loss: float
+    flatness: int
+    tolerance: float
+    edges: tuple[str, ...]
+
+    @property
+    def n_cells(self) -> int:
+        """Number of (peak LR, warmup) cells."""
+        return len(self.cells)
+
+    def pivot(self, value: str = "mean_val_loss") -> pd.DataFrame:
+        """``value`` as a table: one row per peak LR, one column per warmup length."""
+        return self.cells.pivot(index="peak_lr", columns="warmup_steps", values=value)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers as a JSON-ready dict."""
+        return {
+            "task": self.task,
+            "total_steps": self.total_steps,
+            "n_cells": self.n_cells,
+            "min_seeds": int(self.cells["n_seeds"].min()),
+            "best_peak_lr": self.best_peak_lr,
+            "best_warmup_steps": self.best_warmup_steps,
+            "best_warmup_frac": self.best_warmup_steps / self.total_steps,
+            "best_loss": self.best_loss,
+            "flatness": self.flatness,
+            "n_diverged_cells": int((self.cells["n_diverged"] > 0).sum()),
+            "edges": list(self.edges),
+        }
+
+
+def oracle_table(
+    grid: pd.DataFrame | str | os.PathLike[str],
+    task: str,
+    *,
+    total_steps: int | None = None,
+    tolerance: float = FLATNESS_TOLERANCE,
+) -> OracleTable:
+    """Average the grid over seeds for one task and find its best cell.
+
+    Warns with :class:`GridEdgeWarning` when the best cell is at the lowest or highest peak LR
+    or the longest warmup of the grid.
+
+    Args:
+        grid:
+            The grid CSV path or its DataFrame (:func:`load_grid`).
+        task:
+            Task name.
+        total_steps:
+            Which run length to use when the CSV holds several for this task.
+        tolerance:
+            Relative tolerance of :attr:`OracleTable.flatness`.
+
+    Raises:
+        ValueError: If the grid has no rows for the task, several run lengths and no
+            ``total_steps``, or no finite cell.
+    """
+    frame = load_grid(grid)
+    rows = frame[frame["task"] == task]
+    if rows.empty:
+        have = ", ".join(sorted(frame["task"].unique()))
+        raise ValueError(f"the grid has no rows for task={task!r}; it has: {have or 'nothing'}")
+    lengths = sorted(int(x) for x in rows["total_steps"].unique())
+    if total_steps is None and len(lengths) > 1:
+        raise ValueError(f"task {task!r} has runs of several lengths {lengths}; pass total_steps=")
+    steps = lengths[0] if total_steps is None else total_steps
+    rows = rows[rows["total_steps"] == steps]
+    cells = _cells(rows)
+    finite = cells[np.isfinite(cells["mean_val_loss"])]
+    if finite.empty:
+        raise ValueError(f"every cell of task {task!r} diverged; the grid needs smaller peak LRs")
+    best = finite.loc[finite["mean_val_loss"].idxmin()]
+    best_loss = float(best["mean_val_loss"])
+    cells["rel_to_best"] = [regret(v, best_loss) for v in cells["mean_val_loss"]]
+    table = OracleTable(
+        task=task,
+        total_steps=steps,
+        cells=cells,
+        best_peak_lr=float(best["peak_lr"]),
+        best_warmup_steps=int(best["warmup_steps"]),
+        best_loss=best_loss,
+        flatness=int((cells["rel_to_best"] <= tolerance).sum()),
+        tolerance=tolerance,
+        edges=_edges(cells, float(best["peak_lr"]), int(best["warmup_steps"])),
+    )
+    if table.edges:
+        warnings.warn(
+            f"the best oracle cell of task {task!r} (peak_lr={table.best_peak_lr:g}, "
+            f"warmup_steps={table.best_warmup_steps}) is at the {' and '.join(table.edges)} "
+            "of the grid; extend the grid there before trusting it",
+            GridEdgeWarning,
+            stacklevel=2,
+        )
+    return table
+
+
+def _cells(rows: pd.DataFrame) -> pd.DataFrame:
+    loss = rows["final_val_loss"].astype(float).where(~rows["diverged"], np.inf)
+    grouped = rows.assign(loss=loss).groupby(["peak_lr", "warmup_steps"], as_index=False)
+    cells = grouped.agg(
+        warmup_frac=("warmup_frac", "first"),
+        mean_val_loss=("loss", "mean"),
+        std_val_loss=("loss", "std"),
+        n_seeds=("seed", "nunique"),
+        n_diverged=("diverged", "sum"),
+    )
+    cells["n_diverged"] = cells["n_diverged"].astype(int)
+    return cells.sort_values(["peak_lr", "warmup_steps"], ignore_index=True)
+
+
+def _edges(cells: pd.DataFrame, best_lr: float, best_warmup: int) -> tuple[str, ...]:
+    edges = []
+    if len(cells["peak_lr"].unique()) > 1:
+        if best_lr == cells["peak_lr"].min():
+            edges.append("lowest peak_lr")
+        if best_lr == cells["peak_lr"].max():
+            edges.append("highest peak_lr")
+    if best_warmup == cells["warmup_steps"].max() and len(cells["warmup_steps"].unique()) > 1:
+        edges.append("longest warmup")
+    return tuple(edges)
+
+
+def oracle_tables(
+    grid: pd.DataFrame | str | os.PathLike[str], *, tolerance: float = FLATNESS_TOLERANCE
+) -> dict[str, OracleTable]:
+    """:func:`oracle_table` for every task in the grid (one run length each)."""
+    frame = load_grid(grid)
+    return {
+        str(task): oracle_table(frame, str(task), tolerance=tolerance)
+        for task in sorted(frame["task"].unique())
+    }

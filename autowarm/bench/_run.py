@@ -1,0 +1,169 @@
+"""One full training run of a benchmark task under a schedule: the unit the oracle grid repeats.
+
+The update itself is :func:`autowarm._train.train_step`, the same function the probe and the
+study use, so the benchmark measures the schedule and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from autowarm._train import (
+    BatchStream,
+    LossFn,
+    StepResult,
+    model_device,
+    move_to_device,
+    train_step,
+)
+from autowarm.bench.tasks import BenchTask
+from autowarm.schedules import ScheduleConfig
+
+__all__ = ["DIVERGENCE_FACTOR", "RunResult", "evaluate", "run_schedule"]
+
+DIVERGENCE_FACTOR = 10.0
+"""A run whose final validation loss is at least this multiple of the initial one diverged."""
+
+OnStep = Callable[[int, float, StepResult], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of :func:`run_schedule`.
+
+    Attributes:
+        final_val_loss:
+            Mean validation loss after the last step (``inf`` when the run diverged).
+        diverged:
+            A training loss was not finite (the run stopped there), or the final validation
+            loss was not finite or at least ``divergence_factor`` times the initial one.
+        seconds:
+            Wall time of the training steps (validation excluded).
+        steps:
+            Optimizer steps taken (fewer than ``total_steps`` when the run stopped early).
+        seconds_per_step:
+            ``seconds / steps``.
+        initial_val_loss:
+            Mean validation loss of the freshly built model.
+    """
+
+    final_val_loss: float
+    diverged: bool
+    seconds: float
+    steps: int
+    seconds_per_step: float
+    initial_val_loss: float
+
+
+def evaluate(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn) -> float:
+    """Mean loss over ``batches`` in eval mode without gradients; the mode is restored."""
+    was_training = model.training
+    device = model_device(model)
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                total += float(loss_fn(model, move_to_device(batch, device)))
+                count += 1
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the validation data yielded no batches; pass at least one batch")
+    return total / count
+
+
+def run_schedule(
+    task: BenchTask,
+    schedule: ScheduleConfig,
+    seed: int,
+    *,
+    optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+    on_step: OnStep | None = None,
+    divergence_factor: float = DIVERGENCE_FACTOR,
+) -> RunResult:
+    """Train ``task`` from scratch for ``schedule.total_steps`` steps along ``schedule``.
+
+    A fresh model is built from ``seed``, the task's optimizer is driven by
+    ``schedule.lambda_lr``, and each update is one :func:`autowarm._train.train_step` on the
+    next batch of the task's seeded stream (with the task's ``grad_clip``). Torch's global RNG
+    is seeded for the run and restored afterwards, so a run is a deterministic function of
+    ``(task, schedule, seed)`` on one machine.
+
+    Args:
+        task:
+            The benchmark task.
+        schedule:
+            The LR schedule; its ``total_steps`` sets the run length (normally the task's).
+        seed:
+            Seeds the model initialisation and the training data stream.
+        optimizer_cls:
+            Optimizer class taking ``lr`` and the task's ``optimizer_kwargs``.
+        on_step:
+            Called after each update as ``on_step(step, lr, result)`` with the step index
+            (from 0), the LR used and the :class:`~autowarm._train.StepResult`.
+        divergence_factor:
+            Final/initial validation loss ratio from which the run counts as diverged.
+
+    Returns:
+        The :class:`RunResult`.
+
+    Raises:
+        ValueError: If ``divergence_factor`` is not above 1.
+    """
+    if not divergence_factor > 1.0:
+        raise ValueError(
+            "divergence_factor must be a float > 1, but got "
+            f"divergence_factor={divergence_factor!r}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _run(task, schedule, seed, optimizer_cls, on_step, divergence_factor)
+
+
+def _run(
+    task: BenchTask,
+    schedule: ScheduleConfig,
+    seed: int,
+    optimizer_cls: Callable[..., torch.optim.Optimizer],
+    on_step: OnStep | None,
+    divergence_factor: float,
+) -> RunResult:
+    model = task.make_model(seed)
+    loss_fn = task.resolved_loss_fn()
+    val = task.val_data()
+    initial = evaluate(model, val, loss_fn)
+    optimizer = task.make_optimizer(model.parameters(), schedule.peak_lr, optimizer_cls)
+    scheduler = schedule.lambda_lr(optimizer)
+    stream = BatchStream(task.train_data(seed), model_device(model))
+    diverged, steps = False, 0
+    start = time.perf_counter()
+    for step in range(schedule.total_steps):
+        lr = float(optimizer.param_groups[0]["lr"])
+        result = train_step(model, optimizer, stream.next(), loss_fn, grad_clip=task.grad_clip)
+        steps += 1
+        if on_step is not None:
+            on_step(step, lr, result)
+        if not result.finite:
+            diverged = True
+            break
+        scheduler.step()
+    seconds = time.perf_counter() - start
+    final = math.inf if diverged else evaluate(model, val, loss_fn)
+    if not math.isfinite(final) or final >= divergence_factor * initial:
+        diverged, final = True, math.inf
+    return RunResult(
+        final_val_loss=final,
+        diverged=diverged,
+        seconds=seconds,
+        steps=steps,
+        seconds_per_step=seconds / max(steps, 1),
+        initial_val_loss=initial,
+    )

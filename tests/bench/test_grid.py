@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autowarm.bench import (
+    COLUMNS,
+    GridEdgeWarning,
+    get_task,
+    oracle_grid,
+    oracle_table,
+    oracle_tables,
+    regret,
+)
+from autowarm.bench._cli import main
+
+
+def _tiny() -> object:
+    return dataclasses.replace(get_task("control_convex"), total_steps=30, val_batches=2)
+
+
+def test_tiny_grid_end_to_end_with_resume(tmp_path: Path) -> None:
+    task = _tiny()
+    csv_path = tmp_path / "grid.csv"
+    first = oracle_grid(
+        task, csv_path=csv_path, lrs=[1e-3, 3e-2], warmups=[0, 10], seeds=1, workers=0
+    )
+    assert (first.ran, first.skipped, first.failed) == (4, 0, [])
+    frame = pd.read_csv(csv_path)
+    assert tuple(frame.columns) == COLUMNS
+    assert len(frame) == 4
+    assert set(frame["warmup_frac"]) == {0.0, 10 / 30}
+    second = oracle_grid(
+        task, csv_path=csv_path, lrs=[1e-3, 3e-2], warmups=[0, 10], seeds=1, workers=0
+    )
+    assert (second.ran, second.skipped) == (0, 4)
+    assert len(pd.read_csv(csv_path)) == 4
+    # a second seed only runs the new cells
+    third = oracle_grid(
+        task, csv_path=csv_path, lrs=[1e-3, 3e-2], warmups=[0, 10], seeds=[0, 1], workers=0
+    )
+    assert (third.ran, third.skipped) == (4, 4)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GridEdgeWarning)
+        table = oracle_table(csv_path, task.name)
+    assert table.n_cells == 4
+    assert set(table.cells["n_seeds"]) == {2}
+    best = table.cells["mean_val_loss"].min()
+    assert table.best_loss == best
+    assert 1 <= table.flatness <= 4
+    assert table.pivot().shape == (2, 2)
+    assert table.cells["rel_to_best"].min() == 0.0
+
+
+@pytest.mark.slow
+def test_grid_runs_in_worker_processes(tmp_path: Path) -> None:
+    csv_path = tmp_path / "grid.csv"
+    result = oracle_grid(
+        _tiny(), csv_path=csv_path, lrs=[1e-2], warmups=[0, 5], seeds=1, workers=2
+    )
+    assert (result.ran, result.failed) == (2, [])
+    serial = oracle_grid(
+        _tiny(), csv_path=tmp_path / "s.csv", lrs=[1e-2], warmups=[0, 5], seeds=1, workers=0
+    )
+    assert serial.ran == 2
+    a = pd.read_csv(csv_path).sort_values("warmup_steps")["final_val_loss"].to_numpy()
+    b = pd.read_csv(tmp_path / "s.csv").sort_values("warmup_steps")["final_val_loss"].to_numpy()
+    assert a.tolist() == pytest.approx(b.tolist(), rel=1e-5)
+
+
+def _frame(
+    losses: dict[tuple[float, int], float], diverged: frozenset[tuple[float, int]] = frozenset()
+) -> pd.DataFrame:
+    rows = []
+    for (lr, w), loss in losses.items():
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "task": "t",
+                    "peak_lr": lr,
+                    "warmup_steps": w,
+                    "warmup_frac": w / 100,
+                    "total_steps": 100,
+                    "seed": seed,
+                    "final_val_loss": loss + 0.001 * seed,
+                    "diverged": (lr, w) in diverged and seed == 1,
+                    "seconds": 1.0,
+                    "seconds_per_step": 0.01,
+                    "autowarm_version": "x",
+                    "torch_version": "y",
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def test_oracle_table_best_flatness_edges_and_divergence() -> None:
+    losses = {(lr, w): 2.0 for lr in (1e-3, 1e-2, 1e-1) for w in (0, 10, 60)}
+    losses[(1e-2, 10)] = 1.0
+    losses[(1e-2, 0)] = 1.005
+    losses[(1e-1, 0)] = 0.5  # would be best, but one seed diverged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = oracle_table(_frame(losses, diverged=frozenset({(1e-1, 0)})), "t")
+    assert (table.best_peak_lr, table.best_warmup_steps) == (1e-2, 10)
+    assert table.best_loss == pytest.approx(1.0005)
+    assert table.flatness == 2
+    assert table.edges == ()
+    diverged = table.cells.set_index(["peak_lr", "warmup_steps"]).loc[(1e-1, 0)]
+    assert math.isinf(diverged["mean_val_loss"]) and diverged["n_diverged"] == 1
+
+
+def test_best_on_the_edge_warns() -> None:
+    losses = {(lr, w): 2.0 for lr in (1e-3, 1e-2) for w in (0, 60)}
+    losses[(1e-2, 60)] = 1.0
+    with pytest.warns(GridEdgeWarning, match="highest peak_lr and longest warmup"):
+        table = oracle_table(_frame(losses), "t")
+    assert table.edges == ("highest peak_lr", "longest warmup")
+    assert set(oracle_tables(_frame({(1e-3, 0): 1.0, (1e-2, 0): 2.0, (1e-1, 0): 3.0}))) == {"t"}
+
+
+def test_regret() -> None:
+    assert regret(1.1, 1.0) == pytest.approx(0.1)
+    assert regret(1.0, 1.0) == 0.0
+    assert regret(float("nan"), 1.0) == math.inf
+    assert regret(float("inf"), 1.0) == math.inf
+    with pytest.raises(ValueError, match="oracle_best must be a finite loss > 0"):
+        regret(1.0, 0.0)
+
+
+def test_missing_task_and_mismatched_csv(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no rows for task='u'; it has: t"):
+        oracle_table(_frame({(1e-3, 0): 1.0}), "u")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="pass a new csv_path"):
+        oracle_grid(_tiny(), csv_path=bad, lrs=[1e-3], warmups=[0], seeds=1, workers=0)
+    with pytest.raises(ValueError, match="warmups must lie in"):
+        oracle_grid(_tiny(), csv_path=tmp_path / "x.csv", lrs=[1e-3], warmups=[31], seeds=1)
+
+
+def test_cli_grid_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "grid",
+        "--tasks",
+        "control_convex",
+        "--total-steps",
+        "20",
+        "--seeds",
+        "1",
+        "--workers",
+        "0",
+        "--lrs",
+        "1e-3,1e-2",
+        "--warmups",
+        "0,5",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    assert '"ran": 4' in capsys.readouterr().out
+    assert main(["table", str(tmp_path / "oracle_grid.csv")]) == 0
+    assert '"task": "control_convex"' in capsys.readouterr().out
+    assert main(["grid", "--tasks", "nope", "--out", str(tmp_path)]) == 1
+    assert "valid names" in capsys.readouterr().err
