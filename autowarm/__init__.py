@@ -1,18 +1,48 @@
 """autowarm: measure the learning-rate warmup length and peak LR for a PyTorch run.
 
 The public surface is this module's ``__all__``; implementation lives in private modules.
+
+Example:
+    >>> import autowarm  # doctest: +SKIP
+    >>> s = autowarm.suggest(model, loader, total_steps=20_000)  # doctest: +SKIP
+    >>> scheduler = s.schedule.lambda_lr(optimizer)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from autowarm._shapes import Decay
 from autowarm.schedules import ScheduleConfig, TransformersExportError
 
+if TYPE_CHECKING:
+    from autowarm.suggest import ProbeDivergedError, Suggestion, suggest
+
 __version__ = "0.1.0"
+
+# torch and pandas load on first use of these names, so `autowarm --version` and
+# ScheduleConfig work without paying for them.
+_LAZY = {
+    "ProbeDivergedError": "autowarm.suggest",
+    "Suggestion": "autowarm.suggest",
+    "suggest": "autowarm.suggest",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autowarm' has no attribute {name!r}")
+
 
 __all__ = [
     "Decay",
+    "ProbeDivergedError",
     "ScheduleConfig",
+    "Suggestion",
     "TransformersExportError",
     "__version__",
+    "suggest",
 ]

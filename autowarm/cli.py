@@ -145,8 +145,34 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- demo
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the probe on a built-in example task")
+    p.add_argument("--out", type=Path, default=Path("autowarm-demo"), help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from autowarm._demo import run_demo
+
+    result = run_demo(args.out, seed=args.seed, progress=not args.no_progress)
+    print(result.text)
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench
+def _add_bench(sub: Any) -> None:
+    from autowarm.bench import _cli as bench_cli
+
+    p = sub.add_parser("bench", help="benchmark: oracle grids, baselines, regret")
+    bench_cli.add_arguments(p)
+    p.set_defaults(func=bench_cli.run)
+
+
 # ---------------------------------------------------------------------------- main
-_COMMANDS: list[Callable[[Any], None]] = [_add_schedule, _add_export]
+_COMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_schedule, _add_export, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,218 @@
+"""Running probe bursts: short training runs from the snapshot, recorded step by step.
+
+A burst restores the initial weights, re-seeds torch, restarts the data from the same batch,
+builds a fresh optimizer, and trains for a given list of per-step LRs, recording one trace row
+per optimizer step. The training step is ``autowarm._train.train_step``, the same one the study
+and the benchmark use. Every step counts against the probe's budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autowarm._train import BatchStream, LossFn, train_step
+from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
+from autowarm.probe._state import ModelSnapshot
+
+_log = logging.getLogger("autowarm")
+
+# Moment statistics copied into the trace (None when the optimizer has no second moment).
+MOMENT_COLUMNS = ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa", "n_eff", "rel_error")
+
+
+class BudgetExhausted(Exception):
+    """Internal: the probe's step budget ran out in the middle of a burst."""
+
+
+@dataclass
+class Budget:
+    """Optimizer steps (forward + backward passes) the probe may still take."""
+
+    total: int
+    used: int = 0
+    on_step: Callable[[], None] | None = None
+
+    @property
+    def left(self) -> int:
+        return self.total - self.used
+
+    def take(self) -> None:
+        if self.used >= self.total:
+            raise BudgetExhausted
+        self.used += 1
+        if self.on_step is not None:
+            self.on_step()
+
+
+class _DivergenceWatch:
+    """Bias-corrected EMA of the loss and the early-stop rule of a burst.
+
+    Sweep (range test): stop when the smoothed loss exceeds ``factor`` times its minimum, as
+    LR finders do. Burst at a schedule: stop when the smoothed loss exceeds ``factor / 2``
+    times the first loss, a blow-up no later step can undo; milder instability is judged
+    afterwards on the whole trace. Either way a non-finite loss stops the burst.
+    """
+
+    def __init__(self, factor: float, *, sweep: bool, beta: float = 0.9) -> None:
+        self.factor, self.sweep, self.beta = factor, sweep, beta
+        self.avg = 0.0
+        self.n = 0
+        self.best = math.inf
+        self.first = math.nan
+        self.blown = False
+
+    def update(self, loss: float, finite: bool) -> float:
+        if not finite or not math.isfinite(loss):
+            self.blown = True
+            return math.nan
+        self.n += 1
+        self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
+        smooth = self.avg / (1.0 - self.beta**self.n)
+        if self.n == 1:
+            self.first = loss
+        if self.sweep:
+            self.best = min(self.best, smooth)
+            self.blown = self.n > 3 and smooth > self.factor * self.best
+        else:
+            self.blown = smooth > 0.5 * self.factor * abs(self.first) and smooth > self.first
+        return smooth
+
+
+@dataclass
+class BurstResult:
+    """What one burst did: its rows, whether it diverged, and how many steps it took."""
+
+    phase: str
+    burst: int
+    rows: list[dict[str, Any]]
+    diverged: bool
+    truncated: bool  # stopped early by the budget, not by the plan
+    peak_lr: float
+    warmup_steps: int
+
+    @property
+    def losses(self) -> list[float]:
+        return [float(r["loss"]) for r in self.rows]
+
+    @property
+    def lrs(self) -> list[float]:
+        return [float(r["lr"]) for r in self.rows]
+
+    @property
+    def steps(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class ProbeRunner:
+    """Everything a burst needs, built once per ``suggest()`` call."""
+
+    model: nn.Module
+    stream: BatchStream
+    loss_fn: LossFn
+    optimizer_cls: type[torch.optim.Optimizer]
+    optimizer_kwargs: dict[str, Any]
+    snapshot: ModelSnapshot
+    budget: Budget
+    seed: int
+    monitor_coords: int = 65536
+    diverge_factor: float = 4.0
+    bursts: list[BurstResult] = field(default_factory=list)
+    has_second_moment: bool | None = None
+
+    def _fresh_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                "the model has no parameter with requires_grad=True; unfreeze what should train"
+            )
+        return self.optimizer_cls(params, lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def run(
+        self,
+        lrs: Sequence[float],
+        *,
+        phase: str,
+        peak_lr: float,
+        warmup_steps: int,
+        stop_on_divergence: bool = True,
+    ) -> BurstResult:
+        """Train from the snapshot with ``lrs[i]`` at step ``i``; stop early on divergence.
+
+        Divergence is a non-finite loss or gradient, or a loss above ``diverge_factor`` times
+        the lowest loss seen so far in this burst (and above the first loss). Running out of
+        budget ends the burst with ``truncated=True``.
+        """
+        burst_id = len(self.bursts)
+        self.snapshot.restore_weights()
+        torch.manual_seed(self.seed)
+        self.stream.restart()
+        self.model.train()
+        optimizer = self._fresh_optimizer(float(lrs[0]) if lrs else 1e-3)
+        monitor = self._monitor(optimizer)
+        rows: list[dict[str, Any]] = []
+        diverged = truncated = False
+        watch = _DivergenceWatch(self.diverge_factor, sweep=phase == "range_test")
+        try:
+            for i, lr in enumerate(lrs):
+                try:
+                    self.budget.take()
+                except BudgetExhausted:
+                    truncated = True
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr)
+                t0 = time.perf_counter()
+                res = train_step(self.model, optimizer, self.stream.next(), self.loss_fn)
+                stats = monitor.update() if (monitor is not None and res.finite) else None
+                row: dict[str, Any] = {
+                    "phase": phase,
+                    "burst": burst_id,
+                    "step": i,
+                    "lr": float(lr),
+                    "loss": res.loss,
+                    "loss_smoothed": watch.update(res.loss, res.finite),
+                    "grad_norm": res.grad_norm,
+                    "finite": res.finite,
+                    "seconds": time.perf_counter() - t0,
+                }
+                for col in MOMENT_COLUMNS:
+                    row[col] = float(getattr(stats, col)) if stats is not None else math.nan
+                rows.append(row)
+                if watch.blown:
+                    diverged = True
+                    if stop_on_divergence:
+                        break
+            if self.has_second_moment is None:
+                self.has_second_moment = has_second_moment(optimizer)
+        finally:
+            del optimizer
+        result = BurstResult(phase, burst_id, rows, diverged, truncated, peak_lr, warmup_steps)
+        self.bursts.append(result)
+        _log.debug(
+            "burst %d (%s): peak %.3g warmup %d, %d steps, diverged=%s",
+            burst_id,
+            phase,
+            peak_lr,
+            warmup_steps,
+            len(rows),
+            diverged,
+        )
+        return result
+
+    def _monitor(self, optimizer: torch.optim.Optimizer) -> SecondMomentMonitor | None:
+        if self.has_second_moment is False:
+            return None
+        return SecondMomentMonitor(optimizer, max_coords=self.monitor_coords, seed=self.seed)
+
+    def trace_rows(self) -> list[dict[str, Any]]:
+        """All bursts' rows in order."""
+        return [row for burst in self.bursts for row in burst.rows]

@@ -1,0 +1,413 @@
+"""The probe's plan: a range test, then warmup bursts at the chosen peak, then the decision.
+
+1. **Range test** (Smith, 2017): an exponential LR sweep from the initial weights, stopped at
+   divergence. It brackets the usable LRs and gives the peak candidate.
+2. **Warmup bursts**: from the initial weights again, a linear ramp of ``W`` steps to the peak,
+   then ``hold`` steps at the peak. ``W = 0`` first; while the burst is unstable (non-finite
+   loss, a catapult above the starting loss, spikes, or oscillation; see
+   ``signals.burst_stability``), ``W`` doubles; once a stable ``W`` is found, one bisection
+   step between it and the last unstable one when the budget allows. If no ``W`` the budget
+   can afford is stable, the peak is halved and the search goes on from the last ``W``.
+3. **Second moment**: Adam's ``v_hat`` statistics recorded during the bursts (noise ``kappa``,
+   drift of ``g^2`` against ``v_hat``, step-to-step change) give the step at which the
+   preconditioner has settled (``signals.settling_step``). Warmup shorter than that leaves
+   Adam's first updates normalised by a poor estimate of the gradient scale.
+
+The warmup is the larger of the burst answer and the settling step, so the rationale can say
+which signal decided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autowarm.probe import signals as sig
+from autowarm.probe._bursts import MOMENT_COLUMNS, BurstResult, ProbeRunner
+
+_log = logging.getLogger("autowarm")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Knobs of the probe plan (all relative, so they carry to a model never seen)."""
+
+    lr_min: float = 1e-7
+    lr_max: float = 10.0
+    range_test_share: float = 0.35  # of the budget, for the sweep
+    range_test_min_steps: int = 20
+    range_test_max_steps: int = 150
+    hold_share: float = 0.08  # of the budget, steps at the peak after each ramp
+    hold_min_steps: int = 8
+    peak_divisor: float = 10.0**0.5  # peak = divergence-side LR / this (see choose_peak)
+    max_warmup_fraction: float = 0.5  # of total_steps
+    # Settled when v_hat is within ~25% of E[g^2] (Adam's step within ~12%), and the gradient
+    # scale is not running ahead of v_hat by more than 1.5x. Shrinking gradients (drift < 1)
+    # make Adam's steps smaller than intended, which is safe, so the band is open below.
+    rel_error_tol: float = 0.25
+    drift_band: tuple[float, float] = (1e-3, 1.5)
+
+
+@dataclass
+class BurstVerdict:
+    """One warmup burst and what the stability rules said about it."""
+
+    burst: BurstResult
+    signals: sig.BurstSignals
+
+    @property
+    def stable(self) -> bool:
+        return not self.signals.unstable and not self.burst.diverged
+
+
+@dataclass
+class ProbeOutcome:
+    """The decision and the evidence behind it."""
+
+    peak_lr: float
+    warmup_steps: int
+    deciding_signal: str
+    confidence: str  # "high" or "low"
+    reasons: list[str]
+    range_test: sig.RangeTestResult
+    verdicts: list[BurstVerdict]
+    settling: sig.SettlingResult | None
+    peak_reductions: int
+    warmup_from_bursts: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def range_test_lrs(n: int, lr_min: float, lr_max: float) -> list[float]:
+    """``n`` log-spaced LRs from ``lr_min`` to ``lr_max``."""
+    return [float(x) for x in np.geomspace(lr_min, lr_max, n)]
+
+
+def choose_peak(rt: sig.RangeTestResult, divisor: float) -> tuple[float, str]:
+    """Peak LR from the range test, and the sentence that explains it.
+
+    The LR of minimum smoothed loss is the last LR of the sweep that still improved the loss
+    (it is at most the divergence LR). A full run spends many steps at its peak, starting from
+    the initial weights rather than from a model the sweep has already trained, so the peak is
+    set ``divisor`` below that edge (fastai's classic rule divides by 10; the cosine decay of
+    the real run lowers the LR later, so a smaller factor, sqrt(10), is the default), and
+    never below the steepest-descent LR.
+    """
+    edge = rt.min_loss_lr
+    if rt.diverged and math.isfinite(rt.diverge_lr):
+        edge = min(edge, rt.diverge_lr)
+    peak = edge / divisor
+    why = (
+        f"peak = {peak:.3g}: the sweep's lowest smoothed loss at lr {edge:.3g}, divided by "
+        f"{divisor:.3g}"
+    )
+    if math.isfinite(rt.steepest_lr) and rt.steepest_lr < edge and peak < rt.steepest_lr:
+        peak = rt.steepest_lr
+        why += f", raised to the steepest-descent LR {peak:.3g}"
+    return peak, why
+
+
+def ramp_lrs(peak: float, warmup: int, hold: int) -> list[float]:
+    """Linear warmup from 0 over ``warmup`` steps (the schedule convention), then ``hold``."""
+    ramp = [peak * (s / warmup) for s in range(warmup)] if warmup > 0 else []
+    return ramp + [peak] * hold
+
+
+def _judge(burst: BurstResult) -> BurstVerdict:
+    losses = burst.losses
+    start = losses[0] if losses else None
+    return BurstVerdict(burst, sig.burst_stability(losses, start_loss=start))
+
+
+def _moment_frame(runner: ProbeRunner, verdicts: list[BurstVerdict]) -> pd.DataFrame | None:
+    # Settling is read on the longest stable burst (else the longest one): its ramp is the
+    # regime the real run will see.
+    if not verdicts or runner.has_second_moment is False:
+        return None
+    stable = [v for v in verdicts if v.stable]
+    pick = max(stable or verdicts, key=lambda v: v.burst.steps).burst
+    frame = pd.DataFrame(pick.rows)
+    if frame.empty or frame["vhat_mean"].isna().all():
+        return None
+    frame = frame.loc[frame["finite"].astype(bool), ["step", *MOMENT_COLUMNS]].copy()
+    frame["step"] = frame["step"] + 1  # statistics are read after update number step + 1
+    return frame.reset_index(drop=True)
+
+
+def run_search(
+    runner: ProbeRunner, *, total_steps: int, settings: SearchSettings, beta2: float | None = None
+) -> ProbeOutcome:
+    """Run the probe's bursts within ``runner.budget`` and decide warmup and peak."""
+    budget = runner.budget.total
+    n_rt = int(
+        min(
+            settings.range_test_max_steps,
+            max(settings.range_test_min_steps, round(settings.range_test_share * budget)),
+        )
+    )
+    rt_burst = runner.run(
+        range_test_lrs(n_rt, settings.lr_min, settings.lr_max),
+        phase="range_test",
+        peak_lr=math.nan,
+        warmup_steps=0,
+    )
+    rt = sig.range_test(
+        rt_burst.lrs, rt_burst.losses, skip_begin=max(1, min(10, n_rt // 10)), skip_end=1
+    )
+    if rt_burst.diverged and not rt.diverged and rt_burst.rows:
+        # The runner stopped the sweep (a non-finite loss, or smoothed loss past the factor)
+        # before the analysis window saw it: that LR is the divergence edge.
+        rt = dataclasses.replace(
+            rt, diverged=True, diverge_lr=rt_burst.lrs[-1], diverge_index=len(rt_burst.rows) - 1
+        )
+    reasons: list[str] = []
+    if not rt.ok:
+        reasons.append(f"range test inconclusive: {rt.reason}")
+    if rt.flat and not rt.diverged:
+        reasons.append("the loss hardly moved in the range test (an already trained model?)")
+    peak, peak_why = choose_peak(rt, settings.peak_divisor)
+    if not math.isfinite(peak):
+        raise ValueError("internal: no finite peak candidate from the range test")
+    hold = max(settings.hold_min_steps, round(settings.hold_share * budget))
+    verdicts, w_stable, reductions, peak = _warmup_search(runner, peak, hold, reasons)
+    settling = _settling(runner, verdicts, settings, beta2)
+    w_moment = _ceil_steps(settling)
+    if w_stable is not None and w_moment > w_stable and runner.budget.left >= w_moment + hold:
+        # Confirm the combined answer in the regime the real run will see, and measure the
+        # second moment along a ramp long enough to settle.
+        v = _judge(
+            runner.run(
+                ramp_lrs(peak, w_moment, hold),
+                phase="confirm",
+                peak_lr=peak,
+                warmup_steps=w_moment,
+            )
+        )
+        verdicts.append(v)
+        settling = _settling(runner, verdicts, settings, beta2)
+    return _decide(
+        peak,
+        peak_why,
+        rt,
+        verdicts,
+        w_stable,
+        reductions,
+        settling,
+        total_steps,
+        settings,
+        reasons,
+    )
+
+
+def _ceil_steps(settling: sig.SettlingResult | None) -> int:
+    if settling is None or not math.isfinite(settling.settling_step):
+        return 0
+    return math.ceil(settling.settling_step)
+
+
+def _settling(
+    runner: ProbeRunner,
+    verdicts: list[BurstVerdict],
+    settings: SearchSettings,
+    beta2: float | None,
+) -> sig.SettlingResult | None:
+    frame = _moment_frame(runner, verdicts)
+    if frame is None or len(frame) < 3:
+        return None
+    return sig.settling_step(
+        frame, rel_error_tol=settings.rel_error_tol, drift_band=settings.drift_band, beta2=beta2
+    )
+
+
+def _warmup_search(
+    runner: ProbeRunner, peak: float, hold: int, reasons: list[str]
+) -> tuple[list[BurstVerdict], int | None, int, float]:
+    verdicts: list[BurstVerdict] = []
+    unstable_w: int | None = None
+    stable_w: int | None = None
+    reductions = 0
+    w = 0
+    while runner.budget.left >= hold + w and stable_w is None:
+        v = _judge(
+            runner.run(ramp_lrs(peak, w, hold), phase="warmup", peak_lr=peak, warmup_steps=w)
+        )
+        verdicts.append(v)
+        if v.stable:
+            stable_w = w
+            break
+        unstable_w = w
+        w = max(hold, 2 * w)
+        if runner.budget.left < hold + w and runner.budget.left >= hold + unstable_w:
+            # The next ramp does not fit: a lower peak is the cheaper fix.
+            peak /= 2.0
+            reductions += 1
+            w = unstable_w
+    if stable_w is not None and unstable_w is not None and stable_w - unstable_w > 2:
+        mid = (stable_w + unstable_w) // 2
+        if runner.budget.left >= hold + mid:
+            v = _judge(
+                runner.run(
+                    ramp_lrs(peak, mid, hold),
+                    phase="warmup_bisect",
+                    peak_lr=peak,
+                    warmup_steps=mid,
+                )
+            )
+            verdicts.append(v)
+            if v.stable:
+                stable_w = mid
+    if stable_w is None:
+        reasons.append("no burst within the budget trained stably at the peak")
+    return verdicts, stable_w, reductions, peak
+
+
+def _decide(
+    peak: float,
+    peak_why: str,
+    rt: sig.RangeTestResult,
+    verdicts: list[BurstVerdict],
+    w_stable: int | None,
+    reductions: int,
+    settling: sig.SettlingResult | None,
+    total_steps: int,
+    settings: SearchSettings,
+    reasons: list[str],
+) -> ProbeOutcome:
+    notes: list[str] = []
+    tested = [v.burst.warmup_steps for v in verdicts]
+    if w_stable is None:
+        # Extrapolate: twice the longest ramp tried, at the (possibly lowered) peak.
+        w_bursts = 2 * max(tested) if tested else 0
+        notes.append(f"no stable ramp found; extrapolated warmup {w_bursts} from {tested}")
+    else:
+        w_bursts = w_stable
+    w_moment = _ceil_steps(settling)
+    confirm = [v for v in verdicts if v.burst.phase == "confirm"]
+    if confirm and not confirm[-1].stable:
+        reasons.append(f"the confirming burst was unstable ({confirm[-1].signals.reason})")
+    deciding = "loss bursts" if w_bursts >= w_moment else "second moment"
+    if w_bursts == 0 and w_moment == 0:
+        deciding = "none needed"
+    warmup = max(w_bursts, w_moment)
+    cap = int(settings.max_warmup_fraction * total_steps)
+    if warmup > cap:
+        notes.append(
+            f"warmup {warmup} capped at {cap} ({settings.max_warmup_fraction:.0%} of run)"
+        )
+        reasons.append("the signals asked for more warmup than half the run")
+        warmup = cap
+    if reductions:
+        notes.append(f"peak halved {reductions}x because no affordable ramp was stable")
+    notes.insert(0, peak_why)
+    return ProbeOutcome(
+        peak_lr=peak,
+        warmup_steps=warmup,
+        deciding_signal=deciding,
+        confidence="low" if reasons else "high",
+        reasons=reasons,
+        range_test=rt,
+        verdicts=verdicts,
+        settling=settling,
+        peak_reductions=reductions,
+        warmup_from_bursts=w_stable,
+        notes=notes,
+    )
+
+
+def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
+    """Rows (name, value, unit, description) of the derived measurements."""
+    rows: list[dict[str, Any]] = []
+    rt = outcome.range_test
+    rows += [
+        {
+            "name": "range_test.steepest_lr",
+            "value": rt.steepest_lr,
+            "unit": "lr",
+            "description": "LR of steepest descent of the smoothed loss (against log LR)",
+        },
+        {
+            "name": "range_test.valley_lr",
+            "value": rt.valley_lr,
+            "unit": "lr",
+            "description": "fastai-style valley LR",
+        },
+        {
+            "name": "range_test.min_loss_lr",
+            "value": rt.min_loss_lr,
+            "unit": "lr",
+            "description": "LR of the minimum smoothed loss",
+        },
+        {
+            "name": "range_test.diverge_lr",
+            "value": rt.diverge_lr,
+            "unit": "lr",
+            "description": "LR at which the sweep diverged (nan if it did not)",
+        },
+    ]
+    for v in outcome.verdicts:
+        s = v.signals
+        tag = f"burst{v.burst.burst}.W{v.burst.warmup_steps}"
+        rows += [
+            {
+                "name": f"{tag}.stable",
+                "value": float(v.stable),
+                "unit": "bool",
+                "description": f"peak {v.burst.peak_lr:.3g}: {s.reason}",
+            },
+            {
+                "name": f"{tag}.tv_ratio",
+                "value": s.tv_ratio,
+                "unit": "ratio",
+                "description": "total variation of smoothed loss / net decrease (1 = monotone)",
+            },
+            {
+                "name": f"{tag}.rise_above_start",
+                "value": s.rise_above_start,
+                "unit": "fraction",
+                "description": "max smoothed loss / starting loss - 1 (catapult)",
+            },
+            {
+                "name": f"{tag}.n_spikes",
+                "value": float(s.n_spikes),
+                "unit": "count",
+                "description": "loss jumps above a robust running scale",
+            },
+        ]
+    st = outcome.settling
+    if st is not None:
+        rows += [
+            {
+                "name": "second_moment.settling_step",
+                "value": float(st.settling_step),
+                "unit": "steps",
+                "description": f"v_hat settled ({'measured' if st.settled else 'extrapolated'})",
+            },
+            {
+                "name": "second_moment.kappa",
+                "value": float(st.kappa),
+                "unit": "ratio",
+                "description": "Var(g^2)/E[g^2]^2 of sampled coordinates (2 = Gaussian noise)",
+            },
+        ]
+    rows.append(
+        {
+            "name": "decision.warmup_steps",
+            "value": float(outcome.warmup_steps),
+            "unit": "steps",
+            "description": f"decided by {outcome.deciding_signal}",
+        }
+    )
+    rows.append(
+        {
+            "name": "decision.peak_lr",
+            "value": outcome.peak_lr,
+            "unit": "lr",
+            "description": "peak LR of the suggested schedule",
+        }
+    )
+    return rows

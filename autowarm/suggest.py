@@ -1,0 +1,421 @@
+"""``autowarm.suggest()``: measure the model and return a warmup length and a peak LR."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from autowarm._train import BatchStream, LossFn, model_device, resolve_loss_fn
+from autowarm.probe._bursts import Budget, ProbeRunner
+from autowarm.probe._search import ProbeOutcome, SearchSettings, outcome_signals, run_search
+from autowarm.probe._state import preserved
+from autowarm.schedules import ScheduleConfig
+
+_log = logging.getLogger("autowarm")
+
+__all__ = ["ProbeDivergedError", "Suggestion", "suggest"]
+
+SUGGESTION_FORMAT = "autowarm.suggestion"
+
+
+class ProbeDivergedError(RuntimeError):
+    """Every LR the probe tried diverged; ``trace`` holds what was recorded."""
+
+    def __init__(self, message: str, trace: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.trace = trace
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The probe's answer and the evidence behind it.
+
+    Attributes:
+        warmup_steps: suggested linear warmup, in optimizer steps.
+        peak_lr: suggested peak LR.
+        schedule: the full schedule, ready: ``suggestion.schedule.lambda_lr(optimizer)``.
+        probe_steps: optimizer steps (forward + backward passes) the probe took.
+        rationale: a paragraph a person can check.
+        trace: one row per probe step of every burst.
+        signals: the derived measurements (``name``, ``value``, ``unit``, ``description``).
+        confidence: ``"high"``, or ``"low"`` with ``low_confidence_reasons``.
+        deciding_signal: which signal set the warmup (``loss bursts``, ``second moment``,
+            ``none needed``).
+        wall_seconds: wall time of the probe.
+    """
+
+    warmup_steps: int
+    peak_lr: float
+    schedule: ScheduleConfig
+    probe_steps: int
+    rationale: str
+    trace: pd.DataFrame = field(repr=False)
+    signals: pd.DataFrame = field(repr=False)
+    confidence: str = "high"
+    low_confidence_reasons: tuple[str, ...] = ()
+    deciding_signal: str = ""
+    wall_seconds: float = 0.0
+
+    @property
+    def low_confidence(self) -> bool:
+        """True when the probe could not decide firmly (see ``low_confidence_reasons``)."""
+        return self.confidence != "high"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (the tables are saved beside it by :meth:`save`)."""
+        return {
+            "format": SUGGESTION_FORMAT,
+            "format_version": 1,
+            "warmup_steps": self.warmup_steps,
+            "peak_lr": self.peak_lr,
+            "probe_steps": self.probe_steps,
+            "confidence": self.confidence,
+            "low_confidence_reasons": list(self.low_confidence_reasons),
+            "deciding_signal": self.deciding_signal,
+            "wall_seconds": self.wall_seconds,
+            "rationale": self.rationale,
+            "schedule": self.schedule.to_dict(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (JSON) and the tables beside it (``.trace.csv``, ``.signals.csv``)."""
+        path = Path(path)
+        if path.suffix.lower() != ".json":
+            raise ValueError(f"path must end in .json, but got path={str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.trace.to_csv(path.with_suffix(".trace.csv"), index=False)
+        self.signals.to_csv(path.with_suffix(".signals.csv"), index=False)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Suggestion:
+        """Read a suggestion written by :meth:`save` (tables are empty if missing)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, Mapping) or data.get("format") != SUGGESTION_FORMAT:
+            raise ValueError(f"{path}: not an autowarm suggestion (format={SUGGESTION_FORMAT!r})")
+        trace_p, sig_p = path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")
+        schedule = ScheduleConfig.from_dict(data["schedule"])
+        return cls(
+            warmup_steps=schedule.warmup_steps,
+            peak_lr=schedule.peak_lr,
+            schedule=schedule,
+            probe_steps=int(data["probe_steps"]),
+            rationale=str(data["rationale"]),
+            trace=pd.read_csv(trace_p) if trace_p.exists() else pd.DataFrame(),
+            signals=pd.read_csv(sig_p) if sig_p.exists() else pd.DataFrame(),
+            confidence=str(data.get("confidence", "high")),
+            low_confidence_reasons=tuple(data.get("low_confidence_reasons", ())),
+            deciding_signal=str(data.get("deciding_signal", "")),
+            wall_seconds=float(data.get("wall_seconds", 0.0)),
+        )
+
+
+def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
+    if total_steps is not None:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(
+                f"total_steps must be an int >= 1, but got total_steps={total_steps!r}"
+            )
+        return total_steps
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            "total_steps is needed when the data has no len(): pass total_steps=<optimizer "
+            "steps of the real run>"
+        ) from None
+    warnings.warn(
+        f"total_steps not given: assuming one pass over the data ({n} steps); pass "
+        "total_steps=<optimizer steps of the real run> for a schedule that fits it",
+        UserWarning,
+        stacklevel=3,
+    )
+    return max(1, int(n))
+
+
+def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
+    if budget_steps is None:
+        return max(60, round(0.1 * total_steps))
+    if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps < 30:
+        raise ValueError(
+            f"budget_steps must be an int >= 30 (a range test and a few bursts), but got "
+            f"budget_steps={budget_steps!r}"
+        )
+    return budget_steps
+
+
+def _check_optimizer_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = dict(kwargs or {})
+    if "lr" in out:
+        raise ValueError(
+            "optimizer_kwargs must not contain 'lr': the probe chooses the LR; pass the other "
+            "settings (betas, weight_decay, ...) only"
+        )
+    return out
+
+
+def suggest(
+    model: nn.Module,
+    dataloader: Iterable[Any],
+    optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    *,
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
+    criterion: Callable[[Any, Any], torch.Tensor] | None = None,
+    total_steps: int | None = None,
+    budget_steps: int | None = None,
+    decay: str = "cosine",
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    snapshot_device: torch.device | str | None = None,
+) -> Suggestion:
+    """Probe ``model`` on ``dataloader`` and suggest a warmup length and a peak LR.
+
+    The probe runs short training bursts from the model's current (initial) weights: an
+    exponential LR range test, then linear ramps of increasing length to the chosen peak, while
+    reading Adam's second moment from the optimizer state. The model comes back exactly as it
+    was (weights, buffers, ``requires_grad``, ``.grad``, train/eval modes, RNG states), whether
+    ``suggest`` returns, raises, or is interrupted. See ``PROBE.md`` for the science.
+
+    Args:
+        model: the model to probe, on its device (or pass ``device``).
+        dataloader: any re-iterable of batches (cycled when exhausted), or an iterator, which is
+            consumed only as far as the probe needs (its batches are kept to replay them).
+        optimizer_cls: optimizer class of the real run (AdamW, Adam, any with ``exp_avg_sq``;
+            without a second moment the warmup comes from loss signals alone).
+        optimizer_kwargs: its settings except ``lr`` (e.g. ``{"betas": (0.9, 0.95)}``).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``, for any batch format.
+        criterion: ``criterion(output, target)`` for ``(inputs, targets)`` batches.
+        total_steps: optimizer steps of the real run (default: one pass over a sized loader).
+        budget_steps: most optimizer steps the probe may take (default 10% of
+            ``total_steps``, at least 60).
+        decay: decay shape of the suggested schedule (see ``ScheduleConfig``).
+        device: move the model here for the probe (it is moved back afterwards).
+        seed: seed of the probe (same seed, same machine: same suggestion).
+        progress: show a progress bar (only on terminals).
+        snapshot_device: where to keep the copy of the initial weights (``"cpu"`` saves GPU
+            memory for a GPU model).
+
+    Returns:
+        A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
+
+    Raises:
+        ValueError: bad arguments, empty data, a batch format that needs ``loss_fn``.
+        ProbeDivergedError: every LR tried diverged (the error carries the trace).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        raise TypeError(
+            f"optimizer_cls must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, "
+            f"but got {optimizer_cls!r}"
+        )
+    kwargs = _check_optimizer_kwargs(optimizer_kwargs)
+    total = _resolve_total_steps(total_steps, dataloader)
+    budget_n = _resolve_budget(budget_steps, total)
+    ScheduleConfig(peak_lr=1.0, total_steps=total, warmup_steps=0, decay=decay)  # validate early
+    resolved_loss = resolve_loss_fn(loss_fn, criterion)
+    start = time.perf_counter()
+    original_device = model_device(model)
+    target = torch.device(device) if device is not None else original_device
+    with preserved(model, snapshot_device=snapshot_device) as snapshot:
+        moved = target != original_device
+        try:
+            if moved:
+                model.to(target)
+            outcome, runner = _probe(
+                model,
+                dataloader,
+                target,
+                resolved_loss,
+                optimizer_cls,
+                kwargs,
+                snapshot,
+                budget_n,
+                total,
+                seed,
+                progress,
+            )
+        finally:
+            if moved:
+                model.to(original_device)
+    trace = pd.DataFrame(runner.trace_rows())
+    return _suggestion(outcome, runner, trace, total, decay, time.perf_counter() - start)
+
+
+def _probe(
+    model: nn.Module,
+    data: Iterable[Any],
+    device: torch.device,
+    loss_fn: LossFn,
+    optimizer_cls: type[torch.optim.Optimizer],
+    kwargs: dict[str, Any],
+    snapshot: Any,
+    budget_n: int,
+    total: int,
+    seed: int,
+    progress: bool,
+) -> tuple[ProbeOutcome, ProbeRunner]:
+    from tqdm.auto import tqdm
+
+    stream = BatchStream(data, device)
+    first = stream.first()  # empty data fails here, before any training
+    with torch.no_grad():
+        loss = loss_fn(model, first)  # a bad batch format fails here with its message
+    if not torch.isfinite(loss).all():
+        raise ValueError(
+            f"the loss of the first batch at the initial weights is {float(loss)}: check the "
+            "model's initialisation and the data before probing"
+        )
+    bar = tqdm(
+        total=budget_n,
+        desc="autowarm probe",
+        unit="step",
+        disable=None if progress else True,
+        leave=False,
+    )
+    runner = ProbeRunner(
+        model=model,
+        stream=stream,
+        loss_fn=loss_fn,
+        optimizer_cls=optimizer_cls,
+        optimizer_kwargs=kwargs,
+        snapshot=snapshot,
+        seed=seed,
+        budget=Budget(total=budget_n, on_step=functools.partial(_tick, bar)),
+    )
+    try:
+        torch.manual_seed(seed)
+        outcome = _search_or_raise(runner, total, _beta2(optimizer_cls, kwargs))
+    finally:
+        bar.close()
+    if runner.has_second_moment is False:
+        warnings.warn(
+            f"{optimizer_cls.__name__} keeps no second moment (exp_avg_sq): warmup matters little "
+            "for it, and the estimate uses the loss signals alone",
+            UserWarning,
+            stacklevel=4,
+        )
+    return outcome, runner
+
+
+def _tick(bar: Any) -> None:
+    bar.update(1)
+
+
+def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> ProbeOutcome:
+    outcome = run_search(runner, total_steps=total, settings=SearchSettings(), beta2=beta2)
+    warm = [v for v in outcome.verdicts]
+    if warm and all(v.burst.diverged for v in warm) and outcome.warmup_from_bursts is None:
+        trace = pd.DataFrame(runner.trace_rows())
+        lrs = sorted({round(v.burst.peak_lr, 12) for v in warm})
+        raise ProbeDivergedError(
+            f"every LR the probe tried diverged (peaks {lrs}, ramps up to "
+            f"{max(v.burst.warmup_steps for v in warm)} steps); check the loss and the model's "
+            "initialisation, or give a larger budget_steps. The trace is in error.trace",
+            trace,
+        )
+    return outcome
+
+
+def _beta2(optimizer_cls: type[torch.optim.Optimizer], kwargs: Mapping[str, Any]) -> float | None:
+    betas = kwargs.get("betas")
+    if betas is None:
+        # The class default, read from its signature (Adam/AdamW: 0.999).
+        import inspect
+
+        default = inspect.signature(optimizer_cls.__init__).parameters.get("betas")
+        betas = None if default is None else default.default
+    try:
+        return float(betas[1])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def _rationale(o: ProbeOutcome, probe_steps: int, budget: int, total: int) -> str:
+    rt = o.range_test
+    parts = [
+        f"Range test: smoothed loss fell fastest at lr {rt.steepest_lr:.3g}, was lowest at "
+        f"{rt.min_loss_lr:.3g}"
+        + (f" and diverged at {rt.diverge_lr:.3g}." if rt.diverged else " and never diverged."),
+        o.notes[0][0].upper() + o.notes[0][1:] + ".",
+    ]
+    bursts = [
+        f"W={v.burst.warmup_steps} at {v.burst.peak_lr:.3g}: "
+        f"{'stable' if v.stable else 'unstable'} ({v.signals.reason})"
+        for v in o.verdicts
+    ]
+    if bursts:
+        parts.append("Warmup bursts: " + "; ".join(bursts) + ".")
+    if o.settling is not None:
+        how = "settled" if o.settling.settled else "is extrapolated to settle"
+        parts.append(
+            f"Adam's second moment {how} after {o.settling.settling_step:.0f} steps "
+            f"({o.settling.reason})."
+        )
+    parts.append(
+        f"Warmup {o.warmup_steps} steps ({o.warmup_steps / total:.1%} of {total}), decided by "
+        f"{o.deciding_signal}; peak LR {o.peak_lr:.3g}."
+    )
+    parts += [n[0].upper() + n[1:] + "." for n in o.notes[1:]]
+    parts.append(f"The probe took {probe_steps} of its {budget} budgeted steps.")
+    if o.reasons:
+        parts.append("Low confidence: " + "; ".join(o.reasons) + ".")
+    return " ".join(parts)
+
+
+def _suggestion(
+    o: ProbeOutcome,
+    runner: ProbeRunner,
+    trace: pd.DataFrame,
+    total: int,
+    decay: str,
+    wall: float,
+) -> Suggestion:
+    schedule = ScheduleConfig(
+        peak_lr=o.peak_lr,
+        total_steps=total,
+        warmup_steps=min(o.warmup_steps, total),
+        decay=decay,
+    )
+    steps = runner.budget.used
+    signals = pd.DataFrame(outcome_signals(o), columns=["name", "value", "unit", "description"])
+    signals["value"] = signals["value"].astype(float)
+    rationale = _rationale(o, steps, runner.budget.total, total)
+    _log.info(
+        "autowarm: warmup %d steps, peak lr %.3g (%s)",
+        schedule.warmup_steps,
+        schedule.peak_lr,
+        o.confidence,
+    )
+    return Suggestion(
+        warmup_steps=schedule.warmup_steps,
+        peak_lr=schedule.peak_lr,
+        schedule=schedule,
+        probe_steps=steps,
+        rationale=rationale,
+        trace=trace,
+        signals=signals,
+        confidence=o.confidence,
+        low_confidence_reasons=tuple(o.reasons),
+        deciding_signal=o.deciding_signal,
+        wall_seconds=wall if math.isfinite(wall) else 0.0,
+    )
