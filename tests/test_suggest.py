@@ -1,0 +1,1012 @@
+"""Acceptance tests of ``autowarm.suggest()``: the contract a user relies on.
+
+Covered: restoration of everything the probe touches (after a return, an exception and a
+``KeyboardInterrupt`` injected mid-probe), batch formats, data sources, divergence handling,
+optimizers without a second moment, determinism, the ``Suggestion`` object, argument checks
+before any training, and the warmup search on a model that provably needs warmup.
+
+Everything runs on tiny models with small budgets and one torch thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import random
+import tempfile
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import autowarm
+from autowarm._train import BatchStream, resolve_loss_fn
+from autowarm.probe._bursts import MOMENT_COLUMNS, Budget, ProbeRunner
+from autowarm.probe._search import _warmup_search, ramp_lrs
+from autowarm.probe._state import preserved
+from autowarm.schedules import ScheduleConfig
+
+# ``autowarm.suggest`` is the function until something imports the submodule of the same name
+# (see test_public_name_suggest_is_the_function); take the function either way.
+_public = autowarm.suggest
+suggest = _public.suggest if isinstance(_public, types.ModuleType) else _public
+Suggestion = autowarm.Suggestion
+ProbeDivergedError = autowarm.ProbeDivergedError
+
+TOTAL = 500
+BUDGET = 50
+TRACE_COLUMNS = ("phase", "burst", "step", "lr", "loss", "loss_smoothed", "grad_norm", "finite")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny models: one thread is faster and does not fight other processes for cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# Models, data and spies
+# --------------------------------------------------------------------------------------------
+
+
+def _cls_batches(
+    n_batches: int = 4, bs: int = 16, seed: int = 0
+) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_batches * bs, 8, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+class _Net(nn.Module):
+    """BatchNorm (running stats change in train mode), Dropout (draws from the RNG), a layer
+    to freeze and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = nn.Linear(8, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.bn(self.frozen(x)))))
+
+
+def _net(seed: int = 0) -> _Net:
+    torch.manual_seed(seed)
+    net = _Net()
+    net.frozen.requires_grad_(False)
+    # Mixed modes: the probe's model.train() changes most of them.
+    net.eval()
+    net.bn.train()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1.0, 1.0)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    # Gradients left over from the user's own loop, on some parameters only.
+    net.head.weight.grad = torch.randn_like(net.head.weight)
+    net.bn.weight.grad = torch.randn_like(net.bn.weight)
+    return net
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.device == b.device
+        and torch.equal(_bits(a), _bits(b))
+    )
+
+
+@dataclass
+class _ModelState:
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    objects: list[torch.Tensor]
+    requires_grad: dict[str, bool]
+    grads: dict[str, torch.Tensor | None]
+    training: dict[str, bool]
+    hooks: dict[str, tuple[int, ...]]
+
+
+def _hook_counts(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {
+        name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for name, m in model.named_modules()
+    }
+
+
+def _capture(model: nn.Module) -> _ModelState:
+    # Clones, never a bare state_dict(): its tensors alias the live parameters.
+    return _ModelState(
+        params={n: p.detach().clone() for n, p in model.named_parameters()},
+        buffers={n: b.detach().clone() for n, b in model.named_buffers()},
+        objects=[*model.parameters(), *model.buffers()],
+        requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+        grads={
+            n: None if p.grad is None else p.grad.detach().clone()
+            for n, p in model.named_parameters()
+        },
+        training={n: m.training for n, m in model.named_modules()},
+        hooks=_hook_counts(model),
+    )
+
+
+def _assert_restored(model: nn.Module, before: _ModelState) -> None:
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    assert params.keys() == before.params.keys()
+    assert buffers.keys() == before.buffers.keys()
+    for name, saved in before.params.items():
+        assert _bitwise_equal(params[name], saved), f"parameter {name} changed"
+    for name, saved in before.buffers.items():
+        assert _bitwise_equal(buffers[name], saved), f"buffer {name} changed"
+    now = [*model.parameters(), *model.buffers()]
+    assert len(now) == len(before.objects)
+    assert all(a is b for a, b in zip(now, before.objects, strict=True)), "tensor objects replaced"
+    assert {n: p.requires_grad for n, p in params.items()} == before.requires_grad
+    for name, saved_grad in before.grads.items():
+        grad = params[name].grad
+        if saved_grad is None:
+            assert grad is None, f"{name}.grad appeared"
+        else:
+            assert grad is not None and _bitwise_equal(grad, saved_grad), f"{name}.grad changed"
+    assert {n: m.training for n, m in model.named_modules()} == before.training
+    assert _hook_counts(model) == before.hooks
+
+
+@dataclass
+class _Rng:
+    torch_state: torch.Tensor
+    numpy_state: Any
+    python_state: Any
+
+    @classmethod
+    def capture(cls) -> _Rng:
+        return cls(torch.get_rng_state(), np.random.get_state(), random.getstate())
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_state)
+        np.random.set_state(self.numpy_state)
+        random.setstate(self.python_state)
+
+
+def _draws() -> tuple[torch.Tensor, np.ndarray, list[float]]:
+    return torch.rand(6), np.random.rand(6), [random.random() for _ in range(6)]
+
+
+def _assert_rng_restored(saved: _Rng) -> None:
+    after = _draws()  # what the user's next draws are ...
+    saved.restore()
+    expected = _draws()  # ... and what they would have been without the probe
+    assert torch.equal(after[0], expected[0]), "torch CPU RNG not restored"
+    np.testing.assert_array_equal(after[1], expected[1], err_msg="numpy RNG not restored")
+    assert after[2] == expected[2], "python RNG not restored"
+
+
+class _LossSpy:
+    """``loss_fn(model, batch)`` for (x, y) batches that counts its calls, records whether the
+    probe really trained the model, draws from every RNG, and can fail on a given call."""
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        fail_on: int | None = None,
+        exc: BaseException | None = None,
+        nan_on: tuple[int, ...] = (),
+    ) -> None:
+        self.calls = 0
+        self.grad_calls = 0
+        self.fail_on, self.exc, self.nan_on = fail_on, exc, nan_on
+        self._watch = (
+            []
+            if model is None
+            else [
+                (t, t.detach().clone())
+                for t in [*model.parameters(), *model.buffers()]
+                if t.is_floating_point()
+            ]
+        )
+        self.saw_changed_weights = False
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        self.calls += 1
+        self.grad_calls += int(torch.is_grad_enabled())
+        if self.calls == self.fail_on:
+            assert self.exc is not None
+            raise self.exc
+        np.random.rand()  # the user's code may draw from any generator
+        random.random()
+        if not self.saw_changed_weights:
+            self.saw_changed_weights = any(not torch.equal(t, s) for t, s in self._watch)
+        x, y = batch
+        loss = F.cross_entropy(model(x), y)
+        return loss * math.nan if self.calls in self.nan_on else loss
+
+
+def _counting_optimizer(
+    base: type[torch.optim.Optimizer] = torch.optim.AdamW, fail_after_step: int | None = None
+) -> type[torch.optim.Optimizer]:
+    """A subclass of ``base`` counting instances and steps; optionally raising right after its
+    ``fail_after_step``-th step (the weights are then already changed)."""
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        inits = 0
+        steps = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            type(self).inits += 1
+            super().__init__(*args, **kwargs)
+
+        def step(self, closure: Any = None) -> Any:
+            out = super().step(closure)
+            type(self).steps += 1
+            if type(self).steps == fail_after_step:
+                raise RuntimeError("injected failure after an optimizer step")
+            return out
+
+    Counting.__name__ = f"Counting{base.__name__}"
+    return Counting
+
+
+class _Untouched:
+    """Asserts that a call did no training: no optimizer built, no backward, weights intact."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.before = _capture(model)
+        self.backwards = 0
+        self.handles = [
+            p.register_hook(self._on_grad) for p in model.parameters() if p.requires_grad
+        ]
+
+    def _on_grad(self, grad: torch.Tensor) -> None:
+        self.backwards += 1
+
+    def check(self, optimizer_cls: Any = None) -> None:
+        for h in self.handles:
+            h.remove()
+        assert self.backwards == 0, "a backward pass ran"
+        if optimizer_cls is not None:
+            assert optimizer_cls.inits == 0, "an optimizer was built"
+        _assert_restored(self.model, self.before)
+
+
+def _run(model: nn.Module, data: Any, *args: Any, **kwargs: Any) -> Suggestion:
+    kwargs.setdefault("total_steps", TOTAL)
+    kwargs.setdefault("budget_steps", BUDGET)
+    kwargs.setdefault("progress", False)
+    return suggest(model, data, *args, **kwargs)
+
+
+def _assert_valid(s: Suggestion, budget: int = BUDGET) -> None:
+    assert isinstance(s, Suggestion)
+    assert isinstance(s.warmup_steps, int) and 0 <= s.warmup_steps <= TOTAL
+    assert math.isfinite(s.peak_lr) and s.peak_lr > 0
+    assert 0 < s.probe_steps <= budget
+    assert len(s.trace) == s.probe_steps
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Restoration
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ending", ["returns", "exception_in_loss_fn", "keyboard_interrupt", "exception_after_step"]
+)
+def test_restores_everything(ending: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _net()
+    data = _cls_batches()
+    before = _capture(model)
+    # torch creates its inductor cache dir (``<tmp>/torchinductor_<user>``) on the first
+    # optimizer step of a process; take that step before watching the temp dir.
+    _warm = nn.Linear(2, 1)
+    _warm(torch.ones(1, 2)).sum().backward()
+    torch.optim.AdamW(_warm.parameters()).step()
+    # Where a temporary file would go: a private temp dir and cwd, both empty, and the real
+    # temp dir's listing.
+    real_tmp = tempfile.gettempdir()
+    real_listing = set(os.listdir(real_tmp))
+    private_tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    private_tmp.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
+    monkeypatch.chdir(cwd)
+
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    random.seed(1234)
+    saved_rng = _Rng.capture()
+
+    fail_on: int | None = None
+    exc: BaseException | None = None
+    fail_after_step: int | None = None
+    if ending == "exception_in_loss_fn":
+        fail_on, exc = 20, RuntimeError("injected failure in loss_fn")
+    elif ending == "keyboard_interrupt":
+        fail_on, exc = 20, KeyboardInterrupt()
+    elif ending == "exception_after_step":
+        fail_after_step = 15
+    spy = _LossSpy(model, fail_on=fail_on, exc=exc)
+    opt_cls = _counting_optimizer(fail_after_step=fail_after_step)
+
+    if ending == "returns":
+        s = _run(model, data, loss_fn=spy, optimizer_cls=opt_cls)
+        _assert_valid(s)
+    else:
+        expected: type[BaseException] = (
+            KeyboardInterrupt if ending == "keyboard_interrupt" else RuntimeError
+        )
+        with pytest.raises(expected, match=None if expected is KeyboardInterrupt else "injected"):
+            _run(model, data, loss_fn=spy, optimizer_cls=opt_cls)
+        if fail_on is not None:
+            assert spy.calls == fail_on
+        else:
+            assert opt_cls.steps == fail_after_step
+
+    # The probe really trained (so the checks below are not vacuous) ...
+    assert opt_cls.steps > 0
+    assert spy.saw_changed_weights
+    # ... and everything is back.
+    _assert_restored(model, before)
+    _assert_rng_restored(saved_rng)
+    assert os.listdir(private_tmp) == []
+    assert os.listdir(cwd) == []
+    new_in_real_tmp = set(os.listdir(real_tmp)) - real_listing
+    assert not [
+        n for n in new_in_real_tmp if "autowarm" in n.lower() or n.endswith((".pt", ".ckpt"))
+    ]
+
+
+def test_restores_model_moved_by_device_argument() -> None:
+    # device="cpu" for a CPU model is a no-op move; the model must still come back intact.
+    model = _net()
+    before = _capture(model)
+    _run(model, _cls_batches(), criterion=F.cross_entropy, device="cpu")
+    _assert_restored(model, before)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Batch formats
+# --------------------------------------------------------------------------------------------
+
+
+def test_tuple_batches_with_criterion() -> None:
+    model = _mlp()
+    before = _capture(model)
+    s = _run(model, _cls_batches(), criterion=F.cross_entropy)
+    _assert_valid(s)
+    assert s.trace["finite"].all()
+    # The first range-test loss is the loss of the first batch at the initial weights.
+    x, y = _cls_batches()[0]
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model(x), y))
+    assert s.trace["loss"].iloc[0] == pytest.approx(expected, rel=1e-6)
+    _assert_restored(model, before)
+
+
+@dataclass
+class _Output:
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+class _KwargsModel(nn.Module):
+    """``model(**batch)`` with ``x`` and ``labels``; returns ``_Output`` or a dict."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        self.as_dict = as_dict
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits} if self.as_dict else _Output(loss, logits)
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["output_with_loss_attr", "dict_output"])
+def test_dict_batches_with_model_computed_loss(as_dict: bool) -> None:
+    model = _KwargsModel(as_dict)
+    data = [{"x": x, "labels": y} for x, y in _cls_batches()]
+    before = _capture(model)
+    s = _run(model, data)
+    _assert_valid(s)
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model.net(data[0]["x"]), data[0]["labels"]))
+    assert s.trace["loss"].iloc[0] == pytest.approx(expected, rel=1e-6)
+    _assert_restored(model, before)
+
+
+def test_tiny_gpt2_with_input_ids_and_labels() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        vocab_size=32,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 32, (4, 8, 16), generator=g)
+    data = [{"input_ids": b, "labels": b.clone()} for b in ids]
+    model.eval()  # as loaded by from_pretrained
+    before = _capture(model)
+    s = _run(model, data, budget_steps=40)
+    _assert_valid(s, budget=40)
+    # Loss of a random 32-way LM at init is about ln(32).
+    assert s.trace["loss"].iloc[0] == pytest.approx(math.log(32), rel=0.1)
+    _assert_restored(model, before)
+
+
+def test_custom_loss_fn_for_any_batch_format() -> None:
+    # Batches no default handling knows: a triple with per-sample weights.
+    batches = [(x, y, torch.full((x.shape[0],), 0.5)) for x, y in _cls_batches()]
+    seen: list[type] = []
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        seen.append(type(batch))
+        x, y, w = batch
+        return (F.cross_entropy(model(x), y, reduction="none") * w).sum() / w.sum()
+
+    s = _run(_mlp(), batches, loss_fn=loss_fn)
+    _assert_valid(s)
+    assert set(seen) == {tuple}
+
+
+def test_tuple_batch_without_criterion_raises_before_training() -> None:
+    model = _mlp()
+    guard = _Untouched(model)
+    opt_cls = _counting_optimizer()
+    with pytest.raises((TypeError, ValueError), match="criterion") as info:
+        _run(model, _cls_batches(), optimizer_cls=opt_cls)
+    assert "loss_fn" in str(info.value)
+    guard.check(opt_cls)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Data sources
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["list", "dataloader"])
+def test_loader_shorter_than_probe_is_cycled(kind: str) -> None:
+    batches = _cls_batches(n_batches=3)
+    if kind == "list":
+        data: Any = batches
+    else:
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        data = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
+        assert len(data) == 3
+    s = _run(_mlp(), data, criterion=F.cross_entropy, budget_steps=60)
+    _assert_valid(s, budget=60)
+    assert s.probe_steps > 3
+    # At least one burst ran past the end of the data: its 4th step saw the first batch again.
+    longest = s.trace.groupby("burst").size().max()
+    assert longest > 3
+    # Each burst restarts the data, so every burst's step 0 sees the same first batch; at the
+    # range test's tiny first LR its loss equals the loss of batch 0 at the initial weights.
+    rt = s.trace[s.trace["phase"] == "range_test"]
+    if len(rt) > 3:
+        first_again = rt["loss"].iloc[3]
+        assert first_again == pytest.approx(rt["loss"].iloc[0], rel=1e-3)
+
+
+def test_generator_is_consumed_only_as_far_as_needed() -> None:
+    batches = _cls_batches()
+    yielded = 0
+
+    def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal yielded
+        for i in itertools.count():
+            yielded += 1
+            yield batches[i % len(batches)]
+
+    gen = stream()
+    s = _run(_mlp(), gen, criterion=F.cross_entropy)
+    _assert_valid(s)
+    assert 0 < yielded <= s.probe_steps + 1
+    # Bursts replay the kept batches rather than drawing new ones: no more than the longest
+    # burst (plus the pre-check's look at the first batch) was drawn.
+    assert yielded <= int(s.trace.groupby("burst").size().max()) + 1
+
+
+def test_generator_without_total_steps_asks_for_it() -> None:
+    model = _mlp()
+    guard = _Untouched(model)
+    with pytest.raises(ValueError, match="total_steps"):
+        suggest(model, (b for b in _cls_batches()), criterion=F.cross_entropy, progress=False)
+    guard.check()
+
+
+@pytest.mark.parametrize("kind", ["list", "dataloader", "generator"])
+def test_empty_data_raises_before_training(kind: str) -> None:
+    empty: Any
+    if kind == "list":
+        empty = []
+    elif kind == "dataloader":
+        empty = DataLoader(TensorDataset(torch.zeros(0, 8), torch.zeros(0).long()), batch_size=4)
+    else:
+        empty = iter(())
+    model = _mlp()
+    guard = _Untouched(model)
+    opt_cls = _counting_optimizer()
+    spy = _LossSpy()
+    with pytest.raises(ValueError, match="no batches"):
+        _run(model, empty, loss_fn=spy, optimizer_cls=opt_cls)
+    assert spy.calls == 0
+    guard.check(opt_cls)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Divergence
+# --------------------------------------------------------------------------------------------
+
+
+def test_nan_mid_probe_is_recorded_and_the_call_returns() -> None:
+    # Call 1 is the pre-check; calls 12 and 40 are training steps.
+    spy = _LossSpy(nan_on=(12, 40))
+    s = _run(_mlp(), _cls_batches(), loss_fn=spy, budget_steps=60)
+    _assert_valid(s, budget=60)
+    bad = s.trace[~s.trace["finite"].astype(bool)]
+    assert len(bad) >= 1
+    assert not np.isfinite(bad["loss"].to_numpy(dtype=float)).any()
+    assert bad["grad_norm"].isna().all()  # no backward pass for a non-finite loss
+    # The non-finite row is the 11th training step (call 12): the range test's step 10.
+    assert s.trace.iloc[10]["phase"] == "range_test"
+    assert not bool(s.trace.iloc[10]["finite"])
+
+
+def test_nan_loss_at_initial_weights_raises_before_training() -> None:
+    model = _mlp()
+    guard = _Untouched(model)
+    opt_cls = _counting_optimizer()
+
+    def always_nan(model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y) * math.nan
+
+    with pytest.raises(ValueError, match="initial weights"):
+        _run(model, _cls_batches(), loss_fn=always_nan, optimizer_cls=opt_cls)
+    guard.check(opt_cls)
+
+
+def _nan_once_moved(model: nn.Module, delta: float) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """A loss that is finite near the initial weights and NaN once any weight has moved by
+    more than ``delta``: a model that diverges at every LR large enough to do anything."""
+    init = [p.detach().clone() for p in model.parameters()]
+
+    def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(m(x), y)
+        with torch.no_grad():
+            moved = max(
+                float((p - q).abs().max()) for p, q in zip(m.parameters(), init, strict=True)
+            )
+        return loss * math.nan if moved > delta else loss
+
+    return loss_fn
+
+
+def test_probe_diverged_error_carries_the_trace() -> None:
+    # Weights may move by at most 0.05: the range test finds a finite edge, but every burst
+    # at the chosen peak diverges within the minimum budget.
+    model = _mlp()
+    before = _capture(model)
+    with pytest.raises(ProbeDivergedError, match="diverged") as info:
+        _run(model, _cls_batches(), loss_fn=_nan_once_moved(model, 0.05), budget_steps=30)
+    trace = info.value.trace
+    assert isinstance(trace, pd.DataFrame)
+    assert set(TRACE_COLUMNS) <= set(trace.columns)
+    assert 0 < len(trace) <= 30
+    assert (~trace["finite"].astype(bool)).any()
+    assert "range_test" in set(trace["phase"]) and "warmup" in set(trace["phase"])
+    assert isinstance(info.value, RuntimeError)
+    _assert_restored(model, before)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: when the loss is NaN after the first update at any LR, run_search raises "
+    "ValueError('internal: no finite peak candidate from the range test') instead of the "
+    "documented ProbeDivergedError carrying the trace",
+)
+def test_every_lr_diverging_raises_probe_diverged_error() -> None:
+    model = _mlp()
+    before = _capture(model)
+    try:
+        with pytest.raises(ProbeDivergedError) as info:
+            _run(model, _cls_batches(), loss_fn=_nan_once_moved(model, 0.0))
+        assert (~info.value.trace["finite"].astype(bool)).any()
+    finally:
+        _assert_restored(model, before)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Optimizers without a second moment
+# --------------------------------------------------------------------------------------------
+
+
+def test_sgd_warns_and_still_suggests() -> None:
+    with pytest.warns(UserWarning, match="second moment"):
+        s = _run(
+            _mlp(), _cls_batches(), torch.optim.SGD, criterion=F.cross_entropy, budget_steps=60
+        )
+    _assert_valid(s, budget=60)
+    assert len(MOMENT_COLUMNS) > 0 and "vhat_mean" in MOMENT_COLUMNS
+    for col in MOMENT_COLUMNS:
+        assert col in s.trace.columns
+        assert s.trace[col].isna().all(), col
+    assert s.deciding_signal != "second moment"
+
+
+def test_adamw_fills_second_moment_columns_and_does_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = _run(_mlp(), _cls_batches(), criterion=F.cross_entropy)
+    finite = s.trace[s.trace["finite"].astype(bool)]
+    assert finite["vhat_mean"].notna().all()
+    assert (finite["vhat_mean"] > 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Determinism
+# --------------------------------------------------------------------------------------------
+
+
+def _shuffled_loader() -> DataLoader:
+    batches = _cls_batches(n_batches=6)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+
+
+def test_same_seed_same_suggestion() -> None:
+    # Shuffled data and Dropout: the probe must seed both, whatever the global RNG state.
+    model = _net()
+    loader = _shuffled_loader()
+    torch.manual_seed(1)
+    a = _run(model, loader, criterion=F.cross_entropy, seed=0)
+    torch.manual_seed(2)
+    _ = torch.rand(100)
+    b = _run(model, loader, criterion=F.cross_entropy, seed=0)
+    assert a.warmup_steps == b.warmup_steps
+    assert a.peak_lr == b.peak_lr
+    assert a.probe_steps == b.probe_steps
+    np.testing.assert_array_equal(a.trace["loss"].to_numpy(), b.trace["loss"].to_numpy())
+    np.testing.assert_array_equal(a.trace["lr"].to_numpy(), b.trace["lr"].to_numpy())
+    # Every burst starts from the same weights, batch and dropout mask: step 0 (the loss before
+    # the first update) is the same number in every burst.
+    first_losses = a.trace.loc[a.trace["step"] == 0, "loss"].to_numpy()
+    assert len(first_losses) >= 2
+    assert (first_losses == first_losses[0]).all()
+    # And the seed is really used: another seed sees other batches and dropout masks.
+    c = _run(model, loader, criterion=F.cross_entropy, seed=1)
+    assert c.trace["loss"].iloc[0] != a.trace["loss"].iloc[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 7. The Suggestion
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probed() -> tuple[Suggestion, _LossSpy]:
+    spy = _LossSpy()
+    s = _run(_mlp(), _cls_batches(), loss_fn=spy, decay="linear", budget_steps=60)
+    return s, spy
+
+
+def test_suggestion_schedule(probed: tuple[Suggestion, _LossSpy]) -> None:
+    s, _ = probed
+    assert isinstance(s.schedule, ScheduleConfig)
+    assert s.schedule.warmup_steps == s.warmup_steps
+    assert s.schedule.peak_lr == s.peak_lr
+    assert s.schedule.total_steps == TOTAL
+    assert s.schedule.decay == "linear"
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=s.peak_lr)
+    sched = s.schedule.lambda_lr(opt)
+    lrs = []
+    for _ in range(s.warmup_steps + 2):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    if s.warmup_steps > 0:
+        assert lrs[0] == 0.0
+        assert lrs[1] == pytest.approx(s.peak_lr / s.warmup_steps)
+    assert lrs[s.warmup_steps] == pytest.approx(s.peak_lr)
+    assert lrs[s.warmup_steps + 1] < s.peak_lr
+
+
+def test_probe_steps_count_optimizer_steps(probed: tuple[Suggestion, _LossSpy]) -> None:
+    s, spy = probed
+    # One forward without grad checks the first batch before training (the pre-check); every
+    # other call is one optimizer step, one trace row.
+    assert spy.calls == s.probe_steps + 1
+    assert spy.grad_calls == s.probe_steps
+    assert len(s.trace) == s.probe_steps <= 60
+
+
+def test_suggestion_tables_and_rationale(probed: tuple[Suggestion, _LossSpy]) -> None:
+    s, _ = probed
+    assert set(TRACE_COLUMNS) <= set(s.trace.columns)
+    assert set(MOMENT_COLUMNS) <= set(s.trace.columns)
+    assert s.trace["phase"].iloc[0] == "range_test"
+    assert set(s.trace["phase"]) <= {"range_test", "warmup", "warmup_bisect", "confirm"}
+    # Steps count from 0 within each burst, and bursts are numbered in order.
+    for _, rows in s.trace.groupby("burst"):
+        assert rows["step"].tolist() == list(range(len(rows)))
+    assert s.trace["burst"].is_monotonic_increasing
+    # The range test sweeps the LR up geometrically; each later burst is a linear ramp from 0
+    # to its peak, then holds it.
+    rt = s.trace[s.trace["phase"] == "range_test"]["lr"].to_numpy()
+    assert (np.diff(rt) > 0).all()
+    ratios = rt[1:] / rt[:-1]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
+    for _, rows in s.trace[s.trace["phase"] != "range_test"].groupby("burst"):
+        lrs = rows["lr"].to_numpy()
+        peak = lrs.max()
+        w = int((lrs < peak).sum())
+        np.testing.assert_allclose(lrs, ramp_lrs(peak, w, len(lrs) - w)[: len(lrs)], rtol=1e-12)
+    assert list(s.signals.columns) == ["name", "value", "unit", "description"]
+    assert len(s.signals) > 0
+    values = dict(zip(s.signals["name"], s.signals["value"], strict=True))
+    assert values["decision.warmup_steps"] == s.warmup_steps
+    assert values["decision.peak_lr"] == pytest.approx(s.peak_lr)
+    assert isinstance(s.rationale, str) and s.rationale.strip()
+    assert f"{s.probe_steps} of its 60" in s.rationale
+    assert s.confidence in {"high", "low"}
+    assert s.low_confidence == (s.confidence != "high")
+    assert s.wall_seconds > 0
+
+
+def test_suggestion_save_load_round_trip(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any
+) -> None:
+    s, _ = probed
+    path = s.save(tmp_path / "sub" / "s.json")
+    assert path.exists()
+    assert (tmp_path / "sub" / "s.trace.csv").exists()
+    assert (tmp_path / "sub" / "s.signals.csv").exists()
+    t = Suggestion.load(path)
+    assert t.warmup_steps == s.warmup_steps
+    assert t.peak_lr == s.peak_lr
+    assert t.schedule == s.schedule
+    assert t.probe_steps == s.probe_steps
+    assert t.rationale == s.rationale
+    assert t.confidence == s.confidence
+    assert t.low_confidence_reasons == s.low_confidence_reasons
+    assert t.deciding_signal == s.deciding_signal
+    assert t.wall_seconds == s.wall_seconds
+    pd.testing.assert_frame_equal(
+        t.trace, s.trace, check_dtype=False, check_exact=False, rtol=1e-12
+    )
+    pd.testing.assert_frame_equal(
+        t.signals, s.signals, check_dtype=False, check_exact=False, rtol=1e-12
+    )
+    with pytest.raises(ValueError, match=r"\.json"):
+        s.save(tmp_path / "s.txt")
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Bad input, rejected before any training
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"optimizer_kwargs": {"lr": 1}}, ValueError, "lr"),
+        ({"total_steps": 0}, ValueError, "total_steps"),
+        ({"total_steps": -5}, ValueError, "total_steps"),
+        ({"total_steps": 10.5}, ValueError, "total_steps"),
+        ({"budget_steps": 10}, ValueError, "budget_steps"),
+        ({"decay": "nope"}, ValueError, "decay.*'linear'.*'cosine'|decay.*'cosine'.*'linear'"),
+        ({"optimizer_cls": "adamw"}, TypeError, "optimizer_cls"),
+        ({"criterion": F.cross_entropy}, ValueError, "either loss_fn= or criterion="),
+    ],
+    ids=[
+        "lr_in_kwargs",
+        "total_0",
+        "total_negative",
+        "total_float",
+        "budget_small",
+        "decay",
+        "optimizer_cls",
+        "loss_fn_and_criterion",
+    ],
+)
+def test_bad_arguments_raise_before_training(
+    kwargs: dict[str, Any], exc: type, match: str
+) -> None:
+    model = _mlp()
+    guard = _Untouched(model)
+    spy = _LossSpy()
+    opt_cls = _counting_optimizer()
+    call = {"optimizer_cls": opt_cls, "loss_fn": spy, **kwargs}
+    with pytest.raises(exc, match=match):
+        _run(model, _cls_batches(), **call)
+    assert spy.calls == 0
+    guard.check(opt_cls)
+
+
+def test_not_a_module_raises_type_error() -> None:
+    spy = _LossSpy()
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        _run(lambda x: x, _cls_batches(), loss_fn=spy)
+    assert spy.calls == 0
+
+
+def test_decay_error_lists_every_valid_name() -> None:
+    with pytest.raises(ValueError) as info:
+        _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, decay="nope")
+    for name in ("constant", "linear", "cosine"):
+        assert repr(name) in str(info.value)
+
+
+def test_model_without_trainable_parameters_is_restored() -> None:
+    model = _mlp().requires_grad_(False)
+    before = _capture(model)
+    with pytest.raises(ValueError, match="requires_grad"):
+        _run(model, _cls_batches(), criterion=F.cross_entropy)
+    _assert_restored(model, before)
+
+
+# --------------------------------------------------------------------------------------------
+# 9. The warmup search on a model that provably needs warmup
+# --------------------------------------------------------------------------------------------
+#
+# ``suggest``'s warmup is the larger of the burst answer and the step at which Adam's second
+# moment settles; the latter is ~sqrt-law in the gradient noise and gives every Adam model some
+# tens of steps, so "0 for a control model" cannot be asserted through ``suggest``. The burst
+# part is tested here at a fixed peak through ``_warmup_search``, the function ``suggest`` uses.
+
+PEAK = 0.1  # Adam, fixed
+HOLD = 12
+
+
+def _deep_relu_mlp(seed: int = 0, depth: int = 3, width: int = 32) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def _regression_batch(width: int = 32, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, width, generator=g)
+    return x, torch.sin(x[:, :3].sum(1, keepdim=True))
+
+
+def _adam_by_hand(model: nn.Module, peak: float, warmup: int, hold: int) -> list[float]:
+    """Full-batch Adam with a linear ramp 0 -> peak over ``warmup`` steps, then ``hold`` steps
+    at the peak; written independently of autowarm. Returns the loss before each update."""
+    model = copy.deepcopy(model)
+    x, y = _regression_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=peak)
+    losses = []
+    for step in range(warmup + hold):
+        for group in opt.param_groups:
+            group["lr"] = peak * step / warmup if step < warmup else peak
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+    return losses
+
+
+def _search(model: nn.Module, peak: float) -> tuple[list[Any], int | None, int, float]:
+    with preserved(model) as snapshot:
+        runner = ProbeRunner(
+            model=model,
+            stream=BatchStream([_regression_batch()], torch.device("cpu")),
+            loss_fn=resolve_loss_fn(criterion=F.mse_loss),
+            optimizer_cls=torch.optim.Adam,
+            optimizer_kwargs={},
+            snapshot=snapshot,
+            budget=Budget(total=80),
+            seed=0,
+        )
+        return _warmup_search(runner, peak, HOLD, [])
+
+
+@pytest.fixture(scope="module")
+def hard_model() -> nn.Module:
+    model = _deep_relu_mlp()
+    # Checked by hand: at PEAK without warmup the loss blows up ...
+    cold = _adam_by_hand(model, PEAK, 0, HOLD)
+    assert max(cold) > 5 * cold[0]
+    # ... with a 24-step linear ramp it never rises above the start and trains.
+    warm = _adam_by_hand(model, PEAK, 24, HOLD)
+    assert max(warm) <= warm[0] * (1 + 1e-6)
+    assert warm[-1] < 0.1 * warm[0]
+    return model
+
+
+def test_warmup_search_finds_warmup_where_it_is_needed(hard_model: nn.Module) -> None:
+    verdicts, stable_w, reductions, peak = _search(hard_model, PEAK)
+    first = verdicts[0]
+    assert first.burst.warmup_steps == 0 and not first.stable
+    assert stable_w is not None and stable_w > 0
+    assert reductions == 0 and peak == PEAK  # solved by warmup, not by lowering the peak
+    chosen = [v for v in verdicts if v.burst.warmup_steps == stable_w]
+    assert chosen and chosen[-1].stable
+
+
+def test_warmup_search_finds_none_where_none_is_needed(hard_model: nn.Module) -> None:
+    # Control: the same model at a tenth of the peak trains without warmup.
+    control_peak = PEAK / 10
+    cold = _adam_by_hand(hard_model, control_peak, 0, HOLD)
+    assert max(cold) <= cold[0] * 1.05 and cold[-1] < 0.5 * cold[0]
+    verdicts, stable_w, reductions, peak = _search(hard_model, control_peak)
+    assert stable_w == 0
+    assert len(verdicts) == 1 and verdicts[0].stable
+    assert reductions == 0 and peak == control_peak
+
+
+def test_suggest_on_the_hard_model_keeps_its_peak_trainable(hard_model: nn.Module) -> None:
+    # End to end: whatever peak suggest chooses, its own schedule must train the model
+    # without blowing up (checked by hand with the suggested warmup and peak).
+    x, y = _regression_batch()
+    model = copy.deepcopy(hard_model)
+    s = _run(
+        model, [(x, y)], torch.optim.Adam, criterion=F.mse_loss, budget_steps=80, total_steps=1000
+    )
+    losses = _adam_by_hand(model, s.peak_lr, s.warmup_steps, HOLD)
+    assert all(math.isfinite(v) for v in losses)
+    assert max(losses) < 2 * losses[0]
+    assert losses[-1] < losses[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: autowarm/__init__.py resolves `suggest` lazily through importlib, which binds "
+    "the submodule autowarm.suggest as the package attribute `suggest`; from then on "
+    "autowarm.suggest is the module, not the function (a second `autowarm.suggest(...)` call "
+    "raises TypeError: 'module' object is not callable)",
+)
+def test_public_name_suggest_is_the_function() -> None:
+    _ = autowarm.Suggestion  # any use of the lazy names, as a user's first call does
+    assert callable(autowarm.suggest)
+    assert autowarm.suggest is suggest
