@@ -455,7 +455,7 @@ class BurstSignals:
     excess_tv: float = field(
         metadata=_meta("ratio", "variation beyond net decrease and noise, over net decrease")
     )
-    noise: float = field(metadata=_meta("ratio", "robust SD of raw loss noise / |start_loss|"))
+    noise: float = field(metadata=_meta("ratio", "SD of raw batch-loss noise / |start_loss|"))
     n_spikes: int = field(metadata=_meta("count", "upward loss spikes (events)"))
     first_spike_step: int = field(metadata=_meta("step", "step of the first spike, -1 if none"))
 
@@ -465,11 +465,38 @@ class BurstSignals:
 
 
 def _robust_noise_sd(x: FloatArray) -> float:
-    # White-noise SD from first differences (which cancel a slow trend): MAD(diff) / sqrt(2).
-    if x.size < 3:
+    # White-noise SD from second differences, which cancel a linear trend and damp slow
+    # oscillations: Var(x_{k+1} - 2 x_k + x_{k-1}) = 6 sd^2. 1.4826 MAD, robust to spikes.
+    if x.size < 4:
         return 0.0
-    d = np.diff(x)
-    return float(_MAD_TO_SD * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
+    d = np.diff(x, 2)
+    return float(_MAD_TO_SD * np.median(np.abs(d - np.median(d))) / math.sqrt(6.0))
+
+
+def _rms_noise_sd(x: FloatArray, clip: float = 6.0) -> float:
+    # The same from the RMS of second differences winsorised at `clip` robust SDs: closer to
+    # the true SD under heavy-tailed noise, which is what the EMA's variation follows.
+    if x.size < 4:
+        return 0.0
+    d = np.diff(x, 2)
+    d = d - np.median(d)
+    cap = clip * math.sqrt(6.0) * _robust_noise_sd(x)
+    return float(np.sqrt(np.mean(np.clip(d, -cap, cap) ** 2) / 6.0))
+
+
+def _median3(x: FloatArray) -> FloatArray:
+    # Running median of 3 with Tukey's end-point rule: removes single-batch outliers (the first
+    # batch included) before the EMA, keeps steps and trends.
+    if x.size < 3:
+        return x.copy()
+    y = x.copy()
+    y[1:-1] = np.median(np.stack([x[:-2], x[1:-1], x[2:]]), axis=0)
+    y[0] = np.median([x[0], y[1], 3.0 * y[1] - 2.0 * y[2]])
+    y[-1] = np.median([x[-1], y[-2], 3.0 * y[-2] - 2.0 * y[-3]])
+    return y
+
+
+_MEDIAN3_SD = math.sqrt(0.4487)  # SD of the median of 3 normal draws, in units of their SD
 
 
 def _ema_noise_tv(m: int, beta: float, sd: float) -> float:
@@ -487,20 +514,26 @@ def _mad(a: FloatArray) -> float:
     return float(np.median(np.abs(a - np.median(a))))
 
 
-def _spikes(x: FloatArray, smooth: FloatArray, z: float, window: int, floor: float) -> list[int]:
-    # Steps where the raw loss jumps above the smoothed loss of the step before by more than
-    # z robust SDs (median/MAD of the previous `window` residuals); one entry per event.
+def _spikes(
+    x: FloatArray, smooth: FloatArray, z: float, window: int, min_steps: int, floor: float
+) -> list[int]:
+    # Steps where the raw loss x_k jumps above its expected level S_{k-1} + median residual by
+    # more than z robust SDs (median/MAD of the previous `window` residuals x_j - S_{j-1}), and
+    # stays above half that margin for min_steps steps (fewer at the very end). One per event.
     if x.size < 2:
         return []
     r = pd.Series(x[1:] - smooth[:-1])
-    minp = min(5, window)
-    roll = r.rolling(window, min_periods=minp)
-    med = roll.median().shift(1)
-    mad = roll.apply(_mad, raw=True).shift(1)
-    scale = np.maximum(_MAD_TO_SD * mad.to_numpy(dtype=np.float64), floor)
-    flag = (r - med).to_numpy(dtype=np.float64) > z * scale
-    starts = flag & ~np.concatenate(([False], flag[:-1]))
-    return [int(i) + 1 for i in np.flatnonzero(starts)]
+    roll = r.rolling(window, min_periods=min(10, window))
+    ref = smooth[:-1] + roll.median().shift(1).to_numpy(dtype=np.float64)
+    mad = roll.apply(_mad, raw=True).shift(1).to_numpy(dtype=np.float64)
+    margin = z * np.maximum(_MAD_TO_SD * mad, floor)
+    flag = x[1:] - ref > margin
+    starts = np.flatnonzero(flag & ~np.concatenate(([False], flag[:-1])))
+    return [
+        int(i) + 1
+        for i in starts
+        if np.all(x[1 + i : 1 + i + min_steps] - ref[i] > 0.5 * margin[i])
+    ]
 
 
 def burst_stability(
@@ -512,40 +545,55 @@ def burst_stability(
     noise_z: float = 4.0,
     spike_z: float = 6.0,
     spike_window: int = 50,
-    max_spikes: int = 2,
-    tv_tol: float = 1.0,
+    spike_min_steps: int = 2,
+    max_spikes: int = 1,
+    tv_tol: float = 0.5,
     progress_floor: float = 0.05,
     min_points: int = 5,
 ) -> BurstSignals:
     """Judge whether a short training burst ran stably, from its per-step losses.
 
     Step ``k`` is position ``k`` of ``losses`` (the loss of the batch before update ``k``).
-    The burst is read up to its first non-finite loss; :math:`S` is :func:`ema` of that part,
-    :math:`L_0` the start loss (``start_loss``, else the first loss), and all quantities are
-    relative to :math:`|L_0|`, so the defaults carry over between models. The robust noise SD
-    :math:`\\sigma = 1.4826\\,\\mathrm{MAD}(\\Delta x) / \\sqrt 2` of the raw losses :math:`x`
-    keeps batch noise from firing the rules. Rules, each reported in ``reason``:
+    The burst is read up to its first non-finite loss; :math:`S` is :func:`ema` of that part
+    after a running median of 3 (Tukey's end-point rule), which removes single odd batches
+    (USERS C1: EMA plus a robust filter); :math:`L_0` is ``start_loss``, else the first point of
+    the median-filtered losses (so one lucky first batch does not set it); all quantities are
+    relative to :math:`|L_0|`, so the defaults carry over between models. Batch noise is
+    measured from second differences of the raw losses :math:`x` (which cancel a linear trend
+    and damp slow changes, :math:`\\mathrm{Var}(\\Delta^2 x) = 6\\sigma^2`):
+    :math:`\\sigma` (``noise``) is the RMS of :math:`\\Delta^2 x` over the burst, winsorised
+    at 6 robust SDs (:math:`1.4826\\,\\mathrm{MAD}`), over :math:`\\sqrt 6` (under
+    heavy-tailed noise the EMA's variation follows this SD, which the MAD alone understates);
+    :math:`\\sigma_0` is the larger of :math:`\\sigma` and the robust SD over the first
+    ``spike_window`` steps. Rules, each reported in ``reason``:
 
     - **nonfinite**: a ``nan``/``inf`` loss (outright divergence).
     - **catapult** (Kalra & Barkeshli, 2024): :math:`(\\max S - L_0) / |L_0| >`
-      ``catapult_tol`` (default 10%) and :math:`\\max S - L_0 >` ``noise_z`` :math:`\\sigma`.
-    - **spikes**: more than ``max_spikes`` (default 2) events where
-      :math:`x_k - S_{k-1}` exceeds its median over the previous ``spike_window`` steps by
-      ``spike_z`` (default 6) robust SDs (1.4826 MAD of the same window). A lone outlier
-      batch gives one event, so a single spike is reported but not fatal by default.
-    - **oscillation**: ``excess_tv`` :math:`>` ``tv_tol`` (default 1), where, with total
+      ``catapult_tol`` (default 10%) and :math:`\\max S - L_0 >` ``noise_z`` (default 4)
+      :math:`\\sigma_0`, so that one lucky low first batch does not fire it.
+    - **spikes**: more than ``max_spikes`` (default 1) events where the raw loss
+      :math:`x_k` exceeds its expected level, :math:`S_{k-1}` plus the median of the residuals
+      :math:`x_j - S_{j-1}` over the previous ``spike_window`` steps, by ``spike_z`` (default
+      6) robust SDs (1.4826 MAD of those residuals), and stays above half that margin for
+      ``spike_min_steps`` (default 2) steps. A damaged network stays worse on the next batches;
+      a single odd batch does not, so it is not counted by default (``spike_min_steps=1``
+      counts it).
+    - **oscillation**: ``excess_tv`` :math:`>` ``tv_tol`` (default 0.5), where, with total
       variation :math:`V = \\sum_k |S_k - S_{k-1}|`, net decrease :math:`D = S_0 - S_{\\text{end}}`
-      and :math:`V_\\sigma` the variation that noise of SD :math:`\\sigma` alone leaves in the EMA,
+      and :math:`V_\\sigma` the expected variation that white noise of SD ``noise`` alone leaves
+      in the bias-corrected EMA of its running median of 3 (SD :math:`0.67\\sigma`), times
+      :math:`1 + 4/\\sqrt n` (about three SDs of that variation over :math:`n` steps),
 
       .. math::
 
           \\text{excess\\_tv} = \\frac{\\max(0,\\; V - V_\\sigma - \\max(D, 0))}
-          {\\max(D,\\; \\text{progress\\_floor} \\cdot |L_0|)}:
+          {\\max(D,\\; \\text{progress\\_floor} \\cdot |L_0|)}
 
       the up-and-down travel not explained by progress or noise, per unit of progress (the
       floor, default 5% of the start loss, keeps a burst that barely moved from dividing by
       ~0). ``tv_ratio`` :math:`= V / D` itself is reported too (1 for a monotone descent, large
-      for oscillation; it also grows with noise and burst length, hence the rule on the excess).
+      for oscillation; it also grows with noise and burst length, hence the rule on the excess:
+      at 15% batch noise over 1000 steps a stable descent has ``tv_ratio`` near 10).
 
     Args:
         losses:
@@ -563,6 +611,8 @@ def burst_stability(
             Robust SDs above the running median for a spike.
         spike_window:
             Steps in the running median/MAD window of the spike rule.
+        spike_min_steps:
+            Steps a spike must last to count.
         max_spikes:
             Spike events tolerated.
         tv_tol:
@@ -585,6 +635,7 @@ def burst_stability(
     x = _as_1d(losses, "losses")
     _check_beta(smooth_beta, "smooth_beta")
     _check_count(spike_window, "spike_window", 1)
+    _check_count(spike_min_steps, "spike_min_steps", 1)
     _check_count(max_spikes, "max_spikes")
     _check_count(min_points, "min_points", 3)
     if start_loss is not None and not math.isfinite(start_loss):
@@ -604,31 +655,37 @@ def burst_stability(
             final_loss=math.inf if bad.size else nan, net_decrease=nan, rise_above_start=nan,
             tv_ratio=nan, excess_tv=nan, noise=nan, n_spikes=0, first_spike_step=-1,
         )  # fmt: skip
-    start = float(start_loss) if start_loss is not None else float(xf[0])
-    smooth = ema(xf, smooth_beta)
+    filtered = _median3(xf)
+    start = float(start_loss) if start_loss is not None else float(filtered[0])
+    smooth = ema(filtered, smooth_beta)
     scale = abs(start) or float(np.max(np.abs(xf))) or 1.0
-    sd = _robust_noise_sd(xf)
+    sd = _rms_noise_sd(xf)
     tv = float(np.sum(np.abs(np.diff(smooth))))
     net = float(smooth[0] - smooth[-1])
     eps = 1e-12 * scale
     tv_ratio = 1.0 if tv <= eps else (tv / net if net > eps else math.inf)
-    wasted = max(0.0, tv - _ema_noise_tv(smooth.size, smooth_beta, sd) - max(net, 0.0))
+    # Inflated by 4/sqrt(n): about three SDs of the variation noise alone leaves (simulated
+    # 1.2-1.6/sqrt(n) for smooth_beta 0.8-0.95), so a long flat noisy burst does not fire.
+    noise_tv = _ema_noise_tv(smooth.size, smooth_beta, _MEDIAN3_SD * sd)
+    noise_tv *= 1.0 + 4.0 / math.sqrt(smooth.size)
+    wasted = max(0.0, tv - noise_tv - max(net, 0.0))
     excess_tv = wasted / max(net, progress_floor * scale)
     rise = float(np.max(smooth)) - start
-    spikes = _spikes(xf, smooth, spike_z, spike_window, 1e-9 * scale)
+    sd_start = max(_robust_noise_sd(xf[: max(spike_window, 10)]), sd)
+    spikes = _spikes(xf, smooth, spike_z, spike_window, spike_min_steps, 1e-9 * scale)
     final = math.inf if bad.size else float(np.mean(xf[-math.ceil(0.1 * xf.size) :]))
     fired = []
     if bad.size:
         fired.append(f"nonfinite: first non-finite loss at step {first_bad}")
-    if rise / scale > catapult_tol and rise > noise_z * sd:
+    if rise / scale > catapult_tol and rise > noise_z * sd_start:
         fired.append(
             f"catapult: smoothed loss rose {rise / scale:.1%} above the start {start:.4g} "
-            f"(> catapult_tol={catapult_tol:.0%}; {rise / max(sd, eps):.1f} noise SDs)"
+            f"(> catapult_tol={catapult_tol:.0%}, {rise / max(sd_start, eps):.1f} noise SDs)"
         )
     if len(spikes) > max_spikes:
         fired.append(
-            f"spikes: {len(spikes)} loss spikes above spike_z={spike_z:g} robust SDs "
-            f"(> max_spikes={max_spikes}), first at step {spikes[0]}"
+            f"spikes: {len(spikes)} loss spikes above spike_z={spike_z:g} robust SDs lasting "
+            f"{spike_min_steps}+ steps (> max_spikes={max_spikes}), first at step {spikes[0]}"
         )
     if excess_tv > tv_tol:
         fired.append(
