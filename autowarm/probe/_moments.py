@@ -390,20 +390,25 @@ class SecondMomentMonitor:
         if not active:
             return None
         dev, dt = self._device, self._dtype
-        v_raw = torch.cat([torch.take(st["exp_avg_sq"], e.index) for e, st, _ in active])
-        g2 = torch.cat([torch.take(g, e.index) for e, _, g in active]).to(dev, dt).square()
-        v_raw = v_raw.to(dev, dt)
-        corr: list[float | torch.Tensor] = []
+        vhats: list[torch.Tensor] = []
+        g2s: list[torch.Tensor] = []
         neff: list[float | torch.Tensor] = []
         steps: list[float | torch.Tensor] = []
         b2s: list[float] = []
-        for e, st, _ in active:
+        for e, st, grad in active:
             b2 = float(groups[e.group]["betas"][1])
             t = _step_value(st.get("step", 0.0))
-            corr.append(1.0 - b2**t)
+            if isinstance(t, torch.Tensor):
+                t = t.to(dev, dt)
+            # Bias correction per tensor (their steps may differ). Dividing by a Python float
+            # (or a device scalar) needs no host-to-device copy, hence no extra sync.
+            corr = 1.0 - b2**t
+            vhats.append(torch.take(st["exp_avg_sq"], e.index).to(dev, dt) / corr)
+            g2s.append(torch.take(grad, e.index).to(dev, dt).square())
             neff.append(_n_eff(t, b2) if isinstance(t, float) else _n_eff_tensor(t, b2))
             steps.append(t)
             b2s.append(b2)
+        vhat, g2 = torch.cat(vhats), torch.cat(g2s)
         on_host = all(isinstance(t, float) for t in steps)
         if len(active) == len(self._entries):
             pos: torch.Tensor | None = None
@@ -413,18 +418,6 @@ class SecondMomentMonitor:
                 [torch.arange(e.start, e.start + e.count, device=dev) for e, _, _ in active]
             )
             seg = self._seg[pos]
-        if pos is None:
-            local = seg  # position in `active` of each sampled coordinate's tensor
-        else:
-            order = {id(e): i for i, (e, _, _) in enumerate(active)}
-            local = torch.as_tensor(
-                [order.get(id(e), 0) for e in self._entries], dtype=torch.int64, device=dev
-            )[seg]
-        if on_host:
-            corr_t = torch.tensor(corr, dtype=dt, device=dev)
-        else:
-            corr_t = torch.stack([torch.as_tensor(c, dtype=dt, device=dev) for c in corr])
-        vhat = v_raw / corr_t[local]
         stats = self._advance(pos, seg, vhat, g2)
         extra = [] if on_host else [_stack_min(neff, dev, dt), _stack_max(steps, dev, dt)]
         host = torch.stack([*stats, *extra]).tolist()  # the one host sync

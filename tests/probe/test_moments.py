@@ -359,3 +359,65 @@ def test_stats_are_plain_python() -> None:
     s = monitor.history[-1]
     assert isinstance(s, MomentStats)
     assert all(type(v) in (int, float) for v in s.to_dict().values())
+
+
+def test_device_scalar_steps_give_the_same_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+    # capturable/fused Adam keeps `step` on the accelerator; emulate that path on CPU by making
+    # the monitor treat every step as a device tensor.
+    import autowarm.probe._moments as moments
+
+    def run() -> list[MomentStats]:
+        model = _tiny_model()
+        opt = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95))
+        monitor = SecondMomentMonitor(opt, max_coords=30)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(6):
+            opt.zero_grad()
+            model(torch.randn(8, 5, generator=gen)).pow(2).mean().backward()
+            opt.step()
+            monitor.update()
+        return monitor.history
+
+    on_host = run()
+    monkeypatch.setattr(
+        moments, "_step_value", lambda s: torch.as_tensor(s, dtype=torch.float32).clone()
+    )
+    on_device = run()
+    for a, b in zip(on_host, on_device, strict=True):
+        for name, value in a.to_dict().items():
+            assert b.to_dict()[name] == pytest.approx(value, rel=1e-6, nan_ok=True), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("capturable", [False, True])
+def test_one_host_sync_per_update_on_cuda(capturable: bool) -> None:
+    import warnings
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    ).cuda()
+    opt = torch.optim.Adam(model.parameters(), capturable=capturable)
+    monitor = SecondMomentMonitor(opt, max_coords=1000)
+    x = torch.randn(32, 64, device="cuda")
+
+    def step() -> None:
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    for _ in range(3):  # warm up lazy initialisation
+        step()
+        monitor.update()
+    step()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            stats = monitor.update()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    assert stats is not None and stats.step == 4 and math.isfinite(stats.kappa)
