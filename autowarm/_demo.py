@@ -32,8 +32,8 @@ def run_demo(out_dir: Path, *, seed: int = 0, progress: bool = True) -> DemoResu
     """
     import torch
 
+    from autowarm._suggest import suggest
     from autowarm.bench.tasks import get_task
-    from autowarm.suggest import suggest
 
     task = get_task(DEMO_TASK)
     torch.set_num_threads(min(2, torch.get_num_threads()))
