@@ -16,16 +16,16 @@ from autowarm._shapes import Decay
 from autowarm.schedules import ScheduleConfig, TransformersExportError
 
 if TYPE_CHECKING:
-    from autowarm.suggest import ProbeDivergedError, Suggestion, suggest
+    from autowarm._suggest import ProbeDivergedError, Suggestion, suggest
 
 __version__ = "0.1.0"
 
 # torch and pandas load on first use of these names, so `autowarm --version` and
 # ScheduleConfig work without paying for them.
 _LAZY = {
-    "ProbeDivergedError": "autowarm.suggest",
-    "Suggestion": "autowarm.suggest",
-    "suggest": "autowarm.suggest",
+    "ProbeDivergedError": "autowarm._suggest",
+    "Suggestion": "autowarm._suggest",
+    "suggest": "autowarm._suggest",
 }
 
 

@@ -19,7 +19,13 @@ from torch import nn
 
 from autowarm._train import BatchStream, LossFn, model_device, resolve_loss_fn
 from autowarm.probe._bursts import Budget, ProbeRunner
-from autowarm.probe._search import ProbeOutcome, SearchSettings, outcome_signals, run_search
+from autowarm.probe._search import (
+    NoUsableLR,
+    ProbeOutcome,
+    SearchSettings,
+    outcome_signals,
+    run_search,
+)
 from autowarm.probe._state import preserved
 from autowarm.schedules import ScheduleConfig
 
@@ -153,9 +159,9 @@ def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
 def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
     if budget_steps is None:
         return max(60, round(0.1 * total_steps))
-    if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps < 30:
+    if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps < 40:
         raise ValueError(
-            f"budget_steps must be an int >= 30 (a range test and a few bursts), but got "
+            f"budget_steps must be an int >= 40 (a range test and a few bursts), but got "
             f"budget_steps={budget_steps!r}"
         )
     return budget_steps
@@ -322,7 +328,14 @@ def _tick(bar: Any) -> None:
 
 
 def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> ProbeOutcome:
-    outcome = run_search(runner, total_steps=total, settings=SearchSettings(), beta2=beta2)
+    try:
+        outcome = run_search(runner, total_steps=total, settings=SearchSettings(), beta2=beta2)
+    except NoUsableLR as exc:
+        raise ProbeDivergedError(
+            f"every LR the probe tried diverged: {exc}; check the loss and the model's "
+            "initialisation. The trace is in error.trace",
+            pd.DataFrame(runner.trace_rows()),
+        ) from None
     warm = [v for v in outcome.verdicts]
     if warm and all(v.burst.diverged for v in warm) and outcome.warmup_from_bursts is None:
         trace = pd.DataFrame(runner.trace_rows())

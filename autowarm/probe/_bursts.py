@@ -68,11 +68,16 @@ class _DivergenceWatch:
         self.best = math.inf
         self.first = math.nan
         self.blown = False
+        self.last_nonfinite = False
 
     def update(self, loss: float, finite: bool) -> float:
         if not finite or not math.isfinite(loss):
-            self.blown = True
+            # In a sweep one bad batch is not divergence (the step was skipped, the weights
+            # are unchanged); two in a row are.
+            self.blown = not self.sweep or self.last_nonfinite
+            self.last_nonfinite = True
             return math.nan
+        self.last_nonfinite = False
         self.n += 1
         self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
         smooth = self.avg / (1.0 - self.beta**self.n)

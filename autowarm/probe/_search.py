@@ -34,6 +34,10 @@ from autowarm.probe._bursts import MOMENT_COLUMNS, BurstResult, ProbeRunner
 _log = logging.getLogger("autowarm")
 
 
+class NoUsableLR(Exception):
+    """Every LR the probe tried diverged; the caller attaches the trace."""
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """Knobs of the probe plan (all relative, so they carry to a model never seen)."""
@@ -41,7 +45,7 @@ class SearchSettings:
     lr_min: float = 1e-7
     lr_max: float = 10.0
     range_test_share: float = 0.35  # of the budget, for the sweep
-    range_test_min_steps: int = 20
+    range_test_min_steps: int = 16
     range_test_max_steps: int = 150
     hold_share: float = 0.08  # of the budget, steps at the peak after each ramp
     hold_min_steps: int = 8
@@ -121,7 +125,30 @@ def ramp_lrs(peak: float, warmup: int, hold: int) -> list[float]:
 def _judge(burst: BurstResult) -> BurstVerdict:
     losses = burst.losses
     start = losses[0] if losses else None
-    return BurstVerdict(burst, sig.burst_stability(losses, start_loss=start))
+    signals = sig.burst_stability(losses, start_loss=start)
+    if burst.diverged:
+        last = burst.rows[-1]
+        what = "a non-finite loss" if not last["finite"] else f"loss {last['loss']:.4g}"
+        signals = dataclasses.replace(
+            signals,
+            unstable=True,
+            reason=f"blew up: {what} at step {last['step']} (lr {last['lr']:.3g}), stopped early",
+        )
+    return BurstVerdict(burst, signals)
+
+
+def _drop_isolated_nonfinite(
+    lrs: list[float], losses: list[float]
+) -> tuple[list[float], list[float]]:
+    # A non-finite loss followed by a finite one is a bad batch (the step was skipped), not the
+    # sweep's divergence; only the trailing run of non-finite losses marks divergence.
+    keep = [
+        math.isfinite(x) or i == len(losses) - 1 or not math.isfinite(losses[i + 1])
+        for i, x in enumerate(losses)
+    ]
+    return [a for a, k in zip(lrs, keep, strict=True) if k], [
+        b for b, k in zip(losses, keep, strict=True) if k
+    ]
 
 
 def _moment_frame(runner: ProbeRunner, verdicts: list[BurstVerdict]) -> pd.DataFrame | None:
@@ -156,9 +183,8 @@ def run_search(
         peak_lr=math.nan,
         warmup_steps=0,
     )
-    rt = sig.range_test(
-        rt_burst.lrs, rt_burst.losses, skip_begin=max(1, min(10, n_rt // 10)), skip_end=1
-    )
+    rt_lrs, rt_losses = _drop_isolated_nonfinite(rt_burst.lrs, rt_burst.losses)
+    rt = sig.range_test(rt_lrs, rt_losses, skip_begin=max(1, min(10, n_rt // 10)), skip_end=1)
     if rt_burst.diverged and not rt.diverged and rt_burst.rows:
         # The runner stopped the sweep (a non-finite loss, or smoothed loss past the factor)
         # before the analysis window saw it: that LR is the divergence edge.
@@ -170,9 +196,17 @@ def run_search(
         reasons.append(f"range test inconclusive: {rt.reason}")
     if rt.flat and not rt.diverged:
         reasons.append("the loss hardly moved in the range test (an already trained model?)")
+    if rt.diverged and rt.flat:
+        raise NoUsableLR(
+            f"the range test diverged at lr {rt.diverge_lr:.3g} before the loss fell "
+            f"(descent {rt.descent:.1%}); no LR lowered the loss"
+        )
     peak, peak_why = choose_peak(rt, settings.peak_divisor)
-    if not math.isfinite(peak):
-        raise ValueError("internal: no finite peak candidate from the range test")
+    if not math.isfinite(peak) or peak <= 0:
+        raise NoUsableLR(
+            f"the range test found no LR that lowered the loss (sweep from {settings.lr_min:g}; "
+            f"{rt.reason})"
+        )
     hold = max(settings.hold_min_steps, round(settings.hold_share * budget))
     verdicts, w_stable, reductions, peak = _warmup_search(runner, peak, hold, reasons)
     settling = _settling(runner, verdicts, settings, beta2)
