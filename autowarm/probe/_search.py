@@ -49,7 +49,7 @@ class SearchSettings:
     range_test_max_steps: int = 150
     hold_share: float = 0.08  # of the budget, steps at the peak after each ramp
     hold_min_steps: int = 8
-    peak_divisor: float = 10.0**0.5  # peak = divergence-side LR / this (see choose_peak)
+    peak_divisor: float = 10.0  # peak = LR of the sweep's minimum loss / this (choose_peak)
     max_warmup_fraction: float = 0.5  # of total_steps
     # Settled when v_hat is within ~25% of E[g^2] (Adam's step within ~12%), and the gradient
     # scale is not running ahead of v_hat by more than 1.5x. Shrinking gradients (drift < 1)
@@ -96,11 +96,11 @@ def choose_peak(rt: sig.RangeTestResult, divisor: float) -> tuple[float, str]:
     """Peak LR from the range test, and the sentence that explains it.
 
     The LR of minimum smoothed loss is the last LR of the sweep that still improved the loss
-    (it is at most the divergence LR). A full run spends many steps at its peak, starting from
-    the initial weights rather than from a model the sweep has already trained, so the peak is
-    set ``divisor`` below that edge (fastai's classic rule divides by 10; the cosine decay of
-    the real run lowers the LR later, so a smaller factor, sqrt(10), is the default), and
-    never below the steepest-descent LR.
+    (it is at most the divergence LR). A full run spends thousands of steps at its peak,
+    starting from the initial weights rather than from a model the sweep has already trained,
+    so the peak is set ``divisor`` below that edge: fastai's "minimum / 10" rule (Smith's
+    range test read conservatively). The steepest-descent point is reported but not used: on
+    a fast sweep it lags into the unstable region.
     """
     edge = rt.min_loss_lr
     if rt.diverged and math.isfinite(rt.diverge_lr):
@@ -110,9 +110,6 @@ def choose_peak(rt: sig.RangeTestResult, divisor: float) -> tuple[float, str]:
         f"peak = {peak:.3g}: the sweep's lowest smoothed loss at lr {edge:.3g}, divided by "
         f"{divisor:.3g}"
     )
-    if math.isfinite(rt.steepest_lr) and rt.steepest_lr < edge and peak < rt.steepest_lr:
-        peak = rt.steepest_lr
-        why += f", raised to the steepest-descent LR {peak:.3g}"
     return peak, why
 
 

@@ -1,0 +1,70 @@
+"""The probe plan's pure pieces: peak choice, ramps, sweep clean-up, the decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from autowarm.probe import signals as sig
+from autowarm.probe._search import (
+    _drop_isolated_nonfinite,
+    choose_peak,
+    ramp_lrs,
+    range_test_lrs,
+)
+
+
+def _rt(**changes: object) -> sig.RangeTestResult:
+    lrs = np.geomspace(1e-6, 1.0, 60)
+    x = np.log10(lrs)
+    loss = 2.0 - 1.5 / (1 + np.exp(-(x + 3) * 3)) + np.where(x > -1, (x + 1) ** 2 * 20, 0)
+    base = sig.range_test(lrs, loss, skip_begin=5, skip_end=1)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_choose_peak_is_min_loss_lr_over_divisor() -> None:
+    rt = _rt(min_loss_lr=0.1, diverged=False, diverge_lr=math.nan)
+    peak, why = choose_peak(rt, 10.0)
+    assert peak == pytest.approx(0.01)
+    assert "0.1" in why and "10" in why
+
+
+def test_choose_peak_never_above_divergence_edge() -> None:
+    rt = _rt(min_loss_lr=0.1, diverged=True, diverge_lr=0.05)
+    peak, _ = choose_peak(rt, 10.0)
+    assert peak == pytest.approx(0.005)
+
+
+def test_choose_peak_on_a_synthetic_sweep() -> None:
+    rt = _rt()
+    assert rt.ok and math.isfinite(rt.min_loss_lr)
+    peak, _ = choose_peak(rt, 10.0)
+    assert peak == pytest.approx(rt.min_loss_lr / 10)
+    assert peak < rt.min_loss_lr
+
+
+def test_ramp_follows_the_schedule_convention() -> None:
+    assert ramp_lrs(1.0, 4, 2) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert ramp_lrs(0.5, 0, 3) == [0.5, 0.5, 0.5]
+
+
+def test_range_test_lrs_log_spaced() -> None:
+    lrs = range_test_lrs(7, 1e-6, 1.0)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)
+    ratios = np.diff(np.log10(lrs))
+    assert np.allclose(ratios, 1.0)
+
+
+def test_isolated_nan_is_dropped_trailing_kept() -> None:
+    nan = math.nan
+    lrs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    losses = [1.0, nan, 0.9, 0.8, nan, nan]
+    kl, kx = _drop_isolated_nonfinite(lrs, losses)
+    assert kl == [1.0, 3.0, 4.0, 5.0, 6.0]
+    assert kx[:3] == [1.0, 0.9, 0.8]
+    assert all(math.isnan(v) for v in kx[3:])
+    # a single trailing NaN is divergence, kept
+    assert _drop_isolated_nonfinite([1.0, 2.0], [1.0, nan])[0] == [1.0, 2.0]
