@@ -121,6 +121,7 @@ class _Entry:
     index: torch.Tensor  # flat (row-major) coordinates, on param.device
     start: int  # offset of this tensor's coordinates in the sample vectors
     count: int
+    slot: int  # position among the sampled tensors
 
 
 def _allocate(sizes: list[int], max_coords: int) -> list[int]:
@@ -159,6 +160,14 @@ def _step_value(step: object) -> float | torch.Tensor:
     if isinstance(step, torch.Tensor):
         return float(step) if step.device.type == "cpu" else step.detach()
     return float(step)  # type: ignore[arg-type]
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    # Flat row-major coordinates: index_select on the flat view when contiguous (fastest);
+    # torch.take otherwise, which reads strides and never copies the whole tensor.
+    if t.is_contiguous():
+        return torch.index_select(t.view(-1), 0, index)
+    return torch.take(t, index)
 
 
 def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -212,10 +221,15 @@ class SecondMomentMonitor:
       ``rel_error`` :math:`= \\sqrt{\\kappa / n_\\text{eff}}`, the relative error of
       :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
 
-    Cost: everything is on-device tensor work on the sample (``torch.take`` per tensor, so no
+    Cost: everything is on-device tensor work on the sample (an index gather per tensor, so no
     copy of non-contiguous tensors), with one host sync per observed update; memory is a few
-    vectors of ``max_coords`` entries. Tensors whose ``p.grad`` is ``None`` or sparse, or whose
-    state has no ``exp_avg_sq`` yet, are skipped for that update (their running moments wait).
+    float32 vectors of ``max_coords`` entries. The work is some 40 elementwise passes over the
+    sample plus two gathers per tensor, so it scales with ``max_coords``, not with the model:
+    measured single-threaded on CPU, about 3.5 ms per update at 65536 coordinates (a
+    2M-parameter MLP step took ~20 ms there), well under 1 ms at 8192; for small models on CPU
+    lower ``max_coords`` or raise ``every``. Tensors whose ``p.grad`` is ``None`` or sparse, or
+    whose state has no ``exp_avg_sq`` yet, are skipped for that update (their running moments
+    wait).
     With ``every=k`` only every k-th call is observed: the short EMA, the Welford moments and
     ``vhat_change`` are then over observed updates. ``p.grad`` is the gradient Adam used
     unless the optimizer adds L2 weight decay into it (``Adam(weight_decay>0)``; AdamW's
@@ -290,7 +304,8 @@ class SecondMomentMonitor:
         if not params:
             raise ValueError("optimizer must hold at least one parameter with requires_grad=True")
         self._device = params[0][0].device
-        self._dtype = torch.float32 if self._device.type == "mps" else torch.float64
+        # float32: Adam's own state precision, ~3x faster than float64 on CPU, and on MPS.
+        self._dtype = torch.float32
         counts = _allocate([p.numel() for p, _ in params], self._max_coords)
         rng = np.random.default_rng(self._seed)
         self._entries: list[_Entry] = []
@@ -299,12 +314,9 @@ class SecondMomentMonitor:
             n = p.numel()
             flat = np.arange(n) if k == n else np.sort(rng.choice(n, size=k, replace=False))
             index = torch.as_tensor(flat, dtype=torch.int64, device=p.device)
-            self._entries.append(_Entry(p, gi, index, start, k))
+            self._entries.append(_Entry(p, gi, index, start, k, len(self._entries)))
             start += k
         self._n = start
-        self._seg = torch.as_tensor(
-            np.repeat(np.arange(len(counts)), counts), dtype=torch.int64, device=self._device
-        )
         self._weights = torch.as_tensor(counts, dtype=self._dtype, device=self._device)
 
     def reset(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -330,8 +342,8 @@ class SecondMomentMonitor:
             if attached:
                 self.attach()
         zeros = torch.zeros(self._n, dtype=self._dtype, device=self._device)
-        self._count, self._short, self._mean, self._m2 = (zeros.clone() for _ in range(4))
-        self._prev_vhat = torch.full_like(zeros, math.nan)
+        self._count, self._short, self._short_weight = zeros, zeros.clone(), zeros.clone()
+        self._mean, self._m2, self._prev_vhat = zeros.clone(), zeros.clone(), zeros.clone()
         self._calls = 0
         self.history = []
 
@@ -403,22 +415,19 @@ class SecondMomentMonitor:
             # Bias correction per tensor (their steps may differ). Dividing by a Python float
             # (or a device scalar) needs no host-to-device copy, hence no extra sync.
             corr = 1.0 - b2**t
-            vhats.append(torch.take(st["exp_avg_sq"], e.index).to(dev, dt) / corr)
-            g2s.append(torch.take(grad, e.index).to(dev, dt).square())
+            vhats.append(_gather(st["exp_avg_sq"], e.index).to(dev, dt) / corr)
+            g2s.append(_gather(grad, e.index).to(dev, dt).square())
             neff.append(_n_eff(t, b2) if isinstance(t, float) else _n_eff_tensor(t, b2))
             steps.append(t)
             b2s.append(b2)
         vhat, g2 = torch.cat(vhats), torch.cat(g2s)
         on_host = all(isinstance(t, float) for t in steps)
-        if len(active) == len(self._entries):
-            pos: torch.Tensor | None = None
-            seg = self._seg
-        else:
+        pos: torch.Tensor | None = None
+        if len(active) < len(self._entries):
             pos = torch.cat(
                 [torch.arange(e.start, e.start + e.count, device=dev) for e, _, _ in active]
             )
-            seg = self._seg[pos]
-        stats = self._advance(pos, seg, vhat, g2)
+        stats = self._advance(pos, [e.slot for e, _, _ in active], vhat, g2)
         extra = [] if on_host else [_stack_min(neff, dev, dt), _stack_max(steps, dev, dt)]
         host = torch.stack([*stats, *extra]).tolist()  # the one host sync
         vhat_mean, g2_mean, drift, change, kappa = host[:5]
@@ -442,10 +451,11 @@ class SecondMomentMonitor:
         return out
 
     def _advance(
-        self, pos: torch.Tensor | None, seg: torch.Tensor, vhat: torch.Tensor, g2: torch.Tensor
+        self, pos: torch.Tensor | None, slots: list[int], vhat: torch.Tensor, g2: torch.Tensor
     ) -> list[torch.Tensor]:
-        # Update the running per-coordinate state of the active coordinates and return the
-        # device scalars [vhat_mean, g2_mean, drift, vhat_change, kappa].
+        # Update the running per-coordinate state of the active coordinates (those of the
+        # entries in `slots`, in order) and return the device scalars
+        # [vhat_mean, g2_mean, drift, vhat_change, kappa].
         def get(vec: torch.Tensor) -> torch.Tensor:
             return vec if pos is None else vec[pos]
 
@@ -456,33 +466,33 @@ class SecondMomentMonitor:
                 vec[pos] = value
 
         bs = self._short_beta
-        n_prev = get(self._count)
-        n = n_prev + 1.0
+        n = get(self._count) + 1.0
         short = bs * get(self._short) + (1.0 - bs) * g2
-        s_hat = short / (1.0 - torch.pow(bs, n))
+        weight = bs * get(self._short_weight) + (1.0 - bs)  # = 1 - bs^n, without a pow
+        s_hat = short / weight
         mean_prev = get(self._mean)
         delta = g2 - mean_prev
         mean = mean_prev + delta / n
         m2 = get(self._m2) + delta * (g2 - mean)
-        prev = get(self._prev_vhat)
-        has_prev = n_prev > 0
-        zero = torch.zeros_like(vhat)
-        change = (
-            torch.where(has_prev, (vhat - prev).abs(), zero).sum()
-            / torch.where(has_prev, prev, zero).sum()
-        )
+        prev = get(self._prev_vhat)  # 0 until observed
+        seen = (n > 1.5).to(vhat.dtype)
+        change = ((vhat - prev).abs() * seen).sum() / (prev * seen).sum()  # 0/0 = nan at first
         kappa_c = (m2 / (n - 1.0)) / mean.square()
         kappa_c = torch.where((n >= 3) & (mean > 0), kappa_c, torch.full_like(kappa_c, math.nan))
-        n_tensors = len(self._entries)
-        sum_s = torch.zeros(n_tensors, dtype=vhat.dtype, device=vhat.device).index_add_(
-            0, seg, s_hat
-        )
-        sum_v = torch.zeros_like(sum_s).index_add_(0, seg, vhat)
+        # Per-tensor sums of s_hat and v_hat (split: exact, and cheaper than index_add on CPU).
+        counts = [self._entries[i].count for i in slots]
+        sums = [c.sum(1) for c in torch.split(torch.stack([s_hat, vhat]), counts, dim=1)]
+        if len(slots) < len(self._entries):
+            zero = vhat.new_zeros(2)
+            by_slot = dict(zip(slots, sums, strict=True))
+            sums = [by_slot.get(i, zero) for i in range(len(self._entries))]
+        sum_s, sum_v = torch.stack(sums, dim=1)
         ratio = torch.where(sum_v > 0, sum_s / sum_v, torch.full_like(sum_s, math.nan))
         drift = _weighted_median(ratio, self._weights)
         for vec, value in (
             (self._count, n),
             (self._short, short),
+            (self._short_weight, weight),
             (self._mean, mean),
             (self._m2, m2),
             (self._prev_vhat, vhat),
@@ -493,8 +503,8 @@ class SecondMomentMonitor:
 
 def _n_eff_tensor(t: torch.Tensor, beta2: float) -> torch.Tensor:
     if beta2 == 0.0:
-        return (t > 0).to(torch.float64)
-    x = torch.pow(beta2, t.to(torch.float64))
+        return (t > 0).to(t.dtype)
+    x = torch.pow(beta2, t)
     return (1.0 + beta2) * (1.0 - x) / ((1.0 - beta2) * (1.0 + x))
 
 

@@ -363,7 +363,7 @@ def test_stats_are_plain_python() -> None:
 
 def test_device_scalar_steps_give_the_same_stats(monkeypatch: pytest.MonkeyPatch) -> None:
     # capturable/fused Adam keeps `step` on the accelerator; emulate that path on CPU by making
-    # the monitor treat every step as a device tensor.
+    # the monitor treat every step as a (float32) device tensor: equal up to float32 rounding.
     import autowarm.probe._moments as moments
 
     def run() -> list[MomentStats]:
@@ -385,7 +385,7 @@ def test_device_scalar_steps_give_the_same_stats(monkeypatch: pytest.MonkeyPatch
     on_device = run()
     for a, b in zip(on_host, on_device, strict=True):
         for name, value in a.to_dict().items():
-            assert b.to_dict()[name] == pytest.approx(value, rel=1e-6, nan_ok=True), name
+            assert b.to_dict()[name] == pytest.approx(value, rel=1e-4, nan_ok=True), name
 
 
 @pytest.mark.gpu
