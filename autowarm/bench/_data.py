@@ -26,6 +26,7 @@ __all__ = [
     "SeededStream",
     "TeacherChunks",
     "fixed_batches",
+    "markov_entropy_rate",
 ]
 
 ChunkMaker = Callable[[torch.Generator, int], list[Any]]
@@ -75,27 +76,43 @@ def fixed_batches(make_chunk: ChunkMaker, seed: int, n_batches: int) -> list[Any
 
 
 @functools.lru_cache(maxsize=8)
-def _markov_cdf(vocab: int, order: int, branching: int, world_seed: int) -> torch.Tensor:
-    # One row per context (the previous `order` tokens): `branching` successors drawn at random,
-    # with Dirichlet(1) probabilities; stored as a cumulative table for inverse-CDF sampling.
+def _markov_cdf(
+    vocab: int, order: int, branching: int, sigma: float, by_last: bool, world_seed: int
+) -> torch.Tensor:
+    # One row per context (the previous `order` tokens), with `branching` successors and
+    # log-normal weights. With by_last, the *set* of successors depends on the last token only
+    # (the weights on the whole context): a bigram model gets part of the way, quickly.
+    # Otherwise each context has its own successors, and nothing below order 2 helps.
+    # Stored as a cumulative table for inverse-CDF sampling.
     gen = torch.Generator().manual_seed(world_seed)
     n_ctx = vocab**order
+    if by_last:
+        succ = torch.rand(vocab, vocab, generator=gen).argsort(dim=1)[:, :branching]
+        succ = succ.repeat(n_ctx // vocab, 1)  # context c has last token c % vocab
+    else:
+        succ = torch.rand(n_ctx, vocab, generator=gen).argsort(dim=1)[:, :branching]
+    weights = torch.exp(sigma * torch.randn(n_ctx, branching, generator=gen, dtype=torch.float64))
     probs = torch.zeros(n_ctx, vocab, dtype=torch.float64)
-    succ = torch.rand(n_ctx, vocab, generator=gen).argsort(dim=1)[:, :branching]
-    weights = -torch.log(torch.rand(n_ctx, branching, generator=gen, dtype=torch.float64))
     probs.scatter_(1, succ, weights / weights.sum(dim=1, keepdim=True))
     cdf = probs.cumsum(dim=1)
     cdf[:, -1] = 1.0 + 1e-9  # guard the last bin against rounding
     return cdf
 
 
-def markov_entropy_rate(vocab: int, order: int, branching: int, world_seed: int) -> float:
+def markov_entropy_rate(spec: MarkovChunks) -> float:
     """Average next-token entropy (nats) over contexts: a floor on the achievable loss.
 
     It averages uniformly over contexts, not over the chain's stationary distribution, so it is
     a guide, not an exact bound.
     """
-    cdf = _markov_cdf(vocab, order, branching, world_seed)
+    cdf = _markov_cdf(
+        spec.vocab,
+        spec.order,
+        spec.branching,
+        spec.sigma,
+        spec.successors_by_last,
+        spec.world_seed,
+    )
     probs = torch.diff(cdf, dim=1, prepend=torch.zeros(cdf.shape[0], 1, dtype=cdf.dtype))
     probs = probs.clamp(min=0.0)
     ent = -(probs * torch.log(probs.clamp(min=1e-300))).sum(dim=1)
@@ -106,9 +123,10 @@ def markov_entropy_rate(vocab: int, order: int, branching: int, world_seed: int)
 class MarkovChunks:
     """Token sequences from a random sparse Markov chain of the given order.
 
-    Each next token depends on the previous ``order`` tokens, through a table where every
-    context has ``branching`` possible successors. With ``order=2`` a model must look two
-    tokens back (attention), not only at the current token.
+    Each next token depends on the previous ``order`` tokens. Which ``branching`` tokens can
+    follow is set by the last token alone; how likely each is depends on the whole context
+    (log-normal weights of spread ``sigma``). So a bigram model gets part of the way quickly,
+    and the rest of the loss needs a look further back (attention).
 
     Args:
         vocab:
@@ -116,13 +134,20 @@ class MarkovChunks:
         order:
             How many previous tokens the next one depends on.
         branching:
-            Successors per context.
+            Possible successors of each token.
+        sigma:
+            Spread of the log-normal successor weights (larger: more peaked, more to gain
+            from the earlier tokens).
         context:
             Tokens per training sequence (the model sees ``context`` inputs).
         batch_size:
             Sequences per batch.
         world_seed:
             Seed of the transition table (fixed per task).
+        successors_by_last:
+            Which tokens can follow depends on the last token only (``True``), or on the whole
+            context (``False``: the bigram statistics are nearly flat, only a model that
+            attends to the token before the last learns anything beyond unigrams).
         as_dict:
             Yield ``{"input_ids", "labels"}`` dicts (Hugging Face style, labels shifted by the
             model) instead of ``(inputs, targets)`` pairs shifted here.
@@ -131,13 +156,22 @@ class MarkovChunks:
     vocab: int
     order: int
     branching: int
+    sigma: float
     context: int
     batch_size: int
     world_seed: int
+    successors_by_last: bool = True
     as_dict: bool = False
 
     def __call__(self, gen: torch.Generator, n: int) -> list[Any]:
-        cdf = _markov_cdf(self.vocab, self.order, self.branching, self.world_seed).float()
+        cdf = _markov_cdf(
+            self.vocab,
+            self.order,
+            self.branching,
+            self.sigma,
+            self.successors_by_last,
+            self.world_seed,
+        ).float()
         rows = n * self.batch_size
         length = self.context + (0 if self.as_dict else 1)
         tokens = torch.empty(rows, length, dtype=torch.long)

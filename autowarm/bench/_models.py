@@ -109,8 +109,9 @@ def gpt2_lm(vocab: int, d_model: int, n_layers: int, n_heads: int, context: int)
         bos_token_id=0,
         eos_token_id=0,
     )
-    config.loss_type = "ForCausalLM"  # silences transformers' "loss_type=None" notice
     model: nn.Module = GPT2LMHeadModel(config)
+    # what it uses anyway; silences transformers' "loss_type=None" notice
+    object.__setattr__(model, "loss_type", "ForCausalLM")
     return model
 
 
@@ -133,24 +134,22 @@ def deep_mlp(d_in: int, width: int, depth: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def conv_net(channels: int, n_classes: int) -> nn.Sequential:
-    """Three 3x3 conv layers with BatchNorm and ReLU (the middle one strided), global average
-    pooling and a linear classifier, for one-channel images."""
+def conv_net(channels: int, n_classes: int, batch_norm: bool = True) -> nn.Sequential:
+    """Three 3x3 conv layers with ReLU (the middle one strided), optionally BatchNorm after each,
+    global average pooling and a linear classifier, for one-channel images. Without BatchNorm
+    the convolutions are He-initialised with zero biases."""
     c = channels
-    return nn.Sequential(
-        nn.Conv2d(1, c, 3, padding=1),
-        nn.BatchNorm2d(c),
-        nn.ReLU(),
-        nn.Conv2d(c, 2 * c, 3, padding=1, stride=2),
-        nn.BatchNorm2d(2 * c),
-        nn.ReLU(),
-        nn.Conv2d(2 * c, 2 * c, 3, padding=1),
-        nn.BatchNorm2d(2 * c),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2 * c, n_classes),
-    )
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate([(1, c), (c, 2 * c), (2 * c, 2 * c)]):
+        conv = nn.Conv2d(a, b, 3, padding=1, stride=2 if i == 1 else 1)
+        if batch_norm:
+            layers += [conv, nn.BatchNorm2d(b), nn.ReLU()]
+        else:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+            layers += [conv, nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, n_classes)]
+    return nn.Sequential(*layers)
 
 
 def linear_classifier(d_in: int, n_classes: int) -> nn.Linear:
