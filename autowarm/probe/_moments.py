@@ -225,15 +225,16 @@ class SecondMomentMonitor:
     copy of non-contiguous tensors), with one host sync per observed update; memory is a few
     float32 vectors of ``max_coords`` entries. The work is some 40 elementwise passes over the
     sample plus two gathers per tensor, so it scales with ``max_coords``, not with the model:
-    measured single-threaded on CPU, about 3.5 ms per update at 65536 coordinates (a
-    2M-parameter MLP step took ~20 ms there), well under 1 ms at 8192; for small models on CPU
-    lower ``max_coords`` or raise ``every``. Tensors whose ``p.grad`` is ``None`` or sparse, or
-    whose state has no ``exp_avg_sq`` yet, are skipped for that update (their running moments
-    wait).
-    With ``every=k`` only every k-th call is observed: the short EMA, the Welford moments and
-    ``vhat_change`` are then over observed updates. ``p.grad`` is the gradient Adam used
-    unless the optimizer adds L2 weight decay into it (``Adam(weight_decay>0)``; AdamW's
-    decoupled decay is fine) or clips it internally.
+    measured single-threaded on a shared CPU, about 4 ms per update at 65536 coordinates and
+    2 ms at 8192 (per-tensor costs dominate there), against ~20 ms for the step of a
+    2M-parameter MLP; for small models on CPU lower ``max_coords`` or raise ``every``.
+
+    Tensors whose ``p.grad`` is ``None`` or sparse, or whose state has no ``exp_avg_sq`` yet,
+    are skipped for that update (their running moments wait). With ``every=k`` only every
+    k-th call is observed: the short EMA, the Welford moments and ``vhat_change`` are then
+    over observed updates. ``p.grad`` is the gradient Adam used unless the optimizer adds L2
+    weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay is fine) or clips
+    it internally.
 
     Args:
         optimizer:
