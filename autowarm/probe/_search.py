@@ -120,9 +120,9 @@ def ramp_lrs(peak: float, warmup: int, hold: int) -> list[float]:
 
 
 def _judge(burst: BurstResult) -> BurstVerdict:
-    losses = burst.losses
-    start = losses[0] if losses else None
-    signals = sig.burst_stability(losses, start_loss=start)
+    # The start is read from the median-filtered first losses, so one easy first batch does
+    # not make the rest of the burst look like a catapult.
+    signals = sig.burst_stability(burst.losses)
     if burst.diverged:
         last = burst.rows[-1]
         what = "a non-finite loss" if not last["finite"] else f"loss {last['loss']:.4g}"
