@@ -151,13 +151,18 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("autowarm-demo"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--total-steps", type=int, default=None, help="shorter run (and probe), for a quick look"
+    )
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from autowarm._demo import run_demo
 
-    result = run_demo(args.out, seed=args.seed, progress=not args.no_progress)
+    result = run_demo(
+        args.out, seed=args.seed, progress=not args.no_progress, total_steps=args.total_steps
+    )
     print(result.text)
     return 0
 

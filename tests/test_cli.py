@@ -122,3 +122,15 @@ def test_transformers_export_error(tmp_path: Path) -> None:
     r = autowarm("export", str(path), "--format", "trainer")
     assert r.returncode == 1
     assert "closest transformers type" in r.stderr
+
+
+def test_demo_quick(tmp_path: Path) -> None:
+    r = autowarm("demo", "--out", str(tmp_path / "demo"), "--total-steps", "500", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "suggested warmup:" in r.stdout and "rationale:" in r.stdout
+    cfg = ScheduleConfig.load(tmp_path / "demo" / "schedule.yaml")
+    assert cfg.total_steps == 500
+    data = json.loads((tmp_path / "demo" / "suggestion.json").read_text())
+    assert data["schedule"] == cfg.to_dict()
+    assert data["probe_steps"] <= 60
+    assert (tmp_path / "demo" / "suggestion.trace.csv").exists()
