@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     table = sub.add_parser("table", help="oracle summary per task of a grid CSV (JSON)")
     table.add_argument("csv", type=Path, help="grid CSV")
     table.add_argument("--task", default=None, help="print this task's cells as CSV instead")
+    table.add_argument(
+        "--pivot",
+        action="store_true",
+        help="with --task: mean loss as a peak_lr x warmup_steps table (CSV)",
+    )
 
     sub.add_parser("tasks", help="list the benchmark tasks (JSON)")
 
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if action == "tasks":
         return _tasks()
     if action == "table":
-        return _table(args.csv, args.task)
+        return _table(args.csv, args.task, pivot=args.pivot)
     if action == "time":
         return _time(args)
     return _grid(args)
@@ -127,12 +132,18 @@ def _grid(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def _table(csv_path: Path, task: str | None) -> int:
+def _table(csv_path: Path, task: str | None, *, pivot: bool = False) -> int:
     from autowarm.bench._oracle import oracle_table, oracle_tables
 
     if task is not None:
-        oracle_table(csv_path, task).cells.to_csv(sys.stdout, index=False)
+        table = oracle_table(csv_path, task)
+        if pivot:
+            table.pivot().to_csv(sys.stdout)
+        else:
+            table.cells.to_csv(sys.stdout, index=False)
         return 0
+    if pivot:
+        raise ValueError("--pivot needs --task NAME (one table per task)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tables = oracle_tables(csv_path)

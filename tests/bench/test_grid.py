@@ -121,7 +121,9 @@ def test_best_on_the_edge_warns() -> None:
     with pytest.warns(GridEdgeWarning, match="highest peak_lr and longest warmup"):
         table = oracle_table(_frame(losses), "t")
     assert table.edges == ("highest peak_lr", "longest warmup")
-    assert set(oracle_tables(_frame({(1e-3, 0): 1.0, (1e-2, 0): 2.0, (1e-1, 0): 3.0}))) == {"t"}
+    with pytest.warns(GridEdgeWarning, match="lowest peak_lr"):
+        tables = oracle_tables(_frame({(1e-3, 0): 1.0, (1e-2, 0): 2.0, (1e-1, 0): 3.0}))
+    assert set(tables) == {"t"}
 
 
 def test_regret() -> None:
@@ -166,5 +168,8 @@ def test_cli_grid_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert '"ran": 4' in capsys.readouterr().out
     assert main(["table", str(tmp_path / "oracle_grid.csv")]) == 0
     assert '"task": "control_convex"' in capsys.readouterr().out
+    csv_path = str(tmp_path / "oracle_grid.csv")
+    assert main(["table", csv_path, "--task", "control_convex", "--pivot"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "peak_lr,0,5"
     assert main(["grid", "--tasks", "nope", "--out", str(tmp_path)]) == 1
     assert "valid names" in capsys.readouterr().err
