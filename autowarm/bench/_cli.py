@@ -73,11 +73,17 @@ def _ints(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute the parsed sub-action; returns the exit code.
+    """Execute the parsed sub-action with one torch thread; returns the exit code.
+
+    Progress of ``grid`` is logged at INFO level on ``autowarm.bench._grid``; machine output
+    (JSON or CSV) goes to stdout.
 
     Raises:
         KeyError: For an unknown task name (the message lists the valid ones).
     """
+    import torch
+
+    torch.set_num_threads(1)  # cells (or `time` runs) are the parallelism, one thread each
     action: str = args.bench_action
     if action == "tasks":
         return _tasks()
@@ -209,9 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose or args.bench_action == "grid" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
-    import torch
-
-    torch.set_num_threads(1)  # cells (or `time` runs) are the parallelism, one thread each
     try:
         return run(args)
     except (KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:
