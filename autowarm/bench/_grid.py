@@ -194,16 +194,28 @@ def _existing_keys(csv_path: Path) -> set[_Key]:
                 f"{csv_path} has columns {reader.fieldnames}, but a grid CSV has {list(COLUMNS)}; "
                 "pass a new csv_path (or move the old file away)"
             )
-        return {
-            (
-                row["task"],
-                float(row["peak_lr"]),
-                int(row["warmup_steps"]),
-                int(row["total_steps"]),
-                int(row["seed"]),
-            )
-            for row in reader
-        }
+        keys = set()
+        for row in reader:
+            key = _parse_key(row)
+            if key is not None:
+                keys.add(key)
+        return keys
+
+
+def _parse_key(row: dict[str, str | None]) -> _Key | None:
+    # A row cut short by a kill mid-write has empty fields: skip it, so the cell runs again.
+    if any(not row.get(name) for name in COLUMNS):
+        return None
+    try:
+        return (
+            str(row["task"]),
+            float(str(row["peak_lr"])),
+            int(str(row["warmup_steps"])),
+            int(str(row["total_steps"])),
+            int(str(row["seed"])),
+        )
+    except ValueError:
+        return None
 
 
 class _RowWriter:
@@ -212,6 +224,13 @@ class _RowWriter:
     def __init__(self, csv_path: Path) -> None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         new = not csv_path.exists() or csv_path.stat().st_size == 0
+        if not new:
+            with csv_path.open("rb") as f:  # a kill mid-write can leave a line unfinished
+                f.seek(-1, os.SEEK_END)
+                unfinished = f.read(1) not in (b"\n", b"\r")
+            if unfinished:
+                with csv_path.open("a", newline="") as f:
+                    f.write("\r\n")  # csv's own line terminator; the cut row is skipped
         self._file = csv_path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=list(COLUMNS))
         if new:

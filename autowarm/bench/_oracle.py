@@ -59,8 +59,13 @@ def regret(value: float, oracle_best: float) -> float:
 
 
 def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
-    """The grid rows as a DataFrame (from a CSV path, or a frame passed through)."""
+    """The grid rows as a DataFrame (from a CSV path, or a frame passed through).
+
+    Rows with missing fields (cut short by a kill) are dropped; ``diverged`` is boolean.
+    """
     frame = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source)
+    # a row cut short by a kill mid-write (the grid runs that cell again) has empty fields
+    frame = frame.dropna(subset=["task", "peak_lr", "warmup_steps", "seed", "final_val_loss"])
     if frame["diverged"].dtype != bool:
         frame["diverged"] = frame["diverged"].astype(str).str.lower().eq("true")
     return frame

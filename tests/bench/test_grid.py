@@ -173,3 +173,17 @@ def test_cli_grid_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.splitlines()[0] == "peak_lr,0,5"
     assert main(["grid", "--tasks", "nope", "--out", str(tmp_path)]) == 1
     assert "valid names" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
+    task = _tiny()
+    csv_path = tmp_path / "grid.csv"
+    oracle_grid(task, csv_path=csv_path, lrs=[1e-2], warmups=[0, 5], seeds=1, workers=0)
+    text = csv_path.read_text()
+    last_start = text.rstrip("\r\n").rfind("\n") + 1
+    csv_path.write_text(text[: last_start + 12])  # the last row loses its tail, no newline
+    result = oracle_grid(task, csv_path=csv_path, lrs=[1e-2], warmups=[0, 5], seeds=1, workers=0)
+    assert (result.ran, result.skipped) == (1, 1)
+    table = oracle_table(csv_path, task.name)
+    assert table.n_cells == 2 and set(table.cells["n_seeds"]) == {1}
