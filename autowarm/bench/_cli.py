@@ -141,21 +141,19 @@ def _grid(args: argparse.Namespace) -> int:
 def _table(csv_path: Path, task: str | None, *, pivot: bool = False) -> int:
     from autowarm.bench._oracle import oracle_table, oracle_tables
 
-    if task is not None:
-        table = oracle_table(csv_path, task)
-        if pivot:
-            table.pivot().to_csv(sys.stdout)
-        else:
-            table.cells.to_csv(sys.stdout, index=False)
-        return 0
-    if pivot:
+    if pivot and task is None:
         raise ValueError("--pivot needs --task NAME (one table per task)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tables = oracle_tables(csv_path)
-    for w in caught:
+        if task is not None:
+            table = oracle_table(csv_path, task)
+            frame = table.pivot() if pivot else table.cells
+            frame.to_csv(sys.stdout, index=pivot)
+        else:
+            summaries = [t.summary() for t in oracle_tables(csv_path).values()]
+            print(json.dumps(summaries, indent=2))
+    for w in caught:  # e.g. GridEdgeWarning: to stderr, stdout stays machine-readable
         logging.getLogger(__name__).warning("%s", w.message)
-    print(json.dumps([t.summary() for t in tables.values()], indent=2))
     return 0
 
 
