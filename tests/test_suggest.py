@@ -755,7 +755,7 @@ def test_suggestion_tables_and_rationale(probed: tuple[Suggestion, _LossSpy]) ->
     assert set(TRACE_COLUMNS) <= set(s.trace.columns)
     assert set(MOMENT_COLUMNS) <= set(s.trace.columns)
     assert s.trace["phase"].iloc[0] == "range_test"
-    assert set(s.trace["phase"]) <= {"range_test", "warmup", "warmup_bisect", "confirm"}
+    assert set(s.trace["phase"]) <= {"range_test", "peak_ladder", "warmup", "warmup_bisect"}
     # Steps count from 0 within each burst, and bursts are numbered in order.
     for _, rows in s.trace.groupby("burst"):
         assert rows["step"].tolist() == list(range(len(rows)))

@@ -44,12 +44,12 @@ class SearchSettings:
 
     lr_min: float = 1e-7
     lr_max: float = 10.0
-    range_test_share: float = 0.35  # of the budget, for the sweep
+    range_test_share: float = 0.25  # of the budget, for the sweep
     range_test_min_steps: int = 16
     range_test_max_steps: int = 150
-    hold_share: float = 0.08  # of the budget, steps at the peak after each ramp
-    hold_min_steps: int = 8
-    peak_divisor: float = 10.0  # peak = LR of the sweep's minimum loss / this (choose_peak)
+    ladder_share: float = 0.2  # of the budget, per peak-ladder burst (3 bursts)
+    ladder_min_steps: int = 12
+    peak_divisor: float = 10.0  # fallback peak = sweep's min-loss LR / this (choose_peak)
     max_warmup_fraction: float = 0.5  # of total_steps
     # Settled when v_hat is within ~25% of E[g^2] (Adam's step within ~12%), and the gradient
     # scale is not running ahead of v_hat by more than 1.5x. Shrinking gradients (drift < 1)
@@ -163,10 +163,9 @@ def _moment_frame(runner: ProbeRunner, verdicts: list[BurstVerdict]) -> pd.DataF
     return frame.reset_index(drop=True)
 
 
-def run_search(
-    runner: ProbeRunner, *, total_steps: int, settings: SearchSettings, beta2: float | None = None
-) -> ProbeOutcome:
-    """Run the probe's bursts within ``runner.budget`` and decide warmup and peak."""
+def _range_test(
+    runner: ProbeRunner, settings: SearchSettings, reasons: list[str]
+) -> sig.RangeTestResult:
     budget = runner.budget.total
     n_rt = int(
         min(
@@ -188,39 +187,153 @@ def run_search(
         rt = dataclasses.replace(
             rt, diverged=True, diverge_lr=rt_burst.lrs[-1], diverge_index=len(rt_burst.rows) - 1
         )
-    reasons: list[str] = []
     if not rt.ok:
         reasons.append(f"range test inconclusive: {rt.reason}")
     if rt.flat and not rt.diverged:
         reasons.append("the loss hardly moved in the range test (an already trained model?)")
-    if rt.diverged and rt.flat:
+    if rt.diverged and rt.flat and _early_minimum(rt, settings.lr_min):
         raise NoUsableLR(
-            f"the range test diverged at lr {rt.diverge_lr:.3g} before the loss fell "
-            f"(descent {rt.descent:.1%}); no LR lowered the loss"
+            f"the range test diverged at lr {rt.diverge_lr:.3g} and no LR before it lowered "
+            f"the loss (descent {rt.descent:.1%}, lowest at the start of the sweep)"
         )
-    peak, peak_why = choose_peak(rt, settings.peak_divisor)
-    if not math.isfinite(peak) or peak <= 0:
+    if rt.diverged and rt.flat:
+        # Slow starters hardly move in a short sweep, but their lowest loss comes late in it;
+        # the bursts below test the LRs under that point.
+        reasons.append(
+            f"the range test diverged at lr {rt.diverge_lr:.3g} before the loss fell much "
+            f"(descent {rt.descent:.1%})"
+        )
+    return rt
+
+
+def _early_minimum(rt: sig.RangeTestResult, lr_min: float) -> bool:
+    # The lowest smoothed loss sits in the first quarter (in log LR) of the swept range.
+    if not (math.isfinite(rt.min_loss_lr) and math.isfinite(rt.diverge_lr)):
+        return False
+    span = math.log(rt.diverge_lr / lr_min)
+    return span > 0 and math.log(rt.min_loss_lr / lr_min) < 0.25 * span
+
+
+def _tail_loss(burst: BurstResult) -> float:
+    # Mean raw loss over the last quarter of the burst (at least 5 steps): the comparison
+    # between candidate peaks. Non-finite or blown-up bursts lose.
+    losses = burst.losses
+    if burst.diverged or not losses:
+        return math.inf
+    tail = losses[-max(5, len(losses) // 4) :]
+    return float(np.mean(tail)) if all(math.isfinite(x) for x in tail) else math.inf
+
+
+def _tail_se(burst: BurstResult) -> float:
+    # Standard error of the tail mean from the batch-to-batch noise (MAD of first differences,
+    # robust to the trend), so ties between candidates are judged against the noise.
+    tail = np.asarray(burst.losses[-max(5, len(burst.losses) // 4) :], dtype=float)
+    if tail.size < 3 or not np.isfinite(tail).all():
+        return math.inf
+    diffs = np.diff(tail)
+    sd = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2.0)
+    return sd / math.sqrt(tail.size)
+
+
+def _peak_ladder(
+    runner: ProbeRunner, edge: float, length: int, ramp: int, reasons: list[str]
+) -> tuple[list[BurstVerdict], BurstVerdict | None]:
+    """Bursts at peaks half a decade apart below the sweep's edge; the lowest tail loss wins.
+
+    Every candidate gets the same short ramp and the same number of steps from the initial
+    weights, so their tail losses compare like with like. Start at ``edge / 10`` and
+    ``edge / sqrt(10)``; then one more step in the better direction (``edge`` itself, or
+    ``edge / 10^1.5``). A candidate that blows up or trips a stability rule is out.
+    """
+    verdicts: dict[int, BurstVerdict] = {}
+
+    def tried(k: int) -> BurstVerdict | None:
+        if k in verdicts:
+            return verdicts[k]
+        if runner.budget.left < length:
+            return None
+        peak = edge / 10 ** (k / 2)
+        burst = runner.run(
+            ramp_lrs(peak, ramp, length - ramp),
+            phase="peak_ladder",
+            peak_lr=peak,
+            warmup_steps=ramp,
+        )
+        verdicts[k] = _judge(burst)
+        return verdicts[k]
+
+    def score(v: BurstVerdict | None) -> float:
+        return math.inf if v is None or not v.stable else _tail_loss(v.burst)
+
+    low, high = tried(2), tried(1)
+    if score(high) < score(low):
+        tried(0)
+    else:
+        tried(3)
+    ranked = sorted(verdicts.values(), key=score)
+    best = ranked[0] if ranked and math.isfinite(score(ranked[0])) else None
+    if best is None:
+        reasons.append("no peak candidate trained stably in the ladder")
+    else:
+        # Short bursts flatter large LRs (instability can take longer to show), so among the
+        # candidates within noise of the best (two standard errors of the difference), take
+        # the smallest peak.
+        lowest = score(best)
+        se_best = _tail_se(best.burst)
+        tied = [
+            v
+            for v in verdicts.values()
+            if score(v) <= lowest + 2.0 * math.hypot(se_best, _tail_se(v.burst))
+        ]
+        best = min(tied, key=lambda v: v.burst.peak_lr)
+    ordered = [verdicts[k] for k in sorted(verdicts, reverse=True)]
+    return ordered, best
+
+
+def run_search(
+    runner: ProbeRunner, *, total_steps: int, settings: SearchSettings, beta2: float | None = None
+) -> ProbeOutcome:
+    """Run the probe's bursts within ``runner.budget`` and decide warmup and peak."""
+    reasons: list[str] = []
+    rt = _range_test(runner, settings, reasons)
+    edge, _ = choose_peak(rt, 1.0)
+    if not math.isfinite(edge) or edge <= 0:
         raise NoUsableLR(
             f"the range test found no LR that lowered the loss (sweep from {settings.lr_min:g}; "
             f"{rt.reason})"
         )
-    hold = max(settings.hold_min_steps, round(settings.hold_share * budget))
-    verdicts, w_stable, reductions, peak = _warmup_search(runner, peak, hold, reasons)
-    settling = _settling(runner, verdicts, settings, beta2)
-    w_moment = _ceil_steps(settling)
-    if w_stable is not None and w_moment > w_stable and runner.budget.left >= w_moment + hold:
-        # Confirm the combined answer in the regime the real run will see, and measure the
-        # second moment along a ramp long enough to settle.
-        v = _judge(
-            runner.run(
-                ramp_lrs(peak, w_moment, hold),
-                phase="confirm",
-                peak_lr=peak,
-                warmup_steps=w_moment,
-            )
+    budget = runner.budget.total
+    length = max(settings.ladder_min_steps, round(settings.ladder_share * budget))
+    ramp = length // 4
+    ladder, best = _peak_ladder(runner, edge, length, ramp, reasons)
+    hold = length - ramp
+    if best is None:
+        # Fall back on the range-test rule and look for a ramp that makes it stable.
+        peak, peak_why = choose_peak(rt, settings.peak_divisor)
+        warm, w_stable, reductions, peak = _warmup_search(runner, peak, hold, reasons)
+        verdicts = ladder + warm
+    else:
+        peak = best.burst.peak_lr
+        tails = ", ".join(
+            f"{v.burst.peak_lr:.3g}: {_tail_loss(v.burst):.4g}"
+            + ("" if v.stable else " (unstable)")
+            for v in ladder
         )
-        verdicts.append(v)
-        settling = _settling(runner, verdicts, settings, beta2)
+        peak_why = (
+            f"peak = {peak:.3g}: the smallest peak within noise of the lowest loss after "
+            f"{length}-step bursts (a {ramp}-step ramp, then the peak) among peaks below the "
+            f"sweep's edge {edge:.3g} (tail losses {tails})"
+        )
+        verdicts = list(ladder)
+        w_stable, reductions = ramp, 0
+        if ramp > 0 and runner.budget.left >= hold:
+            v0 = _judge(
+                runner.run(ramp_lrs(peak, 0, hold), phase="warmup", peak_lr=peak, warmup_steps=0)
+            )
+            verdicts.append(v0)
+            if v0.stable and _tail_loss(v0.burst) <= _tail_loss(best.burst) * 1.05:
+                w_stable = 0
+    settling = _settling(runner, verdicts, settings, beta2)
     return _decide(
         peak,
         peak_why,
