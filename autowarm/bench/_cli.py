@@ -54,6 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing = sub.add_parser("time", help="time one full run per task (JSON)")
     _add_task_options(timing)
 
+    from autowarm.bench import _evaluate, _overhead
+
+    ev = sub.add_parser("eval", help="suggest() and the baselines on each task (resumable CSV)")
+    _evaluate.add_eval_arguments(ev)
+    rg = sub.add_parser("regret", help="regret against the oracle grid (CSV + Markdown)")
+    _evaluate.add_regret_arguments(rg)
+    ov = sub.add_parser("overhead", help="time second-moment monitoring vs plain steps (CPU)")
+    _overhead.add_arguments(ov)
+
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -91,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
         return _table(args.csv, args.task, pivot=args.pivot)
     if action == "time":
         return _time(args)
+    if action in ("eval", "regret", "overhead"):
+        from autowarm.bench import _evaluate, _overhead
+
+        runner = {
+            "eval": _evaluate.run_eval,
+            "regret": _evaluate.run_regret,
+            "overhead": _overhead.run,
+        }[action]
+        return runner(args)
     return _grid(args)
 
 

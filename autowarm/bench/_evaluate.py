@@ -1,0 +1,410 @@
+"""Regret of ``suggest()`` and of the baselines against the oracle grid.
+
+For every task and seed, each method picks a schedule (and pays its probe cost, counted from
+outside by wrapping the loss function), then one full run with that schedule and seed gives its
+final validation loss. Averaged over seeds and compared with the oracle's best cell (also an
+average over the same seeds), that is the method's regret on the task.
+
+Methods (BENCHMARK.md):
+
+- ``autowarm``: :func:`autowarm.suggest` with the task's optimizer settings and run length.
+- ``finder_10pct``: an LR range test (100 steps, 1e-7 to 10, steepest descent of the smoothed
+  loss against log LR, as torch-lr-finder and Lightning suggest) and 10% linear warmup.
+- ``finder_untuned``: the range-test LR with the untuned ``2 / (1 - beta2)`` warmup of Ma &
+  Yarats (capped at the run length).
+- ``radam_finder``: RAdam (its rectification is an implicit warmup) at the range-test LR, no
+  warmup.
+- ``hf_default``: transformers' ``TrainingArguments`` defaults: lr 5e-5, no warmup, linear
+  decay.
+
+Every schedule decays with cosine to 0 after its warmup (as the oracle grid does), except
+``hf_default``, which keeps transformers' linear decay.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from autowarm._train import BatchStream, LossFn, model_device, train_step
+from autowarm.bench._oracle import oracle_table, regret
+from autowarm.bench._run import run_schedule
+from autowarm.bench.tasks import BenchTask, get_task
+from autowarm.probe import signals as sig
+from autowarm.schedules import ScheduleConfig
+
+__all__ = ["METHODS", "evaluate_methods", "finder_lr", "regret_table"]
+
+_log = logging.getLogger("autowarm")
+
+METHODS: tuple[str, ...] = (
+    "autowarm",
+    "finder_10pct",
+    "finder_untuned",
+    "radam_finder",
+    "hf_default",
+)
+COLUMNS = (
+    "task",
+    "method",
+    "seed",
+    "total_steps",
+    "peak_lr",
+    "warmup_steps",
+    "optimizer",
+    "probe_steps",
+    "probe_cost",
+    "final_val_loss",
+    "diverged",
+    "probe_seconds",
+    "run_seconds",
+    "confidence",
+    "deciding_signal",
+)
+FINDER_STEPS = 100
+
+
+class _Counted:
+    """Wraps a loss function and counts its calls: the probe's cost, seen from outside."""
+
+    def __init__(self, fn: LossFn) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        self.calls += 1
+        return self.fn(model, batch)
+
+
+def finder_lr(task: BenchTask, seed: int, *, steps: int = FINDER_STEPS) -> tuple[float, int]:
+    """The LR-finder baseline: steepest descent of an exponential sweep, and its step count."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = task.make_model(seed)
+        loss_fn = _Counted(task.resolved_loss_fn())
+        optimizer = task.make_optimizer(model.parameters(), 1e-7)
+        stream = BatchStream(task.train_data(seed), model_device(model))
+        lrs = np.geomspace(1e-7, 10.0, steps)
+        losses: list[float] = []
+        best, avg = math.inf, 0.0
+        for i, lr in enumerate(lrs):
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr)
+            res = train_step(model, optimizer, stream.next(), loss_fn)
+            losses.append(res.loss)
+            if not res.finite:
+                break
+            avg = 0.98 * avg + 0.02 * res.loss
+            smooth = avg / (1 - 0.98 ** (i + 1))
+            best = min(best, smooth)
+            if i > 10 and smooth > 4 * best:  # torch-lr-finder's diverge_th
+                break
+        rt = sig.range_test(lrs[: len(losses)], losses, skip_begin=10, skip_end=5)
+        lr_out = rt.steepest_lr if math.isfinite(rt.steepest_lr) else 1e-3
+        return float(lr_out), loss_fn.calls
+
+
+def _beta2(task: BenchTask) -> float:
+    betas = task.optimizer_kwargs.get("betas", (0.9, 0.999))
+    return float(betas[1])
+
+
+def _method_schedule(
+    task: BenchTask, method: str, seed: int
+) -> tuple[ScheduleConfig, Callable[..., torch.optim.Optimizer], dict[str, Any]]:
+    t = task.total_steps
+    extra: dict[str, Any] = {"confidence": "", "deciding_signal": ""}
+    if method == "autowarm":
+        from autowarm._suggest import suggest
+
+        counted = _Counted(task.resolved_loss_fn())
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            s = suggest(
+                task.make_model(seed),
+                task.train_data(seed),
+                torch.optim.AdamW,
+                optimizer_kwargs=dict(task.optimizer_kwargs),
+                loss_fn=counted,
+                total_steps=t,
+                seed=seed,
+                progress=False,
+            )
+        extra.update(
+            probe_steps=counted.calls,
+            probe_seconds=time.perf_counter() - start,
+            confidence=s.confidence,
+            deciding_signal=s.deciding_signal,
+        )
+        return s.schedule, torch.optim.AdamW, extra
+    if method == "hf_default":
+        cfg = ScheduleConfig(peak_lr=5e-5, total_steps=t, warmup_steps=0, decay="linear")
+        extra.update(probe_steps=0, probe_seconds=0.0)
+        return cfg, torch.optim.AdamW, extra
+    start = time.perf_counter()
+    lr, calls = finder_lr(task, seed)
+    extra.update(probe_steps=calls, probe_seconds=time.perf_counter() - start)
+    if method == "finder_10pct":
+        return (
+            ScheduleConfig(peak_lr=lr, total_steps=t, warmup_steps=round(0.1 * t)),
+            torch.optim.AdamW,
+            extra,
+        )
+    if method == "finder_untuned":
+        w = min(t, sig.untuned_warmup_steps(_beta2(task)))
+        return ScheduleConfig(peak_lr=lr, total_steps=t, warmup_steps=w), torch.optim.AdamW, extra
+    if method == "radam_finder":
+        return ScheduleConfig(peak_lr=lr, total_steps=t, warmup_steps=0), _radam, extra
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, but got method={method!r}")
+
+
+def _radam(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    # Decoupled weight decay, as the AdamW of the other methods.
+    return torch.optim.RAdam(params, decoupled_weight_decay=True, **kwargs)
+
+
+def _run_one(task_name: str, method: str, seed: int, total_steps: int | None) -> dict[str, Any]:
+    import dataclasses
+
+    task = get_task(task_name)
+    if total_steps is not None:
+        task = dataclasses.replace(task, total_steps=total_steps)
+    schedule, opt_cls, extra = _method_schedule(task, method, seed)
+    result = run_schedule(task, schedule, seed, optimizer_cls=opt_cls)
+    return {
+        "task": task.name,
+        "method": method,
+        "seed": seed,
+        "total_steps": task.total_steps,
+        "peak_lr": schedule.peak_lr,
+        "warmup_steps": schedule.warmup_steps,
+        "optimizer": "RAdam" if opt_cls is _radam else "AdamW",
+        "probe_steps": int(extra["probe_steps"]),
+        "probe_cost": extra["probe_steps"] / task.total_steps,
+        "final_val_loss": result.final_val_loss,
+        "diverged": result.diverged,
+        "probe_seconds": round(float(extra["probe_seconds"]), 3),
+        "run_seconds": round(result.seconds, 3),
+        "confidence": extra["confidence"],
+        "deciding_signal": extra["deciding_signal"],
+    }
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class _Job:
+    task: str
+    method: str
+    seed: int
+    total_steps: int | None
+
+
+def _done(csv_path: Path) -> set[tuple[str, str, int, int]]:
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return set()
+    frame = pd.read_csv(csv_path)
+    keys = zip(frame["task"], frame["method"], frame["seed"], frame["total_steps"], strict=True)
+    return {(str(t), str(m), int(s), int(n)) for t, m, s, n in keys}
+
+
+def evaluate_methods(
+    tasks: Sequence[str],
+    *,
+    csv_path: str | os.PathLike[str],
+    methods: Sequence[str] = METHODS,
+    seeds: Sequence[int] = (0, 1),
+    workers: int = 2,
+    total_steps: int | None = None,
+) -> Path:
+    """Run every (task, method, seed) not yet in ``csv_path``; append one row each.
+
+    Resumable: rows already in the CSV are skipped. Each job runs in a worker process with one
+    torch thread (``workers=0`` runs them here, one after another).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods must be among {', '.join(METHODS)}, but got {unknown}")
+    path = Path(csv_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(path)
+    jobs = []
+    for name in tasks:
+        steps = total_steps if total_steps is not None else get_task(name).total_steps
+        jobs += [
+            _Job(name, m, s, total_steps)
+            for m in methods
+            for s in seeds
+            if (name, m, s, steps) not in done
+        ]
+    _log.info("evaluate: %d jobs to run, %d already in %s", len(jobs), len(done), path)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        if new:
+            writer.writeheader()
+
+        def write(row: dict[str, Any]) -> None:
+            writer.writerow(row)
+            fh.flush()
+            _log.info(
+                "%s %s seed %d: loss %.4f (lr %.3g, warmup %d, probe %d steps)",
+                row["task"],
+                row["method"],
+                row["seed"],
+                row["final_val_loss"],
+                row["peak_lr"],
+                row["warmup_steps"],
+                row["probe_steps"],
+            )
+
+        if workers == 0:
+            for j in jobs:
+                write(_run_one(j.task, j.method, j.seed, j.total_steps))
+            return path
+        methods_ok = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods_ok else "spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = [
+                pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps) for j in jobs
+            ]
+            for fut in cf.as_completed(futures):
+                write(fut.result())
+    return path
+
+
+def regret_table(
+    eval_csv: str | os.PathLike[str], grid_csv: str | os.PathLike[str]
+) -> pd.DataFrame:
+    """Per task and method: mean final loss over seeds, regret against the oracle, probe cost.
+
+    Diverged runs count as infinite loss (infinite regret). The last rows (task ``median``)
+    hold each method's median regret over tasks.
+    """
+    ev = pd.read_csv(eval_csv)
+    rows = []
+    for (task, method), g in ev.groupby(["task", "method"], sort=True):
+        oracle = oracle_table(grid_csv, str(task), total_steps=int(g["total_steps"].iloc[0]))
+        loss = g["final_val_loss"].astype(float).where(~g["diverged"].astype(bool), np.inf)
+        mean = float(loss.mean())
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "seeds": len(g),
+                "mean_val_loss": mean,
+                "oracle_best_loss": oracle.best_loss,
+                "regret": regret(mean, oracle.best_loss),
+                "peak_lr": float(np.exp(np.log(g["peak_lr"].astype(float)).mean())),
+                "warmup_steps": float(g["warmup_steps"].mean()),
+                "probe_cost": float(g["probe_cost"].max()),
+                "diverged_runs": int(g["diverged"].astype(bool).sum()),
+                "oracle_best_peak_lr": oracle.best_peak_lr,
+                "oracle_best_warmup": oracle.best_warmup_steps,
+                "oracle_flatness": oracle.flatness,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    med = table.groupby("method")["regret"].median()
+    medians = pd.DataFrame(
+        {"task": "median", "method": [str(m) for m in med.index], "regret": med.to_numpy()}
+    )
+    return pd.concat([table, medians], ignore_index=True)
+
+
+# ------------------------------------------------------------------ CLI (autowarm bench ...)
+EVAL_CSV = "evaluation.csv"
+
+
+def add_eval_arguments(parser: Any) -> None:
+    """Options of ``autowarm bench eval``."""
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: all available)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes; 0 = here")
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    parser.add_argument("--total-steps", type=int, default=None, help="override run length")
+
+
+def add_regret_arguments(parser: Any) -> None:
+    """Options of ``autowarm bench regret``."""
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    parser.add_argument("--eval-csv", type=Path, default=None)
+    parser.add_argument("--grid-csv", type=Path, default=None)
+
+
+def run_eval(args: Any) -> int:
+    """``autowarm bench eval``: append method runs to ``OUT/evaluation.csv`` (resumable)."""
+    from autowarm.bench.tasks import available_tasks
+
+    names = (
+        list(available_tasks())
+        if args.tasks is None
+        else [n.strip() for n in args.tasks.split(",") if n.strip()]
+    )
+    path = evaluate_methods(
+        names,
+        csv_path=args.out / EVAL_CSV,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seeds=list(range(args.seeds)),
+        workers=args.workers,
+        total_steps=args.total_steps,
+    )
+    print(path)
+    return 0
+
+
+def run_regret(args: Any) -> int:
+    """``autowarm bench regret``: the regret table (CSV + Markdown) from the two CSVs."""
+    eval_csv = args.eval_csv or args.out / EVAL_CSV
+    grid_csv = args.grid_csv or args.out / "oracle_grid.csv"
+    table = regret_table(eval_csv, grid_csv)
+    table.to_csv(args.out / "regret.csv", index=False)
+    md = regret_markdown(table)
+    (args.out / "regret.md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
+def regret_markdown(table: pd.DataFrame) -> str:
+    """Tasks as rows, methods as columns: regret in % (probe cost in % of the run)."""
+    body = table[table["task"] != "median"]
+    lines = ["| task | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for task, g in body.groupby("task", sort=True):
+        cells = []
+        for m in METHODS:
+            row = g[g["method"] == m]
+            if row.empty:
+                cells.append("")
+                continue
+            r = row.iloc[0]
+            reg = "diverged" if not math.isfinite(r["regret"]) else f"{100 * r['regret']:.2f}%"
+            cells.append(f"{reg} (cost {100 * r['probe_cost']:.1f}%)")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    med = table[table["task"] == "median"].set_index("method")["regret"]
+    lines.append(
+        "| **median** | "
+        + " | ".join(
+            f"**{100 * med[m]:.2f}%**" if m in med and math.isfinite(med[m]) else ""
+            for m in METHODS
+        )
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
