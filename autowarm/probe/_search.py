@@ -47,7 +47,9 @@ class SearchSettings:
     range_test_share: float = 0.25  # of the budget, for the sweep
     range_test_min_steps: int = 16
     range_test_max_steps: int = 150
-    ladder_share: float = 0.2  # of the budget, per peak-ladder burst (3 bursts)
+    ladder_share: float = 0.2  # of the budget, per peak-ladder burst (3 bursts, 4 if refined)
+    tie_se: float = 1.0  # the one-standard-error rule between peak candidates
+    refine: bool = False  # a quarter-decade burst between the best and the next larger peak
     ladder_min_steps: int = 12
     peak_divisor: float = 10.0  # fallback peak = sweep's min-loss LR / this (choose_peak)
     max_warmup_fraction: float = 0.5  # of total_steps
@@ -104,7 +106,10 @@ def choose_peak(rt: sig.RangeTestResult, divisor: float) -> tuple[float, str]:
     """
     edge = rt.min_loss_lr
     if rt.diverged and math.isfinite(rt.diverge_lr):
-        edge = min(edge, rt.diverge_lr)
+        # The loss minimum of a sweep sits at most about two decades below the LR where it
+        # diverges; an earlier minimum is batch noise on the flat start of the sweep.
+        edge = rt.diverge_lr if not math.isfinite(edge) else edge
+        edge = min(max(edge, rt.diverge_lr / 100.0), rt.diverge_lr)
     peak = edge / divisor
     why = (
         f"peak = {peak:.3g}: the sweep's lowest smoothed loss at lr {edge:.3g}, divided by "
@@ -236,14 +241,25 @@ def _tail_se(burst: BurstResult) -> float:
 
 
 def _peak_ladder(
-    runner: ProbeRunner, edge: float, length: int, ramp: int, reasons: list[str]
+    runner: ProbeRunner,
+    edge: float,
+    length: int,
+    ramp: int,
+    reasons: list[str],
+    *,
+    tie_se: float = 1.0,
+    refine: bool = True,
 ) -> tuple[list[BurstVerdict], BurstVerdict | None]:
-    """Bursts at peaks half a decade apart below the sweep's edge; the lowest tail loss wins.
+    """Equal bursts at peaks below the sweep's edge; the one-standard-error rule picks one.
 
     Every candidate gets the same short ramp and the same number of steps from the initial
-    weights, so their tail losses compare like with like. Start at ``edge / 10`` and
-    ``edge / sqrt(10)``; then one more step in the better direction (``edge`` itself, or
-    ``edge / 10^1.5``). A candidate that blows up or trips a stability rule is out.
+    weights, so their tail losses compare like with like. Candidates are ``edge / 10**(k/4)``:
+    first ``k = 4`` and ``k = 2`` (a tenth and a third of the edge), then one half-decade step
+    in the better direction (``k = 0``, the edge itself, or ``k = 6``), then the quarter-decade
+    point between the best and the next larger peak tried. A candidate that blows up or trips
+    a stability rule is out. Short bursts flatter large LRs (instability can take longer to
+    show), so the choice is the smallest peak whose tail loss is within one standard error
+    (of the difference, from the batch noise) of the lowest: the one-standard-error rule.
     """
     verdicts: dict[int, BurstVerdict] = {}
 
@@ -252,7 +268,7 @@ def _peak_ladder(
             return verdicts[k]
         if runner.budget.left < length:
             return None
-        peak = edge / 10 ** (k / 2)
+        peak = edge / 10 ** (k / 4)
         burst = runner.run(
             ramp_lrs(peak, ramp, length - ramp),
             phase="peak_ladder",
@@ -265,29 +281,30 @@ def _peak_ladder(
     def score(v: BurstVerdict | None) -> float:
         return math.inf if v is None or not v.stable else _tail_loss(v.burst)
 
-    low, high = tried(2), tried(1)
-    if score(high) < score(low):
-        tried(0)
-    else:
-        tried(3)
-    ranked = sorted(verdicts.values(), key=score)
-    best = ranked[0] if ranked and math.isfinite(score(ranked[0])) else None
-    if best is None:
-        reasons.append("no peak candidate trained stably in the ladder")
-    else:
-        # Short bursts flatter large LRs (instability can take longer to show), so among the
-        # candidates within noise of the best (two standard errors of the difference), take
-        # the smallest peak.
-        lowest = score(best)
-        se_best = _tail_se(best.burst)
+    def pick() -> int | None:
+        finite = {k: v for k, v in verdicts.items() if math.isfinite(score(v))}
+        if not finite:
+            return None
+        k_best = min(finite, key=lambda k: score(finite[k]))
+        best = finite[k_best]
         tied = [
-            v
-            for v in verdicts.values()
-            if score(v) <= lowest + 2.0 * math.hypot(se_best, _tail_se(v.burst))
+            k
+            for k, v in finite.items()
+            if score(v)
+            <= score(best) + tie_se * math.hypot(_tail_se(best.burst), _tail_se(v.burst))
         ]
-        best = min(tied, key=lambda v: v.burst.peak_lr)
-    ordered = [verdicts[k] for k in sorted(verdicts, reverse=True)]
-    return ordered, best
+        return max(tied)  # largest k = smallest peak
+
+    low, high = tried(4), tried(2)
+    tried(0 if score(high) < score(low) else 6)
+    k = pick()
+    if refine and k is not None and k - 2 in verdicts and k - 1 not in verdicts:
+        tried(k - 1)
+        k = pick()
+    if k is None:
+        reasons.append("no peak candidate trained stably in the ladder")
+    ordered = [verdicts[j] for j in sorted(verdicts, reverse=True)]
+    return ordered, (None if k is None else verdicts[k])
 
 
 def run_search(
@@ -305,7 +322,9 @@ def run_search(
     budget = runner.budget.total
     length = max(settings.ladder_min_steps, round(settings.ladder_share * budget))
     ramp = length // 4
-    ladder, best = _peak_ladder(runner, edge, length, ramp, reasons)
+    ladder, best = _peak_ladder(
+        runner, edge, length, ramp, reasons, tie_se=settings.tie_se, refine=settings.refine
+    )
     hold = length - ramp
     if best is None:
         # Fall back on the range-test rule and look for a ramp that makes it stable.
