@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autowarm.probe.signals import n_eff as _n_eff
-
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -170,6 +168,16 @@ def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take(t, index)
 
 
+def _gather_into(t: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+    # _gather written into `out` (float32, on the monitor's device): straight into it when `t`
+    # is a contiguous float32 tensor on that device (the usual case), else through a copy
+    # that converts the dtype and moves the device, as `.to` did.
+    if t.dtype == out.dtype and t.device == out.device and t.is_contiguous():
+        torch.index_select(t.view(-1), 0, index, out=out)
+    else:
+        out.copy_(_gather(t, index))
+
+
 def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     # Lower weighted median of the finite values; nan when none. On-device, no host sync.
     valid = torch.isfinite(values) & (weights > 0)
@@ -222,12 +230,15 @@ class SecondMomentMonitor:
       :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
 
     Cost: everything is on-device tensor work on the sample (an index gather per tensor, so no
-    copy of non-contiguous tensors), with one host sync per observed update; memory is a few
-    float32 vectors of ``max_coords`` entries. The work is some 40 elementwise passes over the
-    sample plus two gathers per tensor, so it scales with ``max_coords``, not with the model:
-    measured single-threaded on a shared CPU, about 4 ms per update at 65536 coordinates and
-    2 ms at 8192 (per-tensor costs dominate there), against ~20 ms for the step of a
-    2M-parameter MLP; for small models on CPU lower ``max_coords`` or raise ``every``.
+    copy of non-contiguous tensors), with one host sync per observed update; memory is eight
+    float32 vectors of ``max_coords`` entries (running state and reused scratch) plus the int64
+    indices. Per tensor an update does two gathers straight into the scratch vectors and a
+    little Python; the rest is some 15 in-place passes over the whole sample, a median and
+    one sum per tensor. So the cost is set by ``max_coords`` and by the number of tensors, not
+    by the model size: measured single-threaded on a shared CPU on a 76-tensor transformer,
+    about 3 ms per update at 16384 coordinates and 5 ms at 65536, against ~100-140 ms for a
+    64-row step of its 10M-parameter version (``reports/benchmark/overhead.md``). For small
+    models on CPU lower ``max_coords`` or raise ``every``.
 
     Tensors whose ``p.grad`` is ``None`` or sparse, or whose state has no ``exp_avg_sq`` yet,
     are skipped for that update (their running moments wait). With ``every=k`` only every
@@ -240,7 +251,9 @@ class SecondMomentMonitor:
         optimizer:
             The optimizer of the burst, usually ``Adam`` or ``AdamW``.
         max_coords:
-            Most coordinates sampled in total (all when the model is smaller).
+            Most coordinates sampled in total (all when the model is smaller). The default,
+            16384, keeps ``kappa``, ``drift`` and ``rel_error`` within ~3% of a 65536-coordinate
+            sample on a 10M-parameter transformer, at about 60% of its cost.
         every:
             Observe every ``every``-th call to :meth:`update` (the 1st, ``every+1``-th, ...).
         short_beta:
@@ -271,7 +284,7 @@ class SecondMomentMonitor:
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        max_coords: int = 65536,
+        max_coords: int = 16384,
         every: int = 1,
         short_beta: float = 0.9,
         seed: int = 0,
@@ -342,9 +355,16 @@ class SecondMomentMonitor:
             self._optimizer = optimizer
             if attached:
                 self.attach()
+        # Running state per sampled coordinate (float32, in the order of the entries), and how
+        # often each entry was observed: all of an entry's coordinates are observed together,
+        # so that count is one host integer per entry.
         zeros = torch.zeros(self._n, dtype=self._dtype, device=self._device)
-        self._count, self._short, self._short_weight = zeros, zeros.clone(), zeros.clone()
-        self._mean, self._m2, self._prev_vhat = zeros.clone(), zeros.clone(), zeros.clone()
+        self._short, self._mean, self._m2 = zeros, zeros.clone(), zeros.clone()
+        self._prev_vhat = zeros.clone()
+        self._observed = [0] * len(self._entries)
+        # Scratch reused by every update (no fresh temporaries): the gathered exp_avg_sq (made
+        # v_hat in place), the gathered gradient (made g^2 in place) and two work vectors.
+        self._scratch = torch.empty(4, self._n, dtype=self._dtype, device=self._device)
         self._calls = 0
         self.history = []
 
@@ -394,41 +414,70 @@ class SecondMomentMonitor:
 
     def _observe(self) -> MomentStats | None:
         groups = self._optimizer.param_groups
+        state = self._optimizer.state
         active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
         for e in self._entries:
-            st = self._optimizer.state.get(e.param)  # .get: never add keys to the defaultdict
+            st = state.get(e.param)  # .get: never add keys to the defaultdict
             grad = e.param.grad
             if st and "exp_avg_sq" in st and grad is not None and not grad.is_sparse:
                 active.append((e, st, grad))
         if not active:
             return None
         dev, dt = self._device, self._dtype
-        vhats: list[torch.Tensor] = []
-        g2s: list[torch.Tensor] = []
-        neff: list[float | torch.Tensor] = []
+        m = sum(e.count for e, _, _ in active)
+        vhat, g2 = self._scratch[0, :m], self._scratch[1, :m]
+        # Gather each tensor's sampled coordinates straight into its slice of the two scratch
+        # vectors (active entries one after another), then correct and square the whole vectors
+        # at once: no per-tensor arithmetic and no temporaries in the usual case.
+        beta2: dict[int, float] = {}
         steps: list[float | torch.Tensor] = []
         b2s: list[float] = []
-        for e, st, grad in active:
-            b2 = float(groups[e.group]["betas"][1])
+        corrections: list[tuple[int, int, float | torch.Tensor]] = []  # (start, stop, 1-b2^t)
+        counts = [e.count for e, _, _ in active]
+        off = 0
+        outs = zip(active, torch.split(vhat, counts), torch.split(g2, counts), strict=True)
+        for (e, st, grad), v_out, g_out in outs:
+            stop = off + e.count
+            _gather_into(st["exp_avg_sq"], e.index, v_out)
+            _gather_into(grad, e.index, g_out)
+            b2 = beta2.get(e.group)
+            if b2 is None:
+                b2 = beta2[e.group] = float(groups[e.group]["betas"][1])
             t = _step_value(st.get("step", 0.0))
             if isinstance(t, torch.Tensor):
                 t = t.to(dev, dt)
-            # Bias correction per tensor (their steps may differ). Dividing by a Python float
-            # (or a device scalar) needs no host-to-device copy, hence no extra sync.
             corr = 1.0 - b2**t
-            vhats.append(_gather(st["exp_avg_sq"], e.index).to(dev, dt) / corr)
-            g2s.append(_gather(grad, e.index).to(dev, dt).square())
-            neff.append(_n_eff(t, b2) if isinstance(t, float) else _n_eff_tensor(t, b2))
+            last = corrections[-1] if corrections else None
+            if isinstance(corr, float) and last is not None and _same(last[2], corr):
+                # Bias corrections differ only across steps and betas: merge equal neighbours.
+                corrections[-1] = (last[0], stop, corr)
+            else:
+                corrections.append((off, stop, corr))
             steps.append(t)
             b2s.append(b2)
-        vhat, g2 = torch.cat(vhats), torch.cat(g2s)
+            off = stop
+        for lo, hi, corr in corrections:
+            # A Python float (or a device scalar for a device step) needs no host-to-device
+            # copy, hence no extra sync; with a shared step and beta2 this is one division.
+            vhat[lo:hi].div_(corr)
+        g2.square_()
         on_host = all(isinstance(t, float) for t in steps)
+        neff: list[float | torch.Tensor] = []
+        cache: dict[tuple[float, float], float] = {}
+        for t, b2 in zip(steps, b2s, strict=True):
+            if isinstance(t, float):
+                value = cache.get((t, b2))
+                if value is None:
+                    value = cache[(t, b2)] = _n_eff_host(t, b2)
+                neff.append(value)
+            else:
+                neff.append(_n_eff_tensor(t, b2))
         pos: torch.Tensor | None = None
         if len(active) < len(self._entries):
             pos = torch.cat(
                 [torch.arange(e.start, e.start + e.count, device=dev) for e, _, _ in active]
             )
-        stats = self._advance(pos, [e.slot for e, _, _ in active], vhat, g2)
+        stats = self._advance([e for e, _, _ in active], pos, vhat, g2)
         extra = [] if on_host else [_stack_min(neff, dev, dt), _stack_max(steps, dev, dt)]
         host = torch.stack([*stats, *extra]).tolist()  # the one host sync
         vhat_mean, g2_mean, drift, change, kappa = host[:5]
@@ -439,7 +488,7 @@ class SecondMomentMonitor:
             update=len(self.history),
             step=round(step),
             beta2=min(b2s),
-            n_coords=sum(e.count for e, _, _ in active),
+            n_coords=m,
             vhat_mean=vhat_mean,
             g2_mean=g2_mean,
             drift=drift,
@@ -452,54 +501,98 @@ class SecondMomentMonitor:
         return out
 
     def _advance(
-        self, pos: torch.Tensor | None, slots: list[int], vhat: torch.Tensor, g2: torch.Tensor
+        self,
+        active: list[_Entry],
+        pos: torch.Tensor | None,
+        vhat: torch.Tensor,
+        g2: torch.Tensor,
     ) -> list[torch.Tensor]:
-        # Update the running per-coordinate state of the active coordinates (those of the
-        # entries in `slots`, in order) and return the device scalars
-        # [vhat_mean, g2_mean, drift, vhat_change, kappa].
-        def get(vec: torch.Tensor) -> torch.Tensor:
-            return vec if pos is None else vec[pos]
-
-        def put(vec: torch.Tensor, value: torch.Tensor) -> None:
-            if pos is None:
-                vec.copy_(value)
-            else:
-                vec[pos] = value
-
+        # Update the running per-coordinate state of the active entries (their coordinates laid
+        # out one entry after another in `vhat` and `g2`; `pos`: where they sit in the state
+        # vectors, None when all entries are active) and return the device scalars
+        # [vhat_mean, g2_mean, drift, vhat_change, kappa]. In place on the state and on the
+        # scratch work vectors. The number k of earlier observations is shared by all of an
+        # entry's coordinates, so the work runs over stretches of consecutive entries with the
+        # same k (one stretch when every tensor takes every update) with n = k + 1 a scalar.
+        m = vhat.numel()
+        vectors = (self._short, self._mean, self._m2, self._prev_vhat)
+        if pos is None:
+            short, mean, m2, prev = vectors
+        else:
+            short, mean, m2, prev = (torch.index_select(v, 0, pos) for v in vectors)
+        work, kappa_c = self._scratch[2, :m], self._scratch[3, :m]
         bs = self._short_beta
-        n = get(self._count) + 1.0
-        short = bs * get(self._short) + (1.0 - bs) * g2
-        weight = bs * get(self._short_weight) + (1.0 - bs)  # = 1 - bs^n, without a pow
-        s_hat = short / weight
-        mean_prev = get(self._mean)
-        delta = g2 - mean_prev
-        mean = mean_prev + delta / n
-        m2 = get(self._m2) + delta * (g2 - mean)
-        prev = get(self._prev_vhat)  # 0 until observed
-        seen = (n > 1.5).to(vhat.dtype)
-        change = ((vhat - prev).abs() * seen).sum() / (prev * seen).sum()  # 0/0 = nan at first
-        kappa_c = (m2 / (n - 1.0)) / mean.square()
-        kappa_c = torch.where((n >= 3) & (mean > 0), kappa_c, torch.full_like(kappa_c, math.nan))
-        # Per-tensor sums of s_hat and v_hat (split: exact, and cheaper than index_add on CPU).
-        counts = [self._entries[i].count for i in slots]
-        sums = [c.sum(1) for c in torch.split(torch.stack([s_hat, vhat]), counts, dim=1)]
-        if len(slots) < len(self._entries):
+        runs: list[tuple[int, int, int, int, int]] = []  # entries [i, j), coordinates [lo, hi), k
+        lo = 0
+        for i, e in enumerate(active):
+            k = self._observed[e.slot]
+            if runs and runs[-1][4] == k:
+                runs[-1] = (runs[-1][0], i + 1, runs[-1][2], lo + e.count, k)
+            else:
+                runs.append((i, i + 1, lo, lo + e.count, k))
+            lo += e.count
+        nums: list[torch.Tensor] = []
+        dens: list[torch.Tensor] = []
+        any_kappa = False
+        for _, _, lo, hi, k in runs:
+            n = k + 1.0
+            g, mu, kap, w = g2[lo:hi], mean[lo:hi], kappa_c[lo:hi], work[lo:hi]
+            short[lo:hi].lerp_(g, 1.0 - bs)  # short EMA: bs * short + (1 - bs) * g^2
+            delta = torch.sub(g, mu, out=w)  # Welford
+            mu.add_(delta, alpha=1.0 / n)
+            m2[lo:hi].addcmul_(delta, torch.sub(g, mu, out=kap))
+            if k > 0:  # seen before: counts towards vhat_change
+                nums.append(torch.sub(vhat[lo:hi], prev[lo:hi], out=w).abs_().sum())
+                dens.append(prev[lo:hi].sum())
+            if k >= 2:  # n >= 3: Var(g^2) / E[g^2]^2
+                # A zero mean (g = 0 at every observation) has m2 = 0 too: 0/0 gives nan, and
+                # the mean of squares is never negative, so no mask is needed.
+                torch.div(m2[lo:hi], n - 1.0, out=kap).div_(torch.mul(mu, mu, out=w))
+                any_kappa = True
+            else:
+                kap.fill_(math.nan)
+        nan = vhat.new_full((), math.nan)
+        change = torch.stack(nums).sum() / torch.stack(dens).sum() if nums else nan
+        kappa = torch.nanmedian(kappa_c) if any_kappa else nan
+        # Per-tensor sums of the short EMA and of v_hat (split: exact, and cheaper than
+        # index_add on CPU); the EMA's bias correction 1 - bs^n is the same over a tensor.
+        counts = [e.count for e in active]
+        sums = torch.stack(
+            [c.sum(1) for c in torch.split(torch.stack([short, vhat]), counts, dim=1)], dim=1
+        )
+        for i, j, _, _, k in runs:
+            sums[0, i:j].div_(1.0 - bs ** (k + 1))
+        if len(active) < len(self._entries):
             zero = vhat.new_zeros(2)
-            by_slot = dict(zip(slots, sums, strict=True))
-            sums = [by_slot.get(i, zero) for i in range(len(self._entries))]
-        sum_s, sum_v = torch.stack(sums, dim=1)
+            by_slot = dict(zip((e.slot for e in active), sums.unbind(1), strict=True))
+            sums = torch.stack([by_slot.get(i, zero) for i in range(len(self._entries))], dim=1)
+        sum_s, sum_v = sums
         ratio = torch.where(sum_v > 0, sum_s / sum_v, torch.full_like(sum_s, math.nan))
         drift = _weighted_median(ratio, self._weights)
-        for vec, value in (
-            (self._count, n),
-            (self._short, short),
-            (self._short_weight, weight),
-            (self._mean, mean),
-            (self._m2, m2),
-            (self._prev_vhat, vhat),
-        ):
-            put(vec, value)
-        return [vhat.mean(), g2.mean(), drift, change, torch.nanmedian(kappa_c)]
+        stats = [vhat.mean(), g2.mean(), drift, change, kappa]
+        prev.copy_(vhat)
+        if pos is not None:
+            for vec, value in zip(vectors, (short, mean, m2, prev), strict=True):
+                vec.index_copy_(0, pos, value)
+        for e in active:
+            self._observed[e.slot] += 1
+        return stats
+
+
+def _same(a: float | torch.Tensor, b: float) -> bool:
+    # Equal host floats; a device scalar is never compared (that would sync).
+    return isinstance(a, float) and a == b
+
+
+def _n_eff_host(t: float, beta2: float) -> float:
+    # signals.n_eff for one host step, in plain Python: numpy and the argument checks of the
+    # public function cost ~25 us a call, which adds up over the tensors of every update.
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"beta2 must be in [0, 1), but got beta2={beta2!r}")
+    if t < 0:
+        raise ValueError(f"t must be >= 0, but got t={t!r}")
+    x: float = beta2**t
+    return (1.0 + beta2) * (1.0 - x) / ((1.0 - beta2) * (1.0 + x))
 
 
 def _n_eff_tensor(t: torch.Tensor, beta2: float) -> torch.Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from autowarm.probe._moments import (
     MomentStats,
     SecondMomentMonitor,
     _allocate,
+    _n_eff_host,
     has_second_moment,
 )
 from autowarm.probe.signals import n_eff, settling_step
@@ -39,15 +41,16 @@ class Reference:
         self.g2 = [[] for _ in sizes]  # history of g^2 per tensor
         self.prev = [None] * len(sizes)
 
-    def step(self, grads: list[np.ndarray | None], beta2: float) -> dict[str, float]:
+    def step(self, grads: list[np.ndarray | None], beta2: float | list[float]) -> dict[str, float]:
         vhat_all, g2_all, prev_all, kappa_all, ratio, weight = [], [], [], [], [], []
         for i, g in enumerate(grads):
             if g is None:
                 continue
+            b2 = beta2[i] if isinstance(beta2, list) else beta2  # per tensor, or one for all
             g2 = g.astype(np.float64) ** 2
             self.t[i] += 1
-            self.v[i] = beta2 * self.v[i] + (1 - beta2) * g2
-            vhat = self.v[i] / (1 - beta2 ** self.t[i])
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g2
+            vhat = self.v[i] / (1 - b2 ** self.t[i])
             self.g2[i].append(g2)
             hist = np.array(self.g2[i])
             k = len(hist)
@@ -148,6 +151,90 @@ def test_subsample_matches_recomputation_at_sampled_coordinates() -> None:
         assert got is not None
         assert got.drift == pytest.approx(want["drift"], rel=1e-5)
         assert got.kappa == pytest.approx(want["kappa"], rel=1e-5, nan_ok=True)
+
+
+def test_mixed_groups_layouts_and_dtypes_match_recomputation() -> None:
+    # Two param groups with different beta2 (so different bias corrections in one update), a
+    # non-contiguous (transposed) fp32 tensor and a float64 one: the gathers that cannot go
+    # straight into the float32 scratch take the copying path; all must match numpy.
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(3, 4))
+    b = torch.nn.Parameter(torch.randn(4, 2).t())  # (2, 4), not contiguous
+    c = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    assert not b.is_contiguous()
+    opt = torch.optim.Adam(
+        [{"params": [a, b], "betas": (0.9, 0.999)}, {"params": [c], "betas": (0.9, 0.95)}],
+        lr=1e-2,
+    )
+    monitor = SecondMomentMonitor(opt, max_coords=10_000)
+    ref = Reference([a.numel(), b.numel(), c.numel()])
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 9):
+        opt.zero_grad()
+        x = torch.randn(8, 3, generator=gen)
+        w = torch.randn(5, generator=gen, dtype=torch.float64)
+        torch.autograd.backward([((x @ a @ b.t()) ** 2).mean(), (c * w).pow(2).sum()])
+        assert b.grad is not None and not b.grad.is_contiguous()
+        opt.step()
+        got = monitor.update()
+        grads = [np.asarray(p.grad, dtype=np.float64).ravel() for p in (a, b, c)]
+        want = ref.step(grads, [0.999, 0.999, 0.95])
+        assert got is not None
+        assert got.step == step and got.beta2 == 0.95
+        np.testing.assert_allclose(monitor._prev_vhat.numpy(), want["vhat"], rtol=1e-5)
+        for name in ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa"):
+            assert got.to_dict()[name] == pytest.approx(want[name], rel=1e-5, nan_ok=True), (
+                f"{name} at step {step}"
+            )
+        assert got.n_eff == pytest.approx(min(n_eff(step, 0.999), n_eff(step, 0.95)), rel=1e-12)
+
+
+def test_direct_gathers_equal_the_copying_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The usual path gathers contiguous float32 tensors straight into the scratch vectors; the
+    # general one gathers and then copies. Same numbers, to the bit.
+    import autowarm.probe._moments as moments
+
+    def run() -> pd.DataFrame:
+        model = _tiny_model()
+        opt = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95))
+        monitor = SecondMomentMonitor(opt, max_coords=40, seed=2)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(6):
+            opt.zero_grad()
+            model(torch.randn(8, 5, generator=gen)).pow(2).mean().backward()
+            opt.step()
+            monitor.update()
+        return monitor.to_frame()
+
+    direct = run()
+    monkeypatch.setattr(
+        moments, "_gather_into", lambda t, index, out: out.copy_(moments._gather(t, index))
+    )
+    copied = run()
+    pd.testing.assert_frame_equal(direct, copied, check_exact=True)
+
+
+def test_n_eff_host_matches_signals() -> None:
+    for beta2 in (0.0, 0.5, 0.9, 0.95, 0.99, 0.999, 0.9999):
+        for t in (0.0, 1.0, 2.0, 3.0, 10.0, 77.0, 1000.0, 12345.0, 1e9):
+            assert _n_eff_host(t, beta2) == pytest.approx(n_eff(t, beta2), rel=1e-14, abs=0)
+    with pytest.raises(ValueError, match=r"beta2 must be in \[0, 1\)"):
+        _n_eff_host(3.0, 1.0)
+    with pytest.raises(ValueError, match="t must be >= 0"):
+        _n_eff_host(-1.0, 0.9)
+
+
+def test_scratch_is_reused_across_updates() -> None:
+    monitor = _manual_run(_gaussian, 2, size=256, max_coords=64)
+    buffers = [monitor._scratch, monitor._short, monitor._mean, monitor._m2, monitor._prev_vhat]
+    ptrs = [b.data_ptr() for b in buffers]
+    w = monitor.optimizer.param_groups[0]["params"][0]
+    for _ in range(3):
+        w.grad = torch.randn(256)
+        monitor.optimizer.step()
+        monitor.update()
+    assert [b.data_ptr() for b in buffers] == ptrs
+    assert len(monitor.history) == 5
 
 
 def test_tensor_without_grad_is_skipped_and_steps_stay_per_tensor() -> None:
