@@ -219,31 +219,39 @@ def _parse_key(row: dict[str, str | None]) -> _Key | None:
 
 
 class _RowWriter:
-    """Appends rows to the CSV, header first when the file is new, flushed row by row."""
+    """Appends rows to the CSV, one open-append-close per row.
+
+    Reopening by path for every row (cheap next to a run of seconds) means a CSV that something
+    else replaces while the grid runs (a ``git checkout`` or ``git stash`` of the file) still
+    gets every later row, instead of an unlinked file that vanishes with the process. Rows that
+    the replacement dropped are simply run again by the next call.
+    """
 
     def __init__(self, csv_path: Path) -> None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not csv_path.exists() or csv_path.stat().st_size == 0
-        if not new:
-            with csv_path.open("rb") as f:  # a kill mid-write can leave a line unfinished
-                f.seek(-1, os.SEEK_END)
-                unfinished = f.read(1) not in (b"\n", b"\r")
-            if unfinished:
-                with csv_path.open("a", newline="") as f:
-                    f.write("\r\n")  # csv's own line terminator; the cut row is skipped
-        self._file = csv_path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=list(COLUMNS))
-        if new:
-            self._writer.writeheader()
-            self._file.flush()
+        self._path = csv_path
+        self._prepare()
+
+    def _prepare(self) -> None:
+        # Header for a new file; a line terminator after a row cut short by a kill.
+        path = self._path
+        if not path.exists() or path.stat().st_size == 0:
+            with path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=list(COLUMNS)).writeheader()
+            return
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            unfinished = f.read(1) not in (b"\n", b"\r")
+        if unfinished:
+            with path.open("a", newline="") as f:
+                f.write("\r\n")  # csv's own line terminator; the cut row is skipped
 
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow(row)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
+        self._prepare()
+        with self._path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=list(COLUMNS)).writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def oracle_grid(
@@ -292,11 +300,7 @@ def oracle_grid(
     _logger.info(
         "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
     )
-    writer = _RowWriter(path)
-    try:
-        failed = _run_cells(todo, writer, workers)
-    finally:
-        writer.close()
+    failed = _run_cells(todo, _RowWriter(path), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 
 

@@ -187,3 +187,17 @@ def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
     assert (result.ran, result.skipped) == (1, 1)
     table = oracle_table(csv_path, task.name)
     assert table.n_cells == 2 and set(table.cells["n_seeds"]) == {1}
+
+
+def test_rows_keep_coming_when_the_csv_is_replaced_midway(tmp_path: Path) -> None:
+    from autowarm.bench._grid import _RowWriter
+
+    csv_path = tmp_path / "grid.csv"
+    writer = _RowWriter(csv_path)
+    row = dict.fromkeys(COLUMNS, "1")
+    writer.write(row)
+    header = csv_path.read_text().splitlines()[0]
+    csv_path.unlink()
+    csv_path.write_text(header + "\n")  # e.g. `git checkout` of an older version
+    writer.write(row)
+    assert len(csv_path.read_text().splitlines()) == 2
