@@ -253,7 +253,7 @@ class SecondMomentMonitor:
         max_coords:
             Most coordinates sampled in total (all when the model is smaller). The default,
             16384, keeps ``kappa``, ``drift`` and ``rel_error`` within ~3% of a 65536-coordinate
-            sample on a 10M-parameter transformer, at about 60% of its cost.
+            sample on a 10M-parameter transformer, at about two thirds of its cost.
         every:
             Observe every ``every``-th call to :meth:`update` (the 1st, ``every+1``-th, ...).
         short_beta:
