@@ -292,7 +292,7 @@ def measure_overhead(
     warmup_steps: int,
     batch: int,
     seed: int = 0,
-    max_coords: int = 65536,
+    max_coords: int = 16384,
     seq_len: int = 16,
     threads: int = 1,
 ) -> OverheadResult:
@@ -318,7 +318,7 @@ def measure_overhead(
         seed:
             Seed of the weights, the batches, the monitor's sample and the bootstrap.
         max_coords:
-            The monitor's coordinate budget (the probe uses 65536).
+            The monitor's coordinate budget (the probe uses 16384).
         seq_len:
             Tokens per sequence; ``batch // seq_len`` sequences per step.
         threads:
@@ -521,7 +521,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=None, help="rows per step, multiple of 16 (default: per size)"
     )
-    parser.add_argument("--max-coords", type=int, default=65536, help="monitor coordinates")
+    parser.add_argument("--max-coords", type=int, default=16384, help="monitor coordinates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
 
