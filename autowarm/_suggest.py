@@ -377,7 +377,7 @@ def _rationale(o: ProbeOutcome, probe_steps: int, budget: int, total: int) -> st
         for v in o.verdicts
     ]
     if bursts:
-        parts.append("Warmup bursts: " + "; ".join(bursts) + ".")
+        parts.append("Bursts (a W-step ramp, then the peak): " + "; ".join(bursts) + ".")
     if o.settling is not None:
         how = "settled" if o.settling.settled else "is extrapolated to settle"
         parts.append(
