@@ -167,13 +167,29 @@ def _method_schedule(
         w = min(t, sig.untuned_warmup_steps(_beta2(task)))
         return ScheduleConfig(peak_lr=lr, total_steps=t, warmup_steps=w), torch.optim.AdamW, extra
     if method == "radam_finder":
-        return ScheduleConfig(peak_lr=lr, total_steps=t, warmup_steps=0), _radam, extra
+        return ScheduleConfig(peak_lr=lr, total_steps=t, warmup_steps=0), _RAdamW, extra
     raise ValueError(f"method must be one of {', '.join(METHODS)}, but got method={method!r}")
 
 
-def _radam(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    # Decoupled weight decay, as the AdamW of the other methods.
-    return torch.optim.RAdam(params, decoupled_weight_decay=True, **kwargs)
+class _RAdamW(torch.optim.RAdam):
+    """RAdam with decoupled weight decay, as the AdamW of the other methods."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=True,
+        )
 
 
 def _run_one(task_name: str, method: str, seed: int, total_steps: int | None) -> dict[str, Any]:
@@ -191,7 +207,7 @@ def _run_one(task_name: str, method: str, seed: int, total_steps: int | None) ->
         "total_steps": task.total_steps,
         "peak_lr": schedule.peak_lr,
         "warmup_steps": schedule.warmup_steps,
-        "optimizer": "RAdam" if opt_cls is _radam else "AdamW",
+        "optimizer": "RAdam" if opt_cls is _RAdamW else "AdamW",
         "probe_steps": int(extra["probe_steps"]),
         "probe_cost": extra["probe_steps"] / task.total_steps,
         "final_val_loss": result.final_val_loss,

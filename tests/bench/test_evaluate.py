@@ -43,7 +43,7 @@ def test_evaluate_and_regret_tiny(tmp_path: Path) -> None:
     grid = tmp_path / "grid.csv"
     oracle_grid(task, csv_path=grid, lrs=[0.01, 0.05], warmups=[0, 8], seeds=[0], workers=0)
     ev = tmp_path / "eval.csv"
-    methods = ["autowarm", "finder_10pct", "hf_default"]
+    methods = ["autowarm", "finder_10pct", "radam_finder", "hf_default"]
     evaluate_methods(
         ["control_convex"], csv_path=ev, methods=methods, seeds=[0], workers=0, total_steps=STEPS
     )

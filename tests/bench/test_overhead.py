@@ -24,7 +24,10 @@ from autowarm.probe._moments import SecondMomentMonitor
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, object]:
-    return dict(measure_overhead(50_000, steps=4, warmup_steps=2, batch=32, seed=0))
+    # max_coords above the model size, so the whole model is sampled (test_memory relies on it)
+    return dict(
+        measure_overhead(50_000, steps=4, warmup_steps=2, batch=32, seed=0, max_coords=65536)
+    )
 
 
 def test_fields_and_sanity(result: dict[str, object]) -> None:
