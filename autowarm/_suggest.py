@@ -158,7 +158,9 @@ def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
 
 def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
     if budget_steps is None:
-        return max(60, round(0.1 * total_steps))
+        # 10% of the run in forward passes, counted from outside: the optimizer steps plus
+        # the one forward pass that checks the first batch before any training.
+        return max(60, int(0.1 * total_steps) - 1)
     if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps < 40:
         raise ValueError(
             f"budget_steps must be an int >= 40 (a range test and a few bursts), but got "
@@ -211,8 +213,9 @@ def suggest(
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``, for any batch format.
         criterion: ``criterion(output, target)`` for ``(inputs, targets)`` batches.
         total_steps: optimizer steps of the real run (default: one pass over a sized loader).
-        budget_steps: most optimizer steps the probe may take (default 10% of
-            ``total_steps``, at least 60).
+        budget_steps: most optimizer steps the probe may take (default: 10% of
+            ``total_steps`` less one, for the forward pass that checks the first batch;
+            at least 60).
         decay: decay shape of the suggested schedule (see ``ScheduleConfig``).
         device: move the model here for the probe (it is moved back afterwards).
         seed: seed of the probe (same seed, same machine: same suggestion).
