@@ -1,20 +1,25 @@
-"""The probe's plan: a range test, then warmup bursts at the chosen peak, then the decision.
+"""The probe's plan: a range test, a ladder of peak bursts, a warmup check, then the decision.
 
 1. **Range test** (Smith, 2017): an exponential LR sweep from the initial weights, stopped at
-   divergence. It brackets the usable LRs and gives the peak candidate.
-2. **Warmup bursts**: from the initial weights again, a linear ramp of ``W`` steps to the peak,
-   then ``hold`` steps at the peak. ``W = 0`` first; while the burst is unstable (non-finite
-   loss, a catapult above the starting loss, spikes, or oscillation; see
-   ``signals.burst_stability``), ``W`` doubles; once a stable ``W`` is found, one bisection
-   step between it and the last unstable one when the budget allows. If no ``W`` the budget
-   can afford is stable, the peak is halved and the search goes on from the last ``W``.
-3. **Second moment**: Adam's ``v_hat`` statistics recorded during the bursts (noise ``kappa``,
+   divergence. Its lowest smoothed loss (held within two decades of the divergence LR) is the
+   *edge*: the largest LR worth trying as a peak.
+2. **Peak ladder**: equal bursts from the initial weights (a short linear ramp, then the
+   candidate peak) at a tenth and a third of the edge, then one half-decade further in the
+   better direction. Bursts that blow up or trip a stability rule (non-finite loss, a catapult
+   above the starting loss, spikes, oscillation; ``signals.burst_stability``) are out; among
+   the rest, the smallest peak whose tail loss is within one standard error of the lowest wins.
+3. **Warmup**: a burst at the chosen peak without any ramp. If it is unstable (or clearly
+   worse), the ladder's ramp is the loss signals' answer; if no candidate was stable at all, a
+   warmup search (``W`` doubling, then one bisection, halving the peak when no affordable ramp
+   is stable) takes over at the range test's rule of thumb (edge / 10).
+4. **Second moment**: Adam's ``v_hat`` statistics recorded during the bursts (noise ``kappa``,
    drift of ``g^2`` against ``v_hat``, step-to-step change) give the step at which the
-   preconditioner has settled (``signals.settling_step``). Warmup shorter than that leaves
-   Adam's first updates normalised by a poor estimate of the gradient scale.
+   preconditioner has settled (``signals.settling_step``, extrapolated from ``kappa`` when the
+   bursts are shorter). Warmup shorter than that leaves Adam's first updates normalised by a
+   poor estimate of the gradient scale.
 
-The warmup is the larger of the burst answer and the settling step, so the rationale can say
-which signal decided.
+The warmup is the larger of the loss signals' answer and the settling step, so the rationale can
+say which signal decided.
 """
 
 from __future__ import annotations
@@ -450,9 +455,6 @@ def _decide(
     else:
         w_bursts = w_stable
     w_moment = _ceil_steps(settling)
-    confirm = [v for v in verdicts if v.burst.phase == "confirm"]
-    if confirm and not confirm[-1].stable:
-        reasons.append(f"the confirming burst was unstable ({confirm[-1].signals.reason})")
     deciding = "loss bursts" if w_bursts >= w_moment else "second moment"
     if w_bursts == 0 and w_moment == 0:
         deciding = "none needed"
