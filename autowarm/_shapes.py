@@ -14,6 +14,11 @@ from enum import Enum
 __all__ = ["Decay", "ScheduleLambda", "WsdShape", "schedule_multiplier"]
 
 
+def _unknown_name(cls: type[Enum], field: str, value: object) -> ValueError:
+    valid = ", ".join(repr(m.value) for m in cls)
+    return ValueError(f"{field} must be one of {valid}, but got {field}={value!r}")
+
+
 class Decay(str, Enum):
     """Names of the decay shapes that follow the warmup."""
 
@@ -27,8 +32,7 @@ class Decay(str, Enum):
 
     @classmethod
     def _missing_(cls, value: object) -> Decay:
-        valid = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"decay must be one of {valid}, but got decay={value!r}")
+        raise _unknown_name(cls, "decay", value)
 
 
 class WsdShape(str, Enum):
@@ -40,10 +44,7 @@ class WsdShape(str, Enum):
 
     @classmethod
     def _missing_(cls, value: object) -> WsdShape:
-        valid = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(
-            f"wsd_decay_shape must be one of {valid}, but got wsd_decay_shape={value!r}"
-        )
+        raise _unknown_name(cls, "wsd_decay_shape", value)
 
 
 def _warmup(step: int, warmup_steps: int, start_factor: float) -> float:
