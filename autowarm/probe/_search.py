@@ -53,6 +53,7 @@ class SearchSettings:
     range_test_min_steps: int = 16
     range_test_max_steps: int = 150
     ladder_share: float = 0.2  # of the budget, per peak-ladder burst (3 bursts, 4 if refined)
+    ladder_ramp_fraction: float = 0.25  # of each ladder burst, the linear ramp to its peak
     tie_se: float = 1.0  # the one-standard-error rule between peak candidates
     refine: bool = False  # a quarter-decade burst between the best and the next larger peak
     ladder_min_steps: int = 12
@@ -326,7 +327,7 @@ def run_search(
         )
     budget = runner.budget.total
     length = max(settings.ladder_min_steps, round(settings.ladder_share * budget))
-    ramp = length // 4
+    ramp = int(length * settings.ladder_ramp_fraction)
     ladder, best = _peak_ladder(
         runner, edge, length, ramp, reasons, tie_se=settings.tie_se, refine=settings.refine
     )
