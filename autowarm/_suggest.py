@@ -232,6 +232,13 @@ def suggest(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        # Ranks whose bursts stop at different steps would wait on each other's all-reduce
+        # forever; the probe is a single-process job.
+        raise ValueError(
+            "suggest() probes one process: pass the unwrapped module (model.module) on one "
+            "rank, then share the suggestion (e.g. torch.distributed.broadcast_object_list)"
+        )
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise TypeError(
             f"optimizer_cls must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, "

@@ -994,3 +994,21 @@ def test_public_name_suggest_is_the_function() -> None:
     _ = autowarm.Suggestion  # any use of the lazy names, as a user's first call does
     assert callable(autowarm.suggest)
     assert autowarm.suggest is suggest
+
+
+def test_ddp_wrapped_model_is_refused_before_training(tmp_path: Any) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = _mlp()
+        before = _capture(model)
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        with pytest.raises(ValueError, match=r"model\.module"):
+            suggest(wrapped, _cls_batches(), criterion=F.cross_entropy, total_steps=TOTAL)
+        _assert_restored(model, before)
+    finally:
+        dist.destroy_process_group()
