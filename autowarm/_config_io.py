@@ -73,10 +73,15 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
     return ScheduleConfig(**fields)
 
 
-def save_config(cfg: ScheduleConfig, path: Path) -> Path:
+def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
         raise ValueError(f"path must end in .json, .yaml or .yml, but got path={str(path)!r}")
+    return suffix
+
+
+def save_config(cfg: ScheduleConfig, path: Path) -> Path:
+    suffix = _suffix(path)
     data = config_to_dict(cfg)
     if suffix == ".json":
         text = json.dumps(data, indent=2) + "\n"
@@ -103,9 +108,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def read_mapping(path: Path) -> Any:
     """Parse a ``.json``/``.yaml`` file into plain data (no code execution)."""
-    suffix = path.suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise ValueError(f"path must end in .json, .yaml or .yml, but got path={str(path)!r}")
+    suffix = _suffix(path)
     text = path.read_text(encoding="utf-8")
     if suffix == ".json":
         try:

@@ -346,7 +346,7 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
             "initialisation. The trace is in error.trace",
             pd.DataFrame(runner.trace_rows()),
         ) from None
-    warm = [v for v in outcome.verdicts]
+    warm = outcome.verdicts
     if warm and all(v.burst.diverged for v in warm) and outcome.warmup_from_bursts is None:
         trace = pd.DataFrame(runner.trace_rows())
         lrs = sorted({round(v.burst.peak_lr, 12) for v in warm})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autowarm import __version__
-from autowarm.schedules import ScheduleConfig
+from autowarm.schedules import Decay, ScheduleConfig
 
 _log = logging.getLogger("autowarm")
 EXPORT_FORMATS = ("json", "yaml", "transformers", "trainer", "lightning")
@@ -58,10 +58,7 @@ def plot_schedule(cfg: ScheduleConfig, path: Path) -> Path:
         ax.axvline(cfg.warmup_steps, color="C1", ls="--", label=f"warmup end ({cfg.warmup_steps})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate (absolute)")
-    ax.set_title(
-        f"{cfg.decay.value if hasattr(cfg.decay, 'value') else cfg.decay} schedule, "
-        f"peak {cfg.peak_lr:.3g}"
-    )
+    ax.set_title(f"{Decay(cfg.decay).value} schedule, peak {cfg.peak_lr:.3g}")
     ax.legend(loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

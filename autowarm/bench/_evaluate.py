@@ -27,7 +27,6 @@ import concurrent.futures as cf
 import csv
 import logging
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ import pandas as pd
 import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
+from autowarm.bench._grid import process_pool
 from autowarm.bench._oracle import oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
@@ -219,10 +219,6 @@ def _run_one(task_name: str, method: str, seed: int, total_steps: int | None) ->
     }
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
 @dataclass(frozen=True)
 class _Job:
     task: str
@@ -293,9 +289,7 @@ def evaluate_methods(
             for j in jobs:
                 write(_run_one(j.task, j.method, j.seed, j.total_steps))
             return path
-        methods_ok = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods_ok else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with process_pool(workers) as pool:
             futures = [
                 pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps) for j in jobs
             ]

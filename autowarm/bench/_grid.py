@@ -304,6 +304,13 @@ def oracle_grid(
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 
 
+def process_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """Worker processes for full runs: ``forkserver`` where available, one torch thread each."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
 def _run_cells(todo: list[GridCell], writer: _RowWriter, workers: int) -> list[tuple[str, str]]:
     progress = _Progress(len(todo))
     failed: list[tuple[str, str]] = []
@@ -311,9 +318,7 @@ def _run_cells(todo: list[GridCell], writer: _RowWriter, workers: int) -> list[t
         for cell in todo:
             _finish(cell, functools.partial(_run_cell, cell), writer, progress, failed)
         return failed
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    pool = process_pool(workers)
     try:
         futures = {pool.submit(_run_cell, cell): cell for cell in todo}
         for future in cf.as_completed(futures):
