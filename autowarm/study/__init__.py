@@ -1,0 +1,1 @@
+"""The overnight study: :func:`autowarm.tune` on optuna, seeded by the probe."""

@@ -1,0 +1,85 @@
+"""The names autowarm writes into an optuna study: a contract the report and export read.
+
+Everything is a JSON-able value in the study's or trial's *user* attributes, so any optuna
+storage (SQLite, journal file, PostgreSQL) keeps it and ``optuna-dashboard`` shows it.
+
+Study user attributes:
+
+=============================  =============================================================
+``autowarm.format``            ``"autowarm.study"``
+``autowarm.format_version``    ``1``
+``autowarm.task``              the task's identity (``"examples/task.py:task"`` or a repr)
+``autowarm.seed``              the study's seed (trial models and data use it)
+``autowarm.total_steps``       optimizer steps of the real run
+``autowarm.trial_steps``       optimizer steps of one (compressed) trial
+``autowarm.n_trials``          the study's target number of trials, or ``None``
+``autowarm.versions``          ``{"autowarm": ..., "torch": ..., "optuna": ..., "python": ...}``
+``autowarm.base_schedule``     :meth:`ScheduleConfig.to_dict` of the probe's schedule (decay,
+                               floor and shape parameters the trials vary around)
+``autowarm.suggestion``        the probe's :meth:`Suggestion.to_dict` plus its evidence tables
+                               as ``"trace"``/``"signals"`` lists of records, or ``None``
+``autowarm.search_space``      the search space's ``to_dict()``
+``autowarm.warmup_transfer``   how a full-run warmup maps into a trial (``"fraction"``, ...)
+``autowarm.metric``            what a trial's value is, in words
+=============================  =============================================================
+
+Trial user attributes:
+
+=============================  =============================================================
+``autowarm.role``              one of :data:`ROLES`
+``autowarm.schedule``          the full-run schedule the trial stands for (``to_dict()``)
+``autowarm.trial_schedule``    the compressed schedule the trial trained (``to_dict()``)
+``autowarm.peak_lr``           float, as in ``autowarm.schedule``
+``autowarm.warmup_steps``      int, full-run warmup, as in ``autowarm.schedule``
+``autowarm.reason``            why a trial was pruned or failed (absent when it completed)
+``autowarm.worker``            ``"host:pid"`` of the process that ran it
+=============================  =============================================================
+
+A trial's value is the final validation loss (lower is better; the study minimises); its
+intermediate values are the smoothed validation loss keyed by optimizer step.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+STUDY_FORMAT: Final = "autowarm.study"
+STUDY_FORMAT_VERSION: Final = 1
+
+# study user attributes
+FORMAT: Final = "autowarm.format"
+FORMAT_VERSION: Final = "autowarm.format_version"
+TASK: Final = "autowarm.task"
+SEED: Final = "autowarm.seed"
+TOTAL_STEPS: Final = "autowarm.total_steps"
+TRIAL_STEPS: Final = "autowarm.trial_steps"
+N_TRIALS: Final = "autowarm.n_trials"
+VERSIONS: Final = "autowarm.versions"
+BASE_SCHEDULE: Final = "autowarm.base_schedule"
+SUGGESTION: Final = "autowarm.suggestion"
+SEARCH_SPACE: Final = "autowarm.search_space"
+WARMUP_TRANSFER: Final = "autowarm.warmup_transfer"
+METRIC: Final = "autowarm.metric"
+
+# trial user attributes
+ROLE: Final = "autowarm.role"
+SCHEDULE: Final = "autowarm.schedule"
+TRIAL_SCHEDULE: Final = "autowarm.trial_schedule"
+PEAK_LR: Final = "autowarm.peak_lr"
+WARMUP_STEPS: Final = "autowarm.warmup_steps"
+REASON: Final = "autowarm.reason"
+WORKER: Final = "autowarm.worker"
+
+ROLE_PROBE: Final = "probe"
+"""The probe's estimate, the study's first trial."""
+ROLE_NO_WARMUP: Final = "no_warmup"
+"""Reference: the probe's peak LR with no warmup."""
+ROLE_UNTUNED: Final = "untuned_2_over_1_minus_beta2"
+"""Reference: the probe's peak LR with ``2 / (1 - beta2)`` warmup steps (Ma & Yarats)."""
+ROLE_TEN_PERCENT: Final = "ten_percent"
+"""Reference: the probe's peak LR with 10% of the run as warmup."""
+ROLE_SEARCH: Final = "search"
+"""A trial proposed by the sampler."""
+
+ROLES: Final = (ROLE_PROBE, ROLE_NO_WARMUP, ROLE_UNTUNED, ROLE_TEN_PERCENT, ROLE_SEARCH)
+REFERENCE_ROLES: Final = (ROLE_NO_WARMUP, ROLE_UNTUNED, ROLE_TEN_PERCENT)
