@@ -32,7 +32,8 @@ Trial user attributes:
 ``autowarm.peak_lr``           float, as in ``autowarm.schedule``
 ``autowarm.warmup_steps``      int, full-run warmup, as in ``autowarm.schedule``
 ``autowarm.reason``            why a trial was pruned or failed (absent when it completed)
-``autowarm.worker``            ``"host:pid"`` of the process that ran it
+``autowarm.worker``            ``"host:pid:start"`` of the process that ran it
+``autowarm.retry_of``          the number of the failed trial this one re-runs
 =============================  =============================================================
 
 A trial's value is the final validation loss (lower is better; the study minimises); its
@@ -69,6 +70,7 @@ PEAK_LR: Final = "autowarm.peak_lr"
 WARMUP_STEPS: Final = "autowarm.warmup_steps"
 REASON: Final = "autowarm.reason"
 WORKER: Final = "autowarm.worker"
+RETRY_OF: Final = "autowarm.retry_of"
 
 ROLE_PROBE: Final = "probe"
 """The probe's estimate, the study's first trial."""

@@ -1,0 +1,304 @@
+"""Where a study lives: one place that turns what the user typed into an optuna storage.
+
+========================================  ================================================
+What the user passes                      Storage
+========================================  ================================================
+``None`` (one worker)                     SQLite file ``autowarm.db`` in the working dir
+``None`` (several workers on one host)    journal file ``autowarm.journal.log``
+``sqlite:///path.db``, ``path.db``        :class:`optuna.storages.RDBStorage`, heartbeat on
+``journal:///path.log``, ``path.log``     :class:`optuna.storages.journal.JournalStorage`
+``postgresql://...``, ``mysql://...``     :class:`optuna.storages.RDBStorage`, heartbeat on
+========================================  ================================================
+
+RDB storages get a heartbeat, so a trial whose worker was killed is failed and re-queued by
+optuna once its heartbeat is ``grace_period`` seconds old. Journal files have no heartbeat;
+:func:`fail_dead_local_trials` covers them (and any storage) for workers on this host, by
+checking whether the process that claimed a running trial still exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from autowarm.study import _attrs
+
+__all__ = [
+    "DEFAULT_JOURNAL",
+    "DEFAULT_SQLITE",
+    "HEARTBEAT_INTERVAL",
+    "default_storage_url",
+    "fail_dead_local_trials",
+    "open_storage",
+    "setup_lock",
+    "worker_id",
+]
+
+_logger = logging.getLogger("autowarm")
+
+DEFAULT_SQLITE = "autowarm.db"
+DEFAULT_JOURNAL = "autowarm.journal.log"
+HEARTBEAT_INTERVAL = 30
+"""Seconds between a running trial's heartbeats in an RDB storage."""
+_MAX_RETRY = 2
+_JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def default_storage_url(n_workers: int = 1) -> str:
+    """The storage used when none is given: SQLite for one process, a journal file for more."""
+    if n_workers > 1:
+        return f"journal:///{Path(DEFAULT_JOURNAL).resolve()}"
+    return f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
+
+
+def normalize_url(storage: str) -> str:
+    """Spell a storage the way :func:`open_storage` and ``optuna-dashboard`` read it.
+
+    A bare path becomes ``sqlite:///abs.db`` or ``journal:///abs.log`` by its suffix, and
+    ``postgresql://`` picks the installed driver (psycopg 3 before psycopg2).
+
+    Raises:
+        ValueError: If the storage is empty or its kind cannot be told from its spelling.
+    """
+    storage = storage.strip()
+    if not storage:
+        raise ValueError("storage must be a URL or a file path, but got an empty string")
+    if "://" not in storage:
+        path = Path(storage).expanduser().resolve()
+        if path.suffix.lower() in _SQLITE_SUFFIXES:
+            return f"sqlite:///{path}"
+        if path.suffix.lower() in _JOURNAL_SUFFIXES:
+            return f"journal:///{path}"
+        raise ValueError(
+            f"cannot tell the kind of storage {storage!r}: pass a URL (sqlite:///study.db, "
+            "journal:///study.log, postgresql://user@host/db) or a path ending in .db "
+            "(SQLite) or .log (journal file)"
+        )
+    scheme = storage.split("://", 1)[0].lower()
+    if (
+        scheme == "postgresql"
+        and importlib.util.find_spec("psycopg2") is None
+        and importlib.util.find_spec("psycopg") is not None
+    ):
+        return "postgresql+psycopg://" + storage.split("://", 1)[1]
+    return storage
+
+
+def _journal_path(url: str) -> Path:
+    path = url.split("://", 1)[1]
+    if not path:
+        raise ValueError(f"journal storage {url!r} names no file; pass journal:///path/file.log")
+    return Path(path)
+
+
+def open_storage(
+    storage: str, *, heartbeat_interval: int | None = HEARTBEAT_INTERVAL
+) -> BaseStorage:
+    """Open (creating if needed) the optuna storage that ``storage`` names.
+
+    Args:
+        storage:
+            A URL or a path, as in the module's table.
+        heartbeat_interval:
+            Seconds between heartbeats of running trials in an RDB storage; a trial whose
+            heartbeat is older than ``4 * heartbeat_interval`` is failed and re-queued (at most
+            twice). ``None`` turns the heartbeat off.
+
+    Raises:
+        ValueError: For an unreadable spelling, a missing database driver (with the package
+            to install), or a database that cannot be reached.
+    """
+    url = normalize_url(storage)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "journal":
+        path = _journal_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if scheme.startswith("sqlite") and _sqlite_path(url) is not None:
+        _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        with _quiet_experimental():
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY)
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": 4 * heartbeat_interval,
+            "heartbeat_stale_trial_callback": retry,
+        }
+    try:
+        with _quiet_experimental():
+            return RDBStorage(url, **heartbeat)
+    except ModuleNotFoundError as exc:
+        hint = {"postgresql": "psycopg[binary]", "mysql": "PyMySQL"}
+        package = next((v for k, v in hint.items() if scheme.startswith(k)), exc.name)
+        raise ValueError(
+            f"storage {_redact(url)} needs the database driver {exc.name!r}: "
+            f"pip install '{package}' (or pip install 'autowarm[postgres]')"
+        ) from exc
+    except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise ValueError(f"cannot open storage {_redact(url)}: {exc}") from exc
+        raise
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (``None`` for an in-memory database)."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+redact = _redact
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _lock_path(url: str) -> Path | None:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "journal":
+        return _journal_path(url).with_name(_journal_path(url).name + ".autowarm-lock")
+    if scheme.startswith("sqlite"):
+        db = _sqlite_path(url)
+        return None if db is None else db.with_name(db.name + ".autowarm-lock")
+    return None
+
+
+@contextlib.contextmanager
+def setup_lock(storage: str, study_name: str) -> Iterator[None]:
+    """Hold a lock while a study is set up, so two starters do not both probe and enqueue.
+
+    Files (SQLite, journal) use an ``flock`` on a file beside them; PostgreSQL an advisory
+    lock keyed by the study name. Other storages are not locked: start one worker first.
+    """
+    url = normalize_url(storage)
+    lock_file = _lock_path(url)
+    if lock_file is not None:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_file, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if url.split("://", 1)[0].lower().startswith("postgresql"):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+        return
+    yield
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def worker_id() -> str:
+    """``host:pid:start`` of this process, recorded on every trial it runs."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _is_dead_here(worker: str) -> bool:
+    """Whether ``worker`` (from :func:`worker_id`) names a process on this host that is gone."""
+    try:
+        host, pid_text, start = worker.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return bool(start) and _start_time(pid) != start
+
+
+def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue running trials whose worker process on this host no longer exists.
+
+    A worker killed by SIGKILL cannot mark its trial; this finds such trials (by the
+    ``autowarm.worker`` attribute), marks them failed with the reason, and enqueues the same
+    parameters again, as optuna's heartbeat does for RDB storages.
+
+    Returns:
+        The numbers of the trials it failed.
+    """
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(_attrs.WORKER)
+        if not isinstance(worker, str) or not _is_dead_here(worker):
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(
+            trial._trial_id, _attrs.REASON, f"its worker process {worker} died; re-queued"
+        )
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            continue
+        requeue(study, trial)
+        failed.append(trial.number)
+        _logger.warning(
+            "trial %d: its worker %s is gone; marked failed and queued again", trial.number, worker
+        )
+    return failed
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue ``trial``'s parameters and autowarm attributes again (a retry)."""
+    keep = {k: v for k, v in trial.user_attrs.items() if k not in (_attrs.REASON, _attrs.WORKER)}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={**keep, _attrs.RETRY_OF: trial.number},
+        )
+    )

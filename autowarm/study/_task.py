@@ -1,0 +1,259 @@
+"""A training task the study can repeat: a fresh model per seed, data, a loss, a run length.
+
+:class:`Task` is what ``autowarm tune`` and ``autowarm probe`` load from a file
+(``path/to/file.py:task``) or a module (``package.module:task``), with :func:`load_task`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autowarm._train import LossFn, model_device, move_to_device, resolve_loss_fn
+
+__all__ = ["Task", "load_task"]
+
+EvalFn = Callable[[nn.Module], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything a trial needs to train a fresh model from a seed and score it.
+
+    Args:
+        make_model:
+            ``make_model(seed) -> nn.Module``: a fresh model, the same weights for the same seed.
+            Torch's global RNG is seeded with ``seed`` around the call as well.
+        train_data:
+            A re-iterable of batches (a ``DataLoader``, a list), or ``train_data(seed)``
+            returning one. It is cycled when exhausted. A shuffling loader draws its order
+            from torch's global RNG, which each trial seeds.
+        loss_fn:
+            ``loss_fn(model, batch) -> scalar tensor``; as in :func:`autowarm.suggest`.
+        criterion:
+            ``criterion(outputs, targets)`` for ``(inputs, targets)`` batches.
+        eval_fn:
+            ``eval_fn(model) -> float``: the validation loss (lower is better). It runs in
+            eval mode without gradients; the trial restores the mode afterwards.
+        val_data:
+            Validation batches; the default ``eval_fn`` is the mean loss over them.
+            With neither ``eval_fn`` nor ``val_data``, a trial's value is the mean training
+            loss of its last tenth (said so in the study's ``autowarm.metric``).
+        total_steps:
+            Optimizer steps of the real run.
+        optimizer_cls:
+            The optimizer class; it takes ``lr`` and ``optimizer_kwargs``.
+        optimizer_kwargs:
+            Keyword arguments for the optimizer other than ``lr``.
+        grad_clip:
+            Maximum total gradient norm in the trials (and the real run), or ``None``.
+        device:
+            Where trials train (``"cuda"``, ``"cpu"``); default: where ``make_model`` puts it.
+        name:
+            The task's identity in the study (``autowarm.task``); defaults to where it was
+            loaded from, or the qualified name of ``make_model``.
+        source:
+            The spec :func:`load_task` loaded it from; worker processes load it again from
+            there (a task defined in a file does not pickle).
+
+    Raises:
+        ValueError: For a non-positive ``total_steps``, an ``lr`` in ``optimizer_kwargs``, or
+            ``loss_fn`` and ``criterion`` given together.
+        TypeError: If ``make_model`` or ``eval_fn`` is not callable.
+    """
+
+    make_model: Callable[[int], nn.Module]
+    train_data: Iterable[Any] | Callable[[int], Iterable[Any]]
+    loss_fn: LossFn | None = None
+    criterion: Callable[[Any, Any], torch.Tensor] | None = None
+    eval_fn: EvalFn | None = None
+    val_data: Iterable[Any] | None = None
+    total_steps: int = 0
+    optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW
+    optimizer_kwargs: Mapping[str, Any] | None = None
+    grad_clip: float | None = None
+    device: str | torch.device | None = None
+    name: str | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.make_model):
+            raise TypeError(
+                "make_model must be a callable(seed) -> nn.Module, but got "
+                f"{type(self.make_model).__name__}"
+            )
+        if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int):
+            raise ValueError(
+                f"total_steps must be a positive int (optimizer steps of the real run), but got "
+                f"total_steps={self.total_steps!r}"
+            )
+        if self.total_steps < 1:
+            raise ValueError(
+                f"total_steps must be a positive int (optimizer steps of the real run), but got "
+                f"total_steps={self.total_steps!r}"
+            )
+        if self.loss_fn is not None and self.criterion is not None:
+            raise ValueError("pass loss_fn or criterion, not both")
+        if self.eval_fn is not None and not callable(self.eval_fn):
+            raise TypeError("eval_fn must be a callable(model) -> float")
+        if self.optimizer_kwargs is not None and "lr" in self.optimizer_kwargs:
+            raise ValueError(
+                "optimizer_kwargs must not contain 'lr': the schedule sets it; "
+                f"got optimizer_kwargs={dict(self.optimizer_kwargs)!r}"
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, but got {self.grad_clip!r}")
+
+    @property
+    def identity(self) -> str:
+        """The name recorded in the study: :attr:`name`, else ``make_model``'s qualified name."""
+        if self.name:
+            return self.name
+        fn = self.make_model
+        return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether trials are scored on validation data (``eval_fn`` or ``val_data``)."""
+        return self.eval_fn is not None or self.val_data is not None
+
+    def build_model(self, seed: int) -> nn.Module:
+        """``make_model(seed)`` with torch seeded around it, moved to :attr:`device`, in
+        train mode. The global RNG is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.make_model(seed)
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"make_model(seed) must return an nn.Module, but returned {type(model).__name__}"
+            )
+        if self.device is not None:
+            model = model.to(self.device)
+        return model.train()
+
+    def data(self, seed: int) -> Iterable[Any]:
+        """The training batches for ``seed``."""
+        data = self.train_data
+        if callable(data) and not hasattr(data, "__iter__"):
+            return data(seed)
+        return data
+
+    def resolved_loss_fn(self) -> LossFn:
+        """The ``(model, batch) -> loss`` function for this task's batches."""
+        return resolve_loss_fn(self.loss_fn, self.criterion)
+
+    def make_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        """The task's optimizer over ``model``'s trainable parameters at ``lr``."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        return self.optimizer_cls(params, lr=lr, **dict(self.optimizer_kwargs or {}))
+
+    def evaluate(self, model: nn.Module) -> float:
+        """The validation loss of ``model`` (eval mode, no gradients; the mode is restored).
+
+        Raises:
+            ValueError: If there is no validation (see :attr:`has_validation`), the data
+                yields no batch, or the loss is not a number.
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if self.eval_fn is not None:
+                    value = float(self.eval_fn(model))
+                elif self.val_data is not None:
+                    value = self._mean_val_loss(model)
+                else:
+                    raise ValueError("this task has no validation: pass eval_fn or val_data")
+        finally:
+            model.train(was_training)
+        return value
+
+    def _mean_val_loss(self, model: nn.Module) -> float:
+        assert self.val_data is not None
+        loss_fn = self.resolved_loss_fn()
+        device = model_device(model)
+        total, count = 0.0, 0
+        for batch in self.val_data:
+            total += float(loss_fn(model, move_to_device(batch, device)))
+            count += 1
+        if count == 0:
+            raise ValueError("val_data yielded no batches; pass at least one validation batch")
+        return total / count
+
+
+def load_task(spec: str) -> Task:
+    """Load a :class:`Task` from ``path/to/file.py:name`` or ``package.module:name``.
+
+    ``name`` may be a :class:`Task` or a function taking no arguments that returns one.
+    A file is imported as a module of its own (its directory is not added to ``sys.path``
+    permanently); the task's :attr:`~Task.name` defaults to the spec.
+
+    Raises:
+        ValueError: If the spec is malformed, the file or module or attribute does not exist,
+            or the attribute is not a Task.
+    """
+    if ":" not in spec:
+        raise ValueError(
+            f"task spec must be 'path/to/file.py:task' or 'package.module:task', but got {spec!r}"
+        )
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ValueError(
+            f"task spec must be 'path/to/file.py:task' or 'package.module:task', but got {spec!r}"
+        )
+    if where.endswith(".py") or "/" in where or Path(where).exists():
+        module = _import_file(Path(where))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"cannot import module {where!r} for task {spec!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        names = sorted(k for k, v in vars(module).items() if isinstance(v, Task))
+        raise ValueError(
+            f"{where} has no attribute {attr!r}; Tasks defined there: {names or 'none'}"
+        ) from None
+    if not isinstance(obj, Task) and callable(obj) and not inspect.isclass(obj):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise ValueError(
+            f"{spec} is a {type(obj).__name__}, not an autowarm.Task; define "
+            f"{attr} = autowarm.Task(make_model=..., train_data=..., total_steps=...)"
+        )
+    return dataclasses.replace(obj, name=obj.name or spec, source=spec)
+
+
+def _import_file(path: Path) -> Any:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"task file {str(path)!r} does not exist")
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    mod_name = f"autowarm_task_{path.stem}_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {str(path)!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # so the task's functions pickle into worker processes
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -1,0 +1,158 @@
+"""One trial: the whole schedule compressed into ``trial_steps``, trained from a fresh model.
+
+A trial never truncates a long schedule (that favours low peak LRs, because the run stops
+before the decay): it squeezes warmup, peak and decay into ``trial_steps`` optimizer steps.
+How a full-run warmup maps into the short run is the *warmup transfer* rule:
+
+``"fraction"`` (default)
+    The trial warms up for the same fraction of its length as the real run:
+    ``round(warmup_steps * trial_steps / total_steps)``.
+``"absolute"``
+    The trial warms up for the same number of steps (capped below ``trial_steps``): Adam's
+    second moment settles in a number of steps, not a fraction of the run.
+
+``autowarm bench tune`` measures which rule ranks schedules more like full-length runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from autowarm._train import BatchStream, model_device, train_step
+from autowarm.schedules import ScheduleConfig
+from autowarm.study._task import Task
+
+__all__ = ["TRANSFERS", "TrialOutcome", "compress", "train_trial"]
+
+WarmupTransfer = Literal["fraction", "absolute"]
+TRANSFERS: tuple[str, ...] = ("fraction", "absolute")
+
+EVALS_PER_TRIAL = 8
+"""Validation points of a trial (for pruning), the last one at its final step."""
+SMOOTHING = 0.5
+"""Weight of the previous smoothed value in the reported validation loss (debiased EMA)."""
+
+OnEval = Callable[[int, float], None]
+
+
+def compress(
+    schedule: ScheduleConfig, trial_steps: int, transfer: WarmupTransfer = "fraction"
+) -> ScheduleConfig:
+    """``schedule`` squeezed into ``trial_steps`` steps, its warmup mapped by ``transfer``.
+
+    Raises:
+        ValueError: For an unknown ``transfer`` or ``trial_steps < 2``.
+    """
+    if transfer not in TRANSFERS:
+        raise ValueError(f"warmup transfer must be one of {TRANSFERS}, but got {transfer!r}")
+    if isinstance(trial_steps, bool) or not isinstance(trial_steps, int) or trial_steps < 2:
+        raise ValueError(f"trial_steps must be an int >= 2, but got trial_steps={trial_steps!r}")
+    if transfer == "fraction":
+        warmup = round(schedule.warmup_steps * trial_steps / schedule.total_steps)
+    else:
+        warmup = schedule.warmup_steps
+    warmup = min(warmup, trial_steps - 1)
+    return schedule.replace(total_steps=trial_steps, warmup_steps=warmup)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What :func:`train_trial` measured.
+
+    Attributes:
+        value:
+            Final validation loss (or the training-loss tail without validation); ``inf``
+            when the run diverged.
+        diverged_at:
+            The step whose loss or gradient was not finite, or ``None``.
+        steps:
+            Optimizer updates taken.
+        seconds:
+            Wall time of the whole trial, evaluation included.
+    """
+
+    value: float
+    diverged_at: int | None
+    steps: int
+    seconds: float
+
+
+def eval_steps(trial_steps: int, n_evals: int = EVALS_PER_TRIAL) -> list[int]:
+    """The steps (number of updates done) after which a trial evaluates, ending at the last."""
+    n = max(1, min(n_evals, trial_steps))
+    return sorted({round(trial_steps * (i + 1) / n) for i in range(n)})
+
+
+def train_trial(
+    task: Task,
+    schedule: ScheduleConfig,
+    seed: int,
+    *,
+    on_eval: OnEval | None = None,
+    n_evals: int = EVALS_PER_TRIAL,
+) -> TrialOutcome:
+    """Train a fresh ``task`` model for ``schedule.total_steps`` steps along ``schedule``.
+
+    Torch's global RNG is seeded with ``seed`` for the trial and restored afterwards, so a
+    trial is a function of ``(task, schedule, seed)`` on one machine.
+
+    Args:
+        task:
+            The task.
+        schedule:
+            The (compressed) schedule; its ``total_steps`` is the trial's length.
+        seed:
+            Seeds the model and the data order.
+        on_eval:
+            ``on_eval(step, smoothed_loss)`` after each evaluation, ``step`` being the number of
+            updates done; it may raise (``optuna.TrialPruned``) to end the trial.
+        n_evals:
+            Evaluations over the trial (without validation data, none but the final value).
+
+    Returns:
+        The :class:`TrialOutcome`. A non-finite loss or gradient ends the trial early with
+        ``value = inf``.
+    """
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = task.build_model(seed)
+        optimizer = task.make_optimizer(model, schedule.peak_lr)
+        scheduler = schedule.lambda_lr(optimizer)
+        loss_fn = task.resolved_loss_fn()
+        stream = BatchStream(task.data(seed), model_device(model))
+        checkpoints = (
+            set(eval_steps(schedule.total_steps, n_evals)) if task.has_validation else set()
+        )
+        tail_start = schedule.total_steps - max(1, schedule.total_steps // 10)
+        tail: list[float] = []
+        smoothed, weight = 0.0, 0.0
+        value = math.nan
+        for step in range(schedule.total_steps):
+            result = train_step(model, optimizer, stream.next(), loss_fn, grad_clip=task.grad_clip)
+            if not result.finite:
+                seconds = time.perf_counter() - start
+                return TrialOutcome(math.inf, step, step + 1, seconds)
+            scheduler.step()
+            if step >= tail_start:
+                tail.append(result.loss)
+            done = step + 1
+            if done in checkpoints:
+                value = task.evaluate(model)
+                if not math.isfinite(value):
+                    return TrialOutcome(math.inf, step, done, time.perf_counter() - start)
+                smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * value
+                weight = SMOOTHING * weight + (1 - SMOOTHING)
+                if on_eval is not None:
+                    on_eval(done, smoothed / weight)
+        if not task.has_validation:
+            value = sum(tail) / len(tail)
+            if on_eval is not None:
+                on_eval(schedule.total_steps, value)
+    return TrialOutcome(value, None, schedule.total_steps, time.perf_counter() - start)

@@ -1,0 +1,829 @@
+"""``autowarm.tune``: an optuna study around the probe's estimate, resumable and distributed.
+
+The flow of one call:
+
+1. Open the storage (:mod:`autowarm.study._storage`) and create or load the study. Under a
+   lock, a new study gets its records (task, versions, seed, the probe's evidence) and its
+   first trials: the probe's estimate and the reference schedules. A resumed study keeps its
+   own records; a mismatch (another task, another run length) is an error, not a mix.
+2. Run workers (this process, or ``n_workers`` spawned processes). Each loops: fail trials
+   whose worker died, stop when the study holds ``n_trials`` trials or the time is up, else run
+   one trial with ``study.optimize(n_trials=1)`` so optuna's heartbeat and bookkeeping apply.
+3. Return a :class:`TuneResult` over the study as stored.
+
+``n_trials`` is the study's total: trials that completed, were pruned, are running or are
+queued count; failed ones do not (a retry takes their place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+import autowarm
+from autowarm.schedules import ScheduleConfig
+from autowarm.study import _attrs, _storage
+from autowarm.study._space import SearchSpace
+from autowarm.study._task import Task, load_task
+from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
+
+__all__ = ["NoFinishedTrialError", "TuneResult", "best_schedule", "trials_frame", "tune"]
+
+_logger = logging.getLogger("autowarm")
+
+FULL_RUN_BUDGET = 6.0
+"""Default total cost of a study, probe included, in full-run equivalents (optimizer steps)."""
+MAX_CONSECUTIVE_ERRORS = 3
+"""A worker stops after this many trials in a row failed with an error of the task's code."""
+
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class NoFinishedTrialError(ValueError):
+    """The study has no completed trial yet, so it has no best schedule."""
+
+
+class _Surplus(Exception):
+    """A trial started by a race after the study already held ``n_trials`` trials."""
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def best_schedule(study: optuna.Study) -> ScheduleConfig:
+    """The full-run schedule of ``study``'s best completed trial.
+
+    Raises:
+        NoFinishedTrialError: If no trial has completed (with the count of each state).
+        ValueError: If the best trial carries no autowarm schedule (not an autowarm study).
+    """
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in done if t.value is not None and math.isfinite(t.value)]
+    if not done:
+        counts = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts()
+        seen = ", ".join(f"{n} {str(s).lower()}" for s, n in counts.items()) or "no trials"
+        raise NoFinishedTrialError(
+            f"study {study.study_name!r} has no completed trial yet ({seen}); run "
+            "`autowarm tune` until one completes, or export the probe's suggestion instead"
+        )
+    best = min(done, key=lambda t: (t.value, t.number))
+    data = best.user_attrs.get(_attrs.SCHEDULE)
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"trial {best.number} of study {study.study_name!r} has no {_attrs.SCHEDULE!r} "
+            "attribute: the study was not written by autowarm.tune"
+        )
+    return ScheduleConfig.from_dict(data)
+
+
+TRIAL_COLUMNS = (
+    "number",
+    "state",
+    "value",
+    "role",
+    "peak_lr",
+    "warmup_steps",
+    "decay",
+    "min_lr",
+    "trial_steps",
+    "trial_warmup_steps",
+    "duration_s",
+    "reason",
+    "retry_of",
+    "worker",
+)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with plain columns (see :data:`TRIAL_COLUMNS`).
+
+    ``value`` is the final validation loss (NaN unless completed), ``warmup_steps`` and
+    ``peak_lr`` describe the full-run schedule the trial stands for, ``trial_warmup_steps``
+    what the compressed trial actually used, ``reason`` why it was pruned or failed.
+    """
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        sched = t.user_attrs.get(_attrs.SCHEDULE) or {}
+        short = t.user_attrs.get(_attrs.TRIAL_SCHEDULE) or {}
+        duration = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete is not None and t.datetime_start is not None
+            else math.nan
+        )
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": (
+                    float(t.value)
+                    if t.state == TrialState.COMPLETE and t.value is not None
+                    else math.nan
+                ),
+                "role": str(t.user_attrs.get(_attrs.ROLE, "")),
+                "peak_lr": float(sched.get("peak_lr", math.nan)),
+                "warmup_steps": int(sched["warmup_steps"]) if "warmup_steps" in sched else -1,
+                "decay": str(sched.get("decay", "")),
+                "min_lr": float(sched.get("min_lr", math.nan)),
+                "trial_steps": int(short.get("total_steps", -1)),
+                "trial_warmup_steps": int(short.get("warmup_steps", -1)),
+                "duration_s": duration,
+                "reason": str(t.user_attrs.get(_attrs.REASON, "")),
+                "retry_of": int(t.user_attrs.get(_attrs.RETRY_OF, -1)),
+                "worker": str(t.user_attrs.get(_attrs.WORKER, "")),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` returns: the study as stored, and views of it.
+
+    Attributes:
+        study: the :class:`optuna.Study` (load it again with ``storage`` and its name).
+        storage: the storage URL, as ``optuna-dashboard`` takes it.
+        interrupted: whether the run was stopped by SIGINT/SIGTERM before its target.
+    """
+
+    study: optuna.Study
+    storage: str
+    interrupted: bool = False
+
+    @property
+    def best(self) -> ScheduleConfig:
+        """The best completed trial's full-run schedule.
+
+        Raises:
+            NoFinishedTrialError: If no trial has completed yet.
+        """
+        return best_schedule(self.study)
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per trial; see :func:`trials_frame`."""
+        return trials_frame(self.study)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything a worker needs besides the task; pickles into worker processes."""
+
+    storage: str
+    study_name: str
+    n_trials: int | None
+    deadline: float | None
+    trial_steps: int
+    seed: int
+    pruner: str
+    transfer: WarmupTransfer
+    space: SearchSpace
+    center: ScheduleConfig
+    progress: bool
+    heartbeat_interval: int | None
+    log_level: int
+
+
+def _default_trial_steps(total_steps: int) -> int:
+    return max(min(total_steps, 100), total_steps // 4)
+
+
+def _default_study_name(task: Task) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task.identity).strip("-")
+    return f"autowarm-{slug[-80:] or 'task'}"
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "autowarm": autowarm.__version__,
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _probe_cost(suggestion: Any, total_steps: int) -> float:
+    return float(suggestion.probe_steps) / total_steps
+
+
+def _suggestion_record(suggestion: Any) -> dict[str, Any]:
+    record: dict[str, Any] = dict(suggestion.to_dict())
+    record["trace"] = suggestion.trace.to_dict(orient="records")
+    record["signals"] = suggestion.signals.to_dict(orient="records")
+    return record
+
+
+def suggestion_from_study(study: optuna.Study) -> Any | None:
+    """The probe's :class:`~autowarm.Suggestion` stored in ``study``, with its tables."""
+    from autowarm._suggest import Suggestion
+
+    record = study.user_attrs.get(_attrs.SUGGESTION)
+    if not isinstance(record, Mapping):
+        return None
+    data = dict(record)
+    trace = pd.DataFrame.from_records(data.pop("trace", None) or [])
+    signals = pd.DataFrame.from_records(data.pop("signals", None) or [])
+    return Suggestion.from_dict(data, trace=trace, signals=signals)
+
+
+def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
+    attrs = study.user_attrs
+    if attrs.get(_attrs.FORMAT) is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(
+                f"study {study.study_name!r} already exists and was not created by autowarm; "
+                "pass another --study-name"
+            )
+        return
+    for key, want in expected.items():
+        have = attrs.get(key)
+        if have is not None and have != want:
+            raise ValueError(
+                f"study {study.study_name!r} was created with {key}={have!r}, but this run has "
+                f"{key}={want!r}; rerun with the same settings to resume it, or pass another "
+                "--study-name for a new study"
+            )
+
+
+def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, ScheduleConfig]:
+    betas = (task.optimizer_kwargs or {}).get("betas", (0.9, 0.999))
+    beta2 = float(betas[1])
+    untuned = round(2.0 / (1.0 - beta2)) if beta2 < 1 else center.total_steps - 1
+    last = center.total_steps - 1
+    return {
+        _attrs.ROLE_NO_WARMUP: center.replace(warmup_steps=0),
+        _attrs.ROLE_UNTUNED: center.replace(warmup_steps=min(untuned, last)),
+        _attrs.ROLE_TEN_PERCENT: center.replace(
+            warmup_steps=min(round(0.1 * center.total_steps), last)
+        ),
+    }
+
+
+def _enqueue_first_trials(
+    study: optuna.Study, task: Task, center: ScheduleConfig, space: SearchSpace
+) -> None:
+    roles = {t.user_attrs.get(_attrs.ROLE) for t in study.get_trials(deepcopy=False)}
+    if _attrs.ROLE_PROBE in roles:
+        return
+    firsts = {_attrs.ROLE_PROBE: center, **_reference_schedules(center, task)}
+    for role, schedule in firsts.items():
+        study.enqueue_trial(
+            space.params_of(schedule, center), user_attrs={_attrs.ROLE: role}, skip_if_exists=False
+        )
+    _logger.info(
+        "queued the probe's schedule and %d references (no warmup, 2/(1-beta2), 10%%)",
+        len(firsts) - 1,
+    )
+
+
+def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        # warmup trains slowly at first; compare trials only after the longest compressed
+        # warmup the space allows would be well under way
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=trial_steps // 2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, trial_steps // 4), max_resource=trial_steps
+        )
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner must be 'median', 'hyperband' or 'none', but got {name!r}")
+
+
+def _make_sampler(seed: int, worker: int, distributed: bool) -> optuna.samplers.BaseSampler:
+    with _quiet():
+        return optuna.samplers.TPESampler(
+            seed=seed + 7919 * worker,
+            n_startup_trials=6,
+            multivariate=True,
+            constant_liar=distributed,
+        )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """In the main thread, turn SIGTERM into KeyboardInterrupt (Ctrl-C's path) for a clean stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+
+
+def tune(
+    task: Task,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    trial_steps: int | None = None,
+    suggestion: Any | None = None,
+    search_space: SearchSpace | None = None,
+    pruner: str = "median",
+    seed: int = 0,
+    n_workers: int = 1,
+    progress: bool = True,
+    warmup_transfer: WarmupTransfer = "fraction",
+    budget_steps: int | None = None,
+) -> TuneResult:
+    """Refine the probe's warmup and peak LR with an optuna study of compressed trials.
+
+    The study starts from the probe's estimate (run here unless ``suggestion`` is given or
+    stored in the study) and the reference schedules (no warmup, ``2/(1-beta2)`` steps, 10%),
+    then a TPE sampler searches around it (see :class:`SearchSpace`). Each trial trains a fresh
+    model from ``seed`` with the whole schedule compressed into ``trial_steps`` and reports a
+    smoothed validation loss for pruning. Rerunning the same call resumes the same study.
+
+    Args:
+        task:
+            The :class:`Task`.
+        n_trials:
+            The study's total number of trials (not "this many more"), probe and references
+            included. Default: as many as fit, with the probe, into six full runs
+            (``FULL_RUN_BUDGET``), unless ``timeout`` is given.
+        timeout:
+            Seconds after which no new trial starts (running ones finish).
+        storage:
+            An optuna storage URL or a file path; default ``autowarm.db`` (SQLite) for one
+            worker, ``autowarm.journal.log`` for several. See :func:`open_storage`.
+        study_name:
+            Default ``autowarm-<task identity>``.
+        trial_steps:
+            Optimizer steps of one trial; default a quarter of ``total_steps`` (at least
+            ``min(total_steps, 100)``).
+        suggestion:
+            A :class:`~autowarm.Suggestion` to start from instead of running the probe.
+        search_space:
+            Default :class:`SearchSpace()`: peak LR within a factor 4, warmup up to four times
+            the estimate (at least 10% of the run), zero included.
+        pruner:
+            ``"median"``, ``"hyperband"`` or ``"none"``.
+        seed:
+            Seeds the probe, every trial's model and data, and the sampler.
+        n_workers:
+            Worker processes on this host (each gets ``cpu_count // n_workers`` torch threads).
+            With more than one, the task must pickle or come from :func:`load_task`.
+        progress:
+            Log one line per finished trial and show a bar on a terminal.
+        warmup_transfer:
+            How a full-run warmup maps into a trial: ``"fraction"`` or ``"absolute"``.
+        budget_steps:
+            The probe's budget (see :func:`autowarm.suggest`).
+
+    Returns:
+        The :class:`TuneResult`; ``result.best`` is the full-run schedule to train with.
+
+    Raises:
+        ValueError: For bad arguments, a study created with other settings, or an unusable
+            storage.
+        KeyboardInterrupt: After SIGINT or SIGTERM, once every finished trial is stored and the
+            interrupted one is queued again.
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be an autowarm.Task, but got {type(task).__name__}")
+    if n_trials is not None and (
+        isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1
+    ):
+        raise ValueError(f"n_trials must be a positive int or None, but got n_trials={n_trials!r}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be positive seconds or None, but got timeout={timeout!r}")
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive int, but got n_workers={n_workers!r}")
+    if warmup_transfer not in TRANSFERS:
+        raise ValueError(
+            f"warmup_transfer must be one of {TRANSFERS}, but got "
+            f"warmup_transfer={warmup_transfer!r}"
+        )
+    _make_pruner(pruner, 4)  # validates the name before anything runs
+    total = task.total_steps
+    trial_steps = _default_trial_steps(total) if trial_steps is None else trial_steps
+    if (
+        isinstance(trial_steps, bool)
+        or not isinstance(trial_steps, int)
+        or not 2 <= trial_steps <= total
+    ):
+        raise ValueError(
+            f"trial_steps must be an int in [2, total_steps={total}], but got "
+            f"trial_steps={trial_steps!r}"
+        )
+    space = search_space or SearchSpace()
+    url = _storage.normalize_url(storage or _storage.default_storage_url(n_workers))
+    if n_workers > 1 and url.startswith("sqlite"):
+        _logger.warning(
+            "several workers on one SQLite file contend for its lock; a journal file "
+            "(--storage study.log) or PostgreSQL scales better"
+        )
+    name = study_name or _default_study_name(task)
+    started = time.monotonic()
+    with _sigterm_as_interrupt():
+        study, center, n_trials = _set_up(
+            task,
+            url,
+            name,
+            n_trials,
+            trial_steps,
+            suggestion,
+            space,
+            seed,
+            progress,
+            warmup_transfer,
+            budget_steps,
+            timeout is not None,
+        )
+        plan = _Plan(
+            storage=url,
+            study_name=name,
+            n_trials=n_trials,
+            deadline=None
+            if timeout is None
+            else time.time() + timeout - (time.monotonic() - started),
+            trial_steps=trial_steps,
+            seed=seed,
+            pruner=pruner,
+            transfer=warmup_transfer,
+            space=space,
+            center=center,
+            progress=progress,
+            heartbeat_interval=_storage.HEARTBEAT_INTERVAL,
+            log_level=_logger.getEffectiveLevel(),
+        )
+        interrupted = False
+        try:
+            if n_workers == 1:
+                _work(task, plan, study, worker=0, distributed=not url.startswith("sqlite"))
+            else:
+                _run_processes(task, plan, n_workers)
+        except KeyboardInterrupt:
+            interrupted = True
+            kept = len(
+                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            )
+            _logger.warning(
+                "stopped: %d finished trials are kept in %s (study %r); run the same command "
+                "again to resume",
+                kept,
+                _storage.redact(url),
+                name,
+            )
+            raise
+    return TuneResult(study=study, storage=url, interrupted=interrupted)
+
+
+def _set_up(
+    task: Task,
+    url: str,
+    name: str,
+    n_trials: int | None,
+    trial_steps: int,
+    suggestion: Any | None,
+    space: SearchSpace,
+    seed: int,
+    progress: bool,
+    transfer: WarmupTransfer,
+    budget_steps: int | None,
+    has_timeout: bool,
+) -> tuple[optuna.Study, ScheduleConfig, int | None]:
+    storage = _storage.open_storage(url)
+    with _storage.setup_lock(url, name), _quiet():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="minimize", load_if_exists=True
+        )
+        expected = {
+            _attrs.TASK: task.identity,
+            _attrs.TOTAL_STEPS: task.total_steps,
+            _attrs.TRIAL_STEPS: trial_steps,
+            _attrs.SEED: seed,
+            _attrs.WARMUP_TRANSFER: transfer,
+        }
+        _check_resumable(study, expected)
+        stored = suggestion_from_study(study)
+        if suggestion is None:
+            suggestion = stored
+        if suggestion is None:
+            suggestion = _run_probe(task, seed, budget_steps, progress)
+        if suggestion.schedule.total_steps != task.total_steps:
+            suggestion_schedule = suggestion.schedule.replace(
+                total_steps=task.total_steps,
+                warmup_steps=min(suggestion.schedule.warmup_steps, task.total_steps - 1),
+            )
+        else:
+            suggestion_schedule = suggestion.schedule
+        if n_trials is None:
+            target = study.user_attrs.get(_attrs.N_TRIALS)
+            if isinstance(target, int):
+                n_trials = target
+        if n_trials is None and not has_timeout:
+            spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps)
+            n_trials = max(5, int(spare * task.total_steps / trial_steps))
+        if study.user_attrs.get(_attrs.FORMAT) is None:
+            records: dict[str, Any] = {
+                _attrs.FORMAT: _attrs.STUDY_FORMAT,
+                _attrs.FORMAT_VERSION: _attrs.STUDY_FORMAT_VERSION,
+                **expected,
+                _attrs.VERSIONS: _versions(),
+                _attrs.BASE_SCHEDULE: suggestion_schedule.to_dict(),
+                _attrs.SUGGESTION: _suggestion_record(suggestion),
+                _attrs.SEARCH_SPACE: space.to_dict(),
+                _attrs.METRIC: (
+                    "validation loss at the end of the compressed trial"
+                    if task.has_validation
+                    else "mean training loss over the last tenth of the compressed trial"
+                ),
+            }
+            for key, value in records.items():
+                study.set_user_attr(key, value)
+        study.set_user_attr(_attrs.N_TRIALS, n_trials)
+        stored_space = study.user_attrs.get(_attrs.SEARCH_SPACE)
+        if isinstance(stored_space, Mapping):
+            space_in_study = SearchSpace.from_dict(stored_space)
+            if space_in_study != space:
+                _logger.warning("resuming with the search space stored in the study")
+        center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
+        _enqueue_first_trials(study, task, center, space)
+    _logger.info(
+        "study %r in %s: %s trials of %d steps (%s warmup transfer); search %s",
+        name,
+        _storage.redact(url),
+        "unlimited" if n_trials is None else n_trials,
+        trial_steps,
+        transfer,
+        space.describe(center),
+    )
+    return study, center, n_trials
+
+
+def _run_probe(task: Task, seed: int, budget_steps: int | None, progress: bool) -> Any:
+    from autowarm._suggest import suggest
+
+    _logger.info("running the probe on a fresh model (seed %d)", seed)
+    model = task.build_model(seed)
+    return suggest(
+        model,
+        task.data(seed),
+        task.optimizer_cls,  # type: ignore[arg-type]
+        optimizer_kwargs=task.optimizer_kwargs,
+        loss_fn=task.loss_fn,
+        criterion=task.criterion,
+        total_steps=task.total_steps,
+        budget_steps=budget_steps,
+        seed=seed,
+        progress=progress,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# workers
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    """(trials that count toward ``n_trials`` but are not waiting, waiting trials)."""
+    trials = study.get_trials(deepcopy=False, states=_COUNTED)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return len(trials) - waiting, waiting
+
+
+def _work(task: Task, plan: _Plan, study: optuna.Study, *, worker: int, distributed: bool) -> None:
+    """One worker's loop; see the module docstring."""
+    study.sampler = _make_sampler(plan.seed, worker, distributed)
+    study.pruner = _make_pruner(plan.pruner, plan.trial_steps)
+    objective = _Objective(task, plan)
+    bar = _progress_bar(plan, study) if worker == 0 else None
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_TrialLogger(plan, bar)]
+    errors = 0
+    try:
+        while True:
+            _storage.fail_dead_local_trials(study)
+            active, waiting = _counts(study)
+            if plan.n_trials is not None and active >= plan.n_trials and not waiting:
+                break
+            if plan.deadline is not None and time.time() >= plan.deadline:
+                _logger.info("time is up: no new trial starts")
+                break
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            error = objective.take_error()
+            if error is None:
+                errors = 0
+                continue
+            errors += 1
+            if errors >= MAX_CONSECUTIVE_ERRORS:
+                raise RuntimeError(
+                    f"{errors} trials in a row failed with an error from the task's code; the "
+                    f"last: {error}. Fix the task and run the same command to "
+                    "resume (finished trials are kept)"
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _Objective:
+    """The trial function: sample, compress, train, report, prune."""
+
+    def __init__(self, task: Task, plan: _Plan) -> None:
+        self.task = task
+        self.plan = plan
+        self.worker = _storage.worker_id()
+        self.last_error: str | None = None
+
+    def take_error(self) -> str | None:
+        """The error of the task's code in the last trial, if any (and forget it)."""
+        error, self.last_error = self.last_error, None
+        return error
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        plan = self.plan
+        trial.set_user_attr(_attrs.WORKER, self.worker)
+        if _attrs.ROLE not in trial.user_attrs:
+            trial.set_user_attr(_attrs.ROLE, _attrs.ROLE_SEARCH)
+        if plan.n_trials is not None:
+            earlier = [
+                t
+                for t in trial.study.get_trials(deepcopy=False)
+                if t.number < trial.number and t.state != TrialState.FAIL
+            ]
+            if len(earlier) >= plan.n_trials:
+                trial.set_user_attr(
+                    _attrs.REASON, f"surplus: the study already held {plan.n_trials} trials"
+                )
+                raise _Surplus(f"the study already holds {plan.n_trials} trials")
+        schedule = plan.space.sample(trial, plan.center)
+        short = compress(schedule, plan.trial_steps, plan.transfer)
+        trial.set_user_attr(_attrs.SCHEDULE, schedule.to_dict())
+        trial.set_user_attr(_attrs.TRIAL_SCHEDULE, short.to_dict())
+        trial.set_user_attr(_attrs.PEAK_LR, schedule.peak_lr)
+        trial.set_user_attr(_attrs.WARMUP_STEPS, schedule.warmup_steps)
+
+        def on_eval(step: int, smoothed: float) -> None:
+            trial.report(smoothed, step)
+            if trial.should_prune():
+                reason = (
+                    f"pruned at step {step}/{plan.trial_steps}: smoothed validation loss "
+                    f"{smoothed:.4g} is worse than the median of earlier trials there"
+                )
+                trial.set_user_attr(_attrs.REASON, reason)
+                raise optuna.TrialPruned(reason)
+
+        try:
+            outcome = train_trial(self.task, short, plan.seed, on_eval=on_eval)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(_attrs.REASON, "interrupted (SIGINT/SIGTERM); queued again")
+            _storage.requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            trial.set_user_attr(_attrs.REASON, f"out of memory: {str(exc).splitlines()[0]}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr(_attrs.REASON, self.last_error)
+            raise
+        if outcome.diverged_at is not None:
+            reason = f"diverged: loss or gradient not finite at step {outcome.diverged_at}"
+            trial.set_user_attr(_attrs.REASON, reason)
+            raise optuna.TrialPruned(reason)
+        return outcome.value
+
+
+class _TrialLogger:
+    """One log line per finished trial, and the bar's tick."""
+
+    def __init__(self, plan: _Plan, bar: Any) -> None:
+        self.plan = plan
+        self.bar = bar
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if not self.plan.progress:
+            return
+        role = trial.user_attrs.get(_attrs.ROLE, "?")
+        peak = trial.user_attrs.get(_attrs.PEAK_LR)
+        warmup = trial.user_attrs.get(_attrs.WARMUP_STEPS)
+        what = (
+            f"value {trial.value:.5g}"
+            if trial.state == TrialState.COMPLETE and trial.value is not None
+            else f"{trial.state.name.lower()} ({trial.user_attrs.get(_attrs.REASON, '')})"
+        )
+        try:
+            best = study.best_trial
+            best_text = f"best {best.value:.5g} (trial {best.number})"
+        except ValueError:
+            best_text = "no best yet"
+        params = (
+            f"peak_lr {peak:.3g}, warmup {warmup}"
+            if peak is not None and warmup is not None
+            else "-"
+        )
+        _logger.info("trial %d [%s]: %s; %s | %s", trial.number, role, what, params, best_text)
+
+
+def _progress_bar(plan: _Plan, study: optuna.Study) -> Any:
+    if not plan.progress or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return tqdm(total=plan.n_trials, initial=done, desc="autowarm tune", unit="trial")
+
+
+def _run_processes(task: Task, plan: _Plan, n_workers: int) -> None:
+    """Run ``n_workers`` spawned worker processes and wait for them."""
+    ref: Task | str = task.source if task.source else task
+    if not isinstance(ref, str):
+        import pickle
+
+        try:
+            pickle.dumps(task)
+        except Exception as exc:
+            raise ValueError(
+                "with n_workers > 1 the task must pickle (module-level functions, no lambdas) "
+                "or be loaded with autowarm.study.load_task / `autowarm tune file.py:task`; "
+                f"pickling failed: {exc}"
+            ) from None
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    procs = [
+        ctx.Process(target=_worker_main, args=(ref, plan, i, threads), name=f"autowarm-worker-{i}")
+        for i in range(n_workers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    failed = [p.name for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        raise RuntimeError(
+            f"worker processes {failed} exited with an error (see their log lines above); "
+            "finished trials are kept, run the same command to resume"
+        )
+
+
+def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None:
+    logging.basicConfig(level=plan.log_level, format=f"%(asctime)s worker {index} %(message)s")
+    logging.getLogger("autowarm").setLevel(plan.log_level)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(threads)
+    task = load_task(ref) if isinstance(ref, str) else ref
+    with _sigterm_as_interrupt():
+        try:
+            storage = _storage.open_storage(
+                plan.storage, heartbeat_interval=plan.heartbeat_interval
+            )
+            study = optuna.load_study(study_name=plan.study_name, storage=storage)
+            _work(task, plan, study, worker=index, distributed=True)
+        except KeyboardInterrupt:
+            sys.exit(130)
