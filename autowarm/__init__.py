@@ -17,6 +17,9 @@ from autowarm.schedules import ScheduleConfig, TransformersExportError
 
 if TYPE_CHECKING:
     from autowarm._suggest import ProbeDivergedError, Suggestion, suggest
+    from autowarm.study._space import SearchSpace
+    from autowarm.study._task import Task
+    from autowarm.study._tune import NoFinishedTrialError, TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,11 @@ _LAZY = {
     "ProbeDivergedError": "autowarm._suggest",
     "Suggestion": "autowarm._suggest",
     "suggest": "autowarm._suggest",
+    "NoFinishedTrialError": "autowarm.study._tune",
+    "SearchSpace": "autowarm.study._space",
+    "Task": "autowarm.study._task",
+    "TuneResult": "autowarm.study._tune",
+    "tune": "autowarm.study._tune",
 }
 
 
@@ -39,10 +47,15 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Decay",
+    "NoFinishedTrialError",
     "ProbeDivergedError",
     "ScheduleConfig",
+    "SearchSpace",
     "Suggestion",
+    "Task",
     "TransformersExportError",
+    "TuneResult",
     "__version__",
     "suggest",
+    "tune",
 ]
