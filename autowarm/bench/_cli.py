@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ov = sub.add_parser("overhead", help="time second-moment monitoring vs plain steps (CPU)")
     _overhead.add_arguments(ov)
 
+    from autowarm.bench import _study
+
+    st = sub.add_parser("study", help="tune() vs TPE from scratch at 6 full runs (resumable)")
+    _study.add_study_arguments(st)
+    rk = sub.add_parser("ranks", help="compressed trials vs full runs on the grid (resumable)")
+    _study.add_ranks_arguments(rk)
+
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -100,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
         return _table(args.csv, args.task, pivot=args.pivot)
     if action == "time":
         return _time(args)
-    if action in ("eval", "regret", "overhead"):
-        from autowarm.bench import _evaluate, _overhead
+    if action in ("eval", "regret", "overhead", "study", "ranks"):
+        from autowarm.bench import _evaluate, _overhead, _study
 
         runner = {
             "eval": _evaluate.run_eval,
             "regret": _evaluate.run_regret,
             "overhead": _overhead.run,
+            "study": _study.run_study_cli,
+            "ranks": _study.run_ranks_cli,
         }[action]
         return runner(args)
     return _grid(args)

@@ -1,0 +1,457 @@
+"""Benchmark of the overnight study: regret at a fixed cost, and how compressed trials rank.
+
+Two measurements (BENCHMARK.md, issue "Overnight refinement"):
+
+``autowarm bench study``
+    For each task and study seed, three methods spend at most ``budget`` full-run equivalents
+    of optimizer steps on compressed trials (``trial_steps = total_steps / 4``):
+
+    - ``tune_fraction``: :func:`autowarm.tune` (probe included in the budget), warmup
+      transferred as a fraction of the run;
+    - ``tune_absolute``: the same, warmup transferred in absolute steps;
+    - ``tpe_scratch``: optuna's TPE with the same pruner and trials but no probe, searching
+      the whole oracle grid's range (peak LR log-uniform over the grid's LRs, warmup 0 to 60%).
+
+    The best schedule of each is then trained at full length on the oracle grid's seeds, and
+    its mean final loss compared with the grid's best cell gives the regret. Cost is counted in
+    optimizer steps (probe plus every trial step taken, pruned trials up to their pruning) and
+    in wall time, both divided by one full run.
+
+``autowarm bench ranks``
+    Every oracle-grid cell is also run as a compressed trial (seed 0), with each warmup
+    transfer rule; the Spearman correlation between compressed values and the grid's
+    full-length mean losses says how well a short trial ranks schedules, and whether the best
+    compressed cell is too hot (a higher peak LR than the full-length best).
+
+Both write resumable CSVs (one row per finished unit) under ``reports/benchmark/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import inspect
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from optuna.trial import TrialState
+
+from autowarm.bench._grid import process_pool
+from autowarm.bench._oracle import oracle_table, regret
+from autowarm.bench._run import run_schedule
+from autowarm.bench.tasks import BenchTask, get_task
+from autowarm.schedules import ScheduleConfig
+from autowarm.study import _attrs
+from autowarm.study._space import SearchSpace
+from autowarm.study._task import Task
+from autowarm.study._trial import compress, train_trial
+
+__all__ = ["STUDY_METHODS", "as_task", "rank_table", "run_ranks", "run_study_bench", "study_table"]
+
+_log = logging.getLogger("autowarm")
+
+STUDY_METHODS = ("tune_fraction", "tune_absolute", "tpe_scratch")
+BUDGET = 6.0
+TRIAL_FRACTION = 0.25
+EVAL_SEEDS = (0, 1)
+
+
+def _build(bench: BenchTask, seed: int) -> torch.nn.Module:
+    return bench.make_model(seed)
+
+
+def as_task(bench: BenchTask) -> Task:
+    """The benchmark task as an :class:`autowarm.Task` (fused AdamW where available)."""
+    kwargs = dict(bench.optimizer_kwargs)
+    if "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        kwargs.setdefault("fused", True)
+    return Task(
+        make_model=functools.partial(_build, bench),
+        train_data=bench.train_data,
+        loss_fn=bench.loss_fn,
+        criterion=bench.criterion,
+        val_data=bench.val_data(),
+        total_steps=bench.total_steps,
+        optimizer_kwargs=kwargs,
+        grad_clip=bench.grad_clip,
+        name=f"bench:{bench.name}",
+    )
+
+
+def _steps_taken(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Optimizer steps the trials took: all of a completed one, a pruned one up to its last
+    report (a diverged one up to its first evaluation at most: an undercount of < 1/8 trial)."""
+    total = 0
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        short = t.user_attrs.get(_attrs.TRIAL_SCHEDULE) or {}
+        if t.state == TrialState.COMPLETE:
+            total += int(short.get("total_steps", 0))
+        else:
+            total += max(t.intermediate_values, default=0)
+    return total
+
+
+def _scratch_space(bench: BenchTask) -> tuple[ScheduleConfig, SearchSpace]:
+    low, high = min(bench.lr_grid), max(bench.lr_grid)
+    center = ScheduleConfig(
+        peak_lr=math.sqrt(low * high), total_steps=bench.total_steps, warmup_steps=0
+    )
+    top = max(bench.warmup_fracs)
+    space = SearchSpace(
+        lr_factor=math.sqrt(high / low), min_warmup_fraction=top, max_warmup_fraction=top
+    )
+    return center, space
+
+
+def _tpe_scratch(task: Task, bench: BenchTask, seed: int, trial_steps: int) -> tuple[Any, int]:
+    from autowarm.study import _tune
+
+    center, space = _scratch_space(bench)
+    n_trials = int(BUDGET * bench.total_steps / trial_steps)
+    plan = _tune._Plan(
+        storage="",
+        study_name="tpe_scratch",
+        n_trials=n_trials,
+        deadline=None,
+        trial_steps=trial_steps,
+        seed=seed,
+        pruner="median",
+        transfer="fraction",
+        space=space,
+        center=center,
+        progress=False,
+        heartbeat_interval=None,
+        log_level=logging.WARNING,
+    )
+    study = optuna.create_study(direction="minimize")
+    _tune._work(task, plan, study, worker=0, distributed=False)
+    return study, 0
+
+
+def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
+    from autowarm.study._tune import best_schedule, tune
+
+    bench = get_task(task_name)
+    task = as_task(bench)
+    trial_steps = round(TRIAL_FRACTION * bench.total_steps)
+    start = time.perf_counter()
+    if method == "tpe_scratch":
+        study, probe_steps = _tpe_scratch(task, bench, seed, trial_steps)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = tune(
+                task,
+                storage=str(Path(tmp) / "study.log"),
+                trial_steps=trial_steps,
+                seed=seed,
+                progress=False,
+                warmup_transfer="fraction" if method == "tune_fraction" else "absolute",
+            )
+            study = result.study
+            record = study.user_attrs.get(_attrs.SUGGESTION) or {}
+            probe_steps = int(record.get("probe_steps", 0))
+            # materialise while the journal file exists
+            best = best_schedule(study)
+            trials = study.get_trials()
+    study_seconds = time.perf_counter() - start
+    if method == "tpe_scratch":
+        best = best_schedule(study)
+        trials = study.get_trials()
+    steps = probe_steps + _steps_taken(trials)
+    finals = []
+    run_seconds = []
+    for s in EVAL_SEEDS:
+        run = run_schedule(bench, best, s)
+        finals.append(math.inf if run.diverged else run.final_val_loss)
+        run_seconds.append(run.seconds)
+    counts = pd.Series([t.state.name.lower() for t in trials]).value_counts().to_dict()
+    return {
+        "task": task_name,
+        "method": method,
+        "seed": seed,
+        "total_steps": bench.total_steps,
+        "trial_steps": trial_steps,
+        "n_trials": len(trials),
+        "n_complete": int(counts.get("complete", 0)),
+        "n_pruned": int(counts.get("pruned", 0)),
+        "n_failed": int(counts.get("fail", 0)),
+        "probe_steps": probe_steps,
+        "cost_steps": steps / bench.total_steps,
+        "study_seconds": round(study_seconds, 2),
+        "cost_wall": study_seconds / float(np.mean(run_seconds)),
+        "peak_lr": best.peak_lr,
+        "warmup_steps": best.warmup_steps,
+        "final_val_loss": float(np.mean(finals)),
+        "eval_seeds": len(finals),
+    }
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _done_keys(path: Path, keys: Sequence[str]) -> set[tuple[str, ...]]:
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    frame = pd.read_csv(path)
+    return {tuple(str(v) for v in row) for row in frame[list(keys)].itertuples(index=False)}
+
+
+def run_study_bench(
+    tasks: Sequence[str],
+    csv_path: Path,
+    *,
+    methods: Sequence[str] = STUDY_METHODS,
+    seeds: Sequence[int] = (0,),
+    workers: int = 2,
+) -> Path:
+    """Run (or resume) the study benchmark into ``csv_path``; one row per (task, method, seed)."""
+    for m in methods:
+        if m not in STUDY_METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {STUDY_METHODS}")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _done_keys(csv_path, ("task", "method", "seed"))
+    jobs = [(t, m, s) for s in seeds for t in tasks for m in methods if (t, m, str(s)) not in done]
+    _log.info("study bench: %d jobs to run, %d already in %s", len(jobs), len(done), csv_path)
+    if workers <= 0:
+        for job in jobs:
+            _append(csv_path, _one_study(*job))
+        return csv_path
+    with process_pool(workers) as pool:
+        futures = {pool.submit(_one_study, *job): job for job in jobs}
+        import concurrent.futures as cf
+
+        for fut in cf.as_completed(futures):
+            row = fut.result()
+            _append(csv_path, row)
+            _log.info(
+                "%s %s seed %s: loss %.5g, cost %.2f runs",
+                row["task"],
+                row["method"],
+                row["seed"],
+                row["final_val_loss"],
+                row["cost_steps"],
+            )
+    return csv_path
+
+
+def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
+    """Per task and method: mean regret over study seeds and cost; ``median`` rows at the end."""
+    frame = pd.read_csv(study_csv)
+    rows = []
+    for (task, method), g in frame.groupby(["task", "method"], sort=True):
+        oracle = oracle_table(grid_csv, str(task), total_steps=int(g["total_steps"].iloc[0]))
+        regrets = [regret(float(v), oracle.best_loss) for v in g["final_val_loss"]]
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "study_seeds": len(g),
+                "regret": float(np.mean(regrets)),
+                "cost_steps": float(g["cost_steps"].max()),
+                "cost_wall": float(g["cost_wall"].max()),
+                "n_trials": float(g["n_trials"].mean()),
+                "peak_lr": float(np.exp(np.log(g["peak_lr"]).mean())),
+                "warmup_steps": float(g["warmup_steps"].mean()),
+                "oracle_best_peak_lr": oracle.best_peak_lr,
+                "oracle_best_warmup": oracle.best_warmup_steps,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    med = table.groupby("method")["regret"].median()
+    return pd.concat(
+        [table, pd.DataFrame({"task": "median", "method": list(med.index), "regret": med.values})],
+        ignore_index=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# ranks
+
+
+def _one_rank(task_name: str, peak_lr: float, warmup: int, transfer: str) -> dict[str, Any]:
+    bench = get_task(task_name)
+    task = as_task(bench)
+    trial_steps = round(TRIAL_FRACTION * bench.total_steps)
+    full = ScheduleConfig(peak_lr=peak_lr, total_steps=bench.total_steps, warmup_steps=warmup)
+    short = compress(full, trial_steps, transfer)  # type: ignore[arg-type]
+    outcome = train_trial(task, short, 0)
+    return {
+        "task": task_name,
+        "transfer": transfer,
+        "peak_lr": peak_lr,
+        "warmup_steps": warmup,
+        "trial_steps": trial_steps,
+        "trial_warmup_steps": short.warmup_steps,
+        "trial_value": outcome.value,
+        "seconds": round(outcome.seconds, 3),
+    }
+
+
+def run_ranks(
+    tasks: Sequence[str],
+    csv_path: Path,
+    grid_csv: Path,
+    *,
+    transfers: Sequence[str] = ("fraction", "absolute"),
+    workers: int = 2,
+) -> Path:
+    """Run (or resume) every oracle-grid cell as a compressed trial, for each transfer rule."""
+    grid = pd.read_csv(grid_csv)
+    done = _done_keys(csv_path, ("task", "transfer", "peak_lr", "warmup_steps"))
+    jobs = []
+    for task_name in tasks:
+        cells = grid[grid["task"] == task_name][["peak_lr", "warmup_steps"]].drop_duplicates()
+        for transfer in transfers:
+            for lr, w in cells.itertuples(index=False):
+                if transfer == "absolute" and w == 0:
+                    continue  # the same trial as with "fraction"
+                key = (task_name, transfer, str(float(lr)), str(int(w)))
+                if key not in done:
+                    jobs.append((task_name, float(lr), int(w), transfer))
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    _log.info("ranks: %d compressed trials to run", len(jobs))
+    with process_pool(max(1, workers)) as pool:
+        for row in pool.map(_one_rank, *zip(*jobs, strict=True)) if jobs else []:
+            _append(csv_path, row)
+    return csv_path
+
+
+def rank_table(ranks_csv: Path, grid_csv: Path) -> pd.DataFrame:
+    """Per task and transfer: Spearman rank correlation of compressed vs full-length losses,
+    the regret of the cell a compressed study would pick, and whether it is hotter."""
+    ranks = pd.read_csv(ranks_csv)
+    # a zero warmup is the same trial under both rules
+    zero = ranks[(ranks["warmup_steps"] == 0) & (ranks["transfer"] == "fraction")]
+    ranks = pd.concat([ranks, zero.assign(transfer="absolute")], ignore_index=True)
+    rows = []
+    for (task, transfer), g in ranks.groupby(["task", "transfer"], sort=True):
+        oracle = oracle_table(grid_csv, str(task))
+        cells = oracle.cells[["peak_lr", "warmup_steps", "mean_val_loss"]]
+        merged = g.merge(cells, on=["peak_lr", "warmup_steps"], how="inner")
+        trial = merged["trial_value"].replace([np.inf], np.nan)
+        full = merged["mean_val_loss"].replace([np.inf], np.nan)
+        both = pd.DataFrame({"t": trial, "f": full}).fillna(np.inf)
+        rho = float(both["t"].rank().corr(both["f"].rank()))
+        pick = merged.iloc[int(np.argmin(merged["trial_value"].to_numpy()))]
+        rows.append(
+            {
+                "task": task,
+                "transfer": transfer,
+                "cells": len(merged),
+                "spearman": rho,
+                "picked_peak_lr": float(pick["peak_lr"]),
+                "picked_warmup": int(pick["warmup_steps"]),
+                "picked_regret": regret(float(pick["mean_val_loss"]), oracle.best_loss),
+                "oracle_peak_lr": oracle.best_peak_lr,
+                "oracle_warmup": oracle.best_warmup_steps,
+                "picked_hotter": bool(pick["peak_lr"] > oracle.best_peak_lr),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: autowarm bench study | ranks
+
+
+STUDY_CSV = "study.csv"
+RANKS_CSV = "ranks.csv"
+
+
+def add_study_arguments(parser: Any) -> None:
+    """Options of ``autowarm bench study``."""
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
+    parser.add_argument("--methods", default=",".join(STUDY_METHODS), help="comma-separated")
+    parser.add_argument("--seeds", type=int, default=1, help="study seeds 0..N-1 (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="processes; 0 = in-process")
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
+
+
+def add_ranks_arguments(parser: Any) -> None:
+    """Options of ``autowarm bench ranks``."""
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="processes")
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
+
+
+def _task_names(text: str | None) -> list[str]:
+    from autowarm.bench.tasks import available_tasks
+
+    if text is None:
+        return list(available_tasks())
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        get_task(n)  # a clear KeyError for a typo
+    return names
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pipe table; floats to 4 significant digits, NaN as blank."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def _write_table(table: pd.DataFrame, out: Path, stem: str) -> None:
+    table.to_csv(out / f"{stem}.csv", index=False, float_format="%.6g")
+    (out / f"{stem}.md").write_text(markdown(table))
+    print(table.to_string(index=False))
+
+
+def run_study_cli(args: Any) -> int:
+    """``autowarm bench study``: run or resume, then write study_regret.csv/.md."""
+    out: Path = args.out
+    grid = out / "oracle_grid.csv"
+    if not args.table_only:
+        run_study_bench(
+            _task_names(args.tasks),
+            out / STUDY_CSV,
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            seeds=range(args.seeds),
+            workers=args.workers,
+        )
+    _write_table(study_table(out / STUDY_CSV, grid), out, "study_regret")
+    return 0
+
+
+def run_ranks_cli(args: Any) -> int:
+    """``autowarm bench ranks``: run or resume, then write ranks_summary.csv/.md."""
+    out: Path = args.out
+    grid = out / "oracle_grid.csv"
+    if not args.table_only:
+        run_ranks(_task_names(args.tasks), out / RANKS_CSV, grid, workers=args.workers)
+    _write_table(rank_table(out / RANKS_CSV, grid), out, "ranks_summary")
+    return 0
