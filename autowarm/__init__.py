@@ -17,6 +17,7 @@ from autowarm.schedules import ScheduleConfig, TransformersExportError
 
 if TYPE_CHECKING:
     from autowarm._suggest import ProbeDivergedError, Suggestion, suggest
+    from autowarm.reporting import Report, report
     from autowarm.study._space import SearchSpace
     from autowarm.study._task import Task
     from autowarm.study._tune import NoFinishedTrialError, TuneResult, tune
@@ -34,6 +35,8 @@ _LAZY = {
     "Task": "autowarm.study._task",
     "TuneResult": "autowarm.study._tune",
     "tune": "autowarm.study._tune",
+    "Report": "autowarm.reporting",
+    "report": "autowarm.reporting",
 }
 
 
@@ -49,6 +52,7 @@ __all__ = [
     "Decay",
     "NoFinishedTrialError",
     "ProbeDivergedError",
+    "Report",
     "ScheduleConfig",
     "SearchSpace",
     "Suggestion",
@@ -56,6 +60,7 @@ __all__ = [
     "TransformersExportError",
     "TuneResult",
     "__version__",
+    "report",
     "suggest",
     "tune",
 ]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autowarm._suggest import Suggestion
 
 _log = logging.getLogger("autowarm")
 
@@ -22,12 +26,14 @@ class DemoResult:
     suggestion_path: Path
     schedule_path: Path
     text: str
+    report_path: Path | None = None
 
 
 def run_demo(
     out_dir: Path, *, seed: int = 0, progress: bool = True, total_steps: int | None = None
 ) -> DemoResult:
-    """Probe the demo task, write ``schedule.yaml`` and ``suggestion.json`` into ``out_dir``.
+    """Probe the demo task, write ``schedule.yaml``, ``suggestion.json`` and the report (in
+    ``out_dir/report/``, when matplotlib is installed) into ``out_dir``.
 
     ``total_steps`` shortens the task's run (and so the probe's 10% budget), for a quick look.
 
@@ -62,6 +68,7 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     schedule_path = s.schedule.save(out_dir / "schedule.yaml")
     suggestion_path = s.save(out_dir / "suggestion.json")
+    report_path = _write_report(s, out_dir / "report")
     text = "\n".join(
         [
             f"task: {task.name}: {task.description}",
@@ -75,6 +82,19 @@ def run_demo(
             "",
             f"schedule: {schedule_path}",
             f"suggestion and evidence: {suggestion_path} (+ .trace.csv, .signals.csv)",
+            f"report: {report_path}"
+            if report_path is not None
+            else "report: not written (pip install 'autowarm[plot]' for its figures)",
         ]
     )
-    return DemoResult(suggestion_path, schedule_path, text)
+    return DemoResult(suggestion_path, schedule_path, text, report_path)
+
+
+def _write_report(s: Suggestion, out: Path) -> Path | None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    from autowarm.reporting import report
+
+    return report(s).write(out)[0]

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -28,6 +28,9 @@ from autowarm.probe._search import (
 )
 from autowarm.probe._state import preserved
 from autowarm.schedules import ScheduleConfig
+
+if TYPE_CHECKING:
+    from autowarm.reporting import Report
 
 _log = logging.getLogger("autowarm")
 
@@ -115,8 +118,27 @@ class Suggestion:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, Mapping) or data.get("format") != SUGGESTION_FORMAT:
-            raise ValueError(f"{path}: not an autowarm suggestion (format={SUGGESTION_FORMAT!r})")
+            got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(
+                f"{path}: not an autowarm suggestion (format={SUGGESTION_FORMAT!r}, but got "
+                f"format={got!r})"
+            )
         trace_p, sig_p = path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")
+        return cls.from_dict(
+            data,
+            trace=pd.read_csv(trace_p) if trace_p.exists() else None,
+            signals=pd.read_csv(sig_p) if sig_p.exists() else None,
+        )
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        trace: pd.DataFrame | None = None,
+        signals: pd.DataFrame | None = None,
+    ) -> Suggestion:
+        """Rebuild a suggestion from :meth:`to_dict` (tables empty unless given)."""
         schedule = ScheduleConfig.from_dict(data["schedule"])
         return cls(
             warmup_steps=schedule.warmup_steps,
@@ -124,13 +146,22 @@ class Suggestion:
             schedule=schedule,
             probe_steps=int(data["probe_steps"]),
             rationale=str(data["rationale"]),
-            trace=pd.read_csv(trace_p) if trace_p.exists() else pd.DataFrame(),
-            signals=pd.read_csv(sig_p) if sig_p.exists() else pd.DataFrame(),
+            trace=pd.DataFrame() if trace is None else trace,
+            signals=pd.DataFrame() if signals is None else signals,
             confidence=str(data.get("confidence", "high")),
             low_confidence_reasons=tuple(data.get("low_confidence_reasons", ())),
             deciding_signal=str(data.get("deciding_signal", "")),
             wall_seconds=float(data.get("wall_seconds", 0.0)),
         )
+
+    def report(self, **kwargs: Any) -> Report:
+        """The report of this suggestion: tables, figure data, ``.write(out_dir)``.
+
+        Keyword arguments go to :func:`autowarm.report` (e.g. ``benchmark=``, ``task=``).
+        """
+        from autowarm.reporting import report
+
+        return report(self, **kwargs)
 
 
 def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autowarm import __version__
-from autowarm.schedules import Decay, ScheduleConfig
+from autowarm.schedules import ScheduleConfig
 
 _log = logging.getLogger("autowarm")
 EXPORT_FORMATS = ("json", "yaml", "transformers", "trainer", "lightning")
@@ -43,27 +43,12 @@ def key_points(cfg: ScheduleConfig) -> list[dict[str, Any]]:
 
 
 def plot_schedule(cfg: ScheduleConfig, path: Path) -> Path:
-    """Draw LR against step to ``path`` (PNG), the end of warmup marked."""
-    from autowarm._imports import require
+    """Draw LR against step to ``path`` (PNG), the end of warmup marked (the report's figure)."""
+    from autowarm.reporting._draw import png_bytes
+    from autowarm.reporting._figures import schedule_figure
 
-    require("matplotlib", "plotting a schedule")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(range(cfg.total_steps), cfg.lrs(), color="C0", label="learning rate")
-    if cfg.warmup_steps:
-        ax.axvline(cfg.warmup_steps, color="C1", ls="--", label=f"warmup end ({cfg.warmup_steps})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate (absolute)")
-    ax.set_title(f"{Decay(cfg.decay).value} schedule, peak {cfg.peak_lr:.3g}")
-    ax.legend(loc="best")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path.write_bytes(png_bytes(schedule_figure(cfg)))
     return path
 
 
@@ -174,7 +159,19 @@ def _add_bench(sub: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- main
-_COMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_schedule, _add_export, _add_bench]
+def _add_report(sub: Any) -> None:
+    from autowarm.reporting import _cli as report_cli
+
+    report_cli.add_parser(sub)
+
+
+_COMMANDS: list[Callable[[Any], None]] = [
+    _add_demo,
+    _add_schedule,
+    _add_export,
+    _add_bench,
+    _add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

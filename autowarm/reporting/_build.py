@@ -1,0 +1,238 @@
+"""Assembling a :class:`~autowarm.reporting.Report` from a suggestion or a study."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
+from autowarm.probe._search import SearchSettings
+from autowarm.reporting import _figures as F
+from autowarm.reporting import _study as S
+from autowarm.reporting import _tables as T
+from autowarm.reporting._figures import FigureData
+from autowarm.reporting._regret import Placed, bench_task_name, regret_table
+from autowarm.reporting._report import Report
+from autowarm.reporting._study_figures import history_figure, scatter_figure
+from autowarm.schedules import ScheduleConfig
+from autowarm.study import _attrs as A
+
+NEAR_BEST = 0.01  # trials within 1% of the best value make the summary's range
+
+
+def load_suggestion(path: Path) -> Suggestion:
+    """:meth:`Suggestion.load`, with messages for the usual wrong files."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such suggestion file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a suggestion JSON file ({exc})") from None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == "autowarm.schedule":
+        raise ValueError(
+            f"{path} is a schedule config, not a suggestion: pass the suggestion JSON written "
+            "by Suggestion.save() or `autowarm demo` (suggestion.json)"
+        )
+    if fmt != SUGGESTION_FORMAT:
+        raise ValueError(
+            f"{path} is not an autowarm suggestion: format must be {SUGGESTION_FORMAT!r}, but "
+            f"got format={fmt!r}"
+        )
+    return Suggestion.load(path)
+
+
+def probe_figures(s: Suggestion, notes: list[str]) -> dict[str, FigureData | None]:
+    if s.trace.empty:
+        notes.append(
+            "The suggestion has no trace (its .trace.csv was not found beside the JSON): the "
+            "probe's figures are left out."
+        )
+        return {}
+    tol = SearchSettings().rel_error_tol
+    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol)
+    if moment is None:
+        notes.append(
+            "No second-moment statistics in the trace (an optimizer without exp_avg_sq): the "
+            "warmup came from the loss bursts alone."
+        )
+    return {
+        "range_test": F.range_test_figure(s.trace, s.peak_lr),
+        "second_moment": moment,
+        "bursts": F.bursts_figure(s.trace, s.signals),
+    }
+
+
+def _evidence(s: Suggestion | None) -> dict[str, pd.DataFrame]:
+    if s is None:
+        return {}
+    return {k: v for k, v in (("trace", s.trace), ("signals", s.signals)) if not v.empty}
+
+
+def _add_regret(tables: dict[str, pd.DataFrame], notes: list[str], table: pd.DataFrame) -> None:
+    tables["regret"] = table
+    far = table.loc[table["grid_distance_decades"] > 0.25, "label"]
+    if len(far):
+        notes.append(
+            f"Off the oracle grid by more than a quarter decade of peak LR: {', '.join(far)}; "
+            "their grid_regret is that of the nearest cell, not of the schedule."
+        )
+
+
+def _kept(figures: dict[str, FigureData | None]) -> dict[str, FigureData]:
+    return {k: v for k, v in figures.items() if v is not None}
+
+
+def probe_report(
+    s: Suggestion,
+    *,
+    name: str,
+    benchmark: str | os.PathLike[str] | None,
+    task: str | None,
+) -> Report:
+    notes: list[str] = []
+    beta2 = T.infer_beta2(s.trace)
+    if not math.isfinite(beta2):
+        notes.append("Adam's beta2 could not be read from the trace: no 2/(1-beta2) reference.")
+    comparison = T.probe_comparison(s.schedule, beta2)
+    tables = {
+        "summary": T.summary_row(
+            source="probe",
+            name=name,
+            status="probe",
+            chosen_by="probe",
+            schedule=s.schedule,
+            suggestion=s,
+        ),
+        "comparison": comparison,
+        **_evidence(s),
+    }
+    if benchmark is not None:
+        if task is None:
+            raise ValueError("a regret table needs the benchmark task: pass task=NAME (--task)")
+        placed = [
+            Placed(str(r["label"]), float(r["peak_lr"]), float(r["warmup_frac"]))
+            for r in comparison.to_dict("records")
+        ]
+        _add_regret(tables, notes, regret_table(benchmark, bench_task_name(task) or task, placed))
+    figures = {**probe_figures(s, notes), "schedule": F.schedule_figure(s.schedule)}
+    return Report(
+        title=f"autowarm report: probe ({name})",
+        status="probe",
+        status_text="A probe alone: no schedule here has been trained yet (`autowarm tune` "
+        "measures them against each other).",
+        tables=tables,
+        figures=_kept(figures),
+        notes=tuple(notes),
+        rationale=s.rationale,
+    )
+
+
+def _chosen(study: optuna.Study, best: pd.Series | None, s: Suggestion | None) -> Any:
+    if best is not None:
+        attrs = study.trials[int(best["number"])].user_attrs
+        if isinstance(attrs.get(A.SCHEDULE), dict):
+            return ScheduleConfig.from_dict(attrs[A.SCHEDULE])
+        base = study.user_attrs.get(A.BASE_SCHEDULE)
+        if isinstance(base, dict) and math.isfinite(float(best["warmup_steps"])):
+            d = {**base, "peak_lr": float(best["peak_lr"])}
+            d["warmup_steps"] = int(best["warmup_steps"])
+            return ScheduleConfig.from_dict(d)
+        return None
+    return s.schedule if s is not None else None
+
+
+def study_report(
+    study: optuna.Study,
+    *,
+    benchmark: str | os.PathLike[str] | None,
+    task: str | None,
+) -> Report:
+    notes: list[str] = []
+    if not S.is_autowarm_study(study):
+        notes.append(
+            "Not written by autowarm tune (no autowarm.format attribute): roles, reference "
+            "schedules and the probe are unknown; peak_lr/warmup_steps come from the params."
+        )
+    trials = S.trials_table(study)
+    status, status_text = S.study_status(study)
+    s = S.stored_suggestion(study)
+    best = S.best_row(trials)
+    schedule = _chosen(study, best, s)
+    counts = trials["state"].value_counts()
+    chosen_by = (
+        f"study: trial {int(best['number'])}, the best of {int(counts.get('COMPLETE', 0))} "
+        "completed"
+        if best is not None
+        else "probe (no trial has completed yet)"
+    )
+    summary = T.summary_row(
+        source="study",
+        name=study.study_name,
+        status=status,
+        chosen_by=chosen_by if best is not None or s is not None else "nothing yet",
+        schedule=schedule,
+        suggestion=s,
+        n_trials=len(trials),
+        n_complete=int(counts.get("COMPLETE", 0)),
+        n_pruned=int(counts.get("PRUNED", 0)),
+        n_failed=int(counts.get("FAIL", 0)),
+        n_running=int(counts.get("RUNNING", 0)),
+        best_value=math.nan if best is None else float(best["value"]),
+        metric=str(study.user_attrs.get(A.METRIC, "")),
+        range_rule=f"completed trials within {NEAR_BEST:.0%} of the best value",
+        **S.near_best_range(trials, NEAR_BEST),
+    )
+    comparison = T.study_comparison(trials)
+    tables = {"summary": summary, "comparison": comparison, "trials": trials, **_evidence(s)}
+    bench_task = task or bench_task_name(str(study.user_attrs.get(A.TASK, "")))
+    if benchmark is not None:
+        if bench_task is None:
+            raise ValueError(
+                f"study {study.study_name!r} is not on a benchmark task (autowarm.task="
+                f"{study.user_attrs.get(A.TASK)!r}): pass task=NAME (--task) for a regret table"
+            )
+        steps = study.user_attrs.get(A.TRIAL_STEPS)
+        placed = [
+            Placed(
+                str(r["label"]),
+                float(r["peak_lr"]),
+                float(r["warmup_frac"]),
+                float(r["value"]),
+                steps if isinstance(steps, int) else 0,
+            )
+            for r in comparison.to_dict("records")
+            if math.isfinite(float(r["peak_lr"])) and math.isfinite(float(r["warmup_frac"]))
+        ]
+        _add_regret(tables, notes, regret_table(benchmark, bench_task, placed))
+    elif bench_task is not None:
+        notes.append(
+            f"The study ran on the benchmark task {bench_task!r}: pass benchmark=... "
+            "(--benchmark reports/benchmark) to add the regret against its oracle grid."
+        )
+    if s is None:
+        notes.append("The study holds no probe suggestion: the probe's figures are left out.")
+    figures: dict[str, FigureData | None] = {
+        "history": history_figure(trials),
+        "trials_scatter": scatter_figure(trials),
+        **(probe_figures(s, notes) if s is not None else {}),
+    }
+    if schedule is not None:
+        figures["schedule"] = F.schedule_figure(schedule)
+    if best is None:
+        notes.append("No trial has completed yet: no history or scatter figure.")
+    return Report(
+        title=f"autowarm report: study {study.study_name}",
+        status=status,
+        status_text=status_text,
+        tables=tables,
+        figures=_kept(figures),
+        notes=tuple(notes),
+        rationale=s.rationale if s is not None else "",
+    )

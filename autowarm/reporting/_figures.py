@@ -1,0 +1,274 @@
+"""The data behind each report figure, computed from the tables before anything is drawn.
+
+Every builder returns a :class:`FigureData` (or ``None`` when its table has nothing to show);
+:mod:`autowarm.reporting._draw` turns one into a matplotlib figure. Tests check these objects,
+not pixels. Axis labels always carry their unit in parentheses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from autowarm.schedules import Decay, ScheduleConfig
+
+LR_LABEL = "learning rate (absolute)"
+STEP_LABEL = "optimizer step (updates)"
+LOSS_LABEL = "smoothed training loss (task units)"
+VALUE_LABEL = "trial value: final validation loss (task units)"
+MAX_POINTS = 2000  # a schedule is drawn from at most this many points
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line or set of points.
+
+    Attributes:
+        label: legend text.
+        x: abscissae.
+        y: ordinates (same length as ``x``).
+        kind: ``"line"``, ``"scatter"`` or ``"step"`` (a staircase, e.g. best so far).
+        highlight: drawn in the warning style (an unstable burst, a diverged point).
+        color_values: per-point values mapped to colour (scatter only), else ``None``.
+        marker: matplotlib marker of a scatter (``"o"``, ``"*"``, ``"D"``).
+    """
+
+    label: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    kind: str = "line"
+    highlight: bool = False
+    color_values: tuple[float, ...] | None = None
+    marker: str = "o"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A reference line across the axes: ``axis="x"`` is vertical at ``value``."""
+
+    axis: str
+    value: float
+    label: str
+
+
+@dataclass(frozen=True)
+class FigureData:
+    """Everything one figure shows.
+
+    Attributes:
+        name: file stem of the PNG (``range_test`` -> ``range_test.png``).
+        title: the figure's title.
+        xlabel: x axis label, unit in parentheses.
+        ylabel: y axis label, unit in parentheses.
+        series: the data drawn.
+        markers: reference lines (chosen peak, chosen warmup, tolerances).
+        xscale: ``"linear"`` or ``"log"``.
+        yscale: ``"linear"`` or ``"log"``.
+        ylim: y range to show (``None``: matplotlib's choice).
+        colorbar_label: label of the colour scale when a series has ``color_values``.
+        caption: one or two sentences under the figure.
+    """
+
+    name: str
+    title: str
+    xlabel: str
+    ylabel: str
+    series: tuple[Series, ...]
+    markers: tuple[Marker, ...] = ()
+    xscale: str = "linear"
+    yscale: str = "linear"
+    ylim: tuple[float, float] | None = None
+    colorbar_label: str | None = None
+    caption: str = ""
+
+    @property
+    def n_points(self) -> int:
+        """Number of data points over all series."""
+        return sum(len(s.x) for s in self.series)
+
+
+def floats(values: object) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.asarray(values, dtype=float))
+
+
+# ---------------------------------------------------------------------------- probe figures
+def range_test_figure(trace: pd.DataFrame, peak_lr: float) -> FigureData | None:
+    """Smoothed loss against LR during the range test, the chosen peak marked."""
+    if trace.empty or "phase" not in trace:
+        return None
+    rows = trace[(trace["phase"] == "range_test") & np.isfinite(trace["loss_smoothed"])]
+    if rows.empty:
+        return None
+    y = rows["loss_smoothed"].to_numpy(float)
+    # Divergence sends the loss up by orders of magnitude; show the sweep's useful part.
+    top = float(min(y.max(), 1.5 * y[0] if y[0] > 0 else y.max()))
+    bottom = float(y.min())
+    pad = 0.05 * max(top - bottom, 1e-12)
+    return FigureData(
+        name="range_test",
+        title="LR range test: smoothed loss as the LR grows",
+        xlabel=LR_LABEL + ", log scale",
+        ylabel=LOSS_LABEL,
+        series=(Series("range test", floats(rows["lr"]), floats(y)),),
+        markers=(Marker("x", peak_lr, f"chosen peak {peak_lr:.3g}"),),
+        xscale="log",
+        ylim=(bottom - pad, top + pad),
+        caption="One exponential sweep from the initial weights; the loss is a bias-corrected "
+        "EMA. The dashed line is the suggested peak LR.",
+    )
+
+
+_BURST_NAME = re.compile(r"^burst(\d+)\.W(\d+)\.stable$")
+
+
+def burst_table(trace: pd.DataFrame, signals: pd.DataFrame) -> pd.DataFrame:
+    """One row per burst after the range test: ``burst``, ``phase``, ``warmup_steps``,
+    ``peak_lr``, ``steps``, ``stable`` (``"yes"``, ``"no"`` or ``"unknown"``)."""
+    cols = ["burst", "phase", "warmup_steps", "peak_lr", "steps", "stable"]
+    if trace.empty or "phase" not in trace:
+        return pd.DataFrame(columns=cols)
+    judged: dict[int, tuple[int, bool | None]] = {}
+    if not signals.empty and "name" in signals:
+        for rec in signals[["name", "value"]].to_dict("records"):
+            m = _BURST_NAME.match(str(rec["name"]))
+            if m:
+                judged[int(m.group(1))] = (int(m.group(2)), float(rec["value"]) >= 0.5)
+    rows = []
+    bursts = trace[trace["phase"] != "range_test"]
+    for burst in sorted(int(b) for b in bursts["burst"].unique()):
+        g = bursts[bursts["burst"] == burst]
+        lrs = g["lr"].to_numpy(float)
+        peak = float(np.nanmax(lrs))
+        w_seen = int(np.argmax(lrs >= peak * (1 - 1e-9)))  # steps before the peak is reached
+        w, stable = judged.get(burst, (w_seen, None))
+        rows.append(
+            {
+                "burst": burst,
+                "phase": str(g["phase"].iloc[0]),
+                "warmup_steps": int(w),
+                "peak_lr": peak,
+                "steps": len(g),
+                "stable": "unknown" if stable is None else ("yes" if stable else "no"),
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def bursts_figure(trace: pd.DataFrame, signals: pd.DataFrame) -> FigureData | None:
+    """The loss trace of every burst after the range test, unstable ones highlighted."""
+    table = burst_table(trace, signals)
+    if table.empty:
+        return None
+    series = []
+    for b in table.itertuples(index=False):
+        g = trace[(trace["burst"] == b.burst) & np.isfinite(trace["loss_smoothed"])]
+        tag = {"yes": "", "no": ", unstable", "unknown": ""}[str(b.stable)]
+        label = f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}{tag}"
+        series.append(
+            Series(
+                label,
+                floats(g["step"]),
+                floats(g["loss_smoothed"]),
+                highlight=bool(b.stable == "no"),
+            )
+        )
+    return FigureData(
+        name="bursts",
+        title="Probe bursts: smoothed loss of each (W-step ramp, then the peak)",
+        xlabel=STEP_LABEL + " within the burst",
+        ylabel=LOSS_LABEL,
+        series=tuple(series),
+        caption="Each burst restarts from the initial weights. Dashed red lines are bursts "
+        "the stability rules rejected (spikes, oscillation, a rise above the start, "
+        "divergence).",
+    )
+
+
+def second_moment_figure(
+    trace: pd.DataFrame,
+    signals: pd.DataFrame,
+    warmup_steps: int,
+    tolerance: float,
+) -> FigureData | None:
+    """Relative error of Adam's ``v_hat`` against step, for each burst; warmup marked."""
+    table = burst_table(trace, signals)
+    if table.empty or "rel_error" not in trace:
+        return None
+    series = []
+    for b in table.itertuples(index=False):
+        g = trace[(trace["burst"] == b.burst) & np.isfinite(trace["rel_error"])]
+        if g.empty:
+            continue
+        # statistics are read after update number step + 1 (as the probe does)
+        series.append(
+            Series(
+                f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}",
+                floats(g["step"] + 1),
+                floats(g["rel_error"]),
+                highlight=bool(b.stable == "no"),
+            )
+        )
+    if not series:
+        return None
+    markers = [
+        Marker("y", tolerance, f"settled below {tolerance:g}"),
+        Marker("x", float(warmup_steps), f"chosen warmup {warmup_steps}"),
+    ]
+    settling = _signal(signals, "second_moment.settling_step")
+    if math.isfinite(settling) and round(settling) != warmup_steps:
+        markers.append(Marker("x", settling, f"settling step {settling:.0f}"))
+    return FigureData(
+        name="second_moment",
+        title="Adam's second moment: relative error of v_hat by step",
+        xlabel=STEP_LABEL,
+        ylabel="relative error sqrt(kappa / n_eff) (fraction)",
+        series=tuple(series),
+        markers=tuple(markers),
+        caption="How far Adam's running estimate of the squared gradient is from its "
+        "expectation; warmup shorter than the settling step normalises the first updates by "
+        "a poor estimate. Past the bursts the settling step is extrapolated from kappa.",
+    )
+
+
+def _signal(signals: pd.DataFrame, name: str) -> float:
+    if signals.empty or "name" not in signals:
+        return math.nan
+    hit = signals.loc[signals["name"] == name, "value"]
+    return float(hit.iloc[0]) if len(hit) else math.nan
+
+
+def schedule_points(
+    cfg: ScheduleConfig, max_points: int = MAX_POINTS
+) -> tuple[list[int], list[float]]:
+    """Steps and LRs of ``cfg``: every step of a short run, else an even subsample that keeps
+    the end of warmup and the last step."""
+    n = cfg.total_steps
+    if n <= max_points:
+        steps = list(range(n))
+    else:
+        grid = np.linspace(0, n - 1, max_points).round().astype(int)
+        extra = [cfg.warmup_steps - 1, cfg.warmup_steps] if cfg.warmup_steps else []
+        steps = sorted({int(s) for s in grid} | {s for s in extra if 0 <= s < n})
+    return steps, [cfg.lr_at(s) for s in steps]
+
+
+def schedule_figure(cfg: ScheduleConfig, *, name: str = "schedule") -> FigureData:
+    """LR against step over the whole run, the end of warmup marked."""
+    steps, lrs = schedule_points(cfg)
+    markers: tuple[Marker, ...] = ()
+    if cfg.warmup_steps:
+        markers = (Marker("x", float(cfg.warmup_steps), f"warmup end ({cfg.warmup_steps})"),)
+    return FigureData(
+        name=name,
+        title=f"{Decay(cfg.decay).value} schedule, peak {cfg.peak_lr:.3g}, "
+        f"{cfg.warmup_steps} warmup steps",
+        xlabel=STEP_LABEL,
+        ylabel=LR_LABEL,
+        series=(Series("learning rate", floats(steps), floats(lrs)),),
+        markers=markers,
+        caption=f"{cfg.total_steps} steps; the LR of update step + 1, floor {cfg.min_lr:g}.",
+    )

@@ -1,0 +1,164 @@
+"""Rendering a report as Markdown (figures beside it) and as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from autowarm.reporting._figures import FigureData
+
+MAX_ROWS = 40  # longer tables are cut on the page; the CSV has every row
+
+# the summary fields a reader sees first, with their labels
+_HEADLINE = (
+    ("status", "status"),
+    ("chosen_by", "chosen by"),
+    ("warmup_steps", "warmup (steps)"),
+    ("warmup_frac", "warmup (fraction of the run)"),
+    ("peak_lr", "peak LR"),
+    ("decay", "decay"),
+    ("min_lr", "floor LR"),
+    ("total_steps", "total steps"),
+    ("probe_steps", "probe steps"),
+    ("probe_wall_seconds", "probe wall time (s)"),
+    ("deciding_signal", "deciding signal"),
+    ("confidence", "confidence"),
+    ("low_confidence_reasons", "low-confidence reasons"),
+    ("warmup_steps_low", "near-best warmup, low (steps)"),
+    ("warmup_steps_high", "near-best warmup, high (steps)"),
+    ("peak_lr_low", "near-best peak LR, low"),
+    ("peak_lr_high", "near-best peak LR, high"),
+    ("range_rule", "near-best rule"),
+    ("n_trials", "trials"),
+    ("n_complete", "completed"),
+    ("n_pruned", "pruned"),
+    ("n_failed", "failed"),
+    ("n_running", "running"),
+    ("best_value", "best value"),
+    ("metric", "metric"),
+)
+
+
+def fmt(value: object) -> str:
+    """A cell as text: 4 significant digits for floats, blank for NaN."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)
+
+
+def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(label, text)`` pairs of the summary row, blanks and zero counts left out."""
+    row = summary.iloc[0]
+    out = []
+    for col, label in _HEADLINE:
+        text = fmt(row[col])
+        if text and not (col.startswith("n_") and text == "0" and row["n_trials"] == 0):
+            out.append((label, text))
+    return out
+
+
+def _shown(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    if len(frame) <= MAX_ROWS:
+        return frame, ""
+    return frame.head(MAX_ROWS), f"First {MAX_ROWS} of {len(frame)} rows."
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub pipe table (``|`` in cells escaped)."""
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        cells = [fmt(v).replace("|", "\\|").replace("\n", " ") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(
+    title: str,
+    status_text: str,
+    notes: tuple[str, ...],
+    rationale: str,
+    tables: Mapping[str, pd.DataFrame],
+    figures: Mapping[str, FigureData],
+) -> str:
+    """The Markdown page; figures and CSVs are referenced by their file names."""
+    out = [f"# {title}", "", f"> {status_text}", ""]
+    out += [f"- {n}" for n in notes] + ([""] if notes else [])
+    out += ["## Summary", "", "| | |", "|---|---|"]
+    out += [f"| {label} | {text} |" for label, text in headline(tables["summary"])]
+    if rationale:
+        out += ["", "## Why", "", rationale]
+    out += ["", "## Figures", ""]
+    for f in figures.values():
+        out += [f"### {f.title}", "", f"![{f.title}]({f.name}.png)", "", f.caption, ""]
+    out += ["## Tables", ""]
+    for name, frame in tables.items():
+        shown, cut = _shown(frame)
+        out += [f"### {name}", "", f"[{name}.csv]({name}.csv)", ""]
+        out += [markdown_table(shown), ""] + ([cut, ""] if cut else [])
+    return "\n".join(out).rstrip() + "\n"
+
+
+_CSS = """
+body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.status{padding:.6em 1em;border-radius:4px;background:#eef6ee;border:1px solid #9c9}
+.status.running,.status.incomplete{background:#fff6e0;border-color:#e0b040}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:13px}.cut{color:#777;font-size:13px}
+.scroll{overflow-x:auto}.summary td{text-align:left}
+"""
+
+
+def to_html(
+    title: str,
+    status: str,
+    status_text: str,
+    notes: tuple[str, ...],
+    rationale: str,
+    tables: Mapping[str, pd.DataFrame],
+    pngs: Mapping[str, tuple[FigureData, bytes]],
+) -> str:
+    """One page with every figure embedded as a base64 PNG; nothing is loaded from outside."""
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f'<p class="status {e(status)}">{e(status_text)}</p>',
+    ]
+    if notes:
+        out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    out.append('<h2>Summary</h2><table class="summary">')
+    out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in headline(tables["summary"])]
+    out.append("</table>")
+    if rationale:
+        out.append(f"<h2>Why</h2><p>{e(rationale)}</p>")
+    out.append("<h2>Figures</h2>")
+    for f, png in pngs.values():
+        data = base64.b64encode(png).decode("ascii")
+        out.append(
+            f'<figure id="{e(f.name)}"><img alt="{e(f.title)}" src="data:image/png;base64,'
+            f'{data}"><figcaption>{e(f.caption)}</figcaption></figure>'
+        )
+    out.append("<h2>Tables</h2>")
+    for name, frame in tables.items():
+        shown, cut = _shown(frame)
+        body = shown.map(fmt).to_html(index=False, escape=True, border=0)
+        out.append(f'<h3>{e(name)}</h3><div class="scroll">{body}</div>')
+        if cut:
+            out.append(f'<p class="cut">{e(cut)} Every row is in {e(name)}.csv.</p>')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,216 @@
+"""``autowarm.report()``: a probe's or a study's morning report: tables, figures, files."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from autowarm.reporting import _render
+from autowarm.reporting._figures import FigureData
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+
+_MANIFEST = ".autowarm-report.json"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a report shows, computed; :meth:`write` puts it on disk.
+
+    Attributes:
+        title: the page's title.
+        status: ``"probe"`` (a suggestion alone), ``"complete"``, ``"running"`` (trials still
+            marked running: running, or interrupted) or ``"incomplete"`` (stopped short).
+        status_text: the status in a sentence, shown at the top of the page.
+        tables: table name to DataFrame: ``summary``, ``comparison``, ``trials``, ``trace``,
+            ``signals``, ``regret`` (those that apply), in page order.
+        figures: figure name to :class:`FigureData` (the data each PNG is drawn from).
+        notes: what the report could not show and why, one sentence each.
+        rationale: the probe's rationale paragraph, when there was a probe.
+    """
+
+    title: str
+    status: str
+    status_text: str
+    tables: Mapping[str, pd.DataFrame]
+    figures: Mapping[str, FigureData]
+    notes: tuple[str, ...] = ()
+    rationale: str = field(default="", repr=False)
+
+    @property
+    def running(self) -> bool:
+        """True when the study may still be running (or was interrupted mid-trial)."""
+        return self.status == "running"
+
+    @property
+    def summary(self) -> pd.Series:
+        """The one row of the ``summary`` table."""
+        return self.tables["summary"].iloc[0]
+
+    def figure(self, name: str) -> matplotlib.figure.Figure:
+        """Figure ``name`` drawn with matplotlib (needs the ``plot`` extra)."""
+        from autowarm.reporting._draw import draw
+
+        if name not in self.figures:
+            raise KeyError(f"no figure {name!r}; this report has: {', '.join(self.figures)}")
+        fig: matplotlib.figure.Figure = draw(self.figures[name])
+        return fig
+
+    def to_markdown(self) -> str:
+        """``report.md``: the page, figures referenced as ``NAME.png`` beside it."""
+        return _render.to_markdown(
+            self.title, self.status_text, self.notes, self.rationale, self.tables, self.figures
+        )
+
+    def to_html(self) -> str:
+        """``report.html``: the page with every figure embedded (needs matplotlib)."""
+        return _render.to_html(
+            self.title,
+            self.status,
+            self.status_text,
+            self.notes,
+            self.rationale,
+            self.tables,
+            self._pngs(),
+        )
+
+    def _pngs(self) -> dict[str, tuple[FigureData, bytes]]:
+        from autowarm.reporting._draw import png_bytes
+
+        return {name: (f, png_bytes(f)) for name, f in self.figures.items()}
+
+    def write(self, out_dir: str | os.PathLike[str]) -> list[Path]:
+        """Write ``report.md``, ``report.html``, ``NAME.csv`` per table and ``NAME.png`` per
+        figure into ``out_dir`` (created if needed).
+
+        Each file is written to a temporary name and renamed, so a reader never sees half a
+        file. Other files in ``out_dir`` are left alone, except those an earlier report wrote
+        there (listed in ``.autowarm-report.json``) that this one no longer has.
+
+        Returns:
+            The paths written, ``report.html`` first.
+        """
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
+        out.mkdir(parents=True, exist_ok=True)
+        pngs = self._pngs()
+        files: dict[str, bytes] = {}
+        files["report.html"] = _render.to_html(
+            self.title,
+            self.status,
+            self.status_text,
+            self.notes,
+            self.rationale,
+            self.tables,
+            pngs,
+        ).encode("utf-8")
+        files["report.md"] = self.to_markdown().encode("utf-8")
+        for name, frame in self.tables.items():
+            files[f"{name}.csv"] = frame.to_csv(index=False).encode("utf-8")
+        for name, (_, png) in pngs.items():
+            files[f"{name}.png"] = png
+        paths = [_atomic_write(out / name, data) for name, data in files.items()]
+        _forget_stale(out, set(files))
+        _atomic_write(out / _MANIFEST, (json.dumps(sorted(files), indent=1) + "\n").encode())
+        return paths
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _forget_stale(out: Path, current: set[str]) -> None:
+    # Only files a previous report listed as its own, and only plain names in this folder.
+    try:
+        previous = json.loads((out / _MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(previous, list):
+        return
+    for name in previous:
+        if isinstance(name, str) and name not in current and Path(name).name == name:
+            (out / name).unlink(missing_ok=True)
+
+
+def report(
+    source: Any,
+    *,
+    benchmark: str | os.PathLike[str] | None = None,
+    task: str | None = None,
+) -> Report:
+    """The report of a probe or of a study.
+
+    Args:
+        source: a :class:`~autowarm.Suggestion`, the path of a suggestion JSON (as written by
+            ``Suggestion.save`` or ``autowarm demo``), an ``optuna.Study``, or a
+            ``(storage_url, study_name)`` pair.
+        benchmark: the benchmark folder (``reports/benchmark``, with ``oracle_grid.csv``) or
+            the grid CSV, to add the ``regret`` table.
+        task: the benchmark task the suggestion was probed on (a study says its own, as
+            ``autowarm.task = "bench:NAME"``).
+
+    Returns:
+        A :class:`Report`. Tables (plain float, int and str columns):
+
+        - ``summary`` (one row): ``source``, ``name``, ``status``, ``chosen_by``,
+          ``warmup_steps``, ``warmup_frac``, ``peak_lr``, ``decay``, ``min_lr``,
+          ``total_steps``, ``probe_steps``, ``probe_wall_seconds``, ``deciding_signal``,
+          ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
+          ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best; NaN for
+          a probe alone), ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``,
+          ``n_running``, ``best_value``, ``metric``. Numbers that may be unknown are floats.
+        - ``comparison``: ``label`` (``probe``, ``no_warmup``,
+          ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``), ``description``,
+          ``trial``, ``state``, ``peak_lr``, ``warmup_steps``, ``warmup_frac``, ``value``,
+          ``vs_best`` (value / best value - 1).
+        - ``trials`` (studies): ``number``, ``state``, ``role``, ``value``, ``peak_lr``,
+          ``warmup_steps``, ``warmup_frac``, ``duration_seconds``, ``datetime_start``,
+          ``datetime_complete``, ``last_step``, ``last_intermediate_value``, ``reason``,
+          ``worker``, then ``param_NAME`` per sampled parameter.
+        - ``trace`` and ``signals``: the probe's :attr:`Suggestion.trace` and
+          :attr:`Suggestion.signals`, as they are.
+        - ``regret`` (with ``benchmark``): see :mod:`autowarm.reporting._regret`.
+
+    Raises:
+        TypeError: a source of another kind.
+        FileNotFoundError: a missing file.
+        ValueError: a JSON file that is not a suggestion, an unknown study name (the message
+            lists the storage's studies), a benchmark grid without the task.
+    """
+    from autowarm._suggest import Suggestion
+    from autowarm.reporting import _build
+
+    if isinstance(source, Suggestion):
+        return _build.probe_report(source, name="suggestion", benchmark=benchmark, task=task)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return _build.probe_report(
+            _build.load_suggestion(path), name=path.name, benchmark=benchmark, task=task
+        )
+    if isinstance(source, tuple) and len(source) == 2:
+        from autowarm.reporting._study import open_study
+
+        study = open_study(str(source[0]), str(source[1]))
+        return _build.study_report(study, benchmark=benchmark, task=task)
+    import optuna
+
+    if isinstance(source, optuna.Study):
+        return _build.study_report(source, benchmark=benchmark, task=task)
+    raise TypeError(
+        "source must be a Suggestion, a suggestion JSON path, an optuna.Study or a "
+        f"(storage_url, study_name) pair, but got {type(source).__name__}"
+    )

@@ -1,0 +1,113 @@
+"""The data behind a study's figures: optimisation history and the (warmup, peak LR) scatter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from autowarm.reporting._figures import LR_LABEL, VALUE_LABEL, FigureData, Series, floats
+from autowarm.study import _attrs as A
+
+
+def _complete(trials: pd.DataFrame) -> pd.DataFrame:
+    done = trials[(trials["state"] == "COMPLETE") & np.isfinite(trials["value"])]
+    ordered: pd.DataFrame = done.sort_values("number")
+    return ordered
+
+
+def history_figure(trials: pd.DataFrame) -> FigureData | None:
+    """Each completed trial's value by trial number, the best so far, the probe's trial."""
+    done = _complete(trials)
+    if done.empty:
+        return None
+    series = [
+        Series("completed trial", floats(done["number"]), floats(done["value"]), "scatter"),
+        Series(
+            "best so far",
+            floats(done["number"]),
+            floats(done["value"].cummin()),
+            "step",
+        ),
+    ]
+    probe = done[done["role"] == A.ROLE_PROBE]
+    if len(probe):
+        series.append(
+            Series(
+                "probe's estimate",
+                floats(probe["number"]),
+                floats(probe["value"]),
+                "scatter",
+                marker="*",
+            )
+        )
+    stopped = trials[trials["state"].isin(["PRUNED", "FAIL"])]
+    stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
+    if len(stopped):
+        series.append(
+            Series(
+                "pruned/failed (last reported value)",
+                floats(stopped["number"]),
+                floats(stopped["last_intermediate_value"]),
+                "scatter",
+                highlight=True,
+                marker="x",
+            )
+        )
+    return FigureData(
+        name="history",
+        title="Optimisation history: trial value by trial number",
+        xlabel="trial number (count)",
+        ylabel=VALUE_LABEL,
+        series=tuple(series),
+        caption="Lower is better. Trials are compressed runs, so their values compare with "
+        "each other, not with a full run's loss.",
+    )
+
+
+def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
+    """Completed trials at (warmup, peak LR), coloured by value; the probe's trial starred."""
+    done = _complete(trials)
+    done = done[np.isfinite(done["peak_lr"]) & np.isfinite(done["warmup_steps"].astype(float))]
+    if done.empty:
+        return None
+    series = [
+        Series(
+            "completed trial",
+            floats(done["warmup_steps"]),
+            floats(done["peak_lr"]),
+            "scatter",
+            color_values=floats(done["value"]),
+        )
+    ]
+    probe = done[done["role"] == A.ROLE_PROBE]
+    if len(probe):
+        series.append(
+            Series(
+                "probe's estimate",
+                floats(probe["warmup_steps"]),
+                floats(probe["peak_lr"]),
+                "scatter",
+                marker="*",
+            )
+        )
+    best = done.loc[[done["value"].idxmin()]]
+    series.append(
+        Series(
+            "best",
+            floats(best["warmup_steps"]),
+            floats(best["peak_lr"]),
+            "scatter",
+            highlight=True,
+            marker="D",
+        )
+    )
+    return FigureData(
+        name="trials_scatter",
+        title="Trials: warmup and peak LR, coloured by value",
+        xlabel="warmup of the full run (optimizer steps)",
+        ylabel=LR_LABEL + ", log scale",
+        series=tuple(series),
+        yscale="log",
+        colorbar_label=VALUE_LABEL,
+        caption="Each point is a completed trial; darker is better (lower loss).",
+    )

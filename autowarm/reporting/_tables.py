@@ -1,0 +1,229 @@
+"""The report's tables: plain pandas frames with float, int and str columns.
+
+``summary`` (one row) and ``comparison`` are built here for a probe alone and for a study; the
+study's ``trials`` table is in :mod:`autowarm.reporting._study` and ``regret`` in
+:mod:`autowarm.reporting._regret`. Column names are documented in :func:`autowarm.report`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from autowarm.probe.signals import untuned_warmup_steps
+from autowarm.schedules import Decay, ScheduleConfig
+from autowarm.study import _attrs as A
+
+if TYPE_CHECKING:
+    from autowarm._suggest import Suggestion
+
+SUMMARY_COLUMNS = (
+    "source",
+    "name",
+    "status",
+    "chosen_by",
+    "warmup_steps",
+    "warmup_frac",
+    "peak_lr",
+    "decay",
+    "min_lr",
+    "total_steps",
+    "probe_steps",
+    "probe_wall_seconds",
+    "deciding_signal",
+    "confidence",
+    "low_confidence_reasons",
+    "warmup_steps_low",
+    "warmup_steps_high",
+    "peak_lr_low",
+    "peak_lr_high",
+    "range_rule",
+    "n_trials",
+    "n_complete",
+    "n_pruned",
+    "n_failed",
+    "n_running",
+    "best_value",
+    "metric",
+)
+COMPARISON_COLUMNS = (
+    "label",
+    "description",
+    "trial",
+    "state",
+    "peak_lr",
+    "warmup_steps",
+    "warmup_frac",
+    "value",
+    "vs_best",
+)
+DESCRIPTIONS = {
+    A.ROLE_PROBE: "the probe's estimate",
+    A.ROLE_NO_WARMUP: "reference: no warmup at the probe's peak LR",
+    A.ROLE_UNTUNED: "reference: 2/(1-beta2) warmup steps at the probe's peak LR",
+    A.ROLE_TEN_PERCENT: "reference: 10% of the run as warmup at the probe's peak LR",
+    "best": "the study's best completed trial",
+}
+
+
+def summary_row(
+    *,
+    source: str,
+    name: str,
+    status: str,
+    chosen_by: str,
+    schedule: ScheduleConfig | None,
+    suggestion: Suggestion | None,
+    **extra: Any,
+) -> pd.DataFrame:
+    """The one-row ``summary`` table; ``extra`` fills the study columns (counts, range)."""
+    row: dict[str, Any] = {
+        "source": source,
+        "name": name,
+        "status": status,
+        "chosen_by": chosen_by,
+        "warmup_steps": math.nan,
+        "warmup_frac": math.nan,
+        "peak_lr": math.nan,
+        "decay": "",
+        "min_lr": math.nan,
+        "total_steps": math.nan,
+        "probe_steps": math.nan,
+        "probe_wall_seconds": math.nan,
+        "deciding_signal": "",
+        "confidence": "",
+        "low_confidence_reasons": "",
+        "warmup_steps_low": math.nan,
+        "warmup_steps_high": math.nan,
+        "peak_lr_low": math.nan,
+        "peak_lr_high": math.nan,
+        "range_rule": "",
+        "n_trials": 0,
+        "n_complete": 0,
+        "n_pruned": 0,
+        "n_failed": 0,
+        "n_running": 0,
+        "best_value": math.nan,
+        "metric": "",
+    }
+    if schedule is not None:
+        row.update(
+            warmup_steps=float(schedule.warmup_steps),
+            warmup_frac=schedule.warmup_fraction,
+            peak_lr=schedule.peak_lr,
+            decay=Decay(schedule.decay).value,
+            min_lr=schedule.min_lr,
+            total_steps=float(schedule.total_steps),
+        )
+    if suggestion is not None:
+        row.update(
+            probe_steps=float(suggestion.probe_steps),
+            probe_wall_seconds=float(suggestion.wall_seconds),
+            deciding_signal=suggestion.deciding_signal,
+            confidence=suggestion.confidence,
+            low_confidence_reasons="; ".join(suggestion.low_confidence_reasons),
+        )
+    unknown = set(extra) - set(row)
+    if unknown:
+        raise KeyError(f"not summary columns: {sorted(unknown)}")
+    row.update(extra)
+    frame = pd.DataFrame([row], columns=list(SUMMARY_COLUMNS))
+    return whole_ints(frame, "warmup_steps", "total_steps", "probe_steps")
+
+
+def infer_beta2(trace: pd.DataFrame) -> float:
+    """Adam's ``beta2`` solved from the trace's ``n_eff`` column (``nan`` when it cannot be)."""
+    from autowarm.probe.signals import _infer_beta2
+
+    if trace.empty or "n_eff" not in trace:
+        return math.nan
+    rows = trace[(trace["phase"] != "range_test") & np.isfinite(trace["n_eff"])]
+    if rows.empty:
+        return math.nan
+    # the longest burst gives the most leverage; statistics follow update number step + 1
+    g = rows[rows["burst"] == rows.groupby("burst").size().idxmax()]
+    return _infer_beta2(g["step"].to_numpy(float) + 1.0, g["n_eff"].to_numpy(float))
+
+
+def reference_schedules(cfg: ScheduleConfig, beta2: float) -> dict[str, ScheduleConfig]:
+    """The probe's schedule and the reference warmups at its peak LR, keyed by role."""
+    out = {A.ROLE_PROBE: cfg, A.ROLE_NO_WARMUP: _with_warmup(cfg, 0)}
+    if math.isfinite(beta2) and 0.0 <= beta2 < 1.0:
+        out[A.ROLE_UNTUNED] = _with_warmup(cfg, untuned_warmup_steps(beta2))
+    out[A.ROLE_TEN_PERCENT] = _with_warmup(cfg, round(0.1 * cfg.total_steps))
+    return out
+
+
+def _with_warmup(cfg: ScheduleConfig, warmup: int) -> ScheduleConfig:
+    d = cfg.to_dict()
+    d["warmup_steps"] = min(warmup, cfg.total_steps)
+    try:
+        return ScheduleConfig.from_dict(d)
+    except ValueError:  # a WSD schedule leaves no room: fall back to its own shape's limit
+        d["warmup_steps"] = cfg.total_steps - cfg.wsd_decay_steps
+        return ScheduleConfig.from_dict(d)
+
+
+def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
+    """``comparison`` for a probe alone: the schedules, none of them trained yet."""
+    rows = [
+        {
+            "label": role,
+            "description": DESCRIPTIONS[role],
+            "trial": math.nan,
+            "state": "not trained",
+            "peak_lr": s.peak_lr,
+            "warmup_steps": s.warmup_steps,
+            "warmup_frac": s.warmup_fraction,
+            "value": math.nan,
+            "vs_best": math.nan,
+        }
+        for role, s in reference_schedules(cfg, beta2).items()
+    ]
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
+    """``comparison`` for a study: the probe's and reference trials beside the best."""
+    rows = []
+    done = trials[(trials["state"] == "COMPLETE") & np.isfinite(trials["value"])]
+    best_value = float(done["value"].min()) if not done.empty else math.nan
+    for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
+        hit = trials[trials["role"] == role]
+        if hit.empty:
+            continue
+        # a retried trial: the latest attempt of the role speaks for it
+        done_hit = hit[hit["state"] == "COMPLETE"]
+        rows.append(
+            _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], best_value)
+        )
+    if not done.empty:
+        rows.append(_comparison_row("best", done.loc[done["value"].idxmin()], best_value))
+    return whole_ints(pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)), "warmup_steps")
+
+
+def whole_ints(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Make ``columns`` int when every value is known, else leave them float (NaN unknown)."""
+    for col in columns:
+        values = frame[col].astype(float)
+        frame[col] = values.astype(int) if values.notna().all() else values
+    return frame
+
+
+def _comparison_row(label: str, t: pd.Series, best_value: float) -> dict[str, Any]:
+    value = float(t["value"])
+    vs = value / best_value - 1.0 if math.isfinite(value) and best_value > 0 else math.nan
+    return {
+        "label": label,
+        "description": DESCRIPTIONS[label],
+        "trial": float(t["number"]),
+        "state": str(t["state"]),
+        "peak_lr": float(t["peak_lr"]),
+        "warmup_steps": float(t["warmup_steps"]),
+        "warmup_frac": float(t["warmup_frac"]),
+        "value": value,
+        "vs_best": vs,
+    }

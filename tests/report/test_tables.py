@@ -1,0 +1,239 @@
+"""The report's tables: names, plain column types, and the numbers they must carry."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+import autowarm
+from autowarm.reporting._regret import REGRET_COLUMNS
+from autowarm.reporting._study import TRIAL_COLUMNS
+from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS
+from autowarm.study import _attrs as A
+
+from .conftest import TOTAL, TRIAL_STEPS, make_study
+
+
+def assert_plain(frame: pd.DataFrame) -> None:
+    for col in frame.columns:
+        kind = frame[col].dtype.kind
+        ok = kind in "fiub" or pd.api.types.is_string_dtype(frame[col])
+        assert ok, f"column {col!r} has dtype {frame[col].dtype}, not float/int/str"
+        if kind == "O":
+            assert all(isinstance(v, str) for v in frame[col]), col
+
+
+# ---------------------------------------------------------------------------- probe alone
+def test_probe_report_tables(suggestion: autowarm.Suggestion) -> None:
+    rep = suggestion.report()
+    assert list(rep.tables) == ["summary", "comparison", "trace", "signals"]
+    assert rep.status == "probe" and not rep.running
+    for frame in rep.tables.values():
+        assert_plain(frame)
+    summary = rep.tables["summary"]
+    assert list(summary.columns) == list(SUMMARY_COLUMNS) and len(summary) == 1
+    row = rep.summary
+    assert row["warmup_steps"] == suggestion.warmup_steps
+    assert row["peak_lr"] == suggestion.peak_lr
+    assert row["total_steps"] == TOTAL
+    assert row["decay"] == "cosine" and row["min_lr"] == 0.0
+    assert row["probe_steps"] == suggestion.probe_steps
+    assert row["probe_wall_seconds"] == pytest.approx(suggestion.wall_seconds)
+    assert row["deciding_signal"] == suggestion.deciding_signal
+    assert row["confidence"] == suggestion.confidence
+    assert math.isnan(row["warmup_steps_low"])  # no range is known for a probe alone
+    pd.testing.assert_frame_equal(rep.tables["trace"], suggestion.trace)
+
+
+def test_probe_comparison_references(suggestion: autowarm.Suggestion) -> None:
+    comp = autowarm.report(suggestion).tables["comparison"]
+    assert list(comp.columns) == list(COMPARISON_COLUMNS)
+    by = comp.set_index("label")
+    assert list(by.index) == [
+        A.ROLE_PROBE,
+        A.ROLE_NO_WARMUP,
+        A.ROLE_UNTUNED,
+        A.ROLE_TEN_PERCENT,
+    ]
+    assert by.loc[A.ROLE_PROBE, "warmup_steps"] == suggestion.warmup_steps
+    assert by.loc[A.ROLE_NO_WARMUP, "warmup_steps"] == 0
+    assert by.loc[A.ROLE_TEN_PERCENT, "warmup_steps"] == TOTAL // 10
+    # AdamW's beta2 = 0.999, read back from the trace: 2000 steps, capped at the run's 400
+    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] == TOTAL
+    assert (by["peak_lr"] == suggestion.peak_lr).all()
+    assert by["value"].isna().all() and (by["state"] == "not trained").all()
+
+
+def test_report_from_saved_json(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
+    path = suggestion.save(tmp_path / "s.json")
+    rep = autowarm.report(path)
+    assert rep.summary["name"] == "s.json"
+    assert rep.tables["trace"].shape == suggestion.trace.shape
+
+
+# ---------------------------------------------------------------------------- study
+def test_study_tables(study: optuna.Study) -> None:
+    rep = autowarm.report(study)
+    assert list(rep.tables) == ["summary", "comparison", "trials", "trace", "signals"]
+    for frame in rep.tables.values():
+        assert_plain(frame)
+    trials = rep.tables["trials"]
+    assert list(trials.columns)[: len(TRIAL_COLUMNS)] == list(TRIAL_COLUMNS)
+    assert {"param_peak_lr", "param_warmup_frac"} <= set(trials.columns)
+    assert list(trials["state"]) == ["COMPLETE"] * 6 + ["PRUNED", "FAIL"]
+    assert trials.loc[6, "reason"] == "pruned at step 50"
+    assert trials.loc[7, "reason"] == "loss is nan"
+    assert trials.loc[0, "duration_seconds"] == 120.0
+    assert trials.loc[6, "last_step"] == 50 and trials.loc[6, "last_intermediate_value"] == 0.8
+    assert trials["warmup_frac"].tolist() == pytest.approx(trials["warmup_steps"] / TOTAL)
+    row = rep.summary
+    assert rep.status == "complete"
+    assert (row["n_trials"], row["n_complete"], row["n_pruned"], row["n_failed"]) == (8, 6, 1, 1)
+    assert row["best_value"] == 0.515 and row["chosen_by"].startswith("study: trial 4")
+    assert row["warmup_steps"] == 20  # the best trial's schedule
+    # within 1% of 0.515: trials 4 (0.515) and 0 (0.52)
+    assert (row["warmup_steps_low"], row["warmup_steps_high"]) == (
+        20,
+        study.trials[0].user_attrs[A.WARMUP_STEPS],
+    )
+
+
+def test_study_comparison_same_metric(study: optuna.Study) -> None:
+    comp = autowarm.report(study).tables["comparison"].set_index("label")
+    assert list(comp.index) == [
+        A.ROLE_PROBE,
+        A.ROLE_NO_WARMUP,
+        A.ROLE_UNTUNED,
+        A.ROLE_TEN_PERCENT,
+        "best",
+    ]
+    assert comp.loc["best", "trial"] == 4 and comp.loc["best", "vs_best"] == 0.0
+    assert comp.loc[A.ROLE_NO_WARMUP, "vs_best"] == pytest.approx(0.61 / 0.515 - 1)
+    assert comp.loc[A.ROLE_PROBE, "value"] == 0.52
+
+
+def test_running_study_says_so(suggestion: autowarm.Suggestion) -> None:
+    rep = autowarm.report(make_study(suggestion, running=True, n_trials=20))
+    assert rep.running and rep.status == "running"
+    assert "Still running, or interrupted" in rep.status_text
+    assert "8 of 20 trials finished" in rep.status_text
+    assert rep.summary["n_running"] == 1
+    assert "Still running, or interrupted" in rep.to_markdown()
+
+
+def test_stopped_short_study(suggestion: autowarm.Suggestion) -> None:
+    rep = autowarm.report(make_study(suggestion, n_trials=20))
+    assert rep.status == "incomplete" and "8 of 20" in rep.status_text
+
+
+def test_study_without_completed_trials(suggestion: autowarm.Suggestion) -> None:
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr(A.FORMAT, A.STUDY_FORMAT)
+    study.set_user_attr(
+        A.SUGGESTION,
+        {**suggestion.to_dict(), "trace": [], "signals": []},
+    )
+    rep = autowarm.report(study)
+    assert rep.summary["chosen_by"].startswith("probe")
+    assert rep.summary["warmup_steps"] == suggestion.warmup_steps
+    assert "schedule" in rep.figures and "history" not in rep.figures
+    assert any("No trial has completed" in n for n in rep.notes)
+
+
+# ---------------------------------------------------------------------------- regret
+def _grid(path: Path, total: int = 1000) -> Path:
+    rows = []
+    for lr, loss0 in ((0.001, 2.0), (0.01, 1.0), (0.1, 1.5)):
+        for w, extra in ((0, 0.2), (100, 0.0)):
+            for seed in (0, 1):
+                rows.append(
+                    {
+                        "task": "toy",
+                        "peak_lr": lr,
+                        "warmup_steps": w,
+                        "warmup_frac": w / total,
+                        "total_steps": total,
+                        "seed": seed,
+                        "final_val_loss": loss0 + extra,
+                        "diverged": False,
+                    }
+                )
+    pd.DataFrame(rows).to_csv(path / "oracle_grid.csv", index=False)
+    return path
+
+
+def test_regret_for_a_probe(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
+    rep = autowarm.report(suggestion, benchmark=_grid(tmp_path), task="toy")
+    reg = rep.tables["regret"]
+    assert list(reg.columns) == list(REGRET_COLUMNS)
+    assert_plain(reg)
+    no_warmup = reg.set_index("label").loc[A.ROLE_NO_WARMUP]
+    lrs = np.array([0.001, 0.01, 0.1])
+    nearest = lrs[np.argmin(abs(np.log(lrs) - math.log(suggestion.peak_lr)))]
+    assert no_warmup["grid_peak_lr"] == nearest and no_warmup["grid_warmup_steps"] == 0
+    assert no_warmup["oracle_best_loss"] == 1.0
+    best_of_row = {0.001: 2.0, 0.01: 1.0, 0.1: 1.5}[float(nearest)]
+    assert no_warmup["grid_regret"] == pytest.approx((best_of_row + 0.2) / 1.0 - 1)
+    assert math.isnan(no_warmup["value_regret"])  # nothing was trained
+
+
+def test_regret_for_a_study_needs_same_length_for_value(
+    suggestion: autowarm.Suggestion, tmp_path: Path
+) -> None:
+    study = make_study(suggestion)
+    study.set_user_attr(A.TASK, "bench:toy")
+    reg = autowarm.report(study, benchmark=_grid(tmp_path)).tables["regret"]
+    assert reg["value_regret"].isna().all()  # 100-step trials against a 1000-step grid
+    _grid(tmp_path, total=TRIAL_STEPS)
+    reg = autowarm.report(study, benchmark=tmp_path).tables["regret"].set_index("label")
+    assert reg.loc["best", "value_regret"] == pytest.approx(0.515 / 1.0 - 1)
+
+
+def test_regret_needs_a_task(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs the benchmark task"):
+        autowarm.report(suggestion, benchmark=_grid(tmp_path))
+    with pytest.raises(ValueError, match="no rows for task='other'"):
+        autowarm.report(suggestion, benchmark=tmp_path, task="other")
+    with pytest.raises(FileNotFoundError, match="no oracle grid"):
+        autowarm.report(suggestion, benchmark=tmp_path / "missing", task="toy")
+
+
+# ---------------------------------------------------------------------------- wrong sources
+def test_clear_errors_for_wrong_files(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
+    sched = suggestion.schedule.save(tmp_path / "schedule.json")
+    with pytest.raises(ValueError, match="is a schedule config, not a suggestion"):
+        autowarm.report(sched)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "something"}))
+    with pytest.raises(ValueError, match=r"format must be 'autowarm\.suggestion'"):
+        autowarm.report(other)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a suggestion JSON file"):
+        autowarm.report(bad)
+    with pytest.raises(FileNotFoundError, match="no such suggestion file"):
+        autowarm.report(tmp_path / "nope.json")
+    with pytest.raises(TypeError, match="source must be"):
+        autowarm.report(42)
+
+
+def test_unknown_study_lists_studies(study: optuna.Study, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    for name in ("alpha", "beta"):
+        optuna.create_study(study_name=name, storage=url)
+    with pytest.raises(ValueError, match=r"no study named 'gamma'.*it has: alpha, beta"):
+        autowarm.report((url, "gamma"))
+    assert autowarm.report((url, "alpha")).status == "complete"
+
+
+def test_missing_storage_file_is_not_created(tmp_path: Path) -> None:
+    db = tmp_path / "typo.db"
+    with pytest.raises(FileNotFoundError, match="no such storage file"):
+        autowarm.report((f"sqlite:///{db}", "night"))
+    assert not db.exists()
