@@ -1,0 +1,150 @@
+"""Writing a report: the files, a self-contained page, no lost data, the command, the demo."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+import autowarm
+from autowarm.cli import main
+
+from .conftest import make_study
+
+pytest.importorskip("matplotlib", reason="report files need matplotlib (extra plot)")
+
+
+def test_write_files(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
+    rep = suggestion.report()
+    paths = rep.write(tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    expected = ["report.html", "report.md"]
+    expected += [f"{t}.csv" for t in rep.tables] + [f"{f}.png" for f in rep.figures]
+    assert names == sorted(expected) and paths[0].name == "report.html"
+    for name, frame in rep.tables.items():
+        back = pd.read_csv(tmp_path / "out" / f"{name}.csv")
+        assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.loc[0, "warmup_steps"] == suggestion.warmup_steps
+    for f in rep.figures:
+        assert (tmp_path / "out" / f"{f}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_html_is_self_contained(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
+    rep = suggestion.report()
+    html = rep.to_html()
+    srcs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert len(srcs) == len(rep.figures)
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    for f in rep.figures.values():
+        assert f.title.replace("'", "&#x27;") in html
+    md = rep.to_markdown()
+    for f in rep.figures:
+        assert f"]({f}.png)" in md
+    assert "| warmup (steps) | " + str(suggestion.warmup_steps) + " |" in md
+
+
+def test_write_keeps_other_files(
+    suggestion: autowarm.Suggestion, study: optuna.Study, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    autowarm.report(study).write(out)
+    assert (out / "trials.csv").exists() and (out / "history.png").exists()
+    autowarm.report(suggestion).write(out)  # a probe report has no trials table
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "trials.csv").exists()  # written by the previous report, not this one
+    assert not (out / "history.png").exists()
+    with pytest.raises(NotADirectoryError):
+        autowarm.report(suggestion).write(out / "notes.txt")
+
+
+def test_cli_suggestion_and_study(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = suggestion.save(tmp_path / "s.json")
+    assert main(["report", str(path), "-o", str(tmp_path / "probe")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "probe" / "report.html")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.copy_study(
+        from_study_name="night",
+        from_storage=make_study(suggestion, running=True)._storage,
+        to_storage=url,
+    )
+    out = tmp_path / "reports" / "night"
+    assert main(["-q", "report", "--storage", url, "--study-name", "night", "-o", str(out)]) == 0
+    assert "Still running, or interrupted" in (out / "report.md").read_text()
+    assert pd.read_csv(out / "trials.csv")["state"].tolist()[-1] == "RUNNING"
+    assert main(["report", "--storage", url, "--study-name", "nope", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and "night" in err and len(err.strip().splitlines()) == 1
+    assert main(["report", str(path), "--storage", url, "--study-name", "x", "-o", "o"]) == 1
+    assert main(["report", "-o", str(out)]) == 1
+    assert "nothing to report" in capsys.readouterr().err
+
+
+def test_demo_writes_a_report(tmp_path: Path) -> None:
+    from autowarm._demo import run_demo
+
+    result = run_demo(tmp_path / "demo", progress=False, total_steps=400)
+    assert result.report_path == tmp_path / "demo" / "report" / "report.html"
+    assert (tmp_path / "demo" / "report" / "range_test.png").exists()
+    assert f"report: {result.report_path}" in result.text
+
+
+# ---------------------------------------------------------------------------- the reader's check
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_page_renders_in_chromium(
+    suggestion: autowarm.Suggestion, study: optuna.Study, tmp_path: Path
+) -> None:
+    """Open the page as a reader would: headless Chromium renders it to a PNG, not blank."""
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Chromium for the reader's check (.ci/run installs it)")
+        pytest.skip("no chromium on PATH: apt-get install chromium to run the reader's check")
+    from PIL import Image
+
+    page = autowarm.report(study).write(tmp_path / "out")[0]
+    shot = tmp_path / "page.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1200,2000",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
+    assert pixels.shape == (2000, 1200)
+    assert pixels.std() > 10, "the rendered page is blank"
+    # the embedded figures drew: a band of the page's lower half is far from plain white
+    assert (pixels[1000:] < 200).mean() > 0.01
