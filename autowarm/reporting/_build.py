@@ -48,7 +48,9 @@ def load_suggestion(path: Path) -> Suggestion:
     return Suggestion.load(path)
 
 
-def probe_figures(s: Suggestion, notes: list[str]) -> dict[str, FigureData | None]:
+def probe_figures(
+    s: Suggestion, notes: list[str], who: str = "chosen"
+) -> dict[str, FigureData | None]:
     if s.trace.empty:
         notes.append(
             "The suggestion has no trace (its .trace.csv was not found beside the JSON): the "
@@ -56,14 +58,14 @@ def probe_figures(s: Suggestion, notes: list[str]) -> dict[str, FigureData | Non
         )
         return {}
     tol = SearchSettings().rel_error_tol
-    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol)
+    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol, who)
     if moment is None:
         notes.append(
             "No second-moment statistics in the trace (an optimizer without exp_avg_sq): the "
             "warmup came from the loss bursts alone."
         )
     return {
-        "range_test": F.range_test_figure(s.trace, s.peak_lr),
+        "range_test": F.range_test_figure(s.trace, s.peak_lr, who),
         "second_moment": moment,
         "bursts": F.bursts_figure(s.trace, s.signals),
     }
@@ -140,7 +142,7 @@ def _chosen(study: optuna.Study, best: pd.Series | None, s: Suggestion | None) -
         if isinstance(attrs.get(A.SCHEDULE), dict):
             return ScheduleConfig.from_dict(attrs[A.SCHEDULE])
         base = study.user_attrs.get(A.BASE_SCHEDULE)
-        if isinstance(base, dict) and math.isfinite(float(best["warmup_steps"])):
+        if isinstance(base, dict) and int(best["warmup_steps"]) >= 0:
             d = {**base, "peak_lr": float(best["peak_lr"])}
             d["warmup_steps"] = int(best["warmup_steps"])
             return ScheduleConfig.from_dict(d)
@@ -167,7 +169,7 @@ def study_report(
     schedule = _chosen(study, best, s)
     counts = trials["state"].value_counts()
     chosen_by = (
-        f"study: trial {int(best['number'])}, the best of {int(counts.get('COMPLETE', 0))} "
+        f"study: trial {int(best['number'])}, the best of {int(counts.get('complete', 0))} "
         "completed"
         if best is not None
         else "probe (no trial has completed yet)"
@@ -180,10 +182,10 @@ def study_report(
         schedule=schedule,
         suggestion=s,
         n_trials=len(trials),
-        n_complete=int(counts.get("COMPLETE", 0)),
-        n_pruned=int(counts.get("PRUNED", 0)),
-        n_failed=int(counts.get("FAIL", 0)),
-        n_running=int(counts.get("RUNNING", 0)),
+        n_complete=int(counts.get("complete", 0)),
+        n_pruned=int(counts.get("pruned", 0)),
+        n_failed=int(counts.get("fail", 0)),
+        n_running=int(counts.get("running", 0)),
         best_value=math.nan if best is None else float(best["value"]),
         metric=str(study.user_attrs.get(A.METRIC, "")),
         range_rule=f"completed trials within {NEAR_BEST:.0%} of the best value",
@@ -221,7 +223,7 @@ def study_report(
     figures: dict[str, FigureData | None] = {
         "history": history_figure(trials),
         "trials_scatter": scatter_figure(trials),
-        **(probe_figures(s, notes) if s is not None else {}),
+        **(probe_figures(s, notes, "probe's") if s is not None else {}),
     }
     if schedule is not None:
         figures["schedule"] = F.schedule_figure(schedule)

@@ -96,8 +96,10 @@ def floats(values: object) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------------------- probe figures
-def range_test_figure(trace: pd.DataFrame, peak_lr: float) -> FigureData | None:
-    """Smoothed loss against LR during the range test, the chosen peak marked."""
+def range_test_figure(
+    trace: pd.DataFrame, peak_lr: float, who: str = "chosen"
+) -> FigureData | None:
+    """Smoothed loss against LR during the range test, the ``who`` (chosen) peak marked."""
     if trace.empty or "phase" not in trace:
         return None
     rows = trace[(trace["phase"] == "range_test") & np.isfinite(trace["loss_smoothed"])]
@@ -114,11 +116,11 @@ def range_test_figure(trace: pd.DataFrame, peak_lr: float) -> FigureData | None:
         xlabel=LR_LABEL + ", log scale",
         ylabel=LOSS_LABEL,
         series=(Series("range test", floats(rows["lr"]), floats(y)),),
-        markers=(Marker("x", peak_lr, f"chosen peak {peak_lr:.3g}"),),
+        markers=(Marker("x", peak_lr, f"{who} peak {peak_lr:.3g}"),),
         xscale="log",
         ylim=(bottom - pad, top + pad),
         caption="One exponential sweep from the initial weights; the loss is a bias-corrected "
-        "EMA. The dashed line is the suggested peak LR.",
+        "EMA. The dashed line is the probe's peak LR.",
     )
 
 
@@ -193,6 +195,7 @@ def second_moment_figure(
     signals: pd.DataFrame,
     warmup_steps: int,
     tolerance: float,
+    who: str = "chosen",
 ) -> FigureData | None:
     """Relative error of Adam's ``v_hat`` against step, for each burst; warmup marked."""
     table = burst_table(trace, signals)
@@ -216,7 +219,7 @@ def second_moment_figure(
         return None
     markers = [
         Marker("y", tolerance, f"settled below {tolerance:g}"),
-        Marker("x", float(warmup_steps), f"chosen warmup {warmup_steps}"),
+        Marker("x", float(warmup_steps), f"{who} warmup {warmup_steps}"),
     ]
     settling = _signal(signals, "second_moment.settling_step")
     if math.isfinite(settling) and round(settling) != warmup_steps:

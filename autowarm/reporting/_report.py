@@ -172,15 +172,17 @@ def report(
           ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
           ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best; NaN for
           a probe alone), ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``,
-          ``n_running``, ``best_value``, ``metric``. Numbers that may be unknown are floats.
+          ``n_running``, ``best_value``, ``metric``. An unknown int is -1, an unknown float NaN.
         - ``comparison``: ``label`` (``probe``, ``no_warmup``,
           ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``), ``description``,
           ``trial``, ``state``, ``peak_lr``, ``warmup_steps``, ``warmup_frac``, ``value``,
           ``vs_best`` (value / best value - 1).
-        - ``trials`` (studies): ``number``, ``state``, ``role``, ``value``, ``peak_lr``,
-          ``warmup_steps``, ``warmup_frac``, ``duration_seconds``, ``datetime_start``,
-          ``datetime_complete``, ``last_step``, ``last_intermediate_value``, ``reason``,
-          ``worker``, then ``param_NAME`` per sampled parameter.
+        - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
+          in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
+          ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,
+          ``retry_of``, ``worker``), then ``warmup_frac``, ``datetime_start``,
+          ``datetime_complete``, ``last_step``, ``last_intermediate_value`` and
+          ``param_NAME`` per sampled parameter.
         - ``trace`` and ``signals``: the probe's :attr:`Suggestion.trace` and
           :attr:`Suggestion.signals`, as they are.
         - ``regret`` (with ``benchmark``): see :mod:`autowarm.reporting._regret`.

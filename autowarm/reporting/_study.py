@@ -17,25 +17,16 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from autowarm.reporting._tables import whole_ints
 from autowarm.study import _attrs as A
 
-TRIAL_COLUMNS = (
-    "number",
-    "state",
-    "role",
-    "value",
-    "peak_lr",
-    "warmup_steps",
+EXTRA_COLUMNS = (
     "warmup_frac",
-    "duration_seconds",
     "datetime_start",
     "datetime_complete",
     "last_step",
     "last_intermediate_value",
-    "reason",
-    "worker",
 )
+"""The report's columns after those of :func:`autowarm.study._tune.trials_frame`."""
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -121,46 +112,63 @@ def _ago(delta: dt.timedelta) -> str:
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: the columns of :data:`TRIAL_COLUMNS`, then ``param_<name>``."""
+    """One row per trial: the columns of ``autowarm.study._tune.TRIAL_COLUMNS`` (states in
+    lower case, -1 for an unknown int), then :data:`EXTRA_COLUMNS`, then ``param_<name>``."""
+    from autowarm.study._tune import trials_frame
+
+    base = trials_frame(study)
+    trials = study.get_trials(deepcopy=False)
     total = study.user_attrs.get(A.TOTAL_STEPS)
-    rows = [_trial_row(t, total) for t in study.get_trials(deepcopy=False)]
+    # a study not written by tune: read peak_lr and warmup_steps from its params
+    base["peak_lr"] = [
+        p if math.isfinite(p) else _num(t.params.get("peak_lr"))
+        for p, t in zip(base["peak_lr"].tolist(), trials, strict=True)
+    ]
+    base["warmup_steps"] = [
+        w
+        if w >= 0 or not _num(t.params.get("warmup_steps")) >= 0
+        else int(t.params["warmup_steps"])
+        for w, t in zip(base["warmup_steps"].tolist(), trials, strict=True)
+    ]
+    base["reason"] = [
+        r or _fallback_reason(t) for r, t in zip(base["reason"].tolist(), trials, strict=True)
+    ]
+    rows = [_extra_row(t) for t in trials]
     params = sorted({k for r in rows for k in r if k.startswith("param_")})
-    frame = pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *params])
-    for col in ("value", "peak_lr", "warmup_frac", "duration_seconds", "last_intermediate_value"):
-        frame[col] = frame[col].astype(float)
-    frame["number"] = frame["number"].astype(int)
-    frame["last_step"] = frame["last_step"].astype(int)
-    whole_ints(frame, "warmup_steps")
-    for col in ("state", "role", "datetime_start", "datetime_complete", "reason", "worker"):
-        frame[col] = frame[col].astype(str)
-    return frame
+    extra = pd.DataFrame(rows, columns=[*EXTRA_COLUMNS, *params], index=base.index)
+    warmup = base["warmup_steps"].astype(float)
+    if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+        extra["warmup_frac"] = (warmup / total).where(warmup >= 0)
+    extra["warmup_frac"] = extra["warmup_frac"].astype(float)
+    extra["last_step"] = extra["last_step"].astype(int)
+    extra["last_intermediate_value"] = extra["last_intermediate_value"].astype(float)
+    frame = pd.concat([base, extra], axis=1)
+    # an empty study gives object columns: pin the types a program reads
+    floats = ("value", "peak_lr", "min_lr", "duration_s")
+    ints = ("number", "warmup_steps", "trial_steps", "trial_warmup_steps", "retry_of")
+    types: dict[str, type] = {c: float for c in floats} | {c: int for c in ints}
+    if frame.empty:
+        types = {c: str for c in frame.columns if frame[c].dtype == object} | types
+    return frame.astype({c: t for c, t in types.items() if c in frame.columns})
 
 
-def _trial_row(t: optuna.trial.FrozenTrial, total: object) -> dict[str, Any]:
-    ua = t.user_attrs
-    peak = _num(ua.get(A.PEAK_LR, t.params.get("peak_lr")))
-    warmup = _num(ua.get(A.WARMUP_STEPS, t.params.get("warmup_steps")))
+def _fallback_reason(t: optuna.trial.FrozenTrial) -> str:
+    if t.state.name == "FAIL":
+        return str(t.system_attrs.get("fail_reason", ""))
+    if t.state.name == "PRUNED":
+        steps = sorted(t.intermediate_values)
+        return f"pruned after step {steps[-1]}" if steps else "pruned"
+    return ""
+
+
+def _extra_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     steps = sorted(t.intermediate_values)
-    last = steps[-1] if steps else -1
-    reason = str(ua.get(A.REASON, "") or t.system_attrs.get("fail_reason", "") or "")
-    if not reason and t.state.name == "PRUNED":
-        reason = f"pruned after step {last}" if steps else "pruned"
-    duration = t.duration.total_seconds() if t.duration is not None else math.nan
     row: dict[str, Any] = {
-        "number": t.number,
-        "state": t.state.name,
-        "role": str(ua.get(A.ROLE, "")),
-        "value": math.nan if t.value is None else float(t.value),
-        "peak_lr": peak,
-        "warmup_steps": warmup,
-        "warmup_frac": warmup / total if isinstance(total, int) and total > 0 else math.nan,
-        "duration_seconds": duration,
+        "warmup_frac": math.nan,
         "datetime_start": _iso(t.datetime_start),
         "datetime_complete": _iso(t.datetime_complete),
-        "last_step": last,
-        "last_intermediate_value": t.intermediate_values[last] if steps else math.nan,
-        "reason": reason,
-        "worker": str(ua.get(A.WORKER, "")),
+        "last_step": steps[-1] if steps else -1,
+        "last_intermediate_value": t.intermediate_values[steps[-1]] if steps else math.nan,
     }
     for k, v in t.params.items():
         row[f"param_{k}"] = v
@@ -177,26 +185,32 @@ def _iso(d: dt.datetime | None) -> str:
     return "" if d is None else d.isoformat(timespec="seconds")
 
 
+def completed(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of completed trials with a finite value."""
+    done: pd.DataFrame = trials[(trials["state"] == "complete") & np.isfinite(trials["value"])]
+    return done
+
+
 def best_row(trials: pd.DataFrame) -> pd.Series | None:
     """The completed trial with the lowest finite value, or ``None``."""
-    done = trials[(trials["state"] == "COMPLETE") & np.isfinite(trials["value"])]
+    done = completed(trials)
     if done.empty:
         return None
-    best: pd.Series = done.loc[done["value"].idxmin()]
+    best: pd.Series = done.iloc[int(np.argmin(done["value"].to_numpy()))]
     return best
 
 
-def near_best_range(trials: pd.DataFrame, tolerance: float) -> dict[str, float]:
-    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value."""
+def near_best_range(trials: pd.DataFrame, tolerance: float) -> dict[str, Any]:
+    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value
+    (-1 and NaN when no trial has completed)."""
     best = best_row(trials)
-    out = dict.fromkeys(("warmup_steps_low", "warmup_steps_high", "peak_lr_low", "peak_lr_high"))
     if best is None or float(best["value"]) <= 0:
-        return {k: math.nan for k in out}
-    done = trials[(trials["state"] == "COMPLETE") & np.isfinite(trials["value"])]
+        return {}
+    done = completed(trials)
     near = done[done["value"] <= float(best["value"]) * (1 + tolerance)]
     return {
-        "warmup_steps_low": float(near["warmup_steps"].min()),
-        "warmup_steps_high": float(near["warmup_steps"].max()),
+        "warmup_steps_low": int(near["warmup_steps"].min()),
+        "warmup_steps_high": int(near["warmup_steps"].max()),
         "peak_lr_low": float(near["peak_lr"].min()),
         "peak_lr_high": float(near["peak_lr"].max()),
     }

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 
 from autowarm.reporting._figures import LR_LABEL, VALUE_LABEL, FigureData, Series, floats
+from autowarm.reporting._study import completed
 from autowarm.study import _attrs as A
 
 
 def _complete(trials: pd.DataFrame) -> pd.DataFrame:
-    done = trials[(trials["state"] == "COMPLETE") & np.isfinite(trials["value"])]
-    ordered: pd.DataFrame = done.sort_values("number")
+    ordered: pd.DataFrame = completed(trials).sort_values("number")
     return ordered
 
 
@@ -40,7 +40,7 @@ def history_figure(trials: pd.DataFrame) -> FigureData | None:
                 marker="*",
             )
         )
-    stopped = trials[trials["state"].isin(["PRUNED", "FAIL"])]
+    stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
     if len(stopped):
         series.append(
@@ -67,7 +67,7 @@ def history_figure(trials: pd.DataFrame) -> FigureData | None:
 def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
     """Completed trials at (warmup, peak LR), coloured by value; the probe's trial starred."""
     done = _complete(trials)
-    done = done[np.isfinite(done["peak_lr"]) & np.isfinite(done["warmup_steps"].astype(float))]
+    done = done[np.isfinite(done["peak_lr"]) & (done["warmup_steps"] >= 0)]
     if done.empty:
         return None
     series = [

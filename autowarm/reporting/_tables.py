@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from autowarm.probe.signals import untuned_warmup_steps
+from autowarm.reporting._study import completed
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study import _attrs as A
 
@@ -85,19 +86,19 @@ def summary_row(
         "name": name,
         "status": status,
         "chosen_by": chosen_by,
-        "warmup_steps": math.nan,
+        "warmup_steps": -1,
         "warmup_frac": math.nan,
         "peak_lr": math.nan,
         "decay": "",
         "min_lr": math.nan,
-        "total_steps": math.nan,
-        "probe_steps": math.nan,
+        "total_steps": -1,
+        "probe_steps": -1,
         "probe_wall_seconds": math.nan,
         "deciding_signal": "",
         "confidence": "",
         "low_confidence_reasons": "",
-        "warmup_steps_low": math.nan,
-        "warmup_steps_high": math.nan,
+        "warmup_steps_low": -1,
+        "warmup_steps_high": -1,
         "peak_lr_low": math.nan,
         "peak_lr_high": math.nan,
         "range_rule": "",
@@ -111,16 +112,16 @@ def summary_row(
     }
     if schedule is not None:
         row.update(
-            warmup_steps=float(schedule.warmup_steps),
+            warmup_steps=schedule.warmup_steps,
             warmup_frac=schedule.warmup_fraction,
             peak_lr=schedule.peak_lr,
             decay=Decay(schedule.decay).value,
             min_lr=schedule.min_lr,
-            total_steps=float(schedule.total_steps),
+            total_steps=schedule.total_steps,
         )
     if suggestion is not None:
         row.update(
-            probe_steps=float(suggestion.probe_steps),
+            probe_steps=suggestion.probe_steps,
             probe_wall_seconds=float(suggestion.wall_seconds),
             deciding_signal=suggestion.deciding_signal,
             confidence=suggestion.confidence,
@@ -130,8 +131,7 @@ def summary_row(
     if unknown:
         raise KeyError(f"not summary columns: {sorted(unknown)}")
     row.update(extra)
-    frame = pd.DataFrame([row], columns=list(SUMMARY_COLUMNS))
-    return whole_ints(frame, "warmup_steps", "total_steps", "probe_steps")
+    return pd.DataFrame([row], columns=list(SUMMARY_COLUMNS))
 
 
 def infer_beta2(trace: pd.DataFrame) -> float:
@@ -173,7 +173,7 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
         {
             "label": role,
             "description": DESCRIPTIONS[role],
-            "trial": math.nan,
+            "trial": -1,
             "state": "not trained",
             "peak_lr": s.peak_lr,
             "warmup_steps": s.warmup_steps,
@@ -189,28 +189,21 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
 def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
     """``comparison`` for a study: the probe's and reference trials beside the best."""
     rows = []
-    done = trials[(trials["state"] == "COMPLETE") & np.isfinite(trials["value"])]
+    done = completed(trials)
     best_value = float(done["value"].min()) if not done.empty else math.nan
     for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
         hit = trials[trials["role"] == role]
         if hit.empty:
             continue
         # a retried trial: the latest attempt of the role speaks for it
-        done_hit = hit[hit["state"] == "COMPLETE"]
+        done_hit = hit[hit["state"] == "complete"]
         rows.append(
             _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], best_value)
         )
     if not done.empty:
-        rows.append(_comparison_row("best", done.loc[done["value"].idxmin()], best_value))
-    return whole_ints(pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)), "warmup_steps")
-
-
-def whole_ints(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    """Make ``columns`` int when every value is known, else leave them float (NaN unknown)."""
-    for col in columns:
-        values = frame[col].astype(float)
-        frame[col] = values.astype(int) if values.notna().all() else values
-    return frame
+        best = done.iloc[int(np.argmin(done["value"].to_numpy()))]
+        rows.append(_comparison_row("best", best, best_value))
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
 def _comparison_row(label: str, t: pd.Series, best_value: float) -> dict[str, Any]:
@@ -219,10 +212,10 @@ def _comparison_row(label: str, t: pd.Series, best_value: float) -> dict[str, An
     return {
         "label": label,
         "description": DESCRIPTIONS[label],
-        "trial": float(t["number"]),
+        "trial": int(t["number"]),
         "state": str(t["state"]),
         "peak_lr": float(t["peak_lr"]),
-        "warmup_steps": float(t["warmup_steps"]),
+        "warmup_steps": int(t["warmup_steps"]),
         "warmup_frac": float(t["warmup_frac"]),
         "value": value,
         "vs_best": vs,

@@ -13,9 +13,10 @@ import pytest
 
 import autowarm
 from autowarm.reporting._regret import REGRET_COLUMNS
-from autowarm.reporting._study import TRIAL_COLUMNS
+from autowarm.reporting._study import EXTRA_COLUMNS
 from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS
 from autowarm.study import _attrs as A
+from autowarm.study._tune import TRIAL_COLUMNS
 
 from .conftest import TOTAL, TRIAL_STEPS, make_study
 
@@ -47,7 +48,8 @@ def test_probe_report_tables(suggestion: autowarm.Suggestion) -> None:
     assert row["probe_wall_seconds"] == pytest.approx(suggestion.wall_seconds)
     assert row["deciding_signal"] == suggestion.deciding_signal
     assert row["confidence"] == suggestion.confidence
-    assert math.isnan(row["warmup_steps_low"])  # no range is known for a probe alone
+    assert row["warmup_steps_low"] == -1  # no range is known for a probe alone
+    assert math.isnan(row["peak_lr_low"])
     pd.testing.assert_frame_equal(rep.tables["trace"], suggestion.trace)
 
 
@@ -84,12 +86,13 @@ def test_study_tables(study: optuna.Study) -> None:
     for frame in rep.tables.values():
         assert_plain(frame)
     trials = rep.tables["trials"]
-    assert list(trials.columns)[: len(TRIAL_COLUMNS)] == list(TRIAL_COLUMNS)
+    columns = [*TRIAL_COLUMNS, *EXTRA_COLUMNS]
+    assert list(trials.columns)[: len(columns)] == columns
     assert {"param_peak_lr", "param_warmup_frac"} <= set(trials.columns)
-    assert list(trials["state"]) == ["COMPLETE"] * 6 + ["PRUNED", "FAIL"]
+    assert list(trials["state"]) == ["complete"] * 6 + ["pruned", "fail"]
     assert trials.loc[6, "reason"] == "pruned at step 50"
     assert trials.loc[7, "reason"] == "loss is nan"
-    assert trials.loc[0, "duration_seconds"] == 120.0
+    assert trials.loc[0, "duration_s"] == 120.0
     assert trials.loc[6, "last_step"] == 50 and trials.loc[6, "last_intermediate_value"] == 0.8
     assert trials["warmup_frac"].tolist() == pytest.approx(trials["warmup_steps"] / TOTAL)
     row = rep.summary

@@ -86,7 +86,7 @@ def test_cli_suggestion_and_study(
     out = tmp_path / "reports" / "night"
     assert main(["-q", "report", "--storage", url, "--study-name", "night", "-o", str(out)]) == 0
     assert "Still running, or interrupted" in (out / "report.md").read_text()
-    assert pd.read_csv(out / "trials.csv")["state"].tolist()[-1] == "RUNNING"
+    assert pd.read_csv(out / "trials.csv")["state"].tolist()[-1] == "running"
     assert main(["report", "--storage", url, "--study-name", "nope", "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "nope" in err and "night" in err and len(err.strip().splitlines()) == 1
