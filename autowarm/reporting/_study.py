@@ -7,7 +7,6 @@ trials table, and the probe's suggestion stored in it.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,33 +36,27 @@ def open_study(storage: str, study_name: str) -> optuna.Study:
         FileNotFoundError: an SQLite or journal file that does not exist.
         ValueError: no study of that name; the message lists the studies the storage has.
     """
+    from autowarm.study._storage import redact
+
     backend = _storage(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=backend)
     except KeyError:
         names = sorted(s.study_name for s in backend.get_all_studies())
         have = ", ".join(names) if names else "no studies at all"
-        raise ValueError(f"no study named {study_name!r} in {storage}; it has: {have}") from None
+        where = redact(storage)  # no password in the message
+        raise ValueError(f"no study named {study_name!r} in {where}; it has: {have}") from None
 
 
 def _storage(storage: str) -> optuna.storages.BaseStorage:
-    try:  # the project's opener (bare paths, journal files, drivers), once it is installed
-        mod: Any = importlib.import_module("autowarm.study._storage")
-        url = str(mod.normalize_url(storage))
-    except (ImportError, AttributeError):
-        mod, url = None, storage
+    from autowarm.study._storage import normalize_url, open_storage
+
+    url = normalize_url(storage)
     # Opening a file storage creates the file: a typo must not leave an empty database behind.
     for prefix in ("sqlite:///", "journal:///"):
         if url.startswith(prefix) and not Path(url[len(prefix) - 1 :]).exists():
             raise FileNotFoundError(f"no such storage file: {url[len(prefix) - 1 :]}")
-    if mod is not None:
-        backend: optuna.storages.BaseStorage = mod.open_storage(url, heartbeat_interval=None)
-        return backend
-    if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
-    return optuna.storages.RDBStorage(url)
+    return open_storage(url, heartbeat_interval=None)
 
 
 def is_autowarm_study(study: optuna.Study) -> bool:
