@@ -55,12 +55,14 @@ def fmt(value: object) -> str:
 
 
 def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
-    """``(label, text)`` pairs of the summary row, blanks and zero counts left out."""
+    """``(label, text)`` pairs of the summary row; unknowns, and a probe's zero trial counts,
+    left out."""
     row = summary.iloc[0]
     out = []
     for col, label in _HEADLINE:
         text = fmt(row[col])
-        if text and not (col.startswith("n_") and text == "0" and row["n_trials"] == 0):
+        unknown = text in ("", "-1")  # NaN, or the -1 of an unknown count of steps
+        if not unknown and not (col.startswith("n_") and text == "0" and row["n_trials"] == 0):
             out.append((label, text))
     return out
 

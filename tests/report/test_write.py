@@ -53,6 +53,7 @@ def test_html_is_self_contained(suggestion: autowarm.Suggestion, tmp_path: Path)
     for f in rep.figures:
         assert f"]({f}.png)" in md
     assert "| warmup (steps) | " + str(suggestion.warmup_steps) + " |" in md
+    assert "near-best" not in md and "| trials |" not in md  # unknown for a probe alone
 
 
 def test_write_keeps_other_files(
