@@ -100,8 +100,8 @@ class Report:
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
+        pngs = self._pngs()  # first: a missing matplotlib fails before anything is written
         out.mkdir(parents=True, exist_ok=True)
-        pngs = self._pngs()
         files: dict[str, bytes] = {}
         files["report.html"] = _render.to_html(
             self.title,

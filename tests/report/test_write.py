@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -149,3 +150,13 @@ def test_page_renders_in_chromium(
     assert pixels.std() > 10, "the rendered page is blank"
     # the embedded figures drew: a band of the page's lower half is far from plain white
     assert (pixels[1000:] < 200).mean() > 0.01
+
+
+def test_missing_matplotlib_says_how_to_install(
+    suggestion: autowarm.Suggestion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rep = suggestion.report()  # tables and figure data need no matplotlib
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'autowarm\[plot\]'"):
+        rep.write(tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
