@@ -71,6 +71,9 @@ class Report:
 
     def to_html(self) -> str:
         """``report.html``: the page with every figure embedded (needs matplotlib)."""
+        return self._html(self._pngs())
+
+    def _html(self, pngs: Mapping[str, tuple[FigureData, bytes]]) -> str:
         return _render.to_html(
             self.title,
             self.status,
@@ -78,7 +81,7 @@ class Report:
             self.notes,
             self.rationale,
             self.tables,
-            self._pngs(),
+            pngs,
         )
 
     def _pngs(self) -> dict[str, tuple[FigureData, bytes]]:
@@ -102,17 +105,10 @@ class Report:
             raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
         pngs = self._pngs()  # first: a missing matplotlib fails before anything is written
         out.mkdir(parents=True, exist_ok=True)
-        files: dict[str, bytes] = {}
-        files["report.html"] = _render.to_html(
-            self.title,
-            self.status,
-            self.status_text,
-            self.notes,
-            self.rationale,
-            self.tables,
-            pngs,
-        ).encode("utf-8")
-        files["report.md"] = self.to_markdown().encode("utf-8")
+        files = {
+            "report.html": self._html(pngs).encode("utf-8"),
+            "report.md": self.to_markdown().encode("utf-8"),
+        }
         for name, frame in self.tables.items():
             files[f"{name}.csv"] = frame.to_csv(index=False).encode("utf-8")
         for name, (_, png) in pngs.items():
