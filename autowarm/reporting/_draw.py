@@ -10,7 +10,7 @@ import io
 from typing import Any
 
 from autowarm._imports import require
-from autowarm.reporting._figures import FigureData
+from autowarm.reporting._figures import FigureData, Series
 
 _WARN = "tab:red"
 
@@ -24,26 +24,7 @@ def draw(data: FigureData) -> Any:
     fig = Figure(figsize=(7.5, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    mappable = None
-    for i, s in enumerate(data.series):
-        style: dict[str, Any] = {"label": s.label}
-        if s.highlight:
-            style.update(color=_WARN, linestyle="--")
-        else:
-            style.update(color=f"C{i % 10}" if i % 10 != 3 else "C9")  # C3 is the warning red
-        if s.kind == "scatter":
-            style.pop("linestyle", None)
-            if s.color_values is not None:
-                style.pop("color")
-                mappable = ax.scatter(s.x, s.y, c=s.color_values, cmap="viridis_r", **style)
-            else:
-                size = 90 if s.marker in ("*", "D") else 30
-                edge = None if s.marker in ("x", "+") else "black"  # unfilled: keep the colour
-                ax.scatter(s.x, s.y, s=size, marker=s.marker, edgecolors=edge, zorder=3, **style)
-        elif s.kind == "step":
-            ax.step(s.x, s.y, where="post", **style)
-        else:
-            ax.plot(s.x, s.y, linewidth=1.4, **style)
+    mappables = [_series(ax, s, i) for i, s in enumerate(data.series)]
     for m in data.markers:
         if m.axis == "x":  # a choice: dashed black; a threshold: dotted grey
             ax.axvline(m.value, color="black", linestyle="--", linewidth=1.1, label=m.label)
@@ -57,11 +38,38 @@ def draw(data: FigureData) -> Any:
     ax.set_xlabel(data.xlabel)
     ax.set_ylabel(data.ylabel)
     ax.grid(True, alpha=0.3)
-    if mappable is not None:
+    for mappable in filter(None, mappables):
         fig.colorbar(mappable, ax=ax, label=data.colorbar_label or "")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _series(ax: Any, s: Series, i: int) -> Any:
+    # Returns the colour-mapped scatter, if this series is one, for the colour bar.
+    color = _WARN if s.highlight else f"C{i % 10}" if i % 10 != 3 else "C9"  # C3 is red too
+    if s.kind == "scatter" and s.color_values is not None:
+        return ax.scatter(s.x, s.y, c=s.color_values, cmap="viridis_r", label=s.label)
+    if s.kind == "scatter":
+        size = 90 if s.marker in ("*", "D") else 30
+        edge = None if s.marker in ("x", "+") else "black"  # unfilled markers keep the colour
+        ax.scatter(
+            s.x,
+            s.y,
+            s=size,
+            marker=s.marker,
+            color=color,
+            edgecolors=edge,
+            zorder=3,
+            label=s.label,
+        )
+        return None
+    style = "--" if s.highlight else "-"
+    if s.kind == "step":
+        ax.step(s.x, s.y, where="post", color=color, linestyle=style, label=s.label)
+    else:
+        ax.plot(s.x, s.y, color=color, linestyle=style, linewidth=1.4, label=s.label)
+    return None
 
 
 def png_bytes(data: FigureData) -> bytes:
