@@ -183,6 +183,11 @@ def report(
           :attr:`Suggestion.signals`, as they are.
         - ``regret`` (with ``benchmark``): see :mod:`autowarm.reporting._regret`.
 
+    Example:
+        >>> rep = autowarm.report("autowarm-demo/suggestion.json")  # doctest: +SKIP
+        >>> rep.summary[["warmup_steps", "peak_lr", "deciding_signal"]]  # doctest: +SKIP
+        >>> rep.write("reports/demo")  # report.html, report.md, CSVs, PNGs  # doctest: +SKIP
+
     Raises:
         TypeError: a source of another kind.
         FileNotFoundError: a missing file.
