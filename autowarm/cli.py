@@ -105,15 +105,28 @@ def export_text(cfg: ScheduleConfig, fmt: str) -> str:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="convert a schedule config to another format")
-    p.add_argument("file", type=Path, help="schedule config (.json or .yaml)")
+    p = sub.add_parser(
+        "export",
+        help="convert a schedule config, or a study's best schedule, to another format",
+    )
+    p.add_argument("file", type=Path, nargs="?", help="schedule config (.json or .yaml)")
+    p.add_argument("--storage", default=None, help="export the best schedule of this study")
+    p.add_argument("--study-name", default=None, help="with --storage (optional if only one)")
     p.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="json")
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    cfg = ScheduleConfig.load(args.file)
+    if (args.file is None) == (args.storage is None):
+        raise ValueError("pass a schedule file, or --storage URL [--study-name NAME], not both")
+    if args.storage is not None:
+        from autowarm.study._storage import load_study
+        from autowarm.study._tune import best_schedule
+
+        cfg = best_schedule(load_study(args.storage, args.study_name))
+    else:
+        cfg = ScheduleConfig.load(args.file)
     fmt = args.format
     if args.output is not None:
         if fmt in ("json", "yaml") and args.output.suffix.lower() in (".json", ".yaml", ".yml"):
@@ -159,6 +172,13 @@ def _add_bench(sub: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- main
+def _add_tune(sub: Any) -> None:
+    from autowarm.study import _cli as study_cli
+
+    study_cli.add_tune(sub)
+    study_cli.add_probe(sub)
+
+
 def _add_report(sub: Any) -> None:
     from autowarm.reporting import _cli as report_cli
 
@@ -169,6 +189,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
     _add_schedule,
     _add_export,
+    _add_tune,
     _add_bench,
     _add_report,
 ]

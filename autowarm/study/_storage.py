@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def _journal_path(url: str) -> Path:
 
 
 def open_storage(
-    storage: str, *, heartbeat_interval: int | None = HEARTBEAT_INTERVAL
+    storage: str, *, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, create: bool = True
 ) -> BaseStorage:
     """Open (creating if needed) the optuna storage that ``storage`` names.
 
@@ -117,6 +118,10 @@ def open_storage(
             Seconds between heartbeats of running trials in an RDB storage; a trial whose
             heartbeat is older than ``4 * heartbeat_interval`` is failed and re-queued (at most
             twice). ``None`` turns the heartbeat off.
+        create:
+            Create the database tables if missing (``False`` to only read a study that exists).
+        create:
+            Create the database tables if missing (``False`` to only read a study that exists).
 
     Raises:
         ValueError: For an unreadable spelling, a missing database driver (with the package
@@ -140,8 +145,7 @@ def open_storage(
             "heartbeat_stale_trial_callback": retry,
         }
     try:
-        with _quiet_experimental():
-            return RDBStorage(url, **heartbeat)
+        return _rdb_storage(url, heartbeat, create=create)
     except ModuleNotFoundError as exc:
         hint = {"postgresql": "psycopg[binary]", "mysql": "PyMySQL"}
         package = next((v for k, v in hint.items() if scheme.startswith(k)), exc.name)
@@ -153,6 +157,20 @@ def open_storage(
         if type(exc).__module__.startswith("sqlalchemy"):
             raise ValueError(f"cannot open storage {_redact(url)}: {exc}") from exc
         raise
+
+
+def _rdb_storage(url: str, heartbeat: dict[str, Any], *, create: bool) -> RDBStorage:
+    # Several processes starting at once may race to create the tables; the loser sees
+    # "already exists" and simply opens what the winner made.
+    for attempt in range(5):
+        try:
+            with _quiet_experimental():
+                return RDBStorage(url, skip_table_creation=not create, **heartbeat)
+        except Exception as exc:
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -302,3 +320,43 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
             user_attrs={**keep, _attrs.RETRY_OF: trial.number},
         )
     )
+
+
+def load_study(storage: str, study_name: str | None) -> optuna.Study:
+    """Load an existing study, with errors that list what the storage holds.
+
+    Args:
+        storage: a URL or path as for :func:`open_storage` (it must exist already).
+        study_name: the study; may be ``None`` when the storage holds exactly one.
+
+    Raises:
+        ValueError: If the storage file does not exist, the study is not there (the message
+            lists the studies), or no name is given and there is not exactly one study.
+    """
+    url = normalize_url(storage)
+    scheme = url.split("://", 1)[0].lower()
+    path = (
+        _journal_path(url)
+        if scheme == "journal"
+        else _sqlite_path(url)
+        if scheme.startswith("sqlite")
+        else None
+    )
+    if path is not None and not path.exists():
+        raise ValueError(f"storage file {str(path)!r} does not exist; check --storage")
+    opened = open_storage(url, heartbeat_interval=None, create=False)
+    names = [
+        s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)
+    ]
+    if study_name is None:
+        if len(names) != 1:
+            raise ValueError(
+                f"{_redact(url)} holds {len(names)} studies {names}; pass --study-name"
+            )
+        study_name = names[0]
+    if study_name not in names:
+        raise ValueError(
+            f"no study {study_name!r} in {_redact(url)}; the studies there: {names or 'none'}"
+        )
+    with _quiet_experimental():
+        return optuna.load_study(study_name=study_name, storage=opened)

@@ -96,6 +96,7 @@ def train_trial(
     *,
     on_eval: OnEval | None = None,
     n_evals: int = EVALS_PER_TRIAL,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrialOutcome:
     """Train a fresh ``task`` model for ``schedule.total_steps`` steps along ``schedule``.
 
@@ -114,6 +115,9 @@ def train_trial(
             updates done; it may raise (``optuna.TrialPruned``) to end the trial.
         n_evals:
             Evaluations over the trial (without validation data, none but the final value).
+        should_stop:
+            Checked before every step; when it returns true the trial raises
+            ``KeyboardInterrupt`` there (a stop requested by a signal, at a safe point).
 
     Returns:
         The :class:`TrialOutcome`. A non-finite loss or gradient ends the trial early with
@@ -135,6 +139,8 @@ def train_trial(
         smoothed, weight = 0.0, 0.0
         value = math.nan
         for step in range(schedule.total_steps):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt("stop requested")
             result = train_step(model, optimizer, stream.next(), loss_fn, grad_clip=task.grad_clip)
             if not result.finite:
                 seconds = time.perf_counter() - start

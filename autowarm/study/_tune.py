@@ -332,7 +332,7 @@ def _quiet() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """In the main thread, turn SIGTERM into KeyboardInterrupt (Ctrl-C's path) for a clean stop."""
+    """In the main thread, turn SIGTERM into KeyboardInterrupt (Ctrl-C's path)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -345,6 +345,45 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM while trials run; the trial stops at its next step.
+
+    Raising from a signal handler can land anywhere, even in a garbage-collection callback
+    that swallows it; a flag checked between optimizer steps cannot be lost. A second signal
+    stops at once (``hard_on_second``), as a second Ctrl-C does elsewhere.
+    """
+
+    def __init__(self, *, hard_on_second: bool = True) -> None:
+        self.received: int | None = None
+        self.hard_on_second = hard_on_second
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.received is not None and self.hard_on_second:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name} (second)")
+        self.received = signum
+
+    def is_set(self) -> bool:
+        return self.received is not None
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if a stop was requested."""
+        if self.received is not None:
+            raise KeyboardInterrupt(f"signal {signal.Signals(self.received).name}")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopFlag]:
+        """Catch SIGINT and SIGTERM into this flag (main thread only; restored after)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,7 +531,15 @@ def tune(
         interrupted = False
         try:
             if n_workers == 1:
-                _work(task, plan, study, worker=0, distributed=not url.startswith("sqlite"))
+                with _StopFlag().installed() as flag:
+                    _work(
+                        task,
+                        plan,
+                        study,
+                        worker=0,
+                        distributed=not url.startswith("sqlite"),
+                        flag=flag,
+                    )
             else:
                 _run_processes(task, plan, n_workers)
         except KeyboardInterrupt:
@@ -625,16 +672,26 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     return len(trials) - waiting, waiting
 
 
-def _work(task: Task, plan: _Plan, study: optuna.Study, *, worker: int, distributed: bool) -> None:
+def _work(
+    task: Task,
+    plan: _Plan,
+    study: optuna.Study,
+    *,
+    worker: int,
+    distributed: bool,
+    flag: _StopFlag | None = None,
+) -> None:
     """One worker's loop; see the module docstring."""
     study.sampler = _make_sampler(plan.seed, worker, distributed)
     study.pruner = _make_pruner(plan.pruner, plan.trial_steps)
-    objective = _Objective(task, plan)
+    flag = flag or _StopFlag()
+    objective = _Objective(task, plan, flag)
     bar = _progress_bar(plan, study) if worker == 0 else None
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_TrialLogger(plan, bar)]
     errors = 0
     try:
         while True:
+            flag.check()
             _storage.fail_dead_local_trials(study)
             active, waiting = _counts(study)
             if plan.n_trials is not None and active >= plan.n_trials and not waiting:
@@ -662,9 +719,10 @@ def _work(task: Task, plan: _Plan, study: optuna.Study, *, worker: int, distribu
 class _Objective:
     """The trial function: sample, compress, train, report, prune."""
 
-    def __init__(self, task: Task, plan: _Plan) -> None:
+    def __init__(self, task: Task, plan: _Plan, flag: _StopFlag) -> None:
         self.task = task
         self.plan = plan
+        self.flag = flag
         self.worker = _storage.worker_id()
         self.last_error: str | None = None
 
@@ -707,7 +765,9 @@ class _Objective:
                 raise optuna.TrialPruned(reason)
 
         try:
-            outcome = train_trial(self.task, short, plan.seed, on_eval=on_eval)
+            outcome = train_trial(
+                self.task, short, plan.seed, on_eval=on_eval, should_stop=self.flag.is_set
+            )
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -818,12 +878,14 @@ def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(threads)
     task = load_task(ref) if isinstance(ref, str) else ref
-    with _sigterm_as_interrupt():
+    # Ctrl-C reaches every process of the group and the parent forwards SIGTERM as well: both
+    # only ask this worker to stop at its next step.
+    with _StopFlag(hard_on_second=False).installed() as flag:
         try:
             storage = _storage.open_storage(
                 plan.storage, heartbeat_interval=plan.heartbeat_interval
             )
             study = optuna.load_study(study_name=plan.study_name, storage=storage)
-            _work(task, plan, study, worker=index, distributed=True)
+            _work(task, plan, study, worker=index, distributed=True, flag=flag)
         except KeyboardInterrupt:
             sys.exit(130)

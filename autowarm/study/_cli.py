@@ -1,0 +1,170 @@
+"""``autowarm tune`` and ``autowarm probe``: the study and the probe on a task file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_probe", "add_tune", "parse_duration"]
+
+_log = logging.getLogger("autowarm")
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"8h"``, ``"90m"``, ``"1h30m"``, ``"45s"`` or a plain number of seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: For anything else, or a duration that is not positive.
+    """
+    text = text.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(
+                f"cannot read duration {text!r}: write e.g. 8h, 90m, 1h30m or 3600"
+            ) from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, but got {text!r}")
+    return seconds
+
+
+def add_tune(sub: Any) -> None:
+    """Register ``autowarm tune``."""
+    p = sub.add_parser(
+        "tune",
+        help="refine warmup and peak LR with an optuna study (resumable, several workers)",
+        description="Run (or resume) an optuna study around the probe's estimate. Rerunning "
+        "the same command resumes the same study; --n-trials is the study's total.",
+    )
+    p.add_argument("task", help="path/to/file.py:task or package.module:task")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="optuna storage URL or file (default: autowarm.db, or autowarm.journal.log with "
+        "--workers > 1); postgresql://user@host/db for several hosts",
+    )
+    p.add_argument("--study-name", default=None, help="default: autowarm-<task>")
+    p.add_argument("--timeout", type=parse_duration, default=None, help="e.g. 8h, 90m")
+    p.add_argument(
+        "--n-trials", type=int, default=None, help="the study's total (default: 6 full runs)"
+    )
+    p.add_argument("--trial-steps", type=int, default=None, help="steps of one trial")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this host")
+    p.add_argument("--suggestion", type=Path, default=None, help="start from this probe JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    p.add_argument(
+        "--warmup-transfer",
+        choices=("fraction", "absolute"),
+        default="fraction",
+        help="how a full-run warmup maps into a trial",
+    )
+    p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
+    p.add_argument("--no-progress", action="store_true", help="no per-trial lines, no bar")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from autowarm._shapes import Decay
+    from autowarm._suggest import Suggestion
+    from autowarm.study import _storage
+    from autowarm.study._task import load_task
+    from autowarm.study._tune import NoFinishedTrialError, tune
+
+    task = load_task(args.task)
+    suggestion = Suggestion.load(args.suggestion) if args.suggestion is not None else None
+    url = _storage.normalize_url(args.storage or _storage.default_storage_url(args.workers))
+    shown = _storage.redact(url)
+    print(f"autowarm tune: storage {shown}")
+    if url.startswith("journal"):
+        print(f"  watch it: optuna-dashboard {url.split('://', 1)[1]}")
+    else:
+        print(f"  watch it: optuna-dashboard {shown}")
+    sys.stdout.flush()
+    try:
+        result = tune(
+            task,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            storage=url,
+            study_name=args.study_name,
+            trial_steps=args.trial_steps,
+            suggestion=suggestion,
+            pruner=args.pruner,
+            seed=args.seed,
+            n_workers=args.workers,
+            progress=not args.no_progress,
+            warmup_transfer=args.warmup_transfer,
+            budget_steps=args.budget_steps,
+        )
+    except KeyboardInterrupt:
+        print(
+            "autowarm tune: stopped; finished trials are kept. Run the same command to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    name = result.study.study_name
+    try:
+        best = result.best
+    except NoFinishedTrialError as exc:
+        print(f"autowarm tune: {exc}")
+        return 0
+    print(
+        f"best: peak_lr {best.peak_lr:.4g}, warmup {best.warmup_steps} steps, decay "
+        f"{Decay(best.decay).value} (study {name!r})"
+    )
+    print(f"export it: autowarm export --storage {shown} --study-name {name} -o schedule.yaml")
+    return 0
+
+
+def add_probe(sub: Any) -> None:
+    """Register ``autowarm probe``."""
+    p = sub.add_parser(
+        "probe",
+        help="run the probe alone on a task file and save the suggestion",
+        description="Probe a fresh model of the task and save the suggestion (schedule, "
+        "rationale) as JSON, with the evidence tables as CSV beside it.",
+    )
+    p.add_argument("task", help="path/to/file.py:task or package.module:task")
+    p.add_argument("-o", "--output", type=Path, required=True, help="suggestion.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
+    p.add_argument("--decay", default="cosine", help="decay shape of the suggested schedule")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from autowarm._suggest import suggest
+    from autowarm.study._task import load_task
+
+    if args.output.suffix.lower() != ".json":
+        raise ValueError(f"-o must end in .json, but got {str(args.output)!r}")
+    task = load_task(args.task)
+    s = suggest(
+        task.build_model(args.seed),
+        task.data(args.seed),
+        task.optimizer_cls,  # type: ignore[arg-type]
+        optimizer_kwargs=task.optimizer_kwargs,
+        loss_fn=task.loss_fn,
+        criterion=task.criterion,
+        total_steps=task.total_steps,
+        budget_steps=args.budget_steps,
+        decay=args.decay,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    path = s.save(args.output)
+    print(f"warmup {s.warmup_steps} steps, peak lr {s.peak_lr:.4g} ({s.confidence} confidence)")
+    print(s.rationale)
+    print(f"saved {path} (and the evidence tables beside it)")
+    return 0

@@ -1,0 +1,544 @@
+"""autowarm.tune: seeding, search space, compressed trials, storage, resume, faults, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import autowarm
+from autowarm.schedules import ScheduleConfig
+from autowarm.study import _attrs, _storage
+from autowarm.study._space import PEAK_LR, WARMUP, SearchSpace
+from autowarm.study._task import Task, load_task
+from autowarm.study._trial import compress, eval_steps
+from autowarm.study._tune import NoFinishedTrialError, best_schedule, trials_frame
+
+HERE = Path(__file__).parent
+SPEC = f"{HERE / 'tiny_task.py'}:task"
+REPO = HERE.parent.parent
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return load_task(SPEC)
+
+
+@pytest.fixture(scope="module")
+def suggestion(task: Task) -> Any:
+    return autowarm.suggest(
+        task.build_model(0),
+        task.data(0),
+        total_steps=task.total_steps,
+        progress=False,
+        loss_fn=task.loss_fn,
+    )
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "autowarm", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=kw.get("cwd"),
+    )
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+# ------------------------------------------------------------------------- space and trials
+
+
+def test_search_space_is_centred_and_allows_zero_warmup() -> None:
+    center = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=50)
+    space = SearchSpace()
+    assert space.lr_bounds(center) == pytest.approx((2.5e-4, 4e-3))
+    assert space.warmup_max(center) == 200  # max(4 * 50, 10% of 1000)
+    dists = space.distributions(center)
+    assert dists[WARMUP].low == 1 and dists[WARMUP].log  # type: ignore[attr-defined]
+    params = space.params_of(center.replace(warmup_steps=0), center)
+    assert space.schedule(params, center).warmup_steps == 0
+    back = space.schedule(space.params_of(center, center), center)
+    assert back == center
+    # out-of-range schedules are clipped into the space
+    far = space.params_of(center.replace(peak_lr=1.0, warmup_steps=900), center)
+    assert far[PEAK_LR] == pytest.approx(4e-3) and far[WARMUP] == 201
+    assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr_factor": 1.0},
+        {"min_warmup_fraction": 0.6, "max_warmup_fraction": 0.5},
+        {"decays": ("cosine", "zigzag")},
+        {"min_lr_ratios": (2.0,)},
+    ],
+)
+def test_search_space_rejects_bad_settings(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        SearchSpace(**kwargs)
+
+
+def test_search_space_with_decay_and_floor(task: Task) -> None:
+    center = ScheduleConfig(peak_lr=1e-2, total_steps=200, warmup_steps=10, min_lr=1e-3)
+    space = SearchSpace(decays=("cosine", "linear"), min_lr_ratios=(0.0, 0.1))
+    study = optuna.create_study()
+    trial = study.ask()
+    sched = space.sample(trial, center)
+    assert sched.decay.value in ("cosine", "linear")
+    assert sched.min_lr == pytest.approx(sched.peak_lr * trial.params["min_lr_ratio"])
+
+
+def test_compress_keeps_the_whole_schedule() -> None:
+    full = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100)
+    frac = compress(full, 250, "fraction")
+    assert (frac.total_steps, frac.warmup_steps, frac.peak_lr) == (250, 25, 1e-3)
+    assert frac.lr_at(250) == 0.0  # decays to the floor: never a truncated long run
+    absolute = compress(full, 250, "absolute")
+    assert absolute.warmup_steps == 100
+    assert compress(full.replace(warmup_steps=900), 250, "absolute").warmup_steps == 249
+    with pytest.raises(ValueError, match="transfer"):
+        compress(full, 250, "linear")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="trial_steps"):
+        compress(full, 1)
+
+
+def test_eval_steps_end_at_the_last_step() -> None:
+    assert eval_steps(100) == [12, 25, 38, 50, 62, 75, 88, 100]
+    assert eval_steps(3) == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------- task
+
+
+def test_task_validation() -> None:
+    with pytest.raises(ValueError, match="total_steps"):
+        Task(make_model=lambda s: None, train_data=[], total_steps=0)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="'lr'"):
+        Task(make_model=lambda s: None, train_data=[], total_steps=5, optimizer_kwargs={"lr": 1})  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="make_model"):
+        Task(make_model=3, train_data=[], total_steps=5)  # type: ignore[arg-type]
+
+
+def test_load_task_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"path/to/file\.py:task"):
+        load_task("no_colon")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_task(f"{tmp_path / 'missing.py'}:task")
+    with pytest.raises(ValueError, match="Tasks defined there: \\['task'\\]"):
+        load_task(f"{HERE / 'tiny_task.py'}:tsak")
+    with pytest.raises(ValueError, match=r"not an autowarm\.Task"):
+        load_task(f"{HERE / 'tiny_task.py'}:not_a_task")
+    loaded = load_task(SPEC)
+    assert loaded.name == SPEC and loaded.source == SPEC
+
+
+# ------------------------------------------------------------------------- tune
+
+
+def test_tune_seeds_with_probe_and_references(tmp_path: Path, task: Task) -> None:
+    db = tmp_path / "s.db"
+    result = autowarm.tune(
+        task, n_trials=6, storage=str(db), trial_steps=50, progress=False, pruner="none"
+    )
+    study = result.study
+    trials = study.get_trials()
+    assert len(trials) == 6
+    roles = [t.user_attrs[_attrs.ROLE] for t in trials]
+    assert roles[:4] == [
+        _attrs.ROLE_PROBE,
+        _attrs.ROLE_NO_WARMUP,
+        _attrs.ROLE_UNTUNED,
+        _attrs.ROLE_TEN_PERCENT,
+    ]
+    assert roles[4:] == [_attrs.ROLE_SEARCH] * 2
+    probe = study.user_attrs[_attrs.SUGGESTION]
+    assert trials[0].user_attrs[_attrs.SCHEDULE] == study.user_attrs[_attrs.BASE_SCHEDULE]
+    assert probe["trace"] and probe["warmup_steps"] == trials[0].user_attrs[_attrs.WARMUP_STEPS]
+    assert trials[1].user_attrs[_attrs.WARMUP_STEPS] == 0
+    assert trials[3].user_attrs[_attrs.WARMUP_STEPS] == 20  # 10% of 200
+    for t in trials:
+        assert t.user_attrs[_attrs.TRIAL_SCHEDULE]["total_steps"] == 50
+        assert len(t.intermediate_values) == 8  # smoothed validation loss at regular steps
+    attrs = study.user_attrs
+    assert attrs[_attrs.VERSIONS]["optuna"] == optuna.__version__
+    assert attrs[_attrs.TASK] == SPEC and attrs[_attrs.SEED] == 0
+    best = result.best
+    assert isinstance(best, ScheduleConfig) and best.total_steps == 200
+    frame = result.trials
+    assert list(frame.columns)[:4] == ["number", "state", "value", "role"]
+    assert frame["state"].eq("complete").all()
+    assert best.peak_lr == pytest.approx(frame.loc[frame["value"].idxmin(), "peak_lr"])
+
+
+def test_same_seed_same_study(tmp_path: Path, task: Task, suggestion: Any) -> None:
+    runs = []
+    for name in ("a", "b"):
+        r = autowarm.tune(
+            task,
+            n_trials=6,
+            storage=str(tmp_path / f"{name}.db"),
+            trial_steps=40,
+            suggestion=suggestion,
+            progress=False,
+        )
+        runs.append(r.trials[["peak_lr", "warmup_steps", "value"]])
+    assert runs[0].equals(runs[1])
+
+
+def test_resume_counts_the_study_total_and_keeps_the_probe(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    first = autowarm.tune(task, n_trials=5, suggestion=suggestion, **kw)
+    probe_record = first.study.user_attrs[_attrs.SUGGESTION]
+    again = autowarm.tune(task, n_trials=7, **kw)  # no suggestion: the stored one is reused
+    assert len(again.study.get_trials()) == 7
+    assert again.study.user_attrs[_attrs.SUGGESTION] == probe_record
+    third = autowarm.tune(task, n_trials=7, **kw)
+    assert len(third.study.get_trials()) == 7  # the total, not "7 more"
+    roles = [t.user_attrs[_attrs.ROLE] for t in third.study.get_trials()]
+    assert roles.count(_attrs.ROLE_PROBE) == 1
+
+
+def test_resume_with_other_settings_is_an_error(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), progress=False, n_trials=4)
+    autowarm.tune(task, trial_steps=40, suggestion=suggestion, **kw)
+    with pytest.raises(
+        ValueError, match=r"trial_steps=40, but this run has autowarm\.trial_steps=50"
+    ):
+        autowarm.tune(task, trial_steps=50, **kw)
+
+
+def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'e.db'}", study_name="empty")
+    with pytest.raises(NoFinishedTrialError, match="no completed trial yet \\(no trials\\)"):
+        best_schedule(study)
+    assert trials_frame(study).empty
+    proc = _cli("export", "--storage", str(tmp_path / "e.db"), "--study-name", "empty")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "no completed trial yet" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_trials": 0}, "n_trials"),
+        ({"timeout": -1}, "timeout"),
+        ({"n_workers": 0}, "n_workers"),
+        ({"trial_steps": 1}, "trial_steps"),
+        ({"trial_steps": 10_000}, "trial_steps"),
+        ({"pruner": "sometimes"}, "pruner"),
+        ({"warmup_transfer": "linear"}, "warmup_transfer"),
+        ({"storage": "study.txt"}, "cannot tell the kind of storage"),
+    ],
+)
+def test_bad_arguments(task: Task, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        autowarm.tune(task, progress=False, **kwargs)
+
+
+def test_divergence_prunes_with_a_reason(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.study.tiny_task as tiny
+
+    monkeypatch.setattr(tiny, "NAN_ABOVE", 0.0)  # every trial's loss is NaN at once
+    task = Task(
+        make_model=tiny.make_model,
+        train_data=tiny.BATCHES,
+        loss_fn=tiny._Loss(),
+        val_data=tiny.VAL,
+        total_steps=200,
+        name="nan",
+    )
+    result = autowarm.tune(
+        task,
+        n_trials=5,
+        storage=str(tmp_path / "s.db"),
+        trial_steps=40,
+        suggestion=suggestion,
+        progress=False,
+    )
+    frame = result.trials
+    assert len(frame) == 5 and frame["state"].eq("pruned").all()
+    assert frame["reason"].str.startswith("diverged: loss or gradient not finite").all()
+    with pytest.raises(NoFinishedTrialError, match="5 pruned"):
+        _ = result.best
+
+
+def test_errors_in_the_task_fail_trials_then_stop(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.study.tiny_task as tiny
+
+    monkeypatch.setattr(tiny, "RAISE", True)
+    task = Task(
+        make_model=tiny.make_model,
+        train_data=tiny.BATCHES,
+        loss_fn=tiny._Loss(),
+        val_data=tiny.VAL,
+        total_steps=200,
+        name="broken",
+    )
+    with pytest.raises(RuntimeError, match=r"3 trials in a row failed.*broken on purpose"):
+        autowarm.tune(
+            task,
+            n_trials=8,
+            storage=str(tmp_path / "s.db"),
+            trial_steps=40,
+            suggestion=suggestion,
+            progress=False,
+        )
+    study = _storage.load_study(str(tmp_path / "s.db"), None)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 3
+    assert all("broken on purpose" in t.user_attrs[_attrs.REASON] for t in failed)
+
+
+# ------------------------------------------------------------------------- CLI and faults
+
+
+def _wait_for(
+    proc: subprocess.Popen[str], study_path: Path, name: str, pred: Any, timeout: float = 120
+) -> optuna.Study:
+    deadline = time.monotonic() + timeout
+    seen = "nothing"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"tune exited early ({proc.returncode}): {out}{err}")
+        if study_path.exists():
+            try:
+                study = _storage.load_study(str(study_path), name)
+                if pred(study):
+                    return study
+                seen = str(_states(study))
+            except ValueError as exc:
+                seen = str(exc)
+        time.sleep(0.3)
+    proc.kill()
+    out, err = proc.communicate()
+    raise AssertionError(f"the study never reached the expected state; last seen {seen}: {err}")
+
+
+def _done(study: optuna.Study) -> int:
+    return len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def test_cli_probe_tune_export(tmp_path: Path) -> None:
+    out = tmp_path / "suggestion.json"
+    proc = _cli("probe", SPEC, "-o", str(out), "--no-progress")
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.exists() and out.with_suffix(".trace.csv").exists()
+    assert json.loads(out.read_text())["format"] == "autowarm.suggestion"
+    db = tmp_path / "study.db"
+    proc = _cli(
+        "tune",
+        SPEC,
+        "--storage",
+        str(db),
+        "--study-name",
+        "s",
+        "--n-trials",
+        "5",
+        "--trial-steps",
+        "40",
+        "--suggestion",
+        str(out),
+    )
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"storage sqlite:///{db}" in stdout and "optuna-dashboard" in stdout
+    assert err.count("]: ") >= 5  # one log line per finished trial
+    target = tmp_path / "best.yaml"
+    proc = _cli("export", "--storage", str(db), "--study-name", "s", "-o", str(target))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    exported = ScheduleConfig.load(target)
+    assert exported == best_schedule(_storage.load_study(str(db), "s"))
+    proc = _cli("export", "--storage", str(db), "--study-name", "nope")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "the studies there: ['s']" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, sig: signal.Signals) -> None:
+    db = tmp_path / "study.db"
+    args = [
+        "tune",
+        SPEC,
+        "--storage",
+        str(db),
+        "--study-name",
+        "s",
+        "--n-trials",
+        "6",
+        "--trial-steps",
+        "60",
+        "--budget-steps",
+        "40",
+    ]
+    proc = _cli(*args, env={"TINY_TASK_SLEEP": "0.02"})
+    _wait_for(
+        proc, db, "s", lambda s: _done(s) >= 1 and s.get_trials(states=(TrialState.RUNNING,))
+    )
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Run the same command to resume" in err
+    study = _storage.load_study(str(db), "s")
+    kept = {t.number for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    assert kept and not study.get_trials(states=(TrialState.RUNNING,))
+    # the running trial stops at its next step, is failed with the reason and queued again
+    # (unless it finished in the moment between the check above and the signal)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) <= 1
+    for t in failed:
+        assert "interrupted" in t.user_attrs[_attrs.REASON]
+    proc = _cli(*args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    study = _storage.load_study(str(db), "s")
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == 6 and kept <= {t.number for t in done}
+    for t in failed:
+        retry = [r for r in done if r.user_attrs.get(_attrs.RETRY_OF) == t.number]
+        assert len(retry) == 1 and retry[0].params == t.params
+
+
+def test_sigkill_loses_only_the_running_trial(tmp_path: Path) -> None:
+    log = tmp_path / "study.log"  # journal storage: no heartbeat, the pid check re-queues
+    args = [
+        "tune",
+        SPEC,
+        "--storage",
+        str(log),
+        "--study-name",
+        "s",
+        "--n-trials",
+        "6",
+        "--trial-steps",
+        "60",
+        "--budget-steps",
+        "40",
+    ]
+    proc = _cli(*args, env={"TINY_TASK_SLEEP": "0.02"})
+    _wait_for(
+        proc, log, "s", lambda s: _done(s) >= 2 and s.get_trials(states=(TrialState.RUNNING,))
+    )
+    proc.kill()
+    proc.communicate(timeout=30)
+    study = _storage.load_study(str(log), "s")
+    (running,) = study.get_trials(states=(TrialState.RUNNING,))
+    kept = {t.number for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    proc = _cli(*args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    study = _storage.load_study(str(log), "s")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.number for t in failed] == [running.number]
+    assert "died" in failed[0].user_attrs[_attrs.REASON]
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == 6 and kept <= {t.number for t in done}
+    assert any(t.user_attrs.get(_attrs.RETRY_OF) == running.number for t in done)
+
+
+def _check_no_loss_no_duplicates(study: optuna.Study, n_trials: int) -> None:
+    trials = study.get_trials()
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == n_trials, _states(study)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # every trial ran once: no other failures than surplus starts
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs[_attrs.REASON].startswith("surplus")
+    roles = [t.user_attrs[_attrs.ROLE] for t in done]
+    for role in (_attrs.ROLE_PROBE, *_attrs.REFERENCE_ROLES):
+        assert roles.count(role) == 1
+    workers = {t.user_attrs[_attrs.WORKER] for t in done}
+    assert len(workers) == 2, workers
+
+
+def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
+    log = tmp_path / "study.log"
+    proc = _cli(
+        "tune",
+        SPEC,
+        "--storage",
+        str(log),
+        "--study-name",
+        "s",
+        "--n-trials",
+        "10",
+        "--trial-steps",
+        "40",
+        "--workers",
+        "2",
+        "--budget-steps",
+        "40",
+        env={"TINY_TASK_SLEEP": "0.005"},
+    )
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    _check_no_loss_no_duplicates(_storage.load_study(str(log), "s"), 10)
+
+
+def _postgres_url() -> str:
+    url = os.environ.get("AUTOWARM_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail("CI must provide AUTOWARM_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
+    pytest.skip(
+        "no PostgreSQL server: set AUTOWARM_TEST_POSTGRES_URL=postgresql://user@127.0.0.1/db "
+        "(.ci/run starts one)"
+    )
+
+
+def test_two_hosts_on_postgresql(tmp_path: Path) -> None:
+    url = _postgres_url()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    args = [
+        "tune",
+        SPEC,
+        "--storage",
+        url,
+        "--study-name",
+        name,
+        "--n-trials",
+        "10",
+        "--trial-steps",
+        "40",
+        "--budget-steps",
+        "40",
+    ]
+    # two separate commands against one database, as two hosts would run them
+    procs = [_cli(*args, env={"TINY_TASK_SLEEP": "0.005"}) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    _check_no_loss_no_duplicates(_storage.load_study(url, name), 10)
