@@ -62,7 +62,7 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 def default_storage_url(n_workers: int = 1) -> str:
     """The storage used when none is given: SQLite for one process, a journal file for more."""
     if n_workers > 1:
-        return f"journal:///{Path(DEFAULT_JOURNAL).resolve()}"
+        return f"journal://{Path(DEFAULT_JOURNAL).resolve()}"
     return f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
 
 
@@ -83,7 +83,7 @@ def normalize_url(storage: str) -> str:
         if path.suffix.lower() in _SQLITE_SUFFIXES:
             return f"sqlite:///{path}"
         if path.suffix.lower() in _JOURNAL_SUFFIXES:
-            return f"journal:///{path}"
+            return f"journal://{path}"  # journal:///abs/path.log
         raise ValueError(
             f"cannot tell the kind of storage {storage!r}: pass a URL (sqlite:///study.db, "
             "journal:///study.log, postgresql://user@host/db) or a path ending in .db "

@@ -112,6 +112,13 @@ TRIAL_COLUMNS = (
 )
 
 
+_TRIAL_DTYPES = {
+    **dict.fromkeys(TRIAL_COLUMNS, "int64"),
+    **dict.fromkeys(("state", "role", "decay", "reason", "worker"), "str"),
+    **dict.fromkeys(("value", "peak_lr", "min_lr", "duration_s"), "float64"),
+}
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with plain columns (see :data:`TRIAL_COLUMNS`).
 
@@ -150,7 +157,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "worker": str(t.user_attrs.get(_attrs.WORKER, "")),
             }
         )
-    return pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    return frame.astype(_TRIAL_DTYPES) if frame.empty else frame
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,3 +116,37 @@ def test_lightning_notices_a_per_epoch_scheduler(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(autowarm.ScheduleConfig, "to_lightning", per_epoch)
     with pytest.raises(SystemExit, match=r"differs from schedule\.lr_at"):
         example.main(["--tiny", "--steps", "50"])
+
+
+def test_overnight_study_with_two_workers_then_export_and_report(tmp_path: Path) -> None:
+    """examples/overnight/run.sh: two workers on a journal file, export, report (tiny task)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("autowarm") is None:
+        pytest.skip("the autowarm command is not on PATH (pip install -e .)")
+    env = {
+        **os.environ,
+        "AUTOWARM_EXAMPLE_TINY": "1",
+        "N_TRIALS": "5",
+        "WORKERS": "2",
+        "TRIAL_STEPS": "40",
+        "OUT": str(tmp_path / "out"),
+    }
+    proc = subprocess.run(
+        ["bash", str(EXAMPLES / "overnight" / "run.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    schedule = autowarm.ScheduleConfig.load(out / "schedule.yaml")
+    assert schedule.total_steps == 120
+    assert json.loads((out / "trainer_args.json").read_text())["lr_scheduler_type"]
+    assert (out / "report" / "report.html").stat().st_size > 10_000
+    trials = (out / "report" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 5

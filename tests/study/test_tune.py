@@ -235,7 +235,8 @@ def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'e.db'}", study_name="empty")
     with pytest.raises(NoFinishedTrialError, match="no completed trial yet \\(no trials\\)"):
         best_schedule(study)
-    assert trials_frame(study).empty
+    empty = trials_frame(study)
+    assert empty.empty and empty["value"].dtype == "float64" and empty["number"].dtype == "int64"
     proc = _cli("export", "--storage", str(tmp_path / "e.db"), "--study-name", "empty")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
