@@ -23,7 +23,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
         || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q postgresql >/dev/null; }
 fi
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-port=${AUTOWARM_PG_PORT:-54329}
+# a free port unless one is given, so a server already running here is no obstacle
+port=${AUTOWARM_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 data=$(mktemp -d /tmp/autowarm-pg.XXXXXX)
 [ "$(id -u)" -eq 0 ] && chown postgres "$data"
 run_as_pg "$bin/initdb" -D "$data" -U autowarm --auth=trust -E UTF8 >/dev/null
