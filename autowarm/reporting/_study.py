@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,34 +28,16 @@ EXTRA_COLUMNS = (
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
-def open_study(storage: str, study_name: str) -> optuna.Study:
-    """Load ``study_name`` from ``storage`` (a URL or a journal file), without creating it.
+def open_study(storage: str, study_name: str | None) -> optuna.Study:
+    """Load ``study_name`` from ``storage`` (a URL or a file), without creating anything.
 
     Raises:
-        FileNotFoundError: an SQLite or journal file that does not exist.
-        ValueError: no study of that name; the message lists the studies the storage has.
+        ValueError: a storage file that does not exist, or no such study (the message lists
+            the studies the storage has).
     """
-    from autowarm.study._storage import redact
+    from autowarm.study._storage import load_study
 
-    backend = _storage(storage)
-    try:
-        return optuna.load_study(study_name=study_name, storage=backend)
-    except KeyError:
-        names = sorted(s.study_name for s in backend.get_all_studies())
-        have = ", ".join(names) if names else "no studies at all"
-        where = redact(storage)  # no password in the message
-        raise ValueError(f"no study named {study_name!r} in {where}; it has: {have}") from None
-
-
-def _storage(storage: str) -> optuna.storages.BaseStorage:
-    from autowarm.study._storage import normalize_url, open_storage
-
-    url = normalize_url(storage)
-    # Opening a file storage creates the file: a typo must not leave an empty database behind.
-    for prefix in ("sqlite:///", "journal:///"):
-        if url.startswith(prefix) and not Path(url[len(prefix) - 1 :]).exists():
-            raise FileNotFoundError(f"no such storage file: {url[len(prefix) - 1 :]}")
-    return open_storage(url, heartbeat_interval=None)
+    return load_study(storage, study_name)
 
 
 def is_autowarm_study(study: optuna.Study) -> bool:

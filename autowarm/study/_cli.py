@@ -144,24 +144,18 @@ def add_probe(sub: Any) -> None:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from autowarm._suggest import suggest
     from autowarm.study._task import load_task
+    from autowarm.study._tune import probe_task
 
     if args.output.suffix.lower() != ".json":
         raise ValueError(f"-o must end in .json, but got {str(args.output)!r}")
     task = load_task(args.task)
-    s = suggest(
-        task.build_model(args.seed),
-        task.data(args.seed),
-        task.optimizer_cls,  # type: ignore[arg-type]
-        optimizer_kwargs=task.optimizer_kwargs,
-        loss_fn=task.loss_fn,
-        criterion=task.criterion,
-        total_steps=task.total_steps,
-        budget_steps=args.budget_steps,
-        decay=args.decay,
+    s = probe_task(
+        task,
         seed=args.seed,
+        budget_steps=args.budget_steps,
         progress=not args.no_progress,
+        decay=args.decay,
     )
     path = s.save(args.output)
     print(f"warmup {s.warmup_steps} steps, peak lr {s.peak_lr:.4g} ({s.confidence} confidence)")

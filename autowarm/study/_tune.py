@@ -598,7 +598,7 @@ def _set_up(
         if suggestion is None:
             suggestion = stored
         if suggestion is None:
-            suggestion = _run_probe(task, seed, budget_steps, progress)
+            suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
         if suggestion.schedule.total_steps != task.total_steps:
             suggestion_schedule = suggestion.schedule.replace(
                 total_steps=task.total_steps,
@@ -650,13 +650,20 @@ def _set_up(
     return study, center, n_trials
 
 
-def _run_probe(task: Task, seed: int, budget_steps: int | None, progress: bool) -> Any:
+def probe_task(
+    task: Task,
+    *,
+    seed: int = 0,
+    budget_steps: int | None = None,
+    progress: bool = True,
+    decay: str = "cosine",
+) -> Any:
+    """:func:`autowarm.suggest` on a fresh model of ``task`` (built from ``seed``)."""
     from autowarm._suggest import suggest
 
     _logger.info("running the probe on a fresh model (seed %d)", seed)
-    model = task.build_model(seed)
     return suggest(
-        model,
+        task.build_model(seed),
         task.data(seed),
         task.optimizer_cls,  # type: ignore[arg-type]
         optimizer_kwargs=task.optimizer_kwargs,
@@ -664,6 +671,7 @@ def _run_probe(task: Task, seed: int, budget_steps: int | None, progress: bool) 
         criterion=task.criterion,
         total_steps=task.total_steps,
         budget_steps=budget_steps,
+        decay=decay,
         seed=seed,
         progress=progress,
     )
