@@ -69,8 +69,38 @@ def add_tune(sub: Any) -> None:
         help="how a full-run warmup maps into a trial",
     )
     p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
+    space = p.add_argument_group("search space (around the probe's estimate)")
+    space.add_argument(
+        "--lr-factor", type=float, default=4.0, help="peak LR within estimate/F..estimate*F"
+    )
+    space.add_argument(
+        "--warmup-factor", type=float, default=4.0, help="warmup up to F times the estimate"
+    )
+    space.add_argument(
+        "--max-warmup-fraction", type=float, default=0.5, help="longest warmup, as a fraction"
+    )
+    space.add_argument("--decays", default=None, help="also search these shapes: cosine,linear")
+    space.add_argument("--floors", default=None, help="also search floors (x peak): 0,0.1")
     p.add_argument("--no-progress", action="store_true", help="no per-trial lines, no bar")
     p.set_defaults(func=_run_tune)
+
+
+def _search_space(args: argparse.Namespace) -> Any:
+    from autowarm.study._space import SearchSpace
+
+    def items(text: str | None) -> list[str] | None:
+        return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+    decays = items(args.decays)
+    floors = items(args.floors)
+    return SearchSpace(
+        lr_factor=args.lr_factor,
+        warmup_factor=args.warmup_factor,
+        max_warmup_fraction=args.max_warmup_fraction,
+        min_warmup_fraction=min(SearchSpace.min_warmup_fraction, args.max_warmup_fraction),
+        decays=None if decays is None else tuple(decays),
+        min_lr_ratios=None if floors is None else tuple(float(f) for f in floors),
+    )
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -99,6 +129,7 @@ def _run_tune(args: argparse.Namespace) -> int:
             study_name=args.study_name,
             trial_steps=args.trial_steps,
             suggestion=suggestion,
+            search_space=_search_space(args),
             pruner=args.pruner,
             seed=args.seed,
             n_workers=args.workers,

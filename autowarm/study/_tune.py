@@ -505,7 +505,7 @@ def tune(
     name = study_name or _default_study_name(task)
     started = time.monotonic()
     with _sigterm_as_interrupt():
-        study, center, n_trials = _set_up(
+        study, center, space, n_trials = _set_up(
             task,
             url,
             name,
@@ -579,7 +579,7 @@ def _set_up(
     transfer: WarmupTransfer,
     budget_steps: int | None,
     has_timeout: bool,
-) -> tuple[optuna.Study, ScheduleConfig, int | None]:
+) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _quiet():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -635,7 +635,13 @@ def _set_up(
         if isinstance(stored_space, Mapping):
             space_in_study = SearchSpace.from_dict(stored_space)
             if space_in_study != space:
-                _logger.warning("resuming with the search space stored in the study")
+                _logger.warning(
+                    "study %r keeps the search space it was created with (%s); pass another "
+                    "--study-name to search a different one",
+                    name,
+                    space_in_study.to_dict(),
+                )
+            space = space_in_study
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
         _enqueue_first_trials(study, task, center, space)
     _logger.info(
@@ -647,7 +653,7 @@ def _set_up(
         transfer,
         space.describe(center),
     )
-    return study, center, n_trials
+    return study, center, space, n_trials
 
 
 def probe_task(

@@ -543,3 +543,26 @@ def test_two_hosts_on_postgresql(tmp_path: Path) -> None:
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err
     _check_no_loss_no_duplicates(_storage.load_study(url, name), 10)
+
+
+def test_resume_keeps_the_stored_search_space(tmp_path: Path, task: Task, suggestion: Any) -> None:
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    wide = SearchSpace(lr_factor=8.0)
+    autowarm.tune(task, n_trials=5, suggestion=suggestion, search_space=wide, **kw)
+    again = autowarm.tune(task, n_trials=6, search_space=SearchSpace(lr_factor=2.0), **kw)
+    last = again.study.get_trials()[-1]
+    assert last.distributions[PEAK_LR].high == pytest.approx(8.0 * suggestion.peak_lr)  # type: ignore[attr-defined]
+
+
+def test_cli_search_space_options() -> None:
+    from autowarm.cli import build_parser
+    from autowarm.study._cli import _search_space
+
+    args = build_parser().parse_args(
+        ["tune", SPEC, "--lr-factor", "3", "--decays", "cosine,linear", "--floors", "0,0.1"]
+    )
+    space = _search_space(args)
+    assert space == SearchSpace(lr_factor=3.0, decays=("cosine", "linear"), min_lr_ratios=(0, 0.1))
+    bad = build_parser().parse_args(["tune", SPEC, "--decays", "cosine,zigzag"])
+    with pytest.raises(ValueError, match="zigzag"):
+        _search_space(bad)
