@@ -504,7 +504,13 @@ def tune(
         )
     name = study_name or _default_study_name(task)
     started = time.monotonic()
-    with _sigterm_as_interrupt():
+    verbosity = optuna.logging.get_verbosity()
+    # autowarm logs one line per trial with its reason; optuna's own lines (a traceback per
+    # failed trial) would repeat them
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with contextlib.ExitStack() as restore:
+        restore.callback(optuna.logging.set_verbosity, verbosity)
+        restore.enter_context(_sigterm_as_interrupt())
         study, center, space, n_trials = _set_up(
             task,
             url,
@@ -582,7 +588,6 @@ def _set_up(
 ) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _quiet():
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
@@ -797,7 +802,12 @@ class _Objective:
             _storage.requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
             raise
         except torch.cuda.OutOfMemoryError as exc:
-            trial.set_user_attr(_attrs.REASON, f"out of memory: {str(exc).splitlines()[0]}")
+            first = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+            self.last_error = f"out of memory: {first}"
+            if _attrs.RETRY_OF not in trial.user_attrs:  # may be transient: once more, later
+                self.last_error += "; queued again once"
+                _storage.requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            trial.set_user_attr(_attrs.REASON, self.last_error)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise
@@ -897,7 +907,7 @@ def _run_processes(task: Task, plan: _Plan, n_workers: int) -> None:
 def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None:
     logging.basicConfig(level=plan.log_level, format=f"%(asctime)s worker {index} %(message)s")
     logging.getLogger("autowarm").setLevel(plan.log_level)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(threads)
     task = load_task(ref) if isinstance(ref, str) else ref
     # Ctrl-C reaches every process of the group and the parent forwards SIGTERM as well: both

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 import autowarm
@@ -566,3 +567,41 @@ def test_cli_search_space_options() -> None:
     bad = build_parser().parse_args(["tune", SPEC, "--decays", "cosine,zigzag"])
     with pytest.raises(ValueError, match="zigzag"):
         _search_space(bad)
+
+
+def test_out_of_memory_fails_the_trial_and_the_study_goes_on(
+    tmp_path: Path, suggestion: Any
+) -> None:
+    import tests.study.tiny_task as tiny
+
+    calls = {"n": 0}
+
+    def oom_once(model: Any, batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return tiny._Loss()(model, batch)
+
+    task = Task(
+        make_model=tiny.make_model,
+        train_data=tiny.BATCHES,
+        loss_fn=oom_once,
+        val_data=tiny.VAL,
+        total_steps=200,
+        name="oom",
+    )
+    result = autowarm.tune(
+        task,
+        n_trials=5,
+        storage=str(tmp_path / "s.db"),
+        trial_steps=40,
+        suggestion=suggestion,
+        progress=False,
+    )
+    frame = result.trials
+    assert (frame["state"] == "complete").sum() == 5
+    (failed,) = frame[frame["state"] == "fail"].itertuples()
+    assert failed.reason.startswith("out of memory: CUDA out of memory")
+    assert failed.reason.endswith("queued again once")
+    retried = frame[frame["role"] == "probe"]
+    assert len(retried) == 2  # the probe's trial failed and was run again by the study
