@@ -151,6 +151,10 @@ def test_load_task_errors(tmp_path: Path) -> None:
         load_task(f"{HERE / 'tiny_task.py'}:not_a_task")
     loaded = load_task(SPEC)
     assert loaded.name == SPEC and loaded.source == SPEC
+    by_module = load_task("tests.study.tiny_task:task")  # package.module:name
+    assert by_module.total_steps == 200 and by_module.source == "tests.study.tiny_task:task"
+    with pytest.raises(ValueError, match="cannot import module"):
+        load_task("tests.study.no_such_module:task")
 
 
 # ------------------------------------------------------------------------- tune
