@@ -49,7 +49,7 @@ def _series(ax: Any, s: Series, i: int) -> Any:
     # Returns the colour-mapped scatter, if this series is one, for the colour bar.
     color = _WARN if s.highlight else f"C{i % 10}" if i % 10 != 3 else "C9"  # C3 is red too
     if s.kind == "scatter" and s.color_values is not None:
-        return ax.scatter(s.x, s.y, c=s.color_values, cmap="viridis_r", label=s.label)
+        return ax.scatter(s.x, s.y, c=s.color_values, cmap="viridis", label=s.label)
     if s.kind == "scatter":
         size = 90 if s.marker in ("*", "D") else 30
         edge = None if s.marker in ("x", "+") else "black"  # unfilled markers keep the colour

@@ -109,5 +109,8 @@ def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
         series=tuple(series),
         yscale="log",
         colorbar_label=VALUE_LABEL,
-        caption="Each point is a completed trial; darker is better (lower loss).",
+        caption=(
+            "Each point is a completed trial; darker is better (lower loss; the colour bar "
+            "gives the value)."
+        ),
     )
