@@ -111,6 +111,13 @@ class Task:
                 "optimizer_kwargs must not contain 'lr': the schedule sets it; "
                 f"got optimizer_kwargs={dict(self.optimizer_kwargs)!r}"
             )
+        for field, data in (("train_data", self.train_data), ("val_data", self.val_data)):
+            if data is not None and _one_shot(data):
+                raise TypeError(
+                    f"{field} must be re-iterable (a list of batches, a DataLoader"
+                    + (", or a callable(seed) returning one" if field == "train_data" else "")
+                    + f"), not a one-shot {type(data).__name__}: every trial reads it afresh"
+                )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, but got {self.grad_clip!r}")
 
@@ -189,6 +196,16 @@ class Task:
         if count == 0:
             raise ValueError("val_data yielded no batches; pass at least one validation batch")
         return total / count
+
+
+def _one_shot(data: Any) -> bool:
+    """True for an iterator or generator (``iter(data) is data``): it can be read only once."""
+    if callable(data) and not hasattr(data, "__iter__"):
+        return False
+    try:
+        return iter(data) is data
+    except TypeError:
+        return False
 
 
 def load_task(spec: str) -> Task:

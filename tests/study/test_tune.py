@@ -136,6 +136,16 @@ def test_task_validation() -> None:
         Task(make_model=lambda s: None, train_data=[], total_steps=0)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="'lr'"):
         Task(make_model=lambda s: None, train_data=[], total_steps=5, optimizer_kwargs={"lr": 1})  # type: ignore[arg-type,return-value]
+    batches = [(torch.zeros(2, 8), torch.zeros(2, 1))]
+    with pytest.raises(TypeError, match="train_data must be re-iterable"):
+        Task(make_model=lambda s: None, train_data=iter(batches), total_steps=5)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="val_data must be re-iterable"):
+        Task(
+            make_model=lambda s: None,  # type: ignore[arg-type,return-value]
+            train_data=batches,
+            val_data=(b for b in batches),
+            total_steps=5,
+        )
     with pytest.raises(TypeError, match="make_model"):
         Task(make_model=3, train_data=[], total_steps=5)  # type: ignore[arg-type]
 
