@@ -9,6 +9,8 @@ Two measurements (BENCHMARK.md, issue "Overnight refinement"):
     - ``tune_fraction``: :func:`autowarm.tune` (probe included in the budget), warmup
       transferred as a fraction of the run;
     - ``tune_absolute``: the same, warmup transferred in absolute steps;
+    - ``tune_confirm``: ``tune_fraction`` with ``confirm=2``: the two best trials are re-run at
+      full length (two of the six runs, so fewer trials) and the better one is named best;
     - ``tpe_scratch``: optuna's TPE with the same pruner and trials but no probe, searching
       the whole oracle grid's range (peak LR log-uniform over the grid's LRs, warmup 0 to 60%).
 
@@ -60,10 +62,12 @@ __all__ = ["STUDY_METHODS", "as_task", "rank_table", "run_ranks", "run_study_ben
 
 _log = logging.getLogger("autowarm")
 
-STUDY_METHODS = ("tune_fraction", "tune_absolute", "tpe_scratch")
+STUDY_METHODS = ("tune_fraction", "tune_absolute", "tpe_scratch", "tune_confirm")
 BUDGET = 6.0
 TRIAL_FRACTION = 0.25
 EVAL_SEEDS = (0, 1)
+CONFIRM = 2
+"""Full-length confirmations of ``tune_confirm`` (paid from its six runs: fewer trials)."""
 
 
 def _build(bench: BenchTask, seed: int) -> torch.nn.Module:
@@ -157,7 +161,8 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
                 trial_steps=trial_steps,
                 seed=seed,
                 progress=False,
-                warmup_transfer="fraction" if method == "tune_fraction" else "absolute",
+                warmup_transfer="absolute" if method == "tune_absolute" else "fraction",
+                confirm=CONFIRM if method == "tune_confirm" else 0,
             )
             study = result.study
             record = study.user_attrs.get(_attrs.SUGGESTION) or {}
@@ -170,6 +175,8 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
         best = best_schedule(study)
         trials = study.get_trials()
     steps = probe_steps + _steps_taken(trials)
+    if method == "tune_confirm":
+        steps += CONFIRM * bench.total_steps
     finals = []
     run_seconds = []
     for s in EVAL_SEEDS:

@@ -69,6 +69,12 @@ def add_tune(sub: Any) -> None:
         help="how a full-run warmup maps into a trial",
     )
     p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        help="re-run the K best trials at full length and pick among them (default 0)",
+    )
     space = p.add_argument_group("search space (around the probe's estimate)")
     space.add_argument(
         "--lr-factor", type=float, default=4.0, help="peak LR within estimate/F..estimate*F"
@@ -136,6 +142,7 @@ def _run_tune(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             warmup_transfer=args.warmup_transfer,
             budget_steps=args.budget_steps,
+            confirm=args.confirm,
         )
     except KeyboardInterrupt:
         print(

@@ -280,7 +280,7 @@ def _is_dead_here(worker: str) -> bool:
     return bool(start) and _start_time(pid) != start
 
 
-def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+def fail_dead_local_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[int]:
     """Fail and re-queue running trials whose worker process on this host no longer exists.
 
     A worker killed by SIGKILL cannot mark its trial; this finds such trials (by the
@@ -301,7 +301,8 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
         )
         if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             continue
-        requeue(study, trial)
+        if requeue_them:
+            requeue(study, trial)
         failed.append(trial.number)
         _logger.warning(
             "trial %d: its worker %s is gone; marked failed and queued again", trial.number, worker

@@ -71,6 +71,9 @@ class _Surplus(Exception):
 def best_schedule(study: optuna.Study) -> ScheduleConfig:
     """The full-run schedule of ``study``'s best completed trial.
 
+    When the study confirmed its best trials at full length (``tune(confirm=k)``), the
+    confirmed schedule with the lowest full-length value wins instead.
+
     Raises:
         NoFinishedTrialError: If no trial has completed (with the count of each state).
         ValueError: If the best trial carries no autowarm schedule (not an autowarm study).
@@ -84,6 +87,11 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             f"study {study.study_name!r} has no completed trial yet ({seen}); run "
             "`autowarm tune` until one completes, or export the probe's suggestion instead"
         )
+    from autowarm.study._confirm import confirmed_best
+
+    full = confirmed_best(study)
+    if full is not None:
+        return full
     best = min(done, key=lambda t: (t.value, t.number))
     data = best.user_attrs.get(_attrs.SCHEDULE)
     if not isinstance(data, Mapping):
@@ -109,13 +117,14 @@ TRIAL_COLUMNS = (
     "reason",
     "retry_of",
     "worker",
+    "full_value",
 )
 
 
 _TRIAL_DTYPES = {
     **dict.fromkeys(TRIAL_COLUMNS, "int64"),
     **dict.fromkeys(("state", "role", "decay", "reason", "worker"), "str"),
-    **dict.fromkeys(("value", "peak_lr", "min_lr", "duration_s"), "float64"),
+    **dict.fromkeys(("value", "peak_lr", "min_lr", "duration_s", "full_value"), "float64"),
 }
 
 
@@ -124,8 +133,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
     ``value`` is the final validation loss (NaN unless completed), ``warmup_steps`` and
     ``peak_lr`` describe the full-run schedule the trial stands for, ``trial_warmup_steps``
-    what the compressed trial actually used, ``reason`` why it was pruned or failed.
+    what the compressed trial actually used, ``reason`` why it was pruned or failed,
+    ``full_value`` the full-length value of a confirmed trial (NaN otherwise).
     """
+    from autowarm.study._confirm import confirmed
+
+    full = confirmed(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         sched = t.user_attrs.get(_attrs.SCHEDULE) or {}
@@ -155,6 +168,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "reason": str(t.user_attrs.get(_attrs.REASON, "")),
                 "retry_of": int(t.user_attrs.get(_attrs.RETRY_OF, -1)),
                 "worker": str(t.user_attrs.get(_attrs.WORKER, "")),
+                "full_value": full.get(t.number, math.nan),
             }
         )
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
@@ -414,6 +428,7 @@ def tune(
     progress: bool = True,
     warmup_transfer: WarmupTransfer = "fraction",
     budget_steps: int | None = None,
+    confirm: int = 0,
 ) -> TuneResult:
     """Refine the probe's warmup and peak LR with an optuna study of compressed trials.
 
@@ -458,6 +473,11 @@ def tune(
             How a full-run warmup maps into a trial: ``"fraction"`` or ``"absolute"``.
         budget_steps:
             The probe's budget (see :func:`autowarm.suggest`).
+        confirm:
+            Once the search has its ``n_trials``, train the ``confirm`` best trials again at
+            full length and name the best of those (see :mod:`autowarm.study._confirm`); the
+            default ``n_trials`` leaves room for them in the six-run budget. Skipped when the
+            ``timeout`` has passed.
 
     Returns:
         The :class:`TuneResult`; ``result.best`` is the full-run schedule to train with.
@@ -476,6 +496,8 @@ def tune(
         raise ValueError(f"n_trials must be a positive int or None, but got n_trials={n_trials!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive seconds or None, but got timeout={timeout!r}")
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 0:
+        raise ValueError(f"confirm must be an int >= 0, but got confirm={confirm!r}")
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive int, but got n_workers={n_workers!r}")
     if warmup_transfer not in TRANSFERS:
@@ -524,6 +546,7 @@ def tune(
             warmup_transfer,
             budget_steps,
             timeout is not None,
+            confirm,
         )
         plan = _Plan(
             storage=url,
@@ -556,6 +579,13 @@ def tune(
                     )
             else:
                 _run_processes(task, plan, n_workers)
+            if confirm and (plan.deadline is None or time.time() < plan.deadline):
+                from autowarm.study._confirm import run_confirmations
+
+                with _StopFlag().installed() as flag:
+                    run_confirmations(
+                        task, study, confirm, seed=seed, storage_url=url, should_stop=flag.is_set
+                    )
         except KeyboardInterrupt:
             interrupted = True
             kept = len(
@@ -585,6 +615,7 @@ def _set_up(
     transfer: WarmupTransfer,
     budget_steps: int | None,
     has_timeout: bool,
+    confirm: int,
 ) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _quiet():
@@ -616,7 +647,7 @@ def _set_up(
             if isinstance(target, int):
                 n_trials = target
         if n_trials is None and not has_timeout:
-            spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps)
+            spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
             n_trials = max(5, int(spare * task.total_steps / trial_steps))
         if study.user_attrs.get(_attrs.FORMAT) is None:
             records: dict[str, Any] = {

@@ -619,3 +619,28 @@ def test_out_of_memory_fails_the_trial_and_the_study_goes_on(
     assert failed.reason.endswith("queued again once")
     retried = frame[frame["role"] == "probe"]
     assert len(retried) == 2  # the probe's trial failed and was run again by the study
+
+
+def test_confirm_reruns_the_best_at_full_length(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    from autowarm.study._confirm import candidates, confirmed
+
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
+    result = autowarm.tune(task, n_trials=6, confirm=2, **kw)
+    full = confirmed(result.study)
+    top = [t.number for t in candidates(result.study, 2)]
+    assert sorted(full) == sorted(top)
+    frame = result.trials
+    assert frame["full_value"].notna().sum() == 2
+    winner = min(full, key=full.__getitem__)
+    assert result.best == ScheduleConfig.from_dict(
+        result.study.trials[winner].user_attrs[_attrs.SCHEDULE]
+    )
+    # a rerun confirms nothing twice
+    again = autowarm.tune(task, n_trials=6, confirm=2, **kw)
+    conf = _storage.load_study(db, again.study.study_name + ".confirm")
+    assert len(conf.get_trials()) == 2
+    with pytest.raises(ValueError, match="confirm"):
+        autowarm.tune(task, confirm=-1, **kw)

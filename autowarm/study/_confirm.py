@@ -1,0 +1,148 @@
+"""Confirmation: the study's best compressed trials, re-run once at full length.
+
+Compressed trials rank schedules well on the whole, but not perfectly: a peak LR that trains in a
+short run can fail late in a long one (``reports/benchmark/ranks_summary.md``). With
+``tune(confirm=k)``, once the search is done the ``k`` best completed trials (distinct schedules)
+are trained once more at the real run's length, and :func:`best_schedule` names the one with the
+lowest full-length validation loss.
+
+The full-length runs live in a second study in the same storage, named ``<study>.confirm``, so
+their values (on another scale than the compressed trials') never reach the sampler or the
+pruner. Each is claimed under the study's setup lock, so several workers or hosts never run the
+same confirmation twice; an interrupted one is failed and run again on the next start, as is one
+whose process on this host was killed. (A confirmation claimed by a host that died stays
+claimed: confirmations have no heartbeat.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autowarm.schedules import ScheduleConfig
+from autowarm.study import _attrs, _storage
+from autowarm.study._task import Task
+from autowarm.study._trial import train_trial
+
+__all__ = ["CONFIRM_SUFFIX", "candidates", "confirmed", "run_confirmations"]
+
+_logger = logging.getLogger("autowarm")
+
+CONFIRM_SUFFIX = ".confirm"
+ROLE_CONFIRM = "confirm"
+CONFIRMS = "autowarm.confirms"
+"""Trial user attribute of a confirmation: the number of the study trial it re-runs."""
+
+
+def _confirm_study(study: optuna.Study, *, create: bool) -> optuna.Study | None:
+    name = study.study_name + CONFIRM_SUFFIX
+    if create:
+        return optuna.create_study(
+            storage=study._storage, study_name=name, direction="minimize", load_if_exists=True
+        )
+    try:
+        return optuna.load_study(study_name=name, storage=study._storage)
+    except KeyError:
+        return None
+
+
+def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The ``k`` best completed trials with distinct full-run schedules, best first."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value) and _attrs.SCHEDULE in t.user_attrs
+    ]
+    chosen: list[FrozenTrial] = []
+    seen: list[Mapping[str, object]] = []
+    for t in sorted(done, key=lambda t: (t.value, t.number)):
+        schedule = t.user_attrs[_attrs.SCHEDULE]
+        if schedule in seen:
+            continue
+        seen.append(schedule)
+        chosen.append(t)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def confirmed(study: optuna.Study) -> dict[int, float]:
+    """Full-length values of the confirmed trials: ``{study trial number: value}``."""
+    conf = _confirm_study(study, create=False)
+    if conf is None:
+        return {}
+    out: dict[int, float] = {}
+    for t in conf.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        number = t.user_attrs.get(CONFIRMS)
+        if isinstance(number, int) and t.value is not None:
+            out[number] = float(t.value)
+    return out
+
+
+def confirmed_best(study: optuna.Study) -> ScheduleConfig | None:
+    """The confirmed schedule with the lowest finite full-length value, if any."""
+    values = {n: v for n, v in confirmed(study).items() if math.isfinite(v)}
+    if not values:
+        return None
+    number = min(values, key=lambda n: (values[n], n))
+    data = study.trials[number].user_attrs[_attrs.SCHEDULE]
+    return ScheduleConfig.from_dict(data)
+
+
+def run_confirmations(
+    task: Task,
+    study: optuna.Study,
+    k: int,
+    *,
+    seed: int,
+    storage_url: str,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Train each of the ``k`` best trials' schedules at full length (once per study)."""
+    conf = _confirm_study(study, create=True)
+    assert conf is not None
+    for cand in candidates(study, k):
+        with _storage.setup_lock(storage_url, conf.study_name):
+            # a confirmation whose process died here is failed, so it is claimed anew
+            _storage.fail_dead_local_trials(conf, requeue_them=False)
+            claimed = {
+                t.user_attrs.get(CONFIRMS)
+                for t in conf.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+                )
+            }
+            if cand.number in claimed:
+                continue
+            with warnings.catch_warnings():
+                # no heartbeat thread outside optimize(); dead workers are found by pid above
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = conf.ask()
+            trial.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
+            trial.set_user_attr(CONFIRMS, cand.number)
+            trial.set_user_attr(_attrs.SCHEDULE, cand.user_attrs[_attrs.SCHEDULE])
+            trial.set_user_attr(_attrs.WORKER, _storage.worker_id())
+        schedule = ScheduleConfig.from_dict(cand.user_attrs[_attrs.SCHEDULE])
+        _logger.info(
+            "confirming trial %d at full length (%d steps): peak_lr %.3g, warmup %d",
+            cand.number,
+            schedule.total_steps,
+            schedule.peak_lr,
+            schedule.warmup_steps,
+        )
+        try:
+            outcome = train_trial(task, schedule, seed, should_stop=should_stop)
+        except BaseException:
+            conf.tell(trial, state=TrialState.FAIL)
+            raise
+        conf.tell(trial, outcome.value)
+        _logger.info(
+            "trial %d at full length: value %.5g (compressed %.5g)",
+            cand.number,
+            outcome.value,
+            cand.value,
+        )
