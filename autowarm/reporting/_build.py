@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -168,9 +169,16 @@ def study_report(
     best = S.best_row(trials)
     schedule = _chosen(study, best, s)
     counts = trials["state"].value_counts()
+    n_full = (
+        int(np.isfinite(trials["full_value"].to_numpy(dtype=float)).sum())
+        if "full_value" in trials.columns
+        else 0
+    )
     chosen_by = (
-        f"study: trial {int(best['number'])}, the best of {int(counts.get('complete', 0))} "
-        "completed"
+        f"study: trial {int(best['number'])}, the best of {n_full} confirmed at full length"
+        if best is not None and n_full
+        else f"study: trial {int(best['number'])}, the best of "
+        f"{int(counts.get('complete', 0))} completed"
         if best is not None
         else "probe (no trial has completed yet)"
     )

@@ -166,7 +166,13 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_row(trials: pd.DataFrame) -> pd.Series | None:
-    """The completed trial with the lowest finite value, or ``None``."""
+    """The study's best trial, or ``None``: among trials confirmed at full length (a finite
+    ``full_value``) the lowest of those, else the completed trial with the lowest value."""
+    if "full_value" in trials.columns:
+        full = trials[np.isfinite(trials["full_value"].to_numpy(dtype=float))]
+        if not full.empty:
+            confirmed: pd.Series = full.iloc[int(np.argmin(full["full_value"].to_numpy()))]
+            return confirmed
     done = completed(trials)
     if done.empty:
         return None

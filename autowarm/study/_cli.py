@@ -72,8 +72,8 @@ def add_tune(sub: Any) -> None:
     p.add_argument(
         "--confirm",
         type=int,
-        default=0,
-        help="re-run the K best trials at full length and pick among them (default 0)",
+        default=2,
+        help="re-run the K best trials at full length and pick among them (default 2; 0: off)",
     )
     space = p.add_argument_group("search space (around the probe's estimate)")
     space.add_argument(

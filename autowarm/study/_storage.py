@@ -346,16 +346,16 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
     if path is not None and not path.exists():
         raise ValueError(f"storage file {str(path)!r} does not exist; check --storage")
     opened = open_storage(url, heartbeat_interval=None, create=False)
-    names = [
-        s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)
-    ]
+    every = [s.study_name for s in optuna.get_all_study_summaries(opened, False)]
+    # a study's full-length confirmations live in "<name>.confirm": not a study of its own
+    names = [n for n in every if not (n.endswith(".confirm") and n[: -len(".confirm")] in every)]
     if study_name is None:
         if len(names) != 1:
             raise ValueError(
                 f"{_redact(url)} holds {len(names)} studies {names}; pass --study-name"
             )
         study_name = names[0]
-    if study_name not in names:
+    if study_name not in every:
         raise ValueError(
             f"no study {study_name!r} in {_redact(url)}; the studies there: {names or 'none'}"
         )

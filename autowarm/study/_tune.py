@@ -9,7 +9,9 @@ The flow of one call:
 2. Run workers (this process, or ``n_workers`` spawned processes). Each loops: fail trials
    whose worker died, stop when the study holds ``n_trials`` trials or the time is up, else run
    one trial with ``study.optimize(n_trials=1)`` so optuna's heartbeat and bookkeeping apply.
-3. Return a :class:`TuneResult` over the study as stored.
+3. Confirm: train the ``confirm`` best trials once more at full length (a companion study,
+   :mod:`autowarm.study._confirm`); ``best`` is the best of those.
+4. Return a :class:`TuneResult` over the study as stored.
 
 ``n_trials`` is the study's total: trials that completed, were pruned, are running or are
 queued count; failed ones do not (a retry takes their place).
@@ -225,6 +227,8 @@ class _Plan:
     progress: bool
     heartbeat_interval: int | None
     log_level: int
+    confirm: int = 0
+    total_steps: int = 0
 
 
 def _default_trial_steps(total_steps: int) -> int:
@@ -428,7 +432,7 @@ def tune(
     progress: bool = True,
     warmup_transfer: WarmupTransfer = "fraction",
     budget_steps: int | None = None,
-    confirm: int = 0,
+    confirm: int = 2,
 ) -> TuneResult:
     """Refine the probe's warmup and peak LR with an optuna study of compressed trials.
 
@@ -474,10 +478,11 @@ def tune(
         budget_steps:
             The probe's budget (see :func:`autowarm.suggest`).
         confirm:
-            Once the search has its ``n_trials``, train the ``confirm`` best trials again at
-            full length and name the best of those (see :mod:`autowarm.study._confirm`); the
-            default ``n_trials`` leaves room for them in the six-run budget. Skipped when the
-            ``timeout`` has passed.
+            Once the search is done, train the ``confirm`` best trials again at full length
+            and name the best of those (see :mod:`autowarm.study._confirm`); ``0`` trusts the
+            compressed trials alone. The default ``n_trials`` leaves room for them in the
+            six-run budget; with a ``timeout``, the search stops early enough for them
+            (estimated from the trials' durations).
 
     Returns:
         The :class:`TuneResult`; ``result.best`` is the full-run schedule to train with.
@@ -564,6 +569,8 @@ def tune(
             progress=progress,
             heartbeat_interval=_storage.HEARTBEAT_INTERVAL,
             log_level=_logger.getEffectiveLevel(),
+            confirm=confirm,
+            total_steps=task.total_steps,
         )
         interrupted = False
         try:
@@ -730,6 +737,22 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     return len(trials) - waiting, waiting
 
 
+def _reserve(study: optuna.Study, plan: _Plan) -> float:
+    """Seconds to keep free before the deadline for the full-length confirmations: ``confirm``
+    full runs, each estimated from the median completed trial's duration."""
+    if not plan.confirm:
+        return 0.0
+    durations = sorted(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.datetime_complete is not None and t.datetime_start is not None
+    )
+    if not durations:
+        return 0.0
+    median = durations[len(durations) // 2]
+    return plan.confirm * median * plan.total_steps / plan.trial_steps
+
+
 def _work(
     task: Task,
     plan: _Plan,
@@ -754,7 +777,7 @@ def _work(
             active, waiting = _counts(study)
             if plan.n_trials is not None and active >= plan.n_trials and not waiting:
                 break
-            if plan.deadline is not None and time.time() >= plan.deadline:
+            if plan.deadline is not None and time.time() + _reserve(study, plan) >= plan.deadline:
                 _logger.info("time is up: no new trial starts")
                 break
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -173,7 +174,13 @@ def test_load_task_errors(tmp_path: Path) -> None:
 def test_tune_seeds_with_probe_and_references(tmp_path: Path, task: Task) -> None:
     db = tmp_path / "s.db"
     result = autowarm.tune(
-        task, n_trials=6, storage=str(db), trial_steps=50, progress=False, pruner="none"
+        task,
+        n_trials=6,
+        storage=str(db),
+        trial_steps=50,
+        progress=False,
+        pruner="none",
+        confirm=0,
     )
     study = result.study
     trials = study.get_trials()
@@ -628,7 +635,7 @@ def test_confirm_reruns_the_best_at_full_length(
 
     db = str(tmp_path / "s.db")
     kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
-    result = autowarm.tune(task, n_trials=6, confirm=2, **kw)
+    result = autowarm.tune(task, n_trials=6, **kw)  # confirm=2 is the default
     full = confirmed(result.study)
     top = [t.number for t in candidates(result.study, 2)]
     assert sorted(full) == sorted(top)
@@ -644,3 +651,58 @@ def test_confirm_reruns_the_best_at_full_length(
     assert len(conf.get_trials()) == 2
     with pytest.raises(ValueError, match="confirm"):
         autowarm.tune(task, confirm=-1, **kw)
+
+
+def test_report_names_the_confirmed_best(tmp_path: Path, task: Task, suggestion: Any) -> None:
+    pytest.importorskip("matplotlib", reason="the report needs matplotlib (extra plot)")
+    from autowarm.study._confirm import confirmed
+
+    db = str(tmp_path / "s.db")
+    result = autowarm.tune(
+        task, n_trials=6, storage=db, trial_steps=40, suggestion=suggestion, progress=False
+    )
+    full = confirmed(result.study)
+    winner = min(full, key=full.__getitem__)
+    rep = autowarm.report((db, result.study.study_name))
+    summary = rep.tables["summary"].iloc[0]
+    assert summary["chosen_by"] == f"study: trial {winner}, the best of 2 confirmed at full length"
+    assert summary["peak_lr"] == pytest.approx(result.best.peak_lr)
+    assert int(summary["warmup_steps"]) == result.best.warmup_steps
+
+
+def test_a_timeout_keeps_time_for_the_confirmations() -> None:
+    import datetime as dt
+
+    from autowarm.study._tune import _Plan, _reserve
+
+    study = optuna.create_study()
+    start = dt.datetime(2026, 1, 1)
+    for seconds in (10.0, 30.0, 20.0):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=1.0,
+                datetime_start=start,
+                datetime_complete=start + dt.timedelta(seconds=seconds),
+            )
+        )
+    center = ScheduleConfig(peak_lr=1e-3, total_steps=200, warmup_steps=10)
+    plan = _Plan(
+        storage="",
+        study_name="s",
+        n_trials=None,
+        deadline=0.0,
+        trial_steps=50,
+        seed=0,
+        pruner="none",
+        transfer="fraction",
+        space=SearchSpace(),
+        center=center,
+        progress=False,
+        heartbeat_interval=None,
+        log_level=0,
+        confirm=2,
+        total_steps=200,
+    )
+    # two full runs of four trials' length each, at the median trial's 20 s
+    assert _reserve(study, plan) == pytest.approx(2 * 20.0 * 4)
+    assert _reserve(study, dataclasses.replace(plan, confirm=0)) == 0.0
