@@ -675,16 +675,14 @@ def test_a_timeout_keeps_time_for_the_confirmations() -> None:
 
     from autowarm.study._tune import _Plan, _reserve
 
-    study = optuna.create_study()
+    from types import SimpleNamespace
+
     start = dt.datetime(2026, 1, 1)
-    for seconds in (10.0, 30.0, 20.0):
-        study.add_trial(
-            optuna.trial.create_trial(
-                value=1.0,
-                datetime_start=start,
-                datetime_complete=start + dt.timedelta(seconds=seconds),
-            )
-        )
+    done = [
+        SimpleNamespace(datetime_start=start, datetime_complete=start + dt.timedelta(seconds=x))
+        for x in (10.0, 30.0, 20.0)
+    ]
+    study = SimpleNamespace(get_trials=lambda deepcopy, states: done)
     center = ScheduleConfig(peak_lr=1e-3, total_steps=200, warmup_steps=10)
     plan = _Plan(
         storage="",
