@@ -672,10 +672,9 @@ def test_report_names_the_confirmed_best(tmp_path: Path, task: Task, suggestion:
 
 def test_a_timeout_keeps_time_for_the_confirmations() -> None:
     import datetime as dt
+    from types import SimpleNamespace
 
     from autowarm.study._tune import _Plan, _reserve
-
-    from types import SimpleNamespace
 
     start = dt.datetime(2026, 1, 1)
     done = [
