@@ -47,6 +47,20 @@ def suggestion(task: Task) -> Any:
     )
 
 
+def _tiny(loss_fn: Any, name: str) -> Task:
+    """The tiny task from this module's import (so monkeypatched knobs apply) with ``loss_fn``."""
+    import tests.study.tiny_task as tiny
+
+    return Task(
+        make_model=tiny.make_model,
+        train_data=tiny.BATCHES,
+        loss_fn=loss_fn,
+        val_data=tiny.VAL,
+        total_steps=200,
+        name=name,
+    )
+
+
 def _cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.Popen(
@@ -289,14 +303,7 @@ def test_divergence_prunes_with_a_reason(
     import tests.study.tiny_task as tiny
 
     monkeypatch.setattr(tiny, "NAN_ABOVE", 0.0)  # every trial's loss is NaN at once
-    task = Task(
-        make_model=tiny.make_model,
-        train_data=tiny.BATCHES,
-        loss_fn=tiny._Loss(),
-        val_data=tiny.VAL,
-        total_steps=200,
-        name="nan",
-    )
+    task = _tiny(loss_fn=tiny._Loss(), name="nan")
     result = autowarm.tune(
         task,
         n_trials=5,
@@ -318,14 +325,7 @@ def test_errors_in_the_task_fail_trials_then_stop(
     import tests.study.tiny_task as tiny
 
     monkeypatch.setattr(tiny, "RAISE", True)
-    task = Task(
-        make_model=tiny.make_model,
-        train_data=tiny.BATCHES,
-        loss_fn=tiny._Loss(),
-        val_data=tiny.VAL,
-        total_steps=200,
-        name="broken",
-    )
+    task = _tiny(loss_fn=tiny._Loss(), name="broken")
     with pytest.raises(RuntimeError, match=r"3 trials in a row failed.*broken on purpose"):
         autowarm.tune(
             task,
@@ -603,14 +603,7 @@ def test_out_of_memory_fails_the_trial_and_the_study_goes_on(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return tiny._Loss()(model, batch)
 
-    task = Task(
-        make_model=tiny.make_model,
-        train_data=tiny.BATCHES,
-        loss_fn=oom_once,
-        val_data=tiny.VAL,
-        total_steps=200,
-        name="oom",
-    )
+    task = _tiny(loss_fn=oom_once, name="oom")
     result = autowarm.tune(
         task,
         n_trials=5,
