@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from autowarm.reporting._figures import LR_LABEL, VALUE_LABEL, FigureData, Series, floats
-from autowarm.reporting._study import completed
+from autowarm.reporting._study import best_row, completed
 from autowarm.study import _attrs as A
 
 
@@ -90,17 +90,19 @@ def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
                 marker="*",
             )
         )
-    best = done.loc[[done["value"].idxmin()]]
-    series.append(
-        Series(
-            "best",
-            floats(best["warmup_steps"]),
-            floats(best["peak_lr"]),
-            "scatter",
-            highlight=True,
-            marker="D",
+    chosen = best_row(trials)  # the confirmed best when the study confirmed at full length
+    best = done[done["number"] == (-1 if chosen is None else int(chosen["number"]))]
+    if len(best):
+        series.append(
+            Series(
+                "best",
+                floats(best["warmup_steps"]),
+                floats(best["peak_lr"]),
+                "scatter",
+                highlight=True,
+                marker="D",
+            )
         )
-    )
     return FigureData(
         name="trials_scatter",
         title="Trials: warmup and peak LR, coloured by value",

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from autowarm.probe.signals import untuned_warmup_steps
-from autowarm.reporting._study import completed
+from autowarm.reporting._study import best_row
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study import _attrs as A
 
@@ -66,7 +66,7 @@ DESCRIPTIONS = {
     A.ROLE_NO_WARMUP: "reference: no warmup at the probe's peak LR",
     A.ROLE_UNTUNED: "reference: 2/(1-beta2) warmup steps at the probe's peak LR",
     A.ROLE_TEN_PERCENT: "reference: 10% of the run as warmup at the probe's peak LR",
-    "best": "the study's best completed trial",
+    "best": "the study's best trial (the best confirmed at full length, when confirmed)",
 }
 
 
@@ -189,8 +189,8 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
 def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
     """``comparison`` for a study: the probe's and reference trials beside the best."""
     rows = []
-    done = completed(trials)
-    best_value = float(done["value"].min()) if not done.empty else math.nan
+    best = best_row(trials)
+    best_value = math.nan if best is None else float(best["value"])
     for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
         hit = trials[trials["role"] == role]
         if hit.empty:
@@ -200,8 +200,7 @@ def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], best_value)
         )
-    if not done.empty:
-        best = done.iloc[int(np.argmin(done["value"].to_numpy()))]
+    if best is not None:
         rows.append(_comparison_row("best", best, best_value))
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 

@@ -661,6 +661,10 @@ def test_report_names_the_confirmed_best(tmp_path: Path, task: Task, suggestion:
     assert summary["chosen_by"] == f"study: trial {winner}, the best of 2 confirmed at full length"
     assert summary["peak_lr"] == pytest.approx(result.best.peak_lr)
     assert int(summary["warmup_steps"]) == result.best.warmup_steps
+    comparison = rep.tables["comparison"].set_index("label")
+    assert int(comparison.loc["best", "trial"]) == winner
+    (best_marker,) = [s for s in rep.figures["trials_scatter"].series if s.label == "best"]
+    assert list(best_marker.x) == [result.best.warmup_steps]
 
 
 def test_a_timeout_keeps_time_for_the_confirmations() -> None:
