@@ -61,6 +61,25 @@ def _tiny(loss_fn: Any, name: str) -> Task:
     )
 
 
+def _tune_args(
+    storage: object, name: str, n_trials: int, trial_steps: int, *more: str
+) -> list[str]:
+    """``autowarm tune`` of the tiny task; ``more`` adds options."""
+    return [
+        "tune",
+        SPEC,
+        "--storage",
+        str(storage),
+        "--study-name",
+        name,
+        "--n-trials",
+        str(n_trials),
+        "--trial-steps",
+        str(trial_steps),
+        *more,
+    ]
+
+
 def _cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.Popen(
@@ -379,20 +398,7 @@ def test_cli_probe_tune_export(tmp_path: Path) -> None:
     assert out.exists() and out.with_suffix(".trace.csv").exists()
     assert json.loads(out.read_text())["format"] == "autowarm.suggestion"
     db = tmp_path / "study.db"
-    proc = _cli(
-        "tune",
-        SPEC,
-        "--storage",
-        str(db),
-        "--study-name",
-        "s",
-        "--n-trials",
-        "5",
-        "--trial-steps",
-        "40",
-        "--suggestion",
-        str(out),
-    )
+    proc = _cli(*_tune_args(db, "s", 5, 40, "--suggestion", str(out)))
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert f"storage sqlite:///{db}" in stdout and "optuna-dashboard" in stdout
@@ -411,20 +417,7 @@ def test_cli_probe_tune_export(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, sig: signal.Signals) -> None:
     db = tmp_path / "study.db"
-    args = [
-        "tune",
-        SPEC,
-        "--storage",
-        str(db),
-        "--study-name",
-        "s",
-        "--n-trials",
-        "6",
-        "--trial-steps",
-        "60",
-        "--budget-steps",
-        "40",
-    ]
+    args = _tune_args(db, "s", 6, 60, "--budget-steps", "40")
     proc = _cli(*args, env={"TINY_TASK_SLEEP": "0.02"})
     _wait_for(
         proc, db, "s", lambda s: _done(s) >= 1 and s.get_trials(states=(TrialState.RUNNING,))
@@ -455,20 +448,7 @@ def test_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, sig: signal.Si
 
 def test_sigkill_loses_only_the_running_trial(tmp_path: Path) -> None:
     log = tmp_path / "study.log"  # journal storage: no heartbeat, the pid check re-queues
-    args = [
-        "tune",
-        SPEC,
-        "--storage",
-        str(log),
-        "--study-name",
-        "s",
-        "--n-trials",
-        "6",
-        "--trial-steps",
-        "60",
-        "--budget-steps",
-        "40",
-    ]
+    args = _tune_args(log, "s", 6, 60, "--budget-steps", "40")
     proc = _cli(*args, env={"TINY_TASK_SLEEP": "0.02"})
     _wait_for(
         proc, log, "s", lambda s: _done(s) >= 2 and s.get_trials(states=(TrialState.RUNNING,))
@@ -508,23 +488,8 @@ def _check_no_loss_no_duplicates(study: optuna.Study, n_trials: int) -> None:
 
 def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
     log = tmp_path / "study.log"
-    proc = _cli(
-        "tune",
-        SPEC,
-        "--storage",
-        str(log),
-        "--study-name",
-        "s",
-        "--n-trials",
-        "10",
-        "--trial-steps",
-        "40",
-        "--workers",
-        "2",
-        "--budget-steps",
-        "40",
-        env={"TINY_TASK_SLEEP": "0.005"},
-    )
+    args = _tune_args(log, "s", 10, 40, "--workers", "2", "--budget-steps", "40")
+    proc = _cli(*args, env={"TINY_TASK_SLEEP": "0.005"})
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     _check_no_loss_no_duplicates(_storage.load_study(str(log), "s"), 10)
@@ -545,20 +510,7 @@ def _postgres_url() -> str:
 def test_two_hosts_on_postgresql(tmp_path: Path) -> None:
     url = _postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    args = [
-        "tune",
-        SPEC,
-        "--storage",
-        url,
-        "--study-name",
-        name,
-        "--n-trials",
-        "10",
-        "--trial-steps",
-        "40",
-        "--budget-steps",
-        "40",
-    ]
+    args = _tune_args(url, name, 10, 40, "--budget-steps", "40")
     # two separate commands against one database, as two hosts would run them
     procs = [_cli(*args, env={"TINY_TASK_SLEEP": "0.005"}) for _ in range(2)]
     for p in procs:
