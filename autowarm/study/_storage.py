@@ -43,7 +43,11 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "default_storage_url",
     "fail_dead_local_trials",
+    "load_study",
+    "normalize_url",
     "open_storage",
+    "redact",
+    "requeue",
     "setup_lock",
     "worker_id",
 ]
@@ -150,12 +154,12 @@ def open_storage(
         hint = {"postgresql": "psycopg[binary]", "mysql": "PyMySQL"}
         package = next((v for k, v in hint.items() if scheme.startswith(k)), exc.name)
         raise ValueError(
-            f"storage {_redact(url)} needs the database driver {exc.name!r}: "
+            f"storage {redact(url)} needs the database driver {exc.name!r}: "
             f"pip install '{package}' (or pip install 'autowarm[postgres]')"
         ) from exc
     except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials
         if type(exc).__module__.startswith("sqlalchemy"):
-            raise ValueError(f"cannot open storage {_redact(url)}: {exc}") from exc
+            raise ValueError(f"cannot open storage {redact(url)}: {exc}") from exc
         raise
 
 
@@ -179,7 +183,7 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     if "://" not in url or "@" not in url:
         return url
@@ -187,9 +191,6 @@ def _redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
-
-redact = _redact
 
 
 @contextlib.contextmanager
@@ -352,12 +353,12 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
     if study_name is None:
         if len(names) != 1:
             raise ValueError(
-                f"{_redact(url)} holds {len(names)} studies {names}; pass --study-name"
+                f"{redact(url)} holds {len(names)} studies {names}; pass --study-name"
             )
         study_name = names[0]
     if study_name not in every:
         raise ValueError(
-            f"no study {study_name!r} in {_redact(url)}; the studies there: {names or 'none'}"
+            f"no study {study_name!r} in {redact(url)}; the studies there: {names or 'none'}"
         )
     with _quiet_experimental():
         return optuna.load_study(study_name=study_name, storage=opened)

@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 import autowarm
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
+from autowarm.study._confirm import confirmed, confirmed_best, run_confirmations
 from autowarm.study._space import SearchSpace
 from autowarm.study._task import Task, load_task
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
@@ -89,8 +90,6 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             f"study {study.study_name!r} has no completed trial yet ({seen}); run "
             "`autowarm tune` until one completes, or export the probe's suggestion instead"
         )
-    from autowarm.study._confirm import confirmed_best
-
     full = confirmed_best(study)
     if full is not None:
         return full
@@ -138,8 +137,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     what the compressed trial actually used, ``reason`` why it was pruned or failed,
     ``full_value`` the full-length value of a confirmed trial (NaN otherwise).
     """
-    from autowarm.study._confirm import confirmed
-
     full = confirmed(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -587,8 +584,6 @@ def tune(
             else:
                 _run_processes(task, plan, n_workers)
             if confirm and (plan.deadline is None or time.time() < plan.deadline):
-                from autowarm.study._confirm import run_confirmations
-
                 with _StopFlag().installed() as flag:
                     run_confirmations(
                         task, study, confirm, seed=seed, storage_url=url, should_stop=flag.is_set
