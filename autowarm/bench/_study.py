@@ -119,7 +119,7 @@ def _scratch_space(bench: BenchTask) -> tuple[ScheduleConfig, SearchSpace]:
     return center, space
 
 
-def _tpe_scratch(task: Task, bench: BenchTask, seed: int, trial_steps: int) -> tuple[Any, int]:
+def _tpe_scratch(task: Task, bench: BenchTask, seed: int, trial_steps: int) -> optuna.Study:
     from autowarm.study import _tune
 
     center, space = _scratch_space(bench)
@@ -141,7 +141,7 @@ def _tpe_scratch(task: Task, bench: BenchTask, seed: int, trial_steps: int) -> t
     )
     study = optuna.create_study(direction="minimize")
     _tune._work(task, plan, study, worker=0, distributed=False)
-    return study, 0
+    return study
 
 
 def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
@@ -150,12 +150,12 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
     bench = get_task(task_name)
     task = as_task(bench)
     trial_steps = round(TRIAL_FRACTION * bench.total_steps)
-    start = time.perf_counter()
-    if method == "tpe_scratch":
-        study, probe_steps = _tpe_scratch(task, bench, seed, trial_steps)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = tune(
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        if method == "tpe_scratch":
+            study, probe_steps = _tpe_scratch(task, bench, seed, trial_steps), 0
+        else:
+            study = tune(
                 task,
                 storage=str(Path(tmp) / "study.log"),
                 trial_steps=trial_steps,
@@ -163,15 +163,11 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
                 progress=False,
                 warmup_transfer="absolute" if method == "tune_absolute" else "fraction",
                 confirm=CONFIRM if method == "tune_confirm" else 0,
-            )
-            study = result.study
+            ).study
             record = study.user_attrs.get(_attrs.SUGGESTION) or {}
             probe_steps = int(record.get("probe_steps", 0))
-            # materialise while the journal file exists
-            best = best_schedule(study)
-            trials = study.get_trials()
-    study_seconds = time.perf_counter() - start
-    if method == "tpe_scratch":
+        study_seconds = time.perf_counter() - start
+        # read while the journal file exists
         best = best_schedule(study)
         trials = study.get_trials()
     steps = probe_steps + _steps_taken(trials)

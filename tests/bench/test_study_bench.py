@@ -1,0 +1,85 @@
+"""The study benchmark's tables (the runs themselves are the `autowarm bench study` command)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autowarm.bench._study import markdown, rank_table, study_table
+
+LRS = (0.001, 0.002, 0.004)
+WARMUPS = (0, 20, 200)
+# full-length loss of each cell: best at (0.002, 20), one diverged cell
+FULL = {
+    (0.001, 0): 1.30, (0.001, 20): 1.28, (0.001, 200): 1.29,
+    (0.002, 0): 1.21, (0.002, 20): 1.20, (0.002, 200): 1.22,
+    (0.004, 0): math.inf, (0.004, 20): 1.40, (0.004, 200): 1.25,
+}  # fmt: skip
+
+
+@pytest.fixture
+def grid_csv(tmp_path: Path) -> Path:
+    rows = [
+        {
+            "task": "toy", "peak_lr": lr, "warmup_steps": w, "warmup_frac": w / 2000,
+            "total_steps": 2000, "seed": seed, "final_val_loss": FULL[(lr, w)],
+            "diverged": not math.isfinite(FULL[(lr, w)]), "seconds": 1.0,
+        }
+        for lr, w in itertools.product(LRS, WARMUPS)
+        for seed in (0, 1)
+    ]  # fmt: skip
+    path = tmp_path / "grid.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_rank_table_spearman_and_pick(tmp_path: Path, grid_csv: Path) -> None:
+    rows = []
+    for (lr, w), full in FULL.items():
+        # "fraction": the same order as full length; "absolute": reversed, and hotter
+        rows.append(("fraction", lr, w, full - 0.1))
+        if w:
+            rows.append(("absolute", lr, w, -full if math.isfinite(full) else math.inf))
+    frame = pd.DataFrame(rows, columns=["transfer", "peak_lr", "warmup_steps", "trial_value"])
+    frame = frame.assign(task="toy", trial_steps=500, trial_warmup_steps=0, seconds=1.0)
+    ranks_csv = tmp_path / "ranks.csv"
+    frame.to_csv(ranks_csv, index=False)
+    table = rank_table(ranks_csv, grid_csv).set_index("transfer")
+    fraction, absolute = table.loc["fraction"], table.loc["absolute"]
+    assert fraction["cells"] == absolute["cells"] == 9  # zero warmup counted under both rules
+    assert fraction["spearman"] == pytest.approx(1.0)
+    assert (fraction["picked_peak_lr"], fraction["picked_warmup"]) == (0.002, 20)
+    assert fraction["picked_regret"] == 0.0 and not fraction["picked_hotter"]
+    assert absolute["spearman"] < 0
+    assert (absolute["picked_peak_lr"], absolute["picked_warmup"]) == (0.004, 20)
+    assert (
+        absolute["picked_regret"] == pytest.approx(1.40 / 1.20 - 1) and absolute["picked_hotter"]
+    )
+
+
+def test_study_table_regret_and_median(tmp_path: Path, grid_csv: Path) -> None:
+    rows = [
+        ("tune_fraction", 0, 1.20, 5.0),
+        ("tune_fraction", 1, 1.26, 5.2),
+        ("tpe_scratch", 0, 1.32, 4.6),
+    ]
+    frame = pd.DataFrame(rows, columns=["method", "seed", "final_val_loss", "cost_steps"])
+    frame = frame.assign(
+        task="toy", total_steps=2000, cost_wall=6.0, n_trials=23, peak_lr=0.002, warmup_steps=20
+    )
+    study_csv = tmp_path / "study.csv"
+    frame.to_csv(study_csv, index=False)
+    table = study_table(study_csv, grid_csv)
+    body = table[table["task"] == "toy"].set_index("method")
+    assert body.loc["tune_fraction", "regret"] == pytest.approx((0.0 + 0.05) / 2)
+    assert body.loc["tune_fraction", "cost_steps"] == 5.2  # the worst seed's cost
+    assert body.loc["tpe_scratch", "regret"] == pytest.approx(0.1)
+    medians = table[table["task"] == "median"].set_index("method")["regret"]
+    assert medians["tpe_scratch"] == pytest.approx(0.1)
+    text = markdown(table)
+    assert text.splitlines()[0].startswith("| task | method | study_seeds | regret |")
+    assert "| median | tpe_scratch |  | 0.1 |" in text  # NaN cells are blank
