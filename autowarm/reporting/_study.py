@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -198,15 +197,6 @@ def near_best_range(trials: pd.DataFrame, tolerance: float) -> dict[str, Any]:
 
 def stored_suggestion(study: optuna.Study) -> Any:
     """The probe's :class:`~autowarm.Suggestion` kept in the study, or ``None``."""
-    from autowarm._suggest import Suggestion
+    from autowarm.study._tune import suggestion_from_study
 
-    data = study.user_attrs.get(A.SUGGESTION)
-    if not isinstance(data, Mapping):
-        return None
-    trace = data.get("trace")
-    signals = data.get("signals")
-    return Suggestion.from_dict(
-        data,
-        trace=pd.DataFrame(list(trace)) if isinstance(trace, Sequence) else None,
-        signals=pd.DataFrame(list(signals)) if isinstance(signals, Sequence) else None,
-    )
+    return suggestion_from_study(study)

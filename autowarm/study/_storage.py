@@ -46,6 +46,7 @@ __all__ = [
     "load_study",
     "normalize_url",
     "open_storage",
+    "quiet_experimental",
     "redact",
     "requeue",
     "setup_lock",
@@ -141,7 +142,7 @@ def open_storage(
         _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     heartbeat: dict[str, Any] = {}
     if heartbeat_interval is not None:
-        with _quiet_experimental():
+        with quiet_experimental():
             retry = RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY)
         heartbeat = {
             "heartbeat_interval": heartbeat_interval,
@@ -168,7 +169,7 @@ def _rdb_storage(url: str, heartbeat: dict[str, Any], *, create: bool) -> RDBSto
     # "already exists" and simply opens what the winner made.
     for attempt in range(5):
         try:
-            with _quiet_experimental():
+            with quiet_experimental():
                 return RDBStorage(url, skip_table_creation=not create, **heartbeat)
         except Exception as exc:
             if "already exists" not in str(exc) or attempt == 4:
@@ -194,7 +195,8 @@ def redact(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
+def quiet_experimental() -> Iterator[None]:
+    """Silence optuna's ExperimentalWarning (heartbeat options, TPE's multivariate mode)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -360,5 +362,5 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
         raise ValueError(
             f"no study {study_name!r} in {redact(url)}; the studies there: {names or 'none'}"
         )
-    with _quiet_experimental():
+    with quiet_experimental():
         return optuna.load_study(study_name=study_name, storage=opened)

@@ -335,22 +335,13 @@ def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
 
 
 def _make_sampler(seed: int, worker: int, distributed: bool) -> optuna.samplers.BaseSampler:
-    with _quiet():
+    with _storage.quiet_experimental():
         return optuna.samplers.TPESampler(
             seed=seed + 7919 * worker,
             n_startup_trials=6,
             multivariate=True,
             constant_liar=distributed,
         )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 @contextlib.contextmanager
@@ -620,7 +611,7 @@ def _set_up(
     confirm: int,
 ) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None]:
     storage = _storage.open_storage(url)
-    with _storage.setup_lock(url, name), _quiet():
+    with _storage.setup_lock(url, name), _storage.quiet_experimental():
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
