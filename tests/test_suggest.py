@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autowarm
 from autowarm._train import BatchStream, resolve_loss_fn
+from autowarm.probe import _search as search_plan
 from autowarm.probe._bursts import MOMENT_COLUMNS, Budget, ProbeRunner
-from autowarm.probe._search import _warmup_search, ramp_lrs
+from autowarm.probe._search import SearchSettings, _judge, _warmup_search, ramp_lrs, run_search
 from autowarm.probe._state import preserved
 from autowarm.schedules import ScheduleConfig
 
@@ -921,19 +922,23 @@ def _adam_by_hand(model: nn.Module, peak: float, warmup: int, hold: int) -> list
     return losses
 
 
+def _runner(model: nn.Module, snapshot: Any, budget: int = 80) -> ProbeRunner:
+    # Full-batch Adam on the regression batch, as _adam_by_hand trains it.
+    return ProbeRunner(
+        model=model,
+        stream=BatchStream([_regression_batch()], torch.device("cpu")),
+        loss_fn=resolve_loss_fn(criterion=F.mse_loss),
+        optimizer_cls=torch.optim.Adam,
+        optimizer_kwargs={},
+        snapshot=snapshot,
+        budget=Budget(total=budget),
+        seed=0,
+    )
+
+
 def _search(model: nn.Module, peak: float) -> tuple[list[Any], int | None, int, float]:
     with preserved(model) as snapshot:
-        runner = ProbeRunner(
-            model=model,
-            stream=BatchStream([_regression_batch()], torch.device("cpu")),
-            loss_fn=resolve_loss_fn(criterion=F.mse_loss),
-            optimizer_cls=torch.optim.Adam,
-            optimizer_kwargs={},
-            snapshot=snapshot,
-            budget=Budget(total=80),
-            seed=0,
-        )
-        return _warmup_search(runner, peak, HOLD, [])
+        return _warmup_search(_runner(model, snapshot), peak, HOLD, [])
 
 
 @pytest.fixture(scope="module")
@@ -982,6 +987,59 @@ def test_suggest_on_the_hard_model_keeps_its_peak_trainable(hard_model: nn.Modul
     assert all(math.isfinite(v) for v in losses)
     assert max(losses) < 2 * losses[0]
     assert losses[-1] < losses[0]
+
+
+def _search_with_ladder_pick(
+    model: nn.Module, peak: float, total_steps: int, monkeypatch: pytest.MonkeyPatch
+) -> search_plan.ProbeOutcome:
+    """``run_search`` on the hard model with the ladder's pick fixed at ``peak``.
+
+    The ladder is replaced by one real ramped burst at ``peak`` (its ramp and length as the
+    plan sets them); the range test, the no-ramp burst and the decision run for real.
+    """
+    settings = SearchSettings()
+    budget = 80
+    length = max(settings.ladder_min_steps, round(settings.ladder_share * budget))
+    ramp = int(length * settings.ladder_ramp_fraction)
+
+    def one_rung(runner: ProbeRunner, *args: Any, **kwargs: Any) -> Any:
+        burst = runner.run(
+            ramp_lrs(peak, ramp, length - ramp),
+            phase="peak_ladder",
+            peak_lr=peak,
+            warmup_steps=ramp,
+        )
+        verdict = _judge(burst)
+        return [verdict], verdict
+
+    monkeypatch.setattr(search_plan, "_peak_ladder", one_rung)
+    with preserved(model) as snapshot:
+        runner = _runner(model, snapshot, budget)
+        return run_search(runner, total_steps=total_steps, settings=settings, beta2=0.999)
+
+
+def test_a_needed_ramp_carries_to_the_run_as_a_fraction(
+    hard_model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At PEAK the no-ramp burst blows up, so the ladder's ramp (4 of 16 steps: 25%) is needed
+    # and becomes 25% of the run, whatever the run's length.
+    for total in (1000, 4000):
+        o = _search_with_ladder_pick(hard_model, PEAK, total, monkeypatch)
+        no_ramp = [v for v in o.verdicts if v.burst.phase == "warmup"]
+        assert len(no_ramp) == 1 and no_ramp[0].burst.warmup_steps == 0
+        assert o.warmup_from_bursts == total // 4
+        assert o.warmup_steps == total // 4 and o.deciding_signal == "loss bursts"
+        assert any("carries to the run as" in n for n in o.notes)
+
+
+def test_an_unneeded_ramp_leaves_the_warmup_to_the_second_moment(
+    hard_model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    o = _search_with_ladder_pick(hard_model, PEAK / 10, 1000, monkeypatch)
+    assert o.warmup_from_bursts == 0
+    assert o.deciding_signal in ("second moment", "none needed")
+    assert o.warmup_steps < 1000 // 4
+    assert any("without a ramp the loss over" in n for n in o.notes)
 
 
 # --------------------------------------------------------------------------------------------

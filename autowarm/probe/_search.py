@@ -8,10 +8,15 @@
    better direction. Bursts that blow up or trip a stability rule (non-finite loss, a catapult
    above the starting loss, spikes, oscillation; ``signals.burst_stability``) are out; among
    the rest, the smallest peak whose tail loss is within one standard error of the lowest wins.
-3. **Warmup**: a burst at the chosen peak without any ramp. If it is unstable (or clearly
-   worse), the ladder's ramp is the loss signals' answer; if no candidate was stable at all, a
-   warmup search (``W`` doubling, then one bisection, halving the peak when no affordable ramp
-   is stable) takes over at the range test's rule of thumb (edge / 10).
+3. **Warmup**: a burst at the chosen peak without any ramp, compared step for step with the
+   ladder's ramped burst at that peak (same initial weights, same batches, so the difference is
+   paired and its noise is small). If the no-ramp burst is unstable or worse beyond noise, the
+   peak needs the ramp, and the ramp carries to the run as the same *fraction* of it: the
+   ladder's bursts are the start of the schedule compressed, and compressed trials predict a
+   full run best when warmup keeps its fraction (Wu et al. 2018; the study's rank benchmark).
+   If no candidate was stable at all, a warmup search (``W`` doubling, then one bisection,
+   halving the peak when no affordable ramp is stable) takes over at the range test's rule of
+   thumb (edge / 10); its answer is the smallest stable ramp in steps, a lower bound.
 4. **Second moment**: Adam's ``v_hat`` statistics recorded during the bursts (noise ``kappa``,
    drift of ``g^2`` against ``v_hat``, step-to-step change) give the step at which the
    preconditioner has settled (``signals.settling_step``, extrapolated from ``kappa`` when the
@@ -246,6 +251,36 @@ def _tail_se(burst: BurstResult) -> float:
     return sd / math.sqrt(tail.size)
 
 
+def needs_ramp(
+    no_ramp: BurstVerdict, ramped: BurstVerdict, *, tie_se: float = 1.0
+) -> tuple[bool, str]:
+    """Does the peak need its ramp? The no-ramp burst against the ramped one, step for step.
+
+    Both bursts start from the same weights and see the same batches, so their losses at the
+    same step differ by the schedule alone plus a little noise: the mean paired difference over
+    the last quarter of the no-ramp burst (at least 5 steps) is compared with its standard
+    error. The ramp is needed when the no-ramp burst is unstable, non-finite there, or worse
+    by more than ``tie_se`` standard errors. Returns the answer and the sentence behind it.
+    """
+    n = len(no_ramp.burst.losses)
+    width = min(n, max(5, n // 4))
+    a = np.asarray(no_ramp.burst.losses[n - width : n], dtype=float)
+    b = np.asarray(ramped.burst.losses[n - width : n], dtype=float)
+    where = f"steps {n - width + 1}-{n}"
+    if not no_ramp.stable:
+        return True, f"without a ramp the peak was unstable ({no_ramp.signals.reason})"
+    if a.size < 2 or a.size != b.size or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return True, f"without a ramp the loss was not finite over {where}"
+    diff = a - b
+    mean = float(diff.mean())
+    se = float(diff.std(ddof=1)) / math.sqrt(diff.size)
+    verdict = (
+        f"without a ramp the loss over {where} was {a.mean():.4g} against {b.mean():.4g} with "
+        f"it (paired difference {mean:+.3g}, standard error {se:.2g})"
+    )
+    return mean > tie_se * se, verdict
+
+
 def _peak_ladder(
     runner: ProbeRunner,
     edge: float,
@@ -332,6 +367,7 @@ def run_search(
         runner, edge, length, ramp, reasons, tie_se=settings.tie_se, refine=settings.refine
     )
     hold = length - ramp
+    warmup_why: str | None = None
     if best is None:
         # Fall back on the range-test rule and look for a ramp that makes it stable.
         peak, peak_why = choose_peak(rt, settings.peak_divisor)
@@ -351,17 +387,27 @@ def run_search(
         )
         verdicts = list(ladder)
         w_stable, reductions = ramp, 0
-        if ramp > 0 and runner.budget.left >= hold:
+        n0 = min(length, runner.budget.left)
+        if ramp > 0 and n0 >= settings.ladder_min_steps:
             v0 = _judge(
-                runner.run(ramp_lrs(peak, 0, hold), phase="warmup", peak_lr=peak, warmup_steps=0)
+                runner.run(ramp_lrs(peak, 0, n0), phase="warmup", peak_lr=peak, warmup_steps=0)
             )
             verdicts.append(v0)
-            if v0.stable and _tail_loss(v0.burst) <= _tail_loss(best.burst) * 1.05:
+            needed, why = needs_ramp(v0, best, tie_se=settings.tie_se)
+            if needed:
+                w_stable = round(ramp / length * total_steps)
+                warmup_why = (
+                    f"{why}; the ladder's {ramp}-step ramp is {ramp / length:.0%} of its "
+                    f"{length}-step bursts, which carries to the run as {w_stable} steps"
+                )
+            else:
                 w_stable = 0
+                warmup_why = why
     settling = _settling(runner, verdicts, settings, beta2)
     return _decide(
         peak,
         peak_why,
+        warmup_why,
         rt,
         verdicts,
         w_stable,
@@ -438,6 +484,7 @@ def _warmup_search(
 def _decide(
     peak: float,
     peak_why: str,
+    warmup_why: str | None,
     rt: sig.RangeTestResult,
     verdicts: list[BurstVerdict],
     w_stable: int | None,
@@ -470,6 +517,8 @@ def _decide(
     if reductions:
         notes.append(f"peak halved {reductions}x because no affordable ramp was stable")
     notes.insert(0, peak_why)
+    if warmup_why is not None:
+        notes.insert(1, warmup_why)
     return ProbeOutcome(
         peak_lr=peak,
         warmup_steps=warmup,

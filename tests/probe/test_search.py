@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from autowarm.probe import signals as sig
+from autowarm.probe._bursts import BurstResult
 from autowarm.probe._search import (
+    BurstVerdict,
     _drop_isolated_nonfinite,
     choose_peak,
+    needs_ramp,
     ramp_lrs,
     range_test_lrs,
 )
@@ -68,3 +71,65 @@ def test_isolated_nan_is_dropped_trailing_kept() -> None:
     assert all(math.isnan(v) for v in kx[3:])
     # a single trailing NaN is divergence, kept
     assert _drop_isolated_nonfinite([1.0, 2.0], [1.0, nan])[0] == [1.0, 2.0]
+
+
+# --- needs_ramp: the no-ramp burst against the ramped one, step for step ---------------------
+
+
+def _verdict(losses: list[float], *, warmup: int, unstable: bool = False) -> BurstVerdict:
+    rows = [
+        {"step": i, "lr": 0.1, "loss": x, "finite": math.isfinite(x)} for i, x in enumerate(losses)
+    ]
+    burst = BurstResult("warmup", 1, rows, False, False, 0.1, warmup)
+    signals = sig.burst_stability(losses)
+    if unstable:
+        signals = dataclasses.replace(signals, unstable=True, reason="spikes")
+    return BurstVerdict(burst, signals)
+
+
+def _noisy_curve(n: int, seed: int = 0) -> np.ndarray:
+    # A decreasing loss plus batch-to-batch noise that both bursts share (same batches).
+    rng = np.random.default_rng(seed)
+    return 1.0 / (1.0 + 0.1 * np.arange(n)) + 0.2 * rng.random(n) + 0.5
+
+
+def test_needs_ramp_no_when_the_bursts_agree_within_noise() -> None:
+    ramped = _noisy_curve(40)
+    jitter = np.random.default_rng(1).normal(0.0, 1e-3, 40)
+    needed, why = needs_ramp(
+        _verdict(list(ramped + jitter), warmup=0), _verdict(list(ramped), warmup=10)
+    )
+    assert not needed
+    assert "steps 31-40" in why and "paired difference" in why
+
+
+def test_needs_ramp_yes_for_a_small_shift_hidden_in_large_shared_noise() -> None:
+    # A shift of 0.01 is far below the batch noise (0.2) but the same on every batch: the
+    # paired comparison sees it where an unpaired one would call it a tie.
+    ramped = _noisy_curve(40)
+    needed, why = needs_ramp(
+        _verdict(list(ramped + 0.01), warmup=0), _verdict(list(ramped), warmup=10)
+    )
+    assert needed
+    assert "+0.01" in why
+
+
+def test_needs_ramp_compares_the_same_steps_when_the_no_ramp_burst_is_shorter() -> None:
+    # The ramped burst is 40 steps; a 20-step no-ramp burst is compared on steps 16-20.
+    ramped = list(_noisy_curve(40))
+    shorter = [x - 0.05 for x in ramped[:20]]
+    needed, why = needs_ramp(_verdict(shorter, warmup=0), _verdict(ramped, warmup=10))
+    assert not needed and "steps 16-20" in why
+    # Against the ramped burst's own tail (a later, lower stretch) it would have looked worse.
+    assert np.mean(shorter[-5:]) > np.mean(ramped[-10:])
+
+
+def test_needs_ramp_yes_when_the_no_ramp_burst_is_unstable_or_not_finite() -> None:
+    ramped = list(_noisy_curve(40))
+    needed, why = needs_ramp(
+        _verdict(ramped, warmup=0, unstable=True), _verdict(ramped, warmup=10)
+    )
+    assert needed and "unstable" in why and "spikes" in why
+    tail_nan = [*ramped[:-1], math.nan]
+    needed, why = needs_ramp(_verdict(tail_nan, warmup=0), _verdict(ramped, warmup=10))
+    assert needed and "non-finite" in why
