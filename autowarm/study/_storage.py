@@ -158,6 +158,9 @@ def open_storage(
             f"storage {redact(url)} needs the database driver {exc.name!r}: "
             f"pip install '{package}' (or pip install 'autowarm[postgres]')"
         ) from exc
+    except optuna.exceptions.StorageInternalError as exc:
+        # e.g. a database file whose tables another process is still creating
+        raise ValueError(f"cannot open storage {redact(url)}: {exc.__cause__ or exc}") from exc
     except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials
         if type(exc).__module__.startswith("sqlalchemy"):
             raise ValueError(f"cannot open storage {redact(url)}: {exc}") from exc

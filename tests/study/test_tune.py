@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -182,6 +183,15 @@ def test_task_validation() -> None:
         )
     with pytest.raises(TypeError, match="make_model"):
         Task(make_model=3, train_data=[], total_steps=5)  # type: ignore[arg-type]
+
+
+def test_reading_a_database_before_its_tables_exist_is_a_clear_error(tmp_path: Path) -> None:
+    # What a reader (report, export, a polling test) meets while `autowarm tune` is still
+    # creating the tables of a new SQLite file: a ValueError naming the storage.
+    db = tmp_path / "fresh.db"
+    sqlite3.connect(db).close()
+    with pytest.raises(ValueError, match=r"cannot open storage sqlite:///.*fresh\.db"):
+        _storage.load_study(str(db), "s")
 
 
 def test_load_task_errors(tmp_path: Path) -> None:
