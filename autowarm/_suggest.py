@@ -425,6 +425,8 @@ def _rationale(o: ProbeOutcome, probe_steps: int, budget: int, total: int) -> st
             f"Adam's second moment {how} after {o.settling.settling_step:.0f} steps "
             f"({o.settling.reason})."
         )
+    if o.warmup_why is not None:
+        parts.append(o.warmup_why[0].upper() + o.warmup_why[1:] + ".")
     parts.append(
         f"Warmup {o.warmup_steps} steps ({o.warmup_steps / total:.1%} of {total}), decided by "
         f"{o.deciding_signal}; peak LR {o.peak_lr:.3g}."

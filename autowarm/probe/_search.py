@@ -98,6 +98,8 @@ class ProbeOutcome:
     peak_reductions: int
     warmup_from_bursts: int | None
     notes: list[str] = field(default_factory=list)
+    # the no-ramp check at the chosen peak, in words (None when it did not run)
+    warmup_why: str | None = None
 
 
 def range_test_lrs(n: int, lr_min: float, lr_max: float) -> list[float]:
@@ -402,7 +404,7 @@ def run_search(
                 )
             else:
                 w_stable = 0
-                warmup_why = why
+                warmup_why = f"{why}, so the peak trains without a ramp"
     settling = _settling(runner, verdicts, settings, beta2)
     return _decide(
         peak,
@@ -517,8 +519,6 @@ def _decide(
     if reductions:
         notes.append(f"peak halved {reductions}x because no affordable ramp was stable")
     notes.insert(0, peak_why)
-    if warmup_why is not None:
-        notes.insert(1, warmup_why)
     return ProbeOutcome(
         peak_lr=peak,
         warmup_steps=warmup,
@@ -531,6 +531,7 @@ def _decide(
         peak_reductions=reductions,
         warmup_from_bursts=w_stable,
         notes=notes,
+        warmup_why=warmup_why,
     )
 
 
