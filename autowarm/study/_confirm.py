@@ -10,16 +10,19 @@ The full-length runs live in a second study in the same storage, named ``<study>
 their values (on another scale than the compressed trials') never reach the sampler or the
 pruner. Each is claimed under the study's setup lock, so several workers or hosts never run the
 same confirmation twice; an interrupted one is failed and run again on the next start, as is one
-whose process on this host was killed. (A confirmation claimed by a host that died stays
-claimed: confirmations have no heartbeat.)
+whose process on this host was killed. In an RDB storage a running confirmation also records
+optuna's heartbeat, so one claimed by a host that died is failed once its heartbeat is older
+than the grace period and claimed again by the next worker that gets there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -108,7 +111,10 @@ def run_confirmations(
     assert conf is not None
     for cand in candidates(study, k):
         with _storage.setup_lock(storage_url, conf.study_name):
-            # a confirmation whose process died here is failed, so it is claimed anew
+            # a confirmation whose process died here, or whose heartbeat stopped (another host),
+            # is failed, so it is claimed anew
+            with _storage.quiet_experimental():
+                optuna.storages.fail_stale_trials(conf)
             _storage.fail_dead_local_trials(conf, requeue_them=False)
             claimed = {
                 t.user_attrs.get(CONFIRMS)
@@ -119,7 +125,7 @@ def run_confirmations(
             if cand.number in claimed:
                 continue
             with warnings.catch_warnings():
-                # no heartbeat thread outside optimize(); dead workers are found by pid above
+                # optuna warns that heartbeats belong to optimize(); this one beats in _heartbeat
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = conf.ask()
             trial.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
@@ -135,7 +141,8 @@ def run_confirmations(
             schedule.warmup_steps,
         )
         try:
-            outcome = train_trial(task, schedule, seed, should_stop=should_stop)
+            with _heartbeat(conf, trial._trial_id):
+                outcome = train_trial(task, schedule, seed, should_stop=should_stop)
         except BaseException:
             conf.tell(trial, state=TrialState.FAIL)
             raise
@@ -146,3 +153,35 @@ def run_confirmations(
             outcome.value,
             cand.value,
         )
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every interval while the block runs (RDB storages).
+
+    ``study.optimize`` does this for the search trials; confirmations are asked and told by
+    hand, so they beat here. Storages without a heartbeat (journal files) skip it.
+    """
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            except Exception as exc:  # a lost connection must not end the run
+                _logger.warning("heartbeat of confirmation trial %d failed: %s", trial_id, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="autowarm-confirm-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

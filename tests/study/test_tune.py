@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -606,6 +608,69 @@ def test_confirm_reruns_the_best_at_full_length(
     assert len(conf.get_trials()) == 2
     with pytest.raises(ValueError, match="confirm"):
         autowarm.tune(task, confirm=-1, **kw)
+
+
+def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # A confirmation claimed by a worker on another host that died: the pid check cannot see
+    # it, the heartbeat can. With a 1 s interval it is stale after the 4 s grace period.
+    from autowarm.study._confirm import (
+        CONFIRMS,
+        ROLE_CONFIRM,
+        _confirm_study,
+        candidates,
+        confirmed,
+        run_confirmations,
+    )
+
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
+    name = autowarm.tune(task, n_trials=4, confirm=0, **kw).study.study_name
+    storage = _storage.open_storage(db, heartbeat_interval=1)
+    study = optuna.load_study(study_name=name, storage=storage)
+    (best,) = candidates(study, 1)
+    conf = _confirm_study(study, create=True)
+    assert conf is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dead = conf.ask()
+    dead.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
+    dead.set_user_attr(CONFIRMS, best.number)
+    dead.set_user_attr(_attrs.WORKER, "another-host:4242:1")
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(4.5)
+    run_confirmations(task, study, 1, seed=0, storage_url=db)
+    states = {t.number: t.state for t in conf.get_trials()}
+    assert states[dead.number] == TrialState.FAIL
+    assert list(confirmed(study)) == [best.number]
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 1
+
+
+def test_confirmation_heartbeat_beats_while_the_run_runs_and_stops_after() -> None:
+    from autowarm.study._confirm import _heartbeat
+
+    class Storage:
+        def __init__(self, interval: float | None) -> None:
+            self.interval, self.beats = interval, []  # type: ignore[var-annotated]
+
+        def get_heartbeat_interval(self) -> float | None:
+            return self.interval
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.beats.append(trial_id)
+
+    beating = Storage(0.05)
+    with _heartbeat(SimpleNamespace(_storage=beating), 7):  # type: ignore[arg-type]
+        time.sleep(0.3)
+    n = len(beating.beats)
+    assert n >= 3 and set(beating.beats) == {7}
+    time.sleep(0.15)
+    assert len(beating.beats) == n  # the thread stopped with the block
+    off = Storage(None)
+    with _heartbeat(SimpleNamespace(_storage=off), 7):  # type: ignore[arg-type]
+        time.sleep(0.1)
+    assert off.beats == []
 
 
 def test_report_names_the_confirmed_best(tmp_path: Path, task: Task, suggestion: Any) -> None:
