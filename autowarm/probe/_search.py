@@ -405,6 +405,11 @@ def run_search(
             else:
                 w_stable = 0
                 warmup_why = f"{why}, so the peak trains without a ramp"
+        elif ramp > 0:
+            warmup_why = (
+                f"no budget was left for a burst without a ramp ({n0} steps); the ladder's "
+                f"{ramp}-step ramp stands, in steps"
+            )
     settling = _settling(runner, verdicts, settings, beta2)
     return _decide(
         peak,
