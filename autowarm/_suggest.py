@@ -229,8 +229,11 @@ def suggest(
     """Probe ``model`` on ``dataloader`` and suggest a warmup length and a peak LR.
 
     The probe runs short training bursts from the model's current (initial) weights: an
-    exponential LR range test, then linear ramps of increasing length to the chosen peak, while
-    reading Adam's second moment from the optimizer state. The model comes back exactly as it
+    exponential LR range test; equal bursts at candidate peaks below its edge (a linear ramp
+    over their first quarter, then the peak), which pick the peak; and one burst at that peak
+    without a ramp, compared batch for batch with the ramped one, which says whether the peak
+    needs warmup (then a quarter of the run, as in the bursts). All the while Adam's second
+    moment is read from the optimizer state; the step at which it settles is the least warmup. The model comes back exactly as it
     was (weights, buffers, ``requires_grad``, ``.grad``, train/eval modes, RNG states), whether
     ``suggest`` returns, raises, or is interrupted. See ``PROBE.md`` for the science.
 
