@@ -233,9 +233,10 @@ def suggest(
     over their first quarter, then the peak), which pick the peak; and one burst at that peak
     without a ramp, compared batch for batch with the ramped one, which says whether the peak
     needs warmup (then a quarter of the run, as in the bursts). All the while Adam's second
-    moment is read from the optimizer state; the step at which it settles is the least warmup. The model comes back exactly as it
-    was (weights, buffers, ``requires_grad``, ``.grad``, train/eval modes, RNG states), whether
-    ``suggest`` returns, raises, or is interrupted. See ``PROBE.md`` for the science.
+    moment is read from the optimizer state; the step at which it settles is the least warmup.
+    The model comes back exactly as it was (weights, buffers, ``requires_grad``, ``.grad``,
+    train/eval modes, RNG states), whether ``suggest`` returns, raises, or is interrupted. See
+    ``PROBE.md`` for the science.
 
     Args:
         model: the model to probe, on its device (or pass ``device``).
