@@ -40,7 +40,7 @@ import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
 from autowarm.bench._grid import process_pool
-from autowarm.bench._oracle import oracle_table, regret
+from autowarm.bench._oracle import load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
@@ -299,17 +299,48 @@ def evaluate_methods(
 
 
 def regret_table(
-    eval_csv: str | os.PathLike[str], grid_csv: str | os.PathLike[str]
+    eval_csv: str | os.PathLike[str],
+    grid_csv: str | os.PathLike[str],
+    *,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Per task and method: mean final loss over seeds, regret against the oracle, probe cost.
 
+    The oracle is the grid averaged over the same seeds as the method's runs, so a grid with
+    more seeds than the evaluation (or the other way round) still compares like with like.
     Diverged runs count as infinite loss (infinite regret). The last rows (task ``median``)
     hold each method's median regret over tasks.
+
+    Args:
+        eval_csv: the evaluation rows (:func:`evaluate_methods`).
+        grid_csv: the oracle grid.
+        seeds: only these seeds of both (default: every seed of the evaluation).
+
+    Raises:
+        ValueError: If no evaluation row is left, or the grid lacks a seed the evaluation has.
     """
     ev = pd.read_csv(eval_csv)
+    grid = load_grid(grid_csv)
+    if seeds is not None:
+        have = sorted(int(x) for x in ev["seed"].unique())
+        ev = ev[ev["seed"].isin(list(seeds))]
+        if ev.empty:
+            raise ValueError(f"{eval_csv} has no rows for seeds {list(seeds)}; it has {have}")
     rows = []
+    oracles: dict[tuple[str, tuple[int, ...], int], Any] = {}
     for (task, method), g in ev.groupby(["task", "method"], sort=True):
-        oracle = oracle_table(grid_csv, str(task), total_steps=int(g["total_steps"].iloc[0]))
+        used = sorted(int(x) for x in g["seed"].unique())
+        cells = grid[(grid["task"] == task) & grid["seed"].isin(used)]
+        missing = sorted(set(used) - {int(x) for x in cells["seed"].unique()})
+        if missing:
+            raise ValueError(
+                f"the grid has no runs of task {task!r} with seed(s) {missing}, which the "
+                f"evaluation has: run `autowarm bench grid --seeds {max(used) + 1}` first"
+            )
+        key = (str(task), tuple(used), int(g["total_steps"].iloc[0]))
+        if key not in oracles:  # once per task and seeds (and its grid-edge warning once)
+            oracles[key] = oracle_table(cells, key[0], total_steps=key[2])
+        oracle = oracles[key]
         loss = g["final_val_loss"].astype(float).where(~g["diverged"].astype(bool), np.inf)
         mean = float(loss.mean())
         rows.append(
@@ -358,6 +389,11 @@ def add_regret_arguments(parser: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
     parser.add_argument("--eval-csv", type=Path, default=None)
     parser.add_argument("--grid-csv", type=Path, default=None)
+    parser.add_argument(
+        "--only-seeds",
+        default=None,
+        help="comma-separated seeds to compare (default: every seed of the evaluation)",
+    )
 
 
 def run_eval(args: Any) -> int:
@@ -385,7 +421,16 @@ def run_regret(args: Any) -> int:
     """``autowarm bench regret``: the regret table (CSV + Markdown) from the two CSVs."""
     eval_csv = args.eval_csv or args.out / EVAL_CSV
     grid_csv = args.grid_csv or args.out / "oracle_grid.csv"
-    table = regret_table(eval_csv, grid_csv)
+    seeds = None
+    if args.only_seeds is not None:
+        try:
+            seeds = [int(x) for x in args.only_seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--only-seeds takes comma-separated integers such as 0,2, but got "
+                f"{args.only_seeds!r}"
+            ) from None
+    table = regret_table(eval_csv, grid_csv, seeds=seeds)
     table.to_csv(args.out / "regret.csv", index=False)
     md = regret_markdown(table)
     (args.out / "regret.md").write_text(md, encoding="utf-8")

@@ -70,3 +70,52 @@ def test_evaluate_and_regret_tiny(tmp_path: Path) -> None:
 def test_unknown_method_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="methods must be among"):
         evaluate_methods(["control_convex"], csv_path=tmp_path / "e.csv", methods=["nope"])
+
+
+def test_regret_compares_the_same_seeds_as_the_evaluation(tmp_path: Path) -> None:
+    # A grid with seeds 0 and 1 and an evaluation with seed 1 only: the oracle is seed 1's.
+    cells = [(0.01, 0, 1.0, 3.0), (0.05, 0, 2.0, 1.5)]  # (lr, warmup, loss seed 0, seed 1)
+    grid = tmp_path / "grid.csv"
+    pd.DataFrame(
+        [
+            {
+                "task": "t",
+                "total_steps": 10,
+                "peak_lr": lr,
+                "warmup_steps": w,
+                "warmup_frac": w / 10,
+                "seed": seed,
+                "final_val_loss": loss,
+                "diverged": False,
+            }
+            for lr, w, l0, l1 in cells
+            for seed, loss in ((0, l0), (1, l1))
+        ]
+    ).to_csv(grid, index=False)
+    ev = tmp_path / "eval.csv"
+    base = {
+        "task": "t",
+        "method": "autowarm",
+        "total_steps": 10,
+        "peak_lr": 0.01,
+        "warmup_steps": 0,
+        "probe_cost": 0.1,
+        "diverged": False,
+    }
+    pd.DataFrame(
+        [{**base, "seed": 0, "final_val_loss": 1.1}, {**base, "seed": 1, "final_val_loss": 1.8}]
+    ).to_csv(ev, index=False)
+    both = regret_table(ev, grid)
+    row = both[both["task"] == "t"].iloc[0]
+    # seeds 0+1: the oracle's best cell is lr 0.05 (mean 1.75); the method's mean is 1.45
+    assert row["oracle_best_loss"] == pytest.approx(1.75)
+    assert row["regret"] == pytest.approx(1.45 / 1.75 - 1)
+    one = regret_table(ev, grid, seeds=[1])
+    row = one[one["task"] == "t"].iloc[0]
+    assert row["oracle_best_loss"] == pytest.approx(1.5) and row["seeds"] == 1
+    assert row["regret"] == pytest.approx(1.8 / 1.5 - 1)
+    with pytest.raises(ValueError, match=r"no rows for seeds \[7\]; it has \[0, 1\]"):
+        regret_table(ev, grid, seeds=[7])
+    pd.DataFrame([{**base, "seed": 2, "final_val_loss": 1.0}]).to_csv(ev, index=False)
+    with pytest.raises(ValueError, match=r"no runs of task 't' with seed\(s\) \[2\]"):
+        regret_table(ev, grid)
