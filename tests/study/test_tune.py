@@ -614,7 +614,9 @@ def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
     # A confirmation claimed by a worker on another host that died: the pid check cannot see
-    # it, the heartbeat can. With a 1 s interval it is stale after the 4 s grace period.
+    # it, the heartbeat can. With a 1 s interval it is stale after the 4 s grace period; its
+    # last heartbeat is moved an hour back in optuna's table rather than slept past (SQLite's
+    # clock has whole seconds, so a sleep just past the grace period is flaky).
     from autowarm.study._confirm import (
         CONFIRMS,
         ROLE_CONFIRM,
@@ -639,7 +641,13 @@ def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
     dead.set_user_attr(CONFIRMS, best.number)
     dead.set_user_attr(_attrs.WORKER, "another-host:4242:1")
     storage.record_heartbeat(dead._trial_id)
-    time.sleep(4.5)
+    with sqlite3.connect(db) as con:
+        moved = con.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') "
+            "WHERE trial_id = ?",
+            (dead._trial_id,),
+        ).rowcount
+    assert moved == 1
     run_confirmations(task, study, 1, seed=0, storage_url=db)
     states = {t.number: t.state for t in conf.get_trials()}
     assert states[dead.number] == TrialState.FAIL
