@@ -58,7 +58,9 @@ class SearchSettings:
     range_test_min_steps: int = 16
     range_test_max_steps: int = 150
     ladder_share: float = 0.2  # of the budget, per peak-ladder burst (3 bursts, 4 if refined)
-    ladder_ramp_fraction: float = 0.25  # of each ladder burst, the linear ramp to its peak
+    # Of each ladder burst, the linear ramp to its peak; also the warmup, as a fraction of the
+    # run, when the no-ramp burst shows the chosen peak needs its ramp.
+    ladder_ramp_fraction: float = 0.25
     tie_se: float = 1.0  # the one-standard-error rule between peak candidates
     refine: bool = False  # a quarter-decade burst between the best and the next larger peak
     ladder_min_steps: int = 12
