@@ -40,7 +40,7 @@ import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
 from autowarm.bench._grid import process_pool
-from autowarm.bench._oracle import load_grid, oracle_table, regret
+from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
@@ -327,7 +327,7 @@ def regret_table(
         if ev.empty:
             raise ValueError(f"{eval_csv} has no rows for seeds {list(seeds)}; it has {have}")
     rows = []
-    oracles: dict[tuple[str, tuple[int, ...], int], Any] = {}
+    oracles: dict[tuple[str, tuple[int, ...], int], OracleTable] = {}
     for (task, method), g in ev.groupby(["task", "method"], sort=True):
         used = sorted(int(x) for x in g["seed"].unique())
         cells = grid[(grid["task"] == task) & grid["seed"].isin(used)]

@@ -234,20 +234,26 @@ def _early_minimum(rt: sig.RangeTestResult, lr_min: float) -> bool:
     return span > 0 and math.log(rt.min_loss_lr / lr_min) < 0.25 * span
 
 
+def _tail_width(n: int) -> int:
+    # The tail every burst comparison reads: the last quarter, at least 5 steps (at most n).
+    return min(n, max(5, n // 4))
+
+
 def _tail_loss(burst: BurstResult) -> float:
     # Mean raw loss over the last quarter of the burst (at least 5 steps): the comparison
     # between candidate peaks. Non-finite or blown-up bursts lose.
     losses = burst.losses
     if burst.diverged or not losses:
         return math.inf
-    tail = losses[-max(5, len(losses) // 4) :]
+    tail = losses[len(losses) - _tail_width(len(losses)) :]
     return float(np.mean(tail)) if all(math.isfinite(x) for x in tail) else math.inf
 
 
 def _tail_se(burst: BurstResult) -> float:
     # Standard error of the tail mean from the batch-to-batch noise (MAD of first differences,
     # robust to the trend), so ties between candidates are judged against the noise.
-    tail = np.asarray(burst.losses[-max(5, len(burst.losses) // 4) :], dtype=float)
+    n = len(burst.losses)
+    tail = np.asarray(burst.losses[n - _tail_width(n) :], dtype=float)
     if tail.size < 3 or not np.isfinite(tail).all():
         return math.inf
     diffs = np.diff(tail)
@@ -267,7 +273,7 @@ def needs_ramp(
     by more than ``tie_se`` standard errors. Returns the answer and the sentence behind it.
     """
     n = len(no_ramp.burst.losses)
-    width = min(n, max(5, n // 4))
+    width = _tail_width(n)
     a = np.asarray(no_ramp.burst.losses[n - width : n], dtype=float)
     b = np.asarray(ramped.burst.losses[n - width : n], dtype=float)
     where = f"steps {n - width + 1}-{n}"
