@@ -358,6 +358,7 @@ def regret_table(
                 "oracle_best_peak_lr": oracle.best_peak_lr,
                 "oracle_best_warmup": oracle.best_warmup_steps,
                 "oracle_flatness": oracle.flatness,
+                "oracle_heldout_regret": oracle.heldout_regret,
             }
         )
     table = pd.DataFrame(rows)
@@ -439,9 +440,16 @@ def run_regret(args: Any) -> int:
 
 
 def regret_markdown(table: pd.DataFrame) -> str:
-    """Tasks as rows, methods as columns: regret in % (probe cost in % of the run)."""
+    """Tasks as rows, methods as columns: regret in % (probe cost in % of the run).
+
+    The last column is the grid's own seed noise (:attr:`OracleTable.heldout_regret`): a
+    method's regret below it on a task is within what the seeds alone move.
+    """
     body = table[table["task"] != "median"]
-    lines = ["| task | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    lines = [
+        "| task | " + " | ".join(METHODS) + " | seed noise |",
+        "|---" * (len(METHODS) + 2) + "|",
+    ]
     for task, g in body.groupby("task", sort=True):
         cells = []
         for m in METHODS:
@@ -450,8 +458,10 @@ def regret_markdown(table: pd.DataFrame) -> str:
                 cells.append("")
                 continue
             r = row.iloc[0]
-            reg = "diverged" if not math.isfinite(r["regret"]) else f"{100 * r['regret']:.2f}%"
-            cells.append(f"{reg} (cost {100 * r['probe_cost']:.1f}%)")
+            cells.append(f"{_percent(r['regret'])} (cost {100 * r['probe_cost']:.1f}%)")
+        # the seed noise of the oracle over the most seeds any method of this task ran
+        noise = g.sort_values("seeds").iloc[-1].get("oracle_heldout_regret", math.nan)
+        cells.append("" if pd.isna(noise) else _percent(float(noise)))
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     med = table[table["task"] == "median"].set_index("method")["regret"]
     lines.append(
@@ -460,6 +470,10 @@ def regret_markdown(table: pd.DataFrame) -> str:
             f"**{100 * med[m]:.2f}%**" if m in med and math.isfinite(med[m]) else ""
             for m in METHODS
         )
-        + " |"
+        + " | |"
     )
     return "\n".join(lines) + "\n"
+
+
+def _percent(value: float) -> str:
+    return "diverged" if not math.isfinite(value) else f"{100 * value:.2f}%"

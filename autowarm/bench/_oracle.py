@@ -98,6 +98,12 @@ class OracleTable:
             Where the best cell touches the grid's edge (``"lowest peak_lr"``, ``"highest
             peak_lr"``, ``"longest warmup"``); empty when it is inside. Warmup 0 is a natural
             bound, not an edge.
+        heldout_regret:
+            The grid's own seed noise, on the scale of :func:`regret`: each seed is scored
+            with the cell that the *other* seeds rank best, and the mean of those losses is
+            compared with :attr:`best_loss`. It is what a method would score that knew the
+            grid but not the seed; a method's regret below it is within seed noise. ``nan``
+            with fewer than two seeds, ``inf`` when such a cell diverged on its held-out seed.
     """
 
     task: str
@@ -109,6 +115,7 @@ class OracleTable:
     flatness: int
     tolerance: float
     edges: tuple[str, ...]
+    heldout_regret: float = math.nan
 
     @property
     def n_cells(self) -> int:
@@ -133,6 +140,7 @@ class OracleTable:
             "flatness": self.flatness,
             "n_diverged_cells": int((self.cells["n_diverged"] > 0).sum()),
             "edges": list(self.edges),
+            "heldout_regret": self.heldout_regret,
         }
 
 
@@ -189,6 +197,7 @@ def oracle_table(
         flatness=int((cells["rel_to_best"] <= tolerance).sum()),
         tolerance=tolerance,
         edges=_edges(cells, float(best["peak_lr"]), int(best["warmup_steps"])),
+        heldout_regret=_heldout_regret(rows, best_loss),
     )
     if table.edges:
         warnings.warn(
@@ -213,6 +222,24 @@ def _cells(rows: pd.DataFrame) -> pd.DataFrame:
     )
     cells["n_diverged"] = cells["n_diverged"].astype(int)
     return cells.sort_values(["peak_lr", "warmup_steps"], ignore_index=True)
+
+
+def _heldout_regret(rows: pd.DataFrame, best_loss: float) -> float:
+    # Per seed, the cell with the lowest mean loss over the other seeds, scored on that seed.
+    # Only cells that every seed ran take part (a grid still running has gaps).
+    loss = rows["final_val_loss"].astype(float).where(~rows["diverged"], np.inf)
+    by_seed = rows.assign(loss=loss).pivot_table(
+        index=["peak_lr", "warmup_steps"], columns="seed", values="loss", aggfunc="mean"
+    )
+    losses = by_seed.dropna().to_numpy(dtype=float)  # cells x seeds
+    if losses.shape[1] < 2 or losses.shape[0] == 0:
+        return math.nan
+    scored = []
+    for held in range(losses.shape[1]):
+        others = np.delete(losses, held, axis=1).mean(axis=1)
+        # (some cell is finite on every seed: oracle_table has a finite best cell)
+        scored.append(losses[int(np.argmin(others)), held])
+    return regret(float(np.mean(scored)), best_loss)
 
 
 def _edges(cells: pd.DataFrame, best_lr: float, best_warmup: int) -> tuple[str, ...]:

@@ -110,9 +110,17 @@ def test_regret_compares_the_same_seeds_as_the_evaluation(tmp_path: Path) -> Non
     # seeds 0+1: the oracle's best cell is lr 0.05 (mean 1.75); the method's mean is 1.45
     assert row["oracle_best_loss"] == pytest.approx(1.75)
     assert row["regret"] == pytest.approx(1.45 / 1.75 - 1)
+    # the grid's seed noise: seed 0 scored with seed 1's best cell (2.0), and the other way
+    # round (3.0), against the same oracle
+    assert row["oracle_heldout_regret"] == pytest.approx(2.5 / 1.75 - 1)
+    md = regret_markdown(both)
+    assert md.splitlines()[0].endswith("| seed noise |")
+    assert md.splitlines()[2].endswith(f"| {100 * (2.5 / 1.75 - 1):.2f}% |")
     one = regret_table(ev, grid, seeds=[1])
     row = one[one["task"] == "t"].iloc[0]
     assert row["oracle_best_loss"] == pytest.approx(1.5) and row["seeds"] == 1
+    assert math.isnan(row["oracle_heldout_regret"])  # one seed: nothing to hold out
+    assert regret_markdown(one).splitlines()[2].endswith("|  |")
     assert row["regret"] == pytest.approx(1.8 / 1.5 - 1)
     with pytest.raises(ValueError, match=r"no rows for seeds \[7\]; it has \[0, 1\]"):
         regret_table(ev, grid, seeds=[7])

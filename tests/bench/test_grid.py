@@ -115,6 +115,41 @@ def test_oracle_table_best_flatness_edges_and_divergence() -> None:
     assert math.isinf(diverged["mean_val_loss"]) and diverged["n_diverged"] == 1
 
 
+def test_heldout_regret_is_the_oracles_own_seed_noise() -> None:
+    # Two cells whose ranking flips between the seeds: each seed, scored with the cell the
+    # other seed ranks best, lands on its worse cell.
+    rows = [
+        {
+            "task": "t",
+            "peak_lr": lr,
+            "warmup_steps": 0,
+            "warmup_frac": 0.0,
+            "total_steps": 10,
+            "seed": seed,
+            "final_val_loss": loss,
+            "diverged": False,
+        }
+        for lr, l0, l1 in ((1e-3, 1.0, 1.2), (1e-2, 1.1, 1.0))
+        for seed, loss in ((0, l0), (1, l1))
+    ]
+    table = oracle_table(pd.DataFrame(rows), "t")
+    assert table.best_loss == pytest.approx(1.05)
+    # held out seed 0: seed 1 picks lr 1e-2 (1.1 on seed 0); held out 1: seed 0 picks 1e-3 (1.2)
+    assert table.heldout_regret == pytest.approx((1.1 + 1.2) / 2 / 1.05 - 1)
+    assert table.summary()["heldout_regret"] == table.heldout_regret
+    # the same ranking on every seed: picking on the other seeds loses nothing
+    same = [dict(r, final_val_loss=1.0 if r["peak_lr"] == 1e-3 else 2.0) for r in rows]
+    assert oracle_table(pd.DataFrame(same), "t").heldout_regret == 0.0
+    # one seed: nothing to hold out
+    assert math.isnan(oracle_table(pd.DataFrame(rows[::2]), "t").heldout_regret)
+    # a cell the other seeds rank best diverges on the held-out seed: infinite
+    flip = [dict(r, diverged=r["seed"] == 1 and r["peak_lr"] == 1e-3) for r in rows]
+    flip = [
+        dict(r, final_val_loss=0.5) if r["seed"] == 0 and r["peak_lr"] == 1e-3 else r for r in flip
+    ]
+    assert math.isinf(oracle_table(pd.DataFrame(flip), "t").heldout_regret)
+
+
 def test_best_on_the_edge_warns() -> None:
     losses = {(lr, w): 2.0 for lr in (1e-3, 1e-2) for w in (0, 60)}
     losses[(1e-2, 60)] = 1.0
