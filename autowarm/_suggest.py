@@ -22,7 +22,7 @@ from autowarm.probe._bursts import Budget, ProbeRunner
 from autowarm.probe._search import (
     NoUsableLR,
     ProbeOutcome,
-    SearchSettings,
+    active_settings,
     outcome_signals,
     run_search,
 )
@@ -374,7 +374,7 @@ def _tick(bar: Any) -> None:
 
 def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> ProbeOutcome:
     try:
-        outcome = run_search(runner, total_steps=total, settings=SearchSettings(), beta2=beta2)
+        outcome = run_search(runner, total_steps=total, settings=active_settings(), beta2=beta2)
     except NoUsableLR as exc:
         raise ProbeDivergedError(
             f"every LR the probe tried diverged: {exc}; check the loss and the model's "

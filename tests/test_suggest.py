@@ -708,6 +708,20 @@ def test_same_seed_same_suggestion() -> None:
     assert c.trace["loss"].iloc[0] != a.trace["loss"].iloc[0]
 
 
+def test_a_probe_variant_runs_only_inside_use_settings() -> None:
+    # The benchmark's probe variants (autowarm bench eval --probe-setting) reach suggest()
+    # through use_settings: here a 12-step range test starting at 1e-4.
+    model, loader = _net(), _shuffled_loader()
+    variant = SearchSettings(range_test_min_steps=12, range_test_max_steps=12, lr_min=1e-4)
+    with search_plan.use_settings(variant):
+        a = _run(model, loader, criterion=F.cross_entropy)
+    rt = a.trace[a.trace["phase"] == "range_test"]["lr"].to_numpy()
+    assert len(rt) == 12 and rt[0] == pytest.approx(1e-4)
+    b = _run(model, loader, criterion=F.cross_entropy)  # the block is over: the defaults
+    rt = b.trace[b.trace["phase"] == "range_test"]["lr"].to_numpy()
+    assert rt[0] == pytest.approx(SearchSettings().lr_min) and len(rt) != 12
+
+
 # --------------------------------------------------------------------------------------------
 # 7. The Suggestion
 # --------------------------------------------------------------------------------------------

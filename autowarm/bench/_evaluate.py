@@ -17,6 +17,11 @@ Methods (BENCHMARK.md):
 - ``hf_default``: transformers' ``TrainingArguments`` defaults: lr 5e-5, no warmup, linear
   decay.
 
+A variant of the probe is measured the same way: ``probe_settings=["lr_min=1e-6"]`` (``autowarm
+bench eval --probe-setting lr_min=1e-6``) runs ``suggest`` with those
+:class:`~autowarm.probe._search.SearchSettings` fields changed, and its rows are the method
+``autowarm[lr_min=1e-06]``, beside the default's in the same CSV and the regret table.
+
 Every schedule decays with cosine to 0 after its warmup (as the oracle grid does), except
 ``hf_default``, which keeps transformers' linear decay.
 """
@@ -30,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
+from autowarm.probe._search import SearchSettings, parse_settings, settings_label, use_settings
 from autowarm.schedules import ScheduleConfig
 
 __all__ = ["METHODS", "evaluate_methods", "finder_lr", "regret_table"]
@@ -122,8 +128,15 @@ def _beta2(task: BenchTask) -> float:
     return float(betas[1])
 
 
+def method_label(method: str, probe_settings: dict[str, Any] | None = None) -> str:
+    """The ``method`` column of a row: ``autowarm[key=value,...]`` for a probe variant."""
+    if method != "autowarm" or not probe_settings:
+        return method
+    return f"autowarm[{settings_label(probe_settings)}]"
+
+
 def _method_schedule(
-    task: BenchTask, method: str, seed: int
+    task: BenchTask, method: str, seed: int, probe_settings: dict[str, Any] | None = None
 ) -> tuple[ScheduleConfig, Callable[..., torch.optim.Optimizer], dict[str, Any]]:
     t = task.total_steps
     extra: dict[str, Any] = {"confidence": "", "deciding_signal": ""}
@@ -132,7 +145,8 @@ def _method_schedule(
 
         counted = _Counted(task.resolved_loss_fn())
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
+        settings = SearchSettings(**(probe_settings or {}))
+        with torch.random.fork_rng(devices=[]), use_settings(settings):
             s = suggest(
                 task.make_model(seed),
                 task.train_data(seed),
@@ -192,17 +206,23 @@ class _RAdamW(torch.optim.RAdam):
         )
 
 
-def _run_one(task_name: str, method: str, seed: int, total_steps: int | None) -> dict[str, Any]:
+def _run_one(
+    task_name: str,
+    method: str,
+    seed: int,
+    total_steps: int | None,
+    probe_settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     import dataclasses
 
     task = get_task(task_name)
     if total_steps is not None:
         task = dataclasses.replace(task, total_steps=total_steps)
-    schedule, opt_cls, extra = _method_schedule(task, method, seed)
+    schedule, opt_cls, extra = _method_schedule(task, method, seed, probe_settings)
     result = run_schedule(task, schedule, seed, optimizer_cls=opt_cls)
     return {
         "task": task.name,
-        "method": method,
+        "method": method_label(method, probe_settings),
         "seed": seed,
         "total_steps": task.total_steps,
         "peak_lr": schedule.peak_lr,
@@ -225,6 +245,7 @@ class _Job:
     method: str
     seed: int
     total_steps: int | None
+    probe_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def _done(csv_path: Path) -> set[tuple[str, str, int, int]]:
@@ -243,15 +264,24 @@ def evaluate_methods(
     seeds: Sequence[int] = (0, 1),
     workers: int = 2,
     total_steps: int | None = None,
+    probe_settings: Sequence[str] = (),
 ) -> Path:
     """Run every (task, method, seed) not yet in ``csv_path``; append one row each.
 
     Resumable: rows already in the CSV are skipped. Each job runs in a worker process with one
-    torch thread (``workers=0`` runs them here, one after another).
+    torch thread (``workers=0`` runs them here, one after another). ``probe_settings``
+    (``KEY=VALUE`` strings, :func:`~autowarm.probe._search.parse_settings`) change the probe
+    of ``autowarm``, whose rows are then labelled by :func:`method_label`.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods must be among {', '.join(METHODS)}, but got {unknown}")
+    overrides = parse_settings(probe_settings)
+    if overrides and "autowarm" not in methods:
+        raise ValueError(
+            "probe settings change suggest() only: include autowarm in methods (--methods "
+            f"autowarm), but got methods={list(methods)}"
+        )
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _done(path)
@@ -259,10 +289,10 @@ def evaluate_methods(
     for name in tasks:
         steps = total_steps if total_steps is not None else get_task(name).total_steps
         jobs += [
-            _Job(name, m, s, total_steps)
+            _Job(name, m, s, total_steps, overrides)
             for m in methods
             for s in seeds
-            if (name, m, s, steps) not in done
+            if (name, method_label(m, overrides), s, steps) not in done
         ]
     _log.info("evaluate: %d jobs to run, %d already in %s", len(jobs), len(done), path)
     new = not path.exists() or path.stat().st_size == 0
@@ -287,11 +317,12 @@ def evaluate_methods(
 
         if workers == 0:
             for j in jobs:
-                write(_run_one(j.task, j.method, j.seed, j.total_steps))
+                write(_run_one(j.task, j.method, j.seed, j.total_steps, j.probe_settings))
             return path
         with process_pool(workers) as pool:
             futures = [
-                pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps) for j in jobs
+                pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps, j.probe_settings)
+                for j in jobs
             ]
             for fut in cf.as_completed(futures):
                 write(fut.result())
@@ -383,6 +414,14 @@ def add_eval_arguments(parser: Any) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes; 0 = here")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
     parser.add_argument("--total-steps", type=int, default=None, help="override run length")
+    parser.add_argument(
+        "--probe-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run suggest() with this probe setting changed (repeatable; e.g. lr_min=1e-6): a "
+        "variant of the probe, written as the method autowarm[KEY=VALUE]",
+    )
 
 
 def add_regret_arguments(parser: Any) -> None:
@@ -413,6 +452,7 @@ def run_eval(args: Any) -> int:
         seeds=list(range(args.seeds)),
         workers=args.workers,
         total_steps=args.total_steps,
+        probe_settings=args.probe_setting,
     )
     print(path)
     return 0
@@ -446,13 +486,15 @@ def regret_markdown(table: pd.DataFrame) -> str:
     method's regret below it on a task is within what the seeds alone move.
     """
     body = table[table["task"] != "median"]
+    # the built-in methods in their order, then any probe variants (autowarm[...])
+    methods = [*METHODS, *sorted(set(body["method"]) - set(METHODS))]
     lines = [
-        "| task | " + " | ".join(METHODS) + " | seed noise |",
-        "|---" * (len(METHODS) + 2) + "|",
+        "| task | " + " | ".join(methods) + " | seed noise |",
+        "|---" * (len(methods) + 2) + "|",
     ]
     for task, g in body.groupby("task", sort=True):
         cells = []
-        for m in METHODS:
+        for m in methods:
             row = g[g["method"] == m]
             if row.empty:
                 cells.append("")
@@ -468,7 +510,7 @@ def regret_markdown(table: pd.DataFrame) -> str:
         "| **median** | "
         + " | ".join(
             f"**{100 * med[m]:.2f}%**" if m in med and math.isfinite(med[m]) else ""
-            for m in METHODS
+            for m in methods
         )
         + " | |"
     )

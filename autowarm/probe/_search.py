@@ -29,9 +29,12 @@ say which signal decided.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +74,100 @@ class SearchSettings:
     # make Adam's steps smaller than intended, which is safe, so the band is open below.
     rel_error_tol: float = 0.25
     drift_band: tuple[float, float] = (1e-3, 1.5)
+
+
+_ACTIVE: contextvars.ContextVar[SearchSettings | None] = contextvars.ContextVar(
+    "autowarm_search_settings", default=None
+)
+
+
+def active_settings() -> SearchSettings:
+    """The plan ``suggest`` runs: the defaults, or those of an enclosing :func:`use_settings`."""
+    return _ACTIVE.get() or SearchSettings()
+
+
+@contextlib.contextmanager
+def use_settings(settings: SearchSettings) -> Iterator[SearchSettings]:
+    """Within the block (this thread or task only), ``suggest`` plans its probe with ``settings``.
+
+    For measuring a variant of the probe with the benchmark (``autowarm bench eval
+    --probe-setting``), not a user-facing knob: the defaults are what the benchmark supports.
+    """
+    token = _ACTIVE.set(settings)
+    try:
+        yield settings
+    finally:
+        _ACTIVE.reset(token)
+
+
+def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["lr_min=1e-6", "refine=true"]`` as typed :class:`SearchSettings` overrides.
+
+    Each value is read as the type of the field's default (``true``/``false`` for flags, two
+    numbers separated by ``,`` or ``:`` for ``drift_band``); the result builds
+    ``SearchSettings(**result)``.
+
+    Raises:
+        ValueError: For a pair without ``=``, an unknown field (the message lists them), or a
+            value that does not read as the field's type.
+    """
+    defaults = SearchSettings()
+    names = [f.name for f in dataclasses.fields(SearchSettings)]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        key, text = key.strip(), text.strip()
+        if not eq or not key:
+            raise ValueError(f"a probe setting is KEY=VALUE such as lr_min=1e-6, but got {pair!r}")
+        if key not in names:
+            raise ValueError(
+                f"unknown probe setting {key!r}; the settings are: {', '.join(names)}"
+            )
+        out[key] = _read_as(getattr(defaults, key), text, key)
+    return out
+
+
+def _read_as(default: Any, text: str, key: str) -> Any:
+    try:
+        return _convert(default, text)
+    except ValueError:
+        raise ValueError(
+            f"probe setting {key!r} takes a value like its default "
+            f"{settings_label({key: default})}, but got {text!r}"
+        ) from None
+
+
+def _convert(default: Any, text: str) -> Any:
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, tuple):
+        values = tuple(float(x) for x in text.replace(":", ",").split(","))
+        if len(values) != len(default):
+            raise ValueError(text)
+        return values
+    raise TypeError(f"a setting of type {type(default).__name__} cannot be read from text")
+
+
+def settings_label(overrides: dict[str, Any]) -> str:
+    """``key=value`` pairs, sorted and comma-joined (a pair's tuple joined by ``:``).
+
+    ``parse_settings(label.split(","))`` reads it back.
+    """
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, tuple):
+            return ":".join(fmt(x) for x in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ",".join(f"{k}={fmt(overrides[k])}" for k in sorted(overrides))
 
 
 @dataclass

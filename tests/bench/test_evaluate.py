@@ -67,6 +67,51 @@ def test_evaluate_and_regret_tiny(tmp_path: Path) -> None:
     assert "control_convex" in md and "**median**" in md
 
 
+def test_a_probe_variant_is_its_own_method(tmp_path: Path) -> None:
+    import dataclasses
+
+    task = dataclasses.replace(get_task("control_convex"), total_steps=STEPS)
+    grid = tmp_path / "grid.csv"
+    oracle_grid(task, csv_path=grid, lrs=[0.01, 0.05], warmups=[0, 8], seeds=[0], workers=0)
+    ev = tmp_path / "eval.csv"
+    kw = {"methods": ["autowarm"], "seeds": [0], "workers": 0, "total_steps": STEPS}
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    variant = ["lr_min=1e-4", "range_test_max_steps=12", "range_test_min_steps=12"]
+    evaluate_methods(["control_convex"], csv_path=ev, probe_settings=variant, **kw)
+    label = "autowarm[lr_min=0.0001,range_test_max_steps=12,range_test_min_steps=12]"
+    rows = pd.read_csv(ev).set_index("method")
+    assert list(rows.index) == ["autowarm", label]
+    assert rows.loc[label, "peak_lr"] != rows.loc["autowarm", "peak_lr"]  # another probe ran
+    # resumable per variant: nothing new to run for either
+    evaluate_methods(["control_convex"], csv_path=ev, probe_settings=variant, **kw)
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    assert len(pd.read_csv(ev)) == 2
+    md = regret_markdown(regret_table(ev, grid))
+    assert md.splitlines()[0].endswith(f"| hf_default | {label} | seed noise |")
+    with pytest.raises(ValueError, match="unknown probe setting 'lr'"):
+        evaluate_methods(["control_convex"], csv_path=ev, probe_settings=["lr=1"], **kw)
+    with pytest.raises(ValueError, match="include autowarm in methods"):
+        evaluate_methods(
+            ["control_convex"],
+            csv_path=ev,
+            methods=["hf_default"],
+            seeds=[0],
+            workers=0,
+            probe_settings=variant,
+        )
+
+
+def test_eval_cli_rejects_a_bad_probe_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.bench._cli import main
+
+    argv = ["eval", "--tasks", "control_convex", "--methods", "autowarm", "--out", str(tmp_path)]
+    assert main([*argv, "--probe-setting", "refine=perhaps"]) == 1
+    assert "'refine' takes a value like its default refine=false" in capsys.readouterr().err
+    assert not (tmp_path / "evaluation.csv").exists()  # nothing ran
+
+
 def test_unknown_method_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="methods must be among"):
         evaluate_methods(["control_convex"], csv_path=tmp_path / "e.csv", methods=["nope"])

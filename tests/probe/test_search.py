@@ -12,11 +12,16 @@ from autowarm.probe import signals as sig
 from autowarm.probe._bursts import BurstResult
 from autowarm.probe._search import (
     BurstVerdict,
+    SearchSettings,
     _drop_isolated_nonfinite,
+    active_settings,
     choose_peak,
     needs_ramp,
+    parse_settings,
     ramp_lrs,
     range_test_lrs,
+    settings_label,
+    use_settings,
 )
 
 
@@ -133,3 +138,52 @@ def test_needs_ramp_yes_when_the_no_ramp_burst_is_unstable_or_not_finite() -> No
     tail_nan = [*ramped[:-1], math.nan]
     needed, why = needs_ramp(_verdict(tail_nan, warmup=0), _verdict(ramped, warmup=10))
     assert needed and "non-finite" in why
+
+
+def test_parse_settings_reads_each_field_as_its_type() -> None:
+    got = parse_settings(
+        ["lr_min=1e-6", " refine = true", "ladder_min_steps=8", "drift_band=0.01,2"]
+    )
+    assert got == {
+        "lr_min": 1e-6,
+        "refine": True,
+        "ladder_min_steps": 8,
+        "drift_band": (0.01, 2.0),
+    }
+    assert isinstance(got["ladder_min_steps"], int) and isinstance(got["lr_min"], float)
+    assert SearchSettings(**got).refine is True
+    label = settings_label(got)
+    assert label == "drift_band=0.01:2,ladder_min_steps=8,lr_min=1e-06,refine=true"
+    assert parse_settings(label.split(",")) == got  # the label reads back
+    assert parse_settings([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("pair", "match"),
+    [
+        ("lr_min", "KEY=VALUE such as lr_min=1e-6"),
+        ("=3", "KEY=VALUE"),
+        ("lr_mn=1e-6", "unknown probe setting 'lr_mn'; the settings are: lr_min, lr_max"),
+        ("refine=maybe", "'refine' takes a value like its default refine=false"),
+        ("ladder_min_steps=2.5", "'ladder_min_steps' takes a value like its default"),
+        ("drift_band=1", "'drift_band' takes a value like its default drift_band=0.001:1.5"),
+        ("lr_min=small", "'lr_min' takes a value like its default lr_min=1e-07, but got 'small'"),
+    ],
+)
+def test_parse_settings_says_what_to_pass(pair: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_settings([pair])
+
+
+def test_use_settings_applies_inside_the_block_only() -> None:
+    assert active_settings() == SearchSettings()
+    variant = SearchSettings(lr_min=1e-5)
+    with use_settings(variant) as inside:
+        assert inside is variant and active_settings() is variant
+        with use_settings(SearchSettings(refine=True)):
+            assert active_settings().refine and active_settings().lr_min == 1e-7
+        assert active_settings() is variant
+    assert active_settings() == SearchSettings()
+    with pytest.raises(RuntimeError), use_settings(variant):
+        raise RuntimeError("the block failed")
+    assert active_settings() == SearchSettings()
