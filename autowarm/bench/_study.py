@@ -12,7 +12,9 @@ Two measurements (BENCHMARK.md, issue "Overnight refinement"):
     - ``tune_confirm``: ``tune_fraction`` with ``confirm=2``: the two best trials are re-run at
       full length (two of the six runs, so fewer trials) and the better one is named best;
     - ``tpe_scratch``: optuna's TPE with the same pruner and trials but no probe, searching
-      the whole oracle grid's range (peak LR log-uniform over the grid's LRs, warmup 0 to 60%).
+      the whole oracle grid's range (peak LR log-uniform over the grid's LRs, warmup 0 to 60%);
+    - ``tpe_scratch_10``: the same with ten full runs' worth of trials instead of six
+      (BENCHMARK.md asks how TPE from scratch fares with more runs than ``tune`` gets).
 
     The best schedule of each is then trained at full length on the oracle grid's seeds, and
     its mean final loss compared with the grid's best cell gives the regret. Cost is counted in
@@ -62,8 +64,10 @@ __all__ = ["STUDY_METHODS", "as_task", "rank_table", "run_ranks", "run_study_ben
 
 _log = logging.getLogger("autowarm")
 
-STUDY_METHODS = ("tune_fraction", "tune_absolute", "tpe_scratch", "tune_confirm")
+STUDY_METHODS = ("tune_fraction", "tune_absolute", "tpe_scratch", "tune_confirm", "tpe_scratch_10")
 BUDGET = 6.0
+"""Full-run equivalents of optimizer steps each method may spend (``tpe_scratch_10``: ten)."""
+TPE_BUDGETS = {"tpe_scratch": BUDGET, "tpe_scratch_10": 10.0}
 TRIAL_FRACTION = 0.25
 EVAL_SEEDS = (0, 1)
 CONFIRM = 2
@@ -119,11 +123,20 @@ def _scratch_space(bench: BenchTask) -> tuple[ScheduleConfig, SearchSpace]:
     return center, space
 
 
-def _tpe_scratch(task: Task, bench: BenchTask, seed: int, trial_steps: int) -> optuna.Study:
+def tpe_trials(bench: BenchTask, trial_steps: int, method: str = "tpe_scratch") -> int:
+    """Trials of TPE from scratch: its budget (:data:`TPE_BUDGETS`) in trials of that length."""
+    if method not in TPE_BUDGETS:
+        raise ValueError(f"method must be one of {sorted(TPE_BUDGETS)}, but got {method!r}")
+    return int(TPE_BUDGETS[method] * bench.total_steps / trial_steps)
+
+
+def _tpe_scratch(
+    task: Task, bench: BenchTask, seed: int, trial_steps: int, method: str
+) -> optuna.Study:
     from autowarm.study import _tune
 
     center, space = _scratch_space(bench)
-    n_trials = int(BUDGET * bench.total_steps / trial_steps)
+    n_trials = tpe_trials(bench, trial_steps, method)
     plan = _tune._Plan(
         storage="",
         study_name="tpe_scratch",
@@ -152,8 +165,8 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
     trial_steps = round(TRIAL_FRACTION * bench.total_steps)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        if method == "tpe_scratch":
-            study, probe_steps = _tpe_scratch(task, bench, seed, trial_steps), 0
+        if method in TPE_BUDGETS:
+            study, probe_steps = _tpe_scratch(task, bench, seed, trial_steps, method), 0
         else:
             study = tune(
                 task,

@@ -83,3 +83,15 @@ def test_study_table_regret_and_median(tmp_path: Path, grid_csv: Path) -> None:
     text = markdown(table)
     assert text.splitlines()[0].startswith("| task | method | study_seeds | regret |")
     assert "| median | tpe_scratch |  | 0.1 |" in text  # NaN cells are blank
+
+
+def test_tpe_from_scratch_spends_its_budget_in_trials() -> None:
+    from autowarm.bench._study import STUDY_METHODS, TPE_BUDGETS, tpe_trials
+    from autowarm.bench.tasks import get_task
+
+    bench = get_task("control_convex")  # 2,000 steps: trials of 500
+    assert tpe_trials(bench, 500) == 24  # six full runs
+    assert tpe_trials(bench, 500, "tpe_scratch_10") == 40
+    assert set(TPE_BUDGETS) <= set(STUDY_METHODS)
+    with pytest.raises(ValueError, match="method must be one of"):
+        tpe_trials(bench, 500, "tune_confirm")
