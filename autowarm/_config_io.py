@@ -1,13 +1,15 @@
 """Reading and writing ``ScheduleConfig`` files (JSON and YAML, with a format version).
 
-Loading never executes content: ``json`` and ``yaml.safe_load`` only. Every problem with the
+Loading never executes content: ``json`` and a ``yaml.SafeLoader`` only. Every problem with the
 content is a ``ValueError`` whose message names the file, the field and the value.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,9 +120,30 @@ def read_mapping(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+
+
+@functools.cache
+def _yaml_loader() -> type[Any]:
+    """PyYAML's ``SafeLoader`` with YAML 1.2 floats: ``3e-4`` (no dot) is a number there.
+
+    PyYAML follows YAML 1.1, which reads ``3e-4`` as the string ``"3e-4"``; people write LRs
+    that way, and a config that rejects them is a trap. Nothing else changes (still no tags
+    that build objects).
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
 
 
 def load_config(path: Path) -> ScheduleConfig:

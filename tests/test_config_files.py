@@ -173,3 +173,21 @@ def test_non_mapping_raises_value_error(data: Any) -> None:
         return
     with pytest.raises(ValueError, match="mapping"):
         ScheduleConfig.from_dict(data)
+
+
+def test_hand_written_yaml_exponents_are_numbers(tmp_path: Path) -> None:
+    # PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; people write it that way.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "peak_lr: 3e-4\ntotal_steps: 1000\nwarmup_steps: 10\nmin_lr: 1E-6\n", encoding="utf-8"
+    )
+    cfg = ScheduleConfig.load(path)
+    assert (cfg.peak_lr, cfg.min_lr) == (3e-4, 1e-6)
+    assert isinstance(cfg.peak_lr, float)
+    # what YAML 1.1 already read as numbers still is; other strings stay strings
+    path.write_text("peak_lr: 3.0e-04\ntotal_steps: 1_000\nwarmup_steps: 10\n", encoding="utf-8")
+    cfg = ScheduleConfig.load(path)
+    assert (cfg.peak_lr, cfg.total_steps) == (3e-4, 1000)
+    path.write_text("peak_lr: e-4\ntotal_steps: 1000\nwarmup_steps: 10\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="peak_lr must be a finite float > 0"):
+        ScheduleConfig.load(path)
