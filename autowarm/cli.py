@@ -112,14 +112,46 @@ def _add_export(sub: Any) -> None:
     p.add_argument("file", type=Path, nargs="?", help="schedule config (.json or .yaml)")
     p.add_argument("--storage", default=None, help="export the best schedule of this study")
     p.add_argument("--study-name", default=None, help="with --storage (optional if only one)")
-    p.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="json")
+    p.add_argument(
+        "--format",
+        "-f",
+        choices=EXPORT_FORMATS,
+        default=None,
+        help="default: from the suffix of -o (.json, .yaml, .yml), else json",
+    )
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     p.set_defaults(func=_run_export)
 
 
+_CONFIG_SUFFIX_FORMAT = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def export_format(fmt: str | None, output: Path | None) -> str:
+    """The format ``autowarm export`` writes: ``--format``, else the suffix of ``-o``, else json.
+
+    Raises:
+        ValueError: If ``--format`` json/yaml contradicts a ``.json``/``.yaml`` output name, or
+            ``-o`` is a directory.
+    """
+    if output is not None and output.is_dir():
+        raise ValueError(f"-o {output} is a directory: pass a file path such as {output}/s.yaml")
+    by_suffix = None if output is None else _CONFIG_SUFFIX_FORMAT.get(output.suffix.lower())
+    if fmt is None:
+        return by_suffix or "json"
+    if fmt in ("json", "yaml") and by_suffix is not None and by_suffix != fmt:
+        raise ValueError(
+            f"--format {fmt} but -o {output} names a {by_suffix} file: give the output a "
+            f"{'.json' if fmt == 'json' else '.yaml'} suffix, or leave out --format"
+        )
+    return fmt
+
+
 def _run_export(args: argparse.Namespace) -> int:
-    if (args.file is None) == (args.storage is None):
-        raise ValueError("pass a schedule file, or --storage URL [--study-name NAME], not both")
+    if args.file is None and args.storage is None:
+        raise ValueError("pass a schedule file, or --storage URL [--study-name NAME]")
+    if args.file is not None and args.storage is not None:
+        raise ValueError("pass a schedule file or --storage URL [--study-name NAME], not both")
+    fmt = export_format(args.format, args.output)
     if args.storage is not None:
         from autowarm.study._storage import load_study
         from autowarm.study._tune import best_schedule
@@ -127,7 +159,6 @@ def _run_export(args: argparse.Namespace) -> int:
         cfg = best_schedule(load_study(args.storage, args.study_name))
     else:
         cfg = ScheduleConfig.load(args.file)
-    fmt = args.format
     if args.output is not None:
         if fmt in ("json", "yaml") and args.output.suffix.lower() in (".json", ".yaml", ".yml"):
             cfg.save(args.output)

@@ -134,3 +134,27 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert data["schedule"] == cfg.to_dict()
     assert data["probe_steps"] <= 60
     assert (tmp_path / "demo" / "suggestion.trace.csv").exists()
+
+
+def test_export_format_follows_the_output_name_and_conflicts_fail(
+    sched_file: Path, tmp_path: Path
+) -> None:
+    from autowarm.cli import export_format
+
+    assert export_format(None, None) == "json"
+    assert export_format(None, tmp_path / "a.yml") == "yaml"
+    assert export_format("transformers", tmp_path / "a.yaml") == "transformers"
+    with pytest.raises(ValueError, match=r"--format json but -o .*a.yaml names a yaml file"):
+        export_format("json", tmp_path / "a.yaml")
+    with pytest.raises(ValueError, match="is a directory: pass a file path"):
+        export_format("yaml", tmp_path)
+    dest = tmp_path / "converted.yaml"
+    r = autowarm("export", str(sched_file), "-o", str(dest))  # no --format: the suffix decides
+    assert r.returncode == 0, r.stderr
+    assert dest.read_text().startswith("format: autowarm.schedule")
+    r = autowarm("export", str(sched_file), "-f", "json", "-o", str(tmp_path / "x.yaml"))
+    assert r.returncode == 1 and "names a yaml file" in r.stderr
+    assert not (tmp_path / "x.yaml").exists()
+    r = autowarm("export")
+    assert r.returncode == 1 and "pass a schedule file, or --storage" in r.stderr
+    assert "not both" not in r.stderr
