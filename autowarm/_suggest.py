@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from autowarm._checks import is_int
 from autowarm._train import BatchStream, LossFn, model_device, resolve_loss_fn
 from autowarm.probe._bursts import Budget, ProbeRunner
 from autowarm.probe._search import (
@@ -166,11 +167,11 @@ class Suggestion:
 
 def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
     if total_steps is not None:
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        if not is_int(total_steps) or total_steps < 1:
             raise ValueError(
                 f"total_steps must be an int >= 1, but got total_steps={total_steps!r}"
             )
-        return total_steps
+        return int(total_steps)
     try:
         n = len(data)  # type: ignore[arg-type]
     except TypeError:
@@ -192,12 +193,12 @@ def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
         # 10% of the run in forward passes, counted from outside: the optimizer steps plus
         # the one forward pass that checks the first batch before any training.
         return max(60, int(0.1 * total_steps) - 1)
-    if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps < 40:
+    if not is_int(budget_steps) or budget_steps < 40:
         raise ValueError(
             f"budget_steps must be an int >= 40 (a range test and a few bursts), but got "
             f"budget_steps={budget_steps!r}"
         )
-    return budget_steps
+    return int(budget_steps)
 
 
 def _check_optimizer_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

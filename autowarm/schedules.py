@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autowarm._checks import is_int, is_real
 from autowarm._shapes import Decay, ScheduleLambda, WsdShape, schedule_multiplier
 
 if TYPE_CHECKING:
@@ -50,14 +51,6 @@ __all__ = ["Decay", "ScheduleConfig", "TransformersExportError"]
 
 class TransformersExportError(ValueError):
     """A schedule that transformers cannot express exactly; the message names the closest type."""
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _bad(name: str, rule: str, value: object) -> ValueError:
@@ -111,37 +104,42 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if not _is_real(self.peak_lr) or not math.isfinite(self.peak_lr) or self.peak_lr <= 0:
+        if not is_real(self.peak_lr) or not math.isfinite(self.peak_lr) or self.peak_lr <= 0:
             raise _bad("peak_lr", "a finite float > 0", self.peak_lr)
         set_(self, "peak_lr", float(self.peak_lr))
-        if not _is_int(self.total_steps) or self.total_steps < 1:
+        if not is_int(self.total_steps) or self.total_steps < 1:
             raise _bad("total_steps", "an int >= 1", self.total_steps)
-        if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.total_steps:
+        set_(self, "total_steps", int(self.total_steps))
+        if not is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.total_steps:
             raise _bad(
                 "warmup_steps", f"an int in [0, total_steps={self.total_steps}]", self.warmup_steps
             )
+        set_(self, "warmup_steps", int(self.warmup_steps))
         if not isinstance(self.decay, str):
             raise _bad("decay", "a str", self.decay)
         set_(self, "decay", Decay(self.decay))
-        if not _is_real(self.min_lr) or not 0.0 <= self.min_lr <= self.peak_lr:
+        if not is_real(self.min_lr) or not 0.0 <= self.min_lr <= self.peak_lr:
             raise _bad("min_lr", f"a float in [0, peak_lr={self.peak_lr}]", self.min_lr)
         set_(self, "min_lr", float(self.min_lr))
-        if not _is_real(self.warmup_start_factor) or not 0.0 <= self.warmup_start_factor <= 1.0:
+        if not is_real(self.warmup_start_factor) or not 0.0 <= self.warmup_start_factor <= 1.0:
             raise _bad("warmup_start_factor", "a float in [0, 1]", self.warmup_start_factor)
         set_(self, "warmup_start_factor", float(self.warmup_start_factor))
         self._check_shape_parameters()
 
     def _check_shape_parameters(self) -> None:
         set_ = object.__setattr__
-        if not _is_int(self.num_cycles) or self.num_cycles < 1:
+        if not is_int(self.num_cycles) or self.num_cycles < 1:
             raise _bad("num_cycles", "an int >= 1", self.num_cycles)
-        if not _is_real(self.power) or not math.isfinite(self.power) or self.power <= 0:
+        set_(self, "num_cycles", int(self.num_cycles))
+        if not is_real(self.power) or not math.isfinite(self.power) or self.power <= 0:
             raise _bad("power", "a finite float > 0", self.power)
         set_(self, "power", float(self.power))
-        if self.timescale is not None and (not _is_int(self.timescale) or self.timescale < 1):
+        if self.timescale is not None and (not is_int(self.timescale) or self.timescale < 1):
             raise _bad("timescale", "None or an int >= 1", self.timescale)
+        if self.timescale is not None:
+            set_(self, "timescale", int(self.timescale))
         frac = self.wsd_decay_fraction
-        if not _is_real(frac) or not 0.0 < frac <= 1.0:
+        if not is_real(frac) or not 0.0 < frac <= 1.0:
             raise _bad("wsd_decay_fraction", "a float in (0, 1]", frac)
         set_(self, "wsd_decay_fraction", float(frac))
         if not isinstance(self.wsd_decay_shape, str):
@@ -192,7 +190,7 @@ class ScheduleConfig:
     # ------------------------------------------------------------------ uses
     def multiplier(self, step: int) -> float:
         """Factor on ``peak_lr`` for update ``step + 1`` (see the step convention)."""
-        if not _is_int(step) or step < 0:
+        if not is_int(step) or step < 0:
             raise _bad("step", "an int >= 0", step)
         return schedule_multiplier(step, self._lambda())
 
@@ -238,7 +236,7 @@ class ScheduleConfig:
                 f"group_scales must hold one positive float per parameter group ({n}), "
                 f"but got group_scales={group_scales!r}"
             )
-        if not _is_int(last_epoch) or last_epoch < -1:
+        if not is_int(last_epoch) or last_epoch < -1:
             raise _bad("last_epoch", "an int >= -1", last_epoch)
         for group in optimizer.param_groups:
             group["lr"] = self.peak_lr

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autowarm._checks import is_int
 from autowarm._train import LossFn, model_device, move_to_device, resolve_loss_fn
 
 __all__ = ["Task", "load_task"]
@@ -92,16 +93,12 @@ class Task:
                 "make_model must be a callable(seed) -> nn.Module, but got "
                 f"{type(self.make_model).__name__}"
             )
-        if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int):
+        if not is_int(self.total_steps) or self.total_steps < 1:
             raise ValueError(
                 f"total_steps must be a positive int (optimizer steps of the real run), but got "
                 f"total_steps={self.total_steps!r}"
             )
-        if self.total_steps < 1:
-            raise ValueError(
-                f"total_steps must be a positive int (optimizer steps of the real run), but got "
-                f"total_steps={self.total_steps!r}"
-            )
+        object.__setattr__(self, "total_steps", int(self.total_steps))
         if self.loss_fn is not None and self.criterion is not None:
             raise ValueError("pass loss_fn or criterion, not both")
         if self.eval_fn is not None and not callable(self.eval_fn):

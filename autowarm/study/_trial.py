@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from autowarm._checks import is_int
 from autowarm._train import BatchStream, model_device, train_step
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._task import Task
@@ -51,7 +52,7 @@ def compress(
     """
     if transfer not in TRANSFERS:
         raise ValueError(f"warmup transfer must be one of {TRANSFERS}, but got {transfer!r}")
-    if isinstance(trial_steps, bool) or not isinstance(trial_steps, int) or trial_steps < 2:
+    if not is_int(trial_steps) or trial_steps < 2:
         raise ValueError(f"trial_steps must be an int >= 2, but got trial_steps={trial_steps!r}")
     if transfer == "fraction":
         warmup = round(schedule.warmup_steps * trial_steps / schedule.total_steps)

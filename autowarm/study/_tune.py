@@ -40,6 +40,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 import autowarm
+from autowarm._checks import is_int, is_real
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
 from autowarm.study._confirm import confirmed, confirmed_best, run_confirmations
@@ -483,15 +484,17 @@ def tune(
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be an autowarm.Task, but got {type(task).__name__}")
-    if n_trials is not None and (
-        isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1
-    ):
+    if n_trials is not None and (not is_int(n_trials) or n_trials < 1):
         raise ValueError(f"n_trials must be a positive int or None, but got n_trials={n_trials!r}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be positive seconds or None, but got timeout={timeout!r}")
-    if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 0:
+    if timeout is not None and (not is_real(timeout) or not timeout > 0):
+        raise ValueError(
+            "timeout must be positive seconds (a number, e.g. 8 * 3600) or None, but got "
+            f"timeout={timeout!r}"
+        )
+    _check_start(suggestion, search_space)
+    if not is_int(confirm) or confirm < 0:
         raise ValueError(f"confirm must be an int >= 0, but got confirm={confirm!r}")
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+    if not is_int(n_workers) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive int, but got n_workers={n_workers!r}")
     if warmup_transfer not in TRANSFERS:
         raise ValueError(
@@ -501,11 +504,7 @@ def tune(
     _make_pruner(pruner, 4)  # validates the name before anything runs
     total = task.total_steps
     trial_steps = _default_trial_steps(total) if trial_steps is None else trial_steps
-    if (
-        isinstance(trial_steps, bool)
-        or not isinstance(trial_steps, int)
-        or not 2 <= trial_steps <= total
-    ):
+    if not is_int(trial_steps) or not 2 <= trial_steps <= total:
         raise ValueError(
             f"trial_steps must be an int in [2, total_steps={total}], but got "
             f"trial_steps={trial_steps!r}"
@@ -593,6 +592,22 @@ def tune(
             )
             raise
     return TuneResult(study=study, storage=url, interrupted=interrupted)
+
+
+def _check_start(suggestion: Any | None, search_space: Any | None) -> None:
+    # Before anything runs (the probe can take minutes), so a wrong type fails at once.
+    from autowarm._suggest import Suggestion
+
+    if suggestion is not None and not isinstance(suggestion, Suggestion):
+        raise TypeError(
+            "suggestion must be an autowarm.Suggestion (from autowarm.suggest, or "
+            f"Suggestion.load(path) for a saved one), but got {type(suggestion).__name__}"
+        )
+    if search_space is not None and not isinstance(search_space, SearchSpace):
+        raise TypeError(
+            "search_space must be an autowarm.SearchSpace (e.g. SearchSpace(lr_factor=2.0)), "
+            f"but got {type(search_space).__name__}"
+        )
 
 
 def _set_up(

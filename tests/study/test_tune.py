@@ -315,6 +315,8 @@ def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
     [
         ({"n_trials": 0}, "n_trials"),
         ({"timeout": -1}, "timeout"),
+        ({"timeout": "8h"}, r"timeout must be positive seconds \(a number, e.g. 8 \* 3600\)"),
+        ({"n_trials": True}, "n_trials"),
         ({"n_workers": 0}, "n_workers"),
         ({"trial_steps": 1}, "trial_steps"),
         ({"trial_steps": 10_000}, "trial_steps"),
@@ -326,6 +328,42 @@ def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_arguments(task: Task, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         autowarm.tune(task, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"suggestion": "s.json"}, r"an autowarm.Suggestion .*Suggestion.load\(path\).* got str"),
+        ({"search_space": {"lr_factor": 2}}, r"SearchSpace\(lr_factor=2.0\).* got dict"),
+    ],
+)
+def test_wrong_types_fail_before_the_probe(
+    task: Task, kwargs: dict[str, Any], match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_probe(*args: Any, **kw: Any) -> None:
+        raise AssertionError("the probe ran before the arguments were checked")
+
+    monkeypatch.setattr(autowarm, "suggest", no_probe)
+    monkeypatch.setattr("autowarm._suggest.suggest", no_probe)
+    with pytest.raises(TypeError, match=match):
+        autowarm.tune(task, progress=False, **kwargs)
+
+
+def test_numpy_counts_are_ints_everywhere() -> None:
+    import numpy as np
+
+    from autowarm import ScheduleConfig
+
+    cfg = ScheduleConfig(
+        peak_lr=np.float32(1e-3), total_steps=np.int64(100), warmup_steps=np.int32(10)
+    )
+    assert cfg == ScheduleConfig(peak_lr=float(np.float32(1e-3)), total_steps=100, warmup_steps=10)
+    assert type(cfg.total_steps) is int and type(cfg.warmup_steps) is int
+    assert cfg.lr_at(np.int64(5)) == cfg.lr_at(5)
+    t = Task(make_model=lambda s: None, train_data=[], total_steps=np.int64(5))  # type: ignore[arg-type,return-value]
+    assert type(t.total_steps) is int
+    with pytest.raises(ValueError, match="total_steps must be an int >= 1"):
+        ScheduleConfig(peak_lr=1e-3, total_steps=True, warmup_steps=0)
 
 
 def test_divergence_prunes_with_a_reason(

@@ -1,0 +1,22 @@
+"""Type checks shared by the public entry points.
+
+Counts and rates may come from numpy or a config library as well as from Python literals, so
+any integer type (``numpy.int64``) is an int here and any real type (``numpy.float32``) a real;
+a ``bool`` is neither, because ``True`` as a step count is always a mistake.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+__all__ = ["is_int", "is_real"]
+
+
+def is_int(x: object) -> bool:
+    """An integer of any type (``int``, ``numpy.int64``, ...), not a ``bool``."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x: object) -> bool:
+    """A real number of any type (``float``, ``int``, ``numpy.float32``, ...), not a ``bool``."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
