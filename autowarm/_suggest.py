@@ -38,6 +38,7 @@ _log = logging.getLogger("autowarm")
 __all__ = ["ProbeDivergedError", "Suggestion", "suggest"]
 
 SUGGESTION_FORMAT = "autowarm.suggestion"
+_REQUIRED = ("schedule", "probe_steps", "rationale")
 
 
 class ProbeDivergedError(RuntimeError):
@@ -71,8 +72,9 @@ class Suggestion:
     schedule: ScheduleConfig
     probe_steps: int
     rationale: str
-    trace: pd.DataFrame = field(repr=False)
-    signals: pd.DataFrame = field(repr=False)
+    # the evidence, not the answer: equality and hashing compare the answer
+    trace: pd.DataFrame = field(repr=False, compare=False)
+    signals: pd.DataFrame = field(repr=False, compare=False)
     confidence: str = "high"
     low_confidence_reasons: tuple[str, ...] = ()
     deciding_signal: str = ""
@@ -125,11 +127,14 @@ class Suggestion:
                 f"format={got!r})"
             )
         trace_p, sig_p = path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")
-        return cls.from_dict(
-            data,
-            trace=pd.read_csv(trace_p) if trace_p.exists() else None,
-            signals=pd.read_csv(sig_p) if sig_p.exists() else None,
-        )
+        try:
+            return cls.from_dict(
+                data,
+                trace=pd.read_csv(trace_p) if trace_p.exists() else None,
+                signals=pd.read_csv(sig_p) if sig_p.exists() else None,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     @classmethod
     def from_dict(
@@ -139,14 +144,35 @@ class Suggestion:
         trace: pd.DataFrame | None = None,
         signals: pd.DataFrame | None = None,
     ) -> Suggestion:
-        """Rebuild a suggestion from :meth:`to_dict` (tables empty unless given)."""
-        schedule = ScheduleConfig.from_dict(data["schedule"])
+        """Rebuild a suggestion from :meth:`to_dict` (tables empty unless given).
+
+        Raises:
+            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing or
+                malformed (the message names the field).
+        """
+        for key in _REQUIRED:
+            if key not in data:
+                raise ValueError(
+                    f"missing field {key!r} (a suggestion has {', '.join(_REQUIRED)}; write "
+                    "one with Suggestion.save)"
+                )
+        if not isinstance(data["schedule"], Mapping):
+            raise ValueError(f"field 'schedule' must be a mapping, but got {data['schedule']!r}")
+        try:
+            schedule = ScheduleConfig.from_dict(data["schedule"])
+        except ValueError as exc:
+            raise ValueError(f"field 'schedule': {exc}") from None
+        probe_steps = data["probe_steps"]
+        if not is_int(probe_steps) or probe_steps < 0:
+            raise ValueError(f"field 'probe_steps' must be an int >= 0, but got {probe_steps!r}")
+        if not isinstance(data["rationale"], str):
+            raise ValueError(f"field 'rationale' must be a str, but got {data['rationale']!r}")
         return cls(
             warmup_steps=schedule.warmup_steps,
             peak_lr=schedule.peak_lr,
             schedule=schedule,
-            probe_steps=int(data["probe_steps"]),
-            rationale=str(data["rationale"]),
+            probe_steps=int(probe_steps),
+            rationale=data["rationale"],
             trace=pd.DataFrame() if trace is None else trace,
             signals=pd.DataFrame() if signals is None else signals,
             confidence=str(data.get("confidence", "high")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import os
 import random
@@ -824,6 +825,31 @@ def test_suggestion_save_load_round_trip(
     )
     with pytest.raises(ValueError, match=r"\.json"):
         s.save(tmp_path / "s.txt")
+    # equality and hashing compare the answer, not the evidence tables
+    assert t == s and hash(t) == hash(s) and t in [s]
+    assert t != Suggestion.from_dict({**s.to_dict(), "rationale": "other"})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"schedule": None}, "missing field 'schedule'"),
+        ({"rationale": None}, "missing field 'rationale'"),
+        ({"probe_steps": "x"}, "field 'probe_steps' must be an int >= 0, but got 'x'"),
+        ({"schedule": [1]}, "field 'schedule' must be a mapping"),
+        ({"schedule": {"peak_lr": -1}}, "field 'schedule': missing required field"),
+        ({"rationale": 3}, "field 'rationale' must be a str"),
+    ],
+)
+def test_a_malformed_suggestion_file_names_the_file_and_the_field(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any, change: dict[str, Any], match: str
+) -> None:
+    data = {**probed[0].to_dict(), **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=f"bad.json: {match}"):
+        Suggestion.load(path)
 
 
 # --------------------------------------------------------------------------------------------
