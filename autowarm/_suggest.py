@@ -386,13 +386,23 @@ def _probe(
     finally:
         bar.close()
     if runner.has_second_moment is False:
-        warnings.warn(
-            f"{optimizer_cls.__name__} keeps no second moment (exp_avg_sq): warmup matters little "
-            "for it, and the estimate uses the loss signals alone",
-            UserWarning,
-            stacklevel=4,
-        )
+        warnings.warn(_no_second_moment_message(optimizer_cls), UserWarning, stacklevel=4)
     return outcome, runner
+
+
+def _no_second_moment_message(optimizer_cls: type[torch.optim.Optimizer]) -> str:
+    name = optimizer_cls.__name__
+    if issubclass(optimizer_cls, torch.optim.SGD):
+        return (
+            f"{name} keeps no second moment (exp_avg_sq): warmup matters little for it, and "
+            "the estimate uses the loss signals alone"
+        )
+    # RMSprop, Adagrad, Adafactor...: adaptive, but their second moment has another name (or
+    # shape), so the probe cannot read it; warmup may well matter for them.
+    return (
+        f"{name} keeps no exp_avg_sq for the probe to read (an adaptive optimizer may keep its "
+        "second moment under another name): the estimate uses the loss signals alone"
+    )
 
 
 def _tick(bar: Any) -> None:

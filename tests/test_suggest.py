@@ -664,6 +664,15 @@ def test_sgd_warns_and_still_suggests() -> None:
     assert s.deciding_signal != "second moment"
 
 
+def test_an_adaptive_optimizer_without_exp_avg_sq_is_not_told_warmup_matters_little() -> None:
+    with pytest.warns(UserWarning, match="RMSprop keeps no exp_avg_sq for the probe") as got:
+        s = _run(
+            _mlp(), _cls_batches(), torch.optim.RMSprop, criterion=F.cross_entropy, budget_steps=60
+        )
+    assert not any("matters little" in str(w.message) for w in got)
+    _assert_valid(s, budget=60)
+
+
 def test_adamw_fills_second_moment_columns_and_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
