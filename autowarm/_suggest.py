@@ -218,11 +218,25 @@ def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
     if budget_steps is None:
         # 10% of the run in forward passes, counted from outside: the optimizer steps plus
         # the one forward pass that checks the first batch before any training.
-        return max(60, int(0.1 * total_steps) - 1)
+        budget = max(60, int(0.1 * total_steps) - 1)
+        if budget > 0.1 * total_steps:
+            warnings.warn(
+                f"the probe takes at least 60 steps, {budget / total_steps:.0%} of this "
+                f"{total_steps}-step run (it is 10% from 600 steps up)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return budget
     if not is_int(budget_steps) or budget_steps < 40:
         raise ValueError(
             f"budget_steps must be an int >= 40 (a range test and a few bursts), but got "
             f"budget_steps={budget_steps!r}"
+        )
+    if budget_steps > total_steps:
+        raise ValueError(
+            f"budget_steps={budget_steps} is more than the whole run (total_steps="
+            f"{total_steps}): the probe would cost more than training; pass at most "
+            "total_steps, or leave budget_steps out for 10% of the run"
         )
     return int(budget_steps)
 

@@ -866,6 +866,14 @@ def test_a_malformed_suggestion_file_names_the_file_and_the_field(
 # --------------------------------------------------------------------------------------------
 
 
+def test_the_default_budget_floor_is_said_on_a_short_run() -> None:
+    with pytest.warns(UserWarning, match="at least 60 steps, 20% of this 300-step run"):
+        s = autowarm.suggest(
+            _mlp(), _cls_batches(), criterion=F.cross_entropy, total_steps=300, progress=False
+        )
+    assert s.probe_steps <= 60
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
@@ -874,6 +882,7 @@ def test_a_malformed_suggestion_file_names_the_file_and_the_field(
         ({"total_steps": -5}, ValueError, "total_steps"),
         ({"total_steps": 10.5}, ValueError, "total_steps"),
         ({"budget_steps": 10}, ValueError, "budget_steps"),
+        ({"budget_steps": 501}, ValueError, "budget_steps=501 is more than the whole run"),
         ({"decay": "nope"}, ValueError, "decay.*'linear'.*'cosine'|decay.*'cosine'.*'linear'"),
         ({"optimizer_cls": "adamw"}, TypeError, "optimizer_cls"),
         ({"criterion": F.cross_entropy}, ValueError, "either loss_fn= or criterion="),
@@ -884,6 +893,7 @@ def test_a_malformed_suggestion_file_names_the_file_and_the_field(
         "total_negative",
         "total_float",
         "budget_small",
+        "budget_above_the_run",
         "decay",
         "optimizer_cls",
         "loss_fn_and_criterion",
