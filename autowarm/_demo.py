@@ -45,6 +45,9 @@ def run_demo(
     from autowarm._suggest import suggest
     from autowarm.bench.tasks import get_task
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file: pass --out a folder (it is made if missing)")
+    out_dir.mkdir(parents=True, exist_ok=True)  # before the probe: a bad path fails at once
     task = get_task(DEMO_TASK)
     if total_steps is not None:
         import dataclasses
@@ -65,7 +68,6 @@ def run_demo(
         seed=seed,
         progress=progress,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     schedule_path = s.schedule.save(out_dir / "schedule.yaml")
     suggestion_path = s.save(out_dir / "suggestion.json")
     report_path = _write_report(s, out_dir / "report")

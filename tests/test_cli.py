@@ -158,3 +158,19 @@ def test_export_format_follows_the_output_name_and_conflicts_fail(
     r = autowarm("export")
     assert r.returncode == 1 and "pass a schedule file, or --storage" in r.stderr
     assert "not both" not in r.stderr
+
+
+def test_demo_refuses_a_file_as_its_folder_before_probing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autowarm import _demo
+
+    def no_probe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the probe ran before the output folder was checked")
+
+    monkeypatch.setattr("autowarm._suggest.suggest", no_probe)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="afile is a file: pass --out a folder"):
+        _demo.run_demo(afile, progress=False)
+    assert afile.read_text() == "x"
