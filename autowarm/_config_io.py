@@ -30,6 +30,11 @@ _SHAPE_FIELDS: dict[Decay, tuple[str, ...]] = {
     Decay.WARMUP_STABLE_DECAY: ("wsd_decay_fraction", "wsd_decay_shape"),
 }
 _ALL_FIELDS = _COMMON + tuple(f for fs in _SHAPE_FIELDS.values() for f in fs)
+_FIELD_OWNERS: dict[str, tuple[Decay, ...]] = {
+    f: tuple(d for d, fs in _SHAPE_FIELDS.items() if f in fs)
+    for f in _ALL_FIELDS
+    if f not in _COMMON
+}
 _REQUIRED = ("peak_lr", "total_steps", "warmup_steps")
 _SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -72,7 +77,25 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
     missing = [k for k in _REQUIRED if k not in fields]
     if missing:
         raise ValueError(f"missing required field(s) {', '.join(map(repr, missing))}")
+    _check_shape_fields(fields)
     return ScheduleConfig(**fields)
+
+
+def _check_shape_fields(fields: Mapping[str, Any]) -> None:
+    # A shape parameter of another decay would be ignored without a word (and dropped on save).
+    from autowarm.schedules import ScheduleConfig
+
+    try:
+        decay = Decay(fields.get("decay", ScheduleConfig.__dataclass_fields__["decay"].default))
+    except ValueError:
+        return  # ScheduleConfig names the bad decay
+    used = set(_SHAPE_FIELDS.get(decay, ()))
+    for name, owners in _FIELD_OWNERS.items():
+        if name in fields and name not in used:
+            raise ValueError(
+                f"field {name!r} applies to decay {' or '.join(repr(d.value) for d in owners)}, "
+                f"not to decay {decay.value!r}: remove it, or change decay"
+            )
 
 
 def _suffix(path: Path) -> str:

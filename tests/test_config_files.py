@@ -191,3 +191,20 @@ def test_hand_written_yaml_exponents_are_numbers(tmp_path: Path) -> None:
     path.write_text("peak_lr: e-4\ntotal_steps: 1000\nwarmup_steps: 10\n", encoding="utf-8")
     with pytest.raises(ValueError, match="peak_lr must be a finite float > 0"):
         ScheduleConfig.load(path)
+
+
+def test_a_shape_field_of_another_decay_is_an_error_not_ignored() -> None:
+    base = {"peak_lr": 1e-3, "total_steps": 100, "warmup_steps": 10}
+    with pytest.raises(
+        ValueError,
+        match="'num_cycles' applies to decay 'cosine_with_restarts', not to decay 'cosine'",
+    ):
+        ScheduleConfig.from_dict({**base, "num_cycles": 3})
+    with pytest.raises(
+        ValueError, match="'power' applies to decay 'polynomial', not to decay 'linear'"
+    ):
+        ScheduleConfig.from_dict({**base, "decay": "linear", "power": 2.0})
+    cfg = ScheduleConfig.from_dict({**base, "decay": "polynomial", "power": 2.0})
+    assert cfg.power == 2.0 and ScheduleConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="decay"):  # a bad decay is still named as such
+        ScheduleConfig.from_dict({**base, "decay": "nope", "power": 2.0})
