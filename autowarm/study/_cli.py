@@ -105,8 +105,17 @@ def _search_space(args: argparse.Namespace) -> Any:
         max_warmup_fraction=args.max_warmup_fraction,
         min_warmup_fraction=min(SearchSpace.min_warmup_fraction, args.max_warmup_fraction),
         decays=None if decays is None else tuple(decays),
-        min_lr_ratios=None if floors is None else tuple(float(f) for f in floors),
+        min_lr_ratios=None if floors is None else _floats("--floors", floors),
     )
+
+
+def _floats(option: str, texts: list[str]) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in texts)
+    except ValueError:
+        raise ValueError(
+            f"{option} takes comma-separated numbers such as 0,0.1, but got {','.join(texts)!r}"
+        ) from None
 
 
 def _run_tune(args: argparse.Namespace) -> int:

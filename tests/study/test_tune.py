@@ -590,6 +590,9 @@ def test_cli_search_space_options() -> None:
     bad = build_parser().parse_args(["tune", SPEC, "--decays", "cosine,zigzag"])
     with pytest.raises(ValueError, match="zigzag"):
         _search_space(bad)
+    bad = build_parser().parse_args(["tune", SPEC, "--floors", "0,abc"])
+    with pytest.raises(ValueError, match="--floors takes comma-separated numbers .* got '0,abc'"):
+        _search_space(bad)
 
 
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(
