@@ -591,7 +591,7 @@ def test_cli_search_space_options() -> None:
     with pytest.raises(ValueError, match="zigzag"):
         _search_space(bad)
     bad = build_parser().parse_args(["tune", SPEC, "--floors", "0,abc"])
-    with pytest.raises(ValueError, match="--floors takes comma-separated numbers .* got '0,abc'"):
+    with pytest.raises(ValueError, match=r"--floors takes comma-separated numbers .* got '0,abc'"):
         _search_space(bad)
 
 
