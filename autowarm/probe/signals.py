@@ -884,7 +884,9 @@ def settling_step(
         "beta2": b2,
         "kappa": kappa,
     }
-    detail = ", ".join(f"{k} at step {v:g}" for k, v in at.items())
+    detail = ", ".join(
+        f"{k} at step {v:g}" if math.isfinite(v) else f"{k} not yet" for k, v in at.items()
+    )
     if overall >= 0:
         reason = f"settled at step {step[overall]:g}; last to settle: {last} ({detail})"
         return SettlingResult(

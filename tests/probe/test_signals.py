@@ -415,6 +415,7 @@ def test_settling_lower_bound_when_drift_never_settles() -> None:
     r = settling_step(frame)
     assert not r.settled and r.extrapolated and r.last_criterion == "drift"
     assert r.settling_step == 400 and "lower bound" in r.reason
+    assert "drift not yet" in r.reason and "nan" not in r.reason
 
 
 def test_settling_degenerate_frames() -> None:
