@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from autowarm.bench import _study
 
     st = sub.add_parser(
-        "study", help="tune() vs TPE from scratch at 6 (and 10) full runs (resumable)"
+        "study", help="tune() vs TPE from scratch at 5, 6 and 10 full runs (resumable)"
     )
     _study.add_study_arguments(st)
     rk = sub.add_parser("ranks", help="compressed trials vs full runs on the grid (resumable)")

@@ -13,8 +13,8 @@ Two measurements (BENCHMARK.md, issue "Overnight refinement"):
       full length (two of the six runs, so fewer trials) and the better one is named best;
     - ``tpe_scratch``: optuna's TPE with the same pruner and trials but no probe, searching
       the whole oracle grid's range (peak LR log-uniform over the grid's LRs, warmup 0 to 60%);
-    - ``tpe_scratch_10``: the same with ten full runs' worth of trials instead of six
-      (BENCHMARK.md asks how TPE from scratch fares with more runs than ``tune`` gets).
+    - ``tpe_scratch_5`` and ``tpe_scratch_10``: the same with five and ten full runs' worth
+      of trials instead of six (BENCHMARK.md asks for TPE from scratch at 5 and at 10 runs).
 
     The best schedule of each is then trained at full length on the oracle grid's seeds, and
     its mean final loss compared with the grid's best cell gives the regret. Cost is counted in
@@ -64,10 +64,17 @@ __all__ = ["STUDY_METHODS", "as_task", "rank_table", "run_ranks", "run_study_ben
 
 _log = logging.getLogger("autowarm")
 
-STUDY_METHODS = ("tune_fraction", "tune_absolute", "tpe_scratch", "tune_confirm", "tpe_scratch_10")
+STUDY_METHODS = (
+    "tune_fraction",
+    "tune_absolute",
+    "tpe_scratch",
+    "tune_confirm",
+    "tpe_scratch_10",
+    "tpe_scratch_5",
+)
 BUDGET = 6.0
-"""Full-run equivalents of optimizer steps each method may spend (``tpe_scratch_10``: ten)."""
-TPE_BUDGETS = {"tpe_scratch": BUDGET, "tpe_scratch_10": 10.0}
+"""Full-run equivalents of optimizer steps each method may spend (but ``tpe_scratch_5/_10``)."""
+TPE_BUDGETS = {"tpe_scratch": BUDGET, "tpe_scratch_5": 5.0, "tpe_scratch_10": 10.0}
 TRIAL_FRACTION = 0.25
 EVAL_SEEDS = (0, 1)
 CONFIRM = 2

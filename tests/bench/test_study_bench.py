@@ -92,6 +92,7 @@ def test_tpe_from_scratch_spends_its_budget_in_trials() -> None:
     bench = get_task("control_convex")  # 2,000 steps: trials of 500
     assert tpe_trials(bench, 500) == 24  # six full runs
     assert tpe_trials(bench, 500, "tpe_scratch_10") == 40
+    assert tpe_trials(bench, 500, "tpe_scratch_5") == 20
     assert set(TPE_BUDGETS) <= set(STUDY_METHODS)
     with pytest.raises(ValueError, match="method must be one of"):
         tpe_trials(bench, 500, "tune_confirm")
