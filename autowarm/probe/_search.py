@@ -165,7 +165,7 @@ def settings_label(overrides: dict[str, Any]) -> str:
             return "true" if v else "false"
         if isinstance(v, tuple):
             return ":".join(fmt(x) for x in v)
-        return f"{v:g}" if isinstance(v, float) else str(v)
+        return repr(v) if isinstance(v, float) else str(v)  # repr: exact, so it reads back
 
     return ",".join(f"{k}={fmt(overrides[k])}" for k in sorted(overrides))
 

@@ -153,8 +153,10 @@ def test_parse_settings_reads_each_field_as_its_type() -> None:
     assert isinstance(got["ladder_min_steps"], int) and isinstance(got["lr_min"], float)
     assert SearchSettings(**got).refine is True
     label = settings_label(got)
-    assert label == "drift_band=0.01:2,ladder_min_steps=8,lr_min=1e-06,refine=true"
+    assert label == "drift_band=0.01:2.0,ladder_min_steps=8,lr_min=1e-06,refine=true"
     assert parse_settings(label.split(",")) == got  # the label reads back
+    odd = {"lr_min": 1.2345678901e-6}
+    assert parse_settings(settings_label(odd).split(",")) == odd  # exactly, not to 6 digits
     assert parse_settings([]) == {}
 
 
