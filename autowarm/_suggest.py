@@ -72,13 +72,14 @@ class Suggestion:
     schedule: ScheduleConfig
     probe_steps: int
     rationale: str
-    # the evidence, not the answer: equality and hashing compare the answer
+    # the evidence, not the answer: equality and hashing compare the answer (so the tables
+    # and the probe's wall time are left out)
     trace: pd.DataFrame = field(repr=False, compare=False)
     signals: pd.DataFrame = field(repr=False, compare=False)
     confidence: str = "high"
     low_confidence_reasons: tuple[str, ...] = ()
     deciding_signal: str = ""
-    wall_seconds: float = 0.0
+    wall_seconds: float = field(default=0.0, compare=False)
 
     @property
     def low_confidence(self) -> bool:

@@ -706,6 +706,8 @@ def test_same_seed_same_suggestion() -> None:
     assert a.warmup_steps == b.warmup_steps
     assert a.peak_lr == b.peak_lr
     assert a.probe_steps == b.probe_steps
+    # The same answer compares equal: the probe's wall time is evidence, not the answer.
+    assert a == b and hash(a) == hash(b)
     np.testing.assert_array_equal(a.trace["loss"].to_numpy(), b.trace["loss"].to_numpy())
     np.testing.assert_array_equal(a.trace["lr"].to_numpy(), b.trace["lr"].to_numpy())
     # Every burst starts from the same weights, batch and dropout mask: step 0 (the loss before
@@ -837,6 +839,7 @@ def test_suggestion_save_load_round_trip(
     # equality and hashing compare the answer, not the evidence tables
     assert t == s and hash(t) == hash(s) and t in [s]
     assert t != Suggestion.from_dict({**s.to_dict(), "rationale": "other"})
+    assert t == Suggestion.from_dict({**s.to_dict(), "wall_seconds": s.wall_seconds + 1.0})
 
 
 @pytest.mark.parametrize(
