@@ -367,9 +367,39 @@ def _probe(
     seed: int,
     progress: bool,
 ) -> tuple[ProbeOutcome, ProbeRunner]:
+    stream = BatchStream(data, device)
+    try:
+        return _probe_stream(
+            model,
+            stream,
+            loss_fn,
+            optimizer_cls,
+            kwargs,
+            snapshot,
+            budget_n,
+            total,
+            seed,
+            progress,
+        )
+    finally:
+        # The loader's own generators (if any) shuffle the user's real run as before.
+        stream.restore_generators()
+
+
+def _probe_stream(
+    model: nn.Module,
+    stream: BatchStream,
+    loss_fn: LossFn,
+    optimizer_cls: type[torch.optim.Optimizer],
+    kwargs: dict[str, Any],
+    snapshot: Any,
+    budget_n: int,
+    total: int,
+    seed: int,
+    progress: bool,
+) -> tuple[ProbeOutcome, ProbeRunner]:
     from tqdm.auto import tqdm
 
-    stream = BatchStream(data, device)
     first = stream.first()  # empty data fails here, before any training
     with torch.no_grad():
         loss = loss_fn(model, first)  # a bad batch format fails here with its message

@@ -320,7 +320,10 @@ class BatchStream:
       cycles. :meth:`restart` starts a fresh ``iter(data)``, so every burst sees the same
       sequence, provided the order is deterministic. A shuffling ``DataLoader`` draws its order
       from torch's global RNG when it is iterated, so seed torch (``torch.manual_seed``) right
-      before :meth:`restart`; the probe does.
+      before :meth:`restart`; the probe does. A loader or sampler with its own
+      ``torch.Generator`` (``DataLoader(..., generator=g)``, ``RandomSampler(..., generator=g)``)
+      draws from that instead: ``restart(seed=...)`` seeds it too, and
+      :meth:`restore_generators` puts back the state it had when the stream was made.
     * **One-shot** iterators (``iter(data) is data``: a generator): consumed only as far as
       needed. Every batch drawn is kept, as drawn (on its original device), so :meth:`restart`
       replays exactly the same batches before drawing new ones; once the source is exhausted,
@@ -343,6 +346,9 @@ class BatchStream:
                 "data must be an iterable of batches, but got a single "
                 f"{type(data).__name__}; wrap it in a list ([batch]) or a DataLoader"
             )
+        # A loader's own generators, captured before iter() draws from them.
+        generators = _data_generators(data)
+        states = [g.get_state() for g in generators]
         try:
             iterator = iter(data)
         except TypeError:
@@ -351,6 +357,8 @@ class BatchStream:
                 f"generator), but got type {type(data).__name__}"
             ) from None
         self.device = device
+        self._generators = generators
+        self._generator_states = states
         self.batches_drawn = 0
         """Number of batches :meth:`next` has returned, over all restarts."""
         self._data = data
@@ -415,17 +423,27 @@ class BatchStream:
     def __iter__(self) -> BatchStream:
         return self
 
-    def restart(self) -> None:
+    def restart(self, seed: int | None = None) -> None:
         """Start the sequence of batches again from the beginning.
 
         For re-iterable data this calls ``iter(data)`` afresh; for a one-shot iterator it
-        replays the kept batches first.
+        replays the kept batches first. With ``seed``, the data's own generators (see the
+        class docstring) are seeded with it first, so a shuffling loader that has one repeats
+        its order; torch's global RNG is the caller's to seed.
         """
+        if seed is not None:
+            for generator in self._generators:
+                generator.manual_seed(seed)
         if self._reiterable:
             self._pending = _UNSET
             self._iter = iter(self._data)
         else:
             self._pos = 0
+
+    def restore_generators(self) -> None:
+        """Put the data's own generators back in the state they had when the stream was made."""
+        for generator, state in zip(self._generators, self._generator_states, strict=True):
+            generator.set_state(state)
 
     def _draw_reiterable(self) -> Any:
         try:
@@ -453,6 +471,19 @@ class BatchStream:
                     self._first = raw
         if not self._cache:
             raise _empty_error(self._data)
+
+
+def _data_generators(data: object) -> list[torch.Generator]:
+    # The torch.Generators a DataLoader draws its order and worker seeds from: its own and its
+    # samplers' (RandomSampler, a BatchSampler around one), each once.
+    found: list[torch.Generator] = []
+    holders = [data, getattr(data, "sampler", None), getattr(data, "batch_sampler", None)]
+    holders.append(getattr(holders[2], "sampler", None))
+    for holder in holders:
+        generator = getattr(holder, "generator", None) if holder is not None else None
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
 
 
 def _empty_error(data: object) -> ValueError:

@@ -694,6 +694,50 @@ def _shuffled_loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
 
 
+@pytest.mark.parametrize("where", ["loader", "sampler"])
+def test_loader_with_its_own_generator(where: str) -> None:
+    # A shuffling loader with its own torch.Generator (the documented way to make a loader
+    # reproducible) draws its order from that generator, not from torch's global RNG. The
+    # probe seeds it for every burst, so bursts see the same batches and the same seed gives
+    # the same answer, and puts its state back, so the user's real run shuffles as it would
+    # have without the probe.
+    model = _net()
+    base = _shuffled_loader()
+    gen = torch.Generator().manual_seed(5)
+    if where == "loader":
+        loader = DataLoader(base.dataset, batch_size=16, shuffle=True, generator=gen)
+    else:
+        sampler = torch.utils.data.RandomSampler(base.dataset, generator=gen)
+        loader = DataLoader(base.dataset, batch_size=16, sampler=sampler)
+    state = gen.get_state().clone()
+    a = _run(model, loader, criterion=F.cross_entropy, seed=0)
+    assert torch.equal(gen.get_state(), state), "the loader's generator was left advanced"
+    first_losses = a.trace.loc[a.trace["step"] == 0, "loss"].to_numpy()
+    assert len(first_losses) >= 2 and (first_losses == first_losses[0]).all()
+    b = _run(model, loader, criterion=F.cross_entropy, seed=0)
+    assert a == b
+    np.testing.assert_array_equal(a.trace["loss"].to_numpy(), b.trace["loss"].to_numpy())
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_loader_generator_restored_after_an_error() -> None:
+    gen = torch.Generator().manual_seed(5)
+    base = _shuffled_loader()
+    loader = DataLoader(base.dataset, batch_size=16, shuffle=True, generator=gen)
+    state = gen.get_state().clone()
+    calls = {"n": 0}
+
+    def failing(model: nn.Module, batch: Any) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise RuntimeError("boom")
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(_net(), loader, loss_fn=failing)
+    assert torch.equal(gen.get_state(), state)
+
+
 def test_same_seed_same_suggestion() -> None:
     # Shuffled data and Dropout: the probe must seed both, whatever the global RNG state.
     model = _net()

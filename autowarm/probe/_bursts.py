@@ -159,7 +159,7 @@ class ProbeRunner:
         burst_id = len(self.bursts)
         self.snapshot.restore_weights()
         torch.manual_seed(self.seed)
-        self.stream.restart()
+        self.stream.restart(seed=self.seed)
         self.model.train()
         optimizer = self._fresh_optimizer(float(lrs[0]) if lrs else 1e-3)
         monitor = self._monitor(optimizer)
