@@ -218,12 +218,21 @@ def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
 def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
     if budget_steps is None:
         # 10% of the run in forward passes, counted from outside: the optimizer steps plus
-        # the one forward pass that checks the first batch before any training.
-        budget = max(60, int(0.1 * total_steps) - 1)
+        # the one forward pass that checks the first batch before any training; at least
+        # 60, but never more than the run.
+        budget = min(total_steps, max(60, int(0.1 * total_steps) - 1))
+        if budget < 40:
+            raise ValueError(
+                f"total_steps={total_steps} is too short to probe: the probe needs at least "
+                "40 steps (a range test and a few bursts), and would spend the whole run; "
+                "pass the optimizer steps of the real run as total_steps, or for a run this "
+                "short skip the probe (a constant LR, no warmup)"
+            )
         if budget > 0.1 * total_steps:
             warnings.warn(
-                f"the probe takes at least 60 steps, {budget / total_steps:.0%} of this "
-                f"{total_steps}-step run (it is 10% from 600 steps up)",
+                f"the probe takes {budget} steps, {budget / total_steps:.0%} of this "
+                f"{total_steps}-step run (at least 60, never more than the run; it is 10% "
+                "from 600 steps up)",
                 UserWarning,
                 stacklevel=3,
             )
@@ -248,6 +257,12 @@ def _check_optimizer_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(
             "optimizer_kwargs must not contain 'lr': the probe chooses the LR; pass the other "
             "settings (betas, weight_decay, ...) only"
+        )
+    if out.get("maximize"):
+        # The probe reads a falling loss as progress and a rising one as instability.
+        raise ValueError(
+            "optimizer_kwargs has maximize=True, but the probe needs a loss to minimise: "
+            "negate the objective in loss_fn (return -objective) and leave maximize out"
         )
     return out
 
@@ -292,10 +307,12 @@ def suggest(
         total_steps: optimizer steps of the real run (default: one pass over a sized loader).
         budget_steps: most optimizer steps the probe may take (default: 10% of
             ``total_steps`` less one, for the forward pass that checks the first batch;
-            at least 60).
+            at least 60, at most ``total_steps``; a run under 40 steps is refused).
         decay: decay shape of the suggested schedule (see ``ScheduleConfig``).
         device: move the model here for the probe (it is moved back afterwards).
-        seed: seed of the probe (same seed, same machine: same suggestion).
+        seed: seed of the probe, an int in ``[0, 2**32)``: every burst seeds torch, numpy,
+            ``random`` and the loader's own generator with it (same seed, same machine: same
+            suggestion); their states are put back afterwards.
         progress: show a progress bar (only on terminals).
         snapshot_device: where to keep the copy of the initial weights (``"cpu"`` saves GPU
             memory for a GPU model).
@@ -324,6 +341,11 @@ def suggest(
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
     total = _resolve_total_steps(total_steps, dataloader)
     budget_n = _resolve_budget(budget_steps, total)
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"seed must be an int in [0, 2**32) (it seeds torch, numpy and random), but got "
+            f"seed={seed!r}"
+        )
     ScheduleConfig(peak_lr=1.0, total_steps=total, warmup_steps=0, decay=decay)  # validate early
     resolved_loss = resolve_loss_fn(loss_fn, criterion)
     start = time.perf_counter()
@@ -401,8 +423,15 @@ def _probe_stream(
     from tqdm.auto import tqdm
 
     first = stream.first()  # empty data fails here, before any training
-    with torch.no_grad():
-        loss = loss_fn(model, first)  # a bad batch format fails here with its message
+    # A bad batch format fails here with its message.
+    try:
+        with torch.no_grad():
+            loss = loss_fn(model, first)
+    except RuntimeError:
+        # A loss that takes gradients inside itself (an input-gradient penalty) needs
+        # autograd; the graph is dropped at once. A real error raises again here.
+        with torch.enable_grad():
+            loss = loss_fn(model, first).detach()
     if not torch.isfinite(loss).all():
         raise ValueError(
             f"the loss of the first batch at the initial weights is {float(loss)}: check the "

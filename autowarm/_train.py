@@ -232,9 +232,12 @@ def _total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
     device = grads[0].device
     # Per-tensor norms queue on the device without syncing; float32 at least so that fp16/bf16
     # gradients do not overflow the sum of squares.
+    # A sparse gradient (nn.Embedding(sparse=True)) is normed over its stored values.
     norms = [
         torch.linalg.vector_norm(
-            g.detach(), 2.0, dtype=torch.promote_types(g.dtype, torch.float32)
+            g.detach().coalesce().values() if g.is_sparse else g.detach(),
+            2.0,
+            dtype=torch.promote_types(g.dtype, torch.float32),
         )
         for g in grads
     ]

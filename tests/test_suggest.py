@@ -914,7 +914,7 @@ def test_a_malformed_suggestion_file_names_the_file_and_the_field(
 
 
 def test_the_default_budget_floor_is_said_on_a_short_run() -> None:
-    with pytest.warns(UserWarning, match="at least 60 steps, 20% of this 300-step run"):
+    with pytest.warns(UserWarning, match="takes 60 steps, 20% of this 300-step run"):
         s = autowarm.suggest(
             _mlp(), _cls_batches(), criterion=F.cross_entropy, total_steps=300, progress=False
         )
@@ -1176,3 +1176,104 @@ def test_ddp_wrapped_model_is_refused_before_training(tmp_path: Any) -> None:
         _assert_restored(model, before)
     finally:
         dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs a user's own loop accepts (found by a review as a new user)
+# --------------------------------------------------------------------------------------------
+
+
+class _Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 3, sparse=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.emb(x).mean(1)
+
+
+@pytest.mark.parametrize("opt", [torch.optim.SGD, torch.optim.SparseAdam])
+def test_sparse_gradients(opt: type[torch.optim.Optimizer]) -> None:
+    # nn.Embedding(sparse=True) trains with SGD or SparseAdam in plain PyTorch; the probe's
+    # gradient norm must read sparse gradients too.
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, 50, (16, 4), generator=g), torch.randint(0, 3, (16,), generator=g))
+        for _ in range(8)
+    ]
+    model = _Bag()
+    before = model.emb.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = _run(model, batches, opt, criterion=F.cross_entropy)
+    _assert_valid(s)
+    assert torch.equal(model.emb.weight, before)
+
+
+class _Jitter(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    # Augmentation with numpy and python's random, as augmentation libraries do.
+    def __init__(self) -> None:
+        batches = _cls_batches(n_batches=4)
+        self.x = torch.cat([b[0] for b in batches])
+        self.y = torch.cat([b[1] for b in batches])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = np.random.normal(0.0, 0.5, self.x.shape[1]).astype("float32")
+        return self.x[i] * (1.0 + random.random()) + torch.from_numpy(noise), self.y[i]
+
+
+def test_numpy_and_random_augmentation_is_seeded_per_burst() -> None:
+    loader = DataLoader(_Jitter(), batch_size=16)
+    np.random.seed(0)
+    random.seed(0)
+    a = _run(_net(), loader, criterion=F.cross_entropy, seed=0)
+    first_losses = a.trace.loc[a.trace["step"] == 0, "loss"].to_numpy()
+    assert len(first_losses) >= 2 and (first_losses == first_losses[0]).all()
+    np.random.seed(1)
+    random.seed(1)
+    b = _run(_net(), loader, criterion=F.cross_entropy, seed=0)
+    assert a == b
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, 2**70, True])
+def test_bad_seed_is_named(seed: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match=r"seed must be an int in \[0, 2\*\*32\)"):
+        _run(_net(), _cls_batches(), criterion=F.cross_entropy, seed=seed)
+
+
+def test_maximize_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"maximize=True.*negat"):
+        _run(
+            _net(),
+            _cls_batches(),
+            criterion=F.cross_entropy,
+            optimizer_kwargs={"maximize": True},
+        )
+
+
+def test_default_budget_never_exceeds_a_short_run() -> None:
+    with pytest.raises(ValueError, match=r"total_steps=30 is too short"):
+        suggest_ = autowarm.suggest
+        suggest_(_net(), _cls_batches(), criterion=F.cross_entropy, total_steps=30, progress=False)
+    with pytest.warns(UserWarning, match="the probe takes"):
+        s = autowarm.suggest(
+            _net(), _cls_batches(), criterion=F.cross_entropy, total_steps=50, progress=False
+        )
+    assert s.probe_steps <= 50
+
+
+def test_loss_that_needs_autograd_inside() -> None:
+    # A loss with an input-gradient penalty (physics-informed nets, WGAN-GP) builds a graph
+    # inside loss_fn; the first-batch check must not run it under no_grad.
+    def penalised(model: nn.Module, batch: Any) -> torch.Tensor:
+        x = batch[0].clone().requires_grad_(True)
+        out = model(x)
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return F.cross_entropy(out, batch[1]) + 0.01 * gx.pow(2).mean()
+
+    s = _run(_net(), _cls_batches(), loss_fn=penalised)
+    _assert_valid(s)

@@ -1,20 +1,23 @@
 """Running probe bursts: short training runs from the snapshot, recorded step by step.
 
-A burst restores the initial weights, re-seeds torch, restarts the data from the same batch,
-builds a fresh optimizer, and trains for a given list of per-step LRs, recording one trace row
-per optimizer step. The training step is ``autowarm._train.train_step``, the same one the study
-and the benchmark use. Every step counts against the probe's budget.
+A burst restores the initial weights, re-seeds torch, numpy and ``random``, restarts the data
+from the same batch, builds a fresh optimizer, and trains for a given list of per-step LRs,
+recording one trace row per optimizer step. The training step is
+``autowarm._train.train_step``, the same one the study and the benchmark use. Every step counts
+against the probe's budget.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,10 +161,17 @@ class ProbeRunner:
         """
         burst_id = len(self.bursts)
         self.snapshot.restore_weights()
+        # Every generator a data pipeline may draw from (torch's, numpy's and python's global
+        # ones, the loader's own), so every burst sees the same batches; suggest() puts them
+        # all back afterwards.
         torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        random.seed(self.seed)
         self.stream.restart(seed=self.seed)
         self.model.train()
-        optimizer = self._fresh_optimizer(float(lrs[0]) if lrs else 1e-3)
+        # Each step sets its own LR below; the constructor gets a positive one, since some
+        # optimizers (SparseAdam) refuse lr=0, where a ramp starts.
+        optimizer = self._fresh_optimizer(next((float(x) for x in lrs if x > 0), 1e-3))
         monitor = self._monitor(optimizer)
         rows: list[dict[str, Any]] = []
         diverged = truncated = False
