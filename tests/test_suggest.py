@@ -1277,3 +1277,20 @@ def test_loss_that_needs_autograd_inside() -> None:
 
     s = _run(_net(), _cls_batches(), loss_fn=penalised)
     _assert_valid(s)
+
+
+def test_negative_loss_sweeps_like_its_positive_twin() -> None:
+    # A constant added to a loss changes no gradient. A loss that goes negative (a Gaussian
+    # log-likelihood, a loss plus a negative constant) stopped the range test after 4 steps
+    # (smoothed > 4 x a negative minimum always holds) and got a peak of lr_min.
+    batches = _cls_batches(n_batches=8)
+    answers = []
+    for offset in (0.0, -10.0):
+
+        def shifted(model: nn.Module, batch: Any, c: float = offset) -> torch.Tensor:
+            return F.cross_entropy(model(batch[0]), batch[1]) + c
+
+        s = _run(_net(), batches, loss_fn=shifted, budget_steps=60)
+        answers.append((s.peak_lr, s.warmup_steps, int((s.trace["phase"] == "range_test").sum())))
+    assert answers[1] == answers[0]
+    assert answers[1][2] > 10

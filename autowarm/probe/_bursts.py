@@ -59,9 +59,11 @@ class _DivergenceWatch:
     """Bias-corrected EMA of the loss and the early-stop rule of a burst.
 
     Sweep (range test): stop when the smoothed loss exceeds ``factor`` times its minimum, as
-    LR finders do. Burst at a schedule: stop when the smoothed loss exceeds ``factor / 2``
-    times the first loss, a blow-up no later step can undo; milder instability is judged
-    afterwards on the whole trace. Either way a non-finite loss stops the burst.
+    LR finders do (for a minimum at or below 0, when it rises above the minimum by
+    ``factor - 1`` times the larger of the first loss's size and the descent from it). Burst
+    at a schedule: stop when the smoothed loss exceeds ``factor / 2`` times the first loss, a
+    blow-up no later step can undo; milder instability is judged afterwards on the whole
+    trace. Either way a non-finite loss stops the burst.
     """
 
     def __init__(self, factor: float, *, sweep: bool, beta: float = 0.9) -> None:
@@ -88,7 +90,14 @@ class _DivergenceWatch:
             self.first = loss
         if self.sweep:
             self.best = min(self.best, smooth)
-            self.blown = self.n > 3 and smooth > self.factor * self.best
+            if self.best > 0:
+                self.blown = self.n > 3 and smooth > self.factor * self.best
+            else:
+                # A loss that goes negative (a log-likelihood, a loss plus a constant) has no
+                # ratio to its minimum: the rise above the minimum is measured against the
+                # distance travelled from the first loss, or the first loss's size.
+                span = max(abs(self.first), self.first - self.best)
+                self.blown = self.n > 3 and smooth - self.best > (self.factor - 1.0) * span
         else:
             self.blown = smooth > 0.5 * self.factor * abs(self.first) and smooth > self.first
         return smooth
