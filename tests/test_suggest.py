@@ -1294,3 +1294,33 @@ def test_negative_loss_sweeps_like_its_positive_twin() -> None:
         answers.append((s.peak_lr, s.warmup_steps, int((s.trace["phase"] == "range_test").sum())))
     assert answers[1] == answers[0]
     assert answers[1][2] > 10
+
+
+def test_submodule_modes_of_a_training_model_are_kept() -> None:
+    # Fine-tuning with a frozen BatchNorm: the model is in train mode, the BatchNorm in eval
+    # mode. The probe trains as the user's loop does (batch size 1 works), then restores.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    model.train()
+    model[1].eval()
+    seen: list[bool] = []
+    model[1].register_forward_hook(lambda mod, i, o: seen.append(mod.training))
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(1, 8, generator=g), torch.randint(0, 3, (1,), generator=g)) for _ in range(20)
+    ]
+    s = _run(model, batches, criterion=F.cross_entropy)
+    _assert_valid(s)
+    assert seen and not any(seen)
+    assert model.training and not model[1].training
+
+
+def test_a_model_in_eval_mode_is_probed_in_train_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+    model.eval()
+    seen: list[bool] = []
+    model[1].register_forward_hook(lambda mod, i, o: seen.append(mod.training))
+    _run(model, _cls_batches(), criterion=F.cross_entropy)
+    assert seen[-1] is True
+    assert not model.training and not model[1].training
