@@ -496,6 +496,15 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
     if warm and all(v.burst.diverged for v in warm) and outcome.warmup_from_bursts is None:
         trace = pd.DataFrame(runner.trace_rows())
         lrs = sorted({round(v.burst.peak_lr, 12) for v in warm})
+        step = _same_nonfinite_step([v.burst.rows for v in warm])
+        if step is not None:
+            raise ProbeDivergedError(
+                f"every burst's loss was non-finite at step {step} whatever its LR (peaks "
+                f"{lrs}): the batch at that step (batch {step} of the data, counting from 0) "
+                "or the loss on it is the likely cause, not the LR; check that batch and the "
+                "loss on it. The trace is in error.trace",
+                trace,
+            )
         raise ProbeDivergedError(
             f"every LR the probe tried diverged (peaks {lrs}, ramps up to "
             f"{max(v.burst.warmup_steps for v in warm)} steps); check the loss and the model's "
@@ -503,6 +512,18 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
             trace,
         )
     return outcome
+
+
+def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
+    # The step at which every burst (two or more, at different LRs) first had a non-finite
+    # loss, when it is the same one: the data at that step, not the schedule.
+    firsts = set()
+    for rows in bursts:
+        bad = [r["step"] for r in rows if not math.isfinite(r["loss"])]
+        if not bad:
+            return None
+        firsts.add(int(bad[0]))
+    return firsts.pop() if len(bursts) >= 2 and len(firsts) == 1 else None
 
 
 def _beta2(optimizer_cls: type[torch.optim.Optimizer], kwargs: Mapping[str, Any]) -> float | None:

@@ -32,6 +32,17 @@ Criterion = Callable[[Any, Any], torch.Tensor]
 _LOSS_FN_HINT = "pass loss_fn=callable(model, batch) -> scalar loss"
 
 
+def nonfinite_in_batch(batch: Any) -> bool:
+    """Whether a floating-point tensor anywhere in a (nested) batch holds a nan or inf."""
+    if isinstance(batch, torch.Tensor):
+        return bool(batch.is_floating_point() and not torch.isfinite(batch).all())
+    if isinstance(batch, Mapping):
+        return any(nonfinite_in_batch(v) for v in batch.values())
+    if isinstance(batch, (tuple, list)):
+        return any(nonfinite_in_batch(v) for v in batch)
+    return False
+
+
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in a (nested) batch to ``device``.
 

@@ -1324,3 +1324,24 @@ def test_a_model_in_eval_mode_is_probed_in_train_mode() -> None:
     _run(model, _cls_batches(), criterion=F.cross_entropy)
     assert seen[-1] is True
     assert not model.training and not model[1].training
+
+
+def test_a_nan_in_the_data_is_named_not_blamed_on_the_lr() -> None:
+    batches = _cls_batches(n_batches=8)
+    batches[3][0][5, 2] = float("nan")
+    model = _net()
+    with pytest.raises(ValueError, match=r"batch 3 of the data.*nan or inf"):
+        _run(model, batches, criterion=F.cross_entropy)
+
+
+def test_a_loss_that_fails_on_one_batch_is_named() -> None:
+    # The data is finite, but the loss on batch 3 is not, at any LR.
+    batches = _cls_batches(n_batches=8)
+    marker = batches[3][0]
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = F.cross_entropy(model(batch[0]), batch[1])
+        return loss * math.inf if batch[0].data_ptr() == marker.data_ptr() else loss
+
+    with pytest.raises(ProbeDivergedError, match=r"non-finite at step 3 whatever its LR"):
+        _run(_net(), batches, loss_fn=loss_fn)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autowarm._train import BatchStream, LossFn, train_step
+from autowarm._train import BatchStream, LossFn, nonfinite_in_batch, train_step
 from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
 from autowarm.probe._state import ModelSnapshot
 
@@ -210,7 +210,15 @@ class ProbeRunner:
                 for group in optimizer.param_groups:
                     group["lr"] = float(lr)
                 t0 = time.perf_counter()
-                res = train_step(self.model, optimizer, self.stream.next(), self.loss_fn)
+                batch = self.stream.next()
+                res = train_step(self.model, optimizer, batch, self.loss_fn)
+                if not res.finite and nonfinite_in_batch(batch):
+                    # Non-finite at any LR: the data's fault, not the schedule's.
+                    raise ValueError(
+                        f"the batch at step {i} of a probe burst (batch {i} of the data, "
+                        "counting from 0, as it is yielded) holds a nan or inf: clean the data "
+                        "(e.g. check torch.isfinite on each batch's tensors) and probe again"
+                    )
                 stats = monitor.update() if (monitor is not None and res.finite) else None
                 row: dict[str, Any] = {
                     "phase": phase,
