@@ -300,8 +300,11 @@ def suggest(
         dataloader: any re-iterable of batches (cycled when exhausted), or an iterator, which is
             consumed only as far as the probe needs (its batches are kept to replay them).
         optimizer_cls: optimizer class of the real run (AdamW, Adam, any with ``exp_avg_sq``;
-            without a second moment the warmup comes from loss signals alone).
-        optimizer_kwargs: its settings except ``lr`` (e.g. ``{"betas": (0.9, 0.95)}``).
+            without a second moment the warmup comes from loss signals alone). RAdam is
+            probed as Adam with the same settings, with a warning: its rectified first steps
+            would hide its step size from short bursts.
+        optimizer_kwargs: its settings except ``lr`` (e.g. ``{"betas": (0.9, 0.95)}``;
+            ``maximize=True`` is refused: negate the loss instead).
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``, for any batch format.
         criterion: ``criterion(output, target)`` for ``(inputs, targets)`` batches.
         total_steps: optimizer steps of the real run (default: one pass over a sized loader).
@@ -347,6 +350,7 @@ def suggest(
             f"seed={seed!r}"
         )
     ScheduleConfig(peak_lr=1.0, total_steps=total, warmup_steps=0, decay=decay)  # validate early
+    probe_cls, proxy_note = _probe_optimizer(optimizer_cls)
     resolved_loss = resolve_loss_fn(loss_fn, criterion)
     start = time.perf_counter()
     original_device = model_device(model)
@@ -361,7 +365,7 @@ def suggest(
                 dataloader,
                 target,
                 resolved_loss,
-                optimizer_cls,
+                probe_cls,
                 kwargs,
                 snapshot,
                 budget_n,
@@ -373,7 +377,28 @@ def suggest(
             if moved:
                 model.to(original_device)
     trace = pd.DataFrame(runner.trace_rows())
-    return _suggestion(outcome, runner, trace, total, decay, time.perf_counter() - start)
+    return _suggestion(
+        outcome, runner, trace, total, decay, time.perf_counter() - start, preface=proxy_note
+    )
+
+
+def _probe_optimizer(
+    optimizer_cls: type[torch.optim.Optimizer],
+) -> tuple[type[torch.optim.Optimizer], str | None]:
+    # The optimizer the bursts train with, and the sentence that says why when it is not the
+    # user's. RAdam scales its first ~2/(1-b2) updates down (its rectification, ~0.1x at step
+    # 20), so bursts of tens of steps would read a peak many times too large; after it, RAdam
+    # is Adam, whose keyword arguments are a superset of RAdam's.
+    if not issubclass(optimizer_cls, torch.optim.RAdam):
+        return optimizer_cls, None
+    note = (
+        f"{optimizer_cls.__name__} rectifies its own first ~2/(1-beta2) updates (a built-in "
+        "warmup that short bursts cannot see past), so the probe measured with torch.optim.Adam "
+        "of the same settings; use the peak with RAdam as it is (its rectification only adds "
+        "to the warmup)."
+    )
+    warnings.warn(note, UserWarning, stacklevel=3)
+    return torch.optim.Adam, note
 
 
 def _probe(
@@ -581,6 +606,8 @@ def _suggestion(
     total: int,
     decay: str,
     wall: float,
+    *,
+    preface: str | None = None,
 ) -> Suggestion:
     schedule = ScheduleConfig(
         peak_lr=o.peak_lr,
@@ -592,6 +619,8 @@ def _suggestion(
     signals = pd.DataFrame(outcome_signals(o), columns=["name", "value", "unit", "description"])
     signals["value"] = signals["value"].astype(float)
     rationale = _rationale(o, steps, runner.budget.total, total)
+    if preface:
+        rationale = f"{preface} {rationale}"
     _log.info(
         "autowarm: warmup %d steps, peak lr %.3g (%s)",
         schedule.warmup_steps,

@@ -1345,3 +1345,27 @@ def test_a_loss_that_fails_on_one_batch_is_named() -> None:
 
     with pytest.raises(ProbeDivergedError, match=r"non-finite at step 3 whatever its LR"):
         _run(_net(), batches, loss_fn=loss_fn)
+
+
+def test_radam_is_probed_as_adam_with_a_warning() -> None:
+    # RAdam rectifies its first ~2/(1-b2) steps (its step is ~0.1x at step 20), so short bursts
+    # with RAdam itself read a peak many times too large. The probe measures with Adam of the
+    # same settings and says so.
+    kwargs = {"betas": (0.9, 0.99), "weight_decay": 0.01, "decoupled_weight_decay": True}
+    with pytest.warns(UserWarning, match=r"RAdam.*rectif.*Adam"):
+        r = _run(
+            _net(),
+            _cls_batches(),
+            torch.optim.RAdam,
+            optimizer_kwargs=kwargs,
+            criterion=F.cross_entropy,
+        )
+    a = _run(
+        _net(),
+        _cls_batches(),
+        torch.optim.Adam,
+        optimizer_kwargs=kwargs,
+        criterion=F.cross_entropy,
+    )
+    assert (r.peak_lr, r.warmup_steps) == (a.peak_lr, a.warmup_steps)
+    assert "RAdam" in r.rationale
