@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.prune as prune
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -1369,3 +1370,18 @@ def test_radam_is_probed_as_adam_with_a_warning() -> None:
     )
     assert (r.peak_lr, r.warmup_steps) == (a.peak_lr, a.warmup_steps)
     assert "RAdam" in r.rationale
+
+
+def test_pruned_and_weight_normed_weights_come_back() -> None:
+    # prune and the legacy weight_norm keep module.weight as a plain attribute that a forward
+    # pre-hook rebuilds from parameters; it must not keep the probe's last trained value.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weight_norm is deprecated for parametrizations
+        torch.nn.utils.weight_norm(model[2])
+    before = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    _run(model, _cls_batches(), criterion=F.cross_entropy)
+    assert _bitwise_equal(model[0].weight.detach(), before[0])
+    assert _bitwise_equal(model[2].weight.detach(), before[1])

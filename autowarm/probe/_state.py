@@ -180,6 +180,7 @@ class ModelSnapshot:
         self._restore_weights(exact=True)
         for module, training in zip(self._modules, self._training, strict=True):
             module.training = training
+            _recompute_reparametrised(module)
         for param, requires_grad, grad in zip(
             self._params, self._requires_grad, self._grads, strict=True
         ):
@@ -213,6 +214,21 @@ class ModelSnapshot:
     def _check_live(self) -> None:
         if self._released:
             raise RuntimeError("this ModelSnapshot was released and can no longer restore")
+
+
+def _recompute_reparametrised(module: nn.Module) -> None:
+    # torch.nn.utils.prune and the legacy weight_norm keep ``module.weight`` as a plain
+    # attribute that a forward pre-hook rebuilds from parameters (weight_orig * weight_mask;
+    # g * v / |v|): rebuilt from the restored parameters, it is again what it was before the
+    # probe's forwards, instead of waiting for the user's next forward.
+    from torch.nn.utils import prune
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for hook in list(module._forward_pre_hooks.values()):
+        if isinstance(hook, prune.BasePruningMethod):
+            setattr(module, hook._tensor_name, hook.apply_mask(module))  # type: ignore[no-untyped-call]
+        elif isinstance(hook, WeightNorm):
+            setattr(module, hook.name, hook.compute_weight(module))
 
 
 def _meta(tensor: torch.Tensor) -> tuple[torch.dtype, torch.Size, torch.device, tuple[int, ...]]:
