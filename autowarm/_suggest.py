@@ -357,13 +357,13 @@ def suggest(
     target = torch.device(device) if device is not None else original_device
     with preserved(model, snapshot_device=snapshot_device) as snapshot:
         moved = target != original_device
+        stream = BatchStream(dataloader, target)
         try:
             if moved:
                 model.to(target)
             outcome, runner = _probe(
                 model,
-                dataloader,
-                target,
+                stream,
                 resolved_loss,
                 probe_cls,
                 kwargs,
@@ -374,6 +374,8 @@ def suggest(
                 progress,
             )
         finally:
+            # The loader's own generators (if any) shuffle the user's real run as before.
+            stream.restore_generators()
             if moved:
                 model.to(original_device)
     trace = pd.DataFrame(runner.trace_rows())
@@ -402,38 +404,6 @@ def _probe_optimizer(
 
 
 def _probe(
-    model: nn.Module,
-    data: Iterable[Any],
-    device: torch.device,
-    loss_fn: LossFn,
-    optimizer_cls: type[torch.optim.Optimizer],
-    kwargs: dict[str, Any],
-    snapshot: Any,
-    budget_n: int,
-    total: int,
-    seed: int,
-    progress: bool,
-) -> tuple[ProbeOutcome, ProbeRunner]:
-    stream = BatchStream(data, device)
-    try:
-        return _probe_stream(
-            model,
-            stream,
-            loss_fn,
-            optimizer_cls,
-            kwargs,
-            snapshot,
-            budget_n,
-            total,
-            seed,
-            progress,
-        )
-    finally:
-        # The loader's own generators (if any) shuffle the user's real run as before.
-        stream.restore_generators()
-
-
-def _probe_stream(
     model: nn.Module,
     stream: BatchStream,
     loss_fn: LossFn,

@@ -1353,21 +1353,15 @@ def test_radam_is_probed_as_adam_with_a_warning() -> None:
     # with RAdam itself read a peak many times too large. The probe measures with Adam of the
     # same settings and says so.
     kwargs = {"betas": (0.9, 0.99), "weight_decay": 0.01, "decoupled_weight_decay": True}
-    with pytest.warns(UserWarning, match=r"RAdam.*rectif.*Adam"):
-        r = _run(
-            _net(),
-            _cls_batches(),
-            torch.optim.RAdam,
-            optimizer_kwargs=kwargs,
-            criterion=F.cross_entropy,
+
+    def probe(opt: type[torch.optim.Optimizer]) -> Suggestion:
+        return _run(
+            _net(), _cls_batches(), opt, optimizer_kwargs=kwargs, criterion=F.cross_entropy
         )
-    a = _run(
-        _net(),
-        _cls_batches(),
-        torch.optim.Adam,
-        optimizer_kwargs=kwargs,
-        criterion=F.cross_entropy,
-    )
+
+    with pytest.warns(UserWarning, match=r"RAdam.*rectif.*Adam"):
+        r = probe(torch.optim.RAdam)
+    a = probe(torch.optim.Adam)
     assert (r.peak_lr, r.warmup_steps) == (a.peak_lr, a.warmup_steps)
     assert "RAdam" in r.rationale
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import prune
+from torch.nn.utils.weight_norm import WeightNorm
 
 __all__ = ["ModelSnapshot", "RngState", "preserved", "rng_state", "set_rng_state"]
 
@@ -221,9 +223,6 @@ def _recompute_reparametrised(module: nn.Module) -> None:
     # attribute that a forward pre-hook rebuilds from parameters (weight_orig * weight_mask;
     # g * v / |v|): rebuilt from the restored parameters, it is again what it was before the
     # probe's forwards, instead of waiting for the user's next forward.
-    from torch.nn.utils import prune
-    from torch.nn.utils.weight_norm import WeightNorm
-
     for hook in list(module._forward_pre_hooks.values()):
         if isinstance(hook, prune.BasePruningMethod):
             setattr(module, hook._tensor_name, hook.apply_mask(module))  # type: ignore[no-untyped-call]
