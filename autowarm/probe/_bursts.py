@@ -145,20 +145,14 @@ class ProbeRunner:
     bursts: list[BurstResult] = field(default_factory=list)
     has_second_moment: bool | None = None
 
-    def __post_init__(self) -> None:
+    def _set_train_modes(self) -> None:
         # The modes the bursts train in. A model handed over in train mode keeps its
         # submodules' modes (a BatchNorm frozen in eval mode for fine-tuning stays so, as in
         # the user's own loop); one in eval mode (just loaded) is put in train mode.
-        self._train_modes: list[tuple[nn.Module, bool]] | None = (
-            [(m, m.training) for m in self.model.modules()] if self.model.training else None
-        )
-
-    def _set_train_modes(self) -> None:
-        if self._train_modes is None:
+        if self.snapshot.was_training:
+            self.snapshot.restore_modes()
+        else:
             self.model.train()
-            return
-        for module, mode in self._train_modes:
-            module.training = mode
 
     def _fresh_optimizer(self, lr: float) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -176,12 +176,24 @@ class ModelSnapshot:
         """
         self._restore_weights(exact=False)
 
+    @property
+    def was_training(self) -> bool:
+        """The model's own ``.training`` when the snapshot was taken."""
+        self._check_live()
+        return self._training[0]  # model.modules() yields the model first
+
+    def restore_modes(self) -> None:
+        """Set every submodule's ``.training`` back to what it was at the snapshot."""
+        self._check_live()
+        for module, training in zip(self._modules, self._training, strict=True):
+            module.training = training
+
     def restore_all(self) -> None:
         """Restore the weights (with their original dtype and device), ``requires_grad``,
         ``.training``, ``.grad`` and RNG states."""
         self._restore_weights(exact=True)
-        for module, training in zip(self._modules, self._training, strict=True):
-            module.training = training
+        self.restore_modes()
+        for module in self._modules:
             _recompute_reparametrised(module)
         for param, requires_grad, grad in zip(
             self._params, self._requires_grad, self._grads, strict=True
