@@ -125,8 +125,6 @@ def open_storage(
             twice). ``None`` turns the heartbeat off.
         create:
             Create the database tables if missing (``False`` to only read a study that exists).
-        create:
-            Create the database tables if missing (``False`` to only read a study that exists).
 
     Raises:
         ValueError: For an unreadable spelling, a missing database driver (with the package
@@ -158,26 +156,57 @@ def open_storage(
             f"storage {redact(url)} needs the database driver {exc.name!r}: "
             f"pip install '{package}' (or pip install 'autowarm[postgres]')"
         ) from exc
-    except optuna.exceptions.StorageInternalError as exc:
-        # e.g. a database file whose tables another process is still creating
-        raise ValueError(f"cannot open storage {redact(url)}: {exc.__cause__ or exc}") from exc
-    except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials
-        if type(exc).__module__.startswith("sqlalchemy"):
-            raise ValueError(f"cannot open storage {redact(url)}: {exc}") from exc
-        raise
+    except Exception as exc:  # sqlalchemy's and optuna's: unreachable server, bad credentials
+        if not type(exc).__module__.startswith(("sqlalchemy", "optuna")):
+            raise
+        cause = exc.__cause__ or exc
+        if not create and _is_table_race(exc):
+            raise ValueError(
+                f"cannot open storage {redact(url)}: it has no optuna tables ({cause}); it is "
+                "not a study's storage, or the worker creating it has not finished: pass the "
+                "storage that `autowarm tune` wrote, or wait a few seconds and run this again"
+            ) from exc
+        raise ValueError(f"cannot open storage {redact(url)}: {cause}") from exc
+
+
+# What a process sees when another one is creating the same database's tables at this moment:
+# both create a table, both stamp the schema version, or a reader looks before the tables exist.
+# (SQLite, PostgreSQL and MySQL spellings.)
+_TABLE_RACE = (
+    "already exists",
+    "unique constraint failed",
+    "duplicate key value",
+    "duplicate entry",
+    "no such table",
+    "does not exist",
+    "doesn't exist",
+    "database is locked",
+)
+_RACE_ATTEMPTS = 7
+
+
+def _is_table_race(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    return type(exc).__module__.startswith(("sqlalchemy", "optuna")) and any(
+        sign in text for sign in _TABLE_RACE
+    )
 
 
 def _rdb_storage(url: str, heartbeat: dict[str, Any], *, create: bool) -> RDBStorage:
-    # Several processes starting at once may race to create the tables; the loser sees
-    # "already exists" and simply opens what the winner made.
-    for attempt in range(5):
+    """``RDBStorage(url)``, retried while another process creates the same tables.
+
+    Opening a fresh database writes to it even for a reader (optuna stamps the schema version),
+    so two workers, or ``autowarm report`` beside ``autowarm tune``, that open a new file at the
+    same moment collide; the loser waits and opens what the winner made (for up to ~3 s).
+    """
+    for attempt in range(_RACE_ATTEMPTS):
         try:
             with quiet_experimental():
                 return RDBStorage(url, skip_table_creation=not create, **heartbeat)
         except Exception as exc:
-            if "already exists" not in str(exc) or attempt == 4:
+            if not _is_table_race(exc) or attempt == _RACE_ATTEMPTS - 1:
                 raise
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
 
 

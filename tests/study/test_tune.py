@@ -188,12 +188,44 @@ def test_task_validation() -> None:
 
 
 def test_reading_a_database_before_its_tables_exist_is_a_clear_error(tmp_path: Path) -> None:
-    # What a reader (report, export, a polling test) meets while `autowarm tune` is still
-    # creating the tables of a new SQLite file: a ValueError naming the storage.
+    # What a reader (report, export, a polling test) meets when a file has no tables and no
+    # worker creates them within the wait: a ValueError naming the storage and what to do.
     db = tmp_path / "fresh.db"
     sqlite3.connect(db).close()
-    with pytest.raises(ValueError, match=r"cannot open storage sqlite:///.*fresh\.db"):
+    with pytest.raises(ValueError, match=r"cannot open storage sqlite:///.*fresh\.db: it has no"):
         _storage.load_study(str(db), "s")
+
+
+def _open_at_once(path: str, create: bool, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        _storage.open_storage(path, heartbeat_interval=None, create=create)
+        results.put("ok")
+    except Exception as exc:
+        results.put(repr(exc))
+
+
+def test_workers_and_readers_opening_a_new_database_at_once(tmp_path: Path) -> None:
+    # Two `autowarm tune` workers and two readers (report, a dashboard) start on the same new
+    # SQLite file: all must open it. Without the retry, about half of such starts lost the
+    # race ("UNIQUE constraint failed: alembic_version", "no such table: version_info").
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(6):
+        db = str(tmp_path / f"new{attempt}.db")
+        sqlite3.connect(db).close()  # the file exists, so readers do not stop at "no file"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_at_once, args=(db, create, barrier, results))
+            for create in (True, False, True, False)
+        ]
+        for proc in procs:
+            proc.start()
+        seen = [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert seen == ["ok"] * 4, seen
 
 
 def test_load_task_errors(tmp_path: Path) -> None:
