@@ -355,7 +355,10 @@ def suggest(
     start = time.perf_counter()
     original_device = model_device(model)
     target = torch.device(device) if device is not None else original_device
-    with preserved(model, snapshot_device=snapshot_device) as snapshot:
+    # A CPU model probed on a GPU: the CUDA generators are captured before the probe's first
+    # CUDA draw, so the user's first one after it is the same as without the probe.
+    on_cuda = "cuda" in (target.type, original_device.type)
+    with preserved(model, snapshot_device=snapshot_device, cuda_rng=on_cuda) as snapshot:
         moved = target != original_device
         stream = BatchStream(dataloader, target)
         try:

@@ -27,15 +27,15 @@ __all__ = ["ModelSnapshot", "RngState", "preserved", "rng_state", "set_rng_state
 class RngState:
     """The states of the global random number generators a training run draws from.
 
-    Covers torch's CPU generator, every CUDA device's generator (only when CUDA is already
-    initialised, so capturing never initialises it), numpy's global ``np.random`` state and
-    python's ``random`` module.
+    Covers torch's CPU generator, every CUDA device's generator (when CUDA is already
+    initialised, or when the caller is about to use CUDA anyway: ``include_cuda=True``),
+    numpy's global ``np.random`` state and python's ``random`` module.
 
     Attributes:
         torch_cpu:
             ``torch.get_rng_state()``.
         torch_cuda:
-            ``torch.cuda.get_rng_state_all()``, or ``None`` if CUDA was not initialised.
+            ``torch.cuda.get_rng_state_all()``, or ``None`` if CUDA was not captured.
         numpy:
             ``np.random.get_state()``.
         python:
@@ -48,9 +48,20 @@ class RngState:
     python: Any
 
     @classmethod
-    def capture(cls) -> RngState:
-        """Return the current states of all the generators."""
-        cuda_ready = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    def capture(cls, *, include_cuda: bool = False) -> RngState:
+        """Return the current states of all the generators.
+
+        Args:
+            include_cuda:
+                Capture the CUDA generators even if CUDA is not initialised yet. Reading them
+                initialises CUDA, so their captured state is the one the first CUDA draw would
+                see (seeded by an earlier ``torch.manual_seed``); pass it when the block that
+                follows will use CUDA, or that first state is lost. Without it, an
+                uninitialised CUDA is left alone. No effect where CUDA is not available.
+        """
+        cuda_ready = torch.cuda.is_initialized() or (  # type: ignore[no-untyped-call]
+            include_cuda and torch.cuda.is_available()
+        )
         cuda = tuple(torch.cuda.get_rng_state_all()) if cuda_ready else None
         return cls(
             torch_cpu=torch.get_rng_state(),
@@ -113,6 +124,9 @@ class ModelSnapshot:
             Where to keep the copy. ``None`` keeps each tensor's copy on that tensor's device
             (fastest); ``"cpu"`` keeps it in host memory, so a GPU model does not need room for
             twice its weights on the GPU.
+        cuda_rng:
+            Capture the CUDA generators even if CUDA is not initialised yet (for a CPU model
+            about to be moved to a GPU); see :meth:`RngState.capture`.
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
@@ -120,7 +134,11 @@ class ModelSnapshot:
     """
 
     def __init__(
-        self, model: nn.Module, *, snapshot_device: torch.device | str | None = None
+        self,
+        model: nn.Module,
+        *,
+        snapshot_device: torch.device | str | None = None,
+        cuda_rng: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -147,7 +165,7 @@ class ModelSnapshot:
             self._params = [t for t in self._tensors if isinstance(t, nn.Parameter)]
             self._requires_grad = [p.requires_grad for p in self._params]
             self._grads = [None if p.grad is None else self._copy(p.grad) for p in self._params]
-        self._rng = RngState.capture()
+        self._rng = RngState.capture(include_cuda=cuda_rng)
         self._released = False
 
     def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -262,7 +280,7 @@ def _as_device(device: torch.device | str | None) -> torch.device | None:
 
 @contextmanager
 def preserved(
-    model: nn.Module, *, snapshot_device: torch.device | str | None = None
+    model: nn.Module, *, snapshot_device: torch.device | str | None = None, cuda_rng: bool = False
 ) -> Iterator[ModelSnapshot]:
     """Snapshot ``model`` and put everything back when the block ends, however it ends.
 
@@ -275,6 +293,9 @@ def preserved(
             The model to protect.
         snapshot_device:
             Where to keep the copy; see :class:`ModelSnapshot`.
+        cuda_rng:
+            Capture the CUDA generators even before CUDA is initialised; see
+            :meth:`RngState.capture`.
 
     Yields:
         The snapshot, whose :meth:`~ModelSnapshot.restore_weights` resets the weights between
@@ -290,7 +311,7 @@ def preserved(
         >>> torch.equal(model.weight, before)
         True
     """
-    snapshot = ModelSnapshot(model, snapshot_device=snapshot_device)
+    snapshot = ModelSnapshot(model, snapshot_device=snapshot_device, cuda_rng=cuda_rng)
     try:
         yield snapshot
     finally:

@@ -253,6 +253,59 @@ def test_cpu_model_probed_on_cuda_comes_back_to_cpu() -> None:
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
+def test_cuda_generators_are_captured_before_first_use_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # CUDA available but not initialised (a CPU model about to be probed on the GPU): with
+    # cuda_rng the generators are read before the probe's first CUDA draw and put back after;
+    # without it an uninitialised CUDA is never touched.
+    calls: list[str] = []
+    fresh = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: calls.append("get") or fresh)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: calls.append(f"set {s}"))
+    model = nn.Linear(2, 1)
+    with preserved(model):
+        pass
+    assert calls == []
+    with preserved(model, cuda_rng=True) as snapshot:
+        assert snapshot.rng.torch_cuda == tuple(fresh)
+    assert calls == ["get", f"set {tuple(fresh)}"]
+
+
+_CUDA_FIRST_DRAW = """
+import sys, torch, autowarm
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1))
+data = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(8)]
+if sys.argv[1] == "probe":
+    autowarm.suggest(model, data, criterion=nn.functional.mse_loss, total_steps=400,
+                     device="cuda", progress=False)
+    assert next(model.parameters()).device.type == "cpu"
+print(torch.rand(4, device="cuda").tolist(), torch.rand(2).tolist())
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cpu_model_probed_on_cuda_leaves_the_first_cuda_draw_as_it_was() -> None:
+    # Fresh processes, so CUDA is not initialised before suggest(device="cuda"); dropout on
+    # the GPU draws from the CUDA generator during the probe.
+    import subprocess
+    import sys
+
+    def run(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _CUDA_FIRST_DRAW, mode], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run("probe") == run("plain")
+
+
 @pytest.mark.parametrize("bad", ["gpu0", 3])
 def test_bad_arguments(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"snapshot_device must be None.*snapshot_device="):
