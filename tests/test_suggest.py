@@ -1379,3 +1379,21 @@ def test_pruned_and_weight_normed_weights_come_back() -> None:
     _run(model, _cls_batches(), criterion=F.cross_entropy)
     assert _bitwise_equal(model[0].weight.detach(), before[0])
     assert _bitwise_equal(model[2].weight.detach(), before[1])
+
+
+@pytest.mark.parametrize("forwarded", ["never", "train", "eval"])
+def test_spectral_normed_weight_comes_back(forwarded: str) -> None:
+    # The legacy spectral_norm keeps module.weight as a plain attribute too: weight_orig's own
+    # data until the first forward, then weight_orig / sigma from the power iteration's u, v.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    torch.nn.utils.spectral_norm(model[2])
+    if forwarded != "never":
+        model.train(forwarded == "train")
+        model(torch.randn(4, 8))
+    layer = model[2]
+    before = layer.weight.detach().clone()
+    aliased = layer.weight.data_ptr() == layer.weight_orig.data_ptr()
+    _run(model, _cls_batches(), criterion=F.cross_entropy)
+    assert _bitwise_equal(layer.weight.detach(), before)
+    assert (layer.weight.data_ptr() == layer.weight_orig.data_ptr()) == aliased

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 __all__ = ["ModelSnapshot", "RngState", "preserved", "rng_state", "set_rng_state"]
@@ -166,6 +167,7 @@ class ModelSnapshot:
             self._requires_grad = [p.requires_grad for p in self._params]
             self._grads = [None if p.grad is None else self._copy(p.grad) for p in self._params]
         self._rng = RngState.capture(include_cuda=cuda_rng)
+        self._aliases = _spectral_aliases(self._modules)
         self._released = False
 
     def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -212,7 +214,7 @@ class ModelSnapshot:
         self._restore_weights(exact=True)
         self.restore_modes()
         for module in self._modules:
-            _recompute_reparametrised(module)
+            _recompute_reparametrised(module, self._aliases)
         for param, requires_grad, grad in zip(
             self._params, self._requires_grad, self._grads, strict=True
         ):
@@ -241,6 +243,7 @@ class ModelSnapshot:
         """
         self._copies, self._grads, self._meta = [], [], []
         self._slots, self._tensors, self._params, self._modules = [], [], [], []
+        self._aliases = set()
         self._released = True
 
     def _check_live(self) -> None:
@@ -248,16 +251,37 @@ class ModelSnapshot:
             raise RuntimeError("this ModelSnapshot was released and can no longer restore")
 
 
-def _recompute_reparametrised(module: nn.Module) -> None:
-    # torch.nn.utils.prune and the legacy weight_norm keep ``module.weight`` as a plain
-    # attribute that a forward pre-hook rebuilds from parameters (weight_orig * weight_mask;
-    # g * v / |v|): rebuilt from the restored parameters, it is again what it was before the
-    # probe's forwards, instead of waiting for the user's next forward.
+def _spectral_aliases(modules: list[nn.Module]) -> set[tuple[int, str]]:
+    # A legacy spectral_norm module that has not run a forward yet holds weight_orig's own
+    # data as ``module.weight`` (not yet divided by sigma): which ones, as (id, name).
+    out = set()
+    for module in modules:
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                plain, orig = getattr(module, hook.name), getattr(module, hook.name + "_orig")
+                if isinstance(plain, torch.Tensor) and plain.data_ptr() == orig.data_ptr():
+                    out.add((id(module), hook.name))
+    return out
+
+
+def _recompute_reparametrised(module: nn.Module, spectral_aliases: set[tuple[int, str]]) -> None:
+    # torch.nn.utils.prune and the legacy weight_norm and spectral_norm keep ``module.weight``
+    # as a plain attribute that a forward pre-hook rebuilds from parameters and buffers
+    # (weight_orig * weight_mask; g * v / |v|; weight_orig / u.W v): rebuilt from the restored
+    # ones, it is again what it was before the probe's forwards, instead of waiting for the
+    # user's next forward. Spectral norm's is rebuilt without a power iteration (u and v are
+    # restored as they were after the last forward), or is weight_orig's data again if no
+    # forward had run.
     for hook in list(module._forward_pre_hooks.values()):
         if isinstance(hook, prune.BasePruningMethod):
             setattr(module, hook._tensor_name, hook.apply_mask(module))  # type: ignore[no-untyped-call]
         elif isinstance(hook, WeightNorm):
             setattr(module, hook.name, hook.compute_weight(module))
+        elif isinstance(hook, SpectralNorm):
+            if (id(module), hook.name) in spectral_aliases:
+                setattr(module, hook.name, getattr(module, hook.name + "_orig").data)
+            else:
+                setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
 
 
 def _meta(tensor: torch.Tensor) -> tuple[torch.dtype, torch.Size, torch.device, tuple[int, ...]]:
