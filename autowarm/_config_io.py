@@ -23,15 +23,16 @@ if TYPE_CHECKING:
 FORMAT_NAME = "autowarm.schedule"
 FORMAT_VERSION = 1
 _COMMON = ("peak_lr", "total_steps", "warmup_steps", "decay", "min_lr", "warmup_start_factor")
-_SHAPE_FIELDS: dict[Decay, tuple[str, ...]] = {
+# The fields of ScheduleConfig that only one decay reads.
+SHAPE_FIELDS: dict[Decay, tuple[str, ...]] = {
     Decay.COSINE_WITH_RESTARTS: ("num_cycles",),
     Decay.POLYNOMIAL: ("power",),
     Decay.INVERSE_SQRT: ("timescale",),
     Decay.WARMUP_STABLE_DECAY: ("wsd_decay_fraction", "wsd_decay_shape"),
 }
-_ALL_FIELDS = _COMMON + tuple(f for fs in _SHAPE_FIELDS.values() for f in fs)
+_ALL_FIELDS = _COMMON + tuple(f for fs in SHAPE_FIELDS.values() for f in fs)
 _FIELD_OWNERS: dict[str, tuple[Decay, ...]] = {
-    f: tuple(d for d, fs in _SHAPE_FIELDS.items() if f in fs)
+    f: tuple(d for d, fs in SHAPE_FIELDS.items() if f in fs)
     for f in _ALL_FIELDS
     if f not in _COMMON
 }
@@ -42,7 +43,7 @@ _SUFFIXES = (".json", ".yaml", ".yml")
 def config_to_dict(cfg: ScheduleConfig) -> dict[str, Any]:
     decay = Decay(cfg.decay)
     out: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
-    for name in _COMMON + _SHAPE_FIELDS.get(decay, ()):
+    for name in _COMMON + SHAPE_FIELDS.get(decay, ()):
         value = getattr(cfg, name)
         out[name] = value.value if isinstance(value, (Decay, WsdShape)) else value
     return out
@@ -89,7 +90,7 @@ def _check_shape_fields(fields: Mapping[str, Any]) -> None:
         decay = Decay(fields.get("decay", ScheduleConfig.__dataclass_fields__["decay"].default))
     except ValueError:
         return  # ScheduleConfig names the bad decay
-    used = set(_SHAPE_FIELDS.get(decay, ()))
+    used = set(SHAPE_FIELDS.get(decay, ()))
     for name, owners in _FIELD_OWNERS.items():
         if name in fields and name not in used:
             raise ValueError(

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autowarm._checks import is_int, is_real
+from autowarm._config_io import SHAPE_FIELDS
 from autowarm._shapes import Decay, ScheduleLambda, WsdShape, schedule_multiplier
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ class ScheduleConfig:
         if not isinstance(self.wsd_decay_shape, str):
             raise _bad("wsd_decay_shape", "a str", self.wsd_decay_shape)
         set_(self, "wsd_decay_shape", WsdShape(self.wsd_decay_shape))
+        self._check_other_decays_parameters()
         if self.decay is Decay.WARMUP_STABLE_DECAY and (
             self.warmup_steps + self.wsd_decay_steps > self.total_steps
         ):
@@ -153,6 +155,22 @@ class ScheduleConfig:
                 f"warmup_steps={self.warmup_steps}, wsd_decay_fraction={frac!r}, "
                 f"total_steps={self.total_steps}"
             )
+
+    def _check_other_decays_parameters(self) -> None:
+        # A shape parameter of a decay other than this one would change nothing, and saving
+        # would drop it (the loaded config would then differ from this one).
+        fields = type(self).__dataclass_fields__
+        for owner, names in SHAPE_FIELDS.items():
+            if owner is self.decay:
+                continue
+            for name in names:
+                value = getattr(self, name)
+                if value != fields[name].default:
+                    raise ValueError(
+                        f"{name}={_plain(value)!r} applies to decay {owner.value!r}, not to decay "
+                        f"{Decay(self.decay).value!r}: leave it at its default "
+                        f"({_plain(fields[name].default)!r}), or pass decay={owner.value!r}"
+                    )
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -328,5 +346,30 @@ class ScheduleConfig:
         return load_config(Path(path))
 
     def replace(self, **changes: Any) -> ScheduleConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Changing ``decay`` puts the shape parameters of the old decay (``num_cycles``,
+        ``power``, ...) back to their defaults unless they are passed too, so
+        ``cfg.replace(decay="linear")`` works from any decay. (``dataclasses.replace`` does
+        not: it refuses a parameter the new decay does not use.)
+        """
+        if "decay" in changes:
+            fields = type(self).__dataclass_fields__
+            kept = (
+                SHAPE_FIELDS.get(Decay(changes["decay"]), ())
+                if _is_decay(changes["decay"])
+                else ()
+            )
+            for names in SHAPE_FIELDS.values():
+                for name in names:
+                    if name not in changes and name not in kept:
+                        changes[name] = fields[name].default
         return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, (Decay, WsdShape)) else value
+
+
+def _is_decay(value: Any) -> bool:
+    return isinstance(value, str) and value in {d.value for d in Decay}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import pickle
@@ -252,3 +253,33 @@ def test_transformers_error_names_closest_type() -> None:
     cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2, warmup_start_factor=0.1)
     with pytest.raises(TransformersExportError, match="cosine_warmup_with_min_lr"):
         cfg.to_trainer_args()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "owner"),
+    [
+        ("num_cycles", 3, "cosine_with_restarts"),
+        ("power", 2.0, "polynomial"),
+        ("timescale", 50, "inverse_sqrt"),
+        ("wsd_decay_fraction", 0.3, "warmup_stable_decay"),
+        ("wsd_decay_shape", "cosine", "warmup_stable_decay"),
+    ],
+)
+def test_a_shape_parameter_of_another_decay_is_refused(
+    field: str, value: object, owner: str
+) -> None:
+    # It would change nothing, and saving would drop it (so the loaded config would differ).
+    base = ScheduleConfig(peak_lr=1.0, total_steps=100, warmup_steps=10, decay=owner)
+    base = base.replace(**{field: value})
+    with pytest.raises(
+        ValueError, match=rf"{field}={value!r} applies to decay '{owner}'.*'cosine'"
+    ):
+        ScheduleConfig(peak_lr=1.0, total_steps=100, warmup_steps=10, **{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="applies to decay"):
+        dataclasses.replace(base, decay="cosine")
+    # replace() that changes the decay puts the old decay's parameters back to their defaults
+    switched = base.replace(decay="cosine")
+    assert switched == ScheduleConfig(peak_lr=1.0, total_steps=100, warmup_steps=10)
+    assert ScheduleConfig.from_dict(switched.to_dict()) == switched
+    # ... unless they are given again with it, for a decay that uses them
+    assert base.replace(decay=owner, **{field: value}) == base
