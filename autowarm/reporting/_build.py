@@ -31,16 +31,39 @@ def load_suggestion(path: Path) -> Suggestion:
     """:meth:`Suggestion.load`, with messages for the usual wrong files."""
     if not path.is_file():
         raise FileNotFoundError(f"no such suggestion file: {path}")
+    raw = path.read_bytes()
+    if raw.startswith(b"SQLite format 3\0") or raw.startswith(b'{"op_code":'):
+        kind = "a SQLite database" if raw.startswith(b"SQLite") else "an optuna journal file"
+        raise ValueError(
+            f"{path} is {kind} (a study's storage?), not a suggestion JSON: for a study's "
+            f"report pass --storage {path} --study-name NAME (in Python: report((storage, "
+            "study_name)))"
+        )
+    schedule = (
+        f"{path} is a schedule config, not a suggestion: pass the suggestion JSON written by "
+        "Suggestion.save() or `autowarm demo` (suggestion.json)"
+    )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a suggestion JSON file ({exc})") from None
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a suggestion JSON file (not UTF-8 text: {exc})") from None
+    except json.JSONDecodeError as exc:
+        import yaml
+
+        try:  # what people pass by mistake: a schedule config or other YAML
+            other = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            other = None
+        fields = {*ScheduleConfig.__dataclass_fields__, "format", "format_version"}
+        if isinstance(other, dict) and (
+            other.get("format") == "autowarm.schedule" or set(other) <= fields
+        ):
+            raise ValueError(f"{schedule} (this one is YAML)") from None
+        what = "it looks like YAML: " if isinstance(other, dict) else ""
+        raise ValueError(f"{path} is not a suggestion JSON file ({what}{exc})") from None
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == "autowarm.schedule":
-        raise ValueError(
-            f"{path} is a schedule config, not a suggestion: pass the suggestion JSON written "
-            "by Suggestion.save() or `autowarm demo` (suggestion.json)"
-        )
+        raise ValueError(schedule)
     if fmt != SUGGESTION_FORMAT:
         raise ValueError(
             f"{path} is not an autowarm suggestion: format must be {SUGGESTION_FORMAT!r}, but "
@@ -182,6 +205,14 @@ def study_report(
         if best is not None
         else "probe (no trial has completed yet)"
     )
+    n_diverged = len(S.diverged_at_full_length(trials))
+    if n_diverged:
+        chosen_by += f"; {n_diverged} diverged at full length and are left out"
+        notes.append(
+            f"{n_diverged} of the schedules confirmed at full length diverged there (trials "
+            f"{sorted(int(n) for n in S.diverged_at_full_length(trials)['number'])}); they "
+            "trained in compressed trials only, so they are not candidates for the best."
+        )
     summary = T.summary_row(
         source="study",
         name=study.study_name,

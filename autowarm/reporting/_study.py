@@ -164,15 +164,30 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
     return done
 
 
+def diverged_at_full_length(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials whose full-length confirmation diverged (an infinite ``full_value``)."""
+    if "full_value" not in trials.columns:
+        return trials.iloc[:0]
+    out: pd.DataFrame = trials[np.isinf(trials["full_value"].to_numpy(dtype=float))]
+    return out
+
+
 def best_row(trials: pd.DataFrame) -> pd.Series | None:
     """The study's best trial, or ``None``: among trials confirmed at full length (a finite
-    ``full_value``) the lowest of those, else the completed trial with the lowest value."""
+    ``full_value``) the lowest of those, else the completed trial with the lowest value whose
+    schedule did not diverge in a confirmation (as :func:`autowarm.study.best_schedule`)."""
     if "full_value" in trials.columns:
         full = trials[np.isfinite(trials["full_value"].to_numpy(dtype=float))]
         if not full.empty:
             confirmed: pd.Series = full.iloc[int(np.argmin(full["full_value"].to_numpy()))]
             return confirmed
     done = completed(trials)
+    diverged = diverged_at_full_length(trials)
+    if not diverged.empty:
+        shape = ["peak_lr", "warmup_steps", "decay", "min_lr"]
+        failed = {tuple(r) for r in diverged[shape].itertuples(index=False)}
+        keep = [tuple(r) not in failed for r in done[shape].itertuples(index=False)]
+        done = done[keep]
     if done.empty:
         return None
     best: pd.Series = done.iloc[int(np.argmin(done["value"].to_numpy()))]

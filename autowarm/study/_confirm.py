@@ -32,7 +32,14 @@ from autowarm.study import _attrs, _storage
 from autowarm.study._task import Task
 from autowarm.study._trial import train_trial
 
-__all__ = ["CONFIRM_SUFFIX", "candidates", "confirmed", "run_confirmations"]
+__all__ = [
+    "CONFIRM_SUFFIX",
+    "candidates",
+    "confirmed",
+    "confirmed_best",
+    "diverged_at_full_length",
+    "run_confirmations",
+]
 
 _logger = logging.getLogger("autowarm")
 
@@ -85,6 +92,15 @@ def confirmed(study: optuna.Study) -> dict[int, float]:
         if isinstance(number, int) and t.value is not None:
             out[number] = float(t.value)
     return out
+
+
+def diverged_at_full_length(study: optuna.Study) -> list[int]:
+    """Study trials whose confirmation diverged (a non-finite full-length value), ascending.
+
+    Their schedules train at the compressed length but not over the real run, so neither they
+    nor another trial with the same schedule may be named the best.
+    """
+    return sorted(n for n, v in confirmed(study).items() if not math.isfinite(v))
 
 
 def confirmed_best(study: optuna.Study) -> ScheduleConfig | None:

@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -43,7 +44,12 @@ import autowarm
 from autowarm._checks import is_int, is_real
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
-from autowarm.study._confirm import confirmed, confirmed_best, run_confirmations
+from autowarm.study._confirm import (
+    confirmed,
+    confirmed_best,
+    diverged_at_full_length,
+    run_confirmations,
+)
 from autowarm.study._space import SearchSpace
 from autowarm.study._task import Task, load_task
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
@@ -94,7 +100,25 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
     full = confirmed_best(study)
     if full is not None:
         return full
-    best = min(done, key=lambda t: (t.value, t.number))
+    diverged = diverged_at_full_length(study)
+    failed = [study.trials[n].user_attrs.get(_attrs.SCHEDULE) for n in diverged]
+    rest = [t for t in done if t.user_attrs.get(_attrs.SCHEDULE) not in failed] if failed else done
+    if not rest:
+        raise NoFinishedTrialError(
+            f"every completed schedule of study {study.study_name!r} diverged at full length "
+            f"in its confirmation (trials {diverged}): start a new study with a smaller "
+            "--lr-factor (the search is centred on the probe's peak), or use the probe's "
+            "suggestion instead"
+        )
+    best = min(rest, key=lambda t: (t.value, t.number))
+    if diverged:
+        warnings.warn(
+            f"trials {diverged} diverged at full length in their confirmation; the best is "
+            f"trial {best.number}, the best completed trial with another schedule, which was "
+            "not confirmed at full length",
+            UserWarning,
+            stacklevel=2,
+        )
     data = best.user_attrs.get(_attrs.SCHEDULE)
     if not isinstance(data, Mapping):
         raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -681,6 +682,53 @@ def test_confirm_reruns_the_best_at_full_length(
     assert len(conf.get_trials()) == 2
     with pytest.raises(ValueError, match="confirm"):
         autowarm.tune(task, confirm=-1, **kw)
+
+
+def _confirm_by_hand(study: optuna.Study, values: dict[int, float]) -> None:
+    # What run_confirmations writes, with chosen full-length values (inf: diverged).
+    from autowarm.study._confirm import CONFIRMS, ROLE_CONFIRM
+
+    conf = optuna.create_study(
+        storage=study._storage, study_name=study.study_name + ".confirm", load_if_exists=True
+    )
+    for number, value in values.items():
+        conf.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                user_attrs={
+                    _attrs.ROLE: ROLE_CONFIRM,
+                    CONFIRMS: number,
+                    _attrs.SCHEDULE: study.trials[number].user_attrs[_attrs.SCHEDULE],
+                },
+            )
+        )
+
+
+def test_a_schedule_that_diverged_at_full_length_is_never_the_best(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    from autowarm.study._confirm import candidates
+
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
+    study = autowarm.tune(task, n_trials=6, confirm=0, **kw).study
+    top = [t.number for t in candidates(study, 6)]
+    schedule = {n: study.trials[n].user_attrs[_attrs.SCHEDULE] for n in top}
+    _confirm_by_hand(study, {top[0]: math.inf, top[1]: math.inf})
+    # both confirmations diverged: the best trial not shown to diverge, with a warning
+    with pytest.warns(UserWarning, match=rf"trials \[{top[0]}, {top[1]}\] diverged at full"):
+        best = best_schedule(study)
+    assert best.to_dict() == ScheduleConfig.from_dict(schedule[top[2]]).to_dict()
+    pytest.importorskip("matplotlib", reason="the report needs matplotlib (extra plot)")
+    rep = autowarm.report((db, study.study_name))
+    summary = rep.tables["summary"].iloc[0]
+    assert summary["chosen_by"].startswith(f"study: trial {top[2]}, the best of")
+    assert "2 diverged at full length" in summary["chosen_by"]
+    assert summary["peak_lr"] == pytest.approx(best.peak_lr)
+    # every completed schedule diverged at full length: an error, not one of them
+    _confirm_by_hand(study, {n: math.inf for n in top[2:]})
+    with pytest.raises(NoFinishedTrialError, match="diverged at full length"):
+        best_schedule(study)
 
 
 def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
