@@ -179,6 +179,14 @@ class ScheduleConfig:
         return max(1, round(self.wsd_decay_fraction * self.total_steps))
 
     @property
+    def warmup_limit(self) -> int:
+        """Longest warmup this shape allows: ``total_steps``, or for ``warmup_stable_decay``
+        what its final decay leaves (``total_steps - wsd_decay_steps``)."""
+        if self.decay is Decay.WARMUP_STABLE_DECAY:
+            return self.total_steps - self.wsd_decay_steps
+        return self.total_steps
+
+    @property
     def effective_timescale(self) -> int:
         """The ``inverse_sqrt`` time scale actually used."""
         if self.timescale is not None:

@@ -283,3 +283,13 @@ def test_a_shape_parameter_of_another_decay_is_refused(
     assert ScheduleConfig.from_dict(switched.to_dict()) == switched
     # ... unless they are given again with it, for a decay that uses them
     assert base.replace(decay=owner, **{field: value}) == base
+
+
+def test_warmup_limit_is_what_the_shape_leaves() -> None:
+    base = ScheduleConfig(peak_lr=1.0, total_steps=200, warmup_steps=10)
+    assert base.warmup_limit == 200
+    wsd = base.replace(decay="warmup_stable_decay", wsd_decay_fraction=0.25)
+    assert wsd.warmup_limit == 150
+    assert wsd.replace(warmup_steps=150).warmup_steps == 150
+    with pytest.raises(ValueError, match="warmup_steps"):
+        wsd.replace(warmup_steps=151)

@@ -158,13 +158,7 @@ def reference_schedules(cfg: ScheduleConfig, beta2: float) -> dict[str, Schedule
 
 
 def _with_warmup(cfg: ScheduleConfig, warmup: int) -> ScheduleConfig:
-    d = cfg.to_dict()
-    d["warmup_steps"] = min(warmup, cfg.total_steps)
-    try:
-        return ScheduleConfig.from_dict(d)
-    except ValueError:  # a WSD schedule leaves no room: fall back to its own shape's limit
-        d["warmup_steps"] = cfg.total_steps - cfg.wsd_decay_steps
-        return ScheduleConfig.from_dict(d)
+    return cfg.replace(warmup_steps=min(warmup, cfg.warmup_limit))
 
 
 def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:

@@ -101,7 +101,8 @@ class SearchSpace:
         """Longest warmup searched around ``center`` (in steps of the real run)."""
         total = center.total_steps
         hi = max(self.warmup_factor * center.warmup_steps, self.min_warmup_fraction * total)
-        return max(1, min(int(hi), int(self.max_warmup_fraction * total), total - 1))
+        limit = min(total - 1, center.warmup_limit)  # room for a WSD schedule's final decay
+        return max(1, min(int(hi), int(self.max_warmup_fraction * total), limit))
 
     # trials -------------------------------------------------------------------------------
 

@@ -317,8 +317,9 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
 def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, ScheduleConfig]:
     betas = (task.optimizer_kwargs or {}).get("betas", (0.9, 0.999))
     beta2 = float(betas[1])
-    untuned = round(2.0 / (1.0 - beta2)) if beta2 < 1 else center.total_steps - 1
-    last = center.total_steps - 1
+    # at least one step at the peak, and room for a warmup_stable_decay's final decay
+    last = min(center.total_steps - 1, center.warmup_limit)
+    untuned = round(2.0 / (1.0 - beta2)) if beta2 < 1 else last
     return {
         _attrs.ROLE_NO_WARMUP: center.replace(warmup_steps=0),
         _attrs.ROLE_UNTUNED: center.replace(warmup_steps=min(untuned, last)),

@@ -290,6 +290,30 @@ def test_tune_seeds_with_probe_and_references(tmp_path: Path, task: Task) -> Non
     assert best.peak_lr == pytest.approx(frame.loc[frame["value"].idxmin(), "peak_lr"])
 
 
+def test_a_warmup_stable_decay_suggestion_tunes(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # The 2/(1-beta2) reference (2000 steps for beta2=0.999) is clipped to what the shape
+    # allows: a WSD run of 200 steps keeps its last 40 for the decay, so at most 160 (it
+    # was clipped to 199, and tune stopped on the ValueError at every start).
+    wsd = dataclasses.replace(
+        suggestion, schedule=suggestion.schedule.replace(decay="warmup_stable_decay")
+    )
+    assert wsd.schedule.warmup_limit == 160
+    result = autowarm.tune(
+        task,
+        n_trials=5,
+        storage=str(tmp_path / "w.db"),
+        trial_steps=40,
+        suggestion=wsd,
+        confirm=0,
+        progress=False,
+    )
+    frame = result.trials.set_index("role")
+    assert 0 < frame.loc[_attrs.ROLE_UNTUNED, "warmup_steps"] <= 160
+    assert result.best.decay == "warmup_stable_decay"
+
+
 def test_same_seed_same_study(tmp_path: Path, task: Task, suggestion: Any) -> None:
     runs = []
     for name in ("a", "b"):
