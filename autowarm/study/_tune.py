@@ -332,18 +332,30 @@ def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, Schedu
 def _enqueue_first_trials(
     study: optuna.Study, task: Task, center: ScheduleConfig, space: SearchSpace
 ) -> None:
-    roles = {t.user_attrs.get(_attrs.ROLE) for t in study.get_trials(deepcopy=False)}
-    if _attrs.ROLE_PROBE in roles:
-        return
+    # Queued once; a role whose every attempt failed (a task fixed between runs) is queued
+    # again on the next start, so the comparison with the probe and references is never lost.
+    trials = study.get_trials(deepcopy=False)
+    live = {t.user_attrs.get(_attrs.ROLE) for t in trials if t.state in _COUNTED}
+    last_try = {t.user_attrs.get(_attrs.ROLE): t.number for t in trials if t.state.is_finished()}
     firsts = {_attrs.ROLE_PROBE: center, **_reference_schedules(center, task)}
+    queued = []
     for role, schedule in firsts.items():
+        if role in live:
+            continue
+        attrs: dict[str, Any] = {_attrs.ROLE: role}
+        if role in last_try:  # not live, so each of its attempts failed
+            attrs[_attrs.RETRY_OF] = last_try[role]
         study.enqueue_trial(
-            space.params_of(schedule, center), user_attrs={_attrs.ROLE: role}, skip_if_exists=False
+            space.params_of(schedule, center), user_attrs=attrs, skip_if_exists=False
         )
-    _logger.info(
-        "queued the probe's schedule and %d references (no warmup, 2/(1-beta2), 10%%)",
-        len(firsts) - 1,
-    )
+        queued.append(role)
+    if len(queued) == len(firsts):
+        _logger.info(
+            "queued the probe's schedule and %d references (no warmup, 2/(1-beta2), 10%%)",
+            len(firsts) - 1,
+        )
+    elif queued:
+        _logger.info("queued again the first trials that failed: %s", ", ".join(queued))
 
 
 def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:

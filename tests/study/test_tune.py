@@ -467,6 +467,27 @@ def test_errors_in_the_task_fail_trials_then_stop(
     assert all("broken on purpose" in t.user_attrs[_attrs.REASON] for t in failed)
 
 
+def test_first_trials_that_failed_are_queued_again_on_resume(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.study.tiny_task as tiny
+
+    monkeypatch.setattr(tiny, "RAISE", True)
+    task = _tiny(loss_fn=tiny._Loss(), name="fixed")
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, suggestion=suggestion, progress=False
+    )
+    with pytest.raises(RuntimeError, match="3 trials in a row failed"):
+        autowarm.tune(task, n_trials=6, confirm=0, **kw)
+    monkeypatch.setattr(tiny, "RAISE", False)  # the user fixes the task and resumes
+    frame = autowarm.tune(task, n_trials=6, confirm=0, **kw).trials
+    for role in (_attrs.ROLE_PROBE, *_attrs.REFERENCE_ROLES):
+        states = list(frame.loc[frame["role"] == role, "state"])
+        assert states[-1] == "complete", (role, states)
+    retried = frame[frame["retry_of"] >= 0]
+    assert sorted(retried["role"]) == sorted(frame.loc[frame["state"] == "fail", "role"])
+
+
 # ------------------------------------------------------------------------- CLI and faults
 
 
