@@ -24,7 +24,6 @@ EXTRA_COLUMNS = (
     "last_intermediate_value",
 )
 """The report's columns after those of :func:`autowarm.study._tune.trials_frame`."""
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def open_study(storage: str, study_name: str | None) -> optuna.Study:
@@ -48,31 +47,36 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> tuple[s
     """``(status, sentence)``: ``complete``, ``running`` or ``incomplete``, said in words.
 
     A trial whose process died stays ``RUNNING`` in the storage, so ``running`` means "still
-    running, or interrupted"; the sentence gives the age of the oldest running trial.
+    running, or interrupted"; the sentence gives the age of the oldest running trial. Trials
+    count toward the study's ``n_trials`` as ``autowarm tune`` counts them: completed and
+    pruned ones, not failed ones (tune runs another in their place).
     """
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
-    finished = sum(s in FINISHED for s in states)
+    finished = sum(s in ("COMPLETE", "PRUNED") for s in states)
+    n_failed = states.count("FAIL")
     running = [t for t in trials if t.state.name == "RUNNING"]
     waiting = states.count("WAITING")
     target = study.user_attrs.get(A.N_TRIALS)
     of = f" of {target}" if isinstance(target, int) else ""
+    done = f"{finished}{of} trials finished" + (
+        f" ({n_failed} more failed, which do not count)" if n_failed else ""
+    )
     if running:
         now = now or dt.datetime.now()
         starts = [t.datetime_start for t in running if t.datetime_start is not None]
         age = f", the oldest started {_ago(now - min(starts))} ago" if starts else ""
         return "running", (
             f"Still running, or interrupted: {len(running)} trial(s) marked RUNNING{age} (a "
-            f"trial whose worker died stays RUNNING); {finished}{of} trials finished. This "
-            "report is a snapshot."
+            f"trial whose worker died stays RUNNING); {done}. This report is a snapshot."
         )
     if waiting or (isinstance(target, int) and finished < target):
         return "incomplete", (
-            f"Stopped short: {finished}{of} trials finished"
+            f"Stopped short: {done}"
             + (f", {waiting} queued but never started" if waiting else "")
             + ". Resume the study to finish it; this report covers what ran."
         )
-    return "complete", f"Complete: {finished} trials finished."
+    return "complete", f"Complete: {done}."
 
 
 def _ago(delta: dt.timedelta) -> str:

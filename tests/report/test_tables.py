@@ -125,14 +125,22 @@ def test_running_study_says_so(suggestion: autowarm.Suggestion) -> None:
     rep = autowarm.report(make_study(suggestion, running=True, n_trials=20))
     assert rep.running and rep.status == "running"
     assert "Still running, or interrupted" in rep.status_text
-    assert "8 of 20 trials finished" in rep.status_text
+    assert "7 of 20 trials finished (1 more failed, which do not count)" in rep.status_text
     assert rep.summary["n_running"] == 1
     assert "Still running, or interrupted" in rep.to_markdown()
 
 
 def test_stopped_short_study(suggestion: autowarm.Suggestion) -> None:
     rep = autowarm.report(make_study(suggestion, n_trials=20))
-    assert rep.status == "incomplete" and "8 of 20" in rep.status_text
+    assert rep.status == "incomplete" and "7 of 20" in rep.status_text
+
+
+def test_failed_trials_do_not_count_toward_the_target(suggestion: autowarm.Suggestion) -> None:
+    # 6 complete, 1 pruned, 1 failed against a target of 8: tune would run one more trial
+    rep = autowarm.report(make_study(suggestion, n_trials=8))
+    assert rep.status == "incomplete"
+    assert rep.status_text.startswith("Stopped short: 7 of 8 trials finished (1 more failed")
+    assert autowarm.report(make_study(suggestion, n_trials=7)).status == "complete"
 
 
 def test_study_without_completed_trials(suggestion: autowarm.Suggestion) -> None:
