@@ -60,6 +60,7 @@ BASE_SCHEDULE: Final = "autowarm.base_schedule"
 SUGGESTION: Final = "autowarm.suggestion"
 SEARCH_SPACE: Final = "autowarm.search_space"
 WARMUP_TRANSFER: Final = "autowarm.warmup_transfer"
+PRUNER: Final = "autowarm.pruner"
 METRIC: Final = "autowarm.metric"
 
 # trial user attributes

@@ -576,6 +576,7 @@ def tune(
             budget_steps,
             timeout is not None,
             confirm,
+            pruner,
         )
         plan = _Plan(
             storage=url,
@@ -661,6 +662,7 @@ def _set_up(
     budget_steps: int | None,
     has_timeout: bool,
     confirm: int,
+    pruner: str,
 ) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _storage.quiet_experimental():
@@ -673,20 +675,25 @@ def _set_up(
             _attrs.TRIAL_STEPS: trial_steps,
             _attrs.SEED: seed,
             _attrs.WARMUP_TRANSFER: transfer,
+            _attrs.PRUNER: pruner,
         }
         _check_resumable(study, expected)
-        stored = suggestion_from_study(study)
+        stored = study.user_attrs.get(_attrs.BASE_SCHEDULE)
+        if suggestion is not None and isinstance(stored, Mapping):
+            given = _centre_of(suggestion, task).to_dict()
+            if given != dict(stored):
+                changed = sorted(k for k in given if given.get(k) != stored.get(k))
+                raise ValueError(
+                    f"study {name!r} was created from another suggestion (its schedule differs "
+                    f"in {', '.join(changed)}: {_pick(stored, changed)} stored, "
+                    f"{_pick(given, changed)} given); leave out --suggestion to resume it with "
+                    "its own, or pass another --study-name for a new study"
+                )
         if suggestion is None:
-            suggestion = stored
+            suggestion = suggestion_from_study(study)
         if suggestion is None:
             suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
-        if suggestion.schedule.total_steps != task.total_steps:
-            suggestion_schedule = suggestion.schedule.replace(
-                total_steps=task.total_steps,
-                warmup_steps=min(suggestion.schedule.warmup_steps, task.total_steps - 1),
-            )
-        else:
-            suggestion_schedule = suggestion.schedule
+        suggestion_schedule = _centre_of(suggestion, task)
         if n_trials is None:
             target = study.user_attrs.get(_attrs.N_TRIALS)
             if isinstance(target, int):
@@ -735,6 +742,20 @@ def _set_up(
         space.describe(center),
     )
     return study, center, space, n_trials
+
+
+def _centre_of(suggestion: Any, task: Task) -> ScheduleConfig:
+    """The suggestion's schedule for the task's run length: the centre of the search."""
+    schedule: ScheduleConfig = suggestion.schedule
+    if schedule.total_steps == task.total_steps:
+        return schedule
+    resized = schedule.replace(total_steps=task.total_steps, warmup_steps=0)
+    last = min(task.total_steps - 1, resized.warmup_limit)
+    return resized.replace(warmup_steps=min(schedule.warmup_steps, last))
+
+
+def _pick(mapping: Mapping[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={mapping.get(k)!r}" for k in keys)
 
 
 def probe_task(

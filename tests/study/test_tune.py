@@ -353,6 +353,17 @@ def test_resume_with_other_settings_is_an_error(
         ValueError, match=r"trial_steps=40, but this run has autowarm\.trial_steps=50"
     ):
         autowarm.tune(task, trial_steps=50, **kw)
+    with pytest.raises(ValueError, match=r"pruner='median', but this run has .*pruner='none'"):
+        autowarm.tune(task, trial_steps=40, pruner="none", **kw)
+    # another probe's suggestion on resume: an error, not silently the stored one
+    other = dataclasses.replace(
+        suggestion, schedule=suggestion.schedule.replace(peak_lr=suggestion.peak_lr * 3)
+    )
+    with pytest.raises(ValueError, match=r"was created from another suggestion .*peak_lr"):
+        autowarm.tune(task, trial_steps=40, suggestion=other, **kw)
+    # the same suggestion again, or none, resumes
+    autowarm.tune(task, trial_steps=40, suggestion=suggestion, confirm=0, **kw)
+    autowarm.tune(task, trial_steps=40, confirm=0, **kw)
 
 
 def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
