@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -291,20 +292,52 @@ def _start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's PID namespace (``4026531836``), or ``""`` if unreadable."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    match = re.fullmatch(r"pid:\[(\d+)\]", link)
+    return match.group(1) if match else ""
+
+
 def worker_id() -> str:
-    """``host:pid:start`` of this process, recorded on every trial it runs."""
+    """``host:pid:start:pidns`` of this process, recorded on every trial it runs.
+
+    ``pidns`` (the PID namespace's inode, empty where unreadable) tells apart two processes
+    with the same host name and pid in different containers (``--network host`` shares the
+    host name, not the pids). Earlier versions wrote ``host:pid:start``.
+    """
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}:{_pid_namespace()}"
+
+
+def _parse_worker(worker: str) -> tuple[str, int, str, str | None] | None:
+    """``(host, pid, start, pidns)`` of a worker id; ``pidns`` is ``None`` in an old id."""
+    parts = worker.rsplit(":", 3)
+    if len(parts) == 4 and parts[1].isdigit() and all(p == "" or p.isdigit() for p in parts[2:]):
+        return parts[0], int(parts[1]), parts[2], parts[3]
+    parts = worker.rsplit(":", 2)  # host:pid:start, written before the namespace was
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1]), parts[2], None
+    return None
 
 
 def _is_dead_here(worker: str) -> bool:
-    """Whether ``worker`` (from :func:`worker_id`) names a process on this host that is gone."""
-    try:
-        host, pid_text, start = worker.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
+    """Whether ``worker`` (from :func:`worker_id`) names a process of this host that is gone.
+
+    Only a worker of the same host and the same PID namespace can be checked; one whose
+    namespace is unknown (on its side or here) counts as alive. An old id without the
+    namespace is judged by its host alone.
+    """
+    parsed = _parse_worker(worker)
+    if parsed is None or parsed[1] <= 0:
         return False
+    host, pid, start, namespace = parsed
     if host != socket.gethostname():
+        return False
+    if namespace is not None and (not namespace or namespace != _pid_namespace()):
         return False
     try:
         os.kill(pid, 0)

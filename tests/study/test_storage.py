@@ -1,0 +1,89 @@
+"""Study storages: worker liveness across PID namespaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autowarm.study import _attrs, _storage
+
+
+# ---------------------------------------------------------------------------- worker liveness
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped) just now."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _own_namespace() -> str:
+    return _storage.worker_id().rsplit(":", 1)[1]
+
+
+def test_worker_id_names_host_pid_start_and_pid_namespace() -> None:
+    host, pid, start, namespace = _storage.worker_id().rsplit(":", 3)
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+    assert start.isdigit()
+    assert namespace == os.readlink("/proc/self/ns/pid")[len("pid:[") : -1]
+    assert not _storage._is_dead_here(_storage.worker_id())
+
+
+def test_a_worker_of_another_pid_namespace_is_not_judged_dead() -> None:
+    # Two containers with --network host share the host name; a pid of the other one means
+    # nothing here, so its trial must not be failed (its worker then crashed on "Cannot tell
+    # a FAIL trial").
+    host = socket.gethostname()
+    dead = _dead_pid()
+    other = str(int(_own_namespace()) + 1)
+    assert not _storage._is_dead_here(f"{host}:{dead}:123:{other}")
+    assert not _storage._is_dead_here(f"{host}:{os.getpid()}:1:{other}")  # "reused" pid
+    assert _storage._is_dead_here(f"{host}:{dead}:123:{_own_namespace()}")
+    assert _storage._is_dead_here(f"{host}:{os.getpid()}:1:{_own_namespace()}")  # reused pid
+    assert not _storage._is_dead_here(f"other-{host}:{dead}:123:{_own_namespace()}")
+
+
+def test_an_unknown_pid_namespace_counts_as_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    host, dead = socket.gethostname(), _dead_pid()
+    assert not _storage._is_dead_here(f"{host}:{dead}:123:")  # unreadable on its side
+    own = _own_namespace()
+    monkeypatch.setattr(_storage, "_pid_namespace", lambda: "")  # unreadable here
+    assert not _storage._is_dead_here(f"{host}:{dead}:123:{own}")
+    assert not _storage._is_dead_here(f"{host}:{dead}:123:")
+
+
+def test_old_worker_ids_are_judged_by_host_as_before() -> None:
+    # host:pid:start, written by earlier versions into studies that still exist
+    host, dead = socket.gethostname(), _dead_pid()
+    assert _storage._is_dead_here(f"{host}:{dead}:123")
+    assert _storage._is_dead_here(f"{host}:{dead}:")
+    assert not _storage._is_dead_here(f"{host}:{os.getpid()}:{_storage._start_time(os.getpid())}")
+    assert _storage._is_dead_here(f"{host}:{os.getpid()}:1")  # pid reused by another process
+    assert not _storage._is_dead_here(f"other-{host}:{dead}:123")
+    assert not _storage._is_dead_here("no-pid-here")
+    assert not _storage._is_dead_here(f"{host}:0:")
+
+
+def test_only_trials_of_dead_workers_here_are_failed() -> None:
+    study = optuna.create_study()
+    host, dead, own = socket.gethostname(), _dead_pid(), _own_namespace()
+    workers = {
+        "elsewhere": f"{host}:{dead}:123:{int(own) + 1}",
+        "dead": f"{host}:{dead}:123:{own}",
+        "old": f"{host}:{dead}:123",
+        "alive": _storage.worker_id(),
+    }
+    numbers = {}
+    for name, worker in workers.items():
+        trial = study.ask()
+        trial.set_user_attr(_attrs.WORKER, worker)
+        numbers[name] = trial.number
+    failed = _storage.fail_dead_local_trials(study, requeue_them=False)
+    assert failed == [numbers["dead"], numbers["old"]]
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert [t.number for t in running] == [numbers["elsewhere"], numbers["alive"]]
