@@ -72,16 +72,17 @@ def default_storage_url(n_workers: int = 1) -> str:
     return f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
 
 
-def normalize_url(storage: str) -> str:
+def normalize_url(storage: str | os.PathLike[str]) -> str:
     """Spell a storage the way :func:`open_storage` and ``optuna-dashboard`` read it.
 
-    A bare path becomes ``sqlite:///abs.db`` or ``journal:///abs.log`` by its suffix, and
-    ``postgresql://`` picks the installed driver (psycopg 3 before psycopg2).
+    A bare path (a ``str`` or an :class:`os.PathLike`) becomes ``sqlite:///abs.db`` or
+    ``journal:///abs.log`` by its suffix, and ``postgresql://`` picks the installed driver
+    (psycopg 3 before psycopg2).
 
     Raises:
         ValueError: If the storage is empty or its kind cannot be told from its spelling.
     """
-    storage = storage.strip()
+    storage = os.fspath(storage).strip()
     if not storage:
         raise ValueError("storage must be a URL or a file path, but got an empty string")
     if "://" not in storage:
@@ -113,13 +114,16 @@ def _journal_path(url: str) -> Path:
 
 
 def open_storage(
-    storage: str, *, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, create: bool = True
+    storage: str | os.PathLike[str],
+    *,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
+    create: bool = True,
 ) -> BaseStorage:
     """Open (creating if needed) the optuna storage that ``storage`` names.
 
     Args:
         storage:
-            A URL or a path, as in the module's table.
+            A URL or a path (``str`` or :class:`os.PathLike`), as in the module's table.
         heartbeat_interval:
             Seconds between heartbeats of running trials in an RDB storage; a trial whose
             heartbeat is older than ``4 * heartbeat_interval`` is failed and re-queued (at most
@@ -248,7 +252,7 @@ def _lock_path(url: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def setup_lock(storage: str, study_name: str) -> Iterator[None]:
+def setup_lock(storage: str | os.PathLike[str], study_name: str) -> Iterator[None]:
     """Hold a lock while a study is set up, so two starters do not both probe and enqueue.
 
     Files (SQLite, journal) use an ``flock`` on a file beside them; PostgreSQL an advisory
@@ -391,7 +395,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     )
 
 
-def load_study(storage: str, study_name: str | None) -> optuna.Study:
+def load_study(storage: str | os.PathLike[str], study_name: str | None) -> optuna.Study:
     """Load an existing study, with errors that list what the storage holds.
 
     Args:

@@ -1,4 +1,4 @@
-"""Study storages: worker liveness across PID namespaces."""
+"""Study storages: worker liveness across PID namespaces, path objects as storages."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+import autowarm
 from autowarm.study import _attrs, _storage
+from autowarm.study._task import Task, load_task
+
+HERE = Path(__file__).parent
+SPEC = f"{HERE / 'tiny_task.py'}:task"
 
 
 # ---------------------------------------------------------------------------- worker liveness
@@ -87,3 +93,27 @@ def test_only_trials_of_dead_workers_here_are_failed() -> None:
     assert failed == [numbers["dead"], numbers["old"]]
     running = study.get_trials(states=(TrialState.RUNNING,))
     assert [t.number for t in running] == [numbers["elsewhere"], numbers["alive"]]
+
+
+# ---------------------------------------------------------------------------- path objects
+def test_storage_functions_take_path_objects(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    assert _storage.normalize_url(db) == f"sqlite:///{db}"
+    optuna.create_study(storage=_storage.open_storage(db, heartbeat_interval=None), study_name="s")
+    with _storage.setup_lock(db, "s"):
+        assert _storage.load_study(db, "s").study_name == "s"
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return load_task(SPEC)
+
+
+def test_tune_takes_a_path_as_storage(
+    tmp_path: Path, task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = autowarm.tune(
+        task, n_trials=1, storage=Path("s.db"), trial_steps=20, confirm=0, progress=False
+    )
+    assert result.storage == f"sqlite:///{tmp_path / 's.db'}"
