@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -80,12 +81,16 @@ def normalize_url(storage: str | os.PathLike[str]) -> str:
     (psycopg 3 before psycopg2).
 
     Raises:
-        ValueError: If the storage is empty or its kind cannot be told from its spelling.
+        ValueError: If the storage is empty, its kind cannot be told from its spelling, or it
+            is a misspelt URL (``sqlite:/x.db``, ``sqlite://x.db``, ``postgres://``): the
+            message gives the spelling to write.
     """
+    from_path = isinstance(storage, os.PathLike)
     storage = os.fspath(storage).strip()
     if not storage:
         raise ValueError("storage must be a URL or a file path, but got an empty string")
     if "://" not in storage:
+        _check_not_url(storage, from_path)
         path = Path(storage).expanduser().resolve()
         if path.suffix.lower() in _SQLITE_SUFFIXES:
             return f"sqlite:///{path}"
@@ -96,14 +101,53 @@ def normalize_url(storage: str | os.PathLike[str]) -> str:
             "journal:///study.log, postgresql://user@host/db) or a path ending in .db "
             "(SQLite) or .log (journal file)"
         )
-    scheme = storage.split("://", 1)[0].lower()
+    scheme, rest = storage.split("://", 1)
+    scheme = scheme.lower()
+    if scheme.split("+", 1)[0] == "postgres":
+        right = redact(f"postgresql{scheme[len('postgres') :]}://{rest}")
+        raise ValueError(
+            f"storage {redact(storage)!r} has the scheme {scheme + '://'!r}, which SQLAlchemy "
+            f"does not know: write postgresql:// ({right})"
+        )
+    if scheme.startswith("sqlite") and rest and not rest.startswith("/"):
+        raise ValueError(
+            f"storage {storage!r} is not a SQLite URL: after sqlite:// comes a third slash, "
+            f"then the path: write sqlite:///{rest} for the relative path {rest!r}, or "
+            "sqlite:////abs/path.db for an absolute one"
+        )
     if (
         scheme == "postgresql"
         and importlib.util.find_spec("psycopg2") is None
         and importlib.util.find_spec("psycopg") is not None
     ):
-        return "postgresql+psycopg://" + storage.split("://", 1)[1]
+        return "postgresql+psycopg://" + rest
     return storage
+
+
+# "sqlite:/tmp/x.db" has no "://" and would be a relative path named "sqlite:"...
+_URL_LIKE = re.compile(r"(?i)(sqlite|journal|postgres|postgresql|mysql)(\+\w+)?:(.*)")
+
+
+def _check_not_url(storage: str, from_path: bool) -> None:
+    """Refuse a URL with too few slashes: it would be a path under a folder named ``sqlite:``."""
+    match = _URL_LIKE.fullmatch(storage)
+    if match is None:
+        return
+    scheme, path = match.group(1).lower(), match.group(3)
+    if scheme == "sqlite":
+        # sqlalchemy: sqlite:/// then the path, so an absolute path makes four slashes
+        right, rule = f"sqlite:///{path}", "sqlite:///relative.db or sqlite:////abs/path.db"
+    elif scheme == "journal":
+        right = f"journal://{path}" if path.startswith("/") else path or "journal:///a.log"
+        rule = "journal:///abs/path.log or a bare path ending in .log"
+    else:
+        scheme = "postgresql" if scheme == "postgres" else scheme
+        right, rule = f"{scheme}://{path.lstrip('/')}", f"{scheme}://user@host/db"
+    shown = storage if scheme in ("sqlite", "journal") else f"{match.group(1)}:..."  # password
+    note = " (a Path merges the slashes of a URL: pass a URL as a str)" if from_path else ""
+    raise ValueError(
+        f"storage {shown!r} is a URL with too few slashes{note}: write {redact(right)} ({rule})"
+    )
 
 
 def _journal_path(url: str) -> Path:
@@ -133,12 +177,14 @@ def open_storage(
 
     Raises:
         ValueError: For an unreadable spelling, a missing database driver (with the package
-            to install), or a database that cannot be reached.
+            to install), a database that cannot be reached, or an existing file that is not an
+            optuna journal (a training log, say; it is left as it was).
     """
     url = normalize_url(storage)
     scheme = url.split("://", 1)[0].lower()
     if scheme == "journal":
         path = _journal_path(url)
+        _check_journal(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if scheme.startswith("sqlite") and _sqlite_path(url) is not None:
@@ -195,6 +241,36 @@ def _is_table_race(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("sqlalchemy", "optuna")) and any(
         sign in text for sign in _TABLE_RACE
     )
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse an existing file that is not an optuna journal, before optuna appends to it.
+
+    optuna reads a journal line by line as JSON and writes its first entry before it reads
+    back, so a training log passed as ``run.log`` would gain a line and then fail with
+    ``Expecting value: line 1 column 1``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+    except FileNotFoundError:
+        return
+    if not first:
+        return  # an empty file: a new journal
+    if first.endswith(b"\n"):
+        try:
+            entry = json.loads(first)
+        except ValueError:
+            entry = None
+        ok = isinstance(entry, dict) and "op_code" in entry
+    else:
+        ok = first.startswith(b"{")  # the first entry, being written by another process now
+    if not ok:
+        raise ValueError(
+            f"{str(path)!r} is not an optuna journal file (its first line is "
+            f"{first[:80].decode('utf-8', 'replace').rstrip()!r}); it was left unchanged: pass "
+            "the journal file that `autowarm tune` wrote, or a new file name"
+        )
 
 
 def _rdb_storage(url: str, heartbeat: dict[str, Any], *, create: bool) -> RDBStorage:

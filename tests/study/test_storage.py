@@ -1,4 +1,4 @@
-"""Study storages: worker liveness across PID namespaces, path objects as storages."""
+"""Study storages: spellings of a storage, journal files, worker liveness across namespaces."""
 
 from __future__ import annotations
 
@@ -117,3 +117,64 @@ def test_tune_takes_a_path_as_storage(
         task, n_trials=1, storage=Path("s.db"), trial_steps=20, confirm=0, progress=False
     )
     assert result.storage == f"sqlite:///{tmp_path / 's.db'}"
+
+
+# ---------------------------------------------------------------------------- spellings
+@pytest.mark.parametrize(
+    ("storage", "hint"),
+    [
+        ("sqlite:/tmp/x.db", "write sqlite:////tmp/x.db"),
+        ("sqlite:x.db", "write sqlite:///x.db"),
+        ("SQLITE:/tmp/x.db", "write sqlite:////tmp/x.db"),
+        ("journal:/tmp/x.log", "write journal:///tmp/x.log"),
+        ("postgresql:/user:pw@host/db", r"write postgresql://user:\*\*\*@host/db"),
+    ],
+)
+def test_a_url_with_one_slash_is_an_error_not_a_folder(
+    storage: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=f"too few slashes: {hint}") as raised:
+        _storage.normalize_url(storage)
+    assert "pw" not in str(raised.value)
+    with pytest.raises(ValueError, match="too few slashes"):
+        _storage.open_storage(storage, heartbeat_interval=None)
+    assert list(tmp_path.iterdir()) == []  # no ./sqlite:/tmp/x.db
+
+
+def test_a_path_object_that_merged_a_url_says_so() -> None:
+    with pytest.raises(ValueError, match="a Path merges the slashes of a URL"):
+        _storage.normalize_url(Path("sqlite:///x.db"))
+
+
+def test_sqlite_with_two_slashes_names_the_spellings() -> None:
+    with pytest.raises(
+        ValueError, match=r"write sqlite:///x\.db for the relative path 'x\.db', or sqlite:////"
+    ):
+        _storage.open_storage("sqlite://x.db", heartbeat_interval=None)
+    assert _storage.normalize_url("sqlite://") == "sqlite://"  # in memory, as sqlalchemy reads it
+
+
+def test_postgres_scheme_says_to_write_postgresql() -> None:
+    with pytest.raises(ValueError, match=r"write postgresql:// \(postgresql://u:\*\*\*@h/db\)"):
+        _storage.open_storage("postgres://u:secret@h/db", heartbeat_interval=None)
+    with pytest.raises(ValueError, match=r"\(postgresql\+psycopg2://u@h/db\)"):
+        _storage.normalize_url("postgres+psycopg2://u@h/db")
+
+
+def test_a_log_that_is_not_a_journal_is_named_and_left_alone(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_text("epoch 1 loss 3.2\nepoch 2 loss 2.9\n")
+    before = log.read_bytes()
+    with pytest.raises(ValueError, match=r"train\.log' is not an optuna journal file"):
+        _storage.open_storage(str(log), heartbeat_interval=None)
+    with pytest.raises(ValueError, match="is not an optuna journal file"):
+        _storage.load_study(str(log), None)
+    assert log.read_bytes() == before
+    # a journal (and an empty file) opens
+    journal = tmp_path / "study.log"
+    optuna.create_study(storage=_storage.open_storage(str(journal)), study_name="s")
+    empty = tmp_path / "empty.log"
+    empty.touch()
+    _storage.open_storage(str(empty))
+    assert _storage.load_study(str(journal), None).study_name == "s"
