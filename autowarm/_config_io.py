@@ -135,7 +135,12 @@ def _atomic_write(path: Path, text: str) -> None:
 def read_mapping(path: Path) -> Any:
     """Parse a ``.json``/``.yaml`` file into plain data (no code execution)."""
     suffix = _suffix(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({exc}); a schedule config is JSON or YAML saved as UTF-8"
+        ) from None
     if suffix == ".json":
         try:
             return json.loads(text)

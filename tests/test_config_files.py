@@ -208,3 +208,12 @@ def test_a_shape_field_of_another_decay_is_an_error_not_ignored() -> None:
     assert cfg.power == 2.0 and ScheduleConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="decay"):  # a bad decay is still named as such
         ScheduleConfig.from_dict({**base, "decay": "nope", "power": 2.0})
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_file_that_is_not_utf8_is_named(suffix: str, tmp_path: Path) -> None:
+    # a config saved as UTF-16 (Windows editors) starts with the bytes FF FE
+    path = tmp_path / f"sched{suffix}"
+    path.write_bytes('{"peak_lr": 0.001}'.encode("utf-16"))
+    with pytest.raises(ValueError, match=rf"sched\{suffix}: not UTF-8 text .*byte 0xff"):
+        ScheduleConfig.load(path)
