@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import autowarm
 from autowarm import ScheduleConfig
 
 CONFIGS = [
@@ -217,3 +218,24 @@ def test_a_file_that_is_not_utf8_is_named(suffix: str, tmp_path: Path) -> None:
     path.write_bytes('{"peak_lr": 0.001}'.encode("utf-16"))
     with pytest.raises(ValueError, match=rf"sched\{suffix}: not UTF-8 text .*byte 0xff"):
         ScheduleConfig.load(path)
+
+
+def test_a_schedule_config_passed_as_a_suggestion_says_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.cli import main
+
+    cfg = ScheduleConfig(peak_lr=1e-3, total_steps=100, warmup_steps=10)
+    sched = cfg.save(tmp_path / "sched.yaml")
+    with pytest.raises(ValueError, match=r"sched\.yaml is a schedule config, not a suggestion"):
+        autowarm.report(sched)
+    hand = tmp_path / "hand.yaml"  # written by hand: no format line
+    hand.write_text("peak_lr: 3e-4\ntotal_steps: 100\nwarmup_steps: 10\n")
+    with pytest.raises(ValueError, match=r"hand\.yaml is a schedule config, not a suggestion"):
+        autowarm.report(hand)
+    other = tmp_path / "train.yaml"
+    other.write_text("model: gpt2\nepochs: 3\n")
+    with pytest.raises(ValueError, match=r"train\.yaml is not a suggestion JSON file: it is YAML"):
+        autowarm.report(other)
+    assert main(["report", str(sched), "-o", str(tmp_path / "out")]) == 1
+    assert "is a schedule config, not a suggestion" in capsys.readouterr().err

@@ -59,8 +59,13 @@ def load_suggestion(path: Path) -> Suggestion:
             other.get("format") == "autowarm.schedule" or set(other) <= fields
         ):
             raise ValueError(f"{schedule} (this one is YAML)") from None
-        what = "it looks like YAML: " if isinstance(other, dict) else ""
-        raise ValueError(f"{path} is not a suggestion JSON file ({what}{exc})") from None
+        if isinstance(other, dict):
+            keys = ", ".join(sorted(map(str, other))[:6])
+            raise ValueError(
+                f"{path} is not a suggestion JSON file: it is YAML (keys {keys}); a "
+                "suggestion is the JSON written by Suggestion.save() or `autowarm demo`"
+            ) from None
+        raise ValueError(f"{path} is not a suggestion JSON file ({exc})") from None
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == "autowarm.schedule":
         raise ValueError(schedule)

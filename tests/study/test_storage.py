@@ -178,3 +178,20 @@ def test_a_log_that_is_not_a_journal_is_named_and_left_alone(tmp_path: Path) -> 
     empty.touch()
     _storage.open_storage(str(empty))
     assert _storage.load_study(str(journal), None).study_name == "s"
+
+
+# ---------------------------------------------------------------------------- report sources
+def test_report_of_a_study_file_says_to_pass_storage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.cli import main
+
+    db = tmp_path / "s1.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="s")
+    journal = tmp_path / "s1.log"
+    optuna.create_study(storage=_storage.open_storage(str(journal)), study_name="s")
+    for path, kind in ((db, "a SQLite database"), (journal, "an optuna journal file")):
+        assert main(["report", str(path), "-o", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert f"{path} is {kind}" in err
+        assert f"pass --storage {path} --study-name NAME" in err
