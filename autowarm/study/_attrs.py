@@ -8,7 +8,9 @@ Study user attributes:
 =============================  =============================================================
 ``autowarm.format``            ``"autowarm.study"``
 ``autowarm.format_version``    ``1``
-``autowarm.task``              the task's identity (``"examples/task.py:task"`` or a repr)
+``autowarm.task``              the task's identity (``"task.py:task"``, ``"pkg.mod:task"``,
+                               the task's ``name``, or ``make_model``'s qualified name)
+``autowarm.model``             the model's fingerprint (:meth:`Task.model_fingerprint`)
 ``autowarm.seed``              the study's seed (trial models and data use it)
 ``autowarm.total_steps``       optimizer steps of the real run
 ``autowarm.trial_steps``       optimizer steps of one (compressed) trial
@@ -20,6 +22,7 @@ Study user attributes:
                                as ``"trace"``/``"signals"`` lists of records, or ``None``
 ``autowarm.search_space``      the search space's ``to_dict()``
 ``autowarm.warmup_transfer``   how a full-run warmup maps into a trial (``"fraction"``, ...)
+``autowarm.pruner``            ``"median"``, ``"hyperband"`` or ``"none"``
 ``autowarm.metric``            what a trial's value is, in words
 =============================  =============================================================
 
@@ -61,6 +64,7 @@ SUGGESTION: Final = "autowarm.suggestion"
 SEARCH_SPACE: Final = "autowarm.search_space"
 WARMUP_TRANSFER: Final = "autowarm.warmup_transfer"
 PRUNER: Final = "autowarm.pruner"
+MODEL: Final = "autowarm.model"
 METRIC: Final = "autowarm.metric"
 
 # trial user attributes

@@ -145,6 +145,21 @@ class Task:
             model = model.to(self.device)
         return model.train()
 
+    def model_fingerprint(self, seed: int = 0) -> str:
+        """16 hex digits naming the model's structure: the names, shapes and dtypes of the
+        parameters and buffers of ``make_model(seed)`` (not their values). Recorded in a study,
+        so a resume with another model under the same task name is refused."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.make_model(seed)
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"make_model(seed) must return an nn.Module, but returned {type(model).__name__}"
+            )
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
     def data(self, seed: int) -> Iterable[Any]:
         """The training batches for ``seed``."""
         data = self.train_data
@@ -210,7 +225,8 @@ def load_task(spec: str) -> Task:
 
     ``name`` may be a :class:`Task` or a function taking no arguments that returns one.
     A file is imported as a module of its own (its directory is not added to ``sys.path``
-    permanently); the task's :attr:`~Task.name` defaults to the spec.
+    permanently); the task's :attr:`~Task.name` defaults to the spec (a file by its name
+    alone, :func:`canonical_spec`).
 
     Raises:
         ValueError: If the spec is malformed, the file or module or attribute does not exist,
@@ -246,7 +262,18 @@ def load_task(spec: str) -> Task:
             f"{spec} is a {type(obj).__name__}, not an autowarm.Task; define "
             f"{attr} = autowarm.Task(make_model=..., train_data=..., total_steps=...)"
         )
-    return dataclasses.replace(obj, name=obj.name or spec, source=spec)
+    return dataclasses.replace(obj, name=obj.name or canonical_spec(spec), source=spec)
+
+
+def canonical_spec(spec: str) -> str:
+    """A task spec as recorded in a study: a file spec by its file name (``dir/task.py:task``,
+    ``./task.py:task`` and ``/abs/dir/task.py:task`` are all ``task.py:task``), so hosts and
+    shells that reach the same file by other paths resume the same study; a module spec as
+    it is."""
+    where, sep, attr = spec.rpartition(":")
+    if sep and (where.endswith(".py") or "/" in where):
+        return f"{Path(where).name}:{attr}"
+    return spec
 
 
 def _import_file(path: Path) -> Any:

@@ -51,7 +51,7 @@ from autowarm.study._confirm import (
     run_confirmations,
 )
 from autowarm.study._space import SearchSpace
-from autowarm.study._task import Task, load_task
+from autowarm.study._task import Task, canonical_spec, load_task
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
 
 __all__ = ["NoFinishedTrialError", "TuneResult", "best_schedule", "trials_frame", "tune"]
@@ -306,6 +306,8 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
         return
     for key, want in expected.items():
         have = attrs.get(key)
+        if key == _attrs.TASK and isinstance(have, str) and isinstance(want, str):
+            have, want = canonical_spec(have), canonical_spec(want)  # older studies: full path
         if have is not None and have != want:
             raise ValueError(
                 f"study {study.study_name!r} was created with {key}={have!r}, but this run has "
@@ -678,6 +680,14 @@ def _set_up(
             _attrs.PRUNER: pruner,
         }
         _check_resumable(study, expected)
+        model = task.model_fingerprint(seed)
+        if study.user_attrs.get(_attrs.MODEL, model) != model:
+            raise ValueError(
+                f"study {name!r} was created for another model (its parameters' names, shapes "
+                f"or dtypes differ: fingerprint {study.user_attrs[_attrs.MODEL]} there, {model} "
+                "here) under the same task name; pass another --study-name, or give the task "
+                "a name of its own (Task(name=...))"
+            )
         stored = study.user_attrs.get(_attrs.BASE_SCHEDULE)
         if suggestion is not None and isinstance(stored, Mapping):
             given = _centre_of(suggestion, task).to_dict()
@@ -706,6 +716,7 @@ def _set_up(
                 _attrs.FORMAT: _attrs.STUDY_FORMAT,
                 _attrs.FORMAT_VERSION: _attrs.STUDY_FORMAT_VERSION,
                 **expected,
+                _attrs.MODEL: model,
                 _attrs.VERSIONS: _versions(),
                 _attrs.BASE_SCHEDULE: suggestion_schedule.to_dict(),
                 _attrs.SUGGESTION: _suggestion_record(suggestion),

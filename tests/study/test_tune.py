@@ -281,7 +281,8 @@ def test_tune_seeds_with_probe_and_references(tmp_path: Path, task: Task) -> Non
         assert len(t.intermediate_values) == 8  # smoothed validation loss at regular steps
     attrs = study.user_attrs
     assert attrs[_attrs.VERSIONS]["optuna"] == optuna.__version__
-    assert attrs[_attrs.TASK] == SPEC and attrs[_attrs.SEED] == 0
+    assert attrs[_attrs.TASK] == "tiny_task.py:task" and attrs[_attrs.SEED] == 0
+    assert len(attrs[_attrs.MODEL]) == 16  # the model's fingerprint
     best = result.best
     assert isinstance(best, ScheduleConfig) and best.total_steps == 200
     frame = result.trials
@@ -364,6 +365,43 @@ def test_resume_with_other_settings_is_an_error(
     # the same suggestion again, or none, resumes
     autowarm.tune(task, trial_steps=40, suggestion=suggestion, confirm=0, **kw)
     autowarm.tune(task, trial_steps=40, confirm=0, **kw)
+
+
+def test_a_task_file_is_the_same_task_however_its_path_is_spelled(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hosts (or shells) that reach one task file by other paths join one study
+    copy = tmp_path / "proj" / "tiny_task.py"
+    copy.parent.mkdir()
+    copy.write_text((HERE / "tiny_task.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    tasks = [load_task(spec) for spec in ("proj/tiny_task.py:task", f"{copy}:task")]
+    monkeypatch.chdir(copy.parent)
+    tasks.append(load_task("./tiny_task.py:task"))
+    assert {t.identity for t in tasks} == {"tiny_task.py:task"}
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, suggestion=suggestion, progress=False
+    )
+    first = autowarm.tune(tasks[0], n_trials=5, confirm=0, **kw)
+    again = autowarm.tune(tasks[2], n_trials=6, confirm=0, **kw)
+    assert again.study.study_name == first.study.study_name and len(again.trials) == 6
+
+
+def test_another_model_under_the_same_name_is_an_error(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # two scripts whose make_model are both `lambda seed: ...` in __main__ share a default
+    # study name; their models differ, so the second must not resume the first's study
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    a = dataclasses.replace(task, make_model=lambda seed: task.make_model(seed), name=None)
+    first = autowarm.tune(a, n_trials=4, suggestion=suggestion, **kw)
+    b = dataclasses.replace(a, make_model=lambda seed: torch.nn.Sequential(torch.nn.Linear(8, 1)))
+    assert b.identity == a.identity
+    with pytest.raises(ValueError, match=r"was created for another model .*Task\(name="):
+        autowarm.tune(b, n_trials=4, **kw)
+    assert len(first.study.get_trials()) == 4
 
 
 def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
