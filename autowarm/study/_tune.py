@@ -206,12 +206,13 @@ class TuneResult:
     Attributes:
         study: the :class:`optuna.Study` (load it again with ``storage`` and its name).
         storage: the storage URL, as ``optuna-dashboard`` takes it.
-        interrupted: whether the run was stopped by SIGINT/SIGTERM before its target.
+
+    A run stopped by SIGINT/SIGTERM returns none: :func:`tune` raises ``KeyboardInterrupt``
+    once every finished trial is stored.
     """
 
     study: optuna.Study
     storage: str
-    interrupted: bool = False
 
     @property
     def best(self) -> ScheduleConfig:
@@ -599,7 +600,6 @@ def tune(
             confirm=confirm,
             total_steps=task.total_steps,
         )
-        interrupted = False
         try:
             if n_workers == 1:
                 with _StopFlag().installed() as flag:
@@ -619,7 +619,6 @@ def tune(
                         task, study, confirm, seed=seed, storage_url=url, should_stop=flag.is_set
                     )
         except KeyboardInterrupt:
-            interrupted = True
             kept = len(
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
             )
@@ -631,7 +630,7 @@ def tune(
                 name,
             )
             raise
-    return TuneResult(study=study, storage=url, interrupted=interrupted)
+    return TuneResult(study=study, storage=url)
 
 
 def _check_start(suggestion: Any | None, search_space: Any | None) -> None:
