@@ -35,7 +35,7 @@ Trial user attributes:
 ``autowarm.peak_lr``           float, as in ``autowarm.schedule``
 ``autowarm.warmup_steps``      int, full-run warmup, as in ``autowarm.schedule``
 ``autowarm.reason``            why a trial was pruned or failed (absent when it completed)
-``autowarm.worker``            ``"host:pid:start"`` of the process that ran it
+``autowarm.worker``            ``"host:pid:start:pidns"`` of the process that ran it
 ``autowarm.retry_of``          the number of the failed trial this one re-runs
 =============================  =============================================================
 

@@ -450,7 +450,7 @@ def tune(
     *,
     n_trials: int | None = None,
     timeout: float | None = None,
-    storage: str | None = None,
+    storage: str | os.PathLike[str] | None = None,
     study_name: str | None = None,
     trial_steps: int | None = None,
     suggestion: Any | None = None,

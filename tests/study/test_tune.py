@@ -239,7 +239,7 @@ def test_load_task_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not an autowarm\.Task"):
         load_task(f"{HERE / 'tiny_task.py'}:not_a_task")
     loaded = load_task(SPEC)
-    assert loaded.name == SPEC and loaded.source == SPEC
+    assert loaded.name == "tiny_task.py:task" and loaded.source == SPEC
     by_module = load_task("tests.study.tiny_task:task")  # package.module:name
     assert by_module.total_steps == 200 and by_module.source == "tests.study.tiny_task:task"
     with pytest.raises(ValueError, match="cannot import module"):
