@@ -160,8 +160,18 @@ def run_confirmations(
             with _heartbeat(conf, trial._trial_id):
                 outcome = train_trial(task, schedule, seed, should_stop=should_stop)
         except BaseException:
-            conf.tell(trial, state=TrialState.FAIL)
+            if not _finished_elsewhere(conf, trial._trial_id):
+                conf.tell(trial, state=TrialState.FAIL)
             raise
+        if _finished_elsewhere(conf, trial._trial_id):
+            # its heartbeat went stale (a suspended machine?) and another worker failed it,
+            # to claim it again: keep that worker's run, drop this one
+            _logger.warning(
+                "the confirmation of trial %d was finished by another worker while this one "
+                "ran it; its result is dropped",
+                cand.number,
+            )
+            continue
         conf.tell(trial, outcome.value)
         _logger.info(
             "trial %d at full length: value %.5g (compressed %.5g)",
@@ -169,6 +179,10 @@ def run_confirmations(
             outcome.value,
             cand.value,
         )
+
+
+def _finished_elsewhere(study: optuna.Study, trial_id: int) -> bool:
+    return study._storage.get_trial(trial_id).state.is_finished()
 
 
 @contextlib.contextmanager

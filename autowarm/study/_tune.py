@@ -849,7 +849,18 @@ def _work(
             if plan.deadline is not None and time.time() + _reserve(study, plan) >= plan.deadline:
                 _logger.info("time is up: no new trial starts")
                 break
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except (AssertionError, ValueError) as exc:
+                if not _told_too_late(exc):
+                    raise
+                _logger.warning(
+                    "trial %s was finished by another worker while this one ran it (its "
+                    "heartbeat went stale: a suspended or overloaded machine?); its result is "
+                    "dropped, and the copy queued again runs instead",
+                    objective.last_trial,
+                )
+                continue
             error = objective.take_error()
             if error is None:
                 errors = 0
@@ -866,6 +877,17 @@ def _work(
             bar.close()
 
 
+def _told_too_late(exc: BaseException) -> bool:
+    # optuna refuses to tell a trial that another process already finished ("Cannot tell a
+    # FAIL trial"), and its optimize loop then fails an assertion
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ValueError) and str(seen).startswith("Cannot tell a "):
+            return True
+        seen = seen.__context__
+    return False
+
+
 class _Objective:
     """The trial function: sample, compress, train, report, prune."""
 
@@ -875,6 +897,7 @@ class _Objective:
         self.flag = flag
         self.worker = _storage.worker_id()
         self.last_error: str | None = None
+        self.last_trial: int | None = None
 
     def take_error(self) -> str | None:
         """The error of the task's code in the last trial, if any (and forget it)."""
@@ -883,6 +906,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self.plan
+        self.last_trial = trial.number
         trial.set_user_attr(_attrs.WORKER, self.worker)
         if _attrs.ROLE not in trial.user_attrs:
             trial.set_user_attr(_attrs.ROLE, _attrs.ROLE_SEARCH)

@@ -537,6 +537,87 @@ def test_first_trials_that_failed_are_queued_again_on_resume(
     assert sorted(retried["role"]) == sorted(frame.loc[frame["state"] == "fail", "role"])
 
 
+def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_one(
+    tmp_path: Path,
+    task: Task,
+    suggestion: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # In an RDB storage a worker whose heartbeat went stale (a suspended machine) has its
+    # running trial failed and re-queued by another; when it wakes, optuna refuses its result
+    # ("Cannot tell a FAIL trial", then an AssertionError). The worker must go on.
+    from autowarm.study._tune import _Objective
+
+    original = _Objective.__call__
+    stolen: list[int] = []
+
+    def call(self: Any, trial: optuna.Trial) -> float:
+        value = original(self, trial)
+        if not stolen:
+            stolen.append(trial.number)
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return value
+
+    monkeypatch.setattr(_Objective, "__call__", call)
+    result = autowarm.tune(
+        task,
+        n_trials=5,
+        storage=str(tmp_path / "s.db"),
+        trial_steps=40,
+        suggestion=suggestion,
+        confirm=0,
+        progress=False,
+    )
+    frame = result.trials
+    assert frame.loc[stolen[0], "state"] == "fail"
+    assert frame["state"].isin(["complete", "pruned"]).sum() == 5
+    assert f"trial {stolen[0]} was finished by another worker" in caplog.text
+
+
+def test_a_confirmation_failed_by_another_worker_meanwhile_is_dropped(
+    tmp_path: Path,
+    task: Task,
+    suggestion: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import autowarm.study._confirm as confirm_module
+
+    db = str(tmp_path / "s.db")
+    original = confirm_module.train_trial
+    stolen: list[int] = []
+
+    def train(task: Task, schedule: ScheduleConfig, seed: int, **kw: Any) -> Any:
+        outcome = original(task, schedule, seed, **kw)
+        if not stolen:  # the first confirmation is failed by "another worker" meanwhile
+            conf = _storage.load_study(db, f"{_default_name(task)}.confirm")
+            (running,) = conf.get_trials(states=(TrialState.RUNNING,))
+            conf._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+            stolen.append(running.user_attrs[confirm_module.CONFIRMS])
+        return outcome
+
+    monkeypatch.setattr(confirm_module, "train_trial", train)
+    result = autowarm.tune(
+        task,
+        n_trials=5,
+        storage=db,
+        trial_steps=40,
+        suggestion=suggestion,
+        confirm=2,
+        progress=False,
+    )
+    full = confirm_module.confirmed(result.study)
+    assert stolen and stolen[0] not in full and len(full) == 1
+    assert f"confirmation of trial {stolen[0]} was finished by another worker" in caplog.text
+
+
+def _default_name(task: Task) -> str:
+    from autowarm.study._tune import _default_study_name
+
+    return _default_study_name(task)
+
+
 # ------------------------------------------------------------------------- CLI and faults
 
 
