@@ -65,19 +65,28 @@ def _name_and_kwargs(
             f"warmup_start_factor={start!r} (transformers warms up from 0, and "
             "cosine_warmup_with_min_lr reaches the peak one step earlier)",
         )
+    constant = "constant_with_warmup" if cfg.warmup_steps > 0 else "constant"
     if decay is Decay.CONSTANT:
-        return ("constant_with_warmup" if cfg.warmup_steps > 0 else "constant"), {}
+        return constant, {}
     if decay is Decay.COSINE:
         if floor == 0.0:
             return "cosine", {}
         return "cosine_with_min_lr", {"min_lr_rate": floor}
+    if decay in (Decay.POLYNOMIAL, Decay.LINEAR) and (
+        cfg.warmup_steps >= cfg.total_steps or cfg.min_lr >= cfg.peak_lr
+    ):
+        # no decay within the run (transformers' polynomial would divide by zero after the
+        # last update), or a decay to the peak itself: the peak held after the warmup
+        return constant, {}
     if decay is Decay.POLYNOMIAL:
-        if cfg.min_lr >= cfg.peak_lr:
-            raise _unsupported(cfg, "constant_with_warmup", "min_lr == peak_lr")
         return "polynomial", {"lr_end": cfg.min_lr, "power": cfg.power}
+    if decay is Decay.LINEAR and floor != 0.0:
+        # a linear decay to a floor is transformers' polynomial of power 1 ending at min_lr
+        return "polynomial", {"lr_end": cfg.min_lr, "power": 1.0}
     if floor != 0.0:
-        closest = "cosine_with_min_lr" if decay is Decay.LINEAR else decay.value
-        raise _unsupported(cfg, closest, f"min_lr={cfg.min_lr!r} > 0 (no floor in transformers)")
+        raise _unsupported(
+            cfg, decay.value, f"min_lr={cfg.min_lr!r} > 0 (no floor in transformers)"
+        )
     if decay is Decay.LINEAR:
         return "linear", {}
     if decay is Decay.COSINE_WITH_RESTARTS:

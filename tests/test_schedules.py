@@ -247,7 +247,9 @@ def test_frozen() -> None:
 
 
 def test_transformers_error_names_closest_type() -> None:
-    cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2, decay="linear", min_lr=0.1)
+    cfg = ScheduleConfig(
+        peak_lr=1.0, total_steps=10, warmup_steps=2, decay="cosine_with_restarts", min_lr=0.1
+    )
     with pytest.raises(TransformersExportError, match="closest transformers type is"):
         cfg.to_transformers()
     cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2, warmup_start_factor=0.1)

@@ -19,6 +19,10 @@ CASES: list[dict[str, Any]] = [
     {"decay": "constant", "warmup_steps": 100},
     {"decay": "linear", "warmup_steps": 100},
     {"decay": "linear", "warmup_steps": 0},
+    {"decay": "linear", "warmup_steps": 100, "min_lr": 3e-5},  # polynomial of power 1
+    {"decay": "polynomial", "warmup_steps": T, "power": 2.0},  # no decay within the run
+    {"decay": "linear", "warmup_steps": T, "min_lr": 3e-5},
+    {"decay": "polynomial", "warmup_steps": 100, "min_lr": 3e-4},  # decays to the peak itself
     {"decay": "cosine", "warmup_steps": 100},
     {"decay": "cosine", "warmup_steps": 37, "min_lr": 3e-5},
     {"decay": "cosine_with_restarts", "warmup_steps": 50, "num_cycles": 3},
