@@ -38,6 +38,7 @@ _log = logging.getLogger("autowarm")
 __all__ = ["ProbeDivergedError", "Suggestion", "suggest"]
 
 SUGGESTION_FORMAT = "autowarm.suggestion"
+SUGGESTION_FORMAT_VERSION = 1
 _REQUIRED = ("schedule", "probe_steps", "rationale")
 
 
@@ -90,7 +91,7 @@ class Suggestion:
         """JSON-able summary (the tables are saved beside it by :meth:`save`)."""
         return {
             "format": SUGGESTION_FORMAT,
-            "format_version": 1,
+            "format_version": SUGGESTION_FORMAT_VERSION,
             "warmup_steps": self.warmup_steps,
             "peak_lr": self.peak_lr,
             "probe_steps": self.probe_steps,
@@ -131,8 +132,8 @@ class Suggestion:
         try:
             return cls.from_dict(
                 data,
-                trace=pd.read_csv(trace_p) if trace_p.exists() else None,
-                signals=pd.read_csv(sig_p) if sig_p.exists() else None,
+                trace=_read_table(trace_p),
+                signals=_read_table(sig_p),
             )
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
@@ -151,6 +152,14 @@ class Suggestion:
             ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing or
                 malformed (the message names the field).
         """
+        version = data.get("format_version", SUGGESTION_FORMAT_VERSION)
+        if not is_int(version) or version < 1:
+            raise ValueError(f"format_version must be an int >= 1, but got {version!r}")
+        if version > SUGGESTION_FORMAT_VERSION:
+            raise ValueError(
+                f"format_version={version} was written by a newer autowarm (this one reads up "
+                f"to {SUGGESTION_FORMAT_VERSION}); upgrade autowarm to read it"
+            )
         for key in _REQUIRED:
             if key not in data:
                 raise ValueError(
@@ -190,6 +199,16 @@ class Suggestion:
         from autowarm.reporting import report
 
         return report(self, **kwargs)
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    # a table saved empty (a suggestion rebuilt from to_dict) is a bare newline
+    if not path.exists():
+        return None
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:

@@ -885,6 +885,10 @@ def test_suggestion_save_load_round_trip(
     assert t == s and hash(t) == hash(s) and t in [s]
     assert t != Suggestion.from_dict({**s.to_dict(), "rationale": "other"})
     assert t == Suggestion.from_dict({**s.to_dict(), "wall_seconds": s.wall_seconds + 1.0})
+    # a suggestion without its tables (rebuilt from to_dict) saves and loads again
+    bare = Suggestion.from_dict(s.to_dict())
+    again = Suggestion.load(bare.save(tmp_path / "bare.json"))
+    assert again == s and again.trace.empty and again.signals.empty
 
 
 @pytest.mark.parametrize(
@@ -896,6 +900,8 @@ def test_suggestion_save_load_round_trip(
         ({"schedule": [1]}, "field 'schedule' must be a mapping"),
         ({"schedule": {"peak_lr": -1}}, "field 'schedule': missing required field"),
         ({"rationale": 3}, "field 'rationale' must be a str"),
+        ({"format_version": 2}, "format_version=2 was written by a newer autowarm"),
+        ({"format_version": "garbage"}, "format_version must be an int >= 1"),
     ],
 )
 def test_a_malformed_suggestion_file_names_the_file_and_the_field(
