@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --task: mean loss as a peak_lr x warmup_steps table (CSV)",
     )
+    table.add_argument(
+        "--total-steps",
+        type=int,
+        default=None,
+        help="only the runs of this length (needed when the CSV holds several)",
+    )
 
     sub.add_parser("tasks", help="list the benchmark tasks (JSON)")
 
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if action == "tasks":
         return _tasks()
     if action == "table":
-        return _table(args.csv, args.task, pivot=args.pivot)
+        return _table(args.csv, args.task, pivot=args.pivot, total_steps=args.total_steps)
     if action == "time":
         return _time(args)
     if action in ("eval", "regret", "overhead", "study", "ranks"):
@@ -167,7 +173,9 @@ def _grid(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def _table(csv_path: Path, task: str | None, *, pivot: bool = False) -> int:
+def _table(
+    csv_path: Path, task: str | None, *, pivot: bool = False, total_steps: int | None = None
+) -> int:
     from autowarm.bench._oracle import oracle_table, oracle_tables
 
     if pivot and task is None:
@@ -175,11 +183,12 @@ def _table(csv_path: Path, task: str | None, *, pivot: bool = False) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if task is not None:
-            table = oracle_table(csv_path, task)
+            table = oracle_table(csv_path, task, total_steps=total_steps)
             frame = table.pivot() if pivot else table.cells
             frame.to_csv(sys.stdout, index=pivot)
         else:
-            summaries = [t.summary() for t in oracle_tables(csv_path).values()]
+            tables = oracle_tables(csv_path, total_steps=total_steps)
+            summaries = [t.summary() for t in tables.values()]
             print(json.dumps(summaries, indent=2))
     for w in caught:  # e.g. GridEdgeWarning: to stderr, stdout stays machine-readable
         logging.getLogger(__name__).warning("%s", w.message)

@@ -177,8 +177,15 @@ def oracle_table(
         raise ValueError(f"the grid has no rows for task={task!r}; it has: {have or 'nothing'}")
     lengths = sorted(int(x) for x in rows["total_steps"].unique())
     if total_steps is None and len(lengths) > 1:
-        raise ValueError(f"task {task!r} has runs of several lengths {lengths}; pass total_steps=")
+        raise ValueError(
+            f"task {task!r} has runs of several lengths {lengths}; pass total_steps=N "
+            "(`--total-steps N` on the command line) to pick one"
+        )
     steps = lengths[0] if total_steps is None else total_steps
+    if steps not in lengths:
+        raise ValueError(
+            f"the grid has no runs of task {task!r} with total_steps={steps}; it has {lengths}"
+        )
     rows = rows[rows["total_steps"] == steps]
     cells = _cells(rows)
     finite = cells[np.isfinite(cells["mean_val_loss"])]
@@ -255,11 +262,26 @@ def _edges(cells: pd.DataFrame, best_lr: float, best_warmup: int) -> tuple[str, 
 
 
 def oracle_tables(
-    grid: pd.DataFrame | str | os.PathLike[str], *, tolerance: float = FLATNESS_TOLERANCE
+    grid: pd.DataFrame | str | os.PathLike[str],
+    *,
+    total_steps: int | None = None,
+    tolerance: float = FLATNESS_TOLERANCE,
 ) -> dict[str, OracleTable]:
-    """:func:`oracle_table` for every task in the grid (one run length each)."""
+    """:func:`oracle_table` for every task in the grid (one run length each).
+
+    With ``total_steps``, only the runs of that length (and the tasks that have them).
+
+    Raises:
+        ValueError: If a task has several run lengths and no ``total_steps`` is given, or no
+            task has runs of ``total_steps``.
+    """
     frame = load_grid(grid)
+    if total_steps is not None:
+        have = sorted(int(x) for x in frame["total_steps"].unique())
+        frame = frame[frame["total_steps"] == total_steps]
+        if frame.empty:
+            raise ValueError(f"the grid has no runs with total_steps={total_steps}; it has {have}")
     return {
-        str(task): oracle_table(frame, str(task), tolerance=tolerance)
+        str(task): oracle_table(frame, str(task), total_steps=total_steps, tolerance=tolerance)
         for task in sorted(frame["task"].unique())
     }

@@ -236,3 +236,21 @@ def test_rows_keep_coming_when_the_csv_is_replaced_midway(tmp_path: Path) -> Non
     csv_path.write_text(header + "\n")  # e.g. `git checkout` of an older version
     writer.write(row)
     assert len(csv_path.read_text().splitlines()) == 2
+
+
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_cli_table_picks_one_of_several_run_lengths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = tmp_path / "grid.csv"
+    for steps in (10, 20):
+        task = dataclasses.replace(get_task("control_convex"), total_steps=steps, val_batches=1)
+        oracle_grid(task, csv_path=csv_path, lrs=[1e-2], warmups=[0, 5], seeds=1, workers=0)
+    assert main(["table", str(csv_path)]) == 1
+    assert "--total-steps N" in capsys.readouterr().err
+    assert main(["table", str(csv_path), "--total-steps", "20"]) == 0
+    assert '"total_steps": 20' in capsys.readouterr().out
+    assert main(["table", str(csv_path), "--task", "control_convex", "--total-steps", "10"]) == 0
+    assert capsys.readouterr().out.count("\n") == 3  # header + two cells of length 10
+    assert main(["table", str(csv_path), "--total-steps", "30"]) == 1
+    assert "[10, 20]" in capsys.readouterr().err
