@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import io
 import logging
 import math
 import os
@@ -248,12 +249,69 @@ class _Job:
     probe_settings: dict[str, Any] = field(default_factory=dict)
 
 
+# may be empty in a finished row: the non-autowarm methods have no confidence or signal, and
+# final_val_loss is the only field left when an older writer wrote a NaN for a diverged run
+_OPTIONAL = ("confidence", "deciding_signal", "final_val_loss")
+
+
+def _read_rows(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The finished rows of an evaluation CSV, without a row cut short by a kill mid-append.
+
+    A last line without its line terminator, and any row whose required fields are empty (a cut
+    row that a later append terminated), is dropped with a warning: its job runs again.
+    """
+    path = Path(csv_path)
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith(("\n", "\r")):
+        cut = text[text.rfind("\n") + 1 :]
+        _log.warning("%s: dropping its last row, cut short (no line end): %r", path, cut)
+        text = text[: len(text) - len(cut)]
+    frame = pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame(columns=COLUMNS)
+    required = [c for c in COLUMNS if c in frame.columns and c not in _OPTIONAL]
+    incomplete = frame[required].isna().any(axis=1)
+    if incomplete.any():
+        lines = [int(i) + 2 for i in frame.index[incomplete]]  # 1-based, after the header
+        _log.warning("%s: dropping incomplete row(s) on line(s) %s; they run again", path, lines)
+        frame = frame[~incomplete].reset_index(drop=True)
+    return frame
+
+
 def _done(csv_path: Path) -> set[tuple[str, str, int, int]]:
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
-    frame = pd.read_csv(csv_path)
+    frame = _read_rows(csv_path)
     keys = zip(frame["task"], frame["method"], frame["seed"], frame["total_steps"], strict=True)
     return {(str(t), str(m), int(s), int(n)) for t, m, s, n in keys}
+
+
+class _RowWriter:
+    """Appends rows to the evaluation CSV: open, append, flush and fsync, close, per row.
+
+    A last row cut short by a kill (no line end) is cut off the file first, so that its
+    remains never read as a finished row; :func:`_read_rows` has already dropped it.
+    """
+
+    def __init__(self, csv_path: Path) -> None:
+        self._path = csv_path
+        self._prepare()
+
+    def _prepare(self) -> None:
+        path = self._path
+        if not path.exists() or path.stat().st_size == 0:
+            with path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=list(COLUMNS)).writeheader()
+            return
+        with path.open("rb+") as f:
+            data = f.read()
+            if not data.endswith((b"\n", b"\r")):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._prepare()
+        with self._path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=list(COLUMNS)).writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def evaluate_methods(
@@ -295,37 +353,32 @@ def evaluate_methods(
             if (name, method_label(m, overrides), s, steps) not in done
         ]
     _log.info("evaluate: %d jobs to run, %d already in %s", len(jobs), len(done), path)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-        if new:
-            writer.writeheader()
+    writer = _RowWriter(path)
 
-        def write(row: dict[str, Any]) -> None:
-            writer.writerow(row)
-            fh.flush()
-            _log.info(
-                "%s %s seed %d: loss %.4f (lr %.3g, warmup %d, probe %d steps)",
-                row["task"],
-                row["method"],
-                row["seed"],
-                row["final_val_loss"],
-                row["peak_lr"],
-                row["warmup_steps"],
-                row["probe_steps"],
-            )
+    def write(row: dict[str, Any]) -> None:
+        writer.write(row)
+        _log.info(
+            "%s %s seed %d: loss %.4f (lr %.3g, warmup %d, probe %d steps)",
+            row["task"],
+            row["method"],
+            row["seed"],
+            row["final_val_loss"],
+            row["peak_lr"],
+            row["warmup_steps"],
+            row["probe_steps"],
+        )
 
-        if workers == 0:
-            for j in jobs:
-                write(_run_one(j.task, j.method, j.seed, j.total_steps, j.probe_settings))
-            return path
-        with process_pool(workers) as pool:
-            futures = [
-                pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps, j.probe_settings)
-                for j in jobs
-            ]
-            for fut in cf.as_completed(futures):
-                write(fut.result())
+    if workers == 0:
+        for j in jobs:
+            write(_run_one(j.task, j.method, j.seed, j.total_steps, j.probe_settings))
+        return path
+    with process_pool(workers) as pool:
+        futures = [
+            pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps, j.probe_settings)
+            for j in jobs
+        ]
+        for fut in cf.as_completed(futures):
+            write(fut.result())
     return path
 
 
@@ -350,7 +403,7 @@ def regret_table(
     Raises:
         ValueError: If no evaluation row is left, or the grid lacks a seed the evaluation has.
     """
-    ev = pd.read_csv(eval_csv)
+    ev = _read_rows(eval_csv)
     grid = load_grid(grid_csv)
     if seeds is not None:
         have = sorted(int(x) for x in ev["seed"].unique())

@@ -172,3 +172,24 @@ def test_regret_compares_the_same_seeds_as_the_evaluation(tmp_path: Path) -> Non
     pd.DataFrame([{**base, "seed": 2, "final_val_loss": 1.0}]).to_csv(ev, index=False)
     with pytest.raises(ValueError, match=r"no runs of task 't' with seed\(s\) \[2\]"):
         regret_table(ev, grid)
+
+
+def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
+    ev = tmp_path / "eval.csv"
+    kw = {"methods": ["hf_default"], "seeds": [0, 1], "workers": 0, "total_steps": 20}
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    lines = ev.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    # the last row cut mid-append: its first five fields only, no line end
+    ev.write_text("".join(lines[:2]) + ",".join(lines[2].split(",")[:5]))
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    rows = pd.read_csv(ev)
+    assert (
+        sorted(rows["seed"]) == [0, 1] and not rows.isna()[["diverged", "run_seconds"]].any().any()
+    )
+    # a cut row that a later append terminated (an older writer): dropped on read, run again
+    lines = ev.read_text().splitlines(keepends=True)
+    ev.write_text("".join(lines[:2]) + ",".join(lines[2].split(",")[:5]) + "\r\n")
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    rows = pd.read_csv(ev).dropna(subset=["run_seconds"])
+    assert sorted(rows["seed"]) == [0, 1]
