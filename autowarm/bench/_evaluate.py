@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import functools
 import io
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +55,7 @@ from autowarm.probe import signals as sig
 from autowarm.probe._search import SearchSettings, parse_settings, settings_label, use_settings
 from autowarm.schedules import ScheduleConfig
 
-__all__ = ["METHODS", "evaluate_methods", "finder_lr", "regret_table"]
+__all__ = ["METHODS", "JobsFailed", "evaluate_methods", "finder_lr", "regret_table"]
 
 _log = logging.getLogger("autowarm")
 
@@ -248,6 +250,11 @@ class _Job:
     total_steps: int | None
     probe_settings: dict[str, Any] = field(default_factory=dict)
 
+    def label(self) -> str:
+        steps = self.total_steps if self.total_steps is not None else "default"
+        method = method_label(self.method, self.probe_settings)
+        return f"{self.task} {method} seed {self.seed} total_steps {steps}"
+
 
 # may be empty in a finished row: the non-autowarm methods have no confidence or signal, and
 # final_val_loss is the only field left when an older writer wrote a NaN for a diverged run
@@ -326,10 +333,15 @@ def evaluate_methods(
 ) -> Path:
     """Run every (task, method, seed) not yet in ``csv_path``; append one row each.
 
-    Resumable: rows already in the CSV are skipped. Each job runs in a worker process with one
-    torch thread (``workers=0`` runs them here, one after another). ``probe_settings``
-    (``KEY=VALUE`` strings, :func:`~autowarm.probe._search.parse_settings`) change the probe
-    of ``autowarm``, whose rows are then labelled by :func:`method_label`.
+    Resumable: rows already in the CSV are skipped. A job that fails leaves no row; the others
+    still run and write theirs, and then :class:`JobsFailed` names the failed jobs. Each job
+    runs in a worker process with one torch thread (``workers=0`` runs them here, one after
+    another). ``probe_settings`` (``KEY=VALUE`` strings,
+    :func:`~autowarm.probe._search.parse_settings`) change the probe of ``autowarm``, whose
+    rows are then labelled by :func:`method_label`.
+
+    Raises:
+        JobsFailed: After every other job has run and written its row, if some jobs failed.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -368,18 +380,55 @@ def evaluate_methods(
             row["probe_steps"],
         )
 
+    failed: list[tuple[str, str]] = []
+
+    def finish(job: _Job, get: Callable[[], dict[str, Any]]) -> None:
+        try:
+            row = get()
+        except Exception as exc:  # one failed job must not lose the others' rows; rerun later
+            failed.append((job.label(), f"{type(exc).__name__}: {exc}"))
+            _log.error("evaluate: %s failed: %s: %s", job.label(), type(exc).__name__, exc)
+            return
+        write(row)
+
     if workers == 0:
         for j in jobs:
-            write(_run_one(j.task, j.method, j.seed, j.total_steps, j.probe_settings))
-        return path
-    with process_pool(workers) as pool:
-        futures = [
-            pool.submit(_run_one, j.task, j.method, j.seed, j.total_steps, j.probe_settings)
-            for j in jobs
-        ]
-        for fut in cf.as_completed(futures):
-            write(fut.result())
+            finish(j, functools.partial(_run_job, j))
+    else:
+        pool = process_pool(workers)
+        try:
+            futures = {pool.submit(_run_job, j): j for j in jobs}
+            for fut in cf.as_completed(futures):
+                finish(futures[fut], fut.result)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    if failed:
+        raise JobsFailed(path, failed)
     return path
+
+
+class JobsFailed(RuntimeError):
+    """Some evaluation jobs failed; every other job's row is in the CSV (rerun to retry).
+
+    Attributes:
+        csv_path: the evaluation CSV.
+        failed: ``(job, "ErrorType: message")`` for each failed job.
+    """
+
+    def __init__(self, csv_path: Path, failed: Sequence[tuple[str, str]]) -> None:
+        self.csv_path = csv_path
+        self.failed = list(failed)
+        listing = "\n".join(f"  {job}: {error}" for job, error in self.failed)
+        super().__init__(
+            f"{len(self.failed)} evaluation job(s) failed (the others' rows are in {csv_path}; "
+            f"run again to retry the failed ones):\n{listing}"
+        )
+
+
+def _run_job(j: _Job) -> dict[str, Any]:
+    return _run_one(j.task, j.method, j.seed, j.total_steps, j.probe_settings)
 
 
 def regret_table(
@@ -498,15 +547,20 @@ def run_eval(args: Any) -> int:
         if args.tasks is None
         else [n.strip() for n in args.tasks.split(",") if n.strip()]
     )
-    path = evaluate_methods(
-        names,
-        csv_path=args.out / EVAL_CSV,
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        seeds=list(range(args.seeds)),
-        workers=args.workers,
-        total_steps=args.total_steps,
-        probe_settings=args.probe_setting,
-    )
+    try:
+        path = evaluate_methods(
+            names,
+            csv_path=args.out / EVAL_CSV,
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            seeds=list(range(args.seeds)),
+            workers=args.workers,
+            total_steps=args.total_steps,
+            probe_settings=args.probe_setting,
+        )
+    except JobsFailed as exc:
+        print(exc.csv_path)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 

@@ -193,3 +193,25 @@ def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
     evaluate_methods(["control_convex"], csv_path=ev, **kw)
     rows = pd.read_csv(ev).dropna(subset=["run_seconds"])
     assert sorted(rows["seed"]) == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_failed_job_keeps_the_other_jobs_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int
+) -> None:
+    from autowarm.bench._cli import main
+
+    # 10 steps are too short for autowarm's probe; hf_default runs them fine
+    argv = ["eval", "--tasks", "control_convex", "--methods", "autowarm,hf_default"]
+    argv += ["--seeds", "2", "--total-steps", "10", "--workers", str(workers)]
+    assert main([*argv, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "2 evaluation job(s) failed" in err
+    assert "control_convex autowarm seed 0 total_steps 10: ValueError" in err
+    assert "control_convex autowarm seed 1 total_steps 10: ValueError" in err
+    assert "too short to probe" in err
+    rows = pd.read_csv(tmp_path / "evaluation.csv")
+    assert sorted(zip(rows["method"], rows["seed"], strict=True)) == [
+        ("hf_default", 0),
+        ("hf_default", 1),
+    ]
