@@ -130,20 +130,26 @@ def export_format(fmt: str | None, output: Path | None) -> str:
     """The format ``autowarm export`` writes: ``--format``, else the suffix of ``-o``, else json.
 
     Raises:
-        ValueError: If ``--format`` json/yaml contradicts a ``.json``/``.yaml`` output name, or
-            ``-o`` is a directory.
+        ValueError: If ``--format`` json/yaml contradicts a ``.json``/``.yaml`` output name, a
+            schedule config's ``-o`` has no config suffix, or ``-o`` is a directory.
     """
     if output is not None and output.is_dir():
         raise ValueError(f"-o {output} is a directory: pass a file path such as {output}/s.yaml")
     by_suffix = None if output is None else _CONFIG_SUFFIX_FORMAT.get(output.suffix.lower())
-    if fmt is None:
-        return by_suffix or "json"
+    chosen = fmt or by_suffix or "json"
+    if output is not None and chosen in ("json", "yaml") and by_suffix is None:
+        # a schedule config is read back (ScheduleConfig.load, autowarm schedule show) by
+        # its suffix: a file without one could be written but never read again
+        raise ValueError(
+            f"-o {output} has no .json, .yaml or .yml suffix, so a schedule config written "
+            f"there could not be read back: pass -o {output}.{chosen}"
+        )
     if fmt in ("json", "yaml") and by_suffix is not None and by_suffix != fmt:
         raise ValueError(
             f"--format {fmt} but -o {output} names a {by_suffix} file: give the output a "
             f"{'.json' if fmt == 'json' else '.yaml'} suffix, or leave out --format"
         )
-    return fmt
+    return chosen
 
 
 def _run_export(args: argparse.Namespace) -> int:

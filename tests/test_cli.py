@@ -117,7 +117,9 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 
 
 def test_transformers_export_error(tmp_path: Path) -> None:
-    cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2, decay="linear", min_lr=0.1)
+    cfg = ScheduleConfig(
+        peak_lr=1.0, total_steps=10, warmup_steps=2, decay="cosine_with_restarts", min_lr=0.1
+    )
     path = cfg.save(tmp_path / "s.json")
     r = autowarm("export", str(path), "--format", "trainer")
     assert r.returncode == 1
@@ -148,6 +150,12 @@ def test_export_format_follows_the_output_name_and_conflicts_fail(
         export_format("json", tmp_path / "a.yaml")
     with pytest.raises(ValueError, match="is a directory: pass a file path"):
         export_format("yaml", tmp_path)
+    # a config without a suffix could not be read back; the other formats may take any name
+    with pytest.raises(ValueError, match=r"noext has no \.json.*pass -o .*noext\.json"):
+        export_format(None, tmp_path / "noext")
+    with pytest.raises(ValueError, match=r"pass -o .*noext\.yaml"):
+        export_format("yaml", tmp_path / "noext")
+    assert export_format("trainer", tmp_path / "noext") == "trainer"
     dest = tmp_path / "converted.yaml"
     r = autowarm("export", str(sched_file), "-o", str(dest))  # no --format: the suffix decides
     assert r.returncode == 0, r.stderr
