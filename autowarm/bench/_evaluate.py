@@ -436,11 +436,13 @@ def regret_table(
     grid_csv: str | os.PathLike[str],
     *,
     seeds: Sequence[int] | None = None,
+    total_steps: int | None = None,
 ) -> pd.DataFrame:
-    """Per task and method: mean final loss over seeds, regret against the oracle, probe cost.
+    """Per task, method and run length: mean final loss over seeds, regret, probe cost.
 
-    The oracle is the grid averaged over the same seeds as the method's runs, so a grid with
-    more seeds than the evaluation (or the other way round) still compares like with like.
+    The oracle is the grid's runs of the same length averaged over the same seeds as the
+    method's runs, so a grid with more seeds than the evaluation (or the other way round), or
+    an evaluation that ran a task at several lengths, still compares like with like.
     Diverged runs count as infinite loss (infinite regret). The last rows (task ``median``)
     hold each method's median regret over tasks.
 
@@ -448,9 +450,11 @@ def regret_table(
         eval_csv: the evaluation rows (:func:`evaluate_methods`).
         grid_csv: the oracle grid.
         seeds: only these seeds of both (default: every seed of the evaluation).
+        total_steps: only the runs of this length (default: every length, each its own row).
 
     Raises:
-        ValueError: If no evaluation row is left, or the grid lacks a seed the evaluation has.
+        ValueError: If no evaluation row is left, or the grid lacks a seed or a run length
+            that the evaluation has.
     """
     ev = _read_rows(eval_csv)
     grid = load_grid(grid_csv)
@@ -459,18 +463,35 @@ def regret_table(
         ev = ev[ev["seed"].isin(list(seeds))]
         if ev.empty:
             raise ValueError(f"{eval_csv} has no rows for seeds {list(seeds)}; it has {have}")
+    if total_steps is not None:
+        have = sorted(int(x) for x in ev["total_steps"].unique())
+        ev = ev[ev["total_steps"] == total_steps]
+        if ev.empty:
+            raise ValueError(
+                f"{eval_csv} has no rows with total_steps={total_steps}; it has {have}"
+            )
     rows = []
     oracles: dict[tuple[str, tuple[int, ...], int], OracleTable] = {}
-    for (task, method), g in ev.groupby(["task", "method"], sort=True):
+    groups = ev.groupby(["task", "method", "total_steps"], sort=True)
+    for (task, method, length), g in groups:
+        steps = int(str(length))
         used = sorted(int(x) for x in g["seed"].unique())
-        cells = grid[(grid["task"] == task) & grid["seed"].isin(used)]
+        same = grid[(grid["task"] == task) & (grid["total_steps"] == steps)]
+        if same.empty:
+            have = sorted(int(x) for x in grid.loc[grid["task"] == task, "total_steps"].unique())
+            raise ValueError(
+                f"the grid has no runs of task {task!r} with total_steps={steps}, which the "
+                f"evaluation has (it has {have}): run `autowarm bench grid --total-steps "
+                f"{steps}` first, or pass --total-steps N to compare one length"
+            )
+        cells = same[same["seed"].isin(used)]
         missing = sorted(set(used) - {int(x) for x in cells["seed"].unique()})
         if missing:
             raise ValueError(
                 f"the grid has no runs of task {task!r} with seed(s) {missing}, which the "
                 f"evaluation has: run `autowarm bench grid --seeds {max(used) + 1}` first"
             )
-        key = (str(task), tuple(used), int(g["total_steps"].iloc[0]))
+        key = (str(task), tuple(used), steps)
         if key not in oracles:  # once per task and seeds (and its grid-edge warning once)
             oracles[key] = oracle_table(cells, key[0], total_steps=key[2])
         oracle = oracles[key]
@@ -480,7 +501,8 @@ def regret_table(
             {
                 "task": task,
                 "method": method,
-                "seeds": len(g),
+                "total_steps": steps,
+                "seeds": len(used),
                 "mean_val_loss": mean,
                 "oracle_best_loss": oracle.best_loss,
                 "regret": regret(mean, oracle.best_loss),
@@ -501,7 +523,9 @@ def regret_table(
     medians = pd.DataFrame(
         {"task": "median", "method": [str(m) for m in med.index], "regret": med.to_numpy()}
     )
-    return pd.concat([table, medians], ignore_index=True)
+    out = pd.concat([table, medians], ignore_index=True)
+    out["total_steps"] = out["total_steps"].astype("Int64")  # the medians have none
+    return out
 
 
 # ------------------------------------------------------------------ CLI (autowarm bench ...)
@@ -535,6 +559,12 @@ def add_regret_arguments(parser: Any) -> None:
         "--only-seeds",
         default=None,
         help="comma-separated seeds to compare (default: every seed of the evaluation)",
+    )
+    parser.add_argument(
+        "--total-steps",
+        type=int,
+        default=None,
+        help="only the runs of this length (default: each length its own row)",
     )
 
 
@@ -578,7 +608,7 @@ def run_regret(args: Any) -> int:
                 f"--only-seeds takes comma-separated integers such as 0,2, but got "
                 f"{args.only_seeds!r}"
             ) from None
-    table = regret_table(eval_csv, grid_csv, seeds=seeds)
+    table = regret_table(eval_csv, grid_csv, seeds=seeds, total_steps=args.total_steps)
     table.to_csv(args.out / "regret.csv", index=False)
     md = regret_markdown(table)
     (args.out / "regret.md").write_text(md, encoding="utf-8")
@@ -590,16 +620,20 @@ def regret_markdown(table: pd.DataFrame) -> str:
     """Tasks as rows, methods as columns: regret in % (probe cost in % of the run).
 
     The last column is the grid's own seed noise (:attr:`OracleTable.heldout_regret`): a
-    method's regret below it on a task is within what the seeds alone move.
+    method's regret below it on a task is within what the seeds alone move. When the table
+    holds several run lengths, each (task, length) is a row, labelled ``task (N steps)``.
     """
     body = table[table["task"] != "median"]
+    several = "total_steps" in body and body["total_steps"].nunique() > 1
+    keys = ["task", "total_steps"] if several else ["task"]
     # the built-in methods in their order, then any probe variants (autowarm[...])
     methods = [*METHODS, *sorted(set(body["method"]) - set(METHODS))]
     lines = [
         "| task | " + " | ".join(methods) + " | seed noise |",
         "|---" * (len(methods) + 2) + "|",
     ]
-    for task, g in body.groupby("task", sort=True):
+    for key, g in body.groupby(keys, sort=True):
+        task = f"{key[0]} ({int(float(str(key[1])))} steps)" if several else key[0]
         cells = []
         for m in methods:
             row = g[g["method"] == m]

@@ -215,3 +215,56 @@ def test_a_failed_job_keeps_the_other_jobs_rows(
         ("hf_default", 0),
         ("hf_default", 1),
     ]
+
+
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_regret_compares_each_run_length_with_its_own_oracle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.bench._cli import main
+
+    grid = tmp_path / "grid.csv"
+    best = {10: 1.0, 20: 0.5}  # the oracle's best loss per run length
+    pd.DataFrame(
+        [
+            {
+                "task": "t",
+                "total_steps": n,
+                "peak_lr": lr,
+                "warmup_steps": 0,
+                "warmup_frac": 0.0,
+                "seed": 0,
+                "final_val_loss": best[n] * factor,
+                "diverged": False,
+            }
+            for n in (10, 20)
+            for lr, factor in ((0.01, 1.0), (0.05, 2.0))
+        ]
+    ).to_csv(grid, index=False)
+    ev = tmp_path / "evaluation.csv"
+    base = {"task": "t", "method": "autowarm", "seed": 0, "peak_lr": 0.01, "warmup_steps": 0}
+    base |= {"probe_cost": 0.1, "diverged": False}
+    pd.DataFrame(
+        [
+            {**base, "total_steps": 10, "final_val_loss": 1.1},
+            {**base, "total_steps": 20, "final_val_loss": 0.6},
+        ]
+    ).to_csv(ev, index=False)
+    table = regret_table(ev, grid)
+    assert list(table.loc[table["task"] == "t", "seeds"]) == [1, 1]  # one row per length
+    body = table[table["task"] == "t"].set_index("total_steps")
+    assert sorted(body.index) == [10, 20] and list(body["seeds"]) == [1, 1]
+    assert body.loc[10, "oracle_best_loss"] == pytest.approx(1.0)
+    assert body.loc[10, "regret"] == pytest.approx(0.1)
+    assert body.loc[20, "oracle_best_loss"] == pytest.approx(0.5)
+    assert body.loc[20, "regret"] == pytest.approx(0.2)
+    md = regret_markdown(table).splitlines()
+    assert md[2].startswith("| t (10 steps) | 10.00% ") and md[3].startswith("| t (20 steps) |")
+    # one length: the task's row as before, without the length
+    argv = ["regret", "--eval-csv", str(ev), "--grid-csv", str(grid), "--out", str(tmp_path)]
+    assert main([*argv, "--total-steps", "20"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| t | 20.00% ")
+    # a length the grid lacks is named
+    pd.DataFrame([{**base, "total_steps": 30, "final_val_loss": 0.6}]).to_csv(ev, index=False)
+    with pytest.raises(ValueError, match=r"no runs of task 't' with total_steps=30"):
+        regret_table(ev, grid)
