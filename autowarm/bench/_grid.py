@@ -18,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -177,11 +178,30 @@ def _run_cell(cell: GridCell) -> dict[str, Any]:
     }
 
 
-def _init_worker() -> None:
+def _init_worker(main_pid: int | None = None) -> None:
     # One thread per cell: the cells are the parallelism, and tiny models gain nothing from more.
     torch.set_num_threads(1)
     with contextlib.suppress(RuntimeError):  # already set in this process
         torch.set_num_interop_threads(1)
+    if main_pid is not None:
+        threading.Thread(
+            target=_exit_with, args=(main_pid,), name="autowarm-orphan-watch", daemon=True
+        ).start()
+
+
+def _exit_with(main_pid: int, interval: float = 1.0) -> None:
+    # A worker outlives a main process killed by SIGTERM or SIGKILL (a job scheduler's
+    # preemption, `timeout`): it is a child of the forkserver, not of the main process, so no
+    # signal reaches it. It ends itself once the main process is gone; its cell is lost, as
+    # the main process could not have written it anyway, and the next run computes it again.
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(main_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
 
 
 def _existing_keys(csv_path: Path) -> set[_Key]:
@@ -308,7 +328,9 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     """Worker processes for full runs: ``forkserver`` where available, one torch thread each."""
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    return cf.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+    )
 
 
 def _run_cells(todo: list[GridCell], writer: _RowWriter, workers: int) -> list[tuple[str, str]]:

@@ -2,6 +2,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -254,3 +259,43 @@ def test_cli_table_picks_one_of_several_run_lengths(
     assert capsys.readouterr().out.count("\n") == 3  # header + two cells of length 10
     assert main(["table", str(csv_path), "--total-steps", "30"]) == 1
     assert "[10, 20]" in capsys.readouterr().err
+
+
+_POOL_THEN_HANG = """
+import os, sys, time
+from autowarm.bench._grid import process_pool
+pool = process_pool(1)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 600)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_end_when_the_main_process_is_killed(sig: signal.Signals) -> None:
+    # Workers are children of the forkserver, so no signal to the main process reaches them;
+    # they used to run on for good (a job scheduler's preemption, `timeout`).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _POOL_THEN_HANG], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.2)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by the forkserver) counts as ended
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+    return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
