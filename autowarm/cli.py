@@ -272,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # a KeyError's str() is the repr of its argument (quoted): print the argument
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         print(f"autowarm: error: {msg}", file=sys.stderr)
         return 1

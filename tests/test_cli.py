@@ -182,3 +182,9 @@ def test_demo_refuses_a_file_as_its_folder_before_probing(
     with pytest.raises(ValueError, match="afile is a file: pass --out a folder"):
         _demo.run_demo(afile, progress=False)
     assert afile.read_text() == "x"
+
+
+def test_a_key_error_prints_its_message_without_quotes() -> None:
+    r = autowarm("bench", "grid", "--tasks", "nosuch", "--seeds", "1")
+    assert r.returncode == 1
+    assert r.stderr.startswith("autowarm: error: no benchmark task named 'nosuch'; valid names")
