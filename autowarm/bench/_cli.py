@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -89,11 +90,27 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return list(dict.fromkeys(float(x) for x in text.split(",") if x.strip()))  # no repeats
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    return list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+
+
+def _dumps(obj: Any) -> str:
+    """JSON for stdout: NaN and infinities (e.g. a held-out regret with one seed) as null,
+    which every JSON parser reads (``NaN`` is not JSON)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +155,8 @@ def _selected(args: argparse.Namespace) -> list[Any]:
         tasks = list(available_tasks().values())
     else:
         tasks = []
-        for name in (n.strip() for n in args.tasks.split(",") if n.strip()):
+        names = dict.fromkeys(n.strip() for n in args.tasks.split(",") if n.strip())
+        for name in names:
             task = get_task(name)
             if task.is_available():
                 tasks.append(task)
@@ -169,7 +187,7 @@ def _grid(args: argparse.Namespace) -> int:
         "skipped": result.skipped,
         "failed": [{"cell": c, "error": e} for c, e in result.failed],
     }
-    print(json.dumps(out, indent=2))
+    print(_dumps(out))
     return 1 if result.failed else 0
 
 
@@ -189,7 +207,7 @@ def _table(
         else:
             tables = oracle_tables(csv_path, total_steps=total_steps)
             summaries = [t.summary() for t in tables.values()]
-            print(json.dumps(summaries, indent=2))
+            print(_dumps(summaries))
     for w in caught:  # e.g. GridEdgeWarning: to stderr, stdout stays machine-readable
         logging.getLogger(__name__).warning("%s", w.message)
     return 0
@@ -211,7 +229,7 @@ def _tasks() -> int:
         }
         for t in TASKS.values()
     ]
-    print(json.dumps(out, indent=2))
+    print(_dumps(out))
     return 0
 
 
@@ -236,7 +254,7 @@ def _time(args: argparse.Namespace) -> int:
                 "final_val_loss": result.final_val_loss,
             }
         )
-    print(json.dumps(out, indent=2))
+    print(_dumps(out))
     return 0
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -198,16 +199,19 @@ def test_cli_grid_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
         "--workers",
         "0",
         "--lrs",
-        "1e-3,1e-2",
+        "1e-3,1e-2,0.001",  # a repeated value runs once
         "--warmups",
-        "0,5",
+        "0,5,5",
         "--out",
         str(tmp_path),
     ]
     assert main(argv) == 0
     assert '"ran": 4' in capsys.readouterr().out
     assert main(["table", str(tmp_path / "oracle_grid.csv")]) == 0
-    assert '"task": "control_convex"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"task": "control_convex"' in out
+    # one seed: no held-out regret, written as JSON's null (NaN is not JSON)
+    assert json.loads(out)[0]["heldout_regret"] is None
     csv_path = str(tmp_path / "oracle_grid.csv")
     assert main(["table", csv_path, "--task", "control_convex", "--pivot"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "peak_lr,0,5"
