@@ -263,6 +263,31 @@ def _default_study_name(task: Task) -> str:
     return f"autowarm-{slug[-80:] or 'task'}"
 
 
+def _earlier_default_name(task: Task, url: str) -> str | None:
+    """The default name an earlier autowarm gave this task's study, when only that one exists.
+
+    Before file tasks were recorded by their file name, the default study name kept the path
+    of the spec (``autowarm-examples-task.py-task``); the same command resumes that study
+    instead of starting a new one beside it.
+    """
+    if task.source is None or task.name != canonical_spec(task.source):
+        return None
+    earlier = _default_study_name(dataclasses.replace(task, name=task.source))
+    now = _default_study_name(task)
+    if earlier == now:
+        return None
+    try:
+        names = optuna.get_all_study_names(_storage.open_storage(url, heartbeat_interval=None))
+    except ValueError:
+        return None
+    if earlier in names and now not in names:
+        _logger.info(
+            "resuming study %r (named from the task's path by an earlier autowarm)", earlier
+        )
+        return earlier
+    return None
+
+
 def _versions() -> dict[str, str]:
     return {
         "autowarm": autowarm.__version__,
@@ -557,6 +582,8 @@ def tune(
             "(--storage study.log) or PostgreSQL scales better"
         )
     name = study_name or _default_study_name(task)
+    if study_name is None:
+        name = _earlier_default_name(task, url) or name
     started = time.monotonic()
     verbosity = optuna.logging.get_verbosity()
     # autowarm logs one line per trial with its reason; optuna's own lines (a traceback per

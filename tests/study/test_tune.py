@@ -387,6 +387,26 @@ def test_a_task_file_is_the_same_task_however_its_path_is_spelled(
     assert again.study.study_name == first.study.study_name and len(again.trials) == 6
 
 
+def test_a_study_named_from_the_path_by_an_earlier_version_is_resumed(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autowarm.study._tune import _default_study_name
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "tiny_task.py").write_text((HERE / "tiny_task.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    task = load_task("proj/tiny_task.py:task")
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, progress=False, confirm=0)
+    # what an earlier autowarm wrote: the spec with its path as the task and the name
+    old = dataclasses.replace(task, name="proj/tiny_task.py:task")
+    first = autowarm.tune(old, n_trials=4, suggestion=suggestion, **kw)
+    assert first.study.study_name == "autowarm-proj-tiny_task.py-task"
+    assert _default_study_name(task) == "autowarm-tiny_task.py-task"
+    again = autowarm.tune(task, n_trials=5, **kw)
+    assert again.study.study_name == first.study.study_name and len(again.trials) == 5
+
+
 def test_another_model_under_the_same_name_is_an_error(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
