@@ -29,7 +29,6 @@ Every schedule decays with cosine to 0 after its warmup (as the oracle grid does
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
 import functools
 import io
 import logging
@@ -47,7 +46,7 @@ import pandas as pd
 import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
-from autowarm.bench._grid import process_pool
+from autowarm.bench._grid import RowAppender, process_pool
 from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
@@ -291,36 +290,6 @@ def _done(csv_path: Path) -> set[tuple[str, str, int, int]]:
     return {(str(t), str(m), int(s), int(n)) for t, m, s, n in keys}
 
 
-class _RowWriter:
-    """Appends rows to the evaluation CSV: open, append, flush and fsync, close, per row.
-
-    A last row cut short by a kill (no line end) is cut off the file first, so that its
-    remains never read as a finished row; :func:`_read_rows` has already dropped it.
-    """
-
-    def __init__(self, csv_path: Path) -> None:
-        self._path = csv_path
-        self._prepare()
-
-    def _prepare(self) -> None:
-        path = self._path
-        if not path.exists() or path.stat().st_size == 0:
-            with path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=list(COLUMNS)).writeheader()
-            return
-        with path.open("rb+") as f:
-            data = f.read()
-            if not data.endswith((b"\n", b"\r")):
-                f.truncate(data.rfind(b"\n") + 1)
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._prepare()
-        with self._path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=list(COLUMNS)).writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def evaluate_methods(
     tasks: Sequence[str],
     *,
@@ -365,7 +334,9 @@ def evaluate_methods(
             if (name, method_label(m, overrides), s, steps) not in done
         ]
     _log.info("evaluate: %d jobs to run, %d already in %s", len(jobs), len(done), path)
-    writer = _RowWriter(path)
+    # a row cut inside an optional last field could read as finished: cut it off (its job
+    # runs again; _read_rows has already dropped it)
+    writer = RowAppender(path, COLUMNS, drop_partial=True)
 
     def write(row: dict[str, Any]) -> None:
         writer.write(row)

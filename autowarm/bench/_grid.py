@@ -238,38 +238,49 @@ def _parse_key(row: dict[str, str | None]) -> _Key | None:
         return None
 
 
-class _RowWriter:
-    """Appends rows to the CSV, one open-append-close per row.
+class RowAppender:
+    """Appends rows to a CSV of ``columns``: open, append, flush and fsync, close, per row.
 
     Reopening by path for every row (cheap next to a run of seconds) means a CSV that something
-    else replaces while the grid runs (a ``git checkout`` or ``git stash`` of the file) still
+    else replaces while the run goes on (a ``git checkout`` or ``git stash`` of the file) still
     gets every later row, instead of an unlinked file that vanishes with the process. Rows that
     the replacement dropped are simply run again by the next call.
+
+    A new file gets the header. A last line without a line end (a row cut short by a kill) is
+    ended with one (its reader skips it if a field is missing), or with ``drop_partial=True``
+    cut off the file, for a reader that could take a cut row for a finished one.
     """
 
-    def __init__(self, csv_path: Path) -> None:
+    def __init__(
+        self, csv_path: Path, columns: Sequence[str], *, drop_partial: bool = False
+    ) -> None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         self._path = csv_path
+        self._columns = list(columns)
+        self._drop_partial = drop_partial
         self._prepare()
 
     def _prepare(self) -> None:
-        # Header for a new file; a line terminator after a row cut short by a kill.
         path = self._path
         if not path.exists() or path.stat().st_size == 0:
             with path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=list(COLUMNS)).writeheader()
+                csv.DictWriter(f, fieldnames=self._columns).writeheader()
             return
-        with path.open("rb") as f:
+        with path.open("rb+") as f:
             f.seek(-1, os.SEEK_END)
-            unfinished = f.read(1) not in (b"\n", b"\r")
-        if unfinished:
-            with path.open("a", newline="") as f:
-                f.write("\r\n")  # csv's own line terminator; the cut row is skipped
+            if f.read(1) in (b"\n", b"\r"):
+                return
+            if self._drop_partial:
+                f.seek(0)
+                data = f.read()
+                f.truncate(data.rfind(b"\n") + 1)
+            else:
+                f.write(b"\r\n")  # csv's own line terminator; the cut row is skipped
 
     def write(self, row: dict[str, Any]) -> None:
         self._prepare()
         with self._path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=list(COLUMNS)).writerow(row)
+            csv.DictWriter(f, fieldnames=self._columns).writerow(row)
             f.flush()
             os.fsync(f.fileno())
 
@@ -320,7 +331,7 @@ def oracle_grid(
     _logger.info(
         "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
     )
-    failed = _run_cells(todo, _RowWriter(path), workers)
+    failed = _run_cells(todo, RowAppender(path, COLUMNS), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 
 
@@ -333,7 +344,7 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     )
 
 
-def _run_cells(todo: list[GridCell], writer: _RowWriter, workers: int) -> list[tuple[str, str]]:
+def _run_cells(todo: list[GridCell], writer: RowAppender, workers: int) -> list[tuple[str, str]]:
     progress = _Progress(len(todo))
     failed: list[tuple[str, str]] = []
     if workers == 0:
@@ -355,7 +366,7 @@ def _run_cells(todo: list[GridCell], writer: _RowWriter, workers: int) -> list[t
 def _finish(
     cell: GridCell,
     get: Callable[[], dict[str, Any]],
-    writer: _RowWriter,
+    writer: RowAppender,
     progress: _Progress,
     failed: list[tuple[str, str]],
 ) -> None:

@@ -234,10 +234,10 @@ def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
 
 
 def test_rows_keep_coming_when_the_csv_is_replaced_midway(tmp_path: Path) -> None:
-    from autowarm.bench._grid import _RowWriter
+    from autowarm.bench._grid import COLUMNS, RowAppender
 
     csv_path = tmp_path / "grid.csv"
-    writer = _RowWriter(csv_path)
+    writer = RowAppender(csv_path, COLUMNS)
     row = dict.fromkeys(COLUMNS, "1")
     writer.write(row)
     header = csv_path.read_text().splitlines()[0]
