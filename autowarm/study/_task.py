@@ -134,13 +134,7 @@ class Task:
     def build_model(self, seed: int) -> nn.Module:
         """``make_model(seed)`` with torch seeded around it, moved to :attr:`device`, in
         train mode. The global RNG is left as it was."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.make_model(seed)
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"make_model(seed) must return an nn.Module, but returned {type(model).__name__}"
-            )
+        model = self._seeded_model(seed)
         if self.device is not None:
             model = model.to(self.device)
         return model.train()
@@ -149,6 +143,13 @@ class Task:
         """16 hex digits naming the model's structure: the names, shapes and dtypes of the
         parameters and buffers of ``make_model(seed)`` (not their values). Recorded in a study,
         so a resume with another model under the same task name is refused."""
+        model = self._seeded_model(seed)
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def _seeded_model(self, seed: int) -> nn.Module:
+        # make_model(seed) with torch seeded around it (the global RNG left as it was)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.make_model(seed)
@@ -156,9 +157,7 @@ class Task:
             raise TypeError(
                 f"make_model(seed) must return an nn.Module, but returned {type(model).__name__}"
             )
-        tensors = [*model.named_parameters(), *model.named_buffers()]
-        text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+        return model
 
     def data(self, seed: int) -> Iterable[Any]:
         """The training batches for ``seed``."""
