@@ -29,12 +29,18 @@ import optuna
 from autowarm._shapes import Decay
 from autowarm.schedules import ScheduleConfig
 
-__all__ = ["SearchSpace"]
+__all__ = ["SearchSpace", "longest_warmup"]
 
 PEAK_LR = "peak_lr"
 WARMUP = "warmup_steps_plus_one"
 DECAY = "decay"
 MIN_LR_RATIO = "min_lr_ratio"
+
+
+def longest_warmup(schedule: ScheduleConfig) -> int:
+    """The longest warmup a tuned schedule of this shape may take: at least one update at the
+    peak, and room for a ``warmup_stable_decay`` schedule's final decay."""
+    return min(schedule.total_steps - 1, schedule.warmup_limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +107,7 @@ class SearchSpace:
         """Longest warmup searched around ``center`` (in steps of the real run)."""
         total = center.total_steps
         hi = max(self.warmup_factor * center.warmup_steps, self.min_warmup_fraction * total)
-        limit = min(total - 1, center.warmup_limit)  # room for a WSD schedule's final decay
+        limit = longest_warmup(center)
         return max(1, min(int(hi), int(self.max_warmup_fraction * total), limit))
 
     # trials -------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from autowarm.study._confirm import (
     diverged_at_full_length,
     run_confirmations,
 )
-from autowarm.study._space import SearchSpace
+from autowarm.study._space import SearchSpace, longest_warmup
 from autowarm.study._task import Task, canonical_spec, load_task
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
 
@@ -345,8 +345,7 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
 def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, ScheduleConfig]:
     betas = (task.optimizer_kwargs or {}).get("betas", (0.9, 0.999))
     beta2 = float(betas[1])
-    # at least one step at the peak, and room for a warmup_stable_decay's final decay
-    last = min(center.total_steps - 1, center.warmup_limit)
+    last = longest_warmup(center)
     untuned = round(2.0 / (1.0 - beta2)) if beta2 < 1 else last
     return {
         _attrs.ROLE_NO_WARMUP: center.replace(warmup_steps=0),
@@ -787,8 +786,7 @@ def _centre_of(suggestion: Any, task: Task) -> ScheduleConfig:
     if schedule.total_steps == task.total_steps:
         return schedule
     resized = schedule.replace(total_steps=task.total_steps, warmup_steps=0)
-    last = min(task.total_steps - 1, resized.warmup_limit)
-    return resized.replace(warmup_steps=min(schedule.warmup_steps, last))
+    return resized.replace(warmup_steps=min(schedule.warmup_steps, longest_warmup(resized)))
 
 
 def _pick(mapping: Mapping[str, Any], keys: list[str]) -> str:
