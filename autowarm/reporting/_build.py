@@ -210,12 +210,12 @@ def study_report(
         if best is not None
         else "probe (no trial has completed yet)"
     )
-    n_diverged = len(S.diverged_at_full_length(trials))
-    if n_diverged:
-        chosen_by += f"; {n_diverged} diverged at full length and are left out"
+    diverged = sorted(int(n) for n in S.diverged_at_full_length(trials)["number"])
+    if diverged:
+        chosen_by += f"; {len(diverged)} diverged at full length and are left out"
         notes.append(
-            f"{n_diverged} of the schedules confirmed at full length diverged there (trials "
-            f"{sorted(int(n) for n in S.diverged_at_full_length(trials)['number'])}); they "
+            f"{len(diverged)} of the schedules confirmed at full length diverged there (trials "
+            f"{diverged}); they "
             "trained in compressed trials only, so they are not candidates for the best."
         )
     summary = T.summary_row(
