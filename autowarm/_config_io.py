@@ -60,14 +60,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
     fmt = data.get("format", FORMAT_NAME)
     if fmt != FORMAT_NAME:
         raise ValueError(f"format must be {FORMAT_NAME!r}, but got format={fmt!r}")
-    version = data.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"format_version must be an int >= 1, but got format_version={version!r}")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"format_version={version} was written by a newer autowarm (this one reads up to "
-            f"{FORMAT_VERSION}); upgrade autowarm to read it"
-        )
+    check_format_version(data, FORMAT_VERSION)
     fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
     unknown = sorted(str(k) for k in fields if k not in _ALL_FIELDS)
     if unknown:
@@ -80,6 +73,19 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
         raise ValueError(f"missing required field(s) {', '.join(map(repr, missing))}")
     _check_shape_fields(fields)
     return ScheduleConfig(**fields)
+
+
+def check_format_version(data: Mapping[str, Any], current: int) -> None:
+    """Refuse a ``format_version`` that is not an int >= 1, or is newer than ``current`` (a
+    file written by a newer autowarm); a mapping without one is read as ``current``."""
+    version = data.get("format_version", current)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"format_version must be an int >= 1, but got format_version={version!r}")
+    if version > current:
+        raise ValueError(
+            f"format_version={version} was written by a newer autowarm (this one reads up to "
+            f"{current}); upgrade autowarm to read it"
+        )
 
 
 def _check_shape_fields(fields: Mapping[str, Any]) -> None:

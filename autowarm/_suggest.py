@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from autowarm._checks import is_int
+from autowarm._config_io import check_format_version
 from autowarm._train import BatchStream, LossFn, model_device, resolve_loss_fn
 from autowarm.probe._bursts import Budget, ProbeRunner
 from autowarm.probe._search import (
@@ -152,14 +153,7 @@ class Suggestion:
             ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing or
                 malformed (the message names the field).
         """
-        version = data.get("format_version", SUGGESTION_FORMAT_VERSION)
-        if not is_int(version) or version < 1:
-            raise ValueError(f"format_version must be an int >= 1, but got {version!r}")
-        if version > SUGGESTION_FORMAT_VERSION:
-            raise ValueError(
-                f"format_version={version} was written by a newer autowarm (this one reads up "
-                f"to {SUGGESTION_FORMAT_VERSION}); upgrade autowarm to read it"
-            )
+        check_format_version(data, SUGGESTION_FORMAT_VERSION)
         for key in _REQUIRED:
             if key not in data:
                 raise ValueError(
