@@ -2,10 +2,10 @@
 Run from the repository root: python reports/benchmark/probe_variants/picks_unchanged.py"""
 import sys, torch, pandas as pd
 torch.set_num_threads(1)
-sys.path.insert(0, "/work/main/reports/benchmark/probe_variants")
+sys.path.insert(0, "reports/benchmark/probe_variants")
 from deep_mlp_limits import probe
 from autowarm.bench.tasks import get_task
-ev = pd.read_csv("/work/main/reports/benchmark/three_seeds/evaluation.csv")
+ev = pd.read_csv("reports/benchmark/three_seeds/evaluation.csv")
 ev = ev[ev.method == "autowarm"]
 same = 0
 for r in ev.itertuples():
