@@ -277,6 +277,11 @@ class ScheduleConfig:
         ``polynomial`` reads ``optimizer.defaults["lr"]``), then
         ``get_scheduler(optimizer=opt, **cfg.to_transformers())``.
 
+        The LRs are equal for every update of the run (steps ``0`` to ``total_steps - 1``).
+        After the run they can part: :meth:`lr_at` holds its last value, while transformers'
+        ``cosine`` and ``cosine_with_restarts`` turn back up and its ``inverse_sqrt`` keeps
+        decaying. Give ``total_steps`` the real run's number of updates (``max_steps``).
+
         Raises:
             TransformersExportError: the schedule has no exact transformers equivalent; the
                 message names the closest type.
