@@ -160,6 +160,21 @@ def _step_value(step: object) -> float | torch.Tensor:
     return float(step)  # type: ignore[arg-type]
 
 
+def _step_of(state: dict[str, Any], group: dict[str, Any], observed: int) -> object:
+    # torch's Adam keeps the update count in each parameter's state; timm's Lamb, apex's and
+    # DeepSpeed's FusedAdam keep it in the param group (DeepSpeed's per-parameter "step" can
+    # stay at 0 for all but one tensor). Without either, the calls to update() since the
+    # monitor was attached count the updates (update() runs after every step).
+    for step in (state.get("step"), group.get("step")):
+        if step is None:
+            continue
+        if isinstance(step, torch.Tensor) and step.device.type != "cpu":
+            return step  # read on the device: no sync; a capturable step is never 0 here
+        if float(step) > 0:
+            return step
+    return float(observed)
+
+
 def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     # Flat row-major coordinates: index_select on the flat view when contiguous (fastest);
     # torch.take otherwise, which reads strides and never copies the whole tensor.
@@ -197,7 +212,7 @@ class SecondMomentMonitor:
     Call :meth:`update` right after each ``optimizer.step()`` (or :meth:`attach` it as a step
     post-hook). On ``max_coords`` coordinates, chosen once (seeded, spread over the trainable
     tensors in proportion to their size, at least one per tensor), it reads ``exp_avg_sq``,
-    ``step`` and the group's ``betas`` from the optimizer and ``p.grad`` (the gradient that step
+    ``step`` (the parameter's, else the group's) and the group's ``betas`` from the optimizer and ``p.grad`` (the gradient that step
     used) and returns a :class:`MomentStats`:
 
     .. math::
@@ -443,7 +458,7 @@ class SecondMomentMonitor:
             b2 = beta2.get(e.group)
             if b2 is None:
                 b2 = beta2[e.group] = float(groups[e.group]["betas"][1])
-            t = _step_value(st.get("step", 0.0))
+            t = _step_value(_step_of(st, groups[e.group], self._calls))
             if isinstance(t, torch.Tensor):
                 t = t.to(dev, dt)
             corr = 1.0 - b2**t

@@ -508,3 +508,56 @@ def test_one_host_sync_per_update_on_cuda(capturable: bool) -> None:
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
     assert stats is not None and stats.step == 4 and math.isfinite(stats.kappa)
+
+
+class _GroupStepAdam(torch.optim.Optimizer):
+    """Adam that counts its updates in the param group, as timm's Lamb and FusedAdam do."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def,override]
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+            b1, b2 = group["betas"]
+            t = group["step"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (st["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(group["eps"])
+                p.addcdiv_(st["exp_avg"], denom, value=-group["lr"] / (1 - b1**t))
+        return None
+
+
+@pytest.mark.parametrize("where", ["group", "nowhere"])
+def test_step_counted_in_the_param_group_or_nowhere(where: str) -> None:
+    # The bias correction needs the update count: from the group when the state has none, else
+    # from the monitor's own calls. Reading t = 0 made v_hat infinite and drift 0.
+    model = _tiny_model()
+    opt = _GroupStepAdam(model.parameters(), lr=1e-2)
+    monitor = SecondMomentMonitor(opt, max_coords=10_000)
+    ref = Reference([p.numel() for p in model.parameters()])
+    for _ in range(6):
+        opt.zero_grad()
+        model(torch.randn(8, 5)).pow(2).mean().backward()
+        grads = _grads(model)
+        opt.step()
+        if where == "nowhere":
+            for group in opt.param_groups:
+                group["step_count"] = group.pop("step")  # the optimizer keeps it elsewhere
+        got = monitor.update()
+        if where == "nowhere":
+            for group in opt.param_groups:
+                group["step"] = group.pop("step_count")
+        want = ref.step(grads, 0.999)
+        assert got is not None
+        for name in ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa"):
+            assert got.to_dict()[name] == pytest.approx(want[name], rel=1e-5, nan_ok=True), name
+        assert got.n_eff == pytest.approx(n_eff(ref.t[0], 0.999))
