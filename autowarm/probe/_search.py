@@ -346,16 +346,22 @@ def _tail_loss(burst: BurstResult) -> float:
     return float(np.mean(tail)) if all(math.isfinite(x) for x in tail) else math.inf
 
 
-def _tail_se(burst: BurstResult) -> float:
-    # Standard error of the tail mean from the batch-to-batch noise (MAD of first differences,
-    # robust to the trend), so ties between candidates are judged against the noise.
-    n = len(burst.losses)
-    tail = np.asarray(burst.losses[n - _tail_width(n) :], dtype=float)
-    if tail.size < 3 or not np.isfinite(tail).all():
+def _paired_tails(a: BurstResult, b: BurstResult) -> tuple[np.ndarray, np.ndarray, str]:
+    # The last quarter of ``a`` (at least 5 steps) and the same steps of ``b``. Probe bursts
+    # start from the same weights and see the same batches, so step-for-step differences
+    # cancel the batch noise that both share.
+    n = len(a.losses)
+    width = _tail_width(n)
+    tail_a = np.asarray(a.losses[n - width : n], dtype=float)
+    tail_b = np.asarray(b.losses[n - width : n], dtype=float)
+    return tail_a, tail_b, f"steps {n - width + 1}-{n}"
+
+
+def _paired_se(diff: np.ndarray) -> float:
+    # Standard error of the mean paired difference (inf when it cannot be measured).
+    if diff.size < 2 or not np.isfinite(diff).all():
         return math.inf
-    diffs = np.diff(tail)
-    sd = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2.0)
-    return sd / math.sqrt(tail.size)
+    return float(diff.std(ddof=1)) / math.sqrt(diff.size)
 
 
 def needs_ramp(
@@ -369,18 +375,14 @@ def needs_ramp(
     error. The ramp is needed when the no-ramp burst is unstable, non-finite there, or worse
     by more than ``tie_se`` standard errors. Returns the answer and the sentence behind it.
     """
-    n = len(no_ramp.burst.losses)
-    width = _tail_width(n)
-    a = np.asarray(no_ramp.burst.losses[n - width : n], dtype=float)
-    b = np.asarray(ramped.burst.losses[n - width : n], dtype=float)
-    where = f"steps {n - width + 1}-{n}"
+    a, b, where = _paired_tails(no_ramp.burst, ramped.burst)
     if not no_ramp.stable:
         return True, f"without a ramp the peak was unstable ({no_ramp.signals.reason})"
     if a.size < 2 or a.size != b.size or not (np.isfinite(a).all() and np.isfinite(b).all()):
         return True, f"without a ramp the loss was not finite over {where}"
     diff = a - b
     mean = float(diff.mean())
-    se = float(diff.std(ddof=1)) / math.sqrt(diff.size)
+    se = _paired_se(diff)
     verdict = (
         f"without a ramp the loss over {where} was {a.mean():.4g} against {b.mean():.4g} with "
         f"it (paired difference {mean:+.3g}, standard error {se:.2g})"
@@ -406,8 +408,10 @@ def _peak_ladder(
     in the better direction (``k = 0``, the edge itself, or ``k = 6``), then the quarter-decade
     point between the best and the next larger peak tried. A candidate that blows up or trips
     a stability rule is out. Short bursts flatter large LRs (instability can take longer to
-    show), so the choice is the smallest peak whose tail loss is within one standard error
-    (of the difference, from the batch noise) of the lowest: the one-standard-error rule.
+    show), so the choice is the smallest peak whose tail loss is within one standard error of
+    the lowest: the one-standard-error rule. The bursts replay the same batches, so the
+    difference is taken step for step and its standard error is that of the paired
+    differences (the batch noise both bursts share cancels).
     """
     verdicts: dict[int, BurstVerdict] = {}
 
@@ -429,18 +433,17 @@ def _peak_ladder(
     def score(v: BurstVerdict | None) -> float:
         return math.inf if v is None or not v.stable else _tail_loss(v.burst)
 
+    def within_noise(v: BurstVerdict, best: BurstVerdict) -> bool:
+        mine, theirs, _ = _paired_tails(v.burst, best.burst)
+        diff = mine - theirs
+        return float(diff.mean()) <= tie_se * _paired_se(diff)
+
     def pick() -> int | None:
         finite = {k: v for k, v in verdicts.items() if math.isfinite(score(v))}
         if not finite:
             return None
-        k_best = min(finite, key=lambda k: score(finite[k]))
-        best = finite[k_best]
-        tied = [
-            k
-            for k, v in finite.items()
-            if score(v)
-            <= score(best) + tie_se * math.hypot(_tail_se(best.burst), _tail_se(v.burst))
-        ]
+        best = finite[min(finite, key=lambda k: score(finite[k]))]
+        tied = [k for k, v in finite.items() if within_noise(v, best)]
         return max(tied)  # largest k = smallest peak
 
     low, high = tried(4), tried(2)

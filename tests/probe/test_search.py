@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from autowarm.probe import signals as sig
-from autowarm.probe._bursts import BurstResult
+from autowarm.probe._bursts import Budget, BurstResult
 from autowarm.probe._search import (
     BurstVerdict,
     SearchSettings,
     _drop_isolated_nonfinite,
+    _peak_ladder,
     active_settings,
     choose_peak,
     needs_ramp,
@@ -189,3 +190,50 @@ def test_use_settings_applies_inside_the_block_only() -> None:
     with pytest.raises(RuntimeError), use_settings(variant):
         raise RuntimeError("the block failed")
     assert active_settings() == SearchSettings()
+
+
+# --- the peak ladder's one-standard-error rule, step for step --------------------------------
+
+
+class _LadderRunner:
+    """Bursts whose losses are one shared noisy curve plus an offset that depends on the peak."""
+
+    def __init__(self, offsets: dict[float, float], *, jitter: float = 1e-3) -> None:
+        self.offsets, self.jitter = offsets, jitter
+        self.budget = Budget(1000)
+        self.peaks: list[float] = []
+
+    def run(self, lrs: list[float], *, phase: str, peak_lr: float, warmup_steps: int):
+        self.peaks.append(peak_lr)
+        offset = next(v for p, v in self.offsets.items() if math.isclose(p, peak_lr))
+        jitter = np.random.default_rng(len(self.peaks)).normal(0.0, self.jitter, len(lrs))
+        losses = _noisy_curve(len(lrs)) + offset + jitter
+        for _ in lrs:
+            self.budget.take()
+        rows = [
+            {"step": i, "lr": lr, "loss": float(x), "finite": True}
+            for i, (lr, x) in enumerate(zip(lrs, losses, strict=True))
+        ]
+        return BurstResult(phase, len(self.peaks), rows, False, False, peak_lr, warmup_steps)
+
+
+def test_ladder_compares_candidates_step_for_step() -> None:
+    # Larger peaks end 0.01 lower on every batch, far below the batch noise (0.2) that all
+    # bursts share: the paired comparison sees the difference, so the edge wins outright. An
+    # unpaired standard error would have called all three a tie and taken the smallest peak.
+    edge = 1.0
+    offsets = {edge / 10: 0.02, edge / 10**0.5: 0.01, edge: 0.0, edge / 10**1.5: 0.03}
+    runner = _LadderRunner(offsets)
+    verdicts, best = _peak_ladder(runner, edge, 40, 10, [], refine=False)  # type: ignore[arg-type]
+    assert best is not None and best.burst.peak_lr == pytest.approx(edge)
+    assert sorted(runner.peaks) == pytest.approx([edge / 10, edge / 10**0.5, edge])
+
+
+def test_ladder_takes_the_smallest_peak_within_noise() -> None:
+    # Differences well inside the step-to-step jitter of the paired differences are ties.
+    edge = 1.0
+    offsets = {edge / 10: 0.0002, edge / 10**0.5: 0.0001, edge: 0.0, edge / 10**1.5: 0.0003}
+    runner = _LadderRunner(offsets, jitter=0.05)
+    _, best = _peak_ladder(runner, edge, 40, 10, [], refine=False)  # type: ignore[arg-type]
+    assert len(runner.peaks) == 3
+    assert best is not None and best.burst.peak_lr == pytest.approx(min(runner.peaks))
