@@ -212,8 +212,8 @@ class SecondMomentMonitor:
     Call :meth:`update` right after each ``optimizer.step()`` (or :meth:`attach` it as a step
     post-hook). On ``max_coords`` coordinates, chosen once (seeded, spread over the trainable
     tensors in proportion to their size, at least one per tensor), it reads ``exp_avg_sq``,
-    ``step`` (the parameter's, else the group's) and the group's ``betas`` from the optimizer and ``p.grad`` (the gradient that step
-    used) and returns a :class:`MomentStats`:
+    ``step`` (the parameter's, else the group's) and the group's ``betas`` from the optimizer
+    and ``p.grad`` (the gradient that step used) and returns a :class:`MomentStats`:
 
     .. math::
 
