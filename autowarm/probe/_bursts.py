@@ -60,18 +60,24 @@ class _DivergenceWatch:
 
     Sweep (range test): stop when the smoothed loss exceeds ``factor`` times its minimum, as
     LR finders do (for a minimum at or below 0, when it rises above the minimum by
-    ``factor - 1`` times the larger of the first loss's size and the descent from it). Burst
-    at a schedule: stop when the smoothed loss exceeds ``factor / 2`` times the first loss, a
-    blow-up no later step can undo; milder instability is judged afterwards on the whole
-    trace. Either way a non-finite loss stops the burst.
+    ``factor - 1`` times the larger of the first loss's size and the descent from it). The
+    minimum is taken from the third step on, once the smoothed loss averages a few batches, so
+    one easy first batch does not set it. Burst at a schedule: stop when the smoothed loss
+    exceeds ``factor / 2`` times the starting loss, a blow-up no later step can undo; milder
+    instability is judged afterwards on the whole trace. The starting loss is ``start`` (the
+    probe passes the median loss of the first batches at the initial weights), else the first
+    loss. Either way a non-finite loss stops the burst.
     """
 
-    def __init__(self, factor: float, *, sweep: bool, beta: float = 0.9) -> None:
+    def __init__(
+        self, factor: float, *, sweep: bool, beta: float = 0.9, start: float | None = None
+    ) -> None:
         self.factor, self.sweep, self.beta = factor, sweep, beta
         self.avg = 0.0
         self.n = 0
         self.best = math.inf
-        self.first = math.nan
+        self.start = start
+        self.first = math.nan if start is None else start
         self.blown = False
         self.last_nonfinite = False
 
@@ -86,10 +92,11 @@ class _DivergenceWatch:
         self.n += 1
         self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
         smooth = self.avg / (1.0 - self.beta**self.n)
-        if self.n == 1:
+        if self.n == 1 and self.start is None:
             self.first = loss
         if self.sweep:
-            self.best = min(self.best, smooth)
+            if self.n >= 3:
+                self.best = min(self.best, smooth)
             if self.best > 0:
                 self.blown = self.n > 3 and smooth > self.factor * self.best
             else:
@@ -144,6 +151,9 @@ class ProbeRunner:
     diverge_factor: float = 4.0
     bursts: list[BurstResult] = field(default_factory=list)
     has_second_moment: bool | None = None
+    # The loss at the initial weights, from several batches (set after the range test): the
+    # reference of every later burst's blow-up rule.
+    start_loss: float | None = None
 
     def _set_train_modes(self) -> None:
         # The modes the bursts train in. A model handed over in train mode keeps its
@@ -173,9 +183,10 @@ class ProbeRunner:
     ) -> BurstResult:
         """Train from the snapshot with ``lrs[i]`` at step ``i``; stop early on divergence.
 
-        Divergence is a non-finite loss or gradient, or a loss above ``diverge_factor`` times
-        the lowest loss seen so far in this burst (and above the first loss). Running out of
-        budget ends the burst with ``truncated=True``.
+        Divergence is a non-finite loss or gradient, or a smoothed loss above
+        ``diverge_factor`` times the sweep's lowest (a range test), or above
+        ``diverge_factor / 2`` times :attr:`start_loss` (another burst; its first loss while
+        that is unset). Running out of budget ends the burst with ``truncated=True``.
         """
         burst_id = len(self.bursts)
         self.snapshot.restore_weights()
@@ -193,7 +204,10 @@ class ProbeRunner:
         monitor = self._monitor(optimizer)
         rows: list[dict[str, Any]] = []
         diverged = truncated = False
-        watch = _DivergenceWatch(self.diverge_factor, sweep=phase == "range_test")
+        sweep = phase == "range_test"
+        watch = _DivergenceWatch(
+            self.diverge_factor, sweep=sweep, start=None if sweep else self.start_loss
+        )
         try:
             for i, lr in enumerate(lrs):
                 try:

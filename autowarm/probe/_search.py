@@ -236,10 +236,12 @@ def ramp_lrs(peak: float, warmup: int, hold: int) -> list[float]:
     return ramp + [peak] * hold
 
 
-def _judge(burst: BurstResult) -> BurstVerdict:
-    # The start is read from the median-filtered first losses, so one easy first batch does
-    # not make the rest of the burst look like a catapult.
-    signals = sig.burst_stability(burst.losses)
+def _judge(burst: BurstResult, start_loss: float | None = None) -> BurstVerdict:
+    # The start is the loss at the initial weights over several batches (``start_loss``, from
+    # the range test), else the median-filtered first losses: one easy first batch must not
+    # make the rest of the burst look like a catapult, and a catapult from the first update
+    # must not become the start.
+    signals = sig.burst_stability(burst.losses, start_loss=start_loss)
     if burst.diverged:
         last = burst.rows[-1]
         what = "a non-finite loss" if not last["finite"] else f"loss {last['loss']:.4g}"
@@ -296,8 +298,10 @@ def _range_test(
         peak_lr=math.nan,
         warmup_steps=0,
     )
+    skip_begin = max(1, min(10, n_rt // 10))
+    runner.start_loss = _initial_loss(rt_burst, max(3, skip_begin))
     rt_lrs, rt_losses = _drop_isolated_nonfinite(rt_burst.lrs, rt_burst.losses)
-    rt = sig.range_test(rt_lrs, rt_losses, skip_begin=max(1, min(10, n_rt // 10)), skip_end=1)
+    rt = sig.range_test(rt_lrs, rt_losses, skip_begin=skip_begin, skip_end=1)
     if rt_burst.diverged and not rt.diverged and rt_burst.rows:
         # The runner stopped the sweep (a non-finite loss, or smoothed loss past the factor)
         # before the analysis window saw it: that LR is the divergence edge.
@@ -321,6 +325,18 @@ def _range_test(
             f"(descent {rt.descent:.1%})"
         )
     return rt
+
+
+def _initial_loss(sweep: BurstResult, n: int) -> float | None:
+    """The loss at the initial weights: the median over the sweep's first ``n`` batches.
+
+    The sweep starts ``lr_min`` (1e-7) low, so its first steps leave the weights as they were,
+    and every later burst replays the same batches from the same weights: its first losses
+    are these. A median over several batches, not the first batch alone, is the reference of
+    the bursts' blow-up and catapult rules.
+    """
+    first = [x for x in sweep.losses[:n] if math.isfinite(x)]
+    return float(np.median(first)) if first else None
 
 
 def _early_minimum(rt: sig.RangeTestResult, lr_min: float) -> bool:
@@ -427,7 +443,7 @@ def _peak_ladder(
             peak_lr=peak,
             warmup_steps=ramp,
         )
-        verdicts[k] = _judge(burst)
+        verdicts[k] = _judge(burst, runner.start_loss)
         return verdicts[k]
 
     def score(v: BurstVerdict | None) -> float:
@@ -500,7 +516,8 @@ def run_search(
         n0 = min(length, runner.budget.left)
         if ramp > 0 and n0 >= settings.ladder_min_steps:
             v0 = _judge(
-                runner.run(ramp_lrs(peak, 0, n0), phase="warmup", peak_lr=peak, warmup_steps=0)
+                runner.run(ramp_lrs(peak, 0, n0), phase="warmup", peak_lr=peak, warmup_steps=0),
+                runner.start_loss,
             )
             verdicts.append(v0)
             needed, why = needs_ramp(v0, best, tie_se=settings.tie_se)
@@ -564,7 +581,8 @@ def _warmup_search(
     w = 0
     while runner.budget.left >= hold + w and stable_w is None:
         v = _judge(
-            runner.run(ramp_lrs(peak, w, hold), phase="warmup", peak_lr=peak, warmup_steps=w)
+            runner.run(ramp_lrs(peak, w, hold), phase="warmup", peak_lr=peak, warmup_steps=w),
+            runner.start_loss,
         )
         verdicts.append(v)
         if v.stable:
@@ -586,7 +604,8 @@ def _warmup_search(
                     phase="warmup_bisect",
                     peak_lr=peak,
                     warmup_steps=mid,
-                )
+                ),
+                runner.start_loss,
             )
             verdicts.append(v)
             if v.stable:

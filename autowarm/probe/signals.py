@@ -265,13 +265,15 @@ def _divergence(
     loss: FloatArray, keep: npt.NDArray[np.bool_], smooth: FloatArray, factor: float | None
 ) -> tuple[int, str]:
     # First input position where the loss is non-finite or the smoothed loss exceeds
-    # factor x its running minimum (positive minima only); len(loss) when none.
+    # factor x its running minimum (positive minima only); len(loss) when none. The minimum
+    # counts from the third smoothed point, which averages three batches: one easy first
+    # batch is not a minimum that the next, ordinary batches "diverge" from.
     first, why = loss.size, ""
     bad = np.flatnonzero(~np.isfinite(loss))
     if bad.size:
         first, why = int(bad[0]), f"non-finite loss at index {int(bad[0])}"
     if factor is not None and smooth.size:
-        run_min = np.minimum.accumulate(smooth)
+        run_min = np.minimum.accumulate(np.where(np.arange(smooth.size) >= 2, smooth, np.inf))
         over = np.flatnonzero((run_min > 0) & (smooth > factor * run_min))
         if over.size:
             pos = int(np.flatnonzero(keep)[over[0]])
@@ -301,8 +303,8 @@ def range_test(
     Points whose loss or LR is not finite are dropped together with their LR. The rest is
     smoothed with :func:`ema` (``smooth_beta``). The sweep diverges at the first input position
     where the loss is non-finite or the smoothed loss exceeds ``diverge_factor`` times its
-    running minimum (Lightning's ``early_stop_threshold``; only while that minimum is
-    positive). The analysis window is the finite points before divergence, less
+    running minimum from the third point on (Lightning's ``early_stop_threshold``; only while
+    that minimum is positive). The analysis window is the finite points before divergence, less
     ``skip_begin`` at the start and ``skip_end`` at the end (Lightning's defaults). On it:
 
     - steepest descent: the minimum of :math:`\\partial L / \\partial \\ln \\eta`

@@ -14,6 +14,7 @@ from autowarm.probe._search import (
     BurstVerdict,
     SearchSettings,
     _drop_isolated_nonfinite,
+    _judge,
     _peak_ladder,
     active_settings,
     choose_peak,
@@ -200,6 +201,7 @@ class _LadderRunner:
 
     def __init__(self, offsets: dict[float, float], *, jitter: float = 1e-3) -> None:
         self.offsets, self.jitter = offsets, jitter
+        self.start_loss: float | None = None
         self.budget = Budget(1000)
         self.peaks: list[float] = []
 
@@ -224,7 +226,7 @@ def test_ladder_compares_candidates_step_for_step() -> None:
     edge = 1.0
     offsets = {edge / 10: 0.02, edge / 10**0.5: 0.01, edge: 0.0, edge / 10**1.5: 0.03}
     runner = _LadderRunner(offsets)
-    verdicts, best = _peak_ladder(runner, edge, 40, 10, [], refine=False)  # type: ignore[arg-type]
+    _, best = _peak_ladder(runner, edge, 40, 10, [], refine=False)  # type: ignore[arg-type]
     assert best is not None and best.burst.peak_lr == pytest.approx(edge)
     assert sorted(runner.peaks) == pytest.approx([edge / 10, edge / 10**0.5, edge])
 
@@ -237,3 +239,22 @@ def test_ladder_takes_the_smallest_peak_within_noise() -> None:
     _, best = _peak_ladder(runner, edge, 40, 10, [], refine=False)  # type: ignore[arg-type]
     assert len(runner.peaks) == 3
     assert best is not None and best.burst.peak_lr == pytest.approx(min(runner.peaks))
+
+
+def test_a_catapult_from_the_first_update_is_seen_against_the_initial_loss() -> None:
+    # The loss at the initial weights is 2.3; the first update at the peak throws it to 5.4,
+    # and it recovers. Read alone, the filtered trace starts at the top of the catapult.
+    n = np.arange(1, 40)
+    losses = [2.3, *(5.4 * np.exp(-n / 25.0) + 0.5 + 0.02 * np.cos(n))]
+    burst = BurstResult(
+        "warmup",
+        1,
+        [{"step": i, "lr": 0.1, "loss": float(x), "finite": True} for i, x in enumerate(losses)],
+        False,
+        False,
+        0.1,
+        0,
+    )
+    assert _judge(burst).stable
+    judged = _judge(burst, 2.3)
+    assert not judged.stable and "catapult" in judged.signals.reason

@@ -468,3 +468,17 @@ def test_results_are_frozen_and_plain() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             r.reason = "x"  # type: ignore[misc]
         assert all(type(v) in (bool, int, float, str) for v in r.to_dict().values()), r
+
+
+def test_range_test_easy_first_batch_is_not_the_minimum() -> None:
+    # Batch 0 happens to be easy (loss 1) and the next ones are ordinary (about 7): the sweep
+    # must not "diverge" from that one batch. It diverges where the loss really blows up.
+    rng = np.random.default_rng(0)
+    lrs = np.logspace(-7, 1, 48)
+    loss = 7.0 + rng.normal(0.0, 1.5, 48)
+    loss[:4] = [1.0, 7.7, 3.6, 8.0]
+    loss[30:40] -= np.linspace(0.0, 4.0, 10)  # the descent
+    loss[40:] = 3.0 * 2.0 ** np.arange(8)  # the blow-up
+    r = range_test(lrs, loss, skip_begin=4)
+    assert r.diverged and r.diverge_index >= 40
+    assert 30 <= int(np.searchsorted(lrs, r.min_loss_lr)) < 45
