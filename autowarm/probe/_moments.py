@@ -240,6 +240,12 @@ class SecondMomentMonitor:
       then the (lower) median over coordinates with a non-zero mean; 2 for zero-mean Gaussian
       gradients, larger for heavy tails; ``nan`` until 3 observations. A gradient scale that
       moves during the burst also counts as variance, which overstates ``kappa`` (the safe side).
+      Over few observations the median of per-coordinate ratios reads low (the ratio's
+      sampling distribution is skewed right): about 1.65 for Gaussian gradients after 20
+      updates, and about 3 after 50 for Student-t gradients of 5 degrees of freedom (kappa 8).
+      A ratio of sums pooled over each tensor has no such bias under stationary noise, but
+      an early burst's falling gradient scale inflates it (275 where the median reads 11.6, on
+      a deep ReLU MLP of the tests), so the median is kept.
     - ``n_eff`` (min over the sampled tensors, whose steps and betas may differ) and
       ``rel_error`` :math:`= \\sqrt{\\kappa / n_\\text{eff}}`, the relative error of
       :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
