@@ -910,7 +910,9 @@ def settling_step(
         f"rel_error = sqrt(kappa/n_eff(t)) with kappa={kappa:.3g}, beta2={b2:.6g} reaches "
         f"{rel_error_tol:g} (or saturation) at n_eff={need:.4g}, t={t_star:.1f}"
     )
-    if first["rel_error"] >= 0 or "rel_error" not in open_:
+    if set(open_) - {"rel_error"}:
+        # Drift or vhat_change is still open (alone or with rel_error): the closed form covers
+        # rel_error only.
         reason += "; only a lower bound: drift/vhat_change cannot be extrapolated"
     return SettlingResult(
         settled=False, extrapolated=True, settling_step=estimate, reason=reason, **common

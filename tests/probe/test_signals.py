@@ -418,6 +418,19 @@ def test_settling_lower_bound_when_drift_never_settles() -> None:
     assert "drift not yet" in r.reason and "nan" not in r.reason
 
 
+def test_settling_lower_bound_when_vhat_change_is_open_beside_rel_error() -> None:
+    # A 20-step burst at beta2 = 0.999: neither rel_error nor vhat_change (about 1/t per step)
+    # has settled. The closed form answers for rel_error only, so it is a lower bound.
+    r = settling_step(_stats_frame(20))
+    assert not r.settled and r.extrapolated
+    assert "rel_error" in r.reason and "vhat_change not yet" in r.reason
+    assert "lower bound" in r.reason
+    only_rel = _stats_frame(20)
+    only_rel["vhat_change"] = 0.0
+    only_rel["drift"] = 1.0
+    assert "lower bound" not in settling_step(only_rel).reason
+
+
 def test_settling_degenerate_frames() -> None:
     empty = settling_step(_stats_frame(0))
     assert not empty.settled and math.isnan(empty.settling_step)
