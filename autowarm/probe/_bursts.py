@@ -180,13 +180,15 @@ class ProbeRunner:
         peak_lr: float,
         warmup_steps: int,
         stop_on_divergence: bool = True,
+        smooth_beta: float = 0.9,
     ) -> BurstResult:
         """Train from the snapshot with ``lrs[i]`` at step ``i``; stop early on divergence.
 
         Divergence is a non-finite loss or gradient, or a smoothed loss above
         ``diverge_factor`` times the sweep's lowest (a range test), or above
         ``diverge_factor / 2`` times :attr:`start_loss` (another burst; its first loss while
-        that is unset). Running out of budget ends the burst with ``truncated=True``.
+        that is unset). The loss is smoothed by an EMA of factor ``smooth_beta``. Running out
+        of budget ends the burst with ``truncated=True``.
         """
         burst_id = len(self.bursts)
         self.snapshot.restore_weights()
@@ -206,7 +208,10 @@ class ProbeRunner:
         diverged = truncated = False
         sweep = phase == "range_test"
         watch = _DivergenceWatch(
-            self.diverge_factor, sweep=sweep, start=None if sweep else self.start_loss
+            self.diverge_factor,
+            sweep=sweep,
+            beta=smooth_beta,
+            start=None if sweep else self.start_loss,
         )
         try:
             for i, lr in enumerate(lrs):

@@ -60,6 +60,10 @@ class SearchSettings:
     range_test_share: float = 0.25  # of the budget, for the sweep
     range_test_min_steps: int = 16
     range_test_max_steps: int = 150
+    # The sweep's loss EMA averages about this many decades of LR, whatever the sweep's length,
+    # so its lag, and the edge read from it, do not move with the budget: 10 points (EMA factor
+    # 0.9, as LR finders smooth) of a 50-point sweep over the 8 decades from lr_min to lr_max.
+    range_test_smooth_decades: float = 10 * 8 / 49
     ladder_share: float = 0.2  # of the budget, per peak-ladder burst (3 bursts, 4 if refined)
     # Of each ladder burst, the linear ramp to its peak; also the warmup, as a fraction of the
     # run, when the no-ramp burst shows the chosen peak needs its ramp.
@@ -292,16 +296,18 @@ def _range_test(
             max(settings.range_test_min_steps, round(settings.range_test_share * budget)),
         )
     )
+    beta = sweep_smoothing(n_rt, settings)
     rt_burst = runner.run(
         range_test_lrs(n_rt, settings.lr_min, settings.lr_max),
         phase="range_test",
         peak_lr=math.nan,
         warmup_steps=0,
+        smooth_beta=beta,
     )
     skip_begin = max(1, min(10, n_rt // 10))
     runner.start_loss = _initial_loss(rt_burst, max(3, skip_begin))
     rt_lrs, rt_losses = _drop_isolated_nonfinite(rt_burst.lrs, rt_burst.losses)
-    rt = sig.range_test(rt_lrs, rt_losses, skip_begin=skip_begin, skip_end=1)
+    rt = sig.range_test(rt_lrs, rt_losses, smooth_beta=beta, skip_begin=skip_begin, skip_end=1)
     if rt_burst.diverged and not rt.diverged and rt_burst.rows:
         # The runner stopped the sweep (a non-finite loss, or smoothed loss past the factor)
         # before the analysis window saw it: that LR is the divergence edge.
@@ -325,6 +331,17 @@ def _range_test(
             f"(descent {rt.descent:.1%})"
         )
     return rt
+
+
+def sweep_smoothing(n: int, settings: SearchSettings) -> float:
+    """EMA factor of an ``n``-point sweep that averages ``range_test_smooth_decades`` of LR.
+
+    A fixed factor (0.9, about 10 points) lags a fixed number of points, which is 1.3 decades
+    of a 16-point sweep over 8 decades and 0.5 of a 150-point one: the sweep's edge, and every
+    peak the ladder tries below it, would move with the budget alone.
+    """
+    decades_per_point = math.log10(settings.lr_max / settings.lr_min) / max(1, n - 1)
+    return max(0.0, 1.0 - decades_per_point / settings.range_test_smooth_decades)
 
 
 def _initial_loss(sweep: BurstResult, n: int) -> float | None:

@@ -23,6 +23,7 @@ from autowarm.probe._search import (
     ramp_lrs,
     range_test_lrs,
     settings_label,
+    sweep_smoothing,
     use_settings,
 )
 
@@ -258,3 +259,21 @@ def test_a_catapult_from_the_first_update_is_seen_against_the_initial_loss() -> 
     assert _judge(burst).stable
     judged = _judge(burst, 2.3)
     assert not judged.stable and "catapult" in judged.signals.reason
+
+
+def test_the_sweeps_smoothing_spans_the_same_decades_at_any_length() -> None:
+    # A noise-free U-shaped loss against log LR, minimum at 1e-3, read from sweeps of 16, 50
+    # and 150 points (the probe's shortest, its benchmark length, its longest). With one EMA
+    # factor (0.9) for all, the edge moved 0.87 decades, from 2.1e-2 (16 points) to 2.9e-3
+    # (150 points); now 0.41, most of it the 16-point sweep's spacing of 0.53 decades.
+    settings = SearchSettings()
+    assert sweep_smoothing(50, settings) == 0.9  # the factor LR finders use, at 50 points
+    edges = []
+    for n in (16, 50, 150):
+        lrs = np.asarray(range_test_lrs(n, settings.lr_min, settings.lr_max))
+        loss = 1.0 + 0.1 * (np.log10(lrs) + 3.0) ** 2
+        rt = sig.range_test(
+            lrs, loss, smooth_beta=sweep_smoothing(n, settings), skip_begin=1, skip_end=1
+        )
+        edges.append(math.log10(rt.min_loss_lr))
+    assert max(edges) - min(edges) < 0.5, edges
