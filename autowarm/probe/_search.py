@@ -271,13 +271,19 @@ def _drop_isolated_nonfinite(
     ]
 
 
-def _moment_frame(runner: ProbeRunner, verdicts: list[BurstVerdict]) -> pd.DataFrame | None:
-    # Settling is read on the longest stable burst (else the longest one): its ramp is the
-    # regime the real run will see.
+def _moment_frame(
+    runner: ProbeRunner, verdicts: list[BurstVerdict], chosen: BurstVerdict | None = None
+) -> pd.DataFrame | None:
+    # Settling is read on the longest stable burst (else the longest one), and among equally
+    # long ones on the chosen peak's: its ramp and its peak are the regime the real run will
+    # see (the ladder's bursts are equally long; the smallest peak's used to be read).
     if not verdicts or runner.has_second_moment is False:
         return None
     stable = [v for v in verdicts if v.stable]
-    pick = max(stable or verdicts, key=lambda v: v.burst.steps).burst
+    pool = stable or verdicts
+    longest = max(v.burst.steps for v in pool)
+    pool = [v for v in pool if v.burst.steps == longest]
+    pick = next((v for v in pool if v is chosen), pool[0]).burst
     frame = pd.DataFrame(pick.rows)
     if frame.empty or frame["vhat_mean"].isna().all():
         return None
@@ -552,7 +558,7 @@ def run_search(
                 f"no budget was left for a burst without a ramp ({n0} steps); the ladder's "
                 f"{ramp}-step ramp stands, in steps"
             )
-    settling = _settling(runner, verdicts, settings, beta2)
+    settling = _settling(runner, verdicts, settings, beta2, best)
     return _decide(
         peak,
         peak_why,
@@ -579,8 +585,9 @@ def _settling(
     verdicts: list[BurstVerdict],
     settings: SearchSettings,
     beta2: float | None,
+    chosen: BurstVerdict | None = None,
 ) -> sig.SettlingResult | None:
-    frame = _moment_frame(runner, verdicts)
+    frame = _moment_frame(runner, verdicts, chosen)
     if frame is None or len(frame) < 3:
         return None
     return sig.settling_step(

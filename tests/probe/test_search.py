@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from autowarm.probe import signals as sig
-from autowarm.probe._bursts import Budget, BurstResult
+from autowarm.probe._bursts import MOMENT_COLUMNS, Budget, BurstResult
 from autowarm.probe._search import (
     BurstVerdict,
     SearchSettings,
     _drop_isolated_nonfinite,
     _judge,
+    _moment_frame,
     _peak_ladder,
     active_settings,
     choose_peak,
@@ -277,3 +278,24 @@ def test_the_sweeps_smoothing_spans_the_same_decades_at_any_length() -> None:
         )
         edges.append(math.log10(rt.min_loss_lr))
     assert max(edges) - min(edges) < 0.5, edges
+
+
+def test_the_second_moment_is_read_on_the_chosen_peaks_burst() -> None:
+    def verdict(peak: float, kappa: float) -> BurstVerdict:
+        rows = [
+            {"step": i, "lr": peak, "loss": 1.0 / (i + 1), "finite": True}
+            | {c: 1.0 for c in MOMENT_COLUMNS}
+            | {"kappa": kappa}
+            for i in range(20)
+        ]
+        burst = BurstResult("peak_ladder", 1, rows, False, False, peak, 5)
+        return BurstVerdict(burst, sig.burst_stability(burst.losses))
+
+    ladder = [verdict(0.01, 2.0), verdict(0.03, 5.0), verdict(0.1, 9.0)]
+
+    class Runner:
+        has_second_moment = True
+
+    frame = _moment_frame(Runner(), ladder, ladder[1])  # type: ignore[arg-type]
+    assert frame is not None and (frame["kappa"] == 5.0).all()
+    assert (_moment_frame(Runner(), ladder)["kappa"] == 2.0).all()  # type: ignore[arg-type,index]
