@@ -557,10 +557,12 @@ def burst_stability(
 
     Step ``k`` is position ``k`` of ``losses`` (the loss of the batch before update ``k``).
     The burst is read up to its first non-finite loss; :math:`S` is :func:`ema` of that part
-    after a running median of 3 (Tukey's end-point rule), which removes single odd batches
-    (USERS C1: EMA plus a robust filter); :math:`L_0` is ``start_loss``, else the first point of
-    the median-filtered losses (so one lucky first batch does not set it); all quantities are
-    relative to :math:`|L_0|`, so the defaults carry over between models. Batch noise is
+    after a running median of 3 (at the first point Tukey's end-point rule, or, when
+    ``start_loss`` is given, the median of it, the first loss and the second point), which
+    removes single odd batches (USERS C1: EMA plus a robust filter); :math:`L_0` is
+    ``start_loss``, else the first point of the median-filtered losses (so one lucky first
+    batch does not set it); all quantities are relative to :math:`|L_0|`, so the defaults
+    carry over between models. Batch noise is
     measured from second differences of the raw losses :math:`x` (which cancel a linear trend
     and damp slow changes, :math:`\\mathrm{Var}(\\Delta^2 x) = 6\\sigma^2`):
     :math:`\\sigma` (``noise``) is the RMS of :math:`\\Delta^2 x` over the burst, winsorised
@@ -658,6 +660,11 @@ def burst_stability(
             tv_ratio=nan, excess_tv=nan, noise=nan, n_spikes=0, first_spike_step=-1,
         )  # fmt: skip
     filtered = _median3(xf)
+    if start_loss is not None and xf.size >= 2:
+        # The given start stands before the first loss: the first point's median of three is
+        # taken with it (not by the end-point rule), so one hard first batch does not start
+        # the curve high, and a jump at the first update is not taken for the start.
+        filtered[0] = np.median([start_loss, xf[0], filtered[1]])
     start = float(start_loss) if start_loss is not None else float(filtered[0])
     smooth = ema(filtered, smooth_beta)
     scale = abs(start) or float(np.max(np.abs(xf))) or 1.0

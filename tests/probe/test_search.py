@@ -262,6 +262,24 @@ def test_a_catapult_from_the_first_update_is_seen_against_the_initial_loss() -> 
     assert not judged.stable and "catapult" in judged.signals.reason
 
 
+def test_one_hard_first_batch_is_no_catapult_against_the_initial_loss() -> None:
+    # Batch 0 is 30% harder than the loss at the initial weights (the median of several
+    # batches, 7.37); the rest descends. The first point must not start the curve high.
+    n = np.arange(1, 40)
+    losses = [9.55, *(7.3 * np.exp(-n / 15.0) + 0.5 + 0.05 * np.cos(n))]
+    burst = BurstResult(
+        "peak_ladder",
+        1,
+        [{"step": i, "lr": 0.01, "loss": float(x), "finite": True} for i, x in enumerate(losses)],
+        False,
+        False,
+        0.01,
+        10,
+    )
+    judged = _judge(burst, 7.37)
+    assert judged.stable, judged.signals.reason
+
+
 def test_the_sweeps_smoothing_spans_the_same_decades_at_any_length() -> None:
     # A noise-free U-shaped loss against log LR, minimum at 1e-3, read from sweeps of 16, 50
     # and 150 points (the probe's shortest, its benchmark length, its longest). With one EMA
