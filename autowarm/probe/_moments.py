@@ -266,7 +266,10 @@ class SecondMomentMonitor:
     k-th call is observed: the short EMA, the Welford moments and ``vhat_change`` are then
     over observed updates. ``p.grad`` is the gradient Adam used unless the optimizer adds L2
     weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay is fine) or clips
-    it internally.
+    it internally. With ``amsgrad=True`` Adam divides by the running maximum
+    ``max_exp_avg_sq``, not by ``exp_avg_sq``; the statistics are still those of
+    ``exp_avg_sq``, whose settling is what a warmup waits for (the maximum only makes the steps
+    smaller).
 
     Args:
         optimizer:
