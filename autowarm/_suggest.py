@@ -337,7 +337,9 @@ def suggest(
         A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
 
     Raises:
-        ValueError: bad arguments, empty data, a batch format that needs ``loss_fn``.
+        ValueError: bad arguments, empty data, a batch format that needs ``loss_fn``, a batch
+            holding a NaN on which the loss was non-finite (an inf in a batch, such as an
+            additive ``-inf`` attention mask, is not blamed).
         ProbeDivergedError: every LR tried diverged (the error carries the trace).
     """
     if not isinstance(model, nn.Module):
@@ -509,11 +511,17 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
         lrs = sorted({round(v.burst.peak_lr, 12) for v in warm})
         step = _same_nonfinite_step([v.burst.rows for v in warm])
         if step is not None:
+            position = runner.stream.position_of_step(step)
+            which = (
+                "the batch at that step"
+                if position is None
+                else f"the batch at that step (batch {position} of the data as it is yielded, "
+                "counting from 0)"
+            )
             raise ProbeDivergedError(
                 f"every burst's loss was non-finite at step {step} whatever its LR (peaks "
-                f"{lrs}): the batch at that step (batch {step} of the data, counting from 0) "
-                "or the loss on it is the likely cause, not the LR; check that batch and the "
-                "loss on it. The trace is in error.trace",
+                f"{lrs}): {which} or the loss on it is the likely cause, not the LR; check "
+                "that batch and the loss on it. The trace is in error.trace",
                 trace,
             )
         raise ProbeDivergedError(

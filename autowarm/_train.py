@@ -32,15 +32,26 @@ Criterion = Callable[[Any, Any], torch.Tensor]
 _LOSS_FN_HINT = "pass loss_fn=callable(model, batch) -> scalar loss"
 
 
-def nonfinite_in_batch(batch: Any) -> bool:
-    """Whether a floating-point tensor anywhere in a (nested) batch holds a nan or inf."""
+def nan_in_batch(batch: Any) -> bool:
+    """Whether a floating-point (or complex) tensor anywhere in a (nested) batch holds a NaN.
+
+    Only a NaN marks a batch as bad data: ``-inf`` and ``inf`` are legitimate values in a batch,
+    e.g. an additive attention mask (``nn.Transformer.generate_square_subsequent_mask``, a
+    padding mask of ``0`` / ``-inf``), so a batch holding them is not blamed for a non-finite
+    loss.
+    """
     if isinstance(batch, torch.Tensor):
-        return bool(batch.is_floating_point() and not torch.isfinite(batch).all())
+        return bool((batch.is_floating_point() or batch.is_complex()) and torch.isnan(batch).any())
     if isinstance(batch, Mapping):
-        return any(nonfinite_in_batch(v) for v in batch.values())
+        return any(nan_in_batch(v) for v in batch.values())
     if isinstance(batch, (tuple, list)):
-        return any(nonfinite_in_batch(v) for v in batch)
+        return any(nan_in_batch(v) for v in batch)
     return False
+
+
+# The name the probe's runner (probe/_bursts.py) imports. It answers whether the batch holds a
+# NaN, not any non-finite value: an inf in a batch is a mask, not a fault (see nan_in_batch).
+nonfinite_in_batch = nan_in_batch
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -380,6 +391,14 @@ class BatchStream:
         self._reiterable = iterator is not data
         self._first: Any = _UNSET
         self._pending: Any = _UNSET  # re-iterable: a batch peeked by first(), served next
+        self._pending_pos = 0  # re-iterable: the peeked batch's index in the data
+        self._pass_pos = 0  # re-iterable: index in the data of the next batch of this pass
+        self._pass_lengths: set[int] = set()  # re-iterable: lengths of the passes that ran out
+        self._positions_seen = 0  # re-iterable: most batches drawn from one pass
+        self.last_position: int | None = None
+        """Index in the data (counting from 0, as it is yielded) of the batch :meth:`next`
+        returned last, or ``None`` before the first. Data shorter than the probe is cycled, so
+        this is not the number of batches drawn since :meth:`restart`."""
         self._cache: list[Any] = []  # one-shot: every batch drawn, in order
         self._pos = 0  # one-shot: index of the next cached batch to serve
         self._exhausted = False  # one-shot: the source raised StopIteration
@@ -420,14 +439,17 @@ class BatchStream:
         if self._reiterable:
             if self._pending is not _UNSET:
                 raw, self._pending = self._pending, _UNSET
+                self.last_position = self._pending_pos
             else:
                 raw = self._draw_reiterable()
+                self.last_position = self._pass_pos - 1
         else:
             if self._pos >= len(self._cache):
                 self._fill_cache()
             if self._pos >= len(self._cache):  # source exhausted: cycle through the cache
                 self._pos = 0
             raw = self._cache[self._pos]
+            self.last_position = self._pos
             self._pos += 1
         self.batches_drawn += 1
         return move_to_device(raw, self.device)
@@ -451,6 +473,7 @@ class BatchStream:
         if self._reiterable:
             self._pending = _UNSET
             self._iter = iter(self._data)
+            self._pass_pos = 0
         else:
             self._pos = 0
 
@@ -459,17 +482,44 @@ class BatchStream:
         for generator, state in zip(self._generators, self._generator_states, strict=True):
             generator.set_state(state)
 
+    def position_of_step(self, step: int) -> int | None:
+        """Index in the data (counting from 0, as it is yielded) of the batch that step
+        ``step`` after a :meth:`restart` gets, or ``None`` if it cannot be known.
+
+        Data shorter than the probe is cycled, so step ``step`` gets batch ``step`` modulo the
+        data's length: known once the data has run out (for re-iterable data, when every pass
+        that ran out had the same length), or when no pass has run out yet and ``step``
+        batches have been drawn in one.
+        """
+        if step < 0:
+            return None
+        if not self._reiterable:
+            if self._exhausted and self._cache:
+                return step % len(self._cache)
+            return step if step < len(self._cache) else None
+        if not self._pass_lengths:
+            return step if step < self._positions_seen else None
+        if len(self._pass_lengths) == 1:
+            return step % next(iter(self._pass_lengths))
+        return None  # passes of different lengths (a sampler whose length varies)
+
     def _draw_reiterable(self) -> Any:
         try:
             raw = next(self._iter)
         except StopIteration:
+            if self._pass_pos > 0:
+                self._pass_lengths.add(self._pass_pos)
             self._iter = iter(self._data)
+            self._pass_pos = 0
             try:
                 raw = next(self._iter)
             except StopIteration:
                 raise _empty_error(self._data) from None
         if self._first is _UNSET:
             self._first = raw
+        self._pending_pos = self._pass_pos
+        self._pass_pos += 1
+        self._positions_seen = max(self._positions_seen, self._pass_pos)
         return raw
 
     def _fill_cache(self) -> None:

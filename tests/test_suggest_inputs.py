@@ -1,0 +1,157 @@
+"""suggest() on inputs of less common shapes: masks, numpy seeds, loaders with workers,
+packed sequences; and what its errors and warnings say."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import autowarm
+from autowarm._train import BatchStream, nan_in_batch, nonfinite_in_batch
+
+TOTAL = 500
+BUDGET = 50
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cls_batches(
+    n_batches: int = 4, bs: int = 16, seed: int = 0
+) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_batches * bs, 8, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _run(model: nn.Module, data: Any, *args: Any, **kwargs: Any) -> autowarm.Suggestion:
+    kwargs.setdefault("total_steps", TOTAL)
+    kwargs.setdefault("budget_steps", BUDGET)
+    kwargs.setdefault("progress", False)
+    return autowarm.suggest(model, data, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# An inf in a batch is a mask; a NaN is bad data
+# --------------------------------------------------------------------------------------------
+
+
+class _MaskedAttention(nn.Module):
+    """Attention pooling under an additive mask; its loss turns NaN once a weight has moved by
+    more than 1 (what a transformer does at a too-high LR)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.h = nn.Linear(8, 2)
+        self.init = [p.detach().clone() for p in self.parameters()]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Any:
+        w = (self.q(x).sum(-1) + mask).softmax(-1).unsqueeze(-1)
+        loss = F.cross_entropy(self.h((w * x).sum(1)), labels)
+        with torch.no_grad():
+            moved = max(
+                float((p - q).abs().max())
+                for p, q in zip(self.parameters(), self.init, strict=True)
+            )
+        return {"loss": loss * math.nan if moved > 1.0 else loss}
+
+
+def _masked_batches(masked_value: float) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(6):
+        x = torch.randn(16, 5, 8, generator=g)
+        mask = torch.zeros(16, 5)
+        mask[:, 3:] = masked_value
+        out.append({"x": x, "mask": mask, "labels": (x[:, 0, 0] > 0).long()})
+    return out
+
+
+def test_a_minus_inf_mask_in_the_batch_is_not_blamed_for_divergence() -> None:
+    # The probe's high LRs blow the loss up to NaN; the batches are fine. A -inf mask used to
+    # turn that into "the batch ... holds a nan or inf: clean the data".
+    answers = []
+    for masked_value in (-1e9, -math.inf):
+        torch.manual_seed(0)
+        s = _run(_MaskedAttention(), _masked_batches(masked_value), total_steps=600)
+        answers.append((s.warmup_steps, s.peak_lr))
+        assert (~s.trace["finite"].astype(bool)).any()  # it did diverge somewhere
+    assert answers[0] == answers[1]
+
+
+def test_only_a_nan_marks_a_batch_as_bad_data() -> None:
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(4)
+    assert torch.isinf(mask).any()
+    assert not nan_in_batch({"x": torch.ones(2), "mask": mask})
+    assert not nan_in_batch((torch.tensor([math.inf, -math.inf]), torch.arange(3)))
+    assert nan_in_batch({"inputs": [torch.ones(2), torch.tensor([1.0, math.nan])]})
+    assert nan_in_batch(torch.tensor([complex(math.nan, 0.0)]))
+    assert nonfinite_in_batch is nan_in_batch  # the name the probe's runner imports
+
+
+def test_the_stream_says_which_batch_of_cycled_data_it_served() -> None:
+    for data in (_cls_batches(n_batches=3), iter(_cls_batches(n_batches=3))):
+        stream = BatchStream(data, torch.device("cpu"))
+        assert stream.last_position is None
+        stream.first()
+        positions = []
+        for _ in range(8):
+            stream.next()
+            positions.append(stream.last_position)
+        assert positions == [0, 1, 2, 0, 1, 2, 0, 1]
+        stream.restart()
+        stream.next()
+        assert stream.last_position == 0
+        assert [stream.position_of_step(i) for i in (0, 2, 3, 7, 14)] == [0, 2, 0, 1, 2]
+
+
+def test_a_position_not_yet_seen_is_not_claimed() -> None:
+    stream = BatchStream(_cls_batches(n_batches=10), torch.device("cpu"))
+    for _ in range(4):
+        stream.next()
+    # Four batches drawn, none past the end of the data: step 3 is batch 3; step 12 could be
+    # batch 12 or (were the data 6 long) batch 0, so it is not claimed.
+    assert stream.position_of_step(3) == 3
+    assert stream.position_of_step(12) is None
+
+
+def test_a_loss_failing_on_one_batch_of_cycled_data_names_its_position() -> None:
+    # Six batches, cycled. The loss is non-finite on batch 2 from its second visit in a burst on
+    # (step 8), so the error names step 8 and batch 2 of the data, not "batch 8" of six.
+    batches = _cls_batches(n_batches=6)
+    marker = batches[2][0]
+    model = _mlp()
+    init = [p.detach().clone() for p in model.parameters()]
+    calls = [0]  # forward passes with gradients since the weights were last the initial ones
+
+    def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
+        if all(torch.equal(p, q) for p, q in zip(m.parameters(), init, strict=True)):
+            calls[0] = 0  # a burst starts from the initial weights
+        calls[0] += 1
+        loss = F.cross_entropy(m(batch[0]), batch[1])
+        revisit = batch[0].data_ptr() == marker.data_ptr() and calls[0] > 6
+        return loss * math.inf if revisit else loss
+
+    with pytest.raises(
+        autowarm.ProbeDivergedError,
+        match=r"non-finite at step 8 whatever its LR.*batch 2 of the data as it is yielded",
+    ):
+        _run(model, batches, loss_fn=loss_fn)
