@@ -364,6 +364,7 @@ def suggest(
             f"seed must be an int in [0, 2**32) (it seeds torch, numpy and random), but got "
             f"seed={seed!r}"
         )
+    seed = int(seed)  # a numpy integer passes the check, but random.seed() refuses it
     ScheduleConfig(peak_lr=1.0, total_steps=total, warmup_steps=0, decay=decay)  # validate early
     probe_cls, proxy_note = _probe_optimizer(optimizer_cls)
     resolved_loss = resolve_loss_fn(loss_fn, criterion)

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,3 +156,14 @@ def test_a_loss_failing_on_one_batch_of_cycled_data_names_its_position() -> None
         match=r"non-finite at step 8 whatever its LR.*batch 2 of the data as it is yielded",
     ):
         _run(model, batches, loss_fn=loss_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_numpy_integer_seed_is_taken_as_that_int() -> None:
+    a = _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, seed=np.int64(3))
+    b = _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, seed=3)
+    assert (a.peak_lr, a.warmup_steps) == (b.peak_lr, b.warmup_steps)
