@@ -29,8 +29,11 @@ class RngState:
     """The states of the global random number generators a training run draws from.
 
     Covers torch's CPU generator, every CUDA device's generator (when CUDA is already
-    initialised, or when the caller is about to use CUDA anyway: ``include_cuda=True``),
-    numpy's global ``np.random`` state and python's ``random`` module.
+    initialised, or when the caller is about to use CUDA anyway: ``include_cuda=True``), the
+    MPS generator (where MPS is available), numpy's global ``np.random`` state and python's
+    ``random`` module. A seed that ``torch.manual_seed`` queued for a device not initialised
+    yet (CUDA, XPU and MTIA queue it and apply it on their first use; the latest one wins) is
+    captured too, so a seed set before the block is the one that device starts from after it.
 
     Attributes:
         torch_cpu:
@@ -41,12 +44,19 @@ class RngState:
             ``np.random.get_state()``.
         python:
             ``random.getstate()``.
+        torch_mps:
+            ``torch.mps.get_rng_state()``, or ``None`` where MPS is not available.
+        lazy_seeds:
+            The seeds queued for devices not initialised yet: per device module (``"cuda"``,
+            ``"xpu"``, ``"mtia"``) that keeps one, its queue as it was (an opaque value).
     """
 
     torch_cpu: torch.Tensor
     torch_cuda: tuple[torch.Tensor, ...] | None
     numpy: Any
     python: Any
+    torch_mps: torch.Tensor | None = None
+    lazy_seeds: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def capture(cls, *, include_cuda: bool = False) -> RngState:
@@ -63,12 +73,16 @@ class RngState:
         cuda_ready = torch.cuda.is_initialized() or (  # type: ignore[no-untyped-call]
             include_cuda and torch.cuda.is_available()
         )
+        # Read before the CUDA states: reading those initialises CUDA, which runs the queue.
+        lazy = _lazy_seed_queues()
         cuda = tuple(torch.cuda.get_rng_state_all()) if cuda_ready else None
         return cls(
             torch_cpu=torch.get_rng_state(),
             torch_cuda=cuda,
             numpy=np.random.get_state(),
             python=random.getstate(),
+            torch_mps=torch.mps.get_rng_state() if _mps_available() else None,
+            lazy_seeds=lazy,
         )
 
     def restore(self) -> None:
@@ -76,8 +90,52 @@ class RngState:
         torch.set_rng_state(self.torch_cpu)
         if self.torch_cuda is not None:
             torch.cuda.set_rng_state_all(self.torch_cuda)
+        if self.torch_mps is not None:
+            torch.mps.set_rng_state(self.torch_mps)
+        _set_lazy_seed_queues(self.lazy_seeds)
         np.random.set_state(self.numpy)
         random.setstate(self.python)
+
+
+# The device modules whose manual_seed queues the seed (torch._utils._LazySeedTracker) until the
+# device is initialised: torch.manual_seed seeds them all, and only the latest seed is kept.
+_LAZY_SEED_MODULES = ("cuda", "xpu", "mtia")
+_LAZY_SEED_FIELDS = ("manual_seed_all_cb", "manual_seed_cb", "call_order")
+
+
+def _lazy_seed_tracker(name: str) -> Any:
+    tracker = getattr(getattr(torch, name, None), "_lazy_seed_tracker", None)
+    if tracker is None or not all(hasattr(tracker, f) for f in _LAZY_SEED_FIELDS):
+        return None  # another torch version: nothing known to capture
+    return tracker
+
+
+def _lazy_seed_queues() -> tuple[tuple[str, Any], ...]:
+    out = []
+    for name in _LAZY_SEED_MODULES:
+        tracker = _lazy_seed_tracker(name)
+        if tracker is not None:
+            values = tuple(getattr(tracker, f) for f in _LAZY_SEED_FIELDS)
+            out.append((name, (*values[:2], list(values[2]))))
+    return tuple(out)
+
+
+def _set_lazy_seed_queues(queues: tuple[tuple[str, Any], ...]) -> None:
+    # Once a device is initialised its queue has run and new seeds apply at once; putting the
+    # queue back then changes nothing.
+    for name, (seed_all_cb, seed_cb, call_order) in queues:
+        tracker = _lazy_seed_tracker(name)
+        if tracker is not None:
+            tracker.manual_seed_all_cb = seed_all_cb
+            tracker.manual_seed_cb = seed_cb
+            tracker.call_order = list(call_order)
+
+
+def _mps_available() -> bool:
+    try:
+        return bool(torch.backends.mps.is_available())
+    except Exception:  # a build without the MPS backend module
+        return False
 
 
 def rng_state() -> RngState:

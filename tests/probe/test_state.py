@@ -367,3 +367,33 @@ def test_rng_state_pair_roundtrip() -> None:
     second = _draw_all()
     _assert_draws_equal(first, second)
     assert state.torch_cuda is None or len(state.torch_cuda) == torch.cuda.device_count()
+
+
+def _queued_cuda_seed() -> Any:
+    # The seed torch.manual_seed queued for an uninitialised CUDA: the closure of the queued
+    # manual_seed_all callback holds it (private torch state, read as torch 2.x keeps it).
+    tracker = getattr(torch.cuda, "_lazy_seed_tracker", None)
+    queued = getattr(tracker, "manual_seed_all_cb", None)
+    closure = getattr(queued[0], "__closure__", None) if queued else None
+    if closure is None:
+        return None
+    return [c.cell_contents for c in closure]
+
+
+def test_a_seed_queued_for_an_uninitialised_cuda_is_put_back() -> None:
+    # With CUDA available but not initialised, torch.manual_seed queues the CUDA seed and only
+    # the latest one is kept; the probe's own torch.manual_seed(seed) replaced the user's.
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA is initialised: seeds apply at once, nothing is queued")
+    torch.manual_seed(1234)
+    if _queued_cuda_seed() is None:
+        pytest.skip("this torch keeps no lazy CUDA seed queue in torch.cuda._lazy_seed_tracker")
+    assert 1234 in _queued_cuda_seed()
+    with preserved(nn.Linear(2, 2)):
+        torch.manual_seed(7)
+        assert 7 in _queued_cuda_seed()
+    assert 1234 in _queued_cuda_seed()
+    state = rng_state()
+    torch.manual_seed(9)
+    set_rng_state(state)
+    assert 1234 in _queued_cuda_seed()
