@@ -167,3 +167,15 @@ def test_a_numpy_integer_seed_is_taken_as_that_int() -> None:
     a = _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, seed=np.int64(3))
     b = _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, seed=3)
     assert (a.peak_lr, a.warmup_steps) == (b.peak_lr, b.warmup_steps)
+
+
+def test_suggest_refuses_inference_tensors_and_a_meta_snapshot_before_training() -> None:
+    with torch.inference_mode():
+        frozen = _mlp()
+    with pytest.raises(ValueError, match="inference tensors"):
+        _run(frozen, _cls_batches(), criterion=F.cross_entropy)
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="snapshot_device='meta'"):
+        _run(model, _cls_batches(), criterion=F.cross_entropy, snapshot_device="meta")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))

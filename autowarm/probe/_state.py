@@ -189,7 +189,9 @@ class ModelSnapshot:
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
-        ValueError: If ``snapshot_device`` is not a valid device.
+        ValueError: If ``snapshot_device`` is not a valid device or cannot hold data
+            (``"meta"``), or if the model holds inference tensors (made under
+            ``torch.inference_mode()``), which cannot be written back in place.
     """
 
     def __init__(
@@ -204,6 +206,13 @@ class ModelSnapshot:
                 f"model must be a torch.nn.Module, but got type {type(model).__name__}"
             )
         self._device = _as_device(snapshot_device)
+        if self._device is not None and self._device.type == "meta":
+            raise ValueError(
+                "snapshot_device='meta' cannot hold the copy of the weights (a meta tensor has "
+                "no data, so nothing could be restored from it); pass snapshot_device='cpu', "
+                "or None to keep the copy on the model's device"
+            )
+        _refuse_inference_tensors(model)
         self._modules = list(model.modules())  # shared submodules appear once
         self._training = [module.training for module in self._modules]
         self._slots: list[_Slot] = [
@@ -250,7 +259,7 @@ class ModelSnapshot:
         moved to another device after the snapshot stays there (a model whose dtype was changed
         gets the saved values cast to it). ``requires_grad``, modes, gradients and RNG states
         are left as they are; :meth:`restore_all` restores those, and the original dtypes and
-        devices, too.
+        devices, too. Every tensor is tried even if one fails; the first error is raised after.
         """
         self._restore_weights(exact=False)
 
@@ -268,31 +277,40 @@ class ModelSnapshot:
 
     def restore_all(self) -> None:
         """Restore the weights (with their original dtype and device), ``requires_grad``,
-        ``.training``, ``.grad`` and RNG states."""
-        self._restore_weights(exact=True)
-        self.restore_modes()
+        ``.training``, ``.grad`` and RNG states.
+
+        Every part is restored even if an earlier one fails (each tensor, each module, each
+        parameter's gradient, the RNG states); the first error is raised afterwards.
+        """
+        self._check_live()
+        errors: list[BaseException] = []
+        errors += self._restore_weights(exact=True, raise_first=False)
+        _attempt(errors, self.restore_modes)
         for module in self._modules:
-            _recompute_reparametrised(module, self._aliases)
+            _attempt(errors, _recompute_reparametrised, module, self._aliases)
         for param, requires_grad, grad in zip(
             self._params, self._requires_grad, self._grads, strict=True
         ):
-            param.requires_grad_(requires_grad)
-            param.grad = None if grad is None else grad.to(device=param.device, copy=True)
-        self._rng.restore()
+            _attempt(errors, _restore_grad, param, requires_grad, grad)
+        _attempt(errors, self._rng.restore)
+        if errors:
+            raise errors[0]
 
-    def _restore_weights(self, *, exact: bool) -> None:
+    def _restore_weights(self, *, exact: bool, raise_first: bool = True) -> list[BaseException]:
+        # Each tensor is restored even if another one fails; the errors are raised (the first)
+        # or returned.
         self._check_live()
+        errors: list[BaseException] = []
         for module, kind, name, tensor in self._slots:
             slots = getattr(module, kind)
             if name not in slots or slots[name] is not tensor:
                 slots[name] = tensor
         with torch.no_grad():
             for tensor, saved, meta in zip(self._tensors, self._copies, self._meta, strict=True):
-                if (_meta(tensor) == meta) if exact else (tensor.shape == saved.shape):
-                    tensor.copy_(saved)
-                else:  # converted since the snapshot (e.g. model.half()): give back its data
-                    device = meta[2] if exact else tensor.device
-                    tensor.data = saved.to(device=device, copy=True)
+                _attempt(errors, _restore_tensor, tensor, saved, meta, exact)
+        if errors and raise_first:
+            raise errors[0]
+        return errors
 
     def release(self) -> None:
         """Drop the saved copies (and references to the model) to free their memory.
@@ -307,6 +325,51 @@ class ModelSnapshot:
     def _check_live(self) -> None:
         if self._released:
             raise RuntimeError("this ModelSnapshot was released and can no longer restore")
+
+
+def _attempt(errors: list[BaseException], fn: Any, *args: Any) -> None:
+    # Run one restore step; an error (even a KeyboardInterrupt) is kept for later, so that the
+    # steps after it still run.
+    try:
+        fn(*args)
+    except BaseException as exc:  # re-raised by the caller once every step ran
+        errors.append(exc)
+
+
+def _restore_tensor(
+    tensor: torch.Tensor,
+    saved: torch.Tensor,
+    meta: tuple[torch.dtype, torch.Size, torch.device, tuple[int, ...]],
+    exact: bool,
+) -> None:
+    if (_meta(tensor) == meta) if exact else (tensor.shape == saved.shape):
+        tensor.copy_(saved)
+    else:  # converted since the snapshot (e.g. model.half()): give back its data
+        device = meta[2] if exact else tensor.device
+        tensor.data = saved.to(device=device, copy=True)
+
+
+def _restore_grad(param: nn.Parameter, requires_grad: bool, grad: torch.Tensor | None) -> None:
+    param.requires_grad_(requires_grad)
+    param.grad = None if grad is None else grad.to(device=param.device, copy=True)
+
+
+def _refuse_inference_tensors(model: nn.Module) -> None:
+    # An inference tensor (made under torch.inference_mode()) cannot be updated in place
+    # outside that mode, so the weights could be neither trained nor put back.
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    bad = [name for name, tensor in named if tensor.is_inference()]
+    if bad:
+        raise ValueError(
+            f"the model holds inference tensors ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}), made under torch.inference_mode(): they "
+            "cannot be trained or restored in place; build or load the model outside "
+            "torch.inference_mode() (torch.no_grad() is fine), or give each one a normal copy "
+            "first (for t in [*model.parameters(), *model.buffers()]: t.data = t.data.clone())"
+        )
 
 
 def _spectral_aliases(modules: list[nn.Module]) -> set[tuple[int, str]]:

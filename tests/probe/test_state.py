@@ -397,3 +397,46 @@ def test_a_seed_queued_for_an_uninitialised_cuda_is_put_back() -> None:
     torch.manual_seed(9)
     set_rng_state(state)
     assert 1234 in _queued_cuda_seed()
+
+
+def test_every_part_is_restored_when_one_tensor_copy_fails() -> None:
+    # One saved copy cannot be written back (a meta tensor: no data). The other tensors, the
+    # modes, requires_grad, .grad and the RNG states are restored all the same, and the one
+    # error is raised once, not chained to a second copy of itself.
+    model = _mixed_model()
+    before = _state(model)
+    torch.manual_seed(5)
+    saved_rng = torch.get_rng_state()
+    snapshot = ModelSnapshot(model)
+    index = next(i for i, t in enumerate(snapshot._tensors) if t is model.frozen.weight)
+    snapshot._copies[index] = torch.empty_like(snapshot._copies[index], device="meta")
+    _mess_up(model)
+    torch.manual_seed(99)
+    with pytest.raises(NotImplementedError, match="meta") as info:
+        snapshot.restore_all()
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    before["params"].pop("frozen.weight")
+    after = _state(model)
+    after["params"].pop("frozen.weight")
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    for name, tensor in before["params"].items():
+        assert torch.equal(after["params"][name], tensor), name
+    for name, tensor in before["buffers"].items():
+        assert torch.equal(after["buffers"][name], tensor), name
+    for name, grad in before["grads"].items():
+        got = after["grads"][name]
+        assert (got is None) if grad is None else torch.equal(got, grad), name
+
+
+def test_a_model_of_inference_tensors_is_refused_up_front() -> None:
+    with torch.inference_mode():
+        model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"inference tensors \(weight, bias\).*inference_mode"):
+        ModelSnapshot(model)
+
+
+def test_a_meta_snapshot_device_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match=r"snapshot_device='meta' cannot hold.*'cpu'"):
+        ModelSnapshot(nn.Linear(2, 2), snapshot_device="meta")
