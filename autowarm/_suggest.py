@@ -44,7 +44,8 @@ _REQUIRED = ("schedule", "probe_steps", "rationale")
 
 
 class ProbeDivergedError(RuntimeError):
-    """Every LR the probe tried diverged; ``trace`` holds what was recorded."""
+    """The probe found no usable LR: its range test found none that lowered the loss before
+    the sweep diverged, or every burst it ran diverged; ``trace`` holds what was recorded."""
 
     def __init__(self, message: str, trace: pd.DataFrame) -> None:
         super().__init__(message)
@@ -340,7 +341,9 @@ def suggest(
         ValueError: bad arguments, empty data, a batch format that needs ``loss_fn``, a batch
             holding a NaN on which the loss was non-finite (an inf in a batch, such as an
             additive ``-inf`` attention mask, is not blamed).
-        ProbeDivergedError: every LR tried diverged (the error carries the trace).
+        ProbeDivergedError: no usable LR: the range test found none that lowered the loss
+            before it diverged (a budget too small for the sweep, or a broken loss), or every
+            burst diverged; the message says which, and the error carries the trace.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
@@ -502,9 +505,7 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
         outcome = run_search(runner, total_steps=total, settings=active_settings(), beta2=beta2)
     except NoUsableLR as exc:
         raise ProbeDivergedError(
-            f"every LR the probe tried diverged: {exc}; check the loss and the model's "
-            "initialisation. The trace is in error.trace",
-            pd.DataFrame(runner.trace_rows()),
+            _no_usable_lr_message(exc, runner, total), pd.DataFrame(runner.trace_rows())
         ) from None
     warm = outcome.verdicts
     if warm and all(v.burst.diverged for v in warm) and outcome.warmup_from_bursts is None:
@@ -532,6 +533,32 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
             trace,
         )
     return outcome
+
+
+def _no_usable_lr_message(exc: NoUsableLR, runner: ProbeRunner, total: int) -> str:
+    # The range test found no LR to go on (it diverged before the loss fell, or no LR lowered
+    # the loss): in a short sweep each LR gets few steps, so a slow starter has no time to show
+    # progress before the sweep reaches LRs that blow up. More steps is the first thing to try.
+    settings = active_settings()
+    n_rt = sum(1 for b in runner.bursts if b.phase == "range_test" for _ in b.rows)
+    budget = runner.budget.total
+    sweep = (
+        f"its range test swept lr {settings.lr_min:g} to {settings.lr_max:g} in {n_rt} steps "
+        f"(of a budget of {budget}), a few steps per LR, which may be too few for the loss to "
+        "fall"
+    )
+    if budget < total:
+        more = (
+            f"pass a larger budget_steps (e.g. budget_steps={min(total, 2 * budget)}; at most "
+            f"total_steps={total}), so that the sweep spends more steps on each LR"
+        )
+    else:
+        more = f"this probe already had the whole {total}-step run as its budget"
+    return (
+        f"the probe found no LR to suggest: {exc}. {sweep[0].upper()}{sweep[1:]}; {more}. If "
+        "that does not help, check the loss and the model's initialisation. The trace is in "
+        "error.trace"
+    )
 
 
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:

@@ -179,3 +179,45 @@ def test_suggest_refuses_inference_tensors_and_a_meta_snapshot_before_training()
     with pytest.raises(ValueError, match="snapshot_device='meta'"):
         _run(model, _cls_batches(), criterion=F.cross_entropy, snapshot_device="meta")
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# What errors and warnings say
+# --------------------------------------------------------------------------------------------
+
+
+class _Shared(nn.Module):
+    """One Linear applied twice: a slow starter that a 16-step sweep cannot see fall."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(8, 8)
+        self.h = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(self.l(torch.relu(self.l(x))))
+
+
+def test_a_sweep_too_short_to_see_the_loss_fall_asks_for_a_larger_budget() -> None:
+    # Only the sweep's last two LRs blew up; it used to say "every LR the probe tried
+    # diverged". The default budget of a 600-step run (60) gives the sweep 16 steps.
+    torch.manual_seed(0)
+    with pytest.raises(autowarm.ProbeDivergedError) as info:
+        autowarm.suggest(
+            _Shared(), _cls_batches(), criterion=F.cross_entropy, total_steps=600, progress=False
+        )
+    message = str(info.value)
+    assert "every LR" not in message
+    assert "no LR before it lowered the loss" in message
+    assert "in 16 steps (of a budget of 60)" in message
+    assert "pass a larger budget_steps (e.g. budget_steps=120" in message
+    torch.manual_seed(0)
+    s = autowarm.suggest(
+        _Shared(),
+        _cls_batches(),
+        criterion=F.cross_entropy,
+        total_steps=600,
+        budget_steps=120,
+        progress=False,
+    )
+    assert s.peak_lr > 0
