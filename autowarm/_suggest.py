@@ -396,8 +396,13 @@ def suggest(
                 progress,
             )
         finally:
-            # The loader's own generators (if any) shuffle the user's real run as before.
-            stream.restore_generators()
+            # The loader's own generators (if any) shuffle the user's real run as before, and
+            # a loader with persistent workers starts its next epoch afresh, as without the
+            # probe.
+            try:
+                stream.close()
+            finally:
+                stream.restore_generators()
             if moved:
                 model.to(original_device)
     trace = pd.DataFrame(runner.trace_rows())

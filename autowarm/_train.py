@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 __all__ = [
     "BatchStream",
@@ -374,6 +375,9 @@ class BatchStream:
         # A loader's own generators, captured before iter() draws from them.
         generators = _data_generators(data)
         states = [g.get_state() for g in generators]
+        # A DataLoader with persistent_workers keeps the iterator (and its worker processes)
+        # that the first iter() makes, and later epochs reuse it: whether the user's had one.
+        self._loader_iterator: Any = getattr(data, "_iterator", None)
         try:
             iterator = iter(data)
         except TypeError:
@@ -482,6 +486,23 @@ class BatchStream:
         for generator, state in zip(self._generators, self._generator_states, strict=True):
             generator.set_state(state)
 
+    def close(self) -> None:
+        """Shut down the worker processes of the loader iterators this stream started.
+
+        A ``DataLoader`` with ``persistent_workers=True`` keeps the iterator its first
+        ``iter()`` makes and reuses it for later epochs (which changes their order); if it had
+        none when the stream was made, the stream's is shut down and removed, so the loader's
+        next ``iter()`` starts as it would have without the stream. An iterator the loader
+        already had is left to it. The stream must not be used after this.
+        """
+        kept = getattr(self._data, "_iterator", None)
+        made_here = self._loader_iterator is None and kept is not None
+        if isinstance(self._data, DataLoader) and made_here:
+            _shutdown_workers(kept)
+            self._data._iterator = None
+        if self._reiterable and self._iter is not self._loader_iterator:
+            _shutdown_workers(self._iter)  # a worker iterator of a non-persistent loader
+
     def position_of_step(self, step: int) -> int | None:
         """Index in the data (counting from 0, as it is yielded) of the batch that step
         ``step`` after a :meth:`restart` gets, or ``None`` if it cannot be known.
@@ -535,6 +556,14 @@ class BatchStream:
                     self._first = raw
         if not self._cache:
             raise _empty_error(self._data)
+
+
+def _shutdown_workers(iterator: object) -> None:
+    # torch's multi-process loader iterator stops its workers with _shutdown_workers (what its
+    # __del__ calls; safe to call twice); other iterators have nothing to stop.
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
 
 
 def _data_generators(data: object) -> list[torch.Generator]:

@@ -221,3 +221,39 @@ def test_a_sweep_too_short_to_see_the_loss_fall_asks_for_a_larger_budget() -> No
         progress=False,
     )
     assert s.peak_lr > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------
+
+
+def _persistent_loader() -> torch.utils.data.DataLoader:
+    batches = _cls_batches(n_batches=6)
+    dataset = torch.utils.data.TensorDataset(
+        torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=16,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        generator=torch.Generator().manual_seed(5),
+    )
+
+
+def _epoch(loader: torch.utils.data.DataLoader) -> list[torch.Tensor]:
+    return [x for x, _ in loader]
+
+
+def test_a_loader_with_persistent_workers_starts_the_next_epoch_as_without_the_probe() -> None:
+    # The probe's iter() made the loader's persistent iterator (two worker processes), which
+    # the user's next epoch then reused, in another order.
+    expected = _epoch(_persistent_loader())
+    loader = _persistent_loader()
+    _run(_mlp(), loader, criterion=F.cross_entropy, budget_steps=40)
+    assert loader._iterator is None
+    got = _epoch(loader)
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
