@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader
 
 __all__ = [
@@ -60,8 +61,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
     Tuples, lists and mappings are walked recursively. Namedtuples keep their type, and so do
     mappings that can be rebuilt from a dict (``dict``, ``OrderedDict``, Hugging Face
-    ``BatchEncoding``); other mappings come back as a plain ``dict``. Anything that is not a
-    tensor or a container is returned unchanged.
+    ``BatchEncoding``); other mappings come back as a plain ``dict``. A ``PackedSequence`` is
+    moved by its own ``.to()``, which keeps its ``batch_sizes`` on the CPU as RNNs need.
+    Anything that is not a tensor or a container is returned unchanged.
 
     Args:
         batch:
@@ -74,6 +76,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
+    if isinstance(batch, PackedSequence):
+        # A namedtuple whose batch_sizes must stay on the CPU: its own .to() knows.
+        return batch.to(device=device)
     if isinstance(batch, Mapping):
         moved = {key: move_to_device(value, device) for key, value in batch.items()}
         try:

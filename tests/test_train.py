@@ -474,3 +474,30 @@ def test_empty_source_raises_before_training(empty: Any) -> None:
 def test_non_iterable_data(data: Any, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         BatchStream(data, CPU)
+
+
+def test_a_packed_sequence_keeps_its_batch_sizes_on_the_cpu() -> None:
+    # PackedSequence is a namedtuple; moved field by field, its batch_sizes left the CPU,
+    # which RNNs refuse.
+    packed = nn.utils.rnn.pack_sequence([torch.ones(3, 2), torch.ones(2, 2)])
+    moved = move_to_device({"x": packed}, torch.device("meta"))["x"]
+    assert isinstance(moved, nn.utils.rnn.PackedSequence)
+    assert moved.data.device.type == "meta"
+    assert moved.batch_sizes.device == CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_packed_sequence_batch_trains_an_lstm_on_cuda() -> None:
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    lstm = nn.LSTM(2, 3).to(cuda)
+    packed = nn.utils.rnn.pack_sequence([torch.randn(3, 2), torch.randn(2, 2)])
+    batch = move_to_device((packed, torch.randn(2, 3)), cuda)
+
+    def loss_fn(model: nn.Module, b: Any) -> torch.Tensor:
+        _, (h, _) = model(b[0])
+        return F.mse_loss(h[-1], b[1])
+
+    optimizer = torch.optim.AdamW(lstm.parameters(), lr=1e-3)
+    assert train_step(lstm, optimizer, batch, loss_fn).finite
