@@ -78,7 +78,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
         return batch.to(device)
     if isinstance(batch, PackedSequence):
         # A namedtuple whose batch_sizes must stay on the CPU: its own .to() knows.
-        return batch.to(device=device)
+        return batch.to(device)  # type: ignore[arg-type]  # its stub lists dtype first
     if isinstance(batch, Mapping):
         moved = {key: move_to_device(value, device) for key, value in batch.items()}
         try:
