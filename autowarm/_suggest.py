@@ -482,7 +482,7 @@ def _probe(
     finally:
         bar.close()
     if runner.has_second_moment is False:
-        warnings.warn(_no_second_moment_message(optimizer_cls), UserWarning, stacklevel=4)
+        warnings.warn(_no_second_moment_message(optimizer_cls), UserWarning, stacklevel=3)
     return outcome, runner
 
 

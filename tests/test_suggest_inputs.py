@@ -3,7 +3,9 @@ packed sequences; and what its errors and warnings say."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -257,3 +259,19 @@ def test_a_loader_with_persistent_workers_starts_the_next_epoch_as_without_the_p
     got = _epoch(loader)
     assert len(got) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_the_no_second_moment_warning_points_at_the_suggest_call() -> None:
+    # It pointed at the caller of suggest()'s caller (here pytest's own code).
+    kwargs: dict[str, Any] = {
+        "criterion": F.cross_entropy,
+        "total_steps": TOTAL,
+        "progress": False,
+    }
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        autowarm.suggest(_mlp(), _cls_batches(), torch.optim.SGD, budget_steps=BUDGET, **kwargs)
+    ours = [w for w in got if "second moment" in str(w.message)]
+    assert len(ours) == 1
+    assert (ours[0].filename, ours[0].lineno) == (__file__, line)
