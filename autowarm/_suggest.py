@@ -451,9 +451,13 @@ def _probe(
             loss = loss_fn(model, first)
     except RuntimeError:
         # A loss that takes gradients inside itself (an input-gradient penalty) needs
-        # autograd; the graph is dropped at once. A real error raises again here.
-        with torch.enable_grad():
-            loss = loss_fn(model, first).detach()
+        # autograd; the graph is dropped at once. A real error raises again here, in the
+        # grad mode the probe trains in, alone: not chained to its own first occurrence.
+        try:
+            with torch.enable_grad():
+                loss = loss_fn(model, first).detach()
+        except Exception as again:
+            raise again from None
     if not torch.isfinite(loss).all():
         raise ValueError(
             f"the loss of the first batch at the initial weights is {float(loss)}: check the "

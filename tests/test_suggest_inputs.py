@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import traceback
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -275,3 +276,16 @@ def test_the_no_second_moment_warning_points_at_the_suggest_call() -> None:
     ours = [w for w in got if "second moment" in str(w.message)]
     assert len(ours) == 1
     assert (ours[0].filename, ours[0].lineno) == (__file__, line)
+
+
+def test_a_loss_that_fails_on_the_first_batch_raises_its_error_once() -> None:
+    # The first-batch check retries a RuntimeError with gradients on (for losses that take
+    # gradients inside); a real error used to come back chained to its own first occurrence.
+    def broken(model: nn.Module, batch: Any) -> torch.Tensor:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as info:
+        _run(_mlp(), _cls_batches(), loss_fn=broken)
+    text = "".join(traceback.format_exception(info.value))
+    assert text.count("RuntimeError: mat1 and mat2") == 1
+    assert "During handling of the above exception" not in text
