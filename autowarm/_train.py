@@ -51,11 +51,6 @@ def nan_in_batch(batch: Any) -> bool:
     return False
 
 
-# The name the probe's runner (probe/_bursts.py) imports. It answers whether the batch holds a
-# NaN, not any non-finite value: an inf in a batch is a mask, not a fault (see nan_in_batch).
-nonfinite_in_batch = nan_in_batch
-
-
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in a (nested) batch to ``device``.
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autowarm._train import BatchStream, LossFn, nonfinite_in_batch, train_step
+from autowarm._train import BatchStream, LossFn, nan_in_batch, train_step
 from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
 from autowarm.probe._state import ModelSnapshot
 
@@ -225,12 +225,14 @@ class ProbeRunner:
                 t0 = time.perf_counter()
                 batch = self.stream.next()
                 res = train_step(self.model, optimizer, batch, self.loss_fn)
-                if not res.finite and nonfinite_in_batch(batch):
-                    # Non-finite at any LR: the data's fault, not the schedule's.
+                if not res.finite and nan_in_batch(batch):
+                    # A NaN in the data is non-finite at any LR: the data's fault, not the
+                    # schedule's. (An inf is not blamed: it may be an additive attention mask.)
                     raise ValueError(
-                        f"the batch at step {i} of a probe burst (batch {i} of the data, "
-                        "counting from 0, as it is yielded) holds a nan or inf: clean the data "
-                        "(e.g. check torch.isfinite on each batch's tensors) and probe again"
+                        f"the batch at step {i} of a probe burst (batch "
+                        f"{self.stream.last_position} of the data as it is yielded, counting "
+                        "from 0) holds a NaN: clean the data (e.g. check torch.isnan on each "
+                        "batch's tensors) and probe again"
                     )
                 stats = monitor.update() if (monitor is not None and res.finite) else None
                 row: dict[str, Any] = {
