@@ -259,16 +259,16 @@ def _judge(burst: BurstResult, start_loss: float | None = None) -> BurstVerdict:
 
 def _drop_isolated_nonfinite(
     lrs: list[float], losses: list[float]
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[int]]:
     # A non-finite loss followed by a finite one is a bad batch (the step was skipped), not the
-    # sweep's divergence; only the trailing run of non-finite losses marks divergence.
-    keep = [
-        math.isfinite(x) or i == len(losses) - 1 or not math.isfinite(losses[i + 1])
+    # sweep's divergence; only the trailing run of non-finite losses marks divergence. Also
+    # returns the sweep step of each kept point, to map positions back to the trace.
+    kept = [
+        i
         for i, x in enumerate(losses)
+        if math.isfinite(x) or i == len(losses) - 1 or not math.isfinite(losses[i + 1])
     ]
-    return [a for a, k in zip(lrs, keep, strict=True) if k], [
-        b for b, k in zip(losses, keep, strict=True) if k
-    ]
+    return [lrs[i] for i in kept], [losses[i] for i in kept], kept
 
 
 def _moment_frame(
@@ -312,8 +312,11 @@ def _range_test(
     )
     skip_begin = max(1, min(10, n_rt // 10))
     runner.start_loss = _initial_loss(rt_burst, max(3, skip_begin))
-    rt_lrs, rt_losses = _drop_isolated_nonfinite(rt_burst.lrs, rt_burst.losses)
+    rt_lrs, rt_losses, rt_steps = _drop_isolated_nonfinite(rt_burst.lrs, rt_burst.losses)
     rt = sig.range_test(rt_lrs, rt_losses, smooth_beta=beta, skip_begin=skip_begin, skip_end=1)
+    if rt.diverged:
+        # range_test counts the points it was given; the trace counts the sweep's steps.
+        rt = dataclasses.replace(rt, diverge_index=rt_steps[rt.diverge_index])
     if rt_burst.diverged and not rt.diverged and rt_burst.rows:
         # The runner stopped the sweep (a non-finite loss, or smoothed loss past the factor)
         # before the analysis window saw it: that LR is the divergence edge.

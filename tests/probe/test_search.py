@@ -74,8 +74,9 @@ def test_isolated_nan_is_dropped_trailing_kept() -> None:
     nan = math.nan
     lrs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     losses = [1.0, nan, 0.9, 0.8, nan, nan]
-    kl, kx = _drop_isolated_nonfinite(lrs, losses)
+    kl, kx, steps = _drop_isolated_nonfinite(lrs, losses)
     assert kl == [1.0, 3.0, 4.0, 5.0, 6.0]
+    assert steps == [0, 2, 3, 4, 5]
     assert kx[:3] == [1.0, 0.9, 0.8]
     assert all(math.isnan(v) for v in kx[3:])
     # a single trailing NaN is divergence, kept
