@@ -597,7 +597,9 @@ def burst_stability(
       floor, default 5% of the start loss, keeps a burst that barely moved from dividing by
       ~0). ``tv_ratio`` :math:`= V / D` itself is reported too (1 for a monotone descent, large
       for oscillation; it also grows with noise and burst length, hence the rule on the excess:
-      at 15% batch noise over 1000 steps a stable descent has ``tv_ratio`` near 10).
+      at 15% batch noise over 1000 steps a stable descent has ``tv_ratio`` near 10). When
+      the smoothed loss ends above its start and at least half its travel beyond noise is
+      that net rise, the rule is reported as **rise** instead (same test, same verdict).
 
     Args:
         losses:
@@ -696,7 +698,13 @@ def burst_stability(
             f"spikes: {len(spikes)} loss spikes above spike_z={spike_z:g} robust SDs lasting "
             f"{spike_min_steps}+ steps (> max_spikes={max_spikes}), first at step {spikes[0]}"
         )
-    if excess_tv > tv_tol:
+    if excess_tv > tv_tol and net < 0 and -net >= 0.5 * (tv - noise_tv):
+        # The travel is mostly one way, up: the same rule, named for what the loss did.
+        fired.append(
+            f"rise: smoothed loss ended {-net / scale:.1%} above where it began "
+            f"(excess_tv={excess_tv:.2f} > tv_tol={tv_tol:g})"
+        )
+    elif excess_tv > tv_tol:
         fired.append(
             f"oscillation: excess_tv={excess_tv:.2f} > tv_tol={tv_tol:g} (tv_ratio={tv_ratio:.2f})"
         )

@@ -292,6 +292,19 @@ def test_oscillation() -> None:
     assert r.tv_ratio > 2 and r.excess_tv > 1
 
 
+def test_a_steady_rise_is_named_a_rise_not_an_oscillation() -> None:
+    # A loss that climbs 5% without a wobble (below the catapult's 10%) travels only upward:
+    # the same rule holds it unstable, and its reason says it rose.
+    r = burst_stability(1.0 + 0.05 * np.linspace(0.0, 1.0, 60))
+    assert r.unstable and "rise: " in r.reason and "oscillation" not in r.reason
+    assert r.net_decrease < 0
+    # An up-and-down travel that also ends higher is still an oscillation.
+    t = np.arange(300)
+    wobble = (1.0 + 0.0005 * t) * (1 + 0.3 * np.sin(t / 5.0))
+    r = burst_stability(wobble)
+    assert r.unstable and "oscillation" in r.reason and "rise: " not in r.reason
+
+
 def test_nan_tail() -> None:
     x = _descent(noise=0.01)
     x[150:] = np.nan
