@@ -19,6 +19,7 @@ from torch import nn
 
 from autowarm._checks import is_int
 from autowarm._config_io import check_format_version
+from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import BatchStream, LossFn, model_device, resolve_loss_fn
 from autowarm.probe._bursts import Budget, ProbeRunner
 from autowarm.probe._search import (
@@ -296,6 +297,7 @@ def suggest(
     seed: int = 0,
     progress: bool = True,
     snapshot_device: torch.device | str | None = None,
+    param_groups: ParamGroups | None = None,
 ) -> Suggestion:
     """Probe ``model`` on ``dataloader`` and suggest a warmup length and a peak LR.
 
@@ -333,6 +335,13 @@ def suggest(
         progress: show a progress bar (only on terminals).
         snapshot_device: where to keep the copy of the initial weights (``"cpu"`` saves GPU
             memory for a GPU model).
+        param_groups: the real run's parameter groups, when it has several: a list of dicts
+            ``{"params": [...], "lr_scale": 0.1, "weight_decay": 0.0, ...}`` (the model's
+            parameters; any per-group setting of the optimizer; not ``"lr"``), or a function
+            of the model returning one. Group ``i`` trains at ``lr_scale`` (default 1) times
+            the LR the probe tries, so ``peak_lr`` is the LR of a group with scale 1: apply
+            it with ``s.schedule.lambda_lr(optimizer, group_scales=[...the same scales])``.
+            Default: one group of every parameter with ``requires_grad=True``.
 
     Returns:
         A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
@@ -371,6 +380,11 @@ def suggest(
     ScheduleConfig(peak_lr=1.0, total_steps=total, warmup_steps=0, decay=decay)  # validate early
     probe_cls, proxy_note = _probe_optimizer(optimizer_cls)
     resolved_loss = resolve_loss_fn(loss_fn, criterion)
+    groups = (
+        None
+        if param_groups is None
+        else resolve_param_groups(param_groups, model, probe_cls, kwargs)
+    )
     start = time.perf_counter()
     original_device = model_device(model)
     target = torch.device(device) if device is not None else original_device
@@ -394,6 +408,7 @@ def suggest(
                 total,
                 seed,
                 progress,
+                groups,
             )
         finally:
             # The loader's own generators (if any) shuffle the user's real run as before, and
@@ -407,7 +422,23 @@ def suggest(
                 model.to(original_device)
     trace = pd.DataFrame(runner.trace_rows())
     return _suggestion(
-        outcome, runner, trace, total, decay, time.perf_counter() - start, preface=proxy_note
+        outcome,
+        runner,
+        trace,
+        total,
+        decay,
+        time.perf_counter() - start,
+        preface=" ".join(x for x in (proxy_note, _groups_note(groups)) if x) or None,
+    )
+
+
+def _groups_note(groups: list[GroupSpec] | None) -> str | None:
+    if groups is None:
+        return None
+    scales = ", ".join(f"{g.lr_scale:g}" for g in groups)
+    return (
+        f"The probe trained {len(groups)} parameter groups at {scales} times each LR it "
+        "tried; the LRs below are those of a group at scale 1."
     )
 
 
@@ -441,6 +472,7 @@ def _probe(
     total: int,
     seed: int,
     progress: bool,
+    groups: list[GroupSpec] | None = None,
 ) -> tuple[ProbeOutcome, ProbeRunner]:
     from tqdm.auto import tqdm
 
@@ -479,10 +511,11 @@ def _probe(
         snapshot=snapshot,
         seed=seed,
         budget=Budget(total=budget_n, on_step=functools.partial(_tick, bar)),
+        param_groups=groups,
     )
     try:
         torch.manual_seed(seed)
-        outcome = _search_or_raise(runner, total, _beta2(optimizer_cls, kwargs))
+        outcome = _search_or_raise(runner, total, _beta2(optimizer_cls, kwargs, groups))
     finally:
         bar.close()
     if runner.has_second_moment is False:
@@ -582,7 +615,13 @@ def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
     return firsts.pop() if len(bursts) >= 2 and len(firsts) == 1 else None
 
 
-def _beta2(optimizer_cls: type[torch.optim.Optimizer], kwargs: Mapping[str, Any]) -> float | None:
+def _beta2(
+    optimizer_cls: type[torch.optim.Optimizer],
+    kwargs: Mapping[str, Any],
+    groups: list[GroupSpec] | None = None,
+) -> float | None:
+    # The beta2 of the optimizer; with groups of their own betas, the largest: its second
+    # moment settles last (the monitor's n_eff is the least over the groups, too).
     betas = kwargs.get("betas")
     if betas is None:
         # The class default, read from its signature (Adam/AdamW: 0.999).
@@ -590,6 +629,12 @@ def _beta2(optimizer_cls: type[torch.optim.Optimizer], kwargs: Mapping[str, Any]
 
         default = inspect.signature(optimizer_cls.__init__).parameters.get("betas")
         betas = None if default is None else default.default
+    per_group = [g.options.get("betas", betas) for g in groups] if groups else [betas]
+    found = [b2 for b2 in map(_second_beta, per_group) if b2 is not None]
+    return max(found) if found else None
+
+
+def _second_beta(betas: object) -> float | None:
     try:
         return float(betas[1])  # type: ignore[index]
     except (TypeError, IndexError, ValueError):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autowarm._groups import GroupSpec
 from autowarm._train import BatchStream, LossFn, nan_in_batch, train_step
 from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
 from autowarm.probe._state import ModelSnapshot
@@ -154,6 +155,9 @@ class ProbeRunner:
     # The loss at the initial weights, from several batches (set after the range test): the
     # reference of every later burst's blow-up rule.
     start_loss: float | None = None
+    # The real run's parameter groups (suggest(param_groups=...)); None: one group of every
+    # trainable parameter. Group i trains at its lr_scale x the burst's LR.
+    param_groups: list[GroupSpec] | None = None
 
     def _set_train_modes(self) -> None:
         # The modes the bursts train in. A model handed over in train mode keeps its
@@ -165,12 +169,21 @@ class ProbeRunner:
             self.model.train()
 
     def _fresh_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        if self.param_groups is not None:
+            groups = [g.as_group() for g in self.param_groups]
+            return self.optimizer_cls(groups, lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(
                 "the model has no parameter with requires_grad=True; unfreeze what should train"
             )
         return self.optimizer_cls(params, lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def lr_scales(self) -> list[float]:
+        """The LR ratio of each parameter group of the bursts' optimizers, in their order."""
+        if self.param_groups is None:
+            return [1.0]
+        return [g.lr_scale for g in self.param_groups]
 
     def run(
         self,
@@ -203,6 +216,7 @@ class ProbeRunner:
         # Each step sets its own LR below; the constructor gets a positive one, since some
         # optimizers (SparseAdam) refuse lr=0, where a ramp starts.
         optimizer = self._fresh_optimizer(next((float(x) for x in lrs if x > 0), 1e-3))
+        scales = self.lr_scales()
         monitor = self._monitor(optimizer)
         rows: list[dict[str, Any]] = []
         diverged = truncated = False
@@ -220,8 +234,8 @@ class ProbeRunner:
                 except BudgetExhausted:
                     truncated = True
                     break
-                for group in optimizer.param_groups:
-                    group["lr"] = float(lr)
+                for group, scale in zip(optimizer.param_groups, scales, strict=True):
+                    group["lr"] = float(lr) * scale
                 t0 = time.perf_counter()
                 batch = self.stream.next()
                 res = train_step(self.model, optimizer, batch, self.loss_fn)

@@ -1,0 +1,148 @@
+"""Parameter groups for the probe: the real run's groups, at LRs in fixed ratios.
+
+A real run often trains its parameters in groups: no weight decay on biases and norms, a
+pretrained backbone at a tenth of the head's LR (discriminative LRs). The probe trains with the
+same groups, each at ``lr_scale`` times the LR it is trying; the suggested ``peak_lr`` is the LR
+of a group whose scale is 1, and ``schedule.lambda_lr(optimizer, group_scales=...)`` applies it
+to every group with the same ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["GroupSpec", "ParamGroups", "resolve_param_groups"]
+
+#: What ``suggest(param_groups=...)`` takes: a list of group dicts, or a function of the model
+#: returning them (called once, before the probe's first step).
+ParamGroups = Sequence[Mapping[str, Any]] | Callable[[nn.Module], Iterable[Mapping[str, Any]]]
+
+# Keys a group may not carry: the probe sets every group's LR itself.
+_LR_KEYS = ("lr", "initial_lr")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One parameter group as the probe builds it for every burst's fresh optimizer."""
+
+    params: tuple[nn.Parameter, ...]
+    options: Mapping[str, Any]  # the group's own optimizer settings (weight_decay, betas, ...)
+    lr_scale: float  # the group trains at lr_scale x the probe's LR
+
+    def as_group(self) -> dict[str, Any]:
+        """A fresh dict for the optimizer (which writes its defaults into the dicts it gets)."""
+        return {**self.options, "params": list(self.params)}
+
+
+def resolve_param_groups(
+    spec: ParamGroups,
+    model: nn.Module,
+    optimizer_cls: type[torch.optim.Optimizer],
+    optimizer_kwargs: Mapping[str, Any],
+) -> list[GroupSpec]:
+    """Check the user's groups against the model and the optimizer, before any training.
+
+    Each group is a mapping with ``"params"`` (the model's parameters: a tensor or an iterable
+    of them), optionally ``"lr_scale"`` (a positive float, default 1) and any per-group
+    setting the optimizer takes (``weight_decay``, ``betas``, ...); not ``"lr"``.
+
+    Raises:
+        TypeError: ``spec`` is neither a sequence of mappings nor a callable returning one.
+        ValueError: a group with an LR, an unknown setting, a tensor that is not one of the
+            model's parameters, a parameter in two groups, no trainable parameter, a bad
+            ``lr_scale``.
+    """
+    raw: object = spec(model) if callable(spec) else spec
+    if isinstance(raw, (Mapping, str, bytes)) or not isinstance(raw, Iterable):
+        raise TypeError(
+            "param_groups must be a list of dicts such as [{'params': [...], 'weight_decay': "
+            "0.0}, ...], or a function of the model returning one, but got "
+            f"{type(raw).__name__}"
+        )
+    owned = {id(p): name for name, p in model.named_parameters()}
+    seen: dict[int, int] = {}
+    groups: list[GroupSpec] = []
+    for i, group in enumerate(raw):
+        if not isinstance(group, Mapping) or "params" not in group:
+            raise TypeError(
+                f"param_groups[{i}] must be a dict with a 'params' entry, but got "
+                f"{type(group).__name__}"
+                + (f" with keys {sorted(map(str, group))}" if isinstance(group, Mapping) else "")
+            )
+        bad = [k for k in _LR_KEYS if k in group]
+        if bad:
+            raise ValueError(
+                f"param_groups[{i}] sets {bad[0]!r}, but the probe chooses the LR: give the "
+                "group's LR as a ratio to the peak, 'lr_scale' (e.g. 0.1 for a backbone at a "
+                "tenth of the head's LR), and apply the suggestion with "
+                "s.schedule.lambda_lr(optimizer, group_scales=[...])"
+            )
+        scale = group.get("lr_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise ValueError(f"param_groups[{i}]['lr_scale'] must be a float, got {scale!r}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"param_groups[{i}]['lr_scale'] must be a finite float > 0, but got {scale!r} "
+                "(to keep a group from training, leave it out or set requires_grad=False)"
+            )
+        items = group["params"]
+        params = [items] if isinstance(items, torch.Tensor) else list(items)
+        for p in params:
+            if not isinstance(p, torch.Tensor) or id(p) not in owned:
+                raise ValueError(
+                    f"param_groups[{i}] holds {_describe(p)}, which is not a parameter of the "
+                    "model: the probe trains and restores only the model's own parameters; "
+                    "take them from model.parameters() or model.named_parameters()"
+                )
+            if id(p) in seen:
+                raise ValueError(
+                    f"parameter {owned[id(p)]!r} is in param_groups[{seen[id(p)]}] and "
+                    f"param_groups[{i}]: put each parameter in one group"
+                )
+            seen[id(p)] = i
+        options = {k: v for k, v in group.items() if k not in ("params", "lr_scale")}
+        groups.append(GroupSpec(tuple(params), options, float(scale)))  # type: ignore[arg-type]
+    if not any(p.requires_grad for g in groups for p in g.params):
+        raise ValueError(
+            "param_groups holds no parameter with requires_grad=True: give the groups of the "
+            "parameters that train"
+        )
+    _check_options(groups, optimizer_cls, optimizer_kwargs)
+    return groups
+
+
+def _check_options(
+    groups: list[GroupSpec],
+    optimizer_cls: type[torch.optim.Optimizer],
+    optimizer_kwargs: Mapping[str, Any],
+) -> None:
+    # torch.optim keeps any key of a group without a word, so a misspelt 'weight_decya' would
+    # train without decay; the optimizer's own defaults name the settings it reads. Building
+    # it allocates no state and touches no parameter.
+    try:
+        optimizer = optimizer_cls(  # type: ignore[call-arg]
+            [g.as_group() for g in groups], lr=1e-3, **optimizer_kwargs
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{optimizer_cls.__name__} refused param_groups: {exc}") from None
+    known = set(optimizer.defaults)
+    for i, g in enumerate(groups):
+        unknown = sorted(set(g.options) - known)
+        if unknown:
+            raise ValueError(
+                f"param_groups[{i}] sets {unknown}, which {optimizer_cls.__name__} does not "
+                f"read (its settings: {sorted(known - {'lr'})}); 'lr_scale' sets the group's "
+                "LR ratio"
+            )
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    return f"a {type(x).__name__}"

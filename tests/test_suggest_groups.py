@@ -1,0 +1,173 @@
+"""suggest(param_groups=...): the probe trains the real run's parameter groups, each at its
+lr_scale times the LR it tries, and refuses groups it could not honour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import autowarm
+from autowarm._groups import resolve_param_groups
+from autowarm._suggest import _beta2
+
+TOTAL = 500
+BUDGET = 50
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batches(n_batches: int = 4, bs: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * bs, 8, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _run(model: nn.Module, **kwargs: Any) -> autowarm.Suggestion:
+    kwargs.setdefault("criterion", F.cross_entropy)
+    kwargs.setdefault("total_steps", TOTAL)
+    kwargs.setdefault("budget_steps", BUDGET)
+    kwargs.setdefault("progress", False)
+    return autowarm.suggest(model, _batches(), **kwargs)
+
+
+class _Recording(torch.optim.AdamW):
+    """AdamW that records, at every step, each group's lr, weight_decay and parameter count."""
+
+    log: ClassVar[list[list[tuple[float, float, int]]]] = []
+
+    def step(self, closure: Any = None) -> Any:
+        _Recording.log.append(
+            [(g["lr"], g["weight_decay"], len(g["params"])) for g in self.param_groups]
+        )
+        return super().step(closure)
+
+
+def _backbone_head(model: nn.Sequential) -> list[dict[str, Any]]:
+    return [
+        {"params": model[0].parameters(), "lr_scale": 0.1},
+        {"params": [model[2].weight], "weight_decay": 0.0},
+        {"params": [model[2].bias], "weight_decay": 0.0, "lr_scale": 2.0},
+    ]
+
+
+def test_each_group_trains_at_its_scale_with_its_own_settings() -> None:
+    model = _mlp()
+    _Recording.log = []
+    s = _run(model, optimizer_cls=_Recording, param_groups=_backbone_head)
+    assert _Recording.log, "the probe took no step"
+    for groups in _Recording.log:
+        (lr0, wd0, n0), (lr1, wd1, n1), (lr2, wd2, n2) = groups
+        assert (n0, n1, n2) == (2, 1, 1)
+        assert wd0 == 0.01 and wd1 == 0.0 and wd2 == 0.0  # AdamW's default, then the groups'
+        assert lr0 == pytest.approx(0.1 * lr1, rel=1e-12)
+        assert lr2 == pytest.approx(2.0 * lr1, rel=1e-12)
+    # The trace's LR is that of a group at scale 1, and the rationale says so.
+    assert s.trace["lr"].max() == pytest.approx(max(g[1][0] for g in _Recording.log))
+    assert "3 parameter groups at 0.1, 1, 2 times" in s.rationale
+
+
+def test_one_group_of_every_parameter_is_the_default() -> None:
+    plain = _run(_mlp())
+    grouped = _run(_mlp(), param_groups=lambda m: [{"params": m.parameters()}])
+    assert (grouped.peak_lr, grouped.warmup_steps) == (plain.peak_lr, plain.warmup_steps)
+    assert grouped.trace["loss"].tolist() == plain.trace["loss"].tolist()
+
+
+def test_a_parameter_left_out_of_the_groups_does_not_train() -> None:
+    model = _mlp()
+    _Recording.log = []
+    seen: list[torch.Tensor] = []
+
+    def loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        seen.append(m[0].weight.detach().clone())
+        return F.cross_entropy(m(batch[0]), batch[1])
+
+    before = [p.detach().clone() for p in model.parameters()]
+    _run(model, criterion=None, loss_fn=loss, optimizer_cls=_Recording,
+         param_groups=[{"params": model[2].parameters()}])  # fmt: skip
+    assert all(len(g) == 1 and g[0][2] == 2 for g in _Recording.log)
+    assert all(torch.equal(w, before[0]) for w in seen)  # the first layer never moved
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_model_comes_back_with_groups() -> None:
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    _run(model, param_groups=_backbone_head)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("groups", "error", "match"),
+    [
+        (lambda m: [{"params": m.parameters(), "lr": 1e-3}], ValueError, "lr_scale"),
+        (lambda m: [{"params": m.parameters(), "initial_lr": 1e-3}], ValueError, "lr_scale"),
+        (lambda m: [{"params": m.parameters(), "weight_decya": 0.0}], ValueError,
+         r"\['weight_decya'\], which AdamW does not read"),
+        (lambda m: [{"params": [torch.nn.Parameter(torch.zeros(3))]}], ValueError,
+         r"tensor of shape \(3,\), which is not a parameter of the model"),
+        (lambda m: [{"params": [m[0].weight]}, {"params": m.parameters()}], ValueError,
+         r"'0.weight' is in param_groups\[0\] and param_groups\[1\]"),
+        (lambda m: [{"params": m.parameters(), "lr_scale": 0.0}], ValueError, "finite float > 0"),
+        (lambda m: [{"params": m.parameters(), "lr_scale": float("nan")}], ValueError, "> 0"),
+        (lambda m: [{"params": m.parameters(), "lr_scale": "0.1"}], ValueError, "a float"),
+        (lambda m: {"params": m.parameters()}, TypeError, "a list of dicts"),
+        (lambda m: [m.parameters()], TypeError, r"param_groups\[0\] must be a dict"),
+        (lambda m: [{"weight_decay": 0.0}], TypeError, r"with keys \['weight_decay'\]"),
+        (lambda m: [{"params": [m[0].weight]}], ValueError, "no parameter with requires_grad"),
+    ],
+)  # fmt: skip
+def test_groups_the_probe_cannot_honour_are_refused_before_training(
+    groups: Any, error: type[Exception], match: str
+) -> None:
+    model = _mlp()
+    if match == "no parameter with requires_grad":
+        model[0].weight.requires_grad_(False)
+    calls: list[int] = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(error, match=match):
+        _run(model, param_groups=groups)
+    assert not calls  # refused before the first forward pass
+
+
+def test_a_group_list_is_not_changed_by_the_probe() -> None:
+    model = _mlp()
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0, "lr_scale": 0.5}]
+    _run(model, param_groups=groups)
+    assert set(groups[0]) == {"params", "weight_decay", "lr_scale"}  # no defaults written in
+
+
+def test_resolve_takes_a_single_tensor_as_a_group() -> None:
+    model = _mlp()
+    specs = resolve_param_groups([{"params": model[0].weight}], model, torch.optim.Adam, {})
+    assert specs[0].params == (model[0].weight,) and specs[0].lr_scale == 1.0
+
+
+def test_the_slowest_groups_beta2_is_the_one_read() -> None:
+    model = _mlp()
+    groups = [
+        {"params": model[0].parameters(), "betas": (0.9, 0.95)},
+        {"params": model[2].parameters()},  # takes the optimizer's betas
+    ]
+    specs = resolve_param_groups(groups, model, torch.optim.AdamW, {"betas": (0.9, 0.99)})
+    assert _beta2(torch.optim.AdamW, {"betas": (0.9, 0.99)}, specs) == 0.99
+    assert _beta2(torch.optim.AdamW, {}, specs) == 0.999  # AdamW's default for the second
+    assert _beta2(torch.optim.AdamW, {}, None) == 0.999
