@@ -22,7 +22,7 @@ from torch import nn
 from autowarm._checks import is_int
 from autowarm._train import LossFn, model_device, move_to_device, resolve_loss_fn
 
-__all__ = ["Task", "load_task"]
+__all__ = ["Task", "group_scales", "load_task"]
 
 EvalFn = Callable[[nn.Module], float]
 
@@ -58,6 +58,11 @@ class Task:
             Keyword arguments for the optimizer other than ``lr``.
         grad_clip:
             Maximum total gradient norm in the trials (and the real run), or ``None``.
+        param_groups:
+            ``param_groups(model) -> list of dicts``: the run's parameter groups, as in
+            :func:`autowarm.suggest` (per-group settings, ``lr_scale`` for the group's LR
+            ratio to the peak); default: one group of every trainable parameter. A function,
+            since every trial builds a fresh model.
         device:
             Where trials train (``"cuda"``, ``"cpu"``); default: where ``make_model`` puts it.
         name:
@@ -83,6 +88,7 @@ class Task:
     optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW
     optimizer_kwargs: Mapping[str, Any] | None = None
     grad_clip: float | None = None
+    param_groups: Callable[[nn.Module], Iterable[Mapping[str, Any]]] | None = None
     device: str | torch.device | None = None
     name: str | None = None
     source: str | None = None
@@ -115,6 +121,12 @@ class Task:
                     + (", or a callable(seed) returning one" if field == "train_data" else "")
                     + f"), not a one-shot {type(data).__name__}: every trial reads it afresh"
                 )
+        if self.param_groups is not None and not callable(self.param_groups):
+            raise TypeError(
+                "param_groups of a Task must be a function of the model returning the groups "
+                "(every trial builds a fresh model), but got "
+                f"{type(self.param_groups).__name__}"
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, but got {self.grad_clip!r}")
 
@@ -171,9 +183,22 @@ class Task:
         return resolve_loss_fn(self.loss_fn, self.criterion)
 
     def make_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        """The task's optimizer over ``model``'s trainable parameters at ``lr``."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        return self.optimizer_cls(params, lr=lr, **dict(self.optimizer_kwargs or {}))
+        """The task's optimizer over ``model``'s trainable parameters at ``lr``.
+
+        With :attr:`param_groups`, one group each, checked as :func:`autowarm.suggest` checks
+        them; every group keeps its ``lr_scale`` (torch leaves the key alone), which
+        :func:`group_scales` reads.
+        """
+        kwargs = dict(self.optimizer_kwargs or {})
+        if self.param_groups is None:
+            params = [p for p in model.parameters() if p.requires_grad]
+            return self.optimizer_cls(params, lr=lr, **kwargs)
+        from autowarm._groups import resolve_param_groups
+
+        groups = resolve_param_groups(self.param_groups, model, self.optimizer_cls, kwargs)  # type: ignore[arg-type]
+        return self.optimizer_cls(
+            [{**g.as_group(), "lr_scale": g.lr_scale} for g in groups], lr=lr, **kwargs
+        )
 
     def evaluate(self, model: nn.Module) -> float:
         """The validation loss of ``model`` (eval mode, no gradients; the mode is restored).
@@ -297,3 +322,8 @@ def _import_file(path: Path) -> Any:
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def group_scales(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each parameter group's ``lr_scale`` (1 where it has none), in the optimizer's order."""
+    return [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]

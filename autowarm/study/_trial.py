@@ -27,7 +27,7 @@ import torch
 from autowarm._checks import is_int
 from autowarm._train import BatchStream, model_device, train_step
 from autowarm.schedules import ScheduleConfig
-from autowarm.study._task import Task
+from autowarm.study._task import Task, group_scales
 
 __all__ = ["TRANSFERS", "TrialOutcome", "compress", "train_trial"]
 
@@ -129,7 +129,7 @@ def train_trial(
         torch.manual_seed(seed)
         model = task.build_model(seed)
         optimizer = task.make_optimizer(model, schedule.peak_lr)
-        scheduler = schedule.lambda_lr(optimizer)
+        scheduler = schedule.lambda_lr(optimizer, group_scales=group_scales(optimizer))
         loss_fn = task.resolved_loss_fn()
         stream = BatchStream(task.data(seed), model_device(model))
         checkpoints = (

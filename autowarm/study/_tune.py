@@ -817,6 +817,7 @@ def probe_task(
         decay=decay,
         seed=seed,
         progress=progress,
+        param_groups=task.param_groups,
     )
 
 

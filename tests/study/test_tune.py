@@ -27,7 +27,7 @@ from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
 from autowarm.study._space import PEAK_LR, WARMUP, SearchSpace
 from autowarm.study._task import Task, load_task
-from autowarm.study._trial import compress, eval_steps
+from autowarm.study._trial import compress, eval_steps, train_trial
 from autowarm.study._tune import NoFinishedTrialError, best_schedule, trials_frame
 
 HERE = Path(__file__).parent
@@ -186,6 +186,39 @@ def test_task_validation() -> None:
         )
     with pytest.raises(TypeError, match="make_model"):
         Task(make_model=3, train_data=[], total_steps=5)  # type: ignore[arg-type]
+
+
+class _GroupLog(torch.optim.AdamW):
+    """AdamW recording every step's group LRs and weight decays."""
+
+    steps: list[list[tuple[float, float]]] = []  # noqa: RUF012
+
+    def step(self, closure: Any = None) -> Any:
+        _GroupLog.steps.append([(g["lr"], g["weight_decay"]) for g in self.param_groups])
+        return super().step(closure)
+
+
+def test_a_task_with_param_groups_trains_them_at_their_scales(task: Task) -> None:
+    def groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+        return [
+            {"params": model[0].parameters(), "lr_scale": 0.25},
+            {"params": model[2].parameters(), "weight_decay": 0.0},
+        ]
+
+    grouped = dataclasses.replace(task, optimizer_cls=_GroupLog, param_groups=groups)
+    schedule = ScheduleConfig(peak_lr=1e-2, total_steps=20, warmup_steps=5)
+    _GroupLog.steps = []
+    train_trial(grouped, schedule, seed=0)
+    assert len(_GroupLog.steps) == 20
+    for i, ((lr0, wd0), (lr1, wd1)) in enumerate(_GroupLog.steps):
+        assert lr1 == pytest.approx(schedule.lr_at(i), rel=1e-12, abs=1e-15)
+        assert lr0 == pytest.approx(0.25 * lr1, rel=1e-12, abs=1e-15)
+        assert (wd0, wd1) == (0.01, 0.0)
+    with pytest.raises(TypeError, match="function of the model"):
+        dataclasses.replace(task, param_groups=[{"params": []}])
+    bad = dataclasses.replace(task, param_groups=lambda m: [{"params": m.parameters(), "lr": 1}])
+    with pytest.raises(ValueError, match="lr_scale"):
+        train_trial(bad, schedule, seed=0)
 
 
 def test_reading_a_database_before_its_tables_exist_is_a_clear_error(tmp_path: Path) -> None:
