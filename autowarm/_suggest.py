@@ -207,7 +207,9 @@ def _read_table(path: Path) -> pd.DataFrame | None:
         return pd.DataFrame()
 
 
-def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
+def _resolve_total_steps(
+    total_steps: int | None, data: Iterable[Any], accumulation_steps: int = 1
+) -> int:
     if total_steps is not None:
         if not is_int(total_steps) or total_steps < 1:
             raise ValueError(
@@ -221,13 +223,15 @@ def _resolve_total_steps(total_steps: int | None, data: Iterable[Any]) -> int:
             "total_steps is needed when the data has no len(): pass total_steps=<optimizer "
             "steps of the real run>"
         ) from None
+    steps = max(1, int(n) // accumulation_steps)
+    per = f" of {accumulation_steps} batches each" if accumulation_steps > 1 else ""
     warnings.warn(
-        f"total_steps not given: assuming one pass over the data ({n} steps); pass "
+        f"total_steps not given: assuming one pass over the data ({steps} steps{per}); pass "
         "total_steps=<optimizer steps of the real run> for a schedule that fits it",
         UserWarning,
         stacklevel=3,
     )
-    return max(1, int(n))
+    return steps
 
 
 def _resolve_budget(budget_steps: int | None, total_steps: int) -> int:
@@ -298,6 +302,7 @@ def suggest(
     progress: bool = True,
     snapshot_device: torch.device | str | None = None,
     param_groups: ParamGroups | None = None,
+    accumulation_steps: int = 1,
 ) -> Suggestion:
     """Probe ``model`` on ``dataloader`` and suggest a warmup length and a peak LR.
 
@@ -342,6 +347,10 @@ def suggest(
             the LR the probe tries, so ``peak_lr`` is the LR of a group with scale 1: apply
             it with ``s.schedule.lambda_lr(optimizer, group_scales=[...the same scales])``.
             Default: one group of every parameter with ``requires_grad=True``.
+        accumulation_steps: batches whose gradients add up before each optimizer step, as in
+            a run with gradient accumulation (each loss divided by their number). A step is
+            still one optimizer update: ``total_steps``, ``budget_steps``, ``warmup_steps``
+            and ``probe_steps`` count updates, each of ``accumulation_steps`` batches.
 
     Returns:
         A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
@@ -369,7 +378,13 @@ def suggest(
             f"but got {optimizer_cls!r}"
         )
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
-    total = _resolve_total_steps(total_steps, dataloader)
+    if not is_int(accumulation_steps) or accumulation_steps < 1:
+        raise ValueError(
+            "accumulation_steps must be an int >= 1 (batches per optimizer update), but got "
+            f"accumulation_steps={accumulation_steps!r}"
+        )
+    accumulation_steps = int(accumulation_steps)
+    total = _resolve_total_steps(total_steps, dataloader, accumulation_steps)
     budget_n = _resolve_budget(budget_steps, total)
     if not is_int(seed) or not 0 <= seed < 2**32:
         raise ValueError(
@@ -409,6 +424,7 @@ def suggest(
                 seed,
                 progress,
                 groups,
+                accumulation_steps,
             )
         finally:
             # The loader's own generators (if any) shuffle the user's real run as before, and
@@ -473,6 +489,7 @@ def _probe(
     seed: int,
     progress: bool,
     groups: list[GroupSpec] | None = None,
+    accumulation_steps: int = 1,
 ) -> tuple[ProbeOutcome, ProbeRunner]:
     from tqdm.auto import tqdm
 
@@ -512,6 +529,7 @@ def _probe(
         seed=seed,
         budget=Budget(total=budget_n, on_step=functools.partial(_tick, bar)),
         param_groups=groups,
+        accumulation_steps=accumulation_steps,
     )
     try:
         torch.manual_seed(seed)
@@ -641,7 +659,9 @@ def _second_beta(betas: object) -> float | None:
         return None
 
 
-def _rationale(o: ProbeOutcome, probe_steps: int, budget: int, total: int) -> str:
+def _rationale(
+    o: ProbeOutcome, probe_steps: int, budget: int, total: int, accumulation_steps: int = 1
+) -> str:
     rt = o.range_test
     parts = [
         f"Range test: smoothed loss fell fastest at lr {rt.steepest_lr:.3g}, was lowest at "
@@ -669,7 +689,14 @@ def _rationale(o: ProbeOutcome, probe_steps: int, budget: int, total: int) -> st
         f"{o.deciding_signal}; peak LR {o.peak_lr:.3g}."
     )
     parts += [n[0].upper() + n[1:] + "." for n in o.notes[1:]]
-    parts.append(f"The probe took {probe_steps} of its {budget} budgeted steps.")
+    if accumulation_steps > 1:
+        parts.append(
+            f"The probe took {probe_steps} of its {budget} budgeted steps, each of "
+            f"{accumulation_steps} accumulated batches ({probe_steps * accumulation_steps} "
+            "batches)."
+        )
+    else:
+        parts.append(f"The probe took {probe_steps} of its {budget} budgeted steps.")
     if o.reasons:
         parts.append("Low confidence: " + "; ".join(o.reasons) + ".")
     return " ".join(parts)
@@ -694,7 +721,7 @@ def _suggestion(
     steps = runner.budget.used
     signals = pd.DataFrame(outcome_signals(o), columns=["name", "value", "unit", "description"])
     signals["value"] = signals["value"].astype(float)
-    rationale = _rationale(o, steps, runner.budget.total, total)
+    rationale = _rationale(o, steps, runner.budget.total, total, runner.accumulation_steps)
     if preface:
         rationale = f"{preface} {rationale}"
     _log.info(

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 __all__ = [
     "BatchStream",
     "LossFn",
+    "MicroBatches",
     "StepResult",
     "model_device",
     "move_to_device",
@@ -34,14 +35,34 @@ Criterion = Callable[[Any, Any], torch.Tensor]
 _LOSS_FN_HINT = "pass loss_fn=callable(model, batch) -> scalar loss"
 
 
+@dataclass(frozen=True)
+class MicroBatches:
+    """The batches of one optimizer update under gradient accumulation.
+
+    :func:`train_step` adds up the gradients of their losses, each divided by their number (the
+    mean, as one batch of all of them would give for a mean-reduced loss of equal-sized
+    micro-batches), then steps once. Made by :meth:`BatchStream.next_update`.
+
+    Attributes:
+        batches: the micro-batches, on the device.
+        positions: each one's index in the data as it is yielded (see
+            :attr:`BatchStream.last_position`).
+    """
+
+    batches: tuple[Any, ...]
+    positions: tuple[int | None, ...]
+
+
 def nan_in_batch(batch: Any) -> bool:
     """Whether a floating-point (or complex) tensor anywhere in a (nested) batch holds a NaN.
 
     Only a NaN marks a batch as bad data: ``-inf`` and ``inf`` are legitimate values in a batch,
     e.g. an additive attention mask (``nn.Transformer.generate_square_subsequent_mask``, a
     padding mask of ``0`` / ``-inf``), so a batch holding them is not blamed for a non-finite
-    loss.
+    loss. For :class:`MicroBatches`, whether any of them holds one.
     """
+    if isinstance(batch, MicroBatches):
+        return any(nan_in_batch(b) for b in batch.batches)
     if isinstance(batch, torch.Tensor):
         return bool((batch.is_floating_point() or batch.is_complex()) and torch.isnan(batch).any())
     if isinstance(batch, Mapping):
@@ -278,7 +299,9 @@ def train_step(
 ) -> StepResult:
     """Run one optimizer update on ``batch``, skipping it when anything is not finite.
 
-    The gradients are zeroed, the loss computed and, if it is finite, back-propagated. The
+    The gradients are zeroed, the loss computed and, if it is finite, back-propagated (for
+    :class:`MicroBatches`, each micro-batch's loss over their number is back-propagated in
+    turn, and the loss reported is their mean). The
     total gradient norm is :math:`\\lVert (\\lVert g_1 \\rVert_2, \\dots, \\lVert g_n
     \\rVert_2) \\rVert_2` over the optimizer's parameters that have a gradient. If it is finite,
     the gradients are clipped to ``grad_clip`` (when given) and the optimizer steps; otherwise
@@ -291,7 +314,7 @@ def train_step(
         optimizer:
             Optimizer over (some of) the model's parameters.
         batch:
-            A batch already on the model's device.
+            A batch already on the model's device, or :class:`MicroBatches`.
         loss_fn:
             ``loss_fn(model, batch) -> Tensor``, typically from :func:`resolve_loss_fn`.
         grad_clip:
@@ -308,16 +331,18 @@ def train_step(
             f"grad_clip must be a positive float or None, but got grad_clip={grad_clip!r}"
         )
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model, batch)
-    loss_value = float(loss.detach())
-    if not math.isfinite(loss_value):
-        return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
-    if not loss.requires_grad:
-        raise ValueError(
-            "the loss does not require grad, so no parameter can learn from it; check that "
-            "the model has trainable parameters and is not run under torch.no_grad()"
-        )
-    loss.backward()  # type: ignore[no-untyped-call]
+    if isinstance(batch, MicroBatches):
+        loss_value = _accumulate(model, batch, loss_fn)
+        if not math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
+    else:
+        loss = loss_fn(model, batch)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
+        _check_requires_grad(loss)
+        loss.backward()  # type: ignore[no-untyped-call]
     grads = _grads(optimizer)
     total = _total_grad_norm(grads)
     grad_norm = 0.0 if total is None else float(total)
@@ -331,6 +356,31 @@ def train_step(
                 g.mul_(scale)
     optimizer.step()
     return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True)
+
+
+def _check_requires_grad(loss: torch.Tensor) -> None:
+    if not loss.requires_grad:
+        raise ValueError(
+            "the loss does not require grad, so no parameter can learn from it; check that "
+            "the model has trainable parameters and is not run under torch.no_grad()"
+        )
+
+
+def _accumulate(model: nn.Module, micro: MicroBatches, loss_fn: LossFn) -> float:
+    # Each micro-batch's loss / k is back-propagated at once (its graph freed before the next
+    # forward pass, as in a real accumulation loop); their sum stays on the device, so the
+    # update costs one sync, as without accumulation. A non-finite loss leaves non-finite
+    # gradients, which the caller drops with the update.
+    k = len(micro.batches)
+    total: torch.Tensor | None = None
+    for part in micro.batches:
+        loss = loss_fn(model, part)
+        _check_requires_grad(loss)
+        (loss / k).backward()  # type: ignore[no-untyped-call]
+        value = loss.detach()
+        total = value if total is None else total + value
+    assert total is not None  # MicroBatches are never empty (next_update checks)
+    return float(total) / k
 
 
 _UNSET: Any = object()
@@ -459,6 +509,19 @@ class BatchStream:
         return move_to_device(raw, self.device)
 
     __next__ = next
+
+    def next_update(self, accumulation_steps: int = 1) -> Any:
+        """The batch of the next optimizer update: :meth:`next`, or with
+        ``accumulation_steps > 1`` that many batches in a row as :class:`MicroBatches`."""
+        if accumulation_steps == 1:
+            return self.next()
+        if not (isinstance(accumulation_steps, int) and accumulation_steps > 1):
+            raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
+        batches, positions = [], []
+        for _ in range(accumulation_steps):
+            batches.append(self.next())
+            positions.append(self.last_position)
+        return MicroBatches(tuple(batches), tuple(positions))
 
     def __iter__(self) -> BatchStream:
         return self

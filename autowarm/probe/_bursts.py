@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autowarm._groups import GroupSpec
-from autowarm._train import BatchStream, LossFn, nan_in_batch, train_step
+from autowarm._train import BatchStream, LossFn, MicroBatches, nan_in_batch, train_step
 from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
 from autowarm.probe._state import ModelSnapshot
 
@@ -158,6 +158,8 @@ class ProbeRunner:
     # The real run's parameter groups (suggest(param_groups=...)); None: one group of every
     # trainable parameter. Group i trains at its lr_scale x the burst's LR.
     param_groups: list[GroupSpec] | None = None
+    # Batches whose gradients add up before each optimizer step (gradient accumulation).
+    accumulation_steps: int = 1
 
     def _set_train_modes(self) -> None:
         # The modes the bursts train in. A model handed over in train mode keeps its
@@ -178,6 +180,16 @@ class ProbeRunner:
                 "the model has no parameter with requires_grad=True; unfreeze what should train"
             )
         return self.optimizer_cls(params, lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def _nan_position(self, batch: Any) -> int | None:
+        # Where in the data the batch with the NaN sits (the first such micro-batch).
+        if isinstance(batch, MicroBatches):
+            return next(
+                pos
+                for b, pos in zip(batch.batches, batch.positions, strict=True)
+                if nan_in_batch(b)
+            )
+        return self.stream.last_position
 
     def lr_scales(self) -> list[float]:
         """The LR ratio of each parameter group of the bursts' optimizers, in their order."""
@@ -237,14 +249,14 @@ class ProbeRunner:
                 for group, scale in zip(optimizer.param_groups, scales, strict=True):
                     group["lr"] = float(lr) * scale
                 t0 = time.perf_counter()
-                batch = self.stream.next()
+                batch = self.stream.next_update(self.accumulation_steps)
                 res = train_step(self.model, optimizer, batch, self.loss_fn)
                 if not res.finite and nan_in_batch(batch):
                     # A NaN in the data is non-finite at any LR: the data's fault, not the
                     # schedule's. (An inf is not blamed: it may be an additive attention mask.)
                     raise ValueError(
                         f"the batch at step {i} of a probe burst (batch "
-                        f"{self.stream.last_position} of the data as it is yielded, counting "
+                        f"{self._nan_position(batch)} of the data as it is yielded, counting "
                         "from 0) holds a NaN: clean the data (e.g. check torch.isnan on each "
                         "batch's tensors) and probe again"
                     )

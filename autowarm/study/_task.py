@@ -63,6 +63,9 @@ class Task:
             :func:`autowarm.suggest` (per-group settings, ``lr_scale`` for the group's LR
             ratio to the peak); default: one group of every trainable parameter. A function,
             since every trial builds a fresh model.
+        accumulation_steps:
+            Batches whose gradients add up before each optimizer step (gradient
+            accumulation); ``total_steps`` counts optimizer steps.
         device:
             Where trials train (``"cuda"``, ``"cpu"``); default: where ``make_model`` puts it.
         name:
@@ -89,6 +92,7 @@ class Task:
     optimizer_kwargs: Mapping[str, Any] | None = None
     grad_clip: float | None = None
     param_groups: Callable[[nn.Module], Iterable[Mapping[str, Any]]] | None = None
+    accumulation_steps: int = 1
     device: str | torch.device | None = None
     name: str | None = None
     source: str | None = None
@@ -121,6 +125,12 @@ class Task:
                     + (", or a callable(seed) returning one" if field == "train_data" else "")
                     + f"), not a one-shot {type(data).__name__}: every trial reads it afresh"
                 )
+        if not is_int(self.accumulation_steps) or self.accumulation_steps < 1:
+            raise ValueError(
+                "accumulation_steps must be an int >= 1 (batches per optimizer step), but got "
+                f"accumulation_steps={self.accumulation_steps!r}"
+            )
+        object.__setattr__(self, "accumulation_steps", int(self.accumulation_steps))
         if self.param_groups is not None and not callable(self.param_groups):
             raise TypeError(
                 "param_groups of a Task must be a function of the model returning the groups "

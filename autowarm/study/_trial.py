@@ -142,7 +142,8 @@ def train_trial(
         for step in range(schedule.total_steps):
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt("stop requested")
-            result = train_step(model, optimizer, stream.next(), loss_fn, grad_clip=task.grad_clip)
+            batch = stream.next_update(task.accumulation_steps)
+            result = train_step(model, optimizer, batch, loss_fn, grad_clip=task.grad_clip)
             if not result.finite:
                 seconds = time.perf_counter() - start
                 return TrialOutcome(math.inf, step, step + 1, seconds)

@@ -818,6 +818,7 @@ def probe_task(
         seed=seed,
         progress=progress,
         param_groups=task.param_groups,
+        accumulation_steps=task.accumulation_steps,
     )
 
 
