@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,7 +21,14 @@ from torch import nn
 from autowarm._checks import is_int
 from autowarm._config_io import check_format_version
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
-from autowarm._train import BatchStream, LossFn, model_device, resolve_loss_fn
+from autowarm._train import (
+    PRECISIONS,
+    BatchStream,
+    LossFn,
+    MixedPrecision,
+    model_device,
+    resolve_loss_fn,
+)
 from autowarm.probe._bursts import Budget, ProbeRunner
 from autowarm.probe._search import (
     NoUsableLR,
@@ -303,6 +311,7 @@ def suggest(
     snapshot_device: torch.device | str | None = None,
     param_groups: ParamGroups | None = None,
     accumulation_steps: int = 1,
+    precision: str = "32-true",
 ) -> Suggestion:
     """Probe ``model`` on ``dataloader`` and suggest a warmup length and a peak LR.
 
@@ -351,6 +360,10 @@ def suggest(
             a run with gradient accumulation (each loss divided by their number). A step is
             still one optimizer update: ``total_steps``, ``budget_steps``, ``warmup_steps``
             and ``probe_steps`` count updates, each of ``accumulation_steps`` batches.
+        precision: ``"32-true"``; ``"bf16-mixed"`` (the forward pass and the loss under
+            ``torch.autocast`` in bfloat16); or ``"16-mixed"`` (float16 autocast with a
+            ``torch.amp.GradScaler``, whose overflow-skipped updates are recorded in the
+            trace's ``skipped`` column and not read as divergence). The weights stay float32.
 
     Returns:
         A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
@@ -384,6 +397,11 @@ def suggest(
             f"accumulation_steps={accumulation_steps!r}"
         )
     accumulation_steps = int(accumulation_steps)
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {PRECISIONS} (Lightning's names), but got "
+            f"precision={precision!r}"
+        )
     total = _resolve_total_steps(total_steps, dataloader, accumulation_steps)
     budget_n = _resolve_budget(budget_steps, total)
     if not is_int(seed) or not 0 <= seed < 2**32:
@@ -406,6 +424,9 @@ def suggest(
     # A CPU model probed on a GPU: the CUDA generators are captured before the probe's first
     # CUDA draw, so the user's first one after it is the same as without the probe.
     on_cuda = "cuda" in (target.type, original_device.type)
+    amp = None if precision == "32-true" else MixedPrecision(precision, target)
+    if amp is not None:
+        amp.check_model(model)
     with preserved(model, snapshot_device=snapshot_device, cuda_rng=on_cuda) as snapshot:
         moved = target != original_device
         stream = BatchStream(dataloader, target)
@@ -425,6 +446,7 @@ def suggest(
                 progress,
                 groups,
                 accumulation_steps,
+                amp,
             )
         finally:
             # The loader's own generators (if any) shuffle the user's real run as before, and
@@ -490,20 +512,22 @@ def _probe(
     progress: bool,
     groups: list[GroupSpec] | None = None,
     accumulation_steps: int = 1,
+    amp: MixedPrecision | None = None,
 ) -> tuple[ProbeOutcome, ProbeRunner]:
     from tqdm.auto import tqdm
 
     first = stream.first()  # empty data fails here, before any training
     # A bad batch format fails here with its message.
+    autocast = amp.autocast if amp is not None else contextlib.nullcontext
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             loss = loss_fn(model, first)
     except RuntimeError:
         # A loss that takes gradients inside itself (an input-gradient penalty) needs
         # autograd; the graph is dropped at once. A real error raises again here, in the
         # grad mode the probe trains in, alone: not chained to its own first occurrence.
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast():
                 loss = loss_fn(model, first).detach()
         except Exception as again:
             raise again from None
@@ -530,6 +554,7 @@ def _probe(
         budget=Budget(total=budget_n, on_step=functools.partial(_tick, bar)),
         param_groups=groups,
         accumulation_steps=accumulation_steps,
+        amp=amp,
     )
     try:
         torch.manual_seed(seed)
@@ -722,6 +747,12 @@ def _suggestion(
     signals = pd.DataFrame(outcome_signals(o), columns=["name", "value", "unit", "description"])
     signals["value"] = signals["value"].astype(float)
     rationale = _rationale(o, steps, runner.budget.total, total, runner.accumulation_steps)
+    skipped = int(trace["skipped"].sum()) if "skipped" in trace else 0
+    if skipped:
+        rationale += (
+            f" The loss scaler skipped {skipped} of the {steps} updates (float16 overflow of "
+            "the scaled gradients, then a lower scale; not divergence)."
+        )
     if preface:
         rationale = f"{preface} {rationale}"
     _log.info(

@@ -8,6 +8,7 @@ update with a non-finite guard (:func:`train_step`) and a batch source that rest
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "BatchStream",
     "LossFn",
     "MicroBatches",
+    "MixedPrecision",
     "StepResult",
     "model_device",
     "move_to_device",
@@ -241,6 +243,52 @@ def resolve_loss_fn(loss_fn: LossFn | None = None, criterion: Criterion | None =
     return _DefaultLoss(criterion)
 
 
+#: The ``precision`` names (Lightning's): fp32; fp16 autocast with a loss scaler; bf16 autocast.
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+
+
+class MixedPrecision:
+    """Autocast around the loss, and for ``"16-mixed"`` a ``torch.amp.GradScaler``.
+
+    One object per run of steps: the scaler's scale carries from step to step (and, in the
+    probe, from burst to burst, so each burst does not spend its first steps finding it
+    again). The weights stay in float32; only the forward pass runs in half precision.
+    """
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        if precision not in PRECISIONS[1:]:
+            raise ValueError(
+                f"precision must be one of {PRECISIONS}, but got precision={precision!r}"
+            )
+        self.precision = precision
+        self.device_type = device.type
+        self.dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+        self.scaler: torch.amp.GradScaler | None = (
+            torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+        )
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of the forward pass and the loss."""
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse half-precision trainable weights, which a loss scaler cannot unscale."""
+        if self.scaler is None:
+            return
+        half = [
+            name
+            for name, p in model.named_parameters()
+            if p.requires_grad and p.dtype == torch.float16
+        ]
+        if half:
+            raise ValueError(
+                f"precision='16-mixed' keeps the weights in float32 and autocasts the forward "
+                f"pass, but {half[0]!r} (and {len(half) - 1} more) is float16: pass the model "
+                "in float32 (model.float()), or precision='32-true' for a model trained in "
+                "float16 throughout"
+            )
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one call of :func:`train_step` did.
@@ -253,12 +301,17 @@ class StepResult:
             finite, so no backward pass ran).
         finite:
             Whether the loss and the gradient norm were finite, i.e. whether the optimizer
-            stepped.
+            stepped; a step the loss scaler skipped counts as finite.
+        skipped:
+            The loss scaler (``precision="16-mixed"``) skipped the update: the scaled
+            gradients overflowed float16, so the scale was lowered and the weights left as
+            they were. Not a divergence.
     """
 
     loss: float
     grad_norm: float
     finite: bool
+    skipped: bool = False
 
 
 def _grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -296,6 +349,7 @@ def train_step(
     loss_fn: LossFn,
     *,
     grad_clip: float | None = None,
+    amp: MixedPrecision | None = None,
 ) -> StepResult:
     """Run one optimizer update on ``batch``, skipping it when anything is not finite.
 
@@ -319,6 +373,10 @@ def train_step(
             ``loss_fn(model, batch) -> Tensor``, typically from :func:`resolve_loss_fn`.
         grad_clip:
             Maximum total gradient norm, or ``None`` not to clip.
+        amp:
+            Mixed precision: the loss is computed under its autocast; with its loss scaler,
+            the scaled loss is back-propagated and the gradients unscaled before the norm and
+            the clipping, and an overflow skips the update (``skipped``), lowering the scale.
 
     Returns:
         The loss, the gradient norm before clipping, and whether the step was taken.
@@ -331,30 +389,43 @@ def train_step(
             f"grad_clip must be a positive float or None, but got grad_clip={grad_clip!r}"
         )
     optimizer.zero_grad(set_to_none=True)
+    scaler = amp.scaler if amp is not None else None
     if isinstance(batch, MicroBatches):
-        loss_value = _accumulate(model, batch, loss_fn)
+        loss_value = _accumulate(model, batch, loss_fn, amp)
         if not math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
     else:
-        loss = loss_fn(model, batch)
+        with amp.autocast() if amp is not None else contextlib.nullcontext():
+            loss = loss_fn(model, batch)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
         _check_requires_grad(loss)
-        loss.backward()  # type: ignore[no-untyped-call]
+        (scaler.scale(loss) if scaler is not None else loss).backward()  # type: ignore[no-untyped-call]
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grads = _grads(optimizer)
     total = _total_grad_norm(grads)
     grad_norm = 0.0 if total is None else float(total)
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            # An overflow of the scaled gradients: the scaler lowers its scale and the update
+            # is skipped, as in any fp16 run; the loss was finite, so this is not divergence.
+            scaler.update()
+            return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True, skipped=True)
         return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
     if grad_clip is not None and grad_norm > grad_clip:
         scale = grad_clip / (grad_norm + 1e-6)  # same epsilon as clip_grad_norm_
         with torch.no_grad():
             for g in grads:
                 g.mul_(scale)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True)
 
 
@@ -366,17 +437,22 @@ def _check_requires_grad(loss: torch.Tensor) -> None:
         )
 
 
-def _accumulate(model: nn.Module, micro: MicroBatches, loss_fn: LossFn) -> float:
+def _accumulate(
+    model: nn.Module, micro: MicroBatches, loss_fn: LossFn, amp: MixedPrecision | None
+) -> float:
     # Each micro-batch's loss / k is back-propagated at once (its graph freed before the next
     # forward pass, as in a real accumulation loop); their sum stays on the device, so the
     # update costs one sync, as without accumulation. A non-finite loss leaves non-finite
     # gradients, which the caller drops with the update.
     k = len(micro.batches)
     total: torch.Tensor | None = None
+    scaler = amp.scaler if amp is not None else None
     for part in micro.batches:
-        loss = loss_fn(model, part)
+        with amp.autocast() if amp is not None else contextlib.nullcontext():
+            loss = loss_fn(model, part)
         _check_requires_grad(loss)
-        (loss / k).backward()  # type: ignore[no-untyped-call]
+        share = loss / k
+        (scaler.scale(share) if scaler is not None else share).backward()  # type: ignore[no-untyped-call]
         value = loss.detach()
         total = value if total is None else total + value
     assert total is not None  # MicroBatches are never empty (next_update checks)

@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from autowarm._groups import GroupSpec
-from autowarm._train import BatchStream, LossFn, MicroBatches, nan_in_batch, train_step
+from autowarm._train import (
+    BatchStream,
+    LossFn,
+    MicroBatches,
+    MixedPrecision,
+    nan_in_batch,
+    train_step,
+)
 from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
 from autowarm.probe._state import ModelSnapshot
 
@@ -160,6 +167,8 @@ class ProbeRunner:
     param_groups: list[GroupSpec] | None = None
     # Batches whose gradients add up before each optimizer step (gradient accumulation).
     accumulation_steps: int = 1
+    # Mixed precision (suggest(precision=...)); its loss scaler carries over between bursts.
+    amp: MixedPrecision | None = None
 
     def _set_train_modes(self) -> None:
         # The modes the bursts train in. A model handed over in train mode keeps its
@@ -250,7 +259,7 @@ class ProbeRunner:
                     group["lr"] = float(lr) * scale
                 t0 = time.perf_counter()
                 batch = self.stream.next_update(self.accumulation_steps)
-                res = train_step(self.model, optimizer, batch, self.loss_fn)
+                res = train_step(self.model, optimizer, batch, self.loss_fn, amp=self.amp)
                 if not res.finite and nan_in_batch(batch):
                     # A NaN in the data is non-finite at any LR: the data's fault, not the
                     # schedule's. (An inf is not blamed: it may be an additive attention mask.)
@@ -260,7 +269,8 @@ class ProbeRunner:
                         "from 0) holds a NaN: clean the data (e.g. check torch.isnan on each "
                         "batch's tensors) and probe again"
                     )
-                stats = monitor.update() if (monitor is not None and res.finite) else None
+                stepped = res.finite and not res.skipped
+                stats = monitor.update() if (monitor is not None and stepped) else None
                 row: dict[str, Any] = {
                     "phase": phase,
                     "burst": burst_id,
@@ -270,6 +280,7 @@ class ProbeRunner:
                     "loss_smoothed": watch.update(res.loss, res.finite),
                     "grad_norm": res.grad_norm,
                     "finite": res.finite,
+                    "skipped": res.skipped,
                     "seconds": time.perf_counter() - t0,
                 }
                 for col in MOMENT_COLUMNS:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autowarm._checks import is_int
-from autowarm._train import LossFn, model_device, move_to_device, resolve_loss_fn
+from autowarm._train import PRECISIONS, LossFn, model_device, move_to_device, resolve_loss_fn
 
 __all__ = ["Task", "group_scales", "load_task"]
 
@@ -66,6 +66,8 @@ class Task:
         accumulation_steps:
             Batches whose gradients add up before each optimizer step (gradient
             accumulation); ``total_steps`` counts optimizer steps.
+        precision:
+            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"``, as in :func:`autowarm.suggest`.
         device:
             Where trials train (``"cuda"``, ``"cpu"``); default: where ``make_model`` puts it.
         name:
@@ -93,6 +95,7 @@ class Task:
     grad_clip: float | None = None
     param_groups: Callable[[nn.Module], Iterable[Mapping[str, Any]]] | None = None
     accumulation_steps: int = 1
+    precision: str = "32-true"
     device: str | torch.device | None = None
     name: str | None = None
     source: str | None = None
@@ -131,6 +134,10 @@ class Task:
                 f"accumulation_steps={self.accumulation_steps!r}"
             )
         object.__setattr__(self, "accumulation_steps", int(self.accumulation_steps))
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {PRECISIONS}, but got precision={self.precision!r}"
+            )
         if self.param_groups is not None and not callable(self.param_groups):
             raise TypeError(
                 "param_groups of a Task must be a function of the model returning the groups "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +26,7 @@ from typing import Literal
 import torch
 
 from autowarm._checks import is_int
-from autowarm._train import BatchStream, model_device, train_step
+from autowarm._train import BatchStream, MixedPrecision, model_device, train_step
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._task import Task, group_scales
 
@@ -131,6 +132,10 @@ def train_trial(
         optimizer = task.make_optimizer(model, schedule.peak_lr)
         scheduler = schedule.lambda_lr(optimizer, group_scales=group_scales(optimizer))
         loss_fn = task.resolved_loss_fn()
+        amp = None
+        if task.precision != "32-true":
+            amp = MixedPrecision(task.precision, model_device(model))
+            amp.check_model(model)
         stream = BatchStream(task.data(seed), model_device(model))
         checkpoints = (
             set(eval_steps(schedule.total_steps, n_evals)) if task.has_validation else set()
@@ -143,11 +148,24 @@ def train_trial(
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt("stop requested")
             batch = stream.next_update(task.accumulation_steps)
-            result = train_step(model, optimizer, batch, loss_fn, grad_clip=task.grad_clip)
+            result = train_step(
+                model, optimizer, batch, loss_fn, grad_clip=task.grad_clip, amp=amp
+            )
             if not result.finite:
                 seconds = time.perf_counter() - start
                 return TrialOutcome(math.inf, step, step + 1, seconds)
-            scheduler.step()
+            if result.skipped:
+                # The schedule advances per iteration, as in torch's AMP recipe; a first
+                # update skipped by the loss scaler is not the misuse torch warns of.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore",
+                        message="Detected call of `lr_scheduler.step",
+                        category=UserWarning,
+                    )
+                    scheduler.step()
+            else:
+                scheduler.step()
             if step >= tail_start:
                 tail.append(result.loss)
             done = step + 1

@@ -819,6 +819,7 @@ def probe_task(
         progress=progress,
         param_groups=task.param_groups,
         accumulation_steps=task.accumulation_steps,
+        precision=task.precision,
     )
 
 

@@ -1,0 +1,140 @@
+"""Mixed precision (``precision="bf16-mixed"`` / ``"16-mixed"``) in the training step, the
+probe and the study's trials: autocast around the loss, and float16's loss scaler, whose
+overflow-skipped updates are not divergence."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import autowarm
+from autowarm._train import MixedPrecision, train_step
+from autowarm.schedules import ScheduleConfig
+from autowarm.study._trial import train_trial
+
+TOTAL = 500
+BUDGET = 50
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batches(n_batches: int = 6, bs: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * bs, 8, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def test_an_overflow_under_the_loss_scaler_skips_the_update_and_lowers_the_scale() -> None:
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    amp = MixedPrecision("16-mixed", CPU)
+    assert amp.scaler is not None
+    amp.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # certain to overflow
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = _batches()[0]
+
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        return F.cross_entropy(m(b[0]), b[1])
+
+    res = train_step(model, opt, batch, loss, amp=amp)
+    assert res.skipped and res.finite and res.loss > 0
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+    assert opt.state == {} or all(s.get("step", 0) == 0 for s in opt.state.values())
+    assert amp.scaler.get_scale() < 2.0**60
+    while res.skipped:  # the scale comes down until the update goes through
+        res = train_step(model, opt, batch, loss, amp=amp)
+    assert res.finite and not res.skipped
+    assert not all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.bfloat16),
+                                                  ("16-mixed", torch.float16)])  # fmt: skip
+def test_the_probe_computes_the_loss_under_autocast(precision: str, dtype: torch.dtype) -> None:
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        out = m(b[0])
+        seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return F.cross_entropy(out.float(), b[1])
+
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    s = autowarm.suggest(model, _batches(), loss_fn=loss, total_steps=TOTAL, budget_steps=BUDGET,
+                         precision=precision, progress=False)  # fmt: skip
+    assert seen and all(on and d == dtype for on, d in seen)
+    assert "skipped" in s.trace.columns
+    assert all(torch.equal(p, q) and q.dtype == torch.float32
+               for p, q in zip(before, model.parameters(), strict=True))  # fmt: skip
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_skipped_updates_are_not_divergence() -> None:
+    # A loss multiplied by 1e4 (the gradients with it) overflows float16 at the scaler's
+    # starting scale, 65536, and the scale must come down several times.
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        return 1e4 * F.cross_entropy(m(b[0]).float(), b[1])
+
+    s = autowarm.suggest(_mlp(), _batches(), loss_fn=loss, total_steps=TOTAL,
+                         budget_steps=BUDGET, precision="16-mixed", progress=False)  # fmt: skip
+    skipped = int(s.trace["skipped"].sum())
+    assert skipped >= 2
+    assert f"skipped {skipped} of the" in s.rationale
+    assert s.trace["finite"].all()
+    # the skipped rows carry no second-moment reading (no update happened)
+    assert s.trace.loc[s.trace["skipped"], "vhat_mean"].isna().all()
+
+
+def test_precision_is_checked_before_any_step() -> None:
+    with pytest.raises(ValueError, match=r"precision must be one of \('32-true', '16-mixed'"):
+        autowarm.suggest(_mlp(), _batches(), criterion=F.cross_entropy, total_steps=TOTAL,
+                         precision="fp16", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"'0.weight' \(and 3 more\) is float16"):
+        autowarm.suggest(_mlp().half(), _batches(), criterion=F.cross_entropy,
+                         total_steps=TOTAL, budget_steps=BUDGET, precision="16-mixed",
+                         progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autowarm.Task(make_model=lambda s: _mlp(), train_data=_batches(),
+                      criterion=F.cross_entropy, total_steps=5, precision="16")  # fmt: skip
+
+
+def test_a_task_trial_runs_through_skipped_updates() -> None:
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        return 1e4 * F.cross_entropy(m(b[0]).float(), b[1])
+
+    task = autowarm.Task(make_model=lambda s: _mlp(), train_data=_batches(), loss_fn=loss,
+                         total_steps=20, precision="16-mixed")  # fmt: skip
+    schedule = ScheduleConfig(peak_lr=1e-3, total_steps=20, warmup_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's scheduler-order warning included
+        out = train_trial(task, schedule, seed=0)
+    assert out.steps == 20 and out.diverged_at is None and out.value < float("inf")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_on_cuda(precision: str) -> None:
+    model = _mlp().cuda()
+    before = [p.detach().clone() for p in model.parameters()]
+    s = autowarm.suggest(model, _batches(), criterion=F.cross_entropy, total_steps=TOTAL,
+                         budget_steps=BUDGET, precision=precision, progress=False)  # fmt: skip
+    assert s.peak_lr > 0 and "skipped" in s.trace.columns
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
