@@ -580,11 +580,24 @@ def run_regret(args: Any) -> int:
                 f"{args.only_seeds!r}"
             ) from None
     table = regret_table(eval_csv, grid_csv, seeds=seeds, total_steps=args.total_steps)
-    table.to_csv(args.out / "regret.csv", index=False)
+    stem = regret_stem(seeds, args.total_steps)
+    table.to_csv(args.out / f"{stem}.csv", index=False)
     md = regret_markdown(table)
-    (args.out / "regret.md").write_text(md, encoding="utf-8")
+    (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
     print(md)
     return 0
+
+
+def regret_stem(seeds: list[int] | None, total_steps: int | None) -> str:
+    """File name (without suffix) of a regret table: ``regret`` for all the evaluation's runs;
+    a subset (``--only-seeds``, ``--total-steps``) is named for it, so that it never
+    overwrites the whole table beside it (``regret_seeds2``, ``regret_seeds0-1_2000steps``)."""
+    stem = "regret"
+    if seeds is not None:
+        stem += "_seeds" + "-".join(str(s) for s in seeds)
+    if total_steps is not None:
+        stem += f"_{total_steps}steps"
+    return stem
 
 
 def regret_markdown(table: pd.DataFrame) -> str:

@@ -14,6 +14,7 @@ from autowarm.bench._evaluate import (
     evaluate_methods,
     finder_lr,
     regret_markdown,
+    regret_stem,
     regret_table,
 )
 from autowarm.bench._grid import oracle_grid
@@ -169,6 +170,9 @@ def test_regret_compares_the_same_seeds_as_the_evaluation(tmp_path: Path) -> Non
     assert row["regret"] == pytest.approx(1.8 / 1.5 - 1)
     with pytest.raises(ValueError, match=r"no rows for seeds \[7\]; it has \[0, 1\]"):
         regret_table(ev, grid, seeds=[7])
+    assert regret_stem([1], None) == "regret_seeds1"
+    assert regret_stem([0, 2], 2000) == "regret_seeds0-2_2000steps"
+    assert regret_stem(None, None) == "regret"
     pd.DataFrame([{**base, "seed": 2, "final_val_loss": 1.0}]).to_csv(ev, index=False)
     with pytest.raises(ValueError, match=r"no runs of task 't' with seed\(s\) \[2\]"):
         regret_table(ev, grid)
@@ -262,8 +266,13 @@ def test_regret_compares_each_run_length_with_its_own_oracle(
     assert md[2].startswith("| t (10 steps) | 10.00% ") and md[3].startswith("| t (20 steps) |")
     # one length: the task's row as before, without the length
     argv = ["regret", "--eval-csv", str(ev), "--grid-csv", str(grid), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    whole = (tmp_path / "regret.md").read_text()
+    capsys.readouterr()
     assert main([*argv, "--total-steps", "20"]) == 0
     assert capsys.readouterr().out.splitlines()[2].startswith("| t | 20.00% ")
+    assert (tmp_path / "regret_20steps.md").read_text().splitlines()[2].startswith("| t | 20.00% ")
+    assert (tmp_path / "regret.md").read_text() == whole  # a subset never overwrites the whole
     # a length the grid lacks is named
     pd.DataFrame([{**base, "total_steps": 30, "final_val_loss": 0.6}]).to_csv(ev, index=False)
     with pytest.raises(ValueError, match=r"no runs of task 't' with total_steps=30"):
