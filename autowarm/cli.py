@@ -200,12 +200,21 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- bench
+_BENCH_HELP = "benchmark: oracle grids, baselines, regret"
+
+
 def _add_bench(sub: Any) -> None:
     from autowarm.bench import _cli as bench_cli
 
-    p = sub.add_parser("bench", help="benchmark: oracle grids, baselines, regret")
+    p = sub.add_parser("bench", help=_BENCH_HELP)
     bench_cli.add_arguments(p)
     p.set_defaults(func=bench_cli.run)
+
+
+def _add_bench_name(sub: Any) -> None:
+    # Its name and help only: building bench's own parser imports torch and scipy (about 3 s),
+    # which every other command (`autowarm --version`, `schedule show`) need not pay.
+    sub.add_parser("bench", help=_BENCH_HELP)
 
 
 # ---------------------------------------------------------------------------- main
@@ -232,8 +241,12 @@ _COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``autowarm`` argument parser with every subcommand."""
+def build_parser(*, bench: bool = True) -> argparse.ArgumentParser:
+    """The ``autowarm`` argument parser with every subcommand.
+
+    With ``bench=False`` the ``bench`` command is listed but has no arguments (for a command
+    line that does not run it).
+    """
     parser = argparse.ArgumentParser(
         prog="autowarm",
         description="Measure the warmup length and peak LR of a PyTorch run.",
@@ -244,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
-        add(sub)
+        (add if bench or add is not _add_bench else _add_bench_name)(sub)
     return parser
 
 
@@ -260,8 +273,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autowarm`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(bench="bench" in words)
+    args = parser.parse_args(words)
     _setup_logging(args.verbose, args.quiet)
     try:
         code: int = args.func(args)

@@ -188,3 +188,15 @@ def test_a_key_error_prints_its_message_without_quotes() -> None:
     r = autowarm("bench", "grid", "--tasks", "nosuch", "--seeds", "1")
     assert r.returncode == 1
     assert r.stderr.startswith("autowarm: error: no benchmark task named 'nosuch'; valid names")
+
+
+def test_commands_other_than_bench_do_not_import_torch(sched_file: Path) -> None:
+    # `autowarm --version` or `schedule show` must not pay for bench's parser (torch, scipy).
+    code = (
+        "import sys; from autowarm.cli import main; "
+        "main(['schedule', 'show', sys.argv[1]]); print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(sched_file)], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "False"
