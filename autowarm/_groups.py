@@ -10,7 +10,7 @@ to every group with the same ratios.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,9 @@ def resolve_param_groups(
     setting the optimizer takes (``weight_decay``, ``betas``, ...); not ``"lr"``.
 
     Raises:
-        TypeError: ``spec`` is neither a sequence of mappings nor a callable returning one.
+        TypeError: ``spec`` is neither a sequence of mappings nor a callable returning one,
+            or it is a list that holds a one-shot iterator (``model.parameters()``, a
+            generator): only a function of the model may return those.
         ValueError: a group with an LR, an unknown setting, a tensor that is not one of the
             model's parameters, a parameter in two groups, no trainable parameter, a bad
             ``lr_scale``.
@@ -65,6 +67,12 @@ def resolve_param_groups(
             "0.0}, ...], or a function of the model returning one, but got "
             f"{type(raw).__name__}"
         )
+    # A list the caller keeps (to build the real run's optimizer from it afterwards) must not
+    # hold one-shot iterators: reading them here would leave that optimizer's groups empty,
+    # which torch accepts without a word. A function of the model makes fresh ones each call.
+    one_shot = not callable(spec)
+    if one_shot and _is_iterator(raw):
+        raise TypeError(_ONE_SHOT.format(what="param_groups", kind=type(raw).__name__))
     owned = {id(p): name for name, p in model.named_parameters()}
     seen: dict[int, int] = {}
     groups: list[GroupSpec] = []
@@ -92,6 +100,10 @@ def resolve_param_groups(
                 "(to keep a group from training, leave it out or set requires_grad=False)"
             )
         items = group["params"]
+        if one_shot and _is_iterator(items):
+            raise TypeError(
+                _ONE_SHOT.format(what=f"param_groups[{i}]['params']", kind=type(items).__name__)
+            )
         params = [items] if isinstance(items, torch.Tensor) else list(items)
         for p in params:
             if not isinstance(p, torch.Tensor) or id(p) not in owned:
@@ -140,6 +152,17 @@ def _check_options(
                 f"read (its settings: {sorted(known - {'lr'})}); 'lr_scale' sets the group's "
                 "LR ratio"
             )
+
+
+_ONE_SHOT = (
+    "{what} is a one-shot {kind}: the probe would use it up, and an optimizer built from the "
+    "same list afterwards would get no parameters there (torch does not complain); pass "
+    "list(...) of it, or param_groups as a function of the model returning the groups"
+)
+
+
+def _is_iterator(x: object) -> bool:
+    return isinstance(x, Iterator)  # a generator, model.parameters(), iter(...)
 
 
 def _describe(x: object) -> str:

@@ -101,7 +101,7 @@ def test_a_parameter_left_out_of_the_groups_does_not_train() -> None:
 
     before = [p.detach().clone() for p in model.parameters()]
     _run(model, criterion=None, loss_fn=loss, optimizer_cls=_Recording,
-         param_groups=[{"params": model[2].parameters()}])  # fmt: skip
+         param_groups=[{"params": list(model[2].parameters())}])  # fmt: skip
     assert all(len(g) == 1 and g[0][2] == 2 for g in _Recording.log)
     assert all(torch.equal(w, before[0]) for w in seen)  # the first layer never moved
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -164,10 +164,25 @@ def test_resolve_takes_a_single_tensor_as_a_group() -> None:
 def test_the_slowest_groups_beta2_is_the_one_read() -> None:
     model = _mlp()
     groups = [
-        {"params": model[0].parameters(), "betas": (0.9, 0.95)},
-        {"params": model[2].parameters()},  # takes the optimizer's betas
+        {"params": list(model[0].parameters()), "betas": (0.9, 0.95)},
+        {"params": list(model[2].parameters())},  # takes the optimizer's betas
     ]
     specs = resolve_param_groups(groups, model, torch.optim.AdamW, {"betas": (0.9, 0.99)})
     assert _beta2(torch.optim.AdamW, {"betas": (0.9, 0.99)}, specs) == 0.99
     assert _beta2(torch.optim.AdamW, {}, specs) == 0.999  # AdamW's default for the second
     assert _beta2(torch.optim.AdamW, {}, None) == 0.999
+
+
+def test_a_group_list_holding_a_generator_is_refused() -> None:
+    # The list is the caller's, who builds the real run's optimizer from it afterwards: the
+    # probe reading a generator in it would leave that optimizer's group empty, silently.
+    model = _mlp()
+    groups = [{"params": model[0].parameters(), "lr_scale": 0.1},
+              {"params": list(model[2].parameters())}]  # fmt: skip
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\] is a one-shot generator"):
+        _run(model, param_groups=groups)
+    assert len(list(groups[0]["params"])) == 2  # left for the caller's optimizer
+    with pytest.raises(TypeError, match="param_groups is a one-shot generator"):
+        _run(model, param_groups=(g for g in [{"params": list(model.parameters())}]))
+    # A function of the model may return generators: it makes fresh ones for each call.
+    _run(model, param_groups=lambda m: [{"params": m.parameters()}])
