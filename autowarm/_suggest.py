@@ -598,17 +598,28 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
         lrs = sorted({round(v.burst.peak_lr, 12) for v in warm})
         step = _same_nonfinite_step([v.burst.rows for v in warm])
         if step is not None:
-            position = runner.stream.position_of_step(step)
-            which = (
-                "the batch at that step"
-                if position is None
-                else f"the batch at that step (batch {position} of the data as it is yielded, "
-                "counting from 0)"
-            )
+            # Update `step` of a burst trains on the batches step * k .. step * k + k - 1 drawn
+            # since the restart (k = accumulation_steps).
+            k = runner.accumulation_steps
+            found = [runner.stream.position_of_step(step * k + j) for j in range(k)]
+            positions = [p for p in found if p is not None]
+            if len(positions) < k:
+                which = "the batch at that step" if k == 1 else "the batches of that step"
+            elif k == 1:
+                which = (
+                    f"the batch at that step (batch {positions[0]} of the data as it is "
+                    "yielded, counting from 0)"
+                )
+            else:
+                which = (
+                    f"the {k} batches of that step (batches {', '.join(map(str, positions))} of "
+                    "the data as it is yielded, counting from 0)"
+                )
+            them = "that batch" if k == 1 else "those batches"
             raise ProbeDivergedError(
                 f"every burst's loss was non-finite at step {step} whatever its LR (peaks "
                 f"{lrs}): {which} or the loss on it is the likely cause, not the LR; check "
-                "that batch and the loss on it. The trace is in error.trace",
+                f"{them} and the loss on it. The trace is in error.trace",
                 trace,
             )
         raise ProbeDivergedError(

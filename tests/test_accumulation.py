@@ -139,6 +139,17 @@ def test_a_nan_in_one_micro_batch_names_that_batch() -> None:
                          budget_steps=BUDGET, accumulation_steps=3, progress=False)  # fmt: skip
 
 
+def test_a_loss_non_finite_at_one_update_names_the_batches_of_that_update() -> None:
+    # An inf (not blamed as bad data, it may be a mask) in batch 4 makes the loss non-finite
+    # at update 2 of every burst: that update trains on batches 4 and 5, not on batch 2.
+    batches = _batches(n_batches=6)
+    batches[4][0][1, 1] = float("inf")
+    with pytest.raises(autowarm.ProbeDivergedError, match=r"at step 2 whatever") as info:
+        autowarm.suggest(_mlp(), batches, criterion=F.cross_entropy, total_steps=TOTAL,
+                         budget_steps=BUDGET, accumulation_steps=2, progress=False)  # fmt: skip
+    assert "(batches 4, 5 of the data as it is yielded" in str(info.value)
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_accumulation_steps_must_be_a_positive_int(bad: Any) -> None:
     with pytest.raises(ValueError, match="accumulation_steps must be an int >= 1"):
