@@ -186,3 +186,30 @@ def test_a_group_list_holding_a_generator_is_refused() -> None:
         _run(model, param_groups=(g for g in [{"params": list(model.parameters())}]))
     # A function of the model may return generators: it makes fresh ones for each call.
     _run(model, param_groups=lambda m: [{"params": m.parameters()}])
+
+
+class _StrictKeys(torch.optim.AdamW):
+    """An optimizer that refuses group keys it does not read (as some third-party ones do)."""
+
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        params = list(params)
+        for group in params:
+            extra = set(group) - {"params", "lr", "weight_decay", "betas", "eps"}
+            if extra:
+                raise ValueError(f"unknown group keys {sorted(extra)}")
+        super().__init__(params, **kwargs)
+
+
+def test_a_task_trial_builds_an_optimizer_that_refuses_unknown_group_keys() -> None:
+    from autowarm.schedules import ScheduleConfig
+    from autowarm.study._task import group_scales
+    from autowarm.study._trial import train_trial
+
+    task = autowarm.Task(make_model=lambda s: _mlp(), train_data=_batches(),
+                         criterion=F.cross_entropy, total_steps=6, optimizer_cls=_StrictKeys,
+                         param_groups=_backbone_head)  # fmt: skip
+    _run(_mlp(), optimizer_cls=_StrictKeys, param_groups=_backbone_head)  # the probe takes it
+    optimizer = task.make_optimizer(_mlp(), 1e-3)
+    assert group_scales(optimizer) == [0.1, 1.0, 2.0]
+    out = train_trial(task, ScheduleConfig(peak_lr=1e-3, total_steps=6, warmup_steps=2), seed=0)
+    assert out.steps == 6

@@ -203,8 +203,9 @@ class Task:
         """The task's optimizer over ``model``'s trainable parameters at ``lr``.
 
         With :attr:`param_groups`, one group each, checked as :func:`autowarm.suggest` checks
-        them; every group keeps its ``lr_scale`` (torch leaves the key alone), which
-        :func:`group_scales` reads.
+        them; every group keeps its ``lr_scale``, which :func:`group_scales` reads. The key is
+        added to the optimizer's groups once it is built, so an optimizer that refuses keys it
+        does not know takes the groups as :func:`autowarm.suggest` gives them.
         """
         kwargs = dict(self.optimizer_kwargs or {})
         if self.param_groups is None:
@@ -213,9 +214,10 @@ class Task:
         from autowarm._groups import resolve_param_groups
 
         groups = resolve_param_groups(self.param_groups, model, self.optimizer_cls, kwargs)  # type: ignore[arg-type]
-        return self.optimizer_cls(
-            [{**g.as_group(), "lr_scale": g.lr_scale} for g in groups], lr=lr, **kwargs
-        )
+        optimizer = self.optimizer_cls([g.as_group() for g in groups], lr=lr, **kwargs)
+        for group, spec in zip(optimizer.param_groups, groups, strict=True):
+            group["lr_scale"] = spec.lr_scale
+        return optimizer
 
     def evaluate(self, model: nn.Module) -> float:
         """The validation loss of ``model`` (eval mode, no gradients; the mode is restored).
