@@ -73,7 +73,10 @@ def resolve_param_groups(
     one_shot = not callable(spec)
     if one_shot and _is_iterator(raw):
         raise TypeError(_ONE_SHOT.format(what="param_groups", kind=type(raw).__name__))
-    owned = {id(p): name for name, p in model.named_parameters()}
+    # Every name of each parameter: a tied one (a decoder sharing the embedding) has several.
+    owned: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owned.setdefault(id(param), []).append(name)
     seen: dict[int, int] = {}
     groups: list[GroupSpec] = []
     for i, group in enumerate(raw):
@@ -113,10 +116,19 @@ def resolve_param_groups(
                     "take them from model.parameters() or model.named_parameters()"
                 )
             if id(p) in seen:
-                raise ValueError(
-                    f"parameter {owned[id(p)]!r} is in param_groups[{seen[id(p)]}] and "
-                    f"param_groups[{i}]: put each parameter in one group"
+                names = owned[id(p)]
+                what = f"parameter {names[0]!r}" + (
+                    f" (tied: the same tensor as {', '.join(map(repr, names[1:]))})"
+                    if len(names) > 1
+                    else ""
                 )
+                where = (
+                    f"twice in param_groups[{i}]: list it once"
+                    if seen[id(p)] == i
+                    else f"in param_groups[{seen[id(p)]}] and param_groups[{i}]: put it in one "
+                    "group"
+                )
+                raise ValueError(f"{what} is {where}")
             seen[id(p)] = i
         options = {k: v for k, v in group.items() if k not in ("params", "lr_scale")}
         groups.append(GroupSpec(tuple(params), options, float(scale)))  # type: ignore[arg-type]

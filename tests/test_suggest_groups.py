@@ -213,3 +213,33 @@ def test_a_task_trial_builds_an_optimizer_that_refuses_unknown_group_keys() -> N
     assert group_scales(optimizer) == [0.1, 1.0, 2.0]
     out = train_trial(task, ScheduleConfig(peak_lr=1e-3, total_steps=6, warmup_steps=2), seed=0)
     assert out.steps == 6
+
+
+class _Tied(nn.Module):
+    """An output layer sharing the input layer's weight, as a decoder shares the embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 8, bias=False)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 8, bias=False)
+        self.head.weight = self.embed.weight
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.head(self.mid(self.embed(x)))))
+
+
+def test_a_tied_parameter_named_twice_is_refused_with_both_names() -> None:
+    model = _Tied()
+    tied = r"'embed.weight' \(tied: the same tensor as 'head.weight'\) is "
+    with pytest.raises(ValueError, match=tied + r"twice in param_groups\[0\]: list it once"):
+        resolve_param_groups([{"params": [model.embed.weight, model.head.weight]}], model,
+                             torch.optim.AdamW, {})  # fmt: skip
+    with pytest.raises(ValueError, match=tied + r"in param_groups\[0\] and param_groups\[1\]"):
+        resolve_param_groups([{"params": list(model.embed.parameters())},
+                              {"params": list(model.head.parameters()), "lr_scale": 0.5}],
+                             model, torch.optim.AdamW, {})  # fmt: skip
+    # model.parameters() lists it once: fine
+    _run(model, param_groups=lambda m: [{"params": m.parameters()}])
