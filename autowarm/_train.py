@@ -264,7 +264,7 @@ class MixedPrecision:
         self.device_type = device.type
         self.dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
         self.scaler: torch.amp.GradScaler | None = (
-            torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+            _grad_scaler(device) if precision == "16-mixed" else None
         )
 
     def autocast(self) -> torch.autocast:
@@ -287,6 +287,18 @@ class MixedPrecision:
                 "in float32 (model.float()), or precision='32-true' for a model trained in "
                 "float16 throughout"
             )
+
+
+def _grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    # torch.amp.GradScaler, for any device, is torch >= 2.3; before it only CUDA had one.
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    if device.type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    raise ValueError(
+        f"precision='16-mixed' on {device.type} needs torch >= 2.3 (torch.amp.GradScaler), but "
+        f"this is torch {torch.__version__}: upgrade torch, or use precision='bf16-mixed'"
+    )
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,16 @@ def test_precision_is_checked_before_any_step() -> None:
                       criterion=F.cross_entropy, total_steps=5, precision="16")  # fmt: skip
 
 
+def test_float16_off_cuda_on_a_torch_without_torch_amp_grad_scaler_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # torch 2.1 and 2.2 (which pyproject allows) have only torch.cuda.amp.GradScaler.
+    monkeypatch.delattr(torch.amp, "GradScaler")
+    with pytest.raises(ValueError, match=r"'16-mixed' on cpu needs torch >= 2.3"):
+        autowarm.suggest(_mlp(), _batches(), criterion=F.cross_entropy, total_steps=TOTAL,
+                         budget_steps=BUDGET, precision="16-mixed", progress=False)  # fmt: skip
+
+
 def test_a_task_trial_runs_through_skipped_updates() -> None:
     def loss(m: nn.Module, b: Any) -> torch.Tensor:
         return 1e4 * F.cross_entropy(m(b[0]).float(), b[1])
