@@ -56,9 +56,9 @@ def resolve_param_groups(
         TypeError: ``spec`` is neither a sequence of mappings nor a callable returning one,
             or it is a list that holds a one-shot iterator (``model.parameters()``, a
             generator): only a function of the model may return those.
-        ValueError: a group with an LR, an unknown setting, a tensor that is not one of the
-            model's parameters, a parameter in two groups, no trainable parameter, a bad
-            ``lr_scale``.
+        ValueError: a group with an LR, ``maximize=True``, an unknown setting, a tensor that
+            is not one of the model's parameters, a parameter in two groups, no trainable
+            parameter, a bad ``lr_scale``.
     """
     raw: object = spec(model) if callable(spec) else spec
     if isinstance(raw, (Mapping, str, bytes)) or not isinstance(raw, Iterable):
@@ -93,6 +93,12 @@ def resolve_param_groups(
                 "group's LR as a ratio to the peak, 'lr_scale' (e.g. 0.1 for a backbone at a "
                 "tenth of the head's LR), and apply the suggestion with "
                 "s.schedule.lambda_lr(optimizer, group_scales=[...])"
+            )
+        if group.get("maximize"):
+            # As for optimizer_kwargs: the probe reads a falling loss as progress.
+            raise ValueError(
+                f"param_groups[{i}] sets maximize=True, but the probe needs a loss to minimise: "
+                "negate the objective in loss_fn and leave maximize out"
             )
         scale = group.get("lr_scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):

@@ -126,6 +126,8 @@ def test_the_model_comes_back_with_groups() -> None:
          r"tensor of shape \(3,\), which is not a parameter of the model"),
         (lambda m: [{"params": [m[0].weight]}, {"params": m.parameters()}], ValueError,
          r"'0.weight' is in param_groups\[0\] and param_groups\[1\]"),
+        (lambda m: [{"params": m.parameters(), "maximize": True}], ValueError,
+         r"param_groups\[0\] sets maximize=True"),
         (lambda m: [{"params": m.parameters(), "lr_scale": 0.0}], ValueError, "finite float > 0"),
         (lambda m: [{"params": m.parameters(), "lr_scale": float("nan")}], ValueError, "> 0"),
         (lambda m: [{"params": m.parameters(), "lr_scale": "0.1"}], ValueError, "a float"),
