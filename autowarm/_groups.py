@@ -3,8 +3,9 @@
 A real run often trains its parameters in groups: no weight decay on biases and norms, a
 pretrained backbone at a tenth of the head's LR (discriminative LRs). The probe trains with the
 same groups, each at ``lr_scale`` times the LR it is trying; the suggested ``peak_lr`` is the LR
-of a group whose scale is 1, and ``schedule.lambda_lr(optimizer, group_scales=...)`` applies it
-to every group with the same ratios.
+of a group whose scale is 1, and ``schedule.lambda_lr(optimizer)`` on an optimizer built from
+the same groups (torch keeps their ``lr_scale`` keys) applies it to every group with the same
+ratios.
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def resolve_param_groups(
             raise ValueError(
                 f"param_groups[{i}] sets {bad[0]!r}, but the probe chooses the LR: give the "
                 "group's LR as a ratio to the peak, 'lr_scale' (e.g. 0.1 for a backbone at a "
-                "tenth of the head's LR), and apply the suggestion with "
-                "s.schedule.lambda_lr(optimizer, group_scales=[...])"
+                "tenth of the head's LR); s.schedule.lambda_lr(optimizer) on an optimizer "
+                "built from the same groups reads it"
             )
         if group.get("maximize"):
             # As for optimizer_kwargs: the probe reads a falling loss as progress.

@@ -353,8 +353,9 @@ def suggest(
             ``{"params": [...], "lr_scale": 0.1, "weight_decay": 0.0, ...}`` (the model's
             parameters; any per-group setting of the optimizer; not ``"lr"``), or a function
             of the model returning one. Group ``i`` trains at ``lr_scale`` (default 1) times
-            the LR the probe tries, so ``peak_lr`` is the LR of a group with scale 1: apply
-            it with ``s.schedule.lambda_lr(optimizer, group_scales=[...the same scales])``.
+            the LR the probe tries, so ``peak_lr`` is the LR of a group with scale 1:
+            ``s.schedule.lambda_lr(optimizer)`` on an optimizer built from the same groups
+            reads their ``"lr_scale"`` keys (or pass ``group_scales=``).
             Default: one group of every parameter with ``requires_grad=True``.
         accumulation_steps: batches whose gradients add up before each optimizer step, as in
             a run with gradient accumulation (each loss divided by their number). A step is

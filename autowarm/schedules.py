@@ -240,7 +240,10 @@ class ScheduleConfig:
 
         Every parameter group's base LR is set to ``peak_lr`` (times its entry of
         ``group_scales``, for discriminative LRs), so group ``i`` follows
-        ``group_scales[i] * lr_at(step)``. Call ``scheduler.step()`` after each
+        ``group_scales[i] * lr_at(step)``. Without ``group_scales``, each group's
+        ``"lr_scale"`` key is its scale (1 where it has none): the groups given to
+        ``autowarm.suggest(param_groups=...)`` drive an optimizer built from them as the
+        probe trained them. Call ``scheduler.step()`` after each
         ``optimizer.step()``. The lambda is a module-level callable object of plain attributes,
         so the scheduler pickles and ``state_dict()`` round-trips.
 
@@ -248,7 +251,8 @@ class ScheduleConfig:
             optimizer: the optimizer to drive; its groups' ``lr`` and ``initial_lr`` are set.
             last_epoch: ``-1`` for a fresh run; to resume without a saved scheduler state, the
                 number of updates already done minus one.
-            group_scales: optional factor per parameter group (default 1 for all).
+            group_scales: optional factor per parameter group (default: each group's
+                ``"lr_scale"``, else 1).
 
         Returns:
             ``torch.optim.lr_scheduler.LambdaLR``.
@@ -256,7 +260,16 @@ class ScheduleConfig:
         from torch.optim.lr_scheduler import LambdaLR
 
         n = len(optimizer.param_groups)
-        scales = [1.0] * n if group_scales is None else [float(x) for x in group_scales]
+        if group_scales is None:
+            keys = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+            if not all(_is_scale(x) for x in keys):
+                raise ValueError(
+                    "a parameter group's 'lr_scale' must be a positive float, but the "
+                    f"optimizer's groups have {keys!r}"
+                )
+            scales = [float(x) for x in keys]
+        else:
+            scales = [float(x) for x in group_scales]
         if len(scales) != n or not all(math.isfinite(x) and x > 0 for x in scales):
             raise ValueError(
                 f"group_scales must hold one positive float per parameter group ({n}), "
@@ -386,3 +399,7 @@ def _plain(value: Any) -> Any:
 
 def _is_decay(value: Any) -> bool:
     return isinstance(value, str) and value in {d.value for d in Decay}
+
+
+def _is_scale(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0

@@ -123,6 +123,24 @@ def test_lambda_lr_default_groups_start_at_peak() -> None:
     assert [g["lr"] for g in opt.param_groups] == [3e-4, 3e-4]
 
 
+def test_lambda_lr_reads_the_groups_lr_scale_by_default() -> None:
+    cfg = ScheduleConfig(peak_lr=2e-3, total_steps=100, warmup_steps=10)
+    opt = _two_group_optimizer()
+    opt.param_groups[1]["lr_scale"] = 0.1  # as suggest(param_groups=...) takes them
+    sched = cfg.lambda_lr(opt)
+    for step, (lr_a, lr_b) in enumerate(_run(sched, 30)):
+        assert lr_a == pytest.approx(cfg.lr_at(step), rel=1e-12, abs=1e-15)
+        assert lr_b == pytest.approx(0.1 * cfg.lr_at(step), rel=1e-12, abs=1e-15)
+    # an explicit group_scales wins over the keys
+    opt = _two_group_optimizer()
+    opt.param_groups[1]["lr_scale"] = 0.1
+    sched = cfg.lambda_lr(opt, group_scales=[1.0, 0.5])
+    assert _run(sched, 12)[11][1] == pytest.approx(0.5 * cfg.lr_at(11))
+    opt.param_groups[1]["lr_scale"] = 0.0
+    with pytest.raises(ValueError, match="'lr_scale' must be a positive float"):
+        cfg.lambda_lr(opt)
+
+
 def test_lambda_lr_rejects_bad_group_scales() -> None:
     cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2)
     with pytest.raises(ValueError, match="group_scales"):

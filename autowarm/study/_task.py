@@ -22,7 +22,7 @@ from torch import nn
 from autowarm._checks import is_int
 from autowarm._train import PRECISIONS, LossFn, model_device, move_to_device, resolve_loss_fn
 
-__all__ = ["Task", "group_scales", "load_task"]
+__all__ = ["Task", "load_task"]
 
 EvalFn = Callable[[nn.Module], float]
 
@@ -203,9 +203,9 @@ class Task:
         """The task's optimizer over ``model``'s trainable parameters at ``lr``.
 
         With :attr:`param_groups`, one group each, checked as :func:`autowarm.suggest` checks
-        them; every group keeps its ``lr_scale``, which :func:`group_scales` reads. The key is
-        added to the optimizer's groups once it is built, so an optimizer that refuses keys it
-        does not know takes the groups as :func:`autowarm.suggest` gives them.
+        them; every group keeps its ``lr_scale``, which ``ScheduleConfig.lambda_lr`` reads.
+        The key is added to the optimizer's groups once it is built, so an optimizer that
+        refuses keys it does not know takes the groups as :func:`autowarm.suggest` gives them.
         """
         kwargs = dict(self.optimizer_kwargs or {})
         if self.param_groups is None:
@@ -341,8 +341,3 @@ def _import_file(path: Path) -> Any:
     finally:
         sys.path.remove(str(path.parent))
     return module
-
-
-def group_scales(optimizer: torch.optim.Optimizer) -> list[float]:
-    """Each parameter group's ``lr_scale`` (1 where it has none), in the optimizer's order."""
-    return [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]

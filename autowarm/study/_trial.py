@@ -28,7 +28,7 @@ import torch
 from autowarm._checks import is_int
 from autowarm._train import BatchStream, MixedPrecision, model_device, train_step
 from autowarm.schedules import ScheduleConfig
-from autowarm.study._task import Task, group_scales
+from autowarm.study._task import Task
 
 __all__ = ["TRANSFERS", "TrialOutcome", "compress", "train_trial"]
 
@@ -130,7 +130,7 @@ def train_trial(
         torch.manual_seed(seed)
         model = task.build_model(seed)
         optimizer = task.make_optimizer(model, schedule.peak_lr)
-        scheduler = schedule.lambda_lr(optimizer, group_scales=group_scales(optimizer))
+        scheduler = schedule.lambda_lr(optimizer)  # each group at its lr_scale
         loss_fn = task.resolved_loss_fn()
         amp = None
         if task.precision != "32-true":
