@@ -11,6 +11,7 @@ ratios.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,22 +156,29 @@ def _check_options(
 ) -> None:
     # torch.optim keeps any key of a group without a word, so a misspelt 'weight_decya' would
     # train without decay; the optimizer's own defaults name the settings it reads. Building
-    # it allocates no state and touches no parameter.
+    # it allocates no state and touches no parameter. torch's own optimizers read nothing
+    # else, so another key is an error there; a third-party optimizer may read group keys
+    # of its own (Muon's 'use_muon'), so there it is a warning.
     try:
         optimizer = optimizer_cls(  # type: ignore[call-arg]
             [g.as_group() for g in groups], lr=1e-3, **optimizer_kwargs
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AssertionError) as exc:
         raise ValueError(f"{optimizer_cls.__name__} refused param_groups: {exc}") from None
     known = set(optimizer.defaults)
+    strict = optimizer_cls.__module__.startswith("torch.optim")
     for i, g in enumerate(groups):
         unknown = sorted(set(g.options) - known)
-        if unknown:
-            raise ValueError(
-                f"param_groups[{i}] sets {unknown}, which {optimizer_cls.__name__} does not "
-                f"read (its settings: {sorted(known - {'lr'})}); 'lr_scale' sets the group's "
-                "LR ratio"
-            )
+        if not unknown:
+            continue
+        message = (
+            f"param_groups[{i}] sets {unknown}, which {optimizer_cls.__name__} does not "
+            f"list among its settings ({sorted(known - {'lr'})}); 'lr_scale' sets the "
+            "group's LR ratio"
+        )
+        if strict:
+            raise ValueError(message.replace("does not list among", "does not read: not in"))
+        warnings.warn(message + "; passed on as given", UserWarning, stacklevel=4)
 
 
 _ONE_SHOT = (

@@ -121,7 +121,7 @@ def test_the_model_comes_back_with_groups() -> None:
         (lambda m: [{"params": m.parameters(), "lr": 1e-3}], ValueError, "lr_scale"),
         (lambda m: [{"params": m.parameters(), "initial_lr": 1e-3}], ValueError, "lr_scale"),
         (lambda m: [{"params": m.parameters(), "weight_decya": 0.0}], ValueError,
-         r"\['weight_decya'\], which AdamW does not read"),
+         r"\['weight_decya'\], which AdamW does not read: not in"),
         (lambda m: [{"params": [torch.nn.Parameter(torch.zeros(3))]}], ValueError,
          r"tensor of shape \(3,\), which is not a parameter of the model"),
         (lambda m: [{"params": [m[0].weight]}, {"params": m.parameters()}], ValueError,
@@ -244,3 +244,25 @@ def test_a_tied_parameter_named_twice_is_refused_with_both_names() -> None:
                              model, torch.optim.AdamW, {})  # fmt: skip
     # model.parameters() lists it once: fine
     _run(model, param_groups=lambda m: [{"params": m.parameters()}])
+
+
+class _OwnGroupKey(torch.optim.AdamW):
+    """A third-party optimizer (not in torch.optim) that reads a group key of its own."""
+
+    def step(self, closure: Any = None) -> Any:
+        assert all("use_fast_path" in g for g in self.param_groups)
+        return super().step(closure)
+
+
+_OwnGroupKey.__module__ = "thirdparty.optim"
+
+
+def test_a_third_party_optimizers_own_group_key_is_passed_on_with_a_warning() -> None:
+    model = _mlp()
+    with pytest.warns(UserWarning, match=r"sets \['use_fast_path'\].*passed on as given"):
+        s = _run(
+            model,
+            optimizer_cls=_OwnGroupKey,
+            param_groups=lambda m: [{"params": m.parameters(), "use_fast_path": True}],
+        )
+    assert s.probe_steps > 0
