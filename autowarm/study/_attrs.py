@@ -5,39 +5,41 @@ storage (SQLite, journal file, PostgreSQL) keeps it and ``optuna-dashboard`` sho
 
 Study user attributes:
 
-=============================  =============================================================
-``autowarm.format``            ``"autowarm.study"``
-``autowarm.format_version``    ``1``
-``autowarm.task``              the task's identity (``"task.py:task"``, ``"pkg.mod:task"``,
-                               the task's ``name``, or ``make_model``'s qualified name)
-``autowarm.model``             the model's fingerprint (:meth:`Task.model_fingerprint`)
-``autowarm.seed``              the study's seed (trial models and data use it)
-``autowarm.total_steps``       optimizer steps of the real run
-``autowarm.trial_steps``       optimizer steps of one (compressed) trial
-``autowarm.n_trials``          the study's target number of trials, or ``None``
-``autowarm.versions``          ``{"autowarm": ..., "torch": ..., "optuna": ..., "python": ...}``
-``autowarm.base_schedule``     :meth:`ScheduleConfig.to_dict` of the probe's schedule (decay,
-                               floor and shape parameters the trials vary around)
-``autowarm.suggestion``        the probe's :meth:`Suggestion.to_dict` plus its evidence tables
-                               as ``"trace"``/``"signals"`` lists of records, or ``None``
-``autowarm.search_space``      the search space's ``to_dict()``
-``autowarm.warmup_transfer``   how a full-run warmup maps into a trial (``"fraction"``, ...)
-``autowarm.pruner``            ``"median"``, ``"hyperband"`` or ``"none"``
-``autowarm.metric``            what a trial's value is, in words
-=============================  =============================================================
+================================  =============================================================
+``autowarm.format``               ``"autowarm.study"``
+``autowarm.format_version``       ``1``
+``autowarm.task``                 the task's identity (``"task.py:task"``, ``"pkg.mod:task"``,
+                                  the task's ``name``, or ``make_model``'s qualified name)
+``autowarm.model``                the model's fingerprint (:meth:`Task.model_fingerprint`)
+``autowarm.seed``                 the study's seed (trial models and data use it)
+``autowarm.total_steps``          optimizer steps of the real run
+``autowarm.trial_steps``          optimizer steps of one (compressed) trial
+``autowarm.n_trials``             the study's target number of trials, or ``None``
+``autowarm.versions``             ``{"autowarm": ..., "torch": ..., "optuna": ..., "python": ...}``
+``autowarm.base_schedule``        :meth:`ScheduleConfig.to_dict` of the probe's schedule (decay,
+                                  floor and shape parameters the trials vary around)
+``autowarm.suggestion``           the probe's :meth:`Suggestion.to_dict` plus its evidence tables
+                                  as ``"trace"``/``"signals"`` lists of records, or ``None``
+``autowarm.search_space``         the search space's ``to_dict()``
+``autowarm.warmup_transfer``      how a full-run warmup maps into a trial (``"fraction"``, ...)
+``autowarm.pruner``               ``"median"``, ``"hyperband"`` or ``"none"``
+``autowarm.accumulation_steps``   batches per optimizer step (:attr:`Task.accumulation_steps`)
+``autowarm.precision``            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"``
+``autowarm.metric``               what a trial's value is, in words
+================================  =============================================================
 
 Trial user attributes:
 
-=============================  =============================================================
-``autowarm.role``              one of :data:`ROLES`
-``autowarm.schedule``          the full-run schedule the trial stands for (``to_dict()``)
-``autowarm.trial_schedule``    the compressed schedule the trial trained (``to_dict()``)
-``autowarm.peak_lr``           float, as in ``autowarm.schedule``
-``autowarm.warmup_steps``      int, full-run warmup, as in ``autowarm.schedule``
-``autowarm.reason``            why a trial was pruned or failed (absent when it completed)
-``autowarm.worker``            ``"host:pid:start:pidns"`` of the process that ran it
-``autowarm.retry_of``          the number of the failed trial this one re-runs
-=============================  =============================================================
+================================  =============================================================
+``autowarm.role``                 one of :data:`ROLES`
+``autowarm.schedule``             the full-run schedule the trial stands for (``to_dict()``)
+``autowarm.trial_schedule``       the compressed schedule the trial trained (``to_dict()``)
+``autowarm.peak_lr``              float, as in ``autowarm.schedule``
+``autowarm.warmup_steps``         int, full-run warmup, as in ``autowarm.schedule``
+``autowarm.reason``               why a trial was pruned or failed (absent when it completed)
+``autowarm.worker``               ``"host:pid:start:pidns"`` of the process that ran it
+``autowarm.retry_of``             the number of the failed trial this one re-runs
+================================  =============================================================
 
 A trial's value is the final validation loss (lower is better; the study minimises); its
 intermediate values are the smoothed validation loss keyed by optimizer step.
@@ -64,6 +66,8 @@ SUGGESTION: Final = "autowarm.suggestion"
 SEARCH_SPACE: Final = "autowarm.search_space"
 WARMUP_TRANSFER: Final = "autowarm.warmup_transfer"
 PRUNER: Final = "autowarm.pruner"
+ACCUMULATION_STEPS: Final = "autowarm.accumulation_steps"
+PRECISION: Final = "autowarm.precision"
 MODEL: Final = "autowarm.model"
 METRIC: Final = "autowarm.metric"
 

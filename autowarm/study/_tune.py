@@ -703,6 +703,9 @@ def _set_up(
             _attrs.SEED: seed,
             _attrs.WARMUP_TRANSFER: transfer,
             _attrs.PRUNER: pruner,
+            # trials of another batch regime or precision would be another run's
+            _attrs.ACCUMULATION_STEPS: task.accumulation_steps,
+            _attrs.PRECISION: task.precision,
         }
         _check_resumable(study, expected)
         model = task.model_fingerprint(seed)

@@ -389,6 +389,12 @@ def test_resume_with_other_settings_is_an_error(
         autowarm.tune(task, trial_steps=50, **kw)
     with pytest.raises(ValueError, match=r"pruner='median', but this run has .*pruner='none'"):
         autowarm.tune(task, trial_steps=40, pruner="none", **kw)
+    accumulating = dataclasses.replace(task, accumulation_steps=2)
+    with pytest.raises(ValueError, match=r"accumulation_steps=1, but this run has .*steps=2"):
+        autowarm.tune(accumulating, trial_steps=40, **kw)
+    half = dataclasses.replace(task, precision="bf16-mixed")
+    with pytest.raises(ValueError, match=r"precision='32-true', but .*precision='bf16-mixed'"):
+        autowarm.tune(half, trial_steps=40, **kw)
     # another probe's suggestion on resume: an error, not silently the stored one
     other = dataclasses.replace(
         suggestion, schedule=suggestion.schedule.replace(peak_lr=suggestion.peak_lr * 3)
