@@ -523,19 +523,27 @@ def add_eval_arguments(parser: Any) -> None:
 
 def add_regret_arguments(parser: Any) -> None:
     """Options of ``autowarm bench regret``."""
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
-    parser.add_argument("--eval-csv", type=Path, default=None)
-    parser.add_argument("--grid-csv", type=Path, default=None)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/benchmark"),
+        help="folder of the CSVs and of regret.md/.csv (a subset's table: regret_seeds<S>"
+        "[_<N>steps].md/.csv)",
+    )
+    parser.add_argument("--eval-csv", type=Path, default=None, help="default OUT/evaluation.csv")
+    parser.add_argument("--grid-csv", type=Path, default=None, help="default OUT/oracle_grid.csv")
     parser.add_argument(
         "--only-seeds",
         default=None,
-        help="comma-separated seeds to compare (default: every seed of the evaluation)",
+        help="comma-separated seeds to compare (default: every seed of the evaluation); "
+        "written as regret_seeds<S>.md/.csv",
     )
     parser.add_argument(
         "--total-steps",
         type=int,
         default=None,
-        help="only the runs of this length (default: each length its own row)",
+        help="only the runs of this length (default: each length its own row); written as "
+        "regret_<N>steps.md/.csv",
     )
 
 
