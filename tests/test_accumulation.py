@@ -4,8 +4,8 @@ the training step, the probe and the study's trials."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -17,29 +17,12 @@ import autowarm
 from autowarm._train import BatchStream, MicroBatches, train_step
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._trial import train_trial
+from tests._tiny import cls_batches, mlp, one_thread  # noqa: F401 (one_thread: autouse)
 
 TOTAL = 500
 BUDGET = 50
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _batches(n_batches: int = 6, bs: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n_batches * bs, 8, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
-
-
-def _mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+_batches = functools.partial(cls_batches, n_batches=6, bs=8)
+_mlp = mlp
 
 
 def _ce(model: nn.Module, batch: Any) -> torch.Tensor:

@@ -4,8 +4,8 @@ overflow-skipped updates are not divergence."""
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,30 +17,13 @@ import autowarm
 from autowarm._train import MixedPrecision, train_step
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._trial import train_trial
+from tests._tiny import cls_batches, mlp, one_thread  # noqa: F401 (one_thread: autouse)
 
 TOTAL = 500
 BUDGET = 50
+_batches = functools.partial(cls_batches, n_batches=6, bs=16)
+_mlp = functools.partial(mlp, hidden=32)
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _batches(n_batches: int = 6, bs: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n_batches * bs, 8, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
-
-
-def _mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
 
 
 def test_an_overflow_under_the_loss_scaler_skips_the_update_and_lowers_the_scale() -> None:

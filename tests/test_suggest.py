@@ -38,6 +38,9 @@ from autowarm.probe._bursts import MOMENT_COLUMNS, Budget, ProbeRunner
 from autowarm.probe._search import SearchSettings, _judge, _warmup_search, ramp_lrs, run_search
 from autowarm.probe._state import preserved
 from autowarm.schedules import ScheduleConfig
+from tests._tiny import cls_batches as _cls_batches
+from tests._tiny import mlp as _mlp
+from tests._tiny import one_thread  # noqa: F401 (autouse)
 
 suggest = autowarm.suggest
 Suggestion = autowarm.Suggestion
@@ -48,32 +51,9 @@ BUDGET = 50
 TRACE_COLUMNS = ("phase", "burst", "step", "lr", "loss", "loss_smoothed", "grad_norm", "finite")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models: one thread is faster and does not fight other processes for cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------
 # Models, data and spies
 # --------------------------------------------------------------------------------------------
-
-
-def _cls_batches(
-    n_batches: int = 4, bs: int = 16, seed: int = 0
-) -> list[tuple[torch.Tensor, ...]]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_batches * bs, 8, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
-
-
-def _mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
 class _Net(nn.Module):

@@ -3,7 +3,6 @@ lr_scale times the LR it tries, and refuses groups it could not honour."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -14,29 +13,12 @@ from torch import nn
 import autowarm
 from autowarm._groups import resolve_param_groups
 from autowarm._suggest import _beta2
+from tests._tiny import cls_batches, mlp, one_thread  # noqa: F401 (one_thread: autouse)
 
 TOTAL = 500
 BUDGET = 50
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _batches(n_batches: int = 4, bs: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n_batches * bs, 8, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
-
-
-def _mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+_batches = cls_batches
+_mlp = mlp
 
 
 def _run(model: nn.Module, **kwargs: Any) -> autowarm.Suggestion:

@@ -7,7 +7,6 @@ import inspect
 import math
 import traceback
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,31 +17,12 @@ from torch import nn
 
 import autowarm
 from autowarm._train import BatchStream, nan_in_batch
+from tests._tiny import cls_batches as _cls_batches
+from tests._tiny import mlp as _mlp
+from tests._tiny import one_thread  # noqa: F401 (autouse)
 
 TOTAL = 500
 BUDGET = 50
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _cls_batches(
-    n_batches: int = 4, bs: int = 16, seed: int = 0
-) -> list[tuple[torch.Tensor, ...]]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_batches * bs, 8, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
-
-
-def _mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
 def _run(model: nn.Module, data: Any, *args: Any, **kwargs: Any) -> autowarm.Suggestion:
