@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -22,10 +21,13 @@ from autowarm._checks import is_int
 from autowarm._config_io import check_format_version
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
-    PRECISIONS,
     BatchStream,
     LossFn,
     MixedPrecision,
+    autocast_of,
+    check_accumulation_steps,
+    check_precision,
+    mixed_precision,
     model_device,
     resolve_loss_fn,
 )
@@ -392,17 +394,8 @@ def suggest(
             f"but got {optimizer_cls!r}"
         )
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
-    if not is_int(accumulation_steps) or accumulation_steps < 1:
-        raise ValueError(
-            "accumulation_steps must be an int >= 1 (batches per optimizer update), but got "
-            f"accumulation_steps={accumulation_steps!r}"
-        )
-    accumulation_steps = int(accumulation_steps)
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {PRECISIONS} (Lightning's names), but got "
-            f"precision={precision!r}"
-        )
+    accumulation_steps = check_accumulation_steps(accumulation_steps)
+    check_precision(precision)
     total = _resolve_total_steps(total_steps, dataloader, accumulation_steps)
     budget_n = _resolve_budget(budget_steps, total)
     if not is_int(seed) or not 0 <= seed < 2**32:
@@ -425,9 +418,7 @@ def suggest(
     # A CPU model probed on a GPU: the CUDA generators are captured before the probe's first
     # CUDA draw, so the user's first one after it is the same as without the probe.
     on_cuda = "cuda" in (target.type, original_device.type)
-    amp = None if precision == "32-true" else MixedPrecision(precision, target)
-    if amp is not None:
-        amp.check_model(model)
+    amp = mixed_precision(precision, model, target)
     with preserved(model, snapshot_device=snapshot_device, cuda_rng=on_cuda) as snapshot:
         moved = target != original_device
         stream = BatchStream(dataloader, target)
@@ -519,16 +510,15 @@ def _probe(
 
     first = stream.first()  # empty data fails here, before any training
     # A bad batch format fails here with its message.
-    autocast = amp.autocast if amp is not None else contextlib.nullcontext
     try:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast_of(amp):
             loss = loss_fn(model, first)
     except RuntimeError:
         # A loss that takes gradients inside itself (an input-gradient penalty) needs
         # autograd; the graph is dropped at once. A real error raises again here, in the
         # grad mode the probe trains in, alone: not chained to its own first occurrence.
         try:
-            with torch.enable_grad(), autocast():
+            with torch.enable_grad(), autocast_of(amp):
                 loss = loss_fn(model, first).detach()
         except Exception as again:
             raise again from None

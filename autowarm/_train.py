@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader
 
+from autowarm._checks import is_int
+
 __all__ = [
     "BatchStream",
     "LossFn",
@@ -247,6 +249,43 @@ def resolve_loss_fn(loss_fn: LossFn | None = None, criterion: Criterion | None =
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 
+def check_precision(precision: object) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`; else a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {PRECISIONS} (Lightning's names), but got "
+            f"precision={precision!r}"
+        )
+    return str(precision)
+
+
+def check_accumulation_steps(accumulation_steps: Any) -> int:
+    """``accumulation_steps`` as an int if it is one >= 1; else a ValueError."""
+    if not is_int(accumulation_steps) or accumulation_steps < 1:
+        raise ValueError(
+            "accumulation_steps must be an int >= 1 (batches per optimizer update), but got "
+            f"accumulation_steps={accumulation_steps!r}"
+        )
+    return int(accumulation_steps)
+
+
+def mixed_precision(
+    precision: str, model: nn.Module, device: torch.device
+) -> MixedPrecision | None:
+    """The :class:`MixedPrecision` of a run of ``model`` on ``device`` (its weights checked),
+    or ``None`` for ``"32-true"``."""
+    if check_precision(precision) == "32-true":
+        return None
+    amp = MixedPrecision(precision, device)
+    amp.check_model(model)
+    return amp
+
+
+def autocast_of(amp: MixedPrecision | None) -> contextlib.AbstractContextManager[Any]:
+    """``amp``'s autocast, or a context that does nothing without mixed precision."""
+    return amp.autocast() if amp is not None else contextlib.nullcontext()
+
+
 class MixedPrecision:
     """Autocast around the loss, and for ``"16-mixed"`` a ``torch.amp.GradScaler``.
 
@@ -408,7 +447,7 @@ def train_step(
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
     else:
-        with amp.autocast() if amp is not None else contextlib.nullcontext():
+        with autocast_of(amp):
             loss = loss_fn(model, batch)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
@@ -460,7 +499,7 @@ def _accumulate(
     total: torch.Tensor | None = None
     scaler = amp.scaler if amp is not None else None
     for part in micro.batches:
-        with amp.autocast() if amp is not None else contextlib.nullcontext():
+        with autocast_of(amp):
             loss = loss_fn(model, part)
         _check_requires_grad(loss)
         share = loss / k
@@ -603,8 +642,7 @@ class BatchStream:
         ``accumulation_steps > 1`` that many batches in a row as :class:`MicroBatches`."""
         if accumulation_steps == 1:
             return self.next()
-        if not (isinstance(accumulation_steps, int) and accumulation_steps > 1):
-            raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
+        accumulation_steps = check_accumulation_steps(accumulation_steps)
         batches, positions = [], []
         for _ in range(accumulation_steps):
             batches.append(self.next())

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from autowarm._checks import is_int
-from autowarm._train import PRECISIONS, LossFn, model_device, move_to_device, resolve_loss_fn
+from autowarm._train import (
+    LossFn,
+    check_accumulation_steps,
+    check_precision,
+    model_device,
+    move_to_device,
+    resolve_loss_fn,
+)
 
 __all__ = ["Task", "load_task"]
 
@@ -128,16 +135,9 @@ class Task:
                     + (", or a callable(seed) returning one" if field == "train_data" else "")
                     + f"), not a one-shot {type(data).__name__}: every trial reads it afresh"
                 )
-        if not is_int(self.accumulation_steps) or self.accumulation_steps < 1:
-            raise ValueError(
-                "accumulation_steps must be an int >= 1 (batches per optimizer step), but got "
-                f"accumulation_steps={self.accumulation_steps!r}"
-            )
-        object.__setattr__(self, "accumulation_steps", int(self.accumulation_steps))
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {PRECISIONS}, but got precision={self.precision!r}"
-            )
+        steps = check_accumulation_steps(self.accumulation_steps)
+        object.__setattr__(self, "accumulation_steps", steps)
+        check_precision(self.precision)
         if self.param_groups is not None and not callable(self.param_groups):
             raise TypeError(
                 "param_groups of a Task must be a function of the model returning the groups "

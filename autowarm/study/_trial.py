@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from autowarm._checks import is_int
-from autowarm._train import BatchStream, MixedPrecision, model_device, train_step
+from autowarm._train import BatchStream, mixed_precision, model_device, train_step
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._task import Task
 
@@ -132,10 +132,7 @@ def train_trial(
         optimizer = task.make_optimizer(model, schedule.peak_lr)
         scheduler = schedule.lambda_lr(optimizer)  # each group at its lr_scale
         loss_fn = task.resolved_loss_fn()
-        amp = None
-        if task.precision != "32-true":
-            amp = MixedPrecision(task.precision, model_device(model))
-            amp.check_model(model)
+        amp = mixed_precision(task.precision, model, model_device(model))
         stream = BatchStream(task.data(seed), model_device(model))
         checkpoints = (
             set(eval_steps(schedule.total_steps, n_evals)) if task.has_validation else set()
