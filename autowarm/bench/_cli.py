@@ -67,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _evaluate.add_eval_arguments(ev)
     rg = sub.add_parser("regret", help="regret against the oracle grid (CSV + Markdown)")
     _evaluate.add_regret_arguments(rg)
-    ov = sub.add_parser("overhead", help="time second-moment monitoring vs plain steps (CPU)")
+    ov = sub.add_parser(
+        "overhead", help="time second-moment monitoring vs plain steps (CPU or GPU)"
+    )
     _overhead.add_arguments(ov)
 
     from autowarm.bench import _study

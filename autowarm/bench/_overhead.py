@@ -1,11 +1,12 @@
 """Overhead of second-moment monitoring on a training step, measured side by side.
 
 The probe calls :meth:`~autowarm.probe._moments.SecondMomentMonitor.update` after every
-:func:`autowarm._train.train_step` of a burst. This module times that cost on CPU: one model
-and one AdamW optimizer take *plain* steps (``train_step`` only) and *monitored* steps
-(``train_step`` then ``monitor.update()``) interleaved in ABBA blocks (A B B A, A B B A, ...)
-in one process, so slow drifts of a shared machine's load hit both arms alike. The first
-``warmup_steps`` blocks are discarded; per-step wall times come from ``time.perf_counter``.
+:func:`autowarm._train.train_step` of a burst. This module times that cost on CPU (or, with
+``--device cuda``, on a GPU): one model and one AdamW optimizer take *plain* steps
+(``train_step`` only) and *monitored* steps (``train_step`` then ``monitor.update()``)
+interleaved in ABBA blocks (A B B A, A B B A, ...) in one process, so slow drifts of a shared
+machine's load hit both arms alike. The first ``warmup_steps`` blocks are discarded; per-step
+wall times come from ``time.perf_counter``.
 
 Reported per model size: the median step time of each arm, their ratio (with a bootstrap 95%
 interval over blocks and the ratio of the minima, the least noise-prone estimate), the same
@@ -20,6 +21,7 @@ to the target. Inputs are random float features, so no embedding table is involv
 Command::
 
     python -m autowarm.bench._overhead --sizes 1e6,3e6,1e7,3e7,1e8 --out reports/benchmark/
+    autowarm bench overhead --device cuda --out reports/benchmark/gpu
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ COLUMNS = (
     "cpu_overhead_ratio",
     "loadavg_1m",
     "seconds",
+    "device",
 )
 
 _N_LAYERS = 6
@@ -128,6 +131,7 @@ class OverheadResult(TypedDict):
     seconds: float
     snapshot_bytes: int
     monitor_bytes: int
+    device: str
 
 
 class _Block(nn.Module):
@@ -295,6 +299,7 @@ def measure_overhead(
     max_coords: int = 16384,
     seq_len: int = 16,
     threads: int = 1,
+    device: torch.device | str = "cpu",
 ) -> OverheadResult:
     """Time plain and monitored training steps side by side on one model.
 
@@ -323,6 +328,12 @@ def measure_overhead(
             Tokens per sequence; ``batch // seq_len`` sequences per step.
         threads:
             ``torch.set_num_threads`` during the measurement.
+        device:
+            Where the model, its optimizer state and the batches live. On CUDA every timed
+            interval starts and ends with ``torch.cuda.synchronize()``, so a step's time is
+            the GPU work it queued, not only the host's (``train_step`` itself syncs twice,
+            for the loss and the gradient norm, but the optimizer's kernels would still be in
+            flight).
 
     Returns:
         The measurement; ``overhead_ratio`` is the median monitored step time over the median
@@ -345,19 +356,23 @@ def measure_overhead(
     if batch % seq_len:
         raise ValueError(f"batch must be a multiple of seq_len={seq_len}, but got batch={batch!r}")
     blocks, warm_blocks = math.ceil(steps / 2), math.ceil(warmup_steps / 2)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else _no_sync
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
         model, width = build_model(target, seed=seed)
-        model.train()
+        model.to(dev).train()
         n_params = sum(p.numel() for p in model.parameters())
         snapshot = ModelSnapshot(model)
         snapshot_bytes = snapshot.nbytes
         snapshot.release()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         monitor = SecondMomentMonitor(optimizer, max_coords=max_coords, seed=seed)
-        data = _batches(_N_BATCHES, batch, seq_len, width, seed)
+        data = [
+            (x.to(dev), y.to(dev)) for x, y in _batches(_N_BATCHES, batch, seq_len, width, seed)
+        ]
         plain: list[float] = []
         monitored: list[float] = []
         update: list[float] = []
@@ -367,11 +382,14 @@ def measure_overhead(
         gc.collect()
         for block in range(warm_blocks + blocks):
             for arm in ("A", "B", "B", "A"):
+                sync()
                 c0, t0 = time.thread_time(), time.perf_counter()
                 train_step(model, optimizer, data[k % _N_BATCHES], _token_loss)
+                sync()
                 t1 = time.perf_counter()
                 if arm == "B":
                     monitor.update()
+                    sync()
                 t2, c2 = time.perf_counter(), time.thread_time()
                 k += 1
                 if block < warm_blocks:
@@ -421,7 +439,12 @@ def measure_overhead(
         seconds=time.perf_counter() - start,
         snapshot_bytes=snapshot_bytes,
         monitor_bytes=monitor_bytes,
+        device=str(dev),
     )
+
+
+def _no_sync() -> None:
+    pass
 
 
 def _bootstrap_ratio(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
@@ -435,19 +458,25 @@ def _bootstrap_ratio(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, fl
     return float(low), float(high)
 
 
-def default_steps(n_params: float) -> tuple[int, int, int]:
+def default_steps(n_params: float, device: str = "cpu") -> tuple[int, int, int]:
     """Timed steps per arm, warmup steps per arm and rows per step for a model size.
 
-    Chosen so that all five sizes from 1M to 100M take a few minutes on one core together,
-    with the most steps at 10M (the acceptance figure).
+    On CPU, chosen so that all five sizes from 1M to 100M take a few minutes on one core
+    together, with the most steps at 10M (the acceptance figure). On a GPU, 200 steps of 4096
+    rows (256 sequences of 16) at every size: a step of a few dozen rows would time kernel
+    launches, not a training step anyone runs on a GPU.
 
     Args:
         n_params:
             Target parameter count.
+        device:
+            ``"cpu"`` or an accelerator's device type (``"cuda"``).
 
     Returns:
         ``(steps, warmup_steps, batch)``.
     """
+    if device != "cpu":
+        return 200, 20, 4096
     if n_params <= 2e6:
         return 300, 10, 64
     if n_params <= 5e6:
@@ -524,6 +553,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-coords", type=int, default=16384, help="monitor coordinates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda[:N]: where the model, the optimizer and the batches live",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -532,10 +566,16 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit code (0).
     """
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"autowarm bench overhead: --device {args.device} but torch.cuda.is_available() is "
+            "False here; pass --device cpu"
+        )
     rows: list[OverheadResult] = []
     load_before = os.getloadavg()
     for size in args.sizes:
-        steps, warmup, batch = default_steps(size)
+        steps, warmup, batch = default_steps(size, device.type)
         row = measure_overhead(
             size,
             steps=args.steps or steps,
@@ -544,6 +584,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_coords=args.max_coords,
             threads=args.threads,
+            device=device,
         )
         rows.append(row)
         print(
@@ -558,8 +599,9 @@ def run(args: argparse.Namespace) -> int:
     load_after = os.getloadavg()
     print(format_table(rows))
     print()
+    where = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs "
+        f"{where}torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), max_coords={args.max_coords}; "
         f"load average (1/5/15 min) before {_load(load_before)}, after {_load(load_after)}; "
         f"wrote {out / 'overhead.csv'}"
@@ -575,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m autowarm.bench._overhead``: parse ``argv`` and :func:`run`."""
     parser = argparse.ArgumentParser(
         prog="python -m autowarm.bench._overhead",
-        description="Time second-moment monitoring against plain training steps (CPU).",
+        description="Time second-moment monitoring against plain training steps (CPU or GPU).",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -108,3 +108,28 @@ def test_cli_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_format_table_one_row_per_size(result: dict[str, object]) -> None:
     table = format_table([result, result])  # type: ignore[list-item]
     assert len(table.splitlines()) == 4
+
+
+def test_result_names_its_device(result: dict[str, object]) -> None:
+    assert result["device"] == "cpu"
+
+
+def test_cuda_without_cuda_is_refused_with_what_to_pass(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--sizes", "3e4", "--device", "cuda", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="pass --device cpu"):
+        run(args)
+    assert not (tmp_path / "overhead.csv").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_measures_on_cuda() -> None:
+    row = measure_overhead(
+        50_000, steps=4, warmup_steps=2, batch=64, seed=0, max_coords=4096, device="cuda"
+    )
+    assert row["device"].startswith("cuda")
+    assert row["step_ms_plain"] > 0 and row["step_ms_monitored"] > 0
+    assert row["monitor_coords"] == 4096
