@@ -132,4 +132,4 @@ def test_measures_on_cuda() -> None:
     )
     assert row["device"].startswith("cuda")
     assert row["step_ms_plain"] > 0 and row["step_ms_monitored"] > 0
-    assert row["monitor_coords"] == 4096
+    assert 0 < row["monitor_coords"] <= 4096  # spread over the tensors, rounded down
