@@ -75,15 +75,21 @@ def add_tune(sub: Any) -> None:
         default=2,
         help="re-run the K best trials at full length and pick among them (default 2; 0: off)",
     )
-    space = p.add_argument_group("search space (around the probe's estimate)")
-    space.add_argument(
-        "--lr-factor", type=float, default=4.0, help="peak LR within estimate/F..estimate*F"
+    space = p.add_argument_group(
+        "search space (around the probe's estimate; a resumed study keeps its own: give none, "
+        "or the same)"
     )
     space.add_argument(
-        "--warmup-factor", type=float, default=4.0, help="warmup up to F times the estimate"
+        "--lr-factor", type=float, default=None, help="peak LR within estimate/F..estimate*F (4)"
     )
     space.add_argument(
-        "--max-warmup-fraction", type=float, default=0.5, help="longest warmup, as a fraction"
+        "--warmup-factor", type=float, default=None, help="warmup up to F times the estimate (4)"
+    )
+    space.add_argument(
+        "--max-warmup-fraction",
+        type=float,
+        default=None,
+        help="longest warmup, as a fraction of the run (0.5)",
     )
     space.add_argument("--decays", default=None, help="also search these shapes: cosine,linear")
     space.add_argument("--floors", default=None, help="also search floors (x peak): 0,0.1")
@@ -92,18 +98,36 @@ def add_tune(sub: Any) -> None:
 
 
 def _search_space(args: argparse.Namespace) -> Any:
+    # None when no option of the space is given: a new study gets the default space and a
+    # resumed one keeps its own.
     from autowarm.study._space import SearchSpace
+
+    given = (
+        args.lr_factor,
+        args.warmup_factor,
+        args.max_warmup_fraction,
+        args.decays,
+        args.floors,
+    )
+    if all(value is None for value in given):
+        return None
 
     def items(text: str | None) -> list[str] | None:
         return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
+    default = SearchSpace()
     decays = items(args.decays)
     floors = items(args.floors)
+    max_fraction = (
+        default.max_warmup_fraction
+        if args.max_warmup_fraction is None
+        else args.max_warmup_fraction
+    )
     return SearchSpace(
-        lr_factor=args.lr_factor,
-        warmup_factor=args.warmup_factor,
-        max_warmup_fraction=args.max_warmup_fraction,
-        min_warmup_fraction=min(SearchSpace.min_warmup_fraction, args.max_warmup_fraction),
+        lr_factor=default.lr_factor if args.lr_factor is None else args.lr_factor,
+        warmup_factor=default.warmup_factor if args.warmup_factor is None else args.warmup_factor,
+        max_warmup_fraction=max_fraction,
+        min_warmup_fraction=min(default.min_warmup_fraction, max_fraction),
         decays=None if decays is None else tuple(decays),
         min_lr_ratios=None if floors is None else _floats("--floors", floors),
     )

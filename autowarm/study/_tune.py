@@ -14,7 +14,9 @@ The flow of one call:
 4. Return a :class:`TuneResult` over the study as stored.
 
 ``n_trials`` is the study's total: trials that completed, were pruned, are running or are
-queued count; failed ones do not (a retry takes their place).
+queued count; failed ones do not (a retry takes their place). An ``n_trials`` below the four
+first trials queues only as many of them (the probe's first); the others are queued when the
+study is resumed with a larger one.
 """
 
 from __future__ import annotations
@@ -357,17 +359,28 @@ def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, Schedu
 
 
 def _enqueue_first_trials(
-    study: optuna.Study, task: Task, center: ScheduleConfig, space: SearchSpace
+    study: optuna.Study,
+    task: Task,
+    center: ScheduleConfig,
+    space: SearchSpace,
+    n_trials: int | None,
 ) -> None:
     # Queued once; a role whose every attempt failed (a task fixed between runs) is queued
     # again on the next start, so the comparison with the probe and references is never lost.
+    # No more than n_trials leaves room for (probe first): the rest wait for a resume with a
+    # larger n_trials, instead of being queued and then failed as surplus.
     trials = study.get_trials(deepcopy=False)
     live = {t.user_attrs.get(_attrs.ROLE) for t in trials if t.state in _COUNTED}
     last_try = {t.user_attrs.get(_attrs.ROLE): t.number for t in trials if t.state.is_finished()}
     firsts = {_attrs.ROLE_PROBE: center, **_reference_schedules(center, task)}
-    queued = []
+    room = None if n_trials is None else n_trials - sum(t.state in _COUNTED for t in trials)
+    queued: list[str] = []
+    left_out: list[str] = []
     for role, schedule in firsts.items():
         if role in live:
+            continue
+        if room is not None and len(queued) >= room:
+            left_out.append(role)
             continue
         attrs: dict[str, Any] = {_attrs.ROLE: role}
         if role in last_try:  # not live, so each of its attempts failed
@@ -382,7 +395,19 @@ def _enqueue_first_trials(
             len(firsts) - 1,
         )
     elif queued:
-        _logger.info("queued again the first trials that failed: %s", ", ".join(queued))
+        again = [role for role in queued if role in last_try]
+        first = [role for role in queued if role not in last_try]
+        if first:
+            _logger.info("queued the first trials %s", ", ".join(first))
+        if again:
+            _logger.info("queued again the first trials that failed: %s", ", ".join(again))
+    if left_out:
+        _logger.warning(
+            "n_trials=%d leaves no room for the first trials %s; resume the study with a larger "
+            "n_trials to run them",
+            n_trials,
+            ", ".join(left_out),
+        )
 
 
 def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
@@ -516,7 +541,9 @@ def tune(
             A :class:`~autowarm.Suggestion` to start from instead of running the probe.
         search_space:
             Default :class:`SearchSpace()`: peak LR within a factor 4, warmup up to four times
-            the estimate (at least 10% of the run), zero included.
+            the estimate (at least 10% of the run), zero included. A resumed study searches
+            the space it was created with: pass ``None`` or that same space (another one is
+            an error).
         pruner:
             ``"median"``, ``"hyperband"`` or ``"none"``.
         seed:
@@ -573,7 +600,6 @@ def tune(
             f"trial_steps must be an int in [2, total_steps={total}], but got "
             f"trial_steps={trial_steps!r}"
         )
-    space = search_space or SearchSpace()
     url = _storage.normalize_url(storage or _storage.default_storage_url(n_workers))
     if n_workers > 1 and url.startswith("sqlite"):
         _logger.warning(
@@ -598,7 +624,7 @@ def tune(
             n_trials,
             trial_steps,
             suggestion,
-            space,
+            search_space,
             seed,
             progress,
             warmup_transfer,
@@ -682,7 +708,7 @@ def _set_up(
     n_trials: int | None,
     trial_steps: int,
     suggestion: Any | None,
-    space: SearchSpace,
+    search_space: SearchSpace | None,
     seed: int,
     progress: bool,
     transfer: WarmupTransfer,
@@ -739,6 +765,7 @@ def _set_up(
         if n_trials is None and not has_timeout:
             spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
             n_trials = max(5, int(spare * task.total_steps / trial_steps))
+        space = search_space or SearchSpace()
         if study.user_attrs.get(_attrs.FORMAT) is None:
             records: dict[str, Any] = {
                 _attrs.FORMAT: _attrs.STUDY_FORMAT,
@@ -760,17 +787,16 @@ def _set_up(
         study.set_user_attr(_attrs.N_TRIALS, n_trials)
         stored_space = study.user_attrs.get(_attrs.SEARCH_SPACE)
         if isinstance(stored_space, Mapping):
-            space_in_study = SearchSpace.from_dict(stored_space)
-            if space_in_study != space:
-                _logger.warning(
-                    "study %r keeps the search space it was created with (%s); pass another "
-                    "--study-name to search a different one",
-                    name,
-                    space_in_study.to_dict(),
+            space = SearchSpace.from_dict(stored_space)
+            if search_space is not None and search_space != space:
+                raise ValueError(
+                    f"study {name!r} was created with the search space {space.to_dict()}, but "
+                    f"this run has {search_space.to_dict()}; pass no search space (no "
+                    "--lr-factor, --warmup-factor, --max-warmup-fraction, --decays or --floors) "
+                    "or the same one to resume it, or pass another --study-name for a new study"
                 )
-            space = space_in_study
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
-        _enqueue_first_trials(study, task, center, space)
+        _enqueue_first_trials(study, task, center, space, n_trials)
     _logger.info(
         "study %r in %s: %s trials of %d steps (%s warmup transfer); search %s",
         name,

@@ -378,6 +378,25 @@ def test_resume_counts_the_study_total_and_keeps_the_probe(
     assert roles.count(_attrs.ROLE_PROBE) == 1
 
 
+def test_fewer_trials_than_references_queues_only_those_and_the_rest_on_resume(
+    tmp_path: Path, task: Task, suggestion: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    with caplog.at_level("WARNING", logger="autowarm"):
+        first = autowarm.tune(task, n_trials=2, suggestion=suggestion, **kw)
+    trials = first.study.get_trials()
+    # no queued-then-failed surplus rows: exactly the probe and the first reference ran
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    roles = [t.user_attrs[_attrs.ROLE] for t in trials]
+    assert roles == [_attrs.ROLE_PROBE, _attrs.REFERENCE_ROLES[0]]
+    assert "n_trials=2 leaves no room" in caplog.text
+    again = autowarm.tune(task, n_trials=5, **kw)
+    trials = again.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    roles = [t.user_attrs[_attrs.ROLE] for t in trials]
+    assert roles == [_attrs.ROLE_PROBE, *_attrs.REFERENCE_ROLES, _attrs.ROLE_SEARCH]
+
+
 def test_resume_with_other_settings_is_an_error(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
@@ -836,13 +855,20 @@ def test_two_hosts_on_postgresql(tmp_path: Path) -> None:
     _check_no_loss_no_duplicates(_storage.load_study(url, name), 10)
 
 
-def test_resume_keeps_the_stored_search_space(tmp_path: Path, task: Task, suggestion: Any) -> None:
+def test_resume_keeps_the_stored_search_space_and_refuses_another(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
     kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
     wide = SearchSpace(lr_factor=8.0)
     autowarm.tune(task, n_trials=5, suggestion=suggestion, search_space=wide, **kw)
-    again = autowarm.tune(task, n_trials=6, search_space=SearchSpace(lr_factor=2.0), **kw)
+    with pytest.raises(ValueError, match=r"created with the search space .*'lr_factor': 8\.0"):
+        autowarm.tune(task, n_trials=6, search_space=SearchSpace(lr_factor=2.0), **kw)
+    assert len(_storage.load_study(kw["storage"], None).get_trials()) == 5  # nothing ran
+    again = autowarm.tune(task, n_trials=6, **kw)  # no space: the stored one
     last = again.study.get_trials()[-1]
     assert last.distributions[PEAK_LR].high == pytest.approx(8.0 * suggestion.peak_lr)  # type: ignore[attr-defined]
+    again = autowarm.tune(task, n_trials=7, search_space=SearchSpace(lr_factor=8.0), **kw)
+    assert len(again.study.get_trials()) == 7
 
 
 def test_cli_search_space_options() -> None:
@@ -854,6 +880,10 @@ def test_cli_search_space_options() -> None:
     )
     space = _search_space(args)
     assert space == SearchSpace(lr_factor=3.0, decays=("cosine", "linear"), min_lr_ratios=(0, 0.1))
+    # no option of the space: None, so that a resumed study keeps its own
+    assert _search_space(build_parser().parse_args(["tune", SPEC])) is None
+    narrow = build_parser().parse_args(["tune", SPEC, "--max-warmup-fraction", "0.05"])
+    assert _search_space(narrow) == SearchSpace(max_warmup_fraction=0.05, min_warmup_fraction=0.05)
     bad = build_parser().parse_args(["tune", SPEC, "--decays", "cosine,zigzag"])
     with pytest.raises(ValueError, match="zigzag"):
         _search_space(bad)
