@@ -21,7 +21,7 @@ to the target. Inputs are random float features, so no embedding table is involv
 Command::
 
     python -m autowarm.bench._overhead --sizes 1e6,3e6,1e7,3e7,1e8 --out reports/benchmark/
-    autowarm bench overhead --device cuda --out reports/benchmark/gpu
+    autowarm bench overhead --device cuda --sizes 1e6,1e7,1e8 --out reports/gpu
 """
 
 from __future__ import annotations

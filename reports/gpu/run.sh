@@ -36,7 +36,7 @@ want tests && echo "== CUDA tests" && timeout 150 python3 -m pytest -q -p no:cac
   tests/probe/test_moments.py tests/bench/test_overhead.py 2>&1 | tee "$out/cuda_tests.txt" | tail -20
 want suggest && echo "== suggest() on CUDA" && timeout 180 python3 reports/gpu/check_suggest.py 2>&1 | tee "$out/check_suggest.md"
 want overhead && echo "== overhead on the GPU" && timeout 150 python3 -m autowarm bench overhead --device cuda --sizes 1e6,1e7,1e8 --out "$out" \
-  2>&1 | tee "$out/overhead_cuda.md"
+  2>&1 | tee "$out/overhead.md"
 want suite && echo "== whole suite, GPU visible" && timeout 240 python3 -m pytest -q -p no:cacheprovider -n 14 --dist loadfile -rs tests 2>&1 \
   | tee "$out/full_suite.txt" | tail -40
 if want tune; then
