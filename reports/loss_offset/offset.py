@@ -56,7 +56,7 @@ def main() -> None:
             torch.manual_seed(1)
             model = make()
             s = autowarm.suggest(
-                model, data, criterion=lambda o, y, c=off: loss(o, y) + c,
+                model, data, criterion=lambda o, y, c=off, f=loss: f(o, y) + c,
                 total_steps=total, progress=False,
             )  # fmt: skip
             print(name, off, f"{s.peak_lr:.6g}", s.warmup_steps, s.confidence, flush=True)
