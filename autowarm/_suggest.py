@@ -27,6 +27,8 @@ from autowarm._train import (
     autocast_of,
     check_accumulation_steps,
     check_precision,
+    describe_batch,
+    loss_call,
     mixed_precision,
     model_device,
     resolve_loss_fn,
@@ -509,19 +511,27 @@ def _probe(
     from tqdm.auto import tqdm
 
     first = stream.first()  # empty data fails here, before any training
-    # A bad batch format fails here with its message.
+    # A bad batch format fails here with its message, and a note on what the batch held.
     try:
-        with torch.no_grad(), autocast_of(amp):
-            loss = loss_fn(model, first)
-    except RuntimeError:
-        # A loss that takes gradients inside itself (an input-gradient penalty) needs
-        # autograd; the graph is dropped at once. A real error raises again here, in the
-        # grad mode the probe trains in, alone: not chained to its own first occurrence.
         try:
-            with torch.enable_grad(), autocast_of(amp):
-                loss = loss_fn(model, first).detach()
-        except Exception as again:
-            raise again from None
+            with torch.no_grad(), autocast_of(amp):
+                loss = loss_fn(model, first)
+        except RuntimeError:
+            # A loss that takes gradients inside itself (an input-gradient penalty) needs
+            # autograd; the graph is dropped at once. A real error raises again here, in the
+            # grad mode the probe trains in, alone: not chained to its own first occurrence.
+            try:
+                with torch.enable_grad(), autocast_of(amp):
+                    loss = loss_fn(model, first).detach()
+            except Exception as again:
+                raise again from None
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(
+                f"autowarm: raised by {loss_call(loss_fn, first)} on the first batch, before "
+                f"any training; the batch (on the model's device) was {describe_batch(first)}"
+            )
+        raise
     if not torch.isfinite(loss).all():
         raise ValueError(
             f"the loss of the first batch at the initial weights is {float(loss)}: check the "

@@ -173,6 +173,53 @@ def _describe(batch: Any) -> str:
     return type(batch).__name__
 
 
+def describe_batch(batch: Any, *, depth: int = 3, items: int = 8) -> str:
+    """A short description of a batch's structure: tensors by dtype, shape and device.
+
+    For error messages: ``(float32[32, 16] cpu, float32[32] cpu)`` says at once that the targets
+    are floats where a classification loss wants class indices. Nested tuples, lists and
+    mappings are followed ``depth`` levels down, showing at most ``items`` entries each.
+
+    Example:
+        >>> describe_batch((torch.zeros(2, 3), {"labels": torch.ones(2, dtype=torch.long)}))
+        '(float32[2, 3] cpu, {labels: int64[2] cpu})'
+    """
+    if isinstance(batch, torch.Tensor):
+        dtype = str(batch.dtype).removeprefix("torch.")
+        return f"{dtype}[{', '.join(str(n) for n in batch.shape)}] {batch.device}"
+    if isinstance(batch, MicroBatches):
+        return f"{len(batch.batches)} micro-batches, the first " + describe_batch(
+            batch.batches[0], depth=depth, items=items
+        )
+    if depth <= 0 and isinstance(batch, (Mapping, tuple, list)):
+        return "..."
+    if isinstance(batch, Mapping):
+        parts = [
+            f"{key}: {describe_batch(value, depth=depth - 1, items=items)}"
+            for key, value in list(batch.items())[:items]
+        ]
+        more = ", ..." if len(batch) > items else ""
+        return "{" + ", ".join(parts) + more + "}"
+    if isinstance(batch, (tuple, list)):
+        parts = [describe_batch(x, depth=depth - 1, items=items) for x in batch[:items]]
+        more = ", ..." if len(batch) > items else ""
+        left, right = ("(", ")") if isinstance(batch, tuple) else ("[", "]")
+        return left + ", ".join(parts) + more + right
+    return type(batch).__name__
+
+
+def loss_call(loss_fn: LossFn, batch: Any) -> str:
+    """How ``loss_fn`` (from :func:`resolve_loss_fn`) scores ``batch``, in words."""
+    if isinstance(loss_fn, _CheckedLoss):
+        return "your loss_fn(model, batch)"
+    if isinstance(loss_fn, _DefaultLoss):
+        if isinstance(batch, Mapping):
+            return "model(**batch).loss"
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return "criterion(model(inputs), targets)"
+    return "the loss function"
+
+
 def _loss_from_output(output: Any) -> Any:
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):

@@ -268,3 +268,46 @@ def test_a_loss_that_fails_on_the_first_batch_raises_its_error_once() -> None:
     text = "".join(traceback.format_exception(info.value))
     assert text.count("RuntimeError: mat1 and mat2") == 1
     assert "During handling of the above exception" not in text
+
+
+needs_notes = pytest.mark.skipif(
+    not hasattr(BaseException, "add_note"), reason="exception notes need Python 3.11"
+)
+
+
+@needs_notes
+def test_an_error_on_the_first_batch_says_what_the_batch_held_and_how_it_was_scored() -> None:
+    # float labels where cross_entropy wants class indices: torch's own error, kept as it is
+    # (same type, same message), with a note that shows the float32 targets
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    data = [(x, y.float()) for x, y in _cls_batches()]
+    with pytest.raises(RuntimeError) as info:
+        _run(model, data, criterion=F.cross_entropy)
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1
+    assert "criterion(model(inputs), targets) on the first batch" in notes[0]
+    assert "(float32[16, 8] cpu, float32[16] cpu)" in notes[0]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+    def broken(model: nn.Module, batch: Any) -> torch.Tensor:
+        raise KeyError("input_ids")
+
+    with pytest.raises(KeyError) as info:
+        _run(_mlp(), [{"x": x, "labels": y} for x, y in _cls_batches()], loss_fn=broken)
+    (note,) = getattr(info.value, "__notes__", [])
+    assert "your loss_fn(model, batch)" in note and "{x: float32[16, 8] cpu, labels: int64" in note
+
+
+def test_describe_batch_follows_nesting_and_stops() -> None:
+    from autowarm._train import MicroBatches, describe_batch
+
+    x = torch.zeros(2, 3, dtype=torch.float16)
+    assert (
+        describe_batch([x, {"a": (x, 7)}]) == "[float16[2, 3] cpu, {a: (float16[2, 3] cpu, int)}]"
+    )
+    assert describe_batch(((((x,),),),)) == "(((...)))"  # three levels shown
+    assert describe_batch(list(range(10)), items=2) == "[int, int, ...]"
+    assert describe_batch(MicroBatches(batches=(x, x), positions=(0, 1))).startswith(
+        "2 micro-batches, the first float16[2, 3]"
+    )
