@@ -24,6 +24,7 @@ from autowarm._train import (
     BatchStream,
     LossFn,
     MixedPrecision,
+    add_note,
     autocast_of,
     check_accumulation_steps,
     check_precision,
@@ -526,11 +527,11 @@ def _probe(
             except Exception as again:
                 raise again from None
     except Exception as exc:
-        if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(
-                f"autowarm: raised by {loss_call(loss_fn, first)} on the first batch, before "
-                f"any training; the batch (on the model's device) was {describe_batch(first)}"
-            )
+        add_note(
+            exc,
+            f"autowarm: raised by {loss_call(loss_fn, first)} on the first batch, before any "
+            f"training; the batch (on the model's device) was {describe_batch(first)}",
+        )
         raise
     if not torch.isfinite(loss).all():
         raise ValueError(

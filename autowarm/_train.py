@@ -208,6 +208,13 @@ def describe_batch(batch: Any, *, depth: int = 3, items: int = 8) -> str:
     return type(batch).__name__
 
 
+def add_note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` as a note (shown under its message), where Python has notes
+    (3.11+); the exception's type and message stay as they are."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+
+
 def loss_call(loss_fn: LossFn, batch: Any) -> str:
     """How ``loss_fn`` (from :func:`resolve_loss_fn`) scores ``batch``, in words."""
     if isinstance(loss_fn, _CheckedLoss):

@@ -311,3 +311,25 @@ def test_describe_batch_follows_nesting_and_stops() -> None:
     assert describe_batch(MicroBatches(batches=(x, x), positions=(0, 1))).startswith(
         "2 micro-batches, the first float16[2, 3]"
     )
+
+
+class _FailsOnThirdStep(torch.optim.AdamW):
+    calls = 0
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise RuntimeError("the optimizer broke on purpose")
+        return super().step(closure)
+
+
+@needs_notes
+def test_an_error_in_a_probe_step_says_where_in_the_probe_it_was_raised() -> None:
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="broke on purpose") as info:
+        _run(model, _cls_batches(), _FailsOnThirdStep, criterion=F.cross_entropy)
+    (note,) = getattr(info.value, "__notes__", [])
+    assert "(range_test burst 0, step 2, lr " in note and "_FailsOnThirdStep)" in note
+    assert "the batch was (float32[16, 8] cpu, int64[16] cpu)" in note
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -27,6 +27,8 @@ from autowarm._train import (
     LossFn,
     MicroBatches,
     MixedPrecision,
+    add_note,
+    describe_batch,
     nan_in_batch,
     train_step,
 )
@@ -259,7 +261,16 @@ class ProbeRunner:
                     group["lr"] = float(lr) * scale
                 t0 = time.perf_counter()
                 batch = self.stream.next_update(self.accumulation_steps)
-                res = train_step(self.model, optimizer, batch, self.loss_fn, amp=self.amp)
+                try:
+                    res = train_step(self.model, optimizer, batch, self.loss_fn, amp=self.amp)
+                except Exception as exc:
+                    add_note(
+                        exc,
+                        f"autowarm: raised in a training step of the probe ({phase} burst "
+                        f"{burst_id}, step {i}, lr {float(lr):.3g}, "
+                        f"{type(optimizer).__name__}); the batch was {describe_batch(batch)}",
+                    )
+                    raise
                 if not res.finite and nan_in_batch(batch):
                     # A NaN in the data is non-finite at any LR: the data's fault, not the
                     # schedule's. (An inf is not blamed: it may be an additive attention mask.)
