@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
-from autowarm._suggest import suggest
 from autowarm.bench import _data, _models
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import get_task
 from autowarm.probe import signals as sig
 from autowarm.schedules import ScheduleConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from deep_mlp_limits import probe  # the probe as `autowarm bench eval` runs it
 
 torch.set_num_threads(1)
 PROBED = "heldout_probe.txt"
@@ -63,17 +65,7 @@ task = TASKS[name]
 mode = sys.argv[2]
 if mode == "probe":
     for seed in (0, 1, 2):
-        with torch.random.fork_rng(devices=[]):
-            s = suggest(
-                task.make_model(seed),
-                task.train_data(seed),
-                torch.optim.AdamW,
-                optimizer_kwargs=dict(task.optimizer_kwargs),
-                loss_fn=task.resolved_loss_fn(),
-                total_steps=task.total_steps,
-                seed=seed,
-                progress=False,
-            )
+        s = probe(task, seed)
         d = s.trace
         cands = []
         for _, g in d[d.phase == "peak_ladder"].groupby("burst"):
