@@ -529,8 +529,10 @@ def _probe(
     except Exception as exc:
         add_note(
             exc,
-            f"autowarm: raised by {loss_call(loss_fn, first)} on the first batch, before any "
-            f"training; the batch (on the model's device) was {describe_batch(first)}",
+            lambda: (
+                f"autowarm: raised by {loss_call(loss_fn, first)} on the first batch, before "
+                f"any training; the batch (on the model's device) was {describe_batch(first)}"
+            ),
         )
         raise
     if not torch.isfinite(loss).all():

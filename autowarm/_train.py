@@ -184,6 +184,13 @@ def describe_batch(batch: Any, *, depth: int = 3, items: int = 8) -> str:
         >>> describe_batch((torch.zeros(2, 3), {"labels": torch.ones(2, dtype=torch.long)}))
         '(float32[2, 3] cpu, {labels: int64[2] cpu})'
     """
+    try:
+        return _describe_batch(batch, depth, items)
+    except Exception:  # odd containers (a Mapping whose len() fails, a nested tensor's sizes)
+        return type(batch).__name__
+
+
+def _describe_batch(batch: Any, depth: int, items: int) -> str:
     if isinstance(batch, torch.Tensor):
         dtype = str(batch.dtype).removeprefix("torch.")
         return f"{dtype}[{', '.join(str(n) for n in batch.shape)}] {batch.device}"
@@ -208,11 +215,20 @@ def describe_batch(batch: Any, *, depth: int = 3, items: int = 8) -> str:
     return type(batch).__name__
 
 
-def add_note(exc: BaseException, text: str) -> None:
-    """Attach ``text`` to ``exc`` as a note (shown under its message), where Python has notes
-    (3.11+); the exception's type and message stay as they are."""
-    if hasattr(exc, "add_note"):
-        exc.add_note(text)
+def add_note(exc: BaseException, text: Callable[[], str]) -> None:
+    """Attach ``text()`` to ``exc`` as a note (shown under its message), where Python has notes
+    (3.11+); the exception's type and message stay as they are.
+
+    ``text`` is called only there, and an error while building the note drops the note, never
+    the exception being annotated (it is called inside an ``except`` block).
+    """
+    if not hasattr(exc, "add_note"):
+        return
+    try:
+        note = text()
+    except Exception:
+        return
+    exc.add_note(note)
 
 
 def loss_call(loss_fn: LossFn, batch: Any) -> str:
@@ -223,6 +239,8 @@ def loss_call(loss_fn: LossFn, batch: Any) -> str:
         if isinstance(batch, Mapping):
             return "model(**batch).loss"
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            if loss_fn.criterion is None:
+                return "the default batch handling of an (inputs, targets) pair, with no criterion"
             return "criterion(model(inputs), targets)"
     return "the loss function"
 

@@ -325,6 +325,7 @@ class _FailsOnThirdStep(torch.optim.AdamW):
 
 @needs_notes
 def test_an_error_in_a_probe_step_says_where_in_the_probe_it_was_raised() -> None:
+    _FailsOnThirdStep.calls = 0
     model = _mlp()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(RuntimeError, match="broke on purpose") as info:
@@ -333,3 +334,39 @@ def test_an_error_in_a_probe_step_says_where_in_the_probe_it_was_raised() -> Non
     assert "(range_test burst 0, step 2, lr " in note and "_FailsOnThirdStep)" in note
     assert "the batch was (float32[16, 8] cpu, int64[16] cpu)" in note
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+class _NoLength(dict):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        raise TypeError("this mapping has no length")
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_batch_the_note_cannot_describe_never_hides_the_error() -> None:
+    from autowarm._train import add_note, describe_batch
+
+    nested = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    assert describe_batch(nested) == "Tensor"  # its sizes raise: the type name instead
+    assert describe_batch(_NoLength(a=1)) == "_NoLength"
+
+    def broken(model: nn.Module, batch: Any) -> torch.Tensor:
+        raise ValueError("the user's own error")
+
+    with pytest.raises(ValueError, match="the user's own error") as info:
+        _run(_mlp(), [(nested, 1)] * 3, loss_fn=broken)
+    assert info.value.__context__ is None
+    err = ValueError("x")
+
+    def failing() -> str:
+        raise RuntimeError("while describing")
+
+    add_note(err, failing)  # the note is dropped, nothing raised
+    assert getattr(err, "__notes__", []) == []
+
+
+@needs_notes
+def test_the_note_says_when_a_pair_had_no_criterion() -> None:
+    with pytest.raises(TypeError, match="needs a criterion") as info:
+        _run(_mlp(), _cls_batches())
+    (note,) = getattr(info.value, "__notes__", [])
+    assert "an (inputs, targets) pair, with no criterion" in note

@@ -341,8 +341,10 @@ def measure_overhead(
         resampled), ``ratio_of_mins`` the ratio of the fastest steps and ``direct_ratio``
         ``1 + monitor_update_ms / step_ms_plain``. The ``cpu_*`` fields are the same medians
         in this thread's CPU time (``time.thread_time``), which time slices lost to other
-        processes on a shared machine do not inflate; ``loadavg_1m`` is the 1-minute load
-        average at the end. ``snapshot_mb`` is in MiB, ``monitor_kb`` in KiB.
+        processes on a shared machine do not inflate (on CUDA they are the host thread's
+        time, waits in ``synchronize`` included, not the GPU's: read the wall-time ratio
+        there); ``loadavg_1m`` is the 1-minute load average at the end. ``snapshot_mb`` is in
+        MiB, ``monitor_kb`` in KiB.
 
     Raises:
         ValueError: a count is not positive or ``batch`` is not a multiple of ``seq_len``.

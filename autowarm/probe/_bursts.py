@@ -9,6 +9,7 @@ against the probe's budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -145,6 +146,13 @@ class BurstResult:
         return len(self.rows)
 
 
+def _step_note(where: str, optimizer: torch.optim.Optimizer, batch: Any) -> str:
+    return (
+        f"autowarm: raised in a training step of the probe ({where}, "
+        f"{type(optimizer).__name__}); the batch was {describe_batch(batch)}"
+    )
+
+
 @dataclass
 class ProbeRunner:
     """Everything a burst needs, built once per ``suggest()`` call."""
@@ -264,12 +272,8 @@ class ProbeRunner:
                 try:
                     res = train_step(self.model, optimizer, batch, self.loss_fn, amp=self.amp)
                 except Exception as exc:
-                    add_note(
-                        exc,
-                        f"autowarm: raised in a training step of the probe ({phase} burst "
-                        f"{burst_id}, step {i}, lr {float(lr):.3g}, "
-                        f"{type(optimizer).__name__}); the batch was {describe_batch(batch)}",
-                    )
+                    where = f"{phase} burst {burst_id}, step {i}, lr {float(lr):.3g}"
+                    add_note(exc, functools.partial(_step_note, where, optimizer, batch))
                     raise
                 if not res.finite and nan_in_batch(batch):
                     # A NaN in the data is non-finite at any LR: the data's fault, not the

@@ -753,6 +753,18 @@ def _set_up(
                     f"{_pick(given, changed)} given); leave out --suggestion to resume it with "
                     "its own, or pass another --study-name for a new study"
                 )
+        # Every check of a resume comes before anything is run or written.
+        stored_space = study.user_attrs.get(_attrs.SEARCH_SPACE)
+        space = search_space or SearchSpace()
+        if isinstance(stored_space, Mapping):
+            space = SearchSpace.from_dict(stored_space)
+            if search_space is not None and search_space != space:
+                raise ValueError(
+                    f"study {name!r} was created with the search space {space.to_dict()}, but "
+                    f"this run has {search_space.to_dict()}; pass no search space (no "
+                    "--lr-factor, --warmup-factor, --max-warmup-fraction, --decays or --floors) "
+                    "or the same one to resume it, or pass another --study-name for a new study"
+                )
         if suggestion is None:
             suggestion = suggestion_from_study(study)
         if suggestion is None:
@@ -765,7 +777,6 @@ def _set_up(
         if n_trials is None and not has_timeout:
             spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
             n_trials = max(5, int(spare * task.total_steps / trial_steps))
-        space = search_space or SearchSpace()
         if study.user_attrs.get(_attrs.FORMAT) is None:
             records: dict[str, Any] = {
                 _attrs.FORMAT: _attrs.STUDY_FORMAT,
@@ -785,16 +796,6 @@ def _set_up(
             for key, value in records.items():
                 study.set_user_attr(key, value)
         study.set_user_attr(_attrs.N_TRIALS, n_trials)
-        stored_space = study.user_attrs.get(_attrs.SEARCH_SPACE)
-        if isinstance(stored_space, Mapping):
-            space = SearchSpace.from_dict(stored_space)
-            if search_space is not None and search_space != space:
-                raise ValueError(
-                    f"study {name!r} was created with the search space {space.to_dict()}, but "
-                    f"this run has {search_space.to_dict()}; pass no search space (no "
-                    "--lr-factor, --warmup-factor, --max-warmup-fraction, --decays or --floors) "
-                    "or the same one to resume it, or pass another --study-name for a new study"
-                )
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
         _enqueue_first_trials(study, task, center, space, n_trials)
     _logger.info(

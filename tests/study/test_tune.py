@@ -863,7 +863,9 @@ def test_resume_keeps_the_stored_search_space_and_refuses_another(
     autowarm.tune(task, n_trials=5, suggestion=suggestion, search_space=wide, **kw)
     with pytest.raises(ValueError, match=r"created with the search space .*'lr_factor': 8\.0"):
         autowarm.tune(task, n_trials=6, search_space=SearchSpace(lr_factor=2.0), **kw)
-    assert len(_storage.load_study(kw["storage"], None).get_trials()) == 5  # nothing ran
+    refused = _storage.load_study(kw["storage"], None)
+    assert len(refused.get_trials()) == 5  # nothing ran, and nothing was written:
+    assert refused.user_attrs[_attrs.N_TRIALS] == 5  # not the refused run's 6
     again = autowarm.tune(task, n_trials=6, **kw)  # no space: the stored one
     last = again.study.get_trials()[-1]
     assert last.distributions[PEAK_LR].high == pytest.approx(8.0 * suggestion.peak_lr)  # type: ignore[attr-defined]
