@@ -99,38 +99,29 @@ def add_tune(sub: Any) -> None:
 
 def _search_space(args: argparse.Namespace) -> Any:
     # None when no option of the space is given: a new study gets the default space and a
-    # resumed one keeps its own.
+    # resumed one keeps its own. Otherwise the options given, on top of the defaults.
     from autowarm.study._space import SearchSpace
-
-    given = (
-        args.lr_factor,
-        args.warmup_factor,
-        args.max_warmup_fraction,
-        args.decays,
-        args.floors,
-    )
-    if all(value is None for value in given):
-        return None
 
     def items(text: str | None) -> list[str] | None:
         return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
-    default = SearchSpace()
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (("lr_factor", args.lr_factor), ("warmup_factor", args.warmup_factor))
+        if value is not None
+    }
+    if args.max_warmup_fraction is not None:
+        given["max_warmup_fraction"] = args.max_warmup_fraction
+        given["min_warmup_fraction"] = min(
+            SearchSpace.min_warmup_fraction, args.max_warmup_fraction
+        )
     decays = items(args.decays)
+    if decays is not None:
+        given["decays"] = tuple(decays)
     floors = items(args.floors)
-    max_fraction = (
-        default.max_warmup_fraction
-        if args.max_warmup_fraction is None
-        else args.max_warmup_fraction
-    )
-    return SearchSpace(
-        lr_factor=default.lr_factor if args.lr_factor is None else args.lr_factor,
-        warmup_factor=default.warmup_factor if args.warmup_factor is None else args.warmup_factor,
-        max_warmup_fraction=max_fraction,
-        min_warmup_fraction=min(default.min_warmup_fraction, max_fraction),
-        decays=None if decays is None else tuple(decays),
-        min_lr_ratios=None if floors is None else _floats("--floors", floors),
-    )
+    if floors is not None:
+        given["min_lr_ratios"] = _floats("--floors", floors)
+    return SearchSpace(**given) if given else None
 
 
 def _floats(option: str, texts: list[str]) -> tuple[float, ...]:
