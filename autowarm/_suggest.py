@@ -577,11 +577,12 @@ def _no_second_moment_message(optimizer_cls: type[torch.optim.Optimizer]) -> str
             f"{name} keeps no second moment (exp_avg_sq): warmup matters little for it, and "
             "the estimate uses the loss signals alone"
         )
-    # RMSprop, Adagrad, Adafactor...: adaptive, but their second moment has another name (or
-    # shape), so the probe cannot read it; warmup may well matter for them.
+    # RMSprop, Adagrad, Adafactor, NovoGrad...: adaptive, but their second moment has another
+    # name or shape, so the probe cannot read it; warmup may well matter for them.
     return (
-        f"{name} keeps no exp_avg_sq for the probe to read (an adaptive optimizer may keep its "
-        "second moment under another name): the estimate uses the loss signals alone"
+        f"{name} keeps no second moment the probe can read (an exp_avg_sq shaped like each "
+        "parameter, in param groups with Adam's betas; an adaptive optimizer may keep its own "
+        "under another name or shape): the estimate uses the loss signals alone"
     )
 
 

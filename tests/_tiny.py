@@ -36,3 +36,55 @@ def mlp(seed: int = 0, hidden: int = 16) -> nn.Sequential:
     """8 -> ``hidden`` -> ReLU -> 2, initialised from torch's global RNG seeded with ``seed``."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+
+class PerTensorSecondMoment(torch.optim.Optimizer):
+    """NovoGrad-style Adam: one second moment per tensor (``exp_avg_sq`` is a scalar).
+
+    A legitimate optimizer whose ``exp_avg_sq`` is not shaped like its parameter, so the probe
+    cannot read it coordinate by coordinate.
+    """
+
+    def __init__(self, params: object, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99)):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": 1e-8})
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros((), dtype=p.dtype)
+                st["step"] += 1
+                st["exp_avg_sq"].mul_(b2).add_((1 - b2) * p.grad.pow(2).sum())
+                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
+                p.add_(st["exp_avg"] / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
+
+
+class DecayRateAdam(torch.optim.Optimizer):
+    """Adam whose param groups name beta2 ``decay_rate`` (no ``betas``), as Adafactor's do."""
+
+    def __init__(self, params: object, lr: float = 1e-3, decay_rate: float = 0.99):
+        super().__init__(params, {"lr": lr, "decay_rate": decay_rate, "eps": 1e-8})
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:
+        for group in self.param_groups:
+            b2 = group["decay_rate"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
+                p.addcdiv_(p.grad, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])

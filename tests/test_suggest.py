@@ -38,9 +38,13 @@ from autowarm.probe._bursts import MOMENT_COLUMNS, Budget, ProbeRunner
 from autowarm.probe._search import SearchSettings, _judge, _warmup_search, ramp_lrs, run_search
 from autowarm.probe._state import preserved
 from autowarm.schedules import ScheduleConfig
+from tests._tiny import (
+    DecayRateAdam,
+    PerTensorSecondMoment,
+    one_thread,  # noqa: F401 (autouse)
+)
 from tests._tiny import cls_batches as _cls_batches
 from tests._tiny import mlp as _mlp
-from tests._tiny import one_thread  # noqa: F401 (autouse)
 
 suggest = autowarm.suggest
 Suggestion = autowarm.Suggestion
@@ -646,11 +650,37 @@ def test_sgd_warns_and_still_suggests() -> None:
 
 
 def test_an_adaptive_optimizer_without_exp_avg_sq_is_not_told_warmup_matters_little() -> None:
-    with pytest.warns(UserWarning, match="RMSprop keeps no exp_avg_sq for the probe") as got:
+    with pytest.warns(UserWarning, match="RMSprop keeps no second moment the probe can") as got:
         s = _run(
             _mlp(), _cls_batches(), torch.optim.RMSprop, criterion=F.cross_entropy, budget_steps=60
         )
     assert not any("matters little" in str(w.message) for w in got)
+    _assert_valid(s, budget=60)
+
+
+@pytest.mark.parametrize("cls", [PerTensorSecondMoment, DecayRateAdam])
+def test_an_exp_avg_sq_the_probe_cannot_read_falls_back_on_the_loss(cls: type) -> None:
+    # One second moment per tensor (NovoGrad-style), or Adam's moment in a group without
+    # betas (transformers' Adafactor): the probe used to fail with an IndexError or KeyError.
+    with pytest.warns(UserWarning, match=f"{cls.__name__} keeps no second moment the probe"):
+        s = _run(_mlp(), _cls_batches(), cls, criterion=F.cross_entropy, budget_steps=60)
+    _assert_valid(s, budget=60)
+    assert s.trace["vhat_mean"].isna().all()
+    assert s.deciding_signal != "second moment"
+
+
+def test_transformers_adafactor_with_an_external_schedule() -> None:
+    optimization = pytest.importorskip("transformers.optimization")
+    kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False}
+    with pytest.warns(UserWarning, match="Adafactor keeps no second moment the probe"):
+        s = _run(
+            _mlp(),
+            _cls_batches(),
+            optimization.Adafactor,
+            optimizer_kwargs=kwargs,
+            criterion=F.cross_entropy,
+            budget_steps=60,
+        )
     _assert_valid(s, budget=60)
 
 

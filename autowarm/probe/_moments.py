@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import TracebackType
 
     from torch.utils.hooks import RemovableHandle
@@ -51,21 +52,24 @@ def _meta(unit: str, description: str) -> dict[str, str]:
 
 
 def has_second_moment(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` keeps Adam's second moment ``exp_avg_sq``.
+    """Whether ``optimizer`` keeps Adam's second moment ``exp_avg_sq`` in a form the probe reads.
 
     After at least one step the optimizer's state decides: ``True`` when any parameter's state
-    holds ``exp_avg_sq``. Before the first step the state is empty, so the decision falls back on
-    the class name, matched anywhere in the MRO: ``Adam``, ``AdamW``, ``NAdam``, ``RAdam``,
-    ``SparseAdam``, ``FusedAdam``, ``FusedLAMB``, ``Lamb``, ``AdamP``. ``Adamax`` (``exp_inf``, an
-    infinity norm, not a second moment), SGD, Adagrad and unknown classes give ``False`` before
-    their first step; an unlisted Adam-like optimizer is recognised once it has stepped.
+    holds an ``exp_avg_sq`` shaped like the parameter, in a param group with Adam's ``betas``
+    (transformers' ``Adafactor``, whose ``exp_avg_sq`` is factored or has no ``betas``, and
+    optimizers keeping one second moment per tensor give ``False``). Before the first step the
+    state is empty, so the decision falls back on the class name, matched anywhere in the MRO:
+    ``Adam``, ``AdamW``, ``NAdam``, ``RAdam``, ``SparseAdam``, ``FusedAdam``, ``FusedLAMB``,
+    ``Lamb``, ``AdamP``. ``Adamax`` (``exp_inf``, an infinity norm, not a second moment), SGD,
+    Adagrad and unknown classes give ``False`` before their first step; an unlisted Adam-like
+    optimizer is recognised once it has stepped.
 
     Args:
         optimizer:
             Any ``torch.optim.Optimizer``.
 
     Returns:
-        ``True`` when the optimizer keeps an ``exp_avg_sq`` state.
+        ``True`` when the optimizer keeps an ``exp_avg_sq`` state the probe can read.
 
     Example:
         >>> import torch
@@ -73,10 +77,36 @@ def has_second_moment(optimizer: torch.optim.Optimizer) -> bool:
         >>> has_second_moment(torch.optim.AdamW([w])), has_second_moment(torch.optim.SGD([w]))
         (True, False)
     """
-    states = [s for s in optimizer.state.values() if s]
-    if states:
-        return any("exp_avg_sq" in s for s in states)
+    stepped = False
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)  # .get: never add keys to the defaultdict
+            if st:
+                stepped = True
+                if _readable(st, p) and _group_beta2(group) is not None:
+                    return True
+    if stepped:
+        return False
     return any(c.__name__ in _SECOND_MOMENT_CLASSES for c in type(optimizer).__mro__)
+
+
+def _readable(state: Mapping[str, Any], param: torch.Tensor) -> bool:
+    # Adam's layout: an exp_avg_sq per coordinate, shaped like the parameter. Adafactor keeps
+    # one only for 1-D tensors (factored rows and columns for the others), NovoGrad-style
+    # optimizers one per tensor: such states cannot be read coordinate by coordinate.
+    v = state.get("exp_avg_sq")
+    return isinstance(v, torch.Tensor) and v.shape == param.shape
+
+
+def _group_beta2(group: Mapping[str, Any]) -> float | None:
+    # beta2 of an Adam-style param group (``betas=(beta1, beta2)``), or None where the group
+    # has none that reads as a number in [0, 1) (transformers' Adafactor: ``decay_rate``).
+    betas = group.get("betas")
+    try:
+        b2 = float(betas[1])  # type: ignore[index]
+    except (TypeError, IndexError, KeyError, ValueError, RuntimeError):
+        return None
+    return b2 if 0.0 <= b2 < 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -261,8 +291,9 @@ class SecondMomentMonitor:
     64-row step of its 10M-parameter version (``reports/benchmark/overhead.md``). For small
     models on CPU lower ``max_coords`` or raise ``every``.
 
-    Tensors whose ``p.grad`` is ``None`` or sparse, or whose state has no ``exp_avg_sq`` yet,
-    are skipped for that update (their running moments wait). With ``every=k`` only every
+    Tensors whose ``p.grad`` is ``None`` or sparse, whose state has no ``exp_avg_sq`` yet (or
+    one not shaped like the tensor), or whose param group has no ``betas``, are skipped for
+    that update (their running moments wait). With ``every=k`` only every
     k-th call is observed: the short EMA, the Welford moments and ``vhat_change`` are then
     over observed updates. ``p.grad`` is the gradient Adam used unless the optimizer adds L2
     weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay is fine) or clips
@@ -428,7 +459,8 @@ class SecondMomentMonitor:
 
         Returns:
             The statistics (also appended to :attr:`history`), or ``None`` when this call is
-            skipped by ``every`` or no sampled tensor has both a gradient and ``exp_avg_sq``.
+            skipped by ``every`` or no sampled tensor has a gradient and an ``exp_avg_sq``
+            shaped like it, in a param group with ``betas``.
         """
         call, self._calls = self._calls, self._calls + 1
         if call % self._every:
@@ -440,10 +472,18 @@ class SecondMomentMonitor:
         groups = self._optimizer.param_groups
         state = self._optimizer.state
         active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
+        # beta2 per param group; None where the group has no Adam-style betas
+        beta2 = {i: _group_beta2(g) for i, g in enumerate(groups)}
         for e in self._entries:
             st = state.get(e.param)  # .get: never add keys to the defaultdict
             grad = e.param.grad
-            if st and "exp_avg_sq" in st and grad is not None and not grad.is_sparse:
+            if (
+                st
+                and grad is not None
+                and not grad.is_sparse
+                and beta2.get(e.group) is not None
+                and _readable(st, e.param)
+            ):
                 active.append((e, st, grad))
         if not active:
             return None
@@ -453,7 +493,6 @@ class SecondMomentMonitor:
         # Gather each tensor's sampled coordinates straight into its slice of the two scratch
         # vectors (active entries one after another), then correct and square the whole vectors
         # at once: no per-tensor arithmetic and no temporaries in the usual case.
-        beta2: dict[int, float] = {}
         steps: list[float | torch.Tensor] = []
         b2s: list[float] = []
         corrections: list[tuple[int, int, float | torch.Tensor]] = []  # (start, stop, 1-b2^t)
@@ -464,9 +503,8 @@ class SecondMomentMonitor:
             stop = off + e.count
             _gather_into(st["exp_avg_sq"], e.index, v_out)
             _gather_into(grad, e.index, g_out)
-            b2 = beta2.get(e.group)
-            if b2 is None:
-                b2 = beta2[e.group] = float(groups[e.group]["betas"][1])
+            b2 = beta2[e.group]
+            assert b2 is not None  # groups without betas have no active entries
             t = _step_value(_step_of(st, groups[e.group], self._calls))
             if isinstance(t, torch.Tensor):
                 t = t.to(dev, dt)

@@ -15,6 +15,7 @@ from autowarm.probe._moments import (
     has_second_moment,
 )
 from autowarm.probe.signals import n_eff, settling_step
+from tests._tiny import DecayRateAdam, PerTensorSecondMoment
 
 
 def _lower_median(x: np.ndarray) -> float:
@@ -392,7 +393,26 @@ def test_has_second_moment() -> None:
     assert has_second_moment(MyAdam([w]))
     custom = torch.optim.SGD([w], lr=0.1)
     custom.state[w]["exp_avg_sq"] = torch.zeros(3)  # an unlisted class, known by its state
+    assert not has_second_moment(custom)  # ... in a group with Adam's betas
+    custom.param_groups[0]["betas"] = (0.9, 0.99)
     assert has_second_moment(custom)
+    custom.state[w]["exp_avg_sq"] = torch.zeros(())  # one per tensor: not readable
+    assert not has_second_moment(custom)
+
+
+@pytest.mark.parametrize("cls", [PerTensorSecondMoment, DecayRateAdam])
+def test_a_second_moment_the_monitor_cannot_read_is_skipped(cls: type) -> None:
+    # exp_avg_sq of another shape (one per tensor) or a group without betas (Adafactor's
+    # decay_rate): no statistics, and no IndexError or KeyError from reading them.
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 1))
+    opt = cls(model.parameters(), lr=1e-2)
+    monitor = SecondMomentMonitor(opt)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 5)).pow(2).mean().backward()
+        opt.step()
+        assert monitor.update() is None
+    assert not has_second_moment(opt) and monitor.history == []
 
 
 def test_allocate() -> None:
