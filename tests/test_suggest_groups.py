@@ -72,6 +72,43 @@ def test_one_group_of_every_parameter_is_the_default() -> None:
     assert grouped.trace["loss"].tolist() == plain.trace["loss"].tolist()
 
 
+class _SplitsItsOwn(torch.optim.AdamW):
+    """AdamW that groups the parameters it is given itself, as many codebases' optimizers do:
+    matrices with weight decay; vectors without, at half the LR."""
+
+    log: ClassVar[list[list[float]]] = []
+
+    def __init__(self, params: Any, lr: float = 1e-3, **kwargs: Any) -> None:
+        params = [q for p in params for q in (p["params"] if isinstance(p, dict) else [p])]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr / 2},
+        ]
+        super().__init__(groups, lr=lr, **kwargs)
+
+    def step(self, closure: Any = None) -> Any:
+        _SplitsItsOwn.log.append([g["lr"] for g in self.param_groups])
+        return super().step(closure)
+
+
+def test_an_optimizer_that_groups_the_parameters_itself_keeps_its_groups_lr_ratios() -> None:
+    # It used to fail with "zip() argument 2 is shorter than argument 1".
+    _SplitsItsOwn.log = []
+    s = _run(_mlp(), optimizer_cls=_SplitsItsOwn)
+    assert s.probe_steps > 0 and _SplitsItsOwn.log
+    for lr_matrices, lr_vectors in _SplitsItsOwn.log:
+        assert lr_vectors == pytest.approx(lr_matrices / 2, rel=1e-12)
+
+
+def test_an_optimizer_that_regroups_the_given_param_groups_is_refused() -> None:
+    with pytest.raises(ValueError, match="made 2 parameter groups from the 1 passed"):
+        _run(
+            _mlp(),
+            optimizer_cls=_SplitsItsOwn,
+            param_groups=lambda m: [{"params": m.parameters()}],
+        )
+
+
 def test_a_parameter_left_out_of_the_groups_does_not_train() -> None:
     model = _mlp()
     _Recording.log = []

@@ -210,10 +210,21 @@ class ProbeRunner:
             )
         return self.stream.last_position
 
-    def lr_scales(self) -> list[float]:
-        """The LR ratio of each parameter group of the bursts' optimizers, in their order."""
+    def _group_scales(self, optimizer: torch.optim.Optimizer, base_lr: float) -> list[float]:
+        # The LR ratio of each group the optimizer holds. Without param_groups an optimizer may
+        # still split the parameters itself (1-D tensors without weight decay, say): each of its
+        # groups keeps the ratio of its LR to the one it was built with, as a LambdaLR over the
+        # real run's optimizer keeps each group's initial LR.
+        n = len(optimizer.param_groups)
         if self.param_groups is None:
-            return [1.0]
+            return [float(g["lr"]) / base_lr for g in optimizer.param_groups]
+        if n != len(self.param_groups):
+            raise ValueError(
+                f"{self.optimizer_cls.__name__} made {n} parameter groups from the "
+                f"{len(self.param_groups)} passed as param_groups, so the probe cannot tell "
+                "which lr_scale each of them trains at; pass param_groups that the optimizer "
+                "keeps as given, or none (the optimizer then groups the parameters itself)"
+            )
         return [g.lr_scale for g in self.param_groups]
 
     def run(
@@ -246,8 +257,9 @@ class ProbeRunner:
         self._set_train_modes()
         # Each step sets its own LR below; the constructor gets a positive one, since some
         # optimizers (SparseAdam) refuse lr=0, where a ramp starts.
-        optimizer = self._fresh_optimizer(next((float(x) for x in lrs if x > 0), 1e-3))
-        scales = self.lr_scales()
+        base_lr = next((float(x) for x in lrs if x > 0), 1e-3)
+        optimizer = self._fresh_optimizer(base_lr)
+        scales = self._group_scales(optimizer, base_lr)
         monitor = self._monitor(optimizer)
         rows: list[dict[str, Any]] = []
         diverged = truncated = False
