@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autowarm._checks import is_real
+
 __all__ = ["GroupSpec", "ParamGroups", "resolve_param_groups"]
 
 #: What ``suggest(param_groups=...)`` takes: a list of group dicts, or a function of the model
@@ -103,7 +105,7 @@ def resolve_param_groups(
                 "negate the objective in loss_fn and leave maximize out"
             )
         scale = group.get("lr_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if not is_real(scale):
             raise ValueError(f"param_groups[{i}]['lr_scale'] must be a float, got {scale!r}")
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(

@@ -29,9 +29,11 @@ from autowarm._train import (
     check_accumulation_steps,
     check_precision,
     describe_batch,
+    empty_data_error,
     loss_call,
     mixed_precision,
     model_device,
+    not_iterable_error,
     resolve_loss_fn,
 )
 from autowarm.probe._bursts import Budget, ProbeRunner
@@ -229,6 +231,11 @@ def _resolve_total_steps(
                 f"total_steps must be an int >= 1, but got total_steps={total_steps!r}"
             )
         return int(total_steps)
+    # What is wrong with the data itself comes first: "not iterable" or "empty" says more than
+    # a run length read from it.
+    kind: type = type(data)  # typed Iterable, but what users pass is checked here
+    if not hasattr(kind, "__iter__") and not hasattr(kind, "__getitem__"):
+        raise not_iterable_error(data)
     try:
         n = len(data)  # type: ignore[arg-type]
     except TypeError:
@@ -236,6 +243,8 @@ def _resolve_total_steps(
             "total_steps is needed when the data has no len(): pass total_steps=<optimizer "
             "steps of the real run>"
         ) from None
+    if n == 0:
+        raise empty_data_error(data)
     steps = max(1, int(n) // accumulation_steps)
     per = f" of {accumulation_steps} batches each" if accumulation_steps > 1 else ""
     warnings.warn(
@@ -602,6 +611,10 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
         trace = pd.DataFrame(runner.trace_rows())
         lrs = sorted({round(v.burst.peak_lr, 12) for v in warm})
         step = _same_nonfinite_step([v.burst.rows for v in warm])
+        if step is not None and all(
+            (v.burst.burst, step) in runner.nonfinite_weights for v in warm
+        ):
+            raise ProbeDivergedError(_overflowing_update_message(step, lrs, runner), trace)
         if step is not None:
             # Update `step` of a burst trains on the batches step * k .. step * k + k - 1 drawn
             # since the restart (k = accumulation_steps).
@@ -662,6 +675,49 @@ def _no_usable_lr_message(exc: NoUsableLR, runner: ProbeRunner, total: int) -> s
     )
 
 
+def _overflowing_update_message(step: int, lrs: list[float], runner: ProbeRunner) -> str:
+    # Every burst's loss went non-finite at the same step, with weights already non-finite:
+    # the optimizer's update overflowed at every LR (down to tiny ones), not the data.
+    low = sorted(
+        {str(p.dtype).removeprefix("torch.") for p in runner.model.parameters()}
+        & {"float16", "bfloat16"}
+    )
+    eps = runner.optimizer_kwargs.get("eps", _default_of(runner.optimizer_cls, "eps"))
+    hint = ""
+    if (
+        low
+        and isinstance(eps, float)
+        and float(torch.tensor(eps, dtype=getattr(torch, low[0]))) == 0
+    ):
+        hint = (
+            f" The model's weights are {low[0]}, in which {runner.optimizer_cls.__name__}'s "
+            f"eps={eps:g} is 0, so its update divides by zero wherever the second moment "
+            "underflows: keep the weights in float32 and pass precision='16-mixed' or "
+            f"'bf16-mixed', or pass an eps that {low[0]} holds in optimizer_kwargs."
+        )
+    elif low:
+        hint = (
+            f" The model's weights are {low[0]}: keep them in float32 and pass "
+            "precision='16-mixed' or 'bf16-mixed'."
+        )
+    return (
+        f"every burst's weights became non-finite before step {step} whatever its LR (peaks "
+        f"{lrs}): the optimizer's update overflows at any LR, so neither the LR nor the data "
+        f"of that step is the cause.{hint} The trace is in error.trace"
+    )
+
+
+def _default_of(cls: type, name: str) -> Any:
+    # A keyword's default in cls.__init__, or None.
+    import inspect
+
+    try:
+        param = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):  # no signature to read (a builtin's)
+        return None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
     # The step at which every burst (two or more, at different LRs) first had a non-finite
     # loss, when it is the same one: the data at that step, not the schedule.
@@ -683,11 +739,7 @@ def _beta2(
     # moment settles last (the monitor's n_eff is the least over the groups, too).
     betas = kwargs.get("betas")
     if betas is None:
-        # The class default, read from its signature (Adam/AdamW: 0.999).
-        import inspect
-
-        default = inspect.signature(optimizer_cls.__init__).parameters.get("betas")
-        betas = None if default is None else default.default
+        betas = _default_of(optimizer_cls, "betas")  # the class's (Adam/AdamW: (0.9, 0.999))
     per_group = [g.options.get("betas", betas) for g in groups] if groups else [betas]
     found = [b2 for b2 in map(_second_beta, per_group) if b2 is not None]
     return max(found) if found else None

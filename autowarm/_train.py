@@ -9,6 +9,7 @@ update with a non-finite guard (:func:`train_step`) and a batch source that rest
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def nan_in_batch(batch: Any) -> bool:
     return False
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
+def move_to_device(batch: Any, device: torch.device, *, copy: bool = False) -> Any:
     """Move every tensor in a (nested) batch to ``device``.
 
     Tuples, lists and mappings are walked recursively. Namedtuples keep their type, and so do
@@ -90,25 +91,34 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
             A tensor, or a tuple, list or mapping holding tensors.
         device:
             Where the tensors should go.
+        copy:
+            Copy every tensor, even one already on ``device`` (which is otherwise returned
+            as is), so that nothing done to the result can change ``batch``.
 
     Returns:
         A batch of the same structure with its tensors on ``device``.
     """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return batch.to(device, copy=copy)
     if isinstance(batch, PackedSequence):
-        # A namedtuple whose batch_sizes must stay on the CPU: its own .to() knows.
-        return batch.to(device)  # type: ignore[arg-type]  # its stub lists dtype first
+        # A namedtuple whose batch_sizes must stay on the CPU: its own .to() knows (and takes
+        # no copy argument: it returns the batch itself when nothing moves).
+        packed = batch.to(device)  # type: ignore[arg-type]  # its stub lists dtype first
+        if copy and packed.data is batch.data:
+            packed = type(batch)(
+                batch.data.clone(), batch.batch_sizes, batch.sorted_indices, batch.unsorted_indices
+            )
+        return packed
     if isinstance(batch, Mapping):
-        moved = {key: move_to_device(value, device) for key, value in batch.items()}
+        moved = {key: move_to_device(value, device, copy=copy) for key, value in batch.items()}
         try:
             return type(batch)(moved)  # type: ignore[call-arg]
         except Exception:  # a Mapping whose constructor does not take a dict
             return moved
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(item, device) for item in batch))
+        return type(batch)(*(move_to_device(item, device, copy=copy) for item in batch))
     if isinstance(batch, (tuple, list)):
-        items = [move_to_device(item, device) for item in batch]
+        items = [move_to_device(item, device, copy=copy) for item in batch]
         try:
             return type(batch)(items)
         except Exception:  # a sequence subclass with another constructor
@@ -605,6 +615,10 @@ class BatchStream:
       the kept batches cycle. The memory cost is one reference per batch drawn, i.e. as many
       batches as the longest burst uses; pass a ``DataLoader`` or a list to avoid it.
 
+    Every batch is handed out as a copy (on ``device``), so a model that writes into its
+    inputs (an in-place dropout on them) changes neither the user's tensors nor the batches a
+    later burst replays; the cost is one batch copy per step.
+
     Args:
         data:
             An iterable of batches.
@@ -630,10 +644,7 @@ class BatchStream:
         try:
             iterator = iter(data)
         except TypeError:
-            raise TypeError(
-                "data must be an iterable of batches (a DataLoader, a list of batches or a "
-                f"generator), but got type {type(data).__name__}"
-            ) from None
+            raise not_iterable_error(data) from None
         self.device = device
         self._generators = generators
         self._generator_states = states
@@ -681,7 +692,7 @@ class BatchStream:
             else:
                 self._fill_cache()
                 self._first = self._cache[0]
-        return move_to_device(self._first, self.device)
+        return move_to_device(self._first, self.device, copy=True)
 
     def next(self) -> Any:
         """Return the next batch on the device, starting over when the data runs out.
@@ -705,7 +716,7 @@ class BatchStream:
             self.last_position = self._pos
             self._pos += 1
         self.batches_drawn += 1
-        return move_to_device(raw, self.device)
+        return move_to_device(raw, self.device, copy=True)
 
     __next__ = next
 
@@ -796,7 +807,7 @@ class BatchStream:
             try:
                 raw = next(self._iter)
             except StopIteration:
-                raise _empty_error(self._data) from None
+                raise empty_data_error(self._data) from None
         if self._first is _UNSET:
             self._first = raw
         self._pending_pos = self._pass_pos
@@ -816,7 +827,7 @@ class BatchStream:
                 if self._first is _UNSET:
                     self._first = raw
         if not self._cache:
-            raise _empty_error(self._data)
+            raise empty_data_error(self._data)
 
 
 def _shutdown_workers(iterator: object) -> None:
@@ -840,7 +851,22 @@ def _data_generators(data: object) -> list[torch.Generator]:
     return found
 
 
-def _empty_error(data: object) -> ValueError:
+def not_iterable_error(data: object) -> TypeError:
+    """The error for data that is not an iterable of batches."""
+    # A generator function passed uncalled is the usual slip.
+    hint = (
+        f"; call it: pass {data.__name__}(...), not {data.__name__}"
+        if inspect.isfunction(data)
+        else ""
+    )
+    return TypeError(
+        "data must be an iterable of batches (a DataLoader, a list of batches or a generator), "
+        f"but got type {type(data).__name__}{hint}"
+    )
+
+
+def empty_data_error(data: object) -> ValueError:
+    """The error for data that yields no batches (also raised before the stream is made)."""
     return ValueError(
         "the data yielded no batches; pass a non-empty DataLoader or iterable of batches, "
         f"but got an empty {type(data).__name__} (with drop_last=True, check that the dataset "

@@ -402,4 +402,7 @@ def _is_decay(value: Any) -> bool:
 
 
 def _is_scale(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+    if not is_real(x):
+        return False
+    value = float(x)  # type: ignore[arg-type]  # a numbers.Real
+    return math.isfinite(value) and value > 0

@@ -553,6 +553,22 @@ def test_empty_data_raises_before_training(kind: str) -> None:
     guard.check(opt_cls)
 
 
+def test_empty_data_without_total_steps_is_called_empty() -> None:
+    # Not "total_steps=1 is too short to probe" from a run length read off len() == 0.
+    loader = DataLoader(TensorDataset(torch.zeros(10, 8)), batch_size=32, drop_last=True)
+    with pytest.raises(ValueError, match=r"no batches.*drop_last=True"):
+        suggest(_mlp(), loader, criterion=F.cross_entropy, progress=False)
+
+
+def test_an_uncalled_generator_function_is_named_as_such() -> None:
+    def batches() -> Iterator[Any]:
+        yield from _cls_batches()
+
+    for total in (None, TOTAL):
+        with pytest.raises(TypeError, match=r"call it: pass batches\(...\), not batches"):
+            suggest(_mlp(), batches, criterion=F.cross_entropy, total_steps=total, budget_steps=40)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Divergence
 # --------------------------------------------------------------------------------------------
@@ -1358,10 +1374,23 @@ def test_a_loss_that_fails_on_one_batch_is_named() -> None:
 
     def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
         loss = F.cross_entropy(model(batch[0]), batch[1])
-        return loss * math.inf if batch[0].data_ptr() == marker.data_ptr() else loss
+        return loss * math.inf if torch.equal(batch[0], marker) else loss
 
     with pytest.raises(ProbeDivergedError, match=r"non-finite at step 3 whatever its LR"):
         _run(_net(), batches, loss_fn=loss_fn)
+
+
+def test_an_update_that_overflows_at_any_lr_is_not_blamed_on_the_data() -> None:
+    # float16 weights with AdamW's eps=1e-8 (0 in float16): one update at lr 1e-8 makes the
+    # weights NaN. Every burst's loss is then non-finite at step 1, but batch 1 is fine.
+    torch.manual_seed(0)
+    model = _mlp().half()
+    data = [(x.half(), y) for x, y in _cls_batches()]
+    with pytest.raises(ProbeDivergedError, match="weights became non-finite before step 1") as e:
+        _run(model, data, criterion=F.cross_entropy, budget_steps=40)
+    message = str(e.value)
+    assert "eps=1e-08 is 0" in message and "precision='16-mixed'" in message
+    assert "batch 1" not in message
 
 
 def test_radam_is_probed_as_adam_with_a_warning() -> None:

@@ -74,7 +74,8 @@ def test_one_group_of_every_parameter_is_the_default() -> None:
 
 class _SplitsItsOwn(torch.optim.AdamW):
     """AdamW that groups the parameters it is given itself, as many codebases' optimizers do:
-    matrices with weight decay; vectors without, at half the LR."""
+    matrices with weight decay; vectors without, at half the LR (an ``lr_scale`` key, which
+    ``ScheduleConfig.lambda_lr`` honours in the real run)."""
 
     log: ClassVar[list[list[float]]] = []
 
@@ -82,7 +83,7 @@ class _SplitsItsOwn(torch.optim.AdamW):
         params = [q for p in params for q in (p["params"] if isinstance(p, dict) else [p])]
         groups = [
             {"params": [p for p in params if p.ndim >= 2]},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr / 2},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": 0.5},
         ]
         super().__init__(groups, lr=lr, **kwargs)
 
@@ -91,13 +92,22 @@ class _SplitsItsOwn(torch.optim.AdamW):
         return super().step(closure)
 
 
-def test_an_optimizer_that_groups_the_parameters_itself_keeps_its_groups_lr_ratios() -> None:
+def test_an_optimizer_that_groups_the_parameters_itself_keeps_its_groups_lr_scales() -> None:
     # It used to fail with "zip() argument 2 is shorter than argument 1".
     _SplitsItsOwn.log = []
     s = _run(_mlp(), optimizer_cls=_SplitsItsOwn)
     assert s.probe_steps > 0 and _SplitsItsOwn.log
     for lr_matrices, lr_vectors in _SplitsItsOwn.log:
         assert lr_vectors == pytest.approx(lr_matrices / 2, rel=1e-12)
+    # ... as the suggested schedule drives them in the real run
+    model = _mlp()
+    optimizer = _SplitsItsOwn(model.parameters())
+    scheduler = s.schedule.lambda_lr(optimizer)
+    for _ in range(s.warmup_steps + 1):
+        optimizer.step()
+        scheduler.step()
+    lr_matrices, lr_vectors = scheduler.get_last_lr()
+    assert lr_matrices > 0 and lr_vectors == pytest.approx(lr_matrices / 2, rel=1e-12)
 
 
 def test_an_optimizer_that_regroups_the_given_param_groups_is_refused() -> None:
@@ -174,6 +184,26 @@ def test_a_group_list_is_not_changed_by_the_probe() -> None:
     groups = [{"params": list(model.parameters()), "weight_decay": 0.0, "lr_scale": 0.5}]
     _run(model, param_groups=groups)
     assert set(groups[0]) == {"params", "weight_decay", "lr_scale"}  # no defaults written in
+
+
+def test_a_numpy_lr_scale_is_a_float_to_the_probe_and_the_schedule() -> None:
+    import numpy as np
+
+    model = _mlp()
+
+    def groups(m: nn.Module) -> list[dict[str, Any]]:
+        return [
+            {"params": m[0].parameters(), "lr_scale": np.float32(0.1)},
+            {"params": m[2].parameters()},
+        ]
+
+    resolved = resolve_param_groups(groups, model, torch.optim.AdamW, {})
+    assert [g.lr_scale for g in resolved] == [pytest.approx(0.1), 1.0]
+    optimizer = torch.optim.AdamW(groups(model))
+    config = autowarm.ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=0)
+    scheduler = config.lambda_lr(optimizer)
+    backbone, head = scheduler.get_last_lr()
+    assert backbone == pytest.approx(0.1 * head)
 
 
 def test_resolve_takes_a_single_tensor_as_a_group() -> None:

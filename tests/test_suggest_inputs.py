@@ -130,7 +130,7 @@ def test_a_loss_failing_on_one_batch_of_cycled_data_names_its_position() -> None
             calls[0] = 0  # a burst starts from the initial weights
         calls[0] += 1
         loss = F.cross_entropy(m(batch[0]), batch[1])
-        revisit = batch[0].data_ptr() == marker.data_ptr() and calls[0] > 6
+        revisit = torch.equal(batch[0], marker) and calls[0] > 6
         return loss * math.inf if revisit else loss
 
     with pytest.raises(
@@ -370,3 +370,28 @@ def test_the_note_says_when_a_pair_had_no_criterion() -> None:
         _run(_mlp(), _cls_batches())
     (note,) = getattr(info.value, "__notes__", [])
     assert "an (inputs, targets) pair, with no criterion" in note
+
+
+@pytest.mark.parametrize("one_shot", [False, True])
+def test_a_model_that_writes_into_its_inputs_changes_neither_the_data_nor_the_replays(
+    one_shot: bool,
+) -> None:
+    # An in-place input dropout zeroes and rescales the batch it is given. In a real run each
+    # batch passes through once; the probe replays its batches in every burst, and used to
+    # hand out the cached (or the user's own) tensors, which then drifted from burst to burst.
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Dropout(0.2, inplace=True), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)
+        )
+
+    data = _cls_batches(8)
+    before = [(x.clone(), y.clone()) for x, y in data]
+    s = _run(model(), (b for b in data) if one_shot else data, criterion=F.cross_entropy)
+    for (x, y), (x0, y0) in zip(data, before, strict=True):
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+    first = s.trace[s.trace["step"] == 0]["loss"]
+    assert len(first) >= 3 and first.nunique() == 1  # same weights, batch and dropout draw
+    plain = nn.Sequential(nn.Dropout(0.2), *list(model())[1:])
+    other = _run(plain, (b for b in data) if one_shot else data, criterion=F.cross_entropy)
+    assert (s.peak_lr, s.warmup_steps) == (other.peak_lr, other.warmup_steps)

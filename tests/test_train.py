@@ -484,6 +484,13 @@ def test_a_packed_sequence_keeps_its_batch_sizes_on_the_cpu() -> None:
     assert isinstance(moved, nn.utils.rnn.PackedSequence)
     assert moved.data.device.type == "meta"
     assert moved.batch_sizes.device == CPU
+    kept = move_to_device(packed, CPU)
+    assert kept is packed  # nothing to move, nothing copied
+    copied = move_to_device(packed, CPU, copy=True)
+    assert isinstance(copied, nn.utils.rnn.PackedSequence)
+    assert copied.data.data_ptr() != packed.data.data_ptr()
+    assert torch.equal(copied.data, packed.data)
+    assert torch.equal(copied.batch_sizes, packed.batch_sizes)
 
 
 @pytest.mark.gpu

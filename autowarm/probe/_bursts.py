@@ -179,6 +179,9 @@ class ProbeRunner:
     accumulation_steps: int = 1
     # Mixed precision (suggest(precision=...)); its loss scaler carries over between bursts.
     amp: MixedPrecision | None = None
+    # (burst, step) of each non-finite loss computed with weights that were already
+    # non-finite: an earlier update overflowed, whatever the batch of that step.
+    nonfinite_weights: set[tuple[int, int]] = field(default_factory=set)
 
     def _set_train_modes(self) -> None:
         # The modes the bursts train in. A model handed over in train mode keeps its
@@ -210,14 +213,15 @@ class ProbeRunner:
             )
         return self.stream.last_position
 
-    def _group_scales(self, optimizer: torch.optim.Optimizer, base_lr: float) -> list[float]:
+    def _group_scales(self, optimizer: torch.optim.Optimizer) -> list[float]:
         # The LR ratio of each group the optimizer holds. Without param_groups an optimizer may
         # still split the parameters itself (1-D tensors without weight decay, say): each of its
-        # groups keeps the ratio of its LR to the one it was built with, as a LambdaLR over the
-        # real run's optimizer keeps each group's initial LR.
+        # groups trains at its own "lr_scale" key, else 1, as ScheduleConfig.lambda_lr then
+        # drives them in the real run (it sets every group's LR, so a group LR the optimizer
+        # set itself is not kept there, nor here).
         n = len(optimizer.param_groups)
         if self.param_groups is None:
-            return [float(g["lr"]) / base_lr for g in optimizer.param_groups]
+            return [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
         if n != len(self.param_groups):
             raise ValueError(
                 f"{self.optimizer_cls.__name__} made {n} parameter groups from the "
@@ -257,9 +261,8 @@ class ProbeRunner:
         self._set_train_modes()
         # Each step sets its own LR below; the constructor gets a positive one, since some
         # optimizers (SparseAdam) refuse lr=0, where a ramp starts.
-        base_lr = next((float(x) for x in lrs if x > 0), 1e-3)
-        optimizer = self._fresh_optimizer(base_lr)
-        scales = self._group_scales(optimizer, base_lr)
+        optimizer = self._fresh_optimizer(next((float(x) for x in lrs if x > 0), 1e-3))
+        scales = self._group_scales(optimizer)
         monitor = self._monitor(optimizer)
         rows: list[dict[str, Any]] = []
         diverged = truncated = False
@@ -296,6 +299,8 @@ class ProbeRunner:
                         "from 0) holds a NaN: clean the data (e.g. check torch.isnan on each "
                         "batch's tensors) and probe again"
                     )
+                if not res.finite and not _weights_finite(self.model):
+                    self.nonfinite_weights.add((burst_id, i))
                 stepped = res.finite and not res.skipped
                 stats = monitor.update() if (monitor is not None and stepped) else None
                 row: dict[str, Any] = {
@@ -342,3 +347,11 @@ class ProbeRunner:
     def trace_rows(self) -> list[dict[str, Any]]:
         """All bursts' rows in order."""
         return [row for burst in self.bursts for row in burst.rows]
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    # One pass over the weights, run only after a non-finite loss.
+    with torch.no_grad():
+        return all(
+            bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point()
+        )
