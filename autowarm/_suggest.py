@@ -343,6 +343,8 @@ def suggest(
         model: the model to probe, on its device (or pass ``device``).
         dataloader: any re-iterable of batches (cycled when exhausted), or an iterator, which is
             consumed only as far as the probe needs (its batches are kept to replay them).
+            The model gets a copy of each batch, so a model writing into its inputs changes
+            neither the data nor what a later burst replays.
         optimizer_cls: optimizer class of the real run (AdamW, Adam, any with ``exp_avg_sq``;
             without a second moment the warmup comes from loss signals alone). RAdam is
             probed as Adam with the same settings, with a warning: its rectified first steps
