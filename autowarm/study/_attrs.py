@@ -26,6 +26,8 @@ Study user attributes:
 ``autowarm.accumulation_steps``   batches per optimizer step (:attr:`Task.accumulation_steps`)
 ``autowarm.precision``            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"``
 ``autowarm.metric``               what a trial's value is, in words
+``autowarm.optimizer``            the optimizer and its settings (:meth:`Task.optimizer_identity`)
+``autowarm.grad_clip``            the trials' gradient-norm clipping, or ``None``
 ================================  =============================================================
 
 Trial user attributes:
@@ -70,6 +72,8 @@ ACCUMULATION_STEPS: Final = "autowarm.accumulation_steps"
 PRECISION: Final = "autowarm.precision"
 MODEL: Final = "autowarm.model"
 METRIC: Final = "autowarm.metric"
+OPTIMIZER: Final = "autowarm.optimizer"
+GRAD_CLIP: Final = "autowarm.grad_clip"
 
 # trial user attributes
 ROLE: Final = "autowarm.role"

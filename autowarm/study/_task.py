@@ -177,6 +177,20 @@ class Task:
         text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
+    def optimizer_identity(self) -> str:
+        """The optimizer and its settings as one line, e.g. ``"torch.optim.adamw.AdamW(betas=
+        (0.9, 0.95), weight_decay=0.1)"``. Recorded in a study, so a resume with another
+        optimizer or other settings under the same task name is refused."""
+        cls = self.optimizer_cls
+        name = (
+            f"{cls.__module__}.{cls.__qualname__}"
+            if isinstance(cls, type)
+            else repr(cls)  # a factory function or a partial
+        )
+        kwargs = self.optimizer_kwargs or {}
+        settings = ", ".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
+        return f"{name}({settings})"
+
     def _seeded_model(self, seed: int) -> nn.Module:
         # make_model(seed) with torch seeded around it (the global RNG left as it was)
         with torch.random.fork_rng(devices=[]):

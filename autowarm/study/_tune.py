@@ -323,6 +323,13 @@ def suggestion_from_study(study: optuna.Study) -> Any | None:
     return Suggestion.from_dict(data, trace=trace, signals=signals)
 
 
+def _metric(task: Task) -> str:
+    # What a trial's value is, in words (the report quotes it).
+    if task.has_validation:
+        return "validation loss at the end of the compressed trial"
+    return "mean training loss over the last tenth of the compressed trial"
+
+
 def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
     attrs = study.user_attrs
     if attrs.get(_attrs.FORMAT) is None:
@@ -333,10 +340,12 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
             )
         return
     for key, want in expected.items():
-        have = attrs.get(key)
+        if key not in attrs:
+            continue  # a study made before autowarm recorded this setting
+        have = attrs[key]
         if key == _attrs.TASK and isinstance(have, str) and isinstance(want, str):
             have, want = canonical_spec(have), canonical_spec(want)  # older studies: full path
-        if have is not None and have != want:
+        if have != want:
             raise ValueError(
                 f"study {study.study_name!r} was created with {key}={have!r}, but this run has "
                 f"{key}={want!r}; rerun with the same settings to resume it, or pass another "
@@ -587,6 +596,7 @@ def tune(
         raise ValueError(f"confirm must be an int >= 0, but got confirm={confirm!r}")
     if not is_int(n_workers) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive int, but got n_workers={n_workers!r}")
+    worker_task = _worker_task(task) if n_workers > 1 else task
     if warmup_transfer not in TRANSFERS:
         raise ValueError(
             f"warmup_transfer must be one of {TRANSFERS}, but got "
@@ -664,7 +674,7 @@ def tune(
                         flag=flag,
                     )
             else:
-                _run_processes(task, plan, n_workers)
+                _run_processes(worker_task, plan, n_workers)
             if confirm and (plan.deadline is None or time.time() < plan.deadline):
                 with _StopFlag().installed() as flag:
                     run_confirmations(
@@ -732,6 +742,10 @@ def _set_up(
             # trials of another batch regime or precision would be another run's
             _attrs.ACCUMULATION_STEPS: task.accumulation_steps,
             _attrs.PRECISION: task.precision,
+            # nor would trials of another optimizer, clipping or metric
+            _attrs.OPTIMIZER: task.optimizer_identity(),
+            _attrs.GRAD_CLIP: task.grad_clip,
+            _attrs.METRIC: _metric(task),
         }
         _check_resumable(study, expected)
         model = task.model_fingerprint(seed)
@@ -787,11 +801,6 @@ def _set_up(
                 _attrs.BASE_SCHEDULE: suggestion_schedule.to_dict(),
                 _attrs.SUGGESTION: _suggestion_record(suggestion),
                 _attrs.SEARCH_SPACE: space.to_dict(),
-                _attrs.METRIC: (
-                    "validation loss at the end of the compressed trial"
-                    if task.has_validation
-                    else "mean training loss over the last tenth of the compressed trial"
-                ),
             }
             for key, value in records.items():
                 study.set_user_attr(key, value)
@@ -1069,20 +1078,27 @@ def _progress_bar(plan: _Plan, study: optuna.Study) -> Any:
     return tqdm(total=plan.n_trials, initial=done, desc="autowarm tune", unit="trial")
 
 
-def _run_processes(task: Task, plan: _Plan, n_workers: int) -> None:
-    """Run ``n_workers`` spawned worker processes and wait for them."""
-    ref: Task | str = task.source if task.source else task
-    if not isinstance(ref, str):
-        import pickle
+def _worker_task(task: Task) -> Task | str:
+    # What worker processes get: the spec to load the task from, or the task itself pickled.
+    # Checked before anything runs (the probe can take minutes; a study would be written).
+    if task.source:
+        return task.source
+    import pickle
 
-        try:
-            pickle.dumps(task)
-        except Exception as exc:
-            raise ValueError(
-                "with n_workers > 1 the task must pickle (module-level functions, no lambdas) "
-                "or be loaded with autowarm.study.load_task / `autowarm tune file.py:task`; "
-                f"pickling failed: {exc}"
-            ) from None
+    try:
+        pickle.dumps(task)
+    except Exception as exc:
+        raise ValueError(
+            "with n_workers > 1 the task must pickle (module-level functions, no lambdas) "
+            "or be loaded with autowarm.study.load_task / `autowarm tune file.py:task`; "
+            f"pickling failed: {exc}"
+        ) from None
+    return task
+
+
+def _run_processes(ref: Task | str, plan: _Plan, n_workers: int) -> None:
+    """Run ``n_workers`` spawned worker processes (``ref`` from :func:`_worker_task`) and wait
+    for them."""
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [

@@ -414,6 +414,24 @@ def test_resume_with_other_settings_is_an_error(
     half = dataclasses.replace(task, precision="bf16-mixed")
     with pytest.raises(ValueError, match=r"precision='32-true', but .*precision='bf16-mixed'"):
         autowarm.tune(half, trial_steps=40, **kw)
+    # another optimizer, other optimizer settings, clipping or metric: other runs' trials
+    for other_task, message in (
+        (
+            dataclasses.replace(task, optimizer_cls=torch.optim.Adam),
+            r"optimizer=.*AdamW\(.*Adam\(",
+        ),
+        (
+            dataclasses.replace(task, optimizer_kwargs={"weight_decay": 5.0}),
+            r"optimizer=.*this run has .*AdamW\(weight_decay=5\.0\)",
+        ),
+        (dataclasses.replace(task, grad_clip=0.5), r"grad_clip=None, but this run has .*=0\.5"),
+        (
+            dataclasses.replace(task, val_data=None, eval_fn=None),
+            r"metric='validation loss .*, but this run has .*'mean training loss",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            autowarm.tune(other_task, trial_steps=40, **kw)
     # another probe's suggestion on resume: an error, not silently the stored one
     other = dataclasses.replace(
         suggestion, schedule=suggestion.schedule.replace(peak_lr=suggestion.peak_lr * 3)
@@ -1122,3 +1140,15 @@ def test_a_timeout_keeps_time_for_the_confirmations() -> None:
     # two full runs of four trials' length each, at the median trial's 20 s
     assert _reserve(study, plan) == pytest.approx(2 * 20.0 * 4)
     assert _reserve(study, dataclasses.replace(plan, confirm=0)) == 0.0
+
+
+def test_an_unpicklable_task_for_several_workers_is_refused_before_the_probe(
+    tmp_path: Path, task: Task
+) -> None:
+    # A task built in a script with lambdas cannot reach spawned workers: say so at once,
+    # not after the probe has run and the study has been written.
+    local = dataclasses.replace(task, make_model=lambda seed: task.make_model(seed), source=None)
+    db = tmp_path / "s.db"
+    with pytest.raises(ValueError, match="with n_workers > 1 the task must pickle"):
+        autowarm.tune(local, storage=str(db), n_workers=2, n_trials=4, progress=False)
+    assert not db.exists()
