@@ -145,14 +145,13 @@ class SearchSpace:
         peak = float(params[PEAK_LR])
         ratio = center.min_lr / center.peak_lr if center.peak_lr > 0 else 0.0
         ratio = float(params.get(MIN_LR_RATIO, ratio))
-        changes: dict[str, Any] = {
-            "peak_lr": peak,
-            "warmup_steps": int(params[WARMUP]) - 1,
-            "min_lr": peak * ratio,
-        }
+        changes: dict[str, Any] = {"peak_lr": peak, "warmup_steps": 0, "min_lr": peak * ratio}
         if DECAY in params:
             changes["decay"] = params[DECAY]
-        return center.replace(**changes)
+        shape = center.replace(**changes)
+        # The warmup range is the centre's; a sampled decay may leave less room (the final
+        # decay of warmup_stable_decay): then the longest warmup that decay allows.
+        return shape.replace(warmup_steps=min(int(params[WARMUP]) - 1, longest_warmup(shape)))
 
     def params_of(self, schedule: ScheduleConfig, center: ScheduleConfig) -> dict[str, Any]:
         """The parameters that stand for ``schedule``, clipped into the space (to enqueue)."""

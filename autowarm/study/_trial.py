@@ -28,6 +28,7 @@ import torch
 from autowarm._checks import is_int
 from autowarm._train import BatchStream, mixed_precision, model_device, train_step
 from autowarm.schedules import ScheduleConfig
+from autowarm.study._space import longest_warmup
 from autowarm.study._task import Task
 
 __all__ = ["TRANSFERS", "TrialOutcome", "compress", "train_trial"]
@@ -46,7 +47,9 @@ OnEval = Callable[[int, float], None]
 def compress(
     schedule: ScheduleConfig, trial_steps: int, transfer: WarmupTransfer = "fraction"
 ) -> ScheduleConfig:
-    """``schedule`` squeezed into ``trial_steps`` steps, its warmup mapped by ``transfer``.
+    """``schedule`` squeezed into ``trial_steps`` steps, its warmup mapped by ``transfer``,
+    and at most the longest the trial holds (:func:`~autowarm.study._space.longest_warmup`:
+    one update at the peak, and room for a ``warmup_stable_decay`` schedule's final decay).
 
     Raises:
         ValueError: For an unknown ``transfer`` or ``trial_steps < 2``.
@@ -59,8 +62,9 @@ def compress(
         warmup = round(schedule.warmup_steps * trial_steps / schedule.total_steps)
     else:
         warmup = schedule.warmup_steps
-    warmup = min(warmup, trial_steps - 1)
-    return schedule.replace(total_steps=trial_steps, warmup_steps=warmup)
+    short = schedule.replace(total_steps=trial_steps, warmup_steps=0)
+    # at most what the trial holds (an absolute warmup may be longer than the whole trial)
+    return short.replace(warmup_steps=min(warmup, longest_warmup(short)))
 
 
 @dataclass(frozen=True)

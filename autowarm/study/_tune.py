@@ -988,8 +988,13 @@ class _Objective:
                     _attrs.REASON, f"surplus: the study already held {plan.n_trials} trials"
                 )
                 raise _Surplus(f"the study already holds {plan.n_trials} trials")
-        schedule = plan.space.sample(trial, plan.center)
-        short = compress(schedule, plan.trial_steps, plan.transfer)
+        try:
+            schedule = plan.space.sample(trial, plan.center)
+            short = compress(schedule, plan.trial_steps, plan.transfer)
+        except Exception as exc:  # a schedule that cannot be built: say why in the study
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr(_attrs.REASON, self.last_error)
+            raise
         trial.set_user_attr(_attrs.SCHEDULE, schedule.to_dict())
         trial.set_user_attr(_attrs.TRIAL_SCHEDULE, short.to_dict())
         trial.set_user_attr(_attrs.PEAK_LR, schedule.peak_lr)

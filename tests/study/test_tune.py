@@ -147,6 +147,18 @@ def test_search_space_with_decay_and_floor(task: Task) -> None:
     assert sched.min_lr == pytest.approx(sched.peak_lr * trial.params["min_lr_ratio"])
 
 
+def test_a_sampled_warmup_stable_decay_keeps_room_for_its_decay() -> None:
+    # The warmup range is the cosine centre's (up to 95% of the run here); a trial that samples
+    # warmup_stable_decay takes at most what its final decay leaves.
+    center = ScheduleConfig(peak_lr=1e-2, total_steps=200, warmup_steps=100)
+    space = SearchSpace(decays=("cosine", "warmup_stable_decay"), max_warmup_fraction=0.95)
+    params = {PEAK_LR: 1e-2, WARMUP: 191, "decay": "warmup_stable_decay"}
+    sched = space.schedule(params, center)
+    assert sched.decay.value == "warmup_stable_decay"
+    assert sched.warmup_steps == sched.warmup_limit == 160
+    assert space.schedule({**params, "decay": "cosine"}, center).warmup_steps == 190
+
+
 def test_compress_keeps_the_whole_schedule() -> None:
     full = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100)
     frac = compress(full, 250, "fraction")
@@ -155,6 +167,11 @@ def test_compress_keeps_the_whole_schedule() -> None:
     absolute = compress(full, 250, "absolute")
     assert absolute.warmup_steps == 100
     assert compress(full.replace(warmup_steps=900), 250, "absolute").warmup_steps == 249
+    # warmup_stable_decay keeps room for its final decay (20% of the trial by default); the
+    # trial used to fail with no reason recorded
+    wsd = full.replace(decay="warmup_stable_decay", warmup_steps=700)
+    assert compress(wsd, 100, "absolute").warmup_steps == 80
+    assert compress(wsd, 250, "absolute").warmup_steps == 200
     with pytest.raises(ValueError, match="transfer"):
         compress(full, 250, "linear")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="trial_steps"):
@@ -588,6 +605,25 @@ def test_divergence_prunes_with_a_reason(
     assert frame["reason"].str.startswith("diverged: loss or gradient not finite").all()
     with pytest.raises(NoFinishedTrialError, match="5 pruned"):
         _ = result.best
+
+
+def test_a_trial_whose_schedule_cannot_be_built_records_why(
+    tmp_path: Path, task: Task, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autowarm.study._tune as tune_module
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("no room for this warmup")
+
+    monkeypatch.setattr(tune_module, "compress", refuse)
+    db = str(tmp_path / "s.db")
+    with pytest.raises(RuntimeError, match="3 trials in a row failed"):
+        autowarm.tune(
+            task, n_trials=4, storage=db, trial_steps=40, suggestion=suggestion, progress=False
+        )
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
+    reasons = [t.user_attrs.get(_attrs.REASON) for t in study.get_trials()]
+    assert reasons[:3] == ["ValueError: no room for this warmup"] * 3
 
 
 def test_errors_in_the_task_fail_trials_then_stop(
