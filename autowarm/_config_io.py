@@ -10,7 +10,8 @@ import functools
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,16 +127,41 @@ def save_config(cfg: ScheduleConfig, path: Path) -> Path:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    # Write beside the target and rename, so a crash never leaves a half-written config.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``text`` to ``path`` as ``open(path, "w")`` would, but atomically.
+
+    The text goes to a temporary file beside the target, renamed over it, so a crash never
+    leaves a half-written config. As with ``open``: a symlink is followed (the file it points
+    at is replaced and the link stays), an existing file keeps its mode, and a new one gets
+    ``0o666`` less the umask (``tempfile.mkstemp`` would make it ``0o600``).
+    """
+    target = path.resolve()  # the link's target, so the rename replaces that file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode: int | None = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = None  # new: the kernel applies the umask to os.open's 0o666
+    fd, tmp = _create_beside(target)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_beside(target: Path) -> tuple[int, Path]:
+    # tempfile.mkstemp's exclusive create, but with mode 0o666 so that the umask decides.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name beside {target}")
 
 
 def read_mapping(path: Path) -> Any:

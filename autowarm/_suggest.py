@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autowarm._checks import is_int
+from autowarm._checks import is_int, is_real
 from autowarm._config_io import check_format_version
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
@@ -134,10 +134,28 @@ class Suggestion:
 
     @classmethod
     def load(cls, path: str | Path) -> Suggestion:
-        """Read a suggestion written by :meth:`save` (tables are empty if missing)."""
+        """Read a suggestion written by :meth:`save` (tables are empty if missing).
+
+        Raises:
+            ValueError: If the file is not a suggestion JSON (a study's storage passed here by
+                mistake is named as one) or a field is malformed; the message names the file.
+        """
         path = Path(path)
+        raw = path.read_bytes()
+        storage = cls._storage_kind(raw)
+        if storage is not None:
+            raise ValueError(
+                f"{path} is {storage} (a study's storage?), not a suggestion JSON: pass it as "
+                f"--storage {path} instead (in Python: tune(..., storage={str(path)!r})); a "
+                "suggestion is the JSON written by Suggestion.save() or `autowarm probe`"
+            )
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path} is not a suggestion JSON file (not UTF-8 text: {exc}): pass the JSON "
+                "written by Suggestion.save() or `autowarm probe`"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, Mapping) or data.get("format") != SUGGESTION_FORMAT:
@@ -167,9 +185,14 @@ class Suggestion:
         """Rebuild a suggestion from :meth:`to_dict` (tables empty unless given).
 
         Raises:
-            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing or
-                malformed (the message names the field).
+            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing, or any
+                field is malformed (the message names the field and what it must be).
         """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"a suggestion must be a mapping of field names to values (Suggestion.to_dict), "
+                f"but got {type(data).__name__}: {data!r}"
+            )
         check_format_version(data, SUGGESTION_FORMAT_VERSION)
         for key in _REQUIRED:
             if key not in data:
@@ -186,21 +209,46 @@ class Suggestion:
         probe_steps = data["probe_steps"]
         if not is_int(probe_steps) or probe_steps < 0:
             raise ValueError(f"field 'probe_steps' must be an int >= 0, but got {probe_steps!r}")
-        if not isinstance(data["rationale"], str):
-            raise ValueError(f"field 'rationale' must be a str, but got {data['rationale']!r}")
+        reasons = data.get("low_confidence_reasons", [])
+        if not isinstance(reasons, (list, tuple)) or not all(isinstance(r, str) for r in reasons):
+            raise ValueError(
+                f"field 'low_confidence_reasons' must be a list of str, but got {reasons!r}"
+            )
+        wall_seconds = data.get("wall_seconds", 0.0)
+        if not is_real(wall_seconds) or not 0 <= wall_seconds < math.inf:
+            raise ValueError(
+                f"field 'wall_seconds' must be a number of seconds >= 0, but got {wall_seconds!r}"
+            )
         return cls(
             warmup_steps=schedule.warmup_steps,
             peak_lr=schedule.peak_lr,
             schedule=schedule,
             probe_steps=int(probe_steps),
-            rationale=data["rationale"],
+            rationale=cls._str_field(data, "rationale", ""),
             trace=pd.DataFrame() if trace is None else trace,
             signals=pd.DataFrame() if signals is None else signals,
-            confidence=str(data.get("confidence", "high")),
-            low_confidence_reasons=tuple(data.get("low_confidence_reasons", ())),
-            deciding_signal=str(data.get("deciding_signal", "")),
-            wall_seconds=float(data.get("wall_seconds", 0.0)),
+            confidence=cls._str_field(data, "confidence", "high"),
+            low_confidence_reasons=tuple(reasons),
+            deciding_signal=cls._str_field(data, "deciding_signal", ""),
+            wall_seconds=float(wall_seconds),
         )
+
+    @staticmethod
+    def _str_field(data: Mapping[str, Any], key: str, default: str) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str):
+            raise ValueError(f"field {key!r} must be a str, but got {value!r}")
+        return value
+
+    @staticmethod
+    def _storage_kind(raw: bytes) -> str | None:
+        """What kind of study storage file ``raw`` is (``autowarm report`` says the same), or
+        None: those are what people pass by mistake where a suggestion JSON goes."""
+        if raw.startswith(b"SQLite format 3\0"):
+            return "a SQLite database"
+        if raw.startswith(b'{"op_code":'):
+            return "an optuna journal file"
+        return None
 
     def report(self, **kwargs: Any) -> Report:
         """The report of this suggestion: tables, figure data, ``.write(out_dir)``.

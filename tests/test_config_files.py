@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +242,85 @@ def test_a_schedule_config_passed_as_a_suggestion_says_what_it_is(
         autowarm.report(other)
     assert main(["report", str(sched), "-o", str(tmp_path / "out")]) == 1
     assert "is a schedule config, not a suggestion" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002], ids=oct)
+def test_a_saved_config_gets_the_mode_open_would_give_it(mask: int, tmp_path: Path) -> None:
+    cfg = CONFIGS[0]
+    with _umask(mask):
+        new = cfg.save(tmp_path / "new.yaml")  # new: 0o666 less the umask, not mkstemp's 0o600
+        assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~mask
+        old = tmp_path / "old.json"
+        old.write_text("{}")
+        old.chmod(0o640)
+        cfg.save(old)  # existing: keeps its mode, whatever the umask
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640
+    assert ScheduleConfig.load(old) == cfg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.yaml", "old.json"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+@pytest.mark.parametrize("relative", [True, False])
+def test_saving_through_a_symlink_writes_its_target(
+    relative: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_dir = tmp_path / "configs"
+    real_dir.mkdir()
+    target = real_dir / "sched.yaml"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    link_dir = tmp_path / "run"
+    link_dir.mkdir()
+    link = link_dir / "sched.yaml"
+    link.symlink_to(os.path.relpath(target, link_dir) if relative else target)
+    renames: list[tuple[Path, Path]] = []
+    replace = os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        renames.append((Path(src), Path(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    cfg = CONFIGS[1]
+    with _umask(0o077):
+        cfg.save(link)
+    assert link.is_symlink() and link.resolve() == target.resolve()  # the link stays
+    # the temporary file was beside the target (one filesystem: the rename is atomic)
+    [(src, dst)] = renames
+    assert src.parent == dst.parent == target.resolve().parent
+    assert ScheduleConfig.load(target) == cfg  # and its target has the new text
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    # and no temporary file is left, on either side
+    assert list(link_dir.iterdir()) == [link]
+    assert list(real_dir.iterdir()) == [target]
+    # a dangling link: the file it names is created, as open(link, "w") would
+    dangling = link_dir / "new.json"
+    dangling.symlink_to(real_dir / "new.json")
+    cfg.save(dangling)
+    assert dangling.is_symlink() and ScheduleConfig.load(real_dir / "new.json") == cfg
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = CONFIGS[0].save(tmp_path / "sched.json")
+    before = path.read_text()
+
+    def boom(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        CONFIGS[1].save(path)
+    assert path.read_text() == before
+    assert list(tmp_path.iterdir()) == [path]

@@ -10,6 +10,7 @@ Everything runs on tiny models with small budgets and one torch thread.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -928,6 +929,27 @@ def test_suggestion_save_load_round_trip(
         ({"rationale": 3}, "field 'rationale' must be a str"),
         ({"format_version": 2}, "format_version=2 was written by a newer autowarm"),
         ({"format_version": "garbage"}, "format_version must be an int >= 1"),
+        (
+            {"wall_seconds": "x"},
+            "field 'wall_seconds' must be a number of seconds >= 0, but got 'x'",
+        ),
+        ({"wall_seconds": True}, "field 'wall_seconds' must be a number of seconds >= 0"),
+        ({"wall_seconds": -1.0}, "field 'wall_seconds' must be a number of seconds >= 0"),
+        (
+            {"low_confidence_reasons": "abc"},
+            "field 'low_confidence_reasons' must be a list of str, but got 'abc'",
+        ),
+        (
+            {"low_confidence_reasons": ["ok", 3]},
+            "field 'low_confidence_reasons' must be a list of str",
+        ),
+        (
+            {"low_confidence_reasons": {"a": 1}},
+            "field 'low_confidence_reasons' must be a list of str",
+        ),
+        ({"confidence": 0.5}, "field 'confidence' must be a str, but got 0.5"),
+        ({"deciding_signal": ["x"]}, r"field 'deciding_signal' must be a str, but got \['x'\]"),
+        ({"probe_steps": 2.0}, "field 'probe_steps' must be an int >= 0, but got 2.0"),
     ],
 )
 def test_a_malformed_suggestion_file_names_the_file_and_the_field(
@@ -939,6 +961,73 @@ def test_a_malformed_suggestion_file_names_the_file_and_the_field(
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match=f"bad.json: {match}"):
         Suggestion.load(path)
+
+
+def test_optional_fields_of_a_suggestion_are_type_checked_too(
+    probed: tuple[Suggestion, _LossSpy],
+) -> None:
+    good = probed[0].to_dict()
+    for field, value in [
+        ("deciding_signal", None),  # was read as the text "None"
+        ("confidence", None),
+        ("low_confidence_reasons", None),
+        ("wall_seconds", None),
+        ("wall_seconds", math.inf),
+        ("wall_seconds", math.nan),
+    ]:
+        with pytest.raises(ValueError, match=f"field '{field}' must be "):
+            Suggestion.from_dict({**good, field: value})
+    with pytest.raises(ValueError, match=r"a suggestion must be a mapping .* got list"):
+        Suggestion.from_dict([good])  # type: ignore[arg-type]
+    # what to_dict writes, and files without the optional fields, still load
+    bare = {k: good[k] for k in ("format", "schedule", "probe_steps", "rationale")}
+    loaded = Suggestion.from_dict(bare)
+    assert (loaded.confidence, loaded.low_confidence_reasons) == ("high", ())
+    assert (loaded.deciding_signal, loaded.wall_seconds) == ("", 0.0)
+    kept = Suggestion.from_dict(
+        {**good, "low_confidence_reasons": ["a", "b"], "wall_seconds": 3, "confidence": "low"}
+    )
+    assert kept.low_confidence_reasons == ("a", "b") and kept.wall_seconds == 3.0
+    assert isinstance(kept.wall_seconds, float) and kept.low_confidence
+
+
+def test_a_study_storage_passed_as_a_suggestion_says_to_pass_it_as_storage(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    from autowarm.cli import main
+
+    db = tmp_path / "autowarm.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, name TEXT)")
+        con.execute("INSERT INTO studies VALUES (1, 'autowarm-tiny')")
+        con.commit()
+    with pytest.raises(
+        ValueError,
+        match=r"autowarm\.db is a SQLite database \(a study's storage\?\), not a suggestion "
+        r"JSON: pass it as --storage .*autowarm\.db instead",
+    ):
+        Suggestion.load(db)
+    journal = tmp_path / "autowarm.journal.log"
+    journal.write_text('{"op_code": 0, "worker_id": "w"}\n{"op_code": 1}\n')
+    with pytest.raises(ValueError, match=r"journal\.log is an optuna journal file .* --storage"):
+        Suggestion.load(journal)
+    other = tmp_path / "weights.json"  # binary, but no storage: named, and what to pass said
+    other.write_bytes(b"\x80\x04\x95 not text")
+    with pytest.raises(
+        ValueError,
+        match=r"weights\.json is not a suggestion JSON file \(not UTF-8 text: .*byte 0x80.*\): "
+        r"pass the JSON written by Suggestion\.save\(\)",
+    ):
+        Suggestion.load(other)
+    # what `autowarm tune --suggestion autowarm.db` prints
+    monkeypatch.chdir(tmp_path)
+    task = os.path.join(os.path.dirname(__file__), "study", "tiny_task.py") + ":task"
+    assert main(["tune", task, "--suggestion", str(db), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "autowarm.db is a SQLite database (a study's storage?)" in err
+    assert f"--storage {db} instead" in err
 
 
 # --------------------------------------------------------------------------------------------
