@@ -187,8 +187,11 @@ def open_storage(
         _check_journal(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if scheme.startswith("sqlite") and _sqlite_path(url) is not None:
-        _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+    sqlite_file = _sqlite_path(url) if scheme.startswith("sqlite") else None
+    if sqlite_file is not None:
+        if create:
+            _check_sqlite(sqlite_file)
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     heartbeat: dict[str, Any] = {}
     if heartbeat_interval is not None:
         with quiet_experimental():
@@ -289,6 +292,38 @@ def _rdb_storage(url: str, heartbeat: dict[str, Any], *, create: bool) -> RDBSto
                 raise
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+# Tables of an optuna RDB storage, any of which marks a database as a study's (one process
+# may be creating them while another looks).
+_OPTUNA_TABLES = frozenset({"studies", "trials", "alembic_version", "version_info"})
+
+
+def _check_sqlite(path: Path) -> None:
+    """Refuse a SQLite database of something else before optuna adds its tables to it."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(
+            f"{path} is not a SQLite database ({exc}); it was left unchanged: pass a new file "
+            "(or an existing study's .db) as the storage"
+        ) from None
+    if tables and not tables & _OPTUNA_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ValueError(
+            f"{path} is a SQLite database of something else (tables: {shown}), not an optuna "
+            "study's storage; it was left unchanged: pass a new file (or an existing study's "
+            ".db) as the storage"
+        )
 
 
 def _sqlite_path(url: str) -> Path | None:

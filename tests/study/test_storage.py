@@ -162,6 +162,29 @@ def test_postgres_scheme_says_to_write_postgresql() -> None:
         _storage.normalize_url("postgres+psycopg2://u@h/db")
 
 
+def test_a_database_of_something_else_is_named_and_left_alone(tmp_path: Path) -> None:
+    import sqlite3
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    db.close()
+    before = app.read_bytes()
+    with pytest.raises(ValueError, match=r"app\.db is a SQLite database of something else "):
+        _storage.open_storage(str(app), heartbeat_interval=None)
+    assert app.read_bytes() == before  # optuna used to add its 13 tables to it
+    text = tmp_path / "notes.db"
+    text.write_text("not a database at all, but long enough to have a header" * 4)
+    with pytest.raises(ValueError, match=r"notes\.db is not a SQLite database"):
+        _storage.open_storage(str(text), heartbeat_interval=None)
+    # a study's database, a new file and an empty one open
+    study_db = tmp_path / "study.db"
+    optuna.create_study(storage=_storage.open_storage(str(study_db)), study_name="s")
+    _storage.open_storage(str(study_db))
+    (tmp_path / "empty.db").touch()
+    _storage.open_storage(str(tmp_path / "empty.db"))
+
+
 def test_a_log_that_is_not_a_journal_is_named_and_left_alone(tmp_path: Path) -> None:
     log = tmp_path / "train.log"
     log.write_text("epoch 1 loss 3.2\nepoch 2 loss 2.9\n")
