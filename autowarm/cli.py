@@ -113,6 +113,11 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--storage", default=None, help="export the best schedule of this study")
     p.add_argument("--study-name", default=None, help="with --storage (optional if only one)")
     p.add_argument(
+        "--probe",
+        action="store_true",
+        help="with --storage: the probe's suggestion the study started from, not its best",
+    )
+    p.add_argument(
         "--format",
         "-f",
         choices=EXPORT_FORMATS,
@@ -157,12 +162,26 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError("pass a schedule file, or --storage URL [--study-name NAME]")
     if args.file is not None and args.storage is not None:
         raise ValueError("pass a schedule file or --storage URL [--study-name NAME], not both")
+    if args.storage is None and (args.study_name is not None or args.probe):
+        given = "--study-name" if args.study_name is not None else "--probe"
+        raise ValueError(f"{given} goes with --storage URL (a study), not with a schedule file")
     fmt = export_format(args.format, args.output)
     if args.storage is not None:
         from autowarm.study._storage import load_study
-        from autowarm.study._tune import best_schedule
+        from autowarm.study._tune import best_schedule, suggestion_from_study
 
-        cfg = best_schedule(load_study(args.storage, args.study_name))
+        study = load_study(args.storage, args.study_name)
+        if args.probe:
+            suggestion = suggestion_from_study(study)
+            if suggestion is None:
+                raise ValueError(
+                    f"study {study.study_name!r} holds no probe suggestion: it was not made by "
+                    "`autowarm tune`, or its probe has not finished; leave out --probe for its "
+                    "best trial"
+                )
+            cfg = suggestion.schedule
+        else:
+            cfg = best_schedule(study)
     else:
         cfg = ScheduleConfig.load(args.file)
     if args.output is not None:

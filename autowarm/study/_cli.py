@@ -178,8 +178,9 @@ def _run_tune(args: argparse.Namespace) -> int:
     try:
         best = result.best
     except NoFinishedTrialError as exc:
-        print(f"autowarm tune: {exc}")
-        return 0
+        # the study ran, but has nothing to export: a script chaining tune and export stops here
+        print(f"autowarm tune: {exc}".replace("STORAGE", shown), file=sys.stderr)
+        return 1
     print(
         f"best: peak_lr {best.peak_lr:.4g}, warmup {best.warmup_steps} steps, decay "
         f"{Decay(best.decay).value} (study {name!r})"

@@ -95,9 +95,13 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
     if not done:
         counts = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts()
         seen = ", ".join(f"{n} {str(s).lower()}" for s, n in counts.items()) or "no trials"
+        name = study.study_name
         raise NoFinishedTrialError(
-            f"study {study.study_name!r} has no completed trial yet ({seen}); run "
-            "`autowarm tune` until one completes, or export the probe's suggestion instead"
+            f"study {name!r} has no completed trial yet ({seen}); resume it with a larger "
+            "--n-trials (or a --timeout) until one completes (`autowarm report --storage "
+            f"STORAGE --study-name {name}` says why each trial ended), or export the probe's "
+            f"suggestion instead: `autowarm export --storage STORAGE --study-name {name} "
+            "--probe`"
         )
     full = confirmed_best(study)
     if full is not None:

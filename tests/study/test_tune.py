@@ -804,6 +804,28 @@ def test_cli_probe_tune_export(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "the studies there: ['s']" in err
 
 
+def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
+    tmp_path: Path, suggestion: Any
+) -> None:
+    saved = tmp_path / "suggestion.json"
+    suggestion.save(saved)
+    db = tmp_path / "study.db"
+    args = _tune_args(db, "s", 4, 40, "--suggestion", str(saved), "--confirm", "0")
+    proc = _cli(*args, env={"TINY_TASK_NAN_ABOVE": "0"})  # every trial diverges
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err  # was 0: a script would go on to export nothing
+    assert "no completed trial yet (4 pruned)" in err and "a larger --n-trials" in err
+    assert f"autowarm export --storage sqlite:///{db} --study-name s --probe" in err
+    target = tmp_path / "probe.yaml"
+    proc = _cli("export", "--storage", str(db), "--study-name", "s", "--probe", "-o", str(target))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert ScheduleConfig.load(target) == suggestion.schedule
+    proc = _cli("export", str(target), "--study-name", "s")  # used to be ignored silently
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "--study-name goes with --storage" in err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, sig: signal.Signals) -> None:
     db = tmp_path / "study.db"
