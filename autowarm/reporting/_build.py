@@ -218,6 +218,16 @@ def study_report(
             f"{diverged}); they "
             "trained in compressed trials only, so they are not candidates for the best."
         )
+    best_value = math.nan if best is None else float(best["value"])
+    range_rule = f"completed trials within {NEAR_BEST:.0%} of the best value"
+    if best_value < 0:
+        range_rule += " (of its magnitude: the best value is negative)"
+    elif best_value == 0:
+        range_rule = ""
+        notes.append(
+            "The best value is exactly 0, so no trial is a relative distance from it: the "
+            "summary has no near-best range and the comparison's vs_best is left empty."
+        )
     summary = T.summary_row(
         source="study",
         name=study.study_name,
@@ -230,9 +240,9 @@ def study_report(
         n_pruned=int(counts.get("pruned", 0)),
         n_failed=int(counts.get("fail", 0)),
         n_running=int(counts.get("running", 0)),
-        best_value=math.nan if best is None else float(best["value"]),
+        best_value=best_value,
         metric=str(study.user_attrs.get(A.METRIC, "")),
-        range_rule=f"completed trials within {NEAR_BEST:.0%} of the best value",
+        range_rule=range_rule,
         **S.near_best_range(trials, NEAR_BEST),
     )
     comparison = T.study_comparison(trials)

@@ -26,8 +26,9 @@ class Report:
 
     Attributes:
         title: the page's title.
-        status: ``"probe"`` (a suggestion alone), ``"complete"``, ``"running"`` (trials still
-            marked running: running, or interrupted) or ``"incomplete"`` (stopped short).
+        status: ``"probe"`` (a suggestion alone), ``"complete"``, ``"running"`` (trials or
+            full-length confirmations still marked running: running, or interrupted) or
+            ``"incomplete"`` (stopped short, or its full-length confirmations stopped).
         status_text: the status in a sentence, shown at the top of the page.
         tables: table name to DataFrame: ``summary``, ``comparison``, ``trials``, ``trace``,
             ``signals``, ``regret`` (those that apply), in page order.
@@ -167,12 +168,14 @@ def report(
           ``total_steps``, ``probe_steps``, ``probe_wall_seconds``, ``deciding_signal``,
           ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
           ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best; NaN for
-          a probe alone), ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``,
-          ``n_running``, ``best_value``, ``metric``. An unknown int is -1, an unknown float NaN.
+          a probe alone, or with an empty ``range_rule`` when the best value is 0),
+          ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``, ``n_running``,
+          ``best_value``, ``metric``. An unknown int is -1, an unknown float NaN.
         - ``comparison``: ``label`` (``probe``, ``no_warmup``,
           ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``), ``description``,
           ``trial``, ``state``, ``peak_lr``, ``warmup_steps``, ``warmup_frac``, ``value``,
-          ``vs_best`` (value / best value - 1).
+          ``vs_best`` (``(value - best value) / |best value|``: 0.01 is 1% worse than the
+          best, whatever the values' sign; NaN when the best value is 0).
         - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
           in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
           ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,

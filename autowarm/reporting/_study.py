@@ -50,7 +50,90 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> tuple[s
     running, or interrupted"; the sentence gives the age of the oldest running trial. Trials
     count toward the study's ``n_trials`` as ``autowarm tune`` counts them: completed and
     pruned ones, not failed ones (tune runs another in their place).
+
+    Once the search is complete, its full-length confirmations (the ``<name>.confirm`` study,
+    see :func:`confirmation_progress`) must be finished too for ``complete``: one marked
+    ``RUNNING`` makes the study ``running``, one failed or never started ``incomplete``.
     """
+    now = now or dt.datetime.now()
+    status, sentence, done = _search_status(study, now)
+    progress = confirmation_progress(study) if status == "complete" else None
+    if progress is None:
+        return status, sentence
+    expected, finished, running = progress
+    missing = [n for n in expected if n not in finished]
+    missing += sorted(n for n in running if n not in expected)
+    if not missing:
+        return status, sentence
+    counts = f"{len(finished)} of at least {len(expected)} full-length confirmation runs finished"
+    n_ok = sum(math.isfinite(v) for v in finished.values())
+    shown = (
+        f"the best of the {n_ok} confirmed so far, which {_numbered(missing)} may still beat "
+        "at full length"
+        if n_ok
+        else "the compressed trials' best, not one confirmed at full length"
+    )
+    if running:
+        starts = [d for d in running.values() if d is not None]
+        oldest = "started" if len(running) == 1 else "the oldest started"
+        age = f", {oldest} {_ago(now - min(starts))} ago" if starts else ""
+        return "running", (
+            f"Still running, or interrupted: the full-length confirmation of "
+            f"{_numbered(sorted(running))} is marked RUNNING{age} (a run whose worker died "
+            f"stays RUNNING); {done}, and {counts}. The best schedule "
+            f"shown is {shown}, until they finish (resume `autowarm tune` if they were "
+            "interrupted). This report is a snapshot."
+        )
+    return "incomplete", (
+        f"Confirmations stopped: {done}, but {counts} "
+        f"({_numbered(missing)} not confirmed). The best schedule shown is {shown}, until "
+        "`autowarm tune` is resumed to finish them."
+    )
+
+
+def confirmation_progress(
+    study: optuna.Study,
+) -> tuple[list[int], dict[int, float], dict[int, dt.datetime | None]] | None:
+    """How far the study's full-length confirmations got (:mod:`autowarm.study._confirm`):
+    ``(expected, finished, running)``, or ``None`` when none was started.
+
+    ``expected``: the study trials to be confirmed, best first. How many confirmations
+    ``tune(confirm=k)`` planned is not stored in the study; they run best first and stop at
+    an interrupted one, so this is :func:`~autowarm.study._confirm.candidates` for as many
+    trials as the confirmations reached (at least one: the ``.confirm`` study is made only
+    for ``k >= 1``), a lower bound of ``k``; a better trial completed after they ran is among
+    them. ``finished``: ``{trial number: full-length value}`` of those whose confirmation
+    completed (:func:`~autowarm.study._confirm.confirmed`; infinite: diverged). ``running``:
+    ``{trial number: start}`` of confirmations still marked ``RUNNING`` and not finished.
+    """
+    from autowarm.study._confirm import CONFIRM_SUFFIX, CONFIRMS, candidates, confirmed
+
+    try:
+        conf = optuna.load_study(
+            study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage
+        )
+    except KeyError:
+        return None
+    runs = [
+        (t, n)
+        for t in conf.get_trials(deepcopy=False)
+        if isinstance(n := t.user_attrs.get(CONFIRMS), int)
+    ]
+    expected = [t.number for t in candidates(study, max(len({n for _, n in runs}), 1))]
+    done = confirmed(study)
+    finished = {n: done[n] for n in expected if n in done}
+    running = {n: t.datetime_start for t, n in runs if t.state.name == "RUNNING" and n not in done}
+    return expected, finished, running
+
+
+def _numbered(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"trial {numbers[0]}"
+    return f"trials {', '.join(map(str, numbers))}"
+
+
+def _search_status(study: optuna.Study, now: dt.datetime) -> tuple[str, str, str]:
+    """``study_status`` of the search trials alone, and how many finished in words."""
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     finished = sum(s in ("COMPLETE", "PRUNED") for s in states)
@@ -63,20 +146,27 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> tuple[s
         f" ({n_failed} more failed, which do not count)" if n_failed else ""
     )
     if running:
-        now = now or dt.datetime.now()
         starts = [t.datetime_start for t in running if t.datetime_start is not None]
         age = f", the oldest started {_ago(now - min(starts))} ago" if starts else ""
-        return "running", (
-            f"Still running, or interrupted: {len(running)} trial(s) marked RUNNING{age} (a "
-            f"trial whose worker died stays RUNNING); {done}. This report is a snapshot."
+        return (
+            "running",
+            (
+                f"Still running, or interrupted: {len(running)} trial(s) marked RUNNING{age} (a "
+                f"trial whose worker died stays RUNNING); {done}. This report is a snapshot."
+            ),
+            done,
         )
     if waiting or (isinstance(target, int) and finished < target):
-        return "incomplete", (
-            f"Stopped short: {done}"
-            + (f", {waiting} queued but never started" if waiting else "")
-            + ". Resume the study to finish it; this report covers what ran."
+        return (
+            "incomplete",
+            (
+                f"Stopped short: {done}"
+                + (f", {waiting} queued but never started" if waiting else "")
+                + ". Resume the study to finish it; this report covers what ran."
+            ),
+            done,
         )
-    return "complete", f"Complete: {done}."
+    return "complete", f"Complete: {done}.", done
 
 
 def _ago(delta: dt.timedelta) -> str:
@@ -199,13 +289,18 @@ def best_row(trials: pd.DataFrame) -> pd.Series | None:
 
 
 def near_best_range(trials: pd.DataFrame, tolerance: float) -> dict[str, Any]:
-    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value
-    (-1 and NaN when no trial has completed)."""
+    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value,
+    relative to its magnitude (``value <= best + tolerance * |best|``, so a negative best
+    works too); ``{}`` when no trial has completed or the best value is 0, where no relative
+    tolerance spans anything."""
     best = best_row(trials)
-    if best is None or float(best["value"]) <= 0:
+    if best is None or float(best["value"]) == 0:
         return {}
+    best_value = float(best["value"])
+    # a positive best keeps best * (1 + tolerance), the same bits as before
+    limit = best_value * (1 + tolerance) if best_value > 0 else best_value - tolerance * best_value
     done = completed(trials)
-    near = done[done["value"] <= float(best["value"]) * (1 + tolerance)]
+    near = done[done["value"] <= limit]
     return {
         "warmup_steps_low": int(near["warmup_steps"].min()),
         "warmup_steps_high": int(near["warmup_steps"].max()),

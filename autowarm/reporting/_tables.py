@@ -199,9 +199,20 @@ def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
+def relative_to_best(value: float, best_value: float) -> float:
+    """How much worse ``value`` is than ``best_value``, relative to the best's magnitude:
+    ``(value - best) / |best|`` (``0.01``: 1% worse), any sign; NaN when either is not finite
+    or the best is 0, where no relative figure means anything."""
+    if not (math.isfinite(value) and math.isfinite(best_value)) or best_value == 0:
+        return math.nan
+    if best_value > 0:
+        return value / best_value - 1.0
+    return (value - best_value) / -best_value
+
+
 def _comparison_row(label: str, t: pd.Series, best_value: float) -> dict[str, Any]:
     value = float(t["value"])
-    vs = value / best_value - 1.0 if math.isfinite(value) and best_value > 0 else math.nan
+    vs = relative_to_best(value, best_value)
     return {
         "label": label,
         "description": DESCRIPTIONS[label],

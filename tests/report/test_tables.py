@@ -157,6 +157,125 @@ def test_study_without_completed_trials(suggestion: autowarm.Suggestion) -> None
     assert any("No trial has completed" in n for n in rep.notes)
 
 
+# ---------------------------------------------------------------------------- confirmations
+def _confirm(study: optuna.Study, runs: dict[int, optuna.trial.TrialState]) -> None:
+    """What ``run_confirmations`` writes into ``<name>.confirm``: one run per study trial,
+    in the given state (a completed one is worth its compressed value plus 0.1)."""
+    from autowarm.study._confirm import CONFIRM_SUFFIX, CONFIRMS, ROLE_CONFIRM
+
+    conf = optuna.create_study(
+        storage=study._storage, study_name=study.study_name + CONFIRM_SUFFIX
+    )
+    for number, state in runs.items():
+        done = state == optuna.trial.TrialState.COMPLETE
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=(study.trials[number].value or 0.0) + 0.1 if done else None,
+            user_attrs={
+                A.ROLE: ROLE_CONFIRM,
+                CONFIRMS: number,
+                A.SCHEDULE: study.trials[number].user_attrs[A.SCHEDULE],
+            },
+        )
+        if state == optuna.trial.TrialState.RUNNING:
+            trial.datetime_complete = None
+        conf.add_trial(trial)
+
+
+def test_finished_confirmations_keep_the_study_complete(suggestion: autowarm.Suggestion) -> None:
+    study = make_study(suggestion, n_trials=7)
+    _confirm(study, {4: optuna.trial.TrialState.COMPLETE, 0: optuna.trial.TrialState.COMPLETE})
+    rep = autowarm.report(study)
+    assert rep.status == "complete"
+    assert (
+        rep.status_text == "Complete: 7 of 7 trials finished (1 more failed, which do not count)."
+    )
+
+
+def test_interrupted_confirmations_are_not_complete(suggestion: autowarm.Suggestion) -> None:
+    T = optuna.trial.TrialState
+    # the best two trials (4, then 0) were to be confirmed; the second's run was interrupted
+    study = make_study(suggestion, n_trials=7)
+    _confirm(study, {4: T.COMPLETE, 0: T.FAIL})
+    rep = autowarm.report(study)
+    assert rep.status == "incomplete"
+    assert rep.status_text.startswith(
+        "Confirmations stopped: 7 of 7 trials finished (1 more failed, which do not count), "
+        "but 1 of at least 2 full-length confirmation runs finished (trial 0 not confirmed)."
+    )
+    assert "the best of the 1 confirmed so far, which trial 0 may still beat" in rep.status_text
+    assert "until `autowarm tune` is resumed" in rep.status_text
+    assert "Confirmations stopped" in rep.to_markdown()
+    # the very first confirmation was interrupted: the best is the compressed trials' best
+    study = make_study(suggestion, n_trials=7)
+    _confirm(study, {4: T.FAIL})
+    rep = autowarm.report(study)
+    assert rep.status == "incomplete"
+    assert "0 of at least 1 full-length confirmation runs finished (trial 4 not" in (
+        rep.status_text
+    )
+    assert "is the compressed trials' best, not one confirmed at full length" in rep.status_text
+    assert rep.summary["chosen_by"] == "study: trial 4, the best of 6 completed"
+
+
+def test_a_confirmation_left_running_is_not_complete(suggestion: autowarm.Suggestion) -> None:
+    T = optuna.trial.TrialState
+    study = make_study(suggestion, n_trials=7)
+    _confirm(study, {4: T.RUNNING})
+    rep = autowarm.report(study)
+    assert rep.running and rep.status == "running"
+    assert rep.status_text.startswith(
+        "Still running, or interrupted: the full-length confirmation of trial 4 is marked "
+        "RUNNING, started"
+    )
+    assert "0 of at least 1 full-length confirmation runs finished" in rep.status_text
+
+
+# ---------------------------------------------------------------------------- value's sign
+def _shifted(s: autowarm.Suggestion, offset: float) -> optuna.Study:
+    """The study of :func:`make_study` with ``offset`` added to every value (same order)."""
+    base = make_study(s)
+    study = optuna.create_study(study_name=base.study_name, direction="minimize")
+    for key, value in base.user_attrs.items():
+        study.set_user_attr(key, value)
+    for t in base.trials:
+        if t.value is not None:
+            t.value += offset
+        study.add_trial(t)
+    return study
+
+
+def test_negative_values_compare_relative_to_the_best_magnitude(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    # lower is better, below zero (e.g. -1/(1 + mse)): best -0.585 (trial 4)
+    rep = autowarm.report(_shifted(suggestion, -1.1))
+    comp = rep.tables["comparison"].set_index("label")
+    best = 0.515 - 1.1
+    assert comp.loc["best", "trial"] == 4 and comp.loc["best", "vs_best"] == 0.0
+    assert comp.loc[A.ROLE_NO_WARMUP, "vs_best"] == pytest.approx((0.61 - 1.1 - best) / -best)
+    assert comp.loc[A.ROLE_PROBE, "vs_best"] > 0  # worse than the best: positive, any sign
+    assert comp["vs_best"].notna().all()
+    row = rep.summary
+    # within 1% of |best| (0.00585): trials 4 (-0.585) and 0 (-0.58), not 3 (-0.57)
+    assert (row["warmup_steps_low"], row["warmup_steps_high"]) == (20, suggestion.warmup_steps)
+    assert row["peak_lr_low"] == suggestion.peak_lr
+    assert row["range_rule"].startswith("completed trials within 1% of the best value")
+    assert "magnitude" in row["range_rule"]
+
+
+def test_a_best_value_of_zero_says_why_nothing_is_relative(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    rep = autowarm.report(_shifted(suggestion, -0.515))
+    assert rep.summary["best_value"] == 0.0
+    assert rep.tables["comparison"]["vs_best"].isna().all()
+    assert rep.summary["range_rule"] == "" and rep.summary["warmup_steps_low"] == -1
+    assert any("best value is exactly 0" in n for n in rep.notes)
+    page = rep.to_markdown()
+    assert "near-best rule" not in page and "best value is exactly 0" in page
+
+
 # ---------------------------------------------------------------------------- regret
 def _grid(path: Path, total: int = 1000) -> Path:
     rows = []
