@@ -60,12 +60,13 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> tuple[s
     progress = confirmation_progress(study) if status == "complete" else None
     if progress is None:
         return status, sentence
-    expected, finished, running = progress
+    expected, finished, running, exact = progress
     missing = [n for n in expected if n not in finished]
     missing += sorted(n for n in running if n not in expected)
     if not missing:
         return status, sentence
-    counts = f"{len(finished)} of at least {len(expected)} full-length confirmation runs finished"
+    of = "of" if exact else "of at least"
+    counts = f"{len(finished)} {of} {len(expected)} full-length confirmation runs finished"
     n_ok = sum(math.isfinite(v) for v in finished.values())
     shown = (
         f"the best of the {n_ok} confirmed so far, which {_numbered(missing)} may still beat "
@@ -93,18 +94,22 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> tuple[s
 
 def confirmation_progress(
     study: optuna.Study,
-) -> tuple[list[int], dict[int, float], dict[int, dt.datetime | None]] | None:
+) -> tuple[list[int], dict[int, float], dict[int, dt.datetime | None], bool] | None:
     """How far the study's full-length confirmations got (:mod:`autowarm.study._confirm`):
-    ``(expected, finished, running)``, or ``None`` when none was started.
+    ``(expected, finished, running, exact)``, or ``None`` when none was started or the last
+    ``tune`` run planned none (``confirm=0``).
 
-    ``expected``: the study trials to be confirmed, best first. How many confirmations
-    ``tune(confirm=k)`` planned is not stored in the study; they run best first and stop at
-    an interrupted one, so this is :func:`~autowarm.study._confirm.candidates` for as many
-    trials as the confirmations reached (at least one: the ``.confirm`` study is made only
-    for ``k >= 1``), a lower bound of ``k``; a better trial completed after they ran is among
-    them. ``finished``: ``{trial number: full-length value}`` of those whose confirmation
-    completed (:func:`~autowarm.study._confirm.confirmed`; infinite: diverged). ``running``:
-    ``{trial number: start}`` of confirmations still marked ``RUNNING`` and not finished.
+    ``expected``: the study trials to be confirmed, best first:
+    :func:`~autowarm.study._confirm.candidates` for the ``k`` of ``tune(confirm=k)``, stored
+    in the study (``autowarm.confirm``; ``exact`` is then ``True``). Studies written before
+    autowarm stored it: confirmations run best first and stop at an interrupted one, so as
+    many trials as the confirmations reached (at least one: the ``.confirm`` study is made
+    only for ``k >= 1``), a lower bound of ``k`` (``exact`` ``False``). A better trial
+    completed after they ran is among them.
+
+    ``finished``: ``{trial number: full-length value}`` of those whose confirmation completed
+    (:func:`~autowarm.study._confirm.confirmed`; infinite: diverged). ``running``: ``{trial
+    number: start}`` of confirmations still marked ``RUNNING`` and not finished.
     """
     from autowarm.study._confirm import CONFIRM_SUFFIX, CONFIRMS, candidates, confirmed
 
@@ -119,11 +124,16 @@ def confirmation_progress(
         for t in conf.get_trials(deepcopy=False)
         if isinstance(n := t.user_attrs.get(CONFIRMS), int)
     ]
-    expected = [t.number for t in candidates(study, max(len({n for _, n in runs}), 1))]
+    planned = study.user_attrs.get(A.CONFIRM)
+    exact = isinstance(planned, int) and not isinstance(planned, bool)
+    if exact and planned == 0:
+        return None  # the last run trusted the compressed trials alone
+    k = int(planned) if exact else max(len({n for _, n in runs}), 1)  # type: ignore[arg-type]
+    expected = [t.number for t in candidates(study, k)]
     done = confirmed(study)
     finished = {n: done[n] for n in expected if n in done}
     running = {n: t.datetime_start for t, n in runs if t.state.name == "RUNNING" and n not in done}
-    return expected, finished, running
+    return expected, finished, running, exact
 
 
 def _numbered(numbers: list[int]) -> str:

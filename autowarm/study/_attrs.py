@@ -15,6 +15,7 @@ Study user attributes:
 ``autowarm.total_steps``          optimizer steps of the real run
 ``autowarm.trial_steps``          optimizer steps of one (compressed) trial
 ``autowarm.n_trials``             the study's target number of trials, or ``None``
+``autowarm.confirm``              full-length confirmations the last ``tune`` run planned
 ``autowarm.versions``             ``{"autowarm": ..., "torch": ..., "optuna": ..., "python": ...}``
 ``autowarm.base_schedule``        :meth:`ScheduleConfig.to_dict` of the probe's schedule (decay,
                                   floor and shape parameters the trials vary around)
@@ -62,6 +63,7 @@ SEED: Final = "autowarm.seed"
 TOTAL_STEPS: Final = "autowarm.total_steps"
 TRIAL_STEPS: Final = "autowarm.trial_steps"
 N_TRIALS: Final = "autowarm.n_trials"
+CONFIRM: Final = "autowarm.confirm"
 VERSIONS: Final = "autowarm.versions"
 BASE_SCHEDULE: Final = "autowarm.base_schedule"
 SUGGESTION: Final = "autowarm.suggestion"

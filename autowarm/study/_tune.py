@@ -437,10 +437,16 @@ def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
     raise ValueError(f"pruner must be 'median', 'hyperband' or 'none', but got {name!r}")
 
 
-def _make_sampler(seed: int, worker: int, distributed: bool) -> optuna.samplers.BaseSampler:
+def _make_sampler(
+    seed: int, worker: int, distributed: bool, start: int = 0, salt: int = 0
+) -> optuna.samplers.BaseSampler:
+    # The sampler's seed also takes the number of trials the study held when this worker
+    # started, so a resumed study does not draw its first start's random trials again; and a
+    # salt (the pid) where other workers were already running, since every host's worker is
+    # worker 0 and would draw theirs.
     with _storage.quiet_experimental():
         return optuna.samplers.TPESampler(
-            seed=seed + 7919 * worker,
+            seed=(seed + 7919 * worker + 104729 * start + salt) % 2**32,
             n_startup_trials=6,
             multivariate=True,
             constant_liar=distributed,
@@ -809,6 +815,7 @@ def _set_up(
             for key, value in records.items():
                 study.set_user_attr(key, value)
         study.set_user_attr(_attrs.N_TRIALS, n_trials)
+        study.set_user_attr(_attrs.CONFIRM, confirm)  # the report counts them against it
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
         _enqueue_first_trials(study, task, center, space, n_trials)
     _logger.info(
@@ -903,7 +910,11 @@ def _work(
     flag: _StopFlag | None = None,
 ) -> None:
     """One worker's loop; see the module docstring."""
-    study.sampler = _make_sampler(plan.seed, worker, distributed)
+    trials = study.get_trials(deepcopy=False)
+    others = any(t.state == TrialState.RUNNING for t in trials)
+    study.sampler = _make_sampler(
+        plan.seed, worker, distributed, start=len(trials), salt=os.getpid() if others else 0
+    )
     study.pruner = _make_pruner(plan.pruner, plan.trial_steps)
     flag = flag or _StopFlag()
     objective = _Objective(task, plan, flag)

@@ -218,6 +218,21 @@ def test_interrupted_confirmations_are_not_complete(suggestion: autowarm.Suggest
     assert rep.summary["chosen_by"] == "study: trial 4, the best of 6 completed"
 
 
+def test_the_planned_number_of_confirmations_is_counted_against(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    T = optuna.trial.TrialState
+    study = make_study(suggestion, n_trials=7)
+    study.set_user_attr(A.CONFIRM, 3)  # what tune(confirm=3) stores
+    _confirm(study, {4: T.COMPLETE})  # stopped before the second of three began
+    rep = autowarm.report(study)
+    assert rep.status == "incomplete"
+    assert "but 1 of 3 full-length confirmation runs finished (trials 0, " in rep.status_text
+    # a later run with confirm=0 trusts the compressed trials: nothing is missing
+    study.set_user_attr(A.CONFIRM, 0)
+    assert autowarm.report(study).status == "complete"
+
+
 def test_a_confirmation_left_running_is_not_complete(suggestion: autowarm.Suggestion) -> None:
     T = optuna.trial.TrialState
     study = make_study(suggestion, n_trials=7)

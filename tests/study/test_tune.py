@@ -414,6 +414,22 @@ def test_fewer_trials_than_references_queues_only_those_and_the_rest_on_resume(
     assert roles == [_attrs.ROLE_PROBE, *_attrs.REFERENCE_ROLES, _attrs.ROLE_SEARCH]
 
 
+def test_a_resumed_study_does_not_draw_its_first_starts_trials_again(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # The sampler was seeded the same on every start, so a resume's first random trial was
+    # the first start's again: the same schedule trained twice, a trial of the budget lost.
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    autowarm.tune(task, n_trials=5, suggestion=suggestion, **kw)
+    study = autowarm.tune(task, n_trials=6, **kw).study
+    first, resumed = (study.trials[n] for n in (4, 5))
+    assert first.user_attrs[_attrs.ROLE] == resumed.user_attrs[_attrs.ROLE] == _attrs.ROLE_SEARCH
+    assert first.params != resumed.params
+    assert study.user_attrs[_attrs.CONFIRM] == 0  # the report counts confirmations against it
+
+
 def test_resume_with_other_settings_is_an_error(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
