@@ -94,6 +94,17 @@ def confirmed(study: optuna.Study) -> dict[int, float]:
     return out
 
 
+def unconfirmed(study: optuna.Study) -> list[int]:
+    """Study trials the last ``tune`` run planned to confirm whose confirmation has not
+    finished (the study was stopped during them), best first; ``[]`` when it planned none or
+    the study does not say how many (``autowarm.confirm``, stored since it was added)."""
+    planned = study.user_attrs.get(_attrs.CONFIRM)
+    if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1:
+        return []
+    done = confirmed(study)
+    return [t.number for t in candidates(study, planned) if t.number not in done]
+
+
 def diverged_at_full_length(study: optuna.Study) -> list[int]:
     """Study trials whose confirmation diverged (a non-finite full-length value), ascending.
 

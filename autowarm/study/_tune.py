@@ -51,6 +51,7 @@ from autowarm.study._confirm import (
     confirmed_best,
     diverged_at_full_length,
     run_confirmations,
+    unconfirmed,
 )
 from autowarm.study._space import SearchSpace, longest_warmup
 from autowarm.study._task import Task, canonical_spec, load_task
@@ -104,6 +105,16 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             "--probe`"
         )
     full = confirmed_best(study)
+    missing = unconfirmed(study)
+    if missing:
+        which = "the best of those confirmed so far" if full else "the best compressed trial"
+        warnings.warn(
+            f"the full-length confirmations of trials {missing} did not run (the study was "
+            f"stopped during them): this is {which}, which they may still beat; resume "
+            "`autowarm tune` to finish them",
+            UserWarning,
+            stacklevel=2,
+        )
     if full is not None:
         return full
     diverged = diverged_at_full_length(study)
