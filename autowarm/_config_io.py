@@ -164,6 +164,16 @@ def _create_beside(target: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary file name beside {target}")
 
 
+def storage_file_kind(raw: bytes) -> str | None:
+    """What kind of study storage a file's bytes are ("a SQLite database", "an optuna journal
+    file"), or ``None``: what people pass by mistake where a suggestion JSON goes."""
+    if raw.startswith(b"SQLite format 3\0"):
+        return "a SQLite database"
+    if raw.startswith(b'{"op_code":'):
+        return "an optuna journal file"
+    return None
+
+
 def read_mapping(path: Path) -> Any:
     """Parse a ``.json``/``.yaml`` file into plain data (no code execution)."""
     suffix = _suffix(path)

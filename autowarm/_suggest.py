@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from autowarm._checks import is_int, is_real
-from autowarm._config_io import check_format_version
+from autowarm._config_io import check_format_version, storage_file_kind
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
     BatchStream,
@@ -142,7 +142,7 @@ class Suggestion:
         """
         path = Path(path)
         raw = path.read_bytes()
-        storage = cls._storage_kind(raw)
+        storage = storage_file_kind(raw)
         if storage is not None:
             raise ValueError(
                 f"{path} is {storage} (a study's storage?), not a suggestion JSON: pass it as "
@@ -239,16 +239,6 @@ class Suggestion:
         if not isinstance(value, str):
             raise ValueError(f"field {key!r} must be a str, but got {value!r}")
         return value
-
-    @staticmethod
-    def _storage_kind(raw: bytes) -> str | None:
-        """What kind of study storage file ``raw`` is (``autowarm report`` says the same), or
-        None: those are what people pass by mistake where a suggestion JSON goes."""
-        if raw.startswith(b"SQLite format 3\0"):
-            return "a SQLite database"
-        if raw.startswith(b'{"op_code":'):
-            return "an optuna journal file"
-        return None
 
     def report(self, **kwargs: Any) -> Report:
         """The report of this suggestion: tables, figure data, ``.write(out_dir)``.

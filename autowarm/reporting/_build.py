@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from autowarm._config_io import storage_file_kind
 from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
 from autowarm.probe._search import SearchSettings
 from autowarm.reporting import _figures as F
@@ -32,8 +33,8 @@ def load_suggestion(path: Path) -> Suggestion:
     if not path.is_file():
         raise FileNotFoundError(f"no such suggestion file: {path}")
     raw = path.read_bytes()
-    if raw.startswith(b"SQLite format 3\0") or raw.startswith(b'{"op_code":'):
-        kind = "a SQLite database" if raw.startswith(b"SQLite") else "an optuna journal file"
+    kind = storage_file_kind(raw)
+    if kind is not None:
         raise ValueError(
             f"{path} is {kind} (a study's storage?), not a suggestion JSON: for a study's "
             f"report pass --storage {path} --study-name NAME (in Python: report((storage, "
