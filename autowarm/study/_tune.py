@@ -589,8 +589,9 @@ def tune(
             The probe's budget (see :func:`autowarm.suggest`).
         confirm:
             Once the search is done, train the ``confirm`` best trials again at full length
-            and name the best of those (see :mod:`autowarm.study._confirm`); ``0`` trusts the
-            compressed trials alone. The default ``n_trials`` leaves room for them in the
+            and name the best of those (see :mod:`autowarm.study._confirm`); ``0`` runs no
+            confirmation (a study confirmed by an earlier run keeps naming the best of its
+            full-length runs). The default ``n_trials`` leaves room for them in the
             six-run budget; with a ``timeout``, the search stops early enough for them
             (estimated from the trials' durations).
 
