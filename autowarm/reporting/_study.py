@@ -152,7 +152,11 @@ def _search_status(study: optuna.Study, now: dt.datetime) -> tuple[str, str, str
     waiting = states.count("WAITING")
     target = study.user_attrs.get(A.N_TRIALS)
     of = f" of {target}" if isinstance(target, int) else ""
-    done = f"{finished}{of} trials finished" + (
+    asked = ""
+    if isinstance(target, int) and finished > target:
+        # resumed with a smaller n_trials than it already held
+        of, asked = "", f" (the last run asked for {target})"
+    done = f"{finished}{of} trials finished{asked}" + (
         f" ({n_failed} more failed, which do not count)" if n_failed else ""
     )
     if running:

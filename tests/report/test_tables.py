@@ -193,6 +193,16 @@ def test_finished_confirmations_keep_the_study_complete(suggestion: autowarm.Sug
     )
 
 
+def test_more_trials_than_the_last_run_asked_for_are_not_counted_as_n_of_fewer(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    study = make_study(suggestion, n_trials=7)
+    study.set_user_attr(A.N_TRIALS, 3)  # resumed with --n-trials 3: it held 7 already
+    rep = autowarm.report(study)
+    assert rep.status == "complete"
+    assert rep.status_text.startswith("Complete: 7 trials finished (the last run asked for 3)")
+
+
 def test_interrupted_confirmations_are_not_complete(suggestion: autowarm.Suggestion) -> None:
     T = optuna.trial.TrialState
     # the best two trials (4, then 0) were to be confirmed; the second's run was interrupted
