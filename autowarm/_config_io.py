@@ -178,16 +178,19 @@ def read_mapping(path: Path) -> Any:
     """Parse a ``.json``/``.yaml`` file into plain data (no code execution)."""
     suffix = _suffix(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the text
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"{path}: not UTF-8 text ({exc}); a schedule config is JSON or YAML saved as UTF-8"
         ) from None
     if suffix == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        except _DuplicateKey as exc:
+            raise ValueError(f"{path}: {exc}") from None
     import yaml
 
     try:
@@ -196,18 +199,66 @@ def read_mapping(path: Path) -> Any:
         raise ValueError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json's object_pairs_hook: a field given twice is an error, not "the last one wins"
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"field {key!r} is given twice; keep one")
+        out[key] = value
+    return out
+
+
+# YAML 1.1 integers that mean something else than they read: 010 is 8 (octal), 1:40 is 100
+# (base 60). YAML 1.2 has neither; a config that silently takes them is a trap.
+_YAML11_INT = re.compile(r"^[-+]?(?:0[0-9_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+)$")
+
+
 @functools.cache
 def _yaml_loader() -> type[Any]:
-    """PyYAML's ``SafeLoader`` with YAML 1.2 floats: ``3e-4`` (no dot) is a number there.
+    """PyYAML's ``SafeLoader`` made to read numbers as YAML 1.2 does, and strict on keys.
 
-    PyYAML follows YAML 1.1, which reads ``3e-4`` as the string ``"3e-4"``; people write LRs
-    that way, and a config that rejects them is a trap. Nothing else changes (still no tags
-    that build objects).
+    PyYAML follows YAML 1.1, which reads ``3e-4`` as the string ``"3e-4"`` (people write LRs
+    that way, and a config that rejects them is a trap), ``010`` as 8 and ``1:40`` as 100:
+    here ``3e-4`` is a float, and the other two are errors that say to write the number in
+    decimal. A key given twice is an error too (YAML lets the last one win silently).
+    Nothing else changes (still no tags that build objects).
     """
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the base class says so
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"field {key!r} is given twice; keep one", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_strict_int(self, node: Any) -> int:
+            text = str(self.construct_scalar(node))
+            if _YAML11_INT.match(text):
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{text!r} reads as another number in YAML 1.1 (a leading 0 is octal, a ':' "
+                    "is base 60): write the integer in decimal, without leading zeros",
+                    node.start_mark,
+                )
+            return int(self.construct_yaml_int(node))
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_strict_int)
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",

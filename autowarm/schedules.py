@@ -105,11 +105,11 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if not is_real(self.peak_lr) or not math.isfinite(self.peak_lr) or self.peak_lr <= 0:
+        if not _finite(self.peak_lr) or self.peak_lr <= 0:
             raise _bad("peak_lr", "a finite float > 0", self.peak_lr)
         set_(self, "peak_lr", float(self.peak_lr))
-        if not is_int(self.total_steps) or self.total_steps < 1:
-            raise _bad("total_steps", "an int >= 1", self.total_steps)
+        if not is_int(self.total_steps) or not 1 <= self.total_steps <= _MAX_STEPS:
+            raise _bad("total_steps", "an int in [1, 2**53]", self.total_steps)
         set_(self, "total_steps", int(self.total_steps))
         if not is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.total_steps:
             raise _bad(
@@ -129,14 +129,16 @@ class ScheduleConfig:
 
     def _check_shape_parameters(self) -> None:
         set_ = object.__setattr__
-        if not is_int(self.num_cycles) or self.num_cycles < 1:
-            raise _bad("num_cycles", "an int >= 1", self.num_cycles)
+        if not is_int(self.num_cycles) or not 1 <= self.num_cycles <= _MAX_STEPS:
+            raise _bad("num_cycles", "an int in [1, 2**53]", self.num_cycles)
         set_(self, "num_cycles", int(self.num_cycles))
-        if not is_real(self.power) or not math.isfinite(self.power) or self.power <= 0:
+        if not _finite(self.power) or self.power <= 0:
             raise _bad("power", "a finite float > 0", self.power)
         set_(self, "power", float(self.power))
-        if self.timescale is not None and (not is_int(self.timescale) or self.timescale < 1):
-            raise _bad("timescale", "None or an int >= 1", self.timescale)
+        if self.timescale is not None and (
+            not is_int(self.timescale) or not 1 <= self.timescale <= _MAX_STEPS
+        ):
+            raise _bad("timescale", "None or an int in [1, 2**53]", self.timescale)
         if self.timescale is not None:
             set_(self, "timescale", int(self.timescale))
         frac = self.wsd_decay_fraction
@@ -269,12 +271,13 @@ class ScheduleConfig:
                 )
             scales = [float(x) for x in keys]
         else:
-            scales = [float(x) for x in group_scales]
-        if len(scales) != n or not all(math.isfinite(x) and x > 0 for x in scales):
-            raise ValueError(
-                f"group_scales must hold one positive float per parameter group ({n}), "
-                f"but got group_scales={group_scales!r}"
-            )
+            given = _as_list(group_scales)
+            if given is None or len(given) != n or not all(_is_scale(x) for x in given):
+                raise ValueError(
+                    f"group_scales must be a list holding one positive float per parameter "
+                    f"group ({n}), but got group_scales={group_scales!r}"
+                )
+            scales = [float(x) for x in given]
         if not is_int(last_epoch) or last_epoch < -1:
             raise _bad("last_epoch", "an int >= -1", last_epoch)
         for group in optimizer.param_groups:
@@ -401,8 +404,31 @@ def _is_decay(value: Any) -> bool:
     return isinstance(value, str) and value in {d.value for d in Decay}
 
 
-def _is_scale(x: object) -> bool:
+# Step counts stay exact as floats (the shapes compute in float64), and a Python int too
+# large for a float cannot overflow there.
+_MAX_STEPS = 2**53
+
+
+def _finite(x: object) -> bool:
+    """A real number that is a finite float (an int too large for a float is not)."""
     if not is_real(x):
         return False
-    value = float(x)  # type: ignore[arg-type]  # a numbers.Real
-    return math.isfinite(value) and value > 0
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]  # a numbers.Real
+    except OverflowError:
+        return False
+
+
+def _as_list(x: object) -> list[Any] | None:
+    """The items of a list, tuple, array or other iterable; ``None`` for a str, a mapping or
+    anything not iterable."""
+    if isinstance(x, (str, bytes, Mapping)):
+        return None
+    try:
+        return list(x)  # type: ignore[call-overload,no-any-return]
+    except TypeError:
+        return None
+
+
+def _is_scale(x: object) -> bool:
+    return _finite(x) and float(x) > 0  # type: ignore[arg-type]  # a numbers.Real

@@ -200,3 +200,18 @@ def test_commands_other_than_bench_do_not_import_torch(sched_file: Path) -> None
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "False"
+
+
+def test_a_reader_that_stops_early_is_not_an_error(sched_file: Path) -> None:
+    # `autowarm schedule show s.yaml | head -1`: the pipe closes before the output is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autowarm", "schedule", "show", str(sched_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command has written anything (it is still importing)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141  # as a process killed by SIGPIPE (128 + 13)
+    assert "error" not in err and "Traceback" not in err

@@ -197,6 +197,46 @@ def test_hand_written_yaml_exponents_are_numbers(tmp_path: Path) -> None:
         ScheduleConfig.load(path)
 
 
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("warmup_steps: 10\nwarmup_steps: 500\n", "field 'warmup_steps' is given twice"),
+        ("total_steps: 010000\n", "'010000' reads as another number in YAML 1.1"),
+        ("warmup_steps: 1:40\n", "'1:40' reads as another number"),
+    ],
+)
+def test_yaml_that_reads_as_another_value_is_an_error(
+    text: str, match: str, tmp_path: Path
+) -> None:
+    # A key given twice kept its last value, 010000 was 4096 and 1:40 was 100, silently.
+    path = tmp_path / "s.yaml"
+    base = {"peak_lr": "1.0e-3", "total_steps": "1000", "warmup_steps": "10"}
+    given = text.split(":")[0]
+    lines = "".join(f"{k}: {v}\n" for k, v in base.items() if k != given)
+    path.write_text(lines + text, encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        ScheduleConfig.load(path)
+
+
+def test_json_with_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(
+        '{"peak_lr": 1e-3, "total_steps": 1000, "warmup_steps": 10, "warmup_steps": 500}',
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match=r"s\.json: field 'warmup_steps' is given twice"):
+        ScheduleConfig.load(path)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_byte_order_mark_is_not_part_of_the_config(suffix: str, tmp_path: Path) -> None:
+    cfg = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=10)
+    path = tmp_path / f"s{suffix}"
+    cfg.save(path)
+    path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert ScheduleConfig.load(path) == cfg
+
+
 def test_a_shape_field_of_another_decay_is_an_error_not_ignored() -> None:
     base = {"peak_lr": 1e-3, "total_steps": 100, "warmup_steps": 10}
     with pytest.raises(

@@ -6,7 +6,9 @@ import dataclasses
 import io
 import math
 import pickle
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,8 +145,26 @@ def test_lambda_lr_reads_the_groups_lr_scale_by_default() -> None:
 
 def test_lambda_lr_rejects_bad_group_scales() -> None:
     cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=2)
-    with pytest.raises(ValueError, match="group_scales"):
-        cfg.lambda_lr(_two_group_optimizer(), group_scales=[1.0])
+    for bad in ([1.0], [1.0, True], [1.0, "0.5"], [1.0, "x"], [1.0, None], 0.5, [1.0, 10**400]):
+        with pytest.raises(ValueError, match="group_scales must be a list holding one positive"):
+            cfg.lambda_lr(_two_group_optimizer(), group_scales=bad)  # type: ignore[arg-type]
+    # any iterable of reals: a tuple, a numpy array
+    cfg.lambda_lr(_two_group_optimizer(), group_scales=np.array([1.0, 0.5]))
+
+
+def test_a_huge_integer_is_a_bad_value_not_an_overflow() -> None:
+    huge = 10**400
+    for kwargs in (
+        {"peak_lr": huge},
+        {"total_steps": huge},
+        {"decay": "polynomial", "power": huge},
+        {"decay": "cosine_with_restarts", "num_cycles": huge},
+        {"decay": "inverse_sqrt", "timescale": huge},
+    ):
+        base: dict[str, Any] = {"peak_lr": 1e-3, "total_steps": 10, "warmup_steps": 0}
+        name = next(k for k in kwargs if k != "decay")
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            ScheduleConfig(**{**base, **kwargs})
 
 
 @pytest.mark.parametrize("decay", list(TABLES))
