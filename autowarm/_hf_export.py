@@ -57,7 +57,14 @@ def _name_and_kwargs(
             "decay_type": WsdShape(cfg.wsd_decay_shape).value,
             "min_lr_ratio": floor,
         }
-    if start != 0.0:
+    # The peak held from the end of the warmup on: no decay within the run, a decay to the
+    # peak itself, or the constant shape. Any shape then is transformers' constant(_with_warmup).
+    held = (
+        decay is Decay.CONSTANT or cfg.warmup_steps >= cfg.total_steps or cfg.min_lr >= cfg.peak_lr
+    )
+    if held and (cfg.warmup_steps == 0 or start == 1.0):
+        return "constant", {}  # no warmup, or one that starts at the peak: the peak throughout
+    if start != 0.0 and cfg.warmup_steps > 0:
         closest = "cosine_warmup_with_min_lr" if decay is Decay.COSINE else decay.value
         raise _unsupported(
             cfg,
@@ -65,19 +72,12 @@ def _name_and_kwargs(
             f"warmup_start_factor={start!r} (transformers warms up from 0, and "
             "cosine_warmup_with_min_lr reaches the peak one step earlier)",
         )
-    constant = "constant_with_warmup" if cfg.warmup_steps > 0 else "constant"
-    if decay is Decay.CONSTANT:
-        return constant, {}
+    if held:
+        return "constant_with_warmup", {}
     if decay is Decay.COSINE:
         if floor == 0.0:
             return "cosine", {}
         return "cosine_with_min_lr", {"min_lr_rate": floor}
-    if decay in (Decay.POLYNOMIAL, Decay.LINEAR) and (
-        cfg.warmup_steps >= cfg.total_steps or cfg.min_lr >= cfg.peak_lr
-    ):
-        # no decay within the run (transformers' polynomial would divide by zero after the
-        # last update), or a decay to the peak itself: the peak held after the warmup
-        return constant, {}
     if decay is Decay.POLYNOMIAL:
         return "polynomial", {"lr_end": cfg.min_lr, "power": cfg.power}
     if decay is Decay.LINEAR and floor != 0.0:

@@ -40,6 +40,15 @@ CASES: list[dict[str, Any]] = [
         "warmup_start_factor": 1e-5 / 3e-4,
     },
     {"decay": "warmup_stable_decay", "warmup_steps": 0, "wsd_decay_shape": "1-sqrt"},
+    # the peak held after the warmup, whatever the shape: constant(_with_warmup), which used to
+    # be refused for these shapes ("no floor in transformers", "warms up from 0")
+    {"decay": "cosine_with_restarts", "warmup_steps": 100, "min_lr": 3e-4},
+    {"decay": "inverse_sqrt", "warmup_steps": 100, "min_lr": 3e-4},
+    {"decay": "inverse_sqrt", "warmup_steps": T, "min_lr": 1e-5},
+    {"decay": "cosine_with_restarts", "warmup_steps": T, "min_lr": 1e-5, "num_cycles": 2},
+    {"decay": "constant", "warmup_steps": 100, "warmup_start_factor": 1.0},
+    {"decay": "cosine", "warmup_steps": T, "warmup_start_factor": 1.0},
+    {"decay": "cosine", "warmup_steps": 0, "warmup_start_factor": 0.5},
 ]
 
 
