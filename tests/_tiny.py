@@ -7,6 +7,7 @@ pytest then applies it, module-scoped, to that module's tests only.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -38,7 +39,23 @@ def mlp(seed: int = 0, hidden: int = 16) -> nn.Sequential:
     return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
 
-class PerTensorSecondMoment(torch.optim.Optimizer):
+class _Adaptive(torch.optim.Optimizer):
+    """The loop of the test optimizers below: a step count per parameter, then ``_update``."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    st = self.state[p]
+                    st["step"] = st.get("step", 0) + 1
+                    self._update(p, st, group)
+
+    def _update(self, p: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class PerTensorSecondMoment(_Adaptive):
     """NovoGrad-style Adam: one second moment per tensor (``exp_avg_sq`` is a scalar).
 
     A legitimate optimizer whose ``exp_avg_sq`` is not shaped like its parameter, so the probe
@@ -48,43 +65,27 @@ class PerTensorSecondMoment(torch.optim.Optimizer):
     def __init__(self, params: object, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99)):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": 1e-8})
 
-    @torch.no_grad()
-    def step(self, closure: object = None) -> None:
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros((), dtype=p.dtype)
-                st["step"] += 1
-                st["exp_avg_sq"].mul_(b2).add_((1 - b2) * p.grad.pow(2).sum())
-                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
-                v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
-                p.add_(st["exp_avg"] / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
+    def _update(self, p: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
+        b1, b2 = group["betas"]
+        if "exp_avg" not in st:
+            st["exp_avg"] = torch.zeros_like(p)
+            st["exp_avg_sq"] = torch.zeros((), dtype=p.dtype)
+        st["exp_avg_sq"].mul_(b2).add_((1 - b2) * p.grad.pow(2).sum())
+        st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+        v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
+        p.add_(st["exp_avg"] / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
 
 
-class DecayRateAdam(torch.optim.Optimizer):
+class DecayRateAdam(_Adaptive):
     """Adam whose param groups name beta2 ``decay_rate`` (no ``betas``), as Adafactor's do."""
 
     def __init__(self, params: object, lr: float = 1e-3, decay_rate: float = 0.99):
         super().__init__(params, {"lr": lr, "decay_rate": decay_rate, "eps": 1e-8})
 
-    @torch.no_grad()
-    def step(self, closure: object = None) -> None:
-        for group in self.param_groups:
-            b2 = group["decay_rate"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
-                p.addcdiv_(p.grad, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
+    def _update(self, p: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
+        b2 = group["decay_rate"]
+        if "exp_avg_sq" not in st:
+            st["exp_avg_sq"] = torch.zeros_like(p)
+        st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
+        p.addcdiv_(p.grad, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
