@@ -263,13 +263,7 @@ class ScheduleConfig:
 
         n = len(optimizer.param_groups)
         if group_scales is None:
-            keys = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
-            if not all(_is_scale(x) for x in keys):
-                raise ValueError(
-                    "a parameter group's 'lr_scale' must be a positive float, but the "
-                    f"optimizer's groups have {keys!r}"
-                )
-            scales = [float(x) for x in keys]
+            scales = lr_scale_keys(optimizer)
         else:
             given = _as_list(group_scales)
             if given is None or len(given) != n or not all(_is_scale(x) for x in given):
@@ -417,6 +411,22 @@ def _finite(x: object) -> bool:
         return math.isfinite(float(x))  # type: ignore[arg-type]  # a numbers.Real
     except OverflowError:
         return False
+
+
+def lr_scale_keys(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each parameter group's ``"lr_scale"`` key (1 where it has none), in order: the ratio of
+    the group's LR to the schedule's, as :meth:`ScheduleConfig.lambda_lr` applies it.
+
+    Raises:
+        ValueError: If a key is not a positive finite real.
+    """
+    keys = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+    if not all(_is_scale(x) for x in keys):
+        raise ValueError(
+            "a parameter group's 'lr_scale' must be a positive float, but the "
+            f"optimizer's groups have {keys!r}"
+        )
+    return [float(x) for x in keys]
 
 
 def _as_list(x: object) -> list[Any] | None:

@@ -35,6 +35,7 @@ from autowarm._train import (
 )
 from autowarm.probe._moments import SecondMomentMonitor, has_second_moment
 from autowarm.probe._state import ModelSnapshot
+from autowarm.schedules import lr_scale_keys
 
 _log = logging.getLogger("autowarm")
 
@@ -221,7 +222,7 @@ class ProbeRunner:
         # set itself is not kept there, nor here).
         n = len(optimizer.param_groups)
         if self.param_groups is None:
-            return [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
+            return lr_scale_keys(optimizer)
         if n != len(self.param_groups):
             raise ValueError(
                 f"{self.optimizer_cls.__name__} made {n} parameter groups from the "
