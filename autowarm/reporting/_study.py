@@ -111,24 +111,27 @@ def confirmation_progress(
     (:func:`~autowarm.study._confirm.confirmed`; infinite: diverged). ``running``: ``{trial
     number: start}`` of confirmations still marked ``RUNNING`` and not finished.
     """
-    from autowarm.study._confirm import CONFIRM_SUFFIX, CONFIRMS, candidates, confirmed
+    from autowarm.study._confirm import (
+        CONFIRMS,
+        candidates,
+        confirm_study,
+        confirmed,
+        planned_confirmations,
+    )
 
-    try:
-        conf = optuna.load_study(
-            study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage
-        )
-    except KeyError:
+    conf = confirm_study(study)
+    if conf is None:
         return None
     runs = [
         (t, n)
         for t in conf.get_trials(deepcopy=False)
         if isinstance(n := t.user_attrs.get(CONFIRMS), int)
     ]
-    planned = study.user_attrs.get(A.CONFIRM)
-    exact = isinstance(planned, int) and not isinstance(planned, bool)
-    if exact and planned == 0:
+    planned = planned_confirmations(study)
+    if planned == 0:
         return None  # the last run trusted the compressed trials alone
-    k = int(planned) if exact else max(len({n for _, n in runs}), 1)  # type: ignore[arg-type]
+    exact = planned is not None
+    k = planned if planned is not None else max(len({n for _, n in runs}), 1)
     expected = [t.number for t in candidates(study, k)]
     done = confirmed(study)
     finished = {n: done[n] for n in expected if n in done}

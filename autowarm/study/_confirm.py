@@ -35,10 +35,13 @@ from autowarm.study._trial import train_trial
 __all__ = [
     "CONFIRM_SUFFIX",
     "candidates",
+    "confirm_study",
     "confirmed",
     "confirmed_best",
     "diverged_at_full_length",
+    "planned_confirmations",
     "run_confirmations",
+    "unconfirmed",
 ]
 
 _logger = logging.getLogger("autowarm")
@@ -94,12 +97,26 @@ def confirmed(study: optuna.Study) -> dict[int, float]:
     return out
 
 
+def confirm_study(study: optuna.Study) -> optuna.Study | None:
+    """The companion study holding ``study``'s full-length confirmations, if it has one."""
+    return _confirm_study(study, create=False)
+
+
+def planned_confirmations(study: optuna.Study) -> int | None:
+    """How many confirmations the last ``tune`` run planned (``autowarm.confirm``), or
+    ``None`` for a study written before autowarm stored it."""
+    planned = study.user_attrs.get(_attrs.CONFIRM)
+    if not isinstance(planned, int) or isinstance(planned, bool):
+        return None
+    return planned
+
+
 def unconfirmed(study: optuna.Study) -> list[int]:
     """Study trials the last ``tune`` run planned to confirm whose confirmation has not
     finished (the study was stopped during them), best first; ``[]`` when it planned none or
-    the study does not say how many (``autowarm.confirm``, stored since it was added)."""
-    planned = study.user_attrs.get(_attrs.CONFIRM)
-    if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1:
+    the study does not say how many (:func:`planned_confirmations`)."""
+    planned = planned_confirmations(study)
+    if not planned:
         return []
     done = confirmed(study)
     return [t.number for t in candidates(study, planned) if t.number not in done]
