@@ -7,9 +7,10 @@ a ``bool`` is neither, because ``True`` as a step count is always a mistake.
 
 from __future__ import annotations
 
+import math
 import numbers
 
-__all__ = ["is_int", "is_real"]
+__all__ = ["is_finite_real", "is_int", "is_real"]
 
 
 def is_int(x: object) -> bool:
@@ -20,3 +21,14 @@ def is_int(x: object) -> bool:
 def is_real(x: object) -> bool:
     """A real number of any type (``float``, ``int``, ``numpy.float32``, ...), not a ``bool``."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def is_finite_real(x: object) -> bool:
+    """A real number (as :func:`is_real`) that is a finite float: not ``nan``/``inf``, and not
+    an int too large for a float (``10**400``, which ``math.isfinite`` would overflow on)."""
+    if not is_real(x):
+        return False
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]  # a numbers.Real
+    except OverflowError:
+        return False

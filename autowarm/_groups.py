@@ -10,7 +10,6 @@ ratios.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autowarm._checks import is_real
+from autowarm._checks import is_finite_real, is_real
 
 __all__ = ["GroupSpec", "ParamGroups", "resolve_param_groups"]
 
@@ -107,7 +106,7 @@ def resolve_param_groups(
         scale = group.get("lr_scale", 1.0)
         if not is_real(scale):
             raise ValueError(f"param_groups[{i}]['lr_scale'] must be a float, got {scale!r}")
-        if not (math.isfinite(scale) and scale > 0):
+        if not (is_finite_real(scale) and scale > 0):
             raise ValueError(
                 f"param_groups[{i}]['lr_scale'] must be a finite float > 0, but got {scale!r} "
                 "(to keep a group from training, leave it out or set requires_grad=False)"

@@ -34,12 +34,11 @@ with :math:`\eta` = ``peak_lr``, :math:`a` = ``warmup_start_factor``, :math:`W` 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autowarm._checks import is_int, is_real
+from autowarm._checks import is_finite_real, is_int, is_real
 from autowarm._config_io import SHAPE_FIELDS
 from autowarm._shapes import Decay, ScheduleLambda, WsdShape, schedule_multiplier
 
@@ -105,7 +104,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if not _finite(self.peak_lr) or self.peak_lr <= 0:
+        if not is_finite_real(self.peak_lr) or self.peak_lr <= 0:
             raise _bad("peak_lr", "a finite float > 0", self.peak_lr)
         set_(self, "peak_lr", float(self.peak_lr))
         if not is_int(self.total_steps) or not 1 <= self.total_steps <= _MAX_STEPS:
@@ -132,7 +131,7 @@ class ScheduleConfig:
         if not is_int(self.num_cycles) or not 1 <= self.num_cycles <= _MAX_STEPS:
             raise _bad("num_cycles", "an int in [1, 2**53]", self.num_cycles)
         set_(self, "num_cycles", int(self.num_cycles))
-        if not _finite(self.power) or self.power <= 0:
+        if not is_finite_real(self.power) or self.power <= 0:
             raise _bad("power", "a finite float > 0", self.power)
         set_(self, "power", float(self.power))
         if self.timescale is not None and (
@@ -403,16 +402,6 @@ def _is_decay(value: Any) -> bool:
 _MAX_STEPS = 2**53
 
 
-def _finite(x: object) -> bool:
-    """A real number that is a finite float (an int too large for a float is not)."""
-    if not is_real(x):
-        return False
-    try:
-        return math.isfinite(float(x))  # type: ignore[arg-type]  # a numbers.Real
-    except OverflowError:
-        return False
-
-
 def lr_scale_keys(optimizer: torch.optim.Optimizer) -> list[float]:
     """Each parameter group's ``"lr_scale"`` key (1 where it has none), in order: the ratio of
     the group's LR to the schedule's, as :meth:`ScheduleConfig.lambda_lr` applies it.
@@ -441,4 +430,4 @@ def _as_list(x: object) -> list[Any] | None:
 
 
 def _is_scale(x: object) -> bool:
-    return _finite(x) and float(x) > 0  # type: ignore[arg-type]  # a numbers.Real
+    return is_finite_real(x) and float(x) > 0  # type: ignore[arg-type]  # a numbers.Real

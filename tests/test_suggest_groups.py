@@ -206,6 +206,14 @@ def test_a_numpy_lr_scale_is_a_float_to_the_probe_and_the_schedule() -> None:
     assert backbone == pytest.approx(0.1 * head)
 
 
+def test_an_lr_scale_too_large_for_a_float_is_a_bad_value_not_an_overflow() -> None:
+    model = _mlp()
+    with pytest.raises(ValueError, match=r"\['lr_scale'\] must be a finite float > 0"):
+        resolve_param_groups(
+            [{"params": model.parameters(), "lr_scale": 10**400}], model, torch.optim.AdamW, {}
+        )
+
+
 def test_resolve_takes_a_single_tensor_as_a_group() -> None:
     model = _mlp()
     specs = resolve_param_groups([{"params": model[0].weight}], model, torch.optim.Adam, {})
