@@ -618,7 +618,6 @@ def tune(
         raise ValueError(f"confirm must be an int >= 0, but got confirm={confirm!r}")
     if not is_int(n_workers) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive int, but got n_workers={n_workers!r}")
-    worker_task = _worker_task(task) if n_workers > 1 else task
     if warmup_transfer not in TRANSFERS:
         raise ValueError(
             f"warmup_transfer must be one of {TRANSFERS}, but got "
@@ -632,6 +631,8 @@ def tune(
             f"trial_steps must be an int in [2, total_steps={total}], but got "
             f"trial_steps={trial_steps!r}"
         )
+    # pickling the task may take a while (its data): after the cheap checks, before the probe
+    worker_task = _worker_task(task) if n_workers > 1 else task
     url = _storage.normalize_url(storage or _storage.default_storage_url(n_workers))
     if n_workers > 1 and url.startswith("sqlite"):
         _logger.warning(
