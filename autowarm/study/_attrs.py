@@ -29,6 +29,8 @@ Study user attributes:
 ``autowarm.metric``               what a trial's value is, in words
 ``autowarm.optimizer``            the optimizer and its settings (:meth:`Task.optimizer_identity`)
 ``autowarm.grad_clip``            the trials' gradient-norm clipping, or ``None``
+``autowarm.data``                 ``{"train_batches": n, "val_batches": n}`` by ``len()``
+                                  (``None`` where the data has no length; :meth:`Task.data_sizes`)
 ================================  =============================================================
 
 Trial user attributes:
@@ -76,6 +78,7 @@ MODEL: Final = "autowarm.model"
 METRIC: Final = "autowarm.metric"
 OPTIMIZER: Final = "autowarm.optimizer"
 GRAD_CLIP: Final = "autowarm.grad_clip"
+DATA: Final = "autowarm.data"
 
 # trial user attributes
 ROLE: Final = "autowarm.role"

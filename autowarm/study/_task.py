@@ -177,6 +177,14 @@ class Task:
         text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
+    def data_sizes(self, seed: int = 0) -> dict[str, int | None]:
+        """How many batches the training data (``data(seed)``) and the validation data hold,
+        by ``len()``; ``None`` where the data has no length (a stream, an iterable dataset).
+        Recorded in a study, so a resume on a subset or a superset of the data the study
+        started with (the same model and settings otherwise) is refused. The batches are not
+        read: data with random augmentation resumes as it should."""
+        return {"train_batches": _length(self.data(seed)), "val_batches": _length(self.val_data)}
+
     def optimizer_identity(self) -> str:
         """The optimizer and its settings as one line, e.g. ``"torch.optim.adamw.AdamW(betas=
         (0.9, 0.95), weight_decay=0.1)"``. Recorded in a study, so a resume with another
@@ -265,6 +273,18 @@ class Task:
         if count == 0:
             raise ValueError("val_data yielded no batches; pass at least one validation batch")
         return total / count
+
+
+def _length(data: Any) -> int | None:
+    # len() where the data defines it (a list, a DataLoader over a map-style dataset); None for
+    # streams and for DataLoaders over iterable datasets without a length (their len() raises).
+    if data is None:
+        return None
+    try:
+        n = len(data)
+    except (TypeError, NotImplementedError):
+        return None
+    return int(n)
 
 
 def _one_shot(data: Any) -> bool:

@@ -769,6 +769,8 @@ def _set_up(
             _attrs.OPTIMIZER: task.optimizer_identity(),
             _attrs.GRAD_CLIP: task.grad_clip,
             _attrs.METRIC: _metric(task),
+            # nor trials on a subset or superset of the data (its content is not compared)
+            _attrs.DATA: task.data_sizes(seed),
         }
         _check_resumable(study, expected)
         model = task.model_fingerprint(seed)

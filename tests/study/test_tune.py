@@ -458,6 +458,16 @@ def test_resume_with_other_settings_is_an_error(
             r"optimizer=.*this run has .*AdamW\(weight_decay=5\.0\)",
         ),
         (dataclasses.replace(task, grad_clip=0.5), r"grad_clip=None, but this run has .*=0\.5"),
+        # a subset of the training data, or more validation batches: another run's trials
+        (
+            dataclasses.replace(task, train_data=list(task.train_data)[:5]),  # type: ignore[call-overload]
+            r"data=\{'train_batches': 10, 'val_batches': 1\}, but this run has .*"
+            r"\{'train_batches': 5, 'val_batches': 1\}",
+        ),
+        (
+            dataclasses.replace(task, val_data=list(task.val_data or []) * 2),
+            r"'val_batches': 1\}, but this run has .*'val_batches': 2\}",
+        ),
         (
             dataclasses.replace(task, val_data=None, eval_fn=None),
             r"metric='validation loss .*, but this run has .*'mean training loss",
@@ -1226,3 +1236,35 @@ def test_an_unpicklable_task_for_several_workers_is_refused_before_the_probe(
     with pytest.raises(ValueError, match="with n_workers > 1 the task must pickle"):
         autowarm.tune(local, storage=str(db), n_workers=2, n_trials=4, progress=False)
     assert not db.exists()
+
+
+def test_data_sizes_count_batches_without_reading_them(task: Task) -> None:
+    class Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            return iter(task.train_data)  # type: ignore[arg-type]
+
+    def batches(seed: int) -> Any:
+        return (b for b in task.train_data)  # type: ignore[union-attr]
+
+    assert task.data_sizes(0) == {"train_batches": 10, "val_batches": 1}
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=None)
+    streamed = dataclasses.replace(task, train_data=loader, val_data=None)
+    assert streamed.data_sizes(0) == {"train_batches": None, "val_batches": None}
+    assert dataclasses.replace(task, train_data=batches).data_sizes(3)["train_batches"] is None
+    dataset = torch.utils.data.TensorDataset(torch.zeros(70, 8), torch.zeros(70, 1))
+    mapped = dataclasses.replace(task, train_data=torch.utils.data.DataLoader(dataset, 32))
+    assert mapped.data_sizes(0)["train_batches"] == 3
+
+
+def test_a_resume_on_other_batches_of_the_same_size_is_allowed(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # augmentation draws other values on every run: sizes are compared, never the values
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    autowarm.tune(task, n_trials=4, suggestion=suggestion, **kw)
+    jittered = [(x + 0.01 * torch.randn_like(x), y) for x, y in task.train_data]  # type: ignore[union-attr]
+    again = autowarm.tune(dataclasses.replace(task, train_data=jittered), n_trials=5, **kw)
+    assert len(again.trials) == 5
+    assert again.study.user_attrs[_attrs.DATA] == {"train_batches": 10, "val_batches": 1}
