@@ -303,8 +303,15 @@ class ModelSnapshot:
         errors: list[BaseException] = []
         for module, kind, name, tensor in self._slots:
             slots = getattr(module, kind)
-            if name not in slots or slots[name] is not tensor:
-                slots[name] = tensor
+            current = slots.get(name)
+            if current is tensor:
+                continue
+            if not exact and isinstance(current, torch.Tensor) and _converted(tensor, current):
+                # model.to(device) / .double() after the snapshot gives every buffer a new
+                # tensor: the original takes its place where it is now (its storage; the
+                # saved values are copied in below), so the model stays on its new device.
+                tensor.data = current.data
+            slots[name] = tensor
         with torch.no_grad():
             for tensor, saved, meta in zip(self._tensors, self._copies, self._meta, strict=True):
                 _attempt(errors, _restore_tensor, tensor, saved, meta, exact)
@@ -325,6 +332,15 @@ class ModelSnapshot:
     def _check_live(self) -> None:
         if self._released:
             raise RuntimeError("this ModelSnapshot was released and can no longer restore")
+
+
+def _converted(original: torch.Tensor, current: torch.Tensor) -> bool:
+    # `current` took `original`'s slot with its shape but another device or dtype: what
+    # Module.to / .double() leave (a forward that reassigns a buffer keeps its old rebinding).
+    return current.shape == original.shape and (current.device, current.dtype) != (
+        original.device,
+        original.dtype,
+    )
 
 
 def _attempt(errors: list[BaseException], fn: Any, *args: Any) -> None:

@@ -105,6 +105,45 @@ def _plain_steps(task: Any, model: torch.nn.Module, n: int, lr: float) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_model_with_buffers(device: torch.device) -> int:
+    # A CPU model with BatchNorm buffers probed with suggest(device=...): Module.to gives the
+    # buffers new tensors, which the bursts must keep on the device (the review of 2026-11-27
+    # found them put back on the CPU before every burst). 1 when it fails or does not restore.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 1)
+    )
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(64 * 16, 8, generator=g)
+    ys = xs.sum(1, keepdim=True)
+    data = [(xs[i : i + 64], ys[i : i + 64]) for i in range(0, len(xs), 64)]
+    before, rng = _state(model), _rng()
+    try:
+        s = autowarm.suggest(
+            model,
+            data,
+            torch.optim.AdamW,
+            criterion=torch.nn.functional.mse_loss,
+            total_steps=2000,
+            device=device,
+            progress=False,
+        )
+        answer = f"peak lr {s.peak_lr:.3g}, warmup {s.warmup_steps}"
+    except Exception as exc:  # reported, not raised: the table above is still wanted
+        answer = f"FAILED: {type(exc).__name__}: {exc}"
+    after = _state(model)
+    restored = _same_rng(rng, _rng()) and all(
+        a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+        for a, b in zip(before.values(), after.values(), strict=True)
+    )
+    ok = restored and not answer.startswith("FAILED")
+    print(
+        f"\nCPU model with BatchNorm, suggest(device={str(device)!r}): {answer}; "
+        f"back on the CPU bitwise: {'yes' if restored else 'NO'}"
+    )
+    return 0 if ok else 1
+
+
 def main(argv: list[str]) -> int:
     # ``--device cpu`` (and a task list) only to try the script out where there is no GPU.
     device = torch.device(argv[0] if argv else "cuda")
@@ -174,6 +213,7 @@ def main(argv: list[str]) -> int:
             f"| {weights / 2**20:.1f} | {'yes' if restored else 'NO'} |",
             flush=True,
         )
+    failures += _cpu_model_with_buffers(device)
     print(f"{failures} case(s) not restored")
     return 1 if failures else 0
 

@@ -183,6 +183,14 @@ def test_converted_model_stays_converted_between_bursts() -> None:
         snapshot.restore_weights()
         assert model.frozen.weight.dtype == torch.float64
         assert torch.equal(model.frozen.weight, before["params"]["frozen.weight"].double())
+        # Module.to gives every buffer a new tensor: the buffers stay converted too, with
+        # the saved values, and the converted model still runs
+        for name, buf in model.named_buffers():
+            saved = before["buffers"][name]
+            assert buf.dtype == (torch.float64 if saved.is_floating_point() else saved.dtype)
+            assert torch.equal(buf, before["buffers"][name].to(buf.dtype)), name
+        assert model.bn.running_mean.dtype == torch.float64
+        model(torch.arange(5))
     _assert_same(before, model, in_place=False)  # restore_all: float32 again, bitwise
 
 
@@ -249,6 +257,10 @@ def test_cpu_model_probed_on_cuda_comes_back_to_cpu() -> None:
         snapshot.restore_weights()
         assert model.frozen.weight.device.type == "cuda"
         assert torch.equal(model.frozen.weight.cpu(), before["params"]["frozen.weight"])
+        # buffers too (Module.to rebinds them): a burst's forward on CUDA must run
+        assert all(b.device.type == "cuda" for b in model.buffers())
+        assert torch.equal(model.bn.running_mean.cpu(), before["buffers"]["bn.running_mean"])
+        model(torch.arange(5, device="cuda"))
     _assert_same(before, model, in_place=False)
     assert all(p.device.type == "cpu" for p in model.parameters())
 
