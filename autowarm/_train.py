@@ -77,7 +77,7 @@ def nan_in_batch(batch: Any) -> bool:
     return False
 
 
-def move_to_device(batch: Any, device: torch.device, *, copy: bool = False) -> Any:
+def move_to_device(batch: Any, device: torch.device | None, *, copy: bool = False) -> Any:
     """Move every tensor in a (nested) batch to ``device``.
 
     Tuples, lists and mappings are walked recursively. Namedtuples keep their type, and so do
@@ -90,23 +90,29 @@ def move_to_device(batch: Any, device: torch.device, *, copy: bool = False) -> A
         batch:
             A tensor, or a tuple, list or mapping holding tensors.
         device:
-            Where the tensors should go.
+            Where the tensors should go; ``None``: each stays on its own device (for
+            ``copy=True``).
         copy:
             Copy every tensor, even one already on ``device`` (which is otherwise returned
-            as is), so that nothing done to the result can change ``batch``.
+            as is), so that nothing done to the result can change ``batch``: a copy keeps
+            ``requires_grad`` (inputs that a loss differentiates by) but is cut from
+            ``batch``'s autograd graph, so a backward pass writes no ``.grad`` into ``batch``.
 
     Returns:
         A batch of the same structure with its tensors on ``device``.
     """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, copy=copy)
+        return _detached_copy(batch, device) if copy else batch.to(device)
     if isinstance(batch, PackedSequence):
         # A namedtuple whose batch_sizes must stay on the CPU: its own .to() knows (and takes
         # no copy argument: it returns the batch itself when nothing moves).
-        packed = batch.to(device)  # type: ignore[arg-type]  # its stub lists dtype first
+        packed = batch if device is None else batch.to(device)  # type: ignore[arg-type]
         if copy and packed.data is batch.data:
             packed = type(batch)(
-                batch.data.clone(), batch.batch_sizes, batch.sorted_indices, batch.unsorted_indices
+                _detached_copy(batch.data, None),
+                batch.batch_sizes,
+                batch.sorted_indices,
+                batch.unsorted_indices,
             )
         return packed
     if isinstance(batch, Mapping):
@@ -124,6 +130,12 @@ def move_to_device(batch: Any, device: torch.device, *, copy: bool = False) -> A
         except Exception:  # a sequence subclass with another constructor
             return tuple(items) if isinstance(batch, tuple) else items
     return batch
+
+
+def _detached_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    # A copy on `device` (None: t's own) with t's requires_grad, outside t's autograd graph.
+    c = t.detach().to(device, copy=True)
+    return c.requires_grad_() if t.requires_grad else c
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -610,10 +622,11 @@ class BatchStream:
       draws from that instead: ``restart(seed=...)`` seeds it too, and
       :meth:`restore_generators` puts back the state it had when the stream was made.
     * **One-shot** iterators (``iter(data) is data``: a generator): consumed only as far as
-      needed. Every batch drawn is kept, as drawn (on its original device), so :meth:`restart`
-      replays exactly the same batches before drawing new ones; once the source is exhausted,
-      the kept batches cycle. The memory cost is one reference per batch drawn, i.e. as many
-      batches as the longest burst uses; pass a ``DataLoader`` or a list to avoid it.
+      needed. Every batch drawn is kept, as a copy on its original device (a source that
+      refills one buffer does not change the kept ones), so :meth:`restart` replays exactly
+      the same batches before drawing new ones; once the source is exhausted, the kept batches
+      cycle. The memory cost is one batch per batch drawn, i.e. as many batches as the longest
+      burst uses; pass a ``DataLoader`` or a list to avoid it.
 
     Every batch is handed out as a copy (on ``device``), so a model that writes into its
     inputs (an in-place dropout on them) changes neither the user's tensors nor the batches a
@@ -823,6 +836,9 @@ class BatchStream:
             except StopIteration:
                 self._exhausted = True
             else:
+                # A copy, not the reference: a source that refills one buffer for every batch
+                # (a prefetcher) would otherwise change the batches a later burst replays.
+                raw = move_to_device(raw, None, copy=True)
                 self._cache.append(raw)
                 if self._first is _UNSET:
                     self._first = raw

@@ -444,6 +444,33 @@ def test_exhausted_generator_cycles_its_cache() -> None:
     assert float(stream.next()) == 0.0
 
 
+def test_a_source_refilling_one_buffer_is_replayed_as_drawn() -> None:
+    # a prefetcher that writes every batch into one preallocated tensor
+    def refilled(n: int) -> Iterator[torch.Tensor]:
+        buffer = torch.empty(2)
+        for i in range(n):
+            buffer.fill_(float(i))
+            yield buffer
+
+    stream = BatchStream(refilled(10), CPU)
+    first = [stream.next().tolist() for _ in range(3)]
+    stream.restart()
+    assert [stream.next().tolist() for _ in range(4)] == [*first, [3.0, 3.0]]
+    assert first == [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+
+
+def test_copies_keep_requires_grad_but_not_the_users_graph() -> None:
+    # inputs a loss differentiates by (physics-informed losses) keep requires_grad; the
+    # backward pass of the copy writes no .grad into the user's tensor
+    x = torch.randn(4, 2, requires_grad=True)
+    for copied in (move_to_device((x,), CPU, copy=True)[0], BatchStream([x], CPU).next()):
+        assert copied.requires_grad and copied.is_leaf and copied is not x
+        (du,) = torch.autograd.grad((copied**3).sum(), copied, create_graph=True)
+        du.sum().backward()
+        assert x.grad is None
+        assert torch.equal(copied.detach(), x.detach())
+
+
 def test_moves_batches_to_device() -> None:
     meta = torch.device("meta")
     stream = BatchStream([{"x": torch.ones(2), "y": [torch.zeros(1)]}], meta)
