@@ -306,7 +306,12 @@ class ModelSnapshot:
             current = slots.get(name)
             if current is tensor:
                 continue
-            if not exact and isinstance(current, torch.Tensor) and _converted(tensor, current):
+            if (
+                not exact
+                and isinstance(tensor, torch.Tensor)
+                and isinstance(current, torch.Tensor)
+                and _converted(tensor, current)
+            ):
                 # model.to(device) / .double() after the snapshot gives every buffer a new
                 # tensor: the original takes its place where it is now (its storage; the
                 # saved values are copied in below), so the model stays on its new device.
