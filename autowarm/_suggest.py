@@ -78,7 +78,10 @@ class Suggestion:
         schedule: the full schedule, ready: ``suggestion.schedule.lambda_lr(optimizer)``.
         probe_steps: optimizer steps (forward + backward passes) the probe took.
         rationale: a paragraph a person can check.
-        trace: one row per probe step of every burst.
+        trace: one row per probe step of every burst. ``step`` counts from 0 within a burst
+            (the rationale's "step N" is this one): row ``step`` k holds the loss of the batch
+            before the burst's update k+1 and the second-moment statistics read after that
+            update (the rationale's "update N" is Adam's update count, row N-1).
         signals: the derived measurements (``name``, ``value``, ``unit``, ``description``).
         confidence: ``"high"``, or ``"low"`` with ``low_confidence_reasons``.
         deciding_signal: which signal set the warmup (``loss bursts``, ``second moment``,
@@ -798,7 +801,8 @@ def _rationale(
     rt = o.range_test
     parts = [
         f"Range test: smoothed loss fell fastest at lr {rt.steepest_lr:.3g}, was lowest at "
-        f"{rt.min_loss_lr:.3g}"
+        f"{rt.min_loss_lr:.3g} (leaving out its first points and "
+        f"{'the last one before divergence' if rt.diverged else 'its last one'})"
         + (f" and diverged at {rt.diverge_lr:.3g}." if rt.diverged else " and never diverged."),
         o.notes[0][0].upper() + o.notes[0][1:] + ".",
     ]
@@ -810,16 +814,28 @@ def _rationale(
     if bursts:
         parts.append("Bursts (a W-step ramp, then the peak): " + "; ".join(bursts) + ".")
     if o.settling is not None:
-        how = "settled" if o.settling.settled else "is extrapolated to settle"
-        parts.append(
-            f"Adam's second moment {how} after {o.settling.settling_step:.0f} steps "
-            f"({o.settling.reason})."
-        )
+        st = o.settling
+        n = _ceil_updates(st.settling_step)
+        if st.settled:
+            how = f"settled after {n} updates"
+        elif st.extrapolated and st.settling_step <= st.last_step:
+            how = (
+                f"had not settled by update {n}, the last the bursts observed, which is "
+                "therefore a lower bound"
+            )
+        else:
+            how = f"is extrapolated to settle after {n} updates"
+        parts.append(f"Adam's second moment {how} ({st.reason}).")
     if o.warmup_why is not None:
         parts.append(o.warmup_why[0].upper() + o.warmup_why[1:] + ".")
+    decided = (
+        "no signal asked for one"
+        if o.deciding_signal == "none needed"
+        else f"decided by the {o.deciding_signal}"
+    )
     parts.append(
-        f"Warmup {o.warmup_steps} steps ({o.warmup_steps / total:.1%} of {total}), decided by "
-        f"{o.deciding_signal}; peak LR {o.peak_lr:.3g}."
+        f"Warmup {o.warmup_steps} steps ({o.warmup_steps / total:.1%} of {total}), {decided}; "
+        f"peak LR {o.peak_lr:.3g}."
     )
     parts += [n[0].upper() + n[1:] + "." for n in o.notes[1:]]
     if accumulation_steps > 1:
@@ -833,6 +849,11 @@ def _rationale(
     if o.reasons:
         parts.append("Low confidence: " + "; ".join(o.reasons) + ".")
     return " ".join(parts)
+
+
+def _ceil_updates(steps: float) -> int | str:
+    # The settling step as the warmup takes it (rounded up), or "?" when unknown.
+    return math.ceil(steps) if math.isfinite(steps) else "?"
 
 
 def _suggestion(

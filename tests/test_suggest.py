@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -1268,6 +1269,55 @@ def test_an_unneeded_ramp_leaves_the_warmup_to_the_second_moment(
     assert o.deciding_signal in ("second moment", "none needed")
     assert o.warmup_steps < 1000 // 4
     assert o.warmup_why is not None and "trains without a ramp" in o.warmup_why
+    # the steps it names are the trace's (from 0): the no-ramp burst's last quarter
+    (no_ramp,) = [v.burst for v in o.verdicts if v.burst.phase == "warmup"]
+    n = len(no_ramp.losses)
+    assert f"over steps {n - max(5, n // 4)}-{n - 1} was" in o.warmup_why
+    assert max(row["step"] for row in no_ramp.rows) == n - 1
+
+
+def test_the_rationale_says_what_the_settling_step_is() -> None:
+    from autowarm._suggest import _rationale
+    from autowarm.probe.signals import settling_step
+
+    # never settles (vhat_change stays large); rel_error alone would settle at t ~ 8 < 20
+    frame = pd.DataFrame(
+        {
+            "step": np.arange(1.0, 21.0),
+            "drift": 1.0,
+            "vhat_change": 0.5,
+            "kappa": 2.0,
+            "n_eff": np.arange(1.0, 21.0),
+            "rel_error": np.sqrt(2.0 / np.arange(1.0, 21.0)),
+        }
+    )
+    st = settling_step(frame, rel_error_tol=0.5, beta2=0.999)
+    assert not st.settled and st.extrapolated and st.last_step == 20.0
+    assert st.settling_step == 20.0 and "not settled by update 20" in st.reason
+    outcome = _outcome_with(settling=st, warmup_steps=20, deciding_signal="second moment")
+    text = _rationale(outcome, 10, 10, 1000)
+    assert "had not settled by update 20, the last the bursts observed" in text
+    assert "decided by the second moment" in text
+    none = _outcome_with(settling=None, warmup_steps=0, deciding_signal="none needed")
+    text = _rationale(none, 10, 10, 1000)
+    assert "Warmup 0 steps (0.0% of 1000), no signal asked for one" in text
+
+
+def _outcome_with(**fields: Any) -> Any:
+    # A ProbeOutcome with a real range test and the given fields, for the rationale's text.
+    from autowarm.probe._search import ProbeOutcome
+    from autowarm.probe.signals import range_test
+
+    lrs = np.geomspace(1e-5, 1.0, 40)
+    rt = range_test(lrs, 2.0 - 0.5 * np.tanh(np.log10(lrs) + 3))
+    base: dict[str, Any] = dict(
+        peak_lr=0.01, warmup_steps=0, deciding_signal="none needed", confidence="high",
+        reasons=[], range_test=rt, verdicts=[], settling=None, peak_reductions=0,
+        warmup_from_bursts=None, notes=["peak = 0.01: a test"], warmup_why=None,
+    )  # fmt: skip
+    base.update(fields)
+    names = {f.name for f in dataclasses.fields(ProbeOutcome)}
+    return ProbeOutcome(**{k: v for k, v in base.items() if k in names})
 
 
 # --------------------------------------------------------------------------------------------

@@ -396,7 +396,7 @@ def _paired_tails(a: BurstResult, b: BurstResult) -> tuple[np.ndarray, np.ndarra
     width = _tail_width(n)
     tail_a = np.asarray(a.losses[n - width : n], dtype=float)
     tail_b = np.asarray(b.losses[n - width : n], dtype=float)
-    return tail_a, tail_b, f"steps {n - width + 1}-{n}"
+    return tail_a, tail_b, f"steps {n - width}-{n - 1}"  # the trace's numbering, from 0
 
 
 def _paired_se(diff: np.ndarray) -> float:
@@ -442,7 +442,7 @@ def _peak_ladder(
     tie_se: float = 1.0,
     refine: bool = True,
 ) -> tuple[list[BurstVerdict], BurstVerdict | None]:
-    """Equal bursts at peaks below the sweep's edge; the one-standard-error rule picks one.
+    """Equal bursts at peaks up to the sweep's edge; the one-standard-error rule picks one.
 
     Every candidate gets the same short ramp and the same number of steps from the initial
     weights, so their tail losses compare like with like. Candidates are ``edge / 10**(k/4)``:
@@ -534,7 +534,7 @@ def run_search(
         )
         peak_why = (
             f"peak = {peak:.3g}: the smallest peak within noise of the lowest loss after "
-            f"{length}-step bursts (a {ramp}-step ramp, then the peak) among peaks below the "
+            f"{length}-step bursts (a {ramp}-step ramp, then the peak) among peaks up to the "
             f"sweep's edge {edge:.3g} (tail losses {tails})"
         )
         verdicts = list(ladder)
@@ -575,6 +575,14 @@ def run_search(
         settings,
         reasons,
     )
+
+
+def _settling_description(st: sig.SettlingResult) -> str:
+    if st.settled:
+        return "v_hat settled (measured)"
+    if st.extrapolated and st.settling_step <= st.last_step:
+        return "v_hat not settled by the last update observed (a lower bound)"
+    return "v_hat settled (extrapolated)"
 
 
 def _ceil_steps(settling: sig.SettlingResult | None) -> int:
@@ -715,7 +723,10 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
             "name": "range_test.min_loss_lr",
             "value": rt.min_loss_lr,
             "unit": "lr",
-            "description": "LR of the minimum smoothed loss",
+            "description": (
+                "LR of the minimum smoothed loss in the analysed window (the sweep before it "
+                "diverged, less its first points and its last one)"
+            ),
         },
         {
             "name": "range_test.diverge_lr",
@@ -738,7 +749,9 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
                 "name": f"{tag}.tv_ratio",
                 "value": s.tv_ratio,
                 "unit": "ratio",
-                "description": "total variation of smoothed loss / net decrease (1 = monotone)",
+                "description": (
+                    "total variation of smoothed loss / its first-to-last fall (1 = monotone)"
+                ),
             },
             {
                 "name": f"{tag}.rise_above_start",
@@ -760,7 +773,7 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
                 "name": "second_moment.settling_step",
                 "value": float(st.settling_step),
                 "unit": "steps",
-                "description": f"v_hat settled ({'measured' if st.settled else 'extrapolated'})",
+                "description": _settling_description(st),
             },
             {
                 "name": "second_moment.kappa",
@@ -774,7 +787,11 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
             "name": "decision.warmup_steps",
             "value": float(outcome.warmup_steps),
             "unit": "steps",
-            "description": f"decided by {outcome.deciding_signal}",
+            "description": (
+                "no signal asked for warmup"
+                if outcome.deciding_signal == "none needed"
+                else f"decided by the {outcome.deciding_signal}"
+            ),
         }
     )
     rows.append(

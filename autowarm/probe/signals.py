@@ -452,7 +452,11 @@ class BurstSignals:
         metadata=_meta("ratio", "(max smoothed loss - start_loss) / |start_loss| (catapult)")
     )
     tv_ratio: float = field(
-        metadata=_meta("ratio", "total variation of smoothed loss / its net decrease (1=monotone)")
+        metadata=_meta(
+            "ratio",
+            "total variation of smoothed loss / its net decrease from first to last smoothed "
+            "point (1=monotone; inf when it ends at or above its first point)",
+        )
     )
     excess_tv: float = field(
         metadata=_meta("ratio", "variation beyond net decrease and noise, over net decrease")
@@ -754,6 +758,10 @@ class SettlingResult:
     beta2: float = field(metadata=_meta("1", "beta2 used (given, from the frame, or inferred)"))
     kappa: float = field(metadata=_meta("ratio", "last finite kappa of the trace"))
     reason: str = field(metadata=_meta("text", "how the answer was reached, with numbers"))
+    last_step: float = field(
+        default=math.nan,
+        metadata=_meta("steps", "last update the trace observed (an unsettled trace's floor)"),
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict."""
@@ -900,12 +908,13 @@ def settling_step(
         "change_step": at["vhat_change"],
         "beta2": b2,
         "kappa": kappa,
+        "last_step": float(step[-1]) if step.size else math.nan,
     }
     detail = ", ".join(
-        f"{k} at step {v:g}" if math.isfinite(v) else f"{k} not yet" for k, v in at.items()
+        f"{k} at update {v:g}" if math.isfinite(v) else f"{k} not yet" for k, v in at.items()
     )
     if overall >= 0:
-        reason = f"settled at step {step[overall]:g}; last to settle: {last} ({detail})"
+        reason = f"settled at update {step[overall]:g}; last to settle: {last} ({detail})"
         return SettlingResult(
             settled=True, extrapolated=False, settling_step=float(step[overall]),
             reason=reason, **common,
@@ -921,7 +930,7 @@ def settling_step(
     estimate = max(t_star, float(step[-1]))
     open_ = [k for k, i in first.items() if i < 0] or ["all three together"]
     reason = (
-        f"not settled by step {step[-1]:g} ({', '.join(open_)} unsettled; {detail}); "
+        f"not settled by update {step[-1]:g} ({', '.join(open_)} unsettled; {detail}); "
         f"rel_error = sqrt(kappa/n_eff(t)) with kappa={kappa:.3g}, beta2={b2:.6g} reaches "
         f"{rel_error_tol:g} (or saturation) at n_eff={need:.4g}, t={t_star:.1f}"
     )

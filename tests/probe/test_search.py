@@ -110,7 +110,7 @@ def test_needs_ramp_no_when_the_bursts_agree_within_noise() -> None:
         _verdict(list(ramped + jitter), warmup=0), _verdict(list(ramped), warmup=10)
     )
     assert not needed
-    assert "steps 31-40" in why and "paired difference" in why
+    assert "steps 30-39" in why and "paired difference" in why
 
 
 def test_needs_ramp_yes_for_a_small_shift_hidden_in_large_shared_noise() -> None:
@@ -125,11 +125,11 @@ def test_needs_ramp_yes_for_a_small_shift_hidden_in_large_shared_noise() -> None
 
 
 def test_needs_ramp_compares_the_same_steps_when_the_no_ramp_burst_is_shorter() -> None:
-    # The ramped burst is 40 steps; a 20-step no-ramp burst is compared on steps 16-20.
+    # The ramped burst is 40 steps; a 20-step no-ramp burst is compared on steps 15-19 (counted from 0, as in the trace).
     ramped = list(_noisy_curve(40))
     shorter = [x - 0.05 for x in ramped[:20]]
     needed, why = needs_ramp(_verdict(shorter, warmup=0), _verdict(ramped, warmup=10))
-    assert not needed and "steps 16-20" in why
+    assert not needed and "steps 15-19" in why
     # Against the ramped burst's own tail (a later, lower stretch) it would have looked worse.
     assert np.mean(shorter[-5:]) > np.mean(ramped[-10:])
 
