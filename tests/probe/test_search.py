@@ -125,7 +125,8 @@ def test_needs_ramp_yes_for_a_small_shift_hidden_in_large_shared_noise() -> None
 
 
 def test_needs_ramp_compares_the_same_steps_when_the_no_ramp_burst_is_shorter() -> None:
-    # The ramped burst is 40 steps; a 20-step no-ramp burst is compared on steps 15-19 (counted from 0, as in the trace).
+    # The ramped burst is 40 steps; a 20-step no-ramp burst is compared on steps 15-19
+    # (counted from 0, as in the trace).
     ramped = list(_noisy_curve(40))
     shorter = [x - 0.05 for x in ramped[:20]]
     needed, why = needs_ramp(_verdict(shorter, warmup=0), _verdict(ramped, warmup=10))
