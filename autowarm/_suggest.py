@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -517,14 +518,23 @@ def suggest(
     )
 
 
+_GROUPS_NOTE = "The probe trained {n} parameter groups at {scales} times each LR it tried"
+
+
 def _groups_note(groups: list[GroupSpec] | None) -> str | None:
     if groups is None:
         return None
     scales = ", ".join(f"{g.lr_scale:g}" for g in groups)
     return (
-        f"The probe trained {len(groups)} parameter groups at {scales} times each LR it "
-        "tried; the LRs below are those of a group at scale 1."
+        _GROUPS_NOTE.format(n=len(groups), scales=scales)
+        + "; the LRs below are those of a group at scale 1."
     )
+
+
+def trained_in_groups(rationale: str) -> bool:
+    """Whether a suggestion's rationale says the probe trained parameter groups at their own
+    ``lr_scale`` (its LRs, in the trace and the figures, are then those of a scale-1 group)."""
+    return re.search(r"\bThe probe trained \d+ parameter groups at ", rationale) is not None
 
 
 def _probe_optimizer(

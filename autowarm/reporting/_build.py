@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 
 from autowarm._config_io import storage_file_kind
-from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
+from autowarm._suggest import SUGGESTION_FORMAT, Suggestion, trained_in_groups
 from autowarm.probe._search import SearchSettings
 from autowarm.reporting import _figures as F
 from autowarm.reporting import _study as S
@@ -87,6 +87,11 @@ def probe_figures(
             "probe's figures are left out."
         )
         return {}
+    if trained_in_groups(s.rationale):
+        notes.append(
+            "The probe trained parameter groups at their lr_scale times each LR: the LRs in "
+            "the figures and the trace are those of a group at scale 1 (the peak LR's group)."
+        )
     tol = SearchSettings().rel_error_tol
     moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol, who)
     if moment is None:
@@ -292,4 +297,5 @@ def study_report(
         figures=_kept(figures),
         notes=tuple(notes),
         rationale=s.rationale if s is not None else "",
+        rationale_title="Why the probe suggested its schedule (where the study started)",
     )

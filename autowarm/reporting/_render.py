@@ -25,9 +25,9 @@ _HEADLINE = (
     ("total_steps", "total steps"),
     ("probe_steps", "probe steps"),
     ("probe_wall_seconds", "probe wall time (s)"),
-    ("deciding_signal", "deciding signal"),
-    ("confidence", "confidence"),
-    ("low_confidence_reasons", "low-confidence reasons"),
+    ("deciding_signal", "probe's deciding signal"),
+    ("confidence", "probe's confidence"),
+    ("low_confidence_reasons", "probe's low-confidence reasons"),
     ("warmup_steps_low", "near-best warmup, low (steps)"),
     ("warmup_steps_high", "near-best warmup, high (steps)"),
     ("peak_lr_low", "near-best peak LR, low"),
@@ -90,6 +90,7 @@ def to_markdown(
     rationale: str,
     tables: Mapping[str, pd.DataFrame],
     figures: Mapping[str, FigureData],
+    rationale_title: str = "Why",
 ) -> str:
     """The Markdown page; figures and CSVs are referenced by their file names."""
     out = [f"# {title}", "", f"> {status_text}", ""]
@@ -97,7 +98,7 @@ def to_markdown(
     out += ["## Summary", "", "| | |", "|---|---|"]
     out += [f"| {label} | {text} |" for label, text in headline(tables["summary"])]
     if rationale:
-        out += ["", "## Why", "", rationale]
+        out += ["", f"## {rationale_title}", "", rationale]
     out += ["", "## Figures", ""]
     for f in figures.values():
         out += [f"### {f.title}", "", f"![{f.title}]({f.name}.png)", "", f.caption, ""]
@@ -131,6 +132,7 @@ def to_html(
     rationale: str,
     tables: Mapping[str, pd.DataFrame],
     pngs: Mapping[str, tuple[FigureData, bytes]],
+    rationale_title: str = "Why",
 ) -> str:
     """One page with every figure embedded as a base64 PNG; nothing is loaded from outside."""
     e = html.escape
@@ -147,7 +149,7 @@ def to_html(
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in headline(tables["summary"])]
     out.append("</table>")
     if rationale:
-        out.append(f"<h2>Why</h2><p>{e(rationale)}</p>")
+        out.append(f"<h2>{e(rationale_title)}</h2><p>{e(rationale)}</p>")
     out.append("<h2>Figures</h2>")
     for f, png in pngs.values():
         data = base64.b64encode(png).decode("ascii")

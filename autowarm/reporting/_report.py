@@ -35,6 +35,8 @@ class Report:
         figures: figure name to :class:`FigureData` (the data each PNG is drawn from).
         notes: what the report could not show and why, one sentence each.
         rationale: the probe's rationale paragraph, when there was a probe.
+        rationale_title: the heading above it (a study's report says that it is the probe's
+            reasoning, not the study's choice).
     """
 
     title: str
@@ -44,6 +46,7 @@ class Report:
     figures: Mapping[str, FigureData]
     notes: tuple[str, ...] = ()
     rationale: str = field(default="", repr=False)
+    rationale_title: str = "Why"
 
     @property
     def running(self) -> bool:
@@ -67,7 +70,13 @@ class Report:
     def to_markdown(self) -> str:
         """``report.md``: the page, figures referenced as ``NAME.png`` beside it."""
         return _render.to_markdown(
-            self.title, self.status_text, self.notes, self.rationale, self.tables, self.figures
+            self.title,
+            self.status_text,
+            self.notes,
+            self.rationale,
+            self.tables,
+            self.figures,
+            self.rationale_title,
         )
 
     def to_html(self) -> str:
@@ -83,6 +92,7 @@ class Report:
             self.rationale,
             self.tables,
             pngs,
+            self.rationale_title,
         )
 
     def _pngs(self) -> dict[str, tuple[FigureData, bytes]]:

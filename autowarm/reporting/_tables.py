@@ -64,7 +64,10 @@ COMPARISON_COLUMNS = (
 DESCRIPTIONS = {
     A.ROLE_PROBE: "the probe's estimate",
     A.ROLE_NO_WARMUP: "reference: no warmup at the probe's peak LR",
-    A.ROLE_UNTUNED: "reference: 2/(1-beta2) warmup steps at the probe's peak LR",
+    A.ROLE_UNTUNED: (
+        "reference: 2/(1-beta2) warmup steps at the probe's peak LR (at most the longest "
+        "warmup the search space allows)"
+    ),
     A.ROLE_TEN_PERCENT: "reference: 10% of the run as warmup at the probe's peak LR",
     "best": "the study's best trial (the best confirmed at full length, when confirmed)",
 }

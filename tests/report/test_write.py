@@ -160,3 +160,32 @@ def test_missing_matplotlib_says_how_to_install(
     with pytest.raises(ImportError, match=r"pip install 'autowarm\[plot\]'"):
         rep.write(tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_a_study_report_says_whose_reasoning_it_shows(
+    suggestion: autowarm.Suggestion, study: optuna.Study
+) -> None:
+    # the study may pick another schedule than the probe: the probe's paragraph and its
+    # deciding signal and confidence are labelled as the probe's
+    md = autowarm.report(study).to_markdown()
+    assert "## Why the probe suggested its schedule (where the study started)" in md
+    assert "| probe's deciding signal | " in md and "| probe's confidence | " in md
+    alone = autowarm.report(suggestion)
+    assert "## Why\n" in alone.to_markdown() and "<h2>Why</h2>" in alone._html({})
+
+
+def test_a_probe_of_parameter_groups_says_which_lr_the_figures_show(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    import dataclasses
+
+    from autowarm._groups import GroupSpec
+    from autowarm._suggest import _groups_note, trained_in_groups
+
+    assert not trained_in_groups(suggestion.rationale)
+    note = _groups_note([GroupSpec((), {}, 0.1), GroupSpec((), {}, 1.0)])
+    assert note is not None and note.startswith("The probe trained 2 parameter groups at 0.1, 1")
+    grouped = dataclasses.replace(suggestion, rationale=f"{note} ... {suggestion.rationale}")
+    assert trained_in_groups(grouped.rationale)
+    assert any("those of a group at scale 1" in n for n in autowarm.report(grouped).notes)
+    assert not any("scale 1" in n for n in autowarm.report(suggestion).notes)
