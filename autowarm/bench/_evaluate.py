@@ -29,6 +29,7 @@ Every schedule decays with cosine to 0 after its warmup (as the oracle grid does
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import io
 import logging
@@ -36,7 +37,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def _method_schedule(
         counted = _Counted(task.resolved_loss_fn())
         start = time.perf_counter()
         settings = SearchSettings(**(probe_settings or {}))
-        with torch.random.fork_rng(devices=[]), use_settings(settings):
+        with torch.random.fork_rng(devices=[]), use_settings(settings), _no_schedule(counted):
             s = suggest(
                 task.make_model(seed),
                 task.train_data(seed),
@@ -220,7 +221,12 @@ def _run_one(
     task = get_task(task_name)
     if total_steps is not None:
         task = dataclasses.replace(task, total_steps=total_steps)
-    schedule, opt_cls, extra = _method_schedule(task, method, seed, probe_settings)
+    try:
+        schedule, opt_cls, extra = _method_schedule(task, method, seed, probe_settings)
+    except _NoSchedule as exc:
+        # Every LR the probe tried diverged: the method gave no schedule, which counts as a
+        # diverged run (infinite loss), not as a seed left out of its mean.
+        return _no_schedule_row(task, method, seed, probe_settings, exc)
     result = run_schedule(task, schedule, seed, optimizer_cls=opt_cls)
     return {
         "task": task.name,
@@ -241,6 +247,52 @@ def _run_one(
     }
 
 
+class _NoSchedule(Exception):
+    """``suggest()`` found no usable LR (``ProbeDivergedError``) after ``probe_steps`` steps."""
+
+    def __init__(self, message: str, probe_steps: int) -> None:
+        super().__init__(message)
+        self.probe_steps = probe_steps
+
+
+@contextlib.contextmanager
+def _no_schedule(counted: _Counted) -> Iterator[None]:
+    from autowarm._suggest import ProbeDivergedError
+
+    try:
+        yield
+    except ProbeDivergedError as exc:
+        raise _NoSchedule(str(exc).split("\n")[0][:200], counted.calls) from exc
+
+
+def _no_schedule_row(
+    task: BenchTask,
+    method: str,
+    seed: int,
+    probe_settings: dict[str, Any] | None,
+    exc: _NoSchedule,
+) -> dict[str, Any]:
+    probe_steps = exc.probe_steps
+    first_line = str(exc)
+    return {
+        "task": task.name,
+        "method": method_label(method, probe_settings),
+        "seed": seed,
+        "total_steps": task.total_steps,
+        "peak_lr": math.nan,
+        "warmup_steps": math.nan,
+        "optimizer": "AdamW",
+        "probe_steps": probe_steps,
+        "probe_cost": probe_steps / task.total_steps,
+        "final_val_loss": math.inf,
+        "diverged": True,
+        "probe_seconds": 0.0,
+        "run_seconds": 0.0,
+        "confidence": "",
+        "deciding_signal": f"no schedule: {first_line}",
+    }
+
+
 @dataclass(frozen=True)
 class _Job:
     task: str
@@ -257,7 +309,8 @@ class _Job:
 
 # may be empty in a finished row: the non-autowarm methods have no confidence or signal, and
 # final_val_loss is the only field left when an older writer wrote a NaN for a diverged run
-_OPTIONAL = ("confidence", "deciding_signal", "final_val_loss")
+# A probe that found no usable LR (ProbeDivergedError) leaves peak_lr and warmup_steps empty.
+_OPTIONAL = ("confidence", "deciding_signal", "final_val_loss", "peak_lr", "warmup_steps")
 
 
 def _read_rows(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -462,6 +515,7 @@ def regret_table(
                 f"the grid has no runs of task {task!r} with seed(s) {missing}, which the "
                 f"evaluation has: run `autowarm bench grid --seeds {max(used) + 1}` first"
             )
+        _check_complete(cells, str(task), used, steps)
         key = (str(task), tuple(used), steps)
         if key not in oracles:  # once per task and seeds (and its grid-edge warning once)
             oracles[key] = oracle_table(cells, key[0], total_steps=key[2])
@@ -606,6 +660,24 @@ def regret_stem(seeds: list[int] | None, total_steps: int | None) -> str:
     if total_steps is not None:
         stem += f"_{total_steps}steps"
     return stem
+
+
+def _check_complete(cells: pd.DataFrame, task: str, seeds: list[int], steps: int) -> None:
+    # Every cell of the oracle must have every seed the method ran: a grid stopped mid-way has
+    # cells averaged over fewer seeds, whose means are not comparable with the others'.
+    have: dict[tuple[float, int], set[int]] = {}
+    for lr_, w_, seed in zip(cells["peak_lr"], cells["warmup_steps"], cells["seed"], strict=True):
+        have.setdefault((float(lr_), int(w_)), set()).add(int(seed))
+    short = {cell: got for cell, got in have.items() if not set(seeds) <= got}
+    if not short:
+        return
+    (lr, warmup), got = next(iter(short.items()))
+    raise ValueError(
+        f"the grid of task {task!r} ({steps} steps) is incomplete: {len(short)} of {len(have)} "
+        f"cells lack some of the seeds {seeds} that the evaluation ran (e.g. peak_lr {lr:g}, "
+        f"warmup {warmup}: seeds {sorted(got)}); finish it with `autowarm bench grid` "
+        "(it resumes where it stopped), or pass --only-seeds with seeds that every cell has"
+    )
 
 
 def regret_markdown(table: pd.DataFrame) -> str:

@@ -61,11 +61,24 @@ def regret(value: float, oracle_best: float) -> float:
 def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     """The grid rows as a DataFrame (from a CSV path, or a frame passed through).
 
-    Rows with missing fields (cut short by a kill) are dropped; ``diverged`` is boolean.
+    Rows with missing fields (cut short by a kill) are dropped, as the grid itself skips them
+    and runs their cells again; ``diverged`` is boolean.
     """
+    from autowarm.bench._grid import COLUMNS
+
     frame = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source)
-    # a row cut short by a kill mid-write (the grid runs that cell again) has empty fields
-    frame = frame.dropna(subset=["task", "peak_lr", "warmup_steps", "seed", "final_val_loss"])
+    # a row cut short by a kill mid-write has empty fields from the cut on; its last field
+    # may be cut too (a final_val_loss of "1." for "1.556"), so any empty field drops it
+    cut = frame[[c for c in COLUMNS if c in frame.columns]].isna().any(axis=1)
+    if cut.any():
+        warnings.warn(
+            f"{'the grid' if isinstance(source, pd.DataFrame) else source}: dropping "
+            f"{int(cut.sum())} row(s) with empty fields (cut short by a kill; `autowarm bench "
+            "grid` runs their cells again)",
+            UserWarning,
+            stacklevel=2,
+        )
+        frame = frame[~cut]
     if frame["diverged"].dtype != bool:
         frame["diverged"] = frame["diverged"].astype(str).str.lower().eq("true")
     return frame

@@ -277,3 +277,89 @@ def test_regret_compares_each_run_length_with_its_own_oracle(
     pd.DataFrame([{**base, "total_steps": 30, "final_val_loss": 0.6}]).to_csv(ev, index=False)
     with pytest.raises(ValueError, match=r"no runs of task 't' with total_steps=30"):
         regret_table(ev, grid)
+
+
+def _grid_rows(cells: list[tuple[float, int, int, float]]) -> pd.DataFrame:
+    # (lr, warmup, seed, loss) rows of task "t", 10 steps, with every grid column
+    from autowarm.bench._grid import COLUMNS
+
+    rows = [
+        {
+            "task": "t",
+            "peak_lr": lr,
+            "warmup_steps": w,
+            "warmup_frac": w / 10,
+            "total_steps": 10,
+            "seed": seed,
+            "final_val_loss": loss,
+            "diverged": False,
+            "seconds": 1.0,
+            "seconds_per_step": 0.1,
+            "autowarm_version": "0.1.0",
+            "torch_version": "2.13.0",
+        }
+        for lr, w, seed, loss in cells
+    ]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _eval_rows(path: Path, seeds: list[int]) -> Path:
+    base = {"task": "t", "method": "autowarm", "total_steps": 10, "peak_lr": 0.01}
+    base |= {"warmup_steps": 0, "probe_cost": 0.1, "diverged": False, "final_val_loss": 1.2}
+    pd.DataFrame([{**base, "seed": s} for s in seeds]).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_regret_refuses_a_grid_stopped_mid_way(tmp_path: Path) -> None:
+    # seed 1 of the grid stopped after one of its two cells: the other cell's mean would be
+    # seed 0's alone, and the oracle a mix
+    grid = tmp_path / "grid.csv"
+    _grid_rows([(0.01, 0, 0, 1.0), (0.05, 0, 0, 2.0), (0.01, 0, 1, 3.0)]).to_csv(grid, index=False)
+    ev = _eval_rows(tmp_path / "eval.csv", [0, 1])
+    with pytest.raises(ValueError, match=r"grid of task 't' \(10 steps\) is incomplete: 1 of 2 "):
+        regret_table(ev, grid)
+    with pytest.raises(ValueError, match=r"peak_lr 0\.05, warmup 0: seeds \[0\]\).*--only-seeds"):
+        regret_table(ev, grid)
+    # the seeds every cell has compare like with like
+    row = regret_table(ev, grid, seeds=[0]).iloc[0]
+    assert row["oracle_best_loss"] == 1.0 and row["regret"] == pytest.approx(0.2)
+
+
+def test_a_grid_row_cut_inside_its_last_fields_is_dropped(tmp_path: Path) -> None:
+    from autowarm.bench._oracle import load_grid
+
+    grid = tmp_path / "grid.csv"
+    _grid_rows([(0.01, 0, 0, 1.556), (0.05, 0, 0, 2.0)]).to_csv(grid, index=False)
+    lines = grid.read_text().splitlines()
+    # a kill mid-append, then the grid's next append ended the line: "1.556" reads "1."
+    cut = ",".join(lines[1].split(",")[:6]) + ",1." + "," * 5
+    grid.write_text("\n".join([lines[0], cut, lines[2], lines[1]]) + "\n")
+    with pytest.warns(UserWarning, match=r"dropping 1 row\(s\) with empty fields"):
+        frame = load_grid(grid)
+    assert sorted(frame["final_val_loss"]) == [1.556, 2.0]
+
+
+def test_a_probe_with_no_usable_lr_counts_as_a_diverged_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autowarm._suggest
+
+    def every_lr_diverges(model: object, data: object, *a: object, **kw: object) -> None:
+        loss_fn = kw["loss_fn"]
+        for batch in list(data)[:7]:  # type: ignore[call-overload]
+            loss_fn(model, batch)  # type: ignore[operator]  # the probe's steps, counted
+        raise autowarm._suggest.ProbeDivergedError("every LR diverged\nmore", pd.DataFrame())
+
+    monkeypatch.setattr(autowarm._suggest, "suggest", every_lr_diverges)
+    ev = tmp_path / "eval.csv"
+    kw = {"methods": ["autowarm"], "seeds": [0], "workers": 0, "total_steps": 20}
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)  # no JobsFailed: a row
+    row = pd.read_csv(ev).iloc[0]
+    assert row["diverged"] and math.isinf(row["final_val_loss"])
+    assert row["probe_steps"] == 7 and row["probe_cost"] == pytest.approx(7 / 20)
+    assert math.isnan(row["peak_lr"]) and row["deciding_signal"] == (
+        "no schedule: every LR diverged"
+    )
+    evaluate_methods(["control_convex"], csv_path=ev, **kw)  # resumes: the row counts as done
+    assert len(pd.read_csv(ev)) == 1
