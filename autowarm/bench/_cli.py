@@ -6,7 +6,12 @@ Sub-actions:
 * ``table``: the oracle summary of every task in a grid CSV, as JSON (or one task's cells as
   CSV);
 * ``tasks``: the registered tasks, their run lengths and grids, as JSON;
-* ``time``: time one full run per task at a middle cell of its grid, as JSON.
+* ``time``: time one full run per task at a middle cell of its grid, as JSON;
+* ``eval``: ``suggest()`` and the baselines on each task, one full run each (resumable CSV);
+* ``regret``: the regret of each method against the oracle grid (CSV and Markdown);
+* ``overhead``: the second-moment monitor's cost per training step, by model size;
+* ``study``: ``tune()`` against TPE from scratch at the same cost (resumable CSV);
+* ``ranks``: how compressed trials rank schedules against full runs (resumable CSV).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autowarm.bench import _args
+
 __all__ = ["add_arguments", "main", "run"]
 
 DEFAULT_OUT = Path("reports/benchmark")
@@ -27,18 +34,27 @@ GRID_CSV = "oracle_grid.csv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``grid``, ``table``, ``tasks`` and ``time`` sub-actions to ``parser``."""
+    """Add the sub-actions listed in the module docstring to ``parser``."""
     sub = parser.add_subparsers(dest="bench_action", metavar="ACTION", required=True)
 
     grid = sub.add_parser("grid", help="run or resume the oracle grid (appends to a CSV)")
     _add_task_options(grid)
-    grid.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per cell (default 2)")
-    grid.add_argument("--workers", type=int, default=2, help="worker processes; 0 = in-process")
+    grid.add_argument(
+        "--seeds", type=_args.positive_int, default=2, help="seeds 0..N-1 per cell (default 2)"
+    )
+    grid.add_argument(
+        "--workers", type=_args.worker_count, default=2, help="worker processes; 0 = in-process"
+    )
     grid.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     grid.add_argument("--csv", type=Path, default=None, help=f"CSV path (default OUT/{GRID_CSV})")
-    grid.add_argument("--lrs", type=_floats, default=None, help="peak LRs, comma separated")
     grid.add_argument(
-        "--warmups", type=_ints, default=None, help="warmup lengths in steps, comma separated"
+        "--lrs", type=_args.positive_floats, default=None, help="peak LRs, comma separated"
+    )
+    grid.add_argument(
+        "--warmups",
+        type=_args.nonnegative_ints,
+        default=None,
+        help="warmup lengths in steps, comma separated",
     )
 
     table = sub.add_parser("table", help="oracle summary per task of a grid CSV (JSON)")
@@ -51,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     table.add_argument(
         "--total-steps",
-        type=int,
+        type=_args.positive_int,
         default=None,
         help="only the runs of this length (needed when the CSV holds several)",
     )
@@ -84,19 +100,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tasks", default=None, help="comma-separated task names (default: all available)"
+        "--tasks",
+        type=_args.names,
+        default=None,
+        help="comma-separated task names (default: all available)",
     )
     parser.add_argument(
-        "--total-steps", type=int, default=None, help="override every task's run length"
+        "--total-steps",
+        type=_args.positive_int,
+        default=None,
+        help="override every task's run length",
     )
-
-
-def _floats(text: str) -> list[float]:
-    return list(dict.fromkeys(float(x) for x in text.split(",") if x.strip()))  # no repeats
-
-
-def _ints(text: str) -> list[int]:
-    return list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
 
 
 def _dumps(obj: Any) -> str:
@@ -157,8 +171,7 @@ def _selected(args: argparse.Namespace) -> list[Any]:
         tasks = list(available_tasks().values())
     else:
         tasks = []
-        names = dict.fromkeys(n.strip() for n in args.tasks.split(",") if n.strip())
-        for name in names:
+        for name in args.tasks:
             task = get_task(name)
             if task.is_available():
                 tasks.append(task)

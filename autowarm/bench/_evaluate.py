@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
+from autowarm.bench import _args
 from autowarm.bench._grid import RowAppender, process_pool
 from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
@@ -481,6 +482,17 @@ def regret_table(
             that the evaluation has.
     """
     ev = _read_rows(eval_csv)
+    missing = [c for c in ("task", "method", "seed", "total_steps") if c not in ev.columns]
+    if missing:
+        raise ValueError(
+            f"{eval_csv} is not an evaluation CSV (`autowarm bench eval` writes those): it "
+            f"lacks the columns {missing}"
+        )
+    if ev.empty:
+        raise ValueError(
+            f"{eval_csv} has no finished evaluation rows: run `autowarm bench eval` first (its "
+            "failed jobs write no row)"
+        )
     grid = load_grid(grid_csv)
     if seeds is not None:
         have = sorted(int(x) for x in ev["seed"].unique())
@@ -559,12 +571,30 @@ EVAL_CSV = "evaluation.csv"
 
 def add_eval_arguments(parser: Any) -> None:
     """Options of ``autowarm bench eval``."""
-    parser.add_argument("--tasks", default=None, help="comma-separated (default: all available)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes; 0 = here")
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
-    parser.add_argument("--total-steps", type=int, default=None, help="override run length")
+    parser.add_argument(
+        "--tasks", type=_args.names, default=None, help="comma-separated (default: all available)"
+    )
+    parser.add_argument(
+        "--methods",
+        type=_args.names,
+        default=list(METHODS),
+        help=f"comma-separated methods (default: all: {','.join(METHODS)})",
+    )
+    parser.add_argument(
+        "--seeds", type=_args.positive_int, default=2, help="seeds 0..N-1 (default 2)"
+    )
+    parser.add_argument(
+        "--workers", type=_args.worker_count, default=2, help="worker processes; 0 = here"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/benchmark"),
+        help="folder of evaluation.csv (appended to; default reports/benchmark)",
+    )
+    parser.add_argument(
+        "--total-steps", type=_args.positive_int, default=None, help="override run length"
+    )
     parser.add_argument(
         "--probe-setting",
         action="append",
@@ -594,7 +624,7 @@ def add_regret_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--total-steps",
-        type=int,
+        type=_args.positive_int,
         default=None,
         help="only the runs of this length (default: each length its own row); written as "
         "regret_<N>steps.md/.csv",
@@ -605,16 +635,12 @@ def run_eval(args: Any) -> int:
     """``autowarm bench eval``: append method runs to ``OUT/evaluation.csv`` (resumable)."""
     from autowarm.bench.tasks import available_tasks
 
-    names = (
-        list(available_tasks())
-        if args.tasks is None
-        else [n.strip() for n in args.tasks.split(",") if n.strip()]
-    )
+    names = list(available_tasks()) if args.tasks is None else args.tasks
     try:
         path = evaluate_methods(
             names,
             csv_path=args.out / EVAL_CSV,
-            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            methods=args.methods,
             seeds=list(range(args.seeds)),
             workers=args.workers,
             total_steps=args.total_steps,
@@ -714,7 +740,7 @@ def regret_markdown(table: pd.DataFrame) -> str:
     lines.append(
         "| **median** | "
         + " | ".join(
-            f"**{100 * med[m]:.2f}%**" if m in med and math.isfinite(med[m]) else ""
+            f"**{_percent(float(med[m]))}**" if m in med and not pd.isna(med[m]) else ""
             for m in methods
         )
         + " | |"

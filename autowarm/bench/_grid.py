@@ -147,8 +147,8 @@ def grid_cells(
                         f"warmups must lie in [0, total_steps={task.total_steps}] for task "
                         f"{task.name!r}, but got warmup={w}"
                     )
-            if any(not lr > 0 for lr in task_lrs):
-                raise ValueError(f"lrs must be positive floats, but got lrs={task_lrs!r}")
+            if any(not (lr > 0 and math.isfinite(lr)) for lr in task_lrs):
+                raise ValueError(f"lrs must be finite floats > 0, but got lrs={task_lrs!r}")
             cells += [GridCell(task, lr, w, seed) for lr in task_lrs for w in task_warmups]
     return cells
 

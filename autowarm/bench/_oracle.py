@@ -67,6 +67,13 @@ def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     from autowarm.bench._grid import COLUMNS
 
     frame = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source)
+    needed = ["task", "peak_lr", "warmup_steps", "total_steps", "seed", "final_val_loss"]
+    missing = [c for c in [*needed, "warmup_frac", "diverged"] if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{'the grid' if isinstance(source, pd.DataFrame) else source} is not an oracle grid "
+            f"CSV (`autowarm bench grid` writes those): it lacks the columns {missing}"
+        )
     # a row cut short by a kill mid-write has empty fields from the cut on; its last field
     # may be cut too (a final_val_loss of "1." for "1.556"), so any empty field drops it
     cut = frame[[c for c in COLUMNS if c in frame.columns]].isna().any(axis=1)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autowarm._train import train_step
+from autowarm.bench import _args
 from autowarm.probe._moments import SecondMomentMonitor
 from autowarm.probe._state import ModelSnapshot
 
@@ -530,30 +531,39 @@ def _pct(ratio: float) -> str:
     return f"{100.0 * (ratio - 1.0):+.1f}%"
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(float(x)) for x in text.split(",") if x.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of the overhead benchmark to ``parser``."""
     parser.add_argument(
         "--sizes",
-        type=_sizes,
-        default=_sizes("1e6,3e6,1e7,3e7,1e8"),
+        type=_args.sizes,
+        default=_args.sizes("1e6,3e6,1e7,3e7,1e8"),
         help="target parameter counts, comma separated (default 1e6,3e6,1e7,3e7,1e8)",
     )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"), help="folder")
     parser.add_argument(
-        "--steps", type=int, default=None, help="timed steps per arm (default: per size)"
+        "--steps",
+        type=_args.positive_int,
+        default=None,
+        help="timed steps per arm (default: per size)",
     )
     parser.add_argument(
-        "--warmup-steps", type=int, default=None, help="untimed steps per arm (default: per size)"
+        "--warmup-steps",
+        type=_args.count,
+        default=None,
+        help="untimed steps per arm (default: per size)",
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help="rows per step, multiple of 16 (default: per size)"
+        "--batch",
+        type=_args.positive_int,
+        default=None,
+        help="rows per step, multiple of 16 (default: per size)",
     )
-    parser.add_argument("--max-coords", type=int, default=16384, help="monitor coordinates")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--max-coords", type=_args.positive_int, default=16384, help="monitor coordinates"
+    )
+    parser.add_argument(
+        "--threads", type=_args.positive_int, default=1, help="torch threads (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--device",
@@ -580,9 +590,9 @@ def run(args: argparse.Namespace) -> int:
         steps, warmup, batch = default_steps(size, device.type)
         row = measure_overhead(
             size,
-            steps=args.steps or steps,
+            steps=steps if args.steps is None else args.steps,
             warmup_steps=warmup if args.warmup_steps is None else args.warmup_steps,
-            batch=args.batch or batch,
+            batch=batch if args.batch is None else args.batch,
             seed=args.seed,
             max_coords=args.max_coords,
             threads=args.threads,

@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
+from autowarm.bench import _args
 from autowarm.bench._grid import process_pool
 from autowarm.bench._oracle import oracle_table, regret
 from autowarm.bench._run import run_schedule
@@ -405,28 +406,42 @@ RANKS_CSV = "ranks.csv"
 
 def add_study_arguments(parser: Any) -> None:
     """Options of ``autowarm bench study``."""
-    parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
-    parser.add_argument("--methods", default=",".join(STUDY_METHODS), help="comma-separated")
-    parser.add_argument("--seeds", type=int, default=1, help="study seeds 0..N-1 (default 1)")
-    parser.add_argument("--workers", type=int, default=2, help="processes; 0 = in-process")
+    parser.add_argument(
+        "--tasks", type=_args.names, default=None, help="comma-separated tasks (default: all)"
+    )
+    parser.add_argument(
+        "--methods",
+        type=_args.names,
+        default=list(STUDY_METHODS),
+        help=f"comma-separated (default: {','.join(STUDY_METHODS)})",
+    )
+    parser.add_argument(
+        "--seeds", type=_args.positive_int, default=1, help="study seeds 0..N-1 (default 1)"
+    )
+    parser.add_argument(
+        "--workers", type=_args.worker_count, default=2, help="processes; 0 = in-process"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
 
 
 def add_ranks_arguments(parser: Any) -> None:
     """Options of ``autowarm bench ranks``."""
-    parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
-    parser.add_argument("--workers", type=int, default=2, help="processes")
+    parser.add_argument(
+        "--tasks", type=_args.names, default=None, help="comma-separated tasks (default: all)"
+    )
+    parser.add_argument(
+        "--workers", type=_args.worker_count, default=2, help="processes; 0 = in-process"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
 
 
-def _task_names(text: str | None) -> list[str]:
+def _task_names(names: list[str] | None) -> list[str]:
     from autowarm.bench.tasks import available_tasks
 
-    if text is None:
+    if names is None:
         return list(available_tasks())
-    names = [n.strip() for n in text.split(",") if n.strip()]
     for n in names:
         get_task(n)  # a clear KeyError for a typo
     return names
@@ -462,7 +477,7 @@ def run_study_cli(args: Any) -> int:
         run_study_bench(
             _task_names(args.tasks),
             out / STUDY_CSV,
-            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            methods=args.methods,
             seeds=range(args.seeds),
             workers=args.workers,
         )
