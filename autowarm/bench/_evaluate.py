@@ -482,11 +482,11 @@ def regret_table(
             that the evaluation has.
     """
     ev = _read_rows(eval_csv)
-    missing = [c for c in ("task", "method", "seed", "total_steps") if c not in ev.columns]
-    if missing:
+    absent = [c for c in ("task", "method", "seed", "total_steps") if c not in ev.columns]
+    if absent:
         raise ValueError(
             f"{eval_csv} is not an evaluation CSV (`autowarm bench eval` writes those): it "
-            f"lacks the columns {missing}"
+            f"lacks the columns {absent}"
         )
     if ev.empty:
         raise ValueError(
