@@ -52,9 +52,9 @@ from optuna.trial import TrialState
 
 from autowarm.bench import _args
 from autowarm.bench._grid import process_pool
-from autowarm.bench._oracle import oracle_table, regret
+from autowarm.bench._oracle import load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
-from autowarm.bench.tasks import BenchTask, get_task
+from autowarm.bench.tasks import TASKS, BenchTask, get_task
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs
 from autowarm.study._space import SearchSpace
@@ -281,9 +281,13 @@ def run_study_bench(
 def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
     """Per task and method: mean regret over study seeds and cost; ``median`` rows at the end."""
     frame = pd.read_csv(study_csv)
+    # like with like: each method's schedule is scored by full runs on EVAL_SEEDS, so the
+    # oracle is the grid averaged over those seeds, however many more the grid has
+    grid = load_grid(grid_csv)
+    grid = grid[grid["seed"].isin(EVAL_SEEDS)]
     rows = []
     for (task, method), g in frame.groupby(["task", "method"], sort=True):
-        oracle = oracle_table(grid_csv, str(task), total_steps=int(g["total_steps"].iloc[0]))
+        oracle = oracle_table(grid, str(task), total_steps=int(g["total_steps"].iloc[0]))
         regrets = [regret(float(v), oracle.best_loss) for v in g["final_val_loss"]]
         rows.append(
             {
@@ -341,12 +345,16 @@ def run_ranks(
     transfers: Sequence[str] = ("fraction", "absolute"),
     workers: int = 2,
 ) -> Path:
-    """Run (or resume) every oracle-grid cell as a compressed trial, for each transfer rule."""
-    grid = pd.read_csv(grid_csv)
+    """Run (or resume) every oracle-grid cell as a compressed trial, for each transfer rule.
+
+    The trials compress the task's own run (its ``total_steps``), so only the grid's cells of
+    that length are used; a grid with none is an error.
+    """
+    grid = load_grid(grid_csv)
     done = _done_keys(csv_path, ("task", "transfer", "peak_lr", "warmup_steps"))
     jobs = []
     for task_name in tasks:
-        cells = grid[grid["task"] == task_name][["peak_lr", "warmup_steps"]].drop_duplicates()
+        cells = _full_length_cells(grid, task_name)[["peak_lr", "warmup_steps"]].drop_duplicates()
         for transfer in transfers:
             for lr, w in cells.itertuples(index=False):
                 if transfer == "absolute" and w == 0:
@@ -362,6 +370,20 @@ def run_ranks(
     return csv_path
 
 
+def _full_length_cells(grid: pd.DataFrame, task_name: str) -> pd.DataFrame:
+    steps = get_task(task_name).total_steps
+    rows = grid[grid["task"] == task_name]
+    cells = rows[rows["total_steps"] == steps]
+    if cells.empty:
+        have = sorted(int(n) for n in rows["total_steps"].unique())
+        raise ValueError(
+            f"the grid has no cells of task {task_name!r} at its run length of {steps} steps "
+            f"(it has {have or 'none'}): the ranks compare trials compressed from that run "
+            f"with full runs of it; run `autowarm bench grid --tasks {task_name}` first"
+        )
+    return cells
+
+
 def rank_table(ranks_csv: Path, grid_csv: Path) -> pd.DataFrame:
     """Per task and transfer: Spearman rank correlation of compressed vs full-length losses,
     the regret of the cell a compressed study would pick, and whether it is hotter."""
@@ -371,7 +393,9 @@ def rank_table(ranks_csv: Path, grid_csv: Path) -> pd.DataFrame:
     ranks = pd.concat([ranks, zero.assign(transfer="absolute")], ignore_index=True)
     rows = []
     for (task, transfer), g in ranks.groupby(["task", "transfer"], sort=True):
-        oracle = oracle_table(grid_csv, str(task))
+        # the run the trials were compressed from (a grid may hold other lengths too)
+        steps = TASKS[str(task)].total_steps if str(task) in TASKS else None
+        oracle = oracle_table(grid_csv, str(task), total_steps=steps)
         cells = oracle.cells[["peak_lr", "warmup_steps", "mean_val_loss"]]
         merged = g.merge(cells, on=["peak_lr", "warmup_steps"], how="inner")
         trial = merged["trial_value"].replace([np.inf], np.nan)

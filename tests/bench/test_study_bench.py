@@ -83,6 +83,12 @@ def test_study_table_regret_and_median(tmp_path: Path, grid_csv: Path) -> None:
     text = markdown(table)
     assert text.splitlines()[0].startswith("| task | method | study_seeds | regret |")
     assert "| median | tpe_scratch |  | 0.1 |" in text  # NaN cells are blank
+    # a grid seed the study's runs do not use (a luckier one) leaves its oracle as it was
+    grid = pd.read_csv(grid_csv)
+    lucky = grid[grid["seed"] == 0].assign(seed=2, final_val_loss=0.5, diverged=False)
+    pd.concat([grid, lucky]).to_csv(grid_csv, index=False)
+    again = study_table(study_csv, grid_csv)
+    assert again["regret"].tolist() == table["regret"].tolist()
 
 
 def test_tpe_from_scratch_spends_its_budget_in_trials() -> None:
@@ -96,3 +102,23 @@ def test_tpe_from_scratch_spends_its_budget_in_trials() -> None:
     assert set(TPE_BUDGETS) <= set(STUDY_METHODS)
     with pytest.raises(ValueError, match="method must be one of"):
         tpe_trials(bench, 500, "tune_confirm")
+
+
+def test_ranks_refuse_a_grid_of_another_run_length(tmp_path: Path) -> None:
+    from autowarm.bench._study import run_ranks
+
+    # a 60-step grid of a 2,000-step task: its trials would be compressed from 2,000 steps
+    # and ranked against 60-step runs
+    rows = [
+        {
+            "task": "control_convex", "peak_lr": 0.01, "warmup_steps": w, "warmup_frac": w / 60,
+            "total_steps": 60, "seed": 0, "final_val_loss": 1.0, "diverged": False,
+        }
+        for w in (0, 30)
+    ]  # fmt: skip
+    grid = tmp_path / "grid.csv"
+    pd.DataFrame(rows).to_csv(grid, index=False)
+    with pytest.raises(ValueError, match=r"no cells of task 'control_convex' at its run length "
+                       r"of 2000 steps \(it has \[60\]\)"):  # fmt: skip
+        run_ranks(["control_convex"], tmp_path / "ranks.csv", grid, workers=0)
+    assert not (tmp_path / "ranks.csv").exists()
