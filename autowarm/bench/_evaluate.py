@@ -48,7 +48,7 @@ import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
 from autowarm.bench import _args
-from autowarm.bench._grid import RowAppender, process_pool
+from autowarm.bench._grid import RowAppender, process_pool, stop_pool
 from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
@@ -426,7 +426,7 @@ def evaluate_methods(
             for fut in cf.as_completed(futures):
                 finish(futures[fut], fut.result)
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(pool)
             raise
         pool.shutdown()
     if failed:

@@ -344,6 +344,23 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     )
 
 
+def stop_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop ``pool`` now: cancel the jobs not started and end the worker processes.
+
+    For an interrupt (Ctrl-C, or SIGINT to the main process alone): without it the workers
+    would finish their running jobs, whose rows nobody writes any more, before the process
+    could exit (the executor's exit handler waits for them). Their cells run again on resume.
+    """
+    # ProcessPoolExecutor keeps its processes in _processes (CPython 3.8 to 3.14), which
+    # shutdown() clears: read it first. Without it the workers still end themselves once this
+    # process is gone (_exit_with).
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
 def _run_cells(todo: list[GridCell], writer: RowAppender, workers: int) -> list[tuple[str, str]]:
     progress = _Progress(len(todo))
     failed: list[tuple[str, str]] = []
@@ -357,7 +374,7 @@ def _run_cells(todo: list[GridCell], writer: RowAppender, workers: int) -> list[
         for future in cf.as_completed(futures):
             _finish(futures[future], future.result, writer, progress, failed)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)
         raise
     pool.shutdown()
     return failed

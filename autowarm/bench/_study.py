@@ -51,7 +51,7 @@ import torch
 from optuna.trial import TrialState
 
 from autowarm.bench import _args
-from autowarm.bench._grid import process_pool
+from autowarm.bench._grid import process_pool, stop_pool
 from autowarm.bench._oracle import load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import TASKS, BenchTask, get_task
@@ -260,10 +260,11 @@ def run_study_bench(
         for job in jobs:
             _append(csv_path, _one_study(*job))
         return csv_path
-    with process_pool(workers) as pool:
-        futures = {pool.submit(_one_study, *job): job for job in jobs}
-        import concurrent.futures as cf
+    import concurrent.futures as cf
 
+    pool = process_pool(workers)
+    try:
+        futures = {pool.submit(_one_study, *job): job for job in jobs}
         for fut in cf.as_completed(futures):
             row = fut.result()
             _append(csv_path, row)
@@ -275,6 +276,10 @@ def run_study_bench(
                 row["final_val_loss"],
                 row["cost_steps"],
             )
+    except BaseException:
+        stop_pool(pool)  # Ctrl-C: now, not after the running studies (their rows are lost)
+        raise
+    pool.shutdown()
     return csv_path
 
 
@@ -364,9 +369,14 @@ def run_ranks(
                     jobs.append((task_name, float(lr), int(w), transfer))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     _log.info("ranks: %d compressed trials to run", len(jobs))
-    with process_pool(max(1, workers)) as pool:
+    pool = process_pool(max(1, workers))
+    try:
         for row in pool.map(_one_rank, *zip(*jobs, strict=True)) if jobs else []:
             _append(csv_path, row)
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()
     return csv_path
 
 

@@ -303,3 +303,26 @@ def _alive(pid: int) -> bool:
     # a zombie (exited, not yet reaped by the forkserver) counts as ended
     stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
     return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_stop_pool_ends_running_workers_at_once() -> None:
+    # Ctrl-C (or SIGINT to the main process alone) must not wait for the running cells, whose
+    # rows nobody would write: the workers end now and their cells run again on resume
+    import time
+
+    from autowarm.bench._grid import process_pool, stop_pool
+
+    pool = process_pool(2)
+    futures = [pool.submit(time.sleep, 120) for _ in range(4)]
+    deadline = time.monotonic() + 60
+    while not all(f.running() for f in futures[:2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    processes = list(pool._processes.values())  # type: ignore[attr-defined]
+    assert len(processes) == 2
+    start = time.monotonic()
+    stop_pool(pool)
+    for process in processes:
+        process.join(20)
+    assert not any(p.is_alive() for p in processes)
+    assert time.monotonic() - start < 20  # not the 120 s of the running jobs
+    assert all(f.cancelled() for f in futures[2:])
