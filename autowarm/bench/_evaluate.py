@@ -380,12 +380,13 @@ def evaluate_methods(
     done = _done(path)
     jobs = []
     for name in tasks:
-        steps = total_steps if total_steps is not None else get_task(name).total_steps
+        task = get_task(name)  # a task file's rows carry its canonical name, not the path
+        steps = total_steps if total_steps is not None else task.total_steps
         jobs += [
             _Job(name, m, s, total_steps, overrides)
             for m in methods
             for s in seeds
-            if (name, method_label(m, overrides), s, steps) not in done
+            if (task.name, method_label(m, overrides), s, steps) not in done
         ]
     _log.info("evaluate: %d jobs to run, %d already in %s", len(jobs), len(done), path)
     # a row cut inside an optional last field could read as finished: cut it off (its job

@@ -138,8 +138,7 @@ def _run(
 ) -> RunResult:
     model = task.make_model(seed)
     loss_fn = task.resolved_loss_fn()
-    val = task.val_data()
-    initial = evaluate(model, val, loss_fn)
+    initial = task.validation_loss(model)
     optimizer = task.make_optimizer(model.parameters(), schedule.peak_lr, optimizer_cls)
     scheduler = schedule.lambda_lr(optimizer)
     stream = BatchStream(task.train_data(seed), model_device(model))
@@ -156,7 +155,7 @@ def _run(
             break
         scheduler.step()
     seconds = time.perf_counter() - start
-    final = math.inf if diverged else evaluate(model, val, loss_fn)
+    final = math.inf if diverged else task.validation_loss(model)
     if not math.isfinite(final) or final >= divergence_factor * initial:
         diverged, final = True, math.inf
     return RunResult(

@@ -472,11 +472,18 @@ def add_ranks_arguments(parser: Any) -> None:
 
 
 def _task_names(names: list[str] | None) -> list[str]:
+    from autowarm.bench._user import is_task_spec
     from autowarm.bench.tasks import available_tasks
 
     if names is None:
         return list(available_tasks())
     for n in names:
+        if is_task_spec(n):
+            raise ValueError(
+                f"{n}: `bench study` and `bench ranks` run on the built-in tasks only; for your "
+                "own task, run `autowarm bench grid`, `eval` and `regret` on it, and "
+                "`autowarm tune` itself"
+            )
         get_task(n)  # a clear KeyError for a typo
     return names
 

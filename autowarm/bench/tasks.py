@@ -120,6 +120,12 @@ class BenchTask:
         """Whether every module in :attr:`requires` can be imported."""
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
 
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean loss of ``model`` over :meth:`val_data` (eval mode, no gradients)."""
+        from autowarm.bench._run import evaluate
+
+        return evaluate(model, self.val_data(), self.resolved_loss_fn())
+
     def make_model(self, seed: int) -> nn.Module:
         """Build the model with torch seeded by ``seed``; the global RNG is left untouched."""
         with torch.random.fork_rng(devices=[]):
@@ -329,13 +335,22 @@ def available_tasks() -> dict[str, BenchTask]:
 
 
 def get_task(name: str) -> BenchTask:
-    """Look a task up by name.
+    """Look a task up by name, or load a task file (``path/to/task.py:task``, an
+    :class:`autowarm.Task`; see :mod:`autowarm.bench._user`).
 
     Raises:
         KeyError: If there is no such task; the message lists the valid names.
+        ValueError: If a task file does not load or cannot be benchmarked.
     """
+    from autowarm.bench._user import is_task_spec, load_file_task
+
+    if is_task_spec(name):
+        return load_file_task(name)
     try:
         return TASKS[name]
     except KeyError:
         valid = ", ".join(sorted(TASKS))
-        raise KeyError(f"no benchmark task named {name!r}; valid names: {valid}") from None
+        raise KeyError(
+            f"no benchmark task named {name!r}; valid names: {valid}, or a task file "
+            "(path/to/task.py:task, an autowarm.Task)"
+        ) from None

@@ -1,0 +1,110 @@
+"""``autowarm bench`` on a task file (an ``autowarm.Task``), as a user runs it on their own."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autowarm.bench._cli import main
+from autowarm.bench._user import load_file_task
+
+TASK_FILE = """
+import torch
+from torch import nn
+
+import autowarm
+
+g = torch.Generator().manual_seed(0)
+X = torch.randn(320, 6, generator=g)
+Y = X @ torch.randn(6, 1, generator=g)
+{extra}
+
+def make_model(seed):
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+
+task = autowarm.Task(
+    make_model=make_model,
+    train_data=[(X[i : i + 32], Y[i : i + 32]) for i in range(0, 256, 32)],
+    criterion=nn.functional.mse_loss,
+    val_data=[(X[256:], Y[256:])],
+    total_steps=40,
+    {options}
+)
+"""
+
+
+def _task_file(folder: Path, options: str = "", extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mytask.py"
+    path.write_text(textwrap.dedent(TASK_FILE).format(options=options, extra=extra))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_grid_eval_and_regret_on_a_task_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _task_file(tmp_path / "proj")
+    out = tmp_path / "out"
+    grid = ["grid", "--lrs", "0.003,0.03", "--warmups", "0,10", "--seeds", "1"]
+    # one worker: the task travels to the worker process by its file, not pickled
+    assert main([*grid, "--tasks", f"{path}:task", "--workers", "1", "--out", str(out)]) == 0
+    rows = pd.read_csv(out / "oracle_grid.csv")
+    assert set(rows["task"]) == {"mytask.py:task"} and len(rows) == 4
+    assert (rows["total_steps"] == 40).all() and rows["final_val_loss"].notna().all()
+    # the same file from another working directory, by a relative path: the same task
+    monkeypatch.chdir(tmp_path)
+    assert main([*grid, "--tasks", "proj/mytask.py:task", "--workers", "0", "--out", "out"]) == 0
+    assert '"skipped": 4' in capsys.readouterr().out
+    ev = ["eval", "--tasks", "proj/mytask.py:task", "--methods", "hf_default,radam_finder"]
+    ev += ["--seeds", "1", "--workers", "0", "--out", "out"]
+    assert main(ev) == 0
+    assert main(ev) == 0  # resumes: nothing to run again
+    evaluation = pd.read_csv(out / "evaluation.csv")
+    assert len(evaluation) == 2 and set(evaluation["task"]) == {"mytask.py:task"}
+    capsys.readouterr()
+    assert main(["regret", "--out", "out"]) == 0
+    table = pd.read_csv(out / "regret.csv")
+    row = table[(table["task"] == "mytask.py:task") & (table["method"] == "hf_default")].iloc[0]
+    best = rows.groupby(["peak_lr", "warmup_steps"])["final_val_loss"].mean().min()
+    assert row["oracle_best_loss"] == pytest.approx(best)
+
+
+@pytest.mark.parametrize(
+    "options, extra, message",
+    [
+        ("optimizer_cls=torch.optim.SGD,", "", "its optimizer_cls is SGD"),
+        ("precision='bf16-mixed',", "", "mixed precision"),
+        ("accumulation_steps=2,", "", "accumulates gradients"),
+        ("param_groups=lambda m: [{'params': m.parameters()}],", "", "has param_groups"),
+        ("optimizer_kwargs={'momentum': 0.9},", "", r"AdamW does not take \['momentum'\]"),
+    ],
+)
+def test_a_task_file_the_benchmark_cannot_run_is_refused(
+    tmp_path: Path, options: str, extra: str, message: str
+) -> None:
+    path = _task_file(tmp_path, options, extra)
+    with pytest.raises(ValueError, match=rf"mytask.py:task cannot be benchmarked: .*{message}"):
+        load_file_task(f"{path}:task")
+
+
+def test_a_task_file_without_validation_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _task_file(tmp_path)
+    path.write_text(path.read_text().replace("val_data=[(X[256:], Y[256:])],", ""))
+    assert main(["grid", "--tasks", f"{path}:task", "--out", str(tmp_path / "o")]) == 1
+    assert "it has no validation: give it val_data=[...] or eval_fn=..." in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_study_and_ranks_name_what_they_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _task_file(tmp_path)
+    for action in ("study", "ranks"):
+        assert main([action, "--tasks", f"{path}:task", "--out", str(tmp_path)]) == 1
+        assert "run on the built-in tasks only" in capsys.readouterr().err
