@@ -48,7 +48,7 @@ import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
 from autowarm.bench import _args
-from autowarm.bench._grid import RowAppender, process_pool, stop_pool
+from autowarm.bench._grid import RowAppender, check_definitions, process_pool, stop_pool
 from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
@@ -379,8 +379,10 @@ def evaluate_methods(
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _done(path)
     jobs = []
-    for name in tasks:
-        task = get_task(name)  # a task file's rows carry its canonical name, not the path
+    loaded = [get_task(name) for name in tasks]
+    check_definitions(path, loaded)
+    for name, task in zip(tasks, loaded, strict=True):
+        # a task file's rows carry its canonical name (task.name), not the path given
         steps = total_steps if total_steps is not None else task.total_steps
         jobs += [
             _Job(name, m, s, total_steps, overrides)

@@ -14,13 +14,14 @@ import contextlib
 import csv
 import functools
 import importlib.metadata
+import json
 import logging
 import math
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,7 @@ def oracle_grid(
         raise ValueError(f"workers must be an int >= 0, but got workers={workers!r}")
     path = Path(csv_path)
     cells = grid_cells(tasks, lrs=lrs, warmups=warmups, seeds=seeds)
+    check_definitions(path, [tasks] if isinstance(tasks, BenchTask) else tasks)
     done = _existing_keys(path)
     todo = [c for c in cells if c.key not in done]
     skipped = len(cells) - len(todo)
@@ -342,6 +344,58 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
     )
+
+
+def definitions_path(csv_path: Path) -> Path:
+    """The file beside a grid or evaluation CSV that records its tasks' definitions."""
+    return csv_path.with_name(csv_path.name + ".tasks.json")
+
+
+def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
+    """Refuse to resume ``csv_path`` for a task whose definition (:meth:`BenchTask.definition`)
+    differs from the one its rows were written with; record the definitions of new tasks.
+
+    Rows key on the task's name, LR, warmup, length and seed only: without this, a task whose
+    model or optimizer settings were edited would resume on the old definition's rows.
+    A CSV written before this record existed takes the current definitions.
+
+    Raises:
+        ValueError: If a task's definition changed; the message says which parts.
+    """
+    record_path = definitions_path(csv_path)
+    try:
+        recorded: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        recorded = {}
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"{record_path} is not readable ({exc}); it records the task definitions of "
+            f"{csv_path.name}: restore it, or delete it to take the current definitions"
+        ) from None
+    changed = False
+    for task in tasks:
+        now = json.loads(json.dumps(task.definition()))  # as stored: tuples become lists
+        then = recorded.get(task.name)
+        if then is None:
+            recorded[task.name], changed = now, True
+        elif then != now:
+            parts = sorted(k for k in {*then, *now} if then.get(k) != now.get(k))
+            raise ValueError(
+                f"task {task.name!r} has changed since its rows in {csv_path} were written "
+                f"(its {', '.join(parts)}: {_pick(then, parts)} then, {_pick(now, parts)} "
+                f"now): its old rows would be resumed as this task's. Write to another CSV "
+                f"(--out or --csv), or move {csv_path.name} and {record_path.name} away"
+            )
+    if changed:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(recorded, indent=1, sort_keys=True) + "\n"
+        tmp = record_path.with_name(record_path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, record_path)
+
+
+def _pick(record: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    return {k: record.get(k) for k in keys}
 
 
 def stop_pool(pool: cf.ProcessPoolExecutor) -> None:

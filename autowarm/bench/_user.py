@@ -86,6 +86,16 @@ class FileBenchTask(BenchTask):
         """The task's ``(model, batch) -> loss``."""
         return self.task.resolved_loss_fn()  # type: ignore[no-any-return]
 
+    def definition(self) -> dict[str, Any]:
+        """:meth:`BenchTask.definition`, with the task's training and validation data sizes
+        (:meth:`autowarm.Task.data_sizes`) and its ``eval_fn`` by name."""
+        eval_fn = self.task.eval_fn
+        return {
+            **super().definition(),
+            **self.task.data_sizes(0),
+            "eval_fn": None if eval_fn is None else getattr(eval_fn, "__qualname__", "?"),
+        }
+
     def validation_loss(self, model: nn.Module) -> float:
         """The task's validation (its ``eval_fn``, else the mean loss over ``val_data``)."""
         return float(self.task.evaluate(model))

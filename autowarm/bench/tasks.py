@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -119,6 +120,21 @@ class BenchTask:
     def is_available(self) -> bool:
         """Whether every module in :attr:`requires` can be imported."""
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
+
+    def definition(self) -> dict[str, Any]:
+        """What a run of this task depends on besides the schedule, seed and ``total_steps``
+        (which every row records): the model's structure (parameter and buffer names, shapes,
+        dtypes), the optimizer settings, the clipping and the validation batches. Stored
+        beside a grid or evaluation CSV, so rows of a task changed since are not resumed."""
+        model = self.make_model(0)
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        structure = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
+        return {
+            "model": hashlib.sha1(structure.encode()).hexdigest()[:16],
+            "optimizer_kwargs": repr(sorted(dict(self.optimizer_kwargs).items())),
+            "grad_clip": self.grad_clip,
+            "val_batches": len(self.val_data()),
+        }
 
     def validation_loss(self, model: nn.Module) -> float:
         """Mean loss of ``model`` over :meth:`val_data` (eval mode, no gradients)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -34,6 +35,11 @@ task = autowarm.Task(
     {options}
 )
 """
+
+
+def _forget_loaded() -> None:
+    for name in [m for m in sys.modules if m.startswith("autowarm_task_mytask_")]:
+        del sys.modules[name]
 
 
 def _task_file(folder: Path, options: str = "", extra: str = "") -> Path:
@@ -108,3 +114,36 @@ def test_study_and_ranks_name_what_they_take(
     for action in ("study", "ranks"):
         assert main([action, "--tasks", f"{path}:task", "--out", str(tmp_path)]) == 1
         assert "run on the built-in tasks only" in capsys.readouterr().err
+
+
+def test_a_task_changed_since_its_rows_is_not_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _task_file(tmp_path)
+    out = tmp_path / "out"
+    grid = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01", "--warmups", "0"]
+    grid += ["--seeds", "1", "--workers", "0", "--out", str(out)]
+    assert main(grid) == 0
+    assert (out / "oracle_grid.csv.tasks.json").exists()
+    ev = ["eval", "--tasks", f"{path}:task", "--methods", "hf_default", "--seeds", "1"]
+    ev += ["--workers", "0", "--out", str(out)]
+    assert main(ev) == 0
+    # a wider model under the same name: its old rows must not be resumed as this task's
+    narrow, wide = (
+        "Linear(6, 16), nn.Tanh(), nn.Linear(16, 1)",
+        "Linear(6, 32), nn.Tanh(), nn.Linear(32, 1)",
+    )
+    path.write_text(path.read_text().replace(narrow, wide))
+    _forget_loaded()  # a new run of the command imports the file afresh
+    capsys.readouterr()
+    for argv in (grid, ev):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "task 'mytask.py:task' has changed since its rows in" in err and "its model:" in err
+    # other optimizer settings, too
+    weighted = "total_steps=40, optimizer_kwargs={'weight_decay': 0.5},"
+    path.write_text(path.read_text().replace(wide, narrow).replace("total_steps=40,", weighted))
+    _forget_loaded()
+    assert main(grid) == 1
+    assert "its optimizer_kwargs:" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "oracle_grid.csv")) == 1
