@@ -48,7 +48,13 @@ import torch
 
 from autowarm._train import BatchStream, LossFn, model_device, train_step
 from autowarm.bench import _args
-from autowarm.bench._grid import RowAppender, check_definitions, process_pool, stop_pool
+from autowarm.bench._grid import (
+    RowAppender,
+    check_definitions,
+    process_pool,
+    stop_pool,
+    writing_alone,
+)
 from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
@@ -376,11 +382,25 @@ def evaluate_methods(
             f"autowarm), but got methods={list(methods)}"
         )
     path = Path(csv_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = _done(path)
-    jobs = []
     loaded = [get_task(name) for name in tasks]
     check_definitions(path, loaded)
+    with writing_alone(path):  # a second process on this CSV would run every job again
+        _evaluate_jobs(path, tasks, loaded, methods, seeds, workers, total_steps, overrides)
+    return path
+
+
+def _evaluate_jobs(
+    path: Path,
+    tasks: Sequence[str],
+    loaded: Sequence[BenchTask],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    workers: int,
+    total_steps: int | None,
+    overrides: dict[str, Any],
+) -> None:
+    done = _done(path)
+    jobs = []
     for name, task in zip(tasks, loaded, strict=True):
         # a task file's rows carry its canonical name (task.name), not the path given
         steps = total_steps if total_steps is not None else task.total_steps
@@ -434,7 +454,6 @@ def evaluate_methods(
         pool.shutdown()
     if failed:
         raise JobsFailed(path, failed)
-    return path
 
 
 class JobsFailed(RuntimeError):

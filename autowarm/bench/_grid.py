@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import csv
+import fcntl
 import functools
 import importlib.metadata
 import json
@@ -21,7 +22,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,13 +328,14 @@ def oracle_grid(
     path = Path(csv_path)
     cells = grid_cells(tasks, lrs=lrs, warmups=warmups, seeds=seeds)
     check_definitions(path, [tasks] if isinstance(tasks, BenchTask) else tasks)
-    done = _existing_keys(path)
-    todo = [c for c in cells if c.key not in done]
-    skipped = len(cells) - len(todo)
-    _logger.info(
-        "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
-    )
-    failed = _run_cells(todo, RowAppender(path, COLUMNS), workers)
+    with writing_alone(path):
+        done = _existing_keys(path)
+        todo = [c for c in cells if c.key not in done]
+        skipped = len(cells) - len(todo)
+        _logger.info(
+            "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
+        )
+        failed = _run_cells(todo, RowAppender(path, COLUMNS), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 
 
@@ -344,6 +346,30 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
     )
+
+
+@contextlib.contextmanager
+def writing_alone(csv_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``csv_path`` (made if missing) while a grid or an evaluation
+    appends to it: a second process on the same CSV would run every cell again beside the
+    first, writing each row twice.
+
+    Raises:
+        ValueError: If another process holds it.
+    """
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another process is writing {csv_path} (an `autowarm bench` run on the same "
+                "CSV): wait for it to finish, or pass another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def definitions_path(csv_path: Path) -> Path:

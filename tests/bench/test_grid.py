@@ -326,3 +326,21 @@ def test_stop_pool_ends_running_workers_at_once() -> None:
     assert not any(p.is_alive() for p in processes)
     assert time.monotonic() - start < 20  # not the 120 s of the running jobs
     assert all(f.cancelled() for f in futures[2:])
+
+
+def test_a_second_process_on_the_same_csv_is_refused(tmp_path: Path) -> None:
+    # two grids on one CSV would each run every cell and write each row twice
+    import fcntl
+
+    from autowarm.bench._grid import writing_alone
+
+    csv_path = tmp_path / "out" / "oracle_grid.csv"
+    busy = r"another process is writing .*oracle_grid\.csv"
+    with writing_alone(csv_path):
+        # what a second process's lock attempt sees
+        with open(csv_path, "a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=busy), writing_alone(csv_path):
+            pass
+    with writing_alone(csv_path):  # released
+        pass
