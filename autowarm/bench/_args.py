@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 
 __all__ = [
+    "add_run_options",
     "count",
     "names",
     "nonnegative_ints",
@@ -27,28 +29,37 @@ def names(text: str) -> list[str]:
 
 def positive_int(text: str) -> int:
     """An int >= 1 (seeds, steps)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, but got {text!r}")
-    return value
+    return _at_least(text, 1)
 
 
 def worker_count(text: str) -> int:
     """Worker processes: an int >= 0 (0 runs in this process)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be an int >= 0 (0 runs everything in this process), but got {text!r}"
-        )
-    return value
+    return _at_least(text, 0, " (0 runs everything in this process)")
 
 
 def count(text: str) -> int:
     """A non-negative int (untimed steps)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, but got {text!r}")
-    return value
+    return _at_least(text, 0)
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, methods: Sequence[str], seeds: int, seeds_help: str
+) -> None:
+    """``--tasks``, ``--methods`` (default: all of ``methods``), ``--seeds`` and ``--workers``,
+    as ``bench eval`` and ``bench study`` take them."""
+    parser.add_argument(
+        "--tasks", type=names, default=None, help="comma-separated tasks (default: all available)"
+    )
+    parser.add_argument(
+        "--methods",
+        type=names,
+        default=list(methods),
+        help=f"comma-separated methods (default: all: {','.join(methods)})",
+    )
+    parser.add_argument("--seeds", type=positive_int, default=seeds, help=seeds_help)
+    parser.add_argument(
+        "--workers", type=worker_count, default=2, help="worker processes; 0 = in-process"
+    )
 
 
 def positive_floats(text: str) -> list[float]:
@@ -86,6 +97,13 @@ def sizes(text: str) -> list[int]:
             f"must be parameter counts >= 1, comma separated (e.g. 1e6,1e7), but got {text!r}"
         )
     return values
+
+
+def _at_least(text: str, low: int, note: str = "") -> int:
+    value = _int(text)
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an int >= {low}{note}, but got {text!r}")
+    return value
 
 
 def _int(text: str) -> int:

@@ -593,21 +593,7 @@ EVAL_CSV = "evaluation.csv"
 
 def add_eval_arguments(parser: Any) -> None:
     """Options of ``autowarm bench eval``."""
-    parser.add_argument(
-        "--tasks", type=_args.names, default=None, help="comma-separated (default: all available)"
-    )
-    parser.add_argument(
-        "--methods",
-        type=_args.names,
-        default=list(METHODS),
-        help=f"comma-separated methods (default: all: {','.join(METHODS)})",
-    )
-    parser.add_argument(
-        "--seeds", type=_args.positive_int, default=2, help="seeds 0..N-1 (default 2)"
-    )
-    parser.add_argument(
-        "--workers", type=_args.worker_count, default=2, help="worker processes; 0 = here"
-    )
+    _args.add_run_options(parser, methods=METHODS, seeds=2, seeds_help="seeds 0..N-1 (default 2)")
     parser.add_argument(
         "--out",
         type=Path,

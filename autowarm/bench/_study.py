@@ -440,20 +440,8 @@ RANKS_CSV = "ranks.csv"
 
 def add_study_arguments(parser: Any) -> None:
     """Options of ``autowarm bench study``."""
-    parser.add_argument(
-        "--tasks", type=_args.names, default=None, help="comma-separated tasks (default: all)"
-    )
-    parser.add_argument(
-        "--methods",
-        type=_args.names,
-        default=list(STUDY_METHODS),
-        help=f"comma-separated (default: {','.join(STUDY_METHODS)})",
-    )
-    parser.add_argument(
-        "--seeds", type=_args.positive_int, default=1, help="study seeds 0..N-1 (default 1)"
-    )
-    parser.add_argument(
-        "--workers", type=_args.worker_count, default=2, help="processes; 0 = in-process"
+    _args.add_run_options(
+        parser, methods=STUDY_METHODS, seeds=1, seeds_help="study seeds 0..N-1 (default 1)"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
