@@ -55,7 +55,13 @@ from autowarm.bench._grid import (
     stop_pool,
     writing_alone,
 )
-from autowarm.bench._oracle import OracleTable, load_grid, oracle_table, regret
+from autowarm.bench._oracle import (
+    OracleTable,
+    check_seeds_complete,
+    load_grid,
+    oracle_table,
+    regret,
+)
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
@@ -196,7 +202,11 @@ def _method_schedule(
 
 
 class _RAdamW(torch.optim.RAdam):
-    """RAdam with decoupled weight decay, as the AdamW of the other methods."""
+    """RAdam with decoupled weight decay, as the AdamW of the other methods.
+
+    It takes AdamW's options: ``fused`` (a kernel RAdam does not have; the math is the same)
+    is ignored, and ``amsgrad=True``, which RAdam cannot do, is an error.
+    """
 
     def __init__(
         self,
@@ -205,7 +215,16 @@ class _RAdamW(torch.optim.RAdam):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
+        if amsgrad:
+            raise ValueError("the RAdam baseline has no amsgrad: pass amsgrad=False")
         super().__init__(
             params,
             lr=lr,
@@ -213,6 +232,10 @@ class _RAdamW(torch.optim.RAdam):
             eps=eps,
             weight_decay=weight_decay,
             decoupled_weight_decay=True,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
         )
 
 
@@ -418,13 +441,13 @@ def _evaluate_jobs(
     def write(row: dict[str, Any]) -> None:
         writer.write(row)
         _log.info(
-            "%s %s seed %d: loss %.4f (lr %.3g, warmup %d, probe %d steps)",
+            "%s %s seed %d: loss %.4f (lr %.3g, warmup %s, probe %d steps)",
             row["task"],
             row["method"],
             row["seed"],
             row["final_val_loss"],
             row["peak_lr"],
-            row["warmup_steps"],
+            "none" if math.isnan(row["warmup_steps"]) else int(row["warmup_steps"]),
             row["probe_steps"],
         )
 
@@ -549,7 +572,9 @@ def regret_table(
                 f"the grid has no runs of task {task!r} with seed(s) {missing}, which the "
                 f"evaluation has: run `autowarm bench grid --seeds {max(used) + 1}` first"
             )
-        _check_complete(cells, str(task), used, steps)
+        check_seeds_complete(
+            cells, str(task), used, steps, "or pass --only-seeds with seeds that every cell has"
+        )
         key = (str(task), tuple(used), steps)
         if key not in oracles:  # once per task and seeds (and its grid-edge warning once)
             oracles[key] = oracle_table(cells, key[0], total_steps=key[2])
@@ -694,24 +719,6 @@ def regret_stem(seeds: list[int] | None, total_steps: int | None) -> str:
     if total_steps is not None:
         stem += f"_{total_steps}steps"
     return stem
-
-
-def _check_complete(cells: pd.DataFrame, task: str, seeds: list[int], steps: int) -> None:
-    # Every cell of the oracle must have every seed the method ran: a grid stopped mid-way has
-    # cells averaged over fewer seeds, whose means are not comparable with the others'.
-    have: dict[tuple[float, int], set[int]] = {}
-    for lr_, w_, seed in zip(cells["peak_lr"], cells["warmup_steps"], cells["seed"], strict=True):
-        have.setdefault((float(lr_), int(w_)), set()).add(int(seed))
-    short = {cell: got for cell, got in have.items() if not set(seeds) <= got}
-    if not short:
-        return
-    (lr, warmup), got = next(iter(short.items()))
-    raise ValueError(
-        f"the grid of task {task!r} ({steps} steps) is incomplete: {len(short)} of {len(have)} "
-        f"cells lack some of the seeds {seeds} that the evaluation ran (e.g. peak_lr {lr:g}, "
-        f"warmup {warmup}: seeds {sorted(got)}); finish it with `autowarm bench grid` "
-        "(it resumes where it stopped), or pass --only-seeds with seeds that every cell has"
-    )
 
 
 def regret_markdown(table: pd.DataFrame) -> str:

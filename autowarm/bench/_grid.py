@@ -383,7 +383,8 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
 
     Rows key on the task's name, LR, warmup, length and seed only: without this, a task whose
     model or optimizer settings were edited would resume on the old definition's rows.
-    A CSV written before this record existed takes the current definitions.
+    A task without rows in the CSV (a first run whose every cell failed, a CSV deleted or
+    moved) takes its current definition, as does a CSV written before this record existed.
 
     Raises:
         ValueError: If a task's definition changed; the message says which parts.
@@ -399,10 +400,11 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
             f"{csv_path.name}: restore it, or delete it to take the current definitions"
         ) from None
     changed = False
+    with_rows = _task_names_in(csv_path)
     for task in tasks:
         now = json.loads(json.dumps(task.definition()))  # as stored: tuples become lists
         then = recorded.get(task.name)
-        if then is None:
+        if then is None or (then != now and task.name not in with_rows):
             recorded[task.name], changed = now, True
         elif then != now:
             parts = sorted(k for k in {*then, *now} if then.get(k) != now.get(k))
@@ -418,6 +420,15 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
         tmp = record_path.with_name(record_path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, record_path)
+
+
+def _task_names_in(csv_path: Path) -> set[str]:
+    # The tasks that have rows in a grid or evaluation CSV (its "task" column).
+    try:
+        with csv_path.open(newline="", encoding="utf-8") as f:
+            return {row["task"] for row in csv.DictReader(f) if row.get("task")}
+    except (FileNotFoundError, KeyError):
+        return set()
 
 
 def _pick(record: dict[str, Any], keys: list[str]) -> dict[str, Any]:

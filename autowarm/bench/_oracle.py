@@ -15,6 +15,7 @@ __all__ = [
     "FLATNESS_TOLERANCE",
     "GridEdgeWarning",
     "OracleTable",
+    "check_seeds_complete",
     "load_grid",
     "oracle_table",
     "oracle_tables",
@@ -89,6 +90,37 @@ def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     if frame["diverged"].dtype != bool:
         frame["diverged"] = frame["diverged"].astype(str).str.lower().eq("true")
     return frame
+
+
+def check_seeds_complete(
+    cells: pd.DataFrame, task: str, seeds: list[int], steps: int, hint: str
+) -> None:
+    """Refuse an oracle whose cells lack some of ``seeds``: a grid stopped mid-way has cells
+    averaged over fewer seeds, whose means are not comparable with the others'.
+
+    Args:
+        cells: the grid's rows of one task and run length, limited to ``seeds``.
+        task: its name, for the message.
+        seeds: the seeds the methods compared with the oracle ran.
+        steps: the run length, for the message.
+        hint: the other way out, after "finish it with `autowarm bench grid`".
+
+    Raises:
+        ValueError: If a cell lacks a seed; the message names one and how many.
+    """
+    have: dict[tuple[float, int], set[int]] = {}
+    for lr_, w_, seed in zip(cells["peak_lr"], cells["warmup_steps"], cells["seed"], strict=True):
+        have.setdefault((float(lr_), int(w_)), set()).add(int(seed))
+    short = {cell: got for cell, got in have.items() if not set(seeds) <= got}
+    if not have or not short:
+        return
+    (lr, warmup), got = next(iter(short.items()))
+    raise ValueError(
+        f"the grid of task {task!r} ({steps} steps) is incomplete: {len(short)} of {len(have)} "
+        f"cells lack some of the seeds {seeds} that the evaluation ran (e.g. peak_lr {lr:g}, "
+        f"warmup {warmup}: seeds {sorted(got)}); finish it with `autowarm bench grid` "
+        f"(it resumes where it stopped), {hint}"
+    )
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,19 @@ def evaluate(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn) -> float
     return total / count
 
 
+def _positive(task: BenchTask, value: float, when: str) -> float:
+    # Regret (and the divergence test) are ratios of losses: a metric at or below 0 would
+    # read as diverged or flip the sign of every regret.
+    if math.isfinite(value) and value <= 0:
+        raise ValueError(
+            f"task {task.name!r}: the benchmark compares validation losses by their ratio "
+            f"(regret = loss / best - 1), so they must be > 0, but it is {value:.4g} {when}; "
+            "give the task a validation loss > 0 for the benchmark (e.g. val_data scored by "
+            "its loss instead of an eval_fn that can be 0 or negative)"
+        )
+    return value
+
+
 def run_schedule(
     task: BenchTask,
     schedule: ScheduleConfig,
@@ -138,7 +151,7 @@ def _run(
 ) -> RunResult:
     model = task.make_model(seed)
     loss_fn = task.resolved_loss_fn()
-    initial = task.validation_loss(model)
+    initial = _positive(task, task.validation_loss(model), "at the initial weights")
     optimizer = task.make_optimizer(model.parameters(), schedule.peak_lr, optimizer_cls)
     scheduler = schedule.lambda_lr(optimizer)
     stream = BatchStream(task.train_data(seed), model_device(model))
@@ -156,6 +169,8 @@ def _run(
         scheduler.step()
     seconds = time.perf_counter() - start
     final = math.inf if diverged else task.validation_loss(model)
+    if math.isfinite(final):
+        _positive(task, final, "after the run")
     if not math.isfinite(final) or final >= divergence_factor * initial:
         diverged, final = True, math.inf
     return RunResult(

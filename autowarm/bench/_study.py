@@ -52,7 +52,7 @@ from optuna.trial import TrialState
 
 from autowarm.bench import _args
 from autowarm.bench._grid import process_pool, stop_pool
-from autowarm.bench._oracle import load_grid, oracle_table, regret
+from autowarm.bench._oracle import check_seeds_complete, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import TASKS, BenchTask, get_task
 from autowarm.schedules import ScheduleConfig
@@ -292,7 +292,16 @@ def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
     grid = grid[grid["seed"].isin(EVAL_SEEDS)]
     rows = []
     for (task, method), g in frame.groupby(["task", "method"], sort=True):
-        oracle = oracle_table(grid, str(task), total_steps=int(g["total_steps"].iloc[0]))
+        steps = int(g["total_steps"].iloc[0])
+        same = grid[(grid["task"] == task) & (grid["total_steps"] == steps)]
+        check_seeds_complete(
+            same,
+            str(task),
+            list(EVAL_SEEDS),
+            steps,
+            "with --seeds 2 at least (the study scores each method's schedule on seeds 0 and 1)",
+        )
+        oracle = oracle_table(grid, str(task), total_steps=steps)
         regrets = [regret(float(v), oracle.best_loss) for v in g["final_val_loss"]]
         rows.append(
             {

@@ -142,6 +142,8 @@ def load_file_task(spec: str) -> FileBenchTask:
     unknown = sorted(set(task.optimizer_kwargs or {}) - accepted)
     if unknown:
         problems.append(f"AdamW does not take {unknown} from its optimizer_kwargs")
+    if (task.optimizer_kwargs or {}).get("amsgrad"):
+        problems.append("it sets amsgrad=True, which the RAdam baseline cannot do")
     if problems:
         raise ValueError(
             f"task {spec} cannot be benchmarked: " + "; ".join(problems) + " (a task of its "

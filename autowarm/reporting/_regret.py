@@ -101,6 +101,18 @@ def regret_table(
 
 
 def _row(oracle: OracleTable, p: Placed, source: str) -> dict[str, object]:
+    if not (math.isfinite(p.peak_lr) and p.peak_lr > 0):
+        # a benchmark method that gave no schedule on some seed (its probe found no usable
+        # LR): nothing to place on the grid; its value counts that seed as diverged
+        return {
+            **dict.fromkeys(REGRET_COLUMNS, math.nan),
+            "label": f"{p.label} (no schedule on some seed)",
+            "source": source,
+            "value": p.value,
+            "oracle_best_loss": oracle.best_loss,
+            "oracle_best_peak_lr": oracle.best_peak_lr,
+            "oracle_best_warmup_steps": oracle.best_warmup_steps,
+        }
     cells = oracle.cells
     lrs = np.sort(cells["peak_lr"].unique())
     lr = float(lrs[np.argmin(np.abs(np.log(lrs) - math.log(p.peak_lr)))])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -341,7 +342,7 @@ def test_a_grid_row_cut_inside_its_last_fields_is_dropped(tmp_path: Path) -> Non
 
 
 def test_a_probe_with_no_usable_lr_counts_as_a_diverged_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import autowarm._suggest
 
@@ -354,7 +355,9 @@ def test_a_probe_with_no_usable_lr_counts_as_a_diverged_run(
     monkeypatch.setattr(autowarm._suggest, "suggest", every_lr_diverges)
     ev = tmp_path / "eval.csv"
     kw = {"methods": ["autowarm"], "seeds": [0], "workers": 0, "total_steps": 20}
-    evaluate_methods(["control_convex"], csv_path=ev, **kw)  # no JobsFailed: a row
+    with caplog.at_level(logging.INFO, logger="autowarm"):
+        evaluate_methods(["control_convex"], csv_path=ev, **kw)  # no JobsFailed: a row
+    assert "control_convex autowarm seed 0: loss inf (lr nan, warmup none" in caplog.text
     row = pd.read_csv(ev).iloc[0]
     assert row["diverged"] and math.isinf(row["final_val_loss"])
     assert row["probe_steps"] == 7 and row["probe_cost"] == pytest.approx(7 / 20)

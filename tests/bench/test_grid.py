@@ -313,7 +313,7 @@ def test_stop_pool_ends_running_workers_at_once() -> None:
     from autowarm.bench._grid import process_pool, stop_pool
 
     pool = process_pool(2)
-    futures = [pool.submit(time.sleep, 120) for _ in range(4)]
+    futures = [pool.submit(time.sleep, 120) for _ in range(6)]
     deadline = time.monotonic() + 60
     while not all(f.running() for f in futures[:2]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -325,7 +325,8 @@ def test_stop_pool_ends_running_workers_at_once() -> None:
         process.join(20)
     assert not any(p.is_alive() for p in processes)
     assert time.monotonic() - start < 20  # not the 120 s of the running jobs
-    assert all(f.cancelled() for f in futures[2:])
+    # the executor hands workers + 1 jobs to its call queue (marked running); the rest wait
+    assert all(f.cancelled() for f in futures[3:])
 
 
 def test_a_second_process_on_the_same_csv_is_refused(tmp_path: Path) -> None:

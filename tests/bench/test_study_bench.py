@@ -89,6 +89,11 @@ def test_study_table_regret_and_median(tmp_path: Path, grid_csv: Path) -> None:
     pd.concat([grid, lucky]).to_csv(grid_csv, index=False)
     again = study_table(study_csv, grid_csv)
     assert again["regret"].tolist() == table["regret"].tolist()
+    # a grid without seed 1 in some cell: the study's runs (seeds 0 and 1) have no oracle
+    grid = pd.read_csv(grid_csv)
+    grid[~((grid["seed"] == 1) & (grid["peak_lr"] == LRS[0]))].to_csv(grid_csv, index=False)
+    with pytest.raises(ValueError, match=r"grid of task 'toy' \(2000 steps\) is incomplete"):
+        study_table(study_csv, grid_csv)
 
 
 def test_tpe_from_scratch_spends_its_budget_in_trials() -> None:

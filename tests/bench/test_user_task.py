@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from autowarm.bench._cli import main
 from autowarm.bench._user import load_file_task
@@ -147,3 +148,51 @@ def test_a_task_changed_since_its_rows_is_not_resumed(
     assert main(grid) == 1
     assert "its optimizer_kwargs:" in capsys.readouterr().err
     assert len(pd.read_csv(out / "oracle_grid.csv")) == 1
+
+
+def test_a_task_without_rows_takes_its_new_definition(tmp_path: Path) -> None:
+    # a first run whose every cell failed wrote no row: the fixed task is not "changed"
+    from autowarm.bench._grid import check_definitions
+
+    path = _task_file(tmp_path)
+    out = tmp_path / "out"
+    csv_path = out / "oracle_grid.csv"
+    check_definitions(csv_path, [load_file_task(f"{path}:task")])
+    path.write_text(path.read_text().replace("Linear(6, 16)", "Linear(6, 8)").replace(
+        "Linear(16, 1)", "Linear(8, 1)"))  # fmt: skip
+    _forget_loaded()
+    check_definitions(csv_path, [load_file_task(f"{path}:task")])  # no rows: no refusal
+    csv_path.write_text("task,peak_lr\nmytask.py:task,0.01\n")  # now it has a row
+    path.write_text(path.read_text().replace("Linear(6, 8)", "Linear(6, 4)").replace(
+        "Linear(8, 1)", "Linear(4, 1)"))  # fmt: skip
+    _forget_loaded()
+    with pytest.raises(ValueError, match="has changed since its rows"):
+        check_definitions(csv_path, [load_file_task(f"{path}:task")])
+
+
+def test_a_validation_metric_at_or_below_zero_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # regret and the divergence test are ratios of losses: -1/(1+mse) would read as diverged
+    mse = "float(((model(X[256:]) - Y[256:]) ** 2).mean())"
+    extra = f"def score(model):\n    return -1.0 / (1.0 + {mse})\n"
+    path = _task_file(tmp_path, "eval_fn=score,", extra)
+    argv = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01", "--warmups", "0", "--seeds", "1"]
+    assert main([*argv, "--workers", "0", "--out", str(tmp_path / "o")]) == 1
+    out = capsys.readouterr().out
+    assert "the benchmark compares validation losses by their ratio" in out
+    assert "at the initial weights" in out
+    assert len(pd.read_csv(tmp_path / "o" / "oracle_grid.csv")) == 0  # nothing counted
+
+
+def test_adamw_options_reach_the_radam_baseline(tmp_path: Path) -> None:
+    from autowarm.bench._evaluate import _RAdamW
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    opt = _RAdamW(w, foreach=True, maximize=False, fused=True, weight_decay=0.1)
+    assert opt.defaults["foreach"] is True and opt.defaults["decoupled_weight_decay"]
+    with pytest.raises(ValueError, match="the RAdam baseline has no amsgrad"):
+        _RAdamW(w, amsgrad=True)
+    path = _task_file(tmp_path, "optimizer_kwargs={'amsgrad': True},")
+    with pytest.raises(ValueError, match="amsgrad=True, which the RAdam baseline cannot do"):
+        load_file_task(f"{path}:task")

@@ -403,3 +403,48 @@ def test_missing_storage_file_is_not_created(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         autowarm.report((f"sqlite:///{db}", "night"))
     assert not db.exists()
+
+
+def test_a_benchmark_method_without_a_schedule_is_listed_not_placed(tmp_path: Path) -> None:
+    # `bench regret` rows of a method whose probe found no usable LR on a seed: no peak to
+    # place on the grid; the row says so instead of failing the report
+    from autowarm.bench._grid import COLUMNS as GRID_COLUMNS
+    from autowarm.reporting._regret import regret_table
+
+    grid = [
+        {
+            "task": "control_convex", "peak_lr": lr, "warmup_steps": w, "warmup_frac": w / 2000,
+            "total_steps": 2000, "seed": s, "final_val_loss": 1.0 + lr + w / 1e4,
+            "diverged": False, "seconds": 1.0, "seconds_per_step": 1e-3,
+            "autowarm_version": "x", "torch_version": "y",
+        }
+        for lr in (0.001, 0.004, 0.016) for w in (0, 200) for s in (0, 1)
+    ]  # fmt: skip
+    pd.DataFrame(grid, columns=list(GRID_COLUMNS)).to_csv(tmp_path / "oracle_grid.csv")
+    pd.DataFrame(
+        [
+            {
+                "task": "control_convex",
+                "method": "autowarm",
+                "peak_lr": math.nan,
+                "warmup_steps": math.nan,
+                "mean_val_loss": math.inf,
+            },
+            {
+                "task": "control_convex",
+                "method": "hf_default",
+                "peak_lr": 5e-5,
+                "warmup_steps": 0.0,
+                "mean_val_loss": 1.5,
+            },
+        ]
+    ).to_csv(tmp_path / "regret.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = regret_table(tmp_path, "control_convex", [])
+    assert list(table["label"]) == [
+        "benchmark: autowarm (no schedule on some seed)",
+        "benchmark: hf_default",
+    ]
+    assert math.isinf(table.loc[0, "value"]) and math.isnan(table.loc[0, "grid_peak_lr"])
+    assert table.loc[1, "grid_peak_lr"] == 0.001
