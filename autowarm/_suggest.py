@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -437,12 +438,22 @@ def suggest(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        # Ranks whose bursts stop at different steps would wait on each other's all-reduce
-        # forever; the probe is a single-process job.
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise ValueError(
-            "suggest() probes one process: pass the unwrapped module (model.module) on one "
-            "rank, then share the suggestion (e.g. torch.distributed.broadcast_object_list)"
+            "the model's weights are on the meta device, which holds no values (a model built "
+            "under torch.device('meta')): materialise it first (model.to_empty(device=...), "
+            "then initialise the weights or load a checkpoint)"
+        )
+    if device is not None and torch.device(device).type == "meta":
+        raise ValueError("device='meta' holds no values: pass 'cpu', 'cuda' or None")
+    if _distributed(model):
+        # Ranks whose bursts stop at different steps would wait on each other's all-reduce
+        # forever, and ranks that happen not to would pair up unrelated bursts; the probe is a
+        # single-process job.
+        raise ValueError(
+            "suggest() probes one process: pass the unwrapped module (model.module, or "
+            "model._orig_mod.module for torch.compile(DDP(model))) on one rank, then share "
+            "the suggestion (e.g. torch.distributed.broadcast_object_list)"
         )
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise TypeError(
@@ -519,6 +530,20 @@ def suggest(
 
 
 _GROUPS_NOTE = "The probe trained {n} parameter groups at {scales} times each LR it tried"
+
+
+def _distributed(model: nn.Module) -> bool:
+    # DistributedDataParallel, also inside torch.compile's wrapper (OptimizedModule keeps the
+    # compiled module as _orig_mod; compile(DDP(m)) is the order torch's docs use).
+    seen = 0
+    while seen < 8:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return True
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return False
+        model, seen = inner, seen + 1
+    return False
 
 
 def _groups_note(groups: list[GroupSpec] | None) -> str | None:
@@ -628,12 +653,24 @@ def _probe(
     finally:
         bar.close()
     if runner.has_second_moment is False:
-        warnings.warn(_no_second_moment_message(optimizer_cls), UserWarning, stacklevel=3)
+        warnings.warn(
+            _no_second_moment_message(optimizer_cls, runner.second_moment_note),
+            UserWarning,
+            stacklevel=3,
+        )
     return outcome, runner
 
 
-def _no_second_moment_message(optimizer_cls: type[torch.optim.Optimizer]) -> str:
+def _no_second_moment_message(
+    optimizer_cls: type[torch.optim.Optimizer], note: str | None = None
+) -> str:
     name = optimizer_cls.__name__
+    if note is not None:
+        return (
+            f"{name} keeps Adam's second moment, but the probe cannot read it here ({note}: "
+            "the monitor reads dense gradients); the estimate uses the loss signals alone, and "
+            "warmup may well matter"
+        )
     if issubclass(optimizer_cls, torch.optim.SGD):
         return (
             f"{name} keeps no second moment (exp_avg_sq): warmup matters little for it, and "

@@ -102,6 +102,11 @@ def move_to_device(batch: Any, device: torch.device | None, *, copy: bool = Fals
         A batch of the same structure with its tensors on ``device``.
     """
     if isinstance(batch, torch.Tensor):
+        if batch.is_meta and (device is None or device.type != "meta"):
+            raise ValueError(
+                "a tensor of the batch is on the meta device, which holds no data: the data "
+                "must yield tensors with values (on the CPU or the model's device)"
+            )
         return _detached_copy(batch, device) if copy else batch.to(device)
     if isinstance(batch, PackedSequence):
         # A namedtuple whose batch_sizes must stay on the CPU: its own .to() knows (and takes
@@ -271,6 +276,15 @@ def _loss_from_output(output: Any) -> Any:
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")
+    if loss is None and isinstance(output, (tuple, list)):
+        # a Hugging Face model with return_dict=False returns (loss, logits, ...) when it was
+        # given labels: which item is the loss is the model's convention, not ours to guess
+        raise TypeError(
+            f"the model returned a {type(output).__name__} of {len(output)} items, not an "
+            "output with a .loss (a Hugging Face model built with return_dict=False does "
+            "that); build it with return_dict=True, or pass "
+            "loss_fn=lambda model, batch: model(**batch)[0] if its first item is the loss"
+        )
     if loss is None:
         raise TypeError(
             f"the model output (type {type(output).__name__}) has no loss; pass labels in the "

@@ -676,6 +676,27 @@ def test_an_adaptive_optimizer_without_exp_avg_sq_is_not_told_warmup_matters_lit
     _assert_valid(s, budget=60)
 
 
+def test_sparse_adam_says_its_second_moment_was_not_read() -> None:
+    # SparseAdam keeps a dense exp_avg_sq, but its gradients are sparse, which the monitor
+    # does not read: the warning says so, instead of a silent "no signal asked for one"
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(50, 3, sparse=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.embed(x).mean(1)
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (256, 6), generator=g)
+    data = [(tokens[i : i + 32], tokens[i : i + 32, 0] % 3) for i in range(0, 256, 32)]
+    with pytest.warns(UserWarning, match=r"SparseAdam keeps Adam's second moment, but the probe "
+                      r"cannot read it here \(its gradients are sparse"):  # fmt: skip
+        s = _run(Bag(), data, torch.optim.SparseAdam, criterion=F.cross_entropy, budget_steps=60)
+    assert s.trace["vhat_mean"].isna().all() and s.deciding_signal != "second moment"
+
+
 @pytest.mark.parametrize("cls", [PerTensorSecondMoment, DecayRateAdam])
 def test_an_exp_avg_sq_the_probe_cannot_read_falls_back_on_the_loss(cls: type) -> None:
     # One second moment per tensor (NovoGrad-style), or Adam's moment in a group without
@@ -1345,6 +1366,10 @@ def test_ddp_wrapped_model_is_refused_before_training(tmp_path: Any) -> None:
         wrapped = nn.parallel.DistributedDataParallel(model)
         with pytest.raises(ValueError, match=r"model\.module"):
             suggest(wrapped, _cls_batches(), criterion=F.cross_entropy, total_steps=TOTAL)
+        # torch.compile(DDP(model)), the order torch's docs use, is the same DDP inside
+        compiled = torch.compile(wrapped, backend="eager")
+        with pytest.raises(ValueError, match=r"model\._orig_mod\.module"):
+            suggest(compiled, _cls_batches(), criterion=F.cross_entropy, total_steps=TOTAL)
         _assert_restored(model, before)
     finally:
         dist.destroy_process_group()

@@ -395,3 +395,17 @@ def test_a_model_that_writes_into_its_inputs_changes_neither_the_data_nor_the_re
     plain = nn.Sequential(nn.Dropout(0.2), *list(model())[1:])
     other = _run(plain, (b for b in data) if one_shot else data, criterion=F.cross_entropy)
     assert (s.peak_lr, s.warmup_steps) == (other.peak_lr, other.warmup_steps)
+
+
+def test_meta_tensors_are_named_before_training() -> None:
+    # meta tensors hold no values: torch's own errors ("Cannot copy out of meta tensor",
+    # "Tensor.item() cannot be called on meta tensors") said nothing of the batch or model
+    meta = [(x.to("meta"), y.to("meta")) for x, y in _cls_batches()]
+    with pytest.raises(ValueError, match="a tensor of the batch is on the meta device"):
+        _run(_mlp(), meta, criterion=F.cross_entropy)
+    with torch.device("meta"):
+        unmaterialised = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"weights are on the meta device.*model\.to_empty"):
+        _run(unmaterialised, _cls_batches(), criterion=F.cross_entropy)
+    with pytest.raises(ValueError, match="device='meta' holds no values"):
+        _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, device="meta")

@@ -153,6 +153,23 @@ def test_mapping_batch_without_loss_says_pass_labels(as_mapping: bool) -> None:
         resolve_loss_fn()(_DictModel(as_mapping=as_mapping), {"x": x})
 
 
+def test_a_tuple_output_of_a_mapping_batch_names_return_dict() -> None:
+    # a Hugging Face model with return_dict=False: (loss, logits), with labels in the batch
+    class TupleModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logits = self.linear(x)
+            return F.cross_entropy(logits, labels), logits
+
+    x, y = _xy()
+    with pytest.raises(TypeError, match=r"returned a tuple of 2 items.*return_dict=False.*"
+                       r"loss_fn=lambda model, batch: model\(\*\*batch\)\[0\]"):  # fmt: skip
+        resolve_loss_fn()(TupleModel(), {"x": x, "labels": y})
+
+
 def test_tuple_batch_without_criterion_says_what_to_pass() -> None:
     with pytest.raises(
         TypeError, match=r"criterion=torch\.nn\.functional\.cross_entropy.*loss_fn="

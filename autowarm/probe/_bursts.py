@@ -170,6 +170,9 @@ class ProbeRunner:
     diverge_factor: float = 4.0
     bursts: list[BurstResult] = field(default_factory=list)
     has_second_moment: bool | None = None
+    # Why an optimizer that keeps exp_avg_sq still gave no readings (sparse gradients), for
+    # the warning; None otherwise.
+    second_moment_note: str | None = None
     # The loss at the initial weights, from several batches (set after the range test): the
     # reference of every later burst's blow-up rule.
     start_loss: float | None = None
@@ -325,6 +328,10 @@ class ProbeRunner:
                         break
             if self.has_second_moment is None:
                 self.has_second_moment = has_second_moment(optimizer)
+                if self.has_second_moment and _only_sparse_grads(optimizer, rows):
+                    # SparseAdam: exp_avg_sq is there, but the monitor reads dense gradients
+                    self.has_second_moment = False
+                    self.second_moment_note = "its gradients are sparse"
         finally:
             del optimizer
         result = BurstResult(phase, burst_id, rows, diverged, truncated, peak_lr, warmup_steps)
@@ -348,6 +355,14 @@ class ProbeRunner:
     def trace_rows(self) -> list[dict[str, Any]]:
         """All bursts' rows in order."""
         return [row for burst in self.bursts for row in burst.rows]
+
+
+def _only_sparse_grads(optimizer: torch.optim.Optimizer, rows: list[dict[str, Any]]) -> bool:
+    # No row of the burst has second-moment readings, and the gradients are sparse.
+    if any(math.isfinite(row.get("vhat_mean", math.nan)) for row in rows):
+        return False
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return bool(grads) and any(grad.is_sparse for grad in grads)
 
 
 def _weights_finite(model: nn.Module) -> bool:

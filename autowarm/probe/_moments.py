@@ -207,7 +207,11 @@ def _step_of(state: dict[str, Any], group: dict[str, Any], observed: int) -> obj
 
 def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     # Flat row-major coordinates: index_select on the flat view when contiguous (fastest);
-    # torch.take otherwise, which reads strides and never copies the whole tensor.
+    # torch.take otherwise, which reads strides and never copies the whole tensor. A complex
+    # tensor is read by its real parts (Adam treats real and imaginary parts as coordinates of
+    # their own; the real halves are a sample of them), without torch's cast warning.
+    if t.is_complex():
+        t = t.real
     if t.is_contiguous():
         return torch.index_select(t.view(-1), 0, index)
     return torch.take(t, index)
@@ -217,7 +221,12 @@ def _gather_into(t: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> Non
     # _gather written into `out` (float32, on the monitor's device): straight into it when `t`
     # is a contiguous float32 tensor on that device (the usual case), else through a copy
     # that converts the dtype and moves the device, as `.to` did.
-    if t.dtype == out.dtype and t.device == out.device and t.is_contiguous():
+    if (
+        not t.is_complex()
+        and t.dtype == out.dtype
+        and t.device == out.device
+        and t.is_contiguous()
+    ):
         torch.index_select(t.view(-1), 0, index, out=out)
     else:
         out.copy_(_gather(t, index))

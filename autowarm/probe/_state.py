@@ -221,6 +221,13 @@ class ModelSnapshot:
             for kind in ("_parameters", "_buffers")
             for name, tensor in getattr(module, kind).items()
         ]
+        # the names each module had, so that a parameter or buffer registered since (a forward
+        # that registers one from the first batch it sees) is taken away again
+        self._names = [
+            (module, kind, frozenset(getattr(module, kind)))
+            for module in self._modules
+            for kind in ("_parameters", "_buffers")
+        ]
         self._tensors: list[torch.Tensor] = []
         seen: set[int] = set()
         for _, _, _, tensor in self._slots:
@@ -301,6 +308,12 @@ class ModelSnapshot:
         # or returned.
         self._check_live()
         errors: list[BaseException] = []
+        for module, kind, names in self._names:
+            slots = getattr(module, kind)
+            for added in [name for name in slots if name not in names]:
+                del slots[added]
+                if kind == "_buffers":  # register_buffer(..., persistent=False) notes it here
+                    getattr(module, "_non_persistent_buffers_set", set()).discard(added)
         for module, kind, name, tensor in self._slots:
             slots = getattr(module, kind)
             current = slots.get(name)
@@ -331,6 +344,7 @@ class ModelSnapshot:
         """
         self._copies, self._grads, self._meta = [], [], []
         self._slots, self._tensors, self._params, self._modules = [], [], [], []
+        self._names = []
         self._aliases = set()
         self._released = True
 

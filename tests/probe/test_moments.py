@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -582,3 +583,23 @@ def test_step_counted_in_the_param_group_or_nowhere(where: str) -> None:
         for name in ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa"):
             assert got.to_dict()[name] == pytest.approx(want[name], rel=1e-5, nan_ok=True), name
         assert got.n_eff == pytest.approx(n_eff(ref.t[0], 0.999))
+
+
+def test_complex_parameters_are_read_without_a_cast_warning() -> None:
+    # spectral layers (FNO-style) keep complex weights; Adam treats real and imaginary parts
+    # as coordinates of their own, and the monitor reads the real ones
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 8, dtype=torch.complex64))
+    opt = torch.optim.Adam([w], lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with SecondMomentMonitor(opt) as monitor:
+            for _ in range(3):
+                opt.zero_grad()
+                (w.abs() ** 2).sum().backward()
+                opt.step()
+    frame = monitor.to_frame()
+    assert len(frame) == 3 and (frame["n_coords"] == 64).all()
+    v = opt.state[w]["exp_avg_sq"].real
+    t = 3
+    assert frame["vhat_mean"].iloc[-1] == pytest.approx(float(v.mean()) / (1 - 0.999**t), rel=1e-5)

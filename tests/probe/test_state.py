@@ -452,3 +452,29 @@ def test_a_model_of_inference_tensors_is_refused_up_front() -> None:
 def test_a_meta_snapshot_device_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match=r"snapshot_device='meta' cannot hold.*'cpu'"):
         ModelSnapshot(nn.Linear(2, 2), snapshot_device="meta")
+
+
+def test_a_buffer_registered_after_the_snapshot_is_taken_away() -> None:
+    # a forward that registers a buffer from the first batch it sees (data-dependent init)
+    class Lazy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not hasattr(self, "scale"):
+                self.register_buffer("scale", x.detach().std(0), persistent=False)
+                self.register_parameter("shift", nn.Parameter(torch.zeros(3)))
+            return self.linear(x / self.scale + self.shift)
+
+    model = Lazy()
+    keys = set(model.state_dict())
+    with preserved(model) as snapshot:
+        model(torch.randn(4, 3))
+        assert hasattr(model, "scale")
+        snapshot.restore_weights()  # every burst starts from the model as it was
+        assert not hasattr(model, "scale") and not hasattr(model, "shift")
+        model(torch.randn(4, 3))
+    assert set(model.state_dict()) == keys and not [*model.buffers()]
+    assert "scale" not in model._non_persistent_buffers_set
+    assert [n for n, _ in model.named_parameters()] == ["linear.weight", "linear.bias"]
