@@ -9,7 +9,7 @@ The Trainer gets the schedule through ``TrainingArguments(**schedule.to_trainer_
 The example checks that the LR the Trainer logs at every step (``logging_steps=1``) is
 ``schedule.lr_at`` of that step, and that the optimizer really used it.
 
-Needs ``transformers>=5`` and ``accelerate`` (``pip install 'autowarm[hf]'``). Run::
+Needs ``transformers>=5`` and ``accelerate`` (``pip install -e '.[hf]'`` in a checkout). Run::
 
     python examples/hf_trainer.py                    # 200 steps, well under a minute on a CPU
     python examples/hf_trainer.py --steps 500 --out runs/hf

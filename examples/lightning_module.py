@@ -6,7 +6,7 @@ module's own loss (``loss_fn=Regressor.loss``), then ``configure_optimizers`` re
 optimizer update. A callback records the LR of each update, and the example checks it against
 ``schedule.lr_at(step)`` at every step.
 
-Needs ``lightning`` (``pip install 'autowarm[lightning]'``). Run::
+Needs ``lightning`` (``pip install -e '.[lightning]'`` in a checkout). Run::
 
     python examples/lightning_module.py              # 300 steps, seconds on a CPU
 """

@@ -106,6 +106,18 @@ def probe_figures(
     }
 
 
+def _grid_lengths(benchmark: str | os.PathLike[str], task: str) -> list[int]:
+    # The run lengths of a task's rows in the benchmark's grid (empty if none can be read).
+    from autowarm.bench._oracle import load_grid
+    from autowarm.reporting._regret import grid_path
+
+    try:
+        grid = load_grid(grid_path(benchmark))
+    except (OSError, ValueError):
+        return []
+    return sorted(int(n) for n in grid.loc[grid["task"] == task, "total_steps"].unique())
+
+
 def _evidence(s: Suggestion | None) -> dict[str, pd.DataFrame]:
     if s is None:
         return {}
@@ -157,7 +169,16 @@ def probe_report(
             Placed(str(r["label"]), float(r["peak_lr"]), float(r["warmup_frac"]))
             for r in comparison.to_dict("records")
         ]
-        _add_regret(tables, notes, regret_table(benchmark, bench_task_name(task) or task, placed))
+        bench_task = bench_task_name(task) or task
+        _add_regret(tables, notes, regret_table(benchmark, bench_task, placed))
+        grid_steps = _grid_lengths(benchmark, bench_task)
+        if grid_steps and s.schedule.total_steps not in grid_steps:
+            notes.append(
+                f"The suggestion is for a run of {s.schedule.total_steps} steps, and the grid of "
+                f"{bench_task!r} ran {', '.join(map(str, grid_steps))}: its schedules are placed "
+                "on the grid by warmup fraction and peak LR, which means something only for a "
+                f"probe of {bench_task!r} itself (`autowarm demo` probes postln_lm)."
+            )
     figures = {**probe_figures(s, notes), "schedule": F.schedule_figure(s.schedule)}
     return Report(
         title=f"autowarm report: probe ({name})",

@@ -55,7 +55,11 @@ def add_tune(sub: Any) -> None:
     p.add_argument("--study-name", default=None, help="default: autowarm-<task>")
     p.add_argument("--timeout", type=parse_duration, default=None, help="e.g. 8h, 90m")
     p.add_argument(
-        "--n-trials", type=int, default=None, help="the study's total (default: 6 full runs)"
+        "--n-trials",
+        type=int,
+        default=None,
+        help="the study's total (default: 6 full runs' worth; with --timeout: until the time "
+        "is up)",
     )
     p.add_argument("--trial-steps", type=int, default=None, help="steps of one trial")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this host")

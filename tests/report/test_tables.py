@@ -345,6 +345,10 @@ def test_regret_for_a_probe(suggestion: autowarm.Suggestion, tmp_path: Path) -> 
     best_of_row = {0.001: 2.0, 0.01: 1.0, 0.1: 1.5}[float(nearest)]
     assert no_warmup["grid_regret"] == pytest.approx((best_of_row + 0.2) / 1.0 - 1)
     assert math.isnan(no_warmup["value_regret"])  # nothing was trained
+    # the suggestion is for TOTAL (400) steps, the grid ran 1000: the page says what that means
+    assert any("run of 400 steps, and the grid of 'toy' ran 1000" in n for n in rep.notes)
+    same = autowarm.report(suggestion, benchmark=_grid(tmp_path, total=TOTAL), task="toy")
+    assert not any("the grid of 'toy' ran" in n for n in same.notes)
 
 
 def test_regret_for_a_study_needs_same_length_for_value(
