@@ -29,6 +29,8 @@ Study user attributes:
 ``autowarm.metric``               what a trial's value is, in words
 ``autowarm.optimizer``            the optimizer and its settings (:meth:`Task.optimizer_identity`)
 ``autowarm.grad_clip``            the trials' gradient-norm clipping, or ``None``
+``autowarm.task_file``            the absolute path of the task file the study started from, or
+                                  ``None`` (compared on resume: another path is warned about)
 ``autowarm.data``                 ``{"train_batches": n, "val_batches": n}`` by ``len()``
                                   (``None`` where the data has no length; :meth:`Task.data_sizes`)
 ================================  =============================================================
@@ -79,6 +81,7 @@ METRIC: Final = "autowarm.metric"
 OPTIMIZER: Final = "autowarm.optimizer"
 GRAD_CLIP: Final = "autowarm.grad_clip"
 DATA: Final = "autowarm.data"
+TASK_FILE: Final = "autowarm.task_file"
 
 # trial user attributes
 ROLE: Final = "autowarm.role"

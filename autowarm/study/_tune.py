@@ -35,6 +35,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -343,6 +344,29 @@ def _metric(task: Task) -> str:
     if task.has_validation:
         return "validation loss at the end of the compressed trial"
     return "mean training loss over the last tenth of the compressed trial"
+
+
+def _task_file(task: Task) -> str | None:
+    # The absolute path of the file a task was loaded from, or None (a task built in Python).
+    where, sep, _ = (task.source or "").rpartition(":")
+    if not sep or not (where.endswith(".py") or "/" in where):
+        return None
+    return str(Path(where).expanduser().resolve())
+
+
+def _warn_other_task_file(study: optuna.Study, task: Task) -> None:
+    # A study is named after its task file's name alone, so hosts that mount one file at other
+    # paths share it; two experiments' files of one name (expA/task.py, expB/task.py) with the
+    # same settings would share it too. Said, not refused: the paths may be one file.
+    then, now = study.user_attrs.get(_attrs.TASK_FILE), _task_file(task)
+    if isinstance(then, str) and now is not None and then != now:
+        warnings.warn(
+            f"study {study.study_name!r} was started from the task file {then}; this run "
+            f"loads {now}. If that is another experiment rather than the same file seen from "
+            "another host or path, stop and pass --study-name NAME for a study of its own",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
@@ -826,9 +850,12 @@ def _set_up(
                 _attrs.BASE_SCHEDULE: suggestion_schedule.to_dict(),
                 _attrs.SUGGESTION: _suggestion_record(suggestion),
                 _attrs.SEARCH_SPACE: space.to_dict(),
+                _attrs.TASK_FILE: _task_file(task),
             }
             for key, value in records.items():
                 study.set_user_attr(key, value)
+        else:
+            _warn_other_task_file(study, task)
         study.set_user_attr(_attrs.N_TRIALS, n_trials)
         study.set_user_attr(_attrs.CONFIRM, confirm)  # the report counts them against it
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -504,6 +505,31 @@ def test_a_task_file_is_the_same_task_however_its_path_is_spelled(
     first = autowarm.tune(tasks[0], n_trials=5, confirm=0, **kw)
     again = autowarm.tune(tasks[2], n_trials=6, confirm=0, **kw)
     assert again.study.study_name == first.study.study_name and len(again.trials) == 6
+
+
+def test_another_task_file_of_the_same_name_is_warned_about(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # expA/tiny_task.py and expB/tiny_task.py share the default study name; with the same
+    # settings nothing refuses the second, so it is told where the study came from
+    for exp in ("expA", "expB"):
+        (tmp_path / exp).mkdir()
+        (tmp_path / exp / "tiny_task.py").write_text((HERE / "tiny_task.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    first = autowarm.tune(
+        load_task("expA/tiny_task.py:task"), n_trials=4, suggestion=suggestion, **kw
+    )
+    started = str((tmp_path / "expA" / "tiny_task.py").resolve())
+    assert first.study.user_attrs[_attrs.TASK_FILE] == started
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same file by another spelling: no warning
+        autowarm.tune(load_task(f"{started}:task"), n_trials=4, **kw)
+    with pytest.warns(UserWarning, match=rf"started from the task file {re.escape(started)}; "
+                      r"this run loads .*expB/tiny_task\.py.*--study-name"):  # fmt: skip
+        autowarm.tune(load_task("expB/tiny_task.py:task"), n_trials=5, **kw)
 
 
 def test_a_study_named_from_the_path_by_an_earlier_version_is_resumed(
