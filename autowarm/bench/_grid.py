@@ -163,6 +163,33 @@ def _versions() -> dict[str, str]:
     return {"autowarm_version": autowarm_version, "torch_version": torch.__version__}
 
 
+def _warn_other_versions(csv_path: Path, todo: list[GridCell]) -> None:
+    # Rows of these tasks made with another autowarm or torch: the grid will mix versions,
+    # whose floating-point results differ (in the last digits, or more on a chaotic task).
+    if not todo or not csv_path.exists():
+        return
+    now = _versions()
+    tasks = {c.task.name for c in todo}
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        other = {
+            (str(row.get("autowarm_version")), str(row.get("torch_version")))
+            for row in csv.DictReader(f)
+            if row.get("task") in tasks and row.get("torch_version")
+        } - {(now["autowarm_version"], now["torch_version"])}
+    if other:
+        made = ", ".join(f"autowarm {a} with torch {t}" for a, t in sorted(other))
+        _logger.warning(
+            "grid: %s holds rows of these tasks made by %s; the %d cells to run now use "
+            "autowarm %s with torch %s, so the grid will mix versions (write to another --out "
+            "for a grid of one version)",
+            csv_path,
+            made,
+            len(todo),
+            now["autowarm_version"],
+            now["torch_version"],
+        )
+
+
 def _run_cell(cell: GridCell) -> dict[str, Any]:
     result = run_schedule(cell.task, cell.schedule(), cell.seed)
     return {
@@ -335,6 +362,7 @@ def oracle_grid(
         _logger.info(
             "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
         )
+        _warn_other_versions(path, todo)
         failed = _run_cells(todo, RowAppender(path, COLUMNS), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 

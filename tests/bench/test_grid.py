@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -345,3 +347,20 @@ def test_a_second_process_on_the_same_csv_is_refused(tmp_path: Path) -> None:
             pass
     with writing_alone(csv_path):  # released
         pass
+
+
+def test_a_grid_resumed_with_another_torch_says_it_mixes_versions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = _tiny()
+    csv_path = tmp_path / "grid.csv"
+    kw: dict[str, Any] = dict(csv_path=csv_path, lrs=[1e-3], warmups=[0], workers=0)
+    oracle_grid(task, seeds=1, **kw)
+    frame = pd.read_csv(csv_path)
+    frame.assign(torch_version="2.0.0").to_csv(csv_path, index=False)  # an older torch's row
+    with caplog.at_level(logging.WARNING, logger="autowarm.bench._grid"):
+        oracle_grid(task, seeds=1, **kw)  # nothing to run: nothing to say
+        assert "mix versions" not in caplog.text
+        oracle_grid(task, seeds=2, **kw)  # seed 1 runs beside seed 0's older row
+    assert "made by autowarm" in caplog.text and "with torch 2.0.0" in caplog.text
+    assert "so the grid will mix versions" in caplog.text
