@@ -51,8 +51,7 @@ from autowarm.bench import _args
 from autowarm.bench._grid import (
     RowAppender,
     check_definitions,
-    process_pool,
-    stop_pool,
+    running_pool,
     writing_alone,
 )
 from autowarm.bench._oracle import (
@@ -466,15 +465,10 @@ def _evaluate_jobs(
         for j in jobs:
             finish(j, functools.partial(_run_job, j))
     else:
-        pool = process_pool(workers)
-        try:
+        with running_pool(workers) as pool:
             futures = {pool.submit(_run_job, j): j for j in jobs}
             for fut in cf.as_completed(futures):
                 finish(futures[fut], fut.result)
-        except BaseException:
-            stop_pool(pool)
-            raise
-        pool.shutdown()
     if failed:
         raise JobsFailed(path, failed)
 

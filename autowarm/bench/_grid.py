@@ -480,6 +480,19 @@ def stop_pool(pool: cf.ProcessPoolExecutor) -> None:
             process.terminate()
 
 
+@contextlib.contextmanager
+def running_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
+    """:func:`process_pool` for a ``with`` block: shut down when the block ends, or stopped at
+    once (:func:`stop_pool`) when it ends by an exception or an interrupt."""
+    pool = process_pool(workers)
+    try:
+        yield pool
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()
+
+
 def _run_cells(todo: list[GridCell], writer: RowAppender, workers: int) -> list[tuple[str, str]]:
     progress = _Progress(len(todo))
     failed: list[tuple[str, str]] = []
@@ -487,15 +500,10 @@ def _run_cells(todo: list[GridCell], writer: RowAppender, workers: int) -> list[
         for cell in todo:
             _finish(cell, functools.partial(_run_cell, cell), writer, progress, failed)
         return failed
-    pool = process_pool(workers)
-    try:
+    with running_pool(workers) as pool:
         futures = {pool.submit(_run_cell, cell): cell for cell in todo}
         for future in cf.as_completed(futures):
             _finish(futures[future], future.result, writer, progress, failed)
-    except BaseException:
-        stop_pool(pool)
-        raise
-    pool.shutdown()
     return failed
 
 

@@ -51,7 +51,7 @@ import torch
 from optuna.trial import TrialState
 
 from autowarm.bench import _args
-from autowarm.bench._grid import process_pool, stop_pool
+from autowarm.bench._grid import running_pool
 from autowarm.bench._oracle import check_seeds_complete, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import TASKS, BenchTask, get_task
@@ -262,8 +262,8 @@ def run_study_bench(
         return csv_path
     import concurrent.futures as cf
 
-    pool = process_pool(workers)
-    try:
+    # Ctrl-C stops the workers now, not after the running studies (whose rows are lost)
+    with running_pool(workers) as pool:
         futures = {pool.submit(_one_study, *job): job for job in jobs}
         for fut in cf.as_completed(futures):
             row = fut.result()
@@ -276,10 +276,6 @@ def run_study_bench(
                 row["final_val_loss"],
                 row["cost_steps"],
             )
-    except BaseException:
-        stop_pool(pool)  # Ctrl-C: now, not after the running studies (their rows are lost)
-        raise
-    pool.shutdown()
     return csv_path
 
 
@@ -378,14 +374,9 @@ def run_ranks(
                     jobs.append((task_name, float(lr), int(w), transfer))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     _log.info("ranks: %d compressed trials to run", len(jobs))
-    pool = process_pool(max(1, workers))
-    try:
+    with running_pool(max(1, workers)) as pool:
         for row in pool.map(_one_rank, *zip(*jobs, strict=True)) if jobs else []:
             _append(csv_path, row)
-    except BaseException:
-        stop_pool(pool)
-        raise
-    pool.shutdown()
     return csv_path
 
 
