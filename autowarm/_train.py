@@ -9,6 +9,7 @@ update with a non-finite guard (:func:`train_step`) and a batch source that rest
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -141,6 +142,14 @@ def _detached_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor
     # A copy on `device` (None: t's own) with t's requires_grad, outside t's autograd graph.
     c = t.detach().to(device, copy=True)
     return c.requires_grad_() if t.requires_grad else c
+
+
+def structure_fingerprint(model: nn.Module) -> str:
+    """16 hex digits naming a model's structure: the names, shapes and dtypes of its parameters
+    and buffers, not their values (a study's and a benchmark CSV's record of its model)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def model_device(model: nn.Module) -> torch.device:

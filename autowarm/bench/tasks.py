@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.util
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autowarm._train import LossFn, resolve_loss_fn
+from autowarm._train import LossFn, resolve_loss_fn, structure_fingerprint
 from autowarm.bench import _data, _models
 
 __all__ = [
@@ -126,11 +125,8 @@ class BenchTask:
         (which every row records): the model's structure (parameter and buffer names, shapes,
         dtypes), the optimizer settings, the clipping and the validation batches. Stored
         beside a grid or evaluation CSV, so rows of a task changed since are not resumed."""
-        model = self.make_model(0)
-        tensors = [*model.named_parameters(), *model.named_buffers()]
-        structure = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
         return {
-            "model": hashlib.sha1(structure.encode()).hexdigest()[:16],
+            "model": structure_fingerprint(self.make_model(0)),
             "optimizer_kwargs": repr(sorted(dict(self.optimizer_kwargs).items())),
             "grad_clip": self.grad_clip,
             "val_batches": len(self.val_data()),

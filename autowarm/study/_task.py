@@ -27,6 +27,7 @@ from autowarm._train import (
     model_device,
     move_to_device,
     resolve_loss_fn,
+    structure_fingerprint,
 )
 
 __all__ = ["Task", "load_task"]
@@ -172,10 +173,7 @@ class Task:
         """16 hex digits naming the model's structure: the names, shapes and dtypes of the
         parameters and buffers of ``make_model(seed)`` (not their values). Recorded in a study,
         so a resume with another model under the same task name is refused."""
-        model = self._seeded_model(seed)
-        tensors = [*model.named_parameters(), *model.named_buffers()]
-        text = ";".join(f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in tensors)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+        return structure_fingerprint(self._seeded_model(seed))
 
     def data_sizes(self, seed: int = 0) -> dict[str, int | None]:
         """How many batches the training data (``data(seed)``) and the validation data hold,
