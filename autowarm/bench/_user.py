@@ -42,8 +42,9 @@ The grid warns when its best cell is at an edge; widen it there with ``--lrs``."
 
 def is_task_spec(name: str) -> bool:
     """Whether ``name`` names a task file (``path/to/task.py:task``), not a built-in task."""
-    where, sep, attr = name.rpartition(":")
-    return bool(sep and attr and (where.endswith(".py") or "/" in where))
+    from autowarm.study._task import spec_file
+
+    return bool(name.rpartition(":")[2]) and spec_file(name) is not None
 
 
 def _unsupported(model: int) -> nn.Module:  # pragma: no cover - never called

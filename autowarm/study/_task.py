@@ -345,10 +345,17 @@ def canonical_spec(spec: str) -> str:
     ``./task.py:task`` and ``/abs/dir/task.py:task`` are all ``task.py:task``), so hosts and
     shells that reach the same file by other paths resume the same study; a module spec as
     it is."""
-    where, sep, attr = spec.rpartition(":")
-    if sep and (where.endswith(".py") or "/" in where):
-        return f"{Path(where).name}:{attr}"
+    where = spec_file(spec)
+    if where is not None:
+        return f"{Path(where).name}:{spec.rpartition(':')[2]}"
     return spec
+
+
+def spec_file(spec: str) -> str | None:
+    """The file part of a file spec (``dir/task.py`` of ``dir/task.py:task``: it ends in
+    ``.py`` or holds a ``/``), as written; ``None`` for a module spec (``pkg.mod:task``)."""
+    where, sep, _ = spec.rpartition(":")
+    return where if sep and (where.endswith(".py") or "/" in where) else None
 
 
 def _import_file(path: Path) -> Any:

@@ -55,7 +55,7 @@ from autowarm.study._confirm import (
     unconfirmed,
 )
 from autowarm.study._space import SearchSpace, longest_warmup
-from autowarm.study._task import Task, canonical_spec, load_task
+from autowarm.study._task import Task, canonical_spec, load_task, spec_file
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
 
 __all__ = ["NoFinishedTrialError", "TuneResult", "best_schedule", "trials_frame", "tune"]
@@ -348,10 +348,8 @@ def _metric(task: Task) -> str:
 
 def _task_file(task: Task) -> str | None:
     # The absolute path of the file a task was loaded from, or None (a task built in Python).
-    where, sep, _ = (task.source or "").rpartition(":")
-    if not sep or not (where.endswith(".py") or "/" in where):
-        return None
-    return str(Path(where).expanduser().resolve())
+    where = spec_file(task.source or "")
+    return None if where is None else str(Path(where).expanduser().resolve())
 
 
 def _warn_other_task_file(study: optuna.Study, task: Task) -> None:
