@@ -865,7 +865,7 @@ def _rationale(
         n = _ceil_updates(st.settling_step)
         if st.settled:
             how = f"settled after {n} updates"
-        elif st.extrapolated and st.settling_step <= st.last_step:
+        elif st.at_floor:
             how = (
                 f"had not settled by update {n}, the last the bursts observed, which is "
                 "therefore a lower bound"

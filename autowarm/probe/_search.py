@@ -580,7 +580,7 @@ def run_search(
 def _settling_description(st: sig.SettlingResult) -> str:
     if st.settled:
         return "v_hat settled (measured)"
-    if st.extrapolated and st.settling_step <= st.last_step:
+    if st.at_floor:
         return "v_hat not settled by the last update observed (a lower bound)"
     return "v_hat settled (extrapolated)"
 

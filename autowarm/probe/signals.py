@@ -763,6 +763,12 @@ class SettlingResult:
         metadata=_meta("steps", "last update the trace observed (an unsettled trace's floor)"),
     )
 
+    @property
+    def at_floor(self) -> bool:
+        """The trace never settled and the estimate is the last update it observed: a lower
+        bound set by the trace's length, not by the extrapolation."""
+        return self.extrapolated and self.settling_step <= self.last_step
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict."""
         return asdict(self)
