@@ -168,9 +168,7 @@ def _run(
             break
         scheduler.step()
     seconds = time.perf_counter() - start
-    final = math.inf if diverged else task.validation_loss(model)
-    if math.isfinite(final):
-        _positive(task, final, "after the run")
+    final = math.inf if diverged else _positive(task, task.validation_loss(model), "after the run")
     if not math.isfinite(final) or final >= divergence_factor * initial:
         diverged, final = True, math.inf
     return RunResult(
