@@ -68,19 +68,20 @@ def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     from autowarm.bench._grid import COLUMNS
 
     frame = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source)
+    where = "the grid" if isinstance(source, pd.DataFrame) else str(source)
     needed = ["task", "peak_lr", "warmup_steps", "total_steps", "seed", "final_val_loss"]
     missing = [c for c in [*needed, "warmup_frac", "diverged"] if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"{'the grid' if isinstance(source, pd.DataFrame) else source} is not an oracle grid "
-            f"CSV (`autowarm bench grid` writes those): it lacks the columns {missing}"
+            f"{where} is not an oracle grid CSV (`autowarm bench grid` writes those): it "
+            f"lacks the columns {missing}"
         )
     # a row cut short by a kill mid-write has empty fields from the cut on; its last field
     # may be cut too (a final_val_loss of "1." for "1.556"), so any empty field drops it
     cut = frame[[c for c in COLUMNS if c in frame.columns]].isna().any(axis=1)
     if cut.any():
         warnings.warn(
-            f"{'the grid' if isinstance(source, pd.DataFrame) else source}: dropping "
+            f"{where}: dropping "
             f"{int(cut.sum())} row(s) with empty fields (cut short by a kill; `autowarm bench "
             "grid` runs their cells again)",
             UserWarning,
