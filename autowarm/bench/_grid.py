@@ -428,11 +428,13 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
             f"{csv_path.name}: restore it, or delete it to take the current definitions"
         ) from None
     changed = False
-    with_rows = _task_names_in(csv_path)
+    with_rows: set[str] | None = None  # read from the CSV only when a definition differs
     for task in tasks:
         now = json.loads(json.dumps(task.definition()))  # as stored: tuples become lists
         then = recorded.get(task.name)
-        if then is None or (then != now and task.name not in with_rows):
+        if then is not None and then != now and with_rows is None:
+            with_rows = _task_names_in(csv_path)
+        if then is None or (then != now and task.name not in (with_rows or set())):
             recorded[task.name], changed = now, True
         elif then != now:
             parts = sorted(k for k in {*then, *now} if then.get(k) != now.get(k))
