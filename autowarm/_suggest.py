@@ -556,10 +556,16 @@ def _groups_note(groups: list[GroupSpec] | None) -> str | None:
     )
 
 
+# _GROUPS_NOTE up to its scales, with any group count: what trained_in_groups looks for
+_GROUPS_NOTE_SEEN = re.compile(
+    r"\b" + re.escape(_GROUPS_NOTE.split("{scales}")[0]).replace(re.escape("{n}"), r"\d+")
+)
+
+
 def trained_in_groups(rationale: str) -> bool:
     """Whether a suggestion's rationale says the probe trained parameter groups at their own
     ``lr_scale`` (its LRs, in the trace and the figures, are then those of a scale-1 group)."""
-    return re.search(r"\bThe probe trained \d+ parameter groups at ", rationale) is not None
+    return _GROUPS_NOTE_SEEN.search(rationale) is not None
 
 
 def _probe_optimizer(
