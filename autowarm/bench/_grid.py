@@ -163,19 +163,18 @@ def _versions() -> dict[str, str]:
     return {"autowarm_version": autowarm_version, "torch_version": torch.__version__}
 
 
-def _warn_other_versions(csv_path: Path, todo: list[GridCell]) -> None:
+def _warn_other_versions(
+    csv_path: Path, todo: list[GridCell], rows: dict[_Key, tuple[str, str]]
+) -> None:
     # Rows of these tasks made with another autowarm or torch: the grid will mix versions,
     # whose floating-point results differ (in the last digits, or more on a chaotic task).
-    if not todo or not csv_path.exists():
+    if not todo:
         return
     now = _versions()
     tasks = {c.task.name for c in todo}
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        other = {
-            (str(row.get("autowarm_version")), str(row.get("torch_version")))
-            for row in csv.DictReader(f)
-            if row.get("task") in tasks and row.get("torch_version")
-        } - {(now["autowarm_version"], now["torch_version"])}
+    other = {made for key, made in rows.items() if key[0] in tasks} - {
+        (now["autowarm_version"], now["torch_version"])
+    }
     if other:
         made = ", ".join(f"autowarm {a} with torch {t}" for a, t in sorted(other))
         _logger.warning(
@@ -233,9 +232,10 @@ def _exit_with(main_pid: int, interval: float = 1.0) -> None:
             pass
 
 
-def _existing_keys(csv_path: Path) -> set[_Key]:
+def _existing_rows(csv_path: Path) -> dict[_Key, tuple[str, str]]:
+    # The finished rows' keys, each with the (autowarm, torch) versions that made it.
     if not csv_path.exists() or csv_path.stat().st_size == 0:
-        return set()
+        return {}
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != COLUMNS:
@@ -243,12 +243,12 @@ def _existing_keys(csv_path: Path) -> set[_Key]:
                 f"{csv_path} has columns {reader.fieldnames}, but a grid CSV has {list(COLUMNS)}; "
                 "pass a new csv_path (or move the old file away)"
             )
-        keys = set()
+        rows = {}
         for row in reader:
             key = _parse_key(row)
             if key is not None:
-                keys.add(key)
-        return keys
+                rows[key] = (str(row["autowarm_version"]), str(row["torch_version"]))
+        return rows
 
 
 def _parse_key(row: dict[str, str | None]) -> _Key | None:
@@ -356,13 +356,13 @@ def oracle_grid(
     cells = grid_cells(tasks, lrs=lrs, warmups=warmups, seeds=seeds)
     check_definitions(path, [tasks] if isinstance(tasks, BenchTask) else tasks)
     with writing_alone(path):
-        done = _existing_keys(path)
+        done = _existing_rows(path)
         todo = [c for c in cells if c.key not in done]
         skipped = len(cells) - len(todo)
         _logger.info(
             "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
         )
-        _warn_other_versions(path, todo)
+        _warn_other_versions(path, todo, done)
         failed = _run_cells(todo, RowAppender(path, COLUMNS), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 
