@@ -19,9 +19,10 @@
    thumb (edge / 10); its answer is the smallest stable ramp in steps, a lower bound.
 4. **Second moment**: Adam's ``v_hat`` statistics recorded during the bursts (noise ``kappa``,
    drift of ``g^2`` against ``v_hat``, step-to-step change) give the step at which the
-   preconditioner has settled (``signals.settling_step``, extrapolated from ``kappa`` when the
-   bursts are shorter). Warmup shorter than that leaves Adam's first updates normalised by a
-   poor estimate of the gradient scale.
+   preconditioner has settled (``signals.settling_step``; when the bursts are shorter,
+   extrapolated in closed form from ``kappa`` and from the size of ``v_hat``'s updates, so the
+   answer does not grow with the budget). Warmup shorter than that leaves Adam's first updates
+   normalised by a poor estimate of the gradient scale.
 
 The warmup is the larger of the loss signals' answer and the settling step, so the rationale can
 say which signal decided.

@@ -762,6 +762,20 @@ class SettlingResult:
         default=math.nan,
         metadata=_meta("steps", "last update the trace observed (an unsettled trace's floor)"),
     )
+    innovation: float = field(
+        default=math.nan,
+        metadata=_meta(
+            "ratio",
+            "median over the trace's second half of vhat_change per step / ((1-beta2)/(1-beta2^t)),"
+            " i.e. of |g^2 - v_hat| / v_hat (at most 2 for stationary gradients)",
+        ),
+    )
+    change_estimate: float = field(
+        default=math.nan,
+        metadata=_meta(
+            "steps", "closed-form step at which vhat_change per step reaches its tolerance"
+        ),
+    )
 
     @property
     def at_floor(self) -> bool:
@@ -772,6 +786,33 @@ class SettlingResult:
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict."""
         return asdict(self)
+
+
+def _innovation(step: FloatArray, per_step: FloatArray, beta2: float) -> float:
+    # Median over the second half of the rows of vhat_change per step / w_t, w_t the weight of
+    # the newest g^2 in the bias-corrected v_hat (1/t when beta2 is unknown, i.e. near 1).
+    if math.isfinite(beta2) and beta2 > 0.0:
+        weight = (1.0 - beta2) / -np.expm1(step * math.log(beta2))
+    elif beta2 == 0.0:
+        weight = np.ones_like(step)
+    else:
+        weight = 1.0 / step
+    ratio = (per_step / weight)[step.size // 2 :]
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.median(ratio)) if ratio.size else math.nan
+
+
+def _steps_for_change(innovation: float, tol: float, beta2: float) -> float:
+    # Solve w_t * innovation = tol for t (see settling_step); nan when there is no answer: no
+    # innovation measured, one above the stationary bound of 2, or a level change above tol.
+    if not (math.isfinite(innovation) and 0.0 <= innovation <= 2.0):
+        return math.nan
+    if not math.isfinite(beta2):  # w_t ~ 1/t
+        return innovation / tol
+    if beta2 == 0.0:  # w_t = 1
+        return 1.0 if innovation <= tol else math.nan
+    x = (1.0 - beta2) * innovation / tol
+    return math.log1p(-x) / math.log(beta2) if x < 1.0 else math.nan
 
 
 def _first_settled(ok: npt.NDArray[np.bool_], window: int | None) -> int:
@@ -831,12 +872,25 @@ def settling_step(
 
     The settling step is the first row from which all rows pass to the end of the trace
     (``window=None``) or for ``window`` consecutive rows. ``last_criterion`` names the
-    criterion that settled last by the same rule. If the trace never settles, the estimate
-    solves :math:`\\sqrt{\\kappa / n_\\text{eff}(t)} = ` ``rel_error_tol`` in closed form
-    (:func:`steps_for_n_eff` of :math:`\\min(\\kappa/\\text{tol}^2,\\ \\text{saturation}
-    \\cdot (1+\\beta_2)/(1-\\beta_2))`, with the last finite :math:`\\kappa`), at least the last
-    step seen, flagged ``extrapolated``; drift and vhat_change cannot be extrapolated, so when
-    they are the unsettled ones the estimate is only a lower bound (said in ``reason``).
+    criterion that settled last by the same rule. If the trace never settles, the estimate is
+    the latest of the last step seen and two closed forms, flagged ``extrapolated``:
+
+    - **rel_error**: :math:`\\sqrt{\\kappa / n_\\text{eff}(t)} = ` ``rel_error_tol``
+      (:func:`steps_for_n_eff` of :math:`\\min(\\kappa/\\text{tol}^2,\\ \\text{saturation}
+      \\cdot (1+\\beta_2)/(1-\\beta_2))`, with the last finite :math:`\\kappa`);
+    - **vhat_change**, when it is unsettled: Adam's bias-corrected update moves :math:`\\hat v`
+      by :math:`w_t (g_t^2 - \\hat v_{t-1})` with :math:`w_t = (1-\\beta_2)/(1-\\beta_2^t)`, so
+      the change per step divided by :math:`w_t` is the *innovation*
+      :math:`m = \\lVert g^2 - \\hat v \\rVert_1 / \\lVert \\hat v \\rVert_1`, which stays
+      level while :math:`w_t` falls. With :math:`\\hat m` its median over the trace's second
+      half, the change reaches its tolerance :math:`c` where :math:`w_t \\hat m = c`:
+      :math:`t = \\ln(1 - (1-\\beta_2)\\hat m / c) / \\ln \\beta_2` (``change_estimate``).
+      Stationary gradients give :math:`\\hat m \\le 2`; a larger one means the gradient scale
+      is still moving, which no closed form follows, and the estimate is not made.
+
+    So the answer does not depend on how long the trace was, only on what it measured. Drift
+    cannot be extrapolated: when it (or a vhat_change with no estimate) is unsettled, the
+    estimate is only a lower bound (said in ``reason``).
 
     :math:`\\beta_2` comes from the ``beta2`` argument, else the frame's ``beta2`` column
     (its minimum), else it is solved from ``step`` and ``n_eff``; ``nan`` (no saturation rule,
@@ -898,11 +952,13 @@ def settling_step(
     change_cap = max(change_tol, 2.0 * (1.0 - b2)) if math.isfinite(b2) else change_tol
     with np.errstate(invalid="ignore", divide="ignore"):
         per_step = col["vhat_change"] / np.diff(step, prepend=math.nan)
+        innovation = _innovation(step, per_step, b2)
         crit = {
             "rel_error": (col["rel_error"] <= rel_error_tol) | (col["n_eff"] >= saturation * cap),
             "drift": (col["drift"] >= lo) & (col["drift"] <= hi),
             "vhat_change": per_step <= change_cap,
         }
+    change_estimate = _steps_for_change(innovation, change_cap, b2)
     first = {k: _first_settled(ok, window) for k, ok in crit.items()}
     overall = _first_settled(np.logical_and.reduce(list(crit.values())), window)
     last = max(first, key=lambda k: first[k] if first[k] >= 0 else math.inf)
@@ -915,6 +971,8 @@ def settling_step(
         "beta2": b2,
         "kappa": kappa,
         "last_step": float(step[-1]) if step.size else math.nan,
+        "innovation": innovation,
+        "change_estimate": change_estimate,
     }
     detail = ", ".join(
         f"{k} at update {v:g}" if math.isfinite(v) else f"{k} not yet" for k, v in at.items()
@@ -940,10 +998,19 @@ def settling_step(
         f"rel_error = sqrt(kappa/n_eff(t)) with kappa={kappa:.3g}, beta2={b2:.6g} reaches "
         f"{rel_error_tol:g} (or saturation) at n_eff={need:.4g}, t={t_star:.1f}"
     )
-    if set(open_) - {"rel_error"}:
-        # Drift or vhat_change is still open (alone or with rel_error): the closed form covers
-        # rel_error only.
-        reason += "; only a lower bound: drift/vhat_change cannot be extrapolated"
+    unknown = {"drift"} & set(open_)
+    if "vhat_change" in open_:
+        if math.isfinite(change_estimate):
+            estimate = max(estimate, change_estimate)
+            reason += (
+                f"; vhat_change per step = innovation * (1-beta2)/(1-beta2^t) with innovation "
+                f"{innovation:.3g} reaches {change_cap:g} at t={change_estimate:.1f}"
+            )
+        else:
+            unknown.add("vhat_change")
+            reason += f"; vhat_change has no closed form here (innovation {innovation:.3g})"
+    if unknown:
+        reason += f"; only a lower bound: {'/'.join(sorted(unknown))} cannot be extrapolated"
     return SettlingResult(
         settled=False, extrapolated=True, settling_step=estimate, reason=reason, **common
     )

@@ -431,17 +431,73 @@ def test_settling_lower_bound_when_drift_never_settles() -> None:
     assert "drift not yet" in r.reason and "nan" not in r.reason
 
 
-def test_settling_lower_bound_when_vhat_change_is_open_beside_rel_error() -> None:
-    # A 20-step burst at beta2 = 0.999: neither rel_error nor vhat_change (about 1/t per step)
-    # has settled. The closed form answers for rel_error only, so it is a lower bound.
-    r = settling_step(_stats_frame(20))
-    assert not r.settled and r.extrapolated
+def test_settling_extrapolates_vhat_change_beside_rel_error() -> None:
+    # A 20-step burst at beta2 = 0.999 with drift settled: neither rel_error nor vhat_change
+    # (1/t per step here) has settled. Both have closed forms, so the answer is no lower bound.
+    frame = _stats_frame(20)
+    frame["drift"] = 1.0
+    r = settling_step(frame)
+    assert not r.settled and r.extrapolated and not r.at_floor
     assert "rel_error" in r.reason and "vhat_change not yet" in r.reason
-    assert "lower bound" in r.reason
-    only_rel = _stats_frame(20)
-    only_rel["vhat_change"] = 0.0
-    only_rel["drift"] = 1.0
-    assert "lower bound" not in settling_step(only_rel).reason
+    assert "lower bound" not in r.reason
+    t = np.arange(11.0, 21.0)  # the second half of the rows
+    innovation = float(np.median((1 / t) * (1 - 0.999**t) / (1 - 0.999)))
+    assert r.innovation == pytest.approx(innovation, rel=1e-12)
+    t_change = math.log(1 - 0.001 * innovation / 0.01) / math.log(0.999)
+    assert r.change_estimate == pytest.approx(t_change, rel=1e-12)
+    t_rel = steps_for_n_eff(200.0, 0.999)
+    assert r.settling_step == pytest.approx(max(t_rel, t_change), rel=1e-12)
+    assert f"t={t_change:.1f}" in r.reason
+
+
+def _adam_second_moment_frame(
+    updates: int, beta2: float, heavy_tails: bool, coords: int = 4000
+) -> pd.DataFrame:
+    # The frame SecondMomentMonitor would write for stationary gradients (Gaussian, or
+    # Student-t with 5 degrees of freedom): Adam's bias-corrected v_hat, its L1 change.
+    rng = np.random.default_rng(0)
+    v = np.zeros(coords)
+    before = None
+    rows = []
+    for t in range(1, updates + 1):
+        g = rng.standard_t(5, coords) if heavy_tails else rng.standard_normal(coords)
+        v = beta2 * v + (1 - beta2) * g * g
+        vhat = v / (1 - beta2**t)
+        change = math.nan if before is None else np.abs(vhat - before).sum() / before.sum()
+        before = vhat
+        neff = float(n_eff(float(t), beta2))
+        rows.append(
+            {"step": t, "drift": 1.0, "vhat_change": change, "kappa": 2.0,
+             "n_eff": neff, "rel_error": math.sqrt(2.0 / neff)}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("beta2", [0.999, 0.99])
+@pytest.mark.parametrize("heavy_tails", [False, True])
+def test_settling_of_a_short_trace_predicts_the_long_one(beta2: float, heavy_tails: bool) -> None:
+    # What a 20- or 40-update probe extrapolates for vhat_change is what a 600-update one
+    # measures: the answer does not grow with the probe's budget. (Within 15%: the measured
+    # step is the first after which every row passes, so one late heavy-tailed g^2 moves it.)
+    frame = _adam_second_moment_frame(600, beta2, heavy_tails)
+    measured = settling_step(frame, rel_error_tol=0.25)
+    assert measured.settled and measured.last_criterion == "vhat_change"
+    for updates in (20, 40):
+        short = settling_step(frame.iloc[:updates], rel_error_tol=0.25)
+        assert short.extrapolated and not short.at_floor
+        assert short.settling_step == pytest.approx(measured.settling_step, rel=0.15)
+
+
+def test_settling_lower_bound_when_the_innovation_is_not_stationary() -> None:
+    # v_hat moving 30% per step at t ~ 20 is a gradient scale still changing (innovation far
+    # above 2): no closed form follows it, so the last update observed is a lower bound.
+    frame = _stats_frame(20, kappa=0.02)  # rel_error settled: only vhat_change is open
+    frame["drift"] = 1.0
+    frame["vhat_change"] = 0.3
+    r = settling_step(frame)
+    assert r.innovation > 2.0 and math.isnan(r.change_estimate)
+    assert r.at_floor and r.settling_step == 20.0
+    assert "only a lower bound: vhat_change cannot be extrapolated" in r.reason
 
 
 def test_settling_degenerate_frames() -> None:
