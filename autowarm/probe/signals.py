@@ -766,8 +766,9 @@ class SettlingResult:
         default=math.nan,
         metadata=_meta(
             "ratio",
-            "median over the trace's second half of vhat_change per step / ((1-beta2)/(1-beta2^t)),"
-            " i.e. of |g^2 - v_hat| / v_hat (at most 2 for stationary gradients)",
+            "median over the trace's second half of vhat_change per step / "
+            "((1-beta2)/(1-beta2^t)), i.e. of |g^2 - v_hat| / v_hat (at most 2 for stationary "
+            "gradients)",
         ),
     )
     change_estimate: float = field(
