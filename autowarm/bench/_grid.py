@@ -293,7 +293,7 @@ class RowAppender:
         path = self._path
         if not path.exists() or path.stat().st_size == 0:
             with path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self._columns).writeheader()
+                csv.DictWriter(f, fieldnames=self._columns, lineterminator="\n").writeheader()
             return
         with path.open("rb+") as f:
             f.seek(-1, os.SEEK_END)
@@ -304,12 +304,12 @@ class RowAppender:
                 data = f.read()
                 f.truncate(data.rfind(b"\n") + 1)
             else:
-                f.write(b"\r\n")  # csv's own line terminator; the cut row is skipped
+                f.write(b"\n")  # end the cut row, which the reader then skips
 
     def write(self, row: dict[str, Any]) -> None:
         self._prepare()
         with self._path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+            csv.DictWriter(f, fieldnames=self._columns, lineterminator="\n").writerow(row)
             f.flush()
             os.fsync(f.fileno())
 

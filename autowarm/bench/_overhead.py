@@ -495,7 +495,9 @@ def write_csv(rows: Sequence[OverheadResult], path: Path) -> None:
     """Write the measurements to ``path`` with the columns of :data:`COLUMNS`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer = csv.DictWriter(
+            fh, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n"
+        )
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row[k]) for k in COLUMNS})  # type: ignore[literal-required]

@@ -225,7 +225,7 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
 def _append(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer = csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerow(row)

@@ -364,3 +364,26 @@ def test_a_grid_resumed_with_another_torch_says_it_mixes_versions(
         oracle_grid(task, seeds=2, **kw)  # seed 1 runs beside seed 0's older row
     assert "made by autowarm" in caplog.text and "with torch 2.0.0" in caplog.text
     assert "so the grid will mix versions" in caplog.text
+
+
+def test_bench_csvs_end_their_rows_in_newline_only(tmp_path: Path) -> None:
+    # pandas rewrites these files with "\n" (removing a method's rows before a re-run); an
+    # appender writing csv's default "\r\n" made committed files mix both line ends.
+    from autowarm.bench._grid import COLUMNS, RowAppender
+    from autowarm.bench._overhead import COLUMNS as OVERHEAD_COLUMNS
+    from autowarm.bench._overhead import write_csv
+    from autowarm.bench._study import _append
+
+    grid = tmp_path / "grid.csv"
+    writer = RowAppender(grid, COLUMNS)
+    writer.write(dict.fromkeys(COLUMNS, "1"))
+    grid.write_bytes(grid.read_bytes() + b"1,2")  # a row cut by a kill: ended, then skipped
+    writer.write(dict.fromkeys(COLUMNS, "2"))
+    study = tmp_path / "study.csv"
+    _append(study, {"task": "t", "value": 1.0})
+    _append(study, {"task": "u", "value": 2.0})
+    overhead = tmp_path / "overhead.csv"
+    write_csv([dict.fromkeys(OVERHEAD_COLUMNS, 1.0)], overhead)  # type: ignore[list-item]
+    for path, lines in ((grid, 4), (study, 3), (overhead, 2)):
+        data = path.read_bytes()
+        assert b"\r" not in data and data.count(b"\n") == lines, path.name
