@@ -871,6 +871,8 @@ def _rationale(
         n = _ceil_updates(st.settling_step)
         if st.settled:
             how = f"settled after {n} updates"
+        elif not st.extrapolated:
+            how = "gave no settling step, so it set no least warmup"
         elif st.at_floor:
             how = (
                 f"had not settled by update {n}, the last the bursts observed, which is "

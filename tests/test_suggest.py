@@ -1319,6 +1319,20 @@ def test_the_rationale_says_what_the_settling_step_is() -> None:
     text = _rationale(outcome, 10, 10, 1000)
     assert "had not settled by update 20, the last the bursts observed" in text
     assert "decided by the second moment" in text
+    no_kappa = frame.assign(kappa=np.nan, rel_error=np.nan)
+    unknown = settling_step(no_kappa, rel_error_tol=0.5, beta2=0.999)
+    assert not unknown.extrapolated and math.isnan(unknown.settling_step)
+    text = _rationale(_outcome_with(settling=unknown), 10, 10, 1000)
+    assert "second moment gave no settling step, so it set no least warmup" in text
+    assert "extrapolated" not in text and "?" not in text
+    from autowarm.probe._search import outcome_signals
+
+    row = next(
+        r
+        for r in outcome_signals(_outcome_with(settling=unknown))
+        if r["name"] == "second_moment.settling_step"
+    )
+    assert row["description"] == "no settling step could be read (nan)"
     none = _outcome_with(settling=None, warmup_steps=0, deciding_signal="none needed")
     text = _rationale(none, 10, 10, 1000)
     assert "Warmup 0 steps (0.0% of 1000), no signal asked for one" in text

@@ -583,6 +583,8 @@ def _settling_description(st: sig.SettlingResult) -> str:
         return "v_hat settled (measured)"
     if st.at_floor:
         return "v_hat not settled by the last update observed (a lower bound)"
+    if not st.extrapolated:
+        return "no settling step could be read (nan)"
     return "v_hat settled (extrapolated)"
 
 
