@@ -59,6 +59,12 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
             f"{type(data).__name__}: {data!r}"
         )
     fmt = data.get("format", FORMAT_NAME)
+    if fmt == "autowarm.suggestion":  # _suggest.SUGGESTION_FORMAT (not imported: a cycle)
+        raise ValueError(
+            "this is a probe's suggestion (format 'autowarm.suggestion'), not a schedule config: "
+            "pass the schedule.yaml written beside it, or read it in Python with "
+            "autowarm.Suggestion.load(path).schedule"
+        )
     if fmt != FORMAT_NAME:
         raise ValueError(f"format must be {FORMAT_NAME!r}, but got format={fmt!r}")
     check_format_version(data, FORMAT_VERSION)

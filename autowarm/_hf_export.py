@@ -32,9 +32,12 @@ def transformers_kwargs(cfg: ScheduleConfig) -> dict[str, Any]:
     # Without warmup the start factor never applies.
     start = cfg.warmup_start_factor if cfg.warmup_steps > 0 else 0.0
     name, kwargs = _name_and_kwargs(cfg, decay, floor, start)
+    warmup = cfg.warmup_steps
+    if name == "warmup_stable_decay" and start == 1.0:
+        warmup = 0  # a warmup that starts at the peak is part of transformers' stable phase
     return {
         "name": name,
-        "num_warmup_steps": cfg.warmup_steps,
+        "num_warmup_steps": warmup,
         "num_training_steps": cfg.total_steps,
         "scheduler_specific_kwargs": kwargs,
     }
@@ -43,9 +46,21 @@ def transformers_kwargs(cfg: ScheduleConfig) -> dict[str, Any]:
 def _name_and_kwargs(
     cfg: ScheduleConfig, decay: Decay, floor: float, start: float
 ) -> tuple[str, dict[str, Any]]:
-    if decay is Decay.WARMUP_STABLE_DECAY:
-        # transformers starts the WSD warmup at min_lr_ratio: it must equal our start factor.
-        if cfg.warmup_steps > 0 and not math.isclose(start, floor, rel_tol=1e-12, abs_tol=0.0):
+    # The peak held from the end of the warmup on: no decay within the run, a decay to the
+    # peak itself, or the constant shape. Any shape then is transformers' constant(_with_warmup).
+    held = (
+        decay is Decay.CONSTANT or cfg.warmup_steps >= cfg.total_steps or cfg.min_lr >= cfg.peak_lr
+    )
+    if held and (cfg.warmup_steps == 0 or start == 1.0):
+        return "constant", {}  # no warmup, or one that starts at the peak: the peak throughout
+    if decay is Decay.WARMUP_STABLE_DECAY and not held:
+        # transformers starts the WSD warmup at min_lr_ratio: it must equal our start factor,
+        # unless the warmup starts at the peak, which transformers_kwargs exports as no warmup.
+        if (
+            cfg.warmup_steps > 0
+            and start != 1.0
+            and not math.isclose(start, floor, rel_tol=1e-12, abs_tol=0.0)
+        ):
             raise _unsupported(
                 cfg,
                 "warmup_stable_decay",
@@ -57,13 +72,6 @@ def _name_and_kwargs(
             "decay_type": WsdShape(cfg.wsd_decay_shape).value,
             "min_lr_ratio": floor,
         }
-    # The peak held from the end of the warmup on: no decay within the run, a decay to the
-    # peak itself, or the constant shape. Any shape then is transformers' constant(_with_warmup).
-    held = (
-        decay is Decay.CONSTANT or cfg.warmup_steps >= cfg.total_steps or cfg.min_lr >= cfg.peak_lr
-    )
-    if held and (cfg.warmup_steps == 0 or start == 1.0):
-        return "constant", {}  # no warmup, or one that starts at the peak: the peak throughout
     if start != 0.0 and cfg.warmup_steps > 0:
         closest = "cosine_warmup_with_min_lr" if decay is Decay.COSINE else decay.value
         raise _unsupported(

@@ -152,9 +152,10 @@ class ScheduleConfig:
             self.warmup_steps + self.wsd_decay_steps > self.total_steps
         ):
             raise ValueError(
-                "warmup_steps + wsd_decay_fraction * total_steps must be <= total_steps, but got "
-                f"warmup_steps={self.warmup_steps}, wsd_decay_fraction={frac!r}, "
-                f"total_steps={self.total_steps}"
+                "warmup_steps must be <= total_steps - wsd_decay_steps, the final decay's "
+                "max(1, round(wsd_decay_fraction * total_steps)) updates, but got "
+                f"warmup_steps={self.warmup_steps}, wsd_decay_fraction={frac!r} "
+                f"({self.wsd_decay_steps} decay steps), total_steps={self.total_steps}"
             )
 
     def _check_other_decays_parameters(self) -> None:
@@ -288,8 +289,9 @@ class ScheduleConfig:
 
         The LRs are equal for every update of the run (steps ``0`` to ``total_steps - 1``).
         After the run they can part: :meth:`lr_at` holds its last value, while transformers'
-        ``cosine`` and ``cosine_with_restarts`` turn back up and its ``inverse_sqrt`` keeps
-        decaying. Give ``total_steps`` the real run's number of updates (``max_steps``).
+        ``cosine`` turns back up, its ``cosine_with_restarts`` drops to 0 and its
+        ``inverse_sqrt`` keeps decaying. Give ``total_steps`` the real run's number of updates
+        (``max_steps``).
 
         Raises:
             TransformersExportError: the schedule has no exact transformers equivalent; the
@@ -312,7 +314,7 @@ class ScheduleConfig:
         hf = self.to_transformers()
         return {
             "learning_rate": self.peak_lr,
-            "warmup_steps": self.warmup_steps,
+            "warmup_steps": hf["num_warmup_steps"],
             "lr_scheduler_type": hf["name"],
             "lr_scheduler_kwargs": dict(hf["scheduler_specific_kwargs"]),
             "max_steps": self.total_steps,

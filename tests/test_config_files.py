@@ -284,6 +284,23 @@ def test_a_schedule_config_passed_as_a_suggestion_says_what_it_is(
     assert "is a schedule config, not a suggestion" in capsys.readouterr().err
 
 
+def test_a_suggestion_passed_as_a_schedule_config_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm._suggest import SUGGESTION_FORMAT
+    from autowarm.cli import main
+
+    path = tmp_path / "suggestion.json"
+    path.write_text(json.dumps({"format": SUGGESTION_FORMAT, "format_version": 1}))
+    with pytest.raises(ValueError, match=r"suggestion\.json: this is a probe's suggestion"):
+        ScheduleConfig.load(path)
+    assert main(["export", str(path), "-o", str(tmp_path / "out.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "pass the schedule.yaml written beside it" in err
+    assert "Suggestion.load(path).schedule" in err
+    assert not (tmp_path / "out.yaml").exists()
+
+
 @contextlib.contextmanager
 def _umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)

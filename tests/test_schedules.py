@@ -276,6 +276,12 @@ def test_wsd_phases_must_fit() -> None:
             decay="warmup_stable_decay",
             wsd_decay_fraction=0.5,
         )
+    # The limit is on whole decay steps: round(0.25 * 10) = 2 (half to even), so a warmup of 8
+    # fits and 9 does not, as the message says.
+    wsd = dict(peak_lr=1.0, total_steps=10, decay="warmup_stable_decay", wsd_decay_fraction=0.25)
+    assert ScheduleConfig(warmup_steps=8, **wsd).warmup_limit == 8  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"<= total_steps - wsd_decay_steps.*\(2 decay steps\)"):
+        ScheduleConfig(warmup_steps=9, **wsd)  # type: ignore[arg-type]
 
 
 def test_frozen() -> None:

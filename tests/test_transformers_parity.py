@@ -40,6 +40,17 @@ CASES: list[dict[str, Any]] = [
         "warmup_start_factor": 1e-5 / 3e-4,
     },
     {"decay": "warmup_stable_decay", "warmup_steps": 0, "wsd_decay_shape": "1-sqrt"},
+    # a WSD that decays to the peak itself is constant_with_warmup; one whose warmup starts at
+    # the peak is transformers' WSD without warmup (its stable phase covers our warmup)
+    {"decay": "warmup_stable_decay", "warmup_steps": 100, "min_lr": 3e-4},
+    {"decay": "warmup_stable_decay", "warmup_steps": 100, "warmup_start_factor": 1.0},
+    {
+        "decay": "warmup_stable_decay",
+        "warmup_steps": 100,
+        "warmup_start_factor": 1.0,
+        "min_lr": 1e-5,
+        "wsd_decay_shape": "cosine",
+    },
     # the peak held after the warmup, whatever the shape: constant(_with_warmup), which used to
     # be refused for these shapes ("no floor in transformers", "warms up from 0")
     {"decay": "cosine_with_restarts", "warmup_steps": 100, "min_lr": 3e-4},
@@ -85,7 +96,17 @@ def test_lrs_equal_transformers_get_scheduler(case: dict[str, Any]) -> None:
     assert ours == [cfg.lr_at(s) for s in range(T)]
 
 
-@pytest.mark.parametrize("case", CASES[:8], ids=lambda c: "-".join(f"{v}" for v in c.values()))
+_WSD_FROM_THE_PEAK = {
+    "decay": "warmup_stable_decay",
+    "warmup_steps": 100,
+    "warmup_start_factor": 1.0,
+}
+_TRAINER_CASES = [*CASES[:8], _WSD_FROM_THE_PEAK]
+
+
+@pytest.mark.parametrize(
+    "case", _TRAINER_CASES, ids=lambda c: "-".join(f"{v}" for v in c.values())
+)
 def test_trainer_args_construct_without_warnings(case: dict[str, Any], tmp_path: Path) -> None:
     cfg = ScheduleConfig(peak_lr=3e-4, total_steps=T, **case)
     args = cfg.to_trainer_args()
@@ -103,4 +124,5 @@ def test_trainer_args_construct_without_warnings(case: dict[str, Any], tmp_path:
         ta = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], **args)
     assert ta.learning_rate == cfg.peak_lr
     assert ta.max_steps == T
-    assert ta.get_warmup_steps(T) == cfg.warmup_steps
+    # the exported warmup: 0 for a warmup that starts at the peak of a WSD
+    assert ta.get_warmup_steps(T) == cfg.to_transformers()["num_warmup_steps"]
