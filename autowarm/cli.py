@@ -116,7 +116,10 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--probe",
         action="store_true",
-        help="with --storage: the probe's suggestion the study started from, not its best",
+        help=(
+            "with --storage: the probe's schedule the study started from (its trial 0, at the "
+            "study's run length), not its best"
+        ),
     )
     p.add_argument(
         "--format",
@@ -168,6 +171,7 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{given} goes with --storage URL (a study), not with a schedule file")
     fmt = export_format(args.format, args.output)
     if args.storage is not None:
+        from autowarm.study import _attrs
         from autowarm.study._storage import load_study
         from autowarm.study._tune import best_schedule, suggestion_from_study
 
@@ -180,7 +184,17 @@ def _run_export(args: argparse.Namespace) -> int:
                     "`autowarm tune`, or its probe has not finished; leave out --probe for its "
                     "best trial"
                 )
-            cfg = suggestion.schedule
+            base = study.user_attrs.get(_attrs.BASE_SCHEDULE)
+            # The probe's schedule at the study's run length (its trial 0), which differs from
+            # the suggestion's own when the probe was made for a run of another length.
+            cfg = ScheduleConfig.from_dict(base) if base is not None else suggestion.schedule
+            if cfg.total_steps != suggestion.schedule.total_steps:
+                _log.info(
+                    "the probe's schedule for the study's run of %d steps (the probe itself was "
+                    "made for %d)",
+                    cfg.total_steps,
+                    suggestion.schedule.total_steps,
+                )
         else:
             cfg = best_schedule(study)
     else:

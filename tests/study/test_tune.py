@@ -878,6 +878,34 @@ def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
     assert proc.returncode == 1 and "--study-name goes with --storage" in err
 
 
+def test_export_probe_gives_the_schedule_at_the_studys_run_length(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    from autowarm.cli import main
+
+    # A probe of the 200-step run, a study of a 600-step one: the probe's schedule the study
+    # centred on (its trial 0) is the one resized to 600 steps, not the probe's own.
+    longer = dataclasses.replace(task, total_steps=600)
+    db = tmp_path / "s.db"
+    result = autowarm.tune(
+        longer,
+        n_trials=1,
+        storage=str(db),
+        study_name="s",
+        suggestion=suggestion,
+        trial_steps=40,
+        progress=False,
+        confirm=0,
+    )
+    target = tmp_path / "probe.yaml"
+    assert main(["export", "--storage", str(db), "--probe", "-o", str(target)]) == 0
+    exported = ScheduleConfig.load(target)
+    assert suggestion.schedule.total_steps == 200 and exported.total_steps == 600
+    trial0 = result.study.get_trials()[0].user_attrs[_attrs.SCHEDULE]
+    assert exported == ScheduleConfig.from_dict(trial0)
+    assert exported.peak_lr == suggestion.peak_lr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, sig: signal.Signals) -> None:
     db = tmp_path / "study.db"
