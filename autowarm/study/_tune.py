@@ -578,7 +578,8 @@ def tune(
         n_trials:
             The study's total number of trials (not "this many more"), probe and references
             included. Default: as many as fit, with the probe, into six full runs
-            (``FULL_RUN_BUDGET``), unless ``timeout`` is given.
+            (``FULL_RUN_BUDGET``), or on a resume the total stored by the last run; with a
+            ``timeout`` and no ``n_trials``, no total: trials run until the time is up.
         timeout:
             Seconds after which no new trial starts (running ones finish).
         storage:
@@ -831,7 +832,9 @@ def _set_up(
         if suggestion is None:
             suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
         suggestion_schedule = _centre_of(suggestion, task)
-        if n_trials is None:
+        if n_trials is None and not has_timeout:
+            # A resume without either keeps the stored total; with a timeout alone, trials
+            # run until the time is up (else a study at its total would run nothing).
             target = study.user_attrs.get(_attrs.N_TRIALS)
             if isinstance(target, int):
                 n_trials = target

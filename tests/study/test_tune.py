@@ -396,6 +396,23 @@ def test_resume_counts_the_study_total_and_keeps_the_probe(
     assert roles.count(_attrs.ROLE_PROBE) == 1
 
 
+def test_a_resume_with_a_timeout_alone_runs_trials_past_the_stored_total(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    first = autowarm.tune(task, n_trials=5, suggestion=suggestion, **kw)
+    assert len(first.study.get_trials()) == 5
+    # The README: "with --timeout and no --n-trials, trials run until the time is up". The
+    # stored total of 5 used to apply, and the resume ran nothing.
+    again = autowarm.tune(task, timeout=3.0, **kw)
+    assert len(again.study.get_trials()) > 5
+    assert again.study.user_attrs[_attrs.N_TRIALS] is None
+    third = autowarm.tune(task, n_trials=len(again.study.get_trials()), **kw)
+    assert len(third.study.get_trials()) == len(again.study.get_trials())
+
+
 def test_fewer_trials_than_references_queues_only_those_and_the_rest_on_resume(
     tmp_path: Path, task: Task, suggestion: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
