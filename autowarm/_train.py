@@ -869,6 +869,24 @@ class BatchStream:
             raise empty_data_error(self._data)
 
 
+@contextlib.contextmanager
+def seeded_stream(data: Iterable[Any], device: torch.device, seed: int) -> Iterator[BatchStream]:
+    """A :class:`BatchStream` over ``data`` for one seeded run (a trial, a grid cell).
+
+    The data's own generators (``DataLoader(generator=...)``) are seeded with ``seed``, as the
+    caller seeds torch's global RNG, so every run of a seed sees one order whatever ran before
+    it; on exit they get their states back and the loader workers the stream started end.
+    """
+    stream = BatchStream(data, device)
+    try:
+        if stream._generators:  # else restart() would only start the loader's workers again
+            stream.restart(seed=seed)
+        yield stream
+    finally:
+        stream.restore_generators()
+        stream.close()
+
+
 def _shutdown_workers(iterator: object) -> None:
     # torch's multi-process loader iterator stops its workers with _shutdown_workers (what its
     # __del__ calls; safe to call twice); other iterators have nothing to stop.

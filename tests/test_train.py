@@ -19,6 +19,7 @@ from autowarm._train import (
     model_device,
     move_to_device,
     resolve_loss_fn,
+    seeded_stream,
     train_step,
 )
 
@@ -552,3 +553,22 @@ def test_a_packed_sequence_batch_trains_an_lstm_on_cuda() -> None:
 
     optimizer = torch.optim.AdamW(lstm.parameters(), lr=1e-3)
     assert train_step(lstm, optimizer, batch, loss_fn).finite
+
+
+def test_seeded_stream_orders_a_loader_by_the_seed_and_gives_its_generator_back() -> None:
+    from torch.utils.data import DataLoader
+
+    own = torch.Generator().manual_seed(7)
+    loader = DataLoader(torch.arange(64.0), batch_size=8, shuffle=True, generator=own)
+    before = own.get_state().clone()
+
+    def order(seed: int) -> list[float]:
+        with seeded_stream(loader, CPU, seed) as stream:
+            return [float(stream.next()[0]) for _ in range(8)]
+
+    first = order(0)
+    assert order(0) == first and order(1) != first  # whatever ran before
+    assert torch.equal(own.get_state(), before)
+    plain = [torch.full((2,), float(i)) for i in range(4)]  # no generator: served as given
+    with seeded_stream(plain, CPU, 3) as stream:
+        assert [float(stream.next()[0]) for _ in range(5)] == [0.0, 1.0, 2.0, 3.0, 0.0]

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autowarm._train import BatchStream, LossFn, model_device, train_step
+from autowarm._train import LossFn, model_device, seeded_stream, train_step
 from autowarm.bench import _args
 from autowarm.bench._grid import (
     RowAppender,
@@ -117,22 +117,22 @@ def finder_lr(task: BenchTask, seed: int, *, steps: int = FINDER_STEPS) -> tuple
         model = task.make_model(seed)
         loss_fn = _Counted(task.resolved_loss_fn())
         optimizer = task.make_optimizer(model.parameters(), 1e-7)
-        stream = BatchStream(task.train_data(seed), model_device(model))
         lrs = np.geomspace(1e-7, 10.0, steps)
         losses: list[float] = []
         best, avg = math.inf, 0.0
-        for i, lr in enumerate(lrs):
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr)
-            res = train_step(model, optimizer, stream.next(), loss_fn)
-            losses.append(res.loss)
-            if not res.finite:
-                break
-            avg = 0.98 * avg + 0.02 * res.loss
-            smooth = avg / (1 - 0.98 ** (i + 1))
-            best = min(best, smooth)
-            if i > 10 and smooth > 4 * best:  # torch-lr-finder's diverge_th
-                break
+        with seeded_stream(task.train_data(seed), model_device(model), seed) as stream:
+            for i, lr in enumerate(lrs):
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr)
+                res = train_step(model, optimizer, stream.next(), loss_fn)
+                losses.append(res.loss)
+                if not res.finite:
+                    break
+                avg = 0.98 * avg + 0.02 * res.loss
+                smooth = avg / (1 - 0.98 ** (i + 1))
+                best = min(best, smooth)
+                if i > 10 and smooth > 4 * best:  # torch-lr-finder's diverge_th
+                    break
         rt = sig.range_test(lrs[: len(losses)], losses, skip_begin=10, skip_end=5)
         lr_out = rt.steepest_lr if math.isfinite(rt.steepest_lr) else 1e-3
         return float(lr_out), loss_fn.calls

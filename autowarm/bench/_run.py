@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from autowarm._train import (
-    BatchStream,
     LossFn,
     StepResult,
     model_device,
     move_to_device,
+    seeded_stream,
     train_step,
 )
 from autowarm.bench.tasks import BenchTask
@@ -154,19 +154,20 @@ def _run(
     initial = _positive(task, task.validation_loss(model), "at the initial weights")
     optimizer = task.make_optimizer(model.parameters(), schedule.peak_lr, optimizer_cls)
     scheduler = schedule.lambda_lr(optimizer)
-    stream = BatchStream(task.train_data(seed), model_device(model))
     diverged, steps = False, 0
     start = time.perf_counter()
-    for step in range(schedule.total_steps):
-        lr = float(optimizer.param_groups[0]["lr"])
-        result = train_step(model, optimizer, stream.next(), loss_fn, grad_clip=task.grad_clip)
-        steps += 1
-        if on_step is not None:
-            on_step(step, lr, result)
-        if not result.finite:
-            diverged = True
-            break
-        scheduler.step()
+    with seeded_stream(task.train_data(seed), model_device(model), seed) as stream:
+        for step in range(schedule.total_steps):
+            lr = float(optimizer.param_groups[0]["lr"])
+            batch = stream.next()
+            result = train_step(model, optimizer, batch, loss_fn, grad_clip=task.grad_clip)
+            steps += 1
+            if on_step is not None:
+                on_step(step, lr, result)
+            if not result.finite:
+                diverged = True
+                break
+            scheduler.step()
     seconds = time.perf_counter() - start
     final = math.inf if diverged else _positive(task, task.validation_loss(model), "after the run")
     if not math.isfinite(final) or final >= divergence_factor * initial:

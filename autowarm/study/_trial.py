@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from autowarm._checks import is_int
-from autowarm._train import BatchStream, mixed_precision, model_device, train_step
+from autowarm._train import mixed_precision, model_device, seeded_stream, train_step
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._space import longest_warmup
 from autowarm.study._task import Task
@@ -137,49 +137,50 @@ def train_trial(
         scheduler = schedule.lambda_lr(optimizer)  # each group at its lr_scale
         loss_fn = task.resolved_loss_fn()
         amp = mixed_precision(task.precision, model, model_device(model))
-        stream = BatchStream(task.data(seed), model_device(model))
-        checkpoints = (
-            set(eval_steps(schedule.total_steps, n_evals)) if task.has_validation else set()
-        )
-        tail_start = schedule.total_steps - max(1, schedule.total_steps // 10)
-        tail: list[float] = []
-        smoothed, weight = 0.0, 0.0
-        value = math.nan
-        for step in range(schedule.total_steps):
-            if should_stop is not None and should_stop():
-                raise KeyboardInterrupt("stop requested")
-            batch = stream.next_update(task.accumulation_steps)
-            result = train_step(
-                model, optimizer, batch, loss_fn, grad_clip=task.grad_clip, amp=amp
+        # A loader with its own generator is seeded like the global RNG (seeded_stream).
+        with seeded_stream(task.data(seed), model_device(model), seed) as stream:
+            checkpoints = (
+                set(eval_steps(schedule.total_steps, n_evals)) if task.has_validation else set()
             )
-            if not result.finite:
-                seconds = time.perf_counter() - start
-                return TrialOutcome(math.inf, step, step + 1, seconds)
-            if result.skipped:
-                # The schedule advances per iteration, as in torch's AMP recipe; a first
-                # update skipped by the loss scaler is not the misuse torch warns of.
-                with warnings.catch_warnings():
-                    warnings.filterwarnings(
-                        "ignore",
-                        message="Detected call of `lr_scheduler.step",
-                        category=UserWarning,
-                    )
+            tail_start = schedule.total_steps - max(1, schedule.total_steps // 10)
+            tail: list[float] = []
+            smoothed, weight = 0.0, 0.0
+            value = math.nan
+            for step in range(schedule.total_steps):
+                if should_stop is not None and should_stop():
+                    raise KeyboardInterrupt("stop requested")
+                batch = stream.next_update(task.accumulation_steps)
+                result = train_step(
+                    model, optimizer, batch, loss_fn, grad_clip=task.grad_clip, amp=amp
+                )
+                if not result.finite:
+                    seconds = time.perf_counter() - start
+                    return TrialOutcome(math.inf, step, step + 1, seconds)
+                if result.skipped:
+                    # The schedule advances per iteration, as in torch's AMP recipe; a first
+                    # update skipped by the loss scaler is not the misuse torch warns of.
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings(
+                            "ignore",
+                            message="Detected call of `lr_scheduler.step",
+                            category=UserWarning,
+                        )
+                        scheduler.step()
+                else:
                     scheduler.step()
-            else:
-                scheduler.step()
-            if step >= tail_start:
-                tail.append(result.loss)
-            done = step + 1
-            if done in checkpoints:
-                value = task.evaluate(model)
-                if not math.isfinite(value):
-                    return TrialOutcome(math.inf, step, done, time.perf_counter() - start)
-                smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * value
-                weight = SMOOTHING * weight + (1 - SMOOTHING)
+                if step >= tail_start:
+                    tail.append(result.loss)
+                done = step + 1
+                if done in checkpoints:
+                    value = task.evaluate(model)
+                    if not math.isfinite(value):
+                        return TrialOutcome(math.inf, step, done, time.perf_counter() - start)
+                    smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * value
+                    weight = SMOOTHING * weight + (1 - SMOOTHING)
+                    if on_eval is not None:
+                        on_eval(done, smoothed / weight)
+            if not task.has_validation:
+                value = sum(tail) / len(tail)
                 if on_eval is not None:
-                    on_eval(done, smoothed / weight)
-        if not task.has_validation:
-            value = sum(tail) / len(tail)
-            if on_eval is not None:
-                on_eval(schedule.total_steps, value)
+                    on_eval(schedule.total_steps, value)
     return TrialOutcome(value, None, schedule.total_steps, time.perf_counter() - start)

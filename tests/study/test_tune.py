@@ -239,6 +239,34 @@ def test_a_task_with_param_groups_trains_them_at_their_scales(task: Task) -> Non
         train_trial(bad, schedule, seed=0)
 
 
+def test_a_loader_with_its_own_generator_gives_every_trial_one_order(task: Task) -> None:
+    # DataLoader(generator=...) draws its order from that generator, not from the global RNG
+    # a trial seeds: three trials of one schedule and seed saw three orders, and the user's
+    # generator was left advanced.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    y = x @ torch.randn(4, 1, generator=g)
+    own = torch.Generator().manual_seed(123)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=own)
+    shuffled = Task(
+        make_model=lambda s: torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+        ),
+        train_data=loader,
+        criterion=torch.nn.functional.mse_loss,
+        val_data=[(x[:64], y[:64])],
+        total_steps=60,
+    )
+    schedule = ScheduleConfig(peak_lr=0.05, total_steps=30, warmup_steps=3)
+    before = own.get_state().clone()
+    values = [train_trial(shuffled, schedule, seed=0).value for _ in range(3)]
+    assert values[0] == values[1] == values[2]
+    assert torch.equal(own.get_state(), before)
+    assert train_trial(shuffled, schedule, seed=1).value != values[0]
+
+
 def test_reading_a_database_before_its_tables_exist_is_a_clear_error(tmp_path: Path) -> None:
     # What a reader (report, export, a polling test) meets when a file has no tables and no
     # worker creates them within the wait: a ValueError naming the storage and what to do.
