@@ -479,11 +479,14 @@ def fail_dead_local_trials(study: optuna.Study, *, requeue_them: bool = True) ->
         if not isinstance(worker, str) or not _is_dead_here(worker):
             continue
         storage = study._storage
-        storage.set_trial_user_attr(
-            trial._trial_id, _attrs.REASON, f"its worker process {worker} died; re-queued"
-        )
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            continue
+        try:
+            storage.set_trial_user_attr(
+                trial._trial_id, _attrs.REASON, f"its worker process {worker} died; re-queued"
+            )
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker here failed (and re-queued) it since the list was read
         if requeue_them:
             requeue(study, trial)
         failed.append(trial.number)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -93,6 +94,28 @@ def test_only_trials_of_dead_workers_here_are_failed() -> None:
     assert failed == [numbers["dead"], numbers["old"]]
     running = study.get_trials(states=(TrialState.RUNNING,))
     assert [t.number for t in running] == [numbers["elsewhere"], numbers["alive"]]
+
+
+def test_two_workers_failing_the_same_dead_trial_do_not_crash() -> None:
+    # Worker B reads the running trials just before worker A fails the dead one: B's update
+    # of a finished trial used to raise UpdateFinishedTrialError and end B with a traceback.
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr(
+        _attrs.WORKER, f"{socket.gethostname()}:{_dead_pid()}:123:{_own_namespace()}"
+    )
+    read_by_b = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert _storage.fail_dead_local_trials(study) == [trial.number]
+
+    class Late:  # the study as worker B saw it a moment earlier
+        _storage = study._storage
+
+        def get_trials(self, **kwargs: Any) -> list[Any]:
+            return read_by_b
+
+    assert _storage.fail_dead_local_trials(Late()) == []  # type: ignore[arg-type]
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]  # failed and re-queued once
 
 
 # ---------------------------------------------------------------------------- path objects
