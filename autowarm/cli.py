@@ -311,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(bench="bench" in words)
     args = parser.parse_args(words)
     _setup_logging(args.verbose, args.quiet)
+    # Worker processes (`tune --workers N`) print their own errors: they read this.
+    debug_before = os.environ.get("AUTOWARM_DEBUG")
+    if args.debug:
+        os.environ["AUTOWARM_DEBUG"] = "1"
     try:
         code: int = args.func(args)
         return code
@@ -332,3 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         print(f"autowarm: error: {msg}", file=sys.stderr)
         return 1
+    finally:
+        if args.debug:
+            if debug_before is None:
+                os.environ.pop("AUTOWARM_DEBUG", None)
+            else:
+                os.environ["AUTOWARM_DEBUG"] = debug_before

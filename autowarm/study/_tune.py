@@ -1205,3 +1205,14 @@ def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None
             _work(task, plan, study, worker=index, distributed=True, flag=flag)
         except KeyboardInterrupt:
             sys.exit(130)
+        except Exception as exc:
+            # One line, as the CLI prints errors; the traceback with `autowarm --debug` (which
+            # sets AUTOWARM_DEBUG for the workers) or at DEBUG log level.
+            text = str(exc).strip()
+            debug = os.environ.get("AUTOWARM_DEBUG") == "1" or plan.log_level <= logging.DEBUG
+            _logger.error(
+                "error: %s",
+                text.splitlines()[0] if text else type(exc).__name__,
+                exc_info=debug,
+            )
+            sys.exit(1)

@@ -1032,6 +1032,22 @@ def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
     _check_no_loss_no_duplicates(_storage.load_study(str(log), "s"), 10)
 
 
+def test_a_worker_error_prints_one_line_and_the_traceback_with_debug(
+    tmp_path: Path, suggestion: Any
+) -> None:
+    saved = tmp_path / "suggestion.json"
+    suggestion.save(saved)
+    for debug in (False, True):
+        db = tmp_path / f"s{int(debug)}.db"
+        args = _tune_args(db, "s", 10, 40, "--workers", "2", "--suggestion", str(saved))
+        proc = _cli(*(["--debug"] if debug else []), *args, env={"TINY_TASK_RAISE": "1"})
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 1, err
+        assert err.count("error: 3 trials in a row failed") == 2, err  # one line per worker
+        assert "exited with an error" in err
+        assert ("Traceback" in err) is debug and ("in _worker_main" in err) is debug, err
+
+
 def _postgres_url() -> str:
     url = os.environ.get("AUTOWARM_TEST_POSTGRES_URL")
     if url:
