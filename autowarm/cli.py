@@ -172,8 +172,8 @@ def _run_export(args: argparse.Namespace) -> int:
     fmt = export_format(args.format, args.output)
     if args.storage is not None:
         from autowarm.study import _attrs
-        from autowarm.study._storage import load_study
-        from autowarm.study._tune import best_schedule, suggestion_from_study
+        from autowarm.study._storage import load_study, normalize_url, redact
+        from autowarm.study._tune import NoFinishedTrialError, best_schedule, suggestion_from_study
 
         study = load_study(args.storage, args.study_name)
         if args.probe:
@@ -196,7 +196,11 @@ def _run_export(args: argparse.Namespace) -> int:
                     suggestion.schedule.total_steps,
                 )
         else:
-            cfg = best_schedule(study)
+            try:
+                cfg = best_schedule(study)
+            except NoFinishedTrialError as exc:  # its advice names the storage as STORAGE
+                shown = redact(normalize_url(args.storage))
+                raise NoFinishedTrialError(str(exc).replace("STORAGE", shown)) from None
     else:
         cfg = ScheduleConfig.load(args.file)
     if args.output is not None:

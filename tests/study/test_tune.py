@@ -913,6 +913,12 @@ def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
     assert proc.returncode == 1, err  # was 0: a script would go on to export nothing
     assert "no completed trial yet (4 pruned)" in err and "a larger --n-trials" in err
     assert f"autowarm export --storage sqlite:///{db} --study-name s --probe" in err
+    proc = _cli(
+        "export", "--storage", str(db), "--study-name", "s", "-o", str(tmp_path / "x.yaml")
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "no completed trial yet" in err
+    assert "STORAGE" not in err and f"--storage sqlite:///{db} --study-name s --probe" in err
     target = tmp_path / "probe.yaml"
     proc = _cli("export", "--storage", str(db), "--study-name", "s", "--probe", "-o", str(target))
     _, err = proc.communicate(timeout=60)
