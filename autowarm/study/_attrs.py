@@ -28,6 +28,8 @@ Study user attributes:
 ``autowarm.precision``            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"``
 ``autowarm.metric``               what a trial's value is, in words
 ``autowarm.optimizer``            the optimizer and its settings (:meth:`Task.optimizer_identity`)
+``autowarm.param_groups``         one line per parameter group (its parameters, ``lr_scale`` and
+                                  settings; :meth:`Task.param_groups_identity`), or ``None``
 ``autowarm.grad_clip``            the trials' gradient-norm clipping, or ``None``
 ``autowarm.task_file``            the absolute path of the task file the study started from, or
                                   ``None`` (compared on resume: another path is warned about)
@@ -79,6 +81,7 @@ PRECISION: Final = "autowarm.precision"
 MODEL: Final = "autowarm.model"
 METRIC: Final = "autowarm.metric"
 OPTIMIZER: Final = "autowarm.optimizer"
+PARAM_GROUPS: Final = "autowarm.param_groups"
 GRAD_CLIP: Final = "autowarm.grad_clip"
 DATA: Final = "autowarm.data"
 TASK_FILE: Final = "autowarm.task_file"

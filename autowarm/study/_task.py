@@ -197,6 +197,30 @@ class Task:
         settings = ", ".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
         return f"{name}({settings})"
 
+    def param_groups_identity(self, seed: int = 0) -> list[str] | None:
+        """The parameter groups of :attr:`param_groups` as one line each, or ``None`` without
+        them: how many parameters, a 16-hex-digit hash of their names, the ``lr_scale`` and
+        the group's own settings, e.g. ``"2 params (3f9c...), lr_scale=0.1, weight_decay=0.0"``.
+        Recorded in a study, so a resume with other groups (another split, scale or weight
+        decay) under the same task name is refused."""
+        if self.param_groups is None:
+            return None
+        from autowarm._groups import resolve_param_groups
+
+        model = self._seeded_model(seed)
+        names = {id(p): n for n, p in model.named_parameters()}
+        kwargs = dict(self.optimizer_kwargs or {})
+        groups = resolve_param_groups(self.param_groups, model, self.optimizer_cls, kwargs)  # type: ignore[arg-type]
+        lines = []
+        for group in groups:
+            members = ";".join(names.get(id(p), "?") for p in group.params)
+            digest = hashlib.sha1(members.encode()).hexdigest()[:16]
+            settings = "".join(f", {k}={group.options[k]!r}" for k in sorted(group.options))
+            lines.append(
+                f"{len(group.params)} params ({digest}), lr_scale={group.lr_scale!r}{settings}"
+            )
+        return lines
+
     def _seeded_model(self, seed: int) -> nn.Module:
         # make_model(seed) with torch seeded around it (the global RNG left as it was)
         with torch.random.fork_rng(devices=[]):

@@ -790,6 +790,7 @@ def _set_up(
             _attrs.PRECISION: task.precision,
             # nor would trials of another optimizer, clipping or metric
             _attrs.OPTIMIZER: task.optimizer_identity(),
+            _attrs.PARAM_GROUPS: task.param_groups_identity(seed),
             _attrs.GRAD_CLIP: task.grad_clip,
             _attrs.METRIC: _metric(task),
             # nor trials on a subset or superset of the data (its content is not compared)

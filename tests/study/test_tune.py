@@ -532,6 +532,36 @@ def test_resume_with_other_settings_is_an_error(
     autowarm.tune(task, trial_steps=40, confirm=0, **kw)
 
 
+def test_resume_with_other_param_groups_is_an_error(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # A body at a tenth of the head's LR, then at a hundredth: another run's trials, which
+    # used to join the study silently (the groups were not recorded).
+    def groups(scale: float, decay: float = 0.01) -> Any:
+        return lambda m: [
+            {"params": m[0].parameters(), "lr_scale": scale},
+            {"params": m[2].parameters(), "weight_decay": decay},
+        ]
+
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), progress=False, n_trials=4, trial_steps=40, confirm=0
+    )
+    grouped = dataclasses.replace(task, param_groups=groups(0.1))
+    study = autowarm.tune(grouped, suggestion=suggestion, **kw).study
+    recorded = study.user_attrs[_attrs.PARAM_GROUPS]
+    assert len(recorded) == 2 and "lr_scale=0.1" in recorded[0]
+    assert "weight_decay=0.01" in recorded[1]
+    for other, changed in (
+        (dataclasses.replace(task, param_groups=groups(0.01)), "lr_scale=0.01"),
+        (dataclasses.replace(task, param_groups=groups(0.1, 0.0)), "weight_decay=0.0"),
+        (task, "param_groups=None"),
+    ):
+        with pytest.raises(ValueError, match=rf"autowarm\.param_groups=.*{changed}"):
+            autowarm.tune(other, **kw)
+    autowarm.tune(dataclasses.replace(task, param_groups=groups(0.1)), **kw)  # the same: resumes
+    assert task.param_groups_identity() is None
+
+
 def test_a_task_file_is_the_same_task_however_its_path_is_spelled(
     tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
