@@ -723,9 +723,18 @@ def tune(
                 _run_processes(worker_task, plan, n_workers)
             if confirm and (plan.deadline is None or time.time() < plan.deadline):
                 with _StopFlag().installed() as flag:
-                    run_confirmations(
-                        task, study, confirm, seed=seed, storage_url=url, should_stop=flag.is_set
-                    )
+                    # Other processes on this storage may still be finishing trials that
+                    # belong among the candidates: confirming without them names another best.
+                    wait_for_running_trials(study, plan.deadline, flag.is_set)
+                    if plan.deadline is None or time.time() < plan.deadline:
+                        run_confirmations(
+                            task,
+                            study,
+                            confirm,
+                            seed=seed,
+                            storage_url=url,
+                            should_stop=flag.is_set,
+                        )
         except KeyboardInterrupt:
             kept = len(
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -739,6 +748,42 @@ def tune(
             )
             raise
     return TuneResult(study=study, storage=url)
+
+
+def wait_for_running_trials(
+    study: optuna.Study,
+    deadline: float | None,
+    should_stop: Callable[[], bool],
+    *,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Return once no trial of ``study`` is running, or at ``deadline`` (``time.time()``).
+
+    A trial still running here belongs to another process on the same storage (another
+    ``autowarm tune`` on this host or another); one whose worker died is failed and queued
+    again on the way (on this host by its process id, elsewhere by optuna's heartbeat where
+    the storage has one), so it does not hold the wait. Logs once a minute while waiting.
+
+    Raises:
+        KeyboardInterrupt: ``should_stop()`` turned true (Ctrl-C, SIGTERM).
+    """
+    logged = -math.inf
+    while True:
+        _storage.fail_dead_local_trials(study)
+        with _storage.quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running or (deadline is not None and time.time() >= deadline):
+            return
+        if should_stop():
+            raise KeyboardInterrupt("stop requested")
+        if time.monotonic() - logged >= 60.0:
+            logged = time.monotonic()
+            _logger.info(
+                "waiting for trials %s, running in other processes, before the confirmations",
+                [t.number for t in running],
+            )
+        time.sleep(poll_seconds)
 
 
 def _check_start(suggestion: Any | None, search_space: Any | None) -> None:

@@ -1059,6 +1059,31 @@ def _check_no_loss_no_duplicates(study: optuna.Study, n_trials: int) -> None:
     assert len(workers) == 2, workers
 
 
+def test_confirmations_wait_for_trials_running_in_other_processes() -> None:
+    # Two `tune` processes on one storage: the first to reach the total used to confirm (and
+    # print a best, with a warning that confirmations "did not run") while the other still ran
+    # a trial that then beat it.
+    import threading
+    import time
+
+    from autowarm.study._tune import wait_for_running_trials
+
+    study = optuna.create_study()
+    other = study.ask()  # another process's trial: no worker of this host, so never failed
+    finisher = threading.Timer(0.3, lambda: study.tell(other, 1.0))
+    finisher.start()
+    started = time.monotonic()
+    wait_for_running_trials(study, None, lambda: False, poll_seconds=0.05)
+    assert time.monotonic() - started >= 0.25
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    finisher.join()
+    late = study.ask()
+    wait_for_running_trials(study, time.time() - 1.0, lambda: False)  # the deadline has passed
+    with pytest.raises(KeyboardInterrupt):
+        wait_for_running_trials(study, None, lambda: True)
+    study.tell(late, 2.0)
+
+
 def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
     log = tmp_path / "study.log"
     args = _tune_args(log, "s", 10, 40, "--workers", "2", "--budget-steps", "40")
