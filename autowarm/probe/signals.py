@@ -789,6 +789,13 @@ class SettlingResult:
         return asdict(self)
 
 
+def _typical(per_step: FloatArray, rows: int = 5) -> FloatArray:
+    # The median of each row's and the rows' before it (up to `rows` in all, nan left out): the
+    # typical change, which one large g^2 (a single row's jump) does not move.
+    frame = pd.Series(per_step)
+    return frame.rolling(rows, min_periods=1).median().to_numpy(dtype=np.float64)
+
+
 def _innovation(step: FloatArray, per_step: FloatArray, beta2: float) -> float:
     # Median over the second half of the rows of vhat_change per step / w_t, w_t the weight of
     # the newest g^2 in the bias-corrected v_hat (1/t when beta2 is unknown, i.e. near 1).
@@ -869,7 +876,9 @@ def settling_step(
       :math:`\\le \\max(` ``change_tol`` :math:`, 2(1-\\beta_2))`; early on the change is about
       :math:`1/t` per step, and once stationary it is
       :math:`(1-\\beta_2)\\,\\mathrm{E}|g^2/\\hat v - 1| \\le 2(1-\\beta_2)` for any gradient
-      distribution, the floor that keeps small :math:`\\beta_2` from never settling.
+      distribution, the floor that keeps small :math:`\\beta_2` from never settling. The
+      change compared is the typical one, the median of the row's and the four rows' before
+      it, so that one large :math:`g^2` (a single row's jump) does not hold it unsettled.
 
     The settling step is the first row from which all rows pass to the end of the trace
     (``window=None``) or for ``window`` consecutive rows. ``last_criterion`` names the
@@ -957,7 +966,7 @@ def settling_step(
         crit = {
             "rel_error": (col["rel_error"] <= rel_error_tol) | (col["n_eff"] >= saturation * cap),
             "drift": (col["drift"] >= lo) & (col["drift"] <= hi),
-            "vhat_change": per_step <= change_cap,
+            "vhat_change": _typical(per_step) <= change_cap,
         }
     change_estimate = _steps_for_change(innovation, change_cap, b2)
     first = {k: _first_settled(ok, window) for k, ok in crit.items()}
