@@ -20,6 +20,7 @@ from autowarm.reporting import _study as S
 from autowarm.reporting import _tables as T
 from autowarm.reporting._figures import FigureData
 from autowarm.reporting._regret import Placed, bench_task_name, regret_table
+from autowarm.reporting._render import fmt
 from autowarm.reporting._report import Report
 from autowarm.reporting._study_figures import history_figure, scatter_figure
 from autowarm.schedules import ScheduleConfig
@@ -206,6 +207,23 @@ def _chosen(study: optuna.Study, best: pd.Series | None, s: Suggestion | None) -
     return s.schedule if s is not None else None
 
 
+def _scales_note(trials: pd.DataFrame, chosen: pd.Series, best_value: float) -> list[str]:
+    # A confirmation chose another trial than the lowest compressed one: say which number is
+    # on which scale, as the summary mixes both.
+    if float(chosen["value"]) == best_value:
+        return []
+    lowest = S.completed(trials)
+    lowest = lowest[lowest["value"] == best_value]
+    return [
+        f"Trial {int(chosen['number'])} is chosen by its full-length value "
+        f"({fmt(float(chosen['full_value']))}), the best of those confirmed at full length; "
+        f"among the compressed trials trial {int(lowest['number'].iloc[0])} is lowest "
+        f"({fmt(best_value)} against {fmt(float(chosen['value']))}). best_value, vs_best, "
+        "the near-best range and the history's best so far are on the compressed trials' "
+        "scale; chosen_full_value is on the full run's."
+    ]
+
+
 def study_report(
     study: optuna.Study,
     *,
@@ -245,7 +263,16 @@ def study_report(
             f"{diverged}); they "
             "trained in compressed trials only, so they are not candidates for the best."
         )
-    best_value = math.nan if best is None else float(best["value"])
+    best_value = S.best_value(trials)
+    metric = str(study.user_attrs.get(A.METRIC, ""))
+    chosen_full = math.nan if best is None else float(best.get("full_value", math.nan))
+    if best is not None and math.isfinite(chosen_full):
+        notes.extend(_scales_note(trials, best, best_value))
+        metric = (
+            f"best_value and the trials' values: {metric or 'the study value'}; "
+            "chosen_full_value: the same at the end of a full-length run (the chosen trial's "
+            "confirmation)"
+        )
     range_rule = f"completed trials within {NEAR_BEST:.0%} of the best value"
     if best_value < 0:
         range_rule += " (of its magnitude: the best value is negative)"
@@ -260,6 +287,7 @@ def study_report(
         name=study.study_name,
         status=status,
         chosen_by=chosen_by if best is not None or s is not None else "nothing yet",
+        chosen_trial=-1 if best is None else int(best["number"]),
         schedule=schedule,
         suggestion=s,
         n_trials=len(trials),
@@ -268,7 +296,8 @@ def study_report(
         n_failed=int(counts.get("fail", 0)),
         n_running=int(counts.get("running", 0)),
         best_value=best_value,
-        metric=str(study.user_attrs.get(A.METRIC, "")),
+        chosen_full_value=chosen_full,
+        metric=metric,
         range_rule=range_rule,
         **S.near_best_range(trials, NEAR_BEST),
     )

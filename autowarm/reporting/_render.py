@@ -17,6 +17,7 @@ MAX_ROWS = 40  # longer tables are cut on the page; the CSV has every row
 _HEADLINE = (
     ("status", "status"),
     ("chosen_by", "chosen by"),
+    ("chosen_trial", "chosen trial"),
     ("warmup_steps", "warmup (steps)"),
     ("warmup_frac", "warmup (fraction of the run)"),
     ("peak_lr", "peak LR"),
@@ -38,7 +39,8 @@ _HEADLINE = (
     ("n_pruned", "pruned"),
     ("n_failed", "failed"),
     ("n_running", "running"),
-    ("best_value", "best value"),
+    ("best_value", "best value (best of the completed trials)"),
+    ("chosen_full_value", "chosen trial's full-length value"),
     ("metric", "metric"),
 )
 

@@ -174,18 +174,25 @@ def report(
         A :class:`Report`. Tables (plain float, int and str columns):
 
         - ``summary`` (one row): ``source``, ``name``, ``status``, ``chosen_by``,
+          ``chosen_trial`` (the number of the study trial whose schedule the row shows),
           ``warmup_steps``, ``warmup_frac``, ``peak_lr``, ``decay``, ``min_lr``,
           ``total_steps``, ``probe_steps``, ``probe_wall_seconds``, ``deciding_signal``,
           ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
-          ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best; NaN for
-          a probe alone, or with an empty ``range_rule`` when the best value is 0),
+          ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best value;
+          NaN for a probe alone, or with an empty ``range_rule`` when the best value is 0),
           ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``, ``n_running``,
-          ``best_value``, ``metric``. An unknown int is -1, an unknown float NaN.
+          ``best_value`` (the lowest value of a completed trial: a compressed run's, in an
+          autowarm study), ``chosen_full_value`` (the chosen trial's value at full length,
+          when its schedule was confirmed there, else NaN), ``metric`` (what the values
+          measure, on which scale). The chosen trial is the best confirmed at full length
+          when the study confirmed any, so it may not be the trial of ``best_value``. An
+          unknown int is -1, an unknown float NaN.
         - ``comparison``: ``label`` (``probe``, ``no_warmup``,
-          ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``), ``description``,
-          ``trial``, ``state``, ``peak_lr``, ``warmup_steps``, ``warmup_frac``, ``value``,
-          ``vs_best`` (``(value - best value) / |best value|``: 0.01 is 1% worse than the
-          best, whatever the values' sign; NaN when the best value is 0).
+          ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``: the chosen trial),
+          ``description``, ``trial``, ``state``, ``peak_lr``, ``warmup_steps``,
+          ``warmup_frac``, ``value``, ``vs_best`` (``(value - best_value) / |best_value|``,
+          on the trials' own scale: 0.01 is 1% worse than the best, whatever the values'
+          sign; NaN when the best value is 0).
         - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
           in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
           ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,

@@ -305,17 +305,25 @@ def best_row(trials: pd.DataFrame) -> pd.Series | None:
     return best
 
 
+def best_value(trials: pd.DataFrame) -> float:
+    """The lowest value of a completed trial (NaN when none has completed): the anchor of
+    everything on the compressed trials' scale (``vs_best``, the near-best range, the best so
+    far). The chosen trial (:func:`best_row`) can be another one, when a full-length
+    confirmation ranked the schedules differently."""
+    values = completed(trials)["value"].to_numpy(dtype=float)
+    return float(values.min()) if values.size else math.nan
+
+
 def near_best_range(trials: pd.DataFrame, tolerance: float) -> dict[str, Any]:
-    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value,
-    relative to its magnitude (``value <= best + tolerance * |best|``, so a negative best
-    works too); ``{}`` when no trial has completed or the best value is 0, where no relative
-    tolerance spans anything."""
-    best = best_row(trials)
-    if best is None or float(best["value"]) == 0:
+    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value
+    (:func:`best_value`), relative to its magnitude (``value <= best + tolerance * |best|``,
+    so a negative best works too); ``{}`` when no trial has completed or the best value is 0,
+    where no relative tolerance spans anything."""
+    best = best_value(trials)
+    if not math.isfinite(best) or best == 0:
         return {}
-    best_value = float(best["value"])
     # a positive best keeps best * (1 + tolerance), the same bits as before
-    limit = best_value * (1 + tolerance) if best_value > 0 else best_value - tolerance * best_value
+    limit = best * (1 + tolerance) if best > 0 else best - tolerance * best
     done = completed(trials)
     near = done[done["value"] <= limit]
     return {

@@ -40,6 +40,26 @@ def history_figure(trials: pd.DataFrame) -> FigureData | None:
                 marker="*",
             )
         )
+    caption = (
+        "Lower is better. Trials are compressed runs, so their values compare with each "
+        "other, not with a full run's loss."
+    )
+    chosen = best_row(trials)
+    if chosen is not None and float(chosen["value"]) != float(done["value"].min()):
+        # a full-length confirmation chose another trial than the lowest compressed one
+        series.append(
+            Series(
+                "chosen (best at full length)",
+                (float(chosen["number"]),),
+                (float(chosen["value"]),),
+                "scatter",
+                marker="D",
+            )
+        )
+        caption += (
+            f" The diamond is the chosen trial {int(chosen['number'])}, chosen by its "
+            "full-length confirmation run rather than by this value."
+        )
     stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
     if len(stopped):
@@ -59,8 +79,7 @@ def history_figure(trials: pd.DataFrame) -> FigureData | None:
         xlabel="trial number (count)",
         ylabel=VALUE_LABEL,
         series=tuple(series),
-        caption="Lower is better. Trials are compressed runs, so their values compare with "
-        "each other, not with a full run's loss.",
+        caption=caption,
     )
 
 

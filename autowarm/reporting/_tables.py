@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from autowarm.probe.signals import untuned_warmup_steps
-from autowarm.reporting._study import best_row
+from autowarm.reporting._study import best_row, best_value
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study import _attrs as A
 
@@ -26,6 +26,7 @@ SUMMARY_COLUMNS = (
     "name",
     "status",
     "chosen_by",
+    "chosen_trial",
     "warmup_steps",
     "warmup_frac",
     "peak_lr",
@@ -48,6 +49,7 @@ SUMMARY_COLUMNS = (
     "n_failed",
     "n_running",
     "best_value",
+    "chosen_full_value",
     "metric",
 )
 COMPARISON_COLUMNS = (
@@ -89,6 +91,7 @@ def summary_row(
         "name": name,
         "status": status,
         "chosen_by": chosen_by,
+        "chosen_trial": -1,
         "warmup_steps": -1,
         "warmup_frac": math.nan,
         "peak_lr": math.nan,
@@ -111,6 +114,7 @@ def summary_row(
         "n_failed": 0,
         "n_running": 0,
         "best_value": math.nan,
+        "chosen_full_value": math.nan,
         "metric": "",
     }
     if schedule is not None:
@@ -184,21 +188,22 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
 
 
 def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
-    """``comparison`` for a study: the probe's and reference trials beside the best."""
+    """``comparison`` for a study: the probe's and reference trials beside the chosen one
+    (``best``); ``vs_best`` is relative to the lowest value of a completed trial, the scale
+    every trial's ``value`` is on, so the chosen trial's own is above 0 when a full-length
+    confirmation chose another trial than the lowest compressed one."""
     rows = []
-    best = best_row(trials)
-    best_value = math.nan if best is None else float(best["value"])
+    best = best_row(trials)  # the chosen trial: by its full-length value, when confirmed
+    anchor = best_value(trials)  # vs_best is on the compressed trials' scale
     for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
         hit = trials[trials["role"] == role]
         if hit.empty:
             continue
         # a retried trial: the latest attempt of the role speaks for it
         done_hit = hit[hit["state"] == "complete"]
-        rows.append(
-            _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], best_value)
-        )
+        rows.append(_comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], anchor))
     if best is not None:
-        rows.append(_comparison_row("best", best, best_value))
+        rows.append(_comparison_row("best", best, anchor))
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 

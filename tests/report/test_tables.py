@@ -159,9 +159,14 @@ def test_study_without_completed_trials(suggestion: autowarm.Suggestion) -> None
 
 
 # ---------------------------------------------------------------------------- confirmations
-def _confirm(study: optuna.Study, runs: dict[int, optuna.trial.TrialState]) -> None:
+def _confirm(
+    study: optuna.Study,
+    runs: dict[int, optuna.trial.TrialState],
+    full: dict[int, float] | None = None,
+) -> None:
     """What ``run_confirmations`` writes into ``<name>.confirm``: one run per study trial,
-    in the given state (a completed one is worth its compressed value plus 0.1)."""
+    in the given state (a completed one is worth ``full[number]``, else its compressed value
+    plus 0.1)."""
     from autowarm.study._confirm import CONFIRM_SUFFIX, CONFIRMS, ROLE_CONFIRM
 
     conf = optuna.create_study(
@@ -171,7 +176,9 @@ def _confirm(study: optuna.Study, runs: dict[int, optuna.trial.TrialState]) -> N
         done = state == optuna.trial.TrialState.COMPLETE
         trial = optuna.trial.create_trial(
             state=state,
-            value=(study.trials[number].value or 0.0) + 0.1 if done else None,
+            value=(full or {}).get(number, (study.trials[number].value or 0.0) + 0.1)
+            if done
+            else None,
             user_attrs={
                 A.ROLE: ROLE_CONFIRM,
                 CONFIRMS: number,
@@ -263,6 +270,51 @@ def test_a_confirmation_left_running_is_not_complete(suggestion: autowarm.Sugges
         "RUNNING, started"
     )
     assert "0 of at least 1 full-length confirmation runs finished" in rep.status_text
+
+
+def test_a_confirmation_choosing_another_trial_keeps_each_scale_apart(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    T = optuna.trial.TrialState
+    study = make_study(suggestion, n_trials=7)
+    study.set_user_attr(A.CONFIRM, 3)  # the best three: 4 (0.515), 0 (0.52), 3 (0.53)
+    # at full length the third of them is best
+    _confirm(study, {4: T.COMPLETE, 0: T.COMPLETE, 3: T.COMPLETE}, {4: 0.7, 0: 0.68, 3: 0.6})
+    rep = autowarm.report(study)
+    row = rep.summary
+    assert row["chosen_by"].startswith("study: trial 3, the best of 3 confirmed at full length")
+    assert row["warmup_steps"] == 40  # trial 3's schedule
+    # everything on the compressed trials' scale is anchored at their lowest value, 0.515
+    assert row["best_value"] == 0.515
+    comp = rep.tables["comparison"].set_index("label")
+    assert (comp["vs_best"] >= 0).all()  # no trial is better than the best
+    assert comp.loc["best", "trial"] == 3
+    assert comp.loc["best", "vs_best"] == pytest.approx(0.53 / 0.515 - 1)
+    assert comp.loc[A.ROLE_NO_WARMUP, "vs_best"] == pytest.approx(0.61 / 0.515 - 1)
+    # within 1% of 0.515: trials 4 (warmup 20) and 0, not 3 (0.53, warmup 40)
+    assert (row["warmup_steps_low"], row["warmup_steps_high"]) == (20, suggestion.warmup_steps)
+    # the chosen trial and its full-length value, on the full run's scale, labelled so
+    assert row["chosen_trial"] == 3 and row["chosen_full_value"] == 0.6
+    assert row["metric"] == (
+        "best_value and the trials' values: final validation loss of a 100-step trial; "
+        "chosen_full_value: the same at the end of a full-length run (the chosen trial's "
+        "confirmation)"
+    )
+    history = rep.figures["history"]
+    best_so_far = next(s for s in history.series if s.label == "best so far")
+    assert min(best_so_far.y) == row["best_value"]
+    assert "chosen trial 3" in history.caption
+    assert any(n.startswith("Trial 3 is chosen by its full-length value (0.6)") for n in rep.notes)
+    page = rep.to_markdown()
+    assert "| best value (best of the completed trials) | 0.515 |" in page
+    assert "| chosen trial's full-length value | 0.6 |" in page
+    # a study whose confirmation kept the lowest compressed trial needs no such note
+    study = make_study(suggestion, n_trials=7)
+    _confirm(study, {4: T.COMPLETE, 0: T.COMPLETE})
+    rep = autowarm.report(study)
+    assert rep.summary["chosen_trial"] == 4 and rep.summary["best_value"] == 0.515
+    assert rep.summary["chosen_full_value"] == pytest.approx(0.615)
+    assert not any("chosen by its full-length value" in n for n in rep.notes)
 
 
 # ---------------------------------------------------------------------------- value's sign
