@@ -27,6 +27,7 @@ from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs as A
 
 NEAR_BEST = 0.01  # trials within 1% of the best value make the summary's range
+STUDY_VALUE = "the study's value"  # the metric of a study that does not name its own
 
 
 def load_suggestion(path: Path) -> Suggestion:
@@ -230,6 +231,7 @@ def study_report(
     benchmark: str | os.PathLike[str] | None,
     task: str | None,
 ) -> Report:
+    maximize = S.maximizes(study)  # first: a multi-objective study is refused here
     notes: list[str] = []
     if not S.is_autowarm_study(study):
         notes.append(
@@ -239,7 +241,7 @@ def study_report(
     trials = S.trials_table(study)
     status, status_text = S.study_status(study)
     s = S.stored_suggestion(study)
-    best = S.best_row(trials)
+    best = S.best_row(trials, maximize)
     schedule = _chosen(study, best, s)
     counts = trials["state"].value_counts()
     n_full = (
@@ -263,15 +265,21 @@ def study_report(
             f"{diverged}); they "
             "trained in compressed trials only, so they are not candidates for the best."
         )
-    best_value = S.best_value(trials)
+    best_value = S.best_value(trials, maximize)
     metric = str(study.user_attrs.get(A.METRIC, ""))
     chosen_full = math.nan if best is None else float(best.get("full_value", math.nan))
     if best is not None and math.isfinite(chosen_full):
         notes.extend(_scales_note(trials, best, best_value))
         metric = (
-            f"best_value and the trials' values: {metric or 'the study value'}; "
+            f"best_value and the trials' values: {metric or STUDY_VALUE}; "
             "chosen_full_value: the same at the end of a full-length run (the chosen trial's "
             "confirmation)"
+        )
+    if maximize:
+        metric = f"{metric or STUDY_VALUE} (maximised: higher is better)"
+        notes.append(
+            "The study maximises its value: the best trial is the highest, and vs_best is "
+            "how far below the best value a trial's lies, relative to its magnitude."
         )
     range_rule = f"completed trials within {NEAR_BEST:.0%} of the best value"
     if best_value < 0:
@@ -299,9 +307,9 @@ def study_report(
         chosen_full_value=chosen_full,
         metric=metric,
         range_rule=range_rule,
-        **S.near_best_range(trials, NEAR_BEST),
+        **S.near_best_range(trials, NEAR_BEST, maximize),
     )
-    comparison = T.study_comparison(trials)
+    comparison = T.study_comparison(trials, maximize)
     tables = {"summary": summary, "comparison": comparison, "trials": trials, **_evidence(s)}
     bench_task = task or bench_task_name(str(study.user_attrs.get(A.TASK, "")))
     if benchmark is not None:
@@ -331,8 +339,8 @@ def study_report(
     if s is None:
         notes.append("The study holds no probe suggestion: the probe's figures are left out.")
     figures: dict[str, FigureData | None] = {
-        "history": history_figure(trials),
-        "trials_scatter": scatter_figure(trials),
+        "history": history_figure(trials, maximize),
+        "trials_scatter": scatter_figure(trials, maximize),
         **(probe_figures(s, notes, "probe's") if s is not None else {}),
     }
     if schedule is not None:

@@ -164,7 +164,8 @@ def report(
     Args:
         source: a :class:`~autowarm.Suggestion`, the path of a suggestion JSON (as written by
             ``Suggestion.save`` or ``autowarm demo``), an ``optuna.Study``, or a
-            ``(storage_url, study_name)`` pair.
+            ``(storage_url, study_name)`` pair. A study has one objective, minimised (as
+            ``autowarm tune`` writes it) or maximised: "best" follows its direction.
         benchmark: the benchmark folder (``reports/benchmark``, with ``oracle_grid.csv``) or
             the grid CSV, to add the ``regret`` table.
         task: the benchmark task the suggestion was probed on (a study says its own, as
@@ -212,7 +213,8 @@ def report(
         TypeError: a source of another kind.
         FileNotFoundError: a missing file.
         ValueError: a JSON file that is not a suggestion, an unknown study name (the message
-            lists the storage's studies), a benchmark grid without the task.
+            lists the storage's studies), a multi-objective study, a benchmark grid without the
+            task.
     """
     from autowarm._suggest import Suggestion
     from autowarm.reporting import _build

@@ -187,40 +187,46 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
-def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
+def study_comparison(trials: pd.DataFrame, maximize: bool = False) -> pd.DataFrame:
     """``comparison`` for a study: the probe's and reference trials beside the chosen one
     (``best``); ``vs_best`` is relative to the lowest value of a completed trial, the scale
     every trial's ``value`` is on, so the chosen trial's own is above 0 when a full-length
-    confirmation chose another trial than the lowest compressed one."""
+    confirmation chose another trial than the lowest compressed one. ``maximize``: higher
+    values are better (a study with ``direction="maximize"``)."""
     rows = []
-    best = best_row(trials)  # the chosen trial: by its full-length value, when confirmed
-    anchor = best_value(trials)  # vs_best is on the compressed trials' scale
+    best = best_row(trials, maximize)  # the chosen trial: by its full-length value, if any
+    anchor = best_value(trials, maximize)  # vs_best is on the compressed trials' scale
     for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
         hit = trials[trials["role"] == role]
         if hit.empty:
             continue
         # a retried trial: the latest attempt of the role speaks for it
         done_hit = hit[hit["state"] == "complete"]
-        rows.append(_comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], anchor))
+        rows.append(
+            _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], anchor, maximize)
+        )
     if best is not None:
-        rows.append(_comparison_row("best", best, anchor))
+        rows.append(_comparison_row("best", best, anchor, maximize))
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
-def relative_to_best(value: float, best_value: float) -> float:
+def relative_to_best(value: float, best_value: float, maximize: bool = False) -> float:
     """How much worse ``value`` is than ``best_value``, relative to the best's magnitude:
-    ``(value - best) / |best|`` (``0.01``: 1% worse), any sign; NaN when either is not finite
-    or the best is 0, where no relative figure means anything."""
+    ``(value - best) / |best|`` (``0.01``: 1% worse), any sign; with ``maximize`` (higher is
+    better) ``(best - value) / |best|``. NaN when either is not finite or the best is 0,
+    where no relative figure means anything."""
     if not (math.isfinite(value) and math.isfinite(best_value)) or best_value == 0:
         return math.nan
+    if maximize:
+        return (best_value - value) / abs(best_value)
     if best_value > 0:
         return value / best_value - 1.0
     return (value - best_value) / -best_value
 
 
-def _comparison_row(label: str, t: pd.Series, best_value: float) -> dict[str, Any]:
+def _comparison_row(label: str, t: pd.Series, best_value: float, maximize: bool) -> dict[str, Any]:
     value = float(t["value"])
-    vs = relative_to_best(value, best_value)
+    vs = relative_to_best(value, best_value, maximize)
     return {
         "label": label,
         "description": DESCRIPTIONS[label],

@@ -15,7 +15,7 @@ import pytest
 import autowarm
 from autowarm.reporting._regret import REGRET_COLUMNS
 from autowarm.reporting._study import EXTRA_COLUMNS
-from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS
+from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS, relative_to_best
 from autowarm.study import _attrs as A
 from autowarm.study._tune import TRIAL_COLUMNS
 
@@ -360,6 +360,60 @@ def test_a_best_value_of_zero_says_why_nothing_is_relative(
     assert any("best value is exactly 0" in n for n in rep.notes)
     page = rep.to_markdown()
     assert "near-best rule" not in page and "best value is exactly 0" in page
+
+
+# ---------------------------------------------------------------------------- plain studies
+def _plain(direction: str, values: list[float]) -> optuna.Study:
+    """A study made with optuna alone: peak_lr and warmup_steps as params, one value each."""
+    study = optuna.create_study(study_name="plain", direction=direction)
+    for i, value in enumerate(values):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                params={"peak_lr": 10.0 ** -(i + 1), "warmup_steps": 10 * i},
+                distributions={
+                    "peak_lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True),
+                    "warmup_steps": optuna.distributions.IntDistribution(0, 100),
+                },
+            )
+        )
+    return study
+
+
+def test_a_maximized_study_reports_its_highest_trial_as_the_best() -> None:
+    rep = autowarm.report(_plain("maximize", [0.2, 0.9, 0.895, 0.5]))
+    row = rep.summary
+    assert row["chosen_by"] == "study: trial 1, the best of 4 completed"
+    assert row["best_value"] == 0.9 and row["chosen_trial"] == 1
+    # within 1% of 0.9, below it: trials 1 and 2
+    assert (row["warmup_steps_low"], row["warmup_steps_high"]) == (10, 20)
+    assert row["peak_lr_low"] == pytest.approx(1e-3) and row["peak_lr_high"] == pytest.approx(0.01)
+    assert "maximised" in row["metric"]
+    comp = rep.tables["comparison"].set_index("label")
+    assert comp.loc["best", "trial"] == 1 and comp.loc["best", "vs_best"] == 0.0
+    best_so_far = next(s for s in rep.figures["history"].series if s.label == "best so far")
+    assert best_so_far.y == (0.2, 0.9, 0.9, 0.9)
+    assert rep.figures["history"].caption.startswith("Higher is better")
+    chosen = next(s for s in rep.figures["trials_scatter"].series if s.label == "best")
+    assert chosen.x == (10.0,)
+    assert any("maximises" in n for n in rep.notes)
+    assert relative_to_best(0.5, 0.9, maximize=True) == pytest.approx(0.4 / 0.9)
+    assert relative_to_best(-1.5, -1.0, maximize=True) == pytest.approx(0.5)
+    # a minimised plain study still takes its lowest
+    assert autowarm.report(_plain("minimize", [0.2, 0.9, 0.5])).summary["chosen_trial"] == 0
+
+
+def test_a_multi_objective_study_is_refused_with_what_is_supported(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'multi.db'}"
+    study = optuna.create_study(
+        study_name="multi", storage=url, directions=["minimize", "maximize"]
+    )
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), 2)
+    message = r"study 'multi' has 2 objectives \(minimize, maximize\): a report reads "
+    with pytest.raises(ValueError, match=message + "single-objective studies"):
+        autowarm.report(study)
+    with pytest.raises(ValueError, match="pass a study with one objective"):
+        autowarm.report((url, "multi"))
 
 
 # ---------------------------------------------------------------------------- regret
