@@ -15,6 +15,7 @@ import pandas as pd
 from autowarm._config_io import storage_file_kind
 from autowarm._suggest import SUGGESTION_FORMAT, Suggestion, trained_in_groups
 from autowarm.probe._search import SearchSettings
+from autowarm.probe.signals import untuned_warmup_steps
 from autowarm.reporting import _figures as F
 from autowarm.reporting import _study as S
 from autowarm.reporting import _tables as T
@@ -152,6 +153,13 @@ def probe_report(
     if not math.isfinite(beta2):
         notes.append("Adam's beta2 could not be read from the trace: no 2/(1-beta2) reference.")
     comparison = T.probe_comparison(s.schedule, beta2)
+    untuned = comparison.loc[comparison["label"] == A.ROLE_UNTUNED, "warmup_steps"]
+    if len(untuned) and int(untuned.iloc[0]) < untuned_warmup_steps(beta2):
+        notes.append(
+            f"2/(1-beta2) is {untuned_warmup_steps(beta2)} steps at beta2={beta2:.4g}; the "
+            f"reference row has {int(untuned.iloc[0])}, the longest warmup `autowarm tune`'s "
+            "default search space allows for this run, as tune would train it."
+        )
     tables = {
         "summary": T.summary_row(
             source="probe",

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from autowarm.probe.signals import untuned_warmup_steps
 from autowarm.reporting._study import best_row, best_value
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study import _attrs as A
@@ -156,16 +155,18 @@ def infer_beta2(trace: pd.DataFrame) -> float:
 
 
 def reference_schedules(cfg: ScheduleConfig, beta2: float) -> dict[str, ScheduleConfig]:
-    """The probe's schedule and the reference warmups at its peak LR, keyed by role."""
-    out = {A.ROLE_PROBE: cfg, A.ROLE_NO_WARMUP: _with_warmup(cfg, 0)}
-    if math.isfinite(beta2) and 0.0 <= beta2 < 1.0:
-        out[A.ROLE_UNTUNED] = _with_warmup(cfg, untuned_warmup_steps(beta2))
-    out[A.ROLE_TEN_PERCENT] = _with_warmup(cfg, round(0.1 * cfg.total_steps))
-    return out
+    """The probe's schedule and the references ``autowarm tune`` would train beside it at
+    its peak LR, keyed by role: tune's reference schedules clipped into its default search
+    space, as a queued trial is (no 2/(1-beta2) one when ``beta2`` is not in ``[0, 1)``)."""
+    from autowarm.study._space import SearchSpace
+    from autowarm.study._tune import reference_schedules as tune_references
 
-
-def _with_warmup(cfg: ScheduleConfig, warmup: int) -> ScheduleConfig:
-    return cfg.replace(warmup_steps=min(warmup, cfg.warmup_limit))
+    known = math.isfinite(beta2) and 0.0 <= beta2 < 1.0
+    space = SearchSpace()
+    refs = tune_references(cfg, beta2 if known else None)
+    # what a trial trains: the parameters queued for a schedule, sampled back into one
+    trained = {role: space.schedule(space.params_of(r, cfg), cfg) for role, r in refs.items()}
+    return {A.ROLE_PROBE: cfg, **trained}
 
 
 def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:

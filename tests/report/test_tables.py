@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -17,6 +18,7 @@ from autowarm.reporting._regret import REGRET_COLUMNS
 from autowarm.reporting._study import EXTRA_COLUMNS
 from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS, relative_to_best
 from autowarm.study import _attrs as A
+from autowarm.study._space import SearchSpace
 from autowarm.study._tune import TRIAL_COLUMNS
 
 from .conftest import TOTAL, TRIAL_STEPS, make_study
@@ -67,10 +69,37 @@ def test_probe_comparison_references(suggestion: autowarm.Suggestion) -> None:
     assert by.loc[A.ROLE_PROBE, "warmup_steps"] == suggestion.warmup_steps
     assert by.loc[A.ROLE_NO_WARMUP, "warmup_steps"] == 0
     assert by.loc[A.ROLE_TEN_PERCENT, "warmup_steps"] == TOTAL // 10
-    # AdamW's beta2 = 0.999, read back from the trace: 2000 steps, capped at the run's 400
-    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] == TOTAL
+    # AdamW's beta2 = 0.999, read back from the trace: 2000 steps, clipped as tune clips it
+    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] == SearchSpace().warmup_max(suggestion.schedule)
+    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] <= TOTAL // 2  # not the whole run
     assert (by["peak_lr"] == suggestion.peak_lr).all()
     assert by["value"].isna().all() and (by["state"] == "not trained").all()
+
+
+def test_probe_references_are_the_schedules_tune_would_train(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    from types import SimpleNamespace
+
+    from autowarm.study._tune import _enqueue_first_trials
+
+    # what `autowarm tune` queues first for this probe and its search space, asked back as
+    # its trials ask them (the task's optimizer: AdamW's default betas)
+    center, space = suggestion.schedule, SearchSpace()
+    study = optuna.create_study()
+    task: Any = SimpleNamespace(optimizer_kwargs={})
+    _enqueue_first_trials(study, task, center, space, None)
+    trained = {}
+    for _ in range(4):
+        trial = study.ask()
+        trained[trial.user_attrs[A.ROLE]] = space.sample(trial, center)
+    rep = autowarm.report(suggestion)
+    comp = rep.tables["comparison"].set_index("label")
+    for role, schedule in trained.items():
+        assert comp.loc[role, "warmup_steps"] == schedule.warmup_steps, role
+        assert comp.loc[role, "peak_lr"] == pytest.approx(schedule.peak_lr), role
+    assert trained[A.ROLE_UNTUNED].warmup_steps < 2000  # clipped: the case at stake
+    assert any(n.startswith("2/(1-beta2) is 2000 steps at beta2=0.999") for n in rep.notes)
 
 
 def test_report_from_saved_json(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
