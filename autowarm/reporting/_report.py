@@ -106,14 +106,28 @@ class Report:
 
         Each file is written to a temporary name and renamed, so a reader never sees half a
         file. Other files in ``out_dir`` are left alone, except those an earlier report wrote
-        there (listed in ``.autowarm-report.json``) that this one no longer has.
+        there (listed in ``.autowarm-report.json``): this one replaces them, and removes
+        those it no longer has.
 
         Returns:
             The paths written, ``report.html`` first.
+
+        Raises:
+            NotADirectoryError: ``out_dir`` is a file.
+            FileExistsError: a file this report would write is already in ``out_dir`` and was
+                not written there by a report (the message names them); nothing is written.
+            ImportError: matplotlib is not installed; nothing is written.
         """
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
+        names = {
+            "report.html",
+            "report.md",
+            *(f"{name}.csv" for name in self.tables),
+            *(f"{name}.png" for name in self.figures),
+        }
+        _refuse_others(out, names)
         pngs = self._pngs()  # first: a missing matplotlib fails before anything is written
         out.mkdir(parents=True, exist_ok=True)
         files = {
@@ -140,17 +154,36 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _forget_stale(out: Path, current: set[str]) -> None:
-    # Only files a previous report listed as its own, and only plain names in this folder.
+def _owned(out: Path) -> set[str]:
+    # The plain file names an earlier report listed as its own in this folder (none when the
+    # list is missing or unreadable).
     try:
         previous = json.loads((out / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return
+        return set()
     if not isinstance(previous, list):
+        return set()
+    return {n for n in previous if isinstance(n, str) and n and Path(n).name == n}
+
+
+def _refuse_others(out: Path, names: set[str]) -> None:
+    # A file of the same name that no report wrote here is someone else's: never replace it.
+    if not out.is_dir():
         return
-    for name in previous:
-        if isinstance(name, str) and name not in current and Path(name).name == name:
-            (out / name).unlink(missing_ok=True)
+    owned = _owned(out)
+    clash = sorted(n for n in names if n not in owned and os.path.lexists(out / n))
+    if clash:
+        raise FileExistsError(
+            f"{out} already has {', '.join(clash)}, which an autowarm report did not write "
+            f"there (they are not listed in its {_MANIFEST}), and this report would replace "
+            "them: write it into another folder, or move or remove those files first"
+        )
+
+
+def _forget_stale(out: Path, current: set[str]) -> None:
+    # Only files a previous report listed as its own, and only plain names in this folder.
+    for name in _owned(out) - current:
+        (out / name).unlink(missing_ok=True)
 
 
 def report(
