@@ -7,6 +7,7 @@ import html
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from autowarm.reporting._figures import FigureData
@@ -57,13 +58,16 @@ def fmt(value: object) -> str:
 
 
 def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
-    """``(label, text)`` pairs of the summary row; unknowns, and a probe's zero trial counts,
-    left out."""
+    """``(label, text)`` pairs of the summary row; unknowns (NaN, or -1 in an int column:
+    steps, a trial number), and a probe's zero trial counts, left out. A float -1 (a best
+    value) is a value like any other."""
     row = summary.iloc[0]
     out = []
     for col, label in _HEADLINE:
-        text = fmt(row[col])
-        unknown = text in ("", "-1")  # NaN, or the -1 of an unknown count of steps
+        value = row[col]
+        text = fmt(value)
+        integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        unknown = text == "" or (integer and value == -1)
         if not unknown and not (col.startswith("n_") and text == "0" and row["n_trials"] == 0):
             out.append((label, text))
     return out

@@ -432,6 +432,16 @@ def test_a_maximized_study_reports_its_highest_trial_as_the_best() -> None:
     assert autowarm.report(_plain("minimize", [0.2, 0.9, 0.5])).summary["chosen_trial"] == 0
 
 
+def test_a_best_value_of_minus_one_is_shown_on_the_page() -> None:
+    rep = autowarm.report(_plain("minimize", [0.5, -1.0]))
+    assert rep.summary["best_value"] == -1.0 and rep.summary["warmup_steps"] == -1
+    label = "best value (best of the completed trials)"
+    assert f"| {label} | -1 |" in rep.to_markdown()
+    assert f"<tr><th>{label}</th><td>-1</td></tr>" in rep._html({})
+    # the -1 of an unknown int (no schedule: warmup steps) stays off the page
+    assert "| warmup (steps) |" not in rep.to_markdown()
+
+
 def test_a_multi_objective_study_is_refused_with_what_is_supported(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'multi.db'}"
     study = optuna.create_study(
