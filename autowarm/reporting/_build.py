@@ -290,7 +290,9 @@ def study_report(
             "how far below the best value a trial's lies, relative to its magnitude."
         )
     range_rule = f"completed trials within {NEAR_BEST:.0%} of the best value"
-    if best_value < 0:
+    if not math.isfinite(best_value):
+        range_rule = ""  # no completed trial: no best, no range around it
+    elif best_value < 0:
         range_rule += " (of its magnitude: the best value is negative)"
     elif best_value == 0:
         range_rule = ""

@@ -213,7 +213,8 @@ def report(
           ``total_steps``, ``probe_steps``, ``probe_wall_seconds``, ``deciding_signal``,
           ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
           ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best value;
-          NaN for a probe alone, or with an empty ``range_rule`` when the best value is 0),
+          NaN for a probe alone, or with an empty ``range_rule`` when no trial has completed
+          or the best value is 0),
           ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``, ``n_running``,
           ``best_value`` (the lowest value of a completed trial: a compressed run's, in an
           autowarm study), ``chosen_full_value`` (the chosen trial's value at full length,

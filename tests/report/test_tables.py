@@ -187,6 +187,21 @@ def test_study_without_completed_trials(suggestion: autowarm.Suggestion) -> None
     assert any("No trial has completed" in n for n in rep.notes)
 
 
+def test_no_completed_trial_states_no_near_best_rule(suggestion: autowarm.Suggestion) -> None:
+    T = optuna.trial.TrialState
+    study = make_study(suggestion)
+    stopped = optuna.create_study(study_name="stopped", direction="minimize")
+    for key, value in study.user_attrs.items():
+        stopped.set_user_attr(key, value)
+    for t in study.trials:
+        if t.state != T.COMPLETE:  # the pruned and the failed trial alone
+            stopped.add_trial(t)
+    rep = autowarm.report(stopped)
+    assert rep.summary["n_complete"] == 0 and math.isnan(rep.summary["best_value"])
+    assert rep.summary["range_rule"] == ""
+    assert "near-best" not in rep.to_markdown()
+
+
 # ---------------------------------------------------------------------------- confirmations
 def _confirm(
     study: optuna.Study,
