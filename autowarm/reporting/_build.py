@@ -313,6 +313,7 @@ def study_report(
         n_pruned=int(counts.get("pruned", 0)),
         n_failed=int(counts.get("fail", 0)),
         n_running=int(counts.get("running", 0)),
+        n_waiting=int(counts.get("waiting", 0)),
         best_value=best_value,
         chosen_full_value=chosen_full,
         metric=metric,

@@ -40,6 +40,7 @@ _HEADLINE = (
     ("n_pruned", "pruned"),
     ("n_failed", "failed"),
     ("n_running", "running"),
+    ("n_waiting", "queued, not started"),
     ("best_value", "best value (best of the completed trials)"),
     ("chosen_full_value", "chosen trial's full-length value"),
     ("metric", "metric"),

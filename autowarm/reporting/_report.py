@@ -215,7 +215,8 @@ def report(
           ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best value;
           NaN for a probe alone, or with an empty ``range_rule`` when no trial has completed
           or the best value is 0),
-          ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``, ``n_running``,
+          ``n_trials`` (every trial in the study: the sum of ``n_complete``, ``n_pruned``,
+          ``n_failed``, ``n_running`` and ``n_waiting``, the trials queued and not started),
           ``best_value`` (the lowest value of a completed trial: a compressed run's, in an
           autowarm study), ``chosen_full_value`` (the chosen trial's value at full length,
           when its schedule was confirmed there, else NaN), ``metric`` (what the values

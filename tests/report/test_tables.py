@@ -160,6 +160,17 @@ def test_running_study_says_so(suggestion: autowarm.Suggestion) -> None:
     assert "Still running, or interrupted" in rep.to_markdown()
 
 
+def test_trial_counts_add_up_with_queued_trials(suggestion: autowarm.Suggestion) -> None:
+    study = make_study(suggestion, running=True, n_trials=20)
+    study.enqueue_trial({"peak_lr": suggestion.peak_lr, "warmup_frac": 0.1})
+    study.enqueue_trial({"peak_lr": suggestion.peak_lr, "warmup_frac": 0.2})
+    row = autowarm.report(study).summary
+    counts = ("n_complete", "n_pruned", "n_failed", "n_running", "n_waiting")
+    assert row["n_trials"] == sum(row.get(c, 0) for c in counts) == 11
+    assert [row[c] for c in counts] == [6, 1, 1, 1, 2]
+    assert "| queued, not started | 2 |" in autowarm.report(study).to_markdown()
+
+
 def test_stopped_short_study(suggestion: autowarm.Suggestion) -> None:
     rep = autowarm.report(make_study(suggestion, n_trials=20))
     assert rep.status == "incomplete" and "7 of 20" in rep.status_text
