@@ -217,18 +217,19 @@ def report(
           or the best value is 0),
           ``n_trials`` (every trial in the study: the sum of ``n_complete``, ``n_pruned``,
           ``n_failed``, ``n_running`` and ``n_waiting``, the trials queued and not started),
-          ``best_value`` (the lowest value of a completed trial: a compressed run's, in an
-          autowarm study), ``chosen_full_value`` (the chosen trial's value at full length,
-          when its schedule was confirmed there, else NaN), ``metric`` (what the values
-          measure, on which scale). The chosen trial is the best confirmed at full length
+          ``best_value`` (the best value of a completed trial, the lowest or, in a study
+          that maximises, the highest: a compressed run's, in an autowarm study),
+          ``chosen_full_value`` (the chosen trial's value at full length, when its schedule
+          was confirmed there, else NaN), ``metric`` (what the values measure, on which
+          scale). The chosen trial is the best confirmed at full length
           when the study confirmed any, so it may not be the trial of ``best_value``. An
           unknown int is -1, an unknown float NaN.
         - ``comparison``: ``label`` (``probe``, ``no_warmup``,
           ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``: the chosen trial),
           ``description``, ``trial``, ``state``, ``peak_lr``, ``warmup_steps``,
           ``warmup_frac``, ``value``, ``vs_best`` (``(value - best_value) / |best_value|``,
-          on the trials' own scale: 0.01 is 1% worse than the best, whatever the values'
-          sign; NaN when the best value is 0).
+          on the trials' own scale, negated in a study that maximises: 0.01 is 1% worse than
+          the best, whatever the values' sign; NaN when the best value is 0).
         - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
           in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
           ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,

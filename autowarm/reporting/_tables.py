@@ -192,7 +192,7 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
 
 def study_comparison(trials: pd.DataFrame, maximize: bool = False) -> pd.DataFrame:
     """``comparison`` for a study: the probe's and reference trials beside the chosen one
-    (``best``); ``vs_best`` is relative to the lowest value of a completed trial, the scale
+    (``best``); ``vs_best`` is relative to the best value of a completed trial, the scale
     every trial's ``value`` is on, so the chosen trial's own is above 0 when a full-length
     confirmation chose another trial than the lowest compressed one. ``maximize``: higher
     values are better (a study with ``direction="maximize"``)."""
