@@ -15,17 +15,20 @@ import pandas as pd
 from autowarm._config_io import storage_file_kind
 from autowarm._suggest import SUGGESTION_FORMAT, Suggestion, trained_in_groups
 from autowarm.probe._search import SearchSettings
+from autowarm.probe.signals import untuned_warmup_steps
 from autowarm.reporting import _figures as F
 from autowarm.reporting import _study as S
 from autowarm.reporting import _tables as T
 from autowarm.reporting._figures import FigureData
 from autowarm.reporting._regret import Placed, bench_task_name, regret_table
+from autowarm.reporting._render import fmt
 from autowarm.reporting._report import Report
 from autowarm.reporting._study_figures import history_figure, scatter_figure
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs as A
 
 NEAR_BEST = 0.01  # trials within 1% of the best value make the summary's range
+STUDY_VALUE = "the study's value"  # the metric of a study that does not name its own
 
 
 def load_suggestion(path: Path) -> Suggestion:
@@ -93,7 +96,7 @@ def probe_figures(
             "the figures and the trace are those of a group at scale 1 (the peak LR's group)."
         )
     tol = SearchSettings().rel_error_tol
-    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol, who)
+    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol, who, s.rationale)
     if moment is None:
         notes.append(
             "No second-moment statistics in the trace (an optimizer without exp_avg_sq): the "
@@ -150,6 +153,13 @@ def probe_report(
     if not math.isfinite(beta2):
         notes.append("Adam's beta2 could not be read from the trace: no 2/(1-beta2) reference.")
     comparison = T.probe_comparison(s.schedule, beta2)
+    untuned = comparison.loc[comparison["label"] == A.ROLE_UNTUNED, "warmup_steps"]
+    if len(untuned) and int(untuned.iloc[0]) < untuned_warmup_steps(beta2):
+        notes.append(
+            f"2/(1-beta2) is {untuned_warmup_steps(beta2)} steps at beta2={beta2:.4g}; the "
+            f"reference row has {int(untuned.iloc[0])}, the longest warmup `autowarm tune`'s "
+            "default search space allows for this run, as tune would train it."
+        )
     tables = {
         "summary": T.summary_row(
             source="probe",
@@ -206,12 +216,30 @@ def _chosen(study: optuna.Study, best: pd.Series | None, s: Suggestion | None) -
     return s.schedule if s is not None else None
 
 
+def _scales_note(trials: pd.DataFrame, chosen: pd.Series, best_value: float) -> list[str]:
+    # A confirmation chose another trial than the lowest compressed one: say which number is
+    # on which scale, as the summary mixes both.
+    if float(chosen["value"]) == best_value:
+        return []
+    lowest = S.completed(trials)
+    lowest = lowest[lowest["value"] == best_value]
+    return [
+        f"Trial {int(chosen['number'])} is chosen by its full-length value "
+        f"({fmt(float(chosen['full_value']))}), the best of those confirmed at full length; "
+        f"among the compressed trials trial {int(lowest['number'].iloc[0])} is lowest "
+        f"({fmt(best_value)} against {fmt(float(chosen['value']))}). best_value, vs_best, "
+        "the near-best range and the history's best so far are on the compressed trials' "
+        "scale; chosen_full_value is on the full run's."
+    ]
+
+
 def study_report(
     study: optuna.Study,
     *,
     benchmark: str | os.PathLike[str] | None,
     task: str | None,
 ) -> Report:
+    maximize = S.maximizes(study)  # first: a multi-objective study is refused here
     notes: list[str] = []
     if not S.is_autowarm_study(study):
         notes.append(
@@ -221,7 +249,7 @@ def study_report(
     trials = S.trials_table(study)
     status, status_text = S.study_status(study)
     s = S.stored_suggestion(study)
-    best = S.best_row(trials)
+    best = S.best_row(trials, maximize)
     schedule = _chosen(study, best, s)
     counts = trials["state"].value_counts()
     n_full = (
@@ -245,9 +273,26 @@ def study_report(
             f"{diverged}); they "
             "trained in compressed trials only, so they are not candidates for the best."
         )
-    best_value = math.nan if best is None else float(best["value"])
+    best_value = S.best_value(trials, maximize)
+    metric = str(study.user_attrs.get(A.METRIC, ""))
+    chosen_full = math.nan if best is None else float(best.get("full_value", math.nan))
+    if best is not None and math.isfinite(chosen_full):
+        notes.extend(_scales_note(trials, best, best_value))
+        metric = (
+            f"best_value and the trials' values: {metric or STUDY_VALUE}; "
+            "chosen_full_value: the same at the end of a full-length run (the chosen trial's "
+            "confirmation)"
+        )
+    if maximize:
+        metric = f"{metric or STUDY_VALUE} (maximised: higher is better)"
+        notes.append(
+            "The study maximises its value: the best trial is the highest, and vs_best is "
+            "how far below the best value a trial's lies, relative to its magnitude."
+        )
     range_rule = f"completed trials within {NEAR_BEST:.0%} of the best value"
-    if best_value < 0:
+    if not math.isfinite(best_value):
+        range_rule = ""  # no completed trial: no best, no range around it
+    elif best_value < 0:
         range_rule += " (of its magnitude: the best value is negative)"
     elif best_value == 0:
         range_rule = ""
@@ -260,6 +305,7 @@ def study_report(
         name=study.study_name,
         status=status,
         chosen_by=chosen_by if best is not None or s is not None else "nothing yet",
+        chosen_trial=-1 if best is None else int(best["number"]),
         schedule=schedule,
         suggestion=s,
         n_trials=len(trials),
@@ -267,12 +313,14 @@ def study_report(
         n_pruned=int(counts.get("pruned", 0)),
         n_failed=int(counts.get("fail", 0)),
         n_running=int(counts.get("running", 0)),
+        n_waiting=int(counts.get("waiting", 0)),
         best_value=best_value,
-        metric=str(study.user_attrs.get(A.METRIC, "")),
+        chosen_full_value=chosen_full,
+        metric=metric,
         range_rule=range_rule,
-        **S.near_best_range(trials, NEAR_BEST),
+        **S.near_best_range(trials, NEAR_BEST, maximize),
     )
-    comparison = T.study_comparison(trials)
+    comparison = T.study_comparison(trials, maximize)
     tables = {"summary": summary, "comparison": comparison, "trials": trials, **_evidence(s)}
     bench_task = task or bench_task_name(str(study.user_attrs.get(A.TASK, "")))
     if benchmark is not None:
@@ -302,8 +350,8 @@ def study_report(
     if s is None:
         notes.append("The study holds no probe suggestion: the probe's figures are left out.")
     figures: dict[str, FigureData | None] = {
-        "history": history_figure(trials),
-        "trials_scatter": scatter_figure(trials),
+        "history": history_figure(trials, maximize),
+        "trials_scatter": scatter_figure(trials, maximize),
         **(probe_figures(s, notes, "probe's") if s is not None else {}),
     }
     if schedule is not None:

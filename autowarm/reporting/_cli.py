@@ -16,7 +16,10 @@ def add_parser(sub: Any) -> None:
         "report",
         help="write the report of a probe (SUGGESTION.json) or a study (--storage, --study-name)",
         description="Write report.md, a self-contained report.html, one CSV per table and one "
-        "PNG per figure. Files already in the folder are left alone.",
+        "PNG per figure. Files already in the folder are left alone: a report replaces only "
+        "the files an earlier report wrote there (listed in its .autowarm-report.json), and "
+        "refuses to write, writing nothing, when the folder has another file of a name it "
+        "would write.",
     )
     p.add_argument(
         "suggestion", nargs="?", type=Path, help="a suggestion JSON (Suggestion.save, demo)"

@@ -7,6 +7,7 @@ import html
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from autowarm.reporting._figures import FigureData
@@ -17,6 +18,7 @@ MAX_ROWS = 40  # longer tables are cut on the page; the CSV has every row
 _HEADLINE = (
     ("status", "status"),
     ("chosen_by", "chosen by"),
+    ("chosen_trial", "chosen trial"),
     ("warmup_steps", "warmup (steps)"),
     ("warmup_frac", "warmup (fraction of the run)"),
     ("peak_lr", "peak LR"),
@@ -38,7 +40,9 @@ _HEADLINE = (
     ("n_pruned", "pruned"),
     ("n_failed", "failed"),
     ("n_running", "running"),
-    ("best_value", "best value"),
+    ("n_waiting", "queued, not started"),
+    ("best_value", "best value (best of the completed trials)"),
+    ("chosen_full_value", "chosen trial's full-length value"),
     ("metric", "metric"),
 )
 
@@ -55,13 +59,16 @@ def fmt(value: object) -> str:
 
 
 def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
-    """``(label, text)`` pairs of the summary row; unknowns, and a probe's zero trial counts,
-    left out."""
+    """``(label, text)`` pairs of the summary row; unknowns (NaN, or -1 in an int column:
+    steps, a trial number), and a probe's zero trial counts, left out. A float -1 (a best
+    value) is a value like any other."""
     row = summary.iloc[0]
     out = []
     for col, label in _HEADLINE:
-        text = fmt(row[col])
-        unknown = text in ("", "-1")  # NaN, or the -1 of an unknown count of steps
+        value = row[col]
+        text = fmt(value)
+        integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        unknown = text == "" or (integer and value == -1)
         if not unknown and not (col.startswith("n_") and text == "0" and row["n_trials"] == 0):
             out.append((label, text))
     return out

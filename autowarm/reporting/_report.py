@@ -106,14 +106,28 @@ class Report:
 
         Each file is written to a temporary name and renamed, so a reader never sees half a
         file. Other files in ``out_dir`` are left alone, except those an earlier report wrote
-        there (listed in ``.autowarm-report.json``) that this one no longer has.
+        there (listed in ``.autowarm-report.json``): this one replaces them, and removes
+        those it no longer has.
 
         Returns:
             The paths written, ``report.html`` first.
+
+        Raises:
+            NotADirectoryError: ``out_dir`` is a file.
+            FileExistsError: a file this report would write is already in ``out_dir`` and was
+                not written there by a report (the message names them); nothing is written.
+            ImportError: matplotlib is not installed; nothing is written.
         """
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
+        names = {
+            "report.html",
+            "report.md",
+            *(f"{name}.csv" for name in self.tables),
+            *(f"{name}.png" for name in self.figures),
+        }
+        _refuse_others(out, names)
         pngs = self._pngs()  # first: a missing matplotlib fails before anything is written
         out.mkdir(parents=True, exist_ok=True)
         files = {
@@ -140,17 +154,36 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _forget_stale(out: Path, current: set[str]) -> None:
-    # Only files a previous report listed as its own, and only plain names in this folder.
+def _owned(out: Path) -> set[str]:
+    # The plain file names an earlier report listed as its own in this folder (none when the
+    # list is missing or unreadable).
     try:
         previous = json.loads((out / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return
+        return set()
     if not isinstance(previous, list):
+        return set()
+    return {n for n in previous if isinstance(n, str) and n and Path(n).name == n}
+
+
+def _refuse_others(out: Path, names: set[str]) -> None:
+    # A file of the same name that no report wrote here is someone else's: never replace it.
+    if not out.is_dir():
         return
-    for name in previous:
-        if isinstance(name, str) and name not in current and Path(name).name == name:
-            (out / name).unlink(missing_ok=True)
+    owned = _owned(out)
+    clash = sorted(n for n in names if n not in owned and os.path.lexists(out / n))
+    if clash:
+        raise FileExistsError(
+            f"{out} already has {', '.join(clash)}, which an autowarm report did not write "
+            f"there (they are not listed in its {_MANIFEST}), and this report would replace "
+            "them: write it into another folder, or move or remove those files first"
+        )
+
+
+def _forget_stale(out: Path, current: set[str]) -> None:
+    # Only files a previous report listed as its own, and only plain names in this folder.
+    for name in _owned(out) - current:
+        (out / name).unlink(missing_ok=True)
 
 
 def report(
@@ -164,7 +197,8 @@ def report(
     Args:
         source: a :class:`~autowarm.Suggestion`, the path of a suggestion JSON (as written by
             ``Suggestion.save`` or ``autowarm demo``), an ``optuna.Study``, or a
-            ``(storage_url, study_name)`` pair.
+            ``(storage_url, study_name)`` pair. A study has one objective, minimised (as
+            ``autowarm tune`` writes it) or maximised: "best" follows its direction.
         benchmark: the benchmark folder (``reports/benchmark``, with ``oracle_grid.csv``) or
             the grid CSV, to add the ``regret`` table.
         task: the benchmark task the suggestion was probed on (a study says its own, as
@@ -174,18 +208,28 @@ def report(
         A :class:`Report`. Tables (plain float, int and str columns):
 
         - ``summary`` (one row): ``source``, ``name``, ``status``, ``chosen_by``,
+          ``chosen_trial`` (the number of the study trial whose schedule the row shows),
           ``warmup_steps``, ``warmup_frac``, ``peak_lr``, ``decay``, ``min_lr``,
           ``total_steps``, ``probe_steps``, ``probe_wall_seconds``, ``deciding_signal``,
           ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
-          ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best; NaN for
-          a probe alone, or with an empty ``range_rule`` when the best value is 0),
-          ``n_trials``, ``n_complete``, ``n_pruned``, ``n_failed``, ``n_running``,
-          ``best_value``, ``metric``. An unknown int is -1, an unknown float NaN.
+          ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best value;
+          NaN for a probe alone, or with an empty ``range_rule`` when no trial has completed
+          or the best value is 0),
+          ``n_trials`` (every trial in the study: the sum of ``n_complete``, ``n_pruned``,
+          ``n_failed``, ``n_running`` and ``n_waiting``, the trials queued and not started),
+          ``best_value`` (the best value of a completed trial, the lowest or, in a study
+          that maximises, the highest: a compressed run's, in an autowarm study),
+          ``chosen_full_value`` (the chosen trial's value at full length, when its schedule
+          was confirmed there, else NaN), ``metric`` (what the values measure, on which
+          scale). The chosen trial is the best confirmed at full length
+          when the study confirmed any, so it may not be the trial of ``best_value``. An
+          unknown int is -1, an unknown float NaN.
         - ``comparison``: ``label`` (``probe``, ``no_warmup``,
-          ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``), ``description``,
-          ``trial``, ``state``, ``peak_lr``, ``warmup_steps``, ``warmup_frac``, ``value``,
-          ``vs_best`` (``(value - best value) / |best value|``: 0.01 is 1% worse than the
-          best, whatever the values' sign; NaN when the best value is 0).
+          ``untuned_2_over_1_minus_beta2``, ``ten_percent``, ``best``: the chosen trial),
+          ``description``, ``trial``, ``state``, ``peak_lr``, ``warmup_steps``,
+          ``warmup_frac``, ``value``, ``vs_best`` (``(value - best_value) / |best_value|``,
+          on the trials' own scale, negated in a study that maximises: 0.01 is 1% worse than
+          the best, whatever the values' sign; NaN when the best value is 0).
         - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
           in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
           ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,
@@ -205,7 +249,8 @@ def report(
         TypeError: a source of another kind.
         FileNotFoundError: a missing file.
         ValueError: a JSON file that is not a suggestion, an unknown study name (the message
-            lists the storage's studies), a benchmark grid without the task.
+            lists the storage's studies), a multi-objective study, a benchmark grid without the
+            task.
     """
     from autowarm._suggest import Suggestion
     from autowarm.reporting import _build

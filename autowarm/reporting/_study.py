@@ -283,10 +283,29 @@ def diverged_at_full_length(trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def best_row(trials: pd.DataFrame) -> pd.Series | None:
+def maximizes(study: optuna.Study) -> bool:
+    """True when ``study`` maximises its value (``direction="maximize"``; ``autowarm tune``
+    minimises a loss).
+
+    Raises:
+        ValueError: a multi-objective study, which has no single best trial to report.
+    """
+    directions = [d.name.lower() for d in study.directions]
+    if len(directions) > 1:
+        raise ValueError(
+            f"study {study.study_name!r} has {len(directions)} objectives "
+            f"({', '.join(directions)}): a report reads single-objective studies (one value "
+            "per trial, minimised as `autowarm tune` does or maximised); pass a study with "
+            "one objective"
+        )
+    return directions == ["maximize"]
+
+
+def best_row(trials: pd.DataFrame, maximize: bool = False) -> pd.Series | None:
     """The study's best trial, or ``None``: among trials confirmed at full length (a finite
-    ``full_value``) the lowest of those, else the completed trial with the lowest value whose
-    schedule did not diverge in a confirmation (as :func:`autowarm.study.best_schedule`)."""
+    ``full_value``) the lowest of those, else the completed trial with the lowest value
+    (``maximize``: the highest) whose schedule did not diverge in a confirmation (as
+    :func:`autowarm.study.best_schedule`)."""
     if "full_value" in trials.columns:
         full = trials[np.isfinite(trials["full_value"].to_numpy(dtype=float))]
         if not full.empty:
@@ -301,23 +320,40 @@ def best_row(trials: pd.DataFrame) -> pd.Series | None:
         done = done[keep]
     if done.empty:
         return None
-    best: pd.Series = done.iloc[int(np.argmin(done["value"].to_numpy()))]
+    values = done["value"].to_numpy()
+    best: pd.Series = done.iloc[int(np.argmax(values) if maximize else np.argmin(values))]
     return best
 
 
-def near_best_range(trials: pd.DataFrame, tolerance: float) -> dict[str, Any]:
-    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value,
-    relative to its magnitude (``value <= best + tolerance * |best|``, so a negative best
-    works too); ``{}`` when no trial has completed or the best value is 0, where no relative
-    tolerance spans anything."""
-    best = best_row(trials)
-    if best is None or float(best["value"]) == 0:
+def best_value(trials: pd.DataFrame, maximize: bool = False) -> float:
+    """The lowest value of a completed trial (``maximize``: the highest; NaN when none has
+    completed): the anchor of everything on the compressed trials' scale (``vs_best``, the
+    near-best range, the best so far). The chosen trial (:func:`best_row`) can be another
+    one, when a full-length confirmation ranked the schedules differently."""
+    values = completed(trials)["value"].to_numpy(dtype=float)
+    if not values.size:
+        return math.nan
+    return float(values.max() if maximize else values.min())
+
+
+def near_best_range(
+    trials: pd.DataFrame, tolerance: float, maximize: bool = False
+) -> dict[str, Any]:
+    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value
+    (:func:`best_value`), relative to its magnitude (``value <= best + tolerance * |best|``,
+    or ``>= best - tolerance * |best|`` with ``maximize``, so a negative best works too);
+    ``{}`` when no trial has completed or the best value is 0, where no relative tolerance
+    spans anything."""
+    best = best_value(trials, maximize)
+    if not math.isfinite(best) or best == 0:
         return {}
-    best_value = float(best["value"])
-    # a positive best keeps best * (1 + tolerance), the same bits as before
-    limit = best_value * (1 + tolerance) if best_value > 0 else best_value - tolerance * best_value
     done = completed(trials)
-    near = done[done["value"] <= limit]
+    if maximize:
+        near = done[done["value"] >= best - tolerance * abs(best)]
+    else:
+        # a positive best keeps best * (1 + tolerance), the same bits as before
+        limit = best * (1 + tolerance) if best > 0 else best - tolerance * best
+        near = done[done["value"] <= limit]
     return {
         "warmup_steps_low": int(near["warmup_steps"].min()),
         "warmup_steps_high": int(near["warmup_steps"].max()),

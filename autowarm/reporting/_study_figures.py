@@ -15,17 +15,19 @@ def _complete(trials: pd.DataFrame) -> pd.DataFrame:
     return ordered
 
 
-def history_figure(trials: pd.DataFrame) -> FigureData | None:
-    """Each completed trial's value by trial number, the best so far, the probe's trial."""
+def history_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData | None:
+    """Each completed trial's value by trial number, the best so far (``maximize``: the
+    highest so far), the probe's trial, the chosen trial when that is not the best here."""
     done = _complete(trials)
     if done.empty:
         return None
+    values = done["value"]
     series = [
-        Series("completed trial", floats(done["number"]), floats(done["value"]), "scatter"),
+        Series("completed trial", floats(done["number"]), floats(values), "scatter"),
         Series(
             "best so far",
             floats(done["number"]),
-            floats(done["value"].cummin()),
+            floats(values.cummax() if maximize else values.cummin()),
             "step",
         ),
     ]
@@ -39,6 +41,29 @@ def history_figure(trials: pd.DataFrame) -> FigureData | None:
                 "scatter",
                 marker="*",
             )
+        )
+    caption = (
+        "Higher is better: the study maximises its value."
+        if maximize
+        else "Lower is better. Trials are compressed runs, so their values compare with each "
+        "other, not with a full run's loss."
+    )
+    chosen = best_row(trials, maximize)
+    best = float(values.max() if maximize else values.min())
+    if chosen is not None and float(chosen["value"]) != best:
+        # a full-length confirmation chose another trial than the lowest compressed one
+        series.append(
+            Series(
+                "chosen (best at full length)",
+                (float(chosen["number"]),),
+                (float(chosen["value"]),),
+                "scatter",
+                marker="D",
+            )
+        )
+        caption += (
+            f" The diamond is the chosen trial {int(chosen['number'])}, chosen by its "
+            "full-length confirmation run rather than by this value."
         )
     stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
@@ -59,13 +84,13 @@ def history_figure(trials: pd.DataFrame) -> FigureData | None:
         xlabel="trial number (count)",
         ylabel=VALUE_LABEL,
         series=tuple(series),
-        caption="Lower is better. Trials are compressed runs, so their values compare with "
-        "each other, not with a full run's loss.",
+        caption=caption,
     )
 
 
-def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
-    """Completed trials at (warmup, peak LR), coloured by value; the probe's trial starred."""
+def scatter_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData | None:
+    """Completed trials at (warmup, peak LR), coloured by value; the probe's trial starred,
+    the chosen one (``maximize``: higher values are better) a diamond."""
     done = _complete(trials)
     done = done[np.isfinite(done["peak_lr"]) & (done["warmup_steps"] >= 0)]
     if done.empty:
@@ -90,7 +115,7 @@ def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
                 marker="*",
             )
         )
-    chosen = best_row(trials)  # the confirmed best when the study confirmed at full length
+    chosen = best_row(trials, maximize)  # the confirmed best, if the study confirmed any
     best = done[done["number"] == (-1 if chosen is None else int(chosen["number"]))]
     if len(best):
         series.append(
@@ -112,7 +137,12 @@ def scatter_figure(trials: pd.DataFrame) -> FigureData | None:
         yscale="log",
         colorbar_label=VALUE_LABEL,
         caption=(
-            "Each point is a completed trial; darker is better (lower loss; the colour bar "
-            "gives the value)."
+            "Each point is a completed trial; "
+            + (
+                "brighter is better (a higher value: the study maximises it"
+                if maximize
+                else "darker is better (lower loss"
+            )
+            + "; the colour bar gives the value)."
         ),
     )

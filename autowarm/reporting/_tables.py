@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from autowarm.probe.signals import untuned_warmup_steps
-from autowarm.reporting._study import best_row
+from autowarm.reporting._study import best_row, best_value
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study import _attrs as A
 
@@ -26,6 +25,7 @@ SUMMARY_COLUMNS = (
     "name",
     "status",
     "chosen_by",
+    "chosen_trial",
     "warmup_steps",
     "warmup_frac",
     "peak_lr",
@@ -47,7 +47,9 @@ SUMMARY_COLUMNS = (
     "n_pruned",
     "n_failed",
     "n_running",
+    "n_waiting",
     "best_value",
+    "chosen_full_value",
     "metric",
 )
 COMPARISON_COLUMNS = (
@@ -89,6 +91,7 @@ def summary_row(
         "name": name,
         "status": status,
         "chosen_by": chosen_by,
+        "chosen_trial": -1,
         "warmup_steps": -1,
         "warmup_frac": math.nan,
         "peak_lr": math.nan,
@@ -110,7 +113,9 @@ def summary_row(
         "n_pruned": 0,
         "n_failed": 0,
         "n_running": 0,
+        "n_waiting": 0,
         "best_value": math.nan,
+        "chosen_full_value": math.nan,
         "metric": "",
     }
     if schedule is not None:
@@ -152,16 +157,18 @@ def infer_beta2(trace: pd.DataFrame) -> float:
 
 
 def reference_schedules(cfg: ScheduleConfig, beta2: float) -> dict[str, ScheduleConfig]:
-    """The probe's schedule and the reference warmups at its peak LR, keyed by role."""
-    out = {A.ROLE_PROBE: cfg, A.ROLE_NO_WARMUP: _with_warmup(cfg, 0)}
-    if math.isfinite(beta2) and 0.0 <= beta2 < 1.0:
-        out[A.ROLE_UNTUNED] = _with_warmup(cfg, untuned_warmup_steps(beta2))
-    out[A.ROLE_TEN_PERCENT] = _with_warmup(cfg, round(0.1 * cfg.total_steps))
-    return out
+    """The probe's schedule and the references ``autowarm tune`` would train beside it at
+    its peak LR, keyed by role: tune's reference schedules clipped into its default search
+    space, as a queued trial is (no 2/(1-beta2) one when ``beta2`` is not in ``[0, 1)``)."""
+    from autowarm.study._space import SearchSpace
+    from autowarm.study._tune import reference_schedules as tune_references
 
-
-def _with_warmup(cfg: ScheduleConfig, warmup: int) -> ScheduleConfig:
-    return cfg.replace(warmup_steps=min(warmup, cfg.warmup_limit))
+    known = math.isfinite(beta2) and 0.0 <= beta2 < 1.0
+    space = SearchSpace()
+    refs = tune_references(cfg, beta2 if known else None)
+    # what a trial trains: the parameters queued for a schedule, sampled back into one
+    trained = {role: space.schedule(space.params_of(r, cfg), cfg) for role, r in refs.items()}
+    return {A.ROLE_PROBE: cfg, **trained}
 
 
 def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
@@ -183,11 +190,15 @@ def probe_comparison(cfg: ScheduleConfig, beta2: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
-def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
-    """``comparison`` for a study: the probe's and reference trials beside the best."""
+def study_comparison(trials: pd.DataFrame, maximize: bool = False) -> pd.DataFrame:
+    """``comparison`` for a study: the probe's and reference trials beside the chosen one
+    (``best``); ``vs_best`` is relative to the best value of a completed trial, the scale
+    every trial's ``value`` is on, so the chosen trial's own is above 0 when a full-length
+    confirmation chose another trial than the lowest compressed one. ``maximize``: higher
+    values are better (a study with ``direction="maximize"``)."""
     rows = []
-    best = best_row(trials)
-    best_value = math.nan if best is None else float(best["value"])
+    best = best_row(trials, maximize)  # the chosen trial: by its full-length value, if any
+    anchor = best_value(trials, maximize)  # vs_best is on the compressed trials' scale
     for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
         hit = trials[trials["role"] == role]
         if hit.empty:
@@ -195,27 +206,30 @@ def study_comparison(trials: pd.DataFrame) -> pd.DataFrame:
         # a retried trial: the latest attempt of the role speaks for it
         done_hit = hit[hit["state"] == "complete"]
         rows.append(
-            _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], best_value)
+            _comparison_row(role, (done_hit if len(done_hit) else hit).iloc[-1], anchor, maximize)
         )
     if best is not None:
-        rows.append(_comparison_row("best", best, best_value))
+        rows.append(_comparison_row("best", best, anchor, maximize))
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
-def relative_to_best(value: float, best_value: float) -> float:
+def relative_to_best(value: float, best_value: float, maximize: bool = False) -> float:
     """How much worse ``value`` is than ``best_value``, relative to the best's magnitude:
-    ``(value - best) / |best|`` (``0.01``: 1% worse), any sign; NaN when either is not finite
-    or the best is 0, where no relative figure means anything."""
+    ``(value - best) / |best|`` (``0.01``: 1% worse), any sign; with ``maximize`` (higher is
+    better) ``(best - value) / |best|``. NaN when either is not finite or the best is 0,
+    where no relative figure means anything."""
     if not (math.isfinite(value) and math.isfinite(best_value)) or best_value == 0:
         return math.nan
+    if maximize:
+        return (best_value - value) / abs(best_value)
     if best_value > 0:
         return value / best_value - 1.0
     return (value - best_value) / -best_value
 
 
-def _comparison_row(label: str, t: pd.Series, best_value: float) -> dict[str, Any]:
+def _comparison_row(label: str, t: pd.Series, best_value: float, maximize: bool) -> dict[str, Any]:
     value = float(t["value"])
-    vs = relative_to_best(value, best_value)
+    vs = relative_to_best(value, best_value, maximize)
     return {
         "label": label,
         "description": DESCRIPTIONS[label],

@@ -392,16 +392,23 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
 
 def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, ScheduleConfig]:
     betas = (task.optimizer_kwargs or {}).get("betas", (0.9, 0.999))
-    beta2 = float(betas[1])
+    return reference_schedules(center, float(betas[1]))
+
+
+def reference_schedules(center: ScheduleConfig, beta2: float | None) -> dict[str, ScheduleConfig]:
+    """The reference schedules a study queues beside the probe's, keyed by role: no warmup,
+    ``2 / (1 - beta2)`` warmup steps (left out when ``beta2`` is ``None``, unknown) and 10% of
+    the run, at the centre's peak LR and at most :func:`longest_warmup` long. A trial trains
+    each clipped into the study's search space (``space.params_of`` when it is queued)."""
     last = longest_warmup(center)
-    untuned = round(2.0 / (1.0 - beta2)) if beta2 < 1 else last
-    return {
-        _attrs.ROLE_NO_WARMUP: center.replace(warmup_steps=0),
-        _attrs.ROLE_UNTUNED: center.replace(warmup_steps=min(untuned, last)),
-        _attrs.ROLE_TEN_PERCENT: center.replace(
-            warmup_steps=min(round(0.1 * center.total_steps), last)
-        ),
-    }
+    refs = {_attrs.ROLE_NO_WARMUP: center.replace(warmup_steps=0)}
+    if beta2 is not None:
+        untuned = round(2.0 / (1.0 - beta2)) if beta2 < 1 else last
+        refs[_attrs.ROLE_UNTUNED] = center.replace(warmup_steps=min(untuned, last))
+    refs[_attrs.ROLE_TEN_PERCENT] = center.replace(
+        warmup_steps=min(round(0.1 * center.total_steps), last)
+    )
+    return refs
 
 
 def _enqueue_first_trials(

@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -15,8 +16,9 @@ import pytest
 import autowarm
 from autowarm.reporting._regret import REGRET_COLUMNS
 from autowarm.reporting._study import EXTRA_COLUMNS
-from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS
+from autowarm.reporting._tables import COMPARISON_COLUMNS, SUMMARY_COLUMNS, relative_to_best
 from autowarm.study import _attrs as A
+from autowarm.study._space import SearchSpace
 from autowarm.study._tune import TRIAL_COLUMNS
 
 from .conftest import TOTAL, TRIAL_STEPS, make_study
@@ -67,10 +69,37 @@ def test_probe_comparison_references(suggestion: autowarm.Suggestion) -> None:
     assert by.loc[A.ROLE_PROBE, "warmup_steps"] == suggestion.warmup_steps
     assert by.loc[A.ROLE_NO_WARMUP, "warmup_steps"] == 0
     assert by.loc[A.ROLE_TEN_PERCENT, "warmup_steps"] == TOTAL // 10
-    # AdamW's beta2 = 0.999, read back from the trace: 2000 steps, capped at the run's 400
-    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] == TOTAL
+    # AdamW's beta2 = 0.999, read back from the trace: 2000 steps, clipped as tune clips it
+    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] == SearchSpace().warmup_max(suggestion.schedule)
+    assert by.loc[A.ROLE_UNTUNED, "warmup_steps"] <= TOTAL // 2  # not the whole run
     assert (by["peak_lr"] == suggestion.peak_lr).all()
     assert by["value"].isna().all() and (by["state"] == "not trained").all()
+
+
+def test_probe_references_are_the_schedules_tune_would_train(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    from types import SimpleNamespace
+
+    from autowarm.study._tune import _enqueue_first_trials
+
+    # what `autowarm tune` queues first for this probe and its search space, asked back as
+    # its trials ask them (the task's optimizer: AdamW's default betas)
+    center, space = suggestion.schedule, SearchSpace()
+    study = optuna.create_study()
+    task: Any = SimpleNamespace(optimizer_kwargs={})
+    _enqueue_first_trials(study, task, center, space, None)
+    trained = {}
+    for _ in range(4):
+        trial = study.ask()
+        trained[trial.user_attrs[A.ROLE]] = space.sample(trial, center)
+    rep = autowarm.report(suggestion)
+    comp = rep.tables["comparison"].set_index("label")
+    for role, schedule in trained.items():
+        assert comp.loc[role, "warmup_steps"] == schedule.warmup_steps, role
+        assert comp.loc[role, "peak_lr"] == pytest.approx(schedule.peak_lr), role
+    assert trained[A.ROLE_UNTUNED].warmup_steps < 2000  # clipped: the case at stake
+    assert any(n.startswith("2/(1-beta2) is 2000 steps at beta2=0.999") for n in rep.notes)
 
 
 def test_report_from_saved_json(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
@@ -131,6 +160,17 @@ def test_running_study_says_so(suggestion: autowarm.Suggestion) -> None:
     assert "Still running, or interrupted" in rep.to_markdown()
 
 
+def test_trial_counts_add_up_with_queued_trials(suggestion: autowarm.Suggestion) -> None:
+    study = make_study(suggestion, running=True, n_trials=20)
+    study.enqueue_trial({"peak_lr": suggestion.peak_lr, "warmup_frac": 0.1})
+    study.enqueue_trial({"peak_lr": suggestion.peak_lr, "warmup_frac": 0.2})
+    row = autowarm.report(study).summary
+    counts = ("n_complete", "n_pruned", "n_failed", "n_running", "n_waiting")
+    assert row["n_trials"] == sum(row.get(c, 0) for c in counts) == 11
+    assert [row[c] for c in counts] == [6, 1, 1, 1, 2]
+    assert "| queued, not started | 2 |" in autowarm.report(study).to_markdown()
+
+
 def test_stopped_short_study(suggestion: autowarm.Suggestion) -> None:
     rep = autowarm.report(make_study(suggestion, n_trials=20))
     assert rep.status == "incomplete" and "7 of 20" in rep.status_text
@@ -158,10 +198,30 @@ def test_study_without_completed_trials(suggestion: autowarm.Suggestion) -> None
     assert any("No trial has completed" in n for n in rep.notes)
 
 
+def test_no_completed_trial_states_no_near_best_rule(suggestion: autowarm.Suggestion) -> None:
+    T = optuna.trial.TrialState
+    study = make_study(suggestion)
+    stopped = optuna.create_study(study_name="stopped", direction="minimize")
+    for key, value in study.user_attrs.items():
+        stopped.set_user_attr(key, value)
+    for t in study.trials:
+        if t.state != T.COMPLETE:  # the pruned and the failed trial alone
+            stopped.add_trial(t)
+    rep = autowarm.report(stopped)
+    assert rep.summary["n_complete"] == 0 and math.isnan(rep.summary["best_value"])
+    assert rep.summary["range_rule"] == ""
+    assert "near-best" not in rep.to_markdown()
+
+
 # ---------------------------------------------------------------------------- confirmations
-def _confirm(study: optuna.Study, runs: dict[int, optuna.trial.TrialState]) -> None:
+def _confirm(
+    study: optuna.Study,
+    runs: dict[int, optuna.trial.TrialState],
+    full: dict[int, float] | None = None,
+) -> None:
     """What ``run_confirmations`` writes into ``<name>.confirm``: one run per study trial,
-    in the given state (a completed one is worth its compressed value plus 0.1)."""
+    in the given state (a completed one is worth ``full[number]``, else its compressed value
+    plus 0.1)."""
     from autowarm.study._confirm import CONFIRM_SUFFIX, CONFIRMS, ROLE_CONFIRM
 
     conf = optuna.create_study(
@@ -171,7 +231,9 @@ def _confirm(study: optuna.Study, runs: dict[int, optuna.trial.TrialState]) -> N
         done = state == optuna.trial.TrialState.COMPLETE
         trial = optuna.trial.create_trial(
             state=state,
-            value=(study.trials[number].value or 0.0) + 0.1 if done else None,
+            value=(full or {}).get(number, (study.trials[number].value or 0.0) + 0.1)
+            if done
+            else None,
             user_attrs={
                 A.ROLE: ROLE_CONFIRM,
                 CONFIRMS: number,
@@ -265,6 +327,51 @@ def test_a_confirmation_left_running_is_not_complete(suggestion: autowarm.Sugges
     assert "0 of at least 1 full-length confirmation runs finished" in rep.status_text
 
 
+def test_a_confirmation_choosing_another_trial_keeps_each_scale_apart(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    T = optuna.trial.TrialState
+    study = make_study(suggestion, n_trials=7)
+    study.set_user_attr(A.CONFIRM, 3)  # the best three: 4 (0.515), 0 (0.52), 3 (0.53)
+    # at full length the third of them is best
+    _confirm(study, {4: T.COMPLETE, 0: T.COMPLETE, 3: T.COMPLETE}, {4: 0.7, 0: 0.68, 3: 0.6})
+    rep = autowarm.report(study)
+    row = rep.summary
+    assert row["chosen_by"].startswith("study: trial 3, the best of 3 confirmed at full length")
+    assert row["warmup_steps"] == 40  # trial 3's schedule
+    # everything on the compressed trials' scale is anchored at their lowest value, 0.515
+    assert row["best_value"] == 0.515
+    comp = rep.tables["comparison"].set_index("label")
+    assert (comp["vs_best"] >= 0).all()  # no trial is better than the best
+    assert comp.loc["best", "trial"] == 3
+    assert comp.loc["best", "vs_best"] == pytest.approx(0.53 / 0.515 - 1)
+    assert comp.loc[A.ROLE_NO_WARMUP, "vs_best"] == pytest.approx(0.61 / 0.515 - 1)
+    # within 1% of 0.515: trials 4 (warmup 20) and 0, not 3 (0.53, warmup 40)
+    assert (row["warmup_steps_low"], row["warmup_steps_high"]) == (20, suggestion.warmup_steps)
+    # the chosen trial and its full-length value, on the full run's scale, labelled so
+    assert row["chosen_trial"] == 3 and row["chosen_full_value"] == 0.6
+    assert row["metric"] == (
+        "best_value and the trials' values: final validation loss of a 100-step trial; "
+        "chosen_full_value: the same at the end of a full-length run (the chosen trial's "
+        "confirmation)"
+    )
+    history = rep.figures["history"]
+    best_so_far = next(s for s in history.series if s.label == "best so far")
+    assert min(best_so_far.y) == row["best_value"]
+    assert "chosen trial 3" in history.caption
+    assert any(n.startswith("Trial 3 is chosen by its full-length value (0.6)") for n in rep.notes)
+    page = rep.to_markdown()
+    assert "| best value (best of the completed trials) | 0.515 |" in page
+    assert "| chosen trial's full-length value | 0.6 |" in page
+    # a study whose confirmation kept the lowest compressed trial needs no such note
+    study = make_study(suggestion, n_trials=7)
+    _confirm(study, {4: T.COMPLETE, 0: T.COMPLETE})
+    rep = autowarm.report(study)
+    assert rep.summary["chosen_trial"] == 4 and rep.summary["best_value"] == 0.515
+    assert rep.summary["chosen_full_value"] == pytest.approx(0.615)
+    assert not any("chosen by its full-length value" in n for n in rep.notes)
+
+
 # ---------------------------------------------------------------------------- value's sign
 def _shifted(s: autowarm.Suggestion, offset: float) -> optuna.Study:
     """The study of :func:`make_study` with ``offset`` added to every value (same order)."""
@@ -308,6 +415,70 @@ def test_a_best_value_of_zero_says_why_nothing_is_relative(
     assert any("best value is exactly 0" in n for n in rep.notes)
     page = rep.to_markdown()
     assert "near-best rule" not in page and "best value is exactly 0" in page
+
+
+# ---------------------------------------------------------------------------- plain studies
+def _plain(direction: str, values: list[float]) -> optuna.Study:
+    """A study made with optuna alone: peak_lr and warmup_steps as params, one value each."""
+    study = optuna.create_study(study_name="plain", direction=direction)
+    for i, value in enumerate(values):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                params={"peak_lr": 10.0 ** -(i + 1), "warmup_steps": 10 * i},
+                distributions={
+                    "peak_lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True),
+                    "warmup_steps": optuna.distributions.IntDistribution(0, 100),
+                },
+            )
+        )
+    return study
+
+
+def test_a_maximized_study_reports_its_highest_trial_as_the_best() -> None:
+    rep = autowarm.report(_plain("maximize", [0.2, 0.9, 0.895, 0.5]))
+    row = rep.summary
+    assert row["chosen_by"] == "study: trial 1, the best of 4 completed"
+    assert row["best_value"] == 0.9 and row["chosen_trial"] == 1
+    # within 1% of 0.9, below it: trials 1 and 2
+    assert (row["warmup_steps_low"], row["warmup_steps_high"]) == (10, 20)
+    assert row["peak_lr_low"] == pytest.approx(1e-3) and row["peak_lr_high"] == pytest.approx(0.01)
+    assert "maximised" in row["metric"]
+    comp = rep.tables["comparison"].set_index("label")
+    assert comp.loc["best", "trial"] == 1 and comp.loc["best", "vs_best"] == 0.0
+    best_so_far = next(s for s in rep.figures["history"].series if s.label == "best so far")
+    assert best_so_far.y == (0.2, 0.9, 0.9, 0.9)
+    assert rep.figures["history"].caption.startswith("Higher is better")
+    chosen = next(s for s in rep.figures["trials_scatter"].series if s.label == "best")
+    assert chosen.x == (10.0,)
+    assert any("maximises" in n for n in rep.notes)
+    assert relative_to_best(0.5, 0.9, maximize=True) == pytest.approx(0.4 / 0.9)
+    assert relative_to_best(-1.5, -1.0, maximize=True) == pytest.approx(0.5)
+    # a minimised plain study still takes its lowest
+    assert autowarm.report(_plain("minimize", [0.2, 0.9, 0.5])).summary["chosen_trial"] == 0
+
+
+def test_a_best_value_of_minus_one_is_shown_on_the_page() -> None:
+    rep = autowarm.report(_plain("minimize", [0.5, -1.0]))
+    assert rep.summary["best_value"] == -1.0 and rep.summary["warmup_steps"] == -1
+    label = "best value (best of the completed trials)"
+    assert f"| {label} | -1 |" in rep.to_markdown()
+    assert f"<tr><th>{label}</th><td>-1</td></tr>" in rep._html({})
+    # the -1 of an unknown int (no schedule: warmup steps) stays off the page
+    assert "| warmup (steps) |" not in rep.to_markdown()
+
+
+def test_a_multi_objective_study_is_refused_with_what_is_supported(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'multi.db'}"
+    study = optuna.create_study(
+        study_name="multi", storage=url, directions=["minimize", "maximize"]
+    )
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), 2)
+    message = r"study 'multi' has 2 objectives \(minimize, maximize\): a report reads "
+    with pytest.raises(ValueError, match=message + "single-objective studies"):
+        autowarm.report(study)
+    with pytest.raises(ValueError, match="pass a study with one objective"):
+        autowarm.report((url, "multi"))
 
 
 # ---------------------------------------------------------------------------- regret

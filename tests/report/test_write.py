@@ -73,6 +73,33 @@ def test_write_keeps_other_files(
         autowarm.report(suggestion).write(out / "notes.txt")
 
 
+def test_write_refuses_to_replace_files_it_did_not_write(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("mine")
+    (out / "summary.csv").write_text("mine too")
+    with pytest.raises(FileExistsError) as err:
+        autowarm.report(suggestion).write(out)
+    assert f"{out} already has report.md, summary.csv, which an autowarm report" in str(err.value)
+    assert "another folder, or move or remove those files" in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "summary.csv"]  # nothing
+    assert (out / "report.md").read_text() == "mine"
+    assert (out / "summary.csv").read_text() == "mine too"
+    path = suggestion.save(tmp_path / "s.json")
+    assert main(["report", str(path), "-o", str(out)]) == 1
+    assert "report.md, summary.csv" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "mine"
+    # a report's own files, listed in its manifest, are replaced by the next report
+    (out / "report.md").unlink()
+    (out / "summary.csv").unlink()
+    autowarm.report(suggestion).write(out)
+    (out / "report.md").write_text("stale")
+    autowarm.report(suggestion).write(out)
+    assert (out / "report.md").read_text().startswith("# autowarm report")
+
+
 def test_cli_suggestion_and_study(
     suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
