@@ -878,6 +878,11 @@ def _rationale(
                 f"had not settled by update {n}, the last the bursts observed, which is "
                 "therefore a lower bound"
             )
+        elif st.lower_bound:
+            how = (
+                f"is extrapolated to settle after at least {n} updates (a lower bound: "
+                f"{st.not_extrapolated} cannot be extrapolated)"
+            )
         else:
             how = f"is extrapolated to settle after {n} updates"
         parts.append(f"Adam's second moment {how} ({st.reason}).")

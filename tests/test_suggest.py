@@ -1319,6 +1319,13 @@ def test_the_rationale_says_what_the_settling_step_is() -> None:
     text = _rationale(outcome, 10, 10, 1000)
     assert "had not settled by update 20, the last the bursts observed" in text
     assert "decided by the second moment" in text
+    drifting = settling_step(frame.assign(drift=3.0, vhat_change=0.0), beta2=0.999)
+    assert drifting.lower_bound and not drifting.at_floor and drifting.settling_step > 20
+    text = _rationale(_outcome_with(settling=drifting), 10, 10, 1000)
+    assert (
+        f"extrapolated to settle after at least {math.ceil(drifting.settling_step)} updates "
+        "(a lower bound: drift cannot be extrapolated)"
+    ) in text
     no_kappa = frame.assign(kappa=np.nan, rel_error=np.nan)
     unknown = settling_step(no_kappa, rel_error_tol=0.5, beta2=0.999)
     assert not unknown.extrapolated and math.isnan(unknown.settling_step)

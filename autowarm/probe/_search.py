@@ -585,7 +585,12 @@ def _settling_description(st: sig.SettlingResult) -> str:
         return "v_hat not settled by the last update observed (a lower bound)"
     if not st.extrapolated:
         return "no settling step could be read (nan)"
-    return "v_hat settled (extrapolated)"
+    bound = (
+        f"; only a lower bound: {st.not_extrapolated} cannot be extrapolated"
+        if st.not_extrapolated
+        else ""
+    )
+    return f"v_hat settled (extrapolated from {st.decided_by}{bound})"
 
 
 def _ceil_steps(settling: sig.SettlingResult | None) -> int:
@@ -783,6 +788,33 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
                 "value": float(st.kappa),
                 "unit": "ratio",
                 "description": "Var(g^2)/E[g^2]^2 of sampled coordinates (2 = Gaussian noise)",
+            },
+            {
+                "name": "second_moment.lower_bound",
+                "value": float(st.lower_bound),
+                "unit": "bool",
+                "description": "the settling step is only a lower bound",
+            },
+            {
+                "name": "second_moment.rel_error_estimate",
+                "value": float(st.rel_error_estimate),
+                "unit": "steps",
+                "description": "closed form: rel_error = sqrt(kappa/n_eff(t)) reaches its "
+                "tolerance (nan when the bursts settled)",
+            },
+            {
+                "name": "second_moment.innovation",
+                "value": float(st.innovation),
+                "unit": "ratio",
+                "description": "|g^2 - v_hat| / v_hat, from vhat_change over Adam's averaging "
+                "weight (at most 2 for stationary gradients)",
+            },
+            {
+                "name": "second_moment.change_estimate",
+                "value": float(st.change_estimate),
+                "unit": "steps",
+                "description": "closed form: vhat_change per step, innovation x "
+                "(1-beta2)/(1-beta2^t), reaches its tolerance",
             },
         ]
     rows.append(

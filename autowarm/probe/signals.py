@@ -777,6 +777,42 @@ class SettlingResult:
             "steps", "closed-form step at which vhat_change per step reaches its tolerance"
         ),
     )
+    rel_error_estimate: float = field(
+        default=math.nan,
+        metadata=_meta(
+            "steps", "closed-form step at which rel_error reaches its tolerance (or saturation)"
+        ),
+    )
+    not_extrapolated: str = field(
+        default="",
+        metadata=_meta(
+            "text",
+            "unsettled criteria with no closed form ('drift', 'vhat_change', joined by '/'), "
+            "which make an extrapolated settling_step only a lower bound",
+        ),
+    )
+
+    @property
+    def lower_bound(self) -> bool:
+        """The settling step is only a lower bound: the trace never settled, and a criterion
+        that has no closed form (``not_extrapolated``) was still open, or the estimate is the
+        last update observed (:attr:`at_floor`)."""
+        return self.extrapolated and (bool(self.not_extrapolated) or self.at_floor)
+
+    @property
+    def decided_by(self) -> str:
+        """Which closed form gave an extrapolated settling step: ``"rel_error"`` (from
+        ``kappa``), ``"vhat_change"`` (from its innovation), ``"last update"`` (the floor);
+        ``"measured"`` when settled, ``""`` when there is no step."""
+        if self.settled:
+            return "measured"
+        if not self.extrapolated:
+            return ""
+        if self.at_floor:
+            return "last update"
+        if math.isfinite(self.change_estimate) and self.settling_step == self.change_estimate:
+            return "vhat_change"
+        return "rel_error"
 
     @property
     def at_floor(self) -> bool:
@@ -1019,11 +1055,13 @@ def settling_step(
         else:
             unknown.add("vhat_change")
             reason += f"; vhat_change has no closed form here (innovation {innovation:.3g})"
+    not_extrapolated = "/".join(sorted(unknown))
     if unknown:
-        reason += f"; only a lower bound: {'/'.join(sorted(unknown))} cannot be extrapolated"
+        reason += f"; only a lower bound: {not_extrapolated} cannot be extrapolated"
     return SettlingResult(
-        settled=False, extrapolated=True, settling_step=estimate, reason=reason, **common
-    )
+        settled=False, extrapolated=True, settling_step=estimate, reason=reason,
+        rel_error_estimate=t_star, not_extrapolated=not_extrapolated, **common,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def probe_figures(
             "the figures and the trace are those of a group at scale 1 (the peak LR's group)."
         )
     tol = SearchSettings().rel_error_tol
-    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol, who, s.rationale)
+    moment = F.second_moment_figure(s.trace, s.signals, s.warmup_steps, tol, who)
     if moment is None:
         notes.append(
             "No second-moment statistics in the trace (an optimizer without exp_avg_sq): the "

@@ -196,7 +196,6 @@ def second_moment_figure(
     warmup_steps: int,
     tolerance: float,
     who: str = "chosen",
-    rationale: str = "",
 ) -> FigureData | None:
     """Relative error of Adam's ``v_hat`` against step, for each burst; warmup marked. The
     caption says how the settling step was found (:func:`settling_sentence`)."""
@@ -235,22 +234,15 @@ def second_moment_figure(
         markers=tuple(markers),
         caption="How far Adam's running estimate of the squared gradient is from its "
         "expectation; warmup shorter than the settling step normalises the first updates by "
-        "a poor estimate. " + settling_sentence(signals, rationale),
+        "a poor estimate. " + settling_sentence(signals),
     )
 
 
-# the probe's rationale quotes the closed forms of an unsettled trace (probe.signals)
-_KAPPA_T = re.compile(r"reaches \S+ \(or saturation\) at n_eff=[^,]+, t=(\d+(?:\.\d+)?)")
-_CHANGE_T = re.compile(r"with innovation (\S+) reaches \S+ at t=(\d+(?:\.\d+)?)")
-_LOWER = re.compile(r"only a lower bound: (\S+) cannot be extrapolated")
-_FLOOR = re.compile(r"not settled by (?:step|update) (\d+)")
-
-
-def settling_sentence(signals: pd.DataFrame, rationale: str) -> str:
-    """How the probe's settling step was found, from the ``second_moment.settling_step``
-    signal (measured, extrapolated or a lower bound) and, for an extrapolated one, which
-    closed form in the rationale gave it: ``rel_error`` from ``kappa``, or ``vhat_change``
-    from its innovation (:func:`autowarm.probe.signals.settling_step`)."""
+def settling_sentence(signals: pd.DataFrame) -> str:
+    """How the probe's settling step was found, from its ``second_moment.*`` signals: measured
+    within the bursts, the last update they observed (a lower bound), or extrapolated by the
+    closed form of ``rel_error`` (from ``kappa``) or of ``vhat_change`` (from its innovation)
+    whose step it is (:func:`autowarm.probe.signals.settling_step`)."""
     if signals.empty or "name" not in signals:
         return ""
     hit = signals[signals["name"] == "second_moment.settling_step"]
@@ -263,27 +255,25 @@ def settling_sentence(signals: pd.DataFrame, rationale: str) -> str:
     steps = math.ceil(value)  # as the warmup takes it
     if "(measured)" in desc:
         return f"The settling step, {steps}, was measured within the bursts."
-    floor = _FLOOR.search(rationale)
-    if "lower bound" in desc or (floor and abs(float(floor.group(1)) - value) <= 0.051):
+    if "not settled by the last update observed" in desc:
         return (
             f"The bursts ended before v_hat settled: the settling step, {steps}, is the "
             "last update they observed, a lower bound."
         )
-    forms = []
-    kappa = _KAPPA_T.search(rationale)
-    if kappa and abs(float(kappa.group(1)) - value) <= 0.051:
-        forms.append("kappa (rel_error = sqrt(kappa / n_eff) reaches its tolerance there)")
-    change = _CHANGE_T.search(rationale)
-    if change and abs(float(change.group(2)) - value) <= 0.051:
-        forms.append(
-            f"vhat_change (its innovation, {change.group(1)}, times Adam's averaging weight "
+    if _signal(signals, "second_moment.change_estimate") == value:
+        innovation = _signal(signals, "second_moment.innovation")
+        how = (
+            f"vhat_change (its innovation, {innovation:.3g}, times Adam's averaging weight "
             "falls to its tolerance there)"
         )
-    how = " and from ".join(forms) if forms else "a closed form (the rationale gives it)"
+    elif _signal(signals, "second_moment.rel_error_estimate") == value:
+        how = "kappa (rel_error = sqrt(kappa / n_eff) reaches its tolerance there)"
+    else:  # a suggestion saved before these signals were recorded
+        how = "a closed form (the rationale gives it)"
     text = f"Past the bursts the settling step, {steps}, is extrapolated from {how}."
-    lower = _LOWER.search(rationale)
-    if lower:
-        text += f" It is only a lower bound: {lower.group(1)} cannot be extrapolated."
+    if _signal(signals, "second_moment.lower_bound") == 1.0:
+        text += " It is only a lower bound: " + desc.split("only a lower bound: ")[-1].rstrip(")")
+        text += "."
     return text
 
 

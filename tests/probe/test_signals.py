@@ -450,6 +450,11 @@ def test_settling_extrapolates_vhat_change_beside_rel_error() -> None:
     t_rel = steps_for_n_eff(200.0, 0.999)
     assert r.settling_step == pytest.approx(max(t_rel, t_change), rel=1e-12)
     assert f"t={t_change:.1f}" in r.reason
+    assert r.rel_error_estimate == pytest.approx(t_rel, rel=1e-12)
+    assert r.decided_by == "rel_error" and not r.lower_bound and r.not_extrapolated == ""
+    # with kappa small, vhat_change's closed form is the later one and decides
+    light = settling_step(frame.assign(kappa=0.5, rel_error=np.sqrt(0.5 / frame["n_eff"])))
+    assert light.decided_by == "vhat_change" and light.settling_step == light.change_estimate
 
 
 def _adam_second_moment_frame(
@@ -511,6 +516,7 @@ def test_settling_lower_bound_when_the_innovation_is_not_stationary() -> None:
     assert r.innovation > 2.0 and math.isnan(r.change_estimate)
     assert r.at_floor and r.settling_step == 20.0
     assert "only a lower bound: vhat_change cannot be extrapolated" in r.reason
+    assert r.lower_bound and r.decided_by == "last update" and r.not_extrapolated == "vhat_change"
 
 
 def test_settling_degenerate_frames() -> None:

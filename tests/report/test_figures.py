@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import numpy as np
@@ -77,29 +78,16 @@ def test_second_moment_marks_warmup(suggestion: autowarm.Suggestion) -> None:
 
 # the second moment's part of a probe's rationale, as the probe writes it (demo's, and an
 # earlier probe's whose vhat_change had no closed form)
-_BY_CHANGE = (
-    "Adam's second moment is extrapolated to settle after 99 updates (not settled by update 40 "
-    "(vhat_change unsettled; rel_error at update 37, drift at update 1, vhat_change not yet); "
-    "rel_error = sqrt(kappa/n_eff(t)) with kappa=2.34, beta2=0.999 reaches 0.25 (or "
-    "saturation) at n_eff=37.43, t=37.4; vhat_change per step = innovation * "
-    "(1-beta2)/(1-beta2^t) with innovation 0.942 reaches 0.01 at t=98.9)."
-)
-_BY_KAPPA = (
-    "Adam's second moment is extrapolated to settle after 75 steps (not settled by step 40 "
-    "(rel_error, vhat_change unsettled; rel_error not yet, drift at step 1, vhat_change not "
-    "yet); rel_error = sqrt(kappa/n_eff(t)) with kappa=4.71, beta2=0.999 reaches 0.25 (or "
-    "saturation) at n_eff=75.35, t=75.4; only a lower bound: drift/vhat_change cannot be "
-    "extrapolated)."
-)
-
-
-def _settling(value: float, description: str) -> pd.DataFrame:
+def _second_moment_rows(value: float, description: str, **more: float) -> pd.DataFrame:
+    # The probe's second_moment.* signal rows: settling_step, and the named others
+    # (lower_bound, rel_error_estimate, innovation, change_estimate) as given.
+    names = ["second_moment.settling_step", *(f"second_moment.{k}" for k in more)]
     return pd.DataFrame(
         {
-            "name": ["second_moment.settling_step"],
-            "value": [value],
-            "unit": ["steps"],
-            "description": [description],
+            "name": names,
+            "value": [value, *more.values()],
+            "unit": "",
+            "description": [description, *("" for _ in more)],
         }
     )
 
@@ -107,35 +95,50 @@ def _settling(value: float, description: str) -> pd.DataFrame:
 def test_second_moment_caption_says_what_set_the_settling_step(
     suggestion: autowarm.Suggestion,
 ) -> None:
-    def caption(value: float, description: str, rationale: str) -> str:
-        # the probe's signals, its settling step replaced; the report of that suggestion
-        signals = suggestion.signals[suggestion.signals["name"] != "second_moment.settling_step"]
-        signals = pd.concat([signals, _settling(value, description)], ignore_index=True)
-        probe = dataclasses.replace(suggestion, signals=signals, rationale=rationale)
+    def caption(value: float, description: str, **more: float) -> str:
+        # the probe's signals, its second-moment rows replaced; the report of that suggestion
+        kept = suggestion.signals[~suggestion.signals["name"].str.startswith("second_moment.")]
+        rows = _second_moment_rows(value, description, **more)
+        probe = dataclasses.replace(suggestion, signals=pd.concat([kept, rows], ignore_index=True))
         return autowarm.report(probe).figures["second_moment"].caption
 
-    by_change = caption(98.87282735163626, "v_hat settled (extrapolated)", _BY_CHANGE)
+    by_change = caption(
+        98.87,
+        "v_hat settled (extrapolated from vhat_change)",
+        lower_bound=0.0,
+        rel_error_estimate=37.4,
+        innovation=0.942,
+        change_estimate=98.87,
+    )
     assert "kappa" not in by_change
     assert by_change.endswith(
         "Past the bursts the settling step, 99, is extrapolated from vhat_change (its "
         "innovation, 0.942, times Adam's averaging weight falls to its tolerance there)."
     )
-    by_kappa = caption(75.35, "v_hat settled (extrapolated)", _BY_KAPPA)
+    by_kappa = caption(
+        75.35,
+        "v_hat settled (extrapolated from rel_error; only a lower bound: drift/vhat_change "
+        "cannot be extrapolated)",
+        lower_bound=1.0,
+        rel_error_estimate=75.35,
+        innovation=2.5,
+        change_estimate=math.nan,
+    )
     assert "is extrapolated from kappa (rel_error = sqrt(kappa / n_eff)" in by_kappa
     assert "vhat_change (its" not in by_kappa
     assert by_kappa.endswith("It is only a lower bound: drift/vhat_change cannot be extrapolated.")
-    measured = caption(31.0, "v_hat settled (measured)", "")
+    measured = caption(31.0, "v_hat settled (measured)")
     assert "was measured within the bursts" in measured and "extrapolated" not in measured
-    floor = caption(40.0, "v_hat not settled by the last update observed (a lower bound)", "")
+    floor = caption(40.0, "v_hat not settled by the last update observed (a lower bound)")
     assert "is the last update they observed, a lower bound" in floor
     assert "extrapolated" not in floor
-    unknown = caption(120.0, "v_hat settled (extrapolated)", "")  # a rationale that says not
-    assert "extrapolated from a closed form" in unknown and "kappa" not in unknown
-    # the report's own figure: from the probe's own signals and rationale
+    older = caption(120.0, "v_hat settled (extrapolated)")  # saved before the estimate rows
+    assert "extrapolated from a closed form" in older and "kappa" not in older
+    # the report's own figure, from the probe's own signals
     from autowarm.reporting._figures import settling_sentence
 
     f = suggestion.report().figures["second_moment"]
-    assert f.caption.endswith(settling_sentence(suggestion.signals, suggestion.rationale))
+    assert f.caption.endswith(settling_sentence(suggestion.signals))
 
 
 def test_bursts_mark_unstable(suggestion: autowarm.Suggestion) -> None:
