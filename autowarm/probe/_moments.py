@@ -320,6 +320,9 @@ class SecondMomentMonitor:
             sample on a 10M-parameter transformer, at about two thirds of its cost.
         every:
             Observe every ``every``-th call to :meth:`update` (the 1st, ``every+1``-th, ...).
+            ``vhat_change`` is then the change over ``every`` updates, which
+            :func:`~autowarm.probe.signals.settling_step` cannot turn into the one-step change
+            (it warns): the probe observes every update.
         short_beta:
             Decay of the short EMA of :math:`g^2` in ``drift`` (window about
             ``1/(1-short_beta)`` observed updates).

@@ -288,9 +288,16 @@ def _moment_frame(
     frame = pd.DataFrame(pick.rows)
     if frame.empty or frame["vhat_mean"].isna().all():
         return None
-    frame = frame.loc[frame["finite"].astype(bool), ["step", *MOMENT_COLUMNS]].copy()
-    frame["step"] = frame["step"] + 1  # statistics are read after update number step + 1
-    return frame.reset_index(drop=True)
+    # Statistics are read after each update that stepped: not after a non-finite step, nor one
+    # the AMP loss scaler skipped (its row has no statistics, and Adam's count did not move,
+    # so a skipped row read as a failed one would hold the trace unsettled to its end). The
+    # monitor observes every update, so the k-th kept row is Adam's update k.
+    stepped = frame["finite"].astype(bool)
+    if "skipped" in frame:
+        stepped &= ~frame["skipped"].astype(bool)
+    frame = frame.loc[stepped, ["step", *MOMENT_COLUMNS]].reset_index(drop=True)
+    frame["step"] = np.arange(1, len(frame) + 1)
+    return frame
 
 
 def _range_test(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, overload
 
@@ -875,6 +876,8 @@ def _infer_beta2(step: FloatArray, neff: FloatArray) -> float:
     # n_eff(t, b) rises from 1 (b=0) to t (b->1) for fixed t >= 2: solve it on the last usable
     # row. nan when n_eff ~ t (b2 too close to 1 to tell).
     for t, n in zip(step[::-1], neff[::-1], strict=True):
+        if t >= 2 and abs(n - 1.0) <= 1e-12:
+            return 0.0  # n_eff is 1 from the first update on only at beta2 = 0
         if t >= 2 and 1.0 < n < t * (1.0 - 1e-9):
             return float(brentq(_n_eff_gap, 0.0, 1.0 - 1e-12, args=(float(t), float(n))))
     return math.nan
@@ -908,7 +911,9 @@ def settling_step(
       :math:`\\kappa=2`);
     - **drift** inside ``drift_band`` (default 2/3 to 3/2: the short-window :math:`g^2` within
       a factor 1.5 of :math:`\\hat v`, so the step size within about 22%);
-    - **vhat_change** per optimizer step (divided by the steps since the previous row)
+    - **vhat_change** per optimizer step (divided by the steps since the previous row; a
+      frame observed every k > 1 updates reads it about :math:`1/\\sqrt{k}` low, as the k
+      one-step changes partly cancel, and gets a warning: observe every update)
       :math:`\\le \\max(` ``change_tol`` :math:`, 2(1-\\beta_2))`; early on the change is about
       :math:`1/t` per step, and once stationary it is
       :math:`(1-\\beta_2)\\,\\mathrm{E}|g^2/\\hat v - 1| \\le 2(1-\\beta_2)` for any gradient
@@ -935,8 +940,9 @@ def settling_step(
       is still moving, which no closed form follows, and the estimate is not made.
 
     So the answer does not depend on how long the trace was, only on what it measured. Drift
-    cannot be extrapolated: when it (or a vhat_change with no estimate) is unsettled, the
-    estimate is only a lower bound (said in ``reason``).
+    cannot be extrapolated: when it (or a vhat_change with no estimate, or rel_error without a
+    finite ``kappa``) is unsettled, the estimate is only a lower bound (said in ``reason`` and
+    ``not_extrapolated``). Only an empty trace gives ``nan``.
 
     :math:`\\beta_2` comes from the ``beta2`` argument, else the frame's ``beta2`` column
     (its minimum), else it is solved from ``step`` and ``n_eff``; ``nan`` (no saturation rule,
@@ -996,6 +1002,16 @@ def settling_step(
     kappa = float(finite_kappa[-1]) if finite_kappa.size else math.nan
     cap = (1.0 + b2) / (1.0 - b2) if math.isfinite(b2) else math.inf
     change_cap = max(change_tol, 2.0 * (1.0 - b2)) if math.isfinite(b2) else change_tol
+    gaps = np.diff(step)
+    if gaps.size and np.nanmax(gaps) > 1:
+        warnings.warn(
+            f"settling_step: the frame's updates are up to {np.nanmax(gaps):g} steps apart; "
+            "vhat_change over k steps, divided by k, reads the one-step change about "
+            "1/sqrt(k) low (the steps' changes partly cancel), so the settling step comes out "
+            "early: observe every update (SecondMomentMonitor(every=1))",
+            UserWarning,
+            stacklevel=2,
+        )
     with np.errstate(invalid="ignore", divide="ignore"):
         per_step = col["vhat_change"] / np.diff(step, prepend=math.nan)
         innovation = _innovation(step, per_step, b2)
@@ -1029,22 +1045,32 @@ def settling_step(
             settled=True, extrapolated=False, settling_step=float(step[overall]),
             reason=reason, **common,
         )  # fmt: skip
-    if not step.size or not math.isfinite(kappa):
-        reason = "no settling step: " + ("empty trace" if not step.size else "kappa unknown")
+    if not step.size:
+        reason = "no settling step: empty trace"
         _logger.info("settling_step: %s", reason)
         return SettlingResult(
             settled=False, extrapolated=False, settling_step=math.nan, reason=reason, **common
         )
-    need = min(kappa / rel_error_tol**2, saturation * cap)
-    t_star = steps_for_n_eff(need, b2) if math.isfinite(b2) else need
-    estimate = max(t_star, float(step[-1]))
     open_ = [k for k, i in first.items() if i < 0] or ["all three together"]
-    reason = (
-        f"not settled by update {step[-1]:g} ({', '.join(open_)} unsettled; {detail}); "
-        f"rel_error = sqrt(kappa/n_eff(t)) with kappa={kappa:.3g}, beta2={b2:.6g} reaches "
-        f"{rel_error_tol:g} (or saturation) at n_eff={need:.4g}, t={t_star:.1f}"
-    )
+    estimate = float(step[-1])
     unknown = {"drift"} & set(open_)
+    if math.isfinite(kappa):
+        need = min(kappa / rel_error_tol**2, saturation * cap)
+        t_star = steps_for_n_eff(need, b2) if math.isfinite(b2) else need
+        estimate = max(t_star, estimate)
+        closed = (
+            f"rel_error = sqrt(kappa/n_eff(t)) with kappa={kappa:.3g}, beta2={b2:.6g} reaches "
+            f"{rel_error_tol:g} (or saturation) at n_eff={need:.4g}, t={t_star:.1f}"
+        )
+    else:
+        # No kappa (every sampled coordinate's mean was zero, or underflowed): rel_error has
+        # no closed form, but what vhat_change measured still counts.
+        t_star = math.nan
+        closed = "kappa unknown: rel_error has no closed form"
+        if "rel_error" in open_:
+            unknown.add("rel_error")
+    reason = f"not settled by update {step[-1]:g} ({', '.join(open_)} unsettled; {detail}); "
+    reason += closed
     if "vhat_change" in open_:
         if math.isfinite(change_estimate):
             estimate = max(estimate, change_estimate)

@@ -17,6 +17,7 @@ from autowarm.probe._search import (
     _judge,
     _moment_frame,
     _peak_ladder,
+    _settling,
     active_settings,
     choose_peak,
     needs_ramp,
@@ -319,3 +320,43 @@ def test_the_second_moment_is_read_on_the_chosen_peaks_burst() -> None:
     frame = _moment_frame(Runner(), ladder, ladder[1])  # type: ignore[arg-type]
     assert frame is not None and (frame["kappa"] == 5.0).all()
     assert (_moment_frame(Runner(), ladder)["kappa"] == 2.0).all()  # type: ignore[arg-type,index]
+
+
+def test_an_update_the_loss_scaler_skipped_is_not_read_as_unsettled() -> None:
+    # Adam's second moment on stationary Gaussian gradients, observed at every update, with one
+    # update skipped by the AMP loss scaler (no step, no statistics). Its row of NaNs used to
+    # fail every criterion: settled at 252 instead of 103 (skipped at row 250), or not at all,
+    # a lower bound at the trace's end (skipped at the last row).
+    rng = np.random.default_rng(0)
+    beta2, v, before, clean = 0.999, np.zeros(2000), None, []
+    for t in range(1, 301):
+        v = beta2 * v + (1 - beta2) * rng.standard_normal(2000) ** 2
+        vhat = v / (1 - beta2**t)
+        n = float(sig.n_eff(float(t), beta2))
+        change = math.nan if before is None else float(np.abs(vhat - before).sum() / before.sum())
+        before = vhat
+        stats = dict.fromkeys(MOMENT_COLUMNS, 1.0) | {
+            "vhat_change": change, "kappa": 2.0, "n_eff": n, "rel_error": math.sqrt(2.0 / n)
+        }  # fmt: skip
+        clean.append(stats)
+
+    def settling_with_skip(at: int | None) -> sig.SettlingResult | None:
+        rows, stats = [], iter(clean)
+        for i in range(301 if at is not None else 300):
+            skipped = i == at
+            row = dict.fromkeys(MOMENT_COLUMNS, math.nan) if skipped else next(stats)
+            rows.append({"step": i, "loss": 1.0, "finite": True, "skipped": skipped} | row)
+        burst = BurstResult("peak_ladder", 1, rows, False, False, 0.01, 5)
+        chosen = BurstVerdict(burst, sig.burst_stability(burst.losses))
+
+        class Runner:
+            has_second_moment = True
+
+        return _settling(Runner(), [chosen], SearchSettings(), beta2, chosen)  # type: ignore[arg-type]
+
+    reference = settling_with_skip(None)
+    assert reference is not None and reference.settled
+    for at in (250, 300):
+        skipped = settling_with_skip(at)
+        assert skipped is not None and skipped.settled
+        assert skipped.settling_step == reference.settling_step

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -413,6 +414,15 @@ def test_settling_infers_beta2_without_column() -> None:
     assert r.settling_step == settling_step(_stats_frame(400)).settling_step
 
 
+def test_settling_infers_beta2_zero() -> None:
+    # n_eff is 1 at every update only for beta2 = 0: it used to be read as "too close to 1 to
+    # tell" (nan), and the trace extrapolated to 182 updates instead of settling at once.
+    frame = _stats_frame(20, beta2=0.0).drop(columns="beta2").assign(drift=1.0)
+    frame["vhat_change"] = np.where(frame["step"] > 1, 0.5, np.nan)
+    r = settling_step(frame, rel_error_tol=10.0)
+    assert r.beta2 == 0.0 and r.settled
+
+
 def test_settling_late_blip_and_window() -> None:
     frame = _stats_frame(400)
     frame.loc[frame["step"] == 300, "drift"] = 2.0
@@ -526,7 +536,12 @@ def test_settling_degenerate_frames() -> None:
     no_kappa["kappa"] = np.nan
     no_kappa["rel_error"] = np.nan
     r = settling_step(no_kappa)
-    assert not r.settled and not r.extrapolated and "kappa unknown" in r.reason
+    # No kappa (all-zero or underflowed squared gradients): rel_error has no closed form, but
+    # what vhat_change measured still sets the step, as a lower bound. It used to give nan, so
+    # the probe's least warmup silently became 0.
+    assert not r.settled and r.extrapolated and "kappa unknown" in r.reason
+    assert r.settling_step == r.change_estimate > 50 and r.decided_by == "vhat_change"
+    assert r.lower_bound and r.not_extrapolated == "rel_error" and math.isnan(r.rel_error_estimate)
 
 
 def test_settling_rejects_bad_input() -> None:
@@ -583,3 +598,14 @@ def test_range_test_easy_first_batch_is_not_the_minimum() -> None:
     r = range_test(lrs, loss, skip_begin=4)
     assert r.diverged and r.diverge_index >= 40
     assert 30 <= int(np.searchsorted(lrs, r.min_loss_lr)) < 45
+
+
+def test_settling_warns_on_a_frame_observed_every_few_updates() -> None:
+    # The change over k updates divided by k reads the one-step change about 1/sqrt(k) low
+    # (the steps' changes partly cancel): the settling step would come out early.
+    sparse = _stats_frame(400).iloc[::4]
+    with pytest.warns(UserWarning, match=r"up to 4 steps apart.*every=1"):
+        settling_step(sparse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settling_step(_stats_frame(400))  # every update: no warning
