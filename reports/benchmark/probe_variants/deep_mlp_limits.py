@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,8 +34,9 @@ from autowarm.schedules import ScheduleConfig
 torch.set_num_threads(1)
 
 
-def probe(task: BenchTask, seed: int) -> Suggestion:
-    """suggest() on the task as ``autowarm bench eval`` runs it."""
+def probe(task: BenchTask, seed: int, **more: Any) -> Suggestion:
+    """suggest() on the task as ``autowarm bench eval`` runs it; ``more`` adds arguments
+    (``budget_steps=...``)."""
     with torch.random.fork_rng(devices=[]):
         return suggest(
             task.make_model(seed),
@@ -45,6 +47,7 @@ def probe(task: BenchTask, seed: int) -> Suggestion:
             total_steps=task.total_steps,
             seed=seed,
             progress=False,
+            **more,
         )
 
 

@@ -12,9 +12,11 @@ import sys
 import torch
 
 import autowarm.probe._search as search
-from autowarm import suggest
 from autowarm.bench.tasks import get_task
 from autowarm.probe import signals
+
+sys.path.insert(0, "reports/benchmark/probe_variants")
+from deep_mlp_limits import probe  # the probe as `autowarm bench eval` runs it
 
 torch.set_num_threads(1)
 
@@ -34,18 +36,7 @@ search.sig.settling_step = _recording_settling_step
 name, seed, budgets = sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")]
 task = get_task(name)
 for budget in budgets:
-    with torch.random.fork_rng(devices=[]):
-        s = suggest(
-            task.make_model(seed),
-            task.train_data(seed),
-            torch.optim.AdamW,
-            optimizer_kwargs=dict(task.optimizer_kwargs),
-            loss_fn=task.resolved_loss_fn(),
-            total_steps=task.total_steps,
-            budget_steps=budget,
-            seed=seed,
-            progress=False,
-        )
+    s = probe(task, seed, budget_steps=budget)
     r = _seen[-1]
     print(
         name,
