@@ -369,6 +369,7 @@ def suggest(
     param_groups: ParamGroups | None = None,
     accumulation_steps: int = 1,
     precision: str = "32-true",
+    grad_clip: float | None = None,
 ) -> Suggestion:
     """Probe ``model`` on ``dataloader`` and suggest a warmup length and a peak LR.
 
@@ -424,6 +425,9 @@ def suggest(
             ``torch.autocast`` in bfloat16); or ``"16-mixed"`` (float16 autocast with a
             ``torch.amp.GradScaler``, whose overflow-skipped updates are recorded in the
             trace's ``skipped`` column and not read as divergence). The weights stay float32.
+        grad_clip: the real run's gradient-norm clipping (``clip_grad_norm_`` of the
+            accumulated, unscaled gradient to this total norm), or ``None`` for none. Clipping
+            tames the large early updates that warmup exists for, so probe with the run's.
 
     Returns:
         A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
@@ -463,6 +467,11 @@ def suggest(
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
     accumulation_steps = check_accumulation_steps(accumulation_steps)
     check_precision(precision)
+    if grad_clip is not None and not (is_real(grad_clip) and 0 < grad_clip < math.inf):
+        raise ValueError(
+            "grad_clip must be a positive finite number (the real run's max gradient norm) or "
+            f"None, but got grad_clip={grad_clip!r}"
+        )
     total = _resolve_total_steps(total_steps, dataloader, accumulation_steps)
     budget_n = _resolve_budget(budget_steps, total)
     if not is_int(seed) or not 0 <= seed < 2**32:
@@ -506,6 +515,7 @@ def suggest(
                 groups,
                 accumulation_steps,
                 amp,
+                None if grad_clip is None else float(grad_clip),
             )
         finally:
             # The loader's own generators (if any) shuffle the user's real run as before, and
@@ -601,6 +611,7 @@ def _probe(
     groups: list[GroupSpec] | None = None,
     accumulation_steps: int = 1,
     amp: MixedPrecision | None = None,
+    grad_clip: float | None = None,
 ) -> tuple[ProbeOutcome, ProbeRunner]:
     from tqdm.auto import tqdm
 
@@ -652,6 +663,7 @@ def _probe(
         param_groups=groups,
         accumulation_steps=accumulation_steps,
         amp=amp,
+        grad_clip=grad_clip,
     )
     try:
         torch.manual_seed(seed)

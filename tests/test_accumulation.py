@@ -157,3 +157,39 @@ def test_a_task_trial_accumulates_too() -> None:
     assert (_Steps.count, len(calls)) == (12, 24)
     with pytest.raises(ValueError, match="accumulation_steps must be an int >= 1"):
         dataclasses.replace(task, accumulation_steps=0)
+
+
+class _ClipLog(torch.optim.AdamW):
+    """AdamW that records the total gradient norm it is asked to step with."""
+
+    norms: ClassVar[list[float]] = []
+
+    def step(self, closure: Any = None) -> Any:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        _ClipLog.norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))))  # fmt: skip
+        return super().step(closure)
+
+
+def test_the_probe_clips_as_the_real_run_does() -> None:
+    # suggest() had no grad_clip: a run that clips was probed unclipped, and tune's probe
+    # (trial 0's schedule) ignored Task.grad_clip while every later trial clipped.
+    _ClipLog.norms = []
+    kw: dict[str, Any] = dict(loss_fn=_ce, total_steps=TOTAL, budget_steps=BUDGET, progress=False)
+    autowarm.suggest(_mlp(), _batches(), _ClipLog, **kw)
+    assert max(_ClipLog.norms) > 0.05  # unclipped, the norms are larger than the clip below
+    _ClipLog.norms = []
+    autowarm.suggest(_mlp(), _batches(), _ClipLog, grad_clip=0.05, **kw)
+    assert _ClipLog.norms and max(_ClipLog.norms) <= 0.05 * (1 + 1e-5)
+    for bad in (0.0, -1.0, math.inf, math.nan, "1"):
+        with pytest.raises(ValueError, match="grad_clip must be a positive finite number"):
+            autowarm.suggest(_mlp(), _batches(), grad_clip=bad, **kw)
+    from autowarm.study._tune import probe_task
+
+    _ClipLog.norms = []
+    task = autowarm.Task(
+        make_model=lambda seed: _mlp(), train_data=_batches(), loss_fn=_ce,
+        total_steps=TOTAL, optimizer_cls=_ClipLog, grad_clip=0.05,
+    )  # fmt: skip
+    probe_task(task, budget_steps=BUDGET, progress=False)
+    assert _ClipLog.norms and max(_ClipLog.norms) <= 0.05 * (1 + 1e-5)

@@ -171,6 +171,7 @@ def _method_schedule(
                 total_steps=t,
                 seed=seed,
                 progress=False,
+                grad_clip=task.grad_clip,
             )
         extra.update(
             probe_steps=counted.calls,

@@ -183,6 +183,8 @@ class ProbeRunner:
     accumulation_steps: int = 1
     # Mixed precision (suggest(precision=...)); its loss scaler carries over between bursts.
     amp: MixedPrecision | None = None
+    # The real run's gradient-norm clipping (suggest(grad_clip=...)), or None.
+    grad_clip: float | None = None
     # (burst, step) of each non-finite loss computed with weights that were already
     # non-finite: an earlier update overflowed, whatever the batch of that step.
     nonfinite_weights: set[tuple[int, int]] = field(default_factory=set)
@@ -289,7 +291,14 @@ class ProbeRunner:
                 t0 = time.perf_counter()
                 batch = self.stream.next_update(self.accumulation_steps)
                 try:
-                    res = train_step(self.model, optimizer, batch, self.loss_fn, amp=self.amp)
+                    res = train_step(
+                        self.model,
+                        optimizer,
+                        batch,
+                        self.loss_fn,
+                        grad_clip=self.grad_clip,
+                        amp=self.amp,
+                    )
                 except Exception as exc:
                     where = f"{phase} burst {burst_id}, step {i}, lr {float(lr):.3g}"
                     add_note(exc, functools.partial(_step_note, where, optimizer, batch))

@@ -966,6 +966,7 @@ def probe_task(
         param_groups=task.param_groups,
         accumulation_steps=task.accumulation_steps,
         precision=task.precision,
+        grad_clip=task.grad_clip,
     )
 
 
