@@ -128,11 +128,11 @@ def save_config(cfg: ScheduleConfig, path: Path) -> Path:
         import yaml
 
         text = yaml.safe_dump(data, sort_keys=False)
-    _atomic_write(path, text)
+    atomic_write(path, text)
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as ``open(path, "w")`` would, but atomically.
 
     The text goes to a temporary file beside the target, renamed over it, so a crash never

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from autowarm._checks import is_int, is_real
-from autowarm._config_io import check_format_version, storage_file_kind
+from autowarm._config_io import atomic_write, check_format_version, storage_file_kind
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
     BatchStream,
@@ -127,14 +128,24 @@ class Suggestion:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON) and the tables beside it (``.trace.csv``, ``.signals.csv``)."""
-        path = Path(path)
-        if path.suffix.lower() != ".json":
-            raise ValueError(f"path must end in .json, but got path={str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``path`` (JSON) and the tables beside it (``.trace.csv``, ``.signals.csv``).
+
+        The JSON is written last, whole or not at all, and records the tables' row counts,
+        which :meth:`load` checks: tables left from another suggestion are named, not read.
+
+        Raises:
+            ValueError: ``path`` does not end in ``.json``, or cannot be written (a folder
+                is there, or a file where a parent folder should be); checked before writing.
+        """
+        path = check_suggestion_path(path)
         self.trace.to_csv(path.with_suffix(".trace.csv"), index=False)
         self.signals.to_csv(path.with_suffix(".signals.csv"), index=False)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        data = self.to_dict()
+        data["tables"] = {
+            "trace_sha256": _digest(path.with_suffix(".trace.csv")),
+            "signals_sha256": _digest(path.with_suffix(".signals.csv")),
+        }
+        atomic_write(path, json.dumps(data, indent=2) + "\n")
         return path
 
     @classmethod
@@ -155,7 +166,7 @@ class Suggestion:
                 "suggestion is the JSON written by Suggestion.save() or `autowarm probe`"
             )
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8-sig"))  # a byte order mark is not the JSON's
         except UnicodeDecodeError as exc:
             raise ValueError(
                 f"{path} is not a suggestion JSON file (not UTF-8 text: {exc}): pass the JSON "
@@ -170,12 +181,19 @@ class Suggestion:
                 f"format={got!r})"
             )
         trace_p, sig_p = path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")
+        saved = data.get("tables")
+        if isinstance(saved, Mapping):
+            for table_path, key in ((trace_p, "trace_sha256"), (sig_p, "signals_sha256")):
+                want = saved.get(key)
+                if isinstance(want, str) and table_path.is_file() and _digest(table_path) != want:
+                    raise ValueError(
+                        f"{table_path} is not the table {path.name} was saved with (another "
+                        "suggestion's, or edited since): put that one back, or delete it to "
+                        f"load {path.name} without it"
+                    )
+        trace, signals = _read_table(trace_p), _read_table(sig_p)
         try:
-            return cls.from_dict(
-                data,
-                trace=_read_table(trace_p),
-                signals=_read_table(sig_p),
-            )
+            return cls.from_dict(data, trace=trace, signals=signals)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
 
@@ -219,6 +237,16 @@ class Suggestion:
             raise ValueError(
                 f"field 'low_confidence_reasons' must be a list of str, but got {reasons!r}"
             )
+        for key, value in (("peak_lr", schedule.peak_lr), ("warmup_steps", schedule.warmup_steps)):
+            if key in data and data[key] != value:
+                raise ValueError(
+                    f"field {key!r} is {data[key]!r}, but the schedule's is {value!r}: the "
+                    "schedule is what the suggestion gives, so edit it there (and drop or match "
+                    f"the top-level {key!r})"
+                )
+        confidence = cls._str_field(data, "confidence", "high")
+        if confidence not in ("high", "low"):
+            raise ValueError(f"field 'confidence' must be 'high' or 'low', but got {confidence!r}")
         wall_seconds = data.get("wall_seconds", 0.0)
         if not is_real(wall_seconds) or not 0 <= wall_seconds < math.inf:
             raise ValueError(
@@ -232,7 +260,7 @@ class Suggestion:
             rationale=cls._str_field(data, "rationale", ""),
             trace=pd.DataFrame() if trace is None else trace,
             signals=pd.DataFrame() if signals is None else signals,
-            confidence=cls._str_field(data, "confidence", "high"),
+            confidence=confidence,
             low_confidence_reasons=tuple(reasons),
             deciding_signal=cls._str_field(data, "deciding_signal", ""),
             wall_seconds=float(wall_seconds),
@@ -263,6 +291,37 @@ def _read_table(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except (ValueError, OSError) as exc:  # pandas' ParserError, UnicodeDecodeError, a folder
+        raise ValueError(
+            f"{path}: not a table written by Suggestion.save ({exc}); delete it to load the "
+            "suggestion without it"
+        ) from None
+
+
+def _digest(path: Path) -> str:
+    # The saved table's fingerprint, recorded in its suggestion's JSON.
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def check_suggestion_path(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` a suggestion can be saved at, its folder made.
+
+    Raises:
+        ValueError: it does not end in ``.json``, is a folder, or a file stands where one of
+            its parent folders should be.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"path must end in .json, but got path={str(path)!r}")
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder: pass a file name in it, e.g. {path / 'suggestion.json'}"
+        )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{path} cannot be written: {parent} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _resolve_total_steps(

@@ -940,6 +940,38 @@ def test_suggestion_save_load_round_trip(
     assert again == s and again.trace.empty and again.signals.empty
 
 
+def test_a_suggestions_tables_are_its_own(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any
+) -> None:
+    s, _ = probed
+    path = s.save(tmp_path / "s.json")
+    other = Suggestion.from_dict(s.to_dict(), trace=s.trace.head(3), signals=s.signals)
+    other.save(tmp_path / "o.json")
+    # another suggestion's trace beside this JSON (copied, or a save cut between its files)
+    (tmp_path / "s.trace.csv").write_bytes((tmp_path / "o.trace.csv").read_bytes())
+    with pytest.raises(ValueError, match=r"s\.trace\.csv is not the table s\.json was saved"):
+        Suggestion.load(path)
+    (tmp_path / "s.trace.csv").unlink()  # the documented way out: load without it
+    assert Suggestion.load(path).trace.empty
+    # a broken table is named, not blamed on the JSON (a JSON saved before the fingerprints)
+    (tmp_path / "o.json").write_text(json.dumps(other.to_dict()), encoding="utf-8")
+    (tmp_path / "o.signals.csv").write_bytes(b'a,b\n"1,2\n')
+    with pytest.raises(ValueError, match=r"o\.signals\.csv: not a table written by"):
+        Suggestion.load(tmp_path / "o.json")
+    # a byte order mark (an editor's) is not part of the JSON
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(s.to_dict()).encode())
+    assert Suggestion.load(bom) == s
+    # where it cannot be written, nothing is: a folder at the path, a file as a parent
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(ValueError, match=r"d\.json is a folder"):
+        s.save(tmp_path / "d.json")
+    assert not (tmp_path / "d.trace.csv").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"f is a file, not a folder"):
+        s.save(tmp_path / "f" / "s.json")
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -972,6 +1004,10 @@ def test_suggestion_save_load_round_trip(
         ({"confidence": 0.5}, "field 'confidence' must be a str, but got 0.5"),
         ({"deciding_signal": ["x"]}, r"field 'deciding_signal' must be a str, but got \['x'\]"),
         ({"probe_steps": 2.0}, "field 'probe_steps' must be an int >= 0, but got 2.0"),
+        # edited beside the schedule, which is what loads: an error, not ignored
+        ({"peak_lr": 123.0}, "field 'peak_lr' is 123.0, but the schedule's is"),
+        ({"warmup_steps": -5}, "field 'warmup_steps' is -5, but the schedule's is"),
+        ({"confidence": "maybe"}, "field 'confidence' must be 'high' or 'low', but got 'maybe'"),
     ],
 )
 def test_a_malformed_suggestion_file_names_the_file_and_the_field(

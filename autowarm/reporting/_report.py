@@ -138,13 +138,13 @@ class Report:
             files[f"{name}.csv"] = frame.to_csv(index=False).encode("utf-8")
         for name, (_, png) in pngs.items():
             files[f"{name}.png"] = png
-        paths = [_atomic_write(out / name, data) for name, data in files.items()]
+        paths = [atomic_write(out / name, data) for name, data in files.items()]
         _forget_stale(out, set(files))
-        _atomic_write(out / _MANIFEST, (json.dumps(sorted(files), indent=1) + "\n").encode())
+        atomic_write(out / _MANIFEST, (json.dumps(sorted(files), indent=1) + "\n").encode())
         return paths
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
+def atomic_write(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)

@@ -211,11 +211,13 @@ def add_probe(sub: Any) -> None:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
+    from autowarm._suggest import check_suggestion_path
     from autowarm.study._task import load_task
     from autowarm.study._tune import probe_task
 
     if args.output.suffix.lower() != ".json":
         raise ValueError(f"-o must end in .json, but got {str(args.output)!r}")
+    check_suggestion_path(args.output)  # a bad -o fails now, not after the probe has run
     task = load_task(args.task)
     s = probe_task(
         task,

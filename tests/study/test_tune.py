@@ -931,6 +931,27 @@ def test_cli_probe_tune_export(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "the studies there: ['s']" in err
 
 
+def test_cli_probe_refuses_a_bad_output_before_probing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autowarm.cli import main
+    from autowarm.study import _tune as tune_module
+
+    def no_probe(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the probe ran before -o was checked")
+
+    monkeypatch.setattr(tune_module, "probe_task", no_probe)
+    (tmp_path / "x.json").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    for out, message in (
+        (tmp_path / "x.json", "x.json is a folder"),
+        (tmp_path / "afile" / "s.json", "afile is a file, not a folder"),
+    ):
+        assert main(["probe", SPEC, "-o", str(out)]) == 1
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "x.json"]
+
+
 def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
     tmp_path: Path, suggestion: Any
 ) -> None:
