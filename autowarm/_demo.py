@@ -6,6 +6,7 @@ text (nothing is downloaded): post-LN transformers are the classic case that nee
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ def run_demo(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file: pass --out a folder (it is made if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)  # before the probe: a bad path fails at once
+    if importlib.util.find_spec("matplotlib") is not None:
+        from autowarm.reporting._report import refuse_others
+
+        # A report folder holding files no report wrote fails now, not after the probe.
+        refuse_others(out_dir / "report", {"report.html", "report.md"})
     task = get_task(DEMO_TASK)
     if total_steps is not None:
         import dataclasses
@@ -70,7 +76,7 @@ def run_demo(
     )
     schedule_path = s.schedule.save(out_dir / "schedule.yaml")
     suggestion_path = s.save(out_dir / "suggestion.json")
-    report_path = _write_report(s, out_dir / "report")
+    report_path, report_note = _write_report(s, out_dir / "report")
     text = "\n".join(
         [
             f"task: {task.name}: {task.description}",
@@ -84,19 +90,20 @@ def run_demo(
             "",
             f"schedule: {schedule_path}",
             f"suggestion and evidence: {suggestion_path} (+ .trace.csv, .signals.csv)",
-            f"report: {report_path}"
-            if report_path is not None
-            else "report: not written (pip install 'autowarm[plot]' for its figures)",
+            f"report: {report_path}" if report_path is not None else f"report: {report_note}",
         ]
     )
     return DemoResult(suggestion_path, schedule_path, text, report_path)
 
 
-def _write_report(s: Suggestion, out: Path) -> Path | None:
-    import importlib.util
-
+def _write_report(s: Suggestion, out: Path) -> tuple[Path | None, str]:
+    # The report's first path, or None and why it was not written: the suggestion and the
+    # schedule are already saved, so a report that cannot be written does not fail the demo.
     if importlib.util.find_spec("matplotlib") is None:
-        return None
+        return None, "not written (pip install 'autowarm[plot]' for its figures)"
     from autowarm.reporting import report
 
-    return report(s).write(out)[0]
+    try:
+        return report(s).write(out)[0], ""
+    except FileExistsError as exc:
+        return None, f"not written: {exc}"

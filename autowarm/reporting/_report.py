@@ -127,7 +127,7 @@ class Report:
             *(f"{name}.csv" for name in self.tables),
             *(f"{name}.png" for name in self.figures),
         }
-        _refuse_others(out, names)
+        refuse_others(out, names)
         pngs = self._pngs()  # first: a missing matplotlib fails before anything is written
         out.mkdir(parents=True, exist_ok=True)
         files = {
@@ -166,8 +166,9 @@ def _owned(out: Path) -> set[str]:
     return {n for n in previous if isinstance(n, str) and n and Path(n).name == n}
 
 
-def _refuse_others(out: Path, names: set[str]) -> None:
-    # A file of the same name that no report wrote here is someone else's: never replace it.
+def refuse_others(out: Path, names: set[str]) -> None:
+    """Raise :class:`FileExistsError` when ``out`` holds a file of one of ``names`` that no
+    report wrote there (not in its manifest): someone else's, never to be replaced."""
     if not out.is_dir():
         return
     owned = _owned(out)

@@ -131,6 +131,21 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     assert result.report_path == tmp_path / "demo" / "report" / "report.html"
     assert (tmp_path / "demo" / "report" / "range_test.png").exists()
     assert f"report: {result.report_path}" in result.text
+    # A report folder holding someone else's report.md: refused before the probe, and the
+    # demo's other files left as they were (it used to replace them, then fail on the report)
+    own = tmp_path / "own"
+    (own / "report").mkdir(parents=True)
+    (own / "report" / "report.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"already has report\.md"):
+        run_demo(own, progress=False, total_steps=400)
+    assert sorted(p.name for p in own.iterdir()) == ["report"]
+    # a clash only the finished report finds (a figure's name) leaves the results, and says so
+    (own / "report" / "report.md").unlink()
+    (own / "report" / "range_test.png").write_text("mine")
+    again = run_demo(own, progress=False, total_steps=400)
+    assert again.report_path is None and "report: not written: " in again.text
+    assert "range_test.png" in again.text and (own / "suggestion.json").exists()
+    assert (own / "report" / "range_test.png").read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------- the reader's check
