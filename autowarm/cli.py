@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,17 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logger.propagate = False
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"autowarm: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autowarm`` console script; returns the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
@@ -320,7 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         os.environ["AUTOWARM_DEBUG"] = "1"
     try:
-        code: int = args.func(args)
+        with warnings.catch_warnings():
+            # A warning is one line, as an error is (no source line of autowarm's own code);
+            # -q ("only errors") leaves them out, --debug keeps Python's full form.
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            elif not args.debug:
+                warnings.showwarning = _one_line_warning
+            code: int = args.func(args)
         return code
     except KeyboardInterrupt:
         print("autowarm: interrupted", file=sys.stderr)

@@ -340,13 +340,26 @@ def load_task(spec: str) -> Task:
         raise ValueError(
             f"task spec must be 'path/to/file.py:task' or 'package.module:task', but got {spec!r}"
         )
+    if ".py:" in where:
+        raise ValueError(
+            f"task spec {spec!r} has more than one ':' after its file: pass "
+            f"'{where.partition('.py:')[0]}.py:NAME', NAME being the Task (or the function "
+            "returning one) in that file"
+        )
     if where.endswith(".py") or "/" in where or Path(where).exists():
         module = _import_file(Path(where))
     else:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"cannot import module {where!r} for task {spec!r}: {exc}") from exc
+            hint = (
+                f"; for the file {where}.py here, pass '{where}.py:{attr}'"
+                if Path(f"{where}.py").is_file()
+                else ""
+            )
+            raise ValueError(
+                f"cannot import module {where!r} for task {spec!r}: {exc}{hint}"
+            ) from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -355,7 +368,13 @@ def load_task(spec: str) -> Task:
             f"{where} has no attribute {attr!r}; Tasks defined there: {names or 'none'}"
         ) from None
     if not isinstance(obj, Task) and callable(obj) and not inspect.isclass(obj):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise ValueError(
+                f"calling {spec} to build the task raised {type(exc).__name__}: {exc} "
+                "(autowarm --debug shows the traceback)"
+            ) from exc
     if not isinstance(obj, Task):
         raise ValueError(
             f"{spec} is a {type(obj).__name__}, not an autowarm.Task; define "
@@ -398,6 +417,19 @@ def _import_file(path: Path) -> Any:
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        del sys.modules[mod_name]
+        raise ValueError(
+            f"task file {str(path)!r} called sys.exit({exc.code!r}) while it was imported: a "
+            "task file defines a Task (keep a script's own code under "
+            "`if __name__ == '__main__':`)"
+        ) from None
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise ValueError(
+            f"importing task file {str(path)!r} raised {type(exc).__name__}: {exc} "
+            "(autowarm --debug shows the traceback)"
+        ) from exc
     except BaseException:
         del sys.modules[mod_name]
         raise

@@ -323,6 +323,22 @@ def test_load_task_errors(tmp_path: Path) -> None:
     assert by_module.total_steps == 200 and by_module.source == "tests.study.tiny_task:task"
     with pytest.raises(ValueError, match="cannot import module"):
         load_task("tests.study.no_such_module:task")
+    # what goes wrong inside the task file is said to come from it
+    bad = tmp_path / "raises.py"
+    bad.write_text("raise RuntimeError('dataset path /data/x not found')\n")
+    with pytest.raises(ValueError, match=r"importing task file .*raises\.py' raised "
+                       r"RuntimeError: dataset path /data/x not found"):  # fmt: skip
+        load_task(f"{bad}:task")
+    quits = tmp_path / "quits.py"
+    quits.write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(ValueError, match=r"called sys\.exit\(3\) while it was imported"):
+        load_task(f"{quits}:task")
+    factory = tmp_path / "factory.py"
+    factory.write_text("def make():\n    raise KeyError('boom')\n")
+    with pytest.raises(ValueError, match=r"calling .*factory\.py:make to build the task raised"):
+        load_task(f"{factory}:make")
+    with pytest.raises(ValueError, match=r"more than one ':'.*'.*tiny_task\.py:NAME'"):
+        load_task(f"{SPEC}:extra")
 
 
 # ------------------------------------------------------------------------- tune
@@ -912,6 +928,12 @@ def test_cli_probe_tune_export(tmp_path: Path) -> None:
     proc = _cli("probe", SPEC, "-o", str(out), "--no-progress")
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    # a warning is one line, like an error (it printed Python's form, pointing into autowarm)
+    assert "autowarm: warning: the probe takes 60 steps, 30% of this 200-step run" in err
+    assert "UserWarning" not in err and "return suggest(" not in err
+    quiet = _cli("-q", "probe", SPEC, "-o", str(tmp_path / "q.json"), "--no-progress")
+    _, err = quiet.communicate(timeout=120)
+    assert quiet.returncode == 0 and "warning" not in err, err
     assert out.exists() and out.with_suffix(".trace.csv").exists()
     assert json.loads(out.read_text())["format"] == "autowarm.suggestion"
     db = tmp_path / "study.db"
