@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autowarm._checks import is_int
+
 if TYPE_CHECKING:
     from autowarm._suggest import Suggestion
 
@@ -46,6 +48,11 @@ def run_demo(
     from autowarm._suggest import suggest
     from autowarm.bench.tasks import get_task
 
+    if total_steps is not None and (not is_int(total_steps) or total_steps < 40):
+        raise ValueError(
+            f"--total-steps must be an int >= 40 (the probe needs at least 40 steps), but got "
+            f"{total_steps!r}"
+        )  # before the folder is made: a bad value leaves nothing behind
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file: pass --out a folder (it is made if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)  # before the probe: a bad path fails at once

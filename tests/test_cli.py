@@ -182,6 +182,10 @@ def test_demo_refuses_a_file_as_its_folder_before_probing(
     with pytest.raises(ValueError, match="afile is a file: pass --out a folder"):
         _demo.run_demo(afile, progress=False)
     assert afile.read_text() == "x"
+    for short in (-5, 30):  # refused before its folder is made
+        with pytest.raises(ValueError, match="--total-steps must be an int >= 40"):
+            _demo.run_demo(tmp_path / "new", progress=False, total_steps=short)
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_key_error_prints_its_message_without_quotes() -> None:
