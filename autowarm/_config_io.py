@@ -132,13 +132,15 @@ def save_config(cfg: ScheduleConfig, path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as ``open(path, "w")`` would, but atomically.
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` as ``open(path, "w")`` would, but
+    atomically, and return ``path``.
 
-    The text goes to a temporary file beside the target, renamed over it, so a crash never
-    leaves a half-written config. As with ``open``: a symlink is followed (the file it points
-    at is replaced and the link stays), an existing file keeps its mode, and a new one gets
-    ``0o666`` less the umask (``tempfile.mkstemp`` would make it ``0o600``).
+    The data goes to a temporary file beside the target, renamed over it, so a crash never
+    leaves a half-written file (a config, a suggestion, a report's page). As with ``open``: a
+    symlink is followed (the file it points at is replaced and the link stays), an existing
+    file keeps its mode, and a new one gets ``0o666`` less the umask (``tempfile.mkstemp``
+    would make it ``0o600``).
     """
     target = path.resolve()  # the link's target, so the rename replaces that file
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,14 +150,15 @@ def atomic_write(path: Path, text: str) -> None:
         mode = None  # new: the kernel applies the umask to os.open's 0o666
     fd, tmp = _create_beside(target)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
 def _create_beside(target: Path) -> tuple[int, Path]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from autowarm._config_io import atomic_write
 from autowarm.reporting import _render
 from autowarm.reporting._figures import FigureData
 
@@ -142,16 +143,6 @@ class Report:
         _forget_stale(out, set(files))
         atomic_write(out / _MANIFEST, (json.dumps(sorted(files), indent=1) + "\n").encode())
         return paths
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _owned(out: Path) -> set[str]:
