@@ -829,8 +829,7 @@ class SettlingResult:
 def _typical(per_step: FloatArray, rows: int = 5) -> FloatArray:
     # The median of each row's and the rows' before it (up to `rows` in all, nan left out): the
     # typical change, which one large g^2 (a single row's jump) does not move.
-    frame = pd.Series(per_step)
-    return frame.rolling(rows, min_periods=1).median().to_numpy(dtype=np.float64)
+    return pd.Series(per_step).rolling(rows, min_periods=1).median().to_numpy(dtype=np.float64)
 
 
 def _innovation(step: FloatArray, per_step: FloatArray, beta2: float) -> float:
@@ -1002,8 +1001,8 @@ def settling_step(
     kappa = float(finite_kappa[-1]) if finite_kappa.size else math.nan
     cap = (1.0 + b2) / (1.0 - b2) if math.isfinite(b2) else math.inf
     change_cap = max(change_tol, 2.0 * (1.0 - b2)) if math.isfinite(b2) else change_tol
-    gaps = np.diff(step)
-    if gaps.size and np.nanmax(gaps) > 1:
+    gaps = np.diff(step, prepend=math.nan)  # steps since the previous row; nan at the first
+    if gaps.size > 1 and np.nanmax(gaps) > 1:
         warnings.warn(
             f"settling_step: the frame's updates are up to {np.nanmax(gaps):g} steps apart; "
             "vhat_change over k steps, divided by k, reads the one-step change about "
@@ -1013,7 +1012,7 @@ def settling_step(
             stacklevel=2,
         )
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_step = col["vhat_change"] / np.diff(step, prepend=math.nan)
+        per_step = col["vhat_change"] / gaps
         innovation = _innovation(step, per_step, b2)
         crit = {
             "rel_error": (col["rel_error"] <= rel_error_tol) | (col["n_eff"] >= saturation * cap),
