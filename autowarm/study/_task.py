@@ -14,7 +14,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from autowarm._train import (
     resolve_loss_fn,
     structure_fingerprint,
 )
+
+if TYPE_CHECKING:
+    from autowarm._groups import GroupSpec
 
 __all__ = ["Task", "load_task"]
 
@@ -205,14 +208,15 @@ class Task:
         decay) under the same task name is refused."""
         if self.param_groups is None:
             return None
-        from autowarm._groups import resolve_param_groups
+        return self.groups_identity_of(self._seeded_model(seed))
 
-        model = self._seeded_model(seed)
+    def groups_identity_of(self, model: nn.Module) -> list[str] | None:
+        """:meth:`param_groups_identity` of a model already built (``make_model(seed)``)."""
+        if self.param_groups is None:
+            return None
         names = {id(p): n for n, p in model.named_parameters()}
-        kwargs = dict(self.optimizer_kwargs or {})
-        groups = resolve_param_groups(self.param_groups, model, self.optimizer_cls, kwargs)  # type: ignore[arg-type]
         lines = []
-        for group in groups:
+        for group in self._resolved_groups(model):
             members = ";".join(names.get(id(p), "?") for p in group.params)
             digest = hashlib.sha1(members.encode()).hexdigest()[:16]
             settings = "".join(f", {k}={group.options[k]!r}" for k in sorted(group.options))
@@ -220,6 +224,13 @@ class Task:
                 f"{len(group.params)} params ({digest}), lr_scale={group.lr_scale!r}{settings}"
             )
         return lines
+
+    def _resolved_groups(self, model: nn.Module) -> list[GroupSpec]:
+        # The groups as suggest() checks and builds them (the optimizer's and the records').
+        from autowarm._groups import resolve_param_groups
+
+        kwargs = dict(self.optimizer_kwargs or {})
+        return resolve_param_groups(self.param_groups, model, self.optimizer_cls, kwargs)  # type: ignore[arg-type]
 
     def _seeded_model(self, seed: int) -> nn.Module:
         # make_model(seed) with torch seeded around it (the global RNG left as it was)
@@ -255,9 +266,7 @@ class Task:
         if self.param_groups is None:
             params = [p for p in model.parameters() if p.requires_grad]
             return self.optimizer_cls(params, lr=lr, **kwargs)
-        from autowarm._groups import resolve_param_groups
-
-        groups = resolve_param_groups(self.param_groups, model, self.optimizer_cls, kwargs)  # type: ignore[arg-type]
+        groups = self._resolved_groups(model)
         optimizer = self.optimizer_cls([g.as_group() for g in groups], lr=lr, **kwargs)
         for group, spec in zip(optimizer.param_groups, groups, strict=True):
             group["lr_scale"] = spec.lr_scale

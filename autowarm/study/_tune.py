@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import autowarm
 from autowarm._checks import is_int, is_real
+from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
 from autowarm.study._confirm import (
@@ -830,6 +831,7 @@ def _set_up(
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
+        built = task._seeded_model(seed)  # one build for the model's and its groups' records
         expected = {
             _attrs.TASK: task.identity,
             _attrs.TOTAL_STEPS: task.total_steps,
@@ -842,14 +844,15 @@ def _set_up(
             _attrs.PRECISION: task.precision,
             # nor would trials of another optimizer, clipping or metric
             _attrs.OPTIMIZER: task.optimizer_identity(),
-            _attrs.PARAM_GROUPS: task.param_groups_identity(seed),
+            _attrs.PARAM_GROUPS: task.groups_identity_of(built),
             _attrs.GRAD_CLIP: task.grad_clip,
             _attrs.METRIC: _metric(task),
             # nor trials on a subset or superset of the data (its content is not compared)
             _attrs.DATA: task.data_sizes(seed),
         }
         _check_resumable(study, expected)
-        model = task.model_fingerprint(seed)
+        model = structure_fingerprint(built)
+        del built
         if study.user_attrs.get(_attrs.MODEL, model) != model:
             raise ValueError(
                 f"study {name!r} was created for another model (its parameters' names, shapes "
