@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autowarm._checks import is_int, is_real
+from autowarm._checks import is_finite_real, is_int, is_real
 from autowarm._config_io import atomic_write, check_format_version, storage_file_kind
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
@@ -526,7 +526,7 @@ def suggest(
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
     accumulation_steps = check_accumulation_steps(accumulation_steps)
     check_precision(precision)
-    if grad_clip is not None and not (is_real(grad_clip) and 0 < grad_clip < math.inf):
+    if grad_clip is not None and not (is_finite_real(grad_clip) and grad_clip > 0):
         raise ValueError(
             "grad_clip must be a positive finite number (the real run's max gradient norm) or "
             f"None, but got grad_clip={grad_clip!r}"
