@@ -275,7 +275,9 @@ class SecondMomentMonitor:
       \\lVert \\hat v_{t'} \\rVert_1` with :math:`t'` the previous observed update (so over
       ``every`` steps); ``nan`` at the first.
     - ``kappa``: per coordinate :math:`\\mathrm{Var}(g^2) / \\mathrm{E}[g^2]^2` from Welford
-      running moments of :math:`g^2` over this burst's observed updates (unbiased variance),
+      running moments of :math:`g^2` over this burst's observed updates (unbiased variance;
+      kept on :math:`g^2` divided by its tensor's mean at the first observation, so that
+      float32 holds them at any gradient scale),
       then the (lower) median over coordinates with a non-zero mean; 2 for zero-mean Gaussian
       gradients, larger for heavy tails; ``nan`` until 3 observations. A gradient scale that
       moves during the burst also counts as variance, which overstates ``kappa`` (the safe side).
@@ -290,7 +292,7 @@ class SecondMomentMonitor:
       :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
 
     Cost: everything is on-device tensor work on the sample (an index gather per tensor, so no
-    copy of non-contiguous tensors), with one host sync per observed update; memory is eight
+    copy of non-contiguous tensors), with one host sync per observed update; memory is nine
     float32 vectors of ``max_coords`` entries (running state and reused scratch) plus the int64
     indices. Per tensor an update does two gathers straight into the scratch vectors and a
     little Python; the rest is some 15 in-place passes over the whole sample, a median and
@@ -428,6 +430,10 @@ class SecondMomentMonitor:
         zeros = torch.zeros(self._n, dtype=self._dtype, device=self._device)
         self._short, self._mean, self._m2 = zeros, zeros.clone(), zeros.clone()
         self._prev_vhat = zeros.clone()
+        # The Welford moments run on g^2 times a per-tensor constant (1 / the tensor's mean
+        # g^2 at its first observation), so they stay near 1: kappa is scale-free, but in
+        # float32 the squares of raw g^2 underflow for |g| below ~1e-10 and overflow above ~1e9.
+        self._scale = torch.ones_like(zeros)
         self._observed = [0] * len(self._entries)
         # Scratch reused by every update (no fresh temporaries): the gathered exp_avg_sq (made
         # v_hat in place), the gathered gradient (made g^2 in place) and two work vectors.
@@ -589,11 +595,11 @@ class SecondMomentMonitor:
         # entry's coordinates, so the work runs over stretches of consecutive entries with the
         # same k (one stretch when every tensor takes every update) with n = k + 1 a scalar.
         m = vhat.numel()
-        vectors = (self._short, self._mean, self._m2, self._prev_vhat)
+        vectors = (self._short, self._mean, self._m2, self._prev_vhat, self._scale)
         if pos is None:
-            short, mean, m2, prev = vectors
+            short, mean, m2, prev, scale = vectors
         else:
-            short, mean, m2, prev = (torch.index_select(v, 0, pos) for v in vectors)
+            short, mean, m2, prev, scale = (torch.index_select(v, 0, pos) for v in vectors)
         work, kappa_c = self._scratch[2, :m], self._scratch[3, :m]
         bs = self._short_beta
         runs: list[tuple[int, int, int, int, int]] = []  # entries [i, j), coordinates [lo, hi), k
@@ -608,13 +614,16 @@ class SecondMomentMonitor:
         nums: list[torch.Tensor] = []
         dens: list[torch.Tensor] = []
         any_kappa = False
-        for _, _, lo, hi, k in runs:
+        for i, j, lo, hi, k in runs:
             n = k + 1.0
             g, mu, kap, w = g2[lo:hi], mean[lo:hi], kappa_c[lo:hi], work[lo:hi]
+            if k == 0:  # first observation of these entries: fix their scale
+                _set_scales(scale[lo:hi], g, [e.count for e in active[i:j]])
             short[lo:hi].lerp_(g, 1.0 - bs)  # short EMA: bs * short + (1 - bs) * g^2
-            delta = torch.sub(g, mu, out=w)  # Welford
+            gs = torch.mul(g, scale[lo:hi], out=kap)  # scaled g^2
+            delta = torch.sub(gs, mu, out=w)  # Welford
             mu.add_(delta, alpha=1.0 / n)
-            m2[lo:hi].addcmul_(delta, torch.sub(g, mu, out=kap))
+            m2[lo:hi].addcmul_(delta, kap.sub_(mu))
             if k > 0:  # seen before: counts towards vhat_change
                 nums.append(torch.sub(vhat[lo:hi], prev[lo:hi], out=w).abs_().sum())
                 dens.append(prev[lo:hi].sum())
@@ -646,11 +655,21 @@ class SecondMomentMonitor:
         stats = [vhat.mean(), g2.mean(), drift, change, kappa]
         prev.copy_(vhat)
         if pos is not None:
-            for vec, value in zip(vectors, (short, mean, m2, prev), strict=True):
+            for vec, value in zip(vectors, (short, mean, m2, prev, scale), strict=True):
                 vec.index_copy_(0, pos, value)
         for e in active:
             self._observed[e.slot] += 1
         return stats
+
+
+def _set_scales(out: torch.Tensor, g2: torch.Tensor, counts: list[int]) -> None:
+    # Per tensor (consecutive stretches of `counts` coordinates): 1 / mean(g^2), or 1 where
+    # that mean is zero or not finite. On-device, no host sync.
+    for o, g in zip(torch.split(out, counts), torch.split(g2, counts), strict=True):
+        mean = g.mean()
+        inv = mean.reciprocal()  # inf for a subnormal mean as well as for zero
+        ok = torch.isfinite(inv) & (mean > 0)
+        o.copy_(torch.where(ok, inv, torch.ones_like(mean)).expand_as(o))
 
 
 def _same(a: float | torch.Tensor, b: float) -> bool:

@@ -286,6 +286,20 @@ def test_kappa_is_two_for_gaussian_gradients() -> None:
     assert monitor.history[-1].kappa == pytest.approx(2.0, rel=0.12)
 
 
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_kappa_does_not_depend_on_the_gradient_scale(scale: float) -> None:
+    # Var(g^2)/E[g^2]^2 is scale-free, but in float32 the squares of g^2 underflow below
+    # |g| ~ 1e-10 (and overflow above ~1e9): the running moments must not square raw g^2.
+    def scaled(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+        return torch.randn(size, generator=gen) * scale
+
+    want = _manual_run(_gaussian, 60).history[-1]
+    got = _manual_run(scaled, 60).history[-1]
+    assert math.isfinite(got.kappa)
+    assert got.kappa == pytest.approx(want.kappa, rel=1e-4)
+    assert got.rel_error == pytest.approx(want.rel_error, rel=1e-4)
+
+
 def test_kappa_is_large_for_heavy_tailed_gradients() -> None:
     def sparse(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
         # nonzero with probability 0.1: E[g^2]=0.1, E[g^4]=0.3 -> kappa = 0.29/0.01 = 29
