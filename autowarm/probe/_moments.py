@@ -129,7 +129,7 @@ class MomentStats:
         metadata=_meta("ratio", "size-weighted median over tensors of short-EMA(g^2) / v_hat")
     )
     vhat_change: float = field(
-        metadata=_meta("ratio", "||v_hat - previous v_hat||_1 / ||previous v_hat||_1")
+        metadata=_meta("ratio", "||v_hat_t - v_hat_{t-1}||_1 / ||v_hat_{t-1}||_1, over one step")
     )
     kappa: float = field(metadata=_meta("ratio", "median over coordinates of Var(g^2)/E[g^2]^2"))
     n_eff: float = field(
@@ -271,9 +271,12 @@ class SecondMomentMonitor:
       embedding row absent from recent batches has :math:`s \\approx 0`), and is biased below 1
       for stationary noise. Inside one tensor coordinates share a scale, so the ratio of sums
       is unbiased and robust there; across tensors the weighted median takes the typical layer.
-    - ``vhat_change``: :math:`\\lVert \\hat v_t - \\hat v_{t'} \\rVert_1 /
-      \\lVert \\hat v_{t'} \\rVert_1` with :math:`t'` the previous observed update (so over
-      ``every`` steps); ``nan`` at the first.
+    - ``vhat_change``: :math:`\\lVert \\hat v_t - \\hat v_{t-1} \\rVert_1 /
+      \\lVert \\hat v_{t-1} \\rVert_1`, the change over one optimizer step: read from the
+      previous observation when that was the previous call, else (``every`` > 1, a tensor
+      without a gradient at the previous step, the first call of a monitor attached
+      mid-run) rebuilt from Adam's update :math:`v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2`;
+      ``nan`` at Adam's first update (or, for :math:`\\beta_2 = 0`, at the first call).
     - ``kappa``: per coordinate :math:`\\mathrm{Var}(g^2) / \\mathrm{E}[g^2]^2` from Welford
       running moments of :math:`g^2` over this burst's observed updates (unbiased variance;
       kept on :math:`g^2` divided by its tensor's mean at the first observation, so that
@@ -308,7 +311,7 @@ class SecondMomentMonitor:
     k-th call is observed: the short EMA, the Welford moments and ``vhat_change`` are then
     over observed updates. ``p.grad`` is the gradient Adam used unless the optimizer adds L2
     weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay is fine) or clips
-    it internally. With ``amsgrad=True`` Adam divides by the running maximum
+    it internally; then the rebuilt ``vhat_change`` is off too (observe every update). With ``amsgrad=True`` Adam divides by the running maximum
     ``max_exp_avg_sq``, not by ``exp_avg_sq``; the statistics are still those of
     ``exp_avg_sq``, whose settling is what a warmup waits for (the maximum only makes the steps
     smaller).
@@ -322,9 +325,8 @@ class SecondMomentMonitor:
             sample on a 10M-parameter transformer, at about two thirds of its cost.
         every:
             Observe every ``every``-th call to :meth:`update` (the 1st, ``every+1``-th, ...).
-            ``vhat_change`` is then the change over ``every`` updates, which
-            :func:`~autowarm.probe.signals.settling_step` cannot turn into the one-step change
-            (it warns): the probe observes every update.
+            ``vhat_change`` stays the change over one step (rebuilt from Adam's update, see
+            above), so :func:`~autowarm.probe.signals.settling_step` reads such a frame too.
         short_beta:
             Decay of the short EMA of :math:`g^2` in ``drift`` (window about
             ``1/(1-short_beta)`` observed updates).
@@ -435,6 +437,7 @@ class SecondMomentMonitor:
         # float32 the squares of raw g^2 underflow for |g| below ~1e-10 and overflow above ~1e9.
         self._scale = torch.ones_like(zeros)
         self._observed = [0] * len(self._entries)
+        self._last_call = [-2] * len(self._entries)  # the update() call that last observed it
         # Scratch reused by every update (no fresh temporaries): the gathered exp_avg_sq (made
         # v_hat in place), the gathered gradient (made g^2 in place) and two work vectors.
         self._scratch = torch.empty(4, self._n, dtype=self._dtype, device=self._device)
@@ -484,9 +487,9 @@ class SecondMomentMonitor:
         if call % self._every:
             return None
         with torch.no_grad():
-            return self._observe()
+            return self._observe(call)
 
-    def _observe(self) -> MomentStats | None:
+    def _observe(self, call: int) -> MomentStats | None:
         groups = self._optimizer.param_groups
         state = self._optimizer.state
         active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
@@ -514,6 +517,9 @@ class SecondMomentMonitor:
         steps: list[float | torch.Tensor] = []
         b2s: list[float] = []
         corrections: list[tuple[int, int, float | torch.Tensor]] = []  # (start, stop, 1-b2^t)
+        # How each entry's one-step change of v_hat is read (_Span): from its previous
+        # observation when that was the previous call, else rebuilt from Adam's update rule.
+        spans: list[_Span] = []
         counts = [e.count for e, _, _ in active]
         off = 0
         outs = zip(active, torch.split(vhat, counts), torch.split(g2, counts), strict=True)
@@ -527,6 +533,9 @@ class SecondMomentMonitor:
             if isinstance(t, torch.Tensor):
                 t = t.to(dev, dt)
             corr = 1.0 - b2**t
+            consecutive = self._last_call[e.slot] == call - 1
+            self._last_call[e.slot] = call
+            _add_span(spans, off, stop, consecutive, b2, t, corr)
             last = corrections[-1] if corrections else None
             if isinstance(corr, float) and last is not None and _same(last[2], corr):
                 # Bias corrections differ only across steps and betas: merge equal neighbours.
@@ -557,7 +566,7 @@ class SecondMomentMonitor:
             pos = torch.cat(
                 [torch.arange(e.start, e.start + e.count, device=dev) for e, _, _ in active]
             )
-        stats = self._advance([e for e, _, _ in active], pos, vhat, g2)
+        stats = self._advance([e for e, _, _ in active], pos, vhat, g2, spans)
         extra = [] if on_host else [_stack_min(neff, dev, dt), _stack_max(steps, dev, dt)]
         host = torch.stack([*stats, *extra]).tolist()  # the one host sync
         vhat_mean, g2_mean, drift, change, kappa = host[:5]
@@ -586,6 +595,7 @@ class SecondMomentMonitor:
         pos: torch.Tensor | None,
         vhat: torch.Tensor,
         g2: torch.Tensor,
+        spans: list[_Span],
     ) -> list[torch.Tensor]:
         # Update the running per-coordinate state of the active entries (their coordinates laid
         # out one entry after another in `vhat` and `g2`; `pos`: where they sit in the state
@@ -611,8 +621,6 @@ class SecondMomentMonitor:
             else:
                 runs.append((i, i + 1, lo, lo + e.count, k))
             lo += e.count
-        nums: list[torch.Tensor] = []
-        dens: list[torch.Tensor] = []
         any_kappa = False
         for i, j, lo, hi, k in runs:
             n = k + 1.0
@@ -624,9 +632,6 @@ class SecondMomentMonitor:
             delta = torch.sub(gs, mu, out=w)  # Welford
             mu.add_(delta, alpha=1.0 / n)
             m2[lo:hi].addcmul_(delta, kap.sub_(mu))
-            if k > 0:  # seen before: counts towards vhat_change
-                nums.append(torch.sub(vhat[lo:hi], prev[lo:hi], out=w).abs_().sum())
-                dens.append(prev[lo:hi].sum())
             if k >= 2:  # n >= 3: Var(g^2) / E[g^2]^2
                 # A zero mean (g = 0 at every observation) has m2 = 0 too: 0/0 gives nan, and
                 # the mean of squares is never negative, so no mask is needed.
@@ -635,6 +640,7 @@ class SecondMomentMonitor:
             else:
                 kap.fill_(math.nan)
         nan = vhat.new_full((), math.nan)
+        nums, dens = _one_step_change(vhat, g2, prev, work, spans)
         change = torch.stack(nums).sum() / torch.stack(dens).sum() if nums else nan
         kappa = torch.nanmedian(kappa_c) if any_kappa else nan
         # Per-tensor sums of the short EMA and of v_hat (split: exact, and cheaper than
@@ -670,6 +676,85 @@ def _set_scales(out: torch.Tensor, g2: torch.Tensor, counts: list[int]) -> None:
         inv = mean.reciprocal()  # inf for a subnormal mean as well as for zero
         ok = torch.isfinite(inv) & (mean > 0)
         o.copy_(torch.where(ok, inv, torch.ones_like(mean)).expand_as(o))
+
+
+@dataclass
+class _Span:
+    # A stretch [lo, hi) of the sampled coordinates whose one-step change of v_hat is read
+    # one way: "diff" (the previous observation was the previous step) or "rebuild" (Adam's
+    # update at this step, with its beta2, step t and bias correction 1 - beta2^t).
+    lo: int
+    hi: int
+    how: str
+    beta2: float = math.nan
+    t: float | torch.Tensor = math.nan
+    corr: float | torch.Tensor = math.nan
+
+
+def _add_span(
+    spans: list[_Span],
+    lo: int,
+    hi: int,
+    consecutive: bool,
+    beta2: float,
+    t: float | torch.Tensor,
+    corr: float | torch.Tensor,
+) -> None:
+    # Append one entry's coordinates, merged into the last stretch when read the same way
+    # (the usual case, one stretch in all, costs a comparison per tensor and no object).
+    last = spans[-1] if spans else None
+    if consecutive:
+        if last is not None and last.hi == lo and last.how == "diff":
+            last.hi = hi
+        else:
+            spans.append(_Span(lo, hi, "diff"))
+    elif beta2 > 0.0 and (not isinstance(t, float) or t >= 2.0):
+        if (
+            last is not None
+            and last.hi == lo
+            and last.how == "rebuild"
+            and last.beta2 == beta2
+            and isinstance(t, float)
+            and _same(last.t, t)
+        ):
+            last.hi = hi
+        else:
+            spans.append(_Span(lo, hi, "rebuild", beta2, t, corr))
+    # else: Adam's first update (v_{t-1} = 0), or beta2 = 0 (v_{t-1} is gone): no change
+
+
+def _one_step_change(
+    vhat: torch.Tensor,
+    g2: torch.Tensor,
+    prev: torch.Tensor,
+    work: torch.Tensor,
+    spans: list[_Span],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    # Sums of |v_hat_t - v_hat_{t-1}| and of v_hat_{t-1} over the spans (device scalars).
+    # Where the previous observation was not the previous step (every > 1, a tensor without a
+    # gradient at some steps, the first observation of a monitor attached mid-run), v_{t-1} is
+    # rebuilt from Adam's update v_t = beta2 v_{t-1} + (1 - beta2) g_t^2, which holds for
+    # Adam, AdamW, NAdam and RAdam whenever p.grad is the gradient the optimizer used.
+    nums: list[torch.Tensor] = []
+    dens: list[torch.Tensor] = []
+    for sp in spans:
+        lo, hi = sp.lo, sp.hi
+        v, w = vhat[lo:hi], work[lo:hi]
+        if sp.how == "diff":
+            before = prev[lo:hi]
+            dens.append(before.sum())
+            nums.append(torch.sub(v, before, out=w).abs_().sum())
+            continue
+        b2, t = sp.beta2, sp.t
+        torch.mul(v, sp.corr, out=w).sub_(g2[lo:hi], alpha=1.0 - b2)  # beta2 v_{t-1}
+        w.div_((1.0 - b2 ** (t - 1.0)) * b2).clamp_(min=0.0)  # v_hat_{t-1}, kept >= 0
+        den, num = w.sum(), torch.sub(v, w).abs_().sum()
+        if isinstance(t, torch.Tensor):  # a device step (no sync): t = 1 has no v_{t-1}
+            ok = t >= 2.0
+            den, num = torch.where(ok, den, 0.0), torch.where(ok, num, 0.0)
+        dens.append(den)
+        nums.append(num)
+    return nums, dens
 
 
 def _same(a: float | torch.Tensor, b: float) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, overload
 
@@ -910,11 +909,10 @@ def settling_step(
       :math:`\\kappa=2`);
     - **drift** inside ``drift_band`` (default 2/3 to 3/2: the short-window :math:`g^2` within
       a factor 1.5 of :math:`\\hat v`, so the step size within about 22%);
-    - **vhat_change** per optimizer step (divided by the steps since the previous row; a
-      frame observed every k > 1 updates reads it about :math:`1/\\sqrt{k}` low, as the k
-      one-step changes partly cancel, and gets a warning: observe every update)
-      :math:`\\le \\max(` ``change_tol`` :math:`, 2(1-\\beta_2))`; early on the change is about
-      :math:`1/t` per step, and once stationary it is
+    - **vhat_change**, the change over one optimizer step (as the monitor reports it, also
+      when it observes only every k-th update),
+      :math:`\\le \\max(` ``change_tol`` :math:`, 2(1-\\beta_2))`; early on the change is
+      about :math:`1/t` per step, and once stationary it is
       :math:`(1-\\beta_2)\\,\\mathrm{E}|g^2/\\hat v - 1| \\le 2(1-\\beta_2)` for any gradient
       distribution, the floor that keeps small :math:`\\beta_2` from never settling. The
       change compared is the typical one, the median of the row's and the four rows' before
@@ -1001,18 +999,8 @@ def settling_step(
     kappa = float(finite_kappa[-1]) if finite_kappa.size else math.nan
     cap = (1.0 + b2) / (1.0 - b2) if math.isfinite(b2) else math.inf
     change_cap = max(change_tol, 2.0 * (1.0 - b2)) if math.isfinite(b2) else change_tol
-    gaps = np.diff(step, prepend=math.nan)  # steps since the previous row; nan at the first
-    if gaps.size > 1 and np.nanmax(gaps) > 1:
-        warnings.warn(
-            f"settling_step: the frame's updates are up to {np.nanmax(gaps):g} steps apart; "
-            "vhat_change over k steps, divided by k, reads the one-step change about "
-            "1/sqrt(k) low (the steps' changes partly cancel), so the settling step comes out "
-            "early: observe every update (SecondMomentMonitor(every=1))",
-            UserWarning,
-            stacklevel=2,
-        )
+    per_step = col["vhat_change"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_step = col["vhat_change"] / gaps
         innovation = _innovation(step, per_step, b2)
         crit = {
             "rel_error": (col["rel_error"] <= rel_error_tol) | (col["n_eff"] >= saturation * cap),

@@ -341,6 +341,37 @@ def test_every_k_updates() -> None:
     assert [s.update for s in monitor.history] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.9, 0.95)])
+def test_every_k_reports_the_one_step_change(betas: tuple[float, float]) -> None:
+    # Observed every third update, vhat_change is still the change over the last step,
+    # rebuilt from Adam's update rule: equal to what an every-update monitor reads there.
+    every = _manual_run(_gaussian, 30, betas=betas)
+    sparse = _manual_run(_gaussian, 30, betas=betas, every=3)
+    by_step = {s.step: s.vhat_change for s in every.history}
+    assert [s.step for s in sparse.history] == list(range(1, 31, 3))
+    assert math.isnan(sparse.history[0].vhat_change)  # Adam's first update: no v_{t-1}
+    for s in sparse.history[1:]:
+        assert s.vhat_change == pytest.approx(by_step[s.step], rel=1e-3), s.step
+
+
+def test_a_monitor_attached_mid_run_reads_the_change_at_once() -> None:
+    w = torch.nn.Parameter(torch.zeros(4096))
+    opt = torch.optim.Adam([w], lr=1e-8)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        w.grad = torch.randn(4096, generator=gen)
+        opt.step()
+    before = opt.state[w]["exp_avg_sq"] / (1 - 0.999**5)
+    monitor = SecondMomentMonitor(opt)
+    w.grad = torch.randn(4096, generator=gen)
+    opt.step()
+    after = opt.state[w]["exp_avg_sq"] / (1 - 0.999**6)
+    want = float((after - before).abs().sum() / before.sum())
+    got = monitor.update()
+    assert got is not None and got.step == 6
+    assert got.vhat_change == pytest.approx(want, rel=1e-4)
+
+
 def test_to_frame_columns() -> None:
     monitor = _manual_run(_gaussian, 4, size=16)
     frame = monitor.to_frame()
@@ -483,15 +514,19 @@ def test_stats_are_plain_python() -> None:
     assert all(type(v) in (int, float) for v in s.to_dict().values())
 
 
-def test_device_scalar_steps_give_the_same_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("every", [1, 2])
+def test_device_scalar_steps_give_the_same_stats(
+    monkeypatch: pytest.MonkeyPatch, every: int
+) -> None:
     # capturable/fused Adam keeps `step` on the accelerator; emulate that path on CPU by making
-    # the monitor treat every step as a (float32) device tensor: equal up to float32 rounding.
+    # the monitor treat every step as a (float32) device tensor: equal up to float32 rounding
+    # (every=2 reads vhat_change through Adam's update rule, with the step as a tensor).
     import autowarm.probe._moments as moments
 
     def run() -> list[MomentStats]:
         model = _tiny_model()
         opt = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95))
-        monitor = SecondMomentMonitor(opt, max_coords=30)
+        monitor = SecondMomentMonitor(opt, max_coords=30, every=every)
         gen = torch.Generator().manual_seed(0)
         for _ in range(6):
             opt.zero_grad()
