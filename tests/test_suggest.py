@@ -1662,3 +1662,14 @@ def test_spectral_normed_weight_comes_back(forwarded: str) -> None:
     _run(model, _cls_batches(), criterion=F.cross_entropy)
     assert _bitwise_equal(layer.weight.detach(), before)
     assert (layer.weight.data_ptr() == layer.weight_orig.data_ptr()) == aliased
+
+
+def test_a_budget_too_small_for_the_ladder_lowers_the_confidence() -> None:
+    # 40 steps: the range test and two 12-step ladder bursts, no room for the third peak, so
+    # the pick may sit at the edge of what was searched; 60 runs the whole ladder.
+    short = _run(_net(), _cls_batches(), criterion=F.cross_entropy, budget_steps=40)
+    assert short.confidence != "high"
+    (reason,) = [r for r in short.low_confidence_reasons if "ladder" in r]
+    assert "budget_steps of at least 52" in reason
+    full = _run(_net(), _cls_batches(), criterion=F.cross_entropy, budget_steps=60)
+    assert not any("ladder could try" in r for r in full.low_confidence_reasons)

@@ -497,7 +497,17 @@ def _peak_ladder(
         return max(tied)  # largest k = smallest peak
 
     low, high = tried(4), tried(2)
-    tried(0 if score(high) < score(low) else 6)
+    third = 0 if score(high) < score(low) else 6
+    if tried(third) is None:
+        # Without the third candidate the pick may sit at the edge of what was searched.
+        untried = [edge / 10 ** (j / 4) for j in (4, 2, third) if j not in verdicts]
+        reasons.append(
+            f"the budget ran out before the peak ladder could try "
+            f"{', '.join(f'{p:.3g}' for p in untried)}, so the peak may lie beyond the "
+            f"candidates tried: pass budget_steps of at least "
+            f"{runner.budget.total - runner.budget.left + len(untried) * length} "
+            f"(the range test and three {length}-step bursts)"
+        )
     k = pick()
     if refine and k is not None and k - 2 in verdicts and k - 1 not in verdicts:
         tried(k - 1)
