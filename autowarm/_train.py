@@ -9,6 +9,8 @@ update with a non-finite guard (:func:`train_step`) and a batch source that rest
 from __future__ import annotations
 
 import contextlib
+import copy as copy_module
+import dataclasses
 import hashlib
 import inspect
 import math
@@ -84,12 +86,13 @@ def move_to_device(batch: Any, device: torch.device | None, *, copy: bool = Fals
     Tuples, lists and mappings are walked recursively. Namedtuples keep their type, and so do
     mappings that can be rebuilt from a dict (``dict``, ``OrderedDict``, Hugging Face
     ``BatchEncoding``); other mappings come back as a plain ``dict``. A ``PackedSequence`` is
-    moved by its own ``.to()``, which keeps its ``batch_sizes`` on the CPU as RNNs need.
-    Anything that is not a tensor or a container is returned unchanged.
+    moved by its own ``.to()``, which keeps its ``batch_sizes`` on the CPU as RNNs need. A
+    dataclass instance comes back as a shallow copy of itself with its fields walked the same
+    way. Anything else (not a tensor, a container or a dataclass) is returned unchanged.
 
     Args:
         batch:
-            A tensor, or a tuple, list or mapping holding tensors.
+            A tensor, or a tuple, list, mapping or dataclass holding tensors.
         device:
             Where the tensors should go; ``None``: each stays on its own device (for
             ``copy=True``).
@@ -135,6 +138,15 @@ def move_to_device(batch: Any, device: torch.device | None, *, copy: bool = Fals
             return type(batch)(items)
         except Exception:  # a sequence subclass with another constructor
             return tuple(items) if isinstance(batch, tuple) else items
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        # A shallow copy with its fields replaced (object.__setattr__: frozen ones too, and
+        # init=False fields are kept), so the batch itself is never written into.
+        out = copy_module.copy(batch)
+        for f in dataclasses.fields(batch):
+            if hasattr(batch, f.name):
+                moved = move_to_device(getattr(batch, f.name), device, copy=copy)
+                object.__setattr__(out, f.name, moved)
+        return out
     return batch
 
 

@@ -3,6 +3,7 @@ packed sequences; and what its errors and warnings say."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import traceback
@@ -395,6 +396,26 @@ def test_a_model_that_writes_into_its_inputs_changes_neither_the_data_nor_the_re
     plain = nn.Sequential(nn.Dropout(0.2), *list(model())[1:])
     other = _run(plain, (b for b in data) if one_shot else data, criterion=F.cross_entropy)
     assert (s.peak_lr, s.warmup_steps) == (other.peak_lr, other.warmup_steps)
+
+
+def test_a_loss_that_writes_into_a_dataclass_batch_changes_neither_the_data_nor_the_answer() -> (
+    None
+):
+    @dataclasses.dataclass
+    class Batch:
+        x: torch.Tensor
+        y: torch.Tensor
+
+    def loss_fn(model: nn.Module, b: Batch) -> torch.Tensor:
+        b.x.sub_(b.x.mean(0)).div_(2.0)  # an in-place normalisation of the inputs
+        return F.cross_entropy(model(b.x), b.y)
+
+    data = [Batch(x.clone(), y) for x, y in _cls_batches(8)]
+    before = [b.x.clone() for b in data]
+    first = _run(_mlp(), data, loss_fn=loss_fn)
+    assert all(torch.equal(b.x, x0) for b, x0 in zip(data, before, strict=True))
+    again = _run(_mlp(), data, loss_fn=loss_fn)
+    assert (first.peak_lr, first.warmup_steps) == (again.peak_lr, again.warmup_steps)
 
 
 def test_meta_tensors_are_named_before_training() -> None:

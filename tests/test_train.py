@@ -111,6 +111,33 @@ def test_move_to_device_unrebuildable_mapping_becomes_dict() -> None:
     assert moved["a"].device.type == "meta"
 
 
+@dataclass(frozen=True)
+class _FrozenBatch:
+    x: torch.Tensor
+    meta: dict[str, Any]
+    label: str = "a"
+
+
+@dataclass
+class _MutableBatch:
+    x: torch.Tensor
+    extra: list[torch.Tensor]
+
+
+def test_move_to_device_walks_dataclasses_and_copies_them() -> None:
+    frozen = _FrozenBatch(torch.ones(2), {"y": torch.zeros(3)})
+    moved = move_to_device(frozen, torch.device("meta"))
+    assert type(moved) is _FrozenBatch and moved.label == "a"
+    assert moved.x.device.type == "meta" and moved.meta["y"].device.type == "meta"
+    assert frozen.x.device == CPU  # the input is not modified
+    mutable = _MutableBatch(torch.ones(2), [torch.ones(1)])
+    copied = move_to_device(mutable, None, copy=True)
+    copied.x.add_(1.0)
+    copied.extra[0].add_(1.0)
+    assert mutable.x.tolist() == [1.0, 1.0] and mutable.extra[0].tolist() == [1.0]
+    assert copied is not mutable and copied.x.tolist() == [2.0, 2.0]
+
+
 def test_move_to_device_batch_encoding_keeps_type() -> None:
     transformers = pytest.importorskip("transformers")
     enc = transformers.BatchEncoding({"input_ids": torch.ones(1, 3, dtype=torch.long)})
