@@ -162,7 +162,9 @@ class ModelSnapshot:
     Taken at construction: every parameter and buffer (including non-persistent buffers;
     shared or tied tensors are copied once, so the snapshot costs at most one extra copy of the
     weights), which tensor object each module slot holds (``None`` slots included),
-    ``requires_grad`` and ``.grad`` of each parameter (the gradient is cloned if present),
+    ``requires_grad`` and ``.grad`` of each parameter (the gradient tensor itself is kept, and
+    cloned: its values go back into it, so a gradient that is a view into a flat buffer stays
+    one),
     ``.training`` of every submodule, and the RNG states (:class:`RngState`). Nothing is written
     to disk.
 
@@ -240,6 +242,7 @@ class ModelSnapshot:
             self._params = [t for t in self._tensors if isinstance(t, nn.Parameter)]
             self._requires_grad = [p.requires_grad for p in self._params]
             self._grads = [None if p.grad is None else self._copy(p.grad) for p in self._params]
+            self._grad_objects = [p.grad for p in self._params]
         self._rng = RngState.capture(include_cuda=cuda_rng)
         self._aliases = _spectral_aliases(self._modules)
         self._released = False
@@ -295,10 +298,10 @@ class ModelSnapshot:
         _attempt(errors, self.restore_modes)
         for module in self._modules:
             _attempt(errors, _recompute_reparametrised, module, self._aliases)
-        for param, requires_grad, grad in zip(
-            self._params, self._requires_grad, self._grads, strict=True
+        for param, requires_grad, grad, obj in zip(
+            self._params, self._requires_grad, self._grads, self._grad_objects, strict=True
         ):
-            _attempt(errors, _restore_grad, param, requires_grad, grad)
+            _attempt(errors, _restore_grad, param, requires_grad, grad, obj)
         _attempt(errors, self._rng.restore)
         if errors:
             raise errors[0]
@@ -342,7 +345,7 @@ class ModelSnapshot:
 
         The snapshot cannot restore after this. :func:`preserved` calls it on exit.
         """
-        self._copies, self._grads, self._meta = [], [], []
+        self._copies, self._grads, self._grad_objects, self._meta = [], [], [], []
         self._slots, self._tensors, self._params, self._modules = [], [], [], []
         self._names = []
         self._aliases = set()
@@ -384,9 +387,27 @@ def _restore_tensor(
         tensor.data = saved.to(device=device, copy=True)
 
 
-def _restore_grad(param: nn.Parameter, requires_grad: bool, grad: torch.Tensor | None) -> None:
+def _restore_grad(
+    param: nn.Parameter,
+    requires_grad: bool,
+    grad: torch.Tensor | None,
+    original: torch.Tensor | None,
+) -> None:
+    # The saved values go back into the original gradient tensor (a view into a flat buffer
+    # stays one); a fresh copy only where that tensor can no longer be the parameter's.
     param.requires_grad_(requires_grad)
-    param.grad = None if grad is None else grad.to(device=param.device, copy=True)
+    if grad is None:
+        param.grad = None
+        return
+    if original is not None and original.shape == grad.shape:
+        try:
+            with torch.no_grad():
+                original.copy_(grad)
+            param.grad = original
+            return
+        except (RuntimeError, TypeError):
+            pass
+    param.grad = grad.to(device=param.device, copy=True)
 
 
 def _refuse_inference_tensors(model: nn.Module) -> None:

@@ -108,6 +108,26 @@ def test_restores_everything_after_success() -> None:
     assert model.head.weight is model.embed.weight  # still tied
 
 
+def test_gradients_come_back_into_their_own_tensors() -> None:
+    # Gradients that are views into one flat buffer (gradient buckets) stay views of it, with
+    # their values, also when the probe's backward wrote into the buffer through them.
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    params = list(model.parameters())
+    flat = torch.randn(sum(p.numel() for p in params))
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    grads, values = [p.grad for p in params], flat.clone()
+    with preserved(model):
+        model(torch.randn(5, 3)).sum().backward()  # accumulates into the views
+        for p in params:
+            p.grad = None
+        model(torch.randn(5, 3)).sum().backward()
+    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
+    assert torch.equal(flat, values)
+
+
 def test_restores_after_exception() -> None:
     model = _mixed_model()
     before = _state(model)
