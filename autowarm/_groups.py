@@ -117,6 +117,9 @@ def resolve_param_groups(
                 _ONE_SHOT.format(what=f"param_groups[{i}]['params']", kind=type(items).__name__)
             )
         params = [items] if isinstance(items, torch.Tensor) else list(items)
+        # (name, parameter) pairs, as model.named_parameters() yields and torch's optimizers
+        # take since torch 2.6: the probe needs the parameters only.
+        params = [p[1] if _is_named(p) else p for p in params]
         for p in params:
             if not isinstance(p, torch.Tensor) or id(p) not in owned:
                 raise ValueError(
@@ -148,6 +151,15 @@ def resolve_param_groups(
         )
     _check_options(groups, optimizer_cls, optimizer_kwargs)
     return groups
+
+
+def _is_named(item: object) -> bool:
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], torch.Tensor)
+    )
 
 
 def _check_options(

@@ -47,7 +47,7 @@ from autowarm.probe._search import (
     outcome_signals,
     run_search,
 )
-from autowarm.probe._state import preserved
+from autowarm.probe._state import preserved, refuse_unsupported_model
 from autowarm.schedules import ScheduleConfig
 
 if TYPE_CHECKING:
@@ -501,6 +501,7 @@ def suggest(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
+    refuse_unsupported_model(model)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise ValueError(
             "the model's weights are on the meta device, which holds no values (a model built "

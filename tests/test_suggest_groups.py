@@ -220,6 +220,22 @@ def test_resolve_takes_a_single_tensor_as_a_group() -> None:
     assert specs[0].params == (model[0].weight,) and specs[0].lr_scale == 1.0
 
 
+def test_resolve_takes_named_parameters() -> None:
+    # torch's optimizers take (name, parameter) pairs since 2.6; the probe takes them too.
+    model = _mlp()
+    named = list(model.named_parameters())
+    specs = resolve_param_groups(
+        [{"params": named[:2], "lr_scale": 0.5}, {"params": named[2:]}],
+        model,
+        torch.optim.AdamW,
+        {},
+    )
+    assert [s.params for s in specs] == [
+        tuple(p for _, p in named[:2]),
+        tuple(p for _, p in named[2:]),
+    ]
+
+
 def test_the_slowest_groups_beta2_is_the_one_read() -> None:
     model = _mlp()
     groups = [

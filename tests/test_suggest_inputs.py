@@ -430,3 +430,11 @@ def test_meta_tensors_are_named_before_training() -> None:
         _run(unmaterialised, _cls_batches(), criterion=F.cross_entropy)
     with pytest.raises(ValueError, match="device='meta' holds no values"):
         _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, device="meta")
+
+
+def test_a_scripted_or_lazy_model_is_refused_with_what_to_pass() -> None:
+    with pytest.raises(TypeError, match=r"TorchScript module.*pass the eager nn\.Module"):
+        _run(torch.jit.script(_mlp()), _cls_batches(), criterion=F.cross_entropy)
+    lazy = nn.Sequential(nn.LazyLinear(2))
+    with pytest.raises(ValueError, match=r"lazy parameters .*0\.weight.*run one forward pass"):
+        _run(lazy, _cls_batches(), criterion=F.cross_entropy)

@@ -214,6 +214,7 @@ class ModelSnapshot:
                 "no data, so nothing could be restored from it); pass snapshot_device='cpu', "
                 "or None to keep the copy on the model's device"
             )
+        refuse_unsupported_model(model)
         _refuse_inference_tensors(model)
         self._modules = list(model.modules())  # shared submodules appear once
         self._training = [module.training for module in self._modules]
@@ -408,6 +409,28 @@ def _restore_grad(
         except (RuntimeError, TypeError):
             pass
     param.grad = grad.to(device=param.device, copy=True)
+
+
+def refuse_unsupported_model(model: nn.Module) -> None:
+    """Refuse, with what to pass instead, a model whose weights cannot be copied and put back:
+    a TorchScript module, or one with lazy parameters not yet initialised."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "the model is a TorchScript module (torch.jit.script or torch.jit.trace), whose "
+            "parameters cannot be snapshotted and restored: pass the eager nn.Module it was "
+            "made from (probe it before scripting, then script the trained model)"
+        )
+    lazy = [
+        name
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if nn.parameter.is_lazy(p)
+    ]
+    if lazy:
+        raise ValueError(
+            f"the model has lazy parameters not yet initialised ({', '.join(lazy[:3])}"
+            f"{', ...' if len(lazy) > 3 else ''}): run one forward pass on a batch first "
+            "(model(inputs)), so that their shapes are known, then probe"
+        )
 
 
 def _refuse_inference_tensors(model: nn.Module) -> None:
