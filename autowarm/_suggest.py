@@ -36,6 +36,7 @@ from autowarm._train import (
     loss_call,
     mixed_precision,
     model_device,
+    nan_in_batch,
     not_iterable_error,
     resolve_loss_fn,
 )
@@ -401,6 +402,12 @@ def _check_optimizer_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
             "optimizer_kwargs must not contain 'lr': the probe chooses the LR; pass the other "
             "settings (betas, weight_decay, ...) only"
         )
+    if "params" in out:
+        raise ValueError(
+            "optimizer_kwargs must not contain 'params': the probe builds the optimizer on the "
+            "model's parameters; to group them (another weight_decay for biases, an LR ratio), "
+            "pass param_groups=[{'params': [...], ...}, ...]"
+        )
     if out.get("maximize"):
         # The probe reads a falling loss as progress and a rising one as instability.
         raise ValueError(
@@ -700,6 +707,12 @@ def _probe(
         )
         raise
     if not torch.isfinite(loss).all():
+        if nan_in_batch(first):
+            raise ValueError(
+                f"the loss of the first batch (batch 0 of the data as it is yielded) is "
+                f"{float(loss)}, and the batch holds a NaN: clean the data (e.g. check "
+                "torch.isnan on each batch's tensors) and probe again"
+            )
         raise ValueError(
             f"the loss of the first batch at the initial weights is {float(loss)}: check the "
             "model's initialisation and the data before probing"

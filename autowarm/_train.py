@@ -77,6 +77,8 @@ def nan_in_batch(batch: Any) -> bool:
         return any(nan_in_batch(v) for v in batch.values())
     if isinstance(batch, (tuple, list)):
         return any(nan_in_batch(v) for v in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return any(nan_in_batch(getattr(batch, f.name, None)) for f in dataclasses.fields(batch))
     return False
 
 
@@ -205,10 +207,16 @@ class _DefaultLoss:
                 )
             inputs, targets = batch
             return _as_scalar_loss(self.criterion(model(inputs), targets))
+        single = (
+            " (if the data is one (inputs, targets) batch, its items were read as batches: "
+            "wrap it in a list, [batch], or a DataLoader)"
+            if isinstance(batch, torch.Tensor)
+            else ""
+        )
         raise TypeError(
             "the default batch handling takes a mapping (model(**batch) returning .loss) or "
             f"an (inputs, targets) pair, but got a batch of type {_describe(batch)}; "
-            f"{_LOSS_FN_HINT}"
+            f"{_LOSS_FN_HINT}{single}"
         )
 
     def __repr__(self) -> str:

@@ -1105,6 +1105,7 @@ def test_the_default_budget_floor_is_said_on_a_short_run() -> None:
     ("kwargs", "exc", "match"),
     [
         ({"optimizer_kwargs": {"lr": 1}}, ValueError, "lr"),
+        ({"optimizer_kwargs": {"params": []}}, ValueError, "'params'.*pass param_groups="),
         ({"total_steps": 0}, ValueError, "total_steps"),
         ({"total_steps": -5}, ValueError, "total_steps"),
         ({"total_steps": 10.5}, ValueError, "total_steps"),
@@ -1116,6 +1117,7 @@ def test_the_default_budget_floor_is_said_on_a_short_run() -> None:
     ],
     ids=[
         "lr_in_kwargs",
+        "params_in_kwargs",
         "total_0",
         "total_negative",
         "total_float",

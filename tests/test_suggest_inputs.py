@@ -90,6 +90,20 @@ def test_only_a_nan_marks_a_batch_as_bad_data() -> None:
     assert nan_in_batch({"inputs": [torch.ones(2), torch.tensor([1.0, math.nan])]})
     assert nan_in_batch(torch.tensor([complex(math.nan, 0.0)]))
 
+    @dataclasses.dataclass
+    class Batch:
+        x: torch.Tensor
+
+    assert nan_in_batch([Batch(torch.tensor([math.nan]))])
+    assert not nan_in_batch(Batch(torch.ones(1)))
+
+
+def test_a_nan_in_the_first_batch_is_blamed_on_the_data() -> None:
+    data = _cls_batches()
+    data[0][0][0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"first batch \(batch 0 .*holds a NaN: clean the data"):
+        _run(_mlp(), data, criterion=F.cross_entropy)
+
 
 def test_the_stream_says_which_batch_of_cycled_data_it_served() -> None:
     for data in (_cls_batches(n_batches=3), iter(_cls_batches(n_batches=3))):
@@ -438,3 +452,9 @@ def test_a_scripted_or_lazy_model_is_refused_with_what_to_pass() -> None:
     lazy = nn.Sequential(nn.LazyLinear(2))
     with pytest.raises(ValueError, match=r"lazy parameters .*0\.weight.*run one forward pass"):
         _run(lazy, _cls_batches(), criterion=F.cross_entropy)
+
+
+def test_one_batch_passed_as_the_data_gets_the_wrap_it_hint() -> None:
+    # Iterating an (inputs, targets) tuple yields its tensors, each read as a batch.
+    with pytest.raises(TypeError, match=r"one \(inputs, targets\) batch.*wrap it in a list"):
+        _run(_mlp(), _cls_batches()[0], criterion=F.cross_entropy)
