@@ -78,7 +78,9 @@ class Task:
             Batches whose gradients add up before each optimizer step (gradient
             accumulation); ``total_steps`` counts optimizer steps.
         precision:
-            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"``, as in :func:`autowarm.suggest`.
+            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"``, as in :func:`autowarm.suggest`,
+            for the trials' training steps; validation (``val_data``) runs without autocast,
+            in the weights' own precision.
         device:
             Where trials train (``"cuda"``, ``"cpu"``); default: where ``make_model`` puts it.
         name:
