@@ -307,11 +307,12 @@ class SecondMomentMonitor:
 
     Tensors whose ``p.grad`` is ``None`` or sparse, whose state has no ``exp_avg_sq`` yet (or
     one not shaped like the tensor), or whose param group has no ``betas``, are skipped for
-    that update (their running moments wait). With ``every=k`` only every
-    k-th call is observed: the short EMA, the Welford moments and ``vhat_change`` are then
-    over observed updates. ``p.grad`` is the gradient Adam used unless the optimizer adds L2
-    weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay is fine) or clips
-    it internally; then the rebuilt ``vhat_change`` is off too (observe every update). With ``amsgrad=True`` Adam divides by the running maximum
+    that update (their running moments wait). With ``every=k`` only every k-th call is
+    observed: the short EMA and the Welford moments are then over observed updates, while
+    ``vhat_change`` stays the one-step change. ``p.grad`` is the gradient Adam used unless the
+    optimizer adds L2 weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay
+    is fine) or clips it internally; then a rebuilt ``vhat_change`` is off too (observe every
+    update). With ``amsgrad=True`` Adam divides by the running maximum
     ``max_exp_avg_sq``, not by ``exp_avg_sq``; the statistics are still those of
     ``exp_avg_sq``, whose settling is what a warmup waits for (the maximum only makes the steps
     smaller).
