@@ -851,16 +851,20 @@ def _set_up(
             _attrs.DATA: task.data_sizes(seed),
         }
         _check_resumable(study, expected)
+        # The format record is written last: without it the records are absent or the
+        # set-up was cut short (Ctrl-C during it), and whatever was written is not read.
+        complete = study.user_attrs.get(_attrs.FORMAT) is not None
+        recorded = study.user_attrs if complete else {}
         model = structure_fingerprint(built)
         del built
-        if study.user_attrs.get(_attrs.MODEL, model) != model:
+        if recorded.get(_attrs.MODEL, model) != model:
             raise ValueError(
                 f"study {name!r} was created for another model (its parameters' names, shapes "
                 f"or dtypes differ: fingerprint {study.user_attrs[_attrs.MODEL]} there, {model} "
                 "here) under the same task name; pass another --study-name, or give the task "
                 "a name of its own (Task(name=...))"
             )
-        stored = study.user_attrs.get(_attrs.BASE_SCHEDULE)
+        stored = recorded.get(_attrs.BASE_SCHEDULE)
         if suggestion is not None and isinstance(stored, Mapping):
             given = _centre_of(suggestion, task).to_dict()
             if given != dict(stored):
@@ -872,7 +876,7 @@ def _set_up(
                     "its own, or pass another --study-name for a new study"
                 )
         # Every check of a resume comes before anything is run or written.
-        stored_space = study.user_attrs.get(_attrs.SEARCH_SPACE)
+        stored_space = recorded.get(_attrs.SEARCH_SPACE)
         space = search_space or SearchSpace()
         if isinstance(stored_space, Mapping):
             space = SearchSpace.from_dict(stored_space)
@@ -883,7 +887,7 @@ def _set_up(
                     "--lr-factor, --warmup-factor, --max-warmup-fraction, --decays or --floors) "
                     "or the same one to resume it, or pass another --study-name for a new study"
                 )
-        if suggestion is None:
+        if suggestion is None and complete:
             suggestion = suggestion_from_study(study)
         if suggestion is None:
             suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
@@ -891,16 +895,14 @@ def _set_up(
         if n_trials is None and not has_timeout:
             # A resume without either keeps the stored total; with a timeout alone, trials
             # run until the time is up (else a study at its total would run nothing).
-            target = study.user_attrs.get(_attrs.N_TRIALS)
+            target = recorded.get(_attrs.N_TRIALS)
             if isinstance(target, int):
                 n_trials = target
         if n_trials is None and not has_timeout:
             spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
             n_trials = max(5, int(spare * task.total_steps / trial_steps))
-        if study.user_attrs.get(_attrs.FORMAT) is None:
+        if not complete:
             records: dict[str, Any] = {
-                _attrs.FORMAT: _attrs.STUDY_FORMAT,
-                _attrs.FORMAT_VERSION: _attrs.STUDY_FORMAT_VERSION,
                 **expected,
                 _attrs.MODEL: model,
                 _attrs.VERSIONS: _versions(),
@@ -908,6 +910,9 @@ def _set_up(
                 _attrs.SUGGESTION: _suggestion_record(suggestion),
                 _attrs.SEARCH_SPACE: space.to_dict(),
                 _attrs.TASK_FILE: _task_file(task),
+                # last: their presence says every record above was written
+                _attrs.FORMAT_VERSION: _attrs.STUDY_FORMAT_VERSION,
+                _attrs.FORMAT: _attrs.STUDY_FORMAT,
             }
             for key, value in records.items():
                 study.set_user_attr(key, value)

@@ -440,6 +440,31 @@ def test_resume_counts_the_study_total_and_keeps_the_probe(
     assert roles.count(_attrs.ROLE_PROBE) == 1
 
 
+def test_a_set_up_cut_short_is_done_again_on_resume(
+    tmp_path: Path, task: Task, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C between the records' writes left some of them and no format record; the next
+    # run must write them all (it used to fail on the missing base schedule every time).
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    real = optuna.Study.set_user_attr
+    writes: list[str] = []
+
+    def cut(self: optuna.Study, key: str, value: Any) -> None:
+        if len(writes) == 3:
+            raise KeyboardInterrupt
+        writes.append(key)
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", cut)
+    with pytest.raises(KeyboardInterrupt):
+        autowarm.tune(task, n_trials=5, suggestion=suggestion, study_name="cut", **kw)
+    monkeypatch.setattr(optuna.Study, "set_user_attr", real)
+    result = autowarm.tune(task, n_trials=5, suggestion=suggestion, study_name="cut", **kw)
+    attrs = result.study.user_attrs
+    assert attrs[_attrs.FORMAT] == _attrs.STUDY_FORMAT and _attrs.BASE_SCHEDULE in attrs
+    assert len(result.study.get_trials()) == 5
+
+
 def test_a_resume_with_a_timeout_alone_runs_trials_past_the_stored_total(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
