@@ -106,6 +106,38 @@ def export_text(cfg: ScheduleConfig, fmt: str) -> str:
     raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, but got {fmt!r}")
 
 
+def _check_export_output(output: Path, source: Path | None) -> None:
+    """Refuse an ``-o`` that would overwrite something other than an earlier export: the
+    schedule file being read, a study's storage, or any existing file that is not a JSON or
+    YAML mapping (a task file, a database under another suffix)."""
+    from autowarm._config_io import storage_file_kind
+
+    if source is not None and output.resolve() == source.resolve():
+        raise ValueError(
+            f"-o {str(output)!r} is the schedule file being exported: pass another path"
+        )
+    if not output.is_file():  # absent (a folder is refused by export_format)
+        return
+    raw = output.read_bytes()
+    kind = storage_file_kind(raw)
+    if kind is not None:
+        raise ValueError(
+            f"-o {str(output)!r} is {kind} (a study's storage): writing there would destroy "
+            "it; pass another path"
+        )
+    try:
+        import yaml
+
+        parsed = yaml.safe_load(raw.decode("utf-8-sig"))  # YAML reads JSON too
+    except Exception:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ValueError(
+            f"-o {str(output)!r} exists and is not a JSON or YAML config, so not an earlier "
+            "export to replace: pass another path, or remove the file first"
+        )
+
+
 def _add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
@@ -171,6 +203,8 @@ def _run_export(args: argparse.Namespace) -> int:
         given = "--study-name" if args.study_name is not None else "--probe"
         raise ValueError(f"{given} goes with --storage URL (a study), not with a schedule file")
     fmt = export_format(args.format, args.output)
+    if args.output is not None:
+        _check_export_output(args.output, args.file)
     if args.storage is not None:
         from autowarm.study import _attrs
         from autowarm.study._storage import load_study, normalize_url, redact

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,34 @@ def test_export_to_file_converts(sched_file: Path, tmp_path: Path) -> None:
     r = autowarm("export", str(sched_file), "-o", str(dest))
     assert r.returncode == 0, r.stderr
     assert ScheduleConfig.load(dest) == ScheduleConfig.load(sched_file)
+
+
+@pytest.mark.parametrize("fmt", ["trainer", "transformers", "lightning"])
+def test_export_never_overwrites_what_is_not_an_earlier_export(
+    sched_file: Path, tmp_path: Path, fmt: str
+) -> None:
+    db = tmp_path / "k.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    task = tmp_path / "task.py"
+    task.write_text("task = None\n")
+    before = {p: p.read_bytes() for p in (db, task, sched_file)}
+    for target, match in (
+        (db, "is a SQLite database"),
+        (task, "not a JSON or YAML config"),
+        (sched_file, "is the schedule file being exported"),
+        (tmp_path, "is a directory"),
+    ):
+        r = autowarm("export", str(sched_file), "-f", fmt, "-o", str(target))
+        assert r.returncode == 1 and match in r.stderr, (target, r.stderr)
+    assert {p: p.read_bytes() for p in before} == before
+    named_like_a_config = tmp_path / "study.json"
+    db.rename(named_like_a_config)
+    r = autowarm("export", str(sched_file), "-o", str(named_like_a_config))
+    assert r.returncode == 1 and "is a SQLite database" in r.stderr
+    earlier = tmp_path / "args.json"
+    for _ in range(2):  # an earlier export is replaced
+        r = autowarm("export", str(sched_file), "-f", fmt, "-o", str(earlier))
+        assert r.returncode == 0, r.stderr
 
 
 def test_error_is_one_line_exit_1(tmp_path: Path) -> None:
