@@ -49,8 +49,9 @@ def add_tune(sub: Any) -> None:
     p.add_argument(
         "--storage",
         default=None,
-        help="optuna storage URL or file (default: autowarm.db, or autowarm.journal.log with "
-        "--workers > 1); postgresql://user@host/db for several hosts",
+        help="optuna storage URL or file (default: the autowarm.db or autowarm.journal.log "
+        "already in this folder, else autowarm.db, or autowarm.journal.log with --workers > 1); "
+        "postgresql://user@host/db for several hosts",
     )
     p.add_argument("--study-name", default=None, help="default: autowarm-<task>")
     p.add_argument("--timeout", type=parse_duration, default=None, help="e.g. 8h, 90m")

@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,31 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def default_storage_url(n_workers: int = 1) -> str:
-    """The storage used when none is given: SQLite for one process, a journal file for more."""
-    if n_workers > 1:
-        return f"journal://{Path(DEFAULT_JOURNAL).resolve()}"
-    return f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
+    """The storage used when none is given, in the working directory: the default file that
+    is already there (so a study started with one worker resumes with several, and the other
+    way round), else SQLite for one process and a journal file for more. With both there,
+    the one for ``n_workers``, with a warning naming the other."""
+    sqlite = f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
+    journal = f"journal://{Path(DEFAULT_JOURNAL).resolve()}"
+    has_sqlite, has_journal = Path(DEFAULT_SQLITE).is_file(), Path(DEFAULT_JOURNAL).is_file()
+    if has_sqlite != has_journal:
+        url = sqlite if has_sqlite else journal
+        if (url == journal) != (n_workers > 1):
+            name = DEFAULT_SQLITE if has_sqlite else DEFAULT_JOURNAL
+            _logger.info("using the %s already in this folder", name)
+        return url
+    url = journal if n_workers > 1 else sqlite
+    if has_sqlite:  # both are here
+        other = DEFAULT_SQLITE if n_workers > 1 else DEFAULT_JOURNAL
+        warnings.warn(
+            f"both {DEFAULT_SQLITE} and {DEFAULT_JOURNAL} are in this folder; using "
+            f"{DEFAULT_JOURNAL if n_workers > 1 else DEFAULT_SQLITE} (the default for "
+            f"{n_workers} worker{'s' if n_workers > 1 else ''}): pass --storage {other} to "
+            "use the other",
+            UserWarning,
+            stacklevel=2,
+        )
+    return url
 
 
 def normalize_url(storage: str | os.PathLike[str]) -> str:

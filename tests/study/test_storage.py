@@ -119,6 +119,24 @@ def test_two_workers_failing_the_same_dead_trial_do_not_crash() -> None:
 
 
 # ---------------------------------------------------------------------------- path objects
+def test_the_default_storage_is_the_one_already_in_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sqlite = f"sqlite:///{tmp_path / _storage.DEFAULT_SQLITE}"
+    journal = f"journal://{tmp_path / _storage.DEFAULT_JOURNAL}"
+    assert _storage.default_storage_url(1) == sqlite  # none yet: by the number of workers
+    assert _storage.default_storage_url(4) == journal
+    (tmp_path / _storage.DEFAULT_JOURNAL).write_text("")
+    assert _storage.default_storage_url(1) == journal  # started with several, resumed with one
+    (tmp_path / _storage.DEFAULT_JOURNAL).unlink()
+    (tmp_path / _storage.DEFAULT_SQLITE).write_bytes(b"")
+    assert _storage.default_storage_url(4) == sqlite
+    (tmp_path / _storage.DEFAULT_JOURNAL).write_text("")
+    with pytest.warns(UserWarning, match=r"both autowarm\.db and .*--storage autowarm\.db"):
+        assert _storage.default_storage_url(4) == journal
+
+
 def test_storage_functions_take_path_objects(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     assert _storage.normalize_url(db) == f"sqlite:///{db}"
