@@ -83,6 +83,22 @@ class _Surplus(Exception):
 # results
 
 
+def check_minimises_one_value(study: optuna.Study) -> None:
+    """Refuse a study that is not minimising one value, as ``autowarm tune`` makes them: one
+    created elsewhere with ``direction="maximize"`` or with several objectives.
+
+    Raises:
+        ValueError: naming the study's directions, and what to pass instead.
+    """
+    directions = [d.name.lower() for d in study.directions]
+    if directions != ["minimize"]:
+        raise ValueError(
+            f"study {study.study_name!r} has direction{'s' if len(directions) > 1 else ''} "
+            f"{', '.join(directions)}, but autowarm studies minimise one value (a loss): it "
+            "was not made by `autowarm tune`; pass another --study-name"
+        )
+
+
 def best_schedule(study: optuna.Study) -> ScheduleConfig:
     """The full-run schedule of ``study``'s best completed trial.
 
@@ -91,8 +107,10 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
 
     Raises:
         NoFinishedTrialError: If no trial has completed (with the count of each state).
-        ValueError: If the best trial carries no autowarm schedule (not an autowarm study).
+        ValueError: If the best trial carries no autowarm schedule, or the study does not
+            minimise one value (not an autowarm study).
     """
+    check_minimises_one_value(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = [t for t in done if t.value is not None and math.isfinite(t.value)]
     if not done:
@@ -831,6 +849,7 @@ def _set_up(
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
+        check_minimises_one_value(study)  # an existing study of another kind: before any write
         built = task._seeded_model(seed)  # one build for the model's and its groups' records
         expected = {
             _attrs.TASK: task.identity,

@@ -465,6 +465,23 @@ def test_a_set_up_cut_short_is_done_again_on_resume(
     assert len(result.study.get_trials()) == 5
 
 
+@pytest.mark.parametrize("directions", [["maximize"], ["minimize", "minimize"]])
+def test_an_existing_study_that_does_not_minimise_one_value_is_left_alone(
+    tmp_path: Path, task: Task, suggestion: Any, directions: list[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(storage=url, study_name="theirs", directions=directions)
+    with pytest.raises(ValueError, match=r"'theirs' has direction.*pass another --study-name"):
+        autowarm.tune(
+            task, n_trials=3, suggestion=suggestion, storage=url, study_name="theirs",
+            trial_steps=40, progress=False,
+        )  # fmt: skip
+    study = optuna.load_study(study_name="theirs", storage=url)
+    assert study.user_attrs == {} and study.get_trials() == []
+    with pytest.raises(ValueError, match="not made by `autowarm tune`"):
+        best_schedule(study)
+
+
 def test_a_resume_with_a_timeout_alone_runs_trials_past_the_stored_total(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
