@@ -225,12 +225,18 @@ def open_storage(
         }
     try:
         return _rdb_storage(url, heartbeat, create=create)
-    except ModuleNotFoundError as exc:
-        hint = {"postgresql": "psycopg[binary]", "mysql": "PyMySQL"}
-        package = next((v for k, v in hint.items() if scheme.startswith(k)), exc.name)
+    except ImportError as exc:
+        # optuna raises a generic ImportError from the driver's ModuleNotFoundError
+        missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+        name = getattr(missing, "name", None) or "its database driver"
+        advice = {
+            "postgresql": "pip install 'psycopg[binary]' (or 'autowarm[postgres]')",
+            "mysql": "pip install PyMySQL, and write the URL as mysql+pymysql://...",
+        }
+        todo = next((v for k, v in advice.items() if scheme.startswith(k)), f"install {name}")
         raise ValueError(
-            f"storage {redact(url)} needs the database driver {exc.name!r}: "
-            f"pip install '{package}' (or pip install 'autowarm[postgres]')"
+            f"storage {redact(url)} needs the database driver {name!r}, which is not "
+            f"installed: {todo}"
         ) from exc
     except Exception as exc:  # sqlalchemy's and optuna's: unreachable server, bad credentials
         if not type(exc).__module__.startswith(("sqlalchemy", "optuna")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -181,6 +182,15 @@ def test_a_url_with_one_slash_is_an_error_not_a_folder(
     with pytest.raises(ValueError, match="too few slashes"):
         _storage.open_storage(storage, heartbeat_interval=None)
     assert list(tmp_path.iterdir()) == []  # no ./sqlite:/tmp/x.db
+
+
+def test_a_missing_database_driver_is_named_with_what_to_install() -> None:
+    # optuna wraps the driver's ModuleNotFoundError in a generic ImportError.
+    pytest.importorskip("sqlalchemy")
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("MySQLdb is installed")
+    with pytest.raises(ValueError, match=r"driver 'MySQLdb', which is not installed: pip install"):
+        _storage.open_storage("mysql://u@localhost/db", heartbeat_interval=None)
 
 
 def test_a_path_object_that_merged_a_url_says_so() -> None:
