@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -286,7 +287,7 @@ class Task:
         try:
             with torch.no_grad():
                 if self.eval_fn is not None:
-                    value = float(self.eval_fn(model))
+                    value = _as_number(self.eval_fn(model), "eval_fn(model)")
                 elif self.val_data is not None:
                     value = self._mean_val_loss(model)
                 else:
@@ -301,11 +302,26 @@ class Task:
         device = model_device(model)
         total, count = 0.0, 0
         for batch in self.val_data:
-            total += float(loss_fn(model, move_to_device(batch, device)))
+            total += _as_number(loss_fn(model, move_to_device(batch, device)), "the loss")
             count += 1
         if count == 0:
             raise ValueError("val_data yielded no batches; pass at least one validation batch")
         return total / count
+
+
+def _as_number(value: Any, what: str) -> float:
+    # A validation value as a float, or an error naming what returned what.
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, np.number) and np.ndim(value) == 0 and not isinstance(value, np.bool_):
+        return float(value)
+    shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+    raise TypeError(
+        f"{what} must be a number (a float or a one-element tensor), but returned "
+        f"{type(value).__name__}{shape}: {value!r:.60}"
+    )
 
 
 def _length(data: Any) -> int | None:

@@ -76,17 +76,21 @@ class TrialOutcome:
             Final validation loss (or the training-loss tail without validation); ``inf``
             when the run diverged.
         diverged_at:
-            The step whose loss or gradient was not finite, or ``None``.
+            The step whose loss or gradient was not finite, or after which the validation
+            loss was not; ``None`` when the trial ran to its end.
         steps:
             Optimizer updates taken.
         seconds:
             Wall time of the whole trial, evaluation included.
+        in_validation:
+            Whether it was the validation loss that was not finite (the training loss was).
     """
 
     value: float
     diverged_at: int | None
     steps: int
     seconds: float
+    in_validation: bool = False
 
 
 def eval_steps(trial_steps: int, n_evals: int = EVALS_PER_TRIAL) -> list[int]:
@@ -174,7 +178,8 @@ def train_trial(
                 if done in checkpoints:
                     value = task.evaluate(model)
                     if not math.isfinite(value):
-                        return TrialOutcome(math.inf, step, done, time.perf_counter() - start)
+                        seconds = time.perf_counter() - start
+                        return TrialOutcome(math.inf, step, done, seconds, in_validation=True)
                     smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * value
                     weight = SMOOTHING * weight + (1 - SMOOTHING)
                     if on_eval is not None:

@@ -1174,7 +1174,12 @@ class _Objective:
             trial.set_user_attr(_attrs.REASON, self.last_error)
             raise
         if outcome.diverged_at is not None:
-            reason = f"diverged: loss or gradient not finite at step {outcome.diverged_at}"
+            reason = (
+                f"diverged: validation loss not finite after step {outcome.steps} (the training "
+                "loss was finite: if every trial ends so, check the task's eval_fn or val_data)"
+                if outcome.in_validation
+                else f"diverged: loss or gradient not finite at step {outcome.diverged_at}"
+            )
             trial.set_user_attr(_attrs.REASON, reason)
             raise optuna.TrialPruned(reason)
         return outcome.value

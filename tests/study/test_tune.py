@@ -267,6 +267,21 @@ def test_a_loader_with_its_own_generator_gives_every_trial_one_order(task: Task)
     assert train_trial(shuffled, schedule, seed=1).value != values[0]
 
 
+def test_a_bad_validation_value_is_named_for_what_returned_it(task: Task) -> None:
+    schedule = ScheduleConfig(peak_lr=1e-2, total_steps=20, warmup_steps=5)
+    nan = dataclasses.replace(task, val_data=None, eval_fn=lambda m: float("nan"))
+    outcome = train_trial(nan, schedule, seed=0)
+    assert outcome.value == math.inf and outcome.in_validation  # not the training loss
+    for returned, match in (("low", r"returned str"), (torch.ones(2), r"of shape \(2,\)")):
+        bad = dataclasses.replace(task, val_data=None, eval_fn=lambda m, r=returned: r)
+        with pytest.raises(TypeError, match=rf"eval_fn\(model\) must be a number.*{match}"):
+            bad.evaluate(bad.build_model(0))
+    assert (
+        dataclasses.replace(task, val_data=None, eval_fn=lambda m: 2).evaluate(task.build_model(0))
+        == 2.0
+    )
+
+
 def test_reading_a_database_before_its_tables_exist_is_a_clear_error(tmp_path: Path) -> None:
     # What a reader (report, export, a polling test) meets when a file has no tables and no
     # worker creates them within the wait: a ValueError naming the storage and what to do.
