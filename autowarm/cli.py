@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -235,7 +236,8 @@ def _run_export(args: argparse.Namespace) -> int:
                 cfg = best_schedule(study)
             except NoFinishedTrialError as exc:  # its advice names the storage as STORAGE
                 shown = redact(normalize_url(args.storage))
-                raise NoFinishedTrialError(str(exc).replace("STORAGE", shown)) from None
+                quoted = shlex.quote(shown)
+                raise NoFinishedTrialError(str(exc).replace("STORAGE", quoted)) from None
     else:
         cfg = ScheduleConfig.load(args.file)
     if args.output is not None:

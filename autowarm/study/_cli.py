@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,9 @@ def _run_tune(args: argparse.Namespace) -> int:
     shown = _storage.redact(url)
     print(f"autowarm tune: storage {shown}")
     if url.startswith("journal"):
-        print(f"  watch it: optuna-dashboard {url.split('://', 1)[1]}")
+        print(f"  watch it: optuna-dashboard {shlex.quote(url.split('://', 1)[1])}")
     else:
-        print(f"  watch it: optuna-dashboard {shown}")
+        print(f"  watch it: optuna-dashboard {shlex.quote(shown)}")
     sys.stdout.flush()
     try:
         result = tune(
@@ -184,13 +185,14 @@ def _run_tune(args: argparse.Namespace) -> int:
         best = result.best
     except NoFinishedTrialError as exc:
         # the study ran, but has nothing to export: a script chaining tune and export stops here
-        print(f"autowarm tune: {exc}".replace("STORAGE", shown), file=sys.stderr)
+        print(f"autowarm tune: {exc}".replace("STORAGE", shlex.quote(shown)), file=sys.stderr)
         return 1
     print(
         f"best: peak_lr {best.peak_lr:.4g}, warmup {best.warmup_steps} steps, decay "
         f"{Decay(best.decay).value} (study {name!r})"
     )
-    print(f"export it: autowarm export --storage {shown} --study-name {name} -o schedule.yaml")
+    command = f"autowarm export --storage {shlex.quote(shown)} --study-name {shlex.quote(name)}"
+    print(f"export it: {command} -o schedule.yaml")
     return 0
 
 

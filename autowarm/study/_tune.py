@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -120,8 +121,9 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
         raise NoFinishedTrialError(
             f"study {name!r} has no completed trial yet ({seen}); resume it with a larger "
             "--n-trials (or a --timeout) until one completes (`autowarm report --storage "
-            f"STORAGE --study-name {name}` says why each trial ended), or export the probe's "
-            f"suggestion instead: `autowarm export --storage STORAGE --study-name {name} "
+            f"STORAGE --study-name {shlex.quote(name)}` says why each trial ended), or export "
+            "the probe's suggestion instead: `autowarm export --storage STORAGE --study-name "
+            f"{shlex.quote(name)} "
             "--probe`"
         )
     full = confirmed_best(study)

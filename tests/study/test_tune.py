@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -993,14 +994,17 @@ def test_cli_probe_tune_export(tmp_path: Path) -> None:
     assert quiet.returncode == 0 and "warning" not in err, err
     assert out.exists() and out.with_suffix(".trace.csv").exists()
     assert json.loads(out.read_text())["format"] == "autowarm.suggestion"
-    db = tmp_path / "study.db"
+    db = tmp_path / "my study.db"  # the printed commands quote it
     proc = _cli(*_tune_args(db, "s", 5, 40, "--suggestion", str(out)))
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert f"storage sqlite:///{db}" in stdout and "optuna-dashboard" in stdout
     assert err.count("]: ") >= 5  # one log line per finished trial
     target = tmp_path / "best.yaml"
-    proc = _cli("export", "--storage", str(db), "--study-name", "s", "-o", str(target))
+    (printed,) = [ln for ln in stdout.splitlines() if ln.startswith("export it: autowarm ")]
+    command = shlex.split(printed.removeprefix("export it: autowarm "))
+    assert command[-2:] == ["-o", "schedule.yaml"]
+    proc = _cli(*command[:-1], str(target))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     exported = ScheduleConfig.load(target)
