@@ -1268,7 +1268,13 @@ def _run_processes(ref: Task | str, plan: _Plan, n_workers: int) -> None:
         for p in procs:
             p.join(timeout=60)
         raise
-    failed = [p.name for p in procs if p.exitcode not in (0, None)]
+    ended = [p for p in procs if p.exitcode not in (0, None)]
+    # A worker stopped by a signal sent to it alone (the parent ignoring SIGINT, as under
+    # nohup or a background job) exits 130 after re-queueing its trial: a stop, not an error.
+    stopped = (130, -signal.SIGINT, -signal.SIGTERM)
+    if ended and all(p.exitcode in stopped for p in ended):
+        raise KeyboardInterrupt(f"worker processes {[p.name for p in ended]} were stopped")
+    failed = [p.name for p in ended]
     if failed:
         raise RuntimeError(
             f"worker processes {failed} exited with an error (see their log lines above); "

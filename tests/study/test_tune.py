@@ -1123,6 +1123,37 @@ def test_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, sig: signal.Si
         assert len(retry) == 1 and retry[0].params == t.params
 
 
+@pytest.mark.parametrize(
+    ("codes", "raised"), [((130, 0), KeyboardInterrupt), ((130, 1), RuntimeError)]
+)
+def test_workers_stopped_by_a_signal_of_their_own_are_a_stop_not_an_error(
+    monkeypatch: pytest.MonkeyPatch, codes: tuple[int, int], raised: type
+) -> None:
+    # Under nohup or a background job the parent ignores SIGINT, while its workers stop on it
+    # (exit code 130, their trials re-queued): the parent must report a stop.
+    import multiprocessing
+
+    from autowarm.study import _tune
+
+    exits = iter(codes)
+
+    class Worker:
+        def __init__(self, target: Any, args: Any, name: str) -> None:
+            self.name, self.pid, self.exitcode = name, None, None
+
+        def start(self) -> None:
+            self.exitcode = next(exits)
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    monkeypatch.setattr(
+        multiprocessing, "get_context", lambda kind: SimpleNamespace(Process=Worker)
+    )
+    with pytest.raises(raised):
+        _tune._run_processes("task.py:task", None, 2)  # type: ignore[arg-type]
+
+
 def test_sigkill_loses_only_the_running_trial(tmp_path: Path) -> None:
     log = tmp_path / "study.log"  # journal storage: no heartbeat, the pid check re-queues
     args = _tune_args(log, "s", 6, 60, "--budget-steps", "40")
