@@ -113,8 +113,9 @@ def planned_confirmations(study: optuna.Study) -> int | None:
 
 def unconfirmed(study: optuna.Study) -> list[int]:
     """Study trials the last ``tune`` run planned to confirm whose confirmation has not
-    finished (the study was stopped during them), best first; ``[]`` when it planned none or
-    the study does not say how many (:func:`planned_confirmations`)."""
+    finished (the study was stopped before or during them, or is still running), best
+    first; ``[]`` when it planned none or the study does not say how many
+    (:func:`planned_confirmations`)."""
     planned = planned_confirmations(study)
     if not planned:
         return []

@@ -130,10 +130,21 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
     missing = unconfirmed(study)
     if missing:
         which = "the best of those confirmed so far" if full else "the best compressed trial"
+        target = study.user_attrs.get(_attrs.N_TRIALS)
+        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        n_ended = len(study.get_trials(deepcopy=False, states=ended))
+        if isinstance(target, int) and n_ended < target:
+            why = (
+                f"its search has ended {n_ended} of {target} trials, and the confirmations "
+                "come after it"
+            )
+            todo = "let `autowarm tune` finish (or resume it)"
+        else:
+            why = "the study was stopped before or during them, or is running them now"
+            todo = "resume `autowarm tune` to finish them, if it is not running"
         warnings.warn(
-            f"the full-length confirmations of trials {missing} did not run (the study was "
-            f"stopped during them): this is {which}, which they may still beat; resume "
-            "`autowarm tune` to finish them",
+            f"the full-length confirmations of trials {missing} have not run ({why}): this "
+            f"is {which}, which they may still beat; {todo}",
             UserWarning,
             stacklevel=2,
         )

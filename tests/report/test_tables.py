@@ -304,8 +304,15 @@ def test_the_planned_number_of_confirmations_is_counted_against(
     # export says so too: the schedule it writes may still be beaten
     from autowarm.study._tune import best_schedule
 
-    with pytest.warns(UserWarning, match=r"confirmations of trials \[0, .*did not run"):
+    stopped = r"confirmations of trials \[0, .*have not run \(the study was stopped"
+    with pytest.warns(UserWarning, match=stopped):
         best_schedule(study)
+    # while the search itself is still short of its total, the confirmations are still ahead
+    total = study.user_attrs[A.N_TRIALS]
+    study.set_user_attr(A.N_TRIALS, 100)
+    with pytest.warns(UserWarning, match=r"its search has ended \d+ of 100 trials"):
+        best_schedule(study)
+    study.set_user_attr(A.N_TRIALS, total)
     # a later run with confirm=0 trusts the compressed trials: nothing is missing
     study.set_user_attr(A.CONFIRM, 0)
     assert autowarm.report(study).status == "complete"
