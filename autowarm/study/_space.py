@@ -97,6 +97,24 @@ class SearchSpace:
                 )
             object.__setattr__(self, "min_lr_ratios", tuple(float(r) for r in self.min_lr_ratios))
 
+    def same_search(self, other: SearchSpace) -> bool:
+        """Whether ``other`` searches the same space: equal, or differing only in the order
+        the decay shapes and floors are listed (a study keeps its own order, which its trials'
+        categorical distributions were built from)."""
+
+        def key(space: SearchSpace) -> SearchSpace:
+            return dataclasses.replace(
+                space,
+                decays=None if space.decays is None else tuple(sorted(set(space.decays))),
+                min_lr_ratios=(
+                    None
+                    if space.min_lr_ratios is None
+                    else tuple(sorted(set(space.min_lr_ratios)))
+                ),
+            )
+
+        return key(self) == key(other)
+
     # bounds -------------------------------------------------------------------------------
 
     def lr_bounds(self, center: ScheduleConfig) -> tuple[float, float]:

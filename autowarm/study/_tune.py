@@ -912,7 +912,7 @@ def _set_up(
         space = search_space or SearchSpace()
         if isinstance(stored_space, Mapping):
             space = SearchSpace.from_dict(stored_space)
-            if search_space is not None and search_space != space:
+            if search_space is not None and not search_space.same_search(space):
                 raise ValueError(
                     f"study {name!r} was created with the search space {space.to_dict()}, but "
                     f"this run has {search_space.to_dict()}; pass no search space (no "

@@ -1286,6 +1286,19 @@ def test_resume_keeps_the_stored_search_space_and_refuses_another(
     assert len(again.study.get_trials()) == 7
 
 
+def test_a_resume_may_list_the_same_decays_and_floors_in_another_order(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    first = SearchSpace(decays=("cosine", "linear"), min_lr_ratios=(0.0, 0.1))
+    autowarm.tune(task, n_trials=4, suggestion=suggestion, search_space=first, **kw)
+    shuffled = SearchSpace(decays=("linear", "cosine"), min_lr_ratios=(0.1, 0.0))
+    again = autowarm.tune(task, n_trials=5, search_space=shuffled, **kw)
+    assert len(again.study.get_trials()) == 5
+    assert again.study.user_attrs[_attrs.SEARCH_SPACE]["decays"] == ["cosine", "linear"]
+    assert not first.same_search(SearchSpace(decays=("cosine",), min_lr_ratios=(0.0, 0.1)))
+
+
 def test_cli_search_space_options() -> None:
     from autowarm.cli import build_parser
     from autowarm.study._cli import _search_space
