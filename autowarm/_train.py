@@ -166,6 +166,27 @@ def structure_fingerprint(model: nn.Module) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def module_types_fingerprint(model: nn.Module) -> str:
+    """16 hex digits naming the classes of a model's modules, in order (a ReLU swapped for a
+    Tanh changes it, while :func:`structure_fingerprint`, which has no parameters to see
+    there, does not)."""
+    text = ";".join(
+        f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def callable_name(fn: object) -> str | None:
+    """``module.qualname`` of a function (of a ``functools.partial``'s function, or of a
+    callable object's class), ``None`` for ``None``: a loss function's record."""
+    if fn is None:
+        return None
+    inner = getattr(fn, "func", fn)  # functools.partial
+    if not hasattr(inner, "__qualname__"):
+        inner = type(inner)
+    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}"
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Return the device of the model's first parameter, else first buffer, else CPU."""
     for param in model.parameters():

@@ -51,6 +51,7 @@ from autowarm.bench import _args
 from autowarm.bench._grid import (
     RowAppender,
     check_definitions,
+    check_same_tasks,
     running_pool,
     writing_alone,
 )
@@ -534,6 +535,7 @@ def regret_table(
             "failed jobs write no row)"
         )
     grid = load_grid(grid_csv)
+    check_same_tasks(Path(eval_csv), Path(grid_csv), sorted(set(ev["task"])))
     if seeds is not None:
         have = sorted(int(x) for x in ev["seed"].unique())
         ev = ev[ev["seed"].isin(list(seeds))]

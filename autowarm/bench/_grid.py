@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,6 +406,50 @@ def definitions_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.name + ".tasks.json")
 
 
+def read_definitions(csv_path: Path) -> dict[str, Any]:
+    """The task definitions recorded beside ``csv_path`` (``{}`` when there is no record).
+
+    Raises:
+        ValueError: If the record exists but cannot be read.
+    """
+    record_path = definitions_path(csv_path)
+    try:
+        recorded: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"{record_path} is not readable ({exc}); it records the task definitions of "
+            f"{csv_path.name}: restore it, or delete it to take the current definitions"
+        ) from None
+    if not isinstance(recorded, dict):
+        raise ValueError(
+            f"{record_path} does not hold a JSON object of task definitions; restore it, or "
+            "delete it to take the current definitions"
+        )
+    return recorded
+
+
+def check_same_tasks(eval_csv: Path, grid_csv: Path, tasks: Iterable[str]) -> None:
+    """Refuse to compare an evaluation with a grid made from another definition of a task
+    (a model, loss or setting changed between the two commands), by the records beside them.
+
+    Raises:
+        ValueError: naming the task and the parts that differ.
+    """
+    ev, grid = read_definitions(eval_csv), read_definitions(grid_csv)
+    for name in tasks:
+        if name in ev and name in grid:
+            parts = differing_parts(grid[name], ev[name])
+            if parts:
+                raise ValueError(
+                    f"task {name!r} of {eval_csv} was run with another definition than its "
+                    f"oracle grid in {grid_csv} (its {', '.join(parts)}: "
+                    f"{_pick(grid[name], parts)} in the grid, {_pick(ev[name], parts)} in the "
+                    "evaluation): run the grid and the evaluation of one definition"
+                )
+
+
 def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
     """Refuse to resume ``csv_path`` for a task whose definition (:meth:`BenchTask.definition`)
     differs from the one its rows were written with; record the definitions of new tasks.
@@ -418,38 +463,53 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
         ValueError: If a task's definition changed; the message says which parts.
     """
     record_path = definitions_path(csv_path)
-    try:
-        recorded: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        recorded = {}
-    except (ValueError, OSError) as exc:
-        raise ValueError(
-            f"{record_path} is not readable ({exc}); it records the task definitions of "
-            f"{csv_path.name}: restore it, or delete it to take the current definitions"
-        ) from None
+    recorded = read_definitions(csv_path)
     changed = False
     with_rows: set[str] | None = None  # read from the CSV only when a definition differs
     for task in tasks:
         now = json.loads(json.dumps(task.definition()))  # as stored: tuples become lists
         then = recorded.get(task.name)
-        if then is not None and then != now and with_rows is None:
+        differ = [] if then is None else differing_parts(then, now)
+        if differ and with_rows is None:
             with_rows = _task_names_in(csv_path)
-        if then is None or (then != now and task.name not in (with_rows or set())):
+        if then is None or (differ and task.name not in (with_rows or set())):
             recorded[task.name], changed = now, True
-        elif then != now:
-            parts = sorted(k for k in {*then, *now} if then.get(k) != now.get(k))
+        elif differ:
+            parts = differ
             raise ValueError(
                 f"task {task.name!r} has changed since its rows in {csv_path} were written "
                 f"(its {', '.join(parts)}: {_pick(then, parts)} then, {_pick(now, parts)} "
                 f"now): its old rows would be resumed as this task's. Write to another CSV "
                 f"(--out or --csv), or move {csv_path.name} and {record_path.name} away"
             )
+        else:
+            _warn_other_file(task.name, then, now, csv_path)
+            if any(k not in then for k in now):  # parts recorded since: added, not compared
+                recorded[task.name], changed = {**now, **then}, True
     if changed:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(recorded, indent=1, sort_keys=True) + "\n"
         tmp = record_path.with_name(record_path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, record_path)
+
+
+def differing_parts(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The parts of two task definitions that differ, among those both record (a part
+    recorded by a later version is not held against an older record), the task file aside."""
+    return sorted(k for k in then.keys() & now.keys() if k != "file" and then[k] != now[k])
+
+
+def _warn_other_file(name: str, then: dict[str, Any], now: dict[str, Any], csv: Path) -> None:
+    # Two files of one name (task.py:task in two folders) read alike; their rows would mix.
+    if then.get("file") and now.get("file") and then["file"] != now["file"]:
+        warnings.warn(
+            f"task {name!r} was loaded from {now['file']}, but the rows of {name!r} in {csv} "
+            f"were written from {then['file']}: if that is another task, write to another "
+            "CSV (--out or --csv), or its rows will be resumed and averaged as this one's",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _task_names_in(csv_path: Path) -> set[str]:

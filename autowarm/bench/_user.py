@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autowarm._train import LossFn
+from autowarm._train import LossFn, callable_name
 from autowarm.bench.tasks import DEFAULT_WARMUP_FRACS, BenchTask
 
 __all__ = ["DEFAULT_FILE_LR_GRID", "FileBenchTask", "is_task_spec", "load_file_task"]
@@ -91,10 +91,13 @@ class FileBenchTask(BenchTask):
         """:meth:`BenchTask.definition`, with the task's training and validation data sizes
         (:meth:`autowarm.Task.data_sizes`) and its ``eval_fn`` by name."""
         eval_fn = self.task.eval_fn
+        loss = self.task.loss_fn if self.task.loss_fn is not None else self.task.criterion
         return {
             **super().definition(),
             **self.task.data_sizes(0),
+            "loss": callable_name(loss),
             "eval_fn": None if eval_fn is None else getattr(eval_fn, "__qualname__", "?"),
+            "file": self.spec.rpartition(":")[0],  # absolute
         }
 
     def validation_loss(self, model: nn.Module) -> float:

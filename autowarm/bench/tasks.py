@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from autowarm._train import LossFn, resolve_loss_fn, structure_fingerprint
+from autowarm._train import (
+    LossFn,
+    callable_name,
+    module_types_fingerprint,
+    resolve_loss_fn,
+    structure_fingerprint,
+)
 from autowarm.bench import _data, _models
 
 __all__ = [
@@ -123,10 +129,14 @@ class BenchTask:
     def definition(self) -> dict[str, Any]:
         """What a run of this task depends on besides the schedule, seed and ``total_steps``
         (which every row records): the model's structure (parameter and buffer names, shapes,
-        dtypes), the optimizer settings, the clipping and the validation batches. Stored
-        beside a grid or evaluation CSV, so rows of a task changed since are not resumed."""
+        dtypes) and the types of its modules (an activation swapped), the loss function by
+        name, the optimizer settings, the clipping and the validation batches. Stored beside
+        a grid or evaluation CSV, so rows of a task changed since are not resumed."""
+        model = self.make_model(0)
         return {
-            "model": structure_fingerprint(self.make_model(0)),
+            "model": structure_fingerprint(model),
+            "modules": module_types_fingerprint(model),
+            "loss": callable_name(self.loss_fn if self.loss_fn is not None else self.criterion),
             "optimizer_kwargs": repr(sorted(dict(self.optimizer_kwargs).items())),
             "grad_clip": self.grad_clip,
             "val_batches": len(self.val_data()),

@@ -150,6 +150,64 @@ def test_a_task_changed_since_its_rows_is_not_resumed(
     assert len(pd.read_csv(out / "oracle_grid.csv")) == 1
 
 
+def test_an_activation_or_a_loss_swapped_is_a_changed_task(tmp_path: Path) -> None:
+    import json
+
+    from autowarm.bench._grid import check_definitions
+
+    path = _task_file(tmp_path / "a")
+    csv_path = tmp_path / "out" / "oracle_grid.csv"
+    check_definitions(csv_path, [load_file_task(f"{path}:task")])
+    csv_path.write_text("task,peak_lr\nmytask.py:task,0.01\n")
+    record = csv_path.with_name("oracle_grid.csv.tasks.json")
+    for old, new, part in (
+        ("nn.Tanh()", "nn.ReLU()", "modules"),
+        ("criterion=nn.functional.mse_loss", "criterion=nn.functional.l1_loss", "loss"),
+    ):
+        text = path.read_text()
+        path.write_text(text.replace(old, new))
+        _forget_loaded()
+        with pytest.raises(ValueError, match=rf"has changed since its rows .*its {part}:"):
+            check_definitions(csv_path, [load_file_task(f"{path}:task")])
+        path.write_text(text)
+        _forget_loaded()
+    # a record written before these parts were recorded is extended, not refused
+    stored = json.loads(record.read_text())
+    for part in ("modules", "loss", "file"):
+        del stored["mytask.py:task"][part]
+    record.write_text(json.dumps(stored))
+    check_definitions(csv_path, [load_file_task(f"{path}:task")])
+    assert "modules" in json.loads(record.read_text())["mytask.py:task"]
+    # the same name from another file: resumed (it may be the project moved), with a warning
+    other = _task_file(tmp_path / "b")
+    _forget_loaded()
+    with pytest.warns(UserWarning, match=r"was loaded from .*b/mytask\.py, but the rows"):
+        check_definitions(csv_path, [load_file_task(f"{other}:task")])
+
+
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_regret_refuses_an_evaluation_of_another_definition_than_the_grid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    path = _task_file(tmp_path / "proj")
+    out, cross = tmp_path / "out", tmp_path / "cross"
+    grid = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01", "--warmups", "0"]
+    assert main([*grid, "--seeds", "1", "--workers", "0", "--out", str(out)]) == 0
+    cross.mkdir()
+    for name in ("oracle_grid.csv", "oracle_grid.csv.tasks.json"):
+        shutil.copy(out / name, cross / name)
+    path.write_text(path.read_text().replace("nn.Tanh()", "nn.ReLU()"))
+    _forget_loaded()
+    ev = ["eval", "--tasks", f"{path}:task", "--methods", "hf_default", "--seeds", "1"]
+    assert main([*ev, "--workers", "0", "--out", str(cross)]) == 0
+    capsys.readouterr()
+    assert main(["regret", "--out", str(cross)]) == 1
+    err = capsys.readouterr().err
+    assert "was run with another definition than its oracle grid" in err and "modules" in err
+
+
 def test_a_task_without_rows_takes_its_new_definition(tmp_path: Path) -> None:
     # a first run whose every cell failed wrote no row: the fixed task is not "changed"
     from autowarm.bench._grid import check_definitions
