@@ -225,6 +225,15 @@ def _table(
             print(_dumps(summaries))
     for w in caught:  # e.g. GridEdgeWarning: to stderr, stdout stays machine-readable
         logging.getLogger(__name__).warning("%s", w.message)
+    from autowarm.bench._grid import incomplete_tasks
+    from autowarm.bench._oracle import load_grid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_grid's own warnings were given above
+        rows = load_grid(csv_path)
+    for sentence in incomplete_tasks(Path(csv_path), rows):
+        if task is None or sentence.startswith(f"the grid of task {task!r}"):
+            logging.getLogger(__name__).warning("%s", sentence)
     return 0
 
 

@@ -52,6 +52,7 @@ from autowarm.bench._grid import (
     RowAppender,
     check_definitions,
     check_same_tasks,
+    missing_cells,
     running_pool,
     writing_alone,
 )
@@ -572,6 +573,15 @@ def regret_table(
         check_seeds_complete(
             cells, str(task), used, steps, "or pass --only-seeds with seeds that every cell has"
         )
+        absent = missing_cells(Path(grid_csv), same, str(task), steps, used)
+        if absent:
+            lr, warmup, seed = absent[0]
+            raise ValueError(
+                f"the grid of task {task!r} ({steps} steps) is incomplete: {len(absent)} of "
+                f"the runs asked of it at seeds {used} have no row (e.g. peak_lr {lr:g}, "
+                f"warmup {warmup}, seed {seed}), stopped before them or failed: finish it "
+                "with the same `autowarm bench grid` command (it resumes where it stopped)"
+            )
         key = (str(task), tuple(used), steps)
         if key not in oracles:  # once per task and seeds (and its grid-edge warning once)
             oracles[key] = oracle_table(cells, key[0], total_steps=key[2])

@@ -357,6 +357,7 @@ def oracle_grid(
     cells = grid_cells(tasks, lrs=lrs, warmups=warmups, seeds=seeds)
     check_definitions(path, [tasks] if isinstance(tasks, BenchTask) else tasks)
     with writing_alone(path):
+        record_plan(path, cells)
         done = _existing_rows(path)
         todo = [c for c in cells if c.key not in done]
         skipped = len(cells) - len(todo)
@@ -399,6 +400,81 @@ def writing_alone(csv_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def plan_path(csv_path: Path) -> Path:
+    """The file beside a grid CSV that records every cell a grid command was asked to run."""
+    return csv_path.with_name(csv_path.name + ".plan.json")
+
+
+def _cell_key(peak_lr: float, warmup: int, seed: int) -> tuple[float, int, int]:
+    # 12 significant digits: an LR read back from the CSV or the record matches the cell's
+    return (float(f"{float(peak_lr):.12g}"), int(warmup), int(seed))
+
+
+def _read_plan(csv_path: Path) -> dict[str, dict[str, list[list[float]]]]:
+    record = plan_path(csv_path)
+    try:
+        plan = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"{record} is not readable ({exc}); it records the cells asked of "
+            f"{csv_path.name}: delete it to check the grid's completeness no more"
+        ) from None
+    return plan if isinstance(plan, dict) else {}
+
+
+def record_plan(csv_path: Path, cells: Sequence[GridCell]) -> None:
+    """Add ``cells`` to the record of the cells asked of the grid at ``csv_path`` (per task
+    and run length: ``[peak_lr, warmup_steps, seed]``), so that a table or a regret can tell
+    a finished grid from one stopped or failed part-way (:func:`missing_cells`)."""
+    plan = _read_plan(csv_path)
+    for c in cells:
+        runs = plan.setdefault(c.task.name, {}).setdefault(str(c.task.total_steps), [])
+        runs.append(list(_cell_key(c.peak_lr, c.warmup_steps, c.seed)))
+    for by_length in plan.values():
+        for length, runs in by_length.items():
+            by_length[length] = [list(k) for k in sorted({_cell_key(*r) for r in runs})]
+    record = plan_path(csv_path)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(plan, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, record)
+
+
+def missing_cells(
+    csv_path: Path, rows: Any, task: str, steps: int, seeds: Sequence[int]
+) -> list[tuple[float, int, int]]:
+    """The runs of ``task`` at ``steps`` and ``seeds`` that a grid command was asked for
+    (:func:`record_plan`) but that have no row in ``rows`` (the grid's rows of that task and
+    length): stopped before them, or failed. ``[]`` without a record (older grids)."""
+    asked = _read_plan(csv_path).get(task, {}).get(str(steps), [])
+    wanted = {_cell_key(*r) for r in asked if int(r[2]) in set(seeds)}
+    have = {
+        _cell_key(lr, w, s)
+        for lr, w, s in zip(rows["peak_lr"], rows["warmup_steps"], rows["seed"], strict=True)
+    }
+    return sorted(wanted - have)
+
+
+def incomplete_tasks(csv_path: Path, rows: Any) -> list[str]:
+    """One sentence per task and run length of the grid at ``csv_path`` whose asked-for runs
+    (:func:`record_plan`) are not all in ``rows`` (the grid's rows)."""
+    out = []
+    for task, by_length in sorted(_read_plan(csv_path).items()):
+        for length, asked in sorted(by_length.items()):
+            steps = int(length)
+            mine = rows[(rows["task"] == task) & (rows["total_steps"] == steps)]
+            seeds = sorted({int(r[2]) for r in asked})
+            absent = missing_cells(csv_path, mine, task, steps, seeds)
+            if absent:
+                out.append(
+                    f"the grid of task {task!r} ({steps} steps) is incomplete: {len(absent)} "
+                    f"of the {len(asked)} runs asked of it have no row (stopped before them, "
+                    "or failed); the same `autowarm bench grid` command finishes it"
+                )
+    return out
 
 
 def definitions_path(csv_path: Path) -> Path:

@@ -208,6 +208,33 @@ def test_regret_refuses_an_evaluation_of_another_definition_than_the_grid(
     assert "was run with another definition than its oracle grid" in err and "modules" in err
 
 
+@pytest.mark.filterwarnings("ignore::autowarm.bench.GridEdgeWarning")
+def test_a_grid_missing_whole_cells_is_not_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A grid stopped during its first seed (or whose cells failed) lacks whole cells, which
+    # the per-cell seed check cannot see: the record of what was asked of it can.
+    path = _task_file(tmp_path / "proj")
+    out = tmp_path / "out"
+    grid = ["grid", "--tasks", f"{path}:task", "--lrs", "0.003,0.03", "--warmups", "0,10"]
+    grid += ["--seeds", "1", "--workers", "0", "--out", str(out)]
+    assert main(grid) == 0
+    csv_path = out / "oracle_grid.csv"
+    rows = pd.read_csv(csv_path)
+    rows[rows["peak_lr"] < 0.01].to_csv(csv_path, index=False)  # as if stopped half-way
+    ev = ["eval", "--tasks", f"{path}:task", "--methods", "hf_default", "--seeds", "1"]
+    assert main([*ev, "--workers", "0", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["regret", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is incomplete: 2 of the runs asked of it at seeds [0] have no row" in err
+    assert main(["table", str(csv_path)]) == 0
+    assert "2 of the 4 runs asked of it have no row" in caplog.text
+    assert main(grid) == 0  # the same command finishes it
+    capsys.readouterr()
+    assert main(["regret", "--out", str(out)]) == 0
+
+
 def test_a_task_without_rows_takes_its_new_definition(tmp_path: Path) -> None:
     # a first run whose every cell failed wrote no row: the fixed task is not "changed"
     from autowarm.bench._grid import check_definitions
