@@ -573,11 +573,11 @@ def regret_table(
         check_seeds_complete(
             cells, str(task), used, steps, "or pass --only-seeds with seeds that every cell has"
         )
-        absent = missing_cells(Path(grid_csv), same, str(task), steps, used)
-        if absent:
-            lr, warmup, seed = absent[0]
+        not_run = missing_cells(Path(grid_csv), same, str(task), steps, used)
+        if not_run:
+            lr, warmup, seed = not_run[0]
             raise ValueError(
-                f"the grid of task {task!r} ({steps} steps) is incomplete: {len(absent)} of "
+                f"the grid of task {task!r} ({steps} steps) is incomplete: {len(not_run)} of "
                 f"the runs asked of it at seeds {used} have no row (e.g. peak_lr {lr:g}, "
                 f"warmup {warmup}, seed {seed}), stopped before them or failed: finish it "
                 "with the same `autowarm bench grid` command (it resumes where it stopped)"

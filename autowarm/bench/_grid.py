@@ -407,7 +407,7 @@ def plan_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.name + ".plan.json")
 
 
-def _cell_key(peak_lr: float, warmup: int, seed: int) -> tuple[float, int, int]:
+def _cell_key(peak_lr: float, warmup: float, seed: float) -> tuple[float, int, int]:
     # 12 significant digits: an LR read back from the CSV or the record matches the cell's
     return (float(f"{float(peak_lr):.12g}"), int(warmup), int(seed))
 
