@@ -63,7 +63,7 @@ from autowarm.bench._oracle import (
     oracle_table,
     regret,
 )
-from autowarm.bench._run import run_schedule
+from autowarm.bench._run import check_runnable, run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
 from autowarm.probe._search import SearchSettings, parse_settings, settings_label, use_settings
@@ -436,6 +436,9 @@ def _evaluate_jobs(
             if (task.name, method_label(m, overrides), s, steps) not in done
         ]
     _log.info("evaluate: %d jobs to run, %d already in %s", len(jobs), len(done), path)
+    for name, task in zip(tasks, loaded, strict=True):
+        if any(j.task == name for j in jobs):
+            check_runnable(task)  # a broken task: one error now, not one per job
     # a row cut inside an optional last field could read as finished: cut it off (its job
     # runs again; _read_rows has already dropped it)
     writer = RowAppender(path, COLUMNS, drop_partial=True)

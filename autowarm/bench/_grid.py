@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from autowarm.bench._run import run_schedule
+from autowarm.bench._run import check_runnable, run_schedule
 from autowarm.bench.tasks import BenchTask
 from autowarm.schedules import ScheduleConfig
 
@@ -360,6 +360,8 @@ def oracle_grid(
         record_plan(path, cells)
         done = _existing_rows(path)
         todo = [c for c in cells if c.key not in done]
+        for task in {c.task.name: c.task for c in todo}.values():
+            check_runnable(task)  # a broken task: one error now, not one per cell
         skipped = len(cells) - len(todo)
         _logger.info(
             "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)

@@ -93,6 +93,40 @@ def _positive(task: BenchTask, value: float, when: str) -> float:
     return value
 
 
+def _initial_loss(task: BenchTask, model: nn.Module) -> float:
+    # The validation loss at the initial weights: finite and > 0, or the task is broken (a
+    # NaN in its validation data, an eval_fn that cannot score), not the schedule.
+    value = task.validation_loss(model)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"task {task.name!r}: the validation loss at the initial weights is {value}, "
+            "before any training: check the validation data (a NaN in it?) or the eval_fn"
+        )
+    return _positive(task, value, "at the initial weights")
+
+
+def check_runnable(task: BenchTask) -> None:
+    """Score ``task`` once before its runs: its validation at the initial weights (finite and
+    above 0) and one training step on its first batch (at LR 0, on a throwaway model), so a
+    mistake in a task stops the command with one error instead of failing every run.
+
+    Raises:
+        ValueError, TypeError: what the task got wrong, as a run would raise it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = task.make_model(0)
+        _initial_loss(task, model)
+        optimizer = task.make_optimizer(model.parameters(), 0.0)
+        with seeded_stream(task.train_data(0), model_device(model), 0) as stream:
+            result = train_step(model, optimizer, stream.next(), task.resolved_loss_fn())
+        if not result.finite:
+            raise ValueError(
+                f"task {task.name!r}: the training loss of its first batch at the initial "
+                f"weights is {result.loss}: check the training data (a NaN in it?) and the loss"
+            )
+
+
 def run_schedule(
     task: BenchTask,
     schedule: ScheduleConfig,
@@ -151,7 +185,7 @@ def _run(
 ) -> RunResult:
     model = task.make_model(seed)
     loss_fn = task.resolved_loss_fn()
-    initial = _positive(task, task.validation_loss(model), "at the initial weights")
+    initial = _initial_loss(task, model)
     optimizer = task.make_optimizer(model.parameters(), schedule.peak_lr, optimizer_cls)
     scheduler = schedule.lambda_lr(optimizer)
     diverged, steps = False, 0

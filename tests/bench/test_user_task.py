@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -264,10 +265,35 @@ def test_a_validation_metric_at_or_below_zero_is_named(
     path = _task_file(tmp_path, "eval_fn=score,", extra)
     argv = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01", "--warmups", "0", "--seeds", "1"]
     assert main([*argv, "--workers", "0", "--out", str(tmp_path / "o")]) == 1
-    out = capsys.readouterr().out
-    assert "the benchmark compares validation losses by their ratio" in out
-    assert "at the initial weights" in out
-    assert len(pd.read_csv(tmp_path / "o" / "oracle_grid.csv")) == 0  # nothing counted
+    err = capsys.readouterr().err  # one error before any run, not one per cell
+    assert err.count("\n") == 1
+    assert "the benchmark compares validation losses by their ratio" in err
+    assert "at the initial weights" in err
+    rows = (tmp_path / "o" / "oracle_grid.csv").read_text().splitlines()
+    assert len(rows) <= 1  # nothing counted
+
+
+@pytest.mark.parametrize(
+    ("extra", "options", "match"),
+    [
+        ("VAL = [(X[256:], Y[256:] * float('nan'))]", "", "validation loss at the initial"),
+        ("def score(model):\n    return 'low'", "eval_fn=score,", r"eval_fn\(model\) must be"),
+        ("", "loss_fn=lambda m, b: m(b[0]),", "a tensor with one element"),
+    ],
+    ids=["nan_in_val_data", "eval_fn_returns_str", "loss_not_scalar"],
+)
+def test_a_broken_task_stops_the_command_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, options: str, match: str
+) -> None:
+    path = _task_file(tmp_path, options, extra)
+    if "VAL" in extra:
+        path.write_text(path.read_text().replace("val_data=[(X[256:], Y[256:])]", "val_data=VAL"))
+    if "loss_fn" in options:
+        path.write_text(path.read_text().replace("criterion=nn.functional.mse_loss,", ""))
+    argv = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01,0.02", "--warmups", "0,5"]
+    assert main([*argv, "--seeds", "1", "--workers", "0", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err), err
 
 
 def test_adamw_options_reach_the_radam_baseline(tmp_path: Path) -> None:
