@@ -51,6 +51,7 @@ from autowarm.bench import _args
 from autowarm.bench._grid import (
     RowAppender,
     check_definitions,
+    check_distinct_names,
     check_same_tasks,
     missing_cells,
     running_pool,
@@ -408,6 +409,7 @@ def evaluate_methods(
         )
     path = Path(csv_path)
     loaded = [get_task(name) for name in tasks]
+    check_distinct_names(loaded)
     check_definitions(path, loaded)
     with writing_alone(path):  # a second process on this CSV would run every job again
         _evaluate_jobs(path, tasks, loaded, methods, seeds, workers, total_steps, overrides)

@@ -354,8 +354,10 @@ def oracle_grid(
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 0, but got workers={workers!r}")
     path = Path(csv_path)
-    cells = grid_cells(tasks, lrs=lrs, warmups=warmups, seeds=seeds)
-    check_definitions(path, [tasks] if isinstance(tasks, BenchTask) else tasks)
+    task_list = [tasks] if isinstance(tasks, BenchTask) else list(tasks)
+    check_distinct_names(task_list)
+    cells = grid_cells(task_list, lrs=lrs, warmups=warmups, seeds=seeds)
+    check_definitions(path, task_list)
     with writing_alone(path):
         record_plan(path, cells)
         done = _existing_rows(path)
@@ -402,6 +404,33 @@ def writing_alone(csv_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_distinct_names(tasks: Sequence[BenchTask]) -> None:
+    """Refuse two tasks of one name in one command: their rows would share keys (each cell
+    run and written twice, or two tasks averaged as one).
+
+    Raises:
+        ValueError: naming the task and where each came from.
+    """
+    seen: dict[str, BenchTask] = {}
+    for task in tasks:
+        if task.name not in seen:
+            seen[task.name] = task
+        else:
+            first = seen[task.name]
+            where = [getattr(t, "spec", "") or t.name for t in (first, task)]
+            same = where[0] == where[1]
+            raise ValueError(
+                f"task {task.name!r} is given twice"
+                + (" (the same task)" if same else f" ({where[0]} and {where[1]})")
+                + ": its rows are keyed by that name, so "
+                + (
+                    "pass it once"
+                    if same
+                    else "give one of them another file name, or run them with another --out"
+                )
+            )
 
 
 def plan_path(csv_path: Path) -> Path:

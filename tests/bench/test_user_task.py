@@ -236,6 +236,25 @@ def test_a_grid_missing_whole_cells_is_not_scored(
     assert main(["regret", "--out", str(out)]) == 0
 
 
+def test_one_task_name_twice_in_a_command_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _task_file(tmp_path / "a")
+    other = _task_file(tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "a")
+    grid = ["grid", "--lrs", "0.01", "--warmups", "0", "--seeds", "1", "--workers", "0"]
+    for tasks, said in (
+        ("mytask.py:task,./mytask.py:task", "(the same task): its rows are keyed by that name"),
+        (f"{path}:task,{other}:task", "give one of them another file name"),
+    ):
+        assert main([*grid, "--tasks", tasks, "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert "task 'mytask.py:task' is given twice" in err and said in err
+    ev = ["eval", "--methods", "hf_default", "--seeds", "1", "--workers", "0"]
+    assert main([*ev, "--tasks", "mytask.py:task,./mytask.py:task", "--out", "o2"]) == 1
+    assert "is given twice" in capsys.readouterr().err
+
+
 def test_a_task_without_rows_takes_its_new_definition(tmp_path: Path) -> None:
     # a first run whose every cell failed wrote no row: the fixed task is not "changed"
     from autowarm.bench._grid import check_definitions
