@@ -749,8 +749,10 @@ def regret_markdown(table: pd.DataFrame) -> str:
         "| task | " + " | ".join(methods) + " | seed noise |",
         "|---" * (len(methods) + 2) + "|",
     ]
+    fewer = False
     for key, g in body.groupby(keys, sort=True):
         task = f"{key[0]} ({int(float(str(key[1])))} steps)" if several else key[0]
+        most = int(g["seeds"].max())
         cells = []
         for m in methods:
             row = g[g["method"] == m]
@@ -758,7 +760,10 @@ def regret_markdown(table: pd.DataFrame) -> str:
                 cells.append("")
                 continue
             r = row.iloc[0]
-            cells.append(f"{_percent(r['regret'])} (cost {100 * r['probe_cost']:.1f}%)")
+            # a method run over fewer seeds than the task's others is marked, with its count
+            short = f" [{int(r['seeds'])} of {most} seeds]" if int(r["seeds"]) < most else ""
+            fewer = fewer or bool(short)
+            cells.append(f"{_percent(r['regret'])} (cost {100 * r['probe_cost']:.1f}%){short}")
         # the seed noise of the oracle over the most seeds any method of this task ran
         noise = g.sort_values("seeds").iloc[-1].get("oracle_heldout_regret", math.nan)
         cells.append("" if pd.isna(noise) else _percent(float(noise)))
@@ -772,6 +777,13 @@ def regret_markdown(table: pd.DataFrame) -> str:
         )
         + " | |"
     )
+    if fewer:
+        lines += [
+            "",
+            "[k of n seeds]: this method ran fewer seeds of the task than the others (a job "
+            "failed or was not run), against an oracle over its own seeds; the same "
+            "`autowarm bench eval` command runs the missing ones.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,23 @@ def test_evaluate_and_regret_tiny(tmp_path: Path) -> None:
     assert "control_convex" in md and "**median**" in md
 
 
+def test_the_markdown_marks_a_method_run_over_fewer_seeds() -> None:
+    row = {"task": "t", "total_steps": 100, "probe_cost": 0.0, "oracle_heldout_regret": 0.01}
+    table = pd.DataFrame(
+        [
+            {**row, "method": "finder_10pct", "seeds": 2, "regret": 0.1},
+            {**row, "method": "hf_default", "seeds": 1, "regret": 0.2},
+            {"task": "median", "method": "finder_10pct", "regret": 0.1},
+            {"task": "median", "method": "hf_default", "regret": 0.2},
+        ]
+    )
+    md = regret_markdown(table)
+    assert "20.00% (cost 0.0%) [1 of 2 seeds]" in md and "[k of n seeds]:" in md
+    assert "10.00% (cost 0.0%) |" in md  # the method with every seed is not marked
+    full = table.assign(seeds=2)
+    assert "seeds]" not in regret_markdown(full)
+
+
 def test_a_probe_variant_is_its_own_method(tmp_path: Path) -> None:
     import dataclasses
 
