@@ -50,6 +50,7 @@ from autowarm._train import LossFn, model_device, seeded_stream, train_step
 from autowarm.bench import _args
 from autowarm.bench._grid import (
     RowAppender,
+    check_csv_target,
     check_definitions,
     check_distinct_names,
     check_same_tasks,
@@ -408,6 +409,7 @@ def evaluate_methods(
             f"autowarm), but got methods={list(methods)}"
         )
     path = Path(csv_path)
+    check_csv_target(path, [c for c in COLUMNS if c not in _OPTIONAL], "evaluation")
     loaded = [get_task(name) for name in tasks]
     check_distinct_names(loaded)
     check_definitions(path, loaded)
@@ -712,8 +714,19 @@ def run_regret(args: Any) -> int:
                 f"--only-seeds takes comma-separated integers such as 0,2, but got "
                 f"{args.only_seeds!r}"
             ) from None
+    for what, path, command in (
+        ("evaluation", Path(eval_csv), "autowarm bench eval"),
+        ("oracle grid", Path(grid_csv), "autowarm bench grid"),
+    ):
+        if not path.is_file():
+            flag = "--eval-csv" if what == "evaluation" else "--grid-csv"
+            raise ValueError(
+                f"no {what} CSV at {path}: run `{command} --out {args.out}` first, or pass "
+                f"{flag} PATH"
+            )
     table = regret_table(eval_csv, grid_csv, seeds=seeds, total_steps=args.total_steps)
     stem = regret_stem(seeds, args.total_steps)
+    args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / f"{stem}.csv", index=False)
     md = regret_markdown(table)
     (args.out / f"{stem}.md").write_text(md, encoding="utf-8")

@@ -354,6 +354,7 @@ def oracle_grid(
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 0, but got workers={workers!r}")
     path = Path(csv_path)
+    check_csv_target(path, COLUMNS, "grid")
     task_list = [tasks] if isinstance(tasks, BenchTask) else list(tasks)
     check_distinct_names(task_list)
     cells = grid_cells(task_list, lrs=lrs, warmups=warmups, seeds=seeds)
@@ -404,6 +405,49 @@ def writing_alone(csv_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_csv_target(path: Path, columns: Sequence[str], kind: str) -> None:
+    """Refuse a CSV path a grid or evaluation cannot append to, before anything is written
+    beside it: under a file (``--out`` naming a file), a folder, or an existing file that is
+    not such a CSV (other columns, not text).
+
+    Args:
+        path: the CSV.
+        columns: the columns its header must hold (all of them).
+        kind: ``"grid"`` or ``"evaluation"``, for the message.
+
+    Raises:
+        ValueError: saying what the path is and what to pass.
+    """
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{parent} is a file, not a folder: --out takes the folder of the {kind} "
+                    "CSV (or --csv its path)"
+                )
+            break
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: the {kind} CSV must be a file path")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        first = f.readline()
+    try:
+        header = next(csv.reader([first.decode("utf-8")]), [])
+    except UnicodeDecodeError:
+        header = None
+    absent = None if header is None else [c for c in columns if c not in header]
+    if header is None or absent:
+        what = "is not a text file" if header is None else f"lacks the columns {absent}"
+        raise ValueError(
+            f"{path} {what}: it is not an oracle {kind} CSV written by `autowarm bench`; "
+            "pass another --out (or --csv), or move the file away"
+            if kind == "grid"
+            else f"{path} {what}: it is not an {kind} CSV written by `autowarm bench eval`; "
+            "pass another --out, or move the file away"
+        )
 
 
 def check_distinct_names(tasks: Sequence[BenchTask]) -> None:

@@ -255,6 +255,30 @@ def test_one_task_name_twice_in_a_command_is_refused(
     assert "is given twice" in capsys.readouterr().err
 
 
+def test_an_output_that_is_no_bench_csv_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _task_file(tmp_path / "proj")
+    grid = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01", "--warmups", "0", "--seeds", "1"]
+    other = tmp_path / "u"
+    other.mkdir()
+    (other / "data.csv").write_text("a,b\n1,2\n")
+    (other / "model.pt").write_bytes(bytes([0xA6, 0xFF, 0x00]) * 50)
+    for target, said in (
+        (["--out", str(path)], "is a file, not a folder"),
+        (["--csv", str(other / "data.csv")], "lacks the columns"),
+        (["--csv", str(other / "model.pt")], "is not a text file"),
+    ):
+        assert main([*grid, "--workers", "0", *target]) == 1
+        assert said in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["data.csv", "model.pt"]  # no record
+    ev = ["eval", "--tasks", f"{path}:task", "--methods", "hf_default", "--seeds", "1"]
+    assert main([*ev, "--workers", "0", "--out", str(path)]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["regret", "--out", str(tmp_path / "none")]) == 1
+    assert "no evaluation CSV at" in capsys.readouterr().err
+
+
 def test_a_task_without_rows_takes_its_new_definition(tmp_path: Path) -> None:
     # a first run whose every cell failed wrote no row: the fixed task is not "changed"
     from autowarm.bench._grid import check_definitions
