@@ -183,7 +183,7 @@ def test_missing_task_and_mismatched_csv(tmp_path: Path) -> None:
         oracle_table(_frame({(1e-3, 0): 1.0}), "u")
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="pass a new csv_path"):
+    with pytest.raises(ValueError, match="it is not an oracle grid CSV"):
         oracle_grid(_tiny(), csv_path=bad, lrs=[1e-3], warmups=[0], seeds=1, workers=0)
     with pytest.raises(ValueError, match="warmups must lie in"):
         oracle_grid(_tiny(), csv_path=tmp_path / "x.csv", lrs=[1e-3], warmups=[31], seeds=1)
