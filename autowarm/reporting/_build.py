@@ -264,6 +264,8 @@ def study_report(
         f"{int(counts.get('complete', 0))} completed"
         if best is not None
         else "probe (no trial has completed yet)"
+        if status != "no_result"
+        else "probe (no trial completed: see the trials table for why each ended)"
     )
     diverged = sorted(int(n) for n in S.diverged_at_full_length(trials)["number"])
     if diverged:

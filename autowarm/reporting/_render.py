@@ -122,6 +122,7 @@ body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .status{padding:.6em 1em;border-radius:4px;background:#eef6ee;border:1px solid #9c9}
 .status.running,.status.incomplete{background:#fff6e0;border-color:#e0b040}
+.status.no_result{background:#fdecea;border-color:#d9534f}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}

@@ -29,7 +29,8 @@ class Report:
         title: the page's title.
         status: ``"probe"`` (a suggestion alone), ``"complete"``, ``"running"`` (trials or
             full-length confirmations still marked running: running, or interrupted) or
-            ``"incomplete"`` (stopped short, or its full-length confirmations stopped).
+            ``"incomplete"`` (stopped short, or its full-length confirmations stopped) or
+            ``"no_result"`` (every trial ended without a value: diverged, pruned or failed).
         status_text: the status in a sentence, shown at the top of the page.
         tables: table name to DataFrame: ``summary``, ``comparison``, ``trials``, ``trace``,
             ``signals``, ``regret`` (those that apply), in page order.

@@ -44,7 +44,8 @@ def is_autowarm_study(study: optuna.Study) -> bool:
 
 
 def study_status(study: optuna.Study, now: dt.datetime | None = None) -> tuple[str, str]:
-    """``(status, sentence)``: ``complete``, ``running`` or ``incomplete``, said in words.
+    """``(status, sentence)``: ``complete``, ``running``, ``incomplete`` or ``no_result``
+    (every trial finished, none with a value: all diverged, pruned or failed), in words.
 
     A trial whose process died stays ``RUNNING`` in the storage, so ``running`` means "still
     running, or interrupted"; the sentence gives the age of the oldest running trial. Trials
@@ -180,6 +181,21 @@ def _search_status(study: optuna.Study, now: dt.datetime) -> tuple[str, str, str
                 f"Stopped short: {done}"
                 + (f", {waiting} queued but never started" if waiting else "")
                 + ". Resume the study to finish it; this report covers what ran."
+            ),
+            done,
+        )
+    with_value = sum(
+        t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)
+        for t in trials
+    )
+    if finished and not with_value:
+        n_pruned = states.count("PRUNED")
+        return (
+            "no_result",
+            (
+                f"No result: {done}, none with a value ({n_pruned} pruned: diverged or cut "
+                "off by the pruner). The schedule shown is the probe's, which no trial "
+                "confirmed; the trials table says why each ended."
             ),
             done,
         )

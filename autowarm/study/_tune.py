@@ -118,13 +118,24 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
         counts = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts()
         seen = ", ".join(f"{n} {str(s).lower()}" for s, n in counts.items()) or "no trials"
         name = study.study_name
+        probe_diverged = [
+            t.number
+            for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+            if t.user_attrs.get(_attrs.ROLE) == _attrs.ROLE_PROBE
+            and str(t.user_attrs.get(_attrs.REASON, "")).startswith("diverged")
+        ]
+        instead = (
+            f"but the probe's own schedule diverged in trial {probe_diverged[0]} too, so "
+            "exporting it is no answer either"
+            if probe_diverged
+            else "or export the probe's suggestion instead: `autowarm export --storage STORAGE "
+            f"--study-name {shlex.quote(name)} --probe`"
+        )
         raise NoFinishedTrialError(
             f"study {name!r} has no completed trial yet ({seen}); resume it with a larger "
             "--n-trials (or a --timeout) until one completes (`autowarm report --storage "
-            f"STORAGE --study-name {shlex.quote(name)}` says why each trial ended), or export "
-            "the probe's suggestion instead: `autowarm export --storage STORAGE --study-name "
-            f"{shlex.quote(name)} "
-            "--probe`"
+            f"STORAGE --study-name {shlex.quote(name)} -o report` says why each trial ended), "
+            f"{instead}"
         )
     full = confirmed_best(study)
     missing = unconfirmed(study)

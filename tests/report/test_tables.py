@@ -211,6 +211,15 @@ def test_no_completed_trial_states_no_near_best_rule(suggestion: autowarm.Sugges
     assert rep.summary["n_complete"] == 0 and math.isnan(rep.summary["best_value"])
     assert rep.summary["range_rule"] == ""
     assert "near-best" not in rep.to_markdown()
+    # every trial ended, none with a value: not "Complete", and the probe's schedule shown is
+    # said to be unconfirmed (it was called complete, in green, with a diverged schedule)
+    assert rep.status == "no_result"
+    assert (
+        rep.status_text.startswith("No result: 1 trials finished")
+        and "1 pruned" in rep.status_text
+    )
+    assert "no trial completed: see the trials table" in rep.summary["chosen_by"]
+    assert 'class="status no_result"' in rep.to_html()
 
 
 # ---------------------------------------------------------------------------- confirmations

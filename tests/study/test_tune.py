@@ -720,7 +720,7 @@ def test_another_model_under_the_same_name_is_an_error(
 
 def test_best_without_a_finished_trial_is_a_clear_error(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'e.db'}", study_name="empty")
-    with pytest.raises(NoFinishedTrialError, match="no completed trial yet \\(no trials\\)"):
+    with pytest.raises(NoFinishedTrialError, match=r"yet \(no trials\).*-o report.* --probe`"):
         best_schedule(study)
     empty = trials_frame(study)
     assert empty.empty and empty["value"].dtype == "float64" and empty["number"].dtype == "int64"
@@ -1046,13 +1046,14 @@ def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err  # was 0: a script would go on to export nothing
     assert "no completed trial yet (4 pruned)" in err and "a larger --n-trials" in err
-    assert f"autowarm export --storage sqlite:///{db} --study-name s --probe" in err
+    # the probe's own trial diverged too: exporting it is not offered as the way out
+    assert "the probe's own schedule diverged in trial 0 too" in err and "--probe`" not in err
     proc = _cli(
         "export", "--storage", str(db), "--study-name", "s", "-o", str(tmp_path / "x.yaml")
     )
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "no completed trial yet" in err
-    assert "STORAGE" not in err and f"--storage sqlite:///{db} --study-name s --probe" in err
+    assert "STORAGE" not in err and f"--storage sqlite:///{db} --study-name s -o report" in err
     target = tmp_path / "probe.yaml"
     proc = _cli("export", "--storage", str(db), "--study-name", "s", "--probe", "-o", str(target))
     _, err = proc.communicate(timeout=60)
