@@ -760,6 +760,19 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
             "description": "LR at which the sweep diverged (nan if it did not)",
         },
     ]
+    starts = [v.signals.start_loss for v in outcome.verdicts if v.burst.phase != "range_test"]
+    if starts and math.isfinite(starts[0]) and all(x == starts[0] for x in starts):
+        rows.append(
+            {
+                "name": "bursts.start_loss",
+                "value": float(starts[0]),
+                "unit": "loss",
+                "description": (
+                    "loss at the initial weights (median over the sweep's first batches): the "
+                    "start every burst's stability rules measure a rise from"
+                ),
+            }
+        )
     for v in outcome.verdicts:
         s = v.signals
         tag = f"burst{v.burst.burst}.W{v.burst.warmup_steps}"

@@ -31,6 +31,7 @@ __all__ = [
     "range_test",
     "settling_step",
     "signals_frame",
+    "stability_curve",
     "steps_for_n_eff",
     "untuned_warmup_steps",
 ]
@@ -542,6 +543,40 @@ def _spikes(
     ]
 
 
+def _stability_curve(
+    finite: FloatArray, start_loss: float | None, smooth_beta: float
+) -> tuple[FloatArray, FloatArray]:
+    # (EMA of the running median of 3, the median-filtered losses) of a burst's finite part.
+    filtered = _median3(finite)
+    if start_loss is not None and finite.size >= 2:
+        # The given start stands before the first loss: the first point's median of three is
+        # taken with it (not by the end-point rule), so one hard first batch does not start
+        # the curve high, and a jump at the first update is not taken for the start.
+        filtered[0] = np.median([start_loss, finite[0], filtered[1]])
+    return ema(filtered, smooth_beta), filtered
+
+
+def stability_curve(
+    losses: npt.ArrayLike, *, start_loss: float | None = None, smooth_beta: float = 0.9
+) -> FloatArray:
+    """The smoothed loss that :func:`burst_stability` judges: a running median of 3 of the
+    burst's losses up to the first non-finite one (so a one-batch spike is left out), then
+    :func:`ema`. A report draws this curve, so what it shows is what the rules read.
+
+    Args:
+        losses: the burst's losses, one per step.
+        start_loss: the loss at the initial weights, as given to :func:`burst_stability`.
+        smooth_beta: the EMA's factor, as given to :func:`burst_stability`.
+
+    Returns:
+        One value per finite loss before the first non-finite one (empty when none).
+    """
+    x = np.asarray(losses, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(x))
+    finite = x[: bad[0]] if bad.size else x
+    return _stability_curve(finite, start_loss, smooth_beta)[0] if finite.size else finite
+
+
 def burst_stability(
     losses: npt.ArrayLike,
     *,
@@ -665,14 +700,8 @@ def burst_stability(
             final_loss=math.inf if bad.size else nan, net_decrease=nan, rise_above_start=nan,
             tv_ratio=nan, excess_tv=nan, noise=nan, n_spikes=0, first_spike_step=-1,
         )  # fmt: skip
-    filtered = _median3(xf)
-    if start_loss is not None and xf.size >= 2:
-        # The given start stands before the first loss: the first point's median of three is
-        # taken with it (not by the end-point rule), so one hard first batch does not start
-        # the curve high, and a jump at the first update is not taken for the start.
-        filtered[0] = np.median([start_loss, xf[0], filtered[1]])
+    smooth, filtered = _stability_curve(xf, start_loss, smooth_beta)
     start = float(start_loss) if start_loss is not None else float(filtered[0])
-    smooth = ema(filtered, smooth_beta)
     scale = abs(start) or float(np.max(np.abs(xf))) or 1.0
     sd = _rms_noise_sd(xf)
     tv = float(np.sum(np.abs(np.diff(smooth))))

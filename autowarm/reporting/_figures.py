@@ -165,16 +165,24 @@ def bursts_figure(trace: pd.DataFrame, signals: pd.DataFrame) -> FigureData | No
     table = burst_table(trace, signals)
     if table.empty:
         return None
+    from autowarm.probe.signals import stability_curve
+
+    start = _signal(signals, "bursts.start_loss")
     series = []
     for b in table.itertuples(index=False):
-        g = trace[(trace["burst"] == b.burst) & np.isfinite(trace["loss_smoothed"])]
+        g = trace[trace["burst"] == b.burst].sort_values("step")
+        # the curve the stability rules judged (a running median of 3, then the EMA), up to
+        # the first non-finite loss: a one-batch spike is not drawn as a catapult
+        curve = stability_curve(
+            g["loss"].to_numpy(dtype=float), start_loss=start if math.isfinite(start) else None
+        )
         tag = {"yes": "", "no": ", unstable", "unknown": ""}[str(b.stable)]
         label = f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}{tag}"
         series.append(
             Series(
                 label,
-                floats(g["step"]),
-                floats(g["loss_smoothed"]),
+                floats(g["step"].iloc[: curve.size]),
+                floats(curve),
                 highlight=bool(b.stable == "no"),
             )
         )
@@ -184,9 +192,11 @@ def bursts_figure(trace: pd.DataFrame, signals: pd.DataFrame) -> FigureData | No
         xlabel=STEP_LABEL + " within the burst",
         ylabel=LOSS_LABEL,
         series=tuple(series),
-        caption="Each burst restarts from the initial weights. Dashed red lines are bursts "
-        "the stability rules rejected (spikes, oscillation, a rise above the start, "
-        "divergence).",
+        caption="Each burst restarts from the initial weights. Each line is the loss the "
+        "stability rules read: a running median of 3 batches (a one-batch spike is left out; "
+        "the spike rule reads the raw losses), then an EMA, up to the first non-finite loss. "
+        "Dashed red lines are bursts the rules rejected (spikes, oscillation, a rise above the "
+        "start, divergence).",
     )
 
 

@@ -154,6 +154,19 @@ def test_bursts_mark_unstable(suggestion: autowarm.Suggestion) -> None:
     assert {f"burst{b.burst}.W{b.warmup_steps}.stable" for b in table.itertuples()} == names
 
 
+def test_bursts_draw_the_curve_the_stability_rules_read(suggestion: autowarm.Suggestion) -> None:
+    # The figure used to draw the raw EMA, so a one-batch spike the rules filter out showed
+    # as an 18% rise on a burst drawn stable: now each line's rise is the signal's.
+    sig = suggestion.signals.set_index("name")["value"]
+    start = float(sig["bursts.start_loss"])
+    f = suggestion.report().figures["bursts"]
+    table = burst_table(suggestion.trace, suggestion.signals)
+    for series, b in zip(f.series, table.itertuples(index=False), strict=True):
+        rise = sig[f"burst{b.burst}.W{b.warmup_steps}.rise_above_start"]
+        if np.isfinite(rise):
+            assert max(series.y) / start - 1 == pytest.approx(rise, rel=1e-9, abs=1e-12)
+
+
 def test_schedule_points_short_and_long() -> None:
     cfg = ScheduleConfig(peak_lr=1e-3, total_steps=100, warmup_steps=10)
     steps, lrs = schedule_points(cfg)
