@@ -5,7 +5,7 @@ outside by wrapping the loss function), then one full run with that schedule and
 final validation loss. Averaged over seeds and compared with the oracle's best cell (also an
 average over the same seeds), that is the method's regret on the task.
 
-Methods (BENCHMARK.md):
+Methods (the baselines of the README's "Benchmark" section):
 
 - ``autowarm``: :func:`autowarm.suggest` with the task's optimizer settings and run length.
 - ``finder_10pct``: an LR range test (100 steps, 1e-7 to 10, steepest descent of the smoothed

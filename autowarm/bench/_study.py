@@ -1,6 +1,6 @@
 """Benchmark of the overnight study: regret at a fixed cost, and how compressed trials rank.
 
-Two measurements (BENCHMARK.md, issue "Overnight refinement"):
+Two measurements (the project's benchmark design, issue "Overnight refinement"):
 
 ``autowarm bench study``
     For each task and study seed, three methods spend at most ``budget`` full-run equivalents
@@ -14,7 +14,8 @@ Two measurements (BENCHMARK.md, issue "Overnight refinement"):
     - ``tpe_scratch``: optuna's TPE with the same pruner and trials but no probe, searching
       the whole oracle grid's range (peak LR log-uniform over the grid's LRs, warmup 0 to 60%);
     - ``tpe_scratch_5`` and ``tpe_scratch_10``: the same with five and ten full runs' worth
-      of trials instead of six (BENCHMARK.md asks for TPE from scratch at 5 and at 10 runs).
+      of trials instead of six (the benchmark's design asks for TPE from scratch at 5 and at
+      10 runs).
 
     The best schedule of each is then trained at full length on the oracle grid's seeds, and
     its mean final loss compared with the grid's best cell gives the regret. Cost is counted in

@@ -4,8 +4,8 @@ Adam keeps :math:`v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2` per coordinate
 (``optimizer.state[p]["exp_avg_sq"]``, stored without the bias correction) and divides by
 :math:`1 - \\beta_2^t`. Early on that estimate rests on few samples and lags a gradient scale
 that is still moving; :class:`SecondMomentMonitor` measures both, on the real model and data,
-after every (or every k-th) ``optimizer.step()``. See ``PROBE.md`` section 1, Liu et al. (2020,
-RAdam) and Ma & Yarats (2021).
+after every (or every k-th) ``optimizer.step()``. See Liu et al. (2020, RAdam) and Ma &
+Yarats (2021).
 """
 
 from __future__ import annotations
