@@ -233,8 +233,10 @@ def second_moment_figure(
         Marker("x", float(warmup_steps), f"{who} warmup {warmup_steps}"),
     ]
     settling = _signal(signals, "second_moment.settling_step")
-    if math.isfinite(settling) and round(settling) != warmup_steps:
-        markers.append(Marker("x", settling, f"settling step {settling:.0f}"))
+    # in whole updates, as the warmup takes it and the caption says it (ceil): a marker of
+    # its own only where it is not the warmup's line
+    if math.isfinite(settling) and math.ceil(settling) != warmup_steps:
+        markers.append(Marker("x", settling, f"settling step {math.ceil(settling)}"))
     return FigureData(
         name="second_moment",
         title="Adam's second moment: relative error of v_hat by step",

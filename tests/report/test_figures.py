@@ -167,6 +167,22 @@ def test_bursts_draw_the_curve_the_stability_rules_read(suggestion: autowarm.Sug
             assert max(series.y) / start - 1 == pytest.approx(rise, rel=1e-9, abs=1e-12)
 
 
+def test_the_settling_marker_counts_whole_updates_as_the_caption(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    from autowarm.reporting._figures import second_moment_figure
+
+    signals = suggestion.signals.copy()
+    row = signals["name"] == "second_moment.settling_step"
+    signals.loc[row, "value"] = 102.3  # 103 updates, as the caption and the warmup say
+    labels = [
+        [m.label for m in second_moment_figure(suggestion.trace, signals, w, 0.25).markers]
+        for w in (103, 150)
+    ]
+    assert not any("settling step" in m for m in labels[0])  # the warmup's line says it
+    assert "settling step 103" in labels[1]
+
+
 def test_schedule_points_short_and_long() -> None:
     cfg = ScheduleConfig(peak_lr=1e-3, total_steps=100, warmup_steps=10)
     steps, lrs = schedule_points(cfg)
