@@ -275,12 +275,16 @@ class SecondMomentMonitor:
       \\lVert \\hat v_{t-1} \\rVert_1`, the change over one optimizer step: read from the
       previous observation when that was the previous call, else (``every`` > 1, a tensor
       without a gradient at the previous step, the first call of a monitor attached
-      mid-run) rebuilt from Adam's update :math:`v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2`;
-      ``nan`` at Adam's first update (or, for :math:`\\beta_2 = 0`, at the first call).
+      mid-run) rebuilt from Adam's update :math:`v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2`.
+      ``nan`` at Adam's first update, and where no rebuild is possible: for
+      :math:`\\beta_2 = 0` (:math:`v_{t-1}` is not kept) and for an ``exp_avg_sq`` stored in
+      bfloat16 or float16, whose rounding is as large as one step's change late in a run;
+      observe every update there.
     - ``kappa``: per coordinate :math:`\\mathrm{Var}(g^2) / \\mathrm{E}[g^2]^2` from Welford
       running moments of :math:`g^2` over this burst's observed updates (unbiased variance;
       kept on :math:`g^2` divided by its tensor's mean at the first observation, so that
-      float32 holds them at any gradient scale),
+      their squares neither underflow nor overflow float32; :math:`g^2` itself is gathered in
+      float32, which holds it for :math:`|g|` from about 1e-19 to 1e19),
       then the (lower) median over coordinates with a non-zero mean; 2 for zero-mean Gaussian
       gradients, larger for heavy tails; ``nan`` until 3 observations. A gradient scale that
       moves during the burst also counts as variance, which overstates ``kappa`` (the safe side).
@@ -536,7 +540,8 @@ class SecondMomentMonitor:
             corr = 1.0 - b2**t
             consecutive = self._last_call[e.slot] == call - 1
             self._last_call[e.slot] = call
-            _add_span(spans, off, stop, consecutive, b2, t, corr)
+            if consecutive or _rebuildable(st["exp_avg_sq"]):
+                _add_span(spans, off, stop, consecutive, b2, t, corr)
             last = corrections[-1] if corrections else None
             if isinstance(corr, float) and last is not None and _same(last[2], corr):
                 # Bias corrections differ only across steps and betas: merge equal neighbours.
@@ -692,6 +697,13 @@ class _Span:
     corr: float | torch.Tensor = math.nan
 
 
+def _rebuildable(v: torch.Tensor) -> bool:
+    # v_{t-1} rebuilt from v_t carries v_t's storage rounding: float32 and wider keep it far
+    # below one step's change ((1 - beta2) times the innovation); bfloat16 and float16 do not.
+    real = v.real if v.is_complex() else v
+    return torch.finfo(real.dtype).eps <= torch.finfo(torch.float32).eps
+
+
 def _add_span(
     spans: list[_Span],
     lo: int,
@@ -770,15 +782,17 @@ def _n_eff_host(t: float, beta2: float) -> float:
         raise ValueError(f"beta2 must be in [0, 1), but got beta2={beta2!r}")
     if t < 0:
         raise ValueError(f"t must be >= 0, but got t={t!r}")
-    x: float = beta2**t
-    return (1.0 + beta2) * (1.0 - x) / ((1.0 - beta2) * (1.0 + x))
+    if beta2 == 0.0:
+        return 1.0 if t > 0 else 0.0
+    y = t * math.log1p(-(1.0 - beta2))  # as signals.n_eff: exact near beta2 = 1
+    return (1.0 + beta2) * -math.expm1(y) / ((1.0 - beta2) * (1.0 + math.exp(y)))
 
 
 def _n_eff_tensor(t: torch.Tensor, beta2: float) -> torch.Tensor:
     if beta2 == 0.0:
         return (t > 0).to(t.dtype)
-    x = torch.pow(beta2, t)
-    return (1.0 + beta2) * (1.0 - x) / ((1.0 - beta2) * (1.0 + x))
+    y = t * math.log1p(-(1.0 - beta2))
+    return (1.0 + beta2) * -torch.expm1(y) / ((1.0 - beta2) * (1.0 + torch.exp(y)))
 
 
 def _stack_min(values: list[Any], dev: torch.device, dt: torch.dtype) -> torch.Tensor:

@@ -147,8 +147,15 @@ def n_eff(t: float | FloatArray, beta2: float) -> float | FloatArray:
     arr = np.asarray(t, dtype=np.float64)
     if np.any(arr < 0):
         raise ValueError(f"t must be >= 0, but got t={t!r}")
-    x = np.power(beta2, arr)
-    out = (1.0 + beta2) * (1.0 - x) / ((1.0 - beta2) * (1.0 + x))
+    if beta2 == 0.0:
+        x = np.power(beta2, arr)  # 0 ** 0 = 1
+        one_minus_x = 1.0 - x
+    else:
+        # beta2^t and 1 - beta2^t through log1p/expm1: exact enough for beta2 close to 1,
+        # where 1 - beta2**t cancels (settling_step solves n_eff for beta2 on such frames)
+        y = arr * math.log1p(-(1.0 - beta2))
+        x, one_minus_x = np.exp(y), -np.expm1(y)
+    out = (1.0 + beta2) * one_minus_x / ((1.0 - beta2) * (1.0 + x))
     return float(out) if out.ndim == 0 else out
 
 
@@ -316,7 +323,8 @@ def range_test(
       way down it; its ends are reported as a band;
     - the LR of minimum smoothed loss;
     - ``descent``: the largest drop :math:`(\\max_{k \\le k^*} L_k - L_{k^*}) / |\\max_{k \\le
-      k^*} L_k|` to the minimum at :math:`k^*`; ``flat`` when below ``flat_tol``. Below about
+      k^*} L_k|` to the minimum at :math:`k^*` (``inf`` for a drop from a top of exactly 0);
+      ``flat`` when below ``flat_tol``. Below about
       5% the curve is hard to tell from batch noise left after smoothing (a model that is
       already trained: lr-finder PR #44).
 
@@ -403,7 +411,10 @@ def range_test(
     valley = a + int(third) + int(third / 2)
     k = int(np.argmin(y))
     top = float(np.max(y[: k + 1]))
-    descent = (top - float(y[k])) / abs(top) if top != 0 else 0.0
+    drop = top - float(y[k])
+    # relative to the top; from a top of exactly 0 any drop is a full one (a loss that falls
+    # from 0 to below it is no flat curve), and no drop is none
+    descent = drop / abs(top) if top != 0 else (math.inf if drop > 0 else 0.0)
     flat = descent < flat_tol
     notes = [f"diverged: {why}"] if diverged else []
     if flat:
@@ -488,7 +499,13 @@ def _rms_noise_sd(x: FloatArray, clip: float = 6.0) -> float:
     d = np.diff(x, 2)
     d = d - np.median(d)
     cap = clip * math.sqrt(6.0) * _robust_noise_sd(x)
-    return float(np.sqrt(np.mean(np.clip(d, -cap, cap) ** 2) / 6.0))
+    c = np.clip(d, -cap, cap)
+    # the RMS scaled by the largest value, so squares neither overflow (losses of 1e154 and
+    # more) nor underflow: the rules compare this SD with the losses, at any magnitude
+    top = float(np.max(np.abs(c))) if c.size else 0.0
+    if not (top > 0.0 and math.isfinite(top)):
+        return top
+    return top * float(np.sqrt(np.mean((c / top) ** 2) / 6.0))
 
 
 def _median3(x: FloatArray) -> FloatArray:
@@ -608,7 +625,7 @@ def burst_stability(
     at 6 robust SDs (:math:`1.4826\\,\\mathrm{MAD}`), over :math:`\\sqrt 6` (under
     heavy-tailed noise the EMA's variation follows this SD, which the MAD alone understates);
     :math:`\\sigma_0` is the larger of :math:`\\sigma` and the robust SD over the first
-    ``spike_window`` steps. Rules, each reported in ``reason``:
+    ``max(spike_window, 10)`` steps. Rules, each reported in ``reason``:
 
     - **nonfinite**: a ``nan``/``inf`` loss (outright divergence).
     - **catapult** (Kalra & Barkeshli, 2024): :math:`(\\max S - L_0) / |L_0| >`
@@ -906,7 +923,10 @@ def _infer_beta2(step: FloatArray, neff: FloatArray) -> float:
         if t >= 2 and abs(n - 1.0) <= 1e-12:
             return 0.0  # n_eff is 1 from the first update on only at beta2 = 0
         if t >= 2 and 1.0 < n < t * (1.0 - 1e-9):
-            return float(brentq(_n_eff_gap, 0.0, 1.0 - 1e-12, args=(float(t), float(n))))
+            try:
+                return float(brentq(_n_eff_gap, 0.0, 1.0 - 1e-12, args=(float(t), float(n))))
+            except ValueError:  # no sign change: n_eff within rounding of t
+                return math.nan
     return math.nan
 
 
@@ -1023,6 +1043,7 @@ def settling_step(
     step = col["step"]
     if beta2 is None and "beta2" in df.columns and df["beta2"].notna().any():
         beta2 = float(df["beta2"].min())
+        _check_beta(beta2, "moment_stats['beta2']")
     b2 = beta2 if beta2 is not None else _infer_beta2(step, col["n_eff"])
     finite_kappa = col["kappa"][np.isfinite(col["kappa"])]
     kappa = float(finite_kappa[-1]) if finite_kappa.size else math.nan

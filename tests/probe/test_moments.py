@@ -354,6 +354,24 @@ def test_every_k_reports_the_one_step_change(betas: tuple[float, float]) -> None
         assert s.vhat_change == pytest.approx(by_step[s.step], rel=1e-3), s.step
 
 
+def test_a_low_precision_second_moment_is_not_rebuilt() -> None:
+    # bfloat16 exp_avg_sq rounds by ~2^-9, as much as one step's change late in a run: a
+    # rebuilt v_{t-1} would read 30-60% off, so every > 1 gives no change there (nan).
+    def run(every: int) -> list[float]:
+        w = torch.nn.Parameter(torch.zeros(512, dtype=torch.bfloat16))
+        opt = torch.optim.Adam([w], lr=1e-8)
+        monitor = SecondMomentMonitor(opt, every=every)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(8):
+            w.grad = torch.randn(512, generator=gen).to(torch.bfloat16)
+            opt.step()
+            monitor.update()
+        return [s.vhat_change for s in monitor.history]
+
+    assert all(math.isnan(c) for c in run(2))
+    assert all(math.isfinite(c) for c in run(1)[1:])  # read from the stored states as they are
+
+
 def test_a_monitor_attached_mid_run_reads_the_change_at_once() -> None:
     w = torch.nn.Parameter(torch.zeros(4096))
     opt = torch.optim.Adam([w], lr=1e-8)

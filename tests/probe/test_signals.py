@@ -600,6 +600,43 @@ def test_range_test_easy_first_batch_is_not_the_minimum() -> None:
     assert 30 <= int(np.searchsorted(lrs, r.min_loss_lr)) < 45
 
 
+def test_a_sweep_falling_from_zero_is_not_flat() -> None:
+    lrs = np.logspace(-6, 0, 100)
+    r = range_test(lrs, np.r_[np.zeros(20), -np.linspace(0, 5, 80)], smooth_beta=0.0, skip_begin=0)
+    assert not r.flat and r.descent == math.inf
+    still = range_test(lrs, np.zeros(100), smooth_beta=0.0, skip_begin=0)
+    assert still.flat and still.descent == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1.0, 1e160])
+def test_burst_rules_read_the_same_at_any_loss_magnitude(scale: float) -> None:
+    # The noise SD squared second differences, which overflowed past ~1e154: an inf noise
+    # then hid the oscillation and catapult rules.
+    osc = 2 + 0.5 * np.sin(np.arange(200) / 3)
+    want = burst_stability(osc)
+    got = burst_stability(osc * scale)
+    assert got.unstable and want.unstable
+    assert "catapult" in got.reason and "oscillation" in got.reason
+    assert got.excess_tv == pytest.approx(want.excess_tv, rel=1e-9)
+    assert got.rise_above_start == pytest.approx(want.rise_above_start, rel=1e-9)
+
+
+def test_beta2_too_close_to_1_to_tell_is_nan_not_a_crash() -> None:
+    # n_eff(t, b) for b within 1e-8 of 1 lies a few parts in 1e9 below t; the root finder
+    # crashed where rounding left it no sign change, and solved the rounding noise elsewhere.
+    for eps in (1e-8, 3e-9, 1e-12):
+        frame = pd.DataFrame(
+            {"step": [12000.0], "drift": [1.0], "vhat_change": [1e-4], "kappa": [2.0],
+             "n_eff": [n_eff(12000.0, 1 - eps)], "rel_error": [0.013]}
+        )  # fmt: skip
+        got = settling_step(frame).beta2
+        assert math.isnan(got) or got == pytest.approx(1 - eps, abs=1e-10), eps
+    # near 1 the gap t - n_eff is about (t (1 - beta2))^2 / 12: exact, not rounding
+    assert 1 - n_eff(12000.0, 1 - 1e-8) / 12000.0 == pytest.approx(1.2e-9, rel=1e-3)
+    with pytest.raises(ValueError, match=r"moment_stats\['beta2'\] must be in \[0, 1\)"):
+        settling_step(_stats_frame(50).assign(beta2=1.0))
+
+
 def test_settling_reads_a_frame_observed_every_few_updates() -> None:
     # The monitor reports vhat_change over one step at any `every`: a frame with every fourth
     # row settles within a few steps of the full one (the typical change spans more steps).
