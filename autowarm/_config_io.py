@@ -233,8 +233,10 @@ def _yaml_loader() -> type[Any]:
 
     PyYAML follows YAML 1.1, which reads ``3e-4`` as the string ``"3e-4"`` (people write LRs
     that way, and a config that rejects them is a trap), ``010`` as 8 and ``1:40`` as 100:
-    here ``3e-4`` is a float, and the other two are errors that say to write the number in
-    decimal. A key given twice is an error too (YAML lets the last one win silently).
+    here ``3e-4`` is a float, and the other two (and base-60 floats, ``1:30.5``) are errors
+    that say to write the number in decimal. A key given twice is an error too (YAML lets the
+    last one win silently); a merge key (``<<: *defaults``) merges as YAML says, the keys
+    written beside it winning.
     Nothing else changes (still no tags that build objects).
     """
     import yaml
@@ -243,6 +245,8 @@ def _yaml_loader() -> type[Any]:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a merge key (<<: ...): the base class merges, keys given win
                 key = self.construct_object(key_node, deep=deep)
                 try:
                     duplicate = key in seen
@@ -267,7 +271,19 @@ def _yaml_loader() -> type[Any]:
                 )
             return int(self.construct_yaml_int(node))
 
+        def construct_strict_float(self, node: Any) -> float:
+            text = str(self.construct_scalar(node))
+            if ":" in text:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{text!r} reads as a base-60 number in YAML 1.1: write the number in decimal",
+                    node.start_mark,
+                )
+            return float(self.construct_yaml_float(node))
+
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_strict_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_strict_float)
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",

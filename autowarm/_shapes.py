@@ -122,7 +122,9 @@ _DECAYS: dict[str, Callable[[int, ScheduleLambda], float]] = {
 
 
 def schedule_multiplier(step: int, s: ScheduleLambda) -> float:
-    """Factor on the peak LR for optimizer step ``step`` (warmup, then decay, then floor)."""
+    """Factor on the peak LR for optimizer step ``step`` (warmup, then decay, then floor);
+    past ``total_steps`` it holds the value at ``total_steps``."""
+    step = min(int(step), s.total_steps)  # int: a numpy int16 would overflow in the shapes
     if step < s.warmup_steps:
         return _warmup(step, s.warmup_steps, s.warmup_start_factor)
     factor = _DECAYS[s.decay](step, s)

@@ -17,7 +17,8 @@ transformers.
 - Decay runs from ``warmup_steps`` to ``total_steps`` and ends at ``min_lr``:
   ``lr = min_lr + (peak_lr - min_lr) * f(progress)`` with ``f`` the shape's factor, 1 at the end
   of warmup. ``lr_at(total_steps) == min_lr`` (for shapes that reach their floor); the last update
-  of the run uses ``lr_at(total_steps - 1)``. Steps past ``total_steps`` stay at the floor.
+  of the run uses ``lr_at(total_steps - 1)``. Steps past ``total_steps`` hold the value at
+  ``total_steps`` (the floor, where there is a decay phase).
 
 .. math::
 
@@ -281,7 +282,9 @@ class ScheduleConfig:
         return LambdaLR(optimizer, lambdas, last_epoch=last_epoch)  # type: ignore[arg-type]
 
     def to_transformers(self) -> dict[str, Any]:
-        """Keyword arguments of ``transformers.get_scheduler`` giving exactly this schedule.
+        """Keyword arguments of ``transformers.get_scheduler`` giving this schedule (the same LR
+        at every update of the run, to floating-point rounding: transformers computes the
+        linear and polynomial decays to a floor in another order, 1 ulp apart at some steps).
 
         Build the optimizer with ``lr=peak_lr`` (transformers multiplies the optimizer's LR, and
         ``polynomial`` reads ``optimizer.defaults["lr"]``), then

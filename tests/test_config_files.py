@@ -381,3 +381,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         CONFIGS[1].save(path)
     assert path.read_text() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_yaml_merge_keys_merge_and_base_60_floats_are_refused(tmp_path: Path) -> None:
+    merged = tmp_path / "m.yaml"
+    merged.write_text("<<: {peak_lr: 3.0e-4, total_steps: 100}\nwarmup_steps: 10\n")
+    assert ScheduleConfig.load(merged) == ScheduleConfig(
+        peak_lr=3e-4, total_steps=100, warmup_steps=10
+    )
+    sexagesimal = tmp_path / "b.yaml"
+    sexagesimal.write_text("peak_lr: 1:30.5\ntotal_steps: 100\nwarmup_steps: 10\n")
+    with pytest.raises(ValueError, match=r"base-60 number in YAML 1\.1: write the number in"):
+        ScheduleConfig.load(sexagesimal)

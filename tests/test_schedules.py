@@ -339,3 +339,20 @@ def test_warmup_limit_is_what_the_shape_leaves() -> None:
     assert wsd.replace(warmup_steps=150).warmup_steps == 150
     with pytest.raises(ValueError, match="warmup_steps"):
         wsd.replace(warmup_steps=151)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "cosine_with_restarts", "polynomial", "linear"])
+def test_past_the_run_the_lr_holds_also_when_warmup_is_the_whole_run(decay: str) -> None:
+    # with warmup_steps == total_steps the LR at total_steps is the peak (or the floor for
+    # linear, as transformers): it used to fall to the floor one step later
+    cfg = ScheduleConfig(peak_lr=2e-3, total_steps=4, warmup_steps=4, decay=decay)
+    assert cfg.lr_at(5) == cfg.lr_at(4) == cfg.lr_at(10**400)
+
+
+def test_a_numpy_integer_step_is_read_as_its_value() -> None:
+    cfg = ScheduleConfig(
+        peak_lr=1e-3, total_steps=255, warmup_steps=40, decay="inverse_sqrt", timescale=100
+    )
+    assert cfg.lr_at(np.uint8(200)) == cfg.lr_at(200)  # not uint8 arithmetic: 5x the peak
+    long = ScheduleConfig(peak_lr=1e-3, total_steps=100_000, warmup_steps=10, decay="linear")
+    assert long.lr_at(np.int16(5000)) == long.lr_at(5000)
