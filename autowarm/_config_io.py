@@ -185,6 +185,15 @@ def storage_file_kind(raw: bytes) -> str | None:
 
 def read_mapping(path: Path) -> Any:
     """Parse a ``.json``/``.yaml`` file into plain data (no code execution)."""
+    if path.suffix.lower() not in _SUFFIXES and path.is_file():
+        with path.open("rb") as f:
+            kind = storage_file_kind(f.read(64))
+        if kind is not None:  # a study's storage passed where a schedule file goes
+            raise ValueError(
+                f"{str(path)!r} is {kind}, a study's storage, not a schedule config: pass it "
+                f"as --storage {path} (autowarm export --storage ..., autowarm report "
+                "--storage ...)"
+            )
     suffix = _suffix(path)
     try:
         # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the text

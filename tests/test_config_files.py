@@ -393,3 +393,12 @@ def test_yaml_merge_keys_merge_and_base_60_floats_are_refused(tmp_path: Path) ->
     sexagesimal.write_text("peak_lr: 1:30.5\ntotal_steps: 100\nwarmup_steps: 10\n")
     with pytest.raises(ValueError, match=r"base-60 number in YAML 1\.1: write the number in"):
         ScheduleConfig.load(sexagesimal)
+
+
+def test_a_study_storage_given_as_a_schedule_file_points_at_storage(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "autowarm.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    with pytest.raises(ValueError, match=r"is a SQLite database, a study's storage.*--storage"):
+        ScheduleConfig.load(db)
