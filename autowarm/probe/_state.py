@@ -162,9 +162,10 @@ class ModelSnapshot:
     Taken at construction: every parameter and buffer (including non-persistent buffers;
     shared or tied tensors are copied once, so the snapshot costs at most one extra copy of the
     weights), which tensor object each module slot holds (``None`` slots included),
-    ``requires_grad`` and ``.grad`` of each parameter (the gradient tensor itself is kept, and
-    cloned: its values go back into it, so a gradient that is a view into a flat buffer stays
-    one),
+    ``requires_grad`` and ``.grad`` of each parameter (cloned, and the gradient tensor itself
+    kept: its values go back into it, so a gradient that is a view into a flat buffer stays
+    one; with ``snapshot_device`` elsewhere than the gradient, only the clone is kept and a
+    new tensor comes back, so that the gradients hold no memory on their device meanwhile),
     ``.training`` of every submodule, and the RNG states (:class:`RngState`). Nothing is written
     to disk.
 
@@ -243,7 +244,15 @@ class ModelSnapshot:
             self._params = [t for t in self._tensors if isinstance(t, nn.Parameter)]
             self._requires_grad = [p.requires_grad for p in self._params]
             self._grads = [None if p.grad is None else self._copy(p.grad) for p in self._params]
-            self._grad_objects = [p.grad for p in self._params]
+            # The gradient tensors themselves, to put the values back into (a view into a flat
+            # buffer stays one); not with a snapshot on another device, which the caller asked
+            # for to keep that device's memory free (the gradient then comes back as a copy).
+            self._grad_objects = [
+                p.grad
+                if self._device is None or p.grad is None or p.grad.device == self._device
+                else None
+                for p in self._params
+            ]
         self._rng = RngState.capture(include_cuda=cuda_rng)
         self._aliases = _spectral_aliases(self._modules)
         self._released = False
@@ -403,7 +412,10 @@ def _restore_grad(
     if original is not None and original.shape == grad.shape:
         try:
             with torch.no_grad():
-                original.copy_(grad)
+                if original.device == param.device and original.dtype == grad.dtype:
+                    original.copy_(grad)
+                else:  # the model was moved (suggest(device=...)), and the gradient with it
+                    original.data = grad.to(device=param.device, copy=True)
             param.grad = original
             return
         except (RuntimeError, TypeError):

@@ -128,6 +128,21 @@ def test_gradients_come_back_into_their_own_tensors() -> None:
     assert torch.equal(flat, values)
 
 
+def test_a_gradient_moved_with_its_model_comes_back_as_the_same_tensor() -> None:
+    # suggest(device=...) moves the model, and Module.to moves a gradient by its .data: the
+    # kept tensor then lives where the model went, and comes back to where it was.
+    model = nn.Linear(3, 2)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    grads = [p.grad for p in model.parameters()]
+    values = [g.clone() for g in grads]
+    with preserved(model):
+        model.double()  # as a move to another device, through .data
+        model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+    for p, g, v in zip(model.parameters(), grads, values, strict=True):
+        assert p.grad is g and p.grad.dtype == torch.float32 and torch.equal(p.grad, v)
+
+
 def test_restores_after_exception() -> None:
     model = _mixed_model()
     before = _state(model)
