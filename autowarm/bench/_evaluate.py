@@ -69,6 +69,7 @@ from autowarm.bench._run import check_runnable, run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
 from autowarm.probe._search import SearchSettings, parse_settings, settings_label, use_settings
+from autowarm.probe._state import torch_rng_kept
 from autowarm.schedules import ScheduleConfig
 
 __all__ = ["METHODS", "JobsFailed", "evaluate_methods", "finder_lr", "regret_table"]
@@ -116,7 +117,7 @@ class _Counted:
 
 def finder_lr(task: BenchTask, seed: int, *, steps: int = FINDER_STEPS) -> tuple[float, int]:
     """The LR-finder baseline: steepest descent of an exponential sweep, and its step count."""
-    with torch.random.fork_rng(devices=[]):
+    with torch_rng_kept():
         torch.manual_seed(seed)
         model = task.make_model(seed)
         loss_fn = _Counted(task.resolved_loss_fn())
@@ -165,7 +166,7 @@ def _method_schedule(
         counted = _Counted(task.resolved_loss_fn())
         start = time.perf_counter()
         settings = SearchSettings(**(probe_settings or {}))
-        with torch.random.fork_rng(devices=[]), use_settings(settings), _no_schedule(counted):
+        with torch_rng_kept(), use_settings(settings), _no_schedule(counted):
             s = suggest(
                 task.make_model(seed),
                 task.train_data(seed),

@@ -24,6 +24,7 @@ from autowarm._train import (
     train_step,
 )
 from autowarm.bench.tasks import BenchTask
+from autowarm.probe._state import torch_rng_kept
 from autowarm.schedules import ScheduleConfig
 
 __all__ = ["DIVERGENCE_FACTOR", "RunResult", "evaluate", "run_schedule"]
@@ -113,7 +114,7 @@ def check_runnable(task: BenchTask) -> None:
     Raises:
         ValueError, TypeError: what the task got wrong, as a run would raise it.
     """
-    with torch.random.fork_rng(devices=[]):
+    with torch_rng_kept():
         torch.manual_seed(0)
         model = task.make_model(0)
         _initial_loss(task, model)
@@ -170,7 +171,7 @@ def run_schedule(
             "divergence_factor must be a float > 1, but got "
             f"divergence_factor={divergence_factor!r}"
         )
-    with torch.random.fork_rng(devices=[]):
+    with torch_rng_kept():
         torch.manual_seed(seed)
         return _run(task, schedule, seed, optimizer_cls, on_step, divergence_factor)
 

@@ -37,6 +37,7 @@ from autowarm._train import (
     structure_fingerprint,
 )
 from autowarm.bench import _data, _models
+from autowarm.probe._state import torch_rng_kept
 
 __all__ = [
     "DEFAULT_WARMUP_FRACS",
@@ -150,7 +151,7 @@ class BenchTask:
 
     def make_model(self, seed: int) -> nn.Module:
         """Build the model with torch seeded by ``seed``; the global RNG is left untouched."""
-        with torch.random.fork_rng(devices=[]):
+        with torch_rng_kept():
             torch.manual_seed(seed)
             model = self.model_factory()
         return model.train()

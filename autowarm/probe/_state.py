@@ -131,6 +131,32 @@ def _set_lazy_seed_queues(queues: tuple[tuple[str, Any], ...]) -> None:
             tracker.call_order = list(call_order)
 
 
+@contextmanager
+def torch_rng_kept() -> Iterator[None]:
+    """Put torch's global generators back after a block that seeds them: the CPU one, every
+    CUDA device's where CUDA is initialised, and the seeds queued for devices that are not.
+
+    ``torch.random.fork_rng(devices=[])`` keeps the CPU generator alone, while
+    ``torch.manual_seed`` inside the block seeds every CUDA device too (or queues the seed for
+    CUDA's first use), which the caller's next CUDA draw would then start from. numpy's and
+    python's generators are left to the block.
+    """
+    cpu = torch.get_rng_state()
+    lazy = _lazy_seed_queues()
+    cuda = (
+        tuple(torch.cuda.get_rng_state_all())
+        if torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        else None
+    )
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        _set_lazy_seed_queues(lazy)
+
+
 def _mps_available() -> bool:
     try:
         return bool(torch.backends.mps.is_available())

@@ -30,6 +30,7 @@ from autowarm._train import (
     resolve_loss_fn,
     structure_fingerprint,
 )
+from autowarm.probe._state import torch_rng_kept
 
 if TYPE_CHECKING:
     from autowarm._groups import GroupSpec
@@ -237,7 +238,7 @@ class Task:
 
     def _seeded_model(self, seed: int) -> nn.Module:
         # make_model(seed) with torch seeded around it (the global RNG left as it was)
-        with torch.random.fork_rng(devices=[]):
+        with torch_rng_kept():
             torch.manual_seed(seed)
             model = self.make_model(seed)
         if not isinstance(model, nn.Module):

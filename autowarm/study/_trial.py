@@ -27,6 +27,7 @@ import torch
 
 from autowarm._checks import is_int
 from autowarm._train import mixed_precision, model_device, seeded_stream, train_step
+from autowarm.probe._state import torch_rng_kept
 from autowarm.schedules import ScheduleConfig
 from autowarm.study._space import longest_warmup
 from autowarm.study._task import Task
@@ -134,7 +135,7 @@ def train_trial(
         ``value = inf``.
     """
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch_rng_kept():
         torch.manual_seed(seed)
         model = task.build_model(seed)
         optimizer = task.make_optimizer(model, schedule.peak_lr)

@@ -268,6 +268,17 @@ def test_a_loader_with_its_own_generator_gives_every_trial_one_order(task: Task)
     assert train_trial(shuffled, schedule, seed=1).value != values[0]
 
 
+def test_a_trial_leaves_the_seed_queued_for_cuda_as_it_was(task: Task) -> None:
+    # torch.manual_seed inside a trial also queues its seed for CUDA's first use (or seeds an
+    # initialised CUDA): fork_rng(devices=[]) kept the CPU generator only.
+    from autowarm.probe._state import _lazy_seed_queues
+
+    torch.manual_seed(1234)
+    before, cpu = _lazy_seed_queues(), torch.get_rng_state()
+    train_trial(task, ScheduleConfig(peak_lr=1e-2, total_steps=5, warmup_steps=1), seed=7)
+    assert _lazy_seed_queues() == before and torch.equal(torch.get_rng_state(), cpu)
+
+
 def test_a_bad_validation_value_is_named_for_what_returned_it(task: Task) -> None:
     schedule = ScheduleConfig(peak_lr=1e-2, total_steps=20, warmup_steps=5)
     nan = dataclasses.replace(task, val_data=None, eval_fn=lambda m: float("nan"))
