@@ -523,9 +523,10 @@ def suggest(
         # forever, and ranks that happen not to would pair up unrelated bursts; the probe is a
         # single-process job.
         raise ValueError(
-            "suggest() probes one process: pass the unwrapped module (model.module, or "
-            "model._orig_mod.module for torch.compile(DDP(model))) on one rank, then share "
-            "the suggestion (e.g. torch.distributed.broadcast_object_list)"
+            "suggest() probes one process, but the model is distributed (DDP, FSDP or "
+            "DeepSpeed): pass the unwrapped module (model.module, or model._orig_mod.module "
+            "for torch.compile(DDP(model))) on one rank, then share the suggestion (e.g. "
+            "torch.distributed.broadcast_object_list)"
         )
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise TypeError(
@@ -610,12 +611,32 @@ def suggest(
 _GROUPS_NOTE = "The probe trained {n} parameter groups at {scales} times each LR it tried"
 
 
+def _device_failure(exc: BaseException) -> bool:
+    # Out of memory, or an error the device reported (a device-side assert leaves the CUDA
+    # context unusable): neither is a loss that needs autograd.
+    kinds = tuple(
+        k
+        for k in (
+            getattr(torch, "OutOfMemoryError", None),
+            getattr(torch, "AcceleratorError", None),
+        )
+        if isinstance(k, type)
+    )
+    return bool(kinds) and isinstance(exc, kinds)
+
+
 def _distributed(model: nn.Module) -> bool:
-    # DistributedDataParallel, also inside torch.compile's wrapper (OptimizedModule keeps the
-    # compiled module as _orig_mod; compile(DDP(m)) is the order torch's docs use).
+    # DistributedDataParallel, FSDP (FullyShardedDataParallel, or fully_shard's DTensor
+    # parameters) or a DeepSpeed engine, also inside torch.compile's wrapper (OptimizedModule
+    # keeps the compiled module as _orig_mod; compile(DDP(m)) is the order torch's docs use):
+    # each issues collectives at every forward or backward.
     seen = 0
     while seen < 8:
         if isinstance(model, nn.parallel.DistributedDataParallel):
+            return True
+        if type(model).__name__ in ("FullyShardedDataParallel", "DeepSpeedEngine"):
+            return True
+        if any(type(p).__name__ == "DTensor" for p in model.parameters()):
             return True
         inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
@@ -689,7 +710,9 @@ def _probe(
         try:
             with torch.no_grad(), autocast_of(amp):
                 loss = loss_fn(model, first)
-        except RuntimeError:
+        except RuntimeError as first_error:
+            if _device_failure(first_error):
+                raise  # out of memory, or a device-side error: a retry would fail the same
             # A loss that takes gradients inside itself (an input-gradient penalty) needs
             # autograd; the graph is dropped at once. A real error raises again here, in the
             # grad mode the probe trains in, alone: not chained to its own first occurrence.

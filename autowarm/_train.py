@@ -612,9 +612,13 @@ def train_step(
             return StepResult(loss=loss_value, grad_norm=math.nan, finite=False)
         _check_requires_grad(loss)
         (scaler.scale(loss) if scaler is not None else loss).backward()  # type: ignore[no-untyped-call]
-    if scaler is not None:
-        scaler.unscale_(optimizer)
     grads = _grads(optimizer)
+    if scaler is not None:
+        if not grads:
+            # no parameter of the optimizer got a gradient: nothing to step, and the scaler
+            # would refuse an update() with no inf check recorded
+            return StepResult(loss=loss_value, grad_norm=0.0, finite=True)
+        scaler.unscale_(optimizer)
     total = _total_grad_norm(grads)
     grad_norm = 0.0 if total is None else float(total)
     if not math.isfinite(grad_norm):

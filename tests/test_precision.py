@@ -49,6 +49,23 @@ def test_an_overflow_under_the_loss_scaler_skips_the_update_and_lowers_the_scale
     assert not all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
 
 
+def test_a_step_reaching_no_optimizer_parameter_is_no_error_under_the_scaler() -> None:
+    # The optimizer holds the head only and the loss reaches the body only: the scaler has no
+    # gradient to unscale, and its step() raised "No inf checks were recorded".
+    model = _mlp()
+    amp = MixedPrecision("16-mixed", CPU)
+    head = list(model.parameters())[-1]
+    opt = torch.optim.AdamW([head], lr=1e-2)
+    batch = _batches()[0]
+
+    def body_only(m: nn.Module, b: Any) -> torch.Tensor:
+        return m[0](b[0]).pow(2).mean()
+
+    for _ in range(2):  # and the next step is no "unscale_() already called"
+        res = train_step(model, opt, batch, body_only, amp=amp)
+        assert res.finite and not res.skipped and res.grad_norm == 0.0
+
+
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.bfloat16),
                                                   ("16-mixed", torch.float16)])  # fmt: skip
 def test_the_probe_computes_the_loss_under_autocast(precision: str, dtype: torch.dtype) -> None:

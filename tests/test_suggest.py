@@ -1429,6 +1429,14 @@ def test_ddp_wrapped_model_is_refused_before_training(tmp_path: Any) -> None:
         with pytest.raises(ValueError, match=r"model\._orig_mod\.module"):
             suggest(compiled, _cls_batches(), criterion=F.cross_entropy, total_steps=TOTAL)
         _assert_restored(model, before)
+        # FSDP2 (fully_shard: DTensor parameters) collects at every forward and backward too
+        fsdp = pytest.importorskip("torch.distributed.fsdp")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        sharded = _mlp()
+        fsdp.fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+        with pytest.raises(ValueError, match=r"the model is distributed \(DDP, FSDP"):
+            suggest(sharded, _cls_batches(), criterion=F.cross_entropy, total_steps=TOTAL)
     finally:
         dist.destroy_process_group()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -360,7 +361,8 @@ def measure_overhead(
         raise ValueError(f"batch must be a multiple of seq_len={seq_len}, but got batch={batch!r}")
     blocks, warm_blocks = math.ceil(steps / 2), math.ceil(warmup_steps / 2)
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else _no_sync
+    # the device timed, not the current one (--device cuda:1)
+    sync = functools.partial(torch.cuda.synchronize, dev) if dev.type == "cuda" else _no_sync
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()

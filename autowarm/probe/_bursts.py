@@ -342,7 +342,7 @@ class ProbeRunner:
                     self.has_second_moment = False
                     self.second_moment_note = "its gradients are sparse"
         finally:
-            del optimizer
+            del optimizer, monitor  # the monitor holds the optimizer, and so Adam's state
         result = BurstResult(phase, burst_id, rows, diverged, truncated, peak_lr, warmup_steps)
         self.bursts.append(result)
         _log.debug(
