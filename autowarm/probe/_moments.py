@@ -443,6 +443,7 @@ class SecondMomentMonitor:
         self._scale = torch.ones_like(zeros)
         self._observed = [0] * len(self._entries)
         self._last_call = [-2] * len(self._entries)  # the update() call that last observed it
+        self._beta2_cache: dict[int, tuple[Any, float | None]] = {}
         # Scratch reused by every update (no fresh temporaries): the gathered exp_avg_sq (made
         # v_hat in place), the gathered gradient (made g^2 in place) and two work vectors.
         self._scratch = torch.empty(4, self._n, dtype=self._dtype, device=self._device)
@@ -494,12 +495,27 @@ class SecondMomentMonitor:
         with torch.no_grad():
             return self._observe(call)
 
+    def _beta2_of(self, index: int, group: Mapping[str, Any]) -> float | None:
+        # A beta2 held as a tensor on an accelerator (capturable Adam with tensor betas) is read
+        # once per betas object, not at every update: float() of it is a host sync.
+        betas = group.get("betas")
+        second = betas[1] if isinstance(betas, (tuple, list)) and len(betas) == 2 else None
+        on_device = isinstance(second, torch.Tensor) and second.device.type != "cpu"
+        if not on_device:
+            return _group_beta2(group)
+        cached = self._beta2_cache.get(index)
+        if cached is not None and cached[0] is betas:
+            return cached[1]
+        value = _group_beta2(group)
+        self._beta2_cache[index] = (betas, value)
+        return value
+
     def _observe(self, call: int) -> MomentStats | None:
         groups = self._optimizer.param_groups
         state = self._optimizer.state
         active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
         # beta2 per param group; None where the group has no Adam-style betas
-        beta2 = {i: _group_beta2(g) for i, g in enumerate(groups)}
+        beta2 = {i: self._beta2_of(i, g) for i, g in enumerate(groups)}
         for e in self._entries:
             st = state.get(e.param)  # .get: never add keys to the defaultdict
             grad = e.param.grad

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -572,7 +573,13 @@ def test_one_host_sync_per_update_on_cuda(capturable: bool) -> None:
     model = torch.nn.Sequential(
         torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
     ).cuda()
-    opt = torch.optim.Adam(model.parameters(), capturable=capturable)
+    # capturable Adam may hold its betas as device tensors: beta2 is read once, not per update
+    betas: Any = (
+        (torch.tensor(0.9, device="cuda"), torch.tensor(0.999, device="cuda"))
+        if capturable
+        else (0.9, 0.999)
+    )
+    opt = torch.optim.Adam(model.parameters(), betas=betas, capturable=capturable)
     monitor = SecondMomentMonitor(opt, max_coords=1000)
     x = torch.randn(32, 64, device="cuda")
 
