@@ -327,8 +327,11 @@ def test_stop_pool_ends_running_workers_at_once() -> None:
         process.join(20)
     assert not any(p.is_alive() for p in processes)
     assert time.monotonic() - start < 20  # not the 120 s of the running jobs
-    # the executor hands workers + 1 jobs to its call queue (marked running); the rest wait
-    assert all(f.cancelled() for f in futures[3:])
+    # the executor's call queue holds workers + 1 jobs (marked running) besides the ones the
+    # workers took, so at most 2 + 3 of the 6 were handed out; the rest are cancelled (which
+    # of 3..4 were handed out depends on how fast the workers took theirs: CI flaked on it)
+    assert futures[-1].cancelled()
+    assert all(f.cancelled() for f in futures if not f.running() and not f.done())
 
 
 def test_a_second_process_on_the_same_csv_is_refused(tmp_path: Path) -> None:
