@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,12 +167,22 @@ def structure_fingerprint(model: nn.Module) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+# A task file is imported as a module named for its path (autowarm_task_<stem>_<hash>, see
+# autowarm.study._task): in a record that must survive the project moving, only <stem> counts.
+_TASK_MODULE = re.compile(r"^autowarm_task_(.+)_[0-9a-f]{12}(?=\.|$)")
+
+
+def _portable_module(name: str) -> str:
+    return _TASK_MODULE.sub(r"\1", name)
+
+
 def module_types_fingerprint(model: nn.Module) -> str:
     """16 hex digits naming the classes of a model's modules, in order (a ReLU swapped for a
     Tanh changes it, while :func:`structure_fingerprint`, which has no parameters to see
     there, does not)."""
     text = ";".join(
-        f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()
+        f"{name}:{_portable_module(type(m).__module__)}.{type(m).__qualname__}"
+        for name, m in model.named_modules()
     )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -184,7 +195,8 @@ def callable_name(fn: object) -> str | None:
     inner = getattr(fn, "func", fn)  # functools.partial
     if not hasattr(inner, "__qualname__"):
         inner = type(inner)
-    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}"
+    module = _portable_module(str(getattr(inner, "__module__", "?")))
+    return f"{module}.{getattr(inner, '__qualname__', '?')}"
 
 
 def model_device(model: nn.Module) -> torch.device:

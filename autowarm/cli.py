@@ -120,6 +120,8 @@ def _check_export_output(output: Path, source: Path | None) -> None:
     if not output.is_file():  # absent (a folder is refused by export_format)
         return
     raw = output.read_bytes()
+    if not raw.strip():
+        return  # an empty file (mktemp --suffix .json) holds nothing to lose
     kind = storage_file_kind(raw)
     if kind is not None:
         raise ValueError(

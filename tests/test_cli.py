@@ -116,6 +116,9 @@ def test_export_never_overwrites_what_is_not_an_earlier_export(
     db.rename(named_like_a_config)
     r = autowarm("export", str(sched_file), "-o", str(named_like_a_config))
     assert r.returncode == 1 and "is a SQLite database" in r.stderr
+    empty = tmp_path / "empty.json"
+    empty.write_text("")  # as mktemp --suffix .json makes it
+    assert autowarm("export", str(sched_file), "-f", fmt, "-o", str(empty)).returncode == 0
     earlier = tmp_path / "args.json"
     for _ in range(2):  # an earlier export is replaced
         r = autowarm("export", str(sched_file), "-f", fmt, "-o", str(earlier))

@@ -55,6 +55,7 @@ from autowarm.bench._grid import (
     check_distinct_names,
     check_same_tasks,
     missing_cells,
+    plan_path,
     running_pool,
     writing_alone,
 )
@@ -588,7 +589,9 @@ def regret_table(
                 f"the grid of task {task!r} ({steps} steps) is incomplete: {len(not_run)} of "
                 f"the runs asked of it at seeds {used} have no row (e.g. peak_lr {lr:g}, "
                 f"warmup {warmup}, seed {seed}), stopped before them or failed: finish it "
-                "with the same `autowarm bench grid` command (it resumes where it stopped)"
+                "with the same `autowarm bench grid` command (it resumes where it stopped), "
+                f"or, to give those runs up, delete {plan_path(Path(grid_csv))} (the record "
+                "of what the grid commands asked)"
             )
         key = (str(task), tuple(used), steps)
         if key not in oracles:  # once per task and seeds (and its grid-edge warning once)

@@ -547,7 +547,8 @@ def incomplete_tasks(csv_path: Path, rows: Any) -> list[str]:
                 out.append(
                     f"the grid of task {task!r} ({steps} steps) is incomplete: {len(absent)} "
                     f"of the {len(asked)} runs asked of it have no row (stopped before them, "
-                    "or failed); the same `autowarm bench grid` command finishes it"
+                    "or failed); the same `autowarm bench grid` command finishes it, or "
+                    f"deleting {plan_path(csv_path)} gives them up"
                 )
     return out
 

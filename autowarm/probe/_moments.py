@@ -273,9 +273,11 @@ class SecondMomentMonitor:
       is unbiased and robust there; across tensors the weighted median takes the typical layer.
     - ``vhat_change``: :math:`\\lVert \\hat v_t - \\hat v_{t-1} \\rVert_1 /
       \\lVert \\hat v_{t-1} \\rVert_1`, the change over one optimizer step: read from the
-      previous observation when that was the previous call, else (``every`` > 1, a tensor
-      without a gradient at the previous step, the first call of a monitor attached
-      mid-run) rebuilt from Adam's update :math:`v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2`.
+      previous observation when that was the previous update (by Adam's step count, or by
+      the calls where the count lives on the device), else (``every`` > 1, ``update()``
+      called every few steps, a tensor without a gradient at the previous step, the first
+      call of a monitor attached mid-run) rebuilt from Adam's update
+      :math:`v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2`.
       ``nan`` at Adam's first update, and where no rebuild is possible: for
       :math:`\\beta_2 = 0` (:math:`v_{t-1}` is not kept) and for an ``exp_avg_sq`` stored in
       bfloat16 or float16, whose rounding is as large as one step's change late in a run;
@@ -443,6 +445,7 @@ class SecondMomentMonitor:
         self._scale = torch.ones_like(zeros)
         self._observed = [0] * len(self._entries)
         self._last_call = [-2] * len(self._entries)  # the update() call that last observed it
+        self._last_step = [math.nan] * len(self._entries)  # and Adam's step count then
         self._beta2_cache: dict[int, tuple[Any, float | None]] = {}
         # Scratch reused by every update (no fresh temporaries): the gathered exp_avg_sq (made
         # v_hat in place), the gathered gradient (made g^2 in place) and two work vectors.
@@ -554,7 +557,14 @@ class SecondMomentMonitor:
             if isinstance(t, torch.Tensor):
                 t = t.to(dev, dt)
             corr = 1.0 - b2**t
-            consecutive = self._last_call[e.slot] == call - 1
+            # The previous observation was the previous update: by Adam's own count where it is
+            # a host number (update() called every few steps by hand reads as a gap), by the
+            # calls where it lives on the device (reading it there would cost a sync).
+            if isinstance(t, float):
+                consecutive = self._last_step[e.slot] == t - 1.0
+                self._last_step[e.slot] = t
+            else:
+                consecutive = self._last_call[e.slot] == call - 1
             self._last_call[e.slot] = call
             if consecutive or _rebuildable(st["exp_avg_sq"]):
                 _add_span(spans, off, stop, consecutive, b2, t, corr)
@@ -798,14 +808,14 @@ def _n_eff_host(t: float, beta2: float) -> float:
         raise ValueError(f"beta2 must be in [0, 1), but got beta2={beta2!r}")
     if t < 0:
         raise ValueError(f"t must be >= 0, but got t={t!r}")
-    if beta2 == 0.0:
+    if 1.0 - beta2 == 1.0:  # beta2 = 0, or too small for log1p(-(1 - beta2))
         return 1.0 if t > 0 else 0.0
     y = t * math.log1p(-(1.0 - beta2))  # as signals.n_eff: exact near beta2 = 1
     return (1.0 + beta2) * -math.expm1(y) / ((1.0 - beta2) * (1.0 + math.exp(y)))
 
 
 def _n_eff_tensor(t: torch.Tensor, beta2: float) -> torch.Tensor:
-    if beta2 == 0.0:
+    if 1.0 - beta2 == 1.0:  # beta2 = 0, or too small for log1p(-(1 - beta2))
         return (t > 0).to(t.dtype)
     y = t * math.log1p(-(1.0 - beta2))
     return (1.0 + beta2) * -torch.expm1(y) / ((1.0 - beta2) * (1.0 + torch.exp(y)))

@@ -190,8 +190,9 @@ class ModelSnapshot:
     weights), which tensor object each module slot holds (``None`` slots included),
     ``requires_grad`` and ``.grad`` of each parameter (cloned, and the gradient tensor itself
     kept: its values go back into it, so a gradient that is a view into a flat buffer stays
-    one; with ``snapshot_device`` elsewhere than the gradient, only the clone is kept and a
-    new tensor comes back, so that the gradients hold no memory on their device meanwhile),
+    one, at the cost of the gradients staying allocated beside their clone; with
+    ``snapshot_device`` elsewhere than the gradient, only the clone is kept and a new tensor
+    comes back, so that the gradients hold no memory on their device meanwhile),
     ``.training`` of every submodule, and the RNG states (:class:`RngState`). Nothing is written
     to disk.
 

@@ -147,7 +147,7 @@ def n_eff(t: float | FloatArray, beta2: float) -> float | FloatArray:
     arr = np.asarray(t, dtype=np.float64)
     if np.any(arr < 0):
         raise ValueError(f"t must be >= 0, but got t={t!r}")
-    if beta2 == 0.0:
+    if 1.0 - beta2 == 1.0:  # beta2 = 0, or too small for log1p(-(1 - beta2))
         x = np.power(beta2, arr)  # 0 ** 0 = 1
         one_minus_x = 1.0 - x
     else:

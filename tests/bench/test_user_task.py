@@ -279,6 +279,37 @@ def test_an_output_that_is_no_bench_csv_is_refused_before_anything_is_written(
     assert "no evaluation CSV at" in capsys.readouterr().err
 
 
+def test_a_task_defining_its_own_loss_and_module_records_alike_from_any_folder(
+    tmp_path: Path,
+) -> None:
+    # A task file is imported as a module named for its absolute path: the record of its own
+    # loss and module classes must not carry that name, or a moved project reads as changed.
+    from autowarm.bench._grid import check_definitions, differing_parts
+
+    extra = (
+        "class Block(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = nn.Linear(6, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.lin(x)\n"
+        "def my_loss(model, batch):\n"
+        "    return ((model(batch[0]) - batch[1]) ** 2).mean()\n"
+    )
+    defs = []
+    for folder in ("a", "b"):
+        path = _task_file(tmp_path / folder, "loss_fn=my_loss,", extra)
+        text = path.read_text().replace("criterion=nn.functional.mse_loss,", "")
+        path.write_text(text.replace("return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), "
+                                     "nn.Linear(16, 1))", "return Block()"))  # fmt: skip
+        _forget_loaded()
+        defs.append(load_file_task(f"{path}:task").definition())
+    assert "mytask.my_loss" in str(defs[0]["loss"])
+    assert differing_parts(defs[0], defs[1]) == []  # the file differs, which only warns
+    csv_path = tmp_path / "out" / "oracle_grid.csv"
+    check_definitions(csv_path, [load_file_task(f"{tmp_path / 'a' / 'mytask.py'}:task")])
+
+
 def test_a_task_without_rows_takes_its_new_definition(tmp_path: Path) -> None:
     # a first run whose every cell failed wrote no row: the fixed task is not "changed"
     from autowarm.bench._grid import check_definitions

@@ -373,6 +373,22 @@ def test_a_low_precision_second_moment_is_not_rebuilt() -> None:
     assert all(math.isfinite(c) for c in run(1)[1:])  # read from the stored states as they are
 
 
+def test_update_called_by_hand_every_few_steps_reads_the_one_step_change() -> None:
+    # every=1, but update() after every third step only: the gap is read from Adam's count
+    w = torch.nn.Parameter(torch.zeros(4096))
+    opt = torch.optim.Adam([w], lr=1e-8)
+    monitor, every = SecondMomentMonitor(opt), _manual_run(_gaussian, 30)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, 31):
+        w.grad = torch.randn(4096, generator=gen)
+        opt.step()
+        if t % 3 == 1:
+            monitor.update()
+    want = {s.step: s.vhat_change for s in every.history}
+    for s in monitor.history[1:]:
+        assert s.vhat_change == pytest.approx(want[s.step], rel=1e-3), s.step
+
+
 def test_a_monitor_attached_mid_run_reads_the_change_at_once() -> None:
     w = torch.nn.Parameter(torch.zeros(4096))
     opt = torch.optim.Adam([w], lr=1e-8)

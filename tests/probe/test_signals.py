@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
@@ -619,6 +620,16 @@ def test_burst_rules_read_the_same_at_any_loss_magnitude(scale: float) -> None:
     assert "catapult" in got.reason and "oscillation" in got.reason
     assert got.excess_tv == pytest.approx(want.excess_tv, rel=1e-9)
     assert got.rise_above_start == pytest.approx(want.rise_above_start, rel=1e-9)
+
+
+def test_n_eff_for_a_beta2_too_small_for_log1p() -> None:
+    # 1 - 1e-17 rounds to 1, and log1p(-1) is a domain error: such a beta2 is 0 to n_eff
+    assert n_eff(5.0, 1e-17) == n_eff(5.0, 0.0) == 1.0
+    assert n_eff(0.0, 1e-17) == 0.0
+    from autowarm.probe._moments import _n_eff_host, _n_eff_tensor
+
+    assert _n_eff_host(5.0, 1e-17) == 1.0
+    assert float(_n_eff_tensor(torch.tensor(5.0), 1e-17)) == 1.0
 
 
 def test_beta2_too_close_to_1_to_tell_is_nan_not_a_crash() -> None:
