@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -1191,6 +1192,9 @@ class _Objective:
                 _storage.requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
             trial.set_user_attr(_attrs.REASON, self.last_error)
             if torch.cuda.is_available():
+                # the traceback's frames hold the trial's model, optimizer and batch: let them
+                # go first, or the cache has nothing to give back
+                traceback.clear_frames(exc.__traceback__)
                 torch.cuda.empty_cache()
             raise
         except Exception as exc:
