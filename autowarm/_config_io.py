@@ -209,12 +209,16 @@ def read_mapping(path: Path) -> Any:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
         except _DuplicateKey as exc:
             raise ValueError(f"{path}: {exc}") from None
+        except ValueError as exc:  # a number too long to read (Python's 4300-digit limit)
+            raise ValueError(f"{path}: a value cannot be read ({exc})") from None
     import yaml
 
     try:
         return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except ValueError as exc:  # a number too long to read (Python's 4300-digit limit)
+        raise ValueError(f"{path}: a value cannot be read ({exc})") from None
 
 
 class _DuplicateKey(ValueError):

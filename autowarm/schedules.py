@@ -55,7 +55,19 @@ class TransformersExportError(ValueError):
 
 
 def _bad(name: str, rule: str, value: object) -> ValueError:
-    return ValueError(f"{name} must be {rule}, but got {name}={value!r} ({type(value).__name__})")
+    return ValueError(
+        f"{name} must be {rule}, but got {name}={_shown(value)} ({type(value).__name__})"
+    )
+
+
+def _shown(value: object) -> str:
+    # repr, but an int too long for Python's int-to-str limit (4300 digits) by its size
+    try:
+        return repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        raise
 
 
 @dataclasses.dataclass(frozen=True)

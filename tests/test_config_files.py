@@ -402,3 +402,19 @@ def test_a_study_storage_given_as_a_schedule_file_points_at_storage(tmp_path: Pa
     sqlite3.connect(db).execute("create table t (x)").connection.commit()
     with pytest.raises(ValueError, match=r"is a SQLite database, a study's storage.*--storage"):
         ScheduleConfig.load(db)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_number_too_long_to_read_names_the_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"h{suffix}"
+    big = "9" * 5000  # past Python's 4300-digit int-from-str limit
+    text = (
+        f'{{"peak_lr": 0.001, "total_steps": {big}, "warmup_steps": 1}}'
+        if suffix == ".json"
+        else f"peak_lr: 0.001\ntotal_steps: {big}\nwarmup_steps: 1\n"
+    )
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"h\{suffix}: a value cannot be read"):
+        ScheduleConfig.load(path)
+    with pytest.raises(ValueError, match=r"total_steps=an integer of about 5001 digits"):
+        ScheduleConfig(peak_lr=1e-3, total_steps=10**5000, warmup_steps=1)
