@@ -56,6 +56,7 @@ from autowarm.bench._grid import (
     check_same_tasks,
     missing_cells,
     plan_path,
+    read_plan,
     running_pool,
     writing_alone,
 )
@@ -558,6 +559,7 @@ def regret_table(
             raise ValueError(
                 f"{eval_csv} has no rows with total_steps={total_steps}; it has {have}"
             )
+    plan = read_plan(Path(grid_csv))  # the runs asked of the grid, once for every group
     rows = []
     oracles: dict[tuple[str, tuple[int, ...], int], OracleTable] = {}
     groups = ev.groupby(["task", "method", "total_steps"], sort=True)
@@ -582,7 +584,7 @@ def regret_table(
         check_seeds_complete(
             cells, str(task), used, steps, "or pass --only-seeds with seeds that every cell has"
         )
-        not_run = missing_cells(Path(grid_csv), same, str(task), steps, used)
+        not_run = missing_cells(plan, same, str(task), steps, used)
         if not_run:
             lr, warmup, seed = not_run[0]
             raise ValueError(

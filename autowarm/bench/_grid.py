@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from autowarm._config_io import atomic_write
 from autowarm.bench._run import check_runnable, run_schedule
 from autowarm.bench.tasks import BenchTask
 from autowarm.schedules import ScheduleConfig
@@ -487,17 +488,25 @@ def _cell_key(peak_lr: float, warmup: float, seed: float) -> tuple[float, int, i
     return (float(f"{float(peak_lr):.12g}"), int(warmup), int(seed))
 
 
-def _read_plan(csv_path: Path) -> dict[str, dict[str, list[list[float]]]]:
-    record = plan_path(csv_path)
+def _read_record(record: Path, unreadable: str) -> Any:
+    # A JSON record beside a CSV (its plan, its task definitions): None when there is none,
+    # else its content; `unreadable` ends the error raised for a file that does not parse.
     try:
-        plan = json.loads(record.read_text(encoding="utf-8"))
+        return json.loads(record.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return None
     except (ValueError, OSError) as exc:
-        raise ValueError(
-            f"{record} is not readable ({exc}); it records the cells asked of "
-            f"{csv_path.name}: delete it to check the grid's completeness no more"
-        ) from None
+        raise ValueError(f"{record} is not readable ({exc}); {unreadable}") from None
+
+
+def read_plan(csv_path: Path) -> dict[str, dict[str, list[list[float]]]]:
+    """The record of the runs asked of the grid at ``csv_path`` (:func:`record_plan`), per
+    task and run length; ``{}`` without one."""
+    plan = _read_record(
+        plan_path(csv_path),
+        f"it records the cells asked of {csv_path.name}: delete it to check the grid's "
+        "completeness no more",
+    )
     return plan if isinstance(plan, dict) else {}
 
 
@@ -505,26 +514,28 @@ def record_plan(csv_path: Path, cells: Sequence[GridCell]) -> None:
     """Add ``cells`` to the record of the cells asked of the grid at ``csv_path`` (per task
     and run length: ``[peak_lr, warmup_steps, seed]``), so that a table or a regret can tell
     a finished grid from one stopped or failed part-way (:func:`missing_cells`)."""
-    plan = _read_plan(csv_path)
+    plan = read_plan(csv_path)
     for c in cells:
         runs = plan.setdefault(c.task.name, {}).setdefault(str(c.task.total_steps), [])
         runs.append(list(_cell_key(c.peak_lr, c.warmup_steps, c.seed)))
     for by_length in plan.values():
         for length, runs in by_length.items():
             by_length[length] = [list(k) for k in sorted({_cell_key(*r) for r in runs})]
-    record = plan_path(csv_path)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps(plan, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
+    atomic_write(plan_path(csv_path), json.dumps(plan, sort_keys=True) + "\n")
 
 
 def missing_cells(
-    csv_path: Path, rows: Any, task: str, steps: int, seeds: Sequence[int]
+    plan: dict[str, dict[str, list[list[float]]]],
+    rows: Any,
+    task: str,
+    steps: int,
+    seeds: Sequence[int],
 ) -> list[tuple[float, int, int]]:
     """The runs of ``task`` at ``steps`` and ``seeds`` that a grid command was asked for
-    (:func:`record_plan`) but that have no row in ``rows`` (the grid's rows of that task and
-    length): stopped before them, or failed. ``[]`` without a record (older grids)."""
-    asked = _read_plan(csv_path).get(task, {}).get(str(steps), [])
+    (``plan``, from :func:`read_plan`) but that have no row in ``rows`` (the grid's rows of
+    that task and length): stopped before them, or failed. ``[]`` without a record (older
+    grids)."""
+    asked = plan.get(task, {}).get(str(steps), [])
     wanted = {_cell_key(*r) for r in asked if int(r[2]) in set(seeds)}
     have = {
         _cell_key(lr, w, s)
@@ -537,12 +548,13 @@ def incomplete_tasks(csv_path: Path, rows: Any) -> list[str]:
     """One sentence per task and run length of the grid at ``csv_path`` whose asked-for runs
     (:func:`record_plan`) are not all in ``rows`` (the grid's rows)."""
     out = []
-    for task, by_length in sorted(_read_plan(csv_path).items()):
+    plan = read_plan(csv_path)
+    for task, by_length in sorted(plan.items()):
         for length, asked in sorted(by_length.items()):
             steps = int(length)
             mine = rows[(rows["task"] == task) & (rows["total_steps"] == steps)]
             seeds = sorted({int(r[2]) for r in asked})
-            absent = missing_cells(csv_path, mine, task, steps, seeds)
+            absent = missing_cells(plan, mine, task, steps, seeds)
             if absent:
                 out.append(
                     f"the grid of task {task!r} ({steps} steps) is incomplete: {len(absent)} "
@@ -565,15 +577,13 @@ def read_definitions(csv_path: Path) -> dict[str, Any]:
         ValueError: If the record exists but cannot be read.
     """
     record_path = definitions_path(csv_path)
-    try:
-        recorded: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    recorded = _read_record(
+        record_path,
+        f"it records the task definitions of {csv_path.name}: restore it, or delete it to take "
+        "the current definitions",
+    )
+    if recorded is None:
         return {}
-    except (ValueError, OSError) as exc:
-        raise ValueError(
-            f"{record_path} is not readable ({exc}); it records the task definitions of "
-            f"{csv_path.name}: restore it, or delete it to take the current definitions"
-        ) from None
     if not isinstance(recorded, dict):
         raise ValueError(
             f"{record_path} does not hold a JSON object of task definitions; restore it, or "
@@ -627,10 +637,9 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
         if then is None or (differ and task.name not in (with_rows or set())):
             recorded[task.name], changed = now, True
         elif differ:
-            parts = differ
             raise ValueError(
                 f"task {task.name!r} has changed since its rows in {csv_path} were written "
-                f"(its {', '.join(parts)}: {_pick(then, parts)} then, {_pick(now, parts)} "
+                f"(its {', '.join(differ)}: {_pick(then, differ)} then, {_pick(now, differ)} "
                 f"now): its old rows would be resumed as this task's. Write to another CSV "
                 f"(--out or --csv), or move {csv_path.name} and {record_path.name} away"
             )
@@ -639,11 +648,7 @@ def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:
             if any(k not in then for k in now):  # parts recorded since: added, not compared
                 recorded[task.name], changed = {**now, **then}, True
     if changed:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(recorded, indent=1, sort_keys=True) + "\n"
-        tmp = record_path.with_name(record_path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, record_path)
+        atomic_write(record_path, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
 
 
 def differing_parts(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
