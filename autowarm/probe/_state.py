@@ -87,14 +87,19 @@ class RngState:
 
     def restore(self) -> None:
         """Put every generator back in the captured state."""
+        self.restore_torch()
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+    def restore_torch(self) -> None:
+        """Put torch's generators back (CPU, CUDA where captured, MPS, the queued seeds),
+        leaving numpy's and python's as they are now."""
         torch.set_rng_state(self.torch_cpu)
         if self.torch_cuda is not None:
             torch.cuda.set_rng_state_all(self.torch_cuda)
         if self.torch_mps is not None:
             torch.mps.set_rng_state(self.torch_mps)
         _set_lazy_seed_queues(self.lazy_seeds)
-        np.random.set_state(self.numpy)
-        random.setstate(self.python)
 
 
 # The device modules whose manual_seed queues the seed (torch._utils._LazySeedTracker) until the
@@ -141,20 +146,11 @@ def torch_rng_kept() -> Iterator[None]:
     CUDA's first use), which the caller's next CUDA draw would then start from. numpy's and
     python's generators are left to the block.
     """
-    cpu = torch.get_rng_state()
-    lazy = _lazy_seed_queues()
-    cuda = (
-        tuple(torch.cuda.get_rng_state_all())
-        if torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
-        else None
-    )
+    state = RngState.capture()
     try:
         yield
     finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        _set_lazy_seed_queues(lazy)
+        state.restore_torch()
 
 
 def _mps_available() -> bool:
