@@ -1,4 +1,4 @@
-"""Type checks shared by the public entry points.
+"""Type checks shared by the public entry points, and the one-line form of an error.
 
 Counts and rates may come from numpy or a config library as well as from Python literals, so
 any integer type (``numpy.int64``) is an int here and any real type (``numpy.float32``) a real;
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["is_finite_real", "is_int", "is_real"]
+__all__ = ["error_line", "is_finite_real", "is_int", "is_real"]
 
 
 def is_int(x: object) -> bool:
@@ -32,3 +32,11 @@ def is_finite_real(x: object) -> bool:
         return math.isfinite(float(x))  # type: ignore[arg-type]  # a numbers.Real
     except OverflowError:
         return False
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an error's message, as ``autowarm`` prints errors (the command line,
+    and each ``tune --workers`` process): a ``KeyError``'s argument unquoted, the type's name
+    when the message is empty."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

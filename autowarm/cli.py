@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autowarm import __version__
+from autowarm._checks import error_line
 from autowarm.schedules import ScheduleConfig
 
 _log = logging.getLogger("autowarm")
@@ -392,10 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        # a KeyError's str() is the repr of its argument (quoted): print the argument
-        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        print(f"autowarm: error: {msg}", file=sys.stderr)
+        print(f"autowarm: error: {error_line(exc)}", file=sys.stderr)
         return 1
     finally:
         if args.debug:

@@ -46,7 +46,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 import autowarm
-from autowarm._checks import is_int, is_real
+from autowarm._checks import error_line, is_int, is_real
 from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
@@ -937,14 +937,15 @@ def _set_up(
             suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
         suggestion_schedule = _centre_of(suggestion, task)
         if n_trials is None and not has_timeout:
-            # A resume without either keeps the stored total; with a timeout alone, trials
-            # run until the time is up (else a study at its total would run nothing).
+            # A resume without either keeps the stored total, a new study takes what fits;
+            # with a timeout alone, trials run until the time is up (else a study at its
+            # total would run nothing).
             target = recorded.get(_attrs.N_TRIALS)
             if isinstance(target, int):
                 n_trials = target
-        if n_trials is None and not has_timeout:
-            spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
-            n_trials = max(5, int(spare * task.total_steps / trial_steps))
+            else:
+                spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
+                n_trials = max(5, int(spare * task.total_steps / trial_steps))
         if not complete:
             records: dict[str, Any] = {
                 **expected,
@@ -1328,11 +1329,6 @@ def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None
         except Exception as exc:
             # One line, as the CLI prints errors; the traceback with `autowarm --debug` (which
             # sets AUTOWARM_DEBUG for the workers) or at DEBUG log level.
-            text = str(exc).strip()
             debug = os.environ.get("AUTOWARM_DEBUG") == "1" or plan.log_level <= logging.DEBUG
-            _logger.error(
-                "error: %s",
-                text.splitlines()[0] if text else type(exc).__name__,
-                exc_info=debug,
-            )
+            _logger.error("error: %s", error_line(exc), exc_info=debug)
             sys.exit(1)
