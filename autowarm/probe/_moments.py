@@ -542,7 +542,7 @@ class SecondMomentMonitor:
         b2s: list[float] = []
         corrections: list[tuple[int, int, float | torch.Tensor]] = []  # (start, stop, 1-b2^t)
         # How each entry's one-step change of v_hat is read (_Span): from its previous
-        # observation when that was the previous call, else rebuilt from Adam's update rule.
+        # observation when that was the previous update, else rebuilt from Adam's update rule.
         spans: list[_Span] = []
         counts = [e.count for e, _, _ in active]
         off = 0

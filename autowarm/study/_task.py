@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from autowarm._checks import is_int
+from autowarm._checks import is_int, is_real
 from autowarm._train import (
     LossFn,
     check_accumulation_steps,
@@ -314,9 +313,7 @@ def _as_number(value: Any, what: str) -> float:
     # A validation value as a float, or an error naming what returned what.
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.detach())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, np.number) and np.ndim(value) == 0 and not isinstance(value, np.bool_):
+    if is_real(value):  # int, float, numpy scalars; not a bool
         return float(value)
     shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
     raise TypeError(
