@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import csv
 import functools
 import io
 import logging
@@ -58,6 +59,7 @@ from autowarm.bench._grid import (
     plan_path,
     read_plan,
     running_pool,
+    versions,
     writing_alone,
 )
 from autowarm.bench._oracle import (
@@ -101,7 +103,12 @@ COLUMNS = (
     "run_seconds",
     "confidence",
     "deciding_signal",
+    "autowarm_version",
+    "torch_version",
 )
+# absent from a file written before the rows recorded the versions that made them; such a file
+# keeps its header, and its new rows go without them
+_VERSION_COLUMNS = ("autowarm_version", "torch_version")
 FINDER_STEPS = 100
 
 
@@ -281,6 +288,7 @@ def _run_one(
         "run_seconds": round(result.seconds, 3),
         "confidence": extra["confidence"],
         "deciding_signal": extra["deciding_signal"],
+        **versions(),
     }
 
 
@@ -327,6 +335,7 @@ def _no_schedule_row(
         "run_seconds": 0.0,
         "confidence": "",
         "deciding_signal": f"no schedule: {first_line}",
+        **versions(),
     }
 
 
@@ -372,6 +381,52 @@ def _read_rows(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
+def _required_columns() -> list[str]:
+    return [c for c in COLUMNS if c not in _OPTIONAL and c not in _VERSION_COLUMNS]
+
+
+def _header(csv_path: Path) -> list[str] | None:
+    # the columns of an existing evaluation CSV (None: no file yet, or an empty one)
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return None
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), None)
+
+
+def _versions_to_write(path: Path, names: set[str], methods: set[str]) -> list[str] | None:
+    """The header new rows are written with (None: :data:`COLUMNS`), with warnings for a file
+    that cannot record versions or whose rows of these tasks came from other versions."""
+    header = _header(path)
+    if header is None:
+        return None
+    now = versions()
+    if any(c not in header for c in _VERSION_COLUMNS):
+        _log.warning(
+            "%s was written before evaluation rows recorded the versions that made them: new "
+            "rows go without them (this run: autowarm %s, torch %s; pass another --out for a "
+            "file that records them)",
+            path,
+            now["autowarm_version"],
+            now["torch_version"],
+        )
+        return [c for c in header if c in COLUMNS]
+    frame = _read_rows(path)
+    mine = frame[frame["task"].isin(names) & frame["method"].isin(methods)]
+    made = set(zip(mine["autowarm_version"].astype(str), mine["torch_version"].astype(str)))
+    other = made - {(now["autowarm_version"], now["torch_version"])}
+    if other:
+        _log.warning(
+            "%s holds rows of these tasks and methods made by %s; this run uses autowarm %s "
+            "with torch %s, so a regret table over them mixes versions (pass another --out "
+            "for rows of one version)",
+            path,
+            ", ".join(f"autowarm {a} with torch {t}" for a, t in sorted(other)),
+            now["autowarm_version"],
+            now["torch_version"],
+        )
+    return None
+
+
 def _done(csv_path: Path) -> set[tuple[str, str, int, int]]:
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
@@ -412,7 +467,7 @@ def evaluate_methods(
             f"autowarm), but got methods={list(methods)}"
         )
     path = Path(csv_path)
-    check_csv_target(path, [c for c in COLUMNS if c not in _OPTIONAL], "evaluation")
+    check_csv_target(path, _required_columns(), "evaluation")
     loaded = [get_task(name) for name in tasks]
     check_distinct_names(loaded)
     check_definitions(path, loaded)
@@ -448,7 +503,11 @@ def _evaluate_jobs(
             check_runnable(task)  # a broken task: one error now, not one per job
     # a row cut inside an optional last field could read as finished: cut it off (its job
     # runs again; _read_rows has already dropped it)
-    writer = RowAppender(path, COLUMNS, drop_partial=True)
+    header = None
+    if jobs:
+        labels = {method_label(m, overrides) for m in methods}
+        header = _versions_to_write(path, {t.name for t in loaded}, labels)
+    writer = RowAppender(path, COLUMNS, drop_partial=True, header=header)
 
     def write(row: dict[str, Any]) -> None:
         writer.write(row)

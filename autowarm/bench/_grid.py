@@ -157,7 +157,8 @@ def grid_cells(
     return cells
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The ``autowarm_version`` and ``torch_version`` a benchmark row records."""
     try:
         autowarm_version = importlib.metadata.version("autowarm")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
@@ -172,7 +173,7 @@ def _warn_other_versions(
     # whose floating-point results differ (in the last digits, or more on a chaotic task).
     if not todo:
         return
-    now = _versions()
+    now = versions()
     tasks = {c.task.name for c in todo}
     other = {made for key, made in rows.items() if key[0] in tasks} - {
         (now["autowarm_version"], now["torch_version"])
@@ -204,7 +205,7 @@ def _run_cell(cell: GridCell) -> dict[str, Any]:
         "diverged": result.diverged,
         "seconds": round(result.seconds, 4),
         "seconds_per_step": result.seconds_per_step,
-        **_versions(),
+        **versions(),
     }
 
 
@@ -283,11 +284,19 @@ class RowAppender:
     """
 
     def __init__(
-        self, csv_path: Path, columns: Sequence[str], *, drop_partial: bool = False
+        self,
+        csv_path: Path,
+        columns: Sequence[str],
+        *,
+        drop_partial: bool = False,
+        header: Sequence[str] | None = None,
     ) -> None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         self._path = csv_path
-        self._columns = list(columns)
+        # an existing file's own header (a subset of ``columns``, from an older writer): its
+        # rows are written with those columns only, so the file keeps one shape
+        self._columns = list(header) if header is not None else list(columns)
+        self._extras = "raise" if header is None else "ignore"
         self._drop_partial = drop_partial
         self._prepare()
 
@@ -311,7 +320,9 @@ class RowAppender:
     def write(self, row: dict[str, Any]) -> None:
         self._prepare()
         with self._path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self._columns, lineterminator="\n").writerow(row)
+            csv.DictWriter(
+                f, fieldnames=self._columns, lineterminator="\n", extrasaction=self._extras
+            ).writerow(row)
             f.flush()
             os.fsync(f.fileno())
 

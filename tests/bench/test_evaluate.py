@@ -217,6 +217,43 @@ def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
     assert sorted(rows["seed"]) == [0, 1]
 
 
+def test_rows_record_the_versions_that_made_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from autowarm.bench._grid import versions
+
+    ev = tmp_path / "eval.csv"
+    kw = {"methods": ["hf_default"], "workers": 0, "total_steps": 20}
+    evaluate_methods(["control_convex"], csv_path=ev, seeds=[0], **kw)
+    rows = pd.read_csv(ev, dtype=str)
+    now = versions()
+    assert list(rows["autowarm_version"]) == [now["autowarm_version"]]
+    assert list(rows["torch_version"]) == [now["torch_version"]]
+    # rows of these tasks made by another version: the run says the file will mix them
+    ev.write_text(ev.read_text().replace(now["torch_version"], "1.0.0"))
+    with caplog.at_level(logging.WARNING, logger="autowarm"):
+        evaluate_methods(["control_convex"], csv_path=ev, seeds=[0, 1], **kw)
+    assert "autowarm " + now["autowarm_version"] + " with torch 1.0.0" in caplog.text
+    assert "mixes versions" in caplog.text
+
+
+def test_a_file_from_before_the_version_columns_keeps_its_shape(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ev = tmp_path / "eval.csv"
+    kw = {"methods": ["hf_default"], "workers": 0, "total_steps": 20}
+    evaluate_methods(["control_convex"], csv_path=ev, seeds=[0], **kw)
+    old = pd.read_csv(ev).drop(columns=["autowarm_version", "torch_version"])
+    old.to_csv(ev, index=False)
+    with caplog.at_level(logging.WARNING, logger="autowarm"):
+        evaluate_methods(["control_convex"], csv_path=ev, seeds=[0, 1], **kw)
+    assert "written before evaluation rows recorded the versions" in caplog.text
+    lines = ev.read_text().splitlines()
+    assert len(lines) == 3 and {line.count(",") for line in lines} == {len(old.columns) - 1}
+    rows = pd.read_csv(ev)
+    assert list(rows.columns) == list(old.columns) and sorted(rows["seed"]) == [0, 1]
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_failed_job_keeps_the_other_jobs_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int
