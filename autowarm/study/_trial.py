@@ -28,7 +28,7 @@ import torch
 from autowarm._checks import is_int
 from autowarm._train import mixed_precision, model_device, seeded_stream, train_step
 from autowarm.probe._state import torch_rng_kept
-from autowarm.schedules import ScheduleConfig
+from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study._space import longest_warmup
 from autowarm.study._task import Task
 
@@ -48,8 +48,8 @@ OnEval = Callable[[int, float], None]
 def compress(
     schedule: ScheduleConfig, trial_steps: int, transfer: WarmupTransfer = "fraction"
 ) -> ScheduleConfig:
-    """``schedule`` squeezed into ``trial_steps`` steps, its warmup mapped by ``transfer``,
-    and at most the longest the trial holds (:func:`~autowarm.study._space.longest_warmup`:
+    """``schedule`` squeezed into ``trial_steps`` steps, its warmup (and an ``inverse_sqrt``
+    decay's time scale) mapped by ``transfer``, and at most the longest the trial holds (:func:`~autowarm.study._space.longest_warmup`:
     one update at the peak, and room for a ``warmup_stable_decay`` schedule's final decay).
 
     Raises:
@@ -64,6 +64,14 @@ def compress(
     else:
         warmup = schedule.warmup_steps
     short = schedule.replace(total_steps=trial_steps, warmup_steps=0)
+    if schedule.decay is Decay.INVERSE_SQRT:
+        # its decay runs on a time scale in steps (by default the warmup's, or 10000 without
+        # one): mapped like the warmup, and always set, so a warmup that rounds to 0 in the
+        # trial does not fall back to 10000 steps, under which a short trial barely decays
+        timescale = schedule.effective_timescale
+        if transfer == "fraction":
+            timescale = max(1, round(timescale * trial_steps / schedule.total_steps))
+        short = short.replace(timescale=timescale)
     # at most what the trial holds (an absolute warmup may be longer than the whole trial)
     return short.replace(warmup_steps=min(warmup, longest_warmup(short)))
 

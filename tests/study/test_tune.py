@@ -180,6 +180,24 @@ def test_compress_keeps_the_whole_schedule() -> None:
         compress(full, 1)
 
 
+@pytest.mark.parametrize("timescale", [None, 100, 50])
+@pytest.mark.parametrize("warmup", [0, 10, 100])
+def test_compress_maps_the_inverse_sqrt_time_scale_with_the_warmup(
+    warmup: int, timescale: int | None
+) -> None:
+    full = ScheduleConfig(
+        peak_lr=1.0, total_steps=1000, warmup_steps=warmup, decay="inverse_sqrt", timescale=timescale
+    )
+    frac = compress(full, 100, "fraction")
+    # the trial follows the full run's LR at the same fraction of the run (to the rounding of
+    # its warmup and time scale, a step each)
+    for f in (0.25, 0.5, 1.0):
+        assert frac.lr_at(round(100 * f)) == pytest.approx(full.lr_at(round(1000 * f)), rel=0.06)
+    # absolute: the same time scale in steps, whatever the compressed warmup is
+    absolute = compress(full, 100, "absolute")
+    assert absolute.effective_timescale == full.effective_timescale
+
+
 def test_eval_steps_end_at_the_last_step() -> None:
     assert eval_steps(100) == [12, 25, 38, 50, 62, 75, 88, 100]
     assert eval_steps(3) == [1, 2, 3]
