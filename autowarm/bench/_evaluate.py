@@ -73,7 +73,7 @@ from autowarm.bench._run import check_runnable, run_schedule
 from autowarm.bench.tasks import BenchTask, get_task
 from autowarm.probe import signals as sig
 from autowarm.probe._search import SearchSettings, parse_settings, settings_label, use_settings
-from autowarm.probe._state import torch_rng_kept
+from autowarm.probe._state import seeded_rngs, torch_rng_kept
 from autowarm.schedules import ScheduleConfig
 
 __all__ = ["METHODS", "JobsFailed", "evaluate_methods", "finder_lr", "regret_table"]
@@ -126,8 +126,7 @@ class _Counted:
 
 def finder_lr(task: BenchTask, seed: int, *, steps: int = FINDER_STEPS) -> tuple[float, int]:
     """The LR-finder baseline: steepest descent of an exponential sweep, and its step count."""
-    with torch_rng_kept():
-        torch.manual_seed(seed)
+    with seeded_rngs(seed):
         model = task.make_model(seed)
         loss_fn = _Counted(task.resolved_loss_fn())
         optimizer = task.make_optimizer(model.parameters(), 1e-7)
@@ -412,7 +411,9 @@ def _versions_to_write(path: Path, names: set[str], methods: set[str]) -> list[s
         return [c for c in header if c in COLUMNS]
     frame = _read_rows(path)
     mine = frame[frame["task"].isin(names) & frame["method"].isin(methods)]
-    made = set(zip(mine["autowarm_version"].astype(str), mine["torch_version"].astype(str)))
+    made = set(
+        zip(mine["autowarm_version"].astype(str), mine["torch_version"].astype(str), strict=True)
+    )
     other = made - {(now["autowarm_version"], now["torch_version"])}
     if other:
         _log.warning(

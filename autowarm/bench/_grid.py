@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -296,7 +296,7 @@ class RowAppender:
         # an existing file's own header (a subset of ``columns``, from an older writer): its
         # rows are written with those columns only, so the file keeps one shape
         self._columns = list(header) if header is not None else list(columns)
-        self._extras = "raise" if header is None else "ignore"
+        self._extras: Literal["raise", "ignore"] = "raise" if header is None else "ignore"
         self._drop_partial = drop_partial
         self._prepare()
 

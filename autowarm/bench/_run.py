@@ -24,7 +24,7 @@ from autowarm._train import (
     train_step,
 )
 from autowarm.bench.tasks import BenchTask
-from autowarm.probe._state import torch_rng_kept
+from autowarm.probe._state import seeded_rngs
 from autowarm.schedules import ScheduleConfig
 
 __all__ = ["DIVERGENCE_FACTOR", "RunResult", "evaluate", "run_schedule"]
@@ -114,8 +114,7 @@ def check_runnable(task: BenchTask) -> None:
     Raises:
         ValueError, TypeError: what the task got wrong, as a run would raise it.
     """
-    with torch_rng_kept():
-        torch.manual_seed(0)
+    with seeded_rngs(0):
         model = task.make_model(0)
         _initial_loss(task, model)
         optimizer = task.make_optimizer(model.parameters(), 0.0)
@@ -141,9 +140,9 @@ def run_schedule(
 
     A fresh model is built from ``seed``, the task's optimizer is driven by
     ``schedule.lambda_lr``, and each update is one :func:`autowarm._train.train_step` on the
-    next batch of the task's seeded stream (with the task's ``grad_clip``). Torch's global RNG
-    is seeded for the run and restored afterwards, so a run is a deterministic function of
-    ``(task, schedule, seed)`` on one machine.
+    next batch of the task's seeded stream (with the task's ``grad_clip``). Torch's, numpy's
+    and python's global generators are seeded for the run and restored afterwards, so a run is
+    a deterministic function of ``(task, schedule, seed)`` on one machine.
 
     Args:
         task:
@@ -171,8 +170,7 @@ def run_schedule(
             "divergence_factor must be a float > 1, but got "
             f"divergence_factor={divergence_factor!r}"
         )
-    with torch_rng_kept():
-        torch.manual_seed(seed)
+    with seeded_rngs(seed):
         return _run(task, schedule, seed, optimizer_cls, on_step, divergence_factor)
 
 

@@ -37,7 +37,7 @@ from autowarm._train import (
     structure_fingerprint,
 )
 from autowarm.bench import _data, _models
-from autowarm.probe._state import torch_rng_kept
+from autowarm.probe._state import seeded_rngs
 
 __all__ = [
     "DEFAULT_WARMUP_FRACS",
@@ -150,9 +150,9 @@ class BenchTask:
         return evaluate(model, self.val_data(), self.resolved_loss_fn())
 
     def make_model(self, seed: int) -> nn.Module:
-        """Build the model with torch seeded by ``seed``; the global RNG is left untouched."""
-        with torch_rng_kept():
-            torch.manual_seed(seed)
+        """Build the model with torch, numpy and python seeded by ``seed``; their global
+        generators are left as they were."""
+        with seeded_rngs(seed):
             model = self.model_factory()
         return model.train()
 

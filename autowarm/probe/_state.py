@@ -153,6 +153,24 @@ def torch_rng_kept() -> Iterator[None]:
         state.restore_torch()
 
 
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed torch's, numpy's and python's global generators with ``seed`` for the block, and
+    put all of them back afterwards (torch's devices as :func:`torch_rng_kept` does).
+
+    For a run that must be a function of its seed whatever ran before it: a data pipeline or a
+    model builder may draw from any of the three.
+    """
+    state = RngState.capture()
+    try:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
+    finally:
+        state.restore()
+
+
 def _mps_available() -> bool:
     try:
         return bool(torch.backends.mps.is_available())

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from autowarm._train import (
     resolve_loss_fn,
     structure_fingerprint,
 )
-from autowarm.probe._state import torch_rng_kept
+from autowarm.probe._state import seeded_rngs
 
 if TYPE_CHECKING:
     from autowarm._groups import GroupSpec
@@ -46,11 +46,13 @@ class Task:
     Args:
         make_model:
             ``make_model(seed) -> nn.Module``: a fresh model, the same weights for the same seed.
-            Torch's global RNG is seeded with ``seed`` around the call as well.
+            Torch's, numpy's and python's global generators are seeded with ``seed`` around
+            the call as well.
         train_data:
             A re-iterable of batches (a ``DataLoader``, a list), or ``train_data(seed)``
             returning one. It is cycled when exhausted. A shuffling loader draws its order
-            from torch's global RNG, which each trial seeds.
+            from torch's global RNG, which each trial seeds (with numpy's and python's, for a
+            dataset that draws from them in the main process).
         loss_fn:
             ``loss_fn(model, batch) -> scalar tensor``; as in :func:`autowarm.suggest`.
         criterion:
@@ -237,8 +239,7 @@ class Task:
 
     def _seeded_model(self, seed: int) -> nn.Module:
         # make_model(seed) with torch seeded around it (the global RNG left as it was)
-        with torch_rng_kept():
-            torch.manual_seed(seed)
+        with seeded_rngs(seed):
             model = self.make_model(seed)
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -335,13 +336,13 @@ def _length(data: Any) -> int | None:
 
 
 def _one_shot(data: Any) -> bool:
-    """True for an iterator or generator (``iter(data) is data``): it can be read only once."""
-    if callable(data) and not hasattr(data, "__iter__"):
-        return False
-    try:
-        return iter(data) is data
-    except TypeError:
-        return False
+    """True for an iterator or generator: it can be read only once.
+
+    Decided from the type, without calling ``iter(data)``: on a ``DataLoader`` with
+    ``persistent_workers`` that call would start the worker processes and keep them, and every
+    trial would then reuse workers whose random state runs on from the one before.
+    """
+    return isinstance(data, Iterator)
 
 
 def load_task(spec: str) -> Task:

@@ -23,11 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from autowarm._checks import is_int
 from autowarm._train import mixed_precision, model_device, seeded_stream, train_step
-from autowarm.probe._state import torch_rng_kept
+from autowarm.probe._state import seeded_rngs
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study._space import longest_warmup
 from autowarm.study._task import Task
@@ -49,8 +47,9 @@ def compress(
     schedule: ScheduleConfig, trial_steps: int, transfer: WarmupTransfer = "fraction"
 ) -> ScheduleConfig:
     """``schedule`` squeezed into ``trial_steps`` steps, its warmup (and an ``inverse_sqrt``
-    decay's time scale) mapped by ``transfer``, and at most the longest the trial holds (:func:`~autowarm.study._space.longest_warmup`:
-    one update at the peak, and room for a ``warmup_stable_decay`` schedule's final decay).
+    decay's time scale) mapped by ``transfer``, and at most the longest the trial holds
+    (:func:`~autowarm.study._space.longest_warmup`: one update at the peak, and room for a
+    ``warmup_stable_decay`` schedule's final decay).
 
     Raises:
         ValueError: For an unknown ``transfer`` or ``trial_steps < 2``.
@@ -119,8 +118,8 @@ def train_trial(
 ) -> TrialOutcome:
     """Train a fresh ``task`` model for ``schedule.total_steps`` steps along ``schedule``.
 
-    Torch's global RNG is seeded with ``seed`` for the trial and restored afterwards, so a
-    trial is a function of ``(task, schedule, seed)`` on one machine.
+    Torch's, numpy's and python's global generators are seeded with ``seed`` for the trial and
+    restored afterwards, so a trial is a function of ``(task, schedule, seed)`` on one machine.
 
     Args:
         task:
@@ -143,8 +142,7 @@ def train_trial(
         ``value = inf``.
     """
     start = time.perf_counter()
-    with torch_rng_kept():
-        torch.manual_seed(seed)
+    with seeded_rngs(seed):
         model = task.build_model(seed)
         optimizer = task.make_optimizer(model, schedule.peak_lr)
         scheduler = schedule.lambda_lr(optimizer)  # each group at its lr_scale

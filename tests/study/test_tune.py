@@ -186,7 +186,11 @@ def test_compress_maps_the_inverse_sqrt_time_scale_with_the_warmup(
     warmup: int, timescale: int | None
 ) -> None:
     full = ScheduleConfig(
-        peak_lr=1.0, total_steps=1000, warmup_steps=warmup, decay="inverse_sqrt", timescale=timescale
+        peak_lr=1.0,
+        total_steps=1000,
+        warmup_steps=warmup,
+        decay="inverse_sqrt",
+        timescale=timescale,
     )
     frac = compress(full, 100, "fraction")
     # the trial follows the full run's LR at the same fraction of the run (to the rounding of
@@ -223,6 +227,54 @@ def test_task_validation() -> None:
         )
     with pytest.raises(TypeError, match="make_model"):
         Task(make_model=3, train_data=[], total_steps=5)  # type: ignore[arg-type]
+
+
+class _NumpyNoise(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Inputs with numpy noise drawn in ``__getitem__`` (in the main process: no workers)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+
+        x = torch.full((4,), float(i)) + torch.from_numpy(np.random.randn(4).astype("float32"))
+        return x, x.sum(0, keepdim=True)
+
+
+def test_a_trial_seeds_the_numpy_and_python_generators_and_puts_them_back() -> None:
+    import random
+
+    import numpy as np
+
+    task = Task(
+        make_model=lambda s: torch.nn.Linear(4, 1),
+        train_data=torch.utils.data.DataLoader(_NumpyNoise(), batch_size=4),
+        criterion=torch.nn.functional.mse_loss,
+        total_steps=12,
+    )
+    sched = ScheduleConfig(peak_lr=1e-2, total_steps=12, warmup_steps=2)
+    np.random.seed(1)
+    random.seed(1)
+    before = (np.random.get_state()[1].copy(), random.getstate())
+    first = train_trial(task, sched, seed=3).value
+    np.random.rand(5)  # the caller's generators move between the trials
+    assert train_trial(task, sched, seed=3).value == first
+    np.random.seed(1)
+    train_trial(task, sched, seed=3)
+    assert (np.random.get_state()[1] == before[0]).all() and random.getstate() == before[1]
+
+
+def test_a_persistent_loader_is_not_iterated_by_the_task() -> None:
+    # iter() on it would start its worker processes and keep them for every later trial
+    loader = torch.utils.data.DataLoader(
+        [(torch.zeros(4), torch.zeros(1))] * 4,
+        batch_size=2,
+        num_workers=1,
+        persistent_workers=True,
+    )
+    Task(make_model=lambda s: torch.nn.Linear(4, 1), train_data=loader, total_steps=5)
+    assert loader._iterator is None
 
 
 class _GroupLog(torch.optim.AdamW):
