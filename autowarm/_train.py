@@ -510,6 +510,10 @@ def _grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     )
 
 
+_LOWEST_LOSS_SCALE = 1.0
+"""Below this loss scale a skipped ``16-mixed`` update counts as divergence (see StepResult)."""
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one call of :func:`train_step` did.
@@ -526,7 +530,9 @@ class StepResult:
         skipped:
             The loss scaler (``precision="16-mixed"``) skipped the update: the scaled
             gradients overflowed float16, so the scale was lowered and the weights left as
-            they were. Not a divergence.
+            they were. Not a divergence, until the scale falls below 1 (from torch's default
+            of 2**16, about 17 skips in a row): the gradients then overflow float16 without
+            any scaling, or are NaN, so the step is reported not ``finite``.
     """
 
     loss: float
@@ -639,6 +645,10 @@ def train_step(
             # An overflow of the scaled gradients: the scaler lowers its scale and the update
             # is skipped, as in any fp16 run; the loss was finite, so this is not divergence.
             scaler.update()
+            if scaler.get_scale() < _LOWEST_LOSS_SCALE:
+                # ... unless the scale has fallen below 1: then the gradients overflow float16
+                # unscaled, or are NaN at any scale, and every later update would be skipped
+                return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
             return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True, skipped=True)
         return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
     if grad_clip is not None and grad_norm > grad_clip:

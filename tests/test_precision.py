@@ -139,6 +139,23 @@ def test_a_task_trial_runs_through_skipped_updates() -> None:
     assert out.steps == 20 and out.diverged_at is None and out.value < float("inf")
 
 
+def test_gradients_that_overflow_at_every_scale_are_divergence_under_the_scaler() -> None:
+    # A finite loss whose gradient is NaN (d sqrt(x)/dx at x = 0 is inf, times 0): the scaler
+    # skipped every update, lowering its scale by half each time, and the trial ended with the
+    # untrained loss as its value instead of counting as diverged.
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        w = m[0].weight
+        return F.cross_entropy(m(b[0]).float(), b[1]) + torch.sqrt(0 * w).sum()
+
+    task = autowarm.Task(make_model=lambda s: _mlp(), train_data=_batches(), loss_fn=loss,
+                         total_steps=60, precision="16-mixed")  # fmt: skip
+    schedule = ScheduleConfig(peak_lr=1e-3, total_steps=60, warmup_steps=2)
+    out = train_trial(task, schedule, seed=0)
+    assert out.value == float("inf") and out.diverged_at is not None
+    # the default scale, 2**16, falls below 1 on the 17th skip in a row
+    assert out.diverged_at == 16
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_on_cuda(precision: str) -> None:
