@@ -15,7 +15,7 @@ import hashlib
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,44 @@ def nan_in_batch(batch: Any) -> bool:
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         return any(nan_in_batch(getattr(batch, f.name, None)) for f in dataclasses.fields(batch))
     return False
+
+
+def batch_samples(batch: Any) -> int | None:
+    """The number of samples in a (nested) batch: the first dimension of its first tensor that
+    has one, walked in order (a ``PackedSequence`` counts its sequences); ``None`` without one."""
+    if isinstance(batch, PackedSequence):
+        return int(batch.batch_sizes[0]) if len(batch.batch_sizes) else None
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() >= 1 else None
+    if isinstance(batch, Mapping):
+        parts: Iterable[Any] = batch.values()
+    elif isinstance(batch, (tuple, list)):
+        parts = batch
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        parts = (getattr(batch, f.name, None) for f in dataclasses.fields(batch))
+    else:
+        return None
+    for part in parts:
+        n = batch_samples(part)
+        if n is not None:
+            return n
+    return None
+
+
+def sample_mean(losses: Sequence[float], sizes: Sequence[int | None]) -> float:
+    """The mean of per-batch mean ``losses`` over samples: each batch weighted by its size
+    (:func:`batch_samples`), so a short last batch counts for its samples, not for a whole
+    batch. Batches all of one size, or any of unknown size, are weighted equally.
+
+    Raises:
+        ValueError: If ``losses`` is empty.
+    """
+    if not losses:
+        raise ValueError("no validation batch: pass at least one batch")
+    known = [n for n in sizes if n is not None and n > 0]
+    if len(known) != len(losses) or len(set(known)) == 1:
+        return sum(losses) / len(losses)
+    return sum(v * n for v, n in zip(losses, known, strict=True)) / sum(known)
 
 
 def move_to_device(batch: Any, device: torch.device | None, *, copy: bool = False) -> Any:

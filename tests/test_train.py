@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from autowarm._train import (
     BatchStream,
     StepResult,
+    batch_samples,
     model_device,
     move_to_device,
     resolve_loss_fn,
+    sample_mean,
     seeded_stream,
     train_step,
 )
@@ -599,3 +601,29 @@ def test_seeded_stream_orders_a_loader_by_the_seed_and_gives_its_generator_back(
     plain = [torch.full((2,), float(i)) for i in range(4)]  # no generator: served as given
     with seeded_stream(plain, CPU, 3) as stream:
         assert [float(stream.next()[0]) for _ in range(5)] == [0.0, 1.0, 2.0, 3.0, 0.0]
+
+
+def test_batch_samples_reads_the_first_dimension_of_the_first_tensor() -> None:
+    import dataclasses
+
+    from torch.nn.utils.rnn import pack_sequence
+
+    @dataclasses.dataclass
+    class Batch:
+        note: str
+        x: torch.Tensor
+
+    assert batch_samples((torch.zeros(5, 3), torch.zeros(5))) == 5
+    assert batch_samples({"mask": None, "input_ids": torch.zeros(4, 7)}) == 4
+    assert batch_samples(Batch("a", torch.zeros(6, 2))) == 6
+    assert batch_samples([torch.tensor(1.0), [torch.zeros(2)]]) == 2  # a scalar has none
+    assert batch_samples(pack_sequence([torch.zeros(3), torch.zeros(2), torch.zeros(1)])) == 3
+    assert batch_samples("text") is None and batch_samples((1, 2)) is None
+
+
+def test_sample_mean_weighs_batches_by_their_samples() -> None:
+    assert sample_mean([1.0, 4.0], [3, 1]) == 1.75
+    assert sample_mean([1.0, 4.0], [2, 2]) == 2.5
+    assert sample_mean([1.0, 4.0], [3, None]) == 2.5  # a size unknown: equal weights
+    with pytest.raises(ValueError, match="at least one batch"):
+        sample_mean([], [])

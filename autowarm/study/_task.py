@@ -22,11 +22,13 @@ from torch import nn
 from autowarm._checks import is_int, is_real
 from autowarm._train import (
     LossFn,
+    batch_samples,
     check_accumulation_steps,
     check_precision,
     model_device,
     move_to_device,
     resolve_loss_fn,
+    sample_mean,
     structure_fingerprint,
 )
 from autowarm.probe._state import seeded_rngs
@@ -61,7 +63,9 @@ class Task:
             ``eval_fn(model) -> float``: the validation loss (lower is better). It runs in
             eval mode without gradients; the trial restores the mode afterwards.
         val_data:
-            Validation batches; the default ``eval_fn`` is the mean loss over them.
+            Validation batches; the default ``eval_fn`` is the mean loss over their samples
+            (each batch's loss weighted by its size, the first dimension of its first tensor,
+            so a short last batch counts for its samples only).
             With neither ``eval_fn`` nor ``val_data``, a trial's value is the mean training
             loss of its last tenth (said so in the study's ``autowarm.metric``).
         total_steps:
@@ -301,13 +305,14 @@ class Task:
         assert self.val_data is not None
         loss_fn = self.resolved_loss_fn()
         device = model_device(model)
-        total, count = 0.0, 0
+        losses: list[float] = []
+        sizes: list[int | None] = []
         for batch in self.val_data:
-            total += _as_number(loss_fn(model, move_to_device(batch, device)), "the loss")
-            count += 1
-        if count == 0:
+            losses.append(_as_number(loss_fn(model, move_to_device(batch, device)), "the loss"))
+            sizes.append(batch_samples(batch))
+        if not losses:
             raise ValueError("val_data yielded no batches; pass at least one validation batch")
-        return total / count
+        return sample_mean(losses, sizes)
 
 
 def _as_number(value: Any, what: str) -> float:

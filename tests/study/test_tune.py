@@ -265,6 +265,27 @@ def test_a_trial_seeds_the_numpy_and_python_generators_and_puts_them_back() -> N
     assert (np.random.get_state()[1] == before[0]).all() and random.getstate() == before[1]
 
 
+def test_the_validation_loss_is_a_mean_over_samples() -> None:
+    # 33 samples in batches of 32 and 1: the single sample used to weigh as much as 32
+    x = torch.linspace(-1, 1, 33).unsqueeze(1)
+    y = 3 * x
+    loader = torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=32)
+    task = Task(
+        make_model=lambda s: torch.nn.Linear(1, 1),
+        train_data=loader,
+        val_data=loader,
+        criterion=torch.nn.functional.mse_loss,
+        total_steps=5,
+    )
+    model = task.build_model(0)
+    with torch.no_grad():
+        expected = float(torch.nn.functional.mse_loss(model(x), y))
+    assert task.evaluate(model) == pytest.approx(expected, rel=1e-6)
+    from autowarm.bench._run import evaluate
+
+    assert evaluate(model, loader, task.resolved_loss_fn()) == pytest.approx(expected, rel=1e-6)
+
+
 def test_a_persistent_loader_is_not_iterated_by_the_task() -> None:
     # iter() on it would start its worker processes and keep them for every later trial
     loader = torch.utils.data.DataLoader(
