@@ -91,11 +91,20 @@ def resolve_param_groups(
             )
         bad = [k for k in _LR_KEYS if k in group]
         if bad:
+            # torch's optimizers write 'lr' and every other default into the dicts they are
+            # built from ('differentiable' among them, which a user hardly sets by hand)
+            written = (
+                " (if you did not set it: an optimizer built from these dicts wrote its "
+                "settings into them; pass fresh dicts, e.g. a copy.deepcopy() taken before "
+                "building it, or param_groups as a function of the model)"
+                if "differentiable" in group
+                else ""
+            )
             raise ValueError(
                 f"param_groups[{i}] sets {bad[0]!r}, but the probe chooses the LR: give the "
                 "group's LR as a ratio to the peak, 'lr_scale' (e.g. 0.1 for a backbone at a "
                 "tenth of the head's LR); s.schedule.lambda_lr(optimizer) on an optimizer "
-                "built from the same groups reads it"
+                f"built from the same groups reads it{written}"
             )
         if group.get("maximize"):
             # As for optimizer_kwargs: the probe reads a falling loss as progress.
@@ -116,7 +125,18 @@ def resolve_param_groups(
             raise TypeError(
                 _ONE_SHOT.format(what=f"param_groups[{i}]['params']", kind=type(items).__name__)
             )
-        params = [items] if isinstance(items, torch.Tensor) else list(items)
+        if isinstance(items, nn.Module):
+            raise TypeError(
+                f"param_groups[{i}]['params'] is a {type(items).__name__} module, not its "
+                "parameters: pass module.parameters() (or module.named_parameters())"
+            )
+        try:
+            params = [items] if isinstance(items, torch.Tensor) else list(items)
+        except TypeError:
+            raise TypeError(
+                f"param_groups[{i}]['params'] must be a parameter or an iterable of "
+                f"parameters (module.parameters()), but got {_describe(items)}"
+            ) from None
         # (name, parameter) pairs, as model.named_parameters() yields and torch's optimizers
         # take since torch 2.6: the probe needs the parameters only.
         params = [p[1] if _is_named(p) else p for p in params]
@@ -177,8 +197,12 @@ def _check_options(
             [g.as_group() for g in groups], lr=1e-3, **optimizer_kwargs
         )
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ValueError(f"{optimizer_cls.__name__} refused param_groups: {exc}") from None
-    known = set(optimizer.defaults)
+        raise ValueError(
+            f"{optimizer_cls.__name__} refused its settings (optimizer_kwargs "
+            f"{dict(optimizer_kwargs)!r} with the param_groups): {exc}"
+        ) from None
+    # 'name' labels a group (Lightning's LearningRateMonitor reads it); torch keeps it as is
+    known = set(optimizer.defaults) | {"name"}
     strict = optimizer_cls.__module__.startswith("torch.optim")
     for i, g in enumerate(groups):
         unknown = sorted(set(g.options) - known)
@@ -186,7 +210,7 @@ def _check_options(
             continue
         message = (
             f"param_groups[{i}] sets {unknown}, which {optimizer_cls.__name__} does not "
-            f"list among its settings ({sorted(known - {'lr'})}); 'lr_scale' sets the "
+            f"list among its settings ({sorted(known - {'lr', 'name'})}); 'lr_scale' sets the "
             "group's LR ratio"
         )
         if strict:

@@ -164,6 +164,9 @@ def test_the_model_comes_back_with_groups() -> None:
         (lambda m: [m.parameters()], TypeError, r"param_groups\[0\] must be a dict"),
         (lambda m: [{"weight_decay": 0.0}], TypeError, r"with keys \['weight_decay'\]"),
         (lambda m: [{"params": [m[0].weight]}], ValueError, "no parameter with requires_grad"),
+        (lambda m: [{"params": m[0]}], TypeError,
+         r"\['params'\] is a Linear module, not its parameters: pass module.parameters\(\)"),
+        (lambda m: [{"params": 3}], TypeError, r"\['params'\] must be a parameter or an iterable"),
     ],
 )  # fmt: skip
 def test_groups_the_probe_cannot_honour_are_refused_before_training(
@@ -339,3 +342,27 @@ def test_a_third_party_optimizers_own_group_key_is_passed_on_with_a_warning() ->
             param_groups=lambda m: [{"params": m.parameters(), "use_fast_path": True}],
         )
     assert s.probe_steps > 0
+
+
+def test_a_group_name_is_accepted_and_a_misspelt_optimizer_setting_is_named_as_such() -> None:
+    model = _mlp()
+    specs = resolve_param_groups(
+        [{"params": list(model.parameters()), "name": "all"}], model, torch.optim.AdamW, {}
+    )
+    assert specs[0].options == {"name": "all"}  # Lightning's LearningRateMonitor reads it
+    with pytest.raises(ValueError, match=r"AdamW refused its settings \(optimizer_kwargs "):
+        resolve_param_groups(
+            [{"params": list(model.parameters())}], model, torch.optim.AdamW, {"weight_decya": 0.1}
+        )
+
+
+def test_groups_an_optimizer_was_built_from_say_why_they_hold_lr() -> None:
+    model = _mlp()
+    groups = [{"params": list(model.parameters()), "lr_scale": 0.5}]
+    torch.optim.AdamW(groups, lr=1e-3)  # writes 'lr' and its other defaults into the dicts
+    with pytest.raises(ValueError, match=r"an optimizer built from these dicts wrote"):
+        resolve_param_groups(groups, model, torch.optim.AdamW, {})
+    with pytest.raises(ValueError, match=r"reads it$"):  # set by hand: no such guess
+        resolve_param_groups(
+            [{"params": list(model.parameters()), "lr": 1e-3}], model, torch.optim.AdamW, {}
+        )
