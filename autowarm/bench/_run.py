@@ -50,7 +50,9 @@ class RunResult:
         seconds:
             Wall time of the training steps (validation excluded).
         steps:
-            Optimizer steps taken (fewer than ``total_steps`` when the run stopped early).
+            Training steps run (fewer than ``total_steps`` when the run stopped early; the
+            last one is then the step whose loss or gradient was not finite, which made no
+            update but took its time).
         seconds_per_step:
             ``seconds / steps``.
         initial_val_loss:

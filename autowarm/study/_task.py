@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autowarm._checks import is_int, is_real
+from autowarm._checks import is_finite_real, is_int, is_real
 from autowarm._train import (
     LossFn,
     batch_samples,
@@ -157,8 +157,14 @@ class Task:
                 "(every trial builds a fresh model), but got "
                 f"{type(self.param_groups).__name__}"
             )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, but got {self.grad_clip!r}")
+        if self.grad_clip is not None and not (
+            is_finite_real(self.grad_clip) and self.grad_clip > 0
+        ):
+            # as suggest() checks it: the probe inside tune() runs with the task's grad_clip
+            raise ValueError(
+                "grad_clip must be a positive finite number (the real run's max gradient "
+                f"norm) or None, but got grad_clip={self.grad_clip!r}"
+            )
 
     @property
     def identity(self) -> str:

@@ -87,7 +87,9 @@ class TrialOutcome:
             The step whose loss or gradient was not finite, or after which the validation
             loss was not; ``None`` when the trial ran to its end.
         steps:
-            Optimizer updates taken.
+            Training steps run: ``total_steps`` for a finished trial; for one stopped early,
+            up to and including the step whose loss or gradient was not finite (which made
+            no update), or the updates before a validation that was not.
         seconds:
             Wall time of the whole trial, evaluation included.
         in_validation:

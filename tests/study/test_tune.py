@@ -227,6 +227,9 @@ def test_task_validation() -> None:
         )
     with pytest.raises(TypeError, match="make_model"):
         Task(make_model=3, train_data=[], total_steps=5)  # type: ignore[arg-type]
+    for clip in ("1.0", math.inf, 0.0):
+        with pytest.raises(ValueError, match="grad_clip must be a positive finite number"):
+            Task(make_model=lambda s: None, train_data=batches, total_steps=5, grad_clip=clip)  # type: ignore[arg-type,return-value]
 
 
 class _NumpyNoise(torch.utils.data.Dataset):  # type: ignore[type-arg]
