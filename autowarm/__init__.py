@@ -40,12 +40,21 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which see the real names in the imports above: a module
+    # __getattr__ would make them accept any attribute (autowarm.sugest) as Any.
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'autowarm' has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        if name in _LAZY:
+            import importlib
+
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        raise AttributeError(f"module 'autowarm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names too, so completion (IPython, Jupyter) lists them before their first use
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

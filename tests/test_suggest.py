@@ -1411,6 +1411,15 @@ def test_public_name_suggest_is_the_function() -> None:
     assert autowarm.suggest is suggest
 
 
+def test_every_public_name_is_listed_and_a_wrong_one_is_an_attribute_error() -> None:
+    # dir() lists the lazily imported names (completion in IPython), each resolves, and a
+    # misspelt name is an AttributeError, not Any
+    assert set(autowarm.__all__) <= set(dir(autowarm))
+    assert all(getattr(autowarm, name) is not None for name in autowarm.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'sugest'"):
+        autowarm.sugest  # type: ignore[attr-defined]  # noqa: B018
+
+
 def test_ddp_wrapped_model_is_refused_before_training(tmp_path: Any) -> None:
     import torch.distributed as dist
 
