@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from autowarm._suggest import ProbeDivergedError, Suggestion, suggest
     from autowarm.reporting import Report, report
     from autowarm.study._space import SearchSpace
-    from autowarm.study._task import Task
+    from autowarm.study._task import Task, load_task
     from autowarm.study._tune import NoFinishedTrialError, TuneResult, tune
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ _LAZY = {
     "NoFinishedTrialError": "autowarm.study._tune",
     "SearchSpace": "autowarm.study._space",
     "Task": "autowarm.study._task",
+    "load_task": "autowarm.study._task",
     "TuneResult": "autowarm.study._tune",
     "tune": "autowarm.study._tune",
     "Report": "autowarm.reporting",
@@ -69,6 +70,7 @@ __all__ = [
     "TransformersExportError",
     "TuneResult",
     "__version__",
+    "load_task",
     "report",
     "suggest",
     "tune",

@@ -500,6 +500,9 @@ def suggest(
         A :class:`Suggestion`; ``suggestion.schedule.lambda_lr(optimizer)`` is ready to use.
 
     Raises:
+        TypeError: an argument of the wrong kind (a model that is not an ``nn.Module``, data
+            that is not an iterable of batches, an optimizer class that is not one); the
+            message says what to pass.
         ValueError: bad arguments, empty data, a batch format that needs ``loss_fn``, a batch
             holding a NaN on which the loss was non-finite (an inf in a batch, such as an
             additive ``-inf`` attention mask, is not blamed).

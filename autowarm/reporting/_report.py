@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,6 +17,9 @@ from autowarm.reporting._figures import FigureData
 
 if TYPE_CHECKING:
     import matplotlib.figure
+    import optuna
+
+    from autowarm._suggest import Suggestion
 
 _MANIFEST = ".autowarm-report.json"
 
@@ -180,7 +183,7 @@ def _forget_stale(out: Path, current: set[str]) -> None:
 
 
 def report(
-    source: Any,
+    source: Suggestion | str | os.PathLike[str] | optuna.Study | tuple[str, str],
     *,
     benchmark: str | os.PathLike[str] | None = None,
     task: str | None = None,
@@ -206,8 +209,8 @@ def report(
           ``total_steps``, ``probe_steps``, ``probe_wall_seconds``, ``deciding_signal``,
           ``confidence``, ``low_confidence_reasons``, ``warmup_steps_low/high`` and
           ``peak_lr_low/high`` (the span of trials within ``range_rule`` of the best value;
-          NaN for a probe alone, or with an empty ``range_rule`` when no trial has completed
-          or the best value is 0),
+          for a probe alone, or with an empty ``range_rule`` when no trial has completed or
+          the best value is 0, unknown: -1 for the warmups, NaN for the LRs),
           ``n_trials`` (every trial in the study: the sum of ``n_complete``, ``n_pruned``,
           ``n_failed``, ``n_running`` and ``n_waiting``, the trials queued and not started),
           ``best_value`` (the best value of a completed trial, the lowest or, in a study
@@ -226,7 +229,7 @@ def report(
         - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
           in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
           ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,
-          ``retry_of``, ``worker``), then ``warmup_frac``, ``datetime_start``,
+          ``retry_of``, ``worker``, ``full_value``), then ``warmup_frac``, ``datetime_start``,
           ``datetime_complete``, ``last_step``, ``last_intermediate_value`` and
           ``param_NAME`` per sampled parameter.
         - ``trace`` and ``signals``: the probe's :attr:`Suggestion.trace` and

@@ -21,7 +21,7 @@ All counts are in steps of the *real* run; a trial maps them with the warmup tra
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -71,8 +71,9 @@ class SearchSpace:
     warmup_factor: float = 4.0
     min_warmup_fraction: float = 0.1
     max_warmup_fraction: float = 0.5
-    decays: tuple[str, ...] | None = None
-    min_lr_ratios: tuple[float, ...] | None = None
+    # any sequence is taken, and kept as a tuple
+    decays: Sequence[str] | None = None
+    min_lr_ratios: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         for field in ("lr_factor", "warmup_factor"):
@@ -84,6 +85,11 @@ class SearchSpace:
                 "need 0 <= min_warmup_fraction <= max_warmup_fraction < 1, but got "
                 f"min_warmup_fraction={self.min_warmup_fraction!r}, "
                 f"max_warmup_fraction={self.max_warmup_fraction!r}"
+            )
+        if isinstance(self.decays, str):
+            raise ValueError(
+                f"decays must be a sequence of shape names, such as [{self.decays!r}], but got "
+                f"the string {self.decays!r}"
             )
         if self.decays is not None:
             if not self.decays:

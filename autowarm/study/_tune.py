@@ -38,7 +38,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -60,6 +60,9 @@ from autowarm.study._confirm import (
 from autowarm.study._space import SearchSpace, longest_warmup
 from autowarm.study._task import Task, canonical_spec, load_task, spec_file
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
+
+if TYPE_CHECKING:
+    from autowarm._suggest import Suggestion
 
 __all__ = ["NoFinishedTrialError", "TuneResult", "best_schedule", "trials_frame", "tune"]
 
@@ -605,7 +608,7 @@ def tune(
     storage: str | os.PathLike[str] | None = None,
     study_name: str | None = None,
     trial_steps: int | None = None,
-    suggestion: Any | None = None,
+    suggestion: Suggestion | None = None,
     search_space: SearchSpace | None = None,
     pruner: str = "median",
     seed: int = 0,
@@ -634,8 +637,11 @@ def tune(
         timeout:
             Seconds after which no new trial starts (running ones finish).
         storage:
-            An optuna storage URL or a file path; default ``autowarm.db`` (SQLite) for one
-            worker, ``autowarm.journal.log`` for several. See :func:`open_storage`.
+            An optuna storage URL or a file path; default: whichever of ``autowarm.db``
+            (SQLite) and ``autowarm.journal.log`` (optuna's journal file) already exists in
+            the working directory, else the first for one worker and the second for several.
+            A path ending in ``.db``/``.sqlite``/``.sqlite3`` is SQLite, one ending in
+            ``.log``/``.journal``/``.jsonl`` a journal file.
         study_name:
             Default ``autowarm-<task identity>``.
         trial_steps:
@@ -654,7 +660,8 @@ def tune(
             Seeds the probe, every trial's model and data, and the sampler.
         n_workers:
             Worker processes on this host (each gets ``cpu_count // n_workers`` torch threads).
-            With more than one, the task must pickle or come from :func:`load_task`.
+            With more than one, the task must pickle or come from
+            :func:`autowarm.load_task`.
         progress:
             Log one line per finished trial and show a bar on a terminal.
         warmup_transfer:
@@ -673,6 +680,8 @@ def tune(
         The :class:`TuneResult`; ``result.best`` is the full-run schedule to train with.
 
     Raises:
+        TypeError: For an argument of the wrong kind (a ``task`` that is not a
+            :class:`Task`, a ``suggestion`` that is not a :class:`~autowarm.Suggestion`).
         ValueError: For bad arguments, a study created with other settings, or an unusable
             storage.
         KeyboardInterrupt: After SIGINT or SIGTERM, once every finished trial is stored and the
@@ -1268,7 +1277,8 @@ def _worker_task(task: Task) -> Task | str:
     except Exception as exc:
         raise ValueError(
             "with n_workers > 1 the task must pickle (module-level functions, no lambdas) "
-            "or be loaded with autowarm.study.load_task / `autowarm tune file.py:task`; "
+            "or be loaded with autowarm.load_task('file.py:task') / `autowarm tune "
+            "file.py:task`; "
             f"pickling failed: {exc}"
         ) from None
     return task

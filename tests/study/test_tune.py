@@ -123,6 +123,8 @@ def test_search_space_is_centred_and_allows_zero_warmup() -> None:
     far = space.params_of(center.replace(peak_lr=1.0, warmup_steps=900), center)
     assert far[PEAK_LR] == pytest.approx(4e-3) and far[WARMUP] == 201
     assert SearchSpace.from_dict(space.to_dict()) == space
+    listed = SearchSpace(decays=["linear", "cosine"], min_lr_ratios=[0, 0.1])  # lists are kept
+    assert listed.decays == ("linear", "cosine") and listed.min_lr_ratios == (0.0, 0.1)
 
 
 @pytest.mark.parametrize(
@@ -132,6 +134,7 @@ def test_search_space_is_centred_and_allows_zero_warmup() -> None:
         {"min_warmup_fraction": 0.6, "max_warmup_fraction": 0.5},
         {"decays": ("cosine", "zigzag")},
         {"min_lr_ratios": (2.0,)},
+        {"decays": "linear"},  # a name, not a sequence of names
     ],
 )
 def test_search_space_rejects_bad_settings(kwargs: dict[str, Any]) -> None:
