@@ -105,11 +105,12 @@ class Task:
 
     make_model: Callable[[int], nn.Module]
     train_data: Iterable[Any] | Callable[[int], Iterable[Any]]
+    _: dataclasses.KW_ONLY  # the rest by keyword; total_steps has no default to fall back on
+    total_steps: int
     loss_fn: LossFn | None = None
     criterion: Callable[[Any, Any], torch.Tensor] | None = None
     eval_fn: EvalFn | None = None
     val_data: Iterable[Any] | None = None
-    total_steps: int = 0
     optimizer_cls: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW
     optimizer_kwargs: Mapping[str, Any] | None = None
     grad_clip: float | None = None
