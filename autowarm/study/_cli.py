@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autowarm._shapes import Decay
+
 __all__ = ["add_probe", "add_tune", "parse_duration"]
 
 _log = logging.getLogger("autowarm")
@@ -208,7 +210,13 @@ def add_probe(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="suggestion.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
-    p.add_argument("--decay", default="cosine", help="decay shape of the suggested schedule")
+    p.add_argument(
+        "--decay",
+        default="cosine",
+        choices=[d.value for d in Decay],
+        metavar="SHAPE",
+        help="decay shape of the suggested schedule: " + ", ".join(d.value for d in Decay),
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_probe)
 

@@ -708,6 +708,16 @@ def tune(
         )
     _make_pruner(pruner, 4)  # validates the name before anything runs
     total = task.total_steps
+    # the probe's own checks, before a storage or a study exists (they left an empty study)
+    from autowarm._suggest import _resolve_budget
+
+    if budget_steps is not None:
+        _resolve_budget(budget_steps, total)
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"seed must be an int in [0, 2**32) (it seeds the probe, the trials and the "
+            f"sampler), but got seed={seed!r}"
+        )
     trial_steps = _default_trial_steps(total) if trial_steps is None else trial_steps
     if not is_int(trial_steps) or not 2 <= trial_steps <= total:
         raise ValueError(

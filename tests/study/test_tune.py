@@ -400,6 +400,20 @@ def test_reading_a_database_before_its_tables_exist_is_a_clear_error(tmp_path: P
         _storage.load_study(str(db), "s")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"budget_steps": 5}, "budget_steps must be an int >= 40"), ({"seed": -1}, "seed must be")],
+)
+def test_the_probes_arguments_are_checked_before_a_storage_exists(
+    task: Task, tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    # they used to fail inside the probe, after the storage and an empty study were made
+    db = tmp_path / "s.db"
+    with pytest.raises(ValueError, match=match):
+        autowarm.tune(task, storage=db, n_trials=2, progress=False, **kwargs)
+    assert not db.exists()
+
+
 def _open_at_once(path: str, create: bool, barrier: Any, results: Any) -> None:
     barrier.wait()
     try:
