@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autowarm._shapes import Decay
+from autowarm._shapes import Decay, WsdShape
 from autowarm.schedules import ScheduleConfig, TransformersExportError
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ __all__ = [
     "Task",
     "TransformersExportError",
     "TuneResult",
+    "WsdShape",
     "__version__",
     "load_task",
     "report",
