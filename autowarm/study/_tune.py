@@ -1184,9 +1184,14 @@ class _Objective:
         trial.set_user_attr(_attrs.PEAK_LR, schedule.peak_lr)
         trial.set_user_attr(_attrs.WARMUP_STEPS, schedule.warmup_steps)
 
+        # The probe's and the reference schedules are what the report compares the result
+        # with: they run to the end. Nor is a trial pruned at its last report, which saves no
+        # step and would throw its finished value away.
+        prunable = trial.user_attrs.get(_attrs.ROLE) == _attrs.ROLE_SEARCH
+
         def on_eval(step: int, smoothed: float) -> None:
             trial.report(smoothed, step)
-            if trial.should_prune():
+            if prunable and step < plan.trial_steps and trial.should_prune():
                 reason = (
                     f"pruned at step {step}/{plan.trial_steps}: smoothed validation loss "
                     f"{smoothed:.4g} is worse than the median of earlier trials there"

@@ -563,6 +563,38 @@ def test_same_seed_same_study(tmp_path: Path, task: Task, suggestion: Any) -> No
     assert runs[0].equals(runs[1])
 
 
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_references_and_a_trial_at_its_last_report_are_not_pruned(
+    tmp_path: Path, task: Task, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pruner that prunes whatever it is asked about: the search trials stop at their first
+    # report, but the probe's and the reference schedules run to the end (the report
+    # compares the result with them), and no trial is pruned after its last step.
+    from autowarm.study import _tune
+
+    monkeypatch.setattr(_tune, "_make_pruner", lambda name, steps: _AlwaysPrune())
+    result = autowarm.tune(
+        task, n_trials=6, suggestion=suggestion, storage=str(tmp_path / "s.db"),
+        trial_steps=40, confirm=0, progress=False,
+    )  # fmt: skip
+    trials = result.study.get_trials()
+    for t in trials:
+        role = t.user_attrs[_attrs.ROLE]
+        if role == _attrs.ROLE_SEARCH:
+            assert t.state == TrialState.PRUNED and t.last_step is not None and t.last_step < 40
+        else:
+            assert t.state == TrialState.COMPLETE, (
+                role,
+                t.state,
+                t.user_attrs.get("autowarm.reason"),
+            )
+    assert {t.user_attrs[_attrs.ROLE] for t in trials} > {_attrs.ROLE_PROBE, _attrs.ROLE_SEARCH}
+
+
 def test_resume_counts_the_study_total_and_keeps_the_probe(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
