@@ -1326,12 +1326,46 @@ def _run_processes(ref: Task | str, plan: _Plan, n_workers: int) -> None:
     stopped = (130, -signal.SIGINT, -signal.SIGTERM)
     if ended and all(p.exitcode in stopped for p in ended):
         raise KeyboardInterrupt(f"worker processes {[p.name for p in ended]} were stopped")
-    failed = [p.name for p in ended]
-    if failed:
+    if ended:
         raise RuntimeError(
-            f"worker processes {failed} exited with an error (see their log lines above); "
-            "finished trials are kept, run the same command to resume"
+            f"worker processes {', '.join(_how_ended(p) for p in ended)}; finished trials "
+            "are kept, run the same command to resume"
         )
+
+
+def _how_ended(process: Any) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"{process.name} (killed by {name})"
+    return f"{process.name} (exit status {code}: see its log lines above)"
+
+
+def _stop_when_orphaned(flag: _StopFlag, interval: float = 1.0) -> None:
+    """Stop this worker, as SIGTERM would, once the process that started it is gone.
+
+    A worker outlives a ``tune`` process killed by SIGKILL (the OOM killer, a scheduler's
+    preemption, ``kill -9``): no signal reaches it, and it would go on running trials beside
+    the workers of the command run again to resume. It is then a child of another process,
+    which is how it notices; its running trial is queued again as on a stop.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while flag.received is None:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                _logger.warning(
+                    "the autowarm tune process that started this worker is gone: stopping at "
+                    "the next step (its trial is queued again)"
+                )
+                flag.received = signal.SIGTERM
+                return
+
+    threading.Thread(target=watch, name="autowarm-parent-watch", daemon=True).start()
 
 
 def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None:
@@ -1343,6 +1377,7 @@ def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None
     # Ctrl-C reaches every process of the group and the parent forwards SIGTERM as well: both
     # only ask this worker to stop at its next step.
     with _StopFlag(hard_on_second=False).installed() as flag:
+        _stop_when_orphaned(flag)
         try:
             storage = _storage.open_storage(
                 plan.storage, heartbeat_interval=plan.heartbeat_interval

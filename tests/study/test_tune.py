@@ -1395,8 +1395,33 @@ def test_a_worker_error_prints_one_line_and_the_traceback_with_debug(
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 1, err
         assert err.count("error: 3 trials in a row failed") == 2, err  # one line per worker
-        assert "exited with an error" in err
+        assert "(exit status 1: see its log lines above)" in err
         assert ("Traceback" in err) is debug and ("in _worker_main" in err) is debug, err
+
+
+def test_a_worker_stops_when_the_process_that_started_it_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # after a SIGKILL of `autowarm tune` its workers were reparented and ran on as orphans
+    from autowarm.study import _tune
+
+    parents = iter([100] + [100] * 3 + [1] * 1000)  # the parent, then init after a while
+    monkeypatch.setattr(_tune.os, "getppid", lambda: next(parents))
+    flag = _tune._StopFlag(hard_on_second=False)
+    _tune._stop_when_orphaned(flag, interval=0.01)
+    deadline = time.time() + 5
+    while not flag.is_set() and time.time() < deadline:
+        time.sleep(0.01)
+    assert flag.received == signal.SIGTERM
+
+
+def test_a_killed_worker_is_named_with_its_signal() -> None:
+    from autowarm.study._tune import _how_ended
+
+    killed = SimpleNamespace(name="autowarm-worker-1", exitcode=-signal.SIGKILL)
+    assert _how_ended(killed) == "autowarm-worker-1 (killed by SIGKILL)"
+    failed = SimpleNamespace(name="autowarm-worker-0", exitcode=1)
+    assert _how_ended(failed) == "autowarm-worker-0 (exit status 1: see its log lines above)"
 
 
 def _postgres_url() -> str:
