@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -91,6 +92,12 @@ class Suggestion:
         deciding_signal: which signal set the warmup (``loss bursts``, ``second moment``,
             ``none needed``).
         wall_seconds: wall time of the probe.
+        training: the settings the probe trained under, which the real run should share:
+            ``optimizer`` (the class's qualified name), ``optimizer_settings`` (its
+            signature's defaults updated by ``optimizer_kwargs``: ``betas``, ``eps``,
+            ``weight_decay``...; JSON-able values only), ``grad_clip``,
+            ``accumulation_steps`` and ``precision``. Empty in a suggestion saved by an
+            autowarm before 0.1.0's record of them. :meth:`to_trainer_args` reads it.
     """
 
     warmup_steps: int
@@ -106,6 +113,7 @@ class Suggestion:
     low_confidence_reasons: tuple[str, ...] = ()
     deciding_signal: str = ""
     wall_seconds: float = field(default=0.0, compare=False)
+    training: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def low_confidence(self) -> bool:
@@ -126,7 +134,84 @@ class Suggestion:
             "wall_seconds": self.wall_seconds,
             "rationale": self.rationale,
             "schedule": self.schedule.to_dict(),
+            "training": dict(self.training),
         }
+
+    def to_trainer_args(self) -> dict[str, Any]:
+        """``TrainingArguments`` fields for a ``transformers.Trainer`` run that trains as the
+        probe measured: the schedule's (:meth:`ScheduleConfig.to_trainer_args`) and, from
+        :attr:`training`, ``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` and
+        ``weight_decay`` (probed with ``torch.optim.AdamW`` or ``Adam``), ``max_grad_norm``
+        (the probe's ``grad_clip``; ``0.0``, no clipping, where it had none, as the Trainer
+        otherwise clips at 1.0), ``gradient_accumulation_steps``, and ``bf16``/``fp16`` for a
+        mixed-precision probe.
+
+        The warmup depends on Adam's ``beta2`` and the peak on the rest: a Trainer left at
+        its defaults (``beta2=0.999``, clipping at 1.0) trains another run than the one
+        measured. One difference stays: the Trainer's AdamW leaves biases and normalisation
+        weights out of weight decay, which the probe's optimizer did not.
+
+        Warns (``UserWarning``) and gives the schedule's fields alone for a suggestion that
+        records no training settings (saved by an older autowarm), and leaves the optimizer
+        fields out, with a warning, for another optimizer (pass it to ``Trainer(optimizers=
+        ...)``).
+
+        Raises:
+            TransformersExportError: as :meth:`ScheduleConfig.to_transformers`.
+        """
+        args = self.schedule.to_trainer_args()
+        t = self.training
+        if not t:
+            warnings.warn(
+                "this suggestion records no training settings (saved by an older autowarm): "
+                "only the schedule's fields are given; set the Trainer's optimizer settings, "
+                "clipping and accumulation to those of the probe yourself",
+                UserWarning,
+                stacklevel=2,
+            )
+            return args
+        name = str(t.get("optimizer", ""))
+        settings = t.get("optimizer_settings", {})
+        if name in _TRAINER_ADAM:
+            betas = settings.get("betas", (0.9, 0.999))
+            args.update(
+                adam_beta1=float(betas[0]),
+                adam_beta2=float(betas[1]),
+                adam_epsilon=float(settings.get("eps", 1e-8)),
+                weight_decay=float(settings.get("weight_decay", 0.0)),
+            )
+            if settings.get("amsgrad"):
+                warnings.warn(
+                    "the probe ran with amsgrad=True, which TrainingArguments cannot set: pass "
+                    "the optimizer to Trainer(optimizers=...)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            if name == "torch.optim.Adam" and args["weight_decay"]:
+                warnings.warn(
+                    "the probe ran torch.optim.Adam with weight_decay (L2 in the gradient); the "
+                    "Trainer's AdamW decays the weights directly, another optimizer: probe "
+                    "with AdamW, or pass Adam to Trainer(optimizers=...)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        else:
+            warnings.warn(
+                f"the probe ran {name or 'an unrecorded optimizer'}, which TrainingArguments "
+                "cannot select: pass it to Trainer(optimizers=(optimizer, None)) built with "
+                "the probe's settings; the optimizer fields are left out",
+                UserWarning,
+                stacklevel=2,
+            )
+        clip = t.get("grad_clip")
+        args["max_grad_norm"] = float(clip) if clip is not None else 0.0
+        args["gradient_accumulation_steps"] = int(t.get("accumulation_steps", 1))
+        precision = t.get("precision", "32-true")
+        if precision == "bf16-mixed":
+            args["bf16"] = True
+        elif precision == "16-mixed":
+            args["fp16"] = True
+        return args
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (JSON) and the tables beside it (``.trace.csv``, ``.signals.csv``).
@@ -253,7 +338,11 @@ class Suggestion:
             raise ValueError(
                 f"field 'wall_seconds' must be a number of seconds >= 0, but got {wall_seconds!r}"
             )
+        training = data.get("training", {})
+        if not isinstance(training, Mapping):
+            raise ValueError(f"field 'training' must be a mapping, but got {training!r}")
         return cls(
+            training=dict(training),
             warmup_steps=schedule.warmup_steps,
             peak_lr=schedule.peak_lr,
             schedule=schedule,
@@ -608,7 +697,61 @@ def suggest(
         decay,
         time.perf_counter() - start,
         preface=" ".join(x for x in (proxy_note, _groups_note(groups)) if x) or None,
+        training=_training_record(optimizer_cls, kwargs, grad_clip, accumulation_steps, precision),
     )
+
+
+# The optimizers whose settings TrainingArguments holds (adam_beta1/2, adam_epsilon).
+_TRAINER_ADAM = ("torch.optim.AdamW", "torch.optim.Adam")
+
+
+def _training_record(
+    optimizer_cls: type[torch.optim.Optimizer],
+    kwargs: Mapping[str, Any],
+    grad_clip: float | None,
+    accumulation_steps: int,
+    precision: str,
+) -> dict[str, Any]:
+    """:attr:`Suggestion.training`: the settings the probe trained under, JSON-able."""
+    settings: dict[str, Any] = {}
+    try:
+        params = inspect.signature(optimizer_cls.__init__).parameters.values()
+        settings = {
+            p.name: p.default
+            for p in params
+            if p.default is not inspect.Parameter.empty and p.name not in ("lr", "params")
+        }
+    except (TypeError, ValueError):  # no signature to read (a C extension)
+        pass
+    settings.update(kwargs)
+    name = f"{optimizer_cls.__module__}.{optimizer_cls.__qualname__}"
+    if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam):
+        name = f"torch.optim.{optimizer_cls.__name__}"  # not torch.optim.adamw.AdamW
+    plain = {k: _plain(v) for k, v in settings.items()}
+    return {
+        "optimizer": name,
+        "optimizer_settings": {k: v for k, v in plain.items() if v is not _UNSET_VALUE},
+        "grad_clip": None if grad_clip is None else float(grad_clip),
+        "accumulation_steps": int(accumulation_steps),
+        "precision": precision,
+    }
+
+
+_UNSET_VALUE = object()
+
+
+def _plain(value: Any) -> Any:
+    # a JSON-able copy of an optimizer setting, or _UNSET_VALUE for one that is not
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if is_real(value):
+        return int(value) if is_int(value) else float(value)
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        return _UNSET_VALUE if any(v is _UNSET_VALUE for v in items) else items
+    return _UNSET_VALUE
 
 
 _GROUPS_NOTE = "The probe trained {n} parameter groups at {scales} times each LR it tried"
@@ -1037,6 +1180,7 @@ def _suggestion(
     wall: float,
     *,
     preface: str | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> Suggestion:
     schedule = ScheduleConfig(
         peak_lr=o.peak_lr,
@@ -1074,4 +1218,5 @@ def _suggestion(
         low_confidence_reasons=tuple(o.reasons),
         deciding_signal=o.deciding_signal,
         wall_seconds=wall if math.isfinite(wall) else 0.0,
+        training=dict(training or {}),
     )

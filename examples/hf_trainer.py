@@ -5,7 +5,8 @@ generated here from a small grammar, read through a character-level vocabulary b
 so nothing is fetched. Batches are dicts (``input_ids``, ``labels``), the Hugging Face way:
 ``autowarm.suggest`` calls ``model(**batch).loss`` on them by default.
 
-The Trainer gets the schedule through ``TrainingArguments(**schedule.to_trainer_args(), ...)``.
+The Trainer gets the schedule, and the optimizer settings the probe trained with, through
+``TrainingArguments(**suggestion.to_trainer_args(), ...)``.
 The example checks that the LR the Trainer logs at every step (``logging_steps=1``) is
 ``schedule.lr_at`` of that step, and that the optimizer really used it.
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = GPT2LMHeadModel(config)
 
-    # 1. Probe on dict batches; Trainer's default optimizer is AdamW with weight_decay=0.
+    # 1. Probe on dict batches, with the optimizer settings of the real run.
     suggestion = autowarm.suggest(
         model,
         DataLoader(data, batch_size=16, shuffle=True),
@@ -119,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     recorder = RecordLR()
     with tempfile.TemporaryDirectory() as tmp:
         training_args = TrainingArguments(
-            **schedule.to_trainer_args(),  # learning_rate, warmup_steps, scheduler, max_steps
+            # the schedule (learning_rate, warmup_steps, scheduler, max_steps) and the
+            # optimizer settings the probe trained with (betas, eps, weight_decay, clipping)
+            **suggestion.to_trainer_args(),
             output_dir=str(args.out or tmp),
             per_device_train_batch_size=16,
-            weight_decay=0.0,
             logging_steps=1,
             save_strategy="no",
             report_to="none",

@@ -922,6 +922,7 @@ def test_suggestion_save_load_round_trip(
     assert t.low_confidence_reasons == s.low_confidence_reasons
     assert t.deciding_signal == s.deciding_signal
     assert t.wall_seconds == s.wall_seconds
+    assert t.training == s.training and s.training["optimizer"] == "torch.optim.AdamW"
     pd.testing.assert_frame_equal(
         t.trace, s.trace, check_dtype=False, check_exact=False, rtol=1e-12
     )
@@ -1692,3 +1693,34 @@ def test_a_budget_too_small_for_the_ladder_lowers_the_confidence() -> None:
     assert "budget_steps of at least 52" in reason
     full = _run(_net(), _cls_batches(), criterion=F.cross_entropy, budget_steps=60)
     assert not any("ladder could try" in r for r in full.low_confidence_reasons)
+
+
+def test_trainer_args_carry_the_settings_the_probe_trained_under() -> None:
+    s = _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, total_steps=TOTAL,
+             budget_steps=BUDGET, grad_clip=0.5, accumulation_steps=2,
+             optimizer_kwargs={"betas": (0.9, 0.95), "weight_decay": 0.1})  # fmt: skip
+    args = s.to_trainer_args()
+    assert args == {
+        **s.schedule.to_trainer_args(),
+        "adam_beta1": 0.9, "adam_beta2": 0.95, "adam_epsilon": 1e-8, "weight_decay": 0.1,
+        "max_grad_norm": 0.5, "gradient_accumulation_steps": 2,
+    }  # fmt: skip
+    # saved and loaded, the record is the same; no clipping in the probe: none in the Trainer
+    # (which otherwise clips at 1.0)
+    loaded = Suggestion.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert loaded.to_trainer_args() == args
+    unclipped = Suggestion.from_dict(
+        {**s.to_dict(), "training": {**s.training, "grad_clip": None}}
+    )
+    assert unclipped.to_trainer_args()["max_grad_norm"] == 0.0
+    # a suggestion saved before the record: the schedule's fields, and a warning
+    old = {k: v for k, v in s.to_dict().items() if k != "training"}
+    with pytest.warns(UserWarning, match="records no training settings"):
+        assert Suggestion.from_dict(old).to_trainer_args() == s.schedule.to_trainer_args()
+    sgd = Suggestion.from_dict({**s.to_dict(), "training": {**s.training,
+                                "optimizer": "torch.optim.sgd.SGD"}})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"Trainer\(optimizers="):
+        assert "adam_beta2" not in sgd.to_trainer_args()
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    targs = transformers.TrainingArguments(output_dir="unused", report_to="none", **args)
+    assert (targs.adam_beta2, targs.max_grad_norm, targs.weight_decay) == (0.95, 0.5, 0.1)
