@@ -458,3 +458,12 @@ def test_one_batch_passed_as_the_data_gets_the_wrap_it_hint() -> None:
     # Iterating an (inputs, targets) tuple yields its tensors, each read as a batch.
     with pytest.raises(TypeError, match=r"one \(inputs, targets\) batch.*wrap it in a list"):
         _run(_mlp(), _cls_batches()[0], criterion=F.cross_entropy)
+
+
+def test_a_loss_without_gradient_is_a_clear_error_not_a_tiny_peak() -> None:
+    # it returned a "peak" of 1.3e-7 (the sweep's start) at low confidence
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="the gradient was 0 for every parameter at all"):
+        _run(model, _cls_batches(), loss_fn=lambda m, b: (m(b[0]) * 0).sum() + 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -318,6 +318,14 @@ def _range_test(
         warmup_steps=0,
         smooth_beta=beta,
     )
+    norms = [r["grad_norm"] for r in rt_burst.rows if r.get("finite")]
+    if len(norms) >= 2 and all(n == 0.0 for n in norms):
+        # No LR can move a parameter: a bug in the loss, not a property of the model.
+        raise ValueError(
+            f"the gradient was 0 for every parameter at all {len(norms)} steps of the range "
+            "test, so no LR can train the model: check that the loss depends on the model's "
+            "parameters (not a detached output, a product with 0, or an integer loss)"
+        )
     skip_begin = max(1, min(10, n_rt // 10))
     runner.start_loss = _initial_loss(rt_burst, max(3, skip_begin))
     rt_lrs, rt_losses, rt_steps = _drop_isolated_nonfinite(rt_burst.lrs, rt_burst.losses)
