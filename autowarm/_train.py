@@ -268,7 +268,7 @@ class _DefaultLoss:
 
     def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         if isinstance(batch, Mapping):
-            return _as_scalar_loss(_loss_from_output(model(**batch)))
+            return _as_scalar_loss(_loss_from_output(model(**batch), batch))
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
             if self.criterion is None:
                 raise TypeError(
@@ -372,7 +372,7 @@ def loss_call(loss_fn: LossFn, batch: Any) -> str:
     return "the loss function"
 
 
-def _loss_from_output(output: Any) -> Any:
+def _loss_from_output(output: Any, batch: Mapping[str, Any]) -> Any:
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")
@@ -386,9 +386,18 @@ def _loss_from_output(output: Any) -> Any:
             "loss_fn=lambda model, batch: model(**batch)[0] if its first item is the loss"
         )
     if loss is None:
+        what = f"the model output (type {type(output).__name__}) has no loss"
+        if "labels" in batch:
+            # the batch has them: this model does not compute a loss from them (not a
+            # Hugging Face model, or one without a head that takes labels)
+            raise TypeError(
+                f"{what}, though the batch has 'labels': the model does not compute its loss "
+                f"from them; {_LOSS_FN_HINT}, e.g. loss_fn=lambda model, batch: "
+                "F.cross_entropy(model(batch['x']), batch['labels'])"
+            )
         raise TypeError(
-            f"the model output (type {type(output).__name__}) has no loss; pass labels in the "
-            f"batch (e.g. batch['labels']) so the model computes one, or {_LOSS_FN_HINT}"
+            f"{what}; pass labels in the batch (e.g. batch['labels']) so the model computes "
+            f"one, or {_LOSS_FN_HINT}"
         )
     return loss
 

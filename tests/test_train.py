@@ -183,6 +183,20 @@ def test_mapping_batch_without_loss_says_pass_labels(as_mapping: bool) -> None:
         resolve_loss_fn()(_DictModel(as_mapping=as_mapping), {"x": x})
 
 
+def test_a_model_that_ignores_the_batchs_labels_is_told_to_take_loss_fn() -> None:
+    # "pass labels in the batch" was wrong advice: the batch had them
+    x, y = _xy()
+    plain = torch.nn.Linear(x.shape[1], 3)
+
+    def forward(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return plain(x)
+
+    model = torch.nn.Module()
+    model.forward = forward  # type: ignore[method-assign]
+    with pytest.raises(TypeError, match=r"though the batch has 'labels'.*loss_fn="):
+        resolve_loss_fn()(model, {"x": x, "labels": y})
+
+
 def test_a_tuple_output_of_a_mapping_batch_names_return_dict() -> None:
     # a Hugging Face model with return_dict=False: (loss, logits), with labels in the batch
     class TupleModel(nn.Module):
