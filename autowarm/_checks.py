@@ -1,4 +1,5 @@
-"""Type checks shared by the public entry points, and the one-line form of an error.
+"""Type checks shared by the public entry points, the one-line form of an error, and the
+command lines' refusal of abbreviated options.
 
 Counts and rates may come from numpy or a config library as well as from Python literals, so
 any integer type (``numpy.int64``) is an int here and any real type (``numpy.float32``) a real;
@@ -7,10 +8,11 @@ a ``bool`` is neither, because ``True`` as a step count is always a mistake.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 
-__all__ = ["error_line", "is_finite_real", "is_int", "is_real"]
+__all__ = ["error_line", "is_finite_real", "is_int", "is_real", "no_abbreviations"]
 
 
 def is_int(x: object) -> bool:
@@ -40,3 +42,16 @@ def error_line(exc: BaseException) -> str:
     when the message is empty."""
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Refuse abbreviated options in ``parser`` and every subcommand's parser under it.
+
+    argparse takes ``--n-trial`` for ``--n-trials``: a typo that happens to be a prefix would
+    run silently as another option, so every option must be spelled out.
+    """
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                no_abbreviations(child)

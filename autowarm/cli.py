@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autowarm import __version__
-from autowarm._checks import error_line
+from autowarm._checks import error_line, no_abbreviations
 from autowarm.schedules import ScheduleConfig
 
 _log = logging.getLogger("autowarm")
@@ -336,6 +336,7 @@ def build_parser(*, bench: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         (add if bench or add is not _add_bench else _add_bench_name)(sub)
+    no_abbreviations(parser)
     return parser
 
 

@@ -251,3 +251,23 @@ def test_a_reader_that_stops_early_is_not_an_error(sched_file: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141  # as a process killed by SIGPIPE (128 + 13)
     assert "error" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tune", "task.py:task", "--n-trial", "3"],  # a prefix of --n-trials
+        ["bench", "grid", "--seed", "2"],  # of --seeds
+        ["export", "--stor", "s.db"],  # of --storage
+    ],
+)
+def test_an_abbreviated_option_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse took them as the full option, so a typo could run as another option
+    from autowarm.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

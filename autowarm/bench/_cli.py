@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autowarm._checks import no_abbreviations
 from autowarm.bench import _args
 
 __all__ = ["add_arguments", "main", "run"]
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every cell")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     add_arguments(parser)
+    no_abbreviations(parser)
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose or args.bench_action == "grid" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")

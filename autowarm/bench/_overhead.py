@@ -634,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autowarm.bench._overhead",
         description="Time second-moment monitoring against plain training steps (CPU or GPU).",
+        allow_abbrev=False,
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
