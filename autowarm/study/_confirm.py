@@ -188,8 +188,15 @@ def run_confirmations(
         try:
             with _heartbeat(conf, trial._trial_id):
                 outcome = train_trial(task, schedule, seed, should_stop=should_stop)
-        except BaseException:
+        except BaseException as exc:
             if not _finished_elsewhere(conf, trial._trial_id):
+                # the reason, as a search trial's: a stop is run again by the next resume
+                reason = (
+                    "interrupted (SIGINT/SIGTERM); confirmed again on resume"
+                    if isinstance(exc, KeyboardInterrupt)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                trial.set_user_attr(_attrs.REASON, reason)
                 conf.tell(trial, state=TrialState.FAIL)
             raise
         if _finished_elsewhere(conf, trial._trial_id):

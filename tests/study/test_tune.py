@@ -1772,3 +1772,20 @@ def test_a_resume_on_other_batches_of_the_same_size_is_allowed(
     again = autowarm.tune(dataclasses.replace(task, train_data=jittered), n_trials=5, **kw)
     assert len(again.trials) == 5
     assert again.study.user_attrs[_attrs.DATA] == {"train_batches": 10, "val_batches": 1}
+
+
+def test_an_interrupted_confirmation_is_failed_with_its_reason(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    from autowarm.study._confirm import _confirm_study, run_confirmations
+
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
+    study = autowarm.tune(task, n_trials=4, confirm=0, **kw).study
+    with pytest.raises(KeyboardInterrupt):
+        run_confirmations(task, study, 1, seed=0, storage_url=db, should_stop=lambda: True)
+    conf = _confirm_study(study, create=False)
+    assert conf is not None
+    (failed,) = conf.get_trials()
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs[_attrs.REASON].startswith("interrupted (SIGINT/SIGTERM)")
