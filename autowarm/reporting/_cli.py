@@ -14,7 +14,7 @@ def add_parser(sub: Any) -> None:
     """Register ``autowarm report`` on the subcommand parsers ``sub``."""
     p = sub.add_parser(
         "report",
-        help="write the report of a probe (SUGGESTION.json) or a study (--storage, --study-name)",
+        help="write the report of a probe (SUGGESTION.json) or a study (--storage [--study-name])",
         description="Write report.md, a self-contained report.html, one CSV per table and one "
         "PNG per figure. Files already in the folder are left alone: a report replaces only "
         "the files an earlier report wrote there (listed in its .autowarm-report.json), and "
@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
         "suggestion", nargs="?", type=Path, help="a suggestion JSON (Suggestion.save, demo)"
     )
     p.add_argument("--storage", help="optuna storage URL or file of the study")
-    p.add_argument("--study-name", help="name of the study in --storage")
+    p.add_argument("--study-name", help="with --storage (optional if only one)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument(
         "--benchmark",
@@ -43,11 +43,16 @@ def run(args: argparse.Namespace) -> int:
     study = args.storage is not None or args.study_name is not None
     if study and args.suggestion is not None:
         raise ValueError("pass a suggestion JSON or --storage/--study-name, not both")
-    if study and (args.storage is None or args.study_name is None):
-        raise ValueError("a study report needs both --storage URL and --study-name NAME")
+    if study and args.storage is None:
+        raise ValueError("a study report needs --storage URL (and --study-name NAME)")
     if not study and args.suggestion is None:
-        raise ValueError("nothing to report: pass SUGGESTION.json or --storage and --study-name")
-    source = (args.storage, args.study_name) if study else args.suggestion
+        raise ValueError("nothing to report: pass SUGGESTION.json or --storage [--study-name]")
+    source: Any = args.suggestion
+    if study:
+        from autowarm.reporting._study import open_study
+
+        # without --study-name, the storage's one study (several: an error listing them)
+        source = open_study(args.storage, args.study_name)
     rep = report(source, benchmark=args.benchmark, task=args.task)
     paths = rep.write(args.out)
     _log.info("%s", rep.status_text)

@@ -135,14 +135,14 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             else "or export the probe's suggestion instead: `autowarm export --storage STORAGE "
             f"--study-name {shlex.quote(name)} --probe`"
         )
-        ended = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        all_diverged = len(ended) >= 3 and all(
-            str(t.user_attrs.get(_attrs.REASON, "")).startswith("diverged") for t in ended
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        all_diverged = len(finished) >= 3 and all(
+            str(t.user_attrs.get(_attrs.REASON, "")).startswith("diverged") for t in finished
         )
         if all_diverged:
             # more trials in the same space (pinned around the probe's peak) diverge as well
             raise NoFinishedTrialError(
-                f"study {name!r} has no completed trial: all {len(ended)} of its trials "
+                f"study {name!r} has no completed trial: all {len(finished)} of its trials "
                 "diverged, so its search space, around the probe's peak LR, is too hot and "
                 "more trials will diverge too; start a new study (another --study-name) from "
                 "a probe with another --budget-steps or seed, or a --suggestion with a lower "

@@ -122,6 +122,10 @@ def test_cli_suggestion_and_study(
     assert main(["report", str(path), "--storage", url, "--study-name", "x", "-o", "o"]) == 1
     assert main(["report", "-o", str(out)]) == 1
     assert "nothing to report" in capsys.readouterr().err
+    # the storage's only study, without --study-name (as export finds it)
+    alone = tmp_path / "alone"
+    assert main(["-q", "report", "--storage", url, "-o", str(alone)]) == 0
+    assert (alone / "trials.csv").read_text() == (out / "trials.csv").read_text()
 
 
 def test_demo_writes_a_report(tmp_path: Path) -> None:
