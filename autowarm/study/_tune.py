@@ -51,6 +51,7 @@ from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
 from autowarm.study._confirm import (
+    confirm_study,
     confirmed,
     confirmed_best,
     diverged_at_full_length,
@@ -819,6 +820,13 @@ def tune(
                             storage_url=url,
                             should_stop=flag.is_set,
                         )
+                        # confirmations another process claimed: their results decide the
+                        # best this process reports, so it waits for them as for trials
+                        conf = confirm_study(study)
+                        if conf is not None:
+                            wait_for_running_trials(
+                                conf, plan.deadline, flag.is_set, confirmations=True
+                            )
         except KeyboardInterrupt:
             kept = len(
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -840,8 +848,12 @@ def wait_for_running_trials(
     should_stop: Callable[[], bool],
     *,
     poll_seconds: float = 1.0,
+    confirmations: bool = False,
 ) -> None:
     """Return once no trial of ``study`` is running, or at ``deadline`` (``time.time()``).
+
+    ``confirmations``: ``study`` is a study's full-length confirmations, whose dead runs are
+    failed but not queued again (the next ``tune`` claims them anew).
 
     A trial still running here belongs to another process on the same storage (another
     ``autowarm tune`` on this host or another); one whose worker died is failed and queued
@@ -852,8 +864,10 @@ def wait_for_running_trials(
         KeyboardInterrupt: ``should_stop()`` turned true (Ctrl-C, SIGTERM).
     """
     logged = -math.inf
+    what = "the full-length confirmations" if confirmations else "trials"
+    after = "before reporting the best" if confirmations else "before the confirmations"
     while True:
-        _storage.fail_dead_local_trials(study)
+        _storage.fail_dead_local_trials(study, requeue_them=not confirmations)
         with _storage.quiet_experimental():
             optuna.storages.fail_stale_trials(study)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -864,8 +878,10 @@ def wait_for_running_trials(
         if time.monotonic() - logged >= 60.0:
             logged = time.monotonic()
             _logger.info(
-                "waiting for trials %s, running in other processes, before the confirmations",
+                "waiting for %s %s, running in other processes, %s",
+                what,
                 [t.number for t in running],
+                after,
             )
         time.sleep(poll_seconds)
 

@@ -1790,3 +1790,35 @@ def test_an_interrupted_confirmation_is_failed_with_its_reason(
     (failed,) = conf.get_trials()
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs[_attrs.REASON].startswith("interrupted (SIGINT/SIGTERM)")
+
+
+def test_a_resume_waits_for_confirmations_another_process_is_running(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # The second of two `tune` processes printed the best before the first had finished the
+    # confirmation it claimed (a best that the confirmation then overturned).
+    import threading
+
+    from autowarm.study._confirm import CONFIRMS, ROLE_CONFIRM, _confirm_study, candidates
+
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
+    study = autowarm.tune(task, n_trials=4, confirm=0, **kw).study
+    (best,) = candidates(study, 1)
+    conf = _confirm_study(study, create=True)
+    assert conf is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = conf.ask()  # another host's run: no worker of this one, so never failed
+    theirs.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
+    theirs.set_user_attr(CONFIRMS, best.number)
+    finisher = threading.Timer(1.0, lambda: conf.tell(theirs, 0.5))
+    finisher.start()
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "confirmations ... have not run"
+        result = autowarm.tune(task, n_trials=4, confirm=1, **kw)
+        best_schedule = result.best
+    finisher.join()
+    assert time.monotonic() - started >= 0.9
+    assert best_schedule.to_dict() == best.user_attrs[_attrs.SCHEDULE]
