@@ -958,7 +958,7 @@ def test_divergence_prunes_with_a_reason(
     frame = result.trials
     assert len(frame) == 5 and frame["state"].eq("pruned").all()
     assert frame["reason"].str.startswith("diverged: loss or gradient not finite").all()
-    with pytest.raises(NoFinishedTrialError, match="5 pruned"):
+    with pytest.raises(NoFinishedTrialError, match="all 5 of its trials diverged"):
         _ = result.best
 
 
