@@ -557,8 +557,10 @@ def _grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     )
 
 
-_LOWEST_LOSS_SCALE = 1.0
-"""Below this loss scale a skipped ``16-mixed`` update counts as divergence (see StepResult)."""
+_LOWEST_LOSS_SCALE = 2.0**-48
+"""Below this loss scale a skipped ``16-mixed`` update counts as divergence (see StepResult):
+gradients that overflow float16 (65504) even scaled by it are above 1.8e19, or NaN. A healthy
+run with large gradients (a sum-reduced loss) settles at a scale below 1, far above this."""
 
 
 @dataclass(frozen=True)
@@ -577,9 +579,10 @@ class StepResult:
         skipped:
             The loss scaler (``precision="16-mixed"``) skipped the update: the scaled
             gradients overflowed float16, so the scale was lowered and the weights left as
-            they were. Not a divergence, until the scale falls below 1 (from torch's default
-            of 2**16, about 17 skips in a row): the gradients then overflow float16 without
-            any scaling, or are NaN, so the step is reported not ``finite``.
+            they were. Not a divergence, until the scale falls below ``2**-48`` (from torch's
+            default of ``2**16``, 65 skips in a row): the gradients then overflow float16 even
+            scaled down by that (above 1.8e19), or are NaN, so the step is reported not
+            ``finite``.
     """
 
     loss: float
@@ -693,8 +696,8 @@ def train_step(
             # is skipped, as in any fp16 run; the loss was finite, so this is not divergence.
             scaler.update()
             if scaler.get_scale() < _LOWEST_LOSS_SCALE:
-                # ... unless the scale has fallen below 1: then the gradients overflow float16
-                # unscaled, or are NaN at any scale, and every later update would be skipped
+                # ... unless the scale has fallen so low that only NaN gradients, or ones
+                # above 1.8e19, still overflow: every later update would be skipped
                 return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
             return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True, skipped=True)
         return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)

@@ -148,12 +148,28 @@ def test_gradients_that_overflow_at_every_scale_are_divergence_under_the_scaler(
         return F.cross_entropy(m(b[0]).float(), b[1]) + torch.sqrt(0 * w).sum()
 
     task = autowarm.Task(make_model=lambda s: _mlp(), train_data=_batches(), loss_fn=loss,
-                         total_steps=60, precision="16-mixed")  # fmt: skip
-    schedule = ScheduleConfig(peak_lr=1e-3, total_steps=60, warmup_steps=2)
+                         total_steps=100, precision="16-mixed")  # fmt: skip
+    schedule = ScheduleConfig(peak_lr=1e-3, total_steps=100, warmup_steps=2)
     out = train_trial(task, schedule, seed=0)
     assert out.value == float("inf") and out.diverged_at is not None
-    # the default scale, 2**16, falls below 1 on the 17th skip in a row
-    assert out.diverged_at == 16
+    # the default scale, 2**16, falls below 2**-48 on the 65th skip in a row
+    assert out.diverged_at == 64
+
+
+def test_large_gradients_that_need_a_scale_below_one_are_not_divergence() -> None:
+    # a sum-reduced loss over a large batch: its float16 gradients overflow at scale 1, and
+    # torch's loss scaler trains it at scale 0.5; it must not count as diverged
+    x = torch.randn(4096, 16)
+    data = [(x, 100 * (x @ torch.randn(16, 1)))]
+
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        return F.mse_loss(m(b[0]).float(), b[1], reduction="sum")
+
+    task = autowarm.Task(make_model=lambda s: nn.Linear(16, 1), train_data=data, loss_fn=loss,
+                         total_steps=40, precision="16-mixed")  # fmt: skip
+    schedule = ScheduleConfig(peak_lr=1e-3, total_steps=40, warmup_steps=2)
+    out = train_trial(task, schedule, seed=0)
+    assert out.diverged_at is None and out.value < float("inf")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
