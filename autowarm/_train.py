@@ -84,25 +84,31 @@ def nan_in_batch(batch: Any) -> bool:
 
 
 def batch_samples(batch: Any) -> int | None:
-    """The number of samples in a (nested) batch: the first dimension of its first tensor that
-    has one, walked in order (a ``PackedSequence`` counts its sequences); ``None`` without one."""
+    """The number of samples in a batch: the first dimension its tensors share, or ``None``.
+
+    A tensor is its own first dimension (a ``PackedSequence`` counts its sequences). A tuple,
+    list, mapping or dataclass is read by its own tensors (not those of nested containers: a
+    list of variable-length sequences is not a batch dimension), and only when they all agree
+    (``(T, B, F)`` inputs beside ``(B,)`` targets do not); else ``None``.
+    """
     if isinstance(batch, PackedSequence):
         return int(batch.batch_sizes[0]) if len(batch.batch_sizes) else None
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() >= 1 else None
     if isinstance(batch, Mapping):
-        parts: Iterable[Any] = batch.values()
+        parts: list[Any] = list(batch.values())
     elif isinstance(batch, (tuple, list)):
-        parts = batch
+        parts = list(batch)
     elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        parts = (getattr(batch, f.name, None) for f in dataclasses.fields(batch))
+        parts = [getattr(batch, f.name, None) for f in dataclasses.fields(batch)]
     else:
         return None
-    for part in parts:
-        n = batch_samples(part)
-        if n is not None:
-            return n
-    return None
+    sizes = {
+        batch_samples(p)
+        for p in parts
+        if isinstance(p, PackedSequence) or (isinstance(p, torch.Tensor) and p.dim() >= 1)
+    }
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def sample_mean(losses: Sequence[float], sizes: Sequence[int | None]) -> float:

@@ -630,9 +630,13 @@ def test_batch_samples_reads_the_first_dimension_of_the_first_tensor() -> None:
     assert batch_samples((torch.zeros(5, 3), torch.zeros(5))) == 5
     assert batch_samples({"mask": None, "input_ids": torch.zeros(4, 7)}) == 4
     assert batch_samples(Batch("a", torch.zeros(6, 2))) == 6
-    assert batch_samples([torch.tensor(1.0), [torch.zeros(2)]]) == 2  # a scalar has none
+    assert batch_samples([torch.tensor(1.0), torch.zeros(2)]) == 2  # a scalar has none
     assert batch_samples(pack_sequence([torch.zeros(3), torch.zeros(2), torch.zeros(1)])) == 3
     assert batch_samples("text") is None and batch_samples((1, 2)) is None
+    # two variable-length sequences and their targets: 2 samples, not the first one's length
+    assert batch_samples(([torch.zeros(9), torch.zeros(4)], torch.zeros(2))) == 2
+    # sequence-first inputs beside batch-first targets: no size to trust (equal weights)
+    assert batch_samples((torch.zeros(7, 3, 5), torch.zeros(3))) is None
 
 
 def test_sample_mean_weighs_batches_by_their_samples() -> None:

@@ -64,8 +64,9 @@ class Task:
             eval mode without gradients; the trial restores the mode afterwards.
         val_data:
             Validation batches; the default ``eval_fn`` is the mean loss over their samples
-            (each batch's loss weighted by its size, the first dimension of its first tensor,
-            so a short last batch counts for its samples only).
+            (each batch's loss weighted by its size, the first dimension its tensors share,
+            so a short last batch counts for its samples only; batches of no clear size are
+            weighted equally).
             With neither ``eval_fn`` nor ``val_data``, a trial's value is the mean training
             loss of its last tenth (said so in the study's ``autowarm.metric``).
         total_steps:
