@@ -1335,7 +1335,11 @@ def _run_processes(ref: Task | str, plan: _Plan, n_workers: int) -> None:
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
-        ctx.Process(target=_worker_main, args=(ref, plan, i, threads), name=f"autowarm-worker-{i}")
+        ctx.Process(
+            target=_worker_main,
+            args=(ref, plan, i, threads, os.getpid()),
+            name=f"autowarm-worker-{i}",
+        )
         for i in range(n_workers)
     ]
     for p in procs:
@@ -1374,19 +1378,19 @@ def _how_ended(process: Any) -> str:
     return f"{process.name} (exit status {code}: see its log lines above)"
 
 
-def _stop_when_orphaned(flag: _StopFlag, interval: float = 1.0) -> None:
+def _stop_when_orphaned(flag: _StopFlag, parent: int, interval: float = 1.0) -> None:
     """Stop this worker, as SIGTERM would, once the process that started it is gone.
 
     A worker outlives a ``tune`` process killed by SIGKILL (the OOM killer, a scheduler's
     preemption, ``kill -9``): no signal reaches it, and it would go on running trials beside
     the workers of the command run again to resume. It is then a child of another process,
-    which is how it notices; its running trial is queued again as on a stop.
+    which is how it notices (``parent``: the pid the tune process passed, so a parent that died
+    while this worker was still starting counts too); its running trial is queued again as on a
+    stop.
     """
-    parent = os.getppid()
 
     def watch() -> None:
         while flag.received is None:
-            time.sleep(interval)
             if os.getppid() != parent:
                 _logger.warning(
                     "the autowarm tune process that started this worker is gone: stopping at "
@@ -1394,20 +1398,23 @@ def _stop_when_orphaned(flag: _StopFlag, interval: float = 1.0) -> None:
                 )
                 flag.received = signal.SIGTERM
                 return
+            time.sleep(interval)
 
     threading.Thread(target=watch, name="autowarm-parent-watch", daemon=True).start()
 
 
-def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int) -> None:
+def _worker_main(ref: Task | str, plan: _Plan, index: int, threads: int, parent: int) -> None:
     logging.basicConfig(level=plan.log_level, format=f"%(asctime)s worker {index} %(message)s")
     logging.getLogger("autowarm").setLevel(plan.log_level)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(threads)
-    task = load_task(ref) if isinstance(ref, str) else ref
     # Ctrl-C reaches every process of the group and the parent forwards SIGTERM as well: both
     # only ask this worker to stop at its next step.
     with _StopFlag(hard_on_second=False).installed() as flag:
-        _stop_when_orphaned(flag)
+        _stop_when_orphaned(flag, parent)  # before the task loads, which can take a while
+        task = load_task(ref) if isinstance(ref, str) else ref
+        if flag.is_set():
+            sys.exit(130)
         try:
             storage = _storage.open_storage(
                 plan.storage, heartbeat_interval=plan.heartbeat_interval

@@ -1406,14 +1406,23 @@ def test_a_worker_stops_when_the_process_that_started_it_is_gone(
     # after a SIGKILL of `autowarm tune` its workers were reparented and ran on as orphans
     from autowarm.study import _tune
 
-    parents = iter([100] + [100] * 3 + [1] * 1000)  # the parent, then init after a while
+    parents = iter([100] * 3 + [1] * 1000)  # the parent, then init after a while
     monkeypatch.setattr(_tune.os, "getppid", lambda: next(parents))
     flag = _tune._StopFlag(hard_on_second=False)
-    _tune._stop_when_orphaned(flag, interval=0.01)
+    _tune._stop_when_orphaned(flag, 100, interval=0.01)
     deadline = time.time() + 5
     while not flag.is_set() and time.time() < deadline:
         time.sleep(0.01)
     assert flag.received == signal.SIGTERM
+    # a parent already gone when the worker starts watching: it was reparented before it
+    # could read its parent itself, which is why the tune process passes its pid
+    monkeypatch.setattr(_tune.os, "getppid", lambda: 1)
+    early = _tune._StopFlag(hard_on_second=False)
+    _tune._stop_when_orphaned(early, 100, interval=0.01)
+    deadline = time.time() + 5
+    while not early.is_set() and time.time() < deadline:
+        time.sleep(0.01)
+    assert early.received == signal.SIGTERM
 
 
 def test_a_killed_worker_is_named_with_its_signal() -> None:
