@@ -137,7 +137,21 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             f"--study-name {shlex.quote(name)} --probe`"
         )
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        all_diverged = len(finished) >= 3 and all(
+        # The probe's and the reference trials all run at the probe's peak: only sampled
+        # trials below it, diverged as well, say that the space as a whole is too hot.
+        probe_peaks = [
+            t.user_attrs[_attrs.PEAK_LR]
+            for t in finished
+            if t.user_attrs.get(_attrs.ROLE) == _attrs.ROLE_PROBE
+            and _attrs.PEAK_LR in t.user_attrs
+        ]
+        cooler = [
+            t
+            for t in finished
+            if t.user_attrs.get(_attrs.ROLE) == _attrs.ROLE_SEARCH
+            and (not probe_peaks or t.user_attrs.get(_attrs.PEAK_LR, math.inf) < min(probe_peaks))
+        ]
+        all_diverged = bool(cooler) and all(
             str(t.user_attrs.get(_attrs.REASON, "")).startswith("diverged") for t in finished
         )
         if all_diverged:

@@ -1199,15 +1199,16 @@ def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
     proc = _cli(*args, env={"TINY_TASK_NAN_ABOVE": "0"})  # every trial diverges
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err  # was 0: a script would go on to export nothing
-    # every trial, the probe's own included, diverged: more trials in the same space would
-    # too, so neither a larger --n-trials nor exporting the probe is offered as the way out
-    assert "all 4 of its trials diverged" in err and "more trials will diverge too" in err
-    assert "a larger --n-trials" not in err and "--probe`" not in err
+    # only trials at the probe's peak have run (the probe's and the references): the space
+    # below it is untried, so resuming with more trials is the advice; the probe's own trial
+    # diverged too, so exporting it is not offered as the way out
+    assert "no completed trial yet (4 pruned)" in err and "a larger --n-trials" in err
+    assert "the probe's own schedule diverged in trial 0 too" in err and "--probe`" not in err
     proc = _cli(
         "export", "--storage", str(db), "--study-name", "s", "-o", str(tmp_path / "x.yaml")
     )
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "has no completed trial: all 4" in err
+    assert proc.returncode == 1 and "no completed trial yet" in err
     assert "STORAGE" not in err and f"--storage sqlite:///{db} --study-name s -o report" in err
     target = tmp_path / "probe.yaml"
     proc = _cli("export", "--storage", str(db), "--study-name", "s", "--probe", "-o", str(target))
