@@ -159,59 +159,7 @@ class Suggestion:
         Raises:
             TransformersExportError: as :meth:`ScheduleConfig.to_transformers`.
         """
-        args = self.schedule.to_trainer_args()
-        t = self.training
-        if not t:
-            warnings.warn(
-                "this suggestion records no training settings (saved by an older autowarm): "
-                "only the schedule's fields are given; set the Trainer's optimizer settings, "
-                "clipping and accumulation to those of the probe yourself",
-                UserWarning,
-                stacklevel=2,
-            )
-            return args
-        name = str(t.get("optimizer", ""))
-        settings = t.get("optimizer_settings", {})
-        if name in _TRAINER_ADAM:
-            betas = settings.get("betas", (0.9, 0.999))
-            args.update(
-                adam_beta1=float(betas[0]),
-                adam_beta2=float(betas[1]),
-                adam_epsilon=float(settings.get("eps", 1e-8)),
-                weight_decay=float(settings.get("weight_decay", 0.0)),
-            )
-            if settings.get("amsgrad"):
-                warnings.warn(
-                    "the probe ran with amsgrad=True, which TrainingArguments cannot set: pass "
-                    "the optimizer to Trainer(optimizers=...)",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            if name == "torch.optim.Adam" and args["weight_decay"]:
-                warnings.warn(
-                    "the probe ran torch.optim.Adam with weight_decay (L2 in the gradient); the "
-                    "Trainer's AdamW decays the weights directly, another optimizer: probe "
-                    "with AdamW, or pass Adam to Trainer(optimizers=...)",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        else:
-            warnings.warn(
-                f"the probe ran {name or 'an unrecorded optimizer'}, which TrainingArguments "
-                "cannot select: pass it to Trainer(optimizers=(optimizer, None)) built with "
-                "the probe's settings; the optimizer fields are left out",
-                UserWarning,
-                stacklevel=2,
-            )
-        clip = t.get("grad_clip")
-        args["max_grad_norm"] = float(clip) if clip is not None else 0.0
-        args["gradient_accumulation_steps"] = int(t.get("accumulation_steps", 1))
-        precision = t.get("precision", "32-true")
-        if precision == "bf16-mixed":
-            args["bf16"] = True
-        elif precision == "16-mixed":
-            args["fp16"] = True
-        return args
+        return trainer_args(self.schedule, self.training, stacklevel=3)
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (JSON) and the tables beside it (``.trace.csv``, ``.signals.csv``).
@@ -699,6 +647,72 @@ def suggest(
         preface=" ".join(x for x in (proxy_note, _groups_note(groups)) if x) or None,
         training=_training_record(optimizer_cls, kwargs, grad_clip, accumulation_steps, precision),
     )
+
+
+def trainer_args(
+    schedule: ScheduleConfig, training: Mapping[str, Any], *, stacklevel: int = 2
+) -> dict[str, Any]:
+    """``TrainingArguments`` fields for ``schedule`` trained with the settings ``training``
+    records (:attr:`Suggestion.training`; see :meth:`Suggestion.to_trainer_args`)."""
+    args = schedule.to_trainer_args()
+    t = training
+    if not t:
+        warnings.warn(
+            "this suggestion records no training settings (saved by an older autowarm): "
+            "only the schedule's fields are given; set the Trainer's optimizer settings, "
+            "clipping and accumulation to those of the probe yourself",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        return args
+    name = str(t.get("optimizer", ""))
+    settings = t.get("optimizer_settings", {})
+    if name in _TRAINER_ADAM:
+        betas = settings.get("betas", (0.9, 0.999))
+        args.update(
+            adam_beta1=float(betas[0]),
+            adam_beta2=float(betas[1]),
+            adam_epsilon=float(settings.get("eps", 1e-8)),
+            weight_decay=float(settings.get("weight_decay", 0.0)),
+        )
+        if settings.get("amsgrad"):
+            warnings.warn(
+                "the probe ran with amsgrad=True, which TrainingArguments cannot set: pass "
+                "the optimizer to Trainer(optimizers=...)",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+        if (
+            name == "torch.optim.Adam"
+            and args["weight_decay"]
+            and not settings.get(
+                "decoupled_weight_decay"
+            )  # Adam(decoupled_weight_decay=True) is AdamW
+        ):
+            warnings.warn(
+                "the probe ran torch.optim.Adam with weight_decay (L2 in the gradient); the "
+                "Trainer's AdamW decays the weights directly, another optimizer: probe "
+                "with AdamW, or pass Adam to Trainer(optimizers=...)",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+    else:
+        warnings.warn(
+            f"the probe ran {name or 'an unrecorded optimizer'}, which TrainingArguments "
+            "cannot select: pass it to Trainer(optimizers=(optimizer, None)) built with "
+            "the probe's settings; the optimizer fields are left out",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    clip = t.get("grad_clip")
+    args["max_grad_norm"] = float(clip) if clip is not None else 0.0
+    args["gradient_accumulation_steps"] = int(t.get("accumulation_steps", 1))
+    precision = t.get("precision", "32-true")
+    if precision == "bf16-mixed":
+        args["bf16"] = True
+    elif precision == "16-mixed":
+        args["fp16"] = True
+    return args
 
 
 # The optimizers whose settings TrainingArguments holds (adam_beta1/2, adam_epsilon).

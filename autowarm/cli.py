@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,13 @@ def _run_schedule_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- export
-def export_text(cfg: ScheduleConfig, fmt: str) -> str:
-    """The text ``autowarm export`` writes for ``fmt`` (one of ``EXPORT_FORMATS``)."""
+def export_text(cfg: ScheduleConfig, fmt: str, training: Mapping[str, Any] | None = None) -> str:
+    """The text ``autowarm export`` writes for ``fmt`` (one of ``EXPORT_FORMATS``).
+
+    ``training``: the settings the probe trained under (``Suggestion.training``), which the
+    ``trainer`` format adds (optimizer settings, clipping, accumulation); ``None`` gives the
+    schedule's fields alone.
+    """
     if fmt == "json":
         return json.dumps(cfg.to_dict(), indent=2) + "\n"
     if fmt == "yaml":
@@ -96,7 +101,11 @@ def export_text(cfg: ScheduleConfig, fmt: str) -> str:
     if fmt == "transformers":
         return json.dumps(cfg.to_transformers(), indent=2) + "\n"
     if fmt == "trainer":
-        return json.dumps(cfg.to_trainer_args(), indent=2) + "\n"
+        if training is None:
+            return json.dumps(cfg.to_trainer_args(), indent=2) + "\n"
+        from autowarm._suggest import trainer_args
+
+        return json.dumps(trainer_args(cfg, training), indent=2) + "\n"
     if fmt == "lightning":
         out = {
             "lr_scheduler": {"interval": "step", "frequency": 1, "name": "autowarm"},
@@ -215,8 +224,11 @@ def _run_export(args: argparse.Namespace) -> int:
         from autowarm.study._tune import NoFinishedTrialError, best_schedule, suggestion_from_study
 
         study = load_study(args.storage, args.study_name)
+        stored = suggestion_from_study(study)
+        # the task's optimizer settings, as its probe recorded them: the trials share them
+        training = None if stored is None else stored.training
         if args.probe:
-            suggestion = suggestion_from_study(study)
+            suggestion = stored
             if suggestion is None:
                 raise ValueError(
                     f"study {study.study_name!r} holds no probe suggestion: it was not made by "
@@ -242,17 +254,40 @@ def _run_export(args: argparse.Namespace) -> int:
                 quoted = shlex.quote(shown)
                 raise NoFinishedTrialError(str(exc).replace("STORAGE", quoted)) from None
     else:
-        cfg = ScheduleConfig.load(args.file)
+        cfg, training = _schedule_file(args.file)
+    if fmt == "trainer" and training is None:
+        _log.warning(
+            "the trainer format here holds the schedule's fields alone (no probe's record of "
+            "the optimizer settings, clipping and accumulation): set adam_beta2, "
+            "weight_decay and max_grad_norm as the probe trained, or export from the "
+            "suggestion JSON or the study"
+        )
     if args.output is not None:
         if fmt in ("json", "yaml") and args.output.suffix.lower() in (".json", ".yaml", ".yml"):
             cfg.save(args.output)
         else:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(export_text(cfg, fmt), encoding="utf-8")
+            args.output.write_text(export_text(cfg, fmt, training), encoding="utf-8")
         _log.info("wrote %s", args.output)
     else:
-        sys.stdout.write(export_text(cfg, fmt))
+        sys.stdout.write(export_text(cfg, fmt, training))
     return 0
+
+
+def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None]:
+    # A schedule config, or a probe's suggestion JSON: its schedule, with the settings the
+    # probe trained under.
+    from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
+
+    if path.suffix.lower() == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            data = None  # ScheduleConfig.load says what is wrong with it
+        if isinstance(data, dict) and data.get("format") == SUGGESTION_FORMAT:
+            suggestion = Suggestion.load(path)
+            return suggestion.schedule, suggestion.training
+    return ScheduleConfig.load(path), None
 
 
 # ---------------------------------------------------------------------------- demo

@@ -593,6 +593,18 @@ def test_references_and_a_trial_at_its_last_report_are_not_pruned(
                 t.user_attrs.get("autowarm.reason"),
             )
     assert {t.user_attrs[_attrs.ROLE] for t in trials} > {_attrs.ROLE_PROBE, _attrs.ROLE_SEARCH}
+    # a pruner that would prune at the last report only: every trial keeps its value
+    monkeypatch.setattr(_tune, "_make_pruner", lambda name, steps: _PruneAtTheEnd())
+    late = autowarm.tune(
+        task, n_trials=6, suggestion=suggestion, storage=str(tmp_path / "late.db"),
+        trial_steps=40, confirm=0, progress=False,
+    )  # fmt: skip
+    assert all(t.state == TrialState.COMPLETE for t in late.study.get_trials())
+
+
+class _PruneAtTheEnd(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.last_step is not None and trial.last_step >= 40
 
 
 def test_resume_counts_the_study_total_and_keeps_the_probe(
@@ -1832,3 +1844,23 @@ def test_a_resume_waits_for_confirmations_another_process_is_running(
     finisher.join()
     assert time.monotonic() - started >= 0.9
     assert best_schedule.to_dict() == best.user_attrs[_attrs.SCHEDULE]
+
+
+def test_export_in_the_trainer_format_carries_the_probes_training_settings(
+    tmp_path: Path, task: Task, suggestion: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the Trainer fields of a study's best, of its probe and of a suggestion JSON hold the
+    # optimizer settings and clipping the probe trained with (a Trainer at its defaults runs
+    # beta2 0.999 and clips at 1.0: another run than the one measured)
+    from autowarm.cli import main
+
+    db = str(tmp_path / "s.db")
+    autowarm.tune(task, n_trials=4, confirm=0, storage=db, trial_steps=40,
+                  suggestion=suggestion, progress=False)  # fmt: skip
+    expected = suggestion.to_trainer_args()
+    saved = suggestion.save(tmp_path / "suggestion.json")
+    for argv in (["--storage", db, "--probe"], ["--storage", db], [str(saved)]):
+        assert main(["export", *argv, "--format", "trainer"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        for key in ("adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm"):
+            assert out[key] == expected[key], (argv, key)
