@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1419,23 +1420,20 @@ def test_a_worker_stops_when_the_process_that_started_it_is_gone(
     # after a SIGKILL of `autowarm tune` its workers were reparented and ran on as orphans
     from autowarm.study import _tune
 
+    def stopped(ppids: Callable[[], int]) -> bool:
+        monkeypatch.setattr(_tune.os, "getppid", ppids)
+        flag = _tune._StopFlag(hard_on_second=False)
+        _tune._stop_when_orphaned(flag, 100, interval=0.01)
+        deadline = time.time() + 5
+        while not flag.is_set() and time.time() < deadline:
+            time.sleep(0.01)
+        return flag.received == signal.SIGTERM
+
     parents = iter([100] * 3 + [1] * 1000)  # the parent, then init after a while
-    monkeypatch.setattr(_tune.os, "getppid", lambda: next(parents))
-    flag = _tune._StopFlag(hard_on_second=False)
-    _tune._stop_when_orphaned(flag, 100, interval=0.01)
-    deadline = time.time() + 5
-    while not flag.is_set() and time.time() < deadline:
-        time.sleep(0.01)
-    assert flag.received == signal.SIGTERM
+    assert stopped(lambda: next(parents))
     # a parent already gone when the worker starts watching: it was reparented before it
     # could read its parent itself, which is why the tune process passes its pid
-    monkeypatch.setattr(_tune.os, "getppid", lambda: 1)
-    early = _tune._StopFlag(hard_on_second=False)
-    _tune._stop_when_orphaned(early, 100, interval=0.01)
-    deadline = time.time() + 5
-    while not early.is_set() and time.time() < deadline:
-        time.sleep(0.01)
-    assert early.received == signal.SIGTERM
+    assert stopped(lambda: 1)
 
 
 def test_a_killed_worker_is_named_with_its_signal() -> None:
@@ -1642,9 +1640,8 @@ def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
         run_confirmations,
     )
 
-    db = str(tmp_path / "s.db")
-    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
-    name = autowarm.tune(task, n_trials=4, confirm=0, **kw).study.study_name
+    db, _, first = _unconfirmed_study(tmp_path, task, suggestion)
+    name = first.study_name
     storage = _storage.open_storage(db, heartbeat_interval=1)
     study = optuna.load_study(study_name=name, storage=storage)
     (best,) = candidates(study, 1)
@@ -1797,14 +1794,22 @@ def test_a_resume_on_other_batches_of_the_same_size_is_allowed(
     assert again.study.user_attrs[_attrs.DATA] == {"train_batches": 10, "val_batches": 1}
 
 
+def _unconfirmed_study(
+    tmp_path: Path, task: Task, suggestion: Any, n_trials: int = 4
+) -> tuple[str, dict[str, Any], optuna.Study]:
+    """A study of the tiny task without its confirmations: its storage, the tune keywords that
+    resume it, and the study."""
+    db = str(tmp_path / "s.db")
+    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
+    return db, kw, autowarm.tune(task, n_trials=n_trials, confirm=0, **kw).study
+
+
 def test_an_interrupted_confirmation_is_failed_with_its_reason(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
     from autowarm.study._confirm import _confirm_study, run_confirmations
 
-    db = str(tmp_path / "s.db")
-    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
-    study = autowarm.tune(task, n_trials=4, confirm=0, **kw).study
+    db, _, study = _unconfirmed_study(tmp_path, task, suggestion)
     with pytest.raises(KeyboardInterrupt):
         run_confirmations(task, study, 1, seed=0, storage_url=db, should_stop=lambda: True)
     conf = _confirm_study(study, create=False)
@@ -1823,9 +1828,7 @@ def test_a_resume_waits_for_confirmations_another_process_is_running(
 
     from autowarm.study._confirm import CONFIRMS, ROLE_CONFIRM, _confirm_study, candidates
 
-    db = str(tmp_path / "s.db")
-    kw: dict[str, Any] = dict(storage=db, trial_steps=40, suggestion=suggestion, progress=False)
-    study = autowarm.tune(task, n_trials=4, confirm=0, **kw).study
+    _, kw, study = _unconfirmed_study(tmp_path, task, suggestion)
     (best,) = candidates(study, 1)
     conf = _confirm_study(study, create=True)
     assert conf is not None
@@ -1854,9 +1857,7 @@ def test_export_in_the_trainer_format_carries_the_probes_training_settings(
     # beta2 0.999 and clips at 1.0: another run than the one measured)
     from autowarm.cli import main
 
-    db = str(tmp_path / "s.db")
-    autowarm.tune(task, n_trials=4, confirm=0, storage=db, trial_steps=40,
-                  suggestion=suggestion, progress=False)  # fmt: skip
+    db, _, _ = _unconfirmed_study(tmp_path, task, suggestion)
     expected = suggestion.to_trainer_args()
     saved = suggestion.save(tmp_path / "suggestion.json")
     for argv in (["--storage", db, "--probe"], ["--storage", db], [str(saved)]):
