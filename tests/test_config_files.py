@@ -294,10 +294,10 @@ def test_a_suggestion_passed_as_a_schedule_config_says_what_to_pass(
     path.write_text(json.dumps({"format": SUGGESTION_FORMAT, "format_version": 1}))
     with pytest.raises(ValueError, match=r"suggestion\.json: this is a probe's suggestion"):
         ScheduleConfig.load(path)
+    # export takes a suggestion JSON (its schedule); this one is malformed, and says so
     assert main(["export", str(path), "-o", str(tmp_path / "out.yaml")]) == 1
     err = capsys.readouterr().err
-    assert "pass the schedule.yaml written beside it" in err
-    assert "Suggestion.load(path).schedule" in err
+    assert "suggestion.json: missing field 'schedule'" in err
     assert not (tmp_path / "out.yaml").exists()
 
 
