@@ -609,7 +609,7 @@ class _PruneAtTheEnd(optuna.pruners.BasePruner):
 
 
 def test_resume_counts_the_study_total_and_keeps_the_probe(
-    tmp_path: Path, task: Task, suggestion: Any
+    tmp_path: Path, task: Task, suggestion: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
     first = autowarm.tune(task, n_trials=5, suggestion=suggestion, **kw)
@@ -619,6 +619,17 @@ def test_resume_counts_the_study_total_and_keeps_the_probe(
     assert again.study.user_attrs[_attrs.SUGGESTION] == probe_record
     third = autowarm.tune(task, n_trials=7, **kw)
     assert len(third.study.get_trials()) == 7  # the total, not "7 more"
+    # without n_trials a resume keeps the stored total (7), and reuses the stored probe
+    # instead of probing again
+    from autowarm import _suggest as suggest_module
+
+    def no_probe(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a resume ran the probe again")
+
+    monkeypatch.setattr(suggest_module, "suggest", no_probe)
+    fourth = autowarm.tune(task, **kw)
+    assert len(fourth.study.get_trials()) == 7
+    assert sum(t.user_attrs[_attrs.ROLE] == _attrs.ROLE_PROBE for t in fourth.study.trials) == 1
     roles = [t.user_attrs[_attrs.ROLE] for t in third.study.get_trials()]
     assert roles.count(_attrs.ROLE_PROBE) == 1
 
@@ -721,7 +732,7 @@ def test_resume_with_other_settings_is_an_error(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
     kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), progress=False, n_trials=4)
-    autowarm.tune(task, trial_steps=40, suggestion=suggestion, **kw)
+    study_name = autowarm.tune(task, trial_steps=40, suggestion=suggestion, **kw).study.study_name
     with pytest.raises(
         ValueError, match=r"trial_steps=40, but this run has autowarm\.trial_steps=50"
     ):
@@ -768,9 +779,36 @@ def test_resume_with_other_settings_is_an_error(
     )
     with pytest.raises(ValueError, match=r"was created from another suggestion .*peak_lr"):
         autowarm.tune(task, trial_steps=40, suggestion=other, **kw)
+    # another seed, run length, warmup transfer or task: other runs' trials
+    longer = dataclasses.replace(task, total_steps=task.total_steps * 2)
+    renamed = dataclasses.replace(task, name="another-task")
+    for call, message in (
+        (lambda: autowarm.tune(task, trial_steps=40, seed=1, **kw), r"seed=0, but .*seed=1"),
+        (lambda: autowarm.tune(longer, trial_steps=40, **kw), r"total_steps=200, but .*=400"),
+        (
+            lambda: autowarm.tune(task, trial_steps=40, warmup_transfer="absolute", **kw),
+            r"warmup_transfer='fraction', but .*='absolute'",
+        ),
+        (
+            lambda: autowarm.tune(renamed, trial_steps=40, study_name=study_name, **kw),
+            r"task=.*, but this run has .*task='another-task'",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
     # the same suggestion again, or none, resumes
     autowarm.tune(task, trial_steps=40, suggestion=suggestion, confirm=0, **kw)
     autowarm.tune(task, trial_steps=40, confirm=0, **kw)
+
+
+def test_a_study_autowarm_did_not_make_is_refused(tmp_path: Path, task: Task) -> None:
+    db = str(tmp_path / "s.db")
+    theirs = optuna.create_study(storage=f"sqlite:///{db}", study_name="theirs")
+    theirs.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(
+        ValueError, match="'theirs' already exists and was not created by autowarm"
+    ):
+        autowarm.tune(task, storage=db, study_name="theirs", n_trials=4, progress=False)
 
 
 def test_resume_with_other_param_groups_is_an_error(
