@@ -93,6 +93,22 @@ def test_rejects_newer_version(tmp_path: Path) -> None:
         ScheduleConfig.load(p)
 
 
+@pytest.mark.parametrize(
+    ("head", "match"),
+    [
+        ("format: other\n", r"format must be 'autowarm.schedule', but got format='other'"),
+        ("format_version: true\n", r"format_version must be an int >= 1, but got .*True"),
+        ("format_version: 0\n", r"format_version must be an int >= 1, but got .*=0"),
+    ],
+)
+def test_rejects_another_format_or_a_version_that_is_no_version(
+    tmp_path: Path, head: str, match: str
+) -> None:
+    p = _write(tmp_path, "s.yaml", head + "peak_lr: 0.1\ntotal_steps: 5\nwarmup_steps: 1\n")
+    with pytest.raises(ValueError, match=match):
+        ScheduleConfig.load(p)
+
+
 def test_missing_required(tmp_path: Path) -> None:
     p = _write(tmp_path, "s.yaml", "peak_lr: 0.1\ntotal_steps: 5\n")
     with pytest.raises(ValueError, match="'warmup_steps'"):

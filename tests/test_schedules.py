@@ -356,3 +356,15 @@ def test_a_numpy_integer_step_is_read_as_its_value() -> None:
     assert cfg.lr_at(np.uint8(200)) == cfg.lr_at(200)  # not uint8 arithmetic: 5x the peak
     long = ScheduleConfig(peak_lr=1e-3, total_steps=100_000, warmup_steps=10, decay="linear")
     assert long.lr_at(np.int16(5000)) == long.lr_at(5000)
+
+
+def test_wsd_decay_steps_round_the_fraction_of_the_run() -> None:
+    cfg = ScheduleConfig(peak_lr=1.0, total_steps=10, warmup_steps=0,
+                         decay="warmup_stable_decay", wsd_decay_fraction=0.27)  # fmt: skip
+    assert cfg.wsd_decay_steps == 3  # 2.7 rounds to 3, not down to 2
+
+
+def test_inverse_sqrt_without_warmup_or_time_scale_decays_on_10000_steps() -> None:
+    cfg = ScheduleConfig(peak_lr=1.0, total_steps=30_000, warmup_steps=0, decay="inverse_sqrt")
+    assert cfg.effective_timescale == 10_000
+    assert cfg.lr_at(10_000) == pytest.approx(2**-0.5)  # 1 / sqrt((10000 + 10000) / 10000)

@@ -1724,3 +1724,18 @@ def test_trainer_args_carry_the_settings_the_probe_trained_under() -> None:
     transformers = pytest.importorskip("transformers", reason="transformers not installed")
     targs = transformers.TrainingArguments(output_dir="unused", report_to="none", **args)
     assert (targs.adam_beta2, targs.max_grad_norm, targs.weight_decay) == (0.95, 0.5, 0.1)
+
+
+def test_the_global_rng_is_given_back_after_a_shuffling_loader() -> None:
+    # iter() of a shuffling DataLoader draws from torch's global generator: the state must be
+    # captured before the probe's first iter(), or the user's next draw differs
+    from torch.utils.data import DataLoader
+
+    x, y = _cls_batches(n_batches=1, bs=64)[0]
+    loader = DataLoader(list(zip(x, y, strict=True)), batch_size=16, shuffle=True)
+    torch.manual_seed(1234)
+    _run(_mlp(), loader, criterion=F.cross_entropy)
+    after = torch.rand(3)
+    torch.manual_seed(1234)
+    _mlp()  # the model above was built after the seed too
+    assert torch.equal(after, torch.rand(3))

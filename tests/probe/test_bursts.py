@@ -33,6 +33,25 @@ def test_sweep_minimum_counts_from_the_third_step() -> None:
     assert _feed(_DivergenceWatch(4.0, sweep=True), [*ordinary, 50.0, 90.0, 200.0]) == 9
 
 
+def test_a_burst_blows_up_at_half_the_factor_times_its_start() -> None:
+    # factor 4 and start 1: a smoothed loss above 2 (and above the start) is a blow-up
+    assert _feed(_DivergenceWatch(4.0, sweep=False, beta=0.0, start=1.0), [1.0, 2.5]) == 1
+    assert _feed(_DivergenceWatch(4.0, sweep=False, beta=0.0, start=1.0), [1.0, 1.9]) is None
+
+
+def test_a_sweep_survives_one_non_finite_loss_but_not_two_in_a_row() -> None:
+    nan = float("nan")
+    sweep = _DivergenceWatch(4.0, sweep=True)
+    for x in (1.0, 0.9, nan, 0.8, nan):  # never two in a row: bad batches, not divergence
+        sweep.update(x, math.isfinite(x))
+        assert not sweep.blown
+    sweep.update(nan, False)
+    assert sweep.blown
+    burst = _DivergenceWatch(4.0, sweep=False, start=1.0)
+    burst.update(nan, False)
+    assert burst.blown  # outside a sweep one is enough
+
+
 def _regression(offset: float) -> tuple[torch.nn.Module, list, object]:
     # A regression whose easiest batch comes first; the loss is MSE minus a constant, which
     # changes none of Adam's updates (a log-likelihood has such an offset).

@@ -446,6 +446,31 @@ def test_a_seed_queued_for_an_uninitialised_cuda_is_put_back() -> None:
     assert 1234 in _queued_cuda_seed()
 
 
+def test_a_ctrl_c_during_the_restore_lets_the_rest_of_it_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A KeyboardInterrupt in one step (putting the train/eval modes back) is kept until every
+    # other step has run, then raised: the weights and the RNG state come back all the same.
+    model = _mixed_model()
+    before = _state(model)
+    torch.manual_seed(5)
+    saved_rng = torch.get_rng_state()
+    snapshot = ModelSnapshot(model)
+    _mess_up(model)
+    torch.manual_seed(99)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(snapshot, "restore_modes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        snapshot.restore_all()
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    after = _state(model)
+    for name, tensor in before["params"].items():
+        assert torch.equal(after["params"][name], tensor), name
+
+
 def test_every_part_is_restored_when_one_tensor_copy_fails() -> None:
     # One saved copy cannot be written back (a meta tensor: no data). The other tensors, the
     # modes, requires_grad, .grad and the RNG states are restored all the same, and the one
