@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import csv
 import functools
 import io
 import logging
@@ -60,6 +59,7 @@ from autowarm.bench._grid import (
     read_plan,
     running_pool,
     versions,
+    warn_other_versions,
     writing_alone,
 )
 from autowarm.bench._oracle import (
@@ -384,22 +384,30 @@ def _required_columns() -> list[str]:
     return [c for c in COLUMNS if c not in _OPTIONAL and c not in _VERSION_COLUMNS]
 
 
-def _header(csv_path: Path) -> list[str] | None:
-    # the columns of an existing evaluation CSV (None: no file yet, or an empty one)
+def _read_existing(csv_path: Path) -> pd.DataFrame | None:
+    # the finished rows of an existing evaluation CSV (None: no file yet, or an empty one)
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return None
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), None)
+    return _read_rows(csv_path)
 
 
-def _versions_to_write(path: Path, names: set[str], methods: set[str]) -> list[str] | None:
+def _done(frame: pd.DataFrame | None) -> set[tuple[str, str, int, int]]:
+    if frame is None:
+        return set()
+    keys = zip(frame["task"], frame["method"], frame["seed"], frame["total_steps"], strict=True)
+    return {(str(t), str(m), int(s), int(n)) for t, m, s, n in keys}
+
+
+def _versions_to_write(
+    path: Path, frame: pd.DataFrame | None, names: set[str], methods: set[str]
+) -> list[str] | None:
     """The header new rows are written with (None: :data:`COLUMNS`), with warnings for a file
     that cannot record versions or whose rows of these tasks came from other versions."""
-    header = _header(path)
-    if header is None:
+    if frame is None:
         return None
-    now = versions()
+    header = list(frame.columns)
     if any(c not in header for c in _VERSION_COLUMNS):
+        now = versions()
         _log.warning(
             "%s was written before evaluation rows recorded the versions that made them: new "
             "rows go without them (this run: autowarm %s, torch %s; pass another --out for a "
@@ -409,31 +417,15 @@ def _versions_to_write(path: Path, names: set[str], methods: set[str]) -> list[s
             now["torch_version"],
         )
         return [c for c in header if c in COLUMNS]
-    frame = _read_rows(path)
     mine = frame[frame["task"].isin(names) & frame["method"].isin(methods)]
-    made = set(
-        zip(mine["autowarm_version"].astype(str), mine["torch_version"].astype(str), strict=True)
+    warn_other_versions(
+        path,
+        zip(mine["autowarm_version"].astype(str), mine["torch_version"].astype(str), strict=True),
+        "rows of these tasks and methods",
+        "this run uses",
+        "a regret table over them mixes versions (pass another --out for rows of one version)",
     )
-    other = made - {(now["autowarm_version"], now["torch_version"])}
-    if other:
-        _log.warning(
-            "%s holds rows of these tasks and methods made by %s; this run uses autowarm %s "
-            "with torch %s, so a regret table over them mixes versions (pass another --out "
-            "for rows of one version)",
-            path,
-            ", ".join(f"autowarm {a} with torch {t}" for a, t in sorted(other)),
-            now["autowarm_version"],
-            now["torch_version"],
-        )
     return None
-
-
-def _done(csv_path: Path) -> set[tuple[str, str, int, int]]:
-    if not csv_path.exists() or csv_path.stat().st_size == 0:
-        return set()
-    frame = _read_rows(csv_path)
-    keys = zip(frame["task"], frame["method"], frame["seed"], frame["total_steps"], strict=True)
-    return {(str(t), str(m), int(s), int(n)) for t, m, s, n in keys}
 
 
 def evaluate_methods(
@@ -487,7 +479,8 @@ def _evaluate_jobs(
     total_steps: int | None,
     overrides: dict[str, Any],
 ) -> None:
-    done = _done(path)
+    existing = _read_existing(path)  # read once: a cut row is dropped, and said, once
+    done = _done(existing)
     jobs = []
     for name, task in zip(tasks, loaded, strict=True):
         # a task file's rows carry its canonical name (task.name), not the path given
@@ -507,7 +500,7 @@ def _evaluate_jobs(
     header = None
     if jobs:
         labels = {method_label(m, overrides) for m in methods}
-        header = _versions_to_write(path, {t.name for t in loaded}, labels)
+        header = _versions_to_write(path, existing, {t.name for t in loaded}, labels)
     writer = RowAppender(path, COLUMNS, drop_partial=True, header=header)
 
     def write(row: dict[str, Any]) -> None:

@@ -166,30 +166,50 @@ def versions() -> dict[str, str]:
     return {"autowarm_version": autowarm_version, "torch_version": torch.__version__}
 
 
+def warn_other_versions(
+    csv_path: Path,
+    made: Iterable[tuple[str, str]],
+    rows: str,
+    now_doing: str,
+    outcome: str,
+    *,
+    prefix: str = "",
+) -> None:
+    """Warn that ``csv_path`` holds ``rows`` made (``made``: their ``(autowarm, torch)``
+    versions) by other versions than this run's, whose floating-point results differ (in the
+    last digits, or more on a chaotic task): "{csv_path} holds {rows} made by ...; {now_doing}
+    autowarm X with torch Y, so {outcome}"."""
+    now = versions()
+    other = set(made) - {(now["autowarm_version"], now["torch_version"])}
+    if other:
+        _logger.warning(
+            "%s%s holds %s made by %s; %s autowarm %s with torch %s, so %s",
+            prefix,
+            csv_path,
+            rows,
+            ", ".join(f"autowarm {a} with torch {t}" for a, t in sorted(other)),
+            now_doing,
+            now["autowarm_version"],
+            now["torch_version"],
+            outcome,
+        )
+
+
 def _warn_other_versions(
     csv_path: Path, todo: list[GridCell], rows: dict[_Key, tuple[str, str]]
 ) -> None:
-    # Rows of these tasks made with another autowarm or torch: the grid will mix versions,
-    # whose floating-point results differ (in the last digits, or more on a chaotic task).
+    # Rows of these tasks made with another autowarm or torch: the grid will mix versions.
     if not todo:
         return
-    now = versions()
     tasks = {c.task.name for c in todo}
-    other = {made for key, made in rows.items() if key[0] in tasks} - {
-        (now["autowarm_version"], now["torch_version"])
-    }
-    if other:
-        made = ", ".join(f"autowarm {a} with torch {t}" for a, t in sorted(other))
-        _logger.warning(
-            "grid: %s holds rows of these tasks made by %s; the %d cells to run now use "
-            "autowarm %s with torch %s, so the grid will mix versions (write to another --out "
-            "for a grid of one version)",
-            csv_path,
-            made,
-            len(todo),
-            now["autowarm_version"],
-            now["torch_version"],
-        )
+    warn_other_versions(
+        csv_path,
+        (made for key, made in rows.items() if key[0] in tasks),
+        "rows of these tasks",
+        f"the {len(todo)} cells to run now use",
+        "the grid will mix versions (write to another --out for a grid of one version)",
+        prefix="grid: ",
+    )
 
 
 def _run_cell(cell: GridCell) -> dict[str, Any]:

@@ -196,7 +196,9 @@ def test_regret_compares_the_same_seeds_as_the_evaluation(tmp_path: Path) -> Non
         regret_table(ev, grid)
 
 
-def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
+def test_a_row_cut_short_by_a_kill_is_run_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ev = tmp_path / "eval.csv"
     kw = {"methods": ["hf_default"], "seeds": [0, 1], "workers": 0, "total_steps": 20}
     evaluate_methods(["control_convex"], csv_path=ev, **kw)
@@ -204,7 +206,9 @@ def test_a_row_cut_short_by_a_kill_is_run_again(tmp_path: Path) -> None:
     assert len(lines) == 3
     # the last row cut mid-append: its first five fields only, no line end
     ev.write_text("".join(lines[:2]) + ",".join(lines[2].split(",")[:5]))
-    evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    with caplog.at_level(logging.WARNING, logger="autowarm"):
+        evaluate_methods(["control_convex"], csv_path=ev, **kw)
+    assert caplog.text.count("dropping its last row") == 1  # the file is read once
     rows = pd.read_csv(ev)
     assert (
         sorted(rows["seed"]) == [0, 1] and not rows.isna()[["diverged", "run_seconds"]].any().any()
