@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+from typing import Any
 
-__all__ = ["error_line", "is_finite_real", "is_int", "is_real", "no_abbreviations"]
+__all__ = ["check_seed", "error_line", "is_finite_real", "is_int", "is_real", "no_abbreviations"]
 
 
 def is_int(x: object) -> bool:
@@ -34,6 +35,20 @@ def is_finite_real(x: object) -> bool:
         return math.isfinite(float(x))  # type: ignore[arg-type]  # a numbers.Real
     except OverflowError:
         return False
+
+
+def check_seed(seed: Any, seeds: str) -> int:
+    """``seed`` as an int, for a seed that ``seeds`` the generators named (the message says
+    which).
+
+    Raises:
+        ValueError: If it is not an int in ``[0, 2**32)`` (numpy's range for a seed).
+    """
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"seed must be an int in [0, 2**32) (it seeds {seeds}), but got seed={seed!r}"
+        )
+    return int(seed)  # a numpy integer passes the check, but random.seed() refuses it
 
 
 def error_line(exc: BaseException) -> str:

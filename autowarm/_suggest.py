@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autowarm._checks import is_finite_real, is_int, is_real
+from autowarm._checks import check_seed, is_finite_real, is_int, is_real
 from autowarm._config_io import atomic_write, check_format_version, storage_file_kind
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
@@ -583,12 +583,7 @@ def suggest(
         )
     total = _resolve_total_steps(total_steps, dataloader, accumulation_steps)
     budget_n = _resolve_budget(budget_steps, total)
-    if not is_int(seed) or not 0 <= seed < 2**32:
-        raise ValueError(
-            f"seed must be an int in [0, 2**32) (it seeds torch, numpy and random), but got "
-            f"seed={seed!r}"
-        )
-    seed = int(seed)  # a numpy integer passes the check, but random.seed() refuses it
+    seed = check_seed(seed, "torch, numpy and random")
     ScheduleConfig(peak_lr=1.0, total_steps=total, warmup_steps=0, decay=decay)  # validate early
     probe_cls, proxy_note = _probe_optimizer(optimizer_cls)
     resolved_loss = resolve_loss_fn(loss_fn, criterion)

@@ -46,7 +46,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 import autowarm
-from autowarm._checks import error_line, is_int, is_real
+from autowarm._checks import check_seed, error_line, is_int, is_real
 from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
@@ -742,11 +742,7 @@ def tune(
 
     if budget_steps is not None:
         _resolve_budget(budget_steps, total)
-    if not is_int(seed) or not 0 <= seed < 2**32:
-        raise ValueError(
-            f"seed must be an int in [0, 2**32) (it seeds the probe, the trials and the "
-            f"sampler), but got seed={seed!r}"
-        )
+    check_seed(seed, "the probe, the trials and the sampler")
     trial_steps = _default_trial_steps(total) if trial_steps is None else trial_steps
     if not is_int(trial_steps) or not 2 <= trial_steps <= total:
         raise ValueError(
