@@ -127,6 +127,32 @@ def sample_mean(losses: Sequence[float], sizes: Sequence[int | None]) -> float:
     return sum(v * n for v, n in zip(losses, known, strict=True)) / sum(known)
 
 
+def mean_loss(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: LossFn,
+    *,
+    empty: str,
+    to_number: Callable[[Any], float] = float,
+) -> float:
+    """The mean over samples (:func:`sample_mean`) of ``loss_fn(model, batch)`` over
+    ``batches``, each moved to the model's device; eval mode and ``torch.no_grad`` are the
+    caller's. ``to_number`` makes each loss a float (and says what a loss that is not one is).
+
+    Raises:
+        ValueError: ``empty``, if ``batches`` yields none.
+    """
+    device = model_device(model)
+    losses: list[float] = []
+    sizes: list[int | None] = []
+    for batch in batches:
+        losses.append(to_number(loss_fn(model, move_to_device(batch, device))))
+        sizes.append(batch_samples(batch))
+    if not losses:
+        raise ValueError(empty)
+    return sample_mean(losses, sizes)
+
+
 def move_to_device(batch: Any, device: torch.device | None, *, copy: bool = False) -> Any:
     """Move every tensor in a (nested) batch to ``device``.
 

@@ -18,10 +18,8 @@ from torch import nn
 from autowarm._train import (
     LossFn,
     StepResult,
-    batch_samples,
+    mean_loss,
     model_device,
-    move_to_device,
-    sample_mean,
     seeded_stream,
     train_step,
 )
@@ -71,20 +69,17 @@ def evaluate(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn) -> float
     """Mean loss over ``batches`` in eval mode without gradients; the mode is restored. Each
     batch's loss counts for its samples (:func:`~autowarm._train.sample_mean`)."""
     was_training = model.training
-    device = model_device(model)
     model.eval()
-    losses: list[float] = []
-    sizes: list[int | None] = []
     try:
         with torch.no_grad():
-            for batch in batches:
-                losses.append(float(loss_fn(model, move_to_device(batch, device))))
-                sizes.append(batch_samples(batch))
+            return mean_loss(
+                model,
+                batches,
+                loss_fn,
+                empty="the validation data yielded no batches; pass at least one batch",
+            )
     finally:
         model.train(was_training)
-    if not losses:
-        raise ValueError("the validation data yielded no batches; pass at least one batch")
-    return sample_mean(losses, sizes)
 
 
 def _positive(task: BenchTask, value: float, when: str) -> float:

@@ -22,13 +22,10 @@ from torch import nn
 from autowarm._checks import is_finite_real, is_int, is_real
 from autowarm._train import (
     LossFn,
-    batch_samples,
     check_accumulation_steps,
     check_precision,
-    model_device,
-    move_to_device,
+    mean_loss,
     resolve_loss_fn,
-    sample_mean,
     structure_fingerprint,
 )
 from autowarm.probe._state import seeded_rngs
@@ -311,16 +308,13 @@ class Task:
 
     def _mean_val_loss(self, model: nn.Module) -> float:
         assert self.val_data is not None
-        loss_fn = self.resolved_loss_fn()
-        device = model_device(model)
-        losses: list[float] = []
-        sizes: list[int | None] = []
-        for batch in self.val_data:
-            losses.append(_as_number(loss_fn(model, move_to_device(batch, device)), "the loss"))
-            sizes.append(batch_samples(batch))
-        if not losses:
-            raise ValueError("val_data yielded no batches; pass at least one validation batch")
-        return sample_mean(losses, sizes)
+        return mean_loss(
+            model,
+            self.val_data,
+            self.resolved_loss_fn(),
+            empty="val_data yielded no batches; pass at least one validation batch",
+            to_number=lambda loss: _as_number(loss, "the loss"),
+        )
 
 
 def _as_number(value: Any, what: str) -> float:
