@@ -650,8 +650,7 @@ def trainer_args(
     """``TrainingArguments`` fields for ``schedule`` trained with the settings ``training``
     records (:attr:`Suggestion.training`; see :meth:`Suggestion.to_trainer_args`)."""
     args = schedule.to_trainer_args()
-    t = training
-    if not t:
+    if not training:
         warnings.warn(
             "this suggestion records no training settings (saved by an older autowarm): "
             "only the schedule's fields are given; set the Trainer's optimizer settings, "
@@ -660,8 +659,8 @@ def trainer_args(
             stacklevel=stacklevel,
         )
         return args
-    name = str(t.get("optimizer", ""))
-    settings = t.get("optimizer_settings", {})
+    name = str(training.get("optimizer", ""))
+    settings = training.get("optimizer_settings", {})
     if name in _TRAINER_ADAM:
         betas = settings.get("betas", (0.9, 0.999))
         args.update(
@@ -677,13 +676,9 @@ def trainer_args(
                 UserWarning,
                 stacklevel=stacklevel,
             )
-        if (
-            name == "torch.optim.Adam"
-            and args["weight_decay"]
-            and not settings.get(
-                "decoupled_weight_decay"
-            )  # Adam(decoupled_weight_decay=True) is AdamW
-        ):
+        # Adam(decoupled_weight_decay=True) is AdamW
+        decoupled = name == "torch.optim.AdamW" or settings.get("decoupled_weight_decay")
+        if args["weight_decay"] and not decoupled:
             warnings.warn(
                 "the probe ran torch.optim.Adam with weight_decay (L2 in the gradient); the "
                 "Trainer's AdamW decays the weights directly, another optimizer: probe "
@@ -699,10 +694,10 @@ def trainer_args(
             UserWarning,
             stacklevel=stacklevel,
         )
-    clip = t.get("grad_clip")
+    clip = training.get("grad_clip")
     args["max_grad_norm"] = float(clip) if clip is not None else 0.0
-    args["gradient_accumulation_steps"] = int(t.get("accumulation_steps", 1))
-    precision = t.get("precision", "32-true")
+    args["gradient_accumulation_steps"] = int(training.get("accumulation_steps", 1))
+    precision = training.get("precision", "32-true")
     if precision == "bf16-mixed":
         args["bf16"] = True
     elif precision == "16-mixed":
