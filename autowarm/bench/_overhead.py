@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autowarm._checks import no_abbreviations
 from autowarm._train import train_step
 from autowarm.bench import _args
 from autowarm.probe._moments import SecondMomentMonitor
@@ -634,9 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autowarm.bench._overhead",
         description="Time second-moment monitoring against plain training steps (CPU or GPU).",
-        allow_abbrev=False,
     )
     add_arguments(parser)
+    no_abbreviations(parser)
     return run(parser.parse_args(argv))
 
 
