@@ -74,13 +74,19 @@ def nan_in_batch(batch: Any) -> bool:
         return any(nan_in_batch(b) for b in batch.batches)
     if isinstance(batch, torch.Tensor):
         return bool((batch.is_floating_point() or batch.is_complex()) and torch.isnan(batch).any())
+    return any(nan_in_batch(v) for v in _parts(batch))
+
+
+def _parts(batch: Any) -> list[Any]:
+    # What a tuple, list, mapping (its values) or dataclass instance (its fields) holds, in
+    # order; nothing for anything else.
     if isinstance(batch, Mapping):
-        return any(nan_in_batch(v) for v in batch.values())
+        return list(batch.values())
     if isinstance(batch, (tuple, list)):
-        return any(nan_in_batch(v) for v in batch)
+        return list(batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return any(nan_in_batch(getattr(batch, f.name, None)) for f in dataclasses.fields(batch))
-    return False
+        return [getattr(batch, f.name, None) for f in dataclasses.fields(batch)]
+    return []
 
 
 def batch_samples(batch: Any) -> int | None:
@@ -95,17 +101,9 @@ def batch_samples(batch: Any) -> int | None:
         return int(batch.batch_sizes[0]) if len(batch.batch_sizes) else None
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() >= 1 else None
-    if isinstance(batch, Mapping):
-        parts: list[Any] = list(batch.values())
-    elif isinstance(batch, (tuple, list)):
-        parts = list(batch)
-    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        parts = [getattr(batch, f.name, None) for f in dataclasses.fields(batch)]
-    else:
-        return None
     sizes = {
         batch_samples(p)
-        for p in parts
+        for p in _parts(batch)
         if isinstance(p, PackedSequence) or (isinstance(p, torch.Tensor) and p.dim() >= 1)
     }
     return sizes.pop() if len(sizes) == 1 else None
