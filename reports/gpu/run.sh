@@ -6,8 +6,9 @@
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl \
 #     optuna==5.0.0 alembic==1.20.1 colorlog==6.12.0 Mako==1.4.3 SQLAlchemy==2.1.9
 # Results go to $OUT (default reports/gpu/out): the CUDA-only tests, suggest() on CUDA models
-# (check_suggest.py), the monitor's overhead on the GPU, the whole suite with a GPU visible, and
-# a study (tune, export, report) whose trials train on the GPU. SECTIONS picks some of them:
+# (check_suggest.py), the monitor's overhead on the GPU, a study (tune, export, report) whose
+# trials train on the GPU, and last (the longest, so a time limit cuts it first) the whole
+# suite with a GPU visible. SECTIONS picks some of them:
 #   SECTIONS="tests suggest overhead suite tune" (the default: all).
 set -u
 sections=" ${SECTIONS:-tests suggest overhead suite tune} "
@@ -31,14 +32,12 @@ print(sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__versi
       "transformers", transformers.__version__)'
   nproc
 } 2>&1 | tee "$out/env.txt"
-want tests && echo "== CUDA tests" && timeout 150 python3 -m pytest -q -p no:cacheprovider -rs \
+want tests && echo "== CUDA tests" && timeout 200 python3 -m pytest -q -p no:cacheprovider -n 6 --dist loadfile -rs \
   tests/test_precision.py tests/test_train.py tests/probe/test_state.py \
-  tests/probe/test_moments.py tests/bench/test_overhead.py 2>&1 | tee "$out/cuda_tests.txt" | tail -20
+  tests/probe/test_moments.py tests/bench/test_overhead.py tests/study/test_tune.py 2>&1 | tee "$out/cuda_tests.txt" | tail -20
 want suggest && echo "== suggest() on CUDA" && timeout 180 python3 reports/gpu/check_suggest.py 2>&1 | tee "$out/check_suggest.md"
 want overhead && echo "== overhead on the GPU" && timeout 150 python3 -m autowarm bench overhead --device cuda --sizes 1e6,1e7,1e8 --out "$out" \
   2>&1 | tee "$out/overhead.md"
-want suite && echo "== whole suite, GPU visible" && timeout 240 python3 -m pytest -q -p no:cacheprovider -n 14 --dist loadfile -rs tests 2>&1 \
-  | tee "$out/full_suite.txt" | tail -40
 if want tune; then
   echo "== a study on the GPU: tune (2 spawned workers), export, report"
   for prec in 32-true bf16-mixed; do
@@ -58,3 +57,5 @@ print(sys.argv[2], dict(collections.Counter(t.state.name for t in s.trials)),
     cp "$log" "$out/"
   done 2>&1 | tee "$out/tune.txt"
 fi
+want suite && echo "== whole suite, GPU visible" && timeout 300 python3 -m pytest -q -p no:cacheprovider -n 14 --dist loadfile -rs tests 2>&1 \
+  | tee "$out/full_suite.txt" | tail -40
