@@ -229,9 +229,9 @@ def report(
         - ``trials`` (studies): the columns of ``TuneResult.trials`` (``number``, ``state``
           in lower case, ``value``, ``role``, ``peak_lr``, ``warmup_steps``, ``decay``,
           ``min_lr``, ``trial_steps``, ``trial_warmup_steps``, ``duration_s``, ``reason``,
-          ``retry_of``, ``worker``, ``full_value``), then ``warmup_frac``, ``datetime_start``,
-          ``datetime_complete``, ``last_step``, ``last_intermediate_value`` and
-          ``param_NAME`` per sampled parameter.
+          ``retry_of``, ``worker``, ``full_value``, ``also_roles``), then ``warmup_frac``,
+          ``datetime_start``, ``datetime_complete``, ``last_step``,
+          ``last_intermediate_value`` and ``param_NAME`` per sampled parameter.
         - ``trace`` and ``signals``: the probe's :attr:`Suggestion.trace` and
           :attr:`Suggestion.signals`, as they are.
         - ``regret`` (with ``benchmark``): see :mod:`autowarm.reporting._regret`.

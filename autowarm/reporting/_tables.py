@@ -201,6 +201,9 @@ def study_comparison(trials: pd.DataFrame, maximize: bool = False) -> pd.DataFra
     anchor = best_value(trials, maximize)  # vs_best is on the compressed trials' scale
     for role in (A.ROLE_PROBE, *A.REFERENCE_ROLES):
         hit = trials[trials["role"] == role]
+        if hit.empty and "also_roles" in trials:  # a trial that stands for this role too
+            also = trials["also_roles"].fillna("").astype(str).str.split(",")
+            hit = trials[[role in rs for rs in also]]
         if hit.empty:
             continue
         # a retried trial: the latest attempt of the role speaks for it

@@ -48,6 +48,9 @@ Trial user attributes:
 ``autowarm.reason``               why a trial was pruned or failed (absent when it completed)
 ``autowarm.worker``               ``"host:pid:start:pidns"`` of the process that ran it
 ``autowarm.retry_of``             the number of the failed trial this one re-runs
+``autowarm.also_roles``           the other first-trial roles this trial stands for, whose
+                                  schedule is its own (queued once: ``["ten_percent"]`` when
+                                  ``2 / (1 - beta2)`` is 10% of the run); absent when none
 ================================  =============================================================
 
 A trial's value is the final validation loss (lower is better; the study minimises); its
@@ -95,6 +98,7 @@ WARMUP_STEPS: Final = "autowarm.warmup_steps"
 REASON: Final = "autowarm.reason"
 WORKER: Final = "autowarm.worker"
 RETRY_OF: Final = "autowarm.retry_of"
+ALSO_ROLES: Final = "autowarm.also_roles"
 
 ROLE_PROBE: Final = "probe"
 """The probe's estimate, the study's first trial."""

@@ -238,12 +238,13 @@ TRIAL_COLUMNS = (
     "retry_of",
     "worker",
     "full_value",
+    "also_roles",
 )
 
 
 _TRIAL_DTYPES = {
     **dict.fromkeys(TRIAL_COLUMNS, "int64"),
-    **dict.fromkeys(("state", "role", "decay", "reason", "worker"), "str"),
+    **dict.fromkeys(("state", "role", "decay", "reason", "worker", "also_roles"), "str"),
     **dict.fromkeys(("value", "peak_lr", "min_lr", "duration_s", "full_value"), "float64"),
 }
 
@@ -254,7 +255,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     ``value`` is the final validation loss (NaN unless completed), ``warmup_steps`` and
     ``peak_lr`` describe the full-run schedule the trial stands for, ``trial_warmup_steps``
     what the compressed trial actually used, ``reason`` why it was pruned or failed,
-    ``full_value`` the full-length value of a confirmed trial (NaN otherwise).
+    ``full_value`` the full-length value of a confirmed trial (NaN otherwise),
+    ``also_roles`` the other first-trial roles the trial stands for, comma-separated (``""``
+    when none: see :data:`autowarm.study._attrs.ALSO_ROLES`).
     """
     full = confirmed(study)
     rows = []
@@ -287,6 +290,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "retry_of": int(t.user_attrs.get(_attrs.RETRY_OF, -1)),
                 "worker": str(t.user_attrs.get(_attrs.WORKER, "")),
                 "full_value": full.get(t.number, math.nan),
+                "also_roles": ",".join(roles_of(t)[1:]),
             }
         )
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
@@ -487,6 +491,14 @@ def reference_schedules(center: ScheduleConfig, beta2: float | None) -> dict[str
     return refs
 
 
+def roles_of(trial: optuna.trial.FrozenTrial) -> list[str]:
+    """The roles ``trial`` stands for: its ``autowarm.role``, then its ``autowarm.also_roles``
+    (empty for a trial without a role)."""
+    role = trial.user_attrs.get(_attrs.ROLE)
+    also = trial.user_attrs.get(_attrs.ALSO_ROLES) or []
+    return ([str(role)] if role is not None else []) + [str(r) for r in also]
+
+
 def _enqueue_first_trials(
     study: optuna.Study,
     task: Task,
@@ -499,25 +511,43 @@ def _enqueue_first_trials(
     # No more than n_trials leaves room for (probe first): the rest wait for a resume with a
     # larger n_trials, instead of being queued and then failed as surplus.
     trials = study.get_trials(deepcopy=False)
-    live = {t.user_attrs.get(_attrs.ROLE) for t in trials if t.state in _COUNTED}
-    last_try = {t.user_attrs.get(_attrs.ROLE): t.number for t in trials if t.state.is_finished()}
+    live = {role for t in trials if t.state in _COUNTED for role in roles_of(t)}
+    last_try = {role: t.number for t in trials if t.state.is_finished() for role in roles_of(t)}
     firsts = {_attrs.ROLE_PROBE: center, **_reference_schedules(center, task)}
     room = None if n_trials is None else n_trials - sum(t.state in _COUNTED for t in trials)
-    queued: list[str] = []
-    left_out: list[str] = []
+    # Roles whose schedules coincide once placed in the space (2/(1-beta2) steps that are 10%
+    # of the run, a probe warmup of 0) share one trial: the first role names it, the others
+    # ride along in ALSO_ROLES, so the comparison keeps a row for each without training one
+    # schedule twice.
+    groups: dict[str, list[str]] = {}
+    params: dict[str, dict[str, Any]] = {}
     for role, schedule in firsts.items():
         if role in live:
             continue
+        these = space.params_of(schedule, center)
+        twin = next((r for r, p in params.items() if p == these), None)
+        if twin is not None:
+            groups[twin].append(role)
+        else:
+            groups[role], params[role] = [role], these
+    queued: list[str] = []
+    left_out: list[str] = []
+    for role, members in groups.items():
         if room is not None and len(queued) >= room:
-            left_out.append(role)
+            left_out.extend(members)
             continue
         attrs: dict[str, Any] = {_attrs.ROLE: role}
+        if len(members) > 1:
+            attrs[_attrs.ALSO_ROLES] = members[1:]
+            _logger.info(
+                "the first trial %s stands for %s too: the same schedule",
+                role,
+                ", ".join(members[1:]),
+            )
         if role in last_try:  # not live, so each of its attempts failed
             attrs[_attrs.RETRY_OF] = last_try[role]
-        study.enqueue_trial(
-            space.params_of(schedule, center), user_attrs=attrs, skip_if_exists=False
-        )
-        queued.append(role)
+        study.enqueue_trial(params[role], user_attrs=attrs, skip_if_exists=False)
+        queued.extend(members)
     if len(queued) == len(firsts):
         _logger.info(
             "queued the probe's schedule and %d references (no warmup, 2/(1-beta2), 10%%)",

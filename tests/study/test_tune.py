@@ -525,6 +525,64 @@ def test_tune_seeds_with_probe_and_references(tmp_path: Path, task: Task) -> Non
     assert best.peak_lr == pytest.approx(frame.loc[frame["value"].idxmin(), "peak_lr"])
 
 
+def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # beta2=0.9 makes 2/(1-beta2) = 20 steps, 10% of the 200-step run, and a probe warmup of 0
+    # is the no-warmup reference: each pair trained the same schedule twice (identical trials,
+    # one of n_trials wasted). Now one trial stands for both roles, and the comparison still
+    # has a row per role.
+    twin_task = dataclasses.replace(task, optimizer_kwargs={"betas": (0.9, 0.9)})
+    no_ramp = dataclasses.replace(
+        suggestion, schedule=suggestion.schedule.replace(warmup_steps=0), warmup_steps=0
+    )
+    result = autowarm.tune(
+        twin_task,
+        n_trials=4,
+        storage=str(tmp_path / "t.db"),
+        trial_steps=40,
+        suggestion=no_ramp,
+        pruner="none",
+        confirm=0,
+        progress=False,
+    )
+    trials = result.study.get_trials()
+    assert [t.user_attrs[_attrs.ROLE] for t in trials] == [
+        _attrs.ROLE_PROBE,
+        _attrs.ROLE_UNTUNED,
+        _attrs.ROLE_SEARCH,
+        _attrs.ROLE_SEARCH,
+    ]
+    assert trials[0].user_attrs[_attrs.ALSO_ROLES] == [_attrs.ROLE_NO_WARMUP]
+    assert trials[1].user_attrs[_attrs.ALSO_ROLES] == [_attrs.ROLE_TEN_PERCENT]
+    assert trials[1].user_attrs[_attrs.WARMUP_STEPS] == 20
+    frame = result.trials
+    assert frame["also_roles"].tolist() == ["no_warmup", "ten_percent", "", ""]
+    from autowarm.reporting._tables import study_comparison
+
+    rows = study_comparison(frame.assign(warmup_frac=frame["warmup_steps"] / 200))
+    by = dict(zip(rows["label"], rows["trial"], strict=True))
+    assert by == {
+        _attrs.ROLE_PROBE: 0,
+        _attrs.ROLE_NO_WARMUP: 0,
+        _attrs.ROLE_UNTUNED: 1,
+        _attrs.ROLE_TEN_PERCENT: 1,
+        "best": int(frame.loc[frame["value"].idxmin(), "number"]),
+    }
+    # a resume queues none of them again
+    again = autowarm.tune(
+        twin_task,
+        n_trials=5,
+        storage=str(tmp_path / "t.db"),
+        trial_steps=40,
+        pruner="none",
+        confirm=0,
+        progress=False,
+    )
+    roles = [t.user_attrs[_attrs.ROLE] for t in again.study.get_trials()]
+    assert roles == [_attrs.ROLE_PROBE, _attrs.ROLE_UNTUNED, *[_attrs.ROLE_SEARCH] * 3]
+
+
 def test_a_warmup_stable_decay_suggestion_tunes(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
