@@ -132,6 +132,16 @@ def save_config(cfg: ScheduleConfig, path: Path) -> Path:
     return path
 
 
+def check_writable(path: Path) -> None:
+    """Raise :class:`ValueError` when ``path`` cannot be a file: it is a folder, or a file
+    stands where one of its parent folders should be (said before anything is written)."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: pass a file name in it")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{path} cannot be written: {parent} is a file, not a folder")
+
+
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` as ``open(path, "w")`` would, but
     atomically, and return ``path``.
@@ -141,7 +151,11 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     symlink is followed (the file it points at is replaced and the link stays), an existing
     file keeps its mode, and a new one gets ``0o666`` less the umask (``tempfile.mkstemp``
     would make it ``0o600``).
+
+    Raises:
+        ValueError: ``path`` is a folder, or a file stands where a parent folder should be.
     """
+    check_writable(path)
     target = path.resolve()  # the link's target, so the rename replaces that file
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -38,6 +38,9 @@ def run_demo(
     """Probe the demo task, write ``schedule.yaml``, ``suggestion.json`` and the report (in
     ``out_dir/report/``, when matplotlib is installed) into ``out_dir``.
 
+    Files there that an earlier demo wrote are replaced; any other file under one of those
+    names stops the demo before the probe (:class:`FileExistsError`), and nothing is written.
+
     ``total_steps`` shortens the task's run (and so the probe's 10% budget), for a quick look.
 
     Returns:
@@ -56,6 +59,12 @@ def run_demo(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file: pass --out a folder (it is made if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)  # before the probe: a bad path fails at once
+    from autowarm._outputs import check_replaceable, is_schedule_output
+    from autowarm._suggest import check_suggestion_path
+
+    # Files of the user's own under the names the demo writes fail now, not after the probe.
+    check_replaceable(out_dir / "schedule.yaml", is_schedule_output, "a schedule config")
+    check_suggestion_path(out_dir / "suggestion.json")
     if importlib.util.find_spec("matplotlib") is not None:
         from autowarm.reporting._report import refuse_others
 

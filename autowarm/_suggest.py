@@ -170,6 +170,8 @@ class Suggestion:
         Raises:
             ValueError: ``path`` does not end in ``.json``, or cannot be written (a folder
                 is there, or a file where a parent folder should be); checked before writing.
+            FileExistsError: ``path`` or a table's file exists and is not a suggestion's
+                (someone else's file); checked before writing, and nothing is written.
         """
         path = check_suggestion_path(path)
         self.trace.to_csv(path.with_suffix(".trace.csv"), index=False)
@@ -347,7 +349,17 @@ def check_suggestion_path(path: str | Path) -> Path:
     Raises:
         ValueError: it does not end in ``.json``, is a folder, or a file stands where one of
             its parent folders should be.
+        FileExistsError: the JSON, or a table beside it (``.trace.csv``, ``.signals.csv``),
+            exists and is not one a suggestion wrote: someone else's file, never replaced.
     """
+    from autowarm._outputs import (
+        SIGNALS_HEADER,
+        TRACE_HEADER,
+        check_replaceable,
+        is_suggestion,
+        is_table,
+    )
+
     path = Path(path)
     if path.suffix.lower() != ".json":
         raise ValueError(f"path must end in .json, but got path={str(path)!r}")
@@ -355,9 +367,13 @@ def check_suggestion_path(path: str | Path) -> Path:
         raise ValueError(
             f"{path} is a folder: pass a file name in it, e.g. {path / 'suggestion.json'}"
         )
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{path} cannot be written: {parent} is a file, not a folder")
+    check_replaceable(path, is_suggestion, "a suggestion JSON")
+    check_replaceable(
+        path.with_suffix(".trace.csv"), is_table(TRACE_HEADER), "a suggestion's trace table"
+    )
+    check_replaceable(
+        path.with_suffix(".signals.csv"), is_table(SIGNALS_HEADER), "a suggestion's signals table"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -46,14 +46,30 @@ def key_points(cfg: ScheduleConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def check_plot_path(path: Path, source: Path | None = None) -> None:
+    """Refuse a ``--plot`` path that is not a ``.png``, is the schedule file ``source``, or
+    holds a file that is not a PNG (someone else's): checked before anything is printed."""
+    from autowarm._outputs import check_replaceable, is_png
+
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot writes a PNG image: pass a name ending in .png, not {path}")
+    if source is not None and path.resolve() == source.resolve():
+        raise ValueError(f"--plot {path} is the schedule file being shown: pass another path")
+    check_replaceable(path, is_png, "a PNG image")
+
+
 def plot_schedule(cfg: ScheduleConfig, path: Path) -> Path:
-    """Draw LR against step to ``path`` (PNG), the end of warmup marked (the report's figure)."""
+    """Draw LR against step to ``path`` (PNG), the end of warmup marked (the report's figure).
+
+    Raises:
+        ValueError, FileExistsError: as :func:`check_plot_path`; nothing is written.
+    """
+    from autowarm._config_io import atomic_write
     from autowarm.reporting._draw import png_bytes
     from autowarm.reporting._figures import schedule_figure
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(schedule_figure(cfg)))
-    return path
+    check_plot_path(path)
+    return atomic_write(path, png_bytes(schedule_figure(cfg)))
 
 
 def _add_schedule(sub: Any) -> None:
@@ -68,6 +84,8 @@ def _add_schedule(sub: Any) -> None:
 
 def _run_schedule_show(args: argparse.Namespace) -> int:
     cfg = ScheduleConfig.load(args.file)
+    if args.plot:
+        check_plot_path(args.plot, args.file)
     rows = key_points(cfg)
     if args.json:
         print(json.dumps({"schedule": cfg.to_dict(), "key_points": rows}, indent=2))
@@ -119,8 +137,9 @@ def export_text(cfg: ScheduleConfig, fmt: str, training: Mapping[str, Any] | Non
 
 def _check_export_output(output: Path, source: Path | None) -> None:
     """Refuse an ``-o`` that would overwrite something other than an earlier export: the
-    schedule file being read, a study's storage, or any existing file that is not a JSON or
-    YAML mapping (a task file, a database under another suffix)."""
+    schedule file being read, a study's storage, or any existing file that is not a schedule
+    config or an export in one of :data:`EXPORT_FORMATS` (a task file, a suggestion, the
+    user's own training config)."""
     from autowarm._config_io import storage_file_kind
 
     if source is not None and output.resolve() == source.resolve():
@@ -138,16 +157,13 @@ def _check_export_output(output: Path, source: Path | None) -> None:
             f"-o {str(output)!r} is {kind} (a study's storage): writing there would destroy "
             "it; pass another path"
         )
-    try:
-        import yaml
+    from autowarm._outputs import is_schedule_output
 
-        parsed = yaml.safe_load(raw.decode("utf-8-sig"))  # YAML reads JSON too
-    except Exception:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise ValueError(
-            f"-o {str(output)!r} exists and is not a JSON or YAML config, so not an earlier "
-            "export to replace: pass another path, or remove the file first"
+    if not is_schedule_output(raw):
+        raise FileExistsError(
+            f"-o {str(output)!r} exists and is not a schedule config or an earlier export, so "
+            "autowarm did not write it and will not replace it: pass another path, or move or "
+            "remove that file first"
         )
 
 
@@ -174,7 +190,13 @@ def _add_export(sub: Any) -> None:
         default=None,
         help="default: from the suffix of -o (.json, .yaml, .yml), else json",
     )
-    p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write here instead of stdout ('-': stdout); an existing file is replaced only "
+        "when it is a schedule config or an earlier export",
+    )
     p.set_defaults(func=_run_export)
 
 
@@ -215,6 +237,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.storage is None and (args.study_name is not None or args.probe):
         given = "--study-name" if args.study_name is not None else "--probe"
         raise ValueError(f"{given} goes with --storage URL (a study), not with a schedule file")
+    if args.output == Path("-"):
+        args.output = None  # stdout, as without -o
     fmt = export_format(args.format, args.output)
     if args.output is not None:
         _check_export_output(args.output, args.file)

@@ -105,7 +105,7 @@ def test_export_never_overwrites_what_is_not_an_earlier_export(
     before = {p: p.read_bytes() for p in (db, task, sched_file)}
     for target, match in (
         (db, "is a SQLite database"),
-        (task, "not a JSON or YAML config"),
+        (task, "not a schedule config or an earlier export"),
         (sched_file, "is the schedule file being exported"),
         (tmp_path, "is a directory"),
     ):
@@ -123,6 +123,53 @@ def test_export_never_overwrites_what_is_not_an_earlier_export(
     for _ in range(2):  # an earlier export is replaced
         r = autowarm("export", str(sched_file), "-f", fmt, "-o", str(earlier))
         assert r.returncode == 0, r.stderr
+
+
+def test_export_never_replaces_the_users_own_config_or_a_suggestion(
+    sched_file: Path, tmp_path: Path
+) -> None:
+    # Any JSON or YAML mapping used to count as "an earlier export" and was replaced.
+    own = {
+        tmp_path / "train_config.json": '{"model": "gpt2", "learning_rate": 3e-4}\n',
+        tmp_path / "hp.yaml": "learning_rate: 0.0003\nlr_scheduler_type: cosine\nseed: 1\n",
+        tmp_path / "sug.json": '{"format": "autowarm.suggestion", "peak_lr": 0.001}\n',
+    }
+    for path, text in own.items():
+        path.write_text(text)
+    for path in own:
+        for fmt in ("yaml", "transformers") if path.suffix == ".yaml" else ("json", "trainer"):
+            r = autowarm("export", str(sched_file), "-f", fmt, "-o", str(path))
+            assert r.returncode == 1, (path, fmt, r.stdout)
+            assert "is not a schedule config or an earlier export" in r.stderr
+    assert {p: p.read_text() for p in own} == own
+
+
+def test_export_dash_o_dash_is_stdout(sched_file: Path, tmp_path: Path) -> None:
+    for fmt in ("yaml", "transformers"):
+        r = autowarm("export", str(sched_file), "-f", fmt, "-o", "-", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "peak_lr" in r.stdout or "num_warmup_steps" in r.stdout
+    assert list(tmp_path.iterdir()) == [sched_file]  # no file named "-"
+
+
+def test_schedule_plot_never_replaces_what_is_not_a_png(sched_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (extra plot)")
+    notes = tmp_path / "notes.png"
+    notes.write_text("my notes")
+    before = sched_file.read_bytes()
+    for target, match in (
+        (sched_file, "pass a name ending in .png"),
+        (tmp_path / "plot.pdf", "pass a name ending in .png"),
+        (notes, "notes.png exists and is not a PNG image"),
+    ):
+        r = autowarm("schedule", "show", str(sched_file), "--plot", str(target))
+        assert r.returncode == 1 and match in r.stderr, (target, r.stderr)
+        assert r.stdout == ""  # refused before anything is printed
+    assert sched_file.read_bytes() == before and notes.read_text() == "my notes"
+    assert not (tmp_path / "plot.pdf").exists()
+    png = tmp_path / "s.png"
+    for _ in range(2):  # its own plot is replaced
+        assert autowarm("schedule", "show", str(sched_file), "--plot", str(png)).returncode == 0
 
 
 def test_error_is_one_line_exit_1(tmp_path: Path) -> None:
@@ -218,6 +265,28 @@ def test_demo_refuses_a_file_as_its_folder_before_probing(
         with pytest.raises(ValueError, match="--total-steps must be an int >= 40"):
             _demo.run_demo(tmp_path / "new", progress=False, total_steps=short)
     assert not (tmp_path / "new").exists()
+
+
+def test_demo_refuses_files_of_the_users_own_before_probing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autowarm import _demo
+
+    def no_probe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the probe ran before the output files were checked")
+
+    monkeypatch.setattr("autowarm._suggest.suggest", no_probe)
+    for name, text in (
+        ("schedule.yaml", "lr: 0.1  # my hand-written schedule\n"),
+        ("suggestion.json", '{"notes": "mine"}'),
+        ("suggestion.trace.csv", "epoch,loss\n1,2\n"),
+    ):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        (out / name).write_text(text)
+        with pytest.raises(FileExistsError, match=f"{name} exists and is not"):
+            _demo.run_demo(out, progress=False)
+        assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == text
 
 
 def test_a_key_error_prints_its_message_without_quotes() -> None:

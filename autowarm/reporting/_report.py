@@ -118,7 +118,8 @@ class Report:
             The paths written, ``report.html`` first.
 
         Raises:
-            NotADirectoryError: ``out_dir`` is a file.
+            NotADirectoryError: ``out_dir`` is a file, or a file stands where one of its
+                parent folders should be.
             FileExistsError: a file this report would write is already in ``out_dir`` and was
                 not written there by a report (the message names them); nothing is written.
             ImportError: matplotlib is not installed; nothing is written.
@@ -126,6 +127,9 @@ class Report:
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
+        for parent in out.parents:
+            if parent.exists() and not parent.is_dir():
+                raise NotADirectoryError(f"{out} cannot be made: {parent} is a file, not a folder")
         names = {
             "report.html",
             "report.md",
@@ -143,6 +147,10 @@ class Report:
             files[f"{name}.csv"] = frame.to_csv(index=False).encode("utf-8")
         for name, (_, png) in pngs.items():
             files[f"{name}.png"] = png
+        # Claimed before a file is written, so a write cut short (a full disk, Ctrl-C) leaves
+        # files the next run knows as its own, not a folder it refuses.
+        claimed = sorted((_owned(out) | set(files)) - {_MANIFEST})
+        atomic_write(out / _MANIFEST, (json.dumps(claimed, indent=1) + "\n").encode())
         paths = [atomic_write(out / name, data) for name, data in files.items()]
         _forget_stale(out, set(files))
         atomic_write(out / _MANIFEST, (json.dumps(sorted(files), indent=1) + "\n").encode())

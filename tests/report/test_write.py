@@ -100,6 +100,34 @@ def test_write_refuses_to_replace_files_it_did_not_write(
     assert (out / "report.md").read_text().startswith("# autowarm report")
 
 
+def test_a_write_cut_short_leaves_a_folder_the_next_write_takes_back(
+    suggestion: autowarm.Suggestion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The list of its files was written last, so files written before a full disk or a
+    # Ctrl-C were not listed, and the rerun refused them as someone else's.
+    from autowarm.reporting import _report
+
+    real, calls = _report.atomic_write, []
+
+    def full_disk(path: Path, data: str | bytes) -> Path:
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    rep = suggestion.report()
+    monkeypatch.setattr(_report, "atomic_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        rep.write(tmp_path / "half")
+    monkeypatch.setattr(_report, "atomic_write", real)
+    paths = rep.write(tmp_path / "half")
+    assert {p.name for p in paths} <= {p.name for p in (tmp_path / "half").iterdir()}
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
+        rep.write(afile / "sub")
+
+
 def test_cli_suggestion_and_study(
     suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

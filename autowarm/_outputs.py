@@ -1,0 +1,114 @@
+"""Output paths: which existing files autowarm may replace there, and refusals for the rest.
+
+A command writes over a file only when autowarm wrote it (an earlier schedule, export,
+suggestion, evidence table or plot) or when it is empty; anything else at an output path is
+the user's, and the command stops before writing anything, saying which file and what to do.
+The tests check that every format autowarm writes is recognised here, so a new field in an
+export does not make the next run refuse its own earlier output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from autowarm._config_io import FORMAT_NAME, check_writable, storage_file_kind
+
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+
+# The key sets of ``autowarm export``'s formats other than json/yaml (which carry FORMAT_NAME).
+_TRANSFORMERS_KEYS: Final = frozenset(
+    {"name", "num_warmup_steps", "num_training_steps", "scheduler_specific_kwargs"}
+)
+_TRAINER_KEYS: Final = frozenset(
+    {
+        "learning_rate",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "lr_scheduler_kwargs",
+        "max_steps",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "weight_decay",
+        "max_grad_norm",
+        "gradient_accumulation_steps",
+        "bf16",
+        "fp16",
+    }
+)
+_LIGHTNING_KEYS: Final = frozenset({"lr_scheduler", "schedule", "usage"})
+
+# The first columns of the tables Suggestion.save writes beside its JSON.
+TRACE_HEADER: Final = ("phase", "burst", "step", "lr")
+SIGNALS_HEADER: Final = ("name", "value", "unit")
+
+
+def _mapping(raw: bytes) -> dict[Any, Any] | None:
+    try:
+        import yaml
+
+        parsed = yaml.safe_load(raw.decode("utf-8-sig"))  # YAML reads JSON too
+    except Exception:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def is_schedule_output(raw: bytes) -> bool:
+    """A schedule config, or an ``autowarm export`` of one in any of its formats."""
+    data = _mapping(raw)
+    if data is None:
+        return False
+    keys = set(data)
+    if data.get("format") == FORMAT_NAME:
+        return True
+    if keys == _TRANSFORMERS_KEYS:
+        return True
+    if keys == _LIGHTNING_KEYS:
+        inner = data.get("schedule")
+        return isinstance(inner, dict) and inner.get("format") == FORMAT_NAME
+    return "lr_scheduler_type" in keys and keys <= _TRAINER_KEYS
+
+
+def is_suggestion(raw: bytes) -> bool:
+    """A suggestion JSON (``Suggestion.save``)."""
+    from autowarm._suggest import SUGGESTION_FORMAT
+
+    data = _mapping(raw)
+    return data is not None and data.get("format") == SUGGESTION_FORMAT
+
+
+def is_table(header: tuple[str, ...]) -> Callable[[bytes], bool]:
+    """A test for a CSV whose first columns are ``header`` (an evidence table)."""
+
+    def check(raw: bytes) -> bool:
+        first = raw.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()
+        return tuple(first.split(","))[: len(header)] == header
+
+    return check
+
+
+def is_png(raw: bytes) -> bool:
+    """A PNG image (a plot ``--plot`` wrote)."""
+    return raw.startswith(PNG_SIGNATURE)
+
+
+def check_replaceable(path: Path, ours: Callable[[bytes], bool], what: str) -> None:
+    """Raise :class:`FileExistsError` when ``path`` holds a file that is not ``what`` (tested
+    by ``ours`` on its bytes) and not empty: someone else's file, never to be replaced.
+
+    Also raises :class:`ValueError` as :func:`autowarm._config_io.check_writable`.
+    """
+    check_writable(path)
+    if not path.is_file():
+        return
+    raw = path.read_bytes()
+    if not raw.strip() or ours(raw):
+        return
+    kind = storage_file_kind(raw)
+    found = f"is {kind} (a study's storage)" if kind is not None else f"is not {what}"
+    raise FileExistsError(
+        f"{path} exists and {found}, so autowarm did not write it and will not replace it: "
+        "pass another path, or move or remove that file first"
+    )

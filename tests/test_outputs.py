@@ -1,0 +1,122 @@
+"""What an output path may replace: only files autowarm wrote (or empty ones), never the user's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch.nn.functional as F
+
+import autowarm
+from autowarm import ScheduleConfig
+from autowarm._config_io import atomic_write
+from autowarm._outputs import (
+    SIGNALS_HEADER,
+    TRACE_HEADER,
+    check_replaceable,
+    is_png,
+    is_schedule_output,
+    is_suggestion,
+    is_table,
+)
+from autowarm.cli import EXPORT_FORMATS, export_text
+from tests._tiny import cls_batches, mlp, one_thread  # noqa: F401 (one_thread: a fixture)
+
+CFG = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100, min_lr=1e-5)
+TRAINING = {
+    "optimizer": "torch.optim.AdamW",
+    "optimizer_settings": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1},
+    "grad_clip": 1.0,
+    "accumulation_steps": 4,
+    "precision": "bf16-mixed",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_suggestion() -> autowarm.Suggestion:
+    return autowarm.suggest(
+        mlp(), cls_batches(), criterion=F.cross_entropy, total_steps=600, progress=False
+    )
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+@pytest.mark.parametrize("training", [None, TRAINING], ids=["bare", "training"])
+def test_every_export_autowarm_writes_is_recognised_as_its_own(
+    fmt: str, training: dict[str, object] | None
+) -> None:
+    # A field added to an export without adding it here would make the next run refuse to
+    # replace its own earlier output.
+    text = export_text(CFG, fmt, training)
+    assert is_schedule_output(text.encode())
+    assert not is_suggestion(text.encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"model": "gpt2", "learning_rate": 3e-4}',  # a training config of the user's
+        '{"learning_rate": 3e-4, "lr_scheduler_type": "cosine", "output_dir": "runs"}',
+        "services:\n  web:\n    image: nginx\n",  # docker-compose.yaml
+        '{"format": "autowarm.suggestion", "peak_lr": 0.001}',
+        '{"lr_scheduler": {}, "schedule": {"format": "other"}, "usage": ""}',
+        "x = 1\n",
+        "[1, 2, 3]",
+    ],
+)
+def test_files_of_the_users_own_are_not_schedule_outputs(text: str) -> None:
+    assert not is_schedule_output(text.encode())
+
+
+def test_tables_and_pngs_are_recognised_by_their_first_bytes() -> None:
+    assert is_table(TRACE_HEADER)(b"phase,burst,step,lr,loss\nrange,0,0,1e-7,2.3\n")
+    assert is_table(SIGNALS_HEADER)(b"\xef\xbb\xbfname,value,unit,description\n")
+    assert not is_table(TRACE_HEADER)(b"epoch,loss\n1,2\n")
+    assert is_png(b"\x89PNG\r\n\x1a\nrest") and not is_png(b"# notes\n")
+
+
+def test_check_replaceable_refuses_a_foreign_file_and_keeps_it(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    with pytest.raises(FileExistsError, match=r"notes\.json exists and is not a schedule config"):
+        check_replaceable(mine, is_schedule_output, "a schedule config")
+    assert mine.read_text() == '{"mine": true}'
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    check_replaceable(empty, is_schedule_output, "a schedule config")  # nothing to lose
+    check_replaceable(tmp_path / "absent.json", is_schedule_output, "a schedule config")
+
+
+def test_atomic_write_says_what_is_wrong_with_the_path(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="afile is a file, not a folder"):
+        atomic_write(afile / "s.yaml", "x")
+    (tmp_path / "isdir.yaml").mkdir()
+    with pytest.raises(ValueError, match=r"isdir.yaml is a folder: pass a file name in it"):
+        atomic_write(tmp_path / "isdir.yaml", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "isdir.yaml"]  # no .tmp
+
+
+def test_suggestion_save_never_replaces_files_of_the_users_own(
+    tmp_path: Path, tiny_suggestion: autowarm.Suggestion
+) -> None:
+    for name, text in (
+        ("mine.trace.csv", "epoch,loss\n1,2\n"),
+        ("mine.signals.csv", "a,b\n"),
+        ("mine.json", '{"results": [1, 2]}'),
+    ):
+        folder = tmp_path / name.split(".", 1)[1]
+        folder.mkdir()
+        (folder / name).write_text(text)
+        with pytest.raises(
+            FileExistsError, match=f"{re.escape(name)} exists and is not a suggestion"
+        ):
+            tiny_suggestion.save(folder / "mine.json")
+        assert [p.name for p in folder.iterdir()] == [name]  # nothing written beside it
+        assert (folder / name).read_text() == text
+    again = tmp_path / "again.json"
+    tiny_suggestion.save(again)
+    tiny_suggestion.save(again)  # its own files are replaced
+    assert json.loads(again.read_text())["format"] == "autowarm.suggestion"
