@@ -554,9 +554,11 @@ def suggest(
 
     Raises:
         TypeError: an argument of the wrong kind (a model that is not an ``nn.Module``, data
-            that is not an iterable of batches, an optimizer class that is not one); the
-            message says what to pass.
-        ValueError: bad arguments, empty data, a batch format that needs ``loss_fn``, a batch
+            that is not an iterable of batches, an optimizer class that is not one), or a
+            batch the default handling cannot score (neither a mapping nor an ``(inputs,
+            targets)`` pair, or a pair without ``criterion``: pass ``loss_fn``); the message
+            says what to pass.
+        ValueError: bad arguments, empty data, a batch
             holding a NaN on which the loss was non-finite (an inf in a batch, such as an
             additive ``-inf`` attention mask, is not blamed).
         ProbeDivergedError: no usable LR: the range test found none that lowered the loss

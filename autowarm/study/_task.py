@@ -96,9 +96,13 @@ class Task:
             there (a task defined in a file does not pickle).
 
     Raises:
-        ValueError: For a non-positive ``total_steps``, an ``lr`` in ``optimizer_kwargs``, or
-            ``loss_fn`` and ``criterion`` given together.
-        TypeError: If ``make_model`` or ``eval_fn`` is not callable.
+        ValueError: For a non-positive ``total_steps``, an ``lr`` in ``optimizer_kwargs``,
+            ``loss_fn`` and ``criterion`` given together, an ``accumulation_steps`` that is
+            not a positive int, an unknown ``precision``, or a ``grad_clip`` that is not a
+            positive finite number.
+        TypeError: If ``make_model`` or ``eval_fn`` is not callable, ``param_groups`` is not a
+            function of the model, or ``train_data``/``val_data`` is a one-shot iterator
+            (every trial reads the data afresh).
     """
 
     make_model: Callable[[int], nn.Module]
