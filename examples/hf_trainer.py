@@ -83,7 +83,9 @@ class RecordLR(TrainerCallback):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps of the run")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="optimizer steps of the run (default 200)"
+    )
     parser.add_argument("--tiny", action="store_true", help="smaller model, shortest probe")
     parser.add_argument(
         "--out", type=Path, default=None, help="Trainer output_dir (default: temp)"

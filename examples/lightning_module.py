@@ -70,7 +70,9 @@ class RecordLR(L.Callback):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of the run")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="optimizer steps of the run (default 300)"
+    )
     parser.add_argument("--tiny", action="store_true", help="smaller model, shortest probe")
     args = parser.parse_args(argv)
 

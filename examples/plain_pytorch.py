@@ -78,7 +78,9 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of the run")
+    parser.add_argument(
+        "--steps", type=int, default=400, help="optimizer steps of the run (default 400)"
+    )
     parser.add_argument("--resume-at", type=int, default=None, help="default: half the run")
     parser.add_argument("--tiny", action="store_true", help="smaller model, shortest probe")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: temp)")

@@ -58,7 +58,10 @@ def add_run_options(
     )
     parser.add_argument("--seeds", type=positive_int, default=seeds, help=seeds_help)
     parser.add_argument(
-        "--workers", type=worker_count, default=2, help="worker processes; 0 = in-process"
+        "--workers",
+        type=worker_count,
+        default=2,
+        help="worker processes (default 2); 0 = in-process",
     )
 
 

@@ -44,9 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", type=_args.positive_int, default=2, help="seeds 0..N-1 per cell (default 2)"
     )
     grid.add_argument(
-        "--workers", type=_args.worker_count, default=2, help="worker processes; 0 = in-process"
+        "--workers",
+        type=_args.worker_count,
+        default=2,
+        help="worker processes (default 2); 0 = in-process",
     )
-    grid.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    grid.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
+    )
     grid.add_argument("--csv", type=Path, default=None, help=f"CSV path (default OUT/{GRID_CSV})")
     grid.add_argument(
         "--lrs", type=_args.positive_floats, default=None, help="peak LRs, comma separated"

@@ -718,7 +718,7 @@ def add_regret_arguments(parser: Any) -> None:
         type=Path,
         default=Path("reports/benchmark"),
         help="folder of the CSVs and of regret.md/.csv (a subset's table: regret_seeds<S>"
-        "[_<N>steps].md/.csv)",
+        "[_<N>steps].md/.csv; default reports/benchmark)",
     )
     parser.add_argument("--eval-csv", type=Path, default=None, help="default OUT/evaluation.csv")
     parser.add_argument("--grid-csv", type=Path, default=None, help="default OUT/oracle_grid.csv")

@@ -544,7 +544,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_args.sizes("1e6,3e6,1e7,3e7,1e8"),
         help="target parameter counts, comma separated (default 1e6,3e6,1e7,3e7,1e8)",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"), help="folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/benchmark"),
+        help="folder (default reports/benchmark)",
+    )
     parser.add_argument(
         "--steps",
         type=_args.positive_int,

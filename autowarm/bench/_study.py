@@ -444,7 +444,9 @@ def add_study_arguments(parser: Any) -> None:
     _args.add_run_options(
         parser, methods=STUDY_METHODS, seeds=1, seeds_help="study seeds 0..N-1 (default 1)"
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/benchmark"), help="default reports/benchmark"
+    )
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
 
 
@@ -454,9 +456,14 @@ def add_ranks_arguments(parser: Any) -> None:
         "--tasks", type=_args.names, default=None, help="comma-separated tasks (default: all)"
     )
     parser.add_argument(
-        "--workers", type=_args.worker_count, default=2, help="processes; 0 = in-process"
+        "--workers",
+        type=_args.worker_count,
+        default=2,
+        help="processes (default 2); 0 = in-process",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/benchmark"), help="default reports/benchmark"
+    )
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
 
 

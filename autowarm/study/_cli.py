@@ -65,8 +65,16 @@ def add_tune(sub: Any) -> None:
         help="the study's total (default: 6 full runs' worth; with --timeout: until the time "
         "is up)",
     )
-    p.add_argument("--trial-steps", type=int, default=None, help="steps of one trial")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this host")
+    p.add_argument(
+        "--trial-steps",
+        type=int,
+        default=None,
+        help="steps of one compressed trial (default a quarter of the run, at least "
+        "min(run, 100))",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this host (default 1)"
+    )
     p.add_argument("--suggestion", type=Path, default=None, help="start from this probe JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
@@ -215,7 +223,8 @@ def add_probe(sub: Any) -> None:
         default="cosine",
         choices=[d.value for d in Decay],
         metavar="SHAPE",
-        help="decay shape of the suggested schedule: " + ", ".join(d.value for d in Decay),
+        help="decay shape of the suggested schedule (default cosine): "
+        + ", ".join(d.value for d in Decay),
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_probe)
