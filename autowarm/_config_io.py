@@ -71,9 +71,13 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
     fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
     unknown = sorted(str(k) for k in fields if k not in _ALL_FIELDS)
     if unknown:
+        import difflib
+
+        close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, _ALL_FIELDS, n=1))}
+        hint = "".join(f" ({k!r}: did you mean {v!r}?)" for k, v in close.items())
         raise ValueError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} in schedule config; valid fields "
-            f"are {', '.join(_ALL_FIELDS)}"
+            f"unknown field(s) {', '.join(map(repr, unknown))} in schedule config{hint}; valid "
+            f"fields are {', '.join(_ALL_FIELDS)}"
         )
     missing = [k for k in _REQUIRED if k not in fields]
     if missing:

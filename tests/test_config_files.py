@@ -85,6 +85,18 @@ def test_rejects_unknown_key(tmp_path: Path) -> None:
         ScheduleConfig.load(p)
 
 
+def test_a_step_count_written_as_a_float_says_how_to_write_it(tmp_path: Path) -> None:
+    p = _write(tmp_path, "s.yaml", "peak_lr: 0.1\ntotal_steps: 1e4\nwarmup_steps: 1\n")
+    with pytest.raises(ValueError, match=r"total_steps=10000.0 \(float\): write it as 10000"):
+        ScheduleConfig.load(p)
+
+
+def test_a_misspelt_key_names_the_field_meant(tmp_path: Path) -> None:
+    p = _write(tmp_path, "s.yaml", "peak_lr: 0.1\ntotal_steps: 10\nwarmup_step: 1\n")
+    with pytest.raises(ValueError, match="'warmup_step': did you mean 'warmup_steps'"):
+        ScheduleConfig.load(p)
+
+
 def test_rejects_newer_version(tmp_path: Path) -> None:
     p = _write(
         tmp_path, "s.yaml", "format_version: 9\npeak_lr: 0.1\ntotal_steps: 5\nwarmup_steps: 1\n"
