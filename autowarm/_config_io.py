@@ -234,7 +234,8 @@ def read_mapping(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        # one line, as every error is: YAML's own message spans several, indented
+        raise ValueError(" ".join(f"{path}: not valid YAML ({exc})".split())) from None
     except ValueError as exc:  # a number too long to read (Python's 4300-digit limit)
         raise ValueError(f"{path}: a value cannot be read ({exc})") from None
 

@@ -137,6 +137,14 @@ def test_yaml_never_executes(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_yaml_syntax_error_is_one_line_without_runs_of_spaces(tmp_path: Path) -> None:
+    p = _write(tmp_path, "s.yaml", "peak_lr: [1\nx: 2\n")
+    with pytest.raises(ValueError, match="not valid YAML") as err:
+        ScheduleConfig.load(p)
+    assert "\n" not in str(err.value) and "  " not in str(err.value)
+    assert "line 2" in str(err.value)
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", "{", "", "3"])
 def test_malformed_json(text: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"s\.json"):
