@@ -559,6 +559,20 @@ def test_regret_needs_a_task(suggestion: autowarm.Suggestion, tmp_path: Path) ->
         autowarm.report(suggestion, benchmark=tmp_path / "missing", task="toy")
 
 
+def test_a_benchmark_that_is_not_a_grid_csv_is_one_line_naming_it(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.cli import main
+
+    path = suggestion.save(tmp_path / "s.json")
+    out = tmp_path / "out"
+    assert main(["report", str(path), "--benchmark", str(path), "--task", "toy", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert err.startswith(f"autowarm: error: {path} is not an oracle grid CSV")
+    assert "`autowarm bench grid`" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------- wrong sources
 def test_clear_errors_for_wrong_files(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
     sched = suggestion.schedule.save(tmp_path / "schedule.json")
