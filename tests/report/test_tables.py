@@ -592,6 +592,22 @@ def test_clear_errors_for_wrong_files(suggestion: autowarm.Suggestion, tmp_path:
         autowarm.report(42)
 
 
+def test_a_suggestion_with_a_byte_order_mark_is_read(
+    suggestion: autowarm.Suggestion, tmp_path: Path
+) -> None:
+    # Suggestion.load reads one (Windows editors write it); the report took it for YAML
+    path = suggestion.save(tmp_path / "bom.json")
+    path.write_text(path.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    rep = autowarm.report(path)
+    assert rep.summary["warmup_steps"] == suggestion.warmup_steps
+    assert "trace" in rep.tables  # its .trace.csv beside it was found
+    sched = suggestion.schedule.save(tmp_path / "schedule.json")
+    sched.write_text(sched.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    with pytest.raises(ValueError, match="is a schedule config, not a suggestion"):
+        autowarm.report(sched)
+
+
 def test_unknown_study_lists_studies(study: optuna.Study, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     for name in ("alpha", "beta"):
