@@ -573,6 +573,29 @@ def test_a_benchmark_that_is_not_a_grid_csv_is_one_line_naming_it(
     assert not out.exists()
 
 
+def test_task_without_a_benchmark_is_refused(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --task names the rows of the benchmark's grid: alone, it was silently ignored
+    from autowarm.cli import main
+
+    path = suggestion.save(tmp_path / "s.json")
+    out = tmp_path / "out"
+    assert main(["report", str(path), "--task", "nosuch", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("autowarm: error: --task nosuch goes with --benchmark")
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.copy_study(
+        from_study_name="night", from_storage=make_study(suggestion)._storage, to_storage=url
+    )
+    assert main(["report", "--storage", url, "--task", "toy", "-o", str(out)]) == 1
+    assert "--task toy goes with --benchmark" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "with --benchmark" in " ".join(capsys.readouterr().out.split())
+
+
 # ---------------------------------------------------------------------------- wrong sources
 def test_clear_errors_for_wrong_files(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
     sched = suggestion.schedule.save(tmp_path / "schedule.json")
