@@ -67,15 +67,26 @@ def load_grid(source: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     """
     from autowarm.bench._grid import COLUMNS
 
-    frame = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source)
     where = "the grid" if isinstance(source, pd.DataFrame) else str(source)
+    not_grid = f"{where} is not an oracle grid CSV (`autowarm bench grid` writes those)"
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        # pandas' own messages ("Error tokenizing data. C error: ...") name neither the file
+        # nor what it should be: a JSON or other text passed as the grid
+        try:
+            frame = pd.read_csv(source)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{not_grid}: it is empty") from None
+        except pd.errors.ParserError as exc:
+            why = str(exc).strip().splitlines()[0]
+            raise ValueError(f"{not_grid}: it cannot be read as CSV ({why})") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{not_grid}: it is not UTF-8 text ({exc})") from None
     needed = ["task", "peak_lr", "warmup_steps", "total_steps", "seed", "final_val_loss"]
     missing = [c for c in [*needed, "warmup_frac", "diverged"] if c not in frame.columns]
     if missing:
-        raise ValueError(
-            f"{where} is not an oracle grid CSV (`autowarm bench grid` writes those): it "
-            f"lacks the columns {missing}"
-        )
+        raise ValueError(f"{not_grid}: it lacks the columns {missing}")
     # a row cut short by a kill mid-write has empty fields from the cut on; its last field
     # may be cut too (a final_val_loss of "1." for "1.556"), so any empty field drops it
     cut = frame[[c for c in COLUMNS if c in frame.columns]].isna().any(axis=1)

@@ -48,7 +48,8 @@ def load_suggestion(path: Path) -> Suggestion:
         "Suggestion.save() or `autowarm demo` (suggestion.json)"
     )
     try:
-        data = json.loads(raw.decode("utf-8"))
+        # utf-8-sig, as Suggestion.load reads it: a byte-order mark is not part of the JSON
+        data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not a suggestion JSON file (not UTF-8 text: {exc})") from None
     except json.JSONDecodeError as exc:

@@ -32,7 +32,11 @@ def add_parser(sub: Any) -> None:
         type=Path,
         help="benchmark folder or oracle grid CSV (e.g. reports/benchmark): adds regret.csv",
     )
-    p.add_argument("--task", help="benchmark task of a suggestion (a study names its own)")
+    p.add_argument(
+        "--task",
+        help="with --benchmark: the benchmark task a suggestion was probed on, whose grid rows "
+        "the regret table uses (a study names its own)",
+    )
     p.set_defaults(func=run)
 
 
@@ -47,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("a study report needs --storage URL (and --study-name NAME)")
     if not study and args.suggestion is None:
         raise ValueError("nothing to report: pass SUGGESTION.json or --storage [--study-name]")
+    if args.task is not None and args.benchmark is None:
+        raise ValueError(
+            f"--task {args.task} goes with --benchmark (the task's rows of its oracle grid make "
+            f"the regret table): pass --benchmark reports/benchmark --task {args.task}, or "
+            "leave --task out"
+        )
     source: Any = args.suggestion
     if study:
         from autowarm.reporting._study import open_study

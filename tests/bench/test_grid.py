@@ -20,6 +20,7 @@ from autowarm.bench import (
     COLUMNS,
     GridEdgeWarning,
     get_task,
+    load_grid,
     oracle_grid,
     oracle_table,
     oracle_tables,
@@ -187,6 +188,31 @@ def test_missing_task_and_mismatched_csv(tmp_path: Path) -> None:
         oracle_grid(_tiny(), csv_path=bad, lrs=[1e-3], warmups=[0], seeds=1, workers=0)
     with pytest.raises(ValueError, match="warmups must lie in"):
         oracle_grid(_tiny(), csv_path=tmp_path / "x.csv", lrs=[1e-3], warmups=[31], seeds=1)
+
+
+def test_a_file_that_is_not_csv_is_refused_naming_it(tmp_path: Path) -> None:
+    # pandas' own errors ("Error tokenizing data. C error: ...") name neither the file nor
+    # what it should be
+    suggestion = tmp_path / "suggestion.json"
+    suggestion.write_text(
+        json.dumps({"format": "autowarm.suggestion", "rationale": "a, b, c, d"}, indent=1)
+    )
+    binary = tmp_path / "grid.csv"
+    binary.write_bytes(b"task,peak_lr\n\xff\xfe\x00,1\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    for path, why in (
+        (suggestion, "it cannot be read as CSV"),
+        (binary, "not UTF-8 text"),
+        (empty, "it is empty"),
+    ):
+        with pytest.raises(ValueError) as err:
+            load_grid(path)
+        message = str(err.value)
+        assert message.startswith(f"{path} is not an oracle grid CSV (`autowarm bench grid`")
+        assert why in message and len(message.splitlines()) == 1
+        with pytest.raises(ValueError, match="is not an oracle grid CSV"):
+            oracle_table(path, "t")
 
 
 def test_cli_grid_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

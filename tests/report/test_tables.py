@@ -559,6 +559,43 @@ def test_regret_needs_a_task(suggestion: autowarm.Suggestion, tmp_path: Path) ->
         autowarm.report(suggestion, benchmark=tmp_path / "missing", task="toy")
 
 
+def test_a_benchmark_that_is_not_a_grid_csv_is_one_line_naming_it(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.cli import main
+
+    path = suggestion.save(tmp_path / "s.json")
+    out = tmp_path / "out"
+    assert main(["report", str(path), "--benchmark", str(path), "--task", "toy", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert err.startswith(f"autowarm: error: {path} is not an oracle grid CSV")
+    assert "`autowarm bench grid`" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_task_without_a_benchmark_is_refused(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --task names the rows of the benchmark's grid: alone, it was silently ignored
+    from autowarm.cli import main
+
+    path = suggestion.save(tmp_path / "s.json")
+    out = tmp_path / "out"
+    assert main(["report", str(path), "--task", "nosuch", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("autowarm: error: --task nosuch goes with --benchmark")
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.copy_study(
+        from_study_name="night", from_storage=make_study(suggestion)._storage, to_storage=url
+    )
+    assert main(["report", "--storage", url, "--task", "toy", "-o", str(out)]) == 1
+    assert "--task toy goes with --benchmark" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "with --benchmark" in " ".join(capsys.readouterr().out.split())
+
+
 # ---------------------------------------------------------------------------- wrong sources
 def test_clear_errors_for_wrong_files(suggestion: autowarm.Suggestion, tmp_path: Path) -> None:
     sched = suggestion.schedule.save(tmp_path / "schedule.json")
@@ -576,6 +613,22 @@ def test_clear_errors_for_wrong_files(suggestion: autowarm.Suggestion, tmp_path:
         autowarm.report(tmp_path / "nope.json")
     with pytest.raises(TypeError, match="source must be"):
         autowarm.report(42)
+
+
+def test_a_suggestion_with_a_byte_order_mark_is_read(
+    suggestion: autowarm.Suggestion, tmp_path: Path
+) -> None:
+    # Suggestion.load reads one (Windows editors write it); the report took it for YAML
+    path = suggestion.save(tmp_path / "bom.json")
+    path.write_text(path.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    rep = autowarm.report(path)
+    assert rep.summary["warmup_steps"] == suggestion.warmup_steps
+    assert "trace" in rep.tables  # its .trace.csv beside it was found
+    sched = suggestion.schedule.save(tmp_path / "schedule.json")
+    sched.write_text(sched.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    with pytest.raises(ValueError, match="is a schedule config, not a suggestion"):
+        autowarm.report(sched)
 
 
 def test_unknown_study_lists_studies(study: optuna.Study, tmp_path: Path) -> None:
