@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("a study report needs --storage URL (and --study-name NAME)")
     if not study and args.suggestion is None:
         raise ValueError("nothing to report: pass SUGGESTION.json or --storage [--study-name]")
+    if str(args.out) == "-":
+        raise ValueError(
+            "-o - would be stdout, but a report is a folder of files (report.html, report.md, "
+            "its tables and figures): pass a folder, e.g. -o report"
+        )
     if args.task is not None and args.benchmark is None:
         raise ValueError(
             f"--task {args.task} goes with --benchmark (the task's rows of its oracle grid make "
