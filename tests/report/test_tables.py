@@ -597,16 +597,19 @@ def test_task_without_a_benchmark_is_refused(
 
 
 def test_report_to_dash_is_refused_not_a_folder_named_dash(
-    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    suggestion: autowarm.Suggestion,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from autowarm.cli import main
 
     path = suggestion.save(tmp_path / "s.json")
+    monkeypatch.chdir(tmp_path)  # where a folder named "-" would be made
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["report", str(path), "-o", "-"]) == 1
     assert "a report is a folder of files" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert not Path("-").exists()
 
 
 # ---------------------------------------------------------------------------- wrong sources
