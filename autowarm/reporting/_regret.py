@@ -87,7 +87,7 @@ def regret_table(
     rows = [_row(oracle, p, "nearest grid cell") for p in placed]
     evaluated = path.with_name("regret.csv")
     if evaluated.is_file():
-        bench = pd.read_csv(evaluated)
+        bench = _read_regret_csv(evaluated)
         for r in bench[bench["task"] == task].to_dict("records"):
             p = Placed(
                 label=f"benchmark: {r['method']}",
@@ -98,6 +98,31 @@ def regret_table(
             )
             rows.append(_row(oracle, p, "benchmark evaluation (mean over seeds)"))
     return pd.DataFrame(rows, columns=list(REGRET_COLUMNS))
+
+
+def _read_regret_csv(path: Path) -> pd.DataFrame:
+    # The benchmark's own regret table beside the grid, whose rows the report adds: a file
+    # there that is not one is named, with how to make it again, not shown as pandas' error.
+    not_table = (
+        f"{path} is not the regret table `autowarm bench regret` writes beside the grid (the "
+        f"report adds its rows): make it again with `autowarm bench regret --out "
+        f"{path.parent}`, or move it away"
+    )
+    try:
+        bench = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{not_table}; it is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        why = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{not_table}; it cannot be read as CSV ({why})") from None
+    missing = [
+        c
+        for c in ("task", "method", "peak_lr", "warmup_steps", "mean_val_loss")
+        if c not in bench.columns
+    ]
+    if missing:
+        raise ValueError(f"{not_table}; it lacks the columns {missing}")
+    return bench
 
 
 def _row(oracle: OracleTable, p: Placed, source: str) -> dict[str, object]:

@@ -573,6 +573,24 @@ def test_a_benchmark_that_is_not_a_grid_csv_is_one_line_naming_it(
     assert not out.exists()
 
 
+def test_a_broken_regret_csv_beside_the_grid_is_named(
+    suggestion: autowarm.Suggestion, tmp_path: Path
+) -> None:
+    grid = _grid(tmp_path)
+    regret_csv = grid.parent / "regret.csv" if grid.is_file() else grid / "regret.csv"
+    for text, why in (
+        ("task,method\ntoy,a,1,2,3\n", "cannot be read as CSV"),
+        ("", "it is empty"),
+        ("task,value\ntoy,1\n", "lacks the columns"),
+    ):
+        regret_csv.write_text(text)
+        with pytest.raises(
+            ValueError, match="is not the regret table `autowarm bench regret`"
+        ) as e:
+            autowarm.report(suggestion, benchmark=grid, task="toy")
+        assert why in str(e.value)
+
+
 def test_task_without_a_benchmark_is_refused(
     suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
