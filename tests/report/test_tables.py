@@ -579,7 +579,7 @@ def test_a_broken_regret_csv_beside_the_grid_is_named(
     grid = _grid(tmp_path)
     regret_csv = grid.parent / "regret.csv" if grid.is_file() else grid / "regret.csv"
     for text, why in (
-        ("task,method\ntoy,a,1,2,3\n", "cannot be read as CSV"),
+        ("task,method\ntoy,a\nb,c,d,e,f\n", "cannot be read as CSV"),
         ("", "it is empty"),
         ("task,value\ntoy,1\n", "lacks the columns"),
     ):
