@@ -62,6 +62,21 @@ __all__ = ["ProbeDivergedError", "Suggestion", "suggest"]
 SUGGESTION_FORMAT = "autowarm.suggestion"
 SUGGESTION_FORMAT_VERSION = 1
 _REQUIRED = ("schedule", "probe_steps", "rationale")
+# The fields of a suggestion's JSON besides format and format_version: to_dict's, and the
+# tables' fingerprints that save adds.
+_FIELDS = (
+    "warmup_steps",
+    "peak_lr",
+    "probe_steps",
+    "confidence",
+    "low_confidence_reasons",
+    "deciding_signal",
+    "wall_seconds",
+    "rationale",
+    "schedule",
+    "training",
+    "tables",
+)
 # The fields of Suggestion.training (_training_record writes them all).
 _TRAINING_FIELDS = (
     "optimizer",
@@ -250,9 +265,10 @@ class Suggestion:
         """Rebuild a suggestion from :meth:`to_dict` (tables empty unless given).
 
         Raises:
-            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing, or any
-                field is malformed, the ``training`` record's too (the message names the field
-                and what it must be).
+            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing, a field
+                is unknown (a misspelt one would be read as its default), or any field is
+                malformed, the ``training`` record's too (the message names the field and what
+                it must be).
         """
         if not isinstance(data, Mapping):
             raise ValueError(
@@ -260,6 +276,12 @@ class Suggestion:
                 f"but got {type(data).__name__}: {data!r}"
             )
         check_format_version(data, SUGGESTION_FORMAT_VERSION)
+        unknown = sorted(str(k) for k in data if k not in (*_FIELDS, "format", "format_version"))
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(map(repr, unknown))} in suggestion; valid fields "
+                f"are {', '.join(_FIELDS)} (and format, format_version)"
+            )
         for key in _REQUIRED:
             if key not in data:
                 raise ValueError(

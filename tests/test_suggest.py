@@ -1197,6 +1197,34 @@ def test_the_training_records_that_suggest_writes_load(
         Suggestion.from_dict({**good, "training": []})
 
 
+def test_unknown_fields_of_a_suggestion_are_refused_with_the_valid_ones(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any
+) -> None:
+    good = probed[0].to_dict()
+    valid = (
+        r"valid fields are warmup_steps, peak_lr, probe_steps, confidence, "
+        r"low_confidence_reasons, deciding_signal, wall_seconds, rationale, schedule, "
+        r"training, tables \(and format, format_version\)"
+    )
+    for extra, named in [
+        ({"confidance": "low"}, "'confidance'"),  # loaded as confidence 'high'
+        ({"foo": 1}, "'foo'"),
+        ({"foo": 1, "bar": 2}, "'bar', 'foo'"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps({**good, **extra}), encoding="utf-8")
+        with pytest.raises(
+            ValueError, match=f"bad\\.json: unknown field\\(s\\) {named} in suggestion; {valid}$"
+        ):
+            Suggestion.load(path)
+    # what save writes beside to_dict (the tables' fingerprints) is a field
+    path = probed[0].save(tmp_path / "s.json")
+    assert "tables" in json.loads(path.read_text()) and Suggestion.load(path) == probed[0]
+    # a newer file's fields are its version's: that is what is said
+    with pytest.raises(ValueError, match="format_version=2 was written by a newer autowarm"):
+        Suggestion.from_dict({**good, "format_version": 2, "new_field": 1})
+
+
 def test_a_study_storage_passed_as_a_suggestion_says_to_pass_it_as_storage(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
