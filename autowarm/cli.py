@@ -281,7 +281,8 @@ def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None
 
     if path.suffix.lower() == ".json" and path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the text
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (ValueError, UnicodeDecodeError):
             data = None  # ScheduleConfig.load says what is wrong with it
         if isinstance(data, dict) and data.get("format") == SUGGESTION_FORMAT:
