@@ -276,7 +276,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None]:
     # A schedule config, or a probe's suggestion JSON: its schedule, with the settings the
-    # probe trained under.
+    # probe trained under. The suggestion's tables are not exported, so not read: a stale or
+    # broken .trace.csv beside it (which Suggestion.load refuses) does not stop an export.
     from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
 
     if path.suffix.lower() == ".json" and path.is_file():
@@ -286,7 +287,10 @@ def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None
         except (ValueError, UnicodeDecodeError):
             data = None  # ScheduleConfig.load says what is wrong with it
         if isinstance(data, dict) and data.get("format") == SUGGESTION_FORMAT:
-            suggestion = Suggestion.load(path)
+            try:
+                suggestion = Suggestion.from_dict(data)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None  # as Suggestion.load says it
             return suggestion.schedule, suggestion.training
     return ScheduleConfig.load(path), None
 

@@ -360,6 +360,32 @@ def test_export_reads_a_suggestion_with_a_byte_order_mark(
     assert _trainer_export(bom, capsys) == want
 
 
+def test_export_of_a_suggestion_does_not_read_its_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.cli import main
+
+    path = _saved_suggestion(tmp_path / "s.json")
+    want = _trainer_export(path, capsys)
+    # another suggestion's trace beside it: load refuses it, but export never reads tables
+    (tmp_path / "s.trace.csv").write_text("step,loss\n0,9.0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s\.trace\.csv is not the table s\.json was saved"):
+        autowarm.Suggestion.load(path)
+    assert _trainer_export(path, capsys) == want
+    assert main(["export", str(path), "-f", "transformers"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_warmup_steps"] == 100
+    (tmp_path / "s.signals.csv").write_bytes(b'a,b\n"1,2\n')  # not even a table
+    assert main(["export", str(path), "-o", str(tmp_path / "out.yaml")]) == 0
+    assert ScheduleConfig.load(tmp_path / "out.yaml").warmup_steps == 100
+    capsys.readouterr()
+    # what is wrong with the JSON itself is still said, naming the file and the field
+    bad = _saved_suggestion(tmp_path / "bad.json", precision="bf16")
+    assert main(["export", str(bad), "-f", "trainer"]) == 1
+    err = capsys.readouterr().err
+    assert f"autowarm: error: {bad}: field 'training': precision must be one of" in err
+    assert "but got precision='bf16'" in err and len(err.strip().splitlines()) == 1
+
+
 @contextlib.contextmanager
 def _umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)
