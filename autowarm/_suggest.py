@@ -62,6 +62,29 @@ __all__ = ["ProbeDivergedError", "Suggestion", "suggest"]
 SUGGESTION_FORMAT = "autowarm.suggestion"
 SUGGESTION_FORMAT_VERSION = 1
 _REQUIRED = ("schedule", "probe_steps", "rationale")
+# The fields of a suggestion's JSON besides format and format_version: to_dict's, and the
+# tables' fingerprints that save adds.
+_FIELDS = (
+    "warmup_steps",
+    "peak_lr",
+    "probe_steps",
+    "confidence",
+    "low_confidence_reasons",
+    "deciding_signal",
+    "wall_seconds",
+    "rationale",
+    "schedule",
+    "training",
+    "tables",
+)
+# The fields of Suggestion.training (_training_record writes them all).
+_TRAINING_FIELDS = (
+    "optimizer",
+    "optimizer_settings",
+    "grad_clip",
+    "accumulation_steps",
+    "precision",
+)
 
 
 class ProbeDivergedError(RuntimeError):
@@ -244,8 +267,10 @@ class Suggestion:
         """Rebuild a suggestion from :meth:`to_dict` (tables empty unless given).
 
         Raises:
-            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing, or any
-                field is malformed (the message names the field and what it must be).
+            ValueError: If ``schedule``, ``probe_steps`` or ``rationale`` is missing, a field
+                is unknown (a misspelt one would be read as its default), or any field is
+                malformed, the ``training`` record's too (the message names the field and what
+                it must be).
         """
         if not isinstance(data, Mapping):
             raise ValueError(
@@ -253,6 +278,12 @@ class Suggestion:
                 f"but got {type(data).__name__}: {data!r}"
             )
         check_format_version(data, SUGGESTION_FORMAT_VERSION)
+        unknown = sorted(str(k) for k in data if k not in (*_FIELDS, "format", "format_version"))
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(map(repr, unknown))} in suggestion; valid fields "
+                f"are {', '.join(_FIELDS)} (and format, format_version)"
+            )
         for key in _REQUIRED:
             if key not in data:
                 raise ValueError(
@@ -288,11 +319,9 @@ class Suggestion:
             raise ValueError(
                 f"field 'wall_seconds' must be a number of seconds >= 0, but got {wall_seconds!r}"
             )
-        training = data.get("training", {})
-        if not isinstance(training, Mapping):
-            raise ValueError(f"field 'training' must be a mapping, but got {training!r}")
+        training = check_training(data.get("training", {}))
         return cls(
-            training=dict(training),
+            training=training,
             warmup_steps=schedule.warmup_steps,
             peak_lr=schedule.peak_lr,
             schedule=schedule,
@@ -662,11 +691,97 @@ def suggest(
     )
 
 
+def check_training(training: object) -> dict[str, Any]:
+    """A suggestion's ``training`` record (:attr:`Suggestion.training`) as a dict, checked
+    field by field; ``{}`` (a suggestion saved before the record) stays empty.
+
+    Raises:
+        ValueError: it is not a mapping, lacks a field or has an unknown one, or a field is
+            malformed; the message starts ``field 'training'`` and names the field, the value
+            and what to give instead.
+    """
+    if not isinstance(training, Mapping):
+        raise ValueError(f"field 'training' must be a mapping, but got {training!r}")
+    if not training:
+        return {}
+    try:
+        return _checked_training(training)
+    except ValueError as exc:
+        raise ValueError(f"field 'training': {exc}") from None
+
+
+def _checked_training(training: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(str(k) for k in training if k not in _TRAINING_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} in training; valid fields are "
+            f"{', '.join(_TRAINING_FIELDS)}"
+        )
+    for key in _TRAINING_FIELDS:
+        if key not in training:
+            raise ValueError(
+                f"missing field {key!r} (a training record has {', '.join(_TRAINING_FIELDS)}, "
+                "as suggest() records them; an empty one, {}, records none)"
+            )
+    name = training["optimizer"]
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            "optimizer must be the optimizer class's qualified name (a str such as "
+            f"'torch.optim.AdamW'), but got optimizer={name!r}"
+        )
+    settings = training["optimizer_settings"]
+    if not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings):
+        raise ValueError(
+            "optimizer_settings must be a mapping of the optimizer's settings (its keyword "
+            f"arguments: betas, eps, weight_decay...), but got {settings!r}"
+        )
+    if name in _TRAINER_ADAM:  # the settings the exports read (other optimizers' are theirs)
+        _check_adam_settings(settings)
+    clip = training["grad_clip"]
+    if clip is not None and not (is_finite_real(clip) and clip > 0):
+        raise ValueError(
+            "grad_clip must be a positive finite number (the max gradient norm the probe "
+            f"clipped to) or null (no clipping), but got grad_clip={clip!r}"
+        )
+    return {
+        "optimizer": name,
+        "optimizer_settings": dict(settings),
+        "grad_clip": None if clip is None else float(clip),
+        "accumulation_steps": check_accumulation_steps(training["accumulation_steps"]),
+        "precision": check_precision(training["precision"]),
+    }
+
+
+def _check_adam_settings(settings: Mapping[str, Any]) -> None:
+    # Adam's and AdamW's settings as torch.optim takes them, before an export reads them.
+    betas = settings.get("betas", (0.9, 0.999))
+    if not (
+        isinstance(betas, (list, tuple))
+        and len(betas) == 2
+        and all(is_finite_real(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ValueError(
+            "optimizer_settings: betas must be a pair [beta1, beta2] of numbers in [0, 1), but "
+            f"got betas={betas!r}"
+        )
+    for key in ("eps", "weight_decay"):
+        value = settings.get(key, 0.0)
+        if not (is_finite_real(value) and value >= 0):
+            raise ValueError(
+                f"optimizer_settings: {key} must be a finite number >= 0, but got {key}={value!r}"
+            )
+
+
 def trainer_args(
     schedule: ScheduleConfig, training: Mapping[str, Any], *, stacklevel: int = 2
 ) -> dict[str, Any]:
     """``TrainingArguments`` fields for ``schedule`` trained with the settings ``training``
-    records (:attr:`Suggestion.training`; see :meth:`Suggestion.to_trainer_args`)."""
+    records (:attr:`Suggestion.training`; see :meth:`Suggestion.to_trainer_args`).
+
+    Raises:
+        ValueError: ``training`` is malformed (as :func:`check_training`).
+    """
+    training = check_training(training)
     args = schedule.to_trainer_args()
     if not training:
         warnings.warn(

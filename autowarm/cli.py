@@ -300,16 +300,21 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None]:
     # A schedule config, or a probe's suggestion JSON: its schedule, with the settings the
-    # probe trained under.
+    # probe trained under. The suggestion's tables are not exported, so not read: a stale or
+    # broken .trace.csv beside it (which Suggestion.load refuses) does not stop an export.
     from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
 
     if path.suffix.lower() == ".json" and path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the text
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (ValueError, UnicodeDecodeError):
             data = None  # ScheduleConfig.load says what is wrong with it
         if isinstance(data, dict) and data.get("format") == SUGGESTION_FORMAT:
-            suggestion = Suggestion.load(path)
+            try:
+                suggestion = Suggestion.from_dict(data)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None  # as Suggestion.load says it
             return suggestion.schedule, suggestion.training
     return ScheduleConfig.load(path), None
 

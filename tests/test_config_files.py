@@ -337,6 +337,75 @@ def test_a_suggestion_passed_as_a_schedule_config_says_what_to_pass(
     assert not (tmp_path / "out.yaml").exists()
 
 
+def _saved_suggestion(path: Path, **training: Any) -> Path:
+    # A suggestion as Suggestion.save writes it (no probe: the record of a bf16 AdamW run).
+    import pandas as pd
+    import torch
+
+    from autowarm._suggest import _training_record
+
+    cfg = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100)
+    record = _training_record(torch.optim.AdamW, {"betas": (0.9, 0.95)}, 1.0, 2, "bf16-mixed")
+    suggestion = autowarm.Suggestion(
+        warmup_steps=100,
+        peak_lr=1e-3,
+        schedule=cfg,
+        probe_steps=60,
+        rationale="made by hand",
+        trace=pd.DataFrame({"step": [0, 1], "loss": [2.0, 1.5]}),
+        signals=pd.DataFrame({"name": ["x"], "value": [1.0]}),
+        training={**record, **training},
+    )
+    return suggestion.save(path)
+
+
+def _trainer_export(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    from autowarm.cli import main
+
+    assert main(["export", str(path), "-f", "trainer"]) == 0, capsys.readouterr().err
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_export_reads_a_suggestion_with_a_byte_order_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _saved_suggestion(tmp_path / "s.json")
+    want = _trainer_export(path, capsys)
+    assert want["bf16"] is True and want["adam_beta2"] == 0.95 and want["max_grad_norm"] == 1.0
+    # as a Windows editor saves it: read as the suggestion it is, not as a schedule config
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert autowarm.Suggestion.load(bom).training["precision"] == "bf16-mixed"
+    assert _trainer_export(bom, capsys) == want
+
+
+def test_export_of_a_suggestion_does_not_read_its_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autowarm.cli import main
+
+    path = _saved_suggestion(tmp_path / "s.json")
+    want = _trainer_export(path, capsys)
+    # another suggestion's trace beside it: load refuses it, but export never reads tables
+    (tmp_path / "s.trace.csv").write_text("step,loss\n0,9.0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s\.trace\.csv is not the table s\.json was saved"):
+        autowarm.Suggestion.load(path)
+    assert _trainer_export(path, capsys) == want
+    assert main(["export", str(path), "-f", "transformers"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_warmup_steps"] == 100
+    (tmp_path / "s.signals.csv").write_bytes(b'a,b\n"1,2\n')  # not even a table
+    assert main(["export", str(path), "-o", str(tmp_path / "out.yaml")]) == 0
+    assert ScheduleConfig.load(tmp_path / "out.yaml").warmup_steps == 100
+    capsys.readouterr()
+    # what is wrong with the JSON itself is still said, naming the file and the field
+    bad = _saved_suggestion(tmp_path / "bad.json", precision="bf16")
+    assert main(["export", str(bad), "-f", "trainer"]) == 1
+    err = capsys.readouterr().err
+    assert f"autowarm: error: {bad}: field 'training': precision must be one of" in err
+    assert "but got precision='bf16'" in err and len(err.strip().splitlines()) == 1
+
+
 @contextlib.contextmanager
 def _umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)

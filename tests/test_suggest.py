@@ -1050,6 +1050,181 @@ def test_optional_fields_of_a_suggestion_are_type_checked_too(
     assert isinstance(kept.wall_seconds, float) and kept.low_confidence
 
 
+_LEFT_OUT = object()
+
+
+def _with_training(good: dict[str, Any], **change: Any) -> dict[str, Any]:
+    # a suggestion's dict with its training record changed (to _LEFT_OUT: the key left out)
+    training = {**good["training"], **change}
+    return {**good, "training": {k: v for k, v in training.items() if v is not _LEFT_OUT}}
+
+
+def _with_settings(good: dict[str, Any], **change: Any) -> dict[str, Any]:
+    settings = {**good["training"]["optimizer_settings"], **change}
+    return _with_training(good, optimizer_settings=settings)
+
+
+# A training record's field set to a bad value (or an optimizer setting: "settings."), and
+# the message: each would reach the Trainer's arguments, or fail there without a word of why.
+_BAD_TRAINING: dict[str, tuple[dict[str, Any], str]] = {
+    # the export would give no bf16 flag, 2 or 0 batches, clipping at -1.0, the token NaN
+    "precision_typo": (
+        {"precision": "bf16"},
+        r"precision must be one of \('32-true', '16-mixed', 'bf16-mixed'\) \(Lightning's "
+        r"names\), but got precision='bf16'",
+    ),
+    "accumulation_fraction": (
+        {"accumulation_steps": 2.5},
+        r"accumulation_steps must be an int >= 1 \(batches per optimizer update\), but got "
+        r"accumulation_steps=2\.5",
+    ),
+    "accumulation_0": ({"accumulation_steps": 0}, r"accumulation_steps must be an int >= 1"),
+    "accumulation_bool": ({"accumulation_steps": True}, r"accumulation_steps must be an int"),
+    "clip_negative": (
+        {"grad_clip": -1},
+        r"grad_clip must be a positive finite number \(the max gradient norm the probe "
+        r"clipped to\) or null \(no clipping\), but got grad_clip=-1",
+    ),
+    "clip_0": ({"grad_clip": 0}, r"grad_clip must be a positive finite number .*=0$"),
+    "clip_nan": ({"grad_clip": math.nan}, r"grad_clip must be a positive .*=nan$"),
+    "clip_inf": ({"grad_clip": math.inf}, r"grad_clip must be a positive .*=inf$"),
+    "clip_str": ({"grad_clip": "1.0"}, r"grad_clip must be a positive .*='1\.0'$"),
+    "optimizer_int": (
+        {"optimizer": 3},
+        r"optimizer must be the optimizer class's qualified name \(a str such as "
+        r"'torch\.optim\.AdamW'\), but got optimizer=3",
+    ),
+    "optimizer_empty": ({"optimizer": ""}, r"optimizer must be .* but got optimizer=''"),
+    "settings_list": (
+        {"optimizer_settings": [1]},
+        r"optimizer_settings must be a mapping of the optimizer's settings \(its keyword "
+        r"arguments: betas, eps, weight_decay\.\.\.\), but got \[1\]",
+    ),
+    # the export read betas[1]: "list index out of range"
+    "betas_one": (
+        {"settings.betas": [0.9]},
+        r"optimizer_settings: betas must be a pair \[beta1, beta2\] of numbers in \[0, 1\), "
+        r"but got betas=\[0\.9\]",
+    ),
+    "betas_1": (
+        {"settings.betas": [0.9, 1.0]},
+        r"optimizer_settings: betas must be a pair .*=\[0\.9, 1\.0\]$",
+    ),
+    "betas_nan": (
+        {"settings.betas": [0.9, math.nan]},
+        r"optimizer_settings: betas must be a pair .*nan\]$",
+    ),
+    "betas_negative": (
+        {"settings.betas": [-0.1, 0.9]},
+        r"optimizer_settings: betas must be a pair .*-0\.1",
+    ),
+    "betas_str": (
+        {"settings.betas": "ab"},
+        r"optimizer_settings: betas must be a pair .* but got betas='ab'$",
+    ),
+    "eps_str": (
+        {"settings.eps": "x"},
+        r"optimizer_settings: eps must be a finite number >= 0, but got eps='x'",
+    ),
+    "weight_decay_nan": (
+        {"settings.weight_decay": math.nan},
+        r"optimizer_settings: weight_decay must be a finite number >= 0, but got "
+        r"weight_decay=nan",
+    ),
+    # a misspelt or missing field would be read as its default without a word
+    "unknown_field": (
+        {"grad_clipp": 1.0},
+        r"unknown field\(s\) 'grad_clipp' in training; valid fields are optimizer, "
+        r"optimizer_settings, grad_clip, accumulation_steps, precision$",
+    ),
+    "missing_field": (
+        {"grad_clip": _LEFT_OUT},
+        r"missing field 'grad_clip' \(a training record has optimizer, optimizer_settings, "
+        r"grad_clip, accumulation_steps, precision, as suggest\(\) records them; an empty "
+        r"one, \{\}, records none\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_TRAINING))
+def test_a_malformed_training_record_is_refused_with_the_field_and_what_to_pass(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any, case: str
+) -> None:
+    change, match = _BAD_TRAINING[case]
+    data = json.loads(json.dumps(probed[0].to_dict()))
+    for key, value in change.items():
+        if key.startswith("settings."):
+            data = _with_settings(data, **{key.removeprefix("settings."): value})
+        else:
+            data = _with_training(data, **{key: value})
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=f"bad\\.json: field 'training': {match}") as info:
+        Suggestion.load(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=f"^field 'training': {match}"):
+        Suggestion.from_dict(data)
+    # nor does a suggestion built with it export it
+    built = dataclasses.replace(probed[0], training=data["training"])
+    with pytest.raises(ValueError, match=f"^field 'training': {match}"):
+        built.to_trainer_args()
+
+
+def test_the_training_records_that_suggest_writes_load(
+    probed: tuple[Suggestion, _LossSpy],
+) -> None:
+    s = probed[0]
+    good = json.loads(json.dumps(s.to_dict()))
+    assert Suggestion.from_dict(good).training == good["training"]
+    assert Suggestion.from_dict(s.to_dict()).training == s.training  # before JSON (tuples)
+    # other optimizers keep their own settings, not read by the exports: not checked as Adam's
+    for name, settings in [
+        ("torch.optim.sgd.SGD", {"momentum": 0.9, "nesterov": False, "foreach": None}),
+        ("adan.Adan", {"betas": [0.98, 0.92, 0.99], "eps": 1e-8}),
+        ("lion_pytorch.Lion", {"betas": [0.9, 0.99], "weight_decay": 0.0}),
+    ]:
+        data = _with_training(good, optimizer=name, optimizer_settings=settings)
+        assert Suggestion.from_dict(data).training["optimizer_settings"] == settings
+    # every precision, clipping and accumulation suggest() takes
+    for precision, clip, steps in [("bf16-mixed", 0.5, 4), ("16-mixed", 1, 1)]:
+        data = _with_training(good, precision=precision, grad_clip=clip, accumulation_steps=steps)
+        assert Suggestion.from_dict(data).training["precision"] == precision
+    # a suggestion saved before the record: none, as before (and to_trainer_args says so)
+    old = {k: v for k, v in good.items() if k != "training"}
+    assert Suggestion.from_dict(old).training == {}
+    assert Suggestion.from_dict({**good, "training": {}}).training == {}
+    with pytest.raises(ValueError, match=r"^field 'training' must be a mapping, but got \[\]"):
+        Suggestion.from_dict({**good, "training": []})
+
+
+def test_unknown_fields_of_a_suggestion_are_refused_with_the_valid_ones(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any
+) -> None:
+    good = probed[0].to_dict()
+    valid = (
+        r"valid fields are warmup_steps, peak_lr, probe_steps, confidence, "
+        r"low_confidence_reasons, deciding_signal, wall_seconds, rationale, schedule, "
+        r"training, tables \(and format, format_version\)"
+    )
+    for extra, named in [
+        ({"confidance": "low"}, "'confidance'"),  # loaded as confidence 'high'
+        ({"foo": 1}, "'foo'"),
+        ({"foo": 1, "bar": 2}, "'bar', 'foo'"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps({**good, **extra}), encoding="utf-8")
+        with pytest.raises(
+            ValueError, match=f"bad\\.json: unknown field\\(s\\) {named} in suggestion; {valid}$"
+        ):
+            Suggestion.load(path)
+    # what save writes beside to_dict (the tables' fingerprints) is a field
+    path = probed[0].save(tmp_path / "s.json")
+    assert "tables" in json.loads(path.read_text()) and Suggestion.load(path) == probed[0]
+    # a newer file's fields are its version's: that is what is said
+    with pytest.raises(ValueError, match="format_version=2 was written by a newer autowarm"):
+        Suggestion.from_dict({**good, "format_version": 2, "new_field": 1})
+
+
 def test_a_study_storage_passed_as_a_suggestion_says_to_pass_it_as_storage(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
