@@ -222,10 +222,10 @@ def read_mapping(path: Path) -> Any:
         ) from None
     if suffix == ".json":
         try:
-            return json.loads(text, object_pairs_hook=_unique_keys)
+            return json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        except _DuplicateKey as exc:
+        except DuplicateKeyError as exc:
             raise ValueError(f"{path}: {exc}") from None
         except ValueError as exc:  # a number too long to read (Python's 4300-digit limit)
             raise ValueError(f"{path}: a value cannot be read ({exc})") from None
@@ -240,16 +240,17 @@ def read_mapping(path: Path) -> Any:
         raise ValueError(f"{path}: a value cannot be read ({exc})") from None
 
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKeyError(ValueError):
+    """A field given twice in a JSON object (:func:`unique_keys`)."""
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json's object_pairs_hook: a field given twice is an error, not "the last one wins"
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: a field given twice is an error, not "the
+    last one wins"."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _DuplicateKey(f"field {key!r} is given twice; keep one")
+            raise DuplicateKeyError(f"field {key!r} is given twice; keep one")
         out[key] = value
     return out
 

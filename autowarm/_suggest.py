@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from autowarm._checks import check_seed, is_finite_real, is_int, is_real
-from autowarm._config_io import atomic_write, check_format_version, storage_file_kind
+from autowarm._config_io import (
+    DuplicateKeyError,
+    atomic_write,
+    check_format_version,
+    storage_file_kind,
+    unique_keys,
+)
 from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
 from autowarm._train import (
     BatchStream,
@@ -225,7 +231,11 @@ class Suggestion:
                 "suggestion is the JSON written by Suggestion.save() or `autowarm probe`"
             )
         try:
-            data = json.loads(raw.decode("utf-8-sig"))  # a byte order mark is not the JSON's
+            # a byte order mark is not the JSON's; a field given twice is refused, not the
+            # last one taken, as in a schedule config
+            data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys)
+        except DuplicateKeyError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         except UnicodeDecodeError as exc:
             raise ValueError(
                 f"{path} is not a suggestion JSON file (not UTF-8 text: {exc}): pass the JSON "

@@ -170,9 +170,16 @@ def _check_export_output(output: Path, source: Path | None) -> None:
 def _add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="convert a schedule config, or a study's best schedule, to another format",
+        help="convert a schedule config, a probe's suggestion, or a study's best schedule, to "
+        "another format",
     )
-    p.add_argument("file", type=Path, nargs="?", help="schedule config (.json or .yaml)")
+    p.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        help="schedule config (.json or .yaml), or a suggestion JSON (whose trainer format "
+        "adds the optimizer settings the probe trained with)",
+    )
     p.add_argument("--storage", default=None, help="export the best schedule of this study")
     p.add_argument("--study-name", default=None, help="with --storage (optional if only one)")
     p.add_argument(
@@ -322,7 +329,12 @@ def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None
 # ---------------------------------------------------------------------------- demo
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the probe on a built-in example task")
-    p.add_argument("--out", type=Path, default=Path("autowarm-demo"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("autowarm-demo"),
+        help="output folder (default autowarm-demo)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -1220,6 +1220,13 @@ def test_unknown_fields_of_a_suggestion_are_refused_with_the_valid_ones(
     # what save writes beside to_dict (the tables' fingerprints) is a field
     path = probed[0].save(tmp_path / "s.json")
     assert "tables" in json.loads(path.read_text()) and Suggestion.load(path) == probed[0]
+    # a field given twice is refused, as in a schedule config, not the last one taken
+    text = json.dumps(good)
+    twice = text[:-1] + ', "confidence": "high"}'
+    path = tmp_path / "twice.json"
+    path.write_text(twice, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"twice\.json: field 'confidence' is given twice"):
+        Suggestion.load(path)
     # a newer file's fields are its version's: that is what is said
     with pytest.raises(ValueError, match="format_version=2 was written by a newer autowarm"):
         Suggestion.from_dict({**good, "format_version": 2, "new_field": 1})
