@@ -63,6 +63,11 @@ def run_demo(
     from autowarm._suggest import check_suggestion_path
 
     # Files of the user's own under the names the demo writes fail now, not after the probe.
+    if (out_dir / "report").exists() and not (out_dir / "report").is_dir():
+        raise ValueError(
+            f"{out_dir / 'report'} is a file, where the demo writes its report folder: move "
+            "it away, or pass another --out"
+        )
     check_replaceable(out_dir / "schedule.yaml", is_schedule_output, "a schedule config")
     check_suggestion_path(out_dir / "suggestion.json")
     if importlib.util.find_spec("matplotlib") is not None:

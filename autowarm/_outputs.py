@@ -9,6 +9,7 @@ export does not make the next run refuse its own earlier output.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -38,7 +39,14 @@ _TRAINER_KEYS: Final = frozenset(
         "fp16",
     }
 )
+# What every trainer export holds (the schedule's own fields), whatever the probe recorded.
+_TRAINER_CORE: Final = frozenset(
+    {"learning_rate", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "max_steps"}
+)
 _LIGHTNING_KEYS: Final = frozenset({"lr_scheduler", "schedule", "usage"})
+
+# The PNG text chunk autowarm's plots carry (``Software``), which tells them from other images.
+PNG_SOFTWARE: Final = "autowarm"
 
 # The first columns of the tables Suggestion.save writes beside its JSON.
 TRACE_HEADER: Final = ("phase", "burst", "step", "lr")
@@ -47,11 +55,18 @@ SIGNALS_HEADER: Final = ("name", "value", "unit")
 
 def _mapping(raw: bytes) -> dict[Any, Any] | None:
     try:
-        import yaml
-
-        parsed = yaml.safe_load(raw.decode("utf-8-sig"))  # YAML reads JSON too
-    except Exception:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
         return None
+    try:
+        parsed = json.loads(text)  # first: JSON indented with tabs is not YAML
+    except ValueError:
+        try:
+            import yaml
+
+            parsed = yaml.safe_load(text)
+        except Exception:
+            return None
     return parsed if isinstance(parsed, dict) else None
 
 
@@ -68,7 +83,7 @@ def is_schedule_output(raw: bytes) -> bool:
     if keys == _LIGHTNING_KEYS:
         inner = data.get("schedule")
         return isinstance(inner, dict) and inner.get("format") == FORMAT_NAME
-    return "lr_scheduler_type" in keys and keys <= _TRAINER_KEYS
+    return _TRAINER_CORE <= keys <= _TRAINER_KEYS
 
 
 def is_suggestion(raw: bytes) -> bool:
@@ -90,8 +105,12 @@ def is_table(header: tuple[str, ...]) -> Callable[[bytes], bool]:
 
 
 def is_png(raw: bytes) -> bool:
-    """A PNG image (a plot ``--plot`` wrote)."""
-    return raw.startswith(PNG_SIGNATURE)
+    """A PNG image autowarm drew (a plot ``--plot`` wrote): the signature, then its
+    ``Software`` text chunk before the image data. Another PNG is someone else's."""
+    if not raw.startswith(PNG_SIGNATURE):
+        return False
+    head = raw[: raw.find(b"IDAT")] if b"IDAT" in raw else raw
+    return b"Software\x00" + PNG_SOFTWARE.encode() in head
 
 
 def check_replaceable(path: Path, ours: Callable[[bytes], bool], what: str) -> None:

@@ -407,6 +407,12 @@ def check_suggestion_path(path: str | Path) -> Path:
             f"{path} is a folder: pass a file name in it, e.g. {path / 'suggestion.json'}"
         )
     check_replaceable(path, is_suggestion, "a suggestion JSON")
+    for table in (path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")):
+        if table.is_dir():
+            raise ValueError(
+                f"{table} is a folder, where the suggestion's table beside {path.name} goes: "
+                "move it away, or save the suggestion under another name"
+            )
     check_replaceable(
         path.with_suffix(".trace.csv"), is_table(TRACE_HEADER), "a suggestion's trace table"
     )

@@ -51,11 +51,11 @@ def check_plot_path(path: Path, source: Path | None = None) -> None:
     holds a file that is not a PNG (someone else's): checked before anything is printed."""
     from autowarm._outputs import check_replaceable, is_png
 
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"--plot writes a PNG image: pass a name ending in .png, not {path}")
     if source is not None and path.resolve() == source.resolve():
         raise ValueError(f"--plot {path} is the schedule file being shown: pass another path")
-    check_replaceable(path, is_png, "a PNG image")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot writes a PNG image: pass a name ending in .png, not {path}")
+    check_replaceable(path, is_png, "a PNG image autowarm drew")
 
 
 def plot_schedule(cfg: ScheduleConfig, path: Path) -> Path:
@@ -143,9 +143,7 @@ def _check_export_output(output: Path, source: Path | None) -> None:
     from autowarm._config_io import storage_file_kind
 
     if source is not None and output.resolve() == source.resolve():
-        raise ValueError(
-            f"-o {str(output)!r} is the schedule file being exported: pass another path"
-        )
+        raise ValueError(f"-o {str(output)!r} is the file being exported: pass another path")
     if not output.is_file():  # absent (a folder is refused by export_format)
         return
     raw = output.read_bytes()
@@ -297,8 +295,9 @@ def _run_export(args: argparse.Namespace) -> int:
         if fmt in ("json", "yaml") and args.output.suffix.lower() in (".json", ".yaml", ".yml"):
             cfg.save(args.output)
         else:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(export_text(cfg, fmt, training), encoding="utf-8")
+            from autowarm._config_io import atomic_write
+
+            atomic_write(args.output, export_text(cfg, fmt, training))
         _log.info("wrote %s", args.output)
     else:
         sys.stdout.write(export_text(cfg, fmt, training))
@@ -309,12 +308,17 @@ def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None
     # A schedule config, or a probe's suggestion JSON: its schedule, with the settings the
     # probe trained under. The suggestion's tables are not exported, so not read: a stale or
     # broken .trace.csv beside it (which Suggestion.load refuses) does not stop an export.
+    from autowarm._config_io import DuplicateKeyError, unique_keys
     from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
 
     if path.suffix.lower() == ".json" and path.is_file():
         try:
-            # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the text
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the
+            # text; a field given twice is refused, as Suggestion.load refuses it
+            text = path.read_text(encoding="utf-8-sig")
+            data = json.loads(text, object_pairs_hook=unique_keys)
+        except DuplicateKeyError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             data = None  # ScheduleConfig.load says what is wrong with it
         if isinstance(data, dict) and data.get("format") == SUGGESTION_FORMAT:

@@ -57,8 +57,8 @@ class TransformersExportError(ValueError):
 def _bad(name: str, rule: str, value: object) -> ValueError:
     hint = ""
     if "an int" in rule and isinstance(value, float) and value.is_integer() and value >= 1:
-        # 1e4 in YAML or JSON is a float: the whole number is meant
-        hint = f": write it as {int(value)}"
+        # 1e4 in YAML or JSON is a float, though a whole number is meant
+        hint = f": an int is written without a point or exponent ({int(value)}, not {value!r})"
     return ValueError(
         f"{name} must be {rule}, but got {name}={_shown(value)} ({type(value).__name__}){hint}"
     )

@@ -106,7 +106,7 @@ def test_export_never_overwrites_what_is_not_an_earlier_export(
     for target, match in (
         (db, "is a SQLite database"),
         (task, "not a schedule config or an earlier export"),
-        (sched_file, "is the schedule file being exported"),
+        (sched_file, "is the file being exported"),
         (tmp_path, "is a directory"),
     ):
         r = autowarm("export", str(sched_file), "-f", fmt, "-o", str(target))
@@ -144,6 +144,36 @@ def test_export_never_replaces_the_users_own_config_or_a_suggestion(
     assert {p: p.read_text() for p in own} == own
 
 
+def test_export_refuses_a_suggestion_with_a_field_given_twice(tmp_path: Path) -> None:
+    from autowarm._suggest import Suggestion
+
+    src = tmp_path / "s.json"
+    cfg = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100)
+    data = Suggestion.from_dict(
+        {
+            "warmup_steps": 100,
+            "peak_lr": 1e-3,
+            "probe_steps": 99,
+            "confidence": "high",
+            "low_confidence_reasons": [],
+            "deciding_signal": "second moment",
+            "wall_seconds": 1.0,
+            "rationale": "r",
+            "schedule": cfg.to_dict(),
+        }
+    ).to_dict()
+    text = json.dumps(data)[:-1] + ', "confidence": "low"}'
+    src.write_text(text)
+    r = autowarm("export", str(src), "-f", "trainer")
+    assert r.returncode == 1 and "field 'confidence' is given twice" in r.stderr, r.stderr
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    sched = cfg.save(tmp_path / "sched.yaml")
+    for fmt in ("trainer", "json"):  # every format says it plainly, through atomic_write
+        r = autowarm("export", str(sched), "-f", fmt, "-o", str(afile / "x.json"))
+        assert r.returncode == 1 and "afile is a file, not a folder" in r.stderr, r.stderr
+
+
 def test_export_dash_o_dash_is_stdout(sched_file: Path, tmp_path: Path) -> None:
     for fmt in ("yaml", "transformers"):
         r = autowarm("export", str(sched_file), "-f", fmt, "-o", "-", cwd=tmp_path)
@@ -156,16 +186,20 @@ def test_schedule_plot_never_replaces_what_is_not_a_png(sched_file: Path, tmp_pa
     pytest.importorskip("matplotlib", reason="matplotlib not installed (extra plot)")
     notes = tmp_path / "notes.png"
     notes.write_text("my notes")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR a photo of the user's")
     before = sched_file.read_bytes()
     for target, match in (
-        (sched_file, "pass a name ending in .png"),
+        (sched_file, "is the schedule file being shown"),
         (tmp_path / "plot.pdf", "pass a name ending in .png"),
         (notes, "notes.png exists and is not a PNG image"),
+        (photo, "photo.png exists and is not a PNG image autowarm drew"),
     ):
         r = autowarm("schedule", "show", str(sched_file), "--plot", str(target))
         assert r.returncode == 1 and match in r.stderr, (target, r.stderr)
         assert r.stdout == ""  # refused before anything is printed
     assert sched_file.read_bytes() == before and notes.read_text() == "my notes"
+    assert photo.read_bytes().endswith(b"a photo of the user's")
     assert not (tmp_path / "plot.pdf").exists()
     png = tmp_path / "s.png"
     for _ in range(2):  # its own plot is replaced
@@ -287,6 +321,12 @@ def test_demo_refuses_files_of_the_users_own_before_probing(
         with pytest.raises(FileExistsError, match=f"{name} exists and is not"):
             _demo.run_demo(out, progress=False)
         assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == text
+    out = tmp_path / "report_file"
+    out.mkdir()
+    (out / "report").write_text("x")  # where the report folder goes
+    with pytest.raises(ValueError, match="is a file, where the demo writes its report folder"):
+        _demo.run_demo(out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["report"]
 
 
 def test_a_key_error_prints_its_message_without_quotes() -> None:

@@ -87,7 +87,11 @@ def test_rejects_unknown_key(tmp_path: Path) -> None:
 
 def test_a_step_count_written_as_a_float_says_how_to_write_it(tmp_path: Path) -> None:
     p = _write(tmp_path, "s.yaml", "peak_lr: 0.1\ntotal_steps: 1e4\nwarmup_steps: 1\n")
-    with pytest.raises(ValueError, match=r"total_steps=10000.0 \(float\): write it as 10000"):
+    with pytest.raises(
+        ValueError,
+        match=r"total_steps=10000.0 \(float\): an int is written without a point or exponent "
+        r"\(10000, not 10000.0\)",
+    ):
         ScheduleConfig.load(p)
 
 

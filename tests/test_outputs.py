@@ -58,6 +58,8 @@ def test_every_export_autowarm_writes_is_recognised_as_its_own(
     [
         '{"model": "gpt2", "learning_rate": 3e-4}',  # a training config of the user's
         '{"learning_rate": 3e-4, "lr_scheduler_type": "cosine", "output_dir": "runs"}',
+        # the trainer's keys, but not the schedule's fields every trainer export holds
+        '{"learning_rate": 3e-4, "lr_scheduler_type": "linear", "max_steps": 5000, "bf16": true}',
         "services:\n  web:\n    image: nginx\n",  # docker-compose.yaml
         '{"format": "autowarm.suggestion", "peak_lr": 0.001}',
         '{"lr_scheduler": {}, "schedule": {"format": "other"}, "usage": ""}',
@@ -69,11 +71,37 @@ def test_files_of_the_users_own_are_not_schedule_outputs(text: str) -> None:
     assert not is_schedule_output(text.encode())
 
 
+def test_an_export_indented_with_tabs_is_recognised() -> None:
+    # JSON allows tabs, YAML does not: read as YAML alone, it was someone else's file
+    text = json.dumps(CFG.to_transformers(), indent="\t")
+    assert "\t" in text and is_schedule_output(text.encode())
+
+
 def test_tables_and_pngs_are_recognised_by_their_first_bytes() -> None:
     assert is_table(TRACE_HEADER)(b"phase,burst,step,lr,loss\nrange,0,0,1e-7,2.3\n")
     assert is_table(SIGNALS_HEADER)(b"\xef\xbb\xbfname,value,unit,description\n")
     assert not is_table(TRACE_HEADER)(b"epoch,loss\n1,2\n")
-    assert is_png(b"\x89PNG\r\n\x1a\nrest") and not is_png(b"# notes\n")
+    assert not is_png(b"# notes\n")
+
+
+def test_only_a_png_autowarm_drew_is_its_own() -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (extra plot)")
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autowarm.reporting._draw import png_bytes
+    from autowarm.reporting._figures import schedule_figure
+
+    assert is_png(png_bytes(schedule_figure(CFG)))
+    fig = plt.figure()  # a PNG of the user's own, drawn by matplotlib too
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    assert buf.getvalue().startswith(b"\x89PNG") and not is_png(buf.getvalue())
 
 
 def test_check_replaceable_refuses_a_foreign_file_and_keeps_it(tmp_path: Path) -> None:
@@ -97,6 +125,17 @@ def test_atomic_write_says_what_is_wrong_with_the_path(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"isdir.yaml is a folder: pass a file name in it"):
         atomic_write(tmp_path / "isdir.yaml", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "isdir.yaml"]  # no .tmp
+
+
+def test_a_folder_where_a_table_goes_is_named_as_that(
+    tmp_path: Path, tiny_suggestion: autowarm.Suggestion
+) -> None:
+    (tmp_path / "s.trace.csv").mkdir()
+    with pytest.raises(
+        ValueError, match=r"s\.trace\.csv is a folder, where the suggestion's table"
+    ):
+        tiny_suggestion.save(tmp_path / "s.json")
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_suggestion_save_never_replaces_files_of_the_users_own(

@@ -74,7 +74,10 @@ def _series(ax: Any, s: Series, i: int) -> Any:
 
 def png_bytes(data: FigureData) -> bytes:
     """``data`` drawn and encoded as PNG."""
+    from autowarm._outputs import PNG_SOFTWARE
+
     fig = draw(data)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    # the Software text chunk tells autowarm's plots from other images (_outputs.is_png)
+    fig.savefig(buf, format="png", metadata={"Software": PNG_SOFTWARE})
     return buf.getvalue()

@@ -530,10 +530,11 @@ def _enqueue_first_trials(
             groups[twin].append(role)
         else:
             groups[role], params[role] = [role], these
-    queued: list[str] = []
+    queued: list[str] = []  # roles
     left_out: list[str] = []
+    n_queued = 0  # trials: a shared one takes one place of n_trials, whatever it stands for
     for role, members in groups.items():
-        if room is not None and len(queued) >= room:
+        if room is not None and n_queued >= room:
             left_out.extend(members)
             continue
         attrs: dict[str, Any] = {_attrs.ROLE: role}
@@ -548,6 +549,7 @@ def _enqueue_first_trials(
             attrs[_attrs.RETRY_OF] = last_try[role]
         study.enqueue_trial(params[role], user_attrs=attrs, skip_if_exists=False)
         queued.extend(members)
+        n_queued += 1
     if len(queued) == len(firsts):
         _logger.info(
             "queued the probe's schedule and %d references (no warmup, 2/(1-beta2), 10%%)",

@@ -569,6 +569,21 @@ def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
         _attrs.ROLE_TEN_PERCENT: 1,
         "best": int(frame.loc[frame["value"].idxmin(), "number"]),
     }
+    # a shared trial takes one place of n_trials: two trials hold all four first roles
+    two = autowarm.tune(
+        twin_task,
+        n_trials=2,
+        storage=str(tmp_path / "two.db"),
+        trial_steps=40,
+        suggestion=no_ramp,
+        pruner="none",
+        confirm=0,
+        progress=False,
+    )
+    assert [t.user_attrs[_attrs.ROLE] for t in two.study.get_trials()] == [
+        _attrs.ROLE_PROBE,
+        _attrs.ROLE_UNTUNED,
+    ]
     # a resume queues none of them again
     again = autowarm.tune(
         twin_task,
