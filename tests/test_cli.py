@@ -281,15 +281,20 @@ def test_export_format_follows_the_output_name_and_conflicts_fail(
     assert "not both" not in r.stderr
 
 
-def test_demo_refuses_a_file_as_its_folder_before_probing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``suggest`` fails the test if called: the demo's checks must come before the probe."""
+
+    def probe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the probe ran before the demo's output paths were checked")
+
+    monkeypatch.setattr("autowarm._suggest.suggest", probe)
+
+
+@pytest.mark.usefixtures("no_probe")
+def test_demo_refuses_a_file_as_its_folder_before_probing(tmp_path: Path) -> None:
     from autowarm import _demo
 
-    def no_probe(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the probe ran before the output folder was checked")
-
-    monkeypatch.setattr("autowarm._suggest.suggest", no_probe)
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(ValueError, match="afile is a file: pass --out a folder"):
@@ -301,15 +306,10 @@ def test_demo_refuses_a_file_as_its_folder_before_probing(
     assert not (tmp_path / "new").exists()
 
 
-def test_demo_refuses_files_of_the_users_own_before_probing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("no_probe")
+def test_demo_refuses_files_of_the_users_own_before_probing(tmp_path: Path) -> None:
     from autowarm import _demo
 
-    def no_probe(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the probe ran before the output files were checked")
-
-    monkeypatch.setattr("autowarm._suggest.suggest", no_probe)
     for name, text in (
         ("schedule.yaml", "lr: 0.1  # my hand-written schedule\n"),
         ("suggestion.json", '{"notes": "mine"}'),

@@ -536,16 +536,20 @@ def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
     no_ramp = dataclasses.replace(
         suggestion, schedule=suggestion.schedule.replace(warmup_steps=0), warmup_steps=0
     )
-    result = autowarm.tune(
-        twin_task,
-        n_trials=4,
-        storage=str(tmp_path / "t.db"),
-        trial_steps=40,
-        suggestion=no_ramp,
-        pruner="none",
-        confirm=0,
-        progress=False,
-    )
+
+    def run(n_trials: int, db: str, **more: Any) -> Any:
+        return autowarm.tune(
+            twin_task,
+            n_trials=n_trials,
+            storage=str(tmp_path / db),
+            trial_steps=40,
+            pruner="none",
+            confirm=0,
+            progress=False,
+            **more,
+        )
+
+    result = run(4, "t.db", suggestion=no_ramp)
     trials = result.study.get_trials()
     assert [t.user_attrs[_attrs.ROLE] for t in trials] == [
         _attrs.ROLE_PROBE,
@@ -570,30 +574,13 @@ def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
         "best": int(frame.loc[frame["value"].idxmin(), "number"]),
     }
     # a shared trial takes one place of n_trials: two trials hold all four first roles
-    two = autowarm.tune(
-        twin_task,
-        n_trials=2,
-        storage=str(tmp_path / "two.db"),
-        trial_steps=40,
-        suggestion=no_ramp,
-        pruner="none",
-        confirm=0,
-        progress=False,
-    )
+    two = run(2, "two.db", suggestion=no_ramp)
     assert [t.user_attrs[_attrs.ROLE] for t in two.study.get_trials()] == [
         _attrs.ROLE_PROBE,
         _attrs.ROLE_UNTUNED,
     ]
     # a resume queues none of them again
-    again = autowarm.tune(
-        twin_task,
-        n_trials=5,
-        storage=str(tmp_path / "t.db"),
-        trial_steps=40,
-        pruner="none",
-        confirm=0,
-        progress=False,
-    )
+    again = run(5, "t.db")
     roles = [t.user_attrs[_attrs.ROLE] for t in again.study.get_trials()]
     assert roles == [_attrs.ROLE_PROBE, _attrs.ROLE_UNTUNED, *[_attrs.ROLE_SEARCH] * 3]
 
