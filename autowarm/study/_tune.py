@@ -1058,8 +1058,11 @@ def _set_up(
         study.set_user_attr(_attrs.CONFIRM, confirm)  # the report counts them against it
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
         _enqueue_first_trials(study, task, center, space, n_trials)
+    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info(
-        "study %r in %s: %s trials of %d steps (%s warmup transfer); search %s",
+        # new or resumed, said first: a mistyped storage path starts a new study, not an error
+        "%s study %r in %s: %s trials of %d steps (%s warmup transfer); search %s",
+        f"resuming ({finished} trials finished) the" if complete else "a new",
         name,
         _storage.redact(url),
         "unlimited" if n_trials is None else n_trials,

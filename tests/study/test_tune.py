@@ -526,7 +526,7 @@ def test_tune_seeds_with_probe_and_references(tmp_path: Path, task: Task) -> Non
 
 
 def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
-    tmp_path: Path, task: Task, suggestion: Any
+    tmp_path: Path, task: Task, suggestion: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # beta2=0.9 makes 2/(1-beta2) = 20 steps, 10% of the 200-step run, and a probe warmup of 0
     # is the no-warmup reference: each pair trained the same schedule twice (identical trials,
@@ -549,7 +549,9 @@ def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
             **more,
         )
 
-    result = run(4, "t.db", suggestion=no_ramp)
+    with caplog.at_level("INFO", logger="autowarm"):
+        result = run(4, "t.db", suggestion=no_ramp)
+    assert "a new study" in caplog.text
     trials = result.study.get_trials()
     assert [t.user_attrs[_attrs.ROLE] for t in trials] == [
         _attrs.ROLE_PROBE,
@@ -579,8 +581,12 @@ def test_references_with_one_schedule_train_once_and_each_keeps_its_row(
         _attrs.ROLE_PROBE,
         _attrs.ROLE_UNTUNED,
     ]
-    # a resume queues none of them again
-    again = run(5, "t.db")
+    # a resume queues none of them again, and says it resumes (a mistyped storage path
+    # would say "a new study" instead)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="autowarm"):
+        again = run(5, "t.db")
+    assert "resuming (4 trials finished) the study" in caplog.text
     roles = [t.user_attrs[_attrs.ROLE] for t in again.study.get_trials()]
     assert roles == [_attrs.ROLE_PROBE, _attrs.ROLE_UNTUNED, *[_attrs.ROLE_SEARCH] * 3]
 
