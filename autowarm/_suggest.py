@@ -786,6 +786,13 @@ def _check_adam_settings(settings: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"optimizer_settings: {key} must be a finite number >= 0, but got {key}={value!r}"
             )
+    for key in ("amsgrad", "decoupled_weight_decay"):
+        # flags the exports act on: a "false" string would read as true
+        flag = settings.get(key, False)
+        if not isinstance(flag, bool):
+            raise ValueError(
+                f"optimizer_settings: {key} must be true or false, but got {key}={flag!r}"
+            )
 
 
 def trainer_args(

@@ -1122,6 +1122,15 @@ _BAD_TRAINING: dict[str, tuple[dict[str, Any], str]] = {
         {"settings.betas": "ab"},
         r"optimizer_settings: betas must be a pair .* but got betas='ab'$",
     ),
+    "amsgrad_str": (  # "false" would have read as true: a warning for a flag never set
+        {"settings.amsgrad": "false"},
+        r"optimizer_settings: amsgrad must be true or false, but got amsgrad='false'",
+    ),
+    "decoupled_int": (
+        {"settings.decoupled_weight_decay": 1},
+        r"optimizer_settings: decoupled_weight_decay must be true or false, but got "
+        r"decoupled_weight_decay=1",
+    ),
     "eps_str": (
         {"settings.eps": "x"},
         r"optimizer_settings: eps must be a finite number >= 0, but got eps='x'",
