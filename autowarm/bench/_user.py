@@ -22,8 +22,9 @@ without its folder), as ``autowarm tune`` does, so a grid resumes from any worki
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,20 +90,74 @@ class FileBenchTask(BenchTask):
 
     def definition(self) -> dict[str, Any]:
         """:meth:`BenchTask.definition`, with the task's training and validation data sizes
-        (:meth:`autowarm.Task.data_sizes`) and its ``eval_fn`` by name."""
+        (:meth:`autowarm.Task.data_sizes`), its ``eval_fn`` by name, and two fingerprints a
+        built-in task does not need: ``source``, the task file's code (comments and blank
+        lines aside: a loss body or a data constant edited), and ``data``, the values of the
+        first training batch (seed 0) and the first validation batch (data read from
+        elsewhere and changed)."""
         eval_fn = self.task.eval_fn
         loss = self.task.loss_fn if self.task.loss_fn is not None else self.task.criterion
+        file = self.spec.rpartition(":")[0]  # absolute
         return {
             **super().definition(),
             **self.task.data_sizes(0),
             "loss": callable_name(loss),
             "eval_fn": None if eval_fn is None else getattr(eval_fn, "__qualname__", "?"),
-            "file": self.spec.rpartition(":")[0],  # absolute
+            "file": file,
+            "source": _source_fingerprint(Path(file)),
+            "data": _data_fingerprint(self.task.data(0), self.task.val_data),
         }
 
     def validation_loss(self, model: nn.Module) -> float:
         """The task's validation (its ``eval_fn``, else the mean loss over ``val_data``)."""
         return float(self.task.evaluate(model))
+
+
+def _source_fingerprint(path: Path) -> str | None:
+    # The file's code lines, stripped, without comment-only and blank lines: an edit that
+    # can change a run changes it, a reworded comment does not.
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = [ln.strip() for ln in text.splitlines()]
+    code = "\n".join(ln for ln in lines if ln and not ln.startswith("#"))
+    return hashlib.sha1(code.encode()).hexdigest()[:16]
+
+
+def _data_fingerprint(*sources: Iterable[Any] | None) -> str | None:
+    # The first batch of each source, its tensors' dtypes, shapes and values (and any other
+    # leaf by repr), as 16 hex digits; None when a source gives no batch.
+    digest = hashlib.sha1()
+    for source in sources:
+        if source is None:
+            digest.update(b"none;")
+            continue
+        batch = next(iter(source), _NO_BATCH)
+        if batch is _NO_BATCH:
+            return None
+        _feed(digest, batch)
+    return digest.hexdigest()[:16]
+
+
+_NO_BATCH = object()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, Mapping):
+        for key in sorted(value, key=str):
+            digest.update(f"{key!s}=".encode())
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}(".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(repr(value).encode())
 
 
 def _reload(
