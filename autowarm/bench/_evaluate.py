@@ -716,9 +716,9 @@ def add_regret_arguments(parser: Any) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("reports/benchmark"),
+        default=None,
         help="folder of the CSVs and of regret.md/.csv (a subset's table: regret_seeds<S>"
-        "[_<N>steps].md/.csv; default reports/benchmark)",
+        "[_<N>steps].md/.csv; default the --eval-csv's folder, else reports/benchmark)",
     )
     parser.add_argument("--eval-csv", type=Path, default=None, help="default OUT/evaluation.csv")
     parser.add_argument("--grid-csv", type=Path, default=None, help="default OUT/oracle_grid.csv")
@@ -762,6 +762,9 @@ def run_eval(args: Any) -> int:
 
 def run_regret(args: Any) -> int:
     """``autowarm bench regret``: the regret table (CSV + Markdown) from the two CSVs."""
+    if args.out is None:
+        # the tables go beside the evaluation they read, not into the project's reports
+        args.out = Path(args.eval_csv).parent if args.eval_csv else Path("reports/benchmark")
     eval_csv = args.eval_csv or args.out / EVAL_CSV
     grid_csv = args.grid_csv or args.out / "oracle_grid.csv"
     seeds = None

@@ -79,6 +79,13 @@ def test_grid_eval_and_regret_on_a_task_file(
     row = table[(table["task"] == "mytask.py:task") & (table["method"] == "hf_default")].iloc[0]
     best = rows.groupby(["peak_lr", "warmup_steps"])["final_val_loss"].mean().min()
     assert row["oracle_best_loss"] == pytest.approx(best)
+    # given the CSVs alone, the tables go beside the evaluation, not into reports/benchmark
+    (out / "regret.md").unlink()
+    assert (
+        main(["regret", "--eval-csv", "out/evaluation.csv", "--grid-csv", "out/oracle_grid.csv"])
+        == 0
+    )
+    assert (out / "regret.md").is_file() and not (tmp_path / "reports").exists()
 
 
 @pytest.mark.parametrize(
