@@ -620,19 +620,33 @@ def regret_table(
         steps = int(str(length))
         used = sorted(int(x) for x in g["seed"].unique())
         same = grid[(grid["task"] == task) & (grid["total_steps"] == steps)]
+        # the grid command to run names the task and the grid's folder (a task file's own
+        # grid lives beside it, not in reports/benchmark); its other options are the user's
+        to_run = (
+            f"`autowarm bench grid --tasks {task} --out {Path(grid_csv).parent} --seeds "
+            f"{max(used) + 1} --total-steps {steps}` (with the --lrs and --warmups of its grid)"
+        )
         if same.empty:
             have = sorted(int(x) for x in grid.loc[grid["task"] == task, "total_steps"].unique())
+            if not have:
+                raise ValueError(
+                    f"the grid {grid_csv} has no runs of task {task!r}, which the evaluation "
+                    f"has (its tasks: {sorted(set(grid['task']))}): run "
+                    + to_run
+                    + " first, or pass --grid-csv the grid of that task"
+                )
             raise ValueError(
                 f"the grid has no runs of task {task!r} with total_steps={steps}, which the "
-                f"evaluation has (it has {have}): run `autowarm bench grid --total-steps "
-                f"{steps}` first, or pass --total-steps N to compare one length"
+                f"evaluation has (it has {have}): run "
+                + to_run
+                + " first, or pass --total-steps N to compare one length"
             )
         cells = same[same["seed"].isin(used)]
         missing = sorted(set(used) - {int(x) for x in cells["seed"].unique()})
         if missing:
             raise ValueError(
                 f"the grid has no runs of task {task!r} with seed(s) {missing}, which the "
-                f"evaluation has: run `autowarm bench grid --seeds {max(used) + 1}` first"
+                "evaluation has: run " + to_run + " first (it resumes: only the missing seeds run)"
             )
         check_seeds_complete(
             cells, str(task), used, steps, "or pass --only-seeds with seeds that every cell has"

@@ -192,7 +192,12 @@ def test_regret_compares_the_same_seeds_as_the_evaluation(tmp_path: Path) -> Non
     assert regret_stem([0, 2], 2000) == "regret_seeds0-2_2000steps"
     assert regret_stem(None, None) == "regret"
     pd.DataFrame([{**base, "seed": 2, "final_val_loss": 1.0}]).to_csv(ev, index=False)
-    with pytest.raises(ValueError, match=r"no runs of task 't' with seed\(s\) \[2\]"):
+    with pytest.raises(ValueError, match=r"no runs of task 't' with seed\(s\) \[2\]") as e:
+        regret_table(ev, grid)
+    # the command it names is the one for this task and this grid's folder
+    assert f"`autowarm bench grid --tasks t --out {Path(grid).parent} --seeds 3" in str(e.value)
+    pd.DataFrame([{**base, "task": "u", "seed": 0}]).to_csv(ev, index=False)
+    with pytest.raises(ValueError, match=r"has no runs of task 'u', which the evaluation has"):
         regret_table(ev, grid)
 
 
