@@ -240,7 +240,28 @@ def _table(
     for sentence in incomplete_tasks(Path(csv_path), rows):
         if task is None or sentence.startswith(f"the grid of task {task!r}"):
             logging.getLogger(__name__).warning("%s", sentence)
+    for sentence in uneven_seeds(rows):
+        if task is None or sentence.startswith(f"the grid of task {task!r}"):
+            logging.getLogger(__name__).warning("%s", sentence)
     return 0
+
+
+def uneven_seeds(rows: Any) -> list[str]:
+    """A sentence per task and run length whose cells were run over different seeds (cells
+    added later with fewer ``--seeds``): their means, and so the best cell, are not
+    comparable. ``bench regret`` refuses such a grid; ``bench table`` shows it, saying so."""
+    out = []
+    for (task, steps), group in rows.groupby(["task", "total_steps"], sort=True):
+        seeds = group.groupby(["peak_lr", "warmup_steps"])["seed"].agg(frozenset)
+        if seeds.nunique() > 1:
+            counts = sorted({len(s) for s in seeds})
+            out.append(
+                f"the grid of task {task!r} ({steps} steps) has cells over different seeds "
+                f"({counts[0]} to {counts[-1]} per cell): their means are not comparable, nor "
+                "is its best cell; run `autowarm bench grid` with the same --seeds for every "
+                "cell (it resumes: only the missing runs run)"
+            )
+    return out
 
 
 def _tasks() -> int:

@@ -293,6 +293,22 @@ def test_cli_table_picks_one_of_several_run_lengths(
     assert "[10, 20]" in capsys.readouterr().err
 
 
+def test_cli_table_says_when_cells_ran_over_different_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # a second grid command added a cell with fewer seeds: its best cell was shown silently
+    csv_path = tmp_path / "grid.csv"
+    task = dataclasses.replace(get_task("control_convex"), total_steps=10, val_batches=1)
+    oracle_grid(task, csv_path=csv_path, lrs=[1e-2], warmups=[0], seeds=2, workers=0)
+    with caplog.at_level("WARNING"):
+        assert main(["table", str(csv_path)]) == 0
+    assert "different seeds" not in caplog.text
+    oracle_grid(task, csv_path=csv_path, lrs=[3e-2], warmups=[0], seeds=1, workers=0)
+    with caplog.at_level("WARNING"):
+        assert main(["table", str(csv_path)]) == 0
+    assert "has cells over different seeds (1 to 2 per cell)" in caplog.text
+
+
 _POOL_THEN_HANG = """
 import os, sys, time
 from autowarm.bench._grid import process_pool
