@@ -457,7 +457,7 @@ def check_csv_target(path: Path, columns: Sequence[str], kind: str) -> None:
             if not parent.is_dir():
                 raise ValueError(
                     f"{parent} is a file, not a folder: --out takes the folder of the {kind} "
-                    "CSV (or --csv its path)"
+                    "CSV" + (" (or --csv its path)" if kind == "grid" else "")
                 )
             break
     if path.is_dir():

@@ -316,7 +316,9 @@ def test_an_output_that_is_no_bench_csv_is_refused_before_anything_is_written(
     assert sorted(p.name for p in other.iterdir()) == ["data.csv", "model.pt"]  # no record
     ev = ["eval", "--tasks", f"{path}:task", "--methods", "hf_default", "--seeds", "1"]
     assert main([*ev, "--workers", "0", "--out", str(path)]) == 1
-    assert "is a file, not a folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err
+    assert "--csv" not in err  # eval has no --csv to pass
     assert main(["regret", "--out", str(tmp_path / "none")]) == 1
     assert "no evaluation CSV at" in capsys.readouterr().err
 
