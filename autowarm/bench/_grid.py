@@ -392,11 +392,11 @@ def oracle_grid(
     cells = grid_cells(task_list, lrs=lrs, warmups=warmups, seeds=seeds)
     check_definitions(path, task_list)
     with writing_alone(path):
-        record_plan(path, cells)
         done = _existing_rows(path)
         todo = [c for c in cells if c.key not in done]
         for task in {c.task.name: c.task for c in todo}.values():
             check_runnable(task)  # a broken task: one error now, not one per cell
+        record_plan(path, cells)  # after the checks: a refused run asked for nothing
         skipped = len(cells) - len(todo)
         _logger.info(
             "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
@@ -425,6 +425,7 @@ def writing_alone(csv_path: Path) -> Iterator[None]:
         ValueError: If another process holds it.
     """
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    made = not csv_path.exists()
     with open(csv_path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -434,8 +435,22 @@ def writing_alone(csv_path: Path) -> Iterator[None]:
                 "CSV): wait for it to finish, or pass another --out"
             ) from None
         try:
+            same = os.stat(csv_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # removed by a run that ended as this one opened it: its rows go nowhere
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise ValueError(
+                f"{csv_path} was removed as this run opened it (another `autowarm bench` run "
+                "on it ended): run the command again"
+            )
+        try:
             yield
         finally:
+            if made and csv_path.exists() and csv_path.stat().st_size == 0:
+                # made for the lock, and no row came: a refused or failed run leaves no
+                # empty CSV that later commands call "empty"
+                csv_path.unlink()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

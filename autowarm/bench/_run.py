@@ -116,11 +116,25 @@ def check_runnable(task: BenchTask) -> None:
         ValueError, TypeError: what the task got wrong, as a run would raise it.
     """
     with seeded_rngs(0):
-        model = task.make_model(0)
-        _initial_loss(task, model)
-        optimizer = task.make_optimizer(model.parameters(), 0.0)
-        with seeded_stream(task.train_data(0), model_device(model), 0) as stream:
-            result = train_step(model, optimizer, stream.next(), task.resolved_loss_fn())
+        try:
+            model = task.make_model(0)
+            _initial_loss(task, model)
+            optimizer = task.make_optimizer(model.parameters(), 0.0)
+            with seeded_stream(task.train_data(0), model_device(model), 0) as stream:
+                result = train_step(model, optimizer, stream.next(), task.resolved_loss_fn())
+        except Exception as exc:
+            if str(exc).startswith(f"task {task.name!r}"):
+                raise  # already says whose
+            # the task's own code raised ("KeyError: 1" alone names neither task nor file)
+            said = (
+                f"task {task.name!r} fails when scored once before its runs (its validation "
+                f"and one training step at the initial weights): {type(exc).__name__}: {exc}"
+            )
+            try:
+                again = type(exc)(said)
+            except Exception:
+                again = RuntimeError(said)
+            raise again from exc
         if not result.finite:
             raise ValueError(
                 f"task {task.name!r}: the training loss of its first batch at the initial "

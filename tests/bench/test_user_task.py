@@ -323,6 +323,27 @@ def test_an_output_that_is_no_bench_csv_is_refused_before_anything_is_written(
     assert "no evaluation CSV at" in capsys.readouterr().err
 
 
+def test_a_task_that_cannot_run_leaves_no_empty_csv_nor_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The empty CSV was then "empty" to `bench table`, and the plan called a later, smaller
+    # grid in the same folder incomplete.
+    path = _task_file(tmp_path / "proj")
+    path.write_text(
+        path.read_text().replace(
+            "criterion=nn.functional.mse_loss,", "criterion=lambda out, y: out.sum() / 0 + {}[1],"
+        )
+    )
+    out = tmp_path / "out"
+    grid = ["grid", "--tasks", f"{path}:task", "--lrs", "0.01", "--warmups", "0", "--seeds", "1"]
+    assert main([*grid, "--workers", "0", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "task 'mytask.py:task' fails when scored once before its runs" in err
+    assert "KeyError: 1" in err
+    assert not (out / "oracle_grid.csv").exists()
+    assert not (out / "oracle_grid.csv.plan.json").exists()
+
+
 def test_a_task_defining_its_own_loss_and_module_records_alike_from_any_folder(
     tmp_path: Path,
 ) -> None:
@@ -387,8 +408,7 @@ def test_a_validation_metric_at_or_below_zero_is_named(
     assert err.count("\n") == 1
     assert "the benchmark compares validation losses by their ratio" in err
     assert "at the initial weights" in err
-    rows = (tmp_path / "o" / "oracle_grid.csv").read_text().splitlines()
-    assert len(rows) <= 1  # nothing counted
+    assert not (tmp_path / "o" / "oracle_grid.csv").exists()  # nothing counted, no empty CSV
 
 
 @pytest.mark.parametrize(
