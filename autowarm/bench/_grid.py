@@ -402,7 +402,9 @@ def oracle_grid(
             "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
         )
         _warn_other_versions(path, todo, done)
-        failed = _run_cells(todo, RowAppender(path, COLUMNS), workers)
+        # a row cut by a kill is cut off the file (its cell runs again), not kept and warned
+        # about by every later table and regret
+        failed = _run_cells(todo, RowAppender(path, COLUMNS, drop_partial=True), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 
 

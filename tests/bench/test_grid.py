@@ -410,6 +410,27 @@ def test_a_grid_resumed_with_another_torch_says_it_mixes_versions(
     assert "so the grid will mix versions" in caplog.text
 
 
+def test_a_grid_row_cut_by_a_kill_is_cut_off_when_the_grid_resumes(tmp_path: Path) -> None:
+    # It was ended with a newline and kept: every later table and regret warned about it.
+    csv_path = tmp_path / "grid.csv"
+    task = dataclasses.replace(get_task("control_convex"), total_steps=10, val_batches=1)
+    kw: dict[str, Any] = dict(csv_path=csv_path, lrs=[1e-2], warmups=[0, 5], seeds=1, workers=0)
+    oracle_grid(task, **kw)
+    whole = csv_path.read_bytes()
+    cut = (
+        whole.rstrip(b"\n").rsplit(b"\n", 1)[0]
+        + b"\n"
+        + whole.rstrip(b"\n").rsplit(b"\n", 1)[1][:20]
+    )
+    csv_path.write_bytes(cut)  # the last row cut short, no line end
+    result = oracle_grid(task, **kw)
+    assert result.ran == 1 and result.skipped == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "dropping 1 row(s)" any more
+        rows = load_grid(csv_path)
+    assert len(rows) == 2
+
+
 def test_bench_csvs_end_their_rows_in_newline_only(tmp_path: Path) -> None:
     # pandas rewrites these files with "\n" (removing a method's rows before a re-run); an
     # appender writing csv's default "\r\n" made committed files mix both line ends.
