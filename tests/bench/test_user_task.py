@@ -158,6 +158,26 @@ def test_a_task_changed_since_its_rows_is_not_resumed(
     assert len(pd.read_csv(out / "oracle_grid.csv")) == 1
 
 
+def _refuses_each_edit(path: Path, out: Path, edits: list[tuple[str, str, str]]) -> Path:
+    """Record the task file's definition beside a grid CSV with a row of it, then make each
+    edit (old, new, the part named) in turn and expect the grid to refuse the task; each
+    edit is undone after. Returns the CSV."""
+    from autowarm.bench._grid import check_definitions
+
+    csv_path = out / "oracle_grid.csv"
+    check_definitions(csv_path, [load_file_task(f"{path}:task")])
+    csv_path.write_text("task,peak_lr\nmytask.py:task,0.01\n")
+    for old, new, part in edits:
+        text = path.read_text()
+        path.write_text(text.replace(old, new))
+        _forget_loaded()
+        with pytest.raises(ValueError, match=rf"has changed since its rows .*its [a-z_, ]*{part}"):
+            check_definitions(csv_path, [load_file_task(f"{path}:task")])
+        path.write_text(text)
+        _forget_loaded()
+    return csv_path
+
+
 def test_a_loss_body_or_the_data_edited_is_a_changed_task(tmp_path: Path) -> None:
     # Neither the model's structure nor the loss's name moves: the rows of the old loss or
     # data were resumed and averaged with the new ones.
@@ -173,20 +193,14 @@ def test_a_loss_body_or_the_data_edited_is_a_changed_task(tmp_path: Path) -> Non
             "batch[1])\n\n# a comment\ndef make_model(seed):",
         )
     )
-    csv_path = tmp_path / "out" / "oracle_grid.csv"
-    check_definitions(csv_path, [load_file_task(f"{path}:task")])
-    csv_path.write_text("task,peak_lr\nmytask.py:task,0.01\n")
-    for old, new, part in (
-        ("nn.functional.mse_loss(model", "nn.functional.l1_loss(model", "source"),
-        ("Y = X @ torch.randn", "Y = 2 * X @ torch.randn", "data"),
-    ):
-        text = path.read_text()
-        path.write_text(text.replace(old, new))
-        _forget_loaded()
-        with pytest.raises(ValueError, match=rf"has changed since its rows .*its [a-z_, ]*{part}"):
-            check_definitions(csv_path, [load_file_task(f"{path}:task")])
-        path.write_text(text)
-        _forget_loaded()
+    csv_path = _refuses_each_edit(
+        path,
+        tmp_path / "out",
+        [
+            ("nn.functional.mse_loss(model", "nn.functional.l1_loss(model", "source"),
+            ("Y = X @ torch.randn", "Y = 2 * X @ torch.randn", "data"),
+        ],
+    )
     # a reworded comment or a blank line is no change
     path.write_text(path.read_text().replace("# a comment", "# another comment\n"))
     _forget_loaded()
@@ -199,21 +213,15 @@ def test_an_activation_or_a_loss_swapped_is_a_changed_task(tmp_path: Path) -> No
     from autowarm.bench._grid import check_definitions
 
     path = _task_file(tmp_path / "a")
-    csv_path = tmp_path / "out" / "oracle_grid.csv"
-    check_definitions(csv_path, [load_file_task(f"{path}:task")])
-    csv_path.write_text("task,peak_lr\nmytask.py:task,0.01\n")
+    csv_path = _refuses_each_edit(
+        path,
+        tmp_path / "out",
+        [
+            ("nn.Tanh()", "nn.ReLU()", "modules"),
+            ("criterion=nn.functional.mse_loss", "criterion=nn.functional.l1_loss", "loss"),
+        ],
+    )
     record = csv_path.with_name("oracle_grid.csv.tasks.json")
-    for old, new, part in (
-        ("nn.Tanh()", "nn.ReLU()", "modules"),
-        ("criterion=nn.functional.mse_loss", "criterion=nn.functional.l1_loss", "loss"),
-    ):
-        text = path.read_text()
-        path.write_text(text.replace(old, new))
-        _forget_loaded()
-        with pytest.raises(ValueError, match=rf"has changed since its rows .*its [a-z_, ]*{part}"):
-            check_definitions(csv_path, [load_file_task(f"{path}:task")])
-        path.write_text(text)
-        _forget_loaded()
     # a record written before these parts were recorded is extended, not refused
     stored = json.loads(record.read_text())
     for part in ("modules", "loss", "file", "source", "data"):
