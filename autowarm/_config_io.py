@@ -136,14 +136,23 @@ def save_config(cfg: ScheduleConfig, path: Path) -> Path:
     return path
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file that stands where one of ``path``'s parent folders should be (its nearest
+    existing ancestor, when that is not a folder), or ``None``: what no writer can make."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def check_writable(path: Path) -> None:
     """Raise :class:`ValueError` when ``path`` cannot be a file: it is a folder, or a file
     stands where one of its parent folders should be (said before anything is written)."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder: pass a file name in it")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{path} cannot be written: {parent} is a file, not a folder")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise ValueError(f"{path} cannot be written: {blocking} is a file, not a folder")
 
 
 def atomic_write(path: Path, data: str | bytes) -> Path:

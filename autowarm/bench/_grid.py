@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from autowarm._config_io import atomic_write
+from autowarm._config_io import atomic_write, file_in_the_way
 from autowarm.bench._run import check_runnable, run_schedule
 from autowarm.bench.tasks import BenchTask
 from autowarm.schedules import ScheduleConfig
@@ -469,14 +469,12 @@ def check_csv_target(path: Path, columns: Sequence[str], kind: str) -> None:
     Raises:
         ValueError: saying what the path is and what to pass.
     """
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(
-                    f"{parent} is a file, not a folder: --out takes the folder of the {kind} "
-                    "CSV" + (" (or --csv its path)" if kind == "grid" else "")
-                )
-            break
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise ValueError(
+            f"{blocking} is a file, not a folder: --out takes the folder of the {kind} CSV"
+            + (" (or --csv its path)" if kind == "grid" else "")
+        )
     if path.is_dir():
         raise ValueError(f"{path} is a folder: the {kind} CSV must be a file path")
     if not path.is_file() or path.stat().st_size == 0:

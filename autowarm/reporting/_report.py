@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from autowarm._config_io import atomic_write
+from autowarm._config_io import atomic_write, file_in_the_way
 from autowarm.reporting import _render
 from autowarm.reporting._figures import FigureData
 
@@ -127,9 +127,9 @@ class Report:
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"the output must be a folder, but {out} is a file")
-        for parent in out.parents:
-            if parent.exists() and not parent.is_dir():
-                raise NotADirectoryError(f"{out} cannot be made: {parent} is a file, not a folder")
+        blocking = file_in_the_way(out)
+        if blocking is not None:
+            raise NotADirectoryError(f"{out} cannot be made: {blocking} is a file, not a folder")
         names = {
             "report.html",
             "report.md",
