@@ -446,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(bench="bench" in words)
     args = parser.parse_args(words)
+    logger = logging.getLogger("autowarm")
+    # main may run inside another program (a test, a notebook): its logging comes back
+    logging_before = (logger.handlers[:], logger.level, logger.propagate)
     _setup_logging(args.verbose, args.quiet)
     # Worker processes (`tune --workers N`) print their own errors: they read this.
     debug_before = os.environ.get("AUTOWARM_DEBUG")
@@ -477,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autowarm: error: {error_line(exc)}", file=sys.stderr)
         return 1
     finally:
+        logger.handlers[:] = logging_before[0]
+        logger.setLevel(logging_before[1])  # setLevel: the loggers' cached levels follow
+        logger.propagate = logging_before[2]
         if args.debug:
             if debug_before is None:
                 os.environ.pop("AUTOWARM_DEBUG", None)
