@@ -222,33 +222,7 @@ class Suggestion:
                 mistake is named as one) or a field is malformed; the message names the file.
         """
         path = Path(path)
-        raw = path.read_bytes()
-        storage = storage_file_kind(raw)
-        if storage is not None:
-            raise ValueError(
-                f"{path} is {storage} (a study's storage?), not a suggestion JSON: pass it as "
-                f"--storage {path} instead (in Python: tune(..., storage={str(path)!r})); a "
-                "suggestion is the JSON written by Suggestion.save() or `autowarm probe`"
-            )
-        try:
-            # a byte order mark is not the JSON's; a field given twice is refused, not the
-            # last one taken, as in a schedule config
-            data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys)
-        except DuplicateKeyError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ValueError(
-                f"{path} is not a suggestion JSON file (not UTF-8 text: {exc}): pass the JSON "
-                "written by Suggestion.save() or `autowarm probe`"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, Mapping) or data.get("format") != SUGGESTION_FORMAT:
-            got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(
-                f"{path}: not an autowarm suggestion (format={SUGGESTION_FORMAT!r}, but got "
-                f"format={got!r})"
-            )
+        data = read_suggestion_record(path)
         trace_p, sig_p = path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")
         saved = data.get("tables")
         if isinstance(saved, Mapping):
@@ -380,6 +354,44 @@ def _read_table(path: Path) -> pd.DataFrame | None:
 def _digest(path: Path) -> str:
     # The saved table's fingerprint, recorded in its suggestion's JSON.
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def read_suggestion_record(path: Path) -> Mapping[str, Any]:
+    """The JSON of a suggestion file as :meth:`Suggestion.save` wrote it, before its fields are
+    read (:meth:`Suggestion.from_dict`) and without its tables.
+
+    Raises:
+        ValueError: the file is a study's storage, not UTF-8 JSON, gives a field twice, or is
+            not an autowarm suggestion; the message names the file.
+    """
+    raw = path.read_bytes()
+    storage = storage_file_kind(raw)
+    if storage is not None:
+        raise ValueError(
+            f"{path} is {storage} (a study's storage?), not a suggestion JSON: pass it as "
+            f"--storage {path} instead (in Python: tune(..., storage={str(path)!r})); a "
+            "suggestion is the JSON written by Suggestion.save() or `autowarm probe`"
+        )
+    try:
+        # a byte order mark is not the JSON's; a field given twice is refused, not the
+        # last one taken, as in a schedule config
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys)
+    except DuplicateKeyError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not a suggestion JSON file (not UTF-8 text: {exc}): pass the JSON "
+            "written by Suggestion.save() or `autowarm probe`"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, Mapping) or data.get("format") != SUGGESTION_FORMAT:
+        got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(
+            f"{path}: not an autowarm suggestion (format={SUGGESTION_FORMAT!r}, but got "
+            f"format={got!r})"
+        )
+    return data
 
 
 def check_suggestion_path(path: str | Path) -> Path:

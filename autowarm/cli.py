@@ -308,25 +308,16 @@ def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None
     # A schedule config, or a probe's suggestion JSON: its schedule, with the settings the
     # probe trained under. The suggestion's tables are not exported, so not read: a stale or
     # broken .trace.csv beside it (which Suggestion.load refuses) does not stop an export.
-    from autowarm._config_io import DuplicateKeyError, unique_keys
-    from autowarm._suggest import SUGGESTION_FORMAT, Suggestion
+    from autowarm._outputs import is_suggestion
+    from autowarm._suggest import Suggestion, read_suggestion_record
 
-    if path.suffix.lower() == ".json" and path.is_file():
+    if path.suffix.lower() == ".json" and path.is_file() and is_suggestion(path.read_bytes()):
+        data = read_suggestion_record(path)  # read as Suggestion.load reads it
         try:
-            # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the
-            # text; a field given twice is refused, as Suggestion.load refuses it
-            text = path.read_text(encoding="utf-8-sig")
-            data = json.loads(text, object_pairs_hook=unique_keys)
-        except DuplicateKeyError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-        except (ValueError, UnicodeDecodeError):
-            data = None  # ScheduleConfig.load says what is wrong with it
-        if isinstance(data, dict) and data.get("format") == SUGGESTION_FORMAT:
-            try:
-                suggestion = Suggestion.from_dict(data)
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from None  # as Suggestion.load says it
-            return suggestion.schedule, suggestion.training
+            suggestion = Suggestion.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None  # as Suggestion.load says it
+        return suggestion.schedule, suggestion.training
     return ScheduleConfig.load(path), None
 
 
