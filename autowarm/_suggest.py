@@ -827,8 +827,9 @@ def trainer_args(
             stacklevel=stacklevel,
         )
         return args
-    name = str(training.get("optimizer", ""))
-    settings = training.get("optimizer_settings", {})
+    # check_training gave every field (or returned {} above)
+    name = training["optimizer"]
+    settings = training["optimizer_settings"]
     if name in _TRAINER_ADAM:
         betas = settings.get("betas", (0.9, 0.999))
         args.update(
@@ -856,16 +857,16 @@ def trainer_args(
             )
     else:
         warnings.warn(
-            f"the probe ran {name or 'an unrecorded optimizer'}, which TrainingArguments "
+            f"the probe ran {name}, which TrainingArguments "
             "cannot select: pass it to Trainer(optimizers=(optimizer, None)) built with "
             "the probe's settings; the optimizer fields are left out",
             UserWarning,
             stacklevel=stacklevel,
         )
-    clip = training.get("grad_clip")
+    clip = training["grad_clip"]
     args["max_grad_norm"] = float(clip) if clip is not None else 0.0
-    args["gradient_accumulation_steps"] = int(training.get("accumulation_steps", 1))
-    precision = training.get("precision", "32-true")
+    args["gradient_accumulation_steps"] = training["accumulation_steps"]
+    precision = training["precision"]
     if precision == "bf16-mixed":
         args["bf16"] = True
     elif precision == "16-mixed":
