@@ -124,7 +124,10 @@ def _suffix(path: Path) -> str:
 
 
 def save_config(cfg: ScheduleConfig, path: Path) -> Path:
+    from autowarm._outputs import check_replaceable, is_schedule_output
+
     suffix = _suffix(path)
+    check_replaceable(path, is_schedule_output, "a schedule config or an autowarm export")
     data = config_to_dict(cfg)
     if suffix == ".json":
         text = json.dumps(data, indent=2) + "\n"

@@ -137,10 +137,10 @@ class ScheduleConfig:
         set_(self, "decay", Decay(self.decay))
         if not is_real(self.min_lr) or not 0.0 <= self.min_lr <= self.peak_lr:
             raise _bad("min_lr", f"a float in [0, peak_lr={self.peak_lr}]", self.min_lr)
-        set_(self, "min_lr", float(self.min_lr))
+        set_(self, "min_lr", float(self.min_lr) + 0.0)  # + 0.0: -0.0 is stored as 0.0
         if not is_real(self.warmup_start_factor) or not 0.0 <= self.warmup_start_factor <= 1.0:
             raise _bad("warmup_start_factor", "a float in [0, 1]", self.warmup_start_factor)
-        set_(self, "warmup_start_factor", float(self.warmup_start_factor))
+        set_(self, "warmup_start_factor", float(self.warmup_start_factor) + 0.0)
         self._check_shape_parameters()
 
     def _check_shape_parameters(self) -> None:
@@ -370,7 +370,16 @@ class ScheduleConfig:
         return config_from_dict(data)
 
     def save(self, path: str | Path) -> Path:
-        """Write the config as ``.json`` or ``.yaml``/``.yml`` (chosen by the suffix)."""
+        """Write the config as ``.json`` or ``.yaml``/``.yml`` (chosen by the suffix), atomically.
+
+        An existing file at ``path`` is replaced only when autowarm wrote it (a schedule
+        config or an ``autowarm export``) or it is empty.
+
+        Raises:
+            ValueError: another suffix, or ``path`` is a folder.
+            FileExistsError: ``path`` holds another file (a training config of the user's,
+                say); it is left as it was.
+        """
         from autowarm._config_io import save_config
 
         return save_config(self, Path(path))

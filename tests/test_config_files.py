@@ -426,8 +426,7 @@ def test_a_saved_config_gets_the_mode_open_would_give_it(mask: int, tmp_path: Pa
     with _umask(mask):
         new = cfg.save(tmp_path / "new.yaml")  # new: 0o666 less the umask, not mkstemp's 0o600
         assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~mask
-        old = tmp_path / "old.json"
-        old.write_text("{}")
+        old = CONFIGS[1].save(tmp_path / "old.json")  # an earlier config, replaced
         old.chmod(0o640)
         cfg.save(old)  # existing: keeps its mode, whatever the umask
     assert stat.S_IMODE(old.stat().st_mode) == 0o640
@@ -442,8 +441,7 @@ def test_saving_through_a_symlink_writes_its_target(
 ) -> None:
     real_dir = tmp_path / "configs"
     real_dir.mkdir()
-    target = real_dir / "sched.yaml"
-    target.write_text("old\n")
+    target = CONFIGS[0].save(real_dir / "sched.yaml")  # an earlier config, replaced
     target.chmod(0o644)
     link_dir = tmp_path / "run"
     link_dir.mkdir()

@@ -159,3 +159,16 @@ def test_suggestion_save_never_replaces_files_of_the_users_own(
     tiny_suggestion.save(again)
     tiny_suggestion.save(again)  # its own files are replaced
     assert json.loads(again.read_text())["format"] == "autowarm.suggestion"
+
+
+def test_schedule_config_save_never_replaces_files_of_the_users_own(tmp_path: Path) -> None:
+    mine = tmp_path / "train_config.yaml"
+    mine.write_text("epochs: 10\nlr: 3.0e-4\n")
+    with pytest.raises(FileExistsError, match=r"train_config\.yaml exists and is not a schedule"):
+        CFG.save(mine)
+    assert mine.read_text() == "epochs: 10\nlr: 3.0e-4\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["train_config.yaml"]  # no temporary left
+    ours = tmp_path / "schedule.json"
+    CFG.save(ours)
+    CFG.replace(warmup_steps=7).save(ours)  # an earlier schedule is replaced
+    assert ScheduleConfig.load(ours).warmup_steps == 7

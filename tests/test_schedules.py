@@ -6,6 +6,7 @@ import dataclasses
 import io
 import math
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -368,3 +369,12 @@ def test_inverse_sqrt_without_warmup_or_time_scale_decays_on_10000_steps() -> No
     cfg = ScheduleConfig(peak_lr=1.0, total_steps=30_000, warmup_steps=0, decay="inverse_sqrt")
     assert cfg.effective_timescale == 10_000
     assert cfg.lr_at(10_000) == pytest.approx(2**-0.5)  # 1 / sqrt((10000 + 10000) / 10000)
+
+
+@pytest.mark.parametrize("field", ["min_lr", "warmup_start_factor"])
+def test_a_negative_zero_is_stored_and_saved_as_zero(field: str, tmp_path: Path) -> None:
+    cfg = ScheduleConfig(peak_lr=1e-3, total_steps=10, warmup_steps=2, **{field: -0.0})
+    assert math.copysign(1.0, getattr(cfg, field)) == 1.0
+    assert cfg == ScheduleConfig(peak_lr=1e-3, total_steps=10, warmup_steps=2)
+    path = cfg.save(tmp_path / "s.yaml")
+    assert "-0.0" not in path.read_text()
