@@ -254,11 +254,17 @@ def report(
         FileNotFoundError: a missing file.
         ValueError: a JSON file that is not a suggestion, an unknown study name (the message
             lists the storage's studies), a multi-objective study, a benchmark grid without the
-            task.
+            task, ``task`` without ``benchmark``.
     """
     from autowarm._suggest import Suggestion
     from autowarm.reporting import _build
 
+    if task is not None and benchmark is None:
+        raise ValueError(
+            f"task={task!r} goes with benchmark (the task's rows of its oracle grid make the "
+            f"regret table): pass benchmark='reports/benchmark', task={task!r}, or leave task "
+            "out"
+        )
     if isinstance(source, Suggestion):
         return _build.probe_report(source, name="suggestion", benchmark=benchmark, task=task)
     if isinstance(source, (str, os.PathLike)):

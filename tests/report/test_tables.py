@@ -614,6 +614,14 @@ def test_task_without_a_benchmark_is_refused(
     assert "with --benchmark" in " ".join(capsys.readouterr().out.split())
 
 
+def test_report_in_python_refuses_a_task_without_a_benchmark(
+    suggestion: autowarm.Suggestion, study: optuna.Study
+) -> None:
+    for source in (suggestion, study):
+        with pytest.raises(ValueError, match=r"task='toy' goes with benchmark .* leave task out"):
+            autowarm.report(source, task="toy")
+
+
 def test_report_to_dash_is_refused_not_a_folder_named_dash(
     suggestion: autowarm.Suggestion,
     tmp_path: Path,
