@@ -323,7 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
     try:
         return run(args)
-    except (KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+    except (
+        KeyError,
+        ValueError,
+        TypeError,
+        ImportError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as exc:
         if args.debug:
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

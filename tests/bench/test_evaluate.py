@@ -429,3 +429,47 @@ def test_a_probe_with_no_usable_lr_counts_as_a_diverged_run(
     )
     evaluate_methods(["control_convex"], csv_path=ev, **kw)  # resumes: the row counts as done
     assert len(pd.read_csv(ev)) == 1
+
+
+def test_regret_replaces_its_own_tables_never_a_file_of_the_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from autowarm.bench._cli import main
+
+    task = dataclasses.replace(get_task("control_convex"), total_steps=STEPS)
+    oracle_grid(
+        task,
+        csv_path=tmp_path / "oracle_grid.csv",
+        lrs=[0.01, 0.05],
+        warmups=[0, 8],
+        seeds=[0],
+        workers=0,
+    )
+    evaluate_methods(
+        ["control_convex"],
+        csv_path=tmp_path / "evaluation.csv",
+        methods=["hf_default"],
+        seeds=[0],
+        workers=0,
+        total_steps=STEPS,
+    )
+    mine = tmp_path / "regret.md"
+    mine.write_text("# my notes on regret\n")
+    assert main(["regret", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "regret.md exists and is not a regret table autowarm wrote" in err
+    assert mine.read_text() == "# my notes on regret\n"
+    assert not (tmp_path / "regret.csv").exists()  # neither table was written
+    mine.unlink()
+    assert main(["regret", "--out", str(tmp_path)]) == 0
+    first = (tmp_path / "regret.csv").read_text()
+    assert main(["regret", "--out", str(tmp_path)]) == 0  # its own tables are replaced
+    assert (tmp_path / "regret.csv").read_text() == first
+    assert pd.read_csv(tmp_path / "regret.csv").columns[:4].tolist() == [
+        "task",
+        "method",
+        "total_steps",
+        "seeds",
+    ]
