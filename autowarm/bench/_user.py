@@ -33,6 +33,7 @@ from torch import nn
 
 from autowarm._train import LossFn, callable_name
 from autowarm.bench.tasks import DEFAULT_WARMUP_FRACS, BenchTask
+from autowarm.study._task import sizes_of
 
 __all__ = ["DEFAULT_FILE_LR_GRID", "FileBenchTask", "is_task_spec", "load_file_task"]
 
@@ -98,14 +99,15 @@ class FileBenchTask(BenchTask):
         eval_fn = self.task.eval_fn
         loss = self.task.loss_fn if self.task.loss_fn is not None else self.task.criterion
         file = self.spec.rpartition(":")[0]  # absolute
+        train = self.task.data(0)  # made once: a task's data may be costly to build
         return {
             **super().definition(),
-            **self.task.data_sizes(0),
+            **sizes_of(train, self.task.val_data),
             "loss": callable_name(loss),
             "eval_fn": None if eval_fn is None else getattr(eval_fn, "__qualname__", "?"),
             "file": file,
             "source": _source_fingerprint(Path(file)),
-            "data": _data_fingerprint(self.task.data(0), self.task.val_data),
+            "data": _data_fingerprint(train, self.task.val_data),
         }
 
     def validation_loss(self, model: nn.Module) -> float:

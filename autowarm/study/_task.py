@@ -202,7 +202,7 @@ class Task:
         Recorded in a study, so a resume on a subset or a superset of the data the study
         started with (the same model and settings otherwise) is refused. The batches are not
         read: data with random augmentation resumes as it should."""
-        return {"train_batches": _length(self.data(seed)), "val_batches": _length(self.val_data)}
+        return sizes_of(self.data(seed), self.val_data)
 
     def optimizer_identity(self) -> str:
         """The optimizer and its settings as one line, e.g. ``"torch.optim.adamw.AdamW(betas=
@@ -332,6 +332,11 @@ def _as_number(value: Any, what: str) -> float:
         f"{what} must be a number (a float or a one-element tensor), but returned "
         f"{type(value).__name__}{shape}: {value!r:.60}"
     )
+
+
+def sizes_of(train: Any, val: Any) -> dict[str, int | None]:
+    """:meth:`Task.data_sizes` of training and validation data already made."""
+    return {"train_batches": _length(train), "val_batches": _length(val)}
 
 
 def _length(data: Any) -> int | None:
