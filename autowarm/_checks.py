@@ -11,9 +11,18 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["check_seed", "error_line", "is_finite_real", "is_int", "is_real", "no_abbreviations"]
+__all__ = [
+    "check_known_fields",
+    "check_seed",
+    "error_line",
+    "is_finite_real",
+    "is_int",
+    "is_real",
+    "no_abbreviations",
+]
 
 
 def is_int(x: object) -> bool:
@@ -49,6 +58,32 @@ def check_seed(seed: Any, seeds: str) -> int:
             f"seed must be an int in [0, 2**32) (it seeds {seeds}), but got seed={seed!r}"
         )
     return int(seed)  # a numpy integer passes the check, but random.seed() refuses it
+
+
+def check_known_fields(
+    keys: Iterable[Any], valid: Sequence[str], where: str, *, also: Sequence[str] = ()
+) -> None:
+    """Refuse keys of a record (a config file, a saved suggestion) that are not its fields: a
+    misspelt field would otherwise be read as its default.
+
+    Raises:
+        ValueError: naming the unknown keys, the closest valid name of each where one is
+            close (``'warmup_step': did you mean 'warmup_steps'?``), and the valid fields
+            (``also``: keys accepted besides them, such as the format's name).
+    """
+    accepted = (*valid, *also)
+    unknown = sorted(str(k) for k in keys if k not in accepted)
+    if not unknown:
+        return
+    import difflib
+
+    close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, valid, n=1))}
+    hint = "".join(f" ({k!r}: did you mean {v!r}?)" for k, v in close.items())
+    extra = f" (and {', '.join(also)})" if also else ""
+    raise ValueError(
+        f"unknown field(s) {', '.join(map(repr, unknown))} in {where}{hint}; valid fields are "
+        f"{', '.join(valid)}{extra}"
+    )
 
 
 def error_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autowarm._checks import check_known_fields
 from autowarm._shapes import Decay, WsdShape
 
 if TYPE_CHECKING:
@@ -69,16 +70,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
         raise ValueError(f"format must be {FORMAT_NAME!r}, but got format={fmt!r}")
     check_format_version(data, FORMAT_VERSION)
     fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-    unknown = sorted(str(k) for k in fields if k not in _ALL_FIELDS)
-    if unknown:
-        import difflib
-
-        close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, _ALL_FIELDS, n=1))}
-        hint = "".join(f" ({k!r}: did you mean {v!r}?)" for k, v in close.items())
-        raise ValueError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} in schedule config{hint}; valid "
-            f"fields are {', '.join(_ALL_FIELDS)}"
-        )
+    check_known_fields(fields, _ALL_FIELDS, "schedule config")
     missing = [k for k in _REQUIRED if k not in fields]
     if missing:
         raise ValueError(f"missing required field(s) {', '.join(map(repr, missing))}")

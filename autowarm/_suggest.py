@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autowarm._checks import check_seed, is_finite_real, is_int, is_real
+from autowarm._checks import check_known_fields, check_seed, is_finite_real, is_int, is_real
 from autowarm._config_io import (
     DuplicateKeyError,
     atomic_write,
@@ -262,12 +262,7 @@ class Suggestion:
                 f"but got {type(data).__name__}: {data!r}"
             )
         check_format_version(data, SUGGESTION_FORMAT_VERSION)
-        unknown = sorted(str(k) for k in data if k not in (*_FIELDS, "format", "format_version"))
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(map(repr, unknown))} in suggestion; valid fields "
-                f"are {', '.join(_FIELDS)} (and format, format_version)"
-            )
+        check_known_fields(data, _FIELDS, "suggestion", also=("format", "format_version"))
         for key in _REQUIRED:
             if key not in data:
                 raise ValueError(
@@ -739,12 +734,7 @@ def check_training(training: object) -> dict[str, Any]:
 
 
 def _checked_training(training: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(str(k) for k in training if k not in _TRAINING_FIELDS)
-    if unknown:
-        raise ValueError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} in training; valid fields are "
-            f"{', '.join(_TRAINING_FIELDS)}"
-        )
+    check_known_fields(training, _TRAINING_FIELDS, "training")
     for key in _TRAINING_FIELDS:
         if key not in training:
             raise ValueError(

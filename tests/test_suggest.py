@@ -1143,7 +1143,8 @@ _BAD_TRAINING: dict[str, tuple[dict[str, Any], str]] = {
     # a misspelt or missing field would be read as its default without a word
     "unknown_field": (
         {"grad_clipp": 1.0},
-        r"unknown field\(s\) 'grad_clipp' in training; valid fields are optimizer, "
+        r"unknown field\(s\) 'grad_clipp' in training \('grad_clipp': did you mean "
+        r"'grad_clip'\?\); valid fields are optimizer, "
         r"optimizer_settings, grad_clip, accumulation_steps, precision$",
     ),
     "missing_field": (
@@ -1216,14 +1217,19 @@ def test_unknown_fields_of_a_suggestion_are_refused_with_the_valid_ones(
         r"training, tables \(and format, format_version\)"
     )
     for extra, named in [
-        ({"confidance": "low"}, "'confidance'"),  # loaded as confidence 'high'
-        ({"foo": 1}, "'foo'"),
-        ({"foo": 1, "bar": 2}, "'bar', 'foo'"),
+        # loaded as confidence 'high' if it were not refused
+        (
+            {"confidance": "low"},
+            r"'confidance' in suggestion \('confidance': did you mean "
+            r"'confidence'\?\)",
+        ),
+        ({"foo": 1}, "'foo' in suggestion"),
+        ({"foo": 1, "bar": 2}, "'bar', 'foo' in suggestion"),
     ]:
         path = tmp_path / "bad.json"
         path.write_text(json.dumps({**good, **extra}), encoding="utf-8")
         with pytest.raises(
-            ValueError, match=f"bad\\.json: unknown field\\(s\\) {named} in suggestion; {valid}$"
+            ValueError, match=f"bad\\.json: unknown field\\(s\\) {named}; {valid}$"
         ):
             Suggestion.load(path)
     # what save writes beside to_dict (the tables' fingerprints) is a field
