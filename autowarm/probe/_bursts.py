@@ -40,7 +40,16 @@ from autowarm.schedules import lr_scale_keys
 _log = logging.getLogger("autowarm")
 
 # Moment statistics copied into the trace (None when the optimizer has no second moment).
-MOMENT_COLUMNS = ("vhat_mean", "g2_mean", "drift", "vhat_change", "kappa", "n_eff", "rel_error")
+MOMENT_COLUMNS = (
+    "beta2",
+    "vhat_mean",
+    "g2_mean",
+    "drift",
+    "vhat_change",
+    "kappa",
+    "n_eff",
+    "rel_error",
+)
 
 
 class BudgetExhausted(Exception):
@@ -78,7 +87,8 @@ class _DivergenceWatch:
     exceeds ``factor / 2`` times the starting loss, a blow-up no later step can undo; milder
     instability is judged afterwards on the whole trace. The starting loss is ``start`` (the
     probe passes the median loss of the first batches at the initial weights), else the first
-    loss. Either way a non-finite loss stops the burst.
+    loss. A non-finite loss stops a burst at a schedule; in a sweep, two in a row do (one bad
+    batch leaves the weights as they were: its step is skipped).
     """
 
     def __init__(
@@ -249,7 +259,8 @@ class ProbeRunner:
     ) -> BurstResult:
         """Train from the snapshot with ``lrs[i]`` at step ``i``; stop early on divergence.
 
-        Divergence is a non-finite loss or gradient, or a smoothed loss above
+        Divergence is a non-finite loss or gradient (two in a row in a range test), or a
+        smoothed loss above
         ``diverge_factor`` times the sweep's lowest (a range test), or above
         ``diverge_factor / 2`` times :attr:`start_loss` (another burst; its first loss while
         that is unset). The loss is smoothed by an EMA of factor ``smooth_beta``. Running out

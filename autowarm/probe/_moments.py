@@ -119,7 +119,7 @@ class MomentStats:
 
     update: int = field(metadata=_meta("count", "index of this observation in the burst, from 0"))
     step: int = field(metadata=_meta("steps", "Adam's step count t (max over sampled tensors)"))
-    beta2: float = field(metadata=_meta("1", "Adam's beta2 (min over sampled tensors)"))
+    beta2: float = field(metadata=_meta("1", "Adam's beta2 of the tensors read (the largest)"))
     n_coords: int = field(metadata=_meta("count", "sampled coordinates that took this update"))
     vhat_mean: float = field(
         metadata=_meta("grad^2", "mean bias-corrected second moment exp_avg_sq/(1-beta2^t)")
@@ -296,7 +296,7 @@ class SecondMomentMonitor:
       A ratio of sums pooled over each tensor has no such bias under stationary noise, but
       an early burst's falling gradient scale inflates it (275 where the median reads 11.6, on
       a deep ReLU MLP of the tests), so the median is kept.
-    - ``n_eff`` (min over the sampled tensors, whose steps and betas may differ) and
+    - ``n_eff`` (min over the tensors read, whose steps may differ) and
       ``rel_error`` :math:`= \\sqrt{\\kappa / n_\\text{eff}}`, the relative error of
       :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
 
@@ -313,15 +313,19 @@ class SecondMomentMonitor:
 
     Tensors whose ``p.grad`` is ``None`` or sparse, whose state has no ``exp_avg_sq`` yet (or
     one not shaped like the tensor), or whose param group has no ``betas``, are skipped for
-    that update (their running moments wait). With ``every=k`` only every k-th call is
-    observed: the short EMA and the Welford moments are then over observed updates, while
-    ``vhat_change`` stays the one-step change. ``p.grad`` is the gradient Adam used unless the
-    optimizer adds L2 weight decay into it (``Adam(weight_decay>0)``; AdamW's decoupled decay
-    is fine) or clips it internally; then a rebuilt ``vhat_change`` is off too (observe every
-    update). With ``amsgrad=True`` Adam divides by the running maximum
-    ``max_exp_avg_sq``, not by ``exp_avg_sq``; the statistics are still those of
-    ``exp_avg_sq``, whose settling is what a warmup waits for (the maximum only makes the steps
-    smaller).
+    that update (their running moments wait). When the param groups have different
+    :math:`\beta_2`, an update reads only the tensors of the largest among those it could
+    read (``beta2`` says which): their second moment is the slowest to settle, and one
+    statistic pooled over several :math:`\beta_2` would hold each to another's scale.
+
+    With ``every=k`` only every k-th call is observed: the short EMA and the Welford moments
+    are then over observed updates, while ``vhat_change`` stays the one-step change.
+    ``p.grad`` is the gradient Adam used unless the optimizer adds L2 weight decay into it
+    (``Adam(weight_decay>0)``; AdamW's decoupled decay is fine) or clips it internally; then a
+    rebuilt ``vhat_change`` is off too (observe every update). With ``amsgrad=True`` Adam
+    divides by the running maximum ``max_exp_avg_sq``, not by ``exp_avg_sq``; the statistics
+    are still those of ``exp_avg_sq``, whose settling is what a warmup waits for (the maximum
+    only makes the steps smaller).
 
     Args:
         optimizer:
@@ -532,6 +536,11 @@ class SecondMomentMonitor:
                 active.append((e, st, grad))
         if not active:
             return None
+        # Param groups with different betas: only the tensors of the largest beta2 are read.
+        # Their second moment settles last, and statistics pooled over several beta2 would
+        # describe none of them (n_eff's cap, the floor of vhat_change are beta2's).
+        slowest = max(beta2[e.group] or 0.0 for e, _, _ in active)
+        active = [a for a in active if beta2[a[0].group] == slowest]
         dev, dt = self._device, self._dtype
         m = sum(e.count for e, _, _ in active)
         vhat, g2 = self._scratch[0, :m], self._scratch[1, :m]

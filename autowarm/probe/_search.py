@@ -802,8 +802,8 @@ def outcome_signals(outcome: ProbeOutcome) -> list[dict[str, Any]]:
             {
                 "name": f"{tag}.rise_above_start",
                 "value": s.rise_above_start,
-                "unit": "fraction",
-                "description": "max smoothed loss / starting loss - 1 (catapult)",
+                "unit": "ratio",
+                "description": "(max smoothed loss - starting loss) / |starting loss| (catapult)",
             },
             {
                 "name": f"{tag}.n_spikes",

@@ -242,7 +242,11 @@ class RangeTestResult:
     diverge_index: int = field(metadata=_meta("index", "input position of divergence, -1 if none"))
     flat: bool = field(metadata=_meta("bool", "descent below flat_tol (already trained?)"))
     descent: float = field(
-        metadata=_meta("ratio", "largest relative drop of smoothed loss in the window")
+        metadata=_meta(
+            "ratio",
+            "drop of smoothed loss from its highest point before the minimum to the minimum, "
+            "relative to that high point",
+        )
     )
     n_points: int = field(metadata=_meta("count", "input points"))
     n_finite: int = field(metadata=_meta("count", "points with finite loss and LR"))
@@ -717,27 +721,33 @@ def burst_stability(
             final_loss=math.inf if bad.size else nan, net_decrease=nan, rise_above_start=nan,
             tv_ratio=nan, excess_tv=nan, noise=nan, n_spikes=0, first_spike_step=-1,
         )  # fmt: skip
-    smooth, filtered = _stability_curve(xf, start_loss, smooth_beta)
-    start = float(start_loss) if start_loss is not None else float(filtered[0])
-    scale = abs(start) or float(np.max(np.abs(xf))) or 1.0
-    sd = _rms_noise_sd(xf)
-    tv = float(np.sum(np.abs(np.diff(smooth))))
-    net = float(smooth[0] - smooth[-1])
-    eps = 1e-12 * scale
-    tv_ratio = 1.0 if tv <= eps else (tv / net if net > eps else math.inf)
-    # Inflated by 4/sqrt(n): about three SDs of the variation noise alone leaves (simulated
-    # 1.2-1.6/sqrt(n) for smooth_beta 0.8-0.95), so a long flat noisy burst does not fire.
-    noise_tv = _ema_noise_tv(smooth.size, smooth_beta, _MEDIAN3_SD * sd)
-    noise_tv *= 1.0 + 4.0 / math.sqrt(smooth.size)
-    wasted = max(0.0, tv - noise_tv - max(net, 0.0))
-    excess_tv = wasted / max(net, progress_floor * scale)
-    rise = float(np.max(smooth)) - start
-    sd_start = max(_robust_noise_sd(xf[: max(spike_window, 10)]), sd)
-    spikes = _spikes(xf, smooth, spike_z, spike_window, spike_min_steps, 1e-9 * scale)
-    final = math.inf if bad.size else float(np.mean(xf[-math.ceil(0.1 * xf.size) :]))
+    # Finite losses near the float limit overflow below; the "overflow" rule reports them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        smooth, filtered = _stability_curve(xf, start_loss, smooth_beta)
+        start = float(start_loss) if start_loss is not None else float(filtered[0])
+        scale = abs(start) or float(np.max(np.abs(xf))) or 1.0
+        sd = _rms_noise_sd(xf)
+        tv = float(np.sum(np.abs(np.diff(smooth))))
+        net = float(smooth[0] - smooth[-1])
+        eps = 1e-12 * scale
+        tv_ratio = 1.0 if tv <= eps else (tv / net if net > eps else math.inf)
+        # Inflated by 4/sqrt(n): about three SDs of the variation noise alone leaves (simulated
+        # 1.2-1.6/sqrt(n) for smooth_beta 0.8-0.95), so a long flat noisy burst does not fire.
+        noise_tv = _ema_noise_tv(smooth.size, smooth_beta, _MEDIAN3_SD * sd)
+        noise_tv *= 1.0 + 4.0 / math.sqrt(smooth.size)
+        wasted = max(0.0, tv - noise_tv - max(net, 0.0))
+        excess_tv = wasted / max(net, progress_floor * scale)
+        rise = float(np.max(smooth)) - start
+        sd_start = max(_robust_noise_sd(xf[: max(spike_window, 10)]), sd)
+        spikes = _spikes(xf, smooth, spike_z, spike_window, spike_min_steps, 1e-9 * scale)
+        final = math.inf if bad.size else float(np.mean(xf[-math.ceil(0.1 * xf.size) :]))
     fired = []
     if bad.size:
         fired.append(f"nonfinite: first non-finite loss at step {first_bad}")
+    if not all(math.isfinite(v) for v in (sd, tv, net, rise, final)):
+        # finite losses so near the float limit that their differences overflow: the rules
+        # below would compare with nan and stay silent
+        fired.append("overflow: losses so large that their differences are not finite")
     if rise / scale > catapult_tol and rise > noise_z * sd_start:
         fired.append(
             f"catapult: smoothed loss rose {rise / scale:.1%} above the start {start:.4g} "

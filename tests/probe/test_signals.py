@@ -622,6 +622,15 @@ def test_burst_rules_read_the_same_at_any_loss_magnitude(scale: float) -> None:
     assert got.rise_above_start == pytest.approx(want.rise_above_start, rel=1e-9)
 
 
+def test_losses_whose_differences_overflow_are_unstable_not_stable() -> None:
+    # finite losses near the float limit: tv and the noise SD overflow to inf/nan, and the
+    # catapult and oscillation rules, compared with nan, stayed silent ("stable")
+    x = 2 + 0.05 * np.random.default_rng(0).standard_normal(40)
+    x[::2] = 1.7e308
+    r = burst_stability(x, start_loss=2.0)
+    assert r.unstable and "overflow" in r.reason
+
+
 def test_n_eff_for_a_beta2_too_small_for_log1p() -> None:
     # 1 - 1e-17 rounds to 1, and log1p(-1) is a domain error: such a beta2 is 0 to n_eff
     assert n_eff(5.0, 1e-17) == n_eff(5.0, 0.0) == 1.0
