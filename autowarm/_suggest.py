@@ -37,6 +37,7 @@ from autowarm._train import (
     add_note,
     autocast_of,
     check_accumulation_steps,
+    check_batched,
     check_precision,
     describe_batch,
     empty_data_error,
@@ -651,6 +652,7 @@ def suggest(
             "grad_clip must be a positive finite number (the real run's max gradient norm) or "
             f"None, but got grad_clip={grad_clip!r}"
         )
+    check_batched(dataloader, "dataloader")  # before its len(), which would count examples
     total = _resolve_total_steps(total_steps, dataloader, accumulation_steps)
     budget_n = _resolve_budget(budget_steps, total)
     seed = check_seed(seed, "torch, numpy and random")

@@ -809,7 +809,8 @@ class BatchStream:
             Where :meth:`next` and :meth:`first` put the batches.
 
     Raises:
-        TypeError: If ``data`` is not iterable, or is a single tensor or mapping (one batch).
+        TypeError: If ``data`` is not iterable, is a single tensor or mapping (one batch), or
+            is a dataset of single examples (:func:`check_batched`).
     """
 
     def __init__(self, data: Iterable[Any], device: torch.device) -> None:
@@ -818,6 +819,7 @@ class BatchStream:
                 "data must be an iterable of batches, but got a single "
                 f"{type(data).__name__}; wrap it in a list ([batch]) or a DataLoader"
             )
+        check_batched(data)
         # A loader's own generators, captured before iter() draws from them.
         generators = _data_generators(data)
         states = [g.get_state() for g in generators]
@@ -1053,6 +1055,34 @@ def _data_generators(data: object) -> list[torch.Generator]:
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)
     return found
+
+
+def check_batched(data: object, name: str = "data") -> None:
+    """Refuse a dataset of single examples passed where batches go.
+
+    Iterating a map-style ``torch.utils.data.Dataset`` (a ``TensorDataset``, the dataset a
+    ``Trainer`` takes) or a Hugging Face ``datasets`` dataset yields one example at a time:
+    many losses accept an unbatched example, so the probe would run at batch size 1 and find
+    a peak LR for that, without an error.
+
+    Raises:
+        TypeError: saying to wrap it in a ``DataLoader`` with the run's batch size (or
+            ``batch_size=None`` for a dataset whose items are whole batches already).
+    """
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    kind = type(data)
+    hf = kind.__module__.split(".")[0] == "datasets"
+    if isinstance(data, DataLoader) or not (
+        hf or (isinstance(data, Dataset) and not isinstance(data, IterableDataset))
+    ):
+        return
+    raise TypeError(
+        f"{name} is a dataset ({kind.__name__}), which yields single examples, not batches: "
+        f"pass DataLoader({name}, batch_size=<the run's batch size>, shuffle=True), so the "
+        "probe trains on the batches the run will (a dataset whose items are whole batches "
+        f"already: DataLoader({name}, batch_size=None))"
+    )
 
 
 def not_iterable_error(data: object) -> TypeError:

@@ -467,3 +467,25 @@ def test_a_loss_without_gradient_is_a_clear_error_not_a_tiny_peak() -> None:
     with pytest.raises(ValueError, match="the gradient was 0 for every parameter at all"):
         _run(model, _cls_batches(), loss_fn=lambda m, b: (m(b[0]) * 0).sum() + 1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_a_dataset_of_examples_is_refused_with_the_loader_to_pass() -> None:
+    # Iterated, a TensorDataset yields single (x, y) examples; cross_entropy takes them
+    # unbatched, so the probe ran at batch size 1 and returned a peak 5000x too small, at
+    # high confidence (and, without total_steps, the number of examples as the run's steps).
+    batches = _cls_batches()
+    dataset = torch.utils.data.TensorDataset(
+        torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    )
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    want = r"dataloader is a dataset \(TensorDataset\), which yields single examples.*DataLoader"
+    for total in (TOTAL, None):
+        with pytest.raises(TypeError, match=want):
+            _run(model, dataset, criterion=F.cross_entropy, total_steps=total)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # a dataset whose items are whole batches, behind batch_size=None, is taken as it is
+    already = torch.utils.data.DataLoader(batches, batch_size=None)
+    assert _run(model, already, criterion=F.cross_entropy).peak_lr > 0
+    with pytest.raises(TypeError, match=r"train_data is a dataset \(TensorDataset\)"):
+        autowarm.Task(make_model=lambda seed: _mlp(), train_data=dataset, total_steps=100)

@@ -23,6 +23,7 @@ from autowarm._checks import is_finite_real, is_int, is_real
 from autowarm._train import (
     LossFn,
     check_accumulation_steps,
+    check_batched,
     check_precision,
     mean_loss,
     resolve_loss_fn,
@@ -145,6 +146,7 @@ class Task:
                 f"got optimizer_kwargs={dict(self.optimizer_kwargs)!r}"
             )
         for field, data in (("train_data", self.train_data), ("val_data", self.val_data)):
+            check_batched(data, field)
             if data is not None and _one_shot(data):
                 raise TypeError(
                     f"{field} must be re-iterable (a list of batches, a DataLoader"
