@@ -20,7 +20,7 @@ from torch import nn
 
 from autowarm._checks import is_finite_real, is_real
 
-__all__ = ["GroupSpec", "ParamGroups", "resolve_param_groups"]
+__all__ = ["GroupSpec", "ParamGroups", "build_checked", "resolve_param_groups"]
 
 #: What ``suggest(param_groups=...)`` takes: a list of group dicts, or a function of the model
 #: returning them (called once, before the probe's first step).
@@ -182,6 +182,42 @@ def _is_named(item: object) -> bool:
     )
 
 
+def build_checked(
+    optimizer_cls: type[torch.optim.Optimizer],
+    params: list[Any],
+    optimizer_kwargs: Mapping[str, Any],
+    context: str = "",
+) -> torch.optim.Optimizer:
+    """``optimizer_cls(params, lr=1e-3, **optimizer_kwargs)``, built before any training so
+    that settings the optimizer refuses are said at once, not after the first batch's forward
+    pass. Building allocates no state and touches no parameter.
+
+    Raises:
+        ValueError: the optimizer refused the settings; the message names them (and the
+            setting a misspelt keyword meant, where one is close).
+    """
+    try:
+        return optimizer_cls(params, lr=1e-3, **optimizer_kwargs)  # type: ignore[call-arg]
+    except (TypeError, ValueError, AssertionError) as exc:
+        hint = ""
+        if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+            import difflib
+            import inspect
+
+            try:
+                accepted = list(inspect.signature(optimizer_cls).parameters)
+            except (TypeError, ValueError):
+                accepted = []
+            for key in optimizer_kwargs:
+                close = difflib.get_close_matches(str(key), accepted, n=1)
+                if key not in accepted and close:
+                    hint += f" ({key!r}: did you mean {close[0]!r}?)"
+        raise ValueError(
+            f"{optimizer_cls.__name__} refused its settings (optimizer_kwargs "
+            f"{dict(optimizer_kwargs)!r}{context}): {exc}{hint}"
+        ) from None
+
+
 def _check_options(
     groups: list[GroupSpec],
     optimizer_cls: type[torch.optim.Optimizer],
@@ -192,15 +228,9 @@ def _check_options(
     # it allocates no state and touches no parameter. torch's own optimizers read nothing
     # else, so another key is an error there; a third-party optimizer may read group keys
     # of its own (Muon's 'use_muon'), so there it is a warning.
-    try:
-        optimizer = optimizer_cls(  # type: ignore[call-arg]
-            [g.as_group() for g in groups], lr=1e-3, **optimizer_kwargs
-        )
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise ValueError(
-            f"{optimizer_cls.__name__} refused its settings (optimizer_kwargs "
-            f"{dict(optimizer_kwargs)!r} with the param_groups): {exc}"
-        ) from None
+    optimizer = build_checked(
+        optimizer_cls, [g.as_group() for g in groups], optimizer_kwargs, " with the param_groups"
+    )
     # 'name' labels a group (Lightning's LearningRateMonitor reads it); torch keeps it as is
     known = set(optimizer.defaults) | {"name"}
     strict = optimizer_cls.__module__.startswith("torch.optim")

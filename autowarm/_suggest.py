@@ -29,7 +29,7 @@ from autowarm._config_io import (
     storage_file_kind,
     unique_keys,
 )
-from autowarm._groups import GroupSpec, ParamGroups, resolve_param_groups
+from autowarm._groups import GroupSpec, ParamGroups, build_checked, resolve_param_groups
 from autowarm._train import (
     BatchStream,
     LossFn,
@@ -664,6 +664,9 @@ def suggest(
         if param_groups is None
         else resolve_param_groups(param_groups, model, probe_cls, kwargs)
     )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if groups is None and trainable:
+        build_checked(probe_cls, trainable, kwargs)  # a misspelt setting, before any training
     start = time.perf_counter()
     original_device = model_device(model)
     target = torch.device(device) if device is not None else original_device

@@ -489,3 +489,28 @@ def test_a_dataset_of_examples_is_refused_with_the_loader_to_pass() -> None:
     assert _run(model, already, criterion=F.cross_entropy).peak_lr > 0
     with pytest.raises(TypeError, match=r"train_data is a dataset \(TensorDataset\)"):
         autowarm.Task(make_model=lambda seed: _mlp(), train_data=dataset, total_steps=100)
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (
+            {"weight_decya": 0.1},
+            r"unexpected keyword argument 'weight_decya'.*did you mean "
+            r"'weight_decay'",
+        ),
+        ({"betas": 0.9}, r"refused its settings \(optimizer_kwargs \{'betas': 0\.9\}\)"),
+    ],
+)
+def test_settings_the_optimizer_refuses_are_said_before_any_forward_pass(
+    settings: dict[str, Any], said: str
+) -> None:
+    calls = []
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        calls.append(1)
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    with pytest.raises(ValueError, match=said):
+        _run(_mlp(), _cls_batches(), optimizer_kwargs=settings, loss_fn=loss_fn)
+    assert calls == []
