@@ -47,6 +47,8 @@ Trial user attributes:
 ``autowarm.warmup_steps``         int, full-run warmup, as in ``autowarm.schedule``
 ``autowarm.reason``               why a trial was pruned or failed (absent when it completed)
 ``autowarm.worker``               ``"host:pid:start:pidns"`` of the process that ran it
+``autowarm.alive``                journal files: the time (``time.time()``) its worker last
+                                  said it was alive, every 30 s while it runs
 ``autowarm.retry_of``             the number of the failed trial this one re-runs
 ``autowarm.also_roles``           the other first-trial roles this trial stands for, whose
                                   schedule is its own (queued once: ``["ten_percent"]`` when
@@ -97,6 +99,7 @@ PEAK_LR: Final = "autowarm.peak_lr"
 WARMUP_STEPS: Final = "autowarm.warmup_steps"
 REASON: Final = "autowarm.reason"
 WORKER: Final = "autowarm.worker"
+ALIVE: Final = "autowarm.alive"
 RETRY_OF: Final = "autowarm.retry_of"
 ALSO_ROLES: Final = "autowarm.also_roles"
 

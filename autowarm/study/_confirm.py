@@ -10,19 +10,18 @@ The full-length runs live in a second study in the same storage, named ``<study>
 their values (on another scale than the compressed trials') never reach the sampler or the
 pruner. Each is claimed under the study's setup lock, so several workers or hosts never run the
 same confirmation twice; an interrupted one is failed and run again on the next start, as is one
-whose process on this host was killed. In an RDB storage a running confirmation also records
-optuna's heartbeat, so one claimed by a host that died is failed once its heartbeat is older
-than the grace period and claimed again by the next worker that gets there.
+whose process on this host was killed. A running confirmation records optuna's heartbeat in an
+RDB storage and a liveness stamp in a journal file (:func:`autowarm.study._storage.keep_alive`),
+so one claimed by a host that died is failed once that is older than the grace period and
+claimed again by the next worker that gets there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -160,7 +159,7 @@ def run_confirmations(
             # is failed, so it is claimed anew
             with _storage.quiet_experimental():
                 optuna.storages.fail_stale_trials(conf)
-            _storage.fail_dead_local_trials(conf, requeue_them=False)
+            _storage.fail_dead_trials(conf, requeue_them=False)
             claimed = {
                 t.user_attrs.get(CONFIRMS)
                 for t in conf.get_trials(
@@ -170,7 +169,7 @@ def run_confirmations(
             if cand.number in claimed:
                 continue
             with warnings.catch_warnings():
-                # optuna warns that heartbeats belong to optimize(); this one beats in _heartbeat
+                # optuna warns that heartbeats belong to optimize(); this one beats in keep_alive
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = conf.ask()
             trial.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
@@ -186,7 +185,7 @@ def run_confirmations(
             schedule.warmup_steps,
         )
         try:
-            with _heartbeat(conf, trial._trial_id):
+            with _storage.keep_alive(conf, trial._trial_id, heartbeat=True):
                 outcome = train_trial(task, schedule, seed, should_stop=should_stop)
         except BaseException as exc:
             if not _finished_elsewhere(conf, trial._trial_id):
@@ -219,35 +218,3 @@ def run_confirmations(
 
 def _finished_elsewhere(study: optuna.Study, trial_id: int) -> bool:
     return study._storage.get_trial(trial_id).state.is_finished()
-
-
-@contextlib.contextmanager
-def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat every interval while the block runs (RDB storages).
-
-    ``study.optimize`` does this for the search trials; confirmations are asked and told by
-    hand, so they beat here. Storages without a heartbeat (journal files) skip it.
-    """
-    storage = study._storage
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-            except Exception as exc:  # a lost connection must not end the run
-                _logger.warning("heartbeat of confirmation trial %d failed: %s", trial_id, exc)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name="autowarm-confirm-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

@@ -11,9 +11,10 @@ What the user passes                      Storage
 ========================================  ================================================
 
 RDB storages get a heartbeat, so a trial whose worker was killed is failed and re-queued by
-optuna once its heartbeat is ``grace_period`` seconds old. Journal files have no heartbeat;
-:func:`fail_dead_local_trials` covers them (and any storage) for workers on this host, by
-checking whether the process that claimed a running trial still exists.
+optuna once its heartbeat is ``grace_period`` seconds old. Journal files have no heartbeat:
+there a running trial carries a liveness stamp (:func:`keep_alive`), and
+:func:`fail_dead_trials` fails one whose stamp stopped, whatever host ran it, and, at once, one
+whose worker process on this host no longer exists (on any storage).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -45,7 +47,8 @@ __all__ = [
     "DEFAULT_SQLITE",
     "HEARTBEAT_INTERVAL",
     "default_storage_url",
-    "fail_dead_local_trials",
+    "fail_dead_trials",
+    "keep_alive",
     "load_study",
     "normalize_url",
     "open_storage",
@@ -61,7 +64,8 @@ _logger = logging.getLogger("autowarm")
 DEFAULT_SQLITE = "autowarm.db"
 DEFAULT_JOURNAL = "autowarm.journal.log"
 HEARTBEAT_INTERVAL = 30
-"""Seconds between a running trial's heartbeats in an RDB storage."""
+"""Seconds between a running trial's heartbeats in an RDB storage, and between its liveness
+stamps in a journal file; a trial silent for 4 intervals counts as dead."""
 _MAX_RETRY = 2
 _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -491,26 +495,107 @@ def _is_dead_here(worker: str) -> bool:
     return bool(start) and _start_time(pid) != start
 
 
-def fail_dead_local_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[int]:
-    """Fail and re-queue running trials whose worker process on this host no longer exists.
+def _has_heartbeat(storage: BaseStorage) -> bool:
+    return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
 
-    A worker killed by SIGKILL cannot mark its trial; this finds such trials (by the
-    ``autowarm.worker`` attribute), marks them failed with the reason, and enqueues the same
-    parameters again, as optuna's heartbeat does for RDB storages.
+
+def _silence(trial: FrozenTrial, storage: BaseStorage, now: float) -> float | None:
+    """Seconds since a running trial of a storage without heartbeat last gave a sign of life
+    (its liveness stamp, else its start), when that is longer than 4 heartbeat intervals;
+    ``None`` otherwise, and on storages whose heartbeat optuna checks itself."""
+    if _has_heartbeat(storage):
+        return None
+    stamp = trial.user_attrs.get(_attrs.ALIVE)
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        last = float(stamp)
+    elif trial.datetime_start is not None:
+        last = trial.datetime_start.timestamp()
+    else:
+        return None
+    silent = now - last
+    return silent if silent > 4 * HEARTBEAT_INTERVAL else None
+
+
+@contextlib.contextmanager
+def keep_alive(study: optuna.Study, trial_id: int, *, heartbeat: bool) -> Iterator[None]:
+    """Show that a running trial's worker is alive while the block runs, so that a process
+    anywhere can tell a trial whose worker died (on another host, in a restarted container)
+    from one still running.
+
+    Storages without a heartbeat (journal files): the trial's ``autowarm.alive`` attribute
+    gets the time every :data:`HEARTBEAT_INTERVAL` seconds; :func:`fail_dead_trials` fails a
+    trial silent for 4 intervals (clocks of the hosts sharing a journal must agree to within
+    a minute or so, as NTP keeps them). RDB storages: optuna's own heartbeat, recorded here
+    when ``heartbeat`` (trials asked and told by hand; ``study.optimize`` beats itself).
+    """
+    storage = study._storage
+    if _has_heartbeat(storage):
+        if not heartbeat:
+            yield
+            return
+        interval = float(storage.get_heartbeat_interval())  # type: ignore[attr-defined]
+
+        def beat() -> None:
+            storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+    else:
+        interval = float(HEARTBEAT_INTERVAL)
+
+        def beat() -> None:
+            storage.set_trial_user_attr(trial_id, _attrs.ALIVE, time.time())
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            try:
+                beat()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # failed by another process (a stamp that came too late): stop
+            except Exception as exc:  # a lost connection, a full disk: the run goes on
+                _logger.warning("liveness of trial id %d not recorded: %s", trial_id, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=loop, name="autowarm-keep-alive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_dead_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[int]:
+    """Fail and re-queue running trials whose worker is gone.
+
+    A worker killed by SIGKILL (or on a host that went down) cannot mark its trial. This
+    finds such trials: by the ``autowarm.worker`` attribute, a process of this host that no
+    longer exists; on a storage without heartbeat, a trial whose liveness stamp
+    (:func:`keep_alive`) is older than 4 heartbeat intervals, whatever host ran it. It marks
+    them failed with the reason and enqueues the same parameters again, as optuna's
+    heartbeat does for RDB storages.
 
     Returns:
         The numbers of the trials it failed.
     """
     failed = []
+    storage = study._storage
+    now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(_attrs.WORKER)
-        if not isinstance(worker, str) or not _is_dead_here(worker):
-            continue
-        storage = study._storage
-        try:
-            storage.set_trial_user_attr(
-                trial._trial_id, _attrs.REASON, f"its worker process {worker} died; re-queued"
+        if isinstance(worker, str) and _is_dead_here(worker):
+            reason = f"its worker process {worker} died"
+        elif (silent := _silence(trial, storage, now)) is not None:
+            reason = (
+                f"its worker {worker or '(unknown)'} gave no sign of life for {silent:.0f} s "
+                "(its process or host is gone)"
             )
+        else:
+            continue
+        reason += "; re-queued" if requeue_them else "; claimed anew by the next run"
+        try:
+            storage.set_trial_user_attr(trial._trial_id, _attrs.REASON, reason)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -518,15 +603,14 @@ def fail_dead_local_trials(study: optuna.Study, *, requeue_them: bool = True) ->
         if requeue_them:
             requeue(study, trial)
         failed.append(trial.number)
-        _logger.warning(
-            "trial %d: its worker %s is gone; marked failed and queued again", trial.number, worker
-        )
+        _logger.warning("trial %d: %s; marked failed", trial.number, reason)
     return failed
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue ``trial``'s parameters and autowarm attributes again (a retry)."""
-    keep = {k: v for k, v in trial.user_attrs.items() if k not in (_attrs.REASON, _attrs.WORKER)}
+    own = (_attrs.REASON, _attrs.WORKER, _attrs.ALIVE)
+    keep = {k: v for k, v in trial.user_attrs.items() if k not in own}
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,

@@ -909,7 +909,7 @@ def wait_for_running_trials(
     what = "the full-length confirmations" if confirmations else "trials"
     after = "before reporting the best" if confirmations else "before the confirmations"
     while True:
-        _storage.fail_dead_local_trials(study, requeue_them=not confirmations)
+        _storage.fail_dead_trials(study, requeue_them=not confirmations)
         with _storage.quiet_experimental():
             optuna.storages.fail_stale_trials(study)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -1168,7 +1168,7 @@ def _work(
     try:
         while True:
             flag.check()
-            _storage.fail_dead_local_trials(study)
+            _storage.fail_dead_trials(study)
             active, waiting = _counts(study)
             if plan.n_trials is not None and active >= plan.n_trials and not waiting:
                 break
@@ -1275,9 +1275,10 @@ class _Objective:
                 raise optuna.TrialPruned(reason)
 
         try:
-            outcome = train_trial(
-                self.task, short, plan.seed, on_eval=on_eval, should_stop=self.flag.is_set
-            )
+            with _storage.keep_alive(trial.study, trial._trial_id, heartbeat=False):
+                outcome = train_trial(
+                    self.task, short, plan.seed, on_eval=on_eval, should_stop=self.flag.is_set
+                )
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:

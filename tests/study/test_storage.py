@@ -91,7 +91,7 @@ def test_only_trials_of_dead_workers_here_are_failed() -> None:
         trial = study.ask()
         trial.set_user_attr(_attrs.WORKER, worker)
         numbers[name] = trial.number
-    failed = _storage.fail_dead_local_trials(study, requeue_them=False)
+    failed = _storage.fail_dead_trials(study, requeue_them=False)
     assert failed == [numbers["dead"], numbers["old"]]
     running = study.get_trials(states=(TrialState.RUNNING,))
     assert [t.number for t in running] == [numbers["elsewhere"], numbers["alive"]]
@@ -106,7 +106,7 @@ def test_two_workers_failing_the_same_dead_trial_do_not_crash() -> None:
         _attrs.WORKER, f"{socket.gethostname()}:{_dead_pid()}:123:{_own_namespace()}"
     )
     read_by_b = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    assert _storage.fail_dead_local_trials(study) == [trial.number]
+    assert _storage.fail_dead_trials(study) == [trial.number]
 
     class Late:  # the study as worker B saw it a moment earlier
         _storage = study._storage
@@ -114,7 +114,7 @@ def test_two_workers_failing_the_same_dead_trial_do_not_crash() -> None:
         def get_trials(self, **kwargs: Any) -> list[Any]:
             return read_by_b
 
-    assert _storage.fail_dead_local_trials(Late()) == []  # type: ignore[arg-type]
+    assert _storage.fail_dead_trials(Late()) == []  # type: ignore[arg-type]
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]  # failed and re-queued once
 
@@ -269,3 +269,73 @@ def test_report_of_a_study_file_says_to_pass_storage(
         err = capsys.readouterr().err
         assert f"{path} is {kind}" in err
         assert f"pass --storage {path} --study-name NAME" in err
+
+
+# ------------------------------------------------------------------- liveness on journal files
+_OTHER_HOST = "otherhost:12345:999:4026531836"  # a worker this host cannot check by its pid
+
+
+def _journal_study(tmp_path: Path) -> optuna.Study:
+    storage = _storage.open_storage(f"journal://{tmp_path / 'study.log'}")
+    return optuna.create_study(storage=storage, study_name="s")
+
+
+def test_a_trial_silent_on_a_journal_is_failed_whatever_host_ran_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker killed on another host (or in a restarted container) left its trial running
+    # forever: it counted toward n_trials, and the wait before the confirmations never ended.
+    import time
+
+    study = _journal_study(tmp_path)
+    numbers = {}
+    for name, stamp in (("silent", time.time() - 1000.0), ("fresh", time.time()), ("new", None)):
+        trial = study.ask()
+        trial.set_user_attr(_attrs.WORKER, _OTHER_HOST)
+        if stamp is not None:
+            trial.set_user_attr(_attrs.ALIVE, stamp)
+        numbers[name] = trial.number
+    assert _storage.fail_dead_trials(study) == [numbers["silent"]]
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert "gave no sign of life for 1000 s" in failed[0].user_attrs[_attrs.REASON]
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.user_attrs[_attrs.RETRY_OF] == numbers["silent"]
+    assert _attrs.ALIVE not in queued.user_attrs and _attrs.WORKER not in queued.user_attrs
+    later = time.time() + 4 * _storage.HEARTBEAT_INTERVAL + 5.0
+    monkeypatch.setattr(_storage.time, "time", lambda: later)
+    # 2 minutes on: the fresh stamp is stale, and so is a trial that never stamped since it began
+    assert _storage.fail_dead_trials(study) == [numbers["fresh"], numbers["new"]]
+
+
+def test_keep_alive_stamps_a_journal_trial_while_it_runs_and_then_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr(_storage, "HEARTBEAT_INTERVAL", 0.05)
+    study = _journal_study(tmp_path)
+    trial = study.ask()
+
+    def stamp() -> float:
+        return float(study.get_trials(deepcopy=False)[0].user_attrs[_attrs.ALIVE])
+
+    with _storage.keep_alive(study, trial._trial_id, heartbeat=False):
+        time.sleep(0.05)
+        first = stamp()
+        time.sleep(0.3)
+        assert stamp() > first
+    last = stamp()
+    time.sleep(0.2)
+    assert stamp() == last  # no stamp after the block
+    study.tell(trial, 1.0)
+
+
+def test_rdb_storages_keep_optunas_heartbeat_and_get_no_stamp(tmp_path: Path) -> None:
+    storage = _storage.open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):
+        trial = study.ask()  # asked by hand, as the confirmations are
+    with _storage.keep_alive(study, trial._trial_id, heartbeat=False):
+        pass
+    assert _attrs.ALIVE not in study.get_trials()[0].user_attrs
+    assert _storage.fail_dead_trials(study) == []  # optuna's heartbeat decides there

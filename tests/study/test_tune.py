@@ -1969,3 +1969,32 @@ def test_export_in_the_trainer_format_carries_the_probes_training_settings(
         out = json.loads(capsys.readouterr().out)
         for key in ("adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm"):
             assert out[key] == expected[key], (argv, key)
+
+
+def test_a_trial_left_running_by_a_worker_on_another_host_does_not_hold_the_resume(
+    tmp_path: Path,
+) -> None:
+    # On a journal file (no heartbeat) such a trial stayed running: the resume counted it,
+    # never ran its copy, and waited for it before the confirmations for ever.
+    import time
+
+    log = tmp_path / "study.log"
+    proc = _cli(*_tune_args(log, "s", 5, 40, "--budget-steps", "40", "--confirm", "0"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    study = _storage.load_study(str(log), "s")
+    orphan = study.ask()
+    orphan.set_user_attr(_attrs.WORKER, "otherhost:12345:999:4026531836")
+    orphan.set_user_attr(_attrs.ROLE, _attrs.ROLE_SEARCH)
+    orphan.set_user_attr(_attrs.ALIVE, time.time() - 3600.0)  # its host went down an hour ago
+    proc = _cli(*_tune_args(log, "s", 6, 40, "--budget-steps", "40", "--confirm", "1"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    study = _storage.load_study(str(log), "s")
+    assert _states(study).get("FAIL") == 1 and _done(study) == 6, _states(study)
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert failed.number == orphan.number and "no sign of life" in failed.user_attrs[_attrs.REASON]
+    assert any(
+        t.user_attrs.get(_attrs.RETRY_OF) == orphan.number
+        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    )
