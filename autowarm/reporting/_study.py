@@ -113,20 +113,21 @@ def confirmation_progress(
     number: start}`` of confirmations still marked ``RUNNING`` and not finished.
     """
     from autowarm.study._confirm import (
-        CONFIRMS,
         candidates,
         confirm_study,
         confirmed,
         planned_confirmations,
+        trial_confirmed_by,
     )
 
     conf = confirm_study(study)
     if conf is None:
         return None
+    trials = study.get_trials(deepcopy=False)
     runs = [
         (t, n)
         for t in conf.get_trials(deepcopy=False)
-        if isinstance(n := t.user_attrs.get(CONFIRMS), int)
+        if (n := trial_confirmed_by(t, trials)) is not None
     ]
     planned = planned_confirmations(study)
     if planned == 0:

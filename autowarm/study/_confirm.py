@@ -40,6 +40,7 @@ __all__ = [
     "diverged_at_full_length",
     "planned_confirmations",
     "run_confirmations",
+    "trial_confirmed_by",
     "unconfirmed",
 ]
 
@@ -83,15 +84,32 @@ def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
     return chosen
 
 
+def trial_confirmed_by(conf_trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
+    """The number of the study trial (in ``trials``, the study's) that a confirmation re-ran,
+    or ``None`` when it re-ran another schedule than that trial's: a confirmation left in
+    ``<name>.confirm`` by a study of the same name that was deleted, whose trial numbers now
+    name other schedules."""
+    number = conf_trial.user_attrs.get(CONFIRMS)
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < len(trials):
+        return None
+    schedule = trials[number].user_attrs.get(_attrs.SCHEDULE)
+    same = schedule is not None and conf_trial.user_attrs.get(_attrs.SCHEDULE) == schedule
+    return number if same else None
+
+
 def confirmed(study: optuna.Study) -> dict[int, float]:
-    """Full-length values of the confirmed trials: ``{study trial number: value}``."""
+    """Full-length values of the confirmed trials: ``{study trial number: value}``.
+
+    A confirmation counts only for the trial whose schedule it trained (see
+    :func:`trial_confirmed_by`)."""
     conf = _confirm_study(study, create=False)
     if conf is None:
         return {}
+    trials = study.get_trials(deepcopy=False)
     out: dict[int, float] = {}
     for t in conf.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        number = t.user_attrs.get(CONFIRMS)
-        if isinstance(number, int) and t.value is not None:
+        number = trial_confirmed_by(t, trials)
+        if number is not None and t.value is not None:
             out[number] = float(t.value)
     return out
 
@@ -160,8 +178,9 @@ def run_confirmations(
             with _storage.quiet_experimental():
                 optuna.storages.fail_stale_trials(conf)
             _storage.fail_dead_trials(conf, requeue_them=False)
+            trials = study.get_trials(deepcopy=False)
             claimed = {
-                t.user_attrs.get(CONFIRMS)
+                trial_confirmed_by(t, trials)
                 for t in conf.get_trials(
                     deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
                 )

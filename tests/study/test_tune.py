@@ -1756,6 +1756,7 @@ def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
         dead = conf.ask()
     dead.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
     dead.set_user_attr(CONFIRMS, best.number)
+    dead.set_user_attr(_attrs.SCHEDULE, best.user_attrs[_attrs.SCHEDULE])
     dead.set_user_attr(_attrs.WORKER, "another-host:4242:1")
     storage.record_heartbeat(dead._trial_id)
     with sqlite3.connect(db) as con:
@@ -1941,6 +1942,7 @@ def test_a_resume_waits_for_confirmations_another_process_is_running(
         theirs = conf.ask()  # another host's run: no worker of this one, so never failed
     theirs.set_user_attr(_attrs.ROLE, ROLE_CONFIRM)
     theirs.set_user_attr(CONFIRMS, best.number)
+    theirs.set_user_attr(_attrs.SCHEDULE, best.user_attrs[_attrs.SCHEDULE])
     finisher = threading.Timer(1.0, lambda: conf.tell(theirs, 0.5))
     finisher.start()
     started = time.monotonic()
@@ -1997,4 +1999,43 @@ def test_a_trial_left_running_by_a_worker_on_another_host_does_not_hold_the_resu
     assert any(
         t.user_attrs.get(_attrs.RETRY_OF) == orphan.number
         for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    )
+
+
+def test_confirmations_left_by_a_deleted_study_of_the_same_name_are_not_counted(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # Deleting a study (optuna's CLI, the dashboard) leaves "<name>.confirm": its runs were
+    # pinned by number to the new study's trials, whose schedules are others, and those
+    # trials' own confirmations were skipped as "already claimed".
+    from autowarm.study._confirm import confirmed, run_confirmations, unconfirmed
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    autowarm.tune(
+        task, storage=url, study_name="s", n_trials=5, confirm=1, suggestion=suggestion,
+        trial_steps=40, progress=False,
+    )  # fmt: skip
+    old = optuna.load_study(study_name="s", storage=url)
+    assert len(confirmed(old)) == 1
+    done = old.get_trials(states=(TrialState.COMPLETE,))
+    optuna.delete_study(study_name="s", storage=url)
+    new = optuna.create_study(storage=url, study_name="s")  # same numbers, other schedules
+    new.set_user_attr(_attrs.CONFIRM, 1)
+    for t in done:
+        attrs = dict(t.user_attrs)
+        attrs[_attrs.SCHEDULE] = {**attrs[_attrs.SCHEDULE], "warmup_steps": 1 + t.number}
+        new.add_trial(
+            optuna.trial.create_trial(
+                value=t.value, params=t.params, distributions=t.distributions, user_attrs=attrs
+            )
+        )
+    assert confirmed(new) == {} and len(unconfirmed(new)) == 1
+    run_confirmations(task, new, 1, seed=0, storage_url=url)
+    conf = optuna.load_study(study_name="s.confirm", storage=url)
+    assert len(conf.get_trials(states=(TrialState.COMPLETE,))) == 2  # the old run, a new one
+    ((number, value),) = confirmed(new).items()
+    assert value == conf.trials[-1].value and unconfirmed(new) == []
+    assert (
+        new.trials[number].user_attrs[_attrs.SCHEDULE]
+        == conf.trials[-1].user_attrs[_attrs.SCHEDULE]
     )
