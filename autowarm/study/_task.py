@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -424,7 +425,28 @@ def load_task(spec: str) -> Task:
             f"{spec} is a {type(obj).__name__}, not an autowarm.Task; define "
             f"{attr} = autowarm.Task(make_model=..., train_data=..., total_steps=...)"
         )
-    return dataclasses.replace(obj, name=obj.name or canonical_spec(spec), source=spec)
+    task = dataclasses.replace(obj, name=obj.name or canonical_spec(spec), source=spec)
+    _LOADED[id(task)] = task
+    return task
+
+
+# What load_task returned, so that a task changed since (dataclasses.replace keeps its
+# source) is told from one a worker process would load again the same.
+_LOADED: weakref.WeakValueDictionary[int, Task] = weakref.WeakValueDictionary()
+
+
+def changed_since_loaded(task: Task) -> list[str]:
+    """The fields in which ``task`` differs from what :func:`load_task` returned for its
+    ``source`` (``name`` aside: it only labels the study), compared by identity; ``[]`` for
+    a task as loaded, or one whose source this process did not load."""
+    if task.source is None or _LOADED.get(id(task)) is task:
+        return []
+    fields = [f.name for f in dataclasses.fields(Task) if f.name not in ("name", "source")]
+    loaded = [t for t in list(_LOADED.values()) if t.source == task.source]
+    if not loaded:
+        return []
+    diffs = [[f for f in fields if getattr(t, f) is not getattr(task, f)] for t in loaded]
+    return min(diffs, key=len)
 
 
 def canonical_spec(spec: str) -> str:

@@ -59,7 +59,7 @@ from autowarm.study._confirm import (
     unconfirmed,
 )
 from autowarm.study._space import SearchSpace, longest_warmup
-from autowarm.study._task import Task, canonical_spec, load_task, spec_file
+from autowarm.study._task import Task, canonical_spec, changed_since_loaded, load_task, spec_file
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
 
 if TYPE_CHECKING:
@@ -1359,8 +1359,17 @@ def _progress_bar(plan: _Plan, study: optuna.Study) -> Any:
 def _worker_task(task: Task) -> Task | str:
     # What worker processes get: the spec to load the task from, or the task itself pickled.
     # Checked before anything runs (the probe can take minutes; a study would be written).
-    if task.source:
+    changed = changed_since_loaded(task)
+    if task.source and not changed:
         return task.source
+    if task.source and spec_file(task.source) is not None:
+        # a task file's functions reach a worker only by its loading the file again, which
+        # would drop the change (a module spec's pickle, below, imports its module instead)
+        raise ValueError(
+            f"with n_workers > 1 each worker loads the task again from {task.source}, but "
+            f"this one was changed since it was loaded from there ({', '.join(changed)}; "
+            "dataclasses.replace?): make the change in the task file, or run with n_workers=1"
+        )
     import pickle
 
     try:

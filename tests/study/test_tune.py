@@ -2039,3 +2039,18 @@ def test_confirmations_left_by_a_deleted_study_of_the_same_name_are_not_counted(
         new.trials[number].user_attrs[_attrs.SCHEDULE]
         == conf.trials[-1].user_attrs[_attrs.SCHEDULE]
     )
+
+
+def test_a_task_changed_after_loading_is_refused_for_worker_processes() -> None:
+    # The workers load the task from its file again: a loss_fn or a run length replaced in
+    # Python trained in the parent's records and not in the workers' trials (1000x values).
+    from autowarm.study._tune import _worker_task
+
+    loaded = load_task(SPEC)
+    assert _worker_task(loaded) == SPEC
+    assert _worker_task(dataclasses.replace(loaded, name="renamed")) == SPEC  # a label only
+    changed = dataclasses.replace(loaded, loss_fn=lambda m, b: 1000 * loaded.loss_fn(m, b))
+    with pytest.raises(ValueError, match=r"changed since it was loaded from there \(loss_fn;"):
+        _worker_task(changed)
+    with pytest.raises(ValueError, match=r"\(total_steps;"):
+        _worker_task(dataclasses.replace(loaded, total_steps=loaded.total_steps + 1))
