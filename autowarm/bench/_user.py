@@ -33,7 +33,7 @@ from torch import nn
 
 from autowarm._train import LossFn, callable_name
 from autowarm.bench.tasks import DEFAULT_WARMUP_FRACS, BenchTask
-from autowarm.study._task import sizes_of
+from autowarm.study._task import code_fingerprint, sizes_of
 
 __all__ = ["DEFAULT_FILE_LR_GRID", "FileBenchTask", "is_task_spec", "load_file_task"]
 
@@ -106,25 +106,13 @@ class FileBenchTask(BenchTask):
             "loss": callable_name(loss),
             "eval_fn": None if eval_fn is None else getattr(eval_fn, "__qualname__", "?"),
             "file": file,
-            "source": _source_fingerprint(Path(file)),
+            "source": code_fingerprint(Path(file)),
             "data": _data_fingerprint(train, self.task.val_data),
         }
 
     def validation_loss(self, model: nn.Module) -> float:
         """The task's validation (its ``eval_fn``, else the mean loss over ``val_data``)."""
         return float(self.task.evaluate(model))
-
-
-def _source_fingerprint(path: Path) -> str | None:
-    # The file's code lines, stripped, without comment-only and blank lines: an edit that
-    # can change a run changes it, a reworded comment does not.
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return None
-    lines = [ln.strip() for ln in text.splitlines()]
-    code = "\n".join(ln for ln in lines if ln and not ln.startswith("#"))
-    return hashlib.sha1(code.encode()).hexdigest()[:16]
 
 
 def _data_fingerprint(*sources: Iterable[Any] | None) -> str | None:

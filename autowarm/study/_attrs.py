@@ -33,6 +33,9 @@ Study user attributes:
 ``autowarm.grad_clip``            the trials' gradient-norm clipping, or ``None``
 ``autowarm.task_file``            the absolute path of the task file the study started from, or
                                   ``None`` (compared on resume: another path is warned about)
+``autowarm.task_code``            16 hex digits of that file's code (comments and blank lines
+                                  aside), or ``None`` (compared on resume: an edit is warned
+                                  about)
 ``autowarm.data``                 ``{"train_batches": n, "val_batches": n}`` by ``len()``
                                   (``None`` where the data has no length; :meth:`Task.data_sizes`)
 ================================  =============================================================
@@ -90,6 +93,7 @@ PARAM_GROUPS: Final = "autowarm.param_groups"
 GRAD_CLIP: Final = "autowarm.grad_clip"
 DATA: Final = "autowarm.data"
 TASK_FILE: Final = "autowarm.task_file"
+TASK_CODE: Final = "autowarm.task_code"
 
 # trial user attributes
 ROLE: Final = "autowarm.role"

@@ -460,6 +460,19 @@ def canonical_spec(spec: str) -> str:
     return spec
 
 
+def code_fingerprint(path: Path) -> str | None:
+    """16 hex digits of a task file's code: its lines stripped, without blank and comment-only
+    lines, so an edit that can change a run changes it and a reworded comment does not;
+    ``None`` for a file that cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = [ln.strip() for ln in text.splitlines()]
+    code = "\n".join(ln for ln in lines if ln and not ln.startswith("#"))
+    return hashlib.sha1(code.encode()).hexdigest()[:16]
+
+
 def spec_file(spec: str) -> str | None:
     """The file part of a file spec (``dir/task.py`` of ``dir/task.py:task``: it ends in
     ``.py`` or holds a ``/``), as written; ``None`` for a module spec (``pkg.mod:task``)."""

@@ -5,7 +5,9 @@ The flow of one call:
 1. Open the storage (:mod:`autowarm.study._storage`) and create or load the study. Under a
    lock, a new study gets its records (task, versions, seed, the probe's evidence) and its
    first trials: the probe's estimate and the reference schedules. A resumed study keeps its
-   own records; a mismatch (another task, another run length) is an error, not a mix.
+   own records; a mismatch (another task, another run length) is an error, not a mix. An
+   edited task file, or the task's file at another path, is warned about: fixing a task and
+   resuming is the way on after a trial's error.
 2. Run workers (this process, or ``n_workers`` spawned processes). Each loops: fail trials
    whose worker died, stop when the study holds ``n_trials`` trials or the time is up, else run
    one trial with ``study.optimize(n_trials=1)`` so optuna's heartbeat and bookkeeping apply.
@@ -59,7 +61,14 @@ from autowarm.study._confirm import (
     unconfirmed,
 )
 from autowarm.study._space import SearchSpace, longest_warmup
-from autowarm.study._task import Task, canonical_spec, changed_since_loaded, load_task, spec_file
+from autowarm.study._task import (
+    Task,
+    canonical_spec,
+    changed_since_loaded,
+    code_fingerprint,
+    load_task,
+    spec_file,
+)
 from autowarm.study._trial import TRANSFERS, WarmupTransfer, compress, train_trial
 
 if TYPE_CHECKING:
@@ -432,7 +441,12 @@ def _task_file(task: Task) -> str | None:
     return None if where is None else str(Path(where).expanduser().resolve())
 
 
-def _warn_other_task_file(study: optuna.Study, task: Task) -> None:
+def _task_code(task: Task) -> str | None:
+    path = _task_file(task)
+    return None if path is None else code_fingerprint(Path(path))
+
+
+def _warn_task_file_changes(study: optuna.Study, task: Task) -> None:
     # A study is named after its task file's name alone, so hosts that mount one file at other
     # paths share it; two experiments' files of one name (expA/task.py, expB/task.py) with the
     # same settings would share it too. Said, not refused: the paths may be one file.
@@ -442,6 +456,19 @@ def _warn_other_task_file(study: optuna.Study, task: Task) -> None:
             f"study {study.study_name!r} was started from the task file {then}; this run "
             f"loads {now}. If that is another experiment rather than the same file seen from "
             "another host or path, stop and pass --study-name NAME for a study of its own",
+            UserWarning,
+            stacklevel=4,
+        )
+    # An edited task file: said, not refused ("fix the task and resume" is the way on after
+    # a trial's error), but its trials and the earlier ones are ranked as one experiment.
+    code_then, code_now = study.user_attrs.get(_attrs.TASK_CODE), _task_code(task)
+    if isinstance(code_then, str) and code_now is not None and code_then != code_now:
+        warnings.warn(
+            f"the task file {now} has changed since study {study.study_name!r} started (its "
+            "code, comments and blank lines aside): the trials of this run are ranked with "
+            "the earlier ones as one experiment. If the change alters what a trial measures "
+            "(the model, the data, the loss or the validation), stop and pass --study-name "
+            "NAME for a study of its own",
             UserWarning,
             stacklevel=4,
         )
@@ -1046,6 +1073,7 @@ def _set_up(
                 _attrs.SUGGESTION: _suggestion_record(suggestion),
                 _attrs.SEARCH_SPACE: space.to_dict(),
                 _attrs.TASK_FILE: _task_file(task),
+                _attrs.TASK_CODE: _task_code(task),
                 # last: their presence says every record above was written
                 _attrs.FORMAT_VERSION: _attrs.STUDY_FORMAT_VERSION,
                 _attrs.FORMAT: _attrs.STUDY_FORMAT,
@@ -1053,7 +1081,7 @@ def _set_up(
             for key, value in records.items():
                 study.set_user_attr(key, value)
         else:
-            _warn_other_task_file(study, task)
+            _warn_task_file_changes(study, task)
         study.set_user_attr(_attrs.N_TRIALS, n_trials)
         study.set_user_attr(_attrs.CONFIRM, confirm)  # the report counts them against it
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])

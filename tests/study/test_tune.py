@@ -952,6 +952,28 @@ def test_another_task_file_of_the_same_name_is_warned_about(
         autowarm.tune(load_task("expB/tiny_task.py:task"), n_trials=5, **kw)
 
 
+def test_an_edited_task_file_is_warned_about_on_resume(
+    tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A loss edited to 10x between runs was resumed without a word: the new trials were
+    # pruned against the old ones' values, and all ranked as one experiment.
+    path = tmp_path / "tiny_task.py"
+    path.write_text((HERE / "tiny_task.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    first = autowarm.tune(load_task("tiny_task.py:task"), n_trials=4, suggestion=suggestion, **kw)
+    assert len(first.study.user_attrs[_attrs.TASK_CODE]) == 16
+    path.write_text(path.read_text() + "\n# a comment, and a blank line above\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a comment is no change
+        autowarm.tune(load_task("tiny_task.py:task"), n_trials=4, **kw)
+    path.write_text(path.read_text() + "EDITED = 1\n")
+    with pytest.warns(UserWarning, match=r"tiny_task\.py has changed since study .* --study-name"):
+        autowarm.tune(load_task("tiny_task.py:task"), n_trials=5, **kw)
+
+
 def test_a_study_named_from_the_path_by_an_earlier_version_is_resumed(
     tmp_path: Path, suggestion: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
