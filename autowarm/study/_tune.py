@@ -598,14 +598,20 @@ def _enqueue_first_trials(
         )
 
 
-def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
+def _make_pruner(
+    name: str, trial_steps: int, longest_warmup: int = 0
+) -> optuna.pruners.BasePruner:
+    # A trial in its warmup trains slowly at first: trials are compared only once the longest
+    # compressed warmup the space allows (``longest_warmup`` trial steps) is over, else the
+    # search would be biased against the long warmups it tunes (the median pruner, at half
+    # the trial, is past the default space's longest: half the run, by fraction).
+    after_warmup = min(trial_steps, longest_warmup)
     if name == "median":
-        # warmup trains slowly at first; compare trials only after the longest compressed
-        # warmup the space allows would be well under way
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=trial_steps // 2)
+        start = max(trial_steps // 2, after_warmup)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=start)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, trial_steps // 4), max_resource=trial_steps
+            min_resource=max(1, trial_steps // 4, after_warmup), max_resource=trial_steps
         )
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -1187,7 +1193,12 @@ def _work(
     study.sampler = _make_sampler(
         plan.seed, worker, distributed, start=len(trials), salt=os.getpid() if others else 0
     )
-    study.pruner = _make_pruner(plan.pruner, plan.trial_steps)
+    longest = compress(
+        plan.center.replace(warmup_steps=plan.space.warmup_max(plan.center)),
+        plan.trial_steps,
+        plan.transfer,
+    ).warmup_steps
+    study.pruner = _make_pruner(plan.pruner, plan.trial_steps, longest)
     flag = flag or _StopFlag()
     objective = _Objective(task, plan, flag)
     bar = _progress_bar(plan, study) if worker == 0 else None

@@ -643,7 +643,7 @@ def test_references_and_a_trial_at_its_last_report_are_not_pruned(
     # compares the result with them), and no trial is pruned after its last step.
     from autowarm.study import _tune
 
-    monkeypatch.setattr(_tune, "_make_pruner", lambda name, steps: _AlwaysPrune())
+    monkeypatch.setattr(_tune, "_make_pruner", lambda *_: _AlwaysPrune())
     result = autowarm.tune(
         task, n_trials=6, suggestion=suggestion, storage=str(tmp_path / "s.db"),
         trial_steps=40, confirm=0, progress=False,
@@ -661,7 +661,7 @@ def test_references_and_a_trial_at_its_last_report_are_not_pruned(
             )
     assert {t.user_attrs[_attrs.ROLE] for t in trials} > {_attrs.ROLE_PROBE, _attrs.ROLE_SEARCH}
     # a pruner that would prune at the last report only: every trial keeps its value
-    monkeypatch.setattr(_tune, "_make_pruner", lambda name, steps: _PruneAtTheEnd())
+    monkeypatch.setattr(_tune, "_make_pruner", lambda *_: _PruneAtTheEnd())
     late = autowarm.tune(
         task, n_trials=6, suggestion=suggestion, storage=str(tmp_path / "late.db"),
         trial_steps=40, confirm=0, progress=False,
@@ -2076,3 +2076,18 @@ def test_a_task_changed_after_loading_is_refused_for_worker_processes() -> None:
         _worker_task(changed)
     with pytest.raises(ValueError, match=r"\(total_steps;"):
         _worker_task(dataclasses.replace(loaded, total_steps=loaded.total_steps + 1))
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_trials_are_not_pruned_before_the_longest_warmup_is_over(pruner: str) -> None:
+    # The median pruner started at half the trial whatever the space: with warmups up to 90%
+    # of the run (absolute transfer), a trial still ramping up was pruned at step 20 of 40.
+    from autowarm.study._tune import _make_pruner
+
+    made = _make_pruner(pruner, 40, 36)
+    start = made._n_warmup_steps if pruner == "median" else made._min_resource
+    assert start >= 36
+    short = _make_pruner(pruner, 40, 4)  # short warmups: as before
+    assert (short._n_warmup_steps if pruner == "median" else short._min_resource) == (
+        20 if pruner == "median" else 10
+    )
