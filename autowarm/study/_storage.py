@@ -593,18 +593,42 @@ def fail_dead_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[
             )
         else:
             continue
-        reason += "; re-queued" if requeue_them else "; claimed anew by the next run"
+        deaths = _worker_deaths(study, trial)
+        again = requeue_them and deaths < _MAX_RETRY
+        if again:
+            reason += "; re-queued"
+        elif requeue_them:
+            # a schedule that kills its worker (a segfault, the out-of-memory killer) would
+            # otherwise run first on every resume, for ever
+            reason += f"; not queued again: the worker of each of its {deaths + 1} runs died"
+        else:
+            reason += "; claimed anew by the next run"
         try:
             storage.set_trial_user_attr(trial._trial_id, _attrs.REASON, reason)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker here failed (and re-queued) it since the list was read
-        if requeue_them:
+        if again:
             requeue(study, trial)
         failed.append(trial.number)
         _logger.warning("trial %d: %s; marked failed", trial.number, reason)
     return failed
+
+
+def _worker_deaths(study: optuna.Study, trial: FrozenTrial) -> int:
+    """How many of the runs ``trial`` re-runs (its ``retry_of`` chain) ended with their worker
+    gone."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    deaths, seen = 0, {trial.number}
+    earlier = trial.user_attrs.get(_attrs.RETRY_OF)
+    while isinstance(earlier, int) and earlier in by_number and earlier not in seen:
+        seen.add(earlier)
+        before = by_number[earlier]
+        if str(before.user_attrs.get(_attrs.REASON, "")).startswith("its worker"):
+            deaths += 1
+        earlier = before.user_attrs.get(_attrs.RETRY_OF)
+    return deaths
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:

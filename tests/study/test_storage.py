@@ -339,3 +339,19 @@ def test_rdb_storages_keep_optunas_heartbeat_and_get_no_stamp(tmp_path: Path) ->
         pass
     assert _attrs.ALIVE not in study.get_trials()[0].user_attrs
     assert _storage.fail_dead_trials(study) == []  # optuna's heartbeat decides there
+
+
+def test_a_schedule_whose_worker_dies_each_time_is_not_queued_for_ever() -> None:
+    # A schedule that kills its worker (a segfault, the out-of-memory killer) was queued
+    # again on every start, and ran first each time.
+    study = optuna.create_study()
+    dead = f"{socket.gethostname()}:{_dead_pid()}:123:{_own_namespace()}"
+    reasons = []
+    for _ in range(3):
+        trial = study.ask()  # the queued copy, after the first
+        trial.set_user_attr(_attrs.WORKER, dead)
+        assert _storage.fail_dead_trials(study) == [trial.number]
+        reasons.append(study.get_trials()[trial.number].user_attrs[_attrs.REASON])
+    assert [r.endswith("; re-queued") for r in reasons] == [True, True, False]
+    assert "not queued again: the worker of each of its 3 runs died" in reasons[-1]
+    assert not study.get_trials(states=(TrialState.WAITING,))
