@@ -359,8 +359,9 @@ def _check_sqlite(path: Path) -> None:
 
 
 def _sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (``None`` for an in-memory database)."""
-    path = url.split(":///", 1)[1] if ":///" in url else ""
+    """The database file of a ``sqlite:///`` URL (``None`` for an in-memory database); a
+    query (``?timeout=60``) is SQLAlchemy's, not part of the file's name."""
+    path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
     return Path(path) if path and path != ":memory:" else None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -355,3 +356,15 @@ def test_a_schedule_whose_worker_dies_each_time_is_not_queued_for_ever() -> None
     assert [r.endswith("; re-queued") for r in reasons] == [True, True, False]
     assert "not queued again: the worker of each of its 3 runs died" in reasons[-1]
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_sqlite_url_with_a_query_names_its_file(tmp_path: Path) -> None:
+    # "?timeout=60" was taken as part of the file's name: "does not exist", and a lock
+    # file with the query in its name
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}?timeout=60"
+    assert _storage._sqlite_path(url) == db
+    with pytest.raises(ValueError, match=rf"storage file '{re.escape(str(db))}' does not exist"):
+        _storage.load_study(url, None)
+    optuna.create_study(storage=_storage.open_storage(url), study_name="s")
+    assert _storage.load_study(url, None).study_name == "s"
