@@ -89,7 +89,8 @@ def add_tune(sub: Any) -> None:
         "--confirm",
         type=int,
         default=2,
-        help="re-run the K best trials at full length and pick among them (default 2; 0: off)",
+        help="re-run the K best trials at full length and pick among them (default 2; 0: none "
+        "in this run, though a study confirmed before keeps naming its best confirmed schedule)",
     )
     space = p.add_argument_group(
         "search space (around the probe's estimate; a resumed study keeps its own: give none, "

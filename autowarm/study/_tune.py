@@ -53,6 +53,7 @@ from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
 from autowarm.study._confirm import (
+    candidates,
     confirm_study,
     confirmed,
     confirmed_best,
@@ -902,6 +903,8 @@ def tune(
                             wait_for_running_trials(
                                 conf, plan.deadline, flag.is_set, confirmations=True
                             )
+            if not confirm:
+                _warn_better_unconfirmed(study)
         except KeyboardInterrupt:
             kept = len(
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -915,6 +918,21 @@ def tune(
             )
             raise
     return TuneResult(study=study, storage=url)
+
+
+def _warn_better_unconfirmed(study: optuna.Study) -> None:
+    # With confirm=0, a study confirmed by an earlier run still names the best of its
+    # full-length runs: a better trial found since is not it, and would go unseen.
+    done = {n for n, v in confirmed(study).items() if math.isfinite(v)}
+    best = candidates(study, 1)
+    if done and best and best[0].number not in done:
+        warnings.warn(
+            f"trial {best[0].number} is the best at the compressed length, but the study's "
+            "best schedule stays the best one an earlier run confirmed at full length (this "
+            "run confirmed none): resume with --confirm 1 or more to confirm it",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def wait_for_running_trials(
@@ -1067,6 +1085,16 @@ def _set_up(
             target = recorded.get(_attrs.N_TRIALS)
             if isinstance(target, int):
                 n_trials = target
+            elif complete and _attrs.N_TRIALS in recorded:
+                # the last run searched until its timeout (stored total None): keep what it
+                # reached, rather than a default total that has nothing to do with it
+                n_trials = max(1, sum(_counts(study)))
+                _logger.info(
+                    "the last run of study %r searched until its timeout: this one keeps its "
+                    "%d trials (pass --n-trials or --timeout to search more)",
+                    name,
+                    n_trials,
+                )
             else:
                 spare = FULL_RUN_BUDGET - _probe_cost(suggestion, task.total_steps) - confirm
                 n_trials = max(5, int(spare * task.total_steps / trial_steps))

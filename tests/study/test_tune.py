@@ -2091,3 +2091,35 @@ def test_trials_are_not_pruned_before_the_longest_warmup_is_over(pruner: str) ->
     assert (short._n_warmup_steps if pruner == "median" else short._min_resource) == (
         20 if pruner == "median" else 10
     )
+
+
+def test_confirm_0_says_when_a_better_trial_is_not_the_one_confirmed(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    from autowarm.study._confirm import candidates
+    from autowarm.study._tune import _warn_better_unconfirmed
+
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    study = autowarm.tune(task, n_trials=5, suggestion=suggestion, confirm=0, **kw).study
+    best, second = candidates(study, 2)
+    _confirm_by_hand(study, {second.number: 1.0})  # an earlier run confirmed another one
+    with pytest.warns(UserWarning, match=rf"trial {best.number} is the best .* --confirm 1"):
+        _warn_better_unconfirmed(study)
+    _confirm_by_hand(study, {best.number: 2.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_better_unconfirmed(study)
+
+
+def test_a_plain_resume_after_a_timeout_run_keeps_the_trials_it_reached(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # the timeout run stored no total (None), and the next plain resume took the default
+    # total, unrelated to it: 8 more trials ran
+    kw: dict[str, Any] = dict(storage=str(tmp_path / "s.db"), trial_steps=40, progress=False)
+    autowarm.tune(task, n_trials=4, suggestion=suggestion, confirm=0, **kw)
+    timed = autowarm.tune(task, timeout=0.6, confirm=0, **kw)
+    reached = len(timed.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    assert 4 <= reached < 20, reached  # below the default total (29 here)
+    again = autowarm.tune(task, confirm=0, **kw)
+    assert len(again.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == reached
