@@ -122,13 +122,15 @@ def test_overnight_study_with_two_workers_then_export_and_report(tmp_path: Path)
     """examples/overnight/run.sh: two workers on a journal file, export, report (tiny task)."""
     import json
     import os
-    import shutil
     import subprocess
+    import sys
 
-    if shutil.which("autowarm") is None:
-        pytest.skip("the autowarm command is not on PATH (pip install -e .)")
+    root = str(EXAMPLES.parent)
     env = {
         **os.environ,
+        # the checkout under test, whatever `autowarm` the PATH holds (or none)
+        "AUTOWARM": f"{sys.executable} -m autowarm",
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
         "AUTOWARM_EXAMPLE_TINY": "1",
         "N_TRIALS": "5",
         "WORKERS": "2",
