@@ -298,6 +298,15 @@ class _DefaultLoss:
 
     def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         if isinstance(batch, Mapping):
+            if self.criterion is not None:
+                # model(**batch).loss would be taken and the criterion never called
+                keys = ", ".join(repr(str(k)) for k in list(batch)[:4])
+                raise TypeError(
+                    f"criterion scores (inputs, targets) pairs, but the batches are mappings "
+                    f"(keys {keys}), scored by the model's own loss, model(**batch).loss: "
+                    "leave criterion out, or pass loss_fn=lambda model, batch: "
+                    "criterion(model(batch['x']), batch['y']) with your keys"
+                )
             return _as_scalar_loss(_loss_from_output(model(**batch), batch))
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
             if self.criterion is None:
@@ -403,6 +412,8 @@ def loss_call(loss_fn: LossFn, batch: Any) -> str:
 
 
 def _loss_from_output(output: Any, batch: Mapping[str, Any]) -> Any:
+    if isinstance(output, torch.Tensor) and output.dim() == 0:
+        return output  # a model whose forward returns its loss
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")

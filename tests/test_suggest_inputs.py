@@ -514,3 +514,24 @@ def test_settings_the_optimizer_refuses_are_said_before_any_forward_pass(
     with pytest.raises(ValueError, match=said):
         _run(_mlp(), _cls_batches(), optimizer_kwargs=settings, loss_fn=loss_fn)
     assert calls == []
+
+
+def test_a_criterion_with_mapping_batches_is_refused_not_ignored() -> None:
+    batches = [{"x": x, "y": y} for x, y in _cls_batches()]
+    with pytest.raises(TypeError, match=r"criterion scores \(inputs, targets\) pairs.*'x', 'y'"):
+        _run(_mlp(), batches, criterion=F.cross_entropy)
+
+
+def test_a_model_whose_forward_returns_its_loss_is_scored_by_it() -> None:
+    # "the model output (type Tensor) has no loss, though the batch has 'labels'": it had
+    class LossModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.net(x), labels)
+
+    batches = [{"x": x, "labels": y} for x, y in _cls_batches()]
+    s = _run(LossModel(), batches)
+    assert s.peak_lr > 0 and math.isfinite(s.peak_lr)
