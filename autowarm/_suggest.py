@@ -56,7 +56,7 @@ from autowarm.probe._search import (
     outcome_signals,
     run_search,
 )
-from autowarm.probe._state import preserved, refuse_unsupported_model
+from autowarm.probe._state import as_device, preserved, refuse_unsupported_model
 from autowarm.schedules import ScheduleConfig
 
 if TYPE_CHECKING:
@@ -627,7 +627,8 @@ def suggest(
             "under torch.device('meta')): materialise it first (model.to_empty(device=...), "
             "then initialise the weights or load a checkpoint)"
         )
-    if device is not None and torch.device(device).type == "meta":
+    device = as_device(device, "device")
+    if device is not None and device.type == "meta":
         raise ValueError("device='meta' holds no values: pass 'cpu', 'cuda' or None")
     if _distributed(model):
         # Ranks whose bursts stop at different steps would wait on each other's all-reduce
@@ -669,7 +670,7 @@ def suggest(
         build_checked(probe_cls, trainable, kwargs)  # a misspelt setting, before any training
     start = time.perf_counter()
     original_device = model_device(model)
-    target = torch.device(device) if device is not None else original_device
+    target = device if device is not None else original_device
     # A CPU model probed on a GPU: the CUDA generators are captured before the probe's first
     # CUDA draw, so the user's first one after it is the same as without the probe.
     on_cuda = "cuda" in (target.type, original_device.type)

@@ -535,3 +535,14 @@ def test_a_model_whose_forward_returns_its_loss_is_scored_by_it() -> None:
     batches = [{"x": x, "labels": y} for x, y in _cls_batches()]
     s = _run(LossModel(), batches)
     assert s.peak_lr > 0 and math.isfinite(s.peak_lr)
+
+
+def test_a_device_name_torch_does_not_know_says_what_to_pass() -> None:
+    with pytest.raises(ValueError, match=r"device must be None, a device name such as 'cpu', "
+                       r"'cuda', 'cuda:1' or 'mps', or a torch.device, but got device='gpu'"):  # fmt: skip
+        _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, device="gpu")
+    with pytest.raises(ValueError, match=r"but got device='gpu'"):
+        autowarm.Task(
+            make_model=lambda seed: _mlp(), train_data=_cls_batches(), total_steps=100,
+            device="gpu",
+        )  # fmt: skip

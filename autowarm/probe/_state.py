@@ -249,7 +249,7 @@ class ModelSnapshot:
             raise TypeError(
                 f"model must be a torch.nn.Module, but got type {type(model).__name__}"
             )
-        self._device = _as_device(snapshot_device)
+        self._device = as_device(snapshot_device)
         if self._device is not None and self._device.type == "meta":
             raise ValueError(
                 "snapshot_device='meta' cannot hold the copy of the weights (a meta tensor has "
@@ -541,7 +541,15 @@ def _meta(tensor: torch.Tensor) -> tuple[torch.dtype, torch.Size, torch.device, 
     return tensor.dtype, tensor.shape, tensor.device, tensor.stride()
 
 
-def _as_device(device: torch.device | str | None) -> torch.device | None:
+def as_device(
+    device: torch.device | str | None, name: str = "snapshot_device"
+) -> torch.device | None:
+    """``device`` as a ``torch.device`` (``None`` stays ``None``).
+
+    Raises:
+        ValueError: neither a ``torch.device`` nor a name torch reads as one (``'gpu'``);
+            the message names the argument ``name``.
+    """
     if device is None or isinstance(device, torch.device):
         return device
     if isinstance(device, str):
@@ -550,8 +558,8 @@ def _as_device(device: torch.device | str | None) -> torch.device | None:
         except RuntimeError:
             pass
     raise ValueError(
-        "snapshot_device must be None, a device name such as 'cpu', or a torch.device, but got "
-        f"snapshot_device={device!r}"
+        f"{name} must be None, a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps', or a "
+        f"torch.device, but got {name}={device!r}"
     )
 
 

@@ -30,7 +30,7 @@ from autowarm._train import (
     resolve_loss_fn,
     structure_fingerprint,
 )
-from autowarm.probe._state import seeded_rngs
+from autowarm.probe._state import as_device, seeded_rngs
 
 if TYPE_CHECKING:
     from autowarm._groups import GroupSpec
@@ -154,6 +154,7 @@ class Task:
                     + (", or a callable(seed) returning one" if field == "train_data" else "")
                     + f"), not a one-shot {type(data).__name__}: every trial reads it afresh"
                 )
+        as_device(self.device, "device")  # a misspelt name, before any trial
         steps = check_accumulation_steps(self.accumulation_steps)
         object.__setattr__(self, "accumulation_steps", steps)
         check_precision(self.precision)
