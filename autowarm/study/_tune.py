@@ -51,7 +51,7 @@ import autowarm
 from autowarm._checks import check_seed, error_line, is_int, is_real
 from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
-from autowarm.study import _attrs, _storage
+from autowarm.study import _attrs, _storage, _trial
 from autowarm.study._confirm import (
     candidates,
     confirm_study,
@@ -597,6 +597,13 @@ def _enqueue_first_trials(
             n_trials,
             ", ".join(left_out),
         )
+
+
+def _longest_trial_warmup(plan: _Plan) -> int:
+    """The longest warmup a trial of ``plan`` trains, in trial steps: the search space's
+    longest around the centre, compressed as the trials are."""
+    longest = plan.center.replace(warmup_steps=plan.space.warmup_max(plan.center))
+    return _trial.compress(longest, plan.trial_steps, plan.transfer).warmup_steps
 
 
 def _make_pruner(
@@ -1221,12 +1228,7 @@ def _work(
     study.sampler = _make_sampler(
         plan.seed, worker, distributed, start=len(trials), salt=os.getpid() if others else 0
     )
-    longest = compress(
-        plan.center.replace(warmup_steps=plan.space.warmup_max(plan.center)),
-        plan.trial_steps,
-        plan.transfer,
-    ).warmup_steps
-    study.pruner = _make_pruner(plan.pruner, plan.trial_steps, longest)
+    study.pruner = _make_pruner(plan.pruner, plan.trial_steps, _longest_trial_warmup(plan))
     flag = flag or _StopFlag()
     objective = _Objective(task, plan, flag)
     bar = _progress_bar(plan, study) if worker == 0 else None
