@@ -1068,6 +1068,10 @@ def _data_generators(data: object) -> list[torch.Generator]:
     return found
 
 
+# Where the Hugging Face `datasets` library defines its Dataset and IterableDataset.
+_HF_DATASET_MODULES = frozenset({"datasets.arrow_dataset", "datasets.iterable_dataset"})
+
+
 def check_batched(data: object, name: str = "data") -> None:
     """Refuse a dataset of single examples passed where batches go.
 
@@ -1083,7 +1087,7 @@ def check_batched(data: object, name: str = "data") -> None:
     from torch.utils.data import DataLoader, Dataset, IterableDataset
 
     kind = type(data)
-    hf = kind.__module__.split(".")[0] == "datasets"
+    hf = any(c.__module__ in _HF_DATASET_MODULES for c in kind.__mro__)
     if isinstance(data, DataLoader) or not (
         hf or (isinstance(data, Dataset) and not isinstance(data, IterableDataset))
     ):

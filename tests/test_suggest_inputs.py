@@ -538,11 +538,29 @@ def test_a_model_whose_forward_returns_its_loss_is_scored_by_it() -> None:
 
 
 def test_a_device_name_torch_does_not_know_says_what_to_pass() -> None:
-    with pytest.raises(ValueError, match=r"device must be None, a device name such as 'cpu', "
-                       r"'cuda', 'cuda:1' or 'mps', or a torch.device, but got device='gpu'"):  # fmt: skip
+    said = (
+        r"device must be None, a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps', an "
+        r"accelerator's index, or a torch.device, but got device='gpu'"
+    )
+    with pytest.raises(ValueError, match=said):
         _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, device="gpu")
     with pytest.raises(ValueError, match=r"but got device='gpu'"):
         autowarm.Task(
             make_model=lambda seed: _mlp(), train_data=_cls_batches(), total_steps=100,
             device="gpu",
         )  # fmt: skip
+
+
+def test_only_the_hugging_face_dataset_classes_are_taken_for_datasets() -> None:
+    # a research code base's own datasets.py is no Hugging Face module
+    import types
+
+    from autowarm._train import check_batched
+
+    own = types.ModuleType("datasets")
+    exec("class Batches:\n    def __iter__(self):\n        return iter([])\n", own.__dict__)
+    check_batched(own.Batches())
+    fake_hf = types.ModuleType("datasets.arrow_dataset")
+    exec("class Dataset:\n    def __getitem__(self, i):\n        return i\n", fake_hf.__dict__)
+    with pytest.raises(TypeError, match=r"is a dataset \(Dataset\)"):
+        check_batched(fake_hf.Dataset())

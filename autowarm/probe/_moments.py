@@ -314,9 +314,10 @@ class SecondMomentMonitor:
     Tensors whose ``p.grad`` is ``None`` or sparse, whose state has no ``exp_avg_sq`` yet (or
     one not shaped like the tensor), or whose param group has no ``betas``, are skipped for
     that update (their running moments wait). When the param groups have different
-    :math:`\beta_2`, an update reads only the tensors of the largest among those it could
-    read (``beta2`` says which): their second moment is the slowest to settle, and one
-    statistic pooled over several :math:`\beta_2` would hold each to another's scale.
+    :math:`\beta_2`, only the tensors of the largest (among groups with a second moment yet)
+    are read, and an update where none of them has a gradient is not observed: their second
+    moment is the slowest to settle, and one statistic pooled over several :math:`\beta_2`,
+    or switching between them, would hold each to another's scale.
 
     With ``every=k`` only every k-th call is observed: the short EMA and the Welford moments
     are then over observed updates, while ``vhat_change`` stays the one-step change.
@@ -520,27 +521,28 @@ class SecondMomentMonitor:
     def _observe(self, call: int) -> MomentStats | None:
         groups = self._optimizer.param_groups
         state = self._optimizer.state
-        active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
         # beta2 per param group; None where the group has no Adam-style betas
         beta2 = {i: self._beta2_of(i, g) for i, g in enumerate(groups)}
+        # Param groups with different betas: only the tensors of the largest beta2 that has a
+        # second moment yet are read (an update where none of them has a gradient is not
+        # observed). Their second moment settles last, and statistics pooled over several
+        # beta2, or alternating between them, would describe none of them (n_eff's cap and
+        # the floor of vhat_change are beta2's).
+        slowest = -1.0
+        readable: list[tuple[_Entry, dict[str, Any], float]] = []
         for e in self._entries:
             st = state.get(e.param)  # .get: never add keys to the defaultdict
+            b2 = beta2.get(e.group)
+            if st and b2 is not None and _readable(st, e.param):
+                readable.append((e, st, b2))
+                slowest = max(slowest, b2)
+        active: list[tuple[_Entry, dict[str, Any], torch.Tensor]] = []
+        for e, st, b2 in readable:
             grad = e.param.grad
-            if (
-                st
-                and grad is not None
-                and not grad.is_sparse
-                and beta2.get(e.group) is not None
-                and _readable(st, e.param)
-            ):
+            if b2 == slowest and grad is not None and not grad.is_sparse:
                 active.append((e, st, grad))
         if not active:
             return None
-        # Param groups with different betas: only the tensors of the largest beta2 are read.
-        # Their second moment settles last, and statistics pooled over several beta2 would
-        # describe none of them (n_eff's cap, the floor of vhat_change are beta2's).
-        slowest = max(beta2[e.group] or 0.0 for e, _, _ in active)
-        active = [a for a in active if beta2[a[0].group] == slowest]
         dev, dt = self._device, self._dtype
         m = sum(e.count for e, _, _ in active)
         vhat, g2 = self._scratch[0, :m], self._scratch[1, :m]

@@ -542,7 +542,7 @@ def _meta(tensor: torch.Tensor) -> tuple[torch.dtype, torch.Size, torch.device, 
 
 
 def as_device(
-    device: torch.device | str | None, name: str = "snapshot_device"
+    device: torch.device | str | int | None, name: str = "snapshot_device"
 ) -> torch.device | None:
     """``device`` as a ``torch.device`` (``None`` stays ``None``).
 
@@ -552,14 +552,14 @@ def as_device(
     """
     if device is None or isinstance(device, torch.device):
         return device
-    if isinstance(device, str):
+    if isinstance(device, (str, int)) and not isinstance(device, bool):  # 0: 'cuda:0'
         try:
             return torch.device(device)
         except RuntimeError:
             pass
     raise ValueError(
-        f"{name} must be None, a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps', or a "
-        f"torch.device, but got {name}={device!r}"
+        f"{name} must be None, a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps', an "
+        f"accelerator's index, or a torch.device, but got {name}={device!r}"
     )
 
 

@@ -744,7 +744,7 @@ def burst_stability(
     fired = []
     if bad.size:
         fired.append(f"nonfinite: first non-finite loss at step {first_bad}")
-    if not all(math.isfinite(v) for v in (sd, tv, net, rise, final)):
+    if not all(math.isfinite(v) for v in (sd, tv, net, rise)):
         # finite losses so near the float limit that their differences overflow: the rules
         # below would compare with nan and stay silent
         fired.append("overflow: losses so large that their differences are not finite")

@@ -86,15 +86,20 @@ def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 def trial_confirmed_by(conf_trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
     """The number of the study trial (in ``trials``, the study's) that a confirmation re-ran,
-    or ``None`` when it re-ran another schedule than that trial's: a confirmation left in
-    ``<name>.confirm`` by a study of the same name that was deleted, whose trial numbers now
-    name other schedules."""
+    or ``None`` when it is not that trial's: it trained another schedule, or it started
+    before that trial finished. Both mark a confirmation left in ``<name>.confirm`` by a
+    deleted study of the same name, whose trial numbers now name other trials."""
     number = conf_trial.user_attrs.get(CONFIRMS)
     if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < len(trials):
         return None
-    schedule = trials[number].user_attrs.get(_attrs.SCHEDULE)
-    same = schedule is not None and conf_trial.user_attrs.get(_attrs.SCHEDULE) == schedule
-    return number if same else None
+    trial = trials[number]
+    schedule = trial.user_attrs.get(_attrs.SCHEDULE)
+    if schedule is None or conf_trial.user_attrs.get(_attrs.SCHEDULE) != schedule:
+        return None
+    started, done = conf_trial.datetime_start, trial.datetime_complete
+    if started is not None and done is not None and started < done:
+        return None
+    return number
 
 
 def confirmed(study: optuna.Study) -> dict[int, float]:

@@ -67,6 +67,8 @@ HEARTBEAT_INTERVAL = 30
 """Seconds between a running trial's heartbeats in an RDB storage, and between its liveness
 stamps in a journal file; a trial silent for 4 intervals counts as dead."""
 _MAX_RETRY = 2
+NOT_QUEUED_AGAIN = "not queued again"
+"""In the reason of a trial whose worker died on each of its runs, which is left failed."""
 _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -601,7 +603,7 @@ def fail_dead_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[
         elif requeue_them:
             # a schedule that kills its worker (a segfault, the out-of-memory killer) would
             # otherwise run first on every resume, for ever
-            reason += f"; not queued again: the worker of each of its {deaths + 1} runs died"
+            reason += f"; {NOT_QUEUED_AGAIN}: the worker of each of its {deaths + 1} runs died"
         else:
             reason += "; claimed anew by the next run"
         try:

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -427,27 +426,37 @@ def load_task(spec: str) -> Task:
             f"{attr} = autowarm.Task(make_model=..., train_data=..., total_steps=...)"
         )
     task = dataclasses.replace(obj, name=obj.name or canonical_spec(spec), source=spec)
-    _LOADED[id(task)] = task
+    loads = _LOADED.setdefault(spec, [])
+    loads.append(tuple(getattr(task, f) for f in _COMPARED))
+    del loads[:-4]  # the last few loads of a spec (a notebook reloading its task file)
     return task
 
 
-# What load_task returned, so that a task changed since (dataclasses.replace keeps its
-# source) is told from one a worker process would load again the same.
-_LOADED: weakref.WeakValueDictionary[int, Task] = weakref.WeakValueDictionary()
+# The fields of what load_task returned, per spec, held here (the Task itself may be gone,
+# as in dataclasses.replace(load_task(spec), ...)): a task changed since, which keeps its
+# source, is told from one a worker process would load again the same.
+_COMPARED = tuple(f.name for f in dataclasses.fields(Task) if f.name not in ("name", "source"))
+_LOADED: dict[str, list[tuple[Any, ...]]] = {}
 
 
 def changed_since_loaded(task: Task) -> list[str]:
     """The fields in which ``task`` differs from what :func:`load_task` returned for its
     ``source`` (``name`` aside: it only labels the study), compared by identity; ``[]`` for
     a task as loaded, or one whose source this process did not load."""
-    if task.source is None or _LOADED.get(id(task)) is task:
+    loads = _LOADED.get(task.source or "")
+    if not loads:
         return []
-    fields = [f.name for f in dataclasses.fields(Task) if f.name not in ("name", "source")]
-    loaded = [t for t in list(_LOADED.values()) if t.source == task.source]
-    if not loaded:
-        return []
-    diffs = [[f for f in fields if getattr(t, f) is not getattr(task, f)] for t in loaded]
+    diffs = [
+        [f for f, v in zip(_COMPARED, values, strict=True) if not _same(getattr(task, f), v)]
+        for values in loads
+    ]
     return min(diffs, key=len)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # the same object; or an equal plain value (a run length of 5000 given again)
+    plain = (int, float, str, bool, type(None))
+    return a is b or (type(a) is type(b) and isinstance(a, plain) and a == b)
 
 
 def canonical_spec(spec: str) -> str:

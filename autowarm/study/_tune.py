@@ -51,7 +51,7 @@ import autowarm
 from autowarm._checks import check_seed, error_line, is_int, is_real
 from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
-from autowarm.study import _attrs, _storage, _trial
+from autowarm.study import _attrs, _storage
 from autowarm.study._confirm import (
     candidates,
     confirm_study,
@@ -549,8 +549,23 @@ def _enqueue_first_trials(
     # schedule twice.
     groups: dict[str, list[str]] = {}
     params: dict[str, dict[str, Any]] = {}
+    by_number = {t.number: t for t in trials}
     for role, schedule in firsts.items():
         if role in live:
+            continue
+        reason = (
+            str(by_number[last_try[role]].user_attrs.get(_attrs.REASON, ""))
+            if (role in last_try)
+            else ""
+        )
+        if _storage.NOT_QUEUED_AGAIN in reason:
+            # its worker died on each of its runs (a segfault, the out-of-memory killer)
+            _logger.warning(
+                "the first trial %s is not queued again: %s; the study goes on without it "
+                "(start a new study, --study-name, once the cause is fixed)",
+                role,
+                reason,
+            )
             continue
         these = space.params_of(schedule, center)
         twin = next((r for r, p in params.items() if p == these), None)
@@ -599,27 +614,15 @@ def _enqueue_first_trials(
         )
 
 
-def _longest_trial_warmup(plan: _Plan) -> int:
-    """The longest warmup a trial of ``plan`` trains, in trial steps: the search space's
-    longest around the centre, compressed as the trials are."""
-    longest = plan.center.replace(warmup_steps=plan.space.warmup_max(plan.center))
-    return _trial.compress(longest, plan.trial_steps, plan.transfer).warmup_steps
-
-
-def _make_pruner(
-    name: str, trial_steps: int, longest_warmup: int = 0
-) -> optuna.pruners.BasePruner:
-    # A trial in its warmup trains slowly at first: trials are compared only once the longest
-    # compressed warmup the space allows (``longest_warmup`` trial steps) is over, else the
-    # search would be biased against the long warmups it tunes (the median pruner, at half
-    # the trial, is past the default space's longest: half the run, by fraction).
-    after_warmup = min(trial_steps, longest_warmup)
+def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
+    # warmup trains slowly at first; compare trials only after the longest compressed
+    # warmup of the default space (half the run, by fraction) is over. A trial is never
+    # pruned in its own warmup either (the objective's on_eval), whatever the space.
     if name == "median":
-        start = max(trial_steps // 2, after_warmup)
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=start)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=trial_steps // 2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, trial_steps // 4, after_warmup), max_resource=trial_steps
+            min_resource=max(1, trial_steps // 4), max_resource=trial_steps
         )
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -1228,7 +1231,7 @@ def _work(
     study.sampler = _make_sampler(
         plan.seed, worker, distributed, start=len(trials), salt=os.getpid() if others else 0
     )
-    study.pruner = _make_pruner(plan.pruner, plan.trial_steps, _longest_trial_warmup(plan))
+    study.pruner = _make_pruner(plan.pruner, plan.trial_steps)
     flag = flag or _StopFlag()
     objective = _Objective(task, plan, flag)
     bar = _progress_bar(plan, study) if worker == 0 else None
@@ -1246,15 +1249,16 @@ def _work(
                 break
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
-            except (AssertionError, ValueError) as exc:
+            except (AssertionError, ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
                 if not _told_too_late(exc):
                     raise
                 _logger.warning(
                     "trial %s was finished by another worker while this one ran it (its "
-                    "heartbeat went stale: a suspended or overloaded machine?); its result is "
-                    "dropped, and the copy queued again runs instead",
+                    "heartbeat went stale: a suspended or overloaded machine? or both took it "
+                    "from the queue at once); this run of it is dropped",
                     objective.last_trial,
                 )
+                objective.take_error()  # this run's, if any: not the next trial's
                 continue
             error = objective.take_error()
             if error is None:
@@ -1274,10 +1278,14 @@ def _work(
 
 def _told_too_late(exc: BaseException) -> bool:
     # optuna refuses to tell a trial that another process already finished ("Cannot tell a
-    # FAIL trial"), and its optimize loop then fails an assertion
+    # FAIL trial"), and its optimize loop then fails an assertion; or its storage refuses the
+    # update (two processes on one SQLite file can both claim a queued trial: its check and
+    # its claim are not one transaction there)
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ValueError) and str(seen).startswith("Cannot tell a "):
+            return True
+        if isinstance(seen, optuna.exceptions.UpdateFinishedTrialError):
             return True
         seen = seen.__context__
     return False
@@ -1330,12 +1338,15 @@ class _Objective:
 
         # The probe's and the reference schedules are what the report compares the result
         # with: they run to the end. Nor is a trial pruned at its last report, which saves no
-        # step and would throw its finished value away.
+        # step and would throw its finished value away, nor in its own warmup, where a long
+        # one trains slowly by design (the search would be biased against the warmups it
+        # tunes: with --max-warmup-fraction above 0.5, or an absolute transfer).
         prunable = trial.user_attrs.get(_attrs.ROLE) == _attrs.ROLE_SEARCH
 
         def on_eval(step: int, smoothed: float) -> None:
             trial.report(smoothed, step)
-            if prunable and step < plan.trial_steps and trial.should_prune():
+            judged = short.warmup_steps < step < plan.trial_steps
+            if prunable and judged and trial.should_prune():
                 reason = (
                     f"pruned at step {step}/{plan.trial_steps}: smoothed validation loss "
                     f"{smoothed:.4g} is worse than the median of earlier trials there"

@@ -720,3 +720,25 @@ def test_complex_parameters_are_read_without_a_cast_warning() -> None:
     v = opt.state[w]["exp_avg_sq"].real
     t = 3
     assert frame["vhat_mean"].iloc[-1] == pytest.approx(float(v.mean()) / (1 - 0.999**t), rel=1e-5)
+
+
+def test_steps_without_a_gradient_of_the_slowest_group_are_not_read_from_another() -> None:
+    # they used to read the faster group instead: rows alternated beta2 and scale
+    torch.manual_seed(0)
+    big = torch.nn.Parameter(torch.zeros(200))
+    small = torch.nn.Parameter(torch.zeros(20))
+    opt = torch.optim.Adam(
+        [{"params": [big], "betas": (0.9, 0.95)}, {"params": [small], "betas": (0.9, 0.999)}],
+        lr=0.0,
+    )
+    monitor = SecondMomentMonitor(opt)
+    seen = []
+    for step in range(20):
+        big.grad = torch.randn(200)
+        small.grad = 100 * torch.randn(20) if step % 2 == 0 else None
+        opt.step()
+        seen.append(monitor.update())
+    assert [s is not None for s in seen] == [step % 2 == 0 for step in range(20)]
+    frame = monitor.to_frame()
+    assert set(frame["beta2"]) == {0.999} and len(frame) == 10
+    assert frame["vhat_mean"].min() > 100  # the slow group's scale on every row

@@ -629,6 +629,8 @@ def test_losses_whose_differences_overflow_are_unstable_not_stable() -> None:
     x[::2] = 1.7e308
     r = burst_stability(x, start_loss=2.0)
     assert r.unstable and "overflow" in r.reason
+    tail = burst_stability(np.r_[np.linspace(2.0, 1.0, 40), np.nan], start_loss=2.0)
+    assert tail.unstable and "overflow" not in tail.reason  # a NaN tail is "nonfinite" alone
 
 
 def test_n_eff_for_a_beta2_too_small_for_log1p() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -1795,12 +1796,13 @@ def test_a_confirmation_whose_heartbeat_stopped_is_claimed_again(
     assert sum(s == TrialState.COMPLETE for s in states.values()) == 1
 
 
-def test_confirmation_heartbeat_beats_while_the_run_runs_and_stops_after() -> None:
-    from autowarm.study._confirm import _heartbeat
-
+def test_confirmation_heartbeat_beats_while_the_run_runs_and_stops_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Storage:
         def __init__(self, interval: float | None) -> None:
             self.interval, self.beats = interval, []  # type: ignore[var-annotated]
+            self.stamps: list[tuple[int, str]] = []
 
         def get_heartbeat_interval(self) -> float | None:
             return self.interval
@@ -1808,17 +1810,26 @@ def test_confirmation_heartbeat_beats_while_the_run_runs_and_stops_after() -> No
         def record_heartbeat(self, trial_id: int) -> None:
             self.beats.append(trial_id)
 
+        def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+            self.stamps.append((trial_id, key))
+
     beating = Storage(0.05)
-    with _heartbeat(SimpleNamespace(_storage=beating), 7):  # type: ignore[arg-type]
+    with _storage.keep_alive(SimpleNamespace(_storage=beating), 7, heartbeat=True):  # type: ignore[arg-type]
         time.sleep(0.3)
     n = len(beating.beats)
-    assert n >= 3 and set(beating.beats) == {7}
+    assert n >= 3 and set(beating.beats) == {7} and beating.stamps == []
     time.sleep(0.15)
     assert len(beating.beats) == n  # the thread stopped with the block
-    off = Storage(None)
-    with _heartbeat(SimpleNamespace(_storage=off), 7):  # type: ignore[arg-type]
+    by_optimize = Storage(0.05)  # study.optimize beats for its own trials
+    with _storage.keep_alive(SimpleNamespace(_storage=by_optimize), 7, heartbeat=False):  # type: ignore[arg-type]
         time.sleep(0.1)
-    assert off.beats == []
+    assert by_optimize.beats == [] and by_optimize.stamps == []
+    monkeypatch.setattr(_storage, "HEARTBEAT_INTERVAL", 0.05)
+    journal = Storage(None)  # no heartbeat: liveness stamps instead
+    with _storage.keep_alive(SimpleNamespace(_storage=journal), 7, heartbeat=True):  # type: ignore[arg-type]
+        time.sleep(0.3)
+    assert journal.beats == [] and len(journal.stamps) >= 3
+    assert set(journal.stamps) == {(7, _attrs.ALIVE)}
 
 
 def test_report_names_the_confirmed_best(tmp_path: Path, task: Task, suggestion: Any) -> None:
@@ -2078,21 +2089,6 @@ def test_a_task_changed_after_loading_is_refused_for_worker_processes() -> None:
         _worker_task(dataclasses.replace(loaded, total_steps=loaded.total_steps + 1))
 
 
-@pytest.mark.parametrize("pruner", ["median", "hyperband"])
-def test_trials_are_not_pruned_before_the_longest_warmup_is_over(pruner: str) -> None:
-    # The median pruner started at half the trial whatever the space: with warmups up to 90%
-    # of the run (absolute transfer), a trial still ramping up was pruned at step 20 of 40.
-    from autowarm.study._tune import _make_pruner
-
-    made = _make_pruner(pruner, 40, 36)
-    start = made._n_warmup_steps if pruner == "median" else made._min_resource
-    assert start >= 36
-    short = _make_pruner(pruner, 40, 4)  # short warmups: as before
-    assert (short._n_warmup_steps if pruner == "median" else short._min_resource) == (
-        20 if pruner == "median" else 10
-    )
-
-
 def test_confirm_0_says_when_a_better_trial_is_not_the_one_confirmed(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
@@ -2123,3 +2119,64 @@ def test_a_plain_resume_after_a_timeout_run_keeps_the_trials_it_reached(
     assert 4 <= reached < 20, reached  # below the default total (29 here)
     again = autowarm.tune(task, confirm=0, **kw)
     assert len(again.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == reached
+
+
+def test_a_task_changed_in_one_expression_after_loading_is_refused_too() -> None:
+    # dataclasses.replace(load_task(spec), ...): the loaded Task itself is gone at once
+    from autowarm.study._tune import _worker_task
+
+    changed = dataclasses.replace(load_task(SPEC), total_steps=123)
+    with pytest.raises(ValueError, match=r"\(total_steps;"):
+        _worker_task(changed)
+    same = dataclasses.replace(load_task(SPEC), total_steps=load_task(SPEC).total_steps * 1)
+    assert _worker_task(same) == SPEC  # the same value given again is no change
+
+
+def test_a_search_trial_is_never_pruned_in_its_own_warmup(
+    tmp_path: Path, task: Task, suggestion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With warmups up to 90% of the run (absolute transfer), trials still ramping up were
+    # pruned at half the trial: the search was biased against the long warmups it tunes.
+    from autowarm.study import _tune
+
+    monkeypatch.setattr(_tune, "_make_pruner", lambda *_: _AlwaysPrune())
+    result = autowarm.tune(
+        task, n_trials=12, suggestion=suggestion, storage=str(tmp_path / "s.db"),
+        trial_steps=40, confirm=0, progress=False, warmup_transfer="absolute",
+        search_space=SearchSpace(max_warmup_fraction=0.9),
+    )  # fmt: skip
+    search = [
+        t for t in result.study.get_trials() if t.user_attrs[_attrs.ROLE] == _attrs.ROLE_SEARCH
+    ]
+    warmups = [t.user_attrs[_attrs.TRIAL_SCHEDULE]["warmup_steps"] for t in search]
+    assert max(warmups) > 20  # some warmups last past half the trial
+    for t, warmup in zip(search, warmups, strict=True):
+        steps = sorted(t.intermediate_values)
+        if t.state == TrialState.PRUNED:
+            assert warmup < steps[-1] < 40, (warmup, steps)
+        else:  # no report after its warmup and before its end: nothing to judge it on
+            assert t.state == TrialState.COMPLETE
+            assert not [s for s in steps if warmup < s < 40], (warmup, steps)
+
+
+def test_a_first_trial_whose_worker_died_each_time_is_not_queued_on_every_resume(
+    task: Task, caplog: pytest.LogCaptureFixture
+) -> None:
+    from autowarm.study._tune import _enqueue_first_trials
+
+    study = optuna.create_study()
+    center = ScheduleConfig(peak_lr=1e-2, total_steps=task.total_steps, warmup_steps=20)
+    reason = (
+        "its worker process h:1:2:3 died; not queued again: the worker of each of its 3 runs died"
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            user_attrs={_attrs.ROLE: _attrs.ROLE_PROBE, _attrs.REASON: reason},
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="autowarm"):
+        _enqueue_first_trials(study, task, center, SearchSpace(), None)
+    queued = [t.user_attrs[_attrs.ROLE] for t in study.get_trials(states=(TrialState.WAITING,))]
+    assert _attrs.ROLE_PROBE not in queued and queued  # the references are queued as before
+    assert "the first trial probe is not queued again" in caplog.text
