@@ -321,7 +321,10 @@ def test_keep_alive_stamps_a_journal_trial_while_it_runs_and_then_stops(
         return float(study.get_trials(deepcopy=False)[0].user_attrs[_attrs.ALIVE])
 
     with _storage.keep_alive(study, trial._trial_id, heartbeat=False):
-        time.sleep(0.05)
+        deadline = time.monotonic() + 5.0  # the thread's first stamp, on a busy machine too
+        while _attrs.ALIVE not in study.get_trials(deepcopy=False)[0].user_attrs:
+            assert time.monotonic() < deadline, "no stamp"
+            time.sleep(0.01)
         first = stamp()
         time.sleep(0.3)
         assert stamp() > first
