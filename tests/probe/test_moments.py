@@ -191,18 +191,27 @@ def test_mixed_groups_layouts_and_dtypes_match_recomputation() -> None:
         assert got.n_eff == pytest.approx(n_eff(step, 0.999), rel=1e-12)
 
 
+def _fast_and_slow_groups(
+    n_fast: int, n_slow: int
+) -> tuple[torch.nn.Parameter, torch.nn.Parameter, torch.optim.Optimizer]:
+    """Two parameters in groups of beta2 0.95 and 0.999, with an Adam at lr 0 (gradients are
+    set by hand)."""
+    torch.manual_seed(0)
+    fast = torch.nn.Parameter(torch.zeros(n_fast))
+    slow = torch.nn.Parameter(torch.zeros(n_slow))
+    opt = torch.optim.Adam(
+        [{"params": [fast], "betas": (0.9, 0.95)}, {"params": [slow], "betas": (0.9, 0.999)}],
+        lr=0.0,
+    )
+    return fast, slow, opt
+
+
 def test_groups_of_different_beta2_settle_as_the_slowest_whatever_the_trace_length() -> None:
     # Pooled over a beta2=0.95 group and a beta2=0.999 one, n_eff (the least over tensors)
     # stopped at the fast group's cap and vhat_change at its floor, so a stationary trace
     # never settled and its "lower bound" grew with the trace's length.
     def settle(n: int) -> tuple[float, float, bool]:
-        torch.manual_seed(0)
-        big = torch.nn.Parameter(torch.zeros(2000))
-        small = torch.nn.Parameter(torch.zeros(50))
-        opt = torch.optim.Adam(
-            [{"params": [big], "betas": (0.9, 0.95)}, {"params": [small], "betas": (0.9, 0.999)}],
-            lr=0.0,
-        )
+        big, small, opt = _fast_and_slow_groups(2000, 50)
         monitor = SecondMomentMonitor(opt, max_coords=4096)
         t = torch.distributions.StudentT(6.0)
         for _ in range(n):
@@ -724,13 +733,7 @@ def test_complex_parameters_are_read_without_a_cast_warning() -> None:
 
 def test_steps_without_a_gradient_of_the_slowest_group_are_not_read_from_another() -> None:
     # they used to read the faster group instead: rows alternated beta2 and scale
-    torch.manual_seed(0)
-    big = torch.nn.Parameter(torch.zeros(200))
-    small = torch.nn.Parameter(torch.zeros(20))
-    opt = torch.optim.Adam(
-        [{"params": [big], "betas": (0.9, 0.95)}, {"params": [small], "betas": (0.9, 0.999)}],
-        lr=0.0,
-    )
+    big, small, opt = _fast_and_slow_groups(200, 20)
     monitor = SecondMomentMonitor(opt)
     seen = []
     for step in range(20):

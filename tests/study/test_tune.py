@@ -636,6 +636,19 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
+def _tune_always_pruned(
+    monkeypatch: pytest.MonkeyPatch, task: Task, db: Path, suggestion: Any, **kw: Any
+) -> autowarm.TuneResult:
+    """``tune`` of 40-step trials with a pruner that prunes whatever it is asked about."""
+    from autowarm.study import _tune
+
+    monkeypatch.setattr(_tune, "_make_pruner", lambda *_: _AlwaysPrune())
+    return autowarm.tune(
+        task, suggestion=suggestion, storage=str(db), trial_steps=40, confirm=0, progress=False,
+        **kw,
+    )  # fmt: skip
+
+
 def test_references_and_a_trial_at_its_last_report_are_not_pruned(
     tmp_path: Path, task: Task, suggestion: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -644,11 +657,7 @@ def test_references_and_a_trial_at_its_last_report_are_not_pruned(
     # compares the result with them), and no trial is pruned after its last step.
     from autowarm.study import _tune
 
-    monkeypatch.setattr(_tune, "_make_pruner", lambda *_: _AlwaysPrune())
-    result = autowarm.tune(
-        task, n_trials=6, suggestion=suggestion, storage=str(tmp_path / "s.db"),
-        trial_steps=40, confirm=0, progress=False,
-    )  # fmt: skip
+    result = _tune_always_pruned(monkeypatch, task, tmp_path / "s.db", suggestion, n_trials=6)
     trials = result.study.get_trials()
     for t in trials:
         role = t.user_attrs[_attrs.ROLE]
@@ -2137,13 +2146,9 @@ def test_a_search_trial_is_never_pruned_in_its_own_warmup(
 ) -> None:
     # With warmups up to 90% of the run (absolute transfer), trials still ramping up were
     # pruned at half the trial: the search was biased against the long warmups it tunes.
-    from autowarm.study import _tune
-
-    monkeypatch.setattr(_tune, "_make_pruner", lambda *_: _AlwaysPrune())
-    result = autowarm.tune(
-        task, n_trials=12, suggestion=suggestion, storage=str(tmp_path / "s.db"),
-        trial_steps=40, confirm=0, progress=False, warmup_transfer="absolute",
-        search_space=SearchSpace(max_warmup_fraction=0.9),
+    result = _tune_always_pruned(
+        monkeypatch, task, tmp_path / "s.db", suggestion, n_trials=12,
+        warmup_transfer="absolute", search_space=SearchSpace(max_warmup_fraction=0.9),
     )  # fmt: skip
     search = [
         t for t in result.study.get_trials() if t.user_attrs[_attrs.ROLE] == _attrs.ROLE_SEARCH
