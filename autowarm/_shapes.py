@@ -19,7 +19,18 @@ def _unknown_name(cls: type[Enum], field: str, value: object) -> ValueError:
     return ValueError(f"{field} must be one of {valid}, but got {field}={value!r}")
 
 
-class Decay(str, Enum):
+class _Name(str, Enum):
+    """A name that prints as itself (``f"{cfg.decay}"`` is ``cosine``, not ``Decay.COSINE``,
+    on every Python version: 3.11 changed what ``format`` gives for a str mix-in)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Decay(_Name):
     """Names of the decay shapes that follow the warmup."""
 
     CONSTANT = "constant"
@@ -35,7 +46,7 @@ class Decay(str, Enum):
         raise _unknown_name(cls, "decay", value)
 
 
-class WsdShape(str, Enum):
+class WsdShape(_Name):
     """Shapes of the final decay phase of a warmup-stable-decay schedule."""
 
     LINEAR = "linear"

@@ -145,6 +145,33 @@ class Suggestion:
     wall_seconds: float = field(default=0.0, compare=False)
     training: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        # What from_dict checks of a saved one, so that what save() writes load() reads: a
+        # suggestion built or replaced by hand (dataclasses.replace(s, schedule=...)) whose
+        # top-level numbers no longer match its schedule was saved, then refused.
+        if not isinstance(self.schedule, ScheduleConfig):
+            raise TypeError(
+                f"schedule must be a ScheduleConfig, but got {type(self.schedule).__name__}"
+            )
+        for key, value in (
+            ("warmup_steps", self.schedule.warmup_steps),
+            ("peak_lr", self.schedule.peak_lr),
+        ):
+            if getattr(self, key) != value:
+                raise ValueError(
+                    f"{key}={getattr(self, key)!r}, but the schedule's is {value!r}: the "
+                    f"schedule is the answer; pass {key}=schedule.{key} (with "
+                    f"dataclasses.replace, give both)"
+                )
+        if self.confidence not in ("high", "low"):
+            raise ValueError(f"confidence must be 'high' or 'low', but got {self.confidence!r}")
+        reasons: object = self.low_confidence_reasons  # typed a tuple; a list comes too
+        if not isinstance(reasons, (tuple, list)) or not all(isinstance(r, str) for r in reasons):
+            raise ValueError(
+                f"low_confidence_reasons must be a sequence of str, but got {reasons!r}"
+            )
+        object.__setattr__(self, "low_confidence_reasons", tuple(reasons))  # hashable
+
     @property
     def low_confidence(self) -> bool:
         """True when the probe could not decide firmly (see ``low_confidence_reasons``)."""

@@ -85,7 +85,8 @@ class ScheduleConfig:
         total_steps: optimizer updates in the whole run (>= 1).
         warmup_steps: updates of linear warmup, ``0 <= warmup_steps <= total_steps``.
         decay: shape after warmup; one of ``constant``, ``linear``, ``cosine``,
-            ``cosine_with_restarts``, ``polynomial``, ``inverse_sqrt``, ``warmup_stable_decay``.
+            ``cosine_with_restarts``, ``polynomial``, ``inverse_sqrt``, ``warmup_stable_decay``,
+            by name or as a :class:`Decay`; the field is always the :class:`Decay`.
         min_lr: absolute LR the decay ends at (the floor), ``0 <= min_lr <= peak_lr``.
         warmup_start_factor: fraction of ``peak_lr`` at step 0, in ``[0, 1]``.
         num_cycles: hard restarts of ``cosine_with_restarts`` (int >= 1).
@@ -95,7 +96,7 @@ class ScheduleConfig:
         wsd_decay_fraction: share of ``total_steps`` spent in the final decay of
             ``warmup_stable_decay`` (in ``(0, 1]``); the stable phase is what remains.
         wsd_decay_shape: ``linear``, ``cosine`` or ``1-sqrt``, the final decay of
-            ``warmup_stable_decay``.
+            ``warmup_stable_decay`` (a name or a :class:`WsdShape`; the field is the enum).
 
     Raises:
         ValueError: any field of the wrong type or out of range; the message names the field and
@@ -110,14 +111,32 @@ class ScheduleConfig:
     peak_lr: float
     total_steps: int
     warmup_steps: int
-    decay: Decay | str = Decay.COSINE
+    decay: Decay = Decay.COSINE
     min_lr: float = 0.0
     warmup_start_factor: float = 0.0
     num_cycles: int = 1
     power: float = 1.0
     timescale: int | None = None
     wsd_decay_fraction: float = 0.2
-    wsd_decay_shape: WsdShape | str = WsdShape.LINEAR
+    wsd_decay_shape: WsdShape = WsdShape.LINEAR
+
+    if TYPE_CHECKING:
+        # The constructor takes a shape by its name too ("linear"), which __post_init__ turns
+        # into the enum; the fields are always the enums, so cfg.decay.value type-checks.
+        def __init__(
+            self,
+            peak_lr: float,
+            total_steps: int,
+            warmup_steps: int,
+            decay: Decay | str = ...,
+            min_lr: float = ...,
+            warmup_start_factor: float = ...,
+            num_cycles: int = ...,
+            power: float = ...,
+            timescale: int | None = ...,
+            wsd_decay_fraction: float = ...,
+            wsd_decay_shape: WsdShape | str = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

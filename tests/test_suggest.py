@@ -1937,3 +1937,20 @@ def test_the_global_rng_is_given_back_after_a_shuffling_loader() -> None:
     torch.manual_seed(1234)
     _mlp()  # the model above was built after the seed too
     assert torch.equal(after, torch.rand(3))
+
+
+def test_a_suggestion_built_by_hand_is_checked_as_a_loaded_one(
+    probed: tuple[Suggestion, _LossSpy], tmp_path: Any
+) -> None:
+    # dataclasses.replace(s, schedule=...) kept the old top-level warmup: save() wrote a
+    # file that load() refused
+    s = probed[0]
+    longer = s.schedule.replace(warmup_steps=s.warmup_steps + 1)
+    with pytest.raises(ValueError, match=r"warmup_steps=\d+, but the schedule's is \d+"):
+        dataclasses.replace(s, schedule=longer)
+    both = dataclasses.replace(s, schedule=longer, warmup_steps=longer.warmup_steps)
+    assert Suggestion.load(both.save(tmp_path / "s.json")) == both
+    with pytest.raises(ValueError, match="confidence must be 'high' or 'low'"):
+        dataclasses.replace(s, confidence="maybe")
+    listed = dataclasses.replace(s, confidence="low", low_confidence_reasons=["short"])
+    assert listed.low_confidence_reasons == ("short",) and hash(listed) == hash(listed)

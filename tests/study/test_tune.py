@@ -600,7 +600,7 @@ def test_a_warmup_stable_decay_suggestion_tunes(
     # was clipped to 199, and tune stopped on the ValueError at every start).
     wsd = dataclasses.replace(
         suggestion, schedule=suggestion.schedule.replace(decay="warmup_stable_decay")
-    )
+    )  # the same warmup and peak
     assert wsd.schedule.warmup_limit == 160
     result = autowarm.tune(
         task,
@@ -851,7 +851,9 @@ def test_resume_with_other_settings_is_an_error(
             autowarm.tune(other_task, trial_steps=40, **kw)
     # another probe's suggestion on resume: an error, not silently the stored one
     other = dataclasses.replace(
-        suggestion, schedule=suggestion.schedule.replace(peak_lr=suggestion.peak_lr * 3)
+        suggestion,
+        schedule=suggestion.schedule.replace(peak_lr=suggestion.peak_lr * 3),
+        peak_lr=suggestion.peak_lr * 3,
     )
     with pytest.raises(ValueError, match=r"was created from another suggestion .*peak_lr"):
         autowarm.tune(task, trial_steps=40, suggestion=other, **kw)
