@@ -54,8 +54,10 @@ if not TYPE_CHECKING:
 
 
 def __dir__() -> list[str]:
-    # the lazy names too, so completion (IPython, Jupyter) lists them before their first use
-    return sorted(set(globals()) | set(__all__))
+    # the public names, the lazy ones too (so completion lists them before their first use),
+    # and the modules already imported; not this file's own imports (Any, TYPE_CHECKING)
+    modules = {k for k, v in globals().items() if type(v).__name__ == "module"}
+    return sorted(set(__all__) | modules | {"__version__"})
 
 
 __all__ = [

@@ -1614,6 +1614,7 @@ def test_every_public_name_is_listed_and_a_wrong_one_is_an_attribute_error() -> 
     # dir() lists the lazily imported names (completion in IPython), each resolves, and a
     # misspelt name is an AttributeError, not Any
     assert set(autowarm.__all__) <= set(dir(autowarm))
+    assert not {"Any", "TYPE_CHECKING", "annotations"} & set(dir(autowarm))
     assert all(getattr(autowarm, name) is not None for name in autowarm.__all__)
     with pytest.raises(AttributeError, match="has no attribute 'sugest'"):
         autowarm.sugest  # type: ignore[attr-defined]  # noqa: B018

@@ -18,8 +18,6 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.optimize import brentq
-from scipy.signal import lfilter
 
 __all__ = [
     "BurstSignals",
@@ -101,6 +99,8 @@ def ema(values: npt.ArrayLike, beta: float = 0.9) -> FloatArray:
     if not finite.any():
         return out
     xf = x[finite]
+    from scipy.signal import lfilter  # here: scipy.signal takes most of a second to import
+
     m = np.asarray(lfilter([1.0 - beta], [1.0, -beta], xf), dtype=np.float64)
     smoothed = m / (1.0 - beta ** np.arange(1, xf.size + 1, dtype=np.float64))
     pos = np.cumsum(finite) - 1
@@ -929,6 +929,8 @@ def _first_settled(ok: npt.NDArray[np.bool_], window: int | None) -> int:
 def _infer_beta2(step: FloatArray, neff: FloatArray) -> float:
     # n_eff(t, b) rises from 1 (b=0) to t (b->1) for fixed t >= 2: solve it on the last usable
     # row. nan when n_eff ~ t (b2 too close to 1 to tell).
+    from scipy.optimize import brentq
+
     for t, n in zip(step[::-1], neff[::-1], strict=True):
         if t >= 2 and abs(n - 1.0) <= 1e-12:
             return 0.0  # n_eff is 1 from the first update on only at beta2 = 0

@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from autowarm._checks import is_finite_real, is_real
 from autowarm._shapes import Decay
 from autowarm.schedules import ScheduleConfig
 
@@ -78,9 +79,12 @@ class SearchSpace:
     def __post_init__(self) -> None:
         for field in ("lr_factor", "warmup_factor"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or not value > 1:
-                raise ValueError(f"{field} must be a number > 1, but got {field}={value!r}")
-        if not 0 <= self.min_warmup_fraction <= self.max_warmup_fraction < 1:
+            if not is_finite_real(value) or not value > 1:
+                raise ValueError(f"{field} must be a finite number > 1, but got {field}={value!r}")
+        fractions = (self.min_warmup_fraction, self.max_warmup_fraction)
+        if not all(is_real(f) for f in fractions) or not (
+            0 <= self.min_warmup_fraction <= self.max_warmup_fraction < 1
+        ):
             raise ValueError(
                 "need 0 <= min_warmup_fraction <= max_warmup_fraction < 1, but got "
                 f"min_warmup_fraction={self.min_warmup_fraction!r}, "

@@ -137,6 +137,9 @@ def test_search_space_is_centred_and_allows_zero_warmup() -> None:
         {"decays": ("cosine", "zigzag")},
         {"min_lr_ratios": (2.0,)},
         {"decays": "linear"},  # a name, not a sequence of names
+        {"lr_factor": float("inf")},  # refused only after the probe, in the distributions
+        {"warmup_factor": float("nan")},
+        {"max_warmup_fraction": "0.5"},  # a TypeError on comparison
     ],
 )
 def test_search_space_rejects_bad_settings(kwargs: dict[str, Any]) -> None:
