@@ -333,7 +333,14 @@ class TuneResult:
 
     @property
     def trials(self) -> pd.DataFrame:
-        """One row per trial; see :func:`trials_frame`."""
+        """One row per trial, plain columns: ``number``, ``state`` (lower case), ``value``
+        (the compressed trial's final validation loss; NaN unless completed), ``role``
+        (``probe``, a reference, ``search``), ``peak_lr``, ``warmup_steps``, ``decay`` and
+        ``min_lr`` of the full-run schedule the trial stands for, ``trial_steps`` and
+        ``trial_warmup_steps`` of what it trained, ``duration_s``, ``reason`` (why it was
+        pruned or failed), ``retry_of`` (-1: none), ``worker``, ``full_value`` (its
+        full-length value when confirmed, else NaN) and ``also_roles``. An unknown int is
+        -1, an unknown float NaN."""
         return trials_frame(self.study)
 
 
