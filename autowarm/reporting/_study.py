@@ -328,13 +328,7 @@ def best_row(trials: pd.DataFrame, maximize: bool = False) -> pd.Series | None:
         if not full.empty:
             confirmed: pd.Series = full.iloc[int(np.argmin(full["full_value"].to_numpy()))]
             return confirmed
-    done = completed(trials)
-    diverged = diverged_at_full_length(trials)
-    if not diverged.empty:
-        shape = ["peak_lr", "warmup_steps", "decay", "min_lr"]
-        failed = {tuple(r) for r in diverged[shape].itertuples(index=False)}
-        keep = [tuple(r) not in failed for r in done[shape].itertuples(index=False)]
-        done = done[keep]
+    done = usable(trials)
     if done.empty:
         return None
     values = done["value"].to_numpy()
@@ -342,12 +336,26 @@ def best_row(trials: pd.DataFrame, maximize: bool = False) -> pd.Series | None:
     return best
 
 
+def usable(trials: pd.DataFrame) -> pd.DataFrame:
+    """The completed trials whose schedule did not diverge when confirmed at full length
+    (a trial of that schedule is no candidate, whatever its compressed value)."""
+    done = completed(trials)
+    diverged = diverged_at_full_length(trials)
+    if diverged.empty:
+        return done
+    shape = ["peak_lr", "warmup_steps", "decay", "min_lr"]
+    failed = {tuple(r) for r in diverged[shape].itertuples(index=False)}
+    keep = [tuple(r) not in failed for r in done[shape].itertuples(index=False)]
+    kept: pd.DataFrame = done[keep]
+    return kept
+
+
 def best_value(trials: pd.DataFrame, maximize: bool = False) -> float:
-    """The lowest value of a completed trial (``maximize``: the highest; NaN when none has
-    completed): the anchor of everything on the compressed trials' scale (``vs_best``, the
-    near-best range, the best so far). The chosen trial (:func:`best_row`) can be another
-    one, when a full-length confirmation ranked the schedules differently."""
-    values = completed(trials)["value"].to_numpy(dtype=float)
+    """The lowest value of a usable completed trial (:func:`usable`; ``maximize``: the
+    highest; NaN when there is none): the anchor of everything on the compressed trials'
+    scale (``vs_best``, the near-best range). The chosen trial (:func:`best_row`) can be
+    another one, when a full-length confirmation ranked the schedules differently."""
+    values = usable(trials)["value"].to_numpy(dtype=float)
     if not values.size:
         return math.nan
     return float(values.max() if maximize else values.min())
@@ -356,7 +364,8 @@ def best_value(trials: pd.DataFrame, maximize: bool = False) -> float:
 def near_best_range(
     trials: pd.DataFrame, tolerance: float, maximize: bool = False
 ) -> dict[str, Any]:
-    """Warmup and peak LR spanned by completed trials within ``tolerance`` of the best value
+    """Warmup and peak LR spanned by usable completed trials (:func:`usable`) within
+    ``tolerance`` of the best value
     (:func:`best_value`), relative to its magnitude (``value <= best + tolerance * |best|``,
     or ``>= best - tolerance * |best|`` with ``maximize``, so a negative best works too);
     ``{}`` when no trial has completed or the best value is 0, where no relative tolerance
@@ -364,7 +373,7 @@ def near_best_range(
     best = best_value(trials, maximize)
     if not math.isfinite(best) or best == 0:
         return {}
-    done = completed(trials)
+    done = usable(trials)
     if maximize:
         near = done[done["value"] >= best - tolerance * abs(best)]
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -51,19 +53,25 @@ def history_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData |
     chosen = best_row(trials, maximize)
     best = float(values.max() if maximize else values.min())
     if chosen is not None and float(chosen["value"]) != best:
-        # a full-length confirmation chose another trial than the lowest compressed one
+        # a full-length confirmation chose another trial than the lowest compressed one, or
+        # the lower ones' schedules diverged when confirmed at full length
+        by_confirmation = math.isfinite(float(chosen.get("full_value", math.nan)))
         series.append(
             Series(
-                "chosen (best at full length)",
+                "chosen (best at full length)"
+                if by_confirmation
+                else "chosen (the better ones diverged at full length)",
                 (float(chosen["number"]),),
                 (float(chosen["value"]),),
                 "scatter",
                 marker="D",
             )
         )
-        caption += (
-            f" The diamond is the chosen trial {int(chosen['number'])}, chosen by its "
-            "full-length confirmation run rather than by this value."
+        caption += f" The diamond is the chosen trial {int(chosen['number'])}, " + (
+            "chosen by its full-length confirmation run rather than by this value."
+            if by_confirmation
+            else "the best whose schedule did not diverge when confirmed at full length "
+            "(the better values' schedules did)."
         )
     stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]

@@ -734,3 +734,24 @@ def test_a_benchmark_method_without_a_schedule_is_listed_not_placed(tmp_path: Pa
     ]
     assert math.isinf(table.loc[0, "value"]) and math.isnan(table.loc[0, "grid_peak_lr"])
     assert table.loc[1, "grid_peak_lr"] == 0.001
+
+
+def test_a_best_that_diverged_at_full_length_is_no_anchor_and_not_called_confirmed(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    # The lowest compressed trial diverged when confirmed: the chosen trial is the best of the
+    # others, unconfirmed; the caption said "chosen by its full-length confirmation run", and
+    # best_value, vs_best and the near-best range were anchored on the diverged schedule.
+    study = make_study(suggestion, n_trials=7)
+    values = {t.number: t.value for t in study.trials if t.value is not None}
+    lowest = min(values, key=lambda n: values[n])
+    _confirm(study, {lowest: optuna.trial.TrialState.COMPLETE}, full={lowest: float("inf")})
+    rep = autowarm.report(study)
+    chosen = int(rep.summary["chosen_trial"])
+    assert chosen != lowest and not np.isfinite(rep.summary["chosen_full_value"])
+    assert rep.summary["best_value"] == values[chosen]
+    history = rep.figures["history"]
+    assert "full-length confirmation run" not in history.caption
+    assert "did not diverge when confirmed at full length" in history.caption
+    best = rep.tables["comparison"].set_index("label").loc["best"]
+    assert best["vs_best"] == 0.0
