@@ -189,14 +189,25 @@ def _search_status(study: optuna.Study, now: dt.datetime) -> tuple[str, str, str
         t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)
         for t in trials
     )
-    if finished and not with_value:
+    if not trials:
+        return (
+            "no_result",
+            "No result: the study holds no trial (its setup, or the probe before it, stopped "
+            "before the first trial ran). Run tune again to start it.",
+            done,
+        )
+    if not with_value:
         n_pruned = states.count("PRUNED")
+        why = (
+            f"{n_pruned} pruned: diverged or cut off by the pruner"
+            if finished
+            else "every trial failed"
+        )
         return (
             "no_result",
             (
-                f"No result: {done}, none with a value ({n_pruned} pruned: diverged or cut "
-                "off by the pruner). The schedule shown is the probe's, which no trial "
-                "confirmed; the trials table says why each ended."
+                f"No result: {done}, none with a value ({why}). The schedule shown is the "
+                "probe's, which no trial confirmed; the trials table says why each ended."
             ),
             done,
         )

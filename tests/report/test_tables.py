@@ -681,7 +681,8 @@ def test_unknown_study_lists_studies(study: optuna.Study, tmp_path: Path) -> Non
         ValueError, match=r"no study 'gamma'.*the studies there: \['alpha', 'beta'\]"
     ):
         autowarm.report((url, "gamma"))
-    assert autowarm.report((url, "alpha")).status == "complete"
+    empty = autowarm.report((url, "alpha"))  # no trial: not "complete" in a green box
+    assert empty.status == "no_result" and "holds no trial" in empty.status_text
 
 
 def test_missing_storage_file_is_not_created(tmp_path: Path) -> None:
@@ -755,3 +756,11 @@ def test_a_best_that_diverged_at_full_length_is_no_anchor_and_not_called_confirm
     assert "did not diverge when confirmed at full length" in history.caption
     best = rep.tables["comparison"].set_index("label").loc["best"]
     assert best["vs_best"] == 0.0
+
+
+def test_a_study_whose_every_trial_failed_has_no_result() -> None:
+    # "Complete: 0 trials finished (1 more failed, which do not count)", in the green box
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    rep = autowarm.report(study)
+    assert rep.status == "no_result" and "every trial failed" in rep.status_text
