@@ -278,6 +278,8 @@ def study_report(
         )
     best_value = S.best_value(trials, maximize)
     metric = str(study.user_attrs.get(A.METRIC, ""))
+    # the axis says what the values are: the study's metric, or its objective's value
+    value_label = f"trial value: {metric}" if metric else "trial value (the study's objective)"
     chosen_full = math.nan if best is None else float(best.get("full_value", math.nan))
     if best is not None and math.isfinite(chosen_full):
         notes.extend(_scales_note(trials, best, best_value))
@@ -353,8 +355,8 @@ def study_report(
     if s is None:
         notes.append("The study holds no probe suggestion: the probe's figures are left out.")
     figures: dict[str, FigureData | None] = {
-        "history": history_figure(trials, maximize),
-        "trials_scatter": scatter_figure(trials, maximize),
+        "history": history_figure(trials, maximize, value_label),
+        "trials_scatter": scatter_figure(trials, maximize, value_label),
         **(probe_figures(s, notes, "probe's") if s is not None else {}),
     }
     if schedule is not None:

@@ -17,7 +17,9 @@ def _complete(trials: pd.DataFrame) -> pd.DataFrame:
     return ordered
 
 
-def history_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData | None:
+def history_figure(
+    trials: pd.DataFrame, maximize: bool = False, value_label: str = VALUE_LABEL
+) -> FigureData | None:
     """Each completed trial's value by trial number, the best so far (``maximize``: the
     highest so far), the probe's trial, the chosen trial when that is not the best here."""
     done = _complete(trials)
@@ -90,13 +92,15 @@ def history_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData |
         name="history",
         title="Optimisation history: trial value by trial number",
         xlabel="trial number (count)",
-        ylabel=VALUE_LABEL,
+        ylabel=value_label,
         series=tuple(series),
         caption=caption,
     )
 
 
-def scatter_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData | None:
+def scatter_figure(
+    trials: pd.DataFrame, maximize: bool = False, value_label: str = VALUE_LABEL
+) -> FigureData | None:
     """Completed trials at (warmup, peak LR), coloured by value; the probe's trial starred,
     the chosen one (``maximize``: higher values are better) a diamond."""
     done = _complete(trials)
@@ -143,7 +147,7 @@ def scatter_figure(trials: pd.DataFrame, maximize: bool = False) -> FigureData |
         ylabel=LR_LABEL + ", log scale",
         series=tuple(series),
         yscale="log",
-        colorbar_label=VALUE_LABEL,
+        colorbar_label=value_label,
         caption=(
             "Each point is a completed trial; "
             + (

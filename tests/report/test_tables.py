@@ -764,3 +764,19 @@ def test_a_study_whose_every_trial_failed_has_no_result() -> None:
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     rep = autowarm.report(study)
     assert rep.status == "no_result" and "every trial failed" in rep.status_text
+
+
+def test_the_value_axis_says_what_the_study_measures(suggestion: autowarm.Suggestion) -> None:
+    # it said "final validation loss" for a task without validation data, and for a plain
+    # study of accuracy
+    study = make_study(suggestion)
+    study.set_user_attr(A.METRIC, "mean training loss over the last tenth of the trial")
+    rep = autowarm.report(study)
+    assert rep.figures["history"].ylabel == (
+        "trial value: mean training loss over the last tenth of the trial"
+    )
+    assert rep.figures["trials_scatter"].colorbar_label == rep.figures["history"].ylabel
+    plain = _plain("maximize", [0.5, 0.7])
+    assert autowarm.report(plain).figures["history"].ylabel == (
+        "trial value (the study's objective)"
+    )
