@@ -279,7 +279,9 @@ def study_report(
     best_value = S.best_value(trials, maximize)
     metric = str(study.user_attrs.get(A.METRIC, ""))
     # the axis says what the values are: the study's metric, or its objective's value
-    value_label = f"trial value: {metric}" if metric else "trial value (the study's objective)"
+    value_label = (
+        f"trial value: {metric} (task units)" if metric else "trial value (the study's objective)"
+    )
     chosen_full = math.nan if best is None else float(best.get("full_value", math.nan))
     if best is not None and math.isfinite(chosen_full):
         notes.extend(_scales_note(trials, best, best_value))

@@ -773,7 +773,7 @@ def test_the_value_axis_says_what_the_study_measures(suggestion: autowarm.Sugges
     study.set_user_attr(A.METRIC, "mean training loss over the last tenth of the trial")
     rep = autowarm.report(study)
     assert rep.figures["history"].ylabel == (
-        "trial value: mean training loss over the last tenth of the trial"
+        "trial value: mean training loss over the last tenth of the trial (task units)"
     )
     assert rep.figures["trials_scatter"].colorbar_label == rep.figures["history"].ylabel
     plain = _plain("maximize", [0.5, 0.7])
