@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,21 @@ def probe_report(
     task: str | None,
 ) -> Report:
     notes: list[str] = []
+    if s.low_confidence:
+        # first, where the morning reader looks: the answer is not one to train with as is
+        reasons = "; ".join(s.low_confidence_reasons) or "no reason recorded"
+        notes.append(
+            f"LOW CONFIDENCE: the probe could not decide firmly ({reasons}). Check the "
+            "rationale before training with this schedule, or probe with a larger budget."
+        )
     beta2 = T.infer_beta2(s.trace)
     if not math.isfinite(beta2):
-        notes.append("Adam's beta2 could not be read from the trace: no 2/(1-beta2) reference.")
+        beta2 = _recorded_beta2(s)  # a suggestion loaded without its trace
+    if not math.isfinite(beta2):
+        notes.append(
+            "Adam's beta2 could not be read from the trace or the suggestion's training "
+            "record: no 2/(1-beta2) reference."
+        )
     comparison = T.probe_comparison(s.schedule, beta2)
     untuned = comparison.loc[comparison["label"] == A.ROLE_UNTUNED, "warmup_steps"]
     if len(untuned) and int(untuned.iloc[0]) < untuned_warmup_steps(beta2):
@@ -194,13 +207,25 @@ def probe_report(
     return Report(
         title=f"autowarm report: probe ({name})",
         status="probe",
-        status_text="A probe alone: no schedule here has been trained yet (`autowarm tune` "
-        "measures them against each other).",
+        status_text=("A probe with LOW confidence (see the notes). " if s.low_confidence else "")
+        + "A probe alone: no schedule here has been trained yet (`autowarm tune` measures "
+        "them against each other).",
         tables=tables,
         figures=_kept(figures),
         notes=tuple(notes),
         rationale=s.rationale,
     )
+
+
+def _recorded_beta2(s: Suggestion) -> float:
+    """beta2 from the suggestion's record of the optimizer settings, or NaN."""
+    settings = s.training.get("optimizer_settings") if s.training else None
+    betas = settings.get("betas") if isinstance(settings, Mapping) else None
+    try:
+        value = float(betas[1])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return math.nan
+    return value if 0.0 <= value < 1.0 else math.nan
 
 
 def _chosen(study: optuna.Study, best: pd.Series | None, s: Suggestion | None) -> Any:

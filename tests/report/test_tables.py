@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -780,3 +781,25 @@ def test_the_value_axis_says_what_the_study_measures(suggestion: autowarm.Sugges
     assert autowarm.report(plain).figures["history"].ylabel == (
         "trial value (the study's objective)"
     )
+
+
+def test_a_low_confidence_probe_is_said_first(suggestion: autowarm.Suggestion) -> None:
+    low = dataclasses.replace(
+        suggestion, confidence="low", low_confidence_reasons=("the budget was too short",)
+    )
+    rep = autowarm.report(low)
+    assert rep.notes[0].startswith("LOW CONFIDENCE: the probe could not decide firmly (the "
+                                   "budget was too short)")  # fmt: skip
+    assert rep.status_text.startswith("A probe with LOW confidence")
+    assert (
+        not autowarm.report(suggestion).notes or "LOW" not in autowarm.report(suggestion).notes[0]
+    )
+
+
+def test_the_2_over_1_minus_beta2_reference_reads_the_training_record_without_a_trace(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    # a suggestion.json loaded without its CSVs dropped the reference row
+    bare = dataclasses.replace(suggestion, trace=pd.DataFrame(), signals=pd.DataFrame())
+    labels = set(autowarm.report(bare).tables["comparison"]["label"])
+    assert A.ROLE_UNTUNED in labels
