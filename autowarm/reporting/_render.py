@@ -80,12 +80,22 @@ def _shown(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return frame.head(MAX_ROWS), f"First {MAX_ROWS} of {len(frame)} rows."
 
 
+def _md(text: str) -> str:
+    """Text as Markdown shows it: ``<``, ``>`` and ``&`` as entities, so a reason such as
+    ``<class 'torch.Tensor'>`` or a study name with a tag is shown, not taken for HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _md_cell(text: str) -> str:
+    return _md(text).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    """``frame`` as a GitHub pipe table (``|`` in cells escaped)."""
-    cols = [str(c) for c in frame.columns]
+    """``frame`` as a GitHub pipe table (``|`` in cells escaped, and ``<``, ``>``, ``&``)."""
+    cols = [_md_cell(str(c)) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in frame.itertuples(index=False):
-        cells = [fmt(v).replace("|", "\\|").replace("\n", " ") for v in row]
+        cells = [_md_cell(fmt(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -100,15 +110,19 @@ def to_markdown(
     rationale_title: str = "Why",
 ) -> str:
     """The Markdown page; figures and CSVs are referenced by their file names."""
-    out = [f"# {title}", "", f"> {status_text}", ""]
-    out += [f"- {n}" for n in notes] + ([""] if notes else [])
+    out = [f"# {_md(title)}", "", f"> {_md(status_text)}", ""]
+    out += [f"- {_md(n)}" for n in notes] + ([""] if notes else [])
     out += ["## Summary", "", "| | |", "|---|---|"]
-    out += [f"| {label} | {text} |" for label, text in headline(tables["summary"])]
+    out += [
+        f"| {_md_cell(label)} | {_md_cell(text)} |"
+        for label, text in headline(tables["summary"])
+    ]
     if rationale:
-        out += ["", f"## {rationale_title}", "", rationale]
+        out += ["", f"## {rationale_title}", "", _md(rationale)]
     out += ["", "## Figures", ""]
     for f in figures.values():
-        out += [f"### {f.title}", "", f"![{f.title}]({f.name}.png)", "", f.caption, ""]
+        title_md = _md(f.title)
+        out += [f"### {title_md}", "", f"![{title_md}]({f.name}.png)", "", _md(f.caption), ""]
     out += ["## Tables", ""]
     for name, frame in tables.items():
         shown, cut = _shown(frame)

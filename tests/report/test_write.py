@@ -263,3 +263,17 @@ def test_a_probe_of_parameter_groups_says_which_lr_the_figures_show(
     assert trained_in_groups(grouped.rationale)
     assert any("those of a group at scale 1" in n for n in autowarm.report(grouped).notes)
     assert not any("scale 1" in n for n in autowarm.report(suggestion).notes)
+
+
+def test_markdown_shows_user_text_instead_of_taking_it_for_html(
+    suggestion: autowarm.Suggestion, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    odd = dataclasses.replace(
+        suggestion, rationale="a loss of <class 'torch.Tensor'> & a | pipe <b>bold</b>"
+    )
+    rep = autowarm.report(odd)
+    md = (rep.write(tmp_path / "r")[0].parent / "report.md").read_text()
+    assert "&lt;class 'torch.Tensor'&gt; &amp; a | pipe &lt;b&gt;bold&lt;/b&gt;" in md
+    assert "<b>" not in md and "<class" not in md
