@@ -114,8 +114,7 @@ def to_markdown(
     out += [f"- {_md(n)}" for n in notes] + ([""] if notes else [])
     out += ["## Summary", "", "| | |", "|---|---|"]
     out += [
-        f"| {_md_cell(label)} | {_md_cell(text)} |"
-        for label, text in headline(tables["summary"])
+        f"| {_md_cell(label)} | {_md_cell(text)} |" for label, text in headline(tables["summary"])
     ]
     if rationale:
         out += ["", f"## {rationale_title}", "", _md(rationale)]
