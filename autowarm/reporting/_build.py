@@ -352,6 +352,13 @@ def study_report(
         range_rule=range_rule,
         **S.near_best_range(trials, NEAR_BEST, maximize),
     )
+    if schedule is None and best is not None:
+        # a study not written by tune: its best trial's own peak LR and warmup (from its
+        # params, see S.trials_table), which the headline shows as for any study
+        if math.isfinite(float(best["peak_lr"])):
+            summary["peak_lr"] = float(best["peak_lr"])
+        if int(best["warmup_steps"]) >= 0:
+            summary["warmup_steps"] = int(best["warmup_steps"])
     comparison = T.study_comparison(trials, maximize)
     tables = {"summary": summary, "comparison": comparison, "trials": trials, **_evidence(s)}
     bench_task = task or bench_task_name(str(study.user_attrs.get(A.TASK, "")))

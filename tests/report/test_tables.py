@@ -477,12 +477,17 @@ def test_a_maximized_study_reports_its_highest_trial_as_the_best() -> None:
 
 def test_a_best_value_of_minus_one_is_shown_on_the_page() -> None:
     rep = autowarm.report(_plain("minimize", [0.5, -1.0]))
-    assert rep.summary["best_value"] == -1.0 and rep.summary["warmup_steps"] == -1
+    assert rep.summary["best_value"] == -1.0
     label = "best value (best of the completed trials)"
     assert f"| {label} | -1 |" in rep.to_markdown()
     assert f"<tr><th>{label}</th><td>-1</td></tr>" in rep._html({})
-    # the -1 of an unknown int (no schedule: warmup steps) stays off the page
-    assert "| warmup (steps) |" not in rep.to_markdown()
+    # the best trial's own peak LR and warmup, read from its params, head the page too
+    assert rep.summary["warmup_steps"] == 10 and rep.summary["peak_lr"] == 1e-2
+    assert "| warmup (steps) | 10 |" in rep.to_markdown()
+    # the -1 of an unknown int stays off the page: a plain study without such params
+    bare = optuna.create_study()
+    bare.add_trial(optuna.trial.create_trial(value=1.0))
+    assert "| warmup (steps) |" not in autowarm.report(bare).to_markdown()
 
 
 def test_a_multi_objective_study_is_refused_with_what_is_supported(tmp_path: Path) -> None:
