@@ -121,7 +121,8 @@ class Report:
             NotADirectoryError: ``out_dir`` is a file, or a file stands where one of its
                 parent folders should be.
             FileExistsError: a file this report would write is already in ``out_dir`` and was
-                not written there by a report (the message names them); nothing is written.
+                not written there by a report, or a folder has its name (the message names
+                them); nothing is written.
             ImportError: matplotlib is not installed; nothing is written.
         """
         out = Path(out_dir)
@@ -139,14 +140,15 @@ class Report:
         refuse_others(out, names)
         pngs = self._pngs()  # first: a missing matplotlib fails before anything is written
         out.mkdir(parents=True, exist_ok=True)
-        files = {
-            "report.html": self._html(pngs).encode("utf-8"),
-            "report.md": self.to_markdown().encode("utf-8"),
-        }
+        # The pages last: a write cut short (a full disk, Ctrl-C) leaves the earlier report's
+        # pages, never a new page beside the earlier report's figures.
+        files: dict[str, bytes] = {}
         for name, frame in self.tables.items():
             files[f"{name}.csv"] = frame.to_csv(index=False).encode("utf-8")
         for name, (_, png) in pngs.items():
             files[f"{name}.png"] = png
+        files["report.md"] = self.to_markdown().encode("utf-8")
+        files["report.html"] = self._html(pngs).encode("utf-8")
         # Claimed before a file is written, so a write cut short (a full disk, Ctrl-C) leaves
         # files the next run knows as its own, not a folder it refuses.
         claimed = sorted((_owned(out) | set(files)) - {_MANIFEST})
@@ -154,7 +156,7 @@ class Report:
         paths = [atomic_write(out / name, data) for name, data in files.items()]
         _forget_stale(out, set(files))
         atomic_write(out / _MANIFEST, (json.dumps(sorted(files), indent=1) + "\n").encode())
-        return paths
+        return [paths[-1], *paths[:-1]]  # report.html first
 
 
 def _owned(out: Path) -> set[str]:
@@ -174,6 +176,13 @@ def refuse_others(out: Path, names: set[str]) -> None:
     report wrote there (not in its manifest): someone else's, never to be replaced."""
     if not out.is_dir():
         return
+    folders = sorted(n for n in names if (out / n).is_dir())
+    if folders:
+        # found before anything is written, not half-way through the files
+        raise FileExistsError(
+            f"{out} has folders named {', '.join(folders)}, where this report writes files: "
+            "write it into another folder, or move those folders first"
+        )
     owned = _owned(out)
     clash = sorted(n for n in names if n not in owned and os.path.lexists(out / n))
     if clash:

@@ -277,3 +277,19 @@ def test_markdown_shows_user_text_instead_of_taking_it_for_html(
     md = (rep.write(tmp_path / "r")[0].parent / "report.md").read_text()
     assert "&lt;class 'torch.Tensor'&gt; &amp; a | pipe &lt;b&gt;bold&lt;/b&gt;" in md
     assert "<b>" not in md and "<class" not in md
+
+
+def test_a_folder_where_a_report_file_goes_is_refused_before_anything_is_written(
+    suggestion: autowarm.Suggestion, tmp_path: Path
+) -> None:
+    # it failed half-way: the new pages beside the earlier report's figures and tables
+    out = tmp_path / "r"
+    rep = autowarm.report(suggestion)
+    rep.write(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (out / "trace.csv").unlink()
+    (out / "trace.csv").mkdir()
+    with pytest.raises(FileExistsError, match=r"folders named trace\.csv"):
+        rep.write(out)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k != "trace.csv"}
