@@ -77,12 +77,27 @@ def history_figure(
         )
     stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
+    ylim = None
     if len(stopped):
+        last = stopped["last_intermediate_value"].to_numpy(dtype=float)
+        # one trial cut off far above the others would squash the completed ones flat: the
+        # axis keeps to them (a span either side), and such points sit on its edge
+        lo, hi = float(values.min()), float(values.max())
+        span = (hi - lo) or abs(hi) * 0.1 or 1.0
+        bottom, top = lo - span, hi + span
+        outside = (last < bottom) | (last > top)
+        if outside.any():
+            ylim = (bottom, top)
+            last = np.clip(last, bottom, top)
+            caption += (
+                f" {int(outside.sum())} pruned or failed trial(s) whose last value lies off "
+                "this range are drawn at its edge."
+            )
         series.append(
             Series(
                 "pruned/failed (last reported value)",
                 floats(stopped["number"]),
-                floats(stopped["last_intermediate_value"]),
+                floats(last),
                 "scatter",
                 highlight=True,
                 marker="x",
@@ -94,6 +109,7 @@ def history_figure(
         xlabel="trial number (count)",
         ylabel=value_label,
         series=tuple(series),
+        ylim=ylim,
         caption=caption,
     )
 

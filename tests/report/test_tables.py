@@ -808,3 +808,14 @@ def test_the_2_over_1_minus_beta2_reference_reads_the_training_record_without_a_
     bare = dataclasses.replace(suggestion, trace=pd.DataFrame(), signals=pd.DataFrame())
     labels = set(autowarm.report(bare).tables["comparison"]["label"])
     assert A.ROLE_UNTUNED in labels
+
+
+def test_one_far_pruned_value_does_not_squash_the_history(suggestion: autowarm.Suggestion) -> None:
+    study = make_study(suggestion)
+    trial = study.ask()
+    trial.report(3e4, 10)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    history = autowarm.report(study).figures["history"]
+    assert history.ylim is not None and history.ylim[1] < 1e3
+    pruned = [s for s in history.series if s.label.startswith("pruned")][0]
+    assert max(pruned.y) == history.ylim[1] and "drawn at its edge" in history.caption
