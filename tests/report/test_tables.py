@@ -817,5 +817,5 @@ def test_one_far_pruned_value_does_not_squash_the_history(suggestion: autowarm.S
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     history = autowarm.report(study).figures["history"]
     assert history.ylim is not None and history.ylim[1] < 1e3
-    pruned = [s for s in history.series if s.label.startswith("pruned")][0]
+    pruned = next(s for s in history.series if s.label.startswith("pruned"))
     assert max(pruned.y) == history.ylim[1] and "drawn at its edge" in history.caption
