@@ -1254,7 +1254,7 @@ def _overflowing_update_message(step: int, lrs: list[float], runner: ProbeRunner
     )
 
 
-def _default_of(cls: type, name: str) -> Any:
+def _default_of(cls: Callable[..., Any], name: str) -> Any:
     # A keyword's default in cls.__init__, or None.
     import inspect
 
@@ -1278,7 +1278,7 @@ def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
 
 
 def _beta2(
-    optimizer_cls: type[torch.optim.Optimizer],
+    optimizer_cls: Callable[..., torch.optim.Optimizer],
     kwargs: Mapping[str, Any],
     groups: list[GroupSpec] | None = None,
 ) -> float | None:

@@ -506,8 +506,11 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
 
 
 def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, ScheduleConfig]:
-    betas = (task.optimizer_kwargs or {}).get("betas", (0.9, 0.999))
-    return reference_schedules(center, float(betas[1]))
+    # beta2 as the probe reads it: the task's betas, else its optimizer's default; an
+    # optimizer without betas (SGD) has no 2/(1-beta2) reference, as the probe's report has none
+    from autowarm._suggest import _beta2
+
+    return reference_schedules(center, _beta2(task.optimizer_cls, task.optimizer_kwargs or {}))
 
 
 def reference_schedules(center: ScheduleConfig, beta2: float | None) -> dict[str, ScheduleConfig]:

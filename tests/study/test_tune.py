@@ -2190,3 +2190,15 @@ def test_a_first_trial_whose_worker_died_each_time_is_not_queued_on_every_resume
     queued = [t.user_attrs[_attrs.ROLE] for t in study.get_trials(states=(TrialState.WAITING,))]
     assert _attrs.ROLE_PROBE not in queued and queued  # the references are queued as before
     assert "the first trial probe is not queued again" in caplog.text
+
+
+def test_the_2_over_1_minus_beta2_reference_follows_the_optimizer(task: Task) -> None:
+    # an SGD task trained it with a made-up beta2 of 0.999, though the probe's own report
+    # has no such reference for an optimizer without a second moment
+    from autowarm.study._tune import _reference_schedules
+
+    center = ScheduleConfig(peak_lr=1e-2, total_steps=task.total_steps, warmup_steps=10)
+    sgd = dataclasses.replace(task, optimizer_cls=torch.optim.SGD)
+    assert _attrs.ROLE_UNTUNED not in _reference_schedules(center, sgd)
+    adam = dataclasses.replace(task, optimizer_kwargs={"betas": (0.9, 0.95)})
+    assert _reference_schedules(center, adam)[_attrs.ROLE_UNTUNED].warmup_steps == 40
