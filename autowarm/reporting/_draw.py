@@ -32,6 +32,10 @@ def draw(data: FigureData) -> Any:
             ax.axhline(m.value, color="0.45", linestyle=":", linewidth=1.3, label=m.label)
     ax.set_xscale(data.xscale)
     ax.set_yscale(data.yscale)
+    if data.xlabel.endswith("(count)") and data.xscale == "linear":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no trial 1.5
     if data.ylim is not None:
         ax.set_ylim(*data.ylim)
     ax.set_title(data.title, fontsize=11)
