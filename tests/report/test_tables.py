@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 import autowarm
 from autowarm.reporting._regret import REGRET_COLUMNS
@@ -88,7 +89,7 @@ def test_probe_references_are_the_schedules_tune_would_train(
     # its trials ask them (the task's optimizer: AdamW's default betas)
     center, space = suggestion.schedule, SearchSpace()
     study = optuna.create_study()
-    task: Any = SimpleNamespace(optimizer_kwargs={})
+    task: Any = SimpleNamespace(optimizer_cls=torch.optim.AdamW, optimizer_kwargs={})
     _enqueue_first_trials(study, task, center, space, None)
     trained = {}
     for _ in range(4):
