@@ -250,7 +250,12 @@ class Suggestion:
                 mistake is named as one) or a field is malformed; the message names the file.
         """
         path = Path(path)
-        data = read_suggestion_record(path)
+        return cls._from_record(path, read_suggestion_record(path))
+
+    @classmethod
+    def _from_record(cls, path: Path, data: Mapping[str, Any]) -> Suggestion:
+        """:meth:`load` of a record already read from ``path`` (:func:`read_suggestion_record`):
+        its fields, and its tables beside it."""
         trace_p, sig_p = path.with_suffix(".trace.csv"), path.with_suffix(".signals.csv")
         saved = data.get("tables")
         if isinstance(saved, Mapping):
@@ -379,9 +384,11 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def read_suggestion_record(path: Path) -> Mapping[str, Any]:
+def read_suggestion_record(path: Path, *, storage_advice: str | None = None) -> Mapping[str, Any]:
     """The JSON of a suggestion file as :meth:`Suggestion.save` wrote it, before its fields are
-    read (:meth:`Suggestion.from_dict`) and without its tables.
+    read (:meth:`Suggestion.from_dict`) and without its tables. The files people pass by
+    mistake are named: a study's storage (with ``storage_advice``, what to pass instead; by
+    default ``--storage``), a schedule config, other YAML.
 
     Raises:
         ValueError: the file is a study's storage, not UTF-8 JSON, gives a field twice, or is
@@ -390,11 +397,18 @@ def read_suggestion_record(path: Path) -> Mapping[str, Any]:
     raw = path.read_bytes()
     storage = storage_file_kind(raw)
     if storage is not None:
-        raise ValueError(
-            f"{path} is {storage} (a study's storage?), not a suggestion JSON: pass it as "
-            f"--storage {path} instead (in Python: tune(..., storage={str(path)!r})); a "
-            "suggestion is the JSON written by Suggestion.save() or `autowarm probe`"
+        advice = storage_advice or (
+            f"pass it as --storage {path} instead (in Python: tune(..., storage="
+            f"{str(path)!r})); a suggestion is the JSON written by Suggestion.save() or "
+            "`autowarm probe`"
         )
+        raise ValueError(
+            f"{path} is {storage} (a study's storage?), not a suggestion JSON: {advice}"
+        )
+    schedule = (
+        f"{path} is a schedule config, not a suggestion: pass the suggestion JSON written by "
+        "Suggestion.save() or `autowarm demo` (suggestion.json)"
+    )
     try:
         # a byte order mark is not the JSON's; a field given twice is refused, not the
         # last one taken, as in a schedule config
@@ -407,13 +421,34 @@ def read_suggestion_record(path: Path) -> Mapping[str, Any]:
             "written by Suggestion.save() or `autowarm probe`"
         ) from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, Mapping) or data.get("format") != SUGGESTION_FORMAT:
-        got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+        import yaml
+
+        try:  # what people pass by mistake: a schedule config or other YAML
+            other = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            other = None
+        fields = {*ScheduleConfig.__dataclass_fields__, "format", "format_version"}
+        if isinstance(other, dict) and (
+            other.get("format") == "autowarm.schedule" or set(other) <= fields
+        ):
+            raise ValueError(f"{schedule} (this one is YAML)") from None
+        if isinstance(other, dict):
+            keys = ", ".join(sorted(map(str, other))[:6])
+            raise ValueError(
+                f"{path} is not a suggestion JSON file: it is YAML (keys {keys}); a "
+                "suggestion is the JSON written by Suggestion.save() or `autowarm demo`"
+            ) from None
+        raise ValueError(f"{path} is not a suggestion JSON file ({exc})") from None
+    fmt = data.get("format") if isinstance(data, Mapping) else None
+    if fmt == "autowarm.schedule":
+        raise ValueError(schedule)
+    if fmt != SUGGESTION_FORMAT:
+        got = fmt if isinstance(data, Mapping) else type(data).__name__
         raise ValueError(
-            f"{path}: not an autowarm suggestion (format={SUGGESTION_FORMAT!r}, but got "
-            f"format={got!r})"
+            f"{path} is not an autowarm suggestion: format must be {SUGGESTION_FORMAT!r}, but "
+            f"got format={got!r}"
         )
+    assert isinstance(data, Mapping)
     return data
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -13,8 +12,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from autowarm._config_io import storage_file_kind
-from autowarm._suggest import SUGGESTION_FORMAT, Suggestion, trained_in_groups
+from autowarm._suggest import Suggestion, read_suggestion_record, trained_in_groups
 from autowarm.probe._search import SearchSettings
 from autowarm.probe.signals import untuned_warmup_steps
 from autowarm.reporting import _figures as F
@@ -33,54 +31,16 @@ STUDY_VALUE = "the study's value"  # the metric of a study that does not name it
 
 
 def load_suggestion(path: Path) -> Suggestion:
-    """:meth:`Suggestion.load`, with messages for the usual wrong files."""
+    """:meth:`Suggestion.load`, with messages for the usual wrong files (a study's storage is
+    told how to get its report)."""
     if not path.is_file():
         raise FileNotFoundError(f"no such suggestion file: {path}")
-    raw = path.read_bytes()
-    kind = storage_file_kind(raw)
-    if kind is not None:
-        raise ValueError(
-            f"{path} is {kind} (a study's storage?), not a suggestion JSON: for a study's "
-            f"report pass --storage {path} --study-name NAME (in Python: report((storage, "
-            "study_name)))"
-        )
-    schedule = (
-        f"{path} is a schedule config, not a suggestion: pass the suggestion JSON written by "
-        "Suggestion.save() or `autowarm demo` (suggestion.json)"
+    data = read_suggestion_record(
+        path,
+        storage_advice=f"for a study's report pass --storage {path} --study-name NAME (in "
+        "Python: report((storage, study_name)))",
     )
-    try:
-        # utf-8-sig, as Suggestion.load reads it: a byte-order mark is not part of the JSON
-        data = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not a suggestion JSON file (not UTF-8 text: {exc})") from None
-    except json.JSONDecodeError as exc:
-        import yaml
-
-        try:  # what people pass by mistake: a schedule config or other YAML
-            other = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            other = None
-        fields = {*ScheduleConfig.__dataclass_fields__, "format", "format_version"}
-        if isinstance(other, dict) and (
-            other.get("format") == "autowarm.schedule" or set(other) <= fields
-        ):
-            raise ValueError(f"{schedule} (this one is YAML)") from None
-        if isinstance(other, dict):
-            keys = ", ".join(sorted(map(str, other))[:6])
-            raise ValueError(
-                f"{path} is not a suggestion JSON file: it is YAML (keys {keys}); a "
-                "suggestion is the JSON written by Suggestion.save() or `autowarm demo`"
-            ) from None
-        raise ValueError(f"{path} is not a suggestion JSON file ({exc})") from None
-    fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt == "autowarm.schedule":
-        raise ValueError(schedule)
-    if fmt != SUGGESTION_FORMAT:
-        raise ValueError(
-            f"{path} is not an autowarm suggestion: format must be {SUGGESTION_FORMAT!r}, but "
-            f"got format={fmt!r}"
-        )
-    return Suggestion.load(path)
+    return Suggestion._from_record(path, data)
 
 
 def probe_figures(
