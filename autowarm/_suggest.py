@@ -163,12 +163,15 @@ class Suggestion:
                     f"schedule is the answer; pass {key}=schedule.{key} (with "
                     f"dataclasses.replace, give both)"
                 )
+        # "field": the message of a saved suggestion's field too (from_dict builds through here)
         if self.confidence not in ("high", "low"):
-            raise ValueError(f"confidence must be 'high' or 'low', but got {self.confidence!r}")
+            raise ValueError(
+                f"field 'confidence' must be 'high' or 'low', but got {self.confidence!r}"
+            )
         reasons: object = self.low_confidence_reasons  # typed a tuple; a list comes too
         if not isinstance(reasons, (tuple, list)) or not all(isinstance(r, str) for r in reasons):
             raise ValueError(
-                f"low_confidence_reasons must be a sequence of str, but got {reasons!r}"
+                f"field 'low_confidence_reasons' must be a list of str, but got {reasons!r}"
             )
         object.__setattr__(self, "low_confidence_reasons", tuple(reasons))  # hashable
 
@@ -311,11 +314,6 @@ class Suggestion:
         probe_steps = data["probe_steps"]
         if not is_int(probe_steps) or probe_steps < 0:
             raise ValueError(f"field 'probe_steps' must be an int >= 0, but got {probe_steps!r}")
-        reasons = data.get("low_confidence_reasons", [])
-        if not isinstance(reasons, (list, tuple)) or not all(isinstance(r, str) for r in reasons):
-            raise ValueError(
-                f"field 'low_confidence_reasons' must be a list of str, but got {reasons!r}"
-            )
         for key, value in (("peak_lr", schedule.peak_lr), ("warmup_steps", schedule.warmup_steps)):
             if key in data and data[key] != value:
                 raise ValueError(
@@ -323,9 +321,6 @@ class Suggestion:
                     "schedule is what the suggestion gives, so edit it there (and drop or match "
                     f"the top-level {key!r})"
                 )
-        confidence = cls._str_field(data, "confidence", "high")
-        if confidence not in ("high", "low"):
-            raise ValueError(f"field 'confidence' must be 'high' or 'low', but got {confidence!r}")
         wall_seconds = data.get("wall_seconds", 0.0)
         if not is_real(wall_seconds) or not 0 <= wall_seconds < math.inf:
             raise ValueError(
@@ -341,8 +336,9 @@ class Suggestion:
             rationale=cls._str_field(data, "rationale", ""),
             trace=pd.DataFrame() if trace is None else trace,
             signals=pd.DataFrame() if signals is None else signals,
-            confidence=confidence,
-            low_confidence_reasons=tuple(reasons),
+            # checked by __post_init__, as for a suggestion built by hand
+            confidence=cls._str_field(data, "confidence", "high"),
+            low_confidence_reasons=data.get("low_confidence_reasons", ()),
             deciding_signal=cls._str_field(data, "deciding_signal", ""),
             wall_seconds=float(wall_seconds),
         )

@@ -1951,7 +1951,7 @@ def test_a_suggestion_built_by_hand_is_checked_as_a_loaded_one(
         dataclasses.replace(s, schedule=longer)
     both = dataclasses.replace(s, schedule=longer, warmup_steps=longer.warmup_steps)
     assert Suggestion.load(both.save(tmp_path / "s.json")) == both
-    with pytest.raises(ValueError, match="confidence must be 'high' or 'low'"):
+    with pytest.raises(ValueError, match="'confidence' must be 'high' or 'low', but got 'maybe'"):
         dataclasses.replace(s, confidence="maybe")
     listed = dataclasses.replace(s, confidence="low", low_confidence_reasons=["short"])
     assert listed.low_confidence_reasons == ("short",) and hash(listed) == hash(listed)
