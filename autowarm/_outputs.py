@@ -51,6 +51,8 @@ PNG_SOFTWARE: Final = "autowarm"
 # The first columns of the tables Suggestion.save writes beside its JSON.
 TRACE_HEADER: Final = ("phase", "burst", "step", "lr")
 SIGNALS_HEADER: Final = ("name", "value", "unit")
+# The first columns of `bench regret`'s regret.csv.
+REGRET_HEADER: Final = ("task", "method", "total_steps", "seeds")
 
 
 def _mapping(raw: bytes) -> dict[Any, Any] | None:
@@ -102,6 +104,11 @@ def is_table(header: tuple[str, ...]) -> Callable[[bytes], bool]:
         return tuple(first.split(","))[: len(header)] == header
 
     return check
+
+
+def is_regret_markdown(raw: bytes) -> bool:
+    """A regret table ``bench regret`` wrote as Markdown (its header row)."""
+    return raw.startswith(b"| task | ")
 
 
 def is_png(raw: bytes) -> bool:

@@ -172,3 +172,21 @@ def test_schedule_config_save_never_replaces_files_of_the_users_own(tmp_path: Pa
     CFG.save(ours)
     CFG.replace(warmup_steps=7).save(ours)  # an earlier schedule is replaced
     assert ScheduleConfig.load(ours).warmup_steps == 7
+
+
+def test_the_regret_tables_bench_writes_are_recognised_as_its_own() -> None:
+    import pandas as pd
+
+    from autowarm._outputs import REGRET_HEADER, is_regret_markdown
+    from autowarm.bench._evaluate import regret_markdown
+
+    row = {"task": "t", "total_steps": 100, "probe_cost": 0.0, "oracle_heldout_regret": 0.0}
+    table = pd.DataFrame(
+        [
+            {**row, "method": "autowarm", "seeds": 2, "regret": 0.01},
+            {"task": "median", "method": "autowarm", "regret": 0.01},
+        ]
+    )[["task", "method", "total_steps", "seeds", "regret", "probe_cost", "oracle_heldout_regret"]]
+    assert is_regret_markdown(regret_markdown(table).encode())
+    assert is_table(REGRET_HEADER)(table.to_csv(index=False).encode())
+    assert not is_regret_markdown(b"# my notes on regret\n")

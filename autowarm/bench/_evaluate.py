@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 
 from autowarm._config_io import atomic_write
-from autowarm._outputs import check_replaceable, is_table
+from autowarm._outputs import REGRET_HEADER, check_replaceable, is_regret_markdown, is_table
 from autowarm._train import LossFn, model_device, seeded_stream, train_step
 from autowarm.bench import _args
 from autowarm.bench._grid import (
@@ -808,21 +808,13 @@ def run_regret(args: Any) -> int:
     # both checked before either is written: an earlier table is replaced, a file of the
     # user's own under the same name is not
     check_replaceable(csv_path, is_table(REGRET_HEADER), "a regret table autowarm wrote")
-    check_replaceable(md_path, _is_regret_markdown, "a regret table autowarm wrote")
+    check_replaceable(md_path, is_regret_markdown, "a regret table autowarm wrote")
     md = regret_markdown(table)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(csv_path, table.to_csv(index=False))
     atomic_write(md_path, md)
     print(md)
     return 0
-
-
-# The first columns of regret.csv, and how regret.md begins: what `bench regret` may replace.
-REGRET_HEADER = ("task", "method", "total_steps", "seeds")
-
-
-def _is_regret_markdown(raw: bytes) -> bool:
-    return raw.startswith(b"| task | ")
 
 
 def regret_stem(seeds: list[int] | None, total_steps: int | None) -> str:
