@@ -20,7 +20,14 @@ from torch import nn
 
 from autowarm._checks import is_finite_real, is_real
 
-__all__ = ["GroupSpec", "ParamGroups", "build_checked", "resolve_param_groups"]
+__all__ = [
+    "GroupSpec",
+    "ParamGroups",
+    "build_checked",
+    "optimizer_default",
+    "resolve_param_groups",
+    "second_moment_beta",
+]
 
 #: What ``suggest(param_groups=...)`` takes: a list of group dicts, or a function of the model
 #: returning them (called once, before the probe's first step).
@@ -263,3 +270,41 @@ def _describe(x: object) -> str:
     if isinstance(x, torch.Tensor):
         return f"a tensor of shape {tuple(x.shape)}"
     return f"a {type(x).__name__}"
+
+
+def optimizer_default(cls: Callable[..., Any], name: str) -> Any:
+    """The default of keyword ``name`` in ``cls(...)``'s signature, or None if it has none."""
+    import inspect
+
+    try:
+        param = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):  # no signature to read (a builtin's)
+        return None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def second_moment_beta(
+    optimizer_cls: Callable[..., torch.optim.Optimizer],
+    kwargs: Mapping[str, Any],
+    groups: Sequence[GroupSpec] | None = None,
+) -> float | None:
+    """The ``beta2`` the probe reads for an optimizer, or None for one without ``betas`` (SGD).
+
+    ``kwargs["betas"]``, else the class's default (Adam, AdamW: ``(0.9, 0.999)``); with groups
+    carrying betas of their own, the largest, whose second moment settles last (the monitor's
+    effective sample count is the least over the groups too). The suggestion's report and the
+    study's ``2/(1-beta2)`` reference trial both use this one reading.
+    """
+    betas = kwargs.get("betas")
+    if betas is None:
+        betas = optimizer_default(optimizer_cls, "betas")
+    per_group = [g.options.get("betas", betas) for g in groups] if groups else [betas]
+    found = [b2 for b2 in map(_second_beta, per_group) if b2 is not None]
+    return max(found) if found else None
+
+
+def _second_beta(betas: object) -> float | None:
+    try:
+        return float(betas[1])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return None

@@ -29,7 +29,14 @@ from autowarm._config_io import (
     storage_file_kind,
     unique_keys,
 )
-from autowarm._groups import GroupSpec, ParamGroups, build_checked, resolve_param_groups
+from autowarm._groups import (
+    GroupSpec,
+    ParamGroups,
+    build_checked,
+    optimizer_default,
+    resolve_param_groups,
+    second_moment_beta,
+)
 from autowarm._train import (
     BatchStream,
     LossFn,
@@ -1137,7 +1144,9 @@ def _probe(
     )
     try:
         torch.manual_seed(seed)
-        outcome = _search_or_raise(runner, total, _beta2(optimizer_cls, kwargs, groups))
+        outcome = _search_or_raise(
+            runner, total, second_moment_beta(optimizer_cls, kwargs, groups)
+        )
     finally:
         bar.close()
     if runner.has_second_moment is False:
@@ -1260,7 +1269,7 @@ def _overflowing_update_message(step: int, lrs: list[float], runner: ProbeRunner
         {str(p.dtype).removeprefix("torch.") for p in runner.model.parameters()}
         & {"float16", "bfloat16"}
     )
-    eps = runner.optimizer_kwargs.get("eps", _default_of(runner.optimizer_cls, "eps"))
+    eps = runner.optimizer_kwargs.get("eps", optimizer_default(runner.optimizer_cls, "eps"))
     hint = ""
     if (
         low
@@ -1285,17 +1294,6 @@ def _overflowing_update_message(step: int, lrs: list[float], runner: ProbeRunner
     )
 
 
-def _default_of(cls: Callable[..., Any], name: str) -> Any:
-    # A keyword's default in cls.__init__, or None.
-    import inspect
-
-    try:
-        param = inspect.signature(cls).parameters.get(name)
-    except (TypeError, ValueError):  # no signature to read (a builtin's)
-        return None
-    return None if param is None or param.default is inspect.Parameter.empty else param.default
-
-
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
     # The step at which every burst (two or more, at different LRs) first had a non-finite
     # loss, when it is the same one: the data at that step, not the schedule.
@@ -1306,28 +1304,6 @@ def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
             return None
         firsts.add(int(bad[0]))
     return firsts.pop() if len(bursts) >= 2 and len(firsts) == 1 else None
-
-
-def _beta2(
-    optimizer_cls: Callable[..., torch.optim.Optimizer],
-    kwargs: Mapping[str, Any],
-    groups: list[GroupSpec] | None = None,
-) -> float | None:
-    # The beta2 of the optimizer; with groups of their own betas, the largest: its second
-    # moment settles last (the monitor's n_eff is the least over the groups, too).
-    betas = kwargs.get("betas")
-    if betas is None:
-        betas = _default_of(optimizer_cls, "betas")  # the class's (Adam/AdamW: (0.9, 0.999))
-    per_group = [g.options.get("betas", betas) for g in groups] if groups else [betas]
-    found = [b2 for b2 in map(_second_beta, per_group) if b2 is not None]
-    return max(found) if found else None
-
-
-def _second_beta(betas: object) -> float | None:
-    try:
-        return float(betas[1])  # type: ignore[index]
-    except (TypeError, IndexError, ValueError):
-        return None
 
 
 def _rationale(

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autowarm
-from autowarm._groups import resolve_param_groups
-from autowarm._suggest import _beta2
+from autowarm._groups import resolve_param_groups, second_moment_beta
 from tests._tiny import cls_batches, mlp, one_thread  # noqa: F401 (one_thread: autouse)
 
 TOTAL = 500
@@ -246,9 +245,10 @@ def test_the_slowest_groups_beta2_is_the_one_read() -> None:
         {"params": list(model[2].parameters())},  # takes the optimizer's betas
     ]
     specs = resolve_param_groups(groups, model, torch.optim.AdamW, {"betas": (0.9, 0.99)})
-    assert _beta2(torch.optim.AdamW, {"betas": (0.9, 0.99)}, specs) == 0.99
-    assert _beta2(torch.optim.AdamW, {}, specs) == 0.999  # AdamW's default for the second
-    assert _beta2(torch.optim.AdamW, {}, None) == 0.999
+    assert second_moment_beta(torch.optim.AdamW, {"betas": (0.9, 0.99)}, specs) == 0.99
+    assert second_moment_beta(torch.optim.AdamW, {}, specs) == 0.999  # AdamW's default
+    assert second_moment_beta(torch.optim.AdamW, {}, None) == 0.999
+    assert second_moment_beta(torch.optim.SGD, {"momentum": 0.9}) is None  # no betas at all
 
 
 def test_a_group_list_holding_a_generator_is_refused() -> None:
@@ -366,3 +366,4 @@ def test_groups_an_optimizer_was_built_from_say_why_they_hold_lr() -> None:
         resolve_param_groups(
             [{"params": list(model.parameters()), "lr": 1e-3}], model, torch.optim.AdamW, {}
         )
+

@@ -49,6 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import autowarm
 from autowarm._checks import check_seed, error_line, is_int, is_real
+from autowarm._groups import second_moment_beta
 from autowarm._train import structure_fingerprint
 from autowarm.schedules import ScheduleConfig
 from autowarm.study import _attrs, _storage
@@ -508,9 +509,9 @@ def _check_resumable(study: optuna.Study, expected: Mapping[str, Any]) -> None:
 def _reference_schedules(center: ScheduleConfig, task: Task) -> dict[str, ScheduleConfig]:
     # beta2 as the probe reads it: the task's betas, else its optimizer's default; an
     # optimizer without betas (SGD) has no 2/(1-beta2) reference, as the probe's report has none
-    from autowarm._suggest import _beta2
-
-    return reference_schedules(center, _beta2(task.optimizer_cls, task.optimizer_kwargs or {}))
+    return reference_schedules(
+        center, second_moment_beta(task.optimizer_cls, task.optimizer_kwargs or {})
+    )
 
 
 def reference_schedules(center: ScheduleConfig, beta2: float | None) -> dict[str, ScheduleConfig]:
