@@ -366,4 +366,3 @@ def test_groups_an_optimizer_was_built_from_say_why_they_hold_lr() -> None:
         resolve_param_groups(
             [{"params": list(model.parameters()), "lr": 1e-3}], model, torch.optim.AdamW, {}
         )
-
