@@ -140,11 +140,39 @@ def file_in_the_way(path: Path) -> Path | None:
     return None
 
 
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (``"a
+    character device"``, ``"a FIFO"``, ...), following symlinks, or ``None``."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for test, kind in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None
+
+
+# Special files written through as open(path, "w") would (-o /dev/null, -o /dev/stdout, a
+# named pipe): never renamed over, which would replace the node itself with a regular file.
+_WRITTEN_THROUGH = ("a character device", "a FIFO")
+
+
 def check_writable(path: Path) -> None:
-    """Raise :class:`ValueError` when ``path`` cannot be a file: it is a folder, or a file
-    stands where one of its parent folders should be (said before anything is written)."""
+    """Raise :class:`ValueError` when ``path`` cannot be a file: it is a folder, a block
+    device or a socket, or a file stands where one of its parent folders should be (said
+    before anything is written). A character device (``/dev/null``) or a FIFO is written
+    through, as ``open`` would."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder: pass a file name in it")
+    kind = special_file(path)
+    if kind is not None and kind not in _WRITTEN_THROUGH:
+        raise ValueError(f"{path} is {kind}, not a file: pass a file name")
     blocking = file_in_the_way(path)
     if blocking is not None:
         raise ValueError(f"{path} cannot be written: {blocking} is a file, not a folder")
@@ -160,10 +188,19 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     file keeps its mode, and a new one gets ``0o666`` less the umask (``tempfile.mkstemp``
     would make it ``0o600``).
 
+    A character device (``/dev/null``) or a FIFO is written through instead, as ``open``
+    does: renaming over it would replace the device node with a regular file.
+
     Raises:
-        ValueError: ``path`` is a folder, or a file stands where a parent folder should be.
+        ValueError: ``path`` is a folder, a block device or a socket, or a file stands where
+            a parent folder should be.
     """
     check_writable(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if special_file(path) in _WRITTEN_THROUGH:
+        with open(path, "wb") as fh:  # /dev/null, /dev/stdout, a named pipe: no file to replace
+            fh.write(payload)
+        return path
     target = path.resolve()  # the link's target, so the rename replaces that file
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -173,7 +210,7 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     fd, tmp = _create_beside(target)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.write(payload)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)

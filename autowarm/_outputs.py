@@ -19,30 +19,26 @@ from autowarm._config_io import FORMAT_NAME, check_writable, storage_file_kind
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 
 # The key sets of ``autowarm export``'s formats other than json/yaml (which carry FORMAT_NAME).
-_TRANSFORMERS_KEYS: Final = frozenset(
-    {"name", "num_warmup_steps", "num_training_steps", "scheduler_specific_kwargs"}
+# transformers' get_scheduler keywords, in the order ``export --format transformers`` writes.
+_TRANSFORMERS_ORDER: Final = (
+    "name",
+    "num_warmup_steps",
+    "num_training_steps",
+    "scheduler_specific_kwargs",
 )
-_TRAINER_KEYS: Final = frozenset(
-    {
-        "learning_rate",
-        "warmup_steps",
-        "lr_scheduler_type",
-        "lr_scheduler_kwargs",
-        "max_steps",
-        "adam_beta1",
-        "adam_beta2",
-        "adam_epsilon",
-        "weight_decay",
-        "max_grad_norm",
-        "gradient_accumulation_steps",
-        "bf16",
-        "fp16",
-    }
+# ``export --format trainer``: the schedule's own fields, always first, in this order; then,
+# for a suggestion, the optimizer's (Adam family only), clipping and accumulation, then at most
+# one mixed-precision flag. Any other key set or order is a file of the user's (a hand-written
+# TrainingArguments config with a weight_decay, say), never replaced.
+_TRAINER_CORE: Final = (
+    "learning_rate",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "max_steps",
 )
-# What every trainer export holds (the schedule's own fields), whatever the probe recorded.
-_TRAINER_CORE: Final = frozenset(
-    {"learning_rate", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "max_steps"}
-)
+_TRAINER_ADAM: Final = ("adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay")
+_TRAINER_RUN: Final = ("max_grad_norm", "gradient_accumulation_steps")
 _LIGHTNING_KEYS: Final = frozenset({"lr_scheduler", "schedule", "usage"})
 
 # The PNG text chunk autowarm's plots carry (``Software``), which tells them from other images.
@@ -55,7 +51,7 @@ SIGNALS_HEADER: Final = ("name", "value", "unit")
 REGRET_HEADER: Final = ("task", "method", "total_steps", "seeds")
 
 
-def _mapping(raw: bytes) -> dict[Any, Any] | None:
+def _mapping(raw: bytes, *, json_only: bool = False) -> dict[Any, Any] | None:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -63,6 +59,8 @@ def _mapping(raw: bytes) -> dict[Any, Any] | None:
     try:
         parsed = json.loads(text)  # first: JSON indented with tabs is not YAML
     except ValueError:
+        if json_only:
+            return None
         try:
             import yaml
 
@@ -77,15 +75,32 @@ def is_schedule_output(raw: bytes) -> bool:
     data = _mapping(raw)
     if data is None:
         return False
-    keys = set(data)
     if data.get("format") == FORMAT_NAME:
         return True
-    if keys == _TRANSFORMERS_KEYS:
-        return True
-    if keys == _LIGHTNING_KEYS:
+    if set(data) == _LIGHTNING_KEYS:
         inner = data.get("schedule")
         return isinstance(inner, dict) and inner.get("format") == FORMAT_NAME
-    return _TRAINER_CORE <= keys <= _TRAINER_KEYS
+    # the transformers and trainer exports are JSON, with their keys in the order written
+    plain = _mapping(raw, json_only=True)
+    if plain is None:
+        return False
+    keys = tuple(plain)
+    return keys == _TRANSFORMERS_ORDER or _is_trainer_export(keys)
+
+
+def _is_trainer_export(keys: tuple[Any, ...]) -> bool:
+    if keys[: len(_TRAINER_CORE)] != _TRAINER_CORE:
+        return False
+    rest = keys[len(_TRAINER_CORE) :]
+    if not rest:
+        return True  # a schedule's fields alone
+    if rest[: len(_TRAINER_ADAM)] == _TRAINER_ADAM:
+        rest = rest[len(_TRAINER_ADAM) :]
+    return rest[: len(_TRAINER_RUN)] == _TRAINER_RUN and rest[len(_TRAINER_RUN) :] in (
+        (),
+        ("bf16",),
+        ("fp16",),
+    )
 
 
 def is_suggestion(raw: bytes) -> bool:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,7 @@ import torch.nn.functional as F
 
 import autowarm
 from autowarm import ScheduleConfig
-from autowarm._config_io import atomic_write
+from autowarm._config_io import atomic_write, check_writable, special_file
 from autowarm._outputs import (
     SIGNALS_HEADER,
     TRACE_HEADER,
@@ -32,6 +37,13 @@ TRAINING = {
     "accumulation_steps": 4,
     "precision": "bf16-mixed",
 }
+SGD_TRAINING = {
+    "optimizer": "torch.optim.SGD",
+    "optimizer_settings": {"momentum": 0.9},
+    "grad_clip": None,
+    "accumulation_steps": 1,
+    "precision": "32-true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +54,19 @@ def tiny_suggestion() -> autowarm.Suggestion:
 
 
 @pytest.mark.parametrize("fmt", EXPORT_FORMATS)
-@pytest.mark.parametrize("training", [None, TRAINING], ids=["bare", "training"])
+@pytest.mark.parametrize(
+    "training",
+    [None, TRAINING, {**TRAINING, "precision": "16-mixed"}, SGD_TRAINING],
+    ids=["bare", "adamw-bf16", "adamw-fp16", "sgd"],
+)
 def test_every_export_autowarm_writes_is_recognised_as_its_own(
     fmt: str, training: dict[str, object] | None
 ) -> None:
     # A field added to an export without adding it here would make the next run refuse to
     # replace its own earlier output.
-    text = export_text(CFG, fmt, training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SGD: "TrainingArguments cannot select"
+        text = export_text(CFG, fmt, training)
     assert is_schedule_output(text.encode())
     assert not is_suggestion(text.encode())
 
@@ -60,6 +78,18 @@ def test_every_export_autowarm_writes_is_recognised_as_its_own(
         '{"learning_rate": 3e-4, "lr_scheduler_type": "cosine", "output_dir": "runs"}',
         # the trainer's keys, but not the schedule's fields every trainer export holds
         '{"learning_rate": 3e-4, "lr_scheduler_type": "linear", "max_steps": 5000, "bf16": true}',
+        # a hand-written TrainingArguments config: the schedule's fields, and settings of its
+        # own that no export writes alone (weight_decay without the betas, no accumulation)
+        '{"learning_rate": 1e-3, "warmup_steps": 100, "lr_scheduler_type": "linear", '
+        '"lr_scheduler_kwargs": {}, "max_steps": 50000, "weight_decay": 0.1, '
+        '"max_grad_norm": 0.5}',
+        # the same fields in YAML (autowarm writes its trainer exports as JSON) or another order
+        "learning_rate: 0.001\nwarmup_steps: 100\nlr_scheduler_type: cosine_with_min_lr\n"
+        "lr_scheduler_kwargs: {min_lr_rate: 0.1}\nmax_steps: 50000\n",
+        '{"max_steps": 50000, "learning_rate": 1e-3, "warmup_steps": 100, '
+        '"lr_scheduler_type": "linear", "lr_scheduler_kwargs": {}}',
+        "name: cosine\nnum_warmup_steps: 10\nnum_training_steps: 100\n"
+        "scheduler_specific_kwargs: {}\n",
         "services:\n  web:\n    image: nginx\n",  # docker-compose.yaml
         '{"format": "autowarm.suggestion", "peak_lr": 0.001}',
         '{"lr_scheduler": {}, "schedule": {"format": "other"}, "usage": ""}',
@@ -190,3 +220,38 @@ def test_the_regret_tables_bench_writes_are_recognised_as_its_own() -> None:
     assert is_regret_markdown(regret_markdown(table).encode())
     assert is_table(REGRET_HEADER)(table.to_csv(index=False).encode())
     assert not is_regret_markdown(b"# my notes on regret\n")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_is_written_through_not_replaced(tmp_path: Path) -> None:
+    # `-o PIPE` (or -o /dev/null, a character device): renaming a temporary file over it
+    # would replace the node itself with a regular file
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(fifo, "lr\n")
+    reader.join(timeout=10)
+    assert got == [b"lr\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert special_file(fifo) == "a FIFO"
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null here")
+def test_dev_null_is_a_character_device_written_through() -> None:
+    assert special_file(Path("/dev/null")) == "a character device"
+    check_writable(Path("/dev/null"))  # not refused: written through, as open() would
+
+
+def test_a_socket_is_refused(tmp_path: Path) -> None:
+    socket = pytest.importorskip("socket")
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("no unix sockets here")
+    path = Path(tempfile.mkdtemp(dir="/tmp" if Path("/tmp").is_dir() else None)) / "s"
+    with socket.socket(socket.AF_UNIX) as sock:  # a short path: AF_UNIX allows ~100 bytes
+        sock.bind(str(path))
+        with pytest.raises(ValueError, match=r"is a socket, not a file: pass a file name"):
+            atomic_write(path, "x")
+    path.unlink()
+    path.parent.rmdir()
