@@ -49,8 +49,10 @@ def key_points(cfg: ScheduleConfig) -> list[dict[str, Any]]:
 def check_plot_path(path: Path, source: Path | None = None) -> None:
     """Refuse a ``--plot`` path that is not a ``.png``, is the schedule file ``source``, or
     holds a file that is not a PNG (someone else's): checked before anything is printed."""
+    from autowarm._imports import require
     from autowarm._outputs import check_replaceable, is_png
 
+    require("matplotlib", "drawing --plot")  # before the table is printed
     if source is not None and path.resolve() == source.resolve():
         raise ValueError(f"--plot {path} is the schedule file being shown: pass another path")
     if path.suffix.lower() != ".png":
@@ -401,7 +403,7 @@ def build_parser(*, bench: bool = True) -> argparse.ArgumentParser:
         description="Measure the warmup length and peak LR of a PyTorch run.",
     )
     parser.add_argument("--version", action="version", version=f"autowarm {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug log output too")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -412,7 +414,8 @@ def build_parser(*, bench: bool = True) -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    # INFO by default (what was written, the probe's progress); -v adds the DEBUG lines
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("autowarm")

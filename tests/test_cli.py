@@ -380,3 +380,36 @@ def test_an_abbreviated_option_is_a_usage_error(
         build_parser().parse_args(argv)
     assert exc.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_schedule_plot_without_matplotlib_prints_nothing(
+    sched_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from autowarm.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    rc = main(["schedule", "show", str(sched_file), "--plot", str(tmp_path / "s.png")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and "matplotlib" in err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_one_v_shows_debug_lines() -> None:
+    import logging
+
+    from autowarm.cli import _setup_logging
+
+    logger = logging.getLogger("autowarm")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        _setup_logging(0, False)
+        assert logger.level == logging.INFO
+        _setup_logging(1, False)
+        assert logger.level == logging.DEBUG
+        _setup_logging(0, True)
+        assert logger.level == logging.ERROR
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
