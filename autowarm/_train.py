@@ -735,10 +735,14 @@ def train_step(
         if scaler is not None:
             # An overflow of the scaled gradients: the scaler lowers its scale and the update
             # is skipped, as in any fp16 run; the loss was finite, so this is not divergence.
+            before = scaler.get_scale()
             scaler.update()
-            if scaler.get_scale() < _LOWEST_LOSS_SCALE:
-                # ... unless the scale has fallen so low that only NaN gradients, or ones
-                # above 1.8e19, still overflow: every later update would be skipped
+            after = scaler.get_scale()
+            if after >= before or after < _LOWEST_LOSS_SCALE:
+                # ... unless the scaler saw no overflow (every gradient finite, their norm
+                # beyond float32: no scale would help, as without a scaler), or the scale has
+                # fallen so low that only NaN gradients still overflow: every later update
+                # would be skipped
                 return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
             return StepResult(loss=loss_value, grad_norm=grad_norm, finite=True, skipped=True)
         return StepResult(loss=loss_value, grad_norm=grad_norm, finite=False)
@@ -779,7 +783,7 @@ def _accumulate(
         _check_requires_grad(loss)
         share = loss / k
         (scaler.scale(share) if scaler is not None else share).backward()  # type: ignore[no-untyped-call]
-        value = loss.detach()
+        value = loss.detach().float()  # summed in float32: k float16 losses may overflow
         total = value if total is None else total + value
     assert total is not None  # MicroBatches are never empty (next_update checks)
     return float(total) / k

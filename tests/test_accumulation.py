@@ -193,3 +193,20 @@ def test_the_probe_clips_as_the_real_run_does() -> None:
     )  # fmt: skip
     probe_task(task, budget_steps=BUDGET, progress=False)
     assert _ClipLog.norms and max(_ClipLog.norms) <= 0.05 * (1 + 1e-5)
+
+
+def test_float16_micro_batch_losses_are_summed_in_float32() -> None:
+    # eight finite float16 losses of ~11k sum past float16's largest value (65504): the
+    # update was reported as diverged (loss inf) though no micro-batch was
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4).half()
+    x = torch.randn(32, 16).half() * 200
+
+    def loss(m: nn.Module, b: Any) -> torch.Tensor:
+        return m(b).abs().sum()
+
+    one = float(loss(model, x))
+    assert math.isfinite(one) and one * 8 > torch.finfo(torch.float16).max
+    res = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0),
+                     MicroBatches((x,) * 8, (0,) * 8), loss)  # fmt: skip
+    assert res.finite and res.loss == pytest.approx(one, rel=1e-3)

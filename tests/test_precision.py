@@ -181,3 +181,23 @@ def test_mixed_precision_on_cuda(precision: str) -> None:
                          budget_steps=BUDGET, precision=precision, progress=False)  # fmt: skip
     assert s.peak_lr > 0 and "skipped" in s.trace.columns
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+
+
+def test_finite_gradients_whose_norm_overflows_float32_are_divergence_under_the_scaler() -> None:
+    # every gradient finite (1e20) but their squared norm beyond float32: no scale helps, the
+    # scaler sees no inf and keeps its scale, and every update was skipped as an "overflow"
+    # while the trial ended with a finite value; without the scaler it is divergence
+    class Big(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (self.w * x).sum()
+
+    x = torch.full((4,), 1e20)
+    amp = MixedPrecision("16-mixed", CPU)
+    model = Big()
+    res = train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), (x,),
+                     lambda m, b: m(b[0]), amp=amp)  # fmt: skip
+    assert not res.finite and not res.skipped
