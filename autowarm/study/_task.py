@@ -29,7 +29,7 @@ from autowarm._train import (
     resolve_loss_fn,
     structure_fingerprint,
 )
-from autowarm.probe._state import as_device, seeded_rngs
+from autowarm.probe._state import RngState, as_device, seeded_rngs
 
 if TYPE_CHECKING:
     from autowarm._groups import GroupSpec
@@ -59,7 +59,8 @@ class Task:
             ``criterion(outputs, targets)`` for ``(inputs, targets)`` batches.
         eval_fn:
             ``eval_fn(model) -> float``: the validation loss (lower is better). It runs in
-            eval mode without gradients; the trial restores the mode afterwards.
+            eval mode without gradients; the trial restores every submodule's mode and the
+            global RNGs afterwards, so evaluating does not change the training run.
         val_data:
             Validation batches; the default ``eval_fn`` is the mean loss over their samples
             (each batch's loss weighted by its size, the first dimension its tensors share,
@@ -186,12 +187,16 @@ class Task:
         return self.eval_fn is not None or self.val_data is not None
 
     def build_model(self, seed: int) -> nn.Module:
-        """``make_model(seed)`` with torch seeded around it, moved to :attr:`device`, in
-        train mode. The global RNG is left as it was."""
+        """``make_model(seed)`` with torch seeded around it, moved to :attr:`device`, to train.
+
+        A model made in train mode keeps its submodules' modes (a BatchNorm frozen in eval
+        mode for fine-tuning stays so, as in the probe and the user's own loop); one made in
+        eval mode (loaded with ``from_pretrained``, say) is put in train mode. The global RNG
+        is left as it was."""
         model = self._seeded_model(seed)
         if self.device is not None:
             model = model.to(self.device)
-        return model.train()
+        return model if model.training else model.train()
 
     def model_fingerprint(self, seed: int = 0) -> str:
         """16 hex digits naming the model's structure: the names, shapes and dtypes of the
@@ -293,13 +298,19 @@ class Task:
         return optimizer
 
     def evaluate(self, model: nn.Module) -> float:
-        """The validation loss of ``model`` (eval mode, no gradients; the mode is restored).
+        """The validation loss of ``model`` (eval mode, no gradients).
+
+        Every submodule's train/eval mode is restored afterwards, and the global RNGs (torch's,
+        numpy's, python's) too: a validation loader's shuffle or an ``eval_fn`` drawing random
+        numbers leaves the training run it interrupts as it was, so a trial evaluated at
+        checkpoints trains as the same run unevaluated.
 
         Raises:
             ValueError: If there is no validation (see :attr:`has_validation`), the data
                 yields no batch, or the loss is not a number.
         """
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
+        rngs = RngState.capture()
         model.eval()
         try:
             with torch.no_grad():
@@ -310,7 +321,9 @@ class Task:
                 else:
                     raise ValueError("this task has no validation: pass eval_fn or val_data")
         finally:
-            model.train(was_training)
+            for module, mode in modes:
+                module.training = mode
+            rngs.restore()
         return value
 
     def _mean_val_loss(self, model: nn.Module) -> float:

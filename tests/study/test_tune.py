@@ -215,6 +215,66 @@ def test_eval_steps_end_at_the_last_step() -> None:
     assert eval_steps(3) == [1, 2, 3]
 
 
+def _dropout_task(val: Any) -> Task:
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long()
+
+    def make(seed: int) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+        )
+
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8,
+                                        shuffle=True)  # fmt: skip
+    return Task(make_model=make, train_data=train, val_data=val, total_steps=40,
+                criterion=torch.nn.functional.cross_entropy)  # fmt: skip
+
+
+def test_evaluations_during_a_trial_leave_its_training_run_as_it_was() -> None:
+    # a shuffled validation loader draws from torch's RNG when iterated: the dropout masks and
+    # training order after each evaluation depended on how many evaluations there were
+    torch.manual_seed(1)
+    vx = torch.randn(20, 8)
+    val = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(vx, (vx[:, 0] > 0).long()), batch_size=8, shuffle=True
+    )
+    task = _dropout_task(val)
+    schedule = ScheduleConfig(peak_lr=1e-2, total_steps=40, warmup_steps=4)
+    values = {n: train_trial(task, schedule, seed=3, n_evals=n).value for n in (1, 8)}
+    assert values[1] == values[8]
+
+
+def test_a_trial_keeps_the_submodule_modes_make_model_set() -> None:
+    # a BatchNorm frozen in eval mode for fine-tuning stays so in training, as in the probe;
+    # a model made in eval mode (loaded, say) trains in train mode
+    seen: list[tuple[bool, bool]] = []
+
+    def make(frozen: bool) -> Callable[[int], torch.nn.Module]:
+        def build(seed: int) -> torch.nn.Module:
+            m = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4))
+            if frozen:
+                m[1].eval()  # the BatchNorm alone
+            else:
+                m.eval()  # the whole model
+            return m
+
+        return build
+
+    def loss(m: torch.nn.Module, b: Any) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            seen.append((m.training, m[1].training))
+        return m(b[0]).pow(2).mean()
+
+    batches = [(torch.randn(8, 8),)] * 2
+    for frozen, want in ((True, (True, False)), (False, (True, True))):
+        seen.clear()
+        task = Task(make_model=make(frozen), train_data=batches, val_data=batches, loss_fn=loss,
+                    total_steps=10)  # fmt: skip
+        train_trial(task, ScheduleConfig(peak_lr=1e-3, total_steps=10, warmup_steps=0), seed=0)
+        assert set(seen) == {want}, (frozen, set(seen))
+
+
 # ------------------------------------------------------------------------- task
 
 
