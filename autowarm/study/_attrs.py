@@ -52,6 +52,10 @@ Trial user attributes:
 ``autowarm.worker``               ``"host:pid:start:pidns"`` of the process that ran it
 ``autowarm.alive``                journal files: the time (``time.time()``) its worker last
                                   said it was alive, every 30 s while it runs
+``autowarm.worker_died``          on a trial failed because its worker was gone: how many
+                                  runs of its schedule (it and those it re-runs) ended so
+``autowarm.given_up``             ``True`` on such a trial not queued again (its worker died
+                                  on each of its runs: a segfault, the out-of-memory killer)
 ``autowarm.retry_of``             the number of the failed trial this one re-runs
 ``autowarm.also_roles``           the other first-trial roles this trial stands for, whose
                                   schedule is its own (queued once: ``["ten_percent"]`` when
@@ -105,6 +109,8 @@ REASON: Final = "autowarm.reason"
 WORKER: Final = "autowarm.worker"
 ALIVE: Final = "autowarm.alive"
 RETRY_OF: Final = "autowarm.retry_of"
+WORKER_DIED: Final = "autowarm.worker_died"
+GIVEN_UP: Final = "autowarm.given_up"
 ALSO_ROLES: Final = "autowarm.also_roles"
 
 ROLE_PROBE: Final = "probe"

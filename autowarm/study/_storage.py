@@ -608,6 +608,9 @@ def fail_dead_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[
             reason += "; claimed anew by the next run"
         try:
             storage.set_trial_user_attr(trial._trial_id, _attrs.REASON, reason)
+            storage.set_trial_user_attr(trial._trial_id, _attrs.WORKER_DIED, deaths + 1)
+            if requeue_them and not again:
+                storage.set_trial_user_attr(trial._trial_id, _attrs.GIVEN_UP, True)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -628,15 +631,30 @@ def _worker_deaths(study: optuna.Study, trial: FrozenTrial) -> int:
     while isinstance(earlier, int) and earlier in by_number and earlier not in seen:
         seen.add(earlier)
         before = by_number[earlier]
-        if str(before.user_attrs.get(_attrs.REASON, "")).startswith("its worker"):
+        if worker_died(before):
             deaths += 1
         earlier = before.user_attrs.get(_attrs.RETRY_OF)
     return deaths
 
 
+def worker_died(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was failed because its worker was gone (:func:`fail_dead_trials`)."""
+    if _attrs.WORKER_DIED in trial.user_attrs:
+        return True
+    # a study from before the attribute: the reason fail_dead_trials wrote
+    return str(trial.user_attrs.get(_attrs.REASON, "")).startswith("its worker")
+
+
+def given_up(trial: FrozenTrial) -> bool:
+    """Whether ``trial``'s worker died on each of its runs, so it is not queued again."""
+    return trial.user_attrs.get(_attrs.GIVEN_UP) is True or NOT_QUEUED_AGAIN in str(
+        trial.user_attrs.get(_attrs.REASON, "")
+    )
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue ``trial``'s parameters and autowarm attributes again (a retry)."""
-    own = (_attrs.REASON, _attrs.WORKER, _attrs.ALIVE)
+    own = (_attrs.REASON, _attrs.WORKER, _attrs.ALIVE, _attrs.WORKER_DIED, _attrs.GIVEN_UP)
     keep = {k: v for k, v in trial.user_attrs.items() if k not in own}
     study.add_trial(
         optuna.trial.create_trial(

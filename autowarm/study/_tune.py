@@ -564,12 +564,9 @@ def _enqueue_first_trials(
     for role, schedule in firsts.items():
         if role in live:
             continue
-        reason = (
-            str(by_number[last_try[role]].user_attrs.get(_attrs.REASON, ""))
-            if (role in last_try)
-            else ""
-        )
-        if _storage.NOT_QUEUED_AGAIN in reason:
+        last = by_number[last_try[role]] if role in last_try else None
+        if last is not None and _storage.given_up(last):
+            reason = str(last.user_attrs.get(_attrs.REASON, ""))
             # its worker died on each of its runs (a segfault, the out-of-memory killer)
             _logger.warning(
                 "the first trial %s is not queued again: %s; the study goes on without it "

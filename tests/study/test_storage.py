@@ -359,6 +359,12 @@ def test_a_schedule_whose_worker_dies_each_time_is_not_queued_for_ever() -> None
     assert [r.endswith("; re-queued") for r in reasons] == [True, True, False]
     assert "not queued again: the worker of each of its 3 runs died" in reasons[-1]
     assert not study.get_trials(states=(TrialState.WAITING,))
+    # recorded as attributes too, which the next start reads (not the reason's wording)
+    runs = [t for t in study.get_trials() if _attrs.WORKER_DIED in t.user_attrs]
+    assert [t.user_attrs[_attrs.WORKER_DIED] for t in runs] == [1, 2, 3]
+    assert [_storage.given_up(t) for t in runs] == [False, False, True]
+    reworded = runs[-1].user_attrs | {_attrs.REASON: "gone"}
+    assert _storage.given_up(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=reworded))
 
 
 def test_a_sqlite_url_with_a_query_names_its_file(tmp_path: Path) -> None:
