@@ -465,8 +465,8 @@ def evaluate_methods(
     check_csv_target(path, _required_columns(), "evaluation")
     loaded = [get_task(name) for name in tasks]
     check_distinct_names(loaded)
-    check_definitions(path, loaded)
     with writing_alone(path):  # a second process on this CSV would run every job again
+        check_definitions(path, loaded)  # under the lock: a refused run writes no record
         _evaluate_jobs(path, tasks, loaded, methods, seeds, workers, total_steps, overrides)
     return path
 

@@ -390,8 +390,9 @@ def oracle_grid(
     task_list = [tasks] if isinstance(tasks, BenchTask) else list(tasks)
     check_distinct_names(task_list)
     cells = grid_cells(task_list, lrs=lrs, warmups=warmups, seeds=seeds)
-    check_definitions(path, task_list)
     with writing_alone(path):
+        # under the lock: a run refused because another one holds it writes no record
+        check_definitions(path, task_list)
         done = _existing_rows(path)
         todo = [c for c in cells if c.key not in done]
         for task in {c.task.name: c.task for c in todo}.values():

@@ -393,6 +393,23 @@ def test_a_second_process_on_the_same_csv_is_refused(tmp_path: Path) -> None:
         pass
 
 
+def test_a_run_refused_by_the_lock_writes_no_record(tmp_path: Path) -> None:
+    # The task definitions were recorded before the lock was taken: a second run refused
+    # because the first one held the CSV still rewrote the record beside it.
+    from autowarm.bench._evaluate import evaluate_methods
+    from autowarm.bench._grid import definitions_path, plan_path, writing_alone
+
+    busy = "another process is writing"
+    grid = tmp_path / "oracle_grid.csv"
+    with writing_alone(grid), pytest.raises(ValueError, match=busy):
+        oracle_grid(_tiny(), csv_path=grid, lrs=[1e-3], warmups=[0], seeds=1, workers=0)
+    assert not definitions_path(grid).exists() and not plan_path(grid).exists()
+    ev = tmp_path / "evaluation.csv"
+    with writing_alone(ev), pytest.raises(ValueError, match=busy):
+        evaluate_methods(["control_convex"], csv_path=ev, methods=["hf_default"], workers=0)
+    assert not definitions_path(ev).exists()
+
+
 def test_a_grid_resumed_with_another_torch_says_it_mixes_versions(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
