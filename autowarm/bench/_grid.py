@@ -322,19 +322,15 @@ class RowAppender:
 
     def _prepare(self) -> None:
         path = self._path
+        if self._drop_partial:
+            cut_partial_row(path)
         if not path.exists() or path.stat().st_size == 0:
             with path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._columns, lineterminator="\n").writeheader()
             return
         with path.open("rb+") as f:
             f.seek(-1, os.SEEK_END)
-            if f.read(1) in (b"\n", b"\r"):
-                return
-            if self._drop_partial:
-                f.seek(0)
-                data = f.read()
-                f.truncate(data.rfind(b"\n") + 1)
-            else:
+            if f.read(1) not in (b"\n", b"\r"):
                 f.write(b"\n")  # end the cut row, which the reader then skips
 
     def write(self, row: dict[str, Any]) -> None:
@@ -345,6 +341,26 @@ class RowAppender:
             ).writerow(row)
             f.flush()
             os.fsync(f.fileno())
+
+
+def cut_partial_row(path: Path) -> str:
+    """Cut the last line of ``path`` off when it has no line end: a row cut short by a kill
+    mid-write, whose last field may look whole. Returns what was cut (``""``: nothing, or no
+    file)."""
+    try:
+        with path.open("rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return ""
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) in (b"\n", b"\r"):
+                return ""
+            f.seek(0)
+            data = f.read()
+            keep = data.rfind(b"\n") + 1
+            f.truncate(keep)
+            return data[keep:].decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
 
 
 def oracle_grid(
@@ -393,6 +409,15 @@ def oracle_grid(
     with writing_alone(path):
         # under the lock: a run refused because another one holds it writes no record
         check_definitions(path, task_list)
+        # cut before the rows are read: read as done, the row would then be cut off by the
+        # appender below all the same, and its cell never run again
+        cut = cut_partial_row(path)
+        if cut:
+            _logger.warning(
+                "grid: %s: dropping its last row, cut short (no line end; it runs again): %r",
+                path,
+                cut,
+            )
         done = _existing_rows(path)
         todo = [c for c in cells if c.key not in done]
         for task in {c.task.name: c.task for c in todo}.values():
@@ -403,8 +428,8 @@ def oracle_grid(
             "grid: %d cells, %d already in %s, %d to run", len(cells), skipped, path, len(todo)
         )
         _warn_other_versions(path, todo, done)
-        # a row cut by a kill is cut off the file (its cell runs again), not kept and warned
-        # about by every later table and regret
+        # a row cut by a kill while this run goes on (the CSV replaced mid-way) is cut off the
+        # file (its cell runs again), not kept and warned about by every later table and regret
         failed = _run_cells(todo, RowAppender(path, COLUMNS, drop_partial=True), workers)
     return GridResult(path, ran=len(todo) - len(failed), skipped=skipped, failed=failed)
 

@@ -448,6 +448,22 @@ def test_a_grid_row_cut_by_a_kill_is_cut_off_when_the_grid_resumes(tmp_path: Pat
     assert len(rows) == 2
 
 
+def test_a_whole_last_row_without_its_line_end_runs_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was counted as done, then cut off by the appender: "0 to run" and the row gone.
+    csv_path = tmp_path / "grid.csv"
+    task = dataclasses.replace(get_task("control_convex"), total_steps=10, val_batches=1)
+    kw: dict[str, Any] = dict(csv_path=csv_path, lrs=[1e-2], warmups=[0, 5], seeds=1, workers=0)
+    oracle_grid(task, **kw)
+    csv_path.write_bytes(csv_path.read_bytes().rstrip(b"\n"))  # every field there, no line end
+    with caplog.at_level(logging.WARNING, logger="autowarm.bench._grid"):
+        result = oracle_grid(task, **kw)
+    assert (result.ran, result.skipped) == (1, 1)
+    assert "dropping its last row, cut short" in caplog.text
+    assert len(load_grid(csv_path)) == 2
+
+
 def test_bench_csvs_end_their_rows_in_newline_only(tmp_path: Path) -> None:
     # pandas rewrites these files with "\n" (removing a method's rows before a re-run); an
     # appender writing csv's default "\r\n" made committed files mix both line ends.
