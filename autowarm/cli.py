@@ -8,6 +8,7 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -435,6 +436,30 @@ def _one_line_warning(
     print(f"autowarm: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def exit_code(command: Callable[[], int], *, debug: bool = False) -> int:
+    """Run ``command`` and return its exit code, or the one of how it ended: an interrupt
+    exits 130 quietly, a closed stdout 141, an error 1 with its first line on stderr (its
+    traceback with ``debug``). For every entry point (``autowarm``, ``python -m
+    autowarm.bench``), so that they end alike."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("autowarm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout stopped early (`| head`): nothing is wrong with the command.
+        # Point stdout at devnull so that Python's flush at exit does not fail again, and
+        # exit as a process killed by SIGPIPE would (128 + 13), quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"autowarm: error: {error_line(exc)}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autowarm`` console script; returns the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
@@ -456,23 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warnings.simplefilter("ignore")
             elif not args.debug:
                 warnings.showwarning = _one_line_warning
-            code: int = args.func(args)
-        return code
-    except KeyboardInterrupt:
-        print("autowarm: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader of stdout stopped early (`| head`): nothing is wrong with the command.
-        # Point stdout at devnull so that Python's flush at exit does not fail again, and
-        # exit as a process killed by SIGPIPE would (128 + 13), quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"autowarm: error: {error_line(exc)}", file=sys.stderr)
-        return 1
+            return exit_code(functools.partial(args.func, args), debug=args.debug)
     finally:
         logger.handlers[:] = logging_before[0]
         logger.setLevel(logging_before[1])  # setLevel: the loggers' cached levels follow

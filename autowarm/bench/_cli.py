@@ -17,6 +17,7 @@ Sub-actions:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -310,7 +311,8 @@ def _time(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m autowarm.bench``: parse ``argv`` and run; user errors exit with code 1."""
+    """``python -m autowarm.bench``: parse ``argv`` and run; an error exits with code 1 (one
+    line on stderr), an interrupt with 130."""
     parser = argparse.ArgumentParser(
         prog="python -m autowarm.bench", description="autowarm benchmark: oracle grids"
     )
@@ -321,18 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose or args.bench_action == "grid" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        return run(args)
-    except (
-        KeyError,
-        ValueError,
-        TypeError,
-        ImportError,
-        FileNotFoundError,
-        FileExistsError,
-    ) as exc:
-        if args.debug:
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    from autowarm.cli import exit_code  # here: autowarm.cli imports this module for `bench`
+
+    # an interrupt, a closed stdout or any error ends as it does under `autowarm bench`
+    return exit_code(functools.partial(run, args), debug=args.debug)

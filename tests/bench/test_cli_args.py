@@ -65,3 +65,22 @@ def test_an_infinite_median_reads_diverged() -> None:
     ]
     md = regret_markdown(pd.DataFrame(rows))
     assert md.splitlines()[-1].startswith("| **median** | **diverged** |")
+
+
+def test_the_module_entry_point_ends_as_autowarm_bench_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `python -m autowarm.bench` caught a few error types only: any other error, and Ctrl-C,
+    # ended in a traceback (`autowarm bench` gave one line, or exit 130 quietly).
+    from autowarm.bench import _cli
+
+    assert main(["overhead", "--device", "gpu"]) == 1  # torch's RuntimeError
+    err = capsys.readouterr().err
+    assert err.startswith("autowarm: error: Expected one of cpu") and "Traceback" not in err
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "run", interrupted)
+    assert main(["tasks"]) == 130
+    assert capsys.readouterr().err == "autowarm: interrupted\n"
