@@ -31,7 +31,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import functools
-import io
 import logging
 import math
 import os
@@ -59,6 +58,7 @@ from autowarm.bench._grid import (
     missing_cells,
     plan_path,
     read_plan,
+    read_rows,
     running_pool,
     versions,
     warn_other_versions,
@@ -361,25 +361,8 @@ _OPTIONAL = ("confidence", "deciding_signal", "final_val_loss", "peak_lr", "warm
 
 
 def _read_rows(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The finished rows of an evaluation CSV, without a row cut short by a kill mid-append.
-
-    A last line without its line terminator, and any row whose required fields are empty (a cut
-    row that a later append terminated), is dropped with a warning: its job runs again.
-    """
-    path = Path(csv_path)
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith(("\n", "\r")):
-        cut = text[text.rfind("\n") + 1 :]
-        _log.warning("%s: dropping its last row, cut short (no line end): %r", path, cut)
-        text = text[: len(text) - len(cut)]
-    frame = pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame(columns=COLUMNS)
-    required = [c for c in COLUMNS if c in frame.columns and c not in _OPTIONAL]
-    incomplete = frame[required].isna().any(axis=1)
-    if incomplete.any():
-        lines = [int(i) + 2 for i in frame.index[incomplete]]  # 1-based, after the header
-        _log.warning("%s: dropping incomplete row(s) on line(s) %s; they run again", path, lines)
-        frame = frame[~incomplete].reset_index(drop=True)
-    return frame
+    """The finished rows of an evaluation CSV (:func:`~autowarm.bench._grid.read_rows`)."""
+    return read_rows(csv_path, COLUMNS, _OPTIONAL)
 
 
 def _required_columns() -> list[str]:

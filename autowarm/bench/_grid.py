@@ -15,6 +15,7 @@ import csv
 import fcntl
 import functools
 import importlib.metadata
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch
 
 from autowarm._config_io import atomic_write, file_in_the_way
@@ -482,15 +484,24 @@ def writing_alone(csv_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# what each kind of benchmark CSV is, as an error names it: "it is not <this>"
+_CSV_KINDS = {
+    "grid": "an oracle grid CSV written by `autowarm bench`",
+    "evaluation": "an evaluation CSV written by `autowarm bench eval`",
+    "study": "a study CSV written by `autowarm bench study`",
+    "ranks": "a ranks CSV written by `autowarm bench ranks`",
+}
+
+
 def check_csv_target(path: Path, columns: Sequence[str], kind: str) -> None:
-    """Refuse a CSV path a grid or evaluation cannot append to, before anything is written
-    beside it: under a file (``--out`` naming a file), a folder, or an existing file that is
-    not such a CSV (other columns, not text).
+    """Refuse a CSV path a benchmark command cannot append to (or read), before anything is
+    written beside it: under a file (``--out`` naming a file), a folder, or an existing file
+    that is not such a CSV (other columns, not text).
 
     Args:
         path: the CSV.
         columns: the columns its header must hold (all of them).
-        kind: ``"grid"`` or ``"evaluation"``, for the message.
+        kind: ``"grid"``, ``"evaluation"``, ``"study"`` or ``"ranks"``, for the message.
 
     Raises:
         ValueError: saying what the path is and what to pass.
@@ -515,12 +526,38 @@ def check_csv_target(path: Path, columns: Sequence[str], kind: str) -> None:
     if header is None or absent:
         what = "is not a text file" if header is None else f"lacks the columns {absent}"
         raise ValueError(
-            f"{path} {what}: it is not an oracle {kind} CSV written by `autowarm bench`; "
-            "pass another --out (or --csv), or move the file away"
-            if kind == "grid"
-            else f"{path} {what}: it is not an {kind} CSV written by `autowarm bench eval`; "
-            "pass another --out, or move the file away"
+            f"{path} {what}: it is not {_CSV_KINDS[kind]}; pass another --out"
+            + (" (or --csv)" if kind == "grid" else "")
+            + ", or move the file away"
         )
+
+
+def read_rows(
+    csv_path: str | os.PathLike[str], columns: Sequence[str], optional: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The finished rows of a CSV that :class:`RowAppender` appends to, without a row cut
+    short by a kill mid-append.
+
+    A last line without its line terminator, and any row whose fields of ``columns`` but
+    ``optional`` are empty (a cut row that a later append terminated), is dropped with a
+    warning: its job runs again. A file without rows gives an empty frame of ``columns``.
+    """
+    path = Path(csv_path)
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith(("\n", "\r")):
+        cut = text[text.rfind("\n") + 1 :]
+        _logger.warning("%s: dropping its last row, cut short (no line end): %r", path, cut)
+        text = text[: len(text) - len(cut)]
+    frame = pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame(columns=list(columns))
+    required = [c for c in columns if c in frame.columns and c not in optional]
+    incomplete = frame[required].isna().any(axis=1)
+    if incomplete.any():
+        lines = [int(i) + 2 for i in frame.index[incomplete]]  # 1-based, after the header
+        _logger.warning(
+            "%s: dropping incomplete row(s) on line(s) %s; they run again", path, lines
+        )
+        frame = frame[~incomplete].reset_index(drop=True)
+    return frame
 
 
 def check_distinct_names(tasks: Sequence[BenchTask]) -> None:

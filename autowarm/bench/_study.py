@@ -33,12 +33,10 @@ Both write resumable CSVs (one row per finished unit) under ``reports/benchmark/
 
 from __future__ import annotations
 
-import csv
 import functools
 import inspect
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -52,7 +50,13 @@ import torch
 from optuna.trial import TrialState
 
 from autowarm.bench import _args
-from autowarm.bench._grid import running_pool
+from autowarm.bench._grid import (
+    RowAppender,
+    check_csv_target,
+    read_rows,
+    running_pool,
+    writing_alone,
+)
 from autowarm.bench._oracle import check_seeds_complete, load_grid, oracle_table, regret
 from autowarm.bench._run import run_schedule
 from autowarm.bench.tasks import TASKS, BenchTask, get_task
@@ -166,6 +170,40 @@ def _tpe_scratch(
     return study
 
 
+STUDY_COLUMNS = (
+    "task",
+    "method",
+    "seed",
+    "total_steps",
+    "trial_steps",
+    "n_trials",
+    "n_complete",
+    "n_pruned",
+    "n_failed",
+    "probe_steps",
+    "cost_steps",
+    "study_seconds",
+    "cost_wall",
+    "peak_lr",
+    "warmup_steps",
+    "final_val_loss",
+    "eval_seeds",
+)
+"""Columns of ``study.csv`` (one row per task, method and study seed), in order."""
+RANKS_COLUMNS = (
+    "task",
+    "transfer",
+    "peak_lr",
+    "warmup_steps",
+    "trial_steps",
+    "trial_warmup_steps",
+    "trial_value",
+    "seconds",
+)
+"""Columns of ``ranks.csv`` (one row per grid cell and transfer rule), in order."""
+_CSV_COLUMNS = {"study": STUDY_COLUMNS, "ranks": RANKS_COLUMNS}
+
+
 def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
     from autowarm.study._tune import best_schedule, tune
 
@@ -223,22 +261,32 @@ def _one_study(task_name: str, method: str, seed: int) -> dict[str, Any]:
     }
 
 
-def _append(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        handle.flush()
-        os.fsync(handle.fileno())
+def _finished_rows(path: Path, kind: str) -> pd.DataFrame:
+    """The finished rows of a study or ranks CSV (``kind``): a row cut by a kill is dropped,
+    with a warning (its job runs again); no file, or an empty one, has none.
 
-
-def _done_keys(path: Path, keys: Sequence[str]) -> set[tuple[str, ...]]:
+    Raises:
+        ValueError: If the file is not such a CSV (its header lacks some of the columns).
+    """
+    columns = _CSV_COLUMNS[kind]
+    check_csv_target(path, columns, kind)
     if not path.exists() or path.stat().st_size == 0:
-        return set()
-    frame = pd.read_csv(path)
-    return {tuple(str(v) for v in row) for row in frame[list(keys)].itertuples(index=False)}
+        return pd.DataFrame(columns=list(columns))
+    return read_rows(path, columns)
+
+
+def _appender(path: Path, kind: str, rows: pd.DataFrame) -> RowAppender:
+    # A row cut by a kill is cut off the file before the first append (not glued to the new
+    # row); an existing file's rows keep its own order of columns.
+    header = list(rows.columns) if path.exists() and path.stat().st_size else None
+    return RowAppender(path, _CSV_COLUMNS[kind], drop_partial=True, header=header)
+
+
+def _table_rows(path: Path, kind: str) -> pd.DataFrame:
+    # the rows a table is made of: a missing file is the command not yet run
+    if not path.is_file():
+        raise ValueError(f"no {kind} CSV at {path}: run `autowarm bench {kind}` first")
+    return _finished_rows(path, kind)
 
 
 def run_study_bench(
@@ -253,36 +301,48 @@ def run_study_bench(
     for m in methods:
         if m not in STUDY_METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {STUDY_METHODS}")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_keys(csv_path, ("task", "method", "seed"))
-    jobs = [(t, m, s) for s in seeds for t in tasks for m in methods if (t, m, str(s)) not in done]
-    _log.info("study bench: %d jobs to run, %d already in %s", len(jobs), len(done), csv_path)
+    check_csv_target(csv_path, STUDY_COLUMNS, "study")  # before the lock makes the file
+    with writing_alone(csv_path):  # a second run on this CSV would run every job again
+        rows = _finished_rows(csv_path, "study")
+        done = {
+            (str(t), str(m), int(s))
+            for t, m, s in zip(rows["task"], rows["method"], rows["seed"], strict=True)
+        }
+        jobs = [(t, m, s) for s in seeds for t in tasks for m in methods if (t, m, s) not in done]
+        _log.info("study bench: %d jobs to run, %d already in %s", len(jobs), len(done), csv_path)
+        if jobs:
+            _run_studies(jobs, _appender(csv_path, "study", rows), workers)
+    return csv_path
+
+
+def _run_studies(jobs: list[tuple[str, str, int]], writer: RowAppender, workers: int) -> None:
+    def write(row: dict[str, Any]) -> None:
+        writer.write(row)
+        _log.info(
+            "%s %s seed %s: loss %.5g, cost %.2f runs",
+            row["task"],
+            row["method"],
+            row["seed"],
+            row["final_val_loss"],
+            row["cost_steps"],
+        )
+
     if workers <= 0:
         for job in jobs:
-            _append(csv_path, _one_study(*job))
-        return csv_path
+            write(_one_study(*job))
+        return
     import concurrent.futures as cf
 
     # Ctrl-C stops the workers now, not after the running studies (whose rows are lost)
     with running_pool(workers) as pool:
         futures = {pool.submit(_one_study, *job): job for job in jobs}
         for fut in cf.as_completed(futures):
-            row = fut.result()
-            _append(csv_path, row)
-            _log.info(
-                "%s %s seed %s: loss %.5g, cost %.2f runs",
-                row["task"],
-                row["method"],
-                row["seed"],
-                row["final_val_loss"],
-                row["cost_steps"],
-            )
-    return csv_path
+            write(fut.result())
 
 
 def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
     """Per task and method: mean regret over study seeds and cost; ``median`` rows at the end."""
-    frame = pd.read_csv(study_csv)
+    frame = _table_rows(study_csv, "study")
     # like with like: each method's schedule is scored by full runs on EVAL_SEEDS, so the
     # oracle is the grid averaged over those seeds, however many more the grid has
     grid = load_grid(grid_csv)
@@ -362,22 +422,31 @@ def run_ranks(
     that length are used; a grid with none is an error.
     """
     grid = load_grid(grid_csv)
-    done = _done_keys(csv_path, ("task", "transfer", "peak_lr", "warmup_steps"))
-    jobs = []
-    for task_name in tasks:
-        cells = _full_length_cells(grid, task_name)[["peak_lr", "warmup_steps"]].drop_duplicates()
-        for transfer in transfers:
-            for lr, w in cells.itertuples(index=False):
-                if transfer == "absolute" and w == 0:
-                    continue  # the same trial as with "fraction"
-                key = (task_name, transfer, str(float(lr)), str(int(w)))
-                if key not in done:
-                    jobs.append((task_name, float(lr), int(w), transfer))
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    _log.info("ranks: %d compressed trials to run", len(jobs))
-    with running_pool(max(1, workers)) as pool:
-        for row in pool.map(_one_rank, *zip(*jobs, strict=True)) if jobs else []:
-            _append(csv_path, row)
+    cells = {
+        name: _full_length_cells(grid, name)[["peak_lr", "warmup_steps"]].drop_duplicates()
+        for name in tasks
+    }  # a task the grid lacks: an error before anything is written
+    check_csv_target(csv_path, RANKS_COLUMNS, "ranks")  # before the lock makes the file
+    with writing_alone(csv_path):  # a second run on this CSV would run every trial again
+        rows = _finished_rows(csv_path, "ranks")
+        keys = zip(
+            rows["task"], rows["transfer"], rows["peak_lr"], rows["warmup_steps"], strict=True
+        )
+        done = {(str(t), str(tr), float(lr), int(w)) for t, tr, lr, w in keys}
+        jobs = []
+        for task_name in tasks:
+            for transfer in transfers:
+                for lr, w in cells[task_name].itertuples(index=False):
+                    if transfer == "absolute" and w == 0:
+                        continue  # the same trial as with "fraction"
+                    if (task_name, transfer, float(lr), int(w)) not in done:
+                        jobs.append((task_name, float(lr), int(w), transfer))
+        _log.info("ranks: %d compressed trials to run", len(jobs))
+        if jobs:
+            writer = _appender(csv_path, "ranks", rows)
+            with running_pool(max(1, workers)) as pool:
+                for row in pool.map(_one_rank, *zip(*jobs, strict=True)):
+                    writer.write(row)
     return csv_path
 
 
@@ -398,7 +467,7 @@ def _full_length_cells(grid: pd.DataFrame, task_name: str) -> pd.DataFrame:
 def rank_table(ranks_csv: Path, grid_csv: Path) -> pd.DataFrame:
     """Per task and transfer: Spearman rank correlation of compressed vs full-length losses,
     the regret of the cell a compressed study would pick, and whether it is hotter."""
-    ranks = pd.read_csv(ranks_csv)
+    ranks = _table_rows(ranks_csv, "ranks")
     # a zero warmup is the same trial under both rules
     zero = ranks[(ranks["warmup_steps"] == 0) & (ranks["transfer"] == "fraction")]
     ranks = pd.concat([ranks, zero.assign(transfer="absolute")], ignore_index=True)

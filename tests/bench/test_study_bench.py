@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -71,6 +73,8 @@ def test_study_table_regret_and_median(tmp_path: Path, grid_csv: Path) -> None:
     frame = frame.assign(
         task="toy", total_steps=2000, cost_wall=6.0, n_trials=23, peak_lr=0.002, warmup_steps=20
     )
+    frame = frame.assign(trial_steps=500, n_complete=9, n_pruned=14, n_failed=0, probe_steps=0)
+    frame = frame.assign(study_seconds=60.0, eval_seeds=2)
     study_csv = tmp_path / "study.csv"
     frame.to_csv(study_csv, index=False)
     table = study_table(study_csv, grid_csv)
@@ -127,3 +131,78 @@ def test_ranks_refuse_a_grid_of_another_run_length(tmp_path: Path) -> None:
                        r"of 2000 steps \(it has \[60\]\)"):  # fmt: skip
         run_ranks(["control_convex"], tmp_path / "ranks.csv", grid, workers=0)
     assert not (tmp_path / "ranks.csv").exists()
+
+
+def _study_row(task: str, method: str, seed: int) -> dict[str, object]:
+    from autowarm.bench._study import STUDY_COLUMNS
+
+    row: dict[str, object] = dict.fromkeys(STUDY_COLUMNS, 1)
+    return {**row, "task": task, "method": method, "seed": seed, "final_val_loss": 1.25}
+
+
+def test_a_study_row_cut_by_a_kill_runs_again_and_nothing_is_glued_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cut row counted as done (its fields NaN), and the next row was appended to its line.
+    from autowarm.bench import _study
+
+    ran: list[tuple[str, str, int]] = []
+
+    def one_study(task: str, method: str, seed: int) -> dict[str, object]:
+        ran.append((task, method, seed))
+        return _study_row(task, method, seed)
+
+    monkeypatch.setattr(_study, "_one_study", one_study)
+    study_csv = tmp_path / "study.csv"
+    kw: dict[str, Any] = dict(methods=["tune_fraction"], seeds=[0, 1], workers=0)
+    _study.run_study_bench(["toy"], study_csv, **kw)
+    text = study_csv.read_text()
+    study_csv.write_text(text[: text.rstrip("\n").rfind("\n") + 1] + "toy,tune_fraction,1,20")
+    ran.clear()
+    with caplog.at_level(logging.WARNING, logger="autowarm"):
+        _study.run_study_bench(["toy"], study_csv, **kw)
+    assert ran == [("toy", "tune_fraction", 1)]
+    assert "dropping its last row, cut short" in caplog.text
+    frame = pd.read_csv(study_csv)
+    assert frame["seed"].tolist() == [0, 1] and not frame.isna().any().any()
+    # a cut row that a later writer ended (its last fields empty) is not read as finished
+    study_csv.write_text(study_csv.read_text() + "toy,tune_absolute,0,20\n")
+    ran.clear()
+    _study.run_study_bench(["toy"], study_csv, **{**kw, "methods": ["tune_absolute"]})
+    assert ran == [("toy", "tune_absolute", 0), ("toy", "tune_absolute", 1)]
+    assert len(pd.read_csv(study_csv).dropna()) == 4
+
+
+def test_a_csv_of_another_kind_is_named(tmp_path: Path, grid_csv: Path) -> None:
+    # It read as "error: task", "error: warmup_steps" or pandas' "None of [Index...]".
+    from autowarm.bench._study import run_ranks, run_study_bench
+
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    study = r"other\.csv lacks the columns \['task', .*it is not a study CSV written by "
+    ranks = r"other\.csv lacks the columns \['task', .*it is not a ranks CSV written by "
+    with pytest.raises(ValueError, match=study):
+        run_study_bench(["toy"], other, methods=["tune_fraction"], workers=0)
+    with pytest.raises(ValueError, match=study):
+        study_table(other, grid_csv)
+    with pytest.raises(ValueError, match=ranks):
+        rank_table(other, grid_csv)
+    with pytest.raises(ValueError, match=ranks):
+        run_ranks(["control_convex"], other, _full_length_grid(tmp_path), workers=0)
+    assert other.read_text() == "a,b\n1,2\n"
+    with pytest.raises(ValueError, match=r"no study CSV at .*: run `autowarm bench study`"):
+        study_table(tmp_path / "nothing.csv", grid_csv)
+
+
+def _full_length_grid(tmp_path: Path) -> Path:
+    rows = [
+        {
+            "task": "control_convex", "peak_lr": 0.01, "warmup_steps": w,
+            "warmup_frac": w / 2000, "total_steps": 2000, "seed": 0, "final_val_loss": 1.0,
+            "diverged": False,
+        }
+        for w in (0, 30)
+    ]  # fmt: skip
+    grid = tmp_path / "full_grid.csv"
+    pd.DataFrame(rows).to_csv(grid, index=False)
+    return grid
