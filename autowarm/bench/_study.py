@@ -33,13 +33,14 @@ Both write resumable CSVs (one row per finished unit) under ``reports/benchmark/
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import inspect
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,32 +311,40 @@ def run_study_bench(
         }
         jobs = [(t, m, s) for s in seeds for t in tasks for m in methods if (t, m, s) not in done]
         _log.info("study bench: %d jobs to run, %d already in %s", len(jobs), len(done), csv_path)
-        if jobs:
-            _run_studies(jobs, _appender(csv_path, "study", rows), workers)
+        if not jobs:
+            return csv_path
+        writer = _appender(csv_path, "study", rows)
+
+        def write(row: dict[str, Any]) -> None:
+            writer.write(row)
+            _log.info(
+                "%s %s seed %s: loss %.5g, cost %.2f runs",
+                row["task"],
+                row["method"],
+                row["seed"],
+                row["final_val_loss"],
+                row["cost_steps"],
+            )
+
+        _run_jobs(_one_study, jobs, write, workers)
     return csv_path
 
 
-def _run_studies(jobs: list[tuple[str, str, int]], writer: RowAppender, workers: int) -> None:
-    def write(row: dict[str, Any]) -> None:
-        writer.write(row)
-        _log.info(
-            "%s %s seed %s: loss %.5g, cost %.2f runs",
-            row["task"],
-            row["method"],
-            row["seed"],
-            row["final_val_loss"],
-            row["cost_steps"],
-        )
-
+def _run_jobs(
+    run_one: Callable[..., dict[str, Any]],
+    jobs: Sequence[tuple[Any, ...]],
+    write: Callable[[dict[str, Any]], None],
+    workers: int,
+) -> None:
+    """``run_one(*job)`` for each job, each row written as it comes: in this process, one
+    after another, for ``workers=0``; else in that many worker processes."""
     if workers <= 0:
         for job in jobs:
-            write(_one_study(*job))
+            write(run_one(*job))
         return
-    import concurrent.futures as cf
-
-    # Ctrl-C stops the workers now, not after the running studies (whose rows are lost)
+    # Ctrl-C stops the workers now, not after the running jobs (whose rows are lost)
     with running_pool(workers) as pool:
-        futures = {pool.submit(_one_study, *job): job for job in jobs}
+        futures = {pool.submit(run_one, *job): job for job in jobs}
         for fut in cf.as_completed(futures):
             write(fut.result())
 
@@ -419,7 +428,8 @@ def run_ranks(
     """Run (or resume) every oracle-grid cell as a compressed trial, for each transfer rule.
 
     The trials compress the task's own run (its ``total_steps``), so only the grid's cells of
-    that length are used; a grid with none is an error.
+    that length are used; a grid with none is an error. ``workers=0`` runs the trials in this
+    process, one after another.
     """
     grid = load_grid(grid_csv)
     cells = {
@@ -443,10 +453,7 @@ def run_ranks(
                         jobs.append((task_name, float(lr), int(w), transfer))
         _log.info("ranks: %d compressed trials to run", len(jobs))
         if jobs:
-            writer = _appender(csv_path, "ranks", rows)
-            with running_pool(max(1, workers)) as pool:
-                for row in pool.map(_one_rank, *zip(*jobs, strict=True)):
-                    writer.write(row)
+            _run_jobs(_one_rank, jobs, _appender(csv_path, "ranks", rows).write, workers)
     return csv_path
 
 

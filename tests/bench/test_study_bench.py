@@ -206,3 +206,26 @@ def _full_length_grid(tmp_path: Path) -> Path:
     grid = tmp_path / "full_grid.csv"
     pd.DataFrame(rows).to_csv(grid, index=False)
     return grid
+
+
+def test_ranks_with_no_workers_run_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--workers 0` ("in-process") started a pool of one worker all the same.
+    from autowarm.bench import _study
+
+    ran: list[tuple[float, int, str]] = []
+
+    def one_rank(task: str, peak_lr: float, warmup: int, transfer: str) -> dict[str, object]:
+        ran.append((peak_lr, warmup, transfer))
+        return {
+            "task": task, "transfer": transfer, "peak_lr": peak_lr, "warmup_steps": warmup,
+            "trial_steps": 500, "trial_warmup_steps": warmup // 4, "trial_value": 1.0,
+            "seconds": 0.1,
+        }  # fmt: skip
+
+    monkeypatch.setattr(_study, "_one_rank", one_rank)
+    ranks_csv = tmp_path / "ranks.csv"
+    _study.run_ranks(["control_convex"], ranks_csv, _full_length_grid(tmp_path), workers=0)
+    assert sorted(ran) == [(0.01, 0, "fraction"), (0.01, 30, "absolute"), (0.01, 30, "fraction")]
+    assert len(pd.read_csv(ranks_csv)) == 3
