@@ -525,19 +525,22 @@ def _evaluate_jobs(
 
 
 class JobsFailed(RuntimeError):
-    """Some evaluation jobs failed; every other job's row is in the CSV (rerun to retry).
+    """Some evaluation (or study, or ranks) jobs failed; every other job's row is in the CSV
+    (rerun to retry).
 
     Attributes:
-        csv_path: the evaluation CSV.
+        csv_path: the CSV.
         failed: ``(job, "ErrorType: message")`` for each failed job.
     """
 
-    def __init__(self, csv_path: Path, failed: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, csv_path: Path, failed: Sequence[tuple[str, str]], *, kind: str = "evaluation"
+    ) -> None:
         self.csv_path = csv_path
         self.failed = list(failed)
         listing = "\n".join(f"  {job}: {error}" for job, error in self.failed)
         super().__init__(
-            f"{len(self.failed)} evaluation job(s) failed (the others' rows are in {csv_path}; "
+            f"{len(self.failed)} {kind} job(s) failed (the others' rows are in {csv_path}; "
             f"run again to retry the failed ones):\n{listing}"
         )
 

@@ -38,6 +38,7 @@ import functools
 import inspect
 import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ import torch
 from optuna.trial import TrialState
 
 from autowarm.bench import _args
+from autowarm.bench._evaluate import JobsFailed
 from autowarm.bench._grid import (
     RowAppender,
     check_csv_target,
@@ -298,7 +300,13 @@ def run_study_bench(
     seeds: Sequence[int] = (0,),
     workers: int = 2,
 ) -> Path:
-    """Run (or resume) the study benchmark into ``csv_path``; one row per (task, method, seed)."""
+    """Run (or resume) the study benchmark into ``csv_path``; one row per (task, method, seed).
+
+    ``workers=0`` runs the studies in this process, one after another.
+
+    Raises:
+        JobsFailed: After every other job has run and written its row, if some jobs failed.
+    """
     for m in methods:
         if m not in STUDY_METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {STUDY_METHODS}")
@@ -326,8 +334,14 @@ def run_study_bench(
                 row["cost_steps"],
             )
 
-        _run_jobs(_one_study, jobs, write, workers)
+        failed = _run_jobs(_one_study, jobs, write, workers, "study", _study_label)
+    if failed:
+        raise JobsFailed(csv_path, failed, kind="study")
     return csv_path
+
+
+def _study_label(task: str, method: str, seed: int) -> str:
+    return f"{task} {method} seed {seed}"
 
 
 def _run_jobs(
@@ -335,18 +349,34 @@ def _run_jobs(
     jobs: Sequence[tuple[Any, ...]],
     write: Callable[[dict[str, Any]], None],
     workers: int,
-) -> None:
+    kind: str,
+    label: Callable[..., str],
+) -> list[tuple[str, str]]:
     """``run_one(*job)`` for each job, each row written as it comes: in this process, one
-    after another, for ``workers=0``; else in that many worker processes."""
+    after another, for ``workers=0``; else in that many worker processes. A job that raises
+    is logged and left out (it has no row, so the next run retries it); returns those as
+    ``(label(*job), "ErrorType: message")``."""
+    failed: list[tuple[str, str]] = []
+
+    def finish(job: tuple[Any, ...], get: Callable[[], dict[str, Any]]) -> None:
+        try:
+            row = get()
+        except Exception as exc:  # one failed job must not lose the others' rows
+            failed.append((label(*job), f"{type(exc).__name__}: {exc}"))
+            _log.error("%s: %s failed: %s: %s", kind, label(*job), type(exc).__name__, exc)
+            return
+        write(row)
+
     if workers <= 0:
         for job in jobs:
-            write(run_one(*job))
-        return
+            finish(job, functools.partial(run_one, *job))
+        return failed
     # Ctrl-C stops the workers now, not after the running jobs (whose rows are lost)
     with running_pool(workers) as pool:
         futures = {pool.submit(run_one, *job): job for job in jobs}
         for fut in cf.as_completed(futures):
-            write(fut.result())
+            finish(futures[fut], fut.result)
+    return failed
 
 
 def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
@@ -430,6 +460,9 @@ def run_ranks(
     The trials compress the task's own run (its ``total_steps``), so only the grid's cells of
     that length are used; a grid with none is an error. ``workers=0`` runs the trials in this
     process, one after another.
+
+    Raises:
+        JobsFailed: After every other trial has run and written its row, if some failed.
     """
     grid = load_grid(grid_csv)
     cells = {
@@ -452,9 +485,17 @@ def run_ranks(
                     if (task_name, transfer, float(lr), int(w)) not in done:
                         jobs.append((task_name, float(lr), int(w), transfer))
         _log.info("ranks: %d compressed trials to run", len(jobs))
-        if jobs:
-            _run_jobs(_one_rank, jobs, _appender(csv_path, "ranks", rows).write, workers)
+        if not jobs:
+            return csv_path
+        write = _appender(csv_path, "ranks", rows).write
+        failed = _run_jobs(_one_rank, jobs, write, workers, "ranks", _rank_label)
+    if failed:
+        raise JobsFailed(csv_path, failed, kind="ranks")
     return csv_path
+
+
+def _rank_label(task: str, peak_lr: float, warmup: int, transfer: str) -> str:
+    return f"{task} peak_lr {peak_lr:g} warmup {warmup} transfer {transfer}"
 
 
 def _full_length_cells(grid: pd.DataFrame, task_name: str) -> pd.DataFrame:
@@ -587,13 +628,16 @@ def run_study_cli(args: Any) -> int:
     out: Path = args.out
     grid = out / "oracle_grid.csv"
     if not args.table_only:
-        run_study_bench(
-            _task_names(args.tasks),
-            out / STUDY_CSV,
-            methods=args.methods,
-            seeds=range(args.seeds),
-            workers=args.workers,
-        )
+        try:
+            run_study_bench(
+                _task_names(args.tasks),
+                out / STUDY_CSV,
+                methods=args.methods,
+                seeds=range(args.seeds),
+                workers=args.workers,
+            )
+        except JobsFailed as exc:
+            return _failed(exc)
     _write_table(study_table(out / STUDY_CSV, grid), out, "study_regret")
     return 0
 
@@ -603,6 +647,21 @@ def run_ranks_cli(args: Any) -> int:
     out: Path = args.out
     grid = out / "oracle_grid.csv"
     if not args.table_only:
-        run_ranks(_task_names(args.tasks), out / RANKS_CSV, grid, workers=args.workers)
+        try:
+            run_ranks(_task_names(args.tasks), out / RANKS_CSV, grid, workers=args.workers)
+        except JobsFailed as exc:
+            return _failed(exc)
     _write_table(rank_table(out / RANKS_CSV, grid), out, "ranks_summary")
     return 0
+
+
+def _failed(exc: JobsFailed) -> int:
+    # The listing of every failed job (the command line's error would keep its first line
+    # only); the tables are left as they were, not rebuilt from part of the rows.
+    print(f"error: {exc}", file=sys.stderr)
+    print(
+        "the tables were not rebuilt: run the same command again to retry the failed jobs, "
+        "or pass --table-only for the tables of the rows there",
+        file=sys.stderr,
+    )
+    return 1

@@ -229,3 +229,45 @@ def test_ranks_with_no_workers_run_in_this_process(
     _study.run_ranks(["control_convex"], ranks_csv, _full_length_grid(tmp_path), workers=0)
     assert sorted(ran) == [(0.01, 0, "fraction"), (0.01, 30, "absolute"), (0.01, 30, "fraction")]
     assert len(pd.read_csv(ranks_csv)) == 3
+
+
+def test_a_failed_study_or_rank_job_keeps_the_other_jobs_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One failed job stopped the pool: the others' finished rows were lost.
+    from autowarm.bench import _study
+    from autowarm.bench._evaluate import JobsFailed
+
+    def one_study(task: str, method: str, seed: int) -> dict[str, object]:
+        if seed == 1:
+            raise RuntimeError("out of memory")
+        return _study_row(task, method, seed)
+
+    monkeypatch.setattr(_study, "_one_study", one_study)
+    study_csv = tmp_path / "study.csv"
+    said = r"1 study job\(s\) failed .*\n  toy tune_fraction seed 1: RuntimeError: out of memory"
+    with pytest.raises(JobsFailed, match=said):
+        _study.run_study_bench(
+            ["toy"], study_csv, methods=["tune_fraction"], seeds=[0, 1, 2], workers=0
+        )
+    assert pd.read_csv(study_csv)["seed"].tolist() == [0, 2]
+
+    def one_rank(task: str, peak_lr: float, warmup: int, transfer: str) -> dict[str, object]:
+        raise ValueError("no")
+
+    monkeypatch.setattr(_study, "_one_rank", one_rank)
+    with pytest.raises(JobsFailed, match=r"3 ranks job\(s\) failed"):
+        _study.run_ranks(
+            ["control_convex"], tmp_path / "ranks.csv", _full_length_grid(tmp_path), workers=0
+        )
+    # the command line lists every failed job, exits 1 and leaves the tables as they were
+    from autowarm.bench._cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _full_length_grid(tmp_path).rename(out / "oracle_grid.csv")
+    assert main(["ranks", "--tasks", "control_convex", "--workers", "0", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error: 3 ranks job(s) failed" in err and "transfer absolute: ValueError: no" in err
+    assert "the tables were not rebuilt" in err
+    assert not (out / "ranks_summary.md").exists()
