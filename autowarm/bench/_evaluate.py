@@ -54,9 +54,8 @@ from autowarm.bench._grid import (
     check_csv_target,
     check_definitions,
     check_distinct_names,
+    check_grid_complete,
     check_same_tasks,
-    missing_cells,
-    plan_path,
     read_plan,
     read_rows,
     running_pool,
@@ -639,17 +638,7 @@ def regret_table(
         check_seeds_complete(
             cells, str(task), used, steps, "or pass --only-seeds with seeds that every cell has"
         )
-        not_run = missing_cells(plan, same, str(task), steps, used)
-        if not_run:
-            lr, warmup, seed = not_run[0]
-            raise ValueError(
-                f"the grid of task {task!r} ({steps} steps) is incomplete: {len(not_run)} of "
-                f"the runs asked of it at seeds {used} have no row (e.g. peak_lr {lr:g}, "
-                f"warmup {warmup}, seed {seed}), stopped before them or failed: finish it "
-                "with the same `autowarm bench grid` command (it resumes where it stopped), "
-                f"or, to give those runs up, delete {plan_path(Path(grid_csv))} (the record "
-                "of what the grid commands asked)"
-            )
+        check_grid_complete(plan, same, str(task), steps, used, Path(grid_csv))
         key = (str(task), tuple(used), steps)
         if key not in oracles:  # once per task and seeds (and its grid-edge warning once)
             oracles[key] = oracle_table(cells, key[0], total_steps=key[2])

@@ -701,9 +701,12 @@ def read_definitions(csv_path: Path) -> dict[str, Any]:
     return recorded
 
 
-def check_same_tasks(eval_csv: Path, grid_csv: Path, tasks: Iterable[str]) -> None:
-    """Refuse to compare an evaluation with a grid made from another definition of a task
-    (a model, loss or setting changed between the two commands), by the records beside them.
+def check_same_tasks(
+    eval_csv: Path, grid_csv: Path, tasks: Iterable[str], *, kind: str = "evaluation"
+) -> None:
+    """Refuse to compare an evaluation (or a study's or ranks' rows: ``kind``) with a grid made
+    from another definition of a task (a model, loss or setting changed between the two
+    commands), by the records beside them.
 
     Raises:
         ValueError: naming the task and the parts that differ.
@@ -717,8 +720,36 @@ def check_same_tasks(eval_csv: Path, grid_csv: Path, tasks: Iterable[str]) -> No
                     f"task {name!r} of {eval_csv} was run with another definition than its "
                     f"oracle grid in {grid_csv} (its {', '.join(parts)}: "
                     f"{_pick(grid[name], parts)} in the grid, {_pick(ev[name], parts)} in the "
-                    "evaluation): run the grid and the evaluation of one definition"
+                    f"{kind}): run the grid and the {kind} of one definition"
                 )
+
+
+def check_grid_complete(
+    plan: dict[str, dict[str, list[list[float]]]],
+    rows: Any,
+    task: str,
+    steps: int,
+    seeds: Sequence[int],
+    grid_csv: Path,
+) -> None:
+    """Refuse a grid of which some runs of ``task`` at ``steps`` and ``seeds`` asked of it
+    (``plan``, :func:`read_plan`) have no row in ``rows`` (its rows of that task and length):
+    stopped before them, or failed (:func:`missing_cells`).
+
+    Raises:
+        ValueError: naming one missing run, how many there are, and the two ways out.
+    """
+    not_run = missing_cells(plan, rows, task, steps, seeds)
+    if not_run:
+        lr, warmup, seed = not_run[0]
+        raise ValueError(
+            f"the grid of task {task!r} ({steps} steps) is incomplete: {len(not_run)} of "
+            f"the runs asked of it at seeds {list(seeds)} have no row (e.g. peak_lr {lr:g}, "
+            f"warmup {warmup}, seed {seed}), stopped before them or failed: finish it "
+            "with the same `autowarm bench grid` command (it resumes where it stopped), "
+            f"or, to give those runs up, delete {plan_path(grid_csv)} (the record "
+            "of what the grid commands asked)"
+        )
 
 
 def check_definitions(csv_path: Path, tasks: Iterable[BenchTask]) -> None:

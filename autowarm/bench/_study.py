@@ -56,6 +56,10 @@ from autowarm.bench._evaluate import JobsFailed
 from autowarm.bench._grid import (
     RowAppender,
     check_csv_target,
+    check_definitions,
+    check_grid_complete,
+    check_same_tasks,
+    read_plan,
     read_rows,
     running_pool,
     writing_alone,
@@ -312,6 +316,9 @@ def run_study_bench(
             raise ValueError(f"unknown method {m!r}; choose from {STUDY_METHODS}")
     check_csv_target(csv_path, STUDY_COLUMNS, "study")  # before the lock makes the file
     with writing_alone(csv_path):  # a second run on this CSV would run every job again
+        # its rows are compared with a grid's: the definitions they were made with are
+        # recorded (and a changed task refused its old rows), as the grid and evaluation do
+        check_definitions(csv_path, [get_task(t) for t in tasks])
         rows = _finished_rows(csv_path, "study")
         done = {
             (str(t), str(m), int(s))
@@ -379,24 +386,52 @@ def _run_jobs(
     return failed
 
 
+def _check_study_oracle(
+    rows: pd.DataFrame, plan: dict[str, Any], task: str, steps: int, grid_csv: Path
+) -> None:
+    # The grid's rows of a task and length at EVAL_SEEDS must be whole: every cell over both
+    # seeds, and every run asked of the grid there done (else the oracle's best is of a part).
+    check_seeds_complete(
+        rows,
+        task,
+        list(EVAL_SEEDS),
+        steps,
+        "with --seeds 2 at least (the study scores each method's schedule on seeds 0 and 1)",
+    )
+    check_grid_complete(plan, rows, task, steps, EVAL_SEEDS, grid_csv)
+
+
+def _check_ranks_oracle(
+    rows: pd.DataFrame, plan: dict[str, Any], task: str, steps: int, grid_csv: Path
+) -> None:
+    # The ranks compare with the grid's mean over all its seeds: every cell must have them
+    # all, and every run asked of the grid at that length must be done.
+    seeds = sorted({int(s) for s in rows["seed"]})
+    check_seeds_complete(
+        rows,
+        task,
+        seeds,
+        steps,
+        "with the same --seeds for every cell (the ranks compare with the mean over all seeds)",
+    )
+    asked = {int(r[2]) for r in plan.get(task, {}).get(str(steps), [])}
+    check_grid_complete(plan, rows, task, steps, sorted(asked | set(seeds)), grid_csv)
+
+
 def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
     """Per task and method: mean regret over study seeds and cost; ``median`` rows at the end."""
     frame = _table_rows(study_csv, "study")
     # like with like: each method's schedule is scored by full runs on EVAL_SEEDS, so the
     # oracle is the grid averaged over those seeds, however many more the grid has
     grid = load_grid(grid_csv)
+    check_same_tasks(study_csv, Path(grid_csv), sorted(set(frame["task"])), kind="study")
+    plan = read_plan(Path(grid_csv))
     grid = grid[grid["seed"].isin(EVAL_SEEDS)]
     rows = []
     for (task, method), g in frame.groupby(["task", "method"], sort=True):
         steps = int(g["total_steps"].iloc[0])
         same = grid[(grid["task"] == task) & (grid["total_steps"] == steps)]
-        check_seeds_complete(
-            same,
-            str(task),
-            list(EVAL_SEEDS),
-            steps,
-            "with --seeds 2 at least (the study scores each method's schedule on seeds 0 and 1)",
-        )
+        _check_study_oracle(same, plan, str(task), steps, Path(grid_csv))
         oracle = oracle_table(grid, str(task), total_steps=steps)
         regrets = [regret(float(v), oracle.best_loss) for v in g["final_val_loss"]]
         rows.append(
@@ -471,6 +506,7 @@ def run_ranks(
     }  # a task the grid lacks: an error before anything is written
     check_csv_target(csv_path, RANKS_COLUMNS, "ranks")  # before the lock makes the file
     with writing_alone(csv_path):  # a second run on this CSV would run every trial again
+        check_definitions(csv_path, [get_task(t) for t in tasks])  # as study does
         rows = _finished_rows(csv_path, "ranks")
         keys = zip(
             rows["task"], rows["transfer"], rows["peak_lr"], rows["warmup_steps"], strict=True
@@ -516,6 +552,9 @@ def rank_table(ranks_csv: Path, grid_csv: Path) -> pd.DataFrame:
     """Per task and transfer: Spearman rank correlation of compressed vs full-length losses,
     the regret of the cell a compressed study would pick, and whether it is hotter."""
     ranks = _table_rows(ranks_csv, "ranks")
+    grid = load_grid(grid_csv)
+    check_same_tasks(ranks_csv, Path(grid_csv), sorted(set(ranks["task"])), kind="ranks")
+    plan = read_plan(Path(grid_csv))
     # a zero warmup is the same trial under both rules
     zero = ranks[(ranks["warmup_steps"] == 0) & (ranks["transfer"] == "fraction")]
     ranks = pd.concat([ranks, zero.assign(transfer="absolute")], ignore_index=True)
@@ -523,7 +562,13 @@ def rank_table(ranks_csv: Path, grid_csv: Path) -> pd.DataFrame:
     for (task, transfer), g in ranks.groupby(["task", "transfer"], sort=True):
         # the run the trials were compressed from (a grid may hold other lengths too)
         steps = TASKS[str(task)].total_steps if str(task) in TASKS else None
-        oracle = oracle_table(grid_csv, str(task), total_steps=steps)
+        same = grid[grid["task"] == task]
+        lengths = {int(n) for n in same["total_steps"]} if steps is None else {steps}
+        if len(lengths) == 1:  # else oracle_table names the lengths to choose from
+            length = lengths.pop()
+            same = same[same["total_steps"] == length]
+            _check_ranks_oracle(same, plan, str(task), length, Path(grid_csv))
+        oracle = oracle_table(grid, str(task), total_steps=steps)
         cells = oracle.cells[["peak_lr", "warmup_steps", "mean_val_loss"]]
         merged = g.merge(cells, on=["peak_lr", "warmup_steps"], how="inner")
         trial = merged["trial_value"].replace([np.inf], np.nan)

@@ -155,21 +155,22 @@ def test_a_study_row_cut_by_a_kill_runs_again_and_nothing_is_glued_to_it(
     monkeypatch.setattr(_study, "_one_study", one_study)
     study_csv = tmp_path / "study.csv"
     kw: dict[str, Any] = dict(methods=["tune_fraction"], seeds=[0, 1], workers=0)
-    _study.run_study_bench(["toy"], study_csv, **kw)
+    _study.run_study_bench(["control_convex"], study_csv, **kw)
     text = study_csv.read_text()
-    study_csv.write_text(text[: text.rstrip("\n").rfind("\n") + 1] + "toy,tune_fraction,1,20")
+    cut = "control_convex,tune_fraction,1,20"
+    study_csv.write_text(text[: text.rstrip("\n").rfind("\n") + 1] + cut)
     ran.clear()
     with caplog.at_level(logging.WARNING, logger="autowarm"):
-        _study.run_study_bench(["toy"], study_csv, **kw)
-    assert ran == [("toy", "tune_fraction", 1)]
+        _study.run_study_bench(["control_convex"], study_csv, **kw)
+    assert ran == [("control_convex", "tune_fraction", 1)]
     assert "dropping its last row, cut short" in caplog.text
     frame = pd.read_csv(study_csv)
     assert frame["seed"].tolist() == [0, 1] and not frame.isna().any().any()
     # a cut row that a later writer ended (its last fields empty) is not read as finished
-    study_csv.write_text(study_csv.read_text() + "toy,tune_absolute,0,20\n")
+    study_csv.write_text(study_csv.read_text() + "control_convex,tune_absolute,0,20\n")
     ran.clear()
-    _study.run_study_bench(["toy"], study_csv, **{**kw, "methods": ["tune_absolute"]})
-    assert ran == [("toy", "tune_absolute", 0), ("toy", "tune_absolute", 1)]
+    _study.run_study_bench(["control_convex"], study_csv, **{**kw, "methods": ["tune_absolute"]})
+    assert [seed for _, _, seed in ran] == [0, 1]
     assert len(pd.read_csv(study_csv).dropna()) == 4
 
 
@@ -182,7 +183,7 @@ def test_a_csv_of_another_kind_is_named(tmp_path: Path, grid_csv: Path) -> None:
     study = r"other\.csv lacks the columns \['task', .*it is not a study CSV written by "
     ranks = r"other\.csv lacks the columns \['task', .*it is not a ranks CSV written by "
     with pytest.raises(ValueError, match=study):
-        run_study_bench(["toy"], other, methods=["tune_fraction"], workers=0)
+        run_study_bench(["control_convex"], other, methods=["tune_fraction"], workers=0)
     with pytest.raises(ValueError, match=study):
         study_table(other, grid_csv)
     with pytest.raises(ValueError, match=ranks):
@@ -245,10 +246,10 @@ def test_a_failed_study_or_rank_job_keeps_the_other_jobs_rows(
 
     monkeypatch.setattr(_study, "_one_study", one_study)
     study_csv = tmp_path / "study.csv"
-    said = r"1 study job\(s\) failed .*\n  toy tune_fraction seed 1: RuntimeError: out of memory"
+    said = r"1 study job\(s\) failed .*\n  control_convex tune_fraction seed 1: RuntimeError: "
     with pytest.raises(JobsFailed, match=said):
         _study.run_study_bench(
-            ["toy"], study_csv, methods=["tune_fraction"], seeds=[0, 1, 2], workers=0
+            ["control_convex"], study_csv, methods=["tune_fraction"], seeds=[0, 1, 2], workers=0
         )
     assert pd.read_csv(study_csv)["seed"].tolist() == [0, 2]
 
@@ -271,3 +272,63 @@ def test_a_failed_study_or_rank_job_keeps_the_other_jobs_rows(
     assert "error: 3 ranks job(s) failed" in err and "transfer absolute: ValueError: no" in err
     assert "the tables were not rebuilt" in err
     assert not (out / "ranks_summary.md").exists()
+
+
+def _study_csv(tmp_path: Path) -> Path:
+    rows = [_study_row("toy", "tune_fraction", 0)]
+    study_csv = tmp_path / "study.csv"
+    pd.DataFrame(rows).assign(total_steps=2000, peak_lr=0.002, warmup_steps=20).to_csv(
+        study_csv, index=False
+    )
+    return study_csv
+
+
+def _ranks_csv(tmp_path: Path) -> Path:
+    rows = [
+        {
+            "task": "toy", "transfer": "fraction", "peak_lr": lr, "warmup_steps": w,
+            "trial_steps": 500, "trial_warmup_steps": w // 4, "trial_value": full,
+            "seconds": 1.0,
+        }
+        for (lr, w), full in FULL.items()
+    ]  # fmt: skip
+    ranks_csv = tmp_path / "ranks.csv"
+    pd.DataFrame(rows).to_csv(ranks_csv, index=False)
+    return ranks_csv
+
+
+def test_study_and_rank_tables_refuse_a_grid_stopped_mid_way(
+    tmp_path: Path, grid_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The regret table refused it; these took the best of the cells the grid had run.
+    import json
+
+    from autowarm.bench import _study
+    from autowarm.bench._grid import plan_path
+
+    monkeypatch.setitem(_study.TASKS, "toy", _study.TASKS["control_convex"])  # 2,000 steps
+    study_csv, ranks_csv = _study_csv(tmp_path), _ranks_csv(tmp_path)
+    study_table(study_csv, grid_csv)
+    rank_table(ranks_csv, grid_csv)
+    asked = [[lr, w, s] for lr, w in FULL for s in (0, 1)] + [[0.008, 20, 0], [0.008, 20, 1]]
+    plan_path(grid_csv).write_text(json.dumps({"toy": {"2000": asked}}))
+    incomplete = r"grid of task 'toy' \(2000 steps\) is incomplete: 2 of the runs asked of it"
+    with pytest.raises(ValueError, match=incomplete):
+        study_table(study_csv, grid_csv)
+    with pytest.raises(ValueError, match=incomplete):
+        rank_table(ranks_csv, grid_csv)
+
+
+def test_study_and_rank_tables_refuse_a_grid_of_another_definition(
+    tmp_path: Path, grid_csv: Path
+) -> None:
+    import json
+
+    from autowarm.bench._grid import definitions_path
+
+    study_csv, ranks_csv = _study_csv(tmp_path), _ranks_csv(tmp_path)
+    definitions_path(grid_csv).write_text(json.dumps({"toy": {"model": "mlp(64)"}}))
+    for path, kind, table in ((study_csv, "study", study_table), (ranks_csv, "ranks", rank_table)):
+        definitions_path(path).write_text(json.dumps({"toy": {"model": "mlp(128)"}}))
+        with pytest.raises(ValueError, match=f"another definition .* in the {kind}\\): run"):
+            table(path, grid_csv)
