@@ -303,22 +303,31 @@ def run_study_bench(
     methods: Sequence[str] = STUDY_METHODS,
     seeds: Sequence[int] = (0,),
     workers: int = 2,
+    grid_csv: Path | None = None,
 ) -> Path:
     """Run (or resume) the study benchmark into ``csv_path``; one row per (task, method, seed).
 
-    ``workers=0`` runs the studies in this process, one after another.
+    ``workers=0`` runs the studies in this process, one after another. ``grid_csv``, the
+    oracle grid that :func:`study_table` will compare the rows with, is checked before any
+    study runs (hours before the table).
 
     Raises:
+        ValueError: If ``grid_csv`` is missing, lacks a task's runs at its length and seeds 0
+            and 1, is incomplete there, or was made from another definition of a task.
         JobsFailed: After every other job has run and written its row, if some jobs failed.
     """
     for m in methods:
         if m not in STUDY_METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {STUDY_METHODS}")
+    if grid_csv is not None:
+        _check_grid_first(grid_csv, tasks, "study")
     check_csv_target(csv_path, STUDY_COLUMNS, "study")  # before the lock makes the file
     with writing_alone(csv_path):  # a second run on this CSV would run every job again
         # its rows are compared with a grid's: the definitions they were made with are
         # recorded (and a changed task refused its old rows), as the grid and evaluation do
         check_definitions(csv_path, [get_task(t) for t in tasks])
+        if grid_csv is not None:
+            check_same_tasks(csv_path, grid_csv, tasks, kind="study")
         rows = _finished_rows(csv_path, "study")
         done = {
             (str(t), str(m), int(s))
@@ -345,6 +354,34 @@ def run_study_bench(
     if failed:
         raise JobsFailed(csv_path, failed, kind="study")
     return csv_path
+
+
+def _check_grid_first(grid_csv: Path, tasks: Sequence[str], kind: str) -> pd.DataFrame:
+    """The rows of the oracle grid, checked before any run: a grid that the ``kind`` table
+    ("study" or "ranks") would refuse once every run is done is refused now (missing, without
+    a task's runs of its length, at seeds 0 and 1 for the study, or incomplete there)."""
+    if not grid_csv.is_file():
+        raise ValueError(
+            f"no oracle grid CSV at {grid_csv}: the {kind} tables compare with it; run "
+            f"`autowarm bench grid --seeds 2 --out {grid_csv.parent}` first"
+        )
+    grid = load_grid(grid_csv)
+    plan = read_plan(grid_csv)
+    for name in tasks:
+        steps = get_task(name).total_steps
+        rows = grid[(grid["task"] == name) & (grid["total_steps"] == steps)]
+        if kind == "ranks":
+            _check_ranks_oracle(_full_length_cells(grid, name), plan, name, steps, grid_csv)
+            continue
+        rows = rows[rows["seed"].isin(EVAL_SEEDS)]
+        if rows.empty:
+            raise ValueError(
+                f"the grid {grid_csv} has no runs of task {name!r} at its run length of "
+                f"{steps} steps and seeds 0 and 1: run `autowarm bench grid --tasks {name} "
+                f"--seeds 2 --out {grid_csv.parent}` first"
+            )
+        _check_study_oracle(rows, plan, name, steps, grid_csv)
+    return grid
 
 
 def _study_label(task: str, method: str, seed: int) -> str:
@@ -499,14 +536,15 @@ def run_ranks(
     Raises:
         JobsFailed: After every other trial has run and written its row, if some failed.
     """
-    grid = load_grid(grid_csv)
+    grid = _check_grid_first(grid_csv, tasks, "ranks")  # not once every trial has run
     cells = {
         name: _full_length_cells(grid, name)[["peak_lr", "warmup_steps"]].drop_duplicates()
         for name in tasks
-    }  # a task the grid lacks: an error before anything is written
+    }
     check_csv_target(csv_path, RANKS_COLUMNS, "ranks")  # before the lock makes the file
     with writing_alone(csv_path):  # a second run on this CSV would run every trial again
         check_definitions(csv_path, [get_task(t) for t in tasks])  # as study does
+        check_same_tasks(csv_path, grid_csv, tasks, kind="ranks")
         rows = _finished_rows(csv_path, "ranks")
         keys = zip(
             rows["task"], rows["transfer"], rows["peak_lr"], rows["warmup_steps"], strict=True
@@ -680,6 +718,7 @@ def run_study_cli(args: Any) -> int:
                 methods=args.methods,
                 seeds=range(args.seeds),
                 workers=args.workers,
+                grid_csv=grid,
             )
         except JobsFailed as exc:
             return _failed(exc)

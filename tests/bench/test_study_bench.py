@@ -332,3 +332,32 @@ def test_study_and_rank_tables_refuse_a_grid_of_another_definition(
         definitions_path(path).write_text(json.dumps({"toy": {"model": "mlp(128)"}}))
         with pytest.raises(ValueError, match=f"another definition .* in the {kind}\\): run"):
             table(path, grid_csv)
+
+
+def test_study_and_ranks_check_the_grid_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The study's grid was read only by its table, once every study had run: hours later,
+    # "No such file oracle_grid.csv".
+    import json
+
+    from autowarm.bench import _study
+    from autowarm.bench._cli import main
+    from autowarm.bench._grid import plan_path
+
+    ran: list[object] = []
+    monkeypatch.setattr(_study, "_one_study", lambda *job: ran.append(job))
+    monkeypatch.setattr(_study, "_one_rank", lambda *job: ran.append(job))
+    argv = ["study", "--tasks", "control_convex", "--methods", "tune_fraction", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path)]) == 1
+    assert "no oracle grid CSV at" in capsys.readouterr().err
+    grid = _full_length_grid(tmp_path).rename(tmp_path / "oracle_grid.csv")  # seed 0 only
+    study_csv = tmp_path / "study.csv"
+    kw: dict[str, Any] = dict(methods=["tune_fraction"], workers=0, grid_csv=grid)
+    with pytest.raises(ValueError, match=r"lack some of the seeds \[0, 1\]"):
+        _study.run_study_bench(["control_convex"], study_csv, **kw)
+    asked = [[0.01, w, 0] for w in (0, 30, 60)]  # a cell the grid has not run yet
+    plan_path(grid).write_text(json.dumps({"control_convex": {"2000": asked}}))
+    with pytest.raises(ValueError, match="is incomplete: 1 of the runs asked of it"):
+        _study.run_ranks(["control_convex"], tmp_path / "ranks.csv", grid, workers=0)
+    assert ran == [] and not study_csv.exists() and not (tmp_path / "ranks.csv").exists()
