@@ -561,7 +561,10 @@ def regret_table(
     method's runs, so a grid with more seeds than the evaluation (or the other way round), or
     an evaluation that ran a task at several lengths, still compares like with like.
     Diverged runs count as infinite loss (infinite regret). The last rows (task ``median``)
-    hold each method's median regret over tasks.
+    hold each method's median regret over its rows: over tasks, each run length of a task
+    counting as a task of its own. A method without a row for some of the table's (task,
+    length) pairs (a job failed or was not run) has its median over fewer of them, which
+    :func:`regret_markdown` marks ``[k of n tasks]``.
 
     Args:
         eval_csv: the evaluation rows (:func:`evaluate_methods`).
@@ -809,7 +812,9 @@ def regret_markdown(table: pd.DataFrame) -> str:
 
     The last column is the grid's own seed noise (:attr:`OracleTable.heldout_regret`): a
     method's regret below it on a task is within what the seeds alone move. When the table
-    holds several run lengths, each (task, length) is a row, labelled ``task (N steps)``.
+    holds several run lengths, each (task, length) is a row, labelled ``task (N steps)``,
+    and counts as a task in the medians: a method's median over fewer rows than the table's
+    is marked ``[k of n tasks]`` (it is not comparable with the others' medians).
     """
     body = table[table["task"] != "median"]
     several = "total_steps" in body and body["total_steps"].nunique() > 1
@@ -840,20 +845,32 @@ def regret_markdown(table: pd.DataFrame) -> str:
         cells.append("" if pd.isna(noise) else _percent(float(noise)))
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     med = table[table["task"] == "median"].set_index("method")["regret"]
-    lines.append(
-        "| **median** | "
-        + " | ".join(
-            f"**{_percent(float(med[m]))}**" if m in med and not pd.isna(med[m]) else ""
-            for m in methods
-        )
-        + " | |"
-    )
+    rows_of = body.groupby("method").size() if len(body) else pd.Series(dtype=int)
+    n_rows = len(body.drop_duplicates(keys))  # tasks, each length its own (a row each)
+    medians, partial = [], False
+    for m in methods:
+        if m not in med or pd.isna(med[m]):
+            medians.append("")
+            continue
+        k = int(rows_of.get(m, 0))
+        # a median over a part of the tasks is not comparable with the others': marked
+        short = f" [{k} of {n_rows} tasks]" if k < n_rows else ""
+        partial = partial or bool(short)
+        medians.append(f"**{_percent(float(med[m]))}**{short}")
+    lines.append("| **median** | " + " | ".join(medians) + " | |")
     if fewer:
         lines += [
             "",
             "[k of n seeds]: this method ran fewer seeds of the task than the others (a job "
             "failed or was not run), against an oracle over its own seeds; the same "
             "`autowarm bench eval` command runs the missing ones.",
+        ]
+    if partial:
+        lines += [
+            "",
+            "[k of n tasks]: this method's median is over the k tasks (each run length a task) "
+            "it has rows of, not all n; the same `autowarm bench eval` command runs the "
+            "missing ones.",
         ]
     return "\n".join(lines) + "\n"
 

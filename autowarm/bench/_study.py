@@ -456,7 +456,12 @@ def _check_ranks_oracle(
 
 
 def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
-    """Per task and method: mean regret over study seeds and cost; ``median`` rows at the end."""
+    """Per task and method: mean regret over study seeds and cost; ``median`` rows at the end.
+
+    A method's median is over the tasks it has rows of; when that is fewer than the table's
+    tasks (a job failed or was not run), its row's task reads ``median [k of n tasks]``: that
+    median is not comparable with the others'.
+    """
     frame = _table_rows(study_csv, "study")
     # like with like: each method's schedule is scored by full runs on EVAL_SEEDS, so the
     # oracle is the grid averaged over those seeds, however many more the grid has
@@ -490,8 +495,14 @@ def study_table(study_csv: Path, grid_csv: Path) -> pd.DataFrame:
     if table.empty:
         return table
     med = table.groupby("method")["regret"].median()
+    tasks_of = table.groupby("method")["task"].nunique()
+    n_tasks = table["task"].nunique()
+    label = [
+        "median" if tasks_of[m] == n_tasks else f"median [{tasks_of[m]} of {n_tasks} tasks]"
+        for m in med.index
+    ]
     return pd.concat(
-        [table, pd.DataFrame({"task": "median", "method": list(med.index), "regret": med.values})],
+        [table, pd.DataFrame({"task": label, "method": list(med.index), "regret": med.values})],
         ignore_index=True,
     )
 

@@ -86,6 +86,40 @@ def test_the_markdown_marks_a_method_run_over_fewer_seeds() -> None:
     assert "seeds]" not in regret_markdown(full)
 
 
+def test_a_median_over_fewer_tasks_is_marked() -> None:
+    # A method without some of the tasks had its median over the others, bolded beside the
+    # medians over every task with nothing to say so.
+    row = {"seeds": 2, "probe_cost": 0.0, "oracle_heldout_regret": 0.01}
+    rows = [
+        {**row, "task": "a", "total_steps": 100, "method": "autowarm", "regret": 0.01},
+        {**row, "task": "b", "total_steps": 100, "method": "autowarm", "regret": 0.03},
+        {**row, "task": "a", "total_steps": 100, "method": "hf_default", "regret": 0.5},
+    ]
+    table = pd.DataFrame(rows)
+    medians = table.groupby("method")["regret"].median()
+    md = regret_markdown(
+        pd.concat(
+            [table, pd.DataFrame({"task": "median", "regret": medians}).reset_index()],
+            ignore_index=True,
+        )
+    )
+    median_line = next(line for line in md.splitlines() if line.startswith("| **median**"))
+    assert "| **2.00%** |" in median_line  # over both tasks: not marked
+    assert "**50.00%** [1 of 2 tasks]" in median_line
+    assert "[k of n tasks]: this method's median is over the k tasks" in md
+    # each run length counts as a task: a at 200 steps is a third one that autowarm lacks
+    longer = {**rows[2], "total_steps": 200, "method": "hf_default"}
+    table = pd.DataFrame([*rows, longer])
+    medians = table.groupby("method")["regret"].median()
+    md = regret_markdown(
+        pd.concat(
+            [table, pd.DataFrame({"task": "median", "regret": medians}).reset_index()],
+            ignore_index=True,
+        )
+    )
+    assert "**2.00%** [2 of 3 tasks]" in md and "**50.00%** [2 of 3 tasks]" in md
+
+
 def test_a_probe_variant_is_its_own_method(tmp_path: Path) -> None:
     import dataclasses
 

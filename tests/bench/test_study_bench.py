@@ -361,3 +361,21 @@ def test_study_and_ranks_check_the_grid_before_any_run(
     with pytest.raises(ValueError, match="is incomplete: 1 of the runs asked of it"):
         _study.run_ranks(["control_convex"], tmp_path / "ranks.csv", grid, workers=0)
     assert ran == [] and not study_csv.exists() and not (tmp_path / "ranks.csv").exists()
+
+
+def test_a_study_median_over_fewer_tasks_is_marked(tmp_path: Path, grid_csv: Path) -> None:
+    # A method without some of the tasks had its median over the others, unmarked.
+    grid = pd.read_csv(grid_csv)
+    pd.concat([grid, grid.assign(task="toy2")]).to_csv(grid_csv, index=False)
+    rows = [
+        _study_row("toy", "tpe_scratch", 0),
+        _study_row("toy2", "tpe_scratch", 0),
+        _study_row("toy", "tune_confirm", 0),
+    ]
+    study_csv = tmp_path / "study.csv"
+    frame = pd.DataFrame(rows).assign(total_steps=2000, peak_lr=0.002, warmup_steps=20)
+    frame.to_csv(study_csv, index=False)
+    table = study_table(study_csv, grid_csv)
+    medians = table[table["task"].str.startswith("median")].set_index("method")["task"]
+    assert medians.to_dict() == {"tpe_scratch": "median", "tune_confirm": "median [1 of 2 tasks]"}
+    assert "| median [1 of 2 tasks] | tune_confirm |" in markdown(table)
