@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +53,22 @@ DEFAULT_WARMUP_FRACS: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.25, 0.6)
 
 _VAL_SEED = 2_147_483_647  # never used as a training seed by the grid (seeds start at 0)
 _DATA_SEED_OFFSET = 1_000_003  # keeps a run's data stream apart from its model init
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    # 16 hex digits of each parameter's and buffer's mean and standard deviation at 4
+    # significant digits: an initialisation changed (a scale, a distribution) moves them,
+    # while a last-bit difference between torch builds does not (the values themselves could)
+    parts = []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        v = t.detach().to("cpu").reshape(-1)
+        if v.numel() and v.is_floating_point():
+            v = v.to(torch.float64)
+            std = float(v.std()) if v.numel() > 1 else 0.0
+            parts.append(f"{name}:{float(v.mean()):.4g}:{std:.4g}")
+        else:  # integer buffers (a step count, token ids): their values, or their count
+            parts.append(f"{name}:{v.tolist()!r}" if v.numel() <= 16 else f"{name}:{v.numel()}")
+    return hashlib.sha1(";".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +149,12 @@ class BenchTask:
         (which every row records): the model's structure (parameter and buffer names, shapes,
         dtypes) and the types of its modules (an activation swapped), the loss function by
         name, the optimizer settings, the clipping and the validation batches. Stored beside
-        a grid or evaluation CSV, so rows of a task changed since are not resumed."""
+        a grid or evaluation CSV, so rows of a task changed since are not resumed.
+
+        Also ``data``, the data generator's settings (:attr:`chunks`, its type and fields),
+        and ``weights``, the initial weights' per-tensor mean and spread to 4 digits (an
+        initialisation changed). A record written before these parts were recorded lacks
+        them: parts are compared only where both records have them."""
         model = self.make_model(0)
         return {
             "model": structure_fingerprint(model),
@@ -141,6 +163,10 @@ class BenchTask:
             "optimizer_kwargs": repr(sorted(dict(self.optimizer_kwargs).items())),
             "grad_clip": self.grad_clip,
             "val_batches": len(self.val_data()),
+            # the generator's settings, not its batches' values: those may differ in the last
+            # bits between machines (matrix products), which would refuse a resume elsewhere
+            "data": repr(self.chunks),
+            "weights": _weights_fingerprint(model),
         }
 
     def validation_loss(self, model: nn.Module) -> float:

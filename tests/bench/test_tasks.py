@@ -109,3 +109,44 @@ def test_optimizer_kwargs_that_do_not_fit_are_named() -> None:
 def test_bad_task_fields_say_what_to_pass() -> None:
     with pytest.raises(ValueError, match="total_steps must be a positive integer"):
         dataclasses.replace(get_task("convnet"), total_steps=0)
+
+
+def _scaled_linear(d_in: int, n_classes: int) -> torch.nn.Module:
+    from autowarm.bench import _models
+
+    model = _models.linear_classifier(d_in=d_in, n_classes=n_classes)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10.0)
+    return model
+
+
+def test_a_built_in_task_with_other_data_or_weights_does_not_resume_its_rows(
+    tmp_path: Any,
+) -> None:
+    # The record held the model's structure but neither its data generator nor its initial
+    # weights: a task whose data or initialisation changed resumed on the old rows.
+    import functools
+    import json
+
+    from autowarm.bench import oracle_grid
+    from autowarm.bench._grid import definitions_path
+
+    task = dataclasses.replace(get_task("control_convex"), total_steps=10, val_batches=1)
+    csv_path = tmp_path / "grid.csv"
+    kw: dict[str, Any] = dict(csv_path=csv_path, lrs=[1e-2], warmups=[0], seeds=1, workers=0)
+    oracle_grid(task, **kw)
+    noisier = dataclasses.replace(task, chunks=dataclasses.replace(task.chunks, noise=0.5))
+    hotter = dataclasses.replace(
+        task, model_factory=functools.partial(_scaled_linear, d_in=32, n_classes=10)
+    )
+    for changed, part in ((noisier, "data"), (hotter, "weights")):
+        with pytest.raises(ValueError, match=f"has changed since its rows .*its {part}:"):
+            oracle_grid(changed, **kw)
+    # a record written before these parts existed lacks them: resumed, and they are added
+    record = definitions_path(csv_path)
+    old = {"control_convex": {**json.loads(record.read_text())["control_convex"]}}
+    del old["control_convex"]["data"], old["control_convex"]["weights"]
+    record.write_text(json.dumps(old))
+    assert oracle_grid(noisier, **kw).skipped == 1
+    assert json.loads(record.read_text())["control_convex"]["data"] == repr(noisier.chunks)
