@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autowarm._checks import is_int
+from autowarm._checks import check_seed, is_int
 
 if TYPE_CHECKING:
     from autowarm._suggest import Suggestion
@@ -56,6 +56,7 @@ def run_demo(
             f"--total-steps must be an int >= 40 (the probe needs at least 40 steps), but got "
             f"{total_steps!r}"
         )  # before the folder is made: a bad value leaves nothing behind
+    check_seed(seed, "torch, numpy and random")  # as suggest() would, but before the folder
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file: pass --out a folder (it is made if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)  # before the probe: a bad path fails at once

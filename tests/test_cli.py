@@ -303,6 +303,8 @@ def test_demo_refuses_a_file_as_its_folder_before_probing(tmp_path: Path) -> Non
     for short in (-5, 30):  # refused before its folder is made
         with pytest.raises(ValueError, match="--total-steps must be an int >= 40"):
             _demo.run_demo(tmp_path / "new", progress=False, total_steps=short)
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\)"):
+        _demo.run_demo(tmp_path / "new", progress=False, seed=-1)
     assert not (tmp_path / "new").exists()
 
 
