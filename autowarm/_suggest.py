@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -740,7 +741,15 @@ def suggest(
     # CUDA draw, so the user's first one after it is the same as without the probe.
     on_cuda = "cuda" in (target.type, original_device.type)
     amp = mixed_precision(precision, model, target)
-    with preserved(model, snapshot_device=snapshot_device, cuda_rng=on_cuda) as snapshot:
+    with (
+        preserved(model, snapshot_device=snapshot_device, cuda_rng=on_cuda) as snapshot,
+        contextlib.ExitStack() as loss_state,
+    ):
+        for module in loss_modules(loss_fn, criterion, model=model):
+            # a criterion with weights or buffers of its own (a learned temperature, a margin
+            # head) comes back as it was too, .grad included; inside the model's snapshot, so
+            # that one restores the RNG last
+            loss_state.enter_context(preserved(module, snapshot_device=snapshot_device))
         moved = target != original_device
         stream = BatchStream(dataloader, target)
         try:
@@ -1085,6 +1094,7 @@ def _probe(
     from tqdm.auto import tqdm
 
     first = stream.first()  # empty data fails here, before any training
+    structure = _trained_structure(model)
     # A bad batch format fails here with its message, and a note on what the batch held.
     try:
         try:
@@ -1110,6 +1120,7 @@ def _probe(
             ),
         )
         raise
+    _refuse_added_in_forward(model, structure)
     if not torch.isfinite(loss).all():
         if nan_in_batch(first):
             raise ValueError(
@@ -1292,6 +1303,48 @@ def _overflowing_update_message(step: int, lrs: list[float], runner: ProbeRunner
         f"{lrs}): the optimizer's update overflows at any LR, so neither the LR nor the data "
         f"of that step is the cause.{hint} The trace is in error.trace"
     )
+
+
+def loss_modules(*losses: object, model: nn.Module) -> list[nn.Module]:
+    """The modules outside ``model`` that ``loss_fn``/``criterion`` hold, whose state the
+    probe's training changes: a criterion that is an ``nn.Module``, a bound method of one, a
+    ``functools.partial`` holding one. One that holds the model itself (a wrapper's bound
+    method) is left out: its snapshot would copy the model's weights a second time."""
+    own = {id(t) for t in (*model.parameters(), *model.buffers())}
+    found: dict[int, nn.Module] = {}
+    for loss in losses:
+        held = [loss, getattr(loss, "__self__", None)]
+        if isinstance(loss, functools.partial):
+            held += [loss.func, getattr(loss.func, "__self__", None), *loss.args]
+            held += list(loss.keywords.values())
+        for obj in held:
+            if isinstance(obj, nn.Module) and obj is not model and id(obj) not in found:
+                tensors = {id(t) for t in (*obj.parameters(), *obj.buffers())}
+                if tensors and not tensors & own:
+                    found[id(obj)] = obj
+    return list(found.values())
+
+
+def _trained_structure(model: nn.Module) -> tuple[set[str], set[str]]:
+    # The names of the model's submodules and parameters.
+    modules = {name for name, _ in model.named_modules(remove_duplicate=False)}
+    return modules, {name for name, _ in model.named_parameters(remove_duplicate=False)}
+
+
+def _refuse_added_in_forward(model: nn.Module, before: tuple[set[str], set[str]]) -> None:
+    # A forward that builds a submodule or registers a parameter from the first batch it sees
+    # (a head sized from the input, a data-dependent init): every burst's optimizer is built
+    # before its first forward, so those weights would never train, and the snapshot takes
+    # them away again between bursts (every burst would look untrainable).
+    modules, params = _trained_structure(model)
+    added = sorted((modules - before[0]) | (params - before[1]))
+    if added:
+        raise ValueError(
+            f"the model's forward added {', '.join(added[:4])}{', ...' if len(added) > 4 else ''} "
+            "on the first batch: an optimizer built before that forward (the probe's, and "
+            "your run's) would never train them; run one forward pass on a batch first "
+            "(with torch.no_grad(): model(inputs)), so that they exist, then probe"
+        )
 
 
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:

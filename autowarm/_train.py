@@ -845,6 +845,12 @@ class BatchStream:
             iterator = iter(data)
         except TypeError:
             raise not_iterable_error(data) from None
+        except BaseException:
+            # iter() drew the loader's base seed before failing (a shard missing): the caller
+            # never gets a stream to restore from, so the generators go back here
+            for generator, state in zip(generators, states, strict=True):
+                generator.set_state(state)
+            raise
         self.device = device
         self._generators = generators
         self._generator_states = states

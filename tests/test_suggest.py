@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -1955,3 +1956,76 @@ def test_a_suggestion_built_by_hand_is_checked_as_a_loaded_one(
         dataclasses.replace(s, confidence="maybe")
     listed = dataclasses.replace(s, confidence="low", low_confidence_reasons=["short"])
     assert listed.low_confidence_reasons == ("short",) and hash(listed) == hash(listed)
+
+
+def test_a_criterion_with_weights_and_buffers_of_its_own_comes_back_as_it_was() -> None:
+    # a learned temperature with a running statistic: the probe's training left it a .grad
+    # (added into the user's first real step) and a moved buffer
+    class LearnedTemperature(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log_t = nn.Parameter(torch.zeros(()))
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return F.cross_entropy(out * self.log_t.exp(), y)
+
+    criterion = LearnedTemperature()
+    before = _capture(criterion)
+    autowarm.suggest(_mlp(), _cls_batches(), criterion=criterion, total_steps=600, progress=False)
+    _assert_restored(criterion, before)
+    # a bound method and a partial holding such a module are found too; the model is not
+    model = _mlp()
+    found = autowarm._suggest.loss_modules(
+        criterion.forward, functools.partial(F.cross_entropy), model=model
+    )
+    assert found == [criterion]
+    assert autowarm._suggest.loss_modules(model.forward, model, model=model) == []
+
+
+def test_a_forward_that_adds_a_submodule_is_refused_and_the_model_comes_back() -> None:
+    # a head sized from the first batch: every burst's optimizer, built before the forward,
+    # never trained it, and the probe called every LR divergent
+    class HeadFromData(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(8, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.body(x))
+            if not hasattr(self, "head"):
+                self.head = nn.Linear(h.shape[-1], 2)
+            return self.head(h)
+
+    model = HeadFromData()
+    before = _capture(model)
+    with pytest.raises(ValueError, match=r"forward added head.*run one forward pass on a batch"):
+        autowarm.suggest(
+            model, _cls_batches(), criterion=F.cross_entropy, total_steps=600, progress=False
+        )
+    assert not hasattr(model, "head")
+    _assert_restored(model, before)
+
+
+def test_a_loader_whose_iter_raises_keeps_its_generator() -> None:
+    class MissingShards(torch.utils.data.IterableDataset[torch.Tensor]):
+        def __iter__(self) -> Iterator[torch.Tensor]:
+            raise FileNotFoundError("shard-0000.tar")
+
+    g = torch.Generator().manual_seed(7)
+    state = g.get_state()
+    loader = DataLoader(MissingShards(), batch_size=4, generator=g)
+    with pytest.raises(FileNotFoundError, match="shard-0000"):
+        autowarm.suggest(
+            _mlp(), loader, criterion=F.cross_entropy, total_steps=600, progress=False
+        )
+    assert torch.equal(g.get_state(), state)
+
+
+def test_lazy_buffers_are_refused_with_the_advice() -> None:
+    model = nn.Sequential(nn.Linear(8, 4), nn.LazyBatchNorm1d(affine=False), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"lazy parameters or buffers .*run one forward pass"):
+        autowarm.suggest(
+            model, _cls_batches(), criterion=F.cross_entropy, total_steps=600, progress=False
+        )

@@ -271,7 +271,7 @@ class ModelSnapshot:
         self._names = [
             (module, kind, frozenset(getattr(module, kind)))
             for module in self._modules
-            for kind in ("_parameters", "_buffers")
+            for kind in ("_parameters", "_buffers", "_modules")
         ]
         self._tensors: list[torch.Tensor] = []
         seen: set[int] = set()
@@ -475,12 +475,15 @@ def refuse_unsupported_model(model: nn.Module) -> None:
         )
     lazy = [
         name
-        for name, p in model.named_parameters(remove_duplicate=False)
+        for name, p in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
         if nn.parameter.is_lazy(p)
     ]
     if lazy:
         raise ValueError(
-            f"the model has lazy parameters not yet initialised ({', '.join(lazy[:3])}"
+            f"the model has lazy parameters or buffers not yet initialised ({', '.join(lazy[:3])}"
             f"{', ...' if len(lazy) > 3 else ''}): run one forward pass on a batch first "
             "(model(inputs)), so that their shapes are known, then probe"
         )
@@ -597,8 +600,29 @@ def preserved(
         True
     """
     snapshot = ModelSnapshot(model, snapshot_device=snapshot_device, cuda_rng=cuda_rng)
+    grad_enabled = torch.is_grad_enabled()
     try:
         yield snapshot
     finally:
-        snapshot.restore_all()
-        snapshot.release()
+        try:
+            _restore_through_interrupts(snapshot)
+        finally:
+            # a KeyboardInterrupt inside a no_grad block of the restore leaves grad mode off
+            torch.set_grad_enabled(grad_enabled)
+            snapshot.release()
+
+
+def _restore_through_interrupts(snapshot: ModelSnapshot, tries: int = 3) -> None:
+    # A second Ctrl-C that lands in the restore (the user pressing it again) would leave the
+    # model half restored: each restore step keeps its error and the others run, but the
+    # interrupted one is lost. The restore is idempotent, so it runs again (the interrupt is
+    # raised once it is whole); an error of another kind is raised as it comes.
+    interrupt: KeyboardInterrupt | None = None
+    for _ in range(tries):
+        try:
+            snapshot.restore_all()
+            break
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt

@@ -538,3 +538,29 @@ def test_a_buffer_registered_after_the_snapshot_is_taken_away() -> None:
     assert set(model.state_dict()) == keys and not [*model.buffers()]
     assert "scale" not in model._non_persistent_buffers_set
     assert [n for n, _ in model.named_parameters()] == ["linear.weight", "linear.bias"]
+
+
+def test_an_interrupt_during_the_restore_does_not_leave_it_half_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a second Ctrl-C landing inside the restore (here: inside its no_grad block, which left
+    # grad mode off too): the restore runs again, then the interrupt is raised
+    model = nn.Linear(4, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    real = ModelSnapshot._restore_weights
+    calls = {"n": 0}
+
+    def interrupted_once(self: ModelSnapshot, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            torch.set_grad_enabled(False)  # as an interrupt inside torch.no_grad() leaves it
+            raise KeyboardInterrupt
+        return real(self, **kw)
+
+    monkeypatch.setattr(ModelSnapshot, "_restore_weights", interrupted_once)
+    with pytest.raises(KeyboardInterrupt), preserved(model), torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert calls["n"] >= 2
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert torch.is_grad_enabled()
