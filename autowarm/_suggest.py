@@ -64,7 +64,7 @@ from autowarm.probe._search import (
     outcome_signals,
     run_search,
 )
-from autowarm.probe._state import as_device, preserved, refuse_unsupported_model
+from autowarm.probe._state import as_device, loss_modules, preserved, refuse_unsupported_model
 from autowarm.schedules import ScheduleConfig
 
 if TYPE_CHECKING:
@@ -1303,26 +1303,6 @@ def _overflowing_update_message(step: int, lrs: list[float], runner: ProbeRunner
         f"{lrs}): the optimizer's update overflows at any LR, so neither the LR nor the data "
         f"of that step is the cause.{hint} The trace is in error.trace"
     )
-
-
-def loss_modules(*losses: object, model: nn.Module) -> list[nn.Module]:
-    """The modules outside ``model`` that ``loss_fn``/``criterion`` hold, whose state the
-    probe's training changes: a criterion that is an ``nn.Module``, a bound method of one, a
-    ``functools.partial`` holding one. One that holds the model itself (a wrapper's bound
-    method) is left out: its snapshot would copy the model's weights a second time."""
-    own = {id(t) for t in (*model.parameters(), *model.buffers())}
-    found: dict[int, nn.Module] = {}
-    for loss in losses:
-        held = [loss, getattr(loss, "__self__", None)]
-        if isinstance(loss, functools.partial):
-            held += [loss.func, getattr(loss.func, "__self__", None), *loss.args]
-            held += list(loss.keywords.values())
-        for obj in held:
-            if isinstance(obj, nn.Module) and obj is not model and id(obj) not in found:
-                tensors = {id(t) for t in (*obj.parameters(), *obj.buffers())}
-                if tensors and not tensors & own:
-                    found[id(obj)] = obj
-    return list(found.values())
 
 
 def _trained_structure(model: nn.Module) -> tuple[set[str], set[str]]:

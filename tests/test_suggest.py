@@ -39,7 +39,7 @@ from autowarm._train import BatchStream, resolve_loss_fn
 from autowarm.probe import _search as search_plan
 from autowarm.probe._bursts import MOMENT_COLUMNS, Budget, ProbeRunner
 from autowarm.probe._search import SearchSettings, _judge, _warmup_search, ramp_lrs, run_search
-from autowarm.probe._state import preserved
+from autowarm.probe._state import loss_modules, preserved
 from autowarm.schedules import ScheduleConfig
 from tests._tiny import (
     DecayRateAdam,
@@ -1977,11 +1977,9 @@ def test_a_criterion_with_weights_and_buffers_of_its_own_comes_back_as_it_was() 
     _assert_restored(criterion, before)
     # a bound method and a partial holding such a module are found too; the model is not
     model = _mlp()
-    found = autowarm._suggest.loss_modules(
-        criterion.forward, functools.partial(F.cross_entropy), model=model
-    )
+    found = loss_modules(criterion.forward, functools.partial(F.cross_entropy), model=model)
     assert found == [criterion]
-    assert autowarm._suggest.loss_modules(model.forward, model, model=model) == []
+    assert loss_modules(model.forward, model, model=model) == []
 
 
 def test_a_forward_that_adds_a_submodule_is_refused_and_the_model_comes_back() -> None:

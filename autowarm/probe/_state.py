@@ -8,6 +8,7 @@ generators on its own.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,14 @@ from torch.nn.utils import prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-__all__ = ["ModelSnapshot", "RngState", "preserved", "rng_state", "set_rng_state"]
+__all__ = [
+    "ModelSnapshot",
+    "RngState",
+    "loss_modules",
+    "preserved",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 @dataclass(frozen=True, eq=False)  # eq on tensor fields would be ambiguous
@@ -626,3 +634,23 @@ def _restore_through_interrupts(snapshot: ModelSnapshot, tries: int = 3) -> None
             interrupt = exc
     if interrupt is not None:
         raise interrupt
+
+
+def loss_modules(*losses: object, model: nn.Module) -> list[nn.Module]:
+    """The modules outside ``model`` that ``loss_fn``/``criterion`` hold, whose state the
+    probe's training changes: a criterion that is an ``nn.Module``, a bound method of one, a
+    ``functools.partial`` holding one. One that holds the model itself (a wrapper's bound
+    method) is left out: its snapshot would copy the model's weights a second time."""
+    own = {id(t) for t in (*model.parameters(), *model.buffers())}
+    found: dict[int, nn.Module] = {}
+    for loss in losses:
+        held = [loss, getattr(loss, "__self__", None)]
+        if isinstance(loss, functools.partial):
+            held += [loss.func, getattr(loss.func, "__self__", None), *loss.args]
+            held += list(loss.keywords.values())
+        for obj in held:
+            if isinstance(obj, nn.Module) and obj is not model and id(obj) not in found:
+                tensors = {id(t) for t in (*obj.parameters(), *obj.buffers())}
+                if tensors and not tensors & own:
+                    found[id(obj)] = obj
+    return list(found.values())

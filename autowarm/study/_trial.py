@@ -16,6 +16,7 @@ How a full-run warmup maps into the short run is the *warmup transfer* rule:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -25,7 +26,7 @@ from typing import Literal
 
 from autowarm._checks import is_int
 from autowarm._train import mixed_precision, model_device, seeded_stream, train_step
-from autowarm.probe._state import seeded_rngs
+from autowarm.probe._state import loss_modules, preserved, seeded_rngs
 from autowarm.schedules import Decay, ScheduleConfig
 from autowarm.study._space import longest_warmup
 from autowarm.study._task import Task
@@ -144,8 +145,12 @@ def train_trial(
         ``value = inf``.
     """
     start = time.perf_counter()
-    with seeded_rngs(seed):
+    with seeded_rngs(seed), contextlib.ExitStack() as loss_state:
         model = task.build_model(seed)
+        for module in loss_modules(task.loss_fn, task.criterion, model=model):
+            # a criterion with weights or buffers of its own is shared by every trial: each
+            # trial starts from it as it was, so trials stay independent of their order
+            loss_state.enter_context(preserved(module))
         optimizer = task.make_optimizer(model, schedule.peak_lr)
         scheduler = schedule.lambda_lr(optimizer)  # each group at its lr_scale
         loss_fn = task.resolved_loss_fn()

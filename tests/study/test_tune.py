@@ -275,6 +275,28 @@ def test_a_trial_keeps_the_submodule_modes_make_model_set() -> None:
         assert set(seen) == {want}, (frozen, set(seen))
 
 
+def test_trials_sharing_a_criterion_with_state_of_its_own_stay_independent() -> None:
+    # the task's criterion object serves every trial: its buffer moved by one trial changed
+    # the next one's loss, so a trial's value depended on which trials ran before it
+    class Drifting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return torch.nn.functional.mse_loss(out, y) * (1 + self.calls / 100)
+
+    import tests.study.tiny_task as tiny
+
+    criterion = Drifting()
+    task = Task(make_model=lambda s: torch.nn.Linear(8, 1), train_data=tiny.BATCHES,
+                criterion=criterion, total_steps=20)  # fmt: skip
+    schedule = ScheduleConfig(peak_lr=1e-2, total_steps=20, warmup_steps=2)
+    first, second = (train_trial(task, schedule, seed=0).value for _ in range(2))
+    assert first == second and float(criterion.calls) == 0
+
+
 # ------------------------------------------------------------------------- task
 
 
