@@ -92,7 +92,7 @@ _FIELDS = (
     "training",
     "tables",
 )
-# The fields of Suggestion.training (_training_record writes them all).
+# The fields of Suggestion.training (training_record writes them all).
 _TRAINING_FIELDS = (
     "optimizer",
     "optimizer_settings",
@@ -790,7 +790,7 @@ def suggest(
         decay,
         time.perf_counter() - start,
         preface=" ".join(x for x in (proxy_note, _groups_note(groups)) if x) or None,
-        training=_training_record(optimizer_cls, kwargs, grad_clip, accumulation_steps, precision),
+        training=training_record(optimizer_cls, kwargs, grad_clip, accumulation_steps, precision),
     )
 
 
@@ -948,8 +948,8 @@ def trainer_args(
 _TRAINER_ADAM = ("torch.optim.AdamW", "torch.optim.Adam")
 
 
-def _training_record(
-    optimizer_cls: type[torch.optim.Optimizer],
+def training_record(
+    optimizer_cls: Callable[..., torch.optim.Optimizer],
     kwargs: Mapping[str, Any],
     grad_clip: float | None,
     accumulation_steps: int,
@@ -964,10 +964,14 @@ def _training_record(
             for p in params
             if p.default is not inspect.Parameter.empty and p.name not in ("lr", "params")
         }
-    except (TypeError, ValueError):  # no signature to read (a C extension)
+    except (TypeError, ValueError, AttributeError):  # no signature to read (a C extension)
         pass
     settings.update(kwargs)
-    name = f"{optimizer_cls.__module__}.{optimizer_cls.__qualname__}"
+    # a study's task may name a factory (a functools.partial) rather than a class
+    name = (
+        f"{getattr(optimizer_cls, '__module__', None) or '?'}."
+        f"{getattr(optimizer_cls, '__qualname__', None) or repr(optimizer_cls)}"
+    )
     if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam):
         name = f"torch.optim.{optimizer_cls.__name__}"  # not torch.optim.adamw.AdamW
     plain = {k: _plain(v) for k, v in settings.items()}

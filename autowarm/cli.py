@@ -253,12 +253,18 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.storage is not None:
         from autowarm.study import _attrs
         from autowarm.study._storage import load_study, normalize_url, redact
-        from autowarm.study._tune import NoFinishedTrialError, best_schedule, suggestion_from_study
+        from autowarm.study._tune import (
+            NoFinishedTrialError,
+            best_schedule,
+            study_training,
+            suggestion_from_study,
+        )
 
         study = load_study(args.storage, args.study_name)
         stored = suggestion_from_study(study)
-        # the task's optimizer settings, as its probe recorded them: the trials share them
-        training = None if stored is None else stored.training
+        # the settings the study's trials trained under (a study from before that record:
+        # its probe's, which trained under the task's own)
+        training: Mapping[str, Any] | None = study_training(study)
         if args.probe:
             suggestion = stored
             if suggestion is None:

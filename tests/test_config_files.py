@@ -346,10 +346,10 @@ def _saved_suggestion(path: Path, **training: Any) -> Path:
     import pandas as pd
     import torch
 
-    from autowarm._suggest import _training_record
+    from autowarm._suggest import training_record
 
     cfg = ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=100)
-    record = _training_record(torch.optim.AdamW, {"betas": (0.9, 0.95)}, 1.0, 2, "bf16-mixed")
+    record = training_record(torch.optim.AdamW, {"betas": (0.9, 0.95)}, 1.0, 2, "bf16-mixed")
     suggestion = autowarm.Suggestion(
         warmup_steps=100,
         peak_lr=1e-3,

@@ -36,6 +36,10 @@ Study user attributes:
 ``autowarm.task_code``            16 hex digits of that file's code (comments and blank lines
                                   aside), or ``None`` (compared on resume: an edit is warned
                                   about)
+``autowarm.training``             the settings every trial trains under (optimizer and its
+                                  settings, clipping, accumulation, precision), as
+                                  ``Suggestion.training`` records them: what the exported
+                                  TrainingArguments carry
 ``autowarm.data``                 ``{"train_batches": n, "val_batches": n}`` by ``len()``
                                   (``None`` where the data has no length; :meth:`Task.data_sizes`)
 ================================  =============================================================
@@ -98,6 +102,7 @@ GRAD_CLIP: Final = "autowarm.grad_clip"
 DATA: Final = "autowarm.data"
 TASK_FILE: Final = "autowarm.task_file"
 TASK_CODE: Final = "autowarm.task_code"
+TRAINING: Final = "autowarm.training"
 
 # trial user attributes
 ROLE: Final = "autowarm.role"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import multiprocessing
@@ -1096,6 +1097,9 @@ def _set_up(
         if suggestion is None:
             suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
         suggestion_schedule = _centre_of(suggestion, task)
+        training = task_training(task)
+        if not complete:
+            _warn_other_training(suggestion, training)
         if n_trials is None and not has_timeout:
             # A resume without either keeps the stored total, a new study takes what fits;
             # with a timeout alone, trials run until the time is up (else a study at its
@@ -1123,6 +1127,7 @@ def _set_up(
                 _attrs.VERSIONS: _versions(),
                 _attrs.BASE_SCHEDULE: suggestion_schedule.to_dict(),
                 _attrs.SUGGESTION: _suggestion_record(suggestion),
+                _attrs.TRAINING: training,
                 _attrs.SEARCH_SPACE: space.to_dict(),
                 _attrs.TASK_FILE: _task_file(task),
                 _attrs.TASK_CODE: _task_code(task),
@@ -1134,6 +1139,8 @@ def _set_up(
                 study.set_user_attr(key, value)
         else:
             _warn_task_file_changes(study, task)
+            if _attrs.TRAINING not in study.user_attrs:  # a study from before the record
+                study.set_user_attr(_attrs.TRAINING, training)
         study.set_user_attr(_attrs.N_TRIALS, n_trials)
         study.set_user_attr(_attrs.CONFIRM, confirm)  # the report counts them against it
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
@@ -1151,6 +1158,55 @@ def _set_up(
         space.describe(center),
     )
     return study, center, space, n_trials
+
+
+def task_training(task: Task) -> dict[str, Any]:
+    """The settings ``task``'s trials train under, as :attr:`Suggestion.training` records a
+    probe's (stored in the study: ``autowarm export --format trainer`` carries them)."""
+    from autowarm._suggest import training_record
+
+    return training_record(
+        task.optimizer_cls,
+        dict(task.optimizer_kwargs or {}),
+        task.grad_clip,
+        task.accumulation_steps,
+        task.precision,
+    )
+
+
+def study_training(study: optuna.Study) -> dict[str, Any] | None:
+    """The settings the study's trials trained under (:func:`task_training`), or, for a study
+    from before that record, its probe's; ``None`` when it holds neither."""
+    recorded = study.user_attrs.get(_attrs.TRAINING)
+    if isinstance(recorded, dict):
+        return recorded
+    stored = suggestion_from_study(study)
+    return None if stored is None else dict(stored.training)
+
+
+def _warn_other_training(suggestion: Any, training: Mapping[str, Any]) -> None:
+    # A suggestion probed under other optimizer settings (another task's, say) is a poor
+    # centre: the warmup follows Adam's beta2, and the peak the optimizer and clipping.
+    probed = dict(getattr(suggestion, "training", {}) or {})
+    if not probed:
+        return
+    differ = [
+        k for k in training if k in probed and _plain_json(probed[k]) != _plain_json(training[k])
+    ]
+    if differ:
+        shown = "; ".join(f"{k}: probed {probed[k]!r}, task {training[k]!r}" for k in differ)
+        warnings.warn(
+            f"the suggestion was probed under other settings than the task trains with "
+            f"({shown}): its warmup and peak LR centre the search for another run; leave out "
+            "the suggestion to probe the task itself",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _plain_json(value: Any) -> Any:
+    # tuples and lists alike, as a record read back from JSON has them
+    return json.loads(json.dumps(value, default=str))
 
 
 def _centre_of(suggestion: Any, task: Task) -> ScheduleConfig:

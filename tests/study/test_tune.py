@@ -2284,3 +2284,25 @@ def test_the_2_over_1_minus_beta2_reference_follows_the_optimizer(task: Task) ->
     assert _attrs.ROLE_UNTUNED not in _reference_schedules(center, sgd)
     adam = dataclasses.replace(task, optimizer_kwargs={"betas": (0.9, 0.95)})
     assert _reference_schedules(center, adam)[_attrs.ROLE_UNTUNED].warmup_steps == 40
+
+
+def test_a_suggestion_probed_under_other_settings_is_warned_and_the_export_is_the_studys(
+    tmp_path: Path, task: Task, suggestion: Any
+) -> None:
+    # another task's suggestion (another beta2, weight decay): tune took it silently, and the
+    # study's trainer export carried the suggestion's optimizer settings, not its trials'
+    training = dict(suggestion.training)
+    training["optimizer_settings"] = {**training["optimizer_settings"], "betas": [0.9, 0.5]}
+    other = dataclasses.replace(suggestion, training=training)
+    db = tmp_path / "s.db"
+    with pytest.warns(UserWarning, match=r"probed under other settings .*optimizer_settings"):
+        autowarm.tune(task, suggestion=other, storage=str(db), n_trials=1, trial_steps=50,
+                      progress=False, pruner="none", confirm=0)  # fmt: skip
+    from autowarm.cli import main
+
+    out = tmp_path / "args.json"
+    assert main(["export", "--storage", str(db), "--format", "trainer", "-o", str(out)]) == 0
+    args = json.loads(out.read_text())
+    assert args["adam_beta2"] == 0.999  # the task's AdamW default, which the trials used
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
+    assert study.user_attrs[_attrs.TRAINING]["optimizer_settings"]["betas"] == [0.9, 0.999]
