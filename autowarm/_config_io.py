@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from autowarm.schedules import ScheduleConfig
 
 FORMAT_NAME = "autowarm.schedule"
+SUGGESTION_FORMAT = "autowarm.suggestion"  # Suggestion.save's files
 FORMAT_VERSION = 1
 _COMMON = ("peak_lr", "total_steps", "warmup_steps", "decay", "min_lr", "warmup_start_factor")
 # The fields of ScheduleConfig that only one decay reads.
@@ -60,11 +61,11 @@ def config_from_dict(data: Mapping[str, Any]) -> ScheduleConfig:
             f"{type(data).__name__}: {data!r}"
         )
     fmt = data.get("format", FORMAT_NAME)
-    if fmt == "autowarm.suggestion":  # _suggest.SUGGESTION_FORMAT (not imported: a cycle)
+    if fmt == SUGGESTION_FORMAT:
         raise ValueError(
             "this is a probe's suggestion (format 'autowarm.suggestion'), not a schedule config: "
-            "pass the schedule.yaml written beside it, or read it in Python with "
-            "autowarm.Suggestion.load(path).schedule"
+            "read it with autowarm.Suggestion.load(path).schedule, or write its schedule "
+            "out with `autowarm export SUGGESTION.json -o schedule.yaml`"
         )
     if fmt != FORMAT_NAME:
         raise ValueError(f"format must be {FORMAT_NAME!r}, but got format={fmt!r}")

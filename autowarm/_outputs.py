@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from autowarm._config_io import FORMAT_NAME, check_writable, storage_file_kind
+from autowarm._config_io import FORMAT_NAME, SUGGESTION_FORMAT, check_writable, storage_file_kind
 
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 
@@ -105,8 +105,6 @@ def _is_trainer_export(keys: tuple[Any, ...]) -> bool:
 
 def is_suggestion(raw: bytes) -> bool:
     """A suggestion JSON (``Suggestion.save``)."""
-    from autowarm._suggest import SUGGESTION_FORMAT
-
     data = _mapping(raw)
     return data is not None and data.get("format") == SUGGESTION_FORMAT
 

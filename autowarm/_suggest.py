@@ -24,6 +24,7 @@ from torch import nn
 
 from autowarm._checks import check_known_fields, check_seed, is_finite_real, is_int, is_real
 from autowarm._config_io import (
+    SUGGESTION_FORMAT,
     DuplicateKeyError,
     atomic_write,
     check_format_version,
@@ -74,7 +75,6 @@ _log = logging.getLogger("autowarm")
 
 __all__ = ["ProbeDivergedError", "Suggestion", "suggest"]
 
-SUGGESTION_FORMAT = "autowarm.suggestion"
 SUGGESTION_FORMAT_VERSION = 1
 _REQUIRED = ("schedule", "probe_steps", "rationale")
 # The fields of a suggestion's JSON besides format and format_version: to_dict's, and the

@@ -79,14 +79,16 @@ def _add_schedule(sub: Any) -> None:
     p = sub.add_parser("schedule", help="inspect a schedule config file")
     ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
     show = ssub.add_parser("show", help="print the schedule's key points (and plot it)")
-    show.add_argument("file", type=Path, help="schedule config (.json or .yaml)")
+    show.add_argument(
+        "file", type=Path, help="schedule config (.json or .yaml), or a suggestion JSON"
+    )
     show.add_argument("--plot", type=Path, metavar="PNG", help="also draw LR against step")
     show.add_argument("--json", action="store_true", help="print the key points as JSON")
     show.set_defaults(func=_run_schedule_show)
 
 
 def _run_schedule_show(args: argparse.Namespace) -> int:
-    cfg = ScheduleConfig.load(args.file)
+    cfg, _ = _schedule_file(args.file)  # a schedule config, or a probe's suggestion
     if args.plot:
         check_plot_path(args.plot, args.file)
     rows = key_points(cfg)
@@ -318,9 +320,10 @@ def _schedule_file(path: Path) -> tuple[ScheduleConfig, Mapping[str, Any] | None
     # probe trained under. The suggestion's tables are not exported, so not read: a stale or
     # broken .trace.csv beside it (which Suggestion.load refuses) does not stop an export.
     from autowarm._outputs import is_suggestion
-    from autowarm._suggest import Suggestion, read_suggestion_record
 
     if path.suffix.lower() == ".json" and path.is_file() and is_suggestion(path.read_bytes()):
+        from autowarm._suggest import Suggestion, read_suggestion_record  # imports torch
+
         data = read_suggestion_record(path)  # read as Suggestion.load reads it
         try:
             suggestion = Suggestion.from_dict(data)

@@ -415,3 +415,21 @@ def test_one_v_shows_debug_lines() -> None:
         assert logger.level == logging.ERROR
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_schedule_show_takes_a_suggestion(tmp_path: Path) -> None:
+    # `autowarm probe -o suggestion.json` writes no schedule.yaml beside it, which the error
+    # told the reader to pass instead
+    import torch.nn.functional as F
+
+    from autowarm import suggest
+    from tests._tiny import cls_batches, mlp
+
+    s = suggest(mlp(), cls_batches(), criterion=F.cross_entropy, total_steps=600,
+                         progress=False)  # fmt: skip
+    path = s.save(tmp_path / "suggestion.json")
+    r = autowarm("schedule", "show", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["schedule"] == s.schedule.to_dict()
+    with pytest.raises(ValueError, match=r"autowarm export SUGGESTION\.json -o schedule\.yaml"):
+        ScheduleConfig.load(path)
