@@ -23,6 +23,7 @@ study is resumed with a larger one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -1145,11 +1146,14 @@ def _set_up(
         study.set_user_attr(_attrs.CONFIRM, confirm)  # the report counts them against it
         center = ScheduleConfig.from_dict(study.user_attrs[_attrs.BASE_SCHEDULE])
         _enqueue_first_trials(study, task, center, space, n_trials)
-    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    ended = collections.Counter(
+        t.state.name.lower() for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+    )
+    so_far = ", ".join(f"{n} {state}" for state, n in sorted(ended.items())) or "none ended"
     _logger.info(
         # new or resumed, said first: a mistyped storage path starts a new study, not an error
         "%s study %r in %s: %s trials of %d steps (%s warmup transfer); search %s",
-        f"resuming ({finished} trials finished) the" if complete else "a new",
+        f"resuming ({so_far}) the" if complete else "a new",
         name,
         _storage.redact(url),
         "unlimited" if n_trials is None else n_trials,
@@ -1308,8 +1312,16 @@ def _work(
             active, waiting = _counts(study)
             if plan.n_trials is not None and active >= plan.n_trials and not waiting:
                 break
-            if plan.deadline is not None and time.time() + _reserve(study, plan) >= plan.deadline:
-                _logger.info("time is up: no new trial starts")
+            kept = _reserve(study, plan) if plan.deadline is not None else 0.0
+            if plan.deadline is not None and time.time() + kept >= plan.deadline:
+                _logger.info(
+                    "time is up: no new trial starts%s",
+                    f" (the last {kept:.0f} s of the timeout are kept for {plan.confirm} "
+                    "full-length confirmation runs, each estimated from the trials' median "
+                    "duration)"
+                    if kept
+                    else "",
+                )
                 break
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
