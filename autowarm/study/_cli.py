@@ -69,8 +69,8 @@ def add_tune(sub: Any) -> None:
         "--trial-steps",
         type=int,
         default=None,
-        help="steps of one compressed trial (default a quarter of the run, at least "
-        "min(run, 100))",
+        help="steps of one compressed trial (default: a resumed study's, else a quarter of "
+        "the run, at least min(run, 100))",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="worker processes on this host (default 1)"

@@ -760,8 +760,8 @@ def tune(
         study_name:
             Default ``autowarm-<task identity>``.
         trial_steps:
-            Optimizer steps of one trial; default a quarter of ``total_steps`` (at least
-            ``min(total_steps, 100)``).
+            Optimizer steps of one trial; default the resumed study's, else a quarter of
+            ``total_steps`` (at least ``min(total_steps, 100)``).
         suggestion:
             A :class:`~autowarm.Suggestion` to start from instead of running the probe.
         search_space:
@@ -829,8 +829,8 @@ def tune(
     if budget_steps is not None:
         _resolve_budget(budget_steps, total)
     check_seed(seed, "the probe, the trials and the sampler")
-    trial_steps = _default_trial_steps(total) if trial_steps is None else trial_steps
-    if not is_int(trial_steps) or not 2 <= trial_steps <= total:
+    # left out: the stored trial length on a resume (_set_up), else the default
+    if trial_steps is not None and (not is_int(trial_steps) or not 2 <= trial_steps <= total):
         raise ValueError(
             f"trial_steps must be an int in [2, total_steps={total}], but got "
             f"trial_steps={trial_steps!r}"
@@ -854,7 +854,7 @@ def tune(
     with contextlib.ExitStack() as restore:
         restore.callback(optuna.logging.set_verbosity, verbosity)
         restore.enter_context(_sigterm_as_interrupt())
-        study, center, space, n_trials = _set_up(
+        study, center, space, n_trials, trial_steps = _set_up(
             task,
             url,
             name,
@@ -1020,7 +1020,7 @@ def _set_up(
     url: str,
     name: str,
     n_trials: int | None,
-    trial_steps: int,
+    trial_steps: int | None,
     suggestion: Any | None,
     search_space: SearchSpace | None,
     seed: int,
@@ -1030,13 +1030,22 @@ def _set_up(
     has_timeout: bool,
     confirm: int,
     pruner: str,
-) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None]:
+) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None, int]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _storage.quiet_experimental():
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
         check_minimises_one_value(study)  # an existing study of another kind: before any write
+        if trial_steps is None:
+            # a resume that leaves --trial-steps out keeps the study's, as it keeps its space
+            stored_steps: Any = study.user_attrs.get(_attrs.TRIAL_STEPS)
+            resumed = study.user_attrs.get(_attrs.FORMAT) is not None
+            trial_steps = (
+                int(stored_steps)
+                if resumed and is_int(stored_steps) and 2 <= stored_steps <= task.total_steps
+                else _default_trial_steps(task.total_steps)
+            )
         built = task._seeded_model(seed)  # one build for the model's and its groups' records
         expected = {
             _attrs.TASK: task.identity,
@@ -1161,7 +1170,7 @@ def _set_up(
         transfer,
         space.describe(center),
     )
-    return study, center, space, n_trials
+    return study, center, space, n_trials, trial_steps
 
 
 def task_training(task: Task) -> dict[str, Any]:
