@@ -302,6 +302,9 @@ def _run_export(args: argparse.Namespace) -> int:
             "weight_decay and max_grad_norm as the probe trained, or export from the "
             "suggestion JSON or the study"
         )
+    if fmt == "transformers":
+        # get_scheduler's arguments hold no LR: it multiplies the optimizer's own
+        _log.info("build the optimizer with lr=%g (the peak LR) for this schedule", cfg.peak_lr)
     if args.output is not None:
         if fmt in ("json", "yaml") and args.output.suffix.lower() in (".json", ".yaml", ".yml"):
             cfg.save(args.output)

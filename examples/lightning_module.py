@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         budget_steps=40 if args.tiny else None,
     )
     module.schedule = suggestion.schedule
-    print(f"suggested: warmup {suggestion.warmup_steps} steps, peak LR {suggestion.peak_lr:.3g}")
+    print(
+        f"suggested: warmup {suggestion.warmup_steps} steps, peak LR {suggestion.peak_lr:.3g} "
+        f"({suggestion.confidence} confidence)"
+    )
+    if suggestion.low_confidence:  # check it before a long run: the reasons say what to change
+        print("low confidence: " + "; ".join(suggestion.low_confidence_reasons))
 
     # 2. Fit with Lightning, on the CPU, without writing checkpoints or logs into the repo.
     recorder = RecordLR()

@@ -433,3 +433,10 @@ def test_schedule_show_takes_a_suggestion(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["schedule"] == s.schedule.to_dict()
     with pytest.raises(ValueError, match=r"autowarm export SUGGESTION\.json -o schedule\.yaml"):
         ScheduleConfig.load(path)
+
+
+def test_a_transformers_export_names_the_lr_to_build_the_optimizer_with(sched_file: Path) -> None:
+    r = autowarm("export", str(sched_file), "--format", "transformers")
+    assert r.returncode == 0, r.stderr
+    assert "lr" not in json.loads(r.stdout)  # get_scheduler's keywords alone
+    assert "build the optimizer with lr=0.001 (the peak LR)" in r.stderr
