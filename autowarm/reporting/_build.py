@@ -118,6 +118,9 @@ def probe_report(
             f"LOW CONFIDENCE: the probe could not decide firmly ({reasons}). Check the "
             "rationale before training with this schedule, or probe with a larger budget."
         )
+    settings = training_note(s.training, "the probe trained")
+    if settings:
+        notes.append(settings)
     beta2 = T.infer_beta2(s.trace)
     if not math.isfinite(beta2):
         beta2 = _recorded_beta2(s)  # a suggestion loaded without its trace
@@ -174,6 +177,28 @@ def probe_report(
         figures=_kept(figures),
         notes=tuple(notes),
         rationale=s.rationale,
+    )
+
+
+# The optimizer settings a reader needs to train as measured (the others are the defaults).
+_SHOWN_SETTINGS = ("betas", "eps", "weight_decay", "momentum", "nesterov")
+
+
+def training_note(training: Mapping[str, Any] | None, who: str) -> str | None:
+    """One sentence on the settings ``who`` trained under (a ``Suggestion.training`` record),
+    which the real run should share, or ``None`` without a record."""
+    if not training:
+        return None
+    settings = training.get("optimizer_settings") or {}
+    shown = ", ".join(f"{k}={settings[k]}" for k in _SHOWN_SETTINGS if k in settings)
+    clip = training.get("grad_clip")
+    return (
+        f"Settings: {who} with {training.get('optimizer')}({shown}), "
+        f"{'gradient clipping at ' + str(clip) if clip is not None else 'no gradient clipping'}"
+        f", {training.get('accumulation_steps')} micro-batch(es) per update, precision "
+        f"{training.get('precision')}. Train the real run with the same (the warmup follows "
+        "Adam's beta2, the peak LR the optimizer and the clipping); `autowarm export ... "
+        "--format trainer` carries them into TrainingArguments."
     )
 
 
@@ -235,6 +260,13 @@ def study_report(
     trials = S.trials_table(study)
     status, status_text = S.study_status(study)
     s = S.stored_suggestion(study)
+    recorded = study.user_attrs.get(A.TRAINING)
+    settings = training_note(
+        recorded if isinstance(recorded, Mapping) else (s.training if s is not None else None),
+        "the trials trained",
+    )
+    if settings:
+        notes.append(settings)
     best = S.best_row(trials, maximize)
     schedule = _chosen(study, best, s)
     counts = trials["state"].value_counts()

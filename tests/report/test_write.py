@@ -293,3 +293,23 @@ def test_a_folder_where_a_report_file_goes_is_refused_before_anything_is_written
         rep.write(out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == {k: v for k, v in before.items() if k != "trace.csv"}
+
+
+def test_reports_say_which_optimizer_settings_the_schedule_was_measured_under(
+    suggestion: autowarm.Suggestion, study: optuna.Study
+) -> None:
+    # the warmup follows Adam's beta2: a morning reader found no optimizer setting anywhere
+    probe = suggestion.report().to_markdown()
+    assert "Settings: the probe trained with torch.optim.AdamW(betas=" in probe
+    assert "--format trainer" in probe
+    # a study says its trials' settings: its own record, else its probe's
+    assert (
+        "Settings: the trials trained with torch.optim.AdamW("
+        in autowarm.report(study).to_markdown()
+    )
+    study.set_user_attr(
+        "autowarm.training",
+        {**suggestion.training, "optimizer_settings": {"betas": [0.9, 0.95]}, "grad_clip": 1.0},
+    )
+    text = autowarm.report(study).to_markdown()
+    assert "betas=[0.9, 0.95]), gradient clipping at 1.0" in text
