@@ -7,6 +7,7 @@ touches the caller's global figure state or backend.
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Any
 
 from autowarm._imports import require
@@ -39,11 +40,12 @@ def draw(data: FigureData) -> Any:
     if data.ylim is not None:
         ax.set_ylim(*data.ylim)
     ax.set_title(data.title, fontsize=11)
-    ax.set_xlabel(data.xlabel)
-    ax.set_ylabel(data.ylabel)
+    # long labels (a study's metric) wrapped to the axis they run along, not cut at the edge
+    ax.set_xlabel(textwrap.fill(data.xlabel, 90))
+    ax.set_ylabel(textwrap.fill(data.ylabel, 50))
     ax.grid(True, alpha=0.3)
     for mappable in filter(None, mappables):
-        fig.colorbar(mappable, ax=ax, label=data.colorbar_label or "")
+        fig.colorbar(mappable, ax=ax, label=textwrap.fill(data.colorbar_label or "", 50))
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
@@ -64,7 +66,7 @@ def _series(ax: Any, s: Series, i: int) -> Any:
             marker=s.marker,
             color=color,
             edgecolors=edge,
-            zorder=3,
+            zorder=4 if s.marker == "*" else 3,  # the probe's star stays visible on a diamond
             label=s.label,
         )
         return None
