@@ -77,12 +77,17 @@ def add_tune(sub: Any) -> None:
     )
     p.add_argument("--suggestion", type=Path, default=None, help="start from this probe JSON")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    p.add_argument(
+        "--pruner",
+        choices=("median", "hyperband", "none"),
+        default=None,
+        help="default: a resumed study's, else median",
+    )
     p.add_argument(
         "--warmup-transfer",
         choices=("fraction", "absolute"),
-        default="fraction",
-        help="how a full-run warmup maps into a trial",
+        default=None,
+        help="how a full-run warmup maps into a trial (default: a resumed study's, else fraction)",
     )
     p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
     p.add_argument(

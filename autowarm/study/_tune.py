@@ -42,7 +42,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import optuna
 import pandas as pd
@@ -624,6 +624,9 @@ def _enqueue_first_trials(
         )
 
 
+_PRUNERS: Final = ("median", "hyperband", "none")
+
+
 def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
     # warmup trains slowly at first; compare trials only after the longest compressed
     # warmup of the default space (half the run, by fraction) is over. A trial is never
@@ -636,7 +639,7 @@ def _make_pruner(name: str, trial_steps: int) -> optuna.pruners.BasePruner:
         )
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner must be 'median', 'hyperband' or 'none', but got {name!r}")
+    raise ValueError(f"pruner must be one of {_PRUNERS}, but got {name!r}")
 
 
 def _make_sampler(
@@ -725,11 +728,11 @@ def tune(
     trial_steps: int | None = None,
     suggestion: Suggestion | None = None,
     search_space: SearchSpace | None = None,
-    pruner: str = "median",
+    pruner: str | None = None,
     seed: int = 0,
     n_workers: int = 1,
     progress: bool = True,
-    warmup_transfer: WarmupTransfer = "fraction",
+    warmup_transfer: WarmupTransfer | None = None,
     budget_steps: int | None = None,
     confirm: int = 2,
 ) -> TuneResult:
@@ -770,7 +773,8 @@ def tune(
             the space it was created with: pass ``None`` or that same space (another one is
             an error).
         pruner:
-            ``"median"``, ``"hyperband"`` or ``"none"``.
+            ``"median"``, ``"hyperband"`` or ``"none"``; default the resumed study's, else
+            ``"median"``.
         seed:
             Seeds the probe, every trial's model and data, and the sampler.
         n_workers:
@@ -780,7 +784,8 @@ def tune(
         progress:
             Log one line per finished trial and show a bar on a terminal.
         warmup_transfer:
-            How a full-run warmup maps into a trial: ``"fraction"`` or ``"absolute"``.
+            How a full-run warmup maps into a trial: ``"fraction"`` or ``"absolute"``;
+            default the resumed study's, else ``"fraction"``.
         budget_steps:
             The probe's budget (see :func:`autowarm.suggest`).
         confirm:
@@ -816,12 +821,13 @@ def tune(
         raise ValueError(f"confirm must be an int >= 0, but got confirm={confirm!r}")
     if not is_int(n_workers) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive int, but got n_workers={n_workers!r}")
-    if warmup_transfer not in TRANSFERS:
+    if warmup_transfer is not None and warmup_transfer not in TRANSFERS:
         raise ValueError(
             f"warmup_transfer must be one of {TRANSFERS}, but got "
             f"warmup_transfer={warmup_transfer!r}"
         )
-    _make_pruner(pruner, 4)  # validates the name before anything runs
+    if pruner is not None:
+        _make_pruner(pruner, 4)  # validates the name before anything runs
     total = task.total_steps
     # the probe's own checks, before a storage or a study exists (they left an empty study)
     from autowarm._suggest import _resolve_budget
@@ -854,7 +860,7 @@ def tune(
     with contextlib.ExitStack() as restore:
         restore.callback(optuna.logging.set_verbosity, verbosity)
         restore.enter_context(_sigterm_as_interrupt())
-        study, center, space, n_trials, trial_steps = _set_up(
+        study, center, space, n_trials, trial_steps, pruner, warmup_transfer = _set_up(
             task,
             url,
             name,
@@ -1025,22 +1031,40 @@ def _set_up(
     search_space: SearchSpace | None,
     seed: int,
     progress: bool,
-    transfer: WarmupTransfer,
+    transfer: WarmupTransfer | None,
     budget_steps: int | None,
     has_timeout: bool,
     confirm: int,
-    pruner: str,
-) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None, int]:
+    pruner: str | None,
+) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None, int, str, WarmupTransfer]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _storage.quiet_experimental():
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
         check_minimises_one_value(study)  # an existing study of another kind: before any write
+        # a resume that leaves --trial-steps, --pruner or --warmup-transfer out keeps the
+        # study's, as it keeps its search space
+        resumed = study.user_attrs.get(_attrs.FORMAT) is not None
+        stored_pruner = study.user_attrs.get(_attrs.PRUNER)
+        stored_transfer = study.user_attrs.get(_attrs.WARMUP_TRANSFER)
+        pruner_name: str = (
+            pruner
+            if pruner is not None
+            else str(stored_pruner)
+            if resumed and stored_pruner in _PRUNERS
+            else "median"
+        )
+        transfer_rule: WarmupTransfer = (
+            transfer
+            if transfer is not None
+            else stored_transfer
+            if resumed and stored_transfer in TRANSFERS
+            else "fraction"
+        )
+        pruner, transfer = pruner_name, transfer_rule
         if trial_steps is None:
-            # a resume that leaves --trial-steps out keeps the study's, as it keeps its space
             stored_steps: Any = study.user_attrs.get(_attrs.TRIAL_STEPS)
-            resumed = study.user_attrs.get(_attrs.FORMAT) is not None
             trial_steps = (
                 int(stored_steps)
                 if resumed and is_int(stored_steps) and 2 <= stored_steps <= task.total_steps
@@ -1170,7 +1194,7 @@ def _set_up(
         transfer,
         space.describe(center),
     )
-    return study, center, space, n_trials, trial_steps
+    return study, center, space, n_trials, trial_steps, pruner_name, transfer_rule
 
 
 def task_training(task: Task) -> dict[str, Any]:

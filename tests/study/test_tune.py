@@ -2308,16 +2308,19 @@ def test_a_suggestion_probed_under_other_settings_is_warned_and_the_export_is_th
     assert study.user_attrs[_attrs.TRAINING]["optimizer_settings"]["betas"] == [0.9, 0.999]
 
 
-def test_a_resume_that_leaves_out_the_trial_length_keeps_the_studys(
+def test_a_resume_that_leaves_out_the_trial_settings_keeps_the_studys(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
-    # "rerun the same command" without --trial-steps took the default, which the study then
-    # refused as another trial length
+    # "rerun the same command" without --trial-steps (or --pruner, --warmup-transfer) took
+    # the default, which the study then refused as another setting
     db = str(tmp_path / "s.db")
     first = autowarm.tune(task, suggestion=suggestion, storage=db, n_trials=1, trial_steps=40,
-                          progress=False, pruner="none", confirm=0)  # fmt: skip
-    again = autowarm.tune(task, storage=db, n_trials=2, progress=False, pruner="none", confirm=0)
+                          progress=False, pruner="none", warmup_transfer="absolute",
+                          confirm=0)  # fmt: skip
+    again = autowarm.tune(task, storage=db, n_trials=2, progress=False, confirm=0)
     assert again.study.user_attrs[_attrs.TRIAL_STEPS] == 40
+    assert again.study.user_attrs[_attrs.PRUNER] == "none"
+    assert again.study.user_attrs[_attrs.WARMUP_TRANSFER] == "absolute"
     assert len(again.study.get_trials()) == 2 and first.study.study_name == again.study.study_name
     with pytest.raises(ValueError, match=r"created with autowarm.trial_steps=40"):
         autowarm.tune(task, storage=db, n_trials=3, trial_steps=50, progress=False, confirm=0)
