@@ -67,6 +67,9 @@ def probe_figures(
     return {
         "range_test": F.range_test_figure(s.trace, s.peak_lr, who),
         "second_moment": moment,
+        "second_moment_change": F.second_moment_change_figure(
+            s.trace, s.signals, s.warmup_steps, who
+        ),
         "bursts": F.bursts_figure(s.trace, s.signals),
     }
 

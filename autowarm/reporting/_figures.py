@@ -250,6 +250,74 @@ def second_moment_figure(
     )
 
 
+def second_moment_change_figure(
+    trace: pd.DataFrame, signals: pd.DataFrame, warmup_steps: int, who: str = "chosen"
+) -> FigureData | None:
+    """How far ``v_hat`` moves per update (``vhat_change``) against step, for each burst, with
+    the closed form the probe extrapolates it by (its ``second_moment.innovation``) out to the
+    step where it reaches its tolerance: where a warmup "extrapolated from vhat_change" comes
+    from, which the relative-error figure does not show. ``None`` without the column."""
+    if trace.empty or "vhat_change" not in trace:
+        return None
+    table = burst_table(trace, signals)
+    series = []
+    for b in table.itertuples(index=False):
+        g = trace[(trace["burst"] == b.burst) & (trace["vhat_change"] > 0)]
+        if not g.empty:
+            series.append(
+                Series(
+                    f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}",
+                    floats(g["step"] + 1),  # read after update number step + 1
+                    floats(g["vhat_change"]),
+                    highlight=bool(b.stable == "no"),
+                )
+            )
+    if not series:
+        return None
+    beta2s = trace["beta2"].dropna() if "beta2" in trace else pd.Series(dtype=float)
+    beta2 = float(beta2s.iloc[-1]) if len(beta2s) else math.nan
+    # the tolerance as the probe applies it: the per-step change settles at 2(1-beta2) at most
+    tol = max(0.01, 2 * (1 - beta2)) if math.isfinite(beta2) else 0.01
+    innovation = _signal(signals, "second_moment.innovation")
+    estimate = _signal(signals, "second_moment.change_estimate")
+    caption = (
+        "The relative change of Adam's v_hat over one update: about 1/t early on, while its "
+        "bias correction still weighs the first gradients heavily."
+    )
+    if math.isfinite(innovation) and math.isfinite(estimate) and 0 < beta2 < 1:
+        end = max(estimate * 1.3, float(max(max(x.x) for x in series)))
+        t = np.unique(np.geomspace(1.0, end, 80))
+        series.append(
+            Series(
+                f"closed form: {innovation:.3g} x (1-beta2)/(1-beta2^t)",
+                floats(t),
+                floats(innovation * (1 - beta2) / (1 - beta2**t)),
+                kind="line",
+            )
+        )
+        caption += (
+            f" The closed form, fitted to the bursts (innovation {innovation:.3g}, beta2 "
+            f"{beta2:g}), reaches the tolerance {tol:g} at update {math.ceil(estimate)}."
+        )
+    return FigureData(
+        name="second_moment_change",
+        title="Adam's second moment: change of v_hat per update",
+        xlabel=STEP_LABEL,
+        ylabel="relative change of v_hat per update (fraction)",
+        series=tuple(series),
+        markers=(Marker("y", tol, f"settled below {tol:g}"),)
+        # a log axis has no 0: no warmup, no line
+        + (
+            (Marker("x", float(warmup_steps), f"{who} warmup {warmup_steps}"),)
+            if warmup_steps
+            else ()
+        ),
+        xscale="log",
+        yscale="log",
+        caption=caption,
+    )
+
+
 def settling_sentence(signals: pd.DataFrame) -> str:
     """How the probe's settling step was found, from its ``second_moment.*`` signals: measured
     within the bursts, the last update they observed (a lower bound), or extrapolated by the

@@ -52,7 +52,13 @@ def check_drawn(f: FigureData) -> None:
 
 def test_probe_figures(suggestion: autowarm.Suggestion) -> None:
     rep = suggestion.report()
-    assert set(rep.figures) == {"range_test", "second_moment", "bursts", "schedule"}
+    assert set(rep.figures) == {
+        "range_test",
+        "second_moment",
+        "second_moment_change",
+        "bursts",
+        "schedule",
+    }
     for f in rep.figures.values():
         check_data(f)
         check_drawn(f)
@@ -76,6 +82,30 @@ def test_second_moment_marks_warmup(suggestion: autowarm.Suggestion) -> None:
     first = first[np.isfinite(first["rel_error"])]
     assert f.series[0].x == tuple(first["step"] + 1)  # read after update step + 1
     assert f.series[0].y == tuple(first["rel_error"])
+
+
+def test_the_change_figure_shows_the_closed_form_out_to_its_settling_step(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    # a warmup "extrapolated from vhat_change" stood apart from everything the relative-error
+    # figure draws: this one draws vhat_change and the closed form that set it
+    f = suggestion.report().figures["second_moment_change"]
+    first = suggestion.trace[
+        (suggestion.trace["burst"] == 1) & (suggestion.trace["vhat_change"] > 0)
+    ]
+    assert f.series[0].x == tuple(first["step"] + 1) and f.series[0].y == tuple(
+        first["vhat_change"]
+    )
+    assert (f.xscale, f.yscale) == ("log", "log")
+    sig = dict(zip(suggestion.signals["name"], suggestion.signals["value"], strict=True))
+    estimate = float(sig["second_moment.change_estimate"])
+    if math.isfinite(estimate):
+        closed = f.series[-1]
+        assert closed.label.startswith("closed form")
+        tol = next(m.value for m in f.markers if m.axis == "y")
+        # the curve crosses the tolerance at the step the probe extrapolated
+        crossing = np.interp(-math.log(tol), -np.log(closed.y), closed.x)
+        assert crossing == pytest.approx(estimate, rel=0.05)
 
 
 # the second moment's part of a probe's rationale, as the probe writes it (demo's, and an
