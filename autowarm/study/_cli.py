@@ -76,7 +76,7 @@ def add_tune(sub: Any) -> None:
         "--workers", type=int, default=1, help="worker processes on this host (default 1)"
     )
     p.add_argument("--suggestion", type=Path, default=None, help="start from this probe JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default: a resumed study's, else 0")
     p.add_argument(
         "--pruner",
         choices=("median", "hyperband", "none"),

@@ -729,7 +729,7 @@ def tune(
     suggestion: Suggestion | None = None,
     search_space: SearchSpace | None = None,
     pruner: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     n_workers: int = 1,
     progress: bool = True,
     warmup_transfer: WarmupTransfer | None = None,
@@ -776,7 +776,8 @@ def tune(
             ``"median"``, ``"hyperband"`` or ``"none"``; default the resumed study's, else
             ``"median"``.
         seed:
-            Seeds the probe, every trial's model and data, and the sampler.
+            Seeds the probe, every trial's model and data, and the sampler; default the
+            resumed study's, else 0.
         n_workers:
             Worker processes on this host (each gets ``cpu_count // n_workers`` torch threads).
             With more than one, the task must pickle or come from
@@ -834,7 +835,8 @@ def tune(
 
     if budget_steps is not None:
         _resolve_budget(budget_steps, total)
-    check_seed(seed, "the probe, the trials and the sampler")
+    if seed is not None:
+        check_seed(seed, "the probe, the trials and the sampler")
     # left out: the stored trial length on a resume (_set_up), else the default
     if trial_steps is not None and (not is_int(trial_steps) or not 2 <= trial_steps <= total):
         raise ValueError(
@@ -860,7 +862,7 @@ def tune(
     with contextlib.ExitStack() as restore:
         restore.callback(optuna.logging.set_verbosity, verbosity)
         restore.enter_context(_sigterm_as_interrupt())
-        study, center, space, n_trials, trial_steps, pruner, warmup_transfer = _set_up(
+        study, center, space, n_trials, trial_steps, pruner, warmup_transfer, seed = _set_up(
             task,
             url,
             name,
@@ -1029,14 +1031,14 @@ def _set_up(
     trial_steps: int | None,
     suggestion: Any | None,
     search_space: SearchSpace | None,
-    seed: int,
+    seed: int | None,
     progress: bool,
     transfer: WarmupTransfer | None,
     budget_steps: int | None,
     has_timeout: bool,
     confirm: int,
     pruner: str | None,
-) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None, int, str, WarmupTransfer]:
+) -> tuple[optuna.Study, ScheduleConfig, SearchSpace, int | None, int, str, WarmupTransfer, int]:
     storage = _storage.open_storage(url)
     with _storage.setup_lock(url, name), _storage.quiet_experimental():
         study = optuna.create_study(
@@ -1063,6 +1065,9 @@ def _set_up(
             else "fraction"
         )
         pruner, transfer = pruner_name, transfer_rule
+        stored_seed: Any = study.user_attrs.get(_attrs.SEED)
+        if seed is None:
+            seed = int(stored_seed) if resumed and is_int(stored_seed) else 0
         if trial_steps is None:
             stored_steps: Any = study.user_attrs.get(_attrs.TRIAL_STEPS)
             trial_steps = (
@@ -1194,7 +1199,7 @@ def _set_up(
         transfer,
         space.describe(center),
     )
-    return study, center, space, n_trials, trial_steps, pruner_name, transfer_rule
+    return study, center, space, n_trials, trial_steps, pruner_name, transfer_rule, seed
 
 
 def task_training(task: Task) -> dict[str, Any]:

@@ -2311,13 +2311,14 @@ def test_a_suggestion_probed_under_other_settings_is_warned_and_the_export_is_th
 def test_a_resume_that_leaves_out_the_trial_settings_keeps_the_studys(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
-    # "rerun the same command" without --trial-steps (or --pruner, --warmup-transfer) took
-    # the default, which the study then refused as another setting
+    # "rerun the same command" without --trial-steps (or --pruner, --warmup-transfer, --seed)
+    # took the default, which the study then refused as another setting
     db = str(tmp_path / "s.db")
     first = autowarm.tune(task, suggestion=suggestion, storage=db, n_trials=1, trial_steps=40,
                           progress=False, pruner="none", warmup_transfer="absolute",
-                          confirm=0)  # fmt: skip
+                          seed=3, confirm=0)  # fmt: skip
     again = autowarm.tune(task, storage=db, n_trials=2, progress=False, confirm=0)
+    assert again.study.user_attrs[_attrs.SEED] == 3
     assert again.study.user_attrs[_attrs.TRIAL_STEPS] == 40
     assert again.study.user_attrs[_attrs.PRUNER] == "none"
     assert again.study.user_attrs[_attrs.WARMUP_TRANSFER] == "absolute"
