@@ -24,8 +24,10 @@ __all__ = [
     "RangeTestResult",
     "SettlingResult",
     "burst_stability",
+    "change_tolerance",
     "ema",
     "n_eff",
+    "newest_weight",
     "range_test",
     "settling_step",
     "signals_frame",
@@ -38,6 +40,7 @@ _logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 _MAD_TO_SD = 1.4826  # MAD of a normal sample times this estimates its standard deviation
+CHANGE_TOL = 0.01  # settling_step's default vhat_change tolerance per update
 
 
 def _meta(unit: str, description: str) -> dict[str, str]:
@@ -887,16 +890,28 @@ def _typical(per_step: FloatArray, rows: int = 5) -> FloatArray:
     return pd.Series(per_step).rolling(rows, min_periods=1).median().to_numpy(dtype=np.float64)
 
 
-def _innovation(step: FloatArray, per_step: FloatArray, beta2: float) -> float:
-    # Median over the second half of the rows of vhat_change per step / w_t, w_t the weight of
-    # the newest g^2 in the bias-corrected v_hat (1/t when beta2 is unknown, i.e. near 1).
+def newest_weight(step: FloatArray, beta2: float) -> FloatArray:
+    """``w_t = (1-beta2)/(1-beta2^t)``, the weight of the newest ``g^2`` in Adam's
+    bias-corrected ``v_hat`` after update ``t`` (``1/t`` when ``beta2`` is unknown, i.e. near
+    1; ``1`` at ``beta2 = 0``): ``vhat_change`` per update is about ``w_t`` times the
+    innovation, the closed form :func:`settling_step` extrapolates."""
+    step = np.asarray(step, dtype=np.float64)
     if math.isfinite(beta2) and beta2 > 0.0:
-        weight = (1.0 - beta2) / -np.expm1(step * math.log(beta2))
-    elif beta2 == 0.0:
-        weight = np.ones_like(step)
-    else:
-        weight = 1.0 / step
-    ratio = (per_step / weight)[step.size // 2 :]
+        return (1.0 - beta2) / -np.expm1(step * math.log(beta2))
+    if beta2 == 0.0:
+        return np.ones_like(step)
+    return 1.0 / step
+
+
+def change_tolerance(beta2: float, change_tol: float = CHANGE_TOL) -> float:
+    """The ``vhat_change`` per update below which ``v_hat`` counts as settled: ``change_tol``,
+    or Adam's stationary floor ``2(1-beta2)`` where that is larger (see :func:`settling_step`)."""
+    return max(change_tol, 2.0 * (1.0 - beta2)) if math.isfinite(beta2) else change_tol
+
+
+def _innovation(step: FloatArray, per_step: FloatArray, beta2: float) -> float:
+    # Median over the second half of the rows of vhat_change per step / w_t (newest_weight).
+    ratio = (per_step / newest_weight(step, beta2))[step.size // 2 :]
     ratio = ratio[np.isfinite(ratio)]
     return float(np.median(ratio)) if ratio.size else math.nan
 
@@ -951,7 +966,7 @@ def settling_step(
     *,
     rel_error_tol: float = 0.1,
     drift_band: tuple[float, float] = (2.0 / 3.0, 1.5),
-    change_tol: float = 0.01,
+    change_tol: float = CHANGE_TOL,
     saturation: float = 0.8,
     window: int | None = None,
     beta2: float | None = None,
@@ -1060,7 +1075,7 @@ def settling_step(
     finite_kappa = col["kappa"][np.isfinite(col["kappa"])]
     kappa = float(finite_kappa[-1]) if finite_kappa.size else math.nan
     cap = (1.0 + b2) / (1.0 - b2) if math.isfinite(b2) else math.inf
-    change_cap = max(change_tol, 2.0 * (1.0 - b2)) if math.isfinite(b2) else change_tol
+    change_cap = change_tolerance(b2, change_tol)
     per_step = col["vhat_change"]
     with np.errstate(invalid="ignore", divide="ignore"):
         innovation = _innovation(step, per_step, b2)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from autowarm.probe.signals import change_tolerance, newest_weight
 from autowarm.schedules import Decay, ScheduleConfig
 
 LR_LABEL = "learning rate (absolute)"
@@ -209,23 +212,7 @@ def second_moment_figure(
 ) -> FigureData | None:
     """Relative error of Adam's ``v_hat`` against step, for each burst; warmup marked. The
     caption says how the settling step was found (:func:`settling_sentence`)."""
-    table = burst_table(trace, signals)
-    if table.empty or "rel_error" not in trace:
-        return None
-    series = []
-    for b in table.itertuples(index=False):
-        g = trace[(trace["burst"] == b.burst) & np.isfinite(trace["rel_error"])]
-        if g.empty:
-            continue
-        # statistics are read after update number step + 1 (as the probe does)
-        series.append(
-            Series(
-                f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}",
-                floats(g["step"] + 1),
-                floats(g["rel_error"]),
-                highlight=bool(b.stable == "no"),
-            )
-        )
+    series = _burst_series(trace, signals, "rel_error", np.isfinite)
     if not series:
         return None
     markers = [
@@ -257,27 +244,13 @@ def second_moment_change_figure(
     the closed form the probe extrapolates it by (its ``second_moment.innovation``) out to the
     step where it reaches its tolerance: where a warmup "extrapolated from vhat_change" comes
     from, which the relative-error figure does not show. ``None`` without the column."""
-    if trace.empty or "vhat_change" not in trace:
-        return None
-    table = burst_table(trace, signals)
-    series = []
-    for b in table.itertuples(index=False):
-        g = trace[(trace["burst"] == b.burst) & (trace["vhat_change"] > 0)]
-        if not g.empty:
-            series.append(
-                Series(
-                    f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}",
-                    floats(g["step"] + 1),  # read after update number step + 1
-                    floats(g["vhat_change"]),
-                    highlight=bool(b.stable == "no"),
-                )
-            )
+    # positive values only: the axis is logarithmic
+    series = _burst_series(trace, signals, "vhat_change", lambda v: v > 0)
     if not series:
         return None
-    beta2s = trace["beta2"].dropna() if "beta2" in trace else pd.Series(dtype=float)
-    beta2 = float(beta2s.iloc[-1]) if len(beta2s) else math.nan
-    # the tolerance as the probe applies it: the per-step change settles at 2(1-beta2) at most
-    tol = max(0.01, 2 * (1 - beta2)) if math.isfinite(beta2) else 0.01
+    # beta2 and the tolerance as settling_step reads and applies them
+    beta2 = float(trace["beta2"].min()) if "beta2" in trace else math.nan
+    tol = change_tolerance(beta2)
     innovation = _signal(signals, "second_moment.innovation")
     estimate = _signal(signals, "second_moment.change_estimate")
     caption = (
@@ -291,7 +264,7 @@ def second_moment_change_figure(
             Series(
                 f"closed form: {innovation:.3g} x (1-beta2)/(1-beta2^t)",
                 floats(t),
-                floats(innovation * (1 - beta2) / (1 - beta2**t)),
+                floats(innovation * newest_weight(t, beta2)),
                 kind="line",
             )
         )
@@ -316,6 +289,29 @@ def second_moment_change_figure(
         yscale="log",
         caption=caption,
     )
+
+
+def _burst_series(
+    trace: pd.DataFrame, signals: pd.DataFrame, column: str, drawn: Callable[[pd.Series], Any]
+) -> list[Series]:
+    """One series of the trace's ``column`` per burst after the range test, on the rows where
+    ``drawn(values)`` holds, against the update it was read after (``step + 1``, as the probe
+    reads its statistics); unstable bursts highlighted. Empty without the column."""
+    if trace.empty or column not in trace:
+        return []
+    series = []
+    for b in burst_table(trace, signals).itertuples(index=False):
+        g = trace[(trace["burst"] == b.burst) & drawn(trace[column])]
+        if not g.empty:
+            series.append(
+                Series(
+                    f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}",
+                    floats(g["step"] + 1),
+                    floats(g[column]),
+                    highlight=bool(b.stable == "no"),
+                )
+            )
+    return series
 
 
 def settling_sentence(signals: pd.DataFrame) -> str:
