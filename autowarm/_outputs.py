@@ -51,28 +51,29 @@ SIGNALS_HEADER: Final = ("name", "value", "unit")
 REGRET_HEADER: Final = ("task", "method", "total_steps", "seeds")
 
 
-def _mapping(raw: bytes, *, json_only: bool = False) -> dict[Any, Any] | None:
+def _parsed(raw: bytes) -> tuple[dict[Any, Any] | None, bool]:
+    # The file's top-level mapping (None if it is not one), and whether it was JSON.
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return None
+        return None, False
     try:
         parsed = json.loads(text)  # first: JSON indented with tabs is not YAML
+        was_json = True
     except ValueError:
-        if json_only:
-            return None
         try:
             import yaml
 
             parsed = yaml.safe_load(text)
         except Exception:
-            return None
-    return parsed if isinstance(parsed, dict) else None
+            return None, False
+        was_json = False
+    return (parsed if isinstance(parsed, dict) else None), was_json
 
 
 def is_schedule_output(raw: bytes) -> bool:
     """A schedule config, or an ``autowarm export`` of one in any of its formats."""
-    data = _mapping(raw)
+    data, was_json = _parsed(raw)
     if data is None:
         return False
     if data.get("format") == FORMAT_NAME:
@@ -81,11 +82,8 @@ def is_schedule_output(raw: bytes) -> bool:
         inner = data.get("schedule")
         return isinstance(inner, dict) and inner.get("format") == FORMAT_NAME
     # the transformers and trainer exports are JSON, with their keys in the order written
-    plain = _mapping(raw, json_only=True)
-    if plain is None:
-        return False
-    keys = tuple(plain)
-    return keys == _TRANSFORMERS_ORDER or _is_trainer_export(keys)
+    keys = tuple(data)
+    return was_json and (keys == _TRANSFORMERS_ORDER or _is_trainer_export(keys))
 
 
 def _is_trainer_export(keys: tuple[Any, ...]) -> bool:
@@ -105,7 +103,7 @@ def _is_trainer_export(keys: tuple[Any, ...]) -> bool:
 
 def is_suggestion(raw: bytes) -> bool:
     """A suggestion JSON (``Suggestion.save``)."""
-    data = _mapping(raw)
+    data, _ = _parsed(raw)
     return data is not None and data.get("format") == SUGGESTION_FORMAT
 
 
