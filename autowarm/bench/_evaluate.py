@@ -28,9 +28,7 @@ Every schedule decays with cosine to 0 after its warmup (as the oracle grid does
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -58,7 +56,7 @@ from autowarm.bench._grid import (
     check_same_tasks,
     read_plan,
     read_rows,
-    running_pool,
+    run_jobs,
     versions,
     warn_other_versions,
     writing_alone,
@@ -487,7 +485,7 @@ def _evaluate_jobs(
         header = _versions_to_write(path, existing, {t.name for t in loaded}, labels)
     writer = RowAppender(path, COLUMNS, drop_partial=True, header=header)
 
-    def write(row: dict[str, Any]) -> None:
+    def write(row: dict[str, Any], _job: _Job) -> None:
         writer.write(row)
         _log.info(
             "%s %s seed %d: loss %.4f (lr %.3g, warmup %s, probe %d steps)",
@@ -500,25 +498,7 @@ def _evaluate_jobs(
             row["probe_steps"],
         )
 
-    failed: list[tuple[str, str]] = []
-
-    def finish(job: _Job, get: Callable[[], dict[str, Any]]) -> None:
-        try:
-            row = get()
-        except Exception as exc:  # one failed job must not lose the others' rows; rerun later
-            failed.append((job.label(), f"{type(exc).__name__}: {exc}"))
-            _log.error("evaluate: %s failed: %s: %s", job.label(), type(exc).__name__, exc)
-            return
-        write(row)
-
-    if workers == 0:
-        for j in jobs:
-            finish(j, functools.partial(_run_job, j))
-    else:
-        with running_pool(workers) as pool:
-            futures = {pool.submit(_run_job, j): j for j in jobs}
-            for fut in cf.as_completed(futures):
-                finish(futures[fut], fut.result)
+    failed = run_jobs(_run_job, [(j,) for j in jobs], write, workers, "evaluate", _Job.label)
     if failed:
         raise JobsFailed(path, failed)
 

@@ -854,33 +854,48 @@ def running_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
 
 def _run_cells(todo: list[GridCell], writer: RowAppender, workers: int) -> list[tuple[str, str]]:
     progress = _Progress(len(todo))
+
+    def write(row: dict[str, Any], cell: GridCell) -> None:
+        writer.write(row)
+        progress.tick(cell, row)
+
+    return run_jobs(_run_cell, [(c,) for c in todo], write, workers, "grid", GridCell.label)
+
+
+def run_jobs(
+    run_one: Callable[..., dict[str, Any]],
+    jobs: Sequence[tuple[Any, ...]],
+    write: Callable[..., None],
+    workers: int,
+    kind: str,
+    label: Callable[..., str],
+) -> list[tuple[str, str]]:
+    """``run_one(*job)`` for each job, each row passed to ``write(row, *job)`` as it comes: in
+    this process, one after another, for ``workers=0``; else in that many worker processes
+    (``run_one`` must pickle). A job that raises is logged and left out (it has no row, so the
+    next run retries it); returns those as ``(label(*job), "ErrorType: message")``. The grid,
+    the evaluation, the study and the ranks all run their jobs through this."""
     failed: list[tuple[str, str]] = []
-    if workers == 0:
-        for cell in todo:
-            _finish(cell, functools.partial(_run_cell, cell), writer, progress, failed)
+
+    def finish(job: tuple[Any, ...], get: Callable[[], dict[str, Any]]) -> None:
+        try:
+            row = get()
+        except Exception as exc:  # one failed job must not lose the others' rows
+            failed.append((label(*job), f"{type(exc).__name__}: {exc}"))
+            _logger.error("%s: %s failed: %s: %s", kind, label(*job), type(exc).__name__, exc)
+            return
+        write(row, *job)
+
+    if workers <= 0:
+        for job in jobs:
+            finish(job, functools.partial(run_one, *job))
         return failed
+    # Ctrl-C stops the workers now, not after the running jobs (whose rows are lost)
     with running_pool(workers) as pool:
-        futures = {pool.submit(_run_cell, cell): cell for cell in todo}
-        for future in cf.as_completed(futures):
-            _finish(futures[future], future.result, writer, progress, failed)
+        futures = {pool.submit(run_one, *job): job for job in jobs}
+        for fut in cf.as_completed(futures):
+            finish(futures[fut], fut.result)
     return failed
-
-
-def _finish(
-    cell: GridCell,
-    get: Callable[[], dict[str, Any]],
-    writer: RowAppender,
-    progress: _Progress,
-    failed: list[tuple[str, str]],
-) -> None:
-    try:
-        row = get()
-    except Exception as exc:  # one bad cell must not stop the grid; it stays to be retried
-        failed.append((cell.label(), f"{type(exc).__name__}: {exc}"))
-        _logger.error("grid: %s failed: %s: %s", cell.label(), type(exc).__name__, exc)
-        return
-    writer.write(row)
-    progress.tick(cell, row)
 
 
 class _Progress:

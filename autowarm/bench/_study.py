@@ -33,7 +33,6 @@ Both write resumable CSVs (one row per finished unit) under ``reports/benchmark/
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import functools
 import inspect
 import logging
@@ -41,7 +40,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ from autowarm.bench._grid import (
     check_same_tasks,
     read_plan,
     read_rows,
-    running_pool,
+    run_jobs,
     writing_alone,
 )
 from autowarm.bench._oracle import check_seeds_complete, load_grid, oracle_table, regret
@@ -339,7 +338,7 @@ def run_study_bench(
             return csv_path
         writer = _appender(csv_path, "study", rows)
 
-        def write(row: dict[str, Any]) -> None:
+        def write(row: dict[str, Any], *_job: Any) -> None:
             writer.write(row)
             _log.info(
                 "%s %s seed %s: loss %.5g, cost %.2f runs",
@@ -350,7 +349,7 @@ def run_study_bench(
                 row["cost_steps"],
             )
 
-        failed = _run_jobs(_one_study, jobs, write, workers, "study", _study_label)
+        failed = run_jobs(_one_study, jobs, write, workers, "study", _study_label)
     if failed:
         raise JobsFailed(csv_path, failed, kind="study")
     return csv_path
@@ -386,41 +385,6 @@ def _check_grid_first(grid_csv: Path, tasks: Sequence[str], kind: str) -> pd.Dat
 
 def _study_label(task: str, method: str, seed: int) -> str:
     return f"{task} {method} seed {seed}"
-
-
-def _run_jobs(
-    run_one: Callable[..., dict[str, Any]],
-    jobs: Sequence[tuple[Any, ...]],
-    write: Callable[[dict[str, Any]], None],
-    workers: int,
-    kind: str,
-    label: Callable[..., str],
-) -> list[tuple[str, str]]:
-    """``run_one(*job)`` for each job, each row written as it comes: in this process, one
-    after another, for ``workers=0``; else in that many worker processes. A job that raises
-    is logged and left out (it has no row, so the next run retries it); returns those as
-    ``(label(*job), "ErrorType: message")``."""
-    failed: list[tuple[str, str]] = []
-
-    def finish(job: tuple[Any, ...], get: Callable[[], dict[str, Any]]) -> None:
-        try:
-            row = get()
-        except Exception as exc:  # one failed job must not lose the others' rows
-            failed.append((label(*job), f"{type(exc).__name__}: {exc}"))
-            _log.error("%s: %s failed: %s: %s", kind, label(*job), type(exc).__name__, exc)
-            return
-        write(row)
-
-    if workers <= 0:
-        for job in jobs:
-            finish(job, functools.partial(run_one, *job))
-        return failed
-    # Ctrl-C stops the workers now, not after the running jobs (whose rows are lost)
-    with running_pool(workers) as pool:
-        futures = {pool.submit(run_one, *job): job for job in jobs}
-        for fut in cf.as_completed(futures):
-            finish(futures[fut], fut.result)
-    return failed
 
 
 def _check_study_oracle(
@@ -572,8 +536,10 @@ def run_ranks(
         _log.info("ranks: %d compressed trials to run", len(jobs))
         if not jobs:
             return csv_path
-        write = _appender(csv_path, "ranks", rows).write
-        failed = _run_jobs(_one_rank, jobs, write, workers, "ranks", _rank_label)
+        appender = _appender(csv_path, "ranks", rows)
+        failed = run_jobs(
+            _one_rank, jobs, lambda row, *_job: appender.write(row), workers, "ranks", _rank_label
+        )
     if failed:
         raise JobsFailed(csv_path, failed, kind="ranks")
     return csv_path
