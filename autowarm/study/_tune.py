@@ -1045,36 +1045,28 @@ def _set_up(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
         check_minimises_one_value(study)  # an existing study of another kind: before any write
-        # a resume that leaves --trial-steps, --pruner or --warmup-transfer out keeps the
-        # study's, as it keeps its search space
-        resumed = study.user_attrs.get(_attrs.FORMAT) is not None
-        stored_pruner = study.user_attrs.get(_attrs.PRUNER)
-        stored_transfer = study.user_attrs.get(_attrs.WARMUP_TRANSFER)
-        pruner_name: str = (
-            pruner
-            if pruner is not None
-            else str(stored_pruner)
-            if resumed and stored_pruner in _PRUNERS
-            else "median"
-        )
-        transfer_rule: WarmupTransfer = (
-            transfer
-            if transfer is not None
-            else stored_transfer
-            if resumed and stored_transfer in TRANSFERS
-            else "fraction"
+        # The format record is written last: without it the records are absent or the
+        # set-up was cut short (Ctrl-C during it), and whatever was written is not read.
+        complete = study.user_attrs.get(_attrs.FORMAT) is not None
+        recorded = study.user_attrs if complete else {}
+        # a resume that leaves --trial-steps, --pruner, --warmup-transfer or --seed out keeps
+        # the study's, as it keeps its search space
+        total = task.total_steps
+        pruner_name: str = _kept(pruner, recorded, _attrs.PRUNER, _PRUNERS.__contains__, "median")
+        transfer_rule: WarmupTransfer = _kept(
+            transfer, recorded, _attrs.WARMUP_TRANSFER, TRANSFERS.__contains__, "fraction"
         )
         pruner, transfer = pruner_name, transfer_rule
-        stored_seed: Any = study.user_attrs.get(_attrs.SEED)
-        if seed is None:
-            seed = int(stored_seed) if resumed and is_int(stored_seed) else 0
-        if trial_steps is None:
-            stored_steps: Any = study.user_attrs.get(_attrs.TRIAL_STEPS)
-            trial_steps = (
-                int(stored_steps)
-                if resumed and is_int(stored_steps) and 2 <= stored_steps <= task.total_steps
-                else _default_trial_steps(task.total_steps)
+        seed = int(_kept(seed, recorded, _attrs.SEED, is_int, 0))
+        trial_steps = int(
+            _kept(
+                trial_steps,
+                recorded,
+                _attrs.TRIAL_STEPS,
+                lambda v: is_int(v) and 2 <= v <= total,
+                _default_trial_steps(total),
             )
+        )
         built = task._seeded_model(seed)  # one build for the model's and its groups' records
         expected = {
             _attrs.TASK: task.identity,
@@ -1095,10 +1087,6 @@ def _set_up(
             _attrs.DATA: task.data_sizes(seed),
         }
         _check_resumable(study, expected)
-        # The format record is written last: without it the records are absent or the
-        # set-up was cut short (Ctrl-C during it), and whatever was written is not read.
-        complete = study.user_attrs.get(_attrs.FORMAT) is not None
-        recorded = study.user_attrs if complete else {}
         model = structure_fingerprint(built)
         del built
         if recorded.get(_attrs.MODEL, model) != model:
@@ -1200,6 +1188,15 @@ def _set_up(
         space.describe(center),
     )
     return study, center, space, n_trials, trial_steps, pruner_name, transfer_rule, seed
+
+
+def _kept(given: Any, recorded: Mapping[str, Any], key: str, valid: Any, default: Any) -> Any:
+    # An option left out (None): the resumed study's record of it where that is valid, else
+    # the default; one given is used as given (_check_resumable compares it with the record).
+    if given is not None:
+        return given
+    stored = recorded.get(key)
+    return stored if valid(stored) else default
 
 
 def task_training(task: Task) -> dict[str, Any]:
