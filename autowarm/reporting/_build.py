@@ -20,7 +20,7 @@ from autowarm.reporting import _study as S
 from autowarm.reporting import _tables as T
 from autowarm.reporting._figures import FigureData
 from autowarm.reporting._regret import Placed, bench_task_name, regret_table
-from autowarm.reporting._render import fmt
+from autowarm.reporting._render import fmt, texts_apart
 from autowarm.reporting._report import Report
 from autowarm.reporting._study_figures import history_figure, scatter_figure
 from autowarm.schedules import ScheduleConfig
@@ -237,11 +237,12 @@ def _scales_note(trials: pd.DataFrame, chosen: pd.Series, best_value: float) -> 
         return []
     lowest = S.completed(trials)
     lowest = lowest[lowest["value"] == best_value]
+    best_text, chosen_text = texts_apart([best_value, float(chosen["value"])])
     return [
         f"Trial {int(chosen['number'])} is chosen by its full-length value "
         f"({fmt(float(chosen['full_value']))}), the best of those confirmed at full length; "
         f"among the compressed trials trial {int(lowest['number'].iloc[0])} is lowest "
-        f"({fmt(best_value)} against {fmt(float(chosen['value']))}). best_value, vs_best, "
+        f"({best_text} against {chosen_text}). best_value, vs_best, "
         "the near-best range and the history's best so far are on the compressed trials' "
         "scale; chosen_full_value is on the full run's."
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,15 +47,39 @@ _HEADLINE = (
 )
 
 
-def fmt(value: object) -> str:
-    """A cell as text: 4 significant digits for floats, blank for NaN."""
+def fmt(value: object, digits: int = 4) -> str:
+    """A cell as text: ``digits`` significant digits for floats (4 unless told), blank for
+    NaN, a whole float without its ``.0``."""
     if isinstance(value, float):
         if math.isnan(value):
             return ""
         if value.is_integer() and abs(value) < 1e15:
             return str(int(value))
-        return f"{value:.4g}"
+        return f"{value:.{digits}g}"
     return str(value)
+
+
+MAX_DIGITS = 12  # past this, values are the same to anyone reading the table
+
+
+def texts_apart(values: Sequence[object]) -> list[str]:
+    """``values`` as text, the floats with the fewest significant digits, 4 at least, that
+    show distinct values as distinct (:data:`MAX_DIGITS` at most)."""
+    floats = {v for v in values if isinstance(v, float) and not math.isnan(v)}
+    digits = 4
+    while digits < MAX_DIGITS and len({fmt(v, digits) for v in floats}) < len(floats):
+        digits += 1
+    return [fmt(v, digits) for v in values]
+
+
+def table_texts(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s cells as text, each column through :func:`texts_apart`: two trials whose
+    values differ in the 6th digit are not shown as equal, and a column of round numbers
+    stays short."""
+    texts = [texts_apart(list(frame.iloc[:, i])) for i in range(frame.shape[1])]
+    out = pd.DataFrame(dict(enumerate(texts)), index=frame.index)
+    out.columns = frame.columns
+    return out
 
 
 def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
@@ -94,8 +118,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """``frame`` as a GitHub pipe table (``|`` in cells escaped, and ``<``, ``>``, ``&``)."""
     cols = [_md_cell(str(c)) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        cells = [_md_cell(fmt(v)) for v in row]
+    for row in table_texts(frame).itertuples(index=False):
+        cells = [_md_cell(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -181,7 +205,7 @@ def to_html(
     out.append("<h2>Tables</h2>")
     for name, frame in tables.items():
         shown, cut = _shown(frame)
-        body = shown.map(fmt).to_html(index=False, escape=True, border=0)
+        body = table_texts(shown).to_html(index=False, escape=True, border=0)
         out.append(f'<h3>{e(name)}</h3><div class="scroll">{body}</div>')
         if cut:
             out.append(f'<p class="cut">{e(cut)} Every row is in {e(name)}.csv.</p>')

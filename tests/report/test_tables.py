@@ -378,6 +378,7 @@ def test_a_confirmation_choosing_another_trial_keeps_each_scale_apart(
     assert min(best_so_far.y) == row["best_value"]
     assert "chosen trial 3" in history.caption
     assert any(n.startswith("Trial 3 is chosen by its full-length value (0.6)") for n in rep.notes)
+    assert any("trial 4 is lowest (0.515 against 0.53)" in n for n in rep.notes)
     page = rep.to_markdown()
     assert "| best value (best of the completed trials) | 0.515 |" in page
     assert "| chosen trial's full-length value | 0.6 |" in page

@@ -313,3 +313,31 @@ def test_reports_say_which_optimizer_settings_the_schedule_was_measured_under(
     )
     text = autowarm.report(study).to_markdown()
     assert "betas=[0.9, 0.95]), gradient clipping at 1.0" in text
+
+
+def test_a_table_shows_values_that_differ_with_as_many_digits_as_tell_them_apart() -> None:
+    from autowarm.reporting._render import _HEADLINE, markdown_table, table_texts, to_html
+
+    frame = pd.DataFrame(
+        {
+            "value": [0.7365012, 0.7365049, 0.7365012, np.nan, 1.5],
+            "lr": [0.01, 0.02, 0.03, 0.04, 0.05],
+            "steps": [100.0, 200.0, 300.0, 400.0, 500.0],
+        }
+    )
+    texts = table_texts(frame)
+    # the first two differ in their 6th digit: shown with 6, equal values stay equal
+    assert list(texts["value"]) == ["0.736501", "0.736505", "0.736501", "", "1.5"]
+    assert list(texts["lr"]) == ["0.01", "0.02", "0.03", "0.04", "0.05"]  # 4 digits suffice
+    assert list(texts["steps"]) == ["100", "200", "300", "400", "500"]
+    md = markdown_table(frame)
+    assert "| 0.736501 | 0.01 | 100 |" in md and "| 0.736505 | 0.02 | 200 |" in md
+    summary = pd.DataFrame([{col: np.nan for col, _ in _HEADLINE}])
+    page = to_html("t", "done", "s", (), "", {"summary": summary, "t": frame}, {})
+    assert "0.736505" in page
+    # values that differ only past float64's 17 digits' reach are shown at the cap, not forever
+    tiny = pd.DataFrame({"v": [1.0, float(np.nextafter(1.0, 2.0))]})
+    assert list(table_texts(tiny)["v"]) == ["1", "1"]
+    # a frame with a repeated column name keeps both columns
+    twice = pd.DataFrame([[0.5, 0.25]], columns=["v", "v"])
+    assert table_texts(twice).values.tolist() == [["0.5", "0.25"]]
