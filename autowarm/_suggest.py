@@ -618,7 +618,9 @@ def suggest(
     needs warmup (then a quarter of the run, as in the bursts). All the while Adam's second
     moment is read from the optimizer state; the step at which it settles is the least warmup.
     The model comes back exactly as it was (weights, buffers, ``requires_grad``, ``.grad``,
-    train/eval modes, RNG states), whether ``suggest`` returns, raises, or is interrupted. The
+    train/eval modes, the attributes a forward sets on its modules, RNG states), whether
+    ``suggest`` returns, raises, or is interrupted (a plain tensor attribute that a forward
+    changes in place is not restored, and a warning names it). The
     README's "The probe" section, and the docstrings of ``autowarm.probe._search`` and
     ``autowarm.probe.signals``, give each rule and the literature behind it.
 

@@ -379,6 +379,27 @@ def test_restores_model_moved_by_device_argument() -> None:
     _assert_restored(model, before)
 
 
+def test_attributes_the_forward_sets_come_back() -> None:
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _mlp()
+            self.calls = 0
+            self.last: torch.Tensor | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            self.last = self.body(x)
+            self.shape_seen = tuple(x.shape)
+            return self.last
+
+    model = Counting()
+    before = _capture(model)
+    _run(model, _cls_batches(), criterion=F.cross_entropy)
+    _assert_restored(model, before)
+    assert model.calls == 0 and model.last is None and not hasattr(model, "shape_seen")
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Batch formats
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ generators on its own.
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
+
+_log = logging.getLogger("autowarm")
 
 __all__ = [
     "ModelSnapshot",
@@ -215,12 +218,16 @@ class ModelSnapshot:
     one, at the cost of the gradients staying allocated beside their clone; with
     ``snapshot_device`` elsewhere than the gradient, only the clone is kept and a new tensor
     comes back, so that the gradients hold no memory on their device meanwhile),
-    ``.training`` of every submodule, and the RNG states (:class:`RngState`). Nothing is written
-    to disk.
+    ``.training`` of every submodule, the RNG states (:class:`RngState`), and which object
+    each of a module's own attributes is bound to (a counter, a cache, a flag a forward sets;
+    references only, nothing copied). Nothing is written to disk.
 
     Restoring copies the values back *into the same tensor objects*, under ``torch.no_grad()``,
     so an optimizer holding the parameters stays valid and ``model.weight is weight`` still
-    holds. A slot that was rebound during the probe is pointed back at its original tensor.
+    holds. A slot that was rebound during the probe is pointed back at its original tensor,
+    and so is a module attribute (an attribute a forward added is taken away again, unless its
+    name starts with ``_``); a plain tensor attribute (not a parameter or buffer) changed in
+    place cannot be put back and is named in a warning.
     Between bursts (:meth:`restore_weights`) the values go wherever the tensors are now, so a
     model moved to a GPU for the probe stays there; :meth:`restore_all` also gives a tensor
     whose dtype, device or layout was changed (``model.half()``, ``model.cuda()``) its
@@ -302,6 +309,8 @@ class ModelSnapshot:
                 else None
                 for p in self._params
             ]
+        self._attrs = [(module, _own_attributes(module)) for module in self._modules]
+        self._plain = _plain_tensors(model, self._attrs, self._tensors)
         self._rng = RngState.capture(include_cuda=cuda_rng)
         self._aliases = _spectral_aliases(self._modules)
         self._released = False
@@ -355,6 +364,7 @@ class ModelSnapshot:
         errors: list[BaseException] = []
         errors += self._restore_weights(exact=True, raise_first=False)
         _attempt(errors, self.restore_modes)
+        _attempt(errors, self._restore_attributes)
         for module in self._modules:
             _attempt(errors, _recompute_reparametrised, module, self._aliases)
         for param, requires_grad, grad, obj in zip(
@@ -364,6 +374,27 @@ class ModelSnapshot:
         _attempt(errors, self._rng.restore)
         if errors:
             raise errors[0]
+
+    def _restore_attributes(self) -> None:
+        # Rebound attributes go back to their objects; public ones a forward added go away (a
+        # name starting with "_" may be a library's lazily made internal, and is left).
+        for module, saved in self._attrs:
+            current = vars(module)
+            added = [n for n in current if n not in saved and n not in _MODULE_INTERNALS]
+            for name in [n for n in added if not n.startswith("_")]:
+                del current[name]
+            for name, value in saved.items():
+                if current.get(name, _MISSING) is not value:
+                    current[name] = value
+        changed = [name for name, tensor, version in self._plain if _version(tensor) != version]
+        if changed:
+            _log.warning(
+                "the probe's forwards changed plain tensor attributes of the model in place "
+                "(%s), which are not parameters or buffers and so are not in the snapshot: "
+                "their values stay as the probe left them. Register them as buffers "
+                "(self.register_buffer(name, tensor, persistent=False)) to have them restored.",
+                ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else ""),
+            )
 
     def _restore_weights(self, *, exact: bool, raise_first: bool = True) -> list[BaseException]:
         # Each tensor is restored even if another one fails; the errors are raised (the first)
@@ -406,13 +437,54 @@ class ModelSnapshot:
         """
         self._copies, self._grads, self._grad_objects, self._meta = [], [], [], []
         self._slots, self._tensors, self._params, self._modules = [], [], [], []
-        self._names = []
+        self._names, self._attrs, self._plain = [], [], []
         self._aliases = set()
         self._released = True
 
     def _check_live(self) -> None:
         if self._released:
             raise RuntimeError("this ModelSnapshot was released and can no longer restore")
+
+
+# nn.Module's own bookkeeping in a module's __dict__ (hook registries, the parameter and buffer
+# dicts, the mode): restored through their own rules, or not the model's state
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_MISSING = object()
+
+
+def _own_attributes(module: nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+
+
+def _storage_ptr(tensor: torch.Tensor) -> int | None:
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # sparse, or no storage to point at
+        return None
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return int(tensor._version)
+    except RuntimeError:  # an inference tensor keeps no version counter
+        return None
+
+
+def _plain_tensors(
+    model: nn.Module, attrs: list[tuple[nn.Module, dict[str, Any]]], owned: list[torch.Tensor]
+) -> list[tuple[str, torch.Tensor, int | None]]:
+    # The plain tensor attributes (not parameters or buffers, not views of one: those come
+    # back with their base) and their version counters, to tell which a probe changed in place.
+    weights = {_storage_ptr(t) for t in owned} - {None, 0}
+    names = {id(m): n for n, m in model.named_modules()}
+    return [
+        (f"{names.get(id(module), '?')}.{name}".lstrip("."), value, _version(value))
+        for module, saved in attrs
+        for name, value in saved.items()
+        if isinstance(value, torch.Tensor)
+        and not isinstance(value, nn.Parameter)
+        and _storage_ptr(value) not in weights
+    ]
 
 
 def _converted(original: torch.Tensor, current: torch.Tensor) -> bool:

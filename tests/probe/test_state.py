@@ -564,3 +564,54 @@ def test_an_interrupt_during_the_restore_does_not_leave_it_half_done(
     assert calls["n"] >= 2
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     assert torch.is_grad_enabled()
+
+
+class _Stateful(nn.Module):
+    """A forward that keeps Python state on the module: a counter, a cache, a flag it adds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.calls = 0
+        self._steps = 0
+        self.last: torch.Tensor | None = None
+        self.table = torch.zeros(2)  # a plain tensor, not a buffer
+        self.row = self.linear.weight[0]  # a view of a parameter, kept as a plain attribute
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self._steps += 2
+        out = self.linear(x)
+        self.last = out  # holds the probe's graph
+        self.seen_shape = tuple(x.shape)
+        self.table = self.table + 1.0  # rebound, not changed in place
+        return out
+
+
+def test_attributes_a_forward_sets_are_put_back() -> None:
+    model = _Stateful()
+    table, row = model.table, model.row
+    with preserved(model):
+        model(torch.randn(4, 3)).sum().backward()
+        with torch.no_grad():
+            model.linear.weight.add_(1.0)
+    assert model.calls == 0 and model._steps == 0 and model.last is None
+    assert not hasattr(model, "seen_shape")
+    assert model.table is table and torch.equal(table, torch.zeros(2))
+    assert model.row is row
+
+
+def test_a_plain_tensor_changed_in_place_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # its values cannot be put back without a copy of every plain tensor: said, not hidden
+    model = _Stateful()
+    with caplog.at_level("WARNING", logger="autowarm"), preserved(model):
+        model(torch.randn(4, 3)).sum().backward()  # rebinds table, trains through row's base
+        model.linear.weight.grad = None
+    assert not caplog.records  # a rebinding is put back, a view of a weight comes back with it
+    with caplog.at_level("WARNING", logger="autowarm"), preserved(model):
+        model.table.add_(1.0)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "table" in message and "register_buffer" in message
