@@ -792,6 +792,22 @@ def _accumulate(
 _UNSET: Any = object()
 
 
+def _without_persistent_workers(data: Iterable[Any]) -> Iterable[Any]:
+    # A DataLoader with persistent worker processes seeds them once, from the RNG of the
+    # moment its first iter() runs, and reuses them for every later pass: the bursts would see
+    # other random augmentations each (and the answer would move with the caller's RNG state),
+    # and the user's own iterator would be restarted under them. The probe reads through a
+    # copy without persistent workers instead: new workers on every restart, seeded from the
+    # RNG the probe seeds, and the user's iterator and workers left alone.
+    if not (isinstance(data, DataLoader) and data.persistent_workers and data.num_workers > 0):
+        return data
+    twin = copy_module.copy(data)
+    # DataLoader refuses these attributes once built; the copy is the probe's own
+    object.__setattr__(twin, "persistent_workers", False)
+    object.__setattr__(twin, "_iterator", None)
+    return twin
+
+
 class BatchStream:
     """Endless, restartable batches from the user's data, moved to a device.
 
@@ -812,6 +828,13 @@ class BatchStream:
       the same batches before drawing new ones; once the source is exhausted, the kept batches
       cycle. The memory cost is one batch per batch drawn, i.e. as many batches as the longest
       burst uses; pass a ``DataLoader`` or a list to avoid it.
+
+    A ``DataLoader`` with ``persistent_workers=True`` (and workers) is read through a copy of
+    it without persistent workers: its workers would be seeded once, by whatever RNG state
+    the first ``iter()`` met, and keep drawing across restarts, so the random augmentations
+    of a dataset would differ from burst to burst. The copy starts new workers on every
+    restart, seeded from torch's global RNG (or the loader's generator) as the caller seeded
+    it, and the user's own iterator and worker processes are left as they were.
 
     Every batch is handed out as a copy (on ``device``), so a model that writes into its
     inputs (an in-place dropout on them) changes neither the user's tensors nor the batches a
@@ -838,6 +861,7 @@ class BatchStream:
         # A loader's own generators, captured before iter() draws from them.
         generators = _data_generators(data)
         states = [g.get_state() for g in generators]
+        data = _without_persistent_workers(data)
         # A DataLoader with persistent_workers keeps the iterator (and its worker processes)
         # that the first iter() makes, and later epochs reuse it: whether the user's had one.
         self._loader_iterator: Any = getattr(data, "_iterator", None)
@@ -967,11 +991,11 @@ class BatchStream:
     def close(self) -> None:
         """Shut down the worker processes of the loader iterators this stream started.
 
-        A ``DataLoader`` with ``persistent_workers=True`` keeps the iterator its first
-        ``iter()`` makes and reuses it for later epochs (which changes their order); if it had
-        none when the stream was made, the stream's is shut down and removed, so the loader's
-        next ``iter()`` starts as it would have without the stream. An iterator the loader
-        already had is left to it. The stream must not be used after this.
+        A ``DataLoader`` with ``persistent_workers=True`` is read through a copy without them
+        (see the class docstring), so its own iterator, if it has one, is never touched; a
+        loader iterator that is still the loader's (``_iterator``) and that the stream did not
+        find there is shut down and removed, so the loader's next ``iter()`` starts as it would
+        have without the stream. The stream must not be used after this.
         """
         kept = getattr(self._data, "_iterator", None)
         made_here = self._loader_iterator is None and kept is not None

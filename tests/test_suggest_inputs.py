@@ -256,6 +256,55 @@ def test_a_loader_with_persistent_workers_starts_the_next_epoch_as_without_the_p
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
+class _Augmented(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Random augmentation in __getitem__, drawn in the loader's workers (a transform's way)."""
+
+    def __init__(self) -> None:
+        batches = _cls_batches(n_batches=4)
+        self.x = torch.cat([b[0] for b in batches])
+        self.y = torch.cat([b[1] for b in batches])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i] + 0.5 * torch.randn(self.x.shape[1]), self.y[i]
+
+
+def _augmenting_loader() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        _Augmented(), batch_size=16, shuffle=True, num_workers=2, persistent_workers=True
+    )
+
+
+def test_persistent_workers_that_augment_give_every_burst_the_same_batches() -> None:
+    # The probe's bursts reused one persistent iterator, whose workers were seeded once from
+    # the caller's RNG and never again: every burst saw other augmentations, and the answer
+    # moved with the caller's RNG state instead of with `seed`. The user's own iterator (one
+    # epoch begun) was restarted by the probe and its workers' generators advanced.
+    picks = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(7)
+        loader = _augmenting_loader()
+        users = iter(loader)
+        next(users)
+        torch.manual_seed(caller_seed)
+        s = _run(_mlp(), loader, criterion=F.cross_entropy, budget_steps=60)
+        assert loader._iterator is users  # the user's iterator, its workers untouched
+        first = s.trace[s.trace["step"] == 0]
+        assert first["loss"].nunique() == 1, first  # every burst starts on the same batch
+        picks.append((s.warmup_steps, s.peak_lr, s.trace["loss"].tolist()))
+        # the user's epoch goes on as it would have without the probe
+        torch.manual_seed(7)
+        twin = iter(_augmenting_loader())
+        expected = [next(twin) for _ in range(2)][1]
+        got = next(users)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+        twin._shutdown_workers()  # type: ignore[attr-defined]
+        users._shutdown_workers()  # type: ignore[attr-defined]
+    assert picks[0] == picks[1]
+
+
 def test_the_no_second_moment_warning_points_at_the_suggest_call() -> None:
     # It pointed at the caller of suggest()'s caller (here pytest's own code).
     kwargs: dict[str, Any] = {
