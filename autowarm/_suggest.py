@@ -681,7 +681,10 @@ def suggest(
             says what to pass.
         ValueError: bad arguments, empty data, a batch
             holding a NaN on which the loss was non-finite (an inf in a batch, such as an
-            additive ``-inf`` attention mask, is not blamed).
+            additive ``-inf`` attention mask, is not blamed), parameters with
+            post-accumulate-grad hooks (an optimizer stepped in backward).
+        RuntimeError: a call inside a ``torch.autocast`` block (pass ``precision``
+            instead).
         ProbeDivergedError: no usable LR: the range test found none that lowered the loss
             before it diverged (a budget too small for the sweep, or a broken loss), or every
             burst diverged; the message says which, and the error carries the trace.
@@ -708,11 +711,9 @@ def suggest(
             "for torch.compile(DDP(model))) on one rank, then share the suggestion (e.g. "
             "torch.distributed.broadcast_object_list)"
         )
-    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise TypeError(
-            f"optimizer_cls must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, "
-            f"but got {optimizer_cls!r}"
-        )
+    _check_optimizer_cls(optimizer_cls)
+    _refuse_ambient_autocast()
+    _refuse_step_in_backward(model)
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
     accumulation_steps = check_accumulation_steps(accumulation_steps)
     check_precision(precision)
@@ -1315,6 +1316,82 @@ def _trained_structure(model: nn.Module) -> tuple[set[str], set[str]]:
     # The names of the model's submodules and parameters.
     modules = {name for name, _ in model.named_modules(remove_duplicate=False)}
     return modules, {name for name, _ in model.named_parameters(remove_duplicate=False)}
+
+
+def _class_name(cls: type) -> str:
+    # torch.optim.AdamW, not torch.optim.adamw.AdamW: the name a user writes
+    if getattr(torch.optim, cls.__name__, None) is cls:
+        return f"torch.optim.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_optimizer_cls(optimizer_cls: object) -> None:
+    if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer):
+        return
+    # the two other ways an optimizer is commonly handed over, each with what to pass instead
+    if isinstance(optimizer_cls, torch.optim.Optimizer):
+        raise TypeError(
+            "optimizer_cls must be an optimizer class, not an optimizer: pass "
+            f"optimizer_cls={_class_name(type(optimizer_cls))} and its settings as "
+            "optimizer_kwargs (suggest() builds its own optimizer for every burst, and your "
+            "optimizer is left as it is)"
+        )
+    if (
+        isinstance(optimizer_cls, functools.partial)
+        and isinstance(optimizer_cls.func, type)
+        and issubclass(optimizer_cls.func, torch.optim.Optimizer)
+    ):
+        raise TypeError(
+            "optimizer_cls must be an optimizer class, not a functools.partial: pass "
+            f"optimizer_cls={_class_name(optimizer_cls.func)}, "
+            f"optimizer_kwargs={dict(optimizer_cls.keywords)!r}"
+        )
+    raise TypeError(
+        "optimizer_cls must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, "
+        f"but got {optimizer_cls!r}"
+    )
+
+
+# autocast's device types; one a torch build does not know is skipped
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
+
+
+def _refuse_ambient_autocast() -> None:
+    # autocast keeps the casts of the weights it made until its outermost block ends: inside
+    # the caller's block, every probe forward would see the weights as they were at the first
+    # one (the model would look untrainable), and a probe precision= would nest in it.
+    active = []
+    for device_type in _AUTOCAST_DEVICES:
+        try:
+            if torch.is_autocast_enabled(device_type):
+                active.append(device_type)
+        except RuntimeError:
+            pass
+    if active:
+        raise RuntimeError(
+            f"suggest() was called inside a torch.autocast block ({', '.join(active)}), "
+            "whose cached casts of the weights would hide the probe's training from its "
+            "forwards: call it outside the block, and pass precision='bf16-mixed' or "
+            "'16-mixed' to probe under mixed precision as your run trains"
+        )
+
+
+def _refuse_step_in_backward(model: nn.Module) -> None:
+    # PyTorch's optimizer-in-backward recipe: a hook on each parameter steps an optimizer of
+    # the user's as soon as its gradient is ready, and clears it, in every backward pass
+    hooked = [
+        name
+        for name, p in model.named_parameters()
+        if getattr(p, "_post_accumulate_grad_hooks", None)
+    ]
+    if hooked:
+        raise ValueError(
+            f"the model's parameters have post-accumulate-grad hooks ({', '.join(hooked[:3])}"
+            f"{', ...' if len(hooked) > 3 else ''}), as in an optimizer stepped in backward: "
+            "the probe's backward passes would step your optimizers and take the gradients "
+            "its own optimizer needs. Remove them for the probe (handle.remove() on what "
+            "register_post_accumulate_grad_hook returned) and register them again after"
+        )
 
 
 def _refuse_added_in_forward(model: nn.Module, before: tuple[set[str], set[str]]) -> None:

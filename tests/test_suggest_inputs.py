@@ -613,3 +613,73 @@ def test_only_the_hugging_face_dataset_classes_are_taken_for_datasets() -> None:
     exec("class Dataset:\n    def __getitem__(self, i):\n        return i\n", fake_hf.__dict__)
     with pytest.raises(TypeError, match=r"is a dataset \(Dataset\)"):
         check_batched(fake_hf.Dataset())
+
+
+# --------------------------------------------------------------------------------------------
+# Set-ups that would make the probe measure something else, refused before any training
+# --------------------------------------------------------------------------------------------
+
+
+def _params_state(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in [*model.parameters(), *model.buffers()]]
+
+
+def test_a_call_inside_an_autocast_block_is_refused() -> None:
+    # autocast keeps its cast copies of the weights until its outermost block ends, so every
+    # forward of the probe saw the initial weights: the model "never trained", peak 1e-8
+    model = _mlp()
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(RuntimeError, match=r"inside a torch\.autocast block .*precision="),
+    ):
+        _run(model, _cls_batches(), criterion=F.cross_entropy)
+    with torch.autocast("cpu", enabled=False):  # a block that turns it off is fine
+        _run(model, _cls_batches(), criterion=F.cross_entropy, budget_steps=40)
+
+
+def test_an_optimizer_stepped_in_backward_is_refused() -> None:
+    # PyTorch's "optimizer step in backward" recipe: the hooks stepped the user's optimizers
+    # on every probe backward and took the gradients, and the probe said "the gradient was 0"
+    model = _mlp()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizers = {p: torch.optim.AdamW([p]) for p in params}
+
+    def step(p: torch.Tensor) -> None:
+        optimizers[p].step()
+        optimizers[p].zero_grad()
+
+    handles = [p.register_post_accumulate_grad_hook(step) for p in params]
+    before = _params_state(model)
+    with pytest.raises(ValueError, match=r"post-accumulate-grad hooks .*handle\.remove\(\)"):
+        _run(model, _cls_batches(), criterion=F.cross_entropy)
+    assert all(not o.state for o in optimizers.values())
+    assert all(torch.equal(a, b) for a, b in zip(before, _params_state(model), strict=True))
+    for h in handles:
+        h.remove()
+    _run(model, _cls_batches(), criterion=F.cross_entropy, budget_steps=40)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            lambda m: torch.optim.AdamW(m.parameters(), betas=(0.9, 0.95)),
+            r"optimizer_cls must be an optimizer class, not an optimizer: pass "
+            r"optimizer_cls=torch\.optim\.AdamW and its settings as optimizer_kwargs",
+        ),
+        (
+            lambda m: __import__("functools").partial(torch.optim.AdamW, betas=(0.9, 0.95)),
+            r"optimizer_cls must be an optimizer class, not a functools\.partial: pass "
+            r"optimizer_cls=torch\.optim\.AdamW, optimizer_kwargs=\{'betas': \(0\.9, 0\.95\)\}",
+        ),
+        ("adamw", r"optimizer_cls must be a torch\.optim\.Optimizer subclass .* got 'adamw'"),
+    ],
+    ids=["instance", "partial", "name"],
+)
+def test_an_optimizer_given_other_than_as_its_class_says_what_to_pass(
+    given: Any, expected: str
+) -> None:
+    model = _mlp()
+    optimizer_cls = given(model) if callable(given) else given
+    with pytest.raises(TypeError, match=expected):
+        _run(model, _cls_batches(), optimizer_cls, criterion=F.cross_entropy)
