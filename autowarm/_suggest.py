@@ -1102,11 +1102,17 @@ def _probe(
 
     first = stream.first()  # empty data fails here, before any training
     structure = _trained_structure(model)
+    outside: list[torch.Tensor] = []
     # A bad batch format fails here with its message, and a note on what the batch held.
     try:
         try:
-            with torch.no_grad(), autocast_of(amp):
-                loss = loss_fn(model, first)
+            # with its graph where anything trains, to find what a backward gives a .grad to
+            # (the graph is dropped at once)
+            trains = any(p.requires_grad for p in model.parameters())
+            with torch.set_grad_enabled(trains), autocast_of(amp):
+                graph = loss_fn(model, first)
+                outside, loss = _leaves_outside(graph, model), _detached(graph)
+            del graph
         except RuntimeError as first_error:
             if _device_failure(first_error):
                 raise  # out of memory, or a device-side error: a retry would fail the same
@@ -1115,7 +1121,8 @@ def _probe(
             # grad mode the probe trains in, alone: not chained to its own first occurrence.
             try:
                 with torch.enable_grad(), autocast_of(amp):
-                    loss = loss_fn(model, first).detach()
+                    graph = loss_fn(model, first)
+                    outside, loss = _leaves_outside(graph, model), _detached(graph)
             except Exception as again:
                 raise again from None
     except Exception as exc:
@@ -1160,6 +1167,11 @@ def _probe(
         amp=amp,
         grad_clip=grad_clip,
     )
+    # Tensors outside the model that the loss trains through (a learned temperature held by
+    # the loss_fn, not a module): the probe's backward passes give them a .grad, which the
+    # user's first update would add in; it is put back as it was.
+    outside_grads = [(t, t.grad) for t in outside]
+    outside_values = [None if g is None else g.detach().clone() for _, g in outside_grads]
     try:
         torch.manual_seed(seed)
         outcome = _search_or_raise(
@@ -1167,6 +1179,11 @@ def _probe(
         )
     finally:
         bar.close()
+        for (tensor, grad), value in zip(outside_grads, outside_values, strict=True):
+            if grad is not None and value is not None:
+                with torch.no_grad():
+                    grad.copy_(value)
+            tensor.grad = grad
     if runner.has_second_moment is False:
         warnings.warn(
             _no_second_moment_message(optimizer_cls, runner.second_moment_note),
@@ -1392,6 +1409,30 @@ def _refuse_step_in_backward(model: nn.Module) -> None:
             "its own optimizer needs. Remove them for the probe (handle.remove() on what "
             "register_post_accumulate_grad_hook returned) and register them again after"
         )
+
+
+def _detached(loss: Any) -> Any:
+    return loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+
+def _leaves_outside(loss: object, model: nn.Module) -> list[torch.Tensor]:
+    # The leaf tensors that requires grad and a backward of `loss` reaches, which are not
+    # the model's parameters: each is where an AccumulateGrad node of the graph writes.
+    node = getattr(loss, "grad_fn", None)
+    own = {id(p) for p in model.parameters()}
+    found: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor) and id(variable) not in own:
+            found.setdefault(id(variable), variable)
+        stack.extend(n for n, _ in getattr(node, "next_functions", ()) if n is not None)
+    return list(found.values())
 
 
 def _refuse_added_in_forward(model: nn.Module, before: tuple[set[str], set[str]]) -> None:

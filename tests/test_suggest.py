@@ -887,10 +887,11 @@ def test_suggestion_schedule(probed: tuple[Suggestion, _LossSpy]) -> None:
 
 def test_probe_steps_count_optimizer_steps(probed: tuple[Suggestion, _LossSpy]) -> None:
     s, spy = probed
-    # One forward without grad checks the first batch before training (the pre-check); every
+    # One forward checks the first batch before training (the pre-check; with its graph, to
+    # see which tensors outside the model a backward would reach, but no backward); every
     # other call is one optimizer step, one trace row.
     assert spy.calls == s.probe_steps + 1
-    assert spy.grad_calls == s.probe_steps
+    assert spy.grad_calls == s.probe_steps + 1
     assert len(s.trace) == s.probe_steps <= 60
 
 

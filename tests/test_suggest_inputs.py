@@ -683,3 +683,26 @@ def test_an_optimizer_given_other_than_as_its_class_says_what_to_pass(
     optimizer_cls = given(model) if callable(given) else given
     with pytest.raises(TypeError, match=expected):
         _run(model, _cls_batches(), optimizer_cls, criterion=F.cross_entropy)
+
+
+_TEMPERATURE = nn.Parameter(torch.tensor(2.0))  # a learned scale held by no module
+
+
+def _scaled_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x) * _TEMPERATURE, y)
+
+
+@pytest.mark.parametrize("had_grad", [False, True])
+def test_a_trainable_tensor_the_loss_fn_uses_gets_its_grad_back(had_grad: bool) -> None:
+    # a CLIP-style logit scale in the loss_fn: the probe's backward passes summed 52 steps of
+    # gradient into its .grad, which the user's first update would then have added in
+    _TEMPERATURE.grad = torch.full((), 0.25) if had_grad else None
+    grad = _TEMPERATURE.grad
+    before = _TEMPERATURE.detach().clone()
+    _run(_mlp(), _cls_batches(), loss_fn=_scaled_loss)
+    if had_grad:
+        assert _TEMPERATURE.grad is grad and float(grad) == 0.25
+    else:
+        assert _TEMPERATURE.grad is None
+    assert torch.equal(_TEMPERATURE.detach(), before)  # never trained by the probe
