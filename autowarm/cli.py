@@ -180,7 +180,7 @@ def _add_export(sub: Any) -> None:
         "file",
         type=Path,
         nargs="?",
-        help="schedule config (.json or .yaml), or a suggestion JSON (whose trainer format "
+        help="schedule config (.json, .yaml or .yml), or a suggestion JSON (whose trainer format "
         "adds the optimizer settings the probe trained with)",
     )
     p.add_argument("--storage", default=None, help="export the best schedule of this study")
@@ -198,7 +198,8 @@ def _add_export(sub: Any) -> None:
         "-f",
         choices=EXPORT_FORMATS,
         default=None,
-        help="default: from the suffix of -o (.json, .yaml, .yml), else json",
+        help="default: from the suffix of -o (.json, .yaml, .yml), json to standard output; "
+        "an -o of another suffix needs --format",
     )
     p.add_argument(
         "-o",
@@ -345,7 +346,9 @@ def _add_demo(sub: Any) -> None:
         default=Path("autowarm-demo"),
         help="output folder (default autowarm-demo)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the example model's and the probe's seed (0)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--total-steps", type=int, default=None, help="shorter run (and probe), for a quick look"

@@ -48,7 +48,11 @@ def add_run_options(
     """``--tasks``, ``--methods`` (default: all of ``methods``), ``--seeds`` and ``--workers``,
     as ``bench eval`` and ``bench study`` take them."""
     parser.add_argument(
-        "--tasks", type=names, default=None, help="comma-separated tasks (default: all available)"
+        "--tasks",
+        type=names,
+        default=None,
+        help="comma-separated built-in task names, or path/to/task.py:task (default: all "
+        "available built-in tasks)",
     )
     parser.add_argument(
         "--methods",

@@ -55,7 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     grid.add_argument("--csv", type=Path, default=None, help=f"CSV path (default OUT/{GRID_CSV})")
     grid.add_argument(
-        "--lrs", type=_args.positive_floats, default=None, help="peak LRs, comma separated"
+        "--lrs",
+        type=_args.positive_floats,
+        default=None,
+        help="peak LRs, comma separated (default: each built-in task's own grid; half-decades "
+        "from 1e-4 to 0.1 for a task file)",
     )
     grid.add_argument(
         "--warmups",
@@ -110,7 +114,8 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
         "--tasks",
         type=_args.names,
         default=None,
-        help="comma-separated task names (default: all available)",
+        help="comma-separated built-in task names, or path/to/task.py:task (default: all "
+        "available built-in tasks)",
     )
     parser.add_argument(
         "--total-steps",
@@ -314,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m autowarm.bench``: parse ``argv`` and run; an error exits with code 1 (one
     line on stderr), an interrupt with 130."""
     parser = argparse.ArgumentParser(
-        prog="python -m autowarm.bench", description="autowarm benchmark: oracle grids"
+        prog="python -m autowarm.bench",
+        description="autowarm benchmark: oracle grids, baselines, regret, overhead, studies",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every cell")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -569,7 +569,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows per step, multiple of 16 (default: per size)",
     )
     parser.add_argument(
-        "--max-coords", type=_args.positive_int, default=16384, help="monitor coordinates"
+        "--max-coords",
+        type=_args.positive_int,
+        default=16384,
+        help="monitor coordinates (default 16384)",
     )
     parser.add_argument(
         "--threads", type=_args.positive_int, default=1, help="torch threads (default 1)"

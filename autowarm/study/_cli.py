@@ -113,8 +113,18 @@ def add_tune(sub: Any) -> None:
         default=None,
         help="longest warmup, as a fraction of the run (0.5)",
     )
-    space.add_argument("--decays", default=None, help="also search these shapes: cosine,linear")
-    space.add_argument("--floors", default=None, help="also search floors (x peak): 0,0.1")
+    space.add_argument(
+        "--decays",
+        default=None,
+        help="search only these decay shapes, e.g. cosine,linear (list the probe's to keep "
+        "it: trial 0 and the references take the first listed when theirs is not)",
+    )
+    space.add_argument(
+        "--floors",
+        default=None,
+        help="search only these floors (x peak), e.g. 0,0.1 (trial 0 and the references take "
+        "the nearest listed)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no per-trial lines, no bar")
     p.set_defaults(func=_run_tune)
 
@@ -222,7 +232,9 @@ def add_probe(sub: Any) -> None:
     )
     p.add_argument("task", help="path/to/file.py:task or package.module:task")
     p.add_argument("-o", "--output", type=Path, required=True, help="suggestion.json")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the fresh model's and the probe's seed (0)"
+    )
     p.add_argument("--budget-steps", type=int, default=None, help="the probe's budget")
     p.add_argument(
         "--decay",

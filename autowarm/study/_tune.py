@@ -327,7 +327,9 @@ class TuneResult:
 
     @property
     def best(self) -> ScheduleConfig:
-        """The best completed trial's full-run schedule.
+        """The full-run schedule to train with (:func:`best_schedule`): among the trials
+        confirmed at full length (``confirm``), the one with the lowest full-length value; in
+        a study with no confirmations, the best completed trial's.
 
         Raises:
             NoFinishedTrialError: If no trial has completed yet.
