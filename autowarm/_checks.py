@@ -91,7 +91,29 @@ def error_line(exc: BaseException) -> str:
     and each ``tune --workers`` process): a ``KeyError``'s argument unquoted, the type's name
     when the message is empty."""
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    cause = _system_cause(exc)
+    # optuna's own words for a full disk hide it ("Should not reach."); a message that already
+    # quotes its cause is left as it is
+    if cause is not None and (said := error_line(cause)) not in line:
+        line += f" (caused by {type(cause).__name__}: {said})"
+    return line
+
+
+def _system_cause(exc: BaseException) -> BaseException | None:
+    # The first error under ``exc`` (its cause, or the error it was raised handling) that the
+    # system or a database raised: a full disk, a file that went away, a locked database.
+    seen = {id(exc)}
+    inner = exc.__cause__ or exc.__context__
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, OSError) or type(inner).__module__.split(".")[0] in (
+            "sqlite3",
+            "sqlalchemy",
+        ):
+            return inner
+        inner = inner.__cause__ or inner.__context__
+    return None
 
 
 def no_abbreviations(parser: argparse.ArgumentParser) -> None:

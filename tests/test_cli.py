@@ -440,3 +440,39 @@ def test_a_transformers_export_names_the_lr_to_build_the_optimizer_with(sched_fi
     assert r.returncode == 0, r.stderr
     assert "lr" not in json.loads(r.stdout)  # get_scheduler's keywords alone
     assert "build the optimizer with lr=0.001 (the peak LR)" in r.stderr
+
+
+def test_an_error_caused_by_the_disk_or_database_says_so() -> None:
+    # A full disk under a journal printed optuna's "Should not reach." and under SQLite
+    # "An exception is raised during the commit ... invalid data": the cause was never named.
+    import sqlite3
+
+    from autowarm._checks import error_line
+
+    def chained(outer: BaseException, inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise outer  # noqa: B904 (the implicit context is the point)
+        except BaseException as exc:
+            return exc
+
+    full = chained(AssertionError("Should not reach."), OSError(28, "No space left on device"))
+    assert error_line(full) == (
+        "Should not reach. (caused by OSError: [Errno 28] No space left on device)"
+    )
+    db = chained(
+        RuntimeError("An exception is raised during the commit."),
+        sqlite3.OperationalError("database or disk is full"),
+    )
+    assert error_line(db).endswith("(caused by OperationalError: database or disk is full)")
+    # an error of the user's own code keeps its one line
+    assert error_line(chained(ValueError("bad lr"), KeyError("x"))) == "bad lr"
+    assert (
+        error_line(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"
+    )
+    quoted = chained(
+        ValueError("cannot open storage x: disk I/O error"), OSError("disk I/O error")
+    )
+    assert error_line(quoted) == "cannot open storage x: disk I/O error"

@@ -214,7 +214,7 @@ def open_storage(
         path = _journal_path(url)
         _check_journal(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_WholeRecordJournal(str(path)))
     sqlite_file = _sqlite_path(url) if scheme.startswith("sqlite") else None
     if sqlite_file is not None:
         if create:
@@ -278,6 +278,66 @@ def _is_table_race(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("sqlalchemy", "optuna")) and any(
         sign in text for sign in _TABLE_RACE
     )
+
+
+class _WholeRecordJournal(JournalFileBackend):
+    """optuna's journal file, whose records are never left cut short.
+
+    A write that fails part-way (a full disk) leaves half a record at the end of the file.
+    optuna reads past it (an unterminated last line is skipped), but its next append lands on
+    it, and the merged line makes the whole journal unreadable: every finished trial lost to
+    ``tune``, ``export`` and ``report``. Here each append, under the journal's lock, first
+    drops a cut-short record at the end (one a failed write of any process left), and a
+    failed write takes its own partial record back.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode()
+        self._lock.acquire()
+        try:
+            _drop_cut_record(Path(self._file_path))
+            size = os.path.getsize(self._file_path)
+            try:
+                with open(self._file_path, "ab") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._file_path, size)
+                raise
+        finally:
+            self._lock.release()
+
+
+def _drop_cut_record(path: Path) -> None:
+    # Truncate the file after its last newline; the caller holds the journal's lock, so no
+    # other process is writing the end of it.
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return
+        keep, pos = 0, end
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            pos -= step
+            handle.seek(pos)
+            chunk = handle.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = pos + newline + 1
+                break
+    _logger.warning(
+        "the study's journal %s ended in a record cut short (%d bytes, left by a write that "
+        "failed: a full disk, or a crash): dropped before writing on, so that the journal "
+        "stays readable",
+        path,
+        end - keep,
+    )
+    os.truncate(path, keep)
 
 
 def _check_journal(path: Path) -> None:

@@ -377,3 +377,87 @@ def test_a_sqlite_url_with_a_query_names_its_file(tmp_path: Path) -> None:
         _storage.load_study(url, None)
     optuna.create_study(storage=_storage.open_storage(url), study_name="s")
     assert _storage.load_study(url, None).study_name == "s"
+
+
+def _journal_with_trials(path: Path, n: int) -> None:
+    storage = _storage.open_storage(path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    for i in range(n):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": float(i)},
+                distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
+                value=float(i),
+            )
+        )
+
+
+def test_a_journal_record_cut_short_is_dropped_before_the_next_append(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full disk cut a record short ('{"' with no newline); the next run's first record was
+    # appended onto it, and from then on the whole study (its finished trials) was unreadable.
+    path = tmp_path / "s.log"
+    _journal_with_trials(path, 2)
+    whole = path.read_bytes()
+    with open(path, "ab") as handle:
+        handle.write(b'{"op_code":4,"wor')
+    with caplog.at_level("WARNING", logger="autowarm"):
+        storage = _storage.open_storage(path)
+        study = optuna.load_study(study_name="s", storage=storage)
+        assert len(study.trials) == 2  # readable before the append, as optuna skips the tail
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 2.0},
+                distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
+                value=2.0,
+            )
+        )
+    assert path.read_bytes().startswith(whole) and path.read_bytes().endswith(b"\n")
+    again = optuna.load_study(study_name="s", storage=_storage.open_storage(path))
+    assert [t.value for t in again.trials] == [0.0, 1.0, 2.0]
+    assert any("cut short" in r.getMessage() for r in caplog.records)
+
+
+def test_a_journal_append_that_fails_leaves_no_partial_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the disk fills in the middle of a record: the next append (the keep-alive thread's, or
+    # the resume's) must not land on the half of it
+    path = tmp_path / "s.log"
+    _journal_with_trials(path, 1)
+    storage = _storage.open_storage(path)
+    study = optuna.load_study(study_name="s", storage=storage)
+    size = path.stat().st_size
+    real_open = open
+
+    class _Full:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> _Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, data: bytes) -> int:
+            self.handle.write(data[:5])
+            self.handle.flush()
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+    def full_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        return _Full(handle) if Path(file) == path and "a" in mode else handle
+
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(OSError, match="No space left"):
+        study.set_user_attr("k", 1)
+    monkeypatch.undo()
+    assert path.stat().st_size == size  # the half record was taken back
+    study.set_user_attr("k", 2)
+    again = optuna.load_study(study_name="s", storage=_storage.open_storage(path))
+    assert again.user_attrs["k"] == 2 and len(again.trials) == 1
