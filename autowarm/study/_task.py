@@ -404,17 +404,23 @@ def load_task(spec: str) -> Task:
             f"'{where.partition('.py:')[0]}.py:NAME', NAME being the Task (or the function "
             "returning one) in that file"
         )
-    if where.endswith(".py") or "/" in where or Path(where).exists():
+    if where.endswith(".py") or "/" in where or Path(where).is_file():
         module = _import_file(Path(where))
     else:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
-            hint = (
-                f"; for the file {where}.py here, pass '{where}.py:{attr}'"
-                if Path(f"{where}.py").is_file()
-                else ""
-            )
+            top = where.split(".")[0]
+            if Path(f"{where}.py").is_file():
+                hint = f"; for the file {where}.py here, pass '{where}.py:{attr}'"
+            elif Path(top).is_dir():
+                hint = (
+                    f"; the folder {top} is here: for it as a package, put its parent on the "
+                    "path (PYTHONPATH=. autowarm ...) or pip install it; for a file in it, "
+                    f"pass '{top}/FILE.py:{attr}'"
+                )
+            else:
+                hint = ""
             raise ValueError(
                 f"cannot import module {where!r} for task {spec!r}: {exc}{hint}"
             ) from exc
@@ -505,6 +511,12 @@ def spec_file(spec: str) -> str | None:
 
 def _import_file(path: Path) -> Any:
     path = path.expanduser().resolve()
+    if path.is_dir():
+        raise ValueError(
+            f"task file {str(path)!r} is a folder: pass the file in it that defines the task "
+            f"('{path.name}/task.py:NAME'), or, for a package, 'package.module:NAME' with its "
+            "parent on the path (PYTHONPATH)"
+        )
     if not path.is_file():
         raise ValueError(f"task file {str(path)!r} does not exist")
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]

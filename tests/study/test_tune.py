@@ -540,6 +540,19 @@ def test_load_task_errors(tmp_path: Path) -> None:
         load_task(f"{tmp_path / 'missing.py'}:task")
     with pytest.raises(ValueError, match="Tasks defined there: \\['task'\\]"):
         load_task(f"{HERE / 'tiny_task.py'}:tsak")
+    # a folder was "a task file that does not exist"; a package folder named without its
+    # module says how to import it
+    with pytest.raises(ValueError, match=r"is a folder: pass the file in it"):
+        load_task(f"{tmp_path}/:task")
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(ValueError, match=r"the folder mypkg is here: .*PYTHONPATH=\."):
+            load_task("mypkg:task")
+    finally:
+        os.chdir(cwd)
     with pytest.raises(ValueError, match=r"not an autowarm\.Task"):
         load_task(f"{HERE / 'tiny_task.py'}:not_a_task")
     loaded = load_task(SPEC)
