@@ -112,6 +112,7 @@ PEAK_LR: Final = "autowarm.peak_lr"
 WARMUP_STEPS: Final = "autowarm.warmup_steps"
 REASON: Final = "autowarm.reason"
 WORKER: Final = "autowarm.worker"
+CONFIRMS: Final = "autowarm.confirms"  # a confirmation run's: the number of the trial it re-runs
 ALIVE: Final = "autowarm.alive"
 RETRY_OF: Final = "autowarm.retry_of"
 WORKER_DIED: Final = "autowarm.worker_died"

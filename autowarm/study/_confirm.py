@@ -48,7 +48,7 @@ _logger = logging.getLogger("autowarm")
 
 CONFIRM_SUFFIX = ".confirm"
 ROLE_CONFIRM = "confirm"
-CONFIRMS = "autowarm.confirms"
+CONFIRMS = _attrs.CONFIRMS
 """Trial user attribute of a confirmation: the number of the study trial it re-runs."""
 
 

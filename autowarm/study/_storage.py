@@ -40,6 +40,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from autowarm._checks import is_int
 from autowarm.study import _attrs
 
 __all__ = [
@@ -678,8 +679,17 @@ def fail_dead_trials(study: optuna.Study, *, requeue_them: bool = True) -> list[
         if again:
             requeue(study, trial)
         failed.append(trial.number)
-        _logger.warning("trial %d: %s; marked failed", trial.number, reason)
+        _logger.warning("%s: %s; marked failed", _run_name(study, trial), reason)
     return failed
+
+
+def _run_name(study: optuna.Study, trial: FrozenTrial) -> str:
+    # a confirmation run lives in the "<name>.confirm" companion study: its number is not
+    # the number of a trial of the study the user knows
+    confirms = trial.user_attrs.get(_attrs.CONFIRMS)
+    if is_int(confirms):
+        return f"confirmation run {trial.number} of trial {confirms} (study {study.study_name!r})"
+    return f"trial {trial.number}"
 
 
 def _worker_deaths(study: optuna.Study, trial: FrozenTrial) -> int:

@@ -142,6 +142,13 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             if t.user_attrs.get(_attrs.ROLE) == _attrs.ROLE_PROBE
             and str(t.user_attrs.get(_attrs.REASON, "")).startswith("diverged")
         ]
+        if not isinstance(study.user_attrs.get(_attrs.SUGGESTION), Mapping):
+            raise NoFinishedTrialError(
+                f"study {name!r} has no completed trial yet ({seen}) and holds no probe "
+                "suggestion: its probe did not finish (interrupted, or it failed), or the "
+                "study was not made by `autowarm tune`; run `autowarm tune` again with the "
+                "same storage to start it"
+            )
         instead = (
             f"but the probe's own schedule diverged in trial {probe_diverged[0]} too, so "
             "exporting it is no answer either"
@@ -149,6 +156,16 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             else "or export the probe's suggestion instead: `autowarm export --storage STORAGE "
             f"--study-name {shlex.quote(name)} --probe`"
         )
+        under_way = study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
+        )
+        if under_way:
+            raise NoFinishedTrialError(
+                f"study {name!r} has no completed trial yet ({seen}): wait for one to "
+                "complete while `autowarm tune` runs, or, if no worker runs it any more "
+                "(stopped, killed), resume it with the same command; "
+                f"{instead.removeprefix('or ')}"
+            )
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         # The probe's and the reference trials all run at the probe's peak: only sampled
         # trials below it, diverged as well, say that the space as a whole is too hot.
@@ -1098,6 +1115,7 @@ def _set_up(
                 "here) under the same task name; pass another --study-name, or give the task "
                 "a name of its own (Task(name=...))"
             )
+        given_suggestion = suggestion is not None
         stored = recorded.get(_attrs.BASE_SCHEDULE)
         if suggestion is not None and isinstance(stored, Mapping):
             given = _centre_of(suggestion, task).to_dict()
@@ -1125,6 +1143,16 @@ def _set_up(
             suggestion = suggestion_from_study(study)
         if suggestion is None:
             suggestion = probe_task(task, seed=seed, budget_steps=budget_steps, progress=progress)
+        elif budget_steps is not None:
+            # a budget is the probe's alone: said, not dropped without a word
+            _logger.warning(
+                "budget_steps=%d (--budget-steps) is not used: no probe runs, as the study "
+                "starts from %s (a probe of %d steps); pass another --study-name for a new "
+                "study with a new probe",
+                budget_steps,
+                "the given suggestion" if given_suggestion else "its stored probe",
+                suggestion.probe_steps,
+            )
         suggestion_schedule = _centre_of(suggestion, task)
         training = task_training(task)
         if not complete:

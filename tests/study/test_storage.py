@@ -461,3 +461,18 @@ def test_a_journal_append_that_fails_leaves_no_partial_record(
     study.set_user_attr("k", 2)
     again = optuna.load_study(study_name="s", storage=_storage.open_storage(path))
     assert again.user_attrs["k"] == 2 and len(again.trials) == 1
+
+
+def test_a_dead_confirmation_run_is_named_as_one(caplog: pytest.LogCaptureFixture) -> None:
+    # It was logged as "trial 0", which is the probe's trial, complete: the run that died was
+    # confirmation run 0, of trial 1, in the study's "<name>.confirm" companion.
+    study = optuna.create_study(study_name="s.confirm")
+    trial = study.ask()
+    trial.set_user_attr(_attrs.CONFIRMS, 1)
+    trial.set_user_attr(
+        _attrs.WORKER, f"{socket.gethostname()}:{_dead_pid()}:123:{_own_namespace()}"
+    )
+    with caplog.at_level("WARNING", logger="autowarm"):
+        assert _storage.fail_dead_trials(study, requeue_them=False) == [0]
+    assert "confirmation run 0 of trial 1 (study 's.confirm')" in caplog.text
+    assert "trial 0:" not in caplog.text

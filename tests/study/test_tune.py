@@ -2338,3 +2338,36 @@ def test_a_resume_that_leaves_out_the_trial_settings_keeps_the_studys(
     assert len(again.study.get_trials()) == 2 and first.study.study_name == again.study.study_name
     with pytest.raises(ValueError, match=r"created with autowarm.trial_steps=40"):
         autowarm.tune(task, storage=db, n_trials=3, trial_steps=50, progress=False, confirm=0)
+
+
+def test_no_completed_trial_yet_gives_advice_that_fits_the_study() -> None:
+    # A running study was told to "resume with a larger --n-trials", and an empty one (its
+    # probe interrupted) to "export the probe's suggestion instead", which it did not hold.
+    study = optuna.create_study()
+    with pytest.raises(NoFinishedTrialError) as empty:
+        best_schedule(study)
+    message = str(empty.value)
+    assert "no trials" in message and "holds no probe suggestion" in message
+    assert "--probe" not in message and "run `autowarm tune` again" in message
+    study.set_user_attr(_attrs.SUGGESTION, {"not": "read here"})
+    study.enqueue_trial({"x": 1.0})
+    study.ask()
+    study.enqueue_trial({"x": 2.0})
+    with pytest.raises(NoFinishedTrialError) as running:
+        best_schedule(study)
+    message = str(running.value)
+    assert "(1 running, 1 waiting)" in message or "(1 waiting, 1 running)" in message
+    assert "wait for one to complete" in message and "--probe" in message
+
+
+def test_a_budget_for_a_probe_that_does_not_run_is_said_to_be_unused(
+    tmp_path: Path, task: Task, suggestion: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    kw: dict[str, Any] = dict(
+        storage=str(tmp_path / "s.db"), trial_steps=40, progress=False, confirm=0
+    )
+    autowarm.tune(task, n_trials=4, suggestion=suggestion, **kw)
+    with caplog.at_level("WARNING", logger="autowarm"):
+        autowarm.tune(task, n_trials=4, budget_steps=60, **kw)
+    assert "budget_steps=60 (--budget-steps) is not used" in caplog.text
+    assert "its stored probe" in caplog.text
