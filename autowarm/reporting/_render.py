@@ -59,7 +59,7 @@ def fmt(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-MAX_DIGITS = 12  # past this, values are the same to anyone reading the table
+MAX_DIGITS = 6  # past this a long table (a trace) reads as noise; its CSV has every digit
 
 
 def texts_apart(values: Sequence[object]) -> list[str]:

@@ -335,9 +335,10 @@ def test_a_table_shows_values_that_differ_with_as_many_digits_as_tell_them_apart
     summary = pd.DataFrame([{col: np.nan for col, _ in _HEADLINE}])
     page = to_html("t", "done", "s", (), "", {"summary": summary, "t": frame}, {})
     assert "0.736505" in page
-    # values that differ only past float64's 17 digits' reach are shown at the cap, not forever
-    tiny = pd.DataFrame({"v": [1.0, float(np.nextafter(1.0, 2.0))]})
-    assert list(table_texts(tiny)["v"]) == ["1", "1"]
+    # at most 6 digits: a trace's column of many close losses does not print 12 (its CSV has
+    # them all)
+    tiny = pd.DataFrame({"v": [1.0, float(np.nextafter(1.0, 2.0)), 5.6023149, 5.6023181]})
+    assert list(table_texts(tiny)["v"]) == ["1", "1", "5.60231", "5.60232"]
     # a frame with a repeated column name keeps both columns
     twice = pd.DataFrame([[0.5, 0.25]], columns=["v", "v"])
     assert table_texts(twice).values.tolist() == [["0.5", "0.25"]]
