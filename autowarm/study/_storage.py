@@ -78,16 +78,7 @@ def default_storage_url(n_workers: int = 1) -> str:
     """The storage used when none is given, in the working directory: the default file that
     is already there (so a study started with one worker resumes with several, and the other
     way round), else SQLite for one process and a journal file for more. With both there,
-    the one for ``n_workers``, with a warning naming the other.
-
-    With neither there, the choice is made under a lock on the folder and its file created
-    at once, so that two commands started together with other ``--workers`` share one study
-    instead of making two."""
-    if not (Path(DEFAULT_SQLITE).is_file() or Path(DEFAULT_JOURNAL).is_file()):
-        with _folder_locked(Path.cwd()):
-            if not (Path(DEFAULT_SQLITE).is_file() or Path(DEFAULT_JOURNAL).is_file()):
-                # an empty file is a new database to SQLite, and a new journal to optuna
-                Path(DEFAULT_JOURNAL if n_workers > 1 else DEFAULT_SQLITE).touch()
+    the one for ``n_workers``, with a warning naming the other."""
     sqlite = f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
     journal = f"journal://{Path(DEFAULT_JOURNAL).resolve()}"
     has_sqlite, has_journal = Path(DEFAULT_SQLITE).is_file(), Path(DEFAULT_JOURNAL).is_file()
@@ -348,23 +339,6 @@ def _drop_cut_record(path: Path) -> None:
         end - keep,
     )
     os.truncate(path, keep)
-
-
-@contextlib.contextmanager
-def _folder_locked(folder: Path) -> Iterator[None]:
-    # An exclusive flock on the folder itself (no lock file left behind); where the folder
-    # cannot be opened or locked (a file system without flock), the block runs unlocked.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        yield
-        return
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _check_journal(path: Path) -> None:

@@ -127,15 +127,8 @@ def test_the_default_storage_is_the_one_already_in_the_folder(
     monkeypatch.chdir(tmp_path)
     sqlite = f"sqlite:///{tmp_path / _storage.DEFAULT_SQLITE}"
     journal = f"journal://{tmp_path / _storage.DEFAULT_JOURNAL}"
-    # none yet: by the number of workers, and the file is made at once, so that a command
-    # started at the same moment with other --workers takes the same one (it made another)
-    assert _storage.default_storage_url(1) == sqlite
-    assert (tmp_path / _storage.DEFAULT_SQLITE).is_file()
-    assert _storage.default_storage_url(4) == sqlite
-    (tmp_path / _storage.DEFAULT_SQLITE).unlink()
+    assert _storage.default_storage_url(1) == sqlite  # none yet: by the number of workers
     assert _storage.default_storage_url(4) == journal
-    assert not (tmp_path / _storage.DEFAULT_SQLITE).exists()
-    (tmp_path / _storage.DEFAULT_JOURNAL).unlink()
     (tmp_path / _storage.DEFAULT_JOURNAL).write_text("")
     assert _storage.default_storage_url(1) == journal  # started with several, resumed with one
     (tmp_path / _storage.DEFAULT_JOURNAL).unlink()
