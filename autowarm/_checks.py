@@ -90,14 +90,18 @@ def error_line(exc: BaseException) -> str:
     """The first line of an error's message, as ``autowarm`` prints errors (the command line,
     and each ``tune --workers`` process): a ``KeyError``'s argument unquoted, the type's name
     when the message is empty."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    line = _first_line(exc)
     cause = _system_cause(exc)
     # optuna's own words for a full disk hide it ("Should not reach."); a message that already
     # quotes its cause is left as it is
-    if cause is not None and (said := error_line(cause)) not in line:
+    if cause is not None and (said := _first_line(cause)) not in line:
         line += f" (caused by {type(cause).__name__}: {said})"
     return line
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _system_cause(exc: BaseException) -> BaseException | None:

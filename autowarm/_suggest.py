@@ -1123,6 +1123,7 @@ def _probe(
                 with torch.enable_grad(), autocast_of(amp):
                     graph = loss_fn(model, first)
                     outside, loss = _leaves_outside(graph, model), _detached(graph)
+                del graph
             except Exception as again:
                 raise again from None
     except Exception as exc:
@@ -1358,10 +1359,11 @@ def _check_optimizer_cls(optimizer_cls: object) -> None:
         and isinstance(optimizer_cls.func, type)
         and issubclass(optimizer_cls.func, torch.optim.Optimizer)
     ):
+        settings = {k: v for k, v in optimizer_cls.keywords.items() if k != "lr"}
         raise TypeError(
             "optimizer_cls must be an optimizer class, not a functools.partial: pass "
-            f"optimizer_cls={_class_name(optimizer_cls.func)}, "
-            f"optimizer_kwargs={dict(optimizer_cls.keywords)!r}"
+            f"optimizer_cls={_class_name(optimizer_cls.func)}, optimizer_kwargs={settings!r}"
+            + (" (no lr: the probe chooses it)" if "lr" in optimizer_cls.keywords else "")
         )
     raise TypeError(
         "optimizer_cls must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, "
@@ -1417,7 +1419,9 @@ def _detached(loss: Any) -> Any:
 
 def _leaves_outside(loss: object, model: nn.Module) -> list[torch.Tensor]:
     # The leaf tensors that requires grad and a backward of `loss` reaches, which are not
-    # the model's parameters: each is where an AccumulateGrad node of the graph writes.
+    # the model's parameters: each is where an AccumulateGrad node of the graph writes. One
+    # used only inside a reentrant torch.utils.checkpoint is not in this graph (that segment's
+    # graph is built during the backward) and is missed.
     node = getattr(loss, "grad_fn", None)
     own = {id(p) for p in model.parameters()}
     found: dict[int, torch.Tensor] = {}

@@ -476,3 +476,10 @@ def test_an_error_caused_by_the_disk_or_database_says_so() -> None:
         ValueError("cannot open storage x: disk I/O error"), OSError("disk I/O error")
     )
     assert error_line(quoted) == "cannot open storage x: disk I/O error"
+    # a cause chain that loops back (raise a from b, b having been raised from a) ends
+    first, second = OSError("disk gone"), RuntimeError("retry failed")
+    first.__cause__, second.__cause__ = second, first
+    assert error_line(RuntimeError("Should not reach.")) == "Should not reach."
+    looped = chained(RuntimeError("Should not reach."), first)
+    assert error_line(looped) == "Should not reach. (caused by OSError: disk gone)"
+    assert error_line(second) == "retry failed (caused by OSError: disk gone)"

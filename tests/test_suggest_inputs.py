@@ -672,9 +672,13 @@ def test_an_optimizer_stepped_in_backward_is_refused() -> None:
             r"optimizer_cls must be an optimizer class, not a functools\.partial: pass "
             r"optimizer_cls=torch\.optim\.AdamW, optimizer_kwargs=\{'betas': \(0\.9, 0\.95\)\}",
         ),
+        (  # the advice must not lead to the next error (lr in optimizer_kwargs is refused)
+            lambda m: __import__("functools").partial(torch.optim.AdamW, lr=1e-3, eps=1e-6),
+            r"optimizer_kwargs=\{'eps': 1e-06\} \(no lr: the probe chooses it\)$",
+        ),
         ("adamw", r"optimizer_cls must be a torch\.optim\.Optimizer subclass .* got 'adamw'"),
     ],
-    ids=["instance", "partial", "name"],
+    ids=["instance", "partial", "partial_with_lr", "name"],
 )
 def test_an_optimizer_given_other_than_as_its_class_says_what_to_pass(
     given: Any, expected: str

@@ -289,7 +289,8 @@ class _WholeRecordJournal(JournalFileBackend):
     it, and the merged line makes the whole journal unreadable: every finished trial lost to
     ``tune``, ``export`` and ``report``. Here each append, under the journal's lock, first
     drops a cut-short record at the end (one a failed write of any process left), and a
-    failed write takes its own partial record back.
+    failed write takes back its own record cut short (never a whole one: another process may
+    have read it already).
     """
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -297,7 +298,6 @@ class _WholeRecordJournal(JournalFileBackend):
         self._lock.acquire()
         try:
             _drop_cut_record(Path(self._file_path))
-            size = os.path.getsize(self._file_path)
             try:
                 with open(self._file_path, "ab") as handle:
                     handle.write(data)
@@ -305,13 +305,13 @@ class _WholeRecordJournal(JournalFileBackend):
                     os.fsync(handle.fileno())
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.truncate(self._file_path, size)
+                    _drop_cut_record(Path(self._file_path), quiet=True)
                 raise
         finally:
             self._lock.release()
 
 
-def _drop_cut_record(path: Path) -> None:
+def _drop_cut_record(path: Path, *, quiet: bool = False) -> None:
     # Truncate the file after its last newline; the caller holds the journal's lock, so no
     # other process is writing the end of it.
     with open(path, "rb") as handle:
@@ -331,13 +331,14 @@ def _drop_cut_record(path: Path) -> None:
             if newline >= 0:
                 keep = pos + newline + 1
                 break
-    _logger.warning(
-        "the study's journal %s ended in a record cut short (%d bytes, left by a write that "
-        "failed: a full disk, or a crash): dropped before writing on, so that the journal "
-        "stays readable",
-        path,
-        end - keep,
-    )
+    if not quiet:
+        _logger.warning(
+            "the study's journal %s ended in a record cut short (%d bytes, left by a write that "
+            "failed: a full disk, or a crash): dropped before writing on, so that the journal "
+            "stays readable",
+            path,
+            end - keep,
+        )
     os.truncate(path, keep)
 
 

@@ -413,7 +413,7 @@ def load_task(spec: str) -> Task:
             top = where.split(".")[0]
             if Path(f"{where}.py").is_file():
                 hint = f"; for the file {where}.py here, pass '{where}.py:{attr}'"
-            elif Path(top).is_dir():
+            elif Path(top).is_dir() and exc.name == top:
                 hint = (
                     f"; the folder {top} is here: for it as a package, put its parent on the "
                     "path (PYTHONPATH=. autowarm ...) or pip install it; for a file in it, "

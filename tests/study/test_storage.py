@@ -476,3 +476,26 @@ def test_a_dead_confirmation_run_is_named_as_one(caplog: pytest.LogCaptureFixtur
         assert _storage.fail_dead_trials(study, requeue_them=False) == [0]
     assert "confirmation run 0 of trial 1 (study 's.confirm')" in caplog.text
     assert "trial 0:" not in caplog.text
+
+
+def test_a_journal_append_interrupted_after_its_record_is_whole_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a Ctrl-C (or tune's SIGTERM) that lands after the record is written and synced: the
+    # record stays, as another worker may have read it already (truncating it broke that
+    # reader's offsets for good)
+    path = tmp_path / "s.log"
+    _journal_with_trials(path, 1)
+    study = optuna.load_study(study_name="s", storage=_storage.open_storage(path))
+    real_fsync = os.fsync
+
+    def interrupted(fd: int) -> None:
+        real_fsync(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.set_user_attr("k", 1)
+    monkeypatch.undo()
+    again = optuna.load_study(study_name="s", storage=_storage.open_storage(path))
+    assert again.user_attrs["k"] == 1

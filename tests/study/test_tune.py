@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -551,6 +552,18 @@ def test_load_task_errors(tmp_path: Path) -> None:
     try:
         with pytest.raises(ValueError, match=r"the folder mypkg is here: .*PYTHONPATH=\."):
             load_task("mypkg:task")
+        # a module that is found but misses a dependency of its own gets no such hint
+        (tmp_path / "mypkg" / "tasks.py").write_text("import some_missing_dependency\n")
+        sys.path.insert(0, str(tmp_path))
+        importlib.invalidate_caches()
+        try:
+            with pytest.raises(ValueError, match="some_missing_dependency") as missing:
+                load_task("mypkg.tasks:task")
+        finally:
+            sys.path.remove(str(tmp_path))
+            for name in ("mypkg", "mypkg.tasks"):
+                sys.modules.pop(name, None)
+        assert "the folder mypkg is here" not in str(missing.value)
     finally:
         os.chdir(cwd)
     with pytest.raises(ValueError, match=r"not an autowarm\.Task"):
