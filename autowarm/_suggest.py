@@ -1512,6 +1512,13 @@ def _rationale(
         if o.deciding_signal == "none needed"
         else f"decided by the {o.deciding_signal}"
     )
+    if o.deciding_signal == "second moment" and o.warmup_from_bursts == 0:
+        # the no-ramp burst did as well: the reader would otherwise see no reason for a ramp
+        decided += (
+            " (the loss trained without a ramp in the bursts; the warmup is for Adam's "
+            "second moment, whose estimate is unreliable until then, a precaution the "
+            "bursts are too short to test)"
+        )
     parts.append(
         f"Warmup {o.warmup_steps} steps ({o.warmup_steps / total:.1%} of {total}), {decided}; "
         f"peak LR {o.peak_lr:.3g}."

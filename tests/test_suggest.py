@@ -1579,6 +1579,15 @@ def test_the_rationale_says_what_the_settling_step_is() -> None:
     text = _rationale(outcome, 10, 10, 1000)
     assert "had not settled by update 20, the last the bursts observed" in text
     assert "decided by the second moment" in text
+    assert "the loss trained without a ramp" not in text  # no burst said so here
+    # the no-ramp burst did as well as the ramped one: the text says why a ramp anyway (a
+    # reader saw "trains without a ramp", then "Warmup 99 steps", and no link between them)
+    no_ramp = _outcome_with(
+        settling=st, warmup_steps=20, deciding_signal="second moment", warmup_from_bursts=0
+    )
+    assert "(the loss trained without a ramp in the bursts; the warmup is for Adam's" in (
+        _rationale(no_ramp, 10, 10, 1000)
+    )
     drifting = settling_step(frame.assign(drift=3.0, vhat_change=0.0), beta2=0.999)
     assert drifting.lower_bound and not drifting.at_floor and drifting.settling_step > 20
     text = _rationale(_outcome_with(settling=drifting), 10, 10, 1000)

@@ -511,7 +511,7 @@ def _peak_ladder(
         untried = [edge / 10 ** (j / 4) for j in (4, 2, third) if j not in verdicts]
         reasons.append(
             f"the budget ran out before the peak ladder could try "
-            f"{', '.join(f'{p:.3g}' for p in untried)}, so the peak may lie beyond the "
+            f"{', '.join(f'{p:.3g}' for p in untried)}, so the peak may lie outside the "
             f"candidates tried: pass budget_steps of at least "
             f"{runner.budget.total - runner.budget.left + len(untried) * length} "
             f"(the range test and three {length}-step bursts)"
