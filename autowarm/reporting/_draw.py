@@ -20,9 +20,14 @@ def draw(data: FigureData) -> Any:
     """A matplotlib ``Figure`` of ``data`` (matplotlib imported here, with an install hint)."""
     require("matplotlib", "drawing report figures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import Collection
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.2), dpi=100)
+    # The legend goes below the axes, two entries a row, so it never hides a curve or a
+    # marker (inside, "best" put it over the chosen warmup's line); the figure grows to hold it.
+    entries = len(data.series) + len(data.markers)
+    rows = -(-entries // 2)
+    fig = Figure(figsize=(7.5, 4.2 + 0.19 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     mappables = [_series(ax, s, i) for i, s in enumerate(data.series)]
@@ -31,7 +36,10 @@ def draw(data: FigureData) -> Any:
             ax.axvline(m.value, color="black", linestyle="--", linewidth=1.1, label=m.label)
         else:
             ax.axhline(m.value, color="0.45", linestyle=":", linewidth=1.3, label=m.label)
-    ax.set_xscale(data.xscale)
+    if data.xscale == "symlog":
+        ax.set_xscale("symlog", linthresh=1.0)
+    else:
+        ax.set_xscale(data.xscale)
     ax.set_yscale(data.yscale)
     if data.xlabel.endswith("(count)") and data.xscale == "linear":
         from matplotlib.ticker import MaxNLocator
@@ -46,8 +54,15 @@ def draw(data: FigureData) -> Any:
     ax.grid(True, alpha=0.3)
     for mappable in filter(None, mappables):
         fig.colorbar(mappable, ax=ax, label=textwrap.fill(data.colorbar_label or "", 50))
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    if entries:
+        legend = fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+        # a colour-mapped series' swatch takes one value's colour (the worst, say): grey
+        mapped = {s.label for s in data.series if s.color_values is not None}
+        for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=False):
+            if text.get_text() in mapped and isinstance(handle, Collection):
+                handle.set_array(None)  # else its colour map repaints it
+                handle.set_facecolor("0.6")
+                handle.set_edgecolor("0.3")
     return fig
 
 

@@ -69,7 +69,8 @@ class FigureData:
         ylabel: y axis label, unit in parentheses.
         series: the data drawn.
         markers: reference lines (chosen peak, chosen warmup, tolerances).
-        xscale: ``"linear"`` or ``"log"``.
+        xscale: ``"linear"``, ``"log"`` or ``"symlog"`` (linear below 1, log above: counts
+            from 0, such as warmup steps, spread as the study searched them).
         yscale: ``"linear"`` or ``"log"``.
         ylim: y range to show (``None``: matplotlib's choice).
         colorbar_label: label of the colour scale when a series has ``color_values``.
@@ -180,6 +181,8 @@ def bursts_figure(trace: pd.DataFrame, signals: pd.DataFrame) -> FigureData | No
             g["loss"].to_numpy(dtype=float), start_loss=start if math.isfinite(start) else None
         )
         tag = {"yes": "", "no": ", unstable", "unknown": ""}[str(b.stable)]
+        if b.phase == "warmup" and b.warmup_steps == 0:
+            tag += ", no ramp"
         label = f"burst {b.burst}: W={b.warmup_steps}, peak {b.peak_lr:.3g}{tag}"
         series.append(
             Series(
@@ -196,10 +199,13 @@ def bursts_figure(trace: pd.DataFrame, signals: pd.DataFrame) -> FigureData | No
         ylabel=LOSS_LABEL,
         series=tuple(series),
         caption="Each burst restarts from the initial weights. Each line is the loss the "
-        "stability rules read: a running median of 3 batches (a one-batch spike is left out; "
-        "the spike rule reads the raw losses), then an EMA, up to the first non-finite loss. "
-        "Dashed red lines are bursts the rules rejected (spikes, oscillation, a rise above the "
-        "start, divergence).",
+        "stability rules read: a running median of 3 consecutive batches (centred: a point "
+        "also reads the next batch's loss; a one-batch spike is left out, and the spike rule "
+        "reads the raw losses), then an EMA, up to the first non-finite loss. A line that "
+        "ends early with no red dash ended by design (the no-ramp check runs what the budget "
+        "leaves). Dashed red lines are bursts the rules rejected (spikes, oscillation, a rise "
+        "above the start, divergence). The peaks are compared by the mean raw loss of each "
+        "burst's last quarter (the rationale's tail losses), not by these curves' ends.",
     )
 
 

@@ -47,6 +47,11 @@ _HEADLINE = (
 )
 
 
+_RANGE_COLUMNS = frozenset(
+    {"warmup_steps_low", "warmup_steps_high", "peak_lr_low", "peak_lr_high"}
+)
+
+
 def fmt(value: object, digits: int = 4) -> str:
     """A cell as text: ``digits`` significant digits for floats (4 unless told), blank for
     NaN, a whole float without its ``.0``."""
@@ -60,6 +65,17 @@ def fmt(value: object, digits: int = 4) -> str:
 
 
 MAX_DIGITS = 6  # past this a long table (a trace) reads as noise; its CSV has every digit
+
+
+# columns of relative differences, shown as signed percentages on the page (1.249 read as
+# "1.25 times the best"; it is 125% worse); their CSVs keep the fraction
+PERCENT_COLUMNS = frozenset({"vs_best"})
+
+
+def _percent(value: object) -> str:
+    if not isinstance(value, float) or math.isnan(value):
+        return fmt(value)
+    return "0%" if value == 0 else f"{100 * value:+.3g}%"
 
 
 def texts_apart(values: Sequence[object]) -> list[str]:
@@ -76,7 +92,12 @@ def table_texts(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame``'s cells as text, each column through :func:`texts_apart`: two trials whose
     values differ in the 6th digit are not shown as equal, and a column of round numbers
     stays short."""
-    texts = [texts_apart(list(frame.iloc[:, i])) for i in range(frame.shape[1])]
+    texts = [
+        [_percent(v) for v in frame.iloc[:, i]]
+        if frame.columns[i] in PERCENT_COLUMNS
+        else texts_apart(list(frame.iloc[:, i]))
+        for i in range(frame.shape[1])
+    ]
     out = pd.DataFrame(dict(enumerate(texts)), index=frame.index)
     out.columns = frame.columns
     return out
@@ -88,7 +109,20 @@ def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
     value) is a value like any other."""
     row = summary.iloc[0]
     out = []
+    # a range whose ends are equal is one trial (the best alone met the rule): said so, not
+    # shown as "0 to 0", which reads as a certainty
+    single = (
+        all(
+            fmt(row[f"{k}_low"]) == fmt(row[f"{k}_high"]) != ""
+            for k in ("warmup_steps", "peak_lr")
+        )
+        and int(row["warmup_steps_low"]) != -1
+    )
     for col, label in _HEADLINE:
+        if single and col in _RANGE_COLUMNS:
+            if col == "warmup_steps_low":
+                out.append(("near-best range", "none: only the best trial met the rule"))
+            continue
         value = row[col]
         text = fmt(value)
         integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -78,6 +78,7 @@ def history_figure(
     stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
     ylim = None
+    stopped_label = "pruned/failed (last reported value)"
     if len(stopped):
         last = stopped["last_intermediate_value"].to_numpy(dtype=float)
         # one trial cut off far above the others would squash the completed ones flat: the
@@ -93,9 +94,10 @@ def history_figure(
                 f" {int(outside.sum())} pruned or failed trial(s) whose last value lies off "
                 "this range are drawn at its edge."
             )
+            stopped_label = "pruned/failed (last reported value; off-range ones at the edge)"
         series.append(
             Series(
-                "pruned/failed (last reported value)",
+                stopped_label,
                 floats(stopped["number"]),
                 floats(last),
                 "scatter",
@@ -159,9 +161,10 @@ def scatter_figure(
     return FigureData(
         name="trials_scatter",
         title="Trials: warmup and peak LR, coloured by value",
-        xlabel="warmup of the full run (optimizer steps)",
+        xlabel="warmup of the full run (optimizer steps), log scale above 1",
         ylabel=LR_LABEL + ", log scale",
         series=tuple(series),
+        xscale="symlog",
         yscale="log",
         colorbar_label=value_label,
         caption=(

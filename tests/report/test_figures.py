@@ -47,7 +47,14 @@ def check_drawn(f: FigureData) -> None:
     drawn = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
     drawn += [c for c in ax.collections if len(c.get_offsets()) > 0]
     assert drawn, f"{f.name}: nothing drawn on the axes"
-    assert ax.get_legend() is not None
+    # the legend sits below the axes (fig.legend), naming every series and marker, so that
+    # it hides no curve and no marker
+    assert len(fig.legends) == 1 and ax.get_legend() is None
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert names == [s.label for s in f.series] + [m.label for m in f.markers]
+    fig.canvas.draw()  # the layout runs at drawing
+    legend_box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    assert legend_box.y1 <= ax.get_window_extent().y0  # wholly below the plotting area
 
 
 def test_probe_figures(suggestion: autowarm.Suggestion) -> None:
@@ -239,7 +246,8 @@ def test_study_figures(study: optuna.Study) -> None:
     by = {s.label: s for s in history.series}
     assert by["best so far"].y == (0.52, 0.52, 0.52, 0.52, 0.515, 0.515)
     assert by["probe's estimate"].x == (0.0,)
-    assert by["pruned/failed (last reported value)"].x == (6.0, 7.0)
+    stopped = next(s for s in history.series if s.label.startswith("pruned/failed"))
+    assert stopped.x == (6.0, 7.0)
     scatter = rep.figures["trials_scatter"]
     dots = scatter.series[0]
     assert dots.color_values == (0.52, 0.61, 0.58, 0.53, 0.515, 0.55)

@@ -821,3 +821,5 @@ def test_one_far_pruned_value_does_not_squash_the_history(suggestion: autowarm.S
     assert history.ylim is not None and history.ylim[1] < 1e3
     pruned = next(s for s in history.series if s.label.startswith("pruned"))
     assert max(pruned.y) == history.ylim[1] and "drawn at its edge" in history.caption
+    # the legend no longer says the point is at its value
+    assert pruned.label == "pruned/failed (last reported value; off-range ones at the edge)"

@@ -342,3 +342,28 @@ def test_a_table_shows_values_that_differ_with_as_many_digits_as_tell_them_apart
     # a frame with a repeated column name keeps both columns
     twice = pd.DataFrame([[0.5, 0.25]], columns=["v", "v"])
     assert table_texts(twice).values.tolist() == [["0.5", "0.25"]]
+
+
+def test_vs_best_is_shown_as_a_signed_percentage() -> None:
+    # 1.249 was read as "1.25 times the best"; it is 125% worse (the CSV keeps the fraction)
+    from autowarm.reporting._render import table_texts
+
+    frame = pd.DataFrame({"vs_best": [1.249, 0.0, 0.00213, -0.05, np.nan]})
+    assert list(table_texts(frame)["vs_best"]) == ["+125%", "0%", "+0.213%", "-5%", ""]
+
+
+def test_a_near_best_range_of_one_trial_is_said_to_be_none() -> None:
+    # "warmup 0 to 0, peak LR 0.08577 to 0.08577" read as a certainty: one trial met the rule
+    from autowarm.reporting._render import _HEADLINE, headline
+
+    row: dict[str, object] = {col: np.nan for col, _ in _HEADLINE}
+    row.update(n_trials=8, warmup_steps_low=0, warmup_steps_high=0)
+    row.update(peak_lr_low=0.08577, peak_lr_high=0.08577, range_rule="within 1%")
+    shown = dict(headline(pd.DataFrame([row])))
+    assert shown["near-best range"] == "none: only the best trial met the rule"
+    assert not any(
+        k.startswith("near-best warmup") or k.startswith("near-best peak") for k in shown
+    )
+    row.update(warmup_steps_high=40)
+    shown = dict(headline(pd.DataFrame([row])))
+    assert "near-best range" not in shown and shown["near-best warmup, high (steps)"] == "40"
