@@ -30,6 +30,9 @@ NEAR_BEST = 0.01  # trials within 1% of the best value make the summary's range
 STUDY_VALUE = "the study's value"  # the metric of a study that does not name its own
 
 
+_TO_TRAIN = "the schedule to train with"
+
+
 def load_suggestion(path: Path) -> Suggestion:
     """:meth:`Suggestion.load`, with messages for the usual wrong files (a study's storage is
     told how to get its report)."""
@@ -169,7 +172,10 @@ def probe_report(
                 "on the grid by warmup fraction and peak LR, which means something only for a "
                 f"probe of {bench_task!r} itself (`autowarm demo` probes postln_lm)."
             )
-    figures = {**probe_figures(s, notes), "schedule": F.schedule_figure(s.schedule)}
+    figures = {
+        **probe_figures(s, notes),
+        "schedule": F.schedule_figure(s.schedule, what=_TO_TRAIN),
+    }
     return Report(
         title=f"autowarm report: probe ({name})",
         status="probe",
@@ -390,7 +396,7 @@ def study_report(
         **(probe_figures(s, notes, "probe's") if s is not None else {}),
     }
     if schedule is not None:
-        figures["schedule"] = F.schedule_figure(schedule)
+        figures["schedule"] = F.schedule_figure(schedule, what=_TO_TRAIN)
     if best is None:
         notes.append("No trial has completed yet: no history or scatter figure.")
     return Report(

@@ -381,19 +381,22 @@ def schedule_points(
     return steps, [cfg.lr_at(s) for s in steps]
 
 
-def schedule_figure(cfg: ScheduleConfig, *, name: str = "schedule") -> FigureData:
-    """LR against step over the whole run, the end of warmup marked."""
+def schedule_figure(cfg: ScheduleConfig, *, name: str = "schedule", what: str = "") -> FigureData:
+    """LR against step over the whole run, the end of warmup marked; ``what`` (such as "the
+    schedule to train with") opens the title."""
     steps, lrs = schedule_points(cfg)
     markers: tuple[Marker, ...] = ()
     if cfg.warmup_steps:
         markers = (Marker("x", float(cfg.warmup_steps), f"warmup end ({cfg.warmup_steps})"),)
     return FigureData(
         name=name,
-        title=f"{Decay(cfg.decay).value} schedule, peak {cfg.peak_lr:.3g}, "
+        title=(f"{what[:1].upper()}{what[1:]}: " if what else "")
+        + f"{Decay(cfg.decay).value} schedule, peak {cfg.peak_lr:.3g}, "
         f"{cfg.warmup_steps} warmup steps",
         xlabel=STEP_LABEL,
         ylabel=LR_LABEL,
         series=(Series("learning rate", floats(steps), floats(lrs)),),
         markers=markers,
-        caption=f"{cfg.total_steps} steps; the LR of update step + 1, floor {cfg.min_lr:g}.",
+        caption=f"{cfg.total_steps} steps; at x = k, the LR of update k + 1 (the first update "
+        f"uses the LR at 0); floor {cfg.min_lr:g}.",
     )
