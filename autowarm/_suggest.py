@@ -1382,10 +1382,15 @@ def _refuse_ambient_autocast() -> None:
     active = []
     for device_type in _AUTOCAST_DEVICES:
         try:
-            if torch.is_autocast_enabled(device_type):
-                active.append(device_type)
-        except RuntimeError:
-            pass
+            on = torch.is_autocast_enabled(device_type)
+        except TypeError:  # torch before 2.4 takes no device: CUDA's, and CPU's own function
+            legacy = {"cuda": "is_autocast_enabled", "cpu": "is_autocast_cpu_enabled"}
+            name = legacy.get(device_type)
+            on = bool(getattr(torch, name)()) if name and hasattr(torch, name) else False
+        except RuntimeError:  # a device type this build does not know
+            on = False
+        if on:
+            active.append(device_type)
     if active:
         raise RuntimeError(
             f"suggest() was called inside a torch.autocast block ({', '.join(active)}), "

@@ -710,3 +710,23 @@ def test_a_trainable_tensor_the_loss_fn_uses_gets_its_grad_back(had_grad: bool) 
     else:
         assert _TEMPERATURE.grad is None
     assert torch.equal(_TEMPERATURE.detach(), before)  # never trained by the probe
+
+
+def test_the_autocast_check_works_on_a_torch_whose_check_takes_no_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # torch before 2.4: is_autocast_enabled() is CUDA's and takes no argument (a TypeError
+    # with one); CPU autocast has its own is_autocast_cpu_enabled()
+    from autowarm import _suggest
+
+    def old(*args: Any) -> bool:
+        if args:
+            raise TypeError("is_autocast_enabled() takes 0 positional arguments but 1 was given")
+        return False
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", old)
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: True, raising=False)
+    with pytest.raises(RuntimeError, match=r"inside a torch\.autocast block \(cpu\)"):
+        _suggest._refuse_ambient_autocast()
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: False, raising=False)
+    _suggest._refuse_ambient_autocast()
