@@ -33,6 +33,22 @@ def cls_batches(
     return [(x[i : i + bs], y[i : i + bs]) for i in range(0, n_batches * bs, bs)]
 
 
+class ClsDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """The examples of ``cls_batches(n_batches)`` as a map-style dataset, for loaders with
+    workers; augmenting subclasses override ``__getitem__``."""
+
+    def __init__(self, n_batches: int = 4) -> None:
+        batches = cls_batches(n_batches=n_batches)
+        self.x = torch.cat([b[0] for b in batches])
+        self.y = torch.cat([b[1] for b in batches])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
 def mlp(seed: int = 0, hidden: int = 16) -> nn.Sequential:
     """8 -> ``hidden`` -> ReLU -> 2, initialised from torch's global RNG seeded with ``seed``."""
     torch.manual_seed(seed)

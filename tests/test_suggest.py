@@ -42,6 +42,7 @@ from autowarm.probe._search import SearchSettings, _judge, _warmup_search, ramp_
 from autowarm.probe._state import loss_modules, preserved
 from autowarm.schedules import ScheduleConfig
 from tests._tiny import (
+    ClsDataset,
     DecayRateAdam,
     PerTensorSecondMoment,
     one_thread,  # noqa: F401 (autouse)
@@ -1715,16 +1716,8 @@ def test_sparse_gradients(opt: type[torch.optim.Optimizer]) -> None:
     assert torch.equal(model.emb.weight, before)
 
 
-class _Jitter(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _Jitter(ClsDataset):
     # Augmentation with numpy and python's random, as augmentation libraries do.
-    def __init__(self) -> None:
-        batches = _cls_batches(n_batches=4)
-        self.x = torch.cat([b[0] for b in batches])
-        self.y = torch.cat([b[1] for b in batches])
-
-    def __len__(self) -> int:
-        return len(self.x)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         noise = np.random.normal(0.0, 0.5, self.x.shape[1]).astype("float32")
         return self.x[i] * (1.0 + random.random()) + torch.from_numpy(noise), self.y[i]

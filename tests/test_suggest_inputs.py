@@ -18,9 +18,12 @@ from torch import nn
 
 import autowarm
 from autowarm._train import BatchStream, nan_in_batch
+from tests._tiny import (
+    ClsDataset,
+    one_thread,  # noqa: F401 (autouse)
+)
 from tests._tiny import cls_batches as _cls_batches
 from tests._tiny import mlp as _mlp
-from tests._tiny import one_thread  # noqa: F401 (autouse)
 
 TOTAL = 500
 BUDGET = 50
@@ -256,16 +259,8 @@ def test_a_loader_with_persistent_workers_starts_the_next_epoch_as_without_the_p
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
-class _Augmented(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class _Augmented(ClsDataset):
     """Random augmentation in __getitem__, drawn in the loader's workers (a transform's way)."""
-
-    def __init__(self) -> None:
-        batches = _cls_batches(n_batches=4)
-        self.x = torch.cat([b[0] for b in batches])
-        self.y = torch.cat([b[1] for b in batches])
-
-    def __len__(self) -> int:
-        return len(self.x)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[i] + 0.5 * torch.randn(self.x.shape[1]), self.y[i]
