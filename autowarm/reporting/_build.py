@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -393,7 +394,13 @@ def study_report(
     figures: dict[str, FigureData | None] = {
         "history": history_figure(trials, maximize, value_label),
         "trials_scatter": scatter_figure(trials, maximize, value_label),
-        **(probe_figures(s, notes, "probe's") if s is not None else {}),
+        # the probe's evidence says where the study started, not why its choice won: titled so
+        **{
+            name: None
+            if f is None
+            else dataclasses.replace(f, title=f"The probe (where the study started): {f.title}")
+            for name, f in (probe_figures(s, notes, "probe's") if s is not None else {}).items()
+        },
     }
     if schedule is not None:
         figures["schedule"] = F.schedule_figure(schedule, what=_TO_TRAIN)

@@ -260,3 +260,14 @@ def test_no_pyplot_state_leaks(suggestion: autowarm.Suggestion, tmp_path: object
     before = plt.get_fignums()
     suggestion.report().to_html()
     assert plt.get_fignums() == before
+
+
+def test_a_study_report_titles_the_probes_figures_as_its_starting_point(
+    study: optuna.Study,
+) -> None:
+    # a reader took the probe's warmup marker (84) in three figures for the chosen schedule's
+    rep = autowarm.report(study)
+    for name in ("range_test", "second_moment", "bursts"):
+        assert rep.figures[name].title.startswith("The probe (where the study started): ")
+    assert rep.figures["schedule"].title.startswith("The schedule to train with: ")
+    assert not rep.figures["history"].title.startswith("The probe")
