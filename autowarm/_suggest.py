@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -1239,28 +1240,25 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
         ):
             raise ProbeDivergedError(_overflowing_update_message(step, lrs, runner), trace)
         if step is not None:
-            # Update `step` of a burst trains on the batches step * k .. step * k + k - 1 drawn
-            # since the restart (k = accumulation_steps).
-            k = runner.accumulation_steps
-            found = [runner.stream.position_of_step(step * k + j) for j in range(k)]
-            positions = [p for p in found if p is not None]
-            if len(positions) < k:
-                which = "the batch at that step" if k == 1 else "the batches of that step"
-            elif k == 1:
-                which = (
-                    f"the batch at that step (batch {positions[0]} of the data as it is "
-                    "yielded, counting from 0)"
-                )
-            else:
-                which = (
-                    f"the {k} batches of that step (batches {', '.join(map(str, positions))} of "
-                    "the data as it is yielded, counting from 0)"
-                )
-            them = "that batch" if k == 1 else "those batches"
+            which, them = _batches_of_step(runner, step)
             raise ProbeDivergedError(
                 f"every burst's loss was non-finite at step {step} whatever its LR (peaks "
                 f"{lrs}): {which} or the loss on it is the likely cause, not the LR; check "
                 f"{them} and the loss on it. The trace is in error.trace",
+                trace,
+            )
+        outlier = _same_blowup_step([v.burst.rows for v in warm])
+        if outlier is not None:
+            step, loss, typical = outlier
+            which, them = _batches_of_step(runner, step)
+            raise ProbeDivergedError(
+                f"every burst blew up at the same step, {step}, whatever its LR (peaks {lrs}): "
+                f"its loss there was {loss:.4g} against a median of {typical:.4g} over the "
+                f"steps before, so {which} is far above the others (an outlier example, "
+                "heavy-tailed targets), not the LR; check "
+                f"{them}, or clip the targets or use a loss that bounds an outlier's pull "
+                "(torch.nn.HuberLoss) for the probe as for the run. The trace is in "
+                "error.trace",
                 trace,
             )
         raise ProbeDivergedError(
@@ -1458,6 +1456,52 @@ def _refuse_added_in_forward(model: nn.Module, before: tuple[set[str], set[str]]
             "your run's) would never train them; run one forward pass on a batch first "
             "(with torch.no_grad(): model(inputs)), so that they exist, then probe"
         )
+
+
+def _batches_of_step(runner: ProbeRunner, step: int) -> tuple[str, str]:
+    # The batches update `step` of a burst trains on, in words: the batches step * k ..
+    # step * k + k - 1 drawn since the restart (k = accumulation_steps); and "it" for them.
+    k = runner.accumulation_steps
+    found = [runner.stream.position_of_step(step * k + j) for j in range(k)]
+    positions = [p for p in found if p is not None]
+    if len(positions) < k:
+        which = "the batch at that step" if k == 1 else "the batches of that step"
+    elif k == 1:
+        which = (
+            f"the batch at that step (batch {positions[0]} of the data as it is yielded, "
+            "counting from 0)"
+        )
+    else:
+        which = (
+            f"the {k} batches of that step (batches {', '.join(map(str, positions))} of the "
+            "data as it is yielded, counting from 0)"
+        )
+    return which, "that batch" if k == 1 else "those batches"
+
+
+# a step's loss this many times the median of the steps before it is one batch's, not the LR's
+_OUTLIER_FACTOR = 5.0
+
+
+def _same_blowup_step(bursts: list[list[dict[str, Any]]]) -> tuple[int, float, float] | None:
+    # Every burst (two or more) stopped at the same step, on a finite loss that jumped far
+    # above the losses before it: the batch at that step, not the schedule (a burst at 1e-7
+    # barely moves its weights, and stops there too). The step, the mean loss there over the
+    # bursts, and the median loss of the steps before it.
+    if len(bursts) < 2 or any(not rows for rows in bursts):
+        return None
+    stops = {int(rows[-1]["step"]) for rows in bursts}
+    if len(stops) != 1:
+        return None
+    step = stops.pop()
+    at = [float(rows[-1]["loss"]) for rows in bursts]
+    before = [float(r["loss"]) for rows in bursts for r in rows[:-1]]
+    before = [x for x in before if math.isfinite(x)]
+    if not before or not all(math.isfinite(x) for x in at):
+        return None
+    typical = statistics.median(before)
+    loss = statistics.fmean(at)
+    return (step, loss, typical) if loss > _OUTLIER_FACTOR * abs(typical) else None
 
 
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:

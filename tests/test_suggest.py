@@ -2051,3 +2051,24 @@ def test_lazy_buffers_are_refused_with_the_advice() -> None:
         autowarm.suggest(
             model, _cls_batches(), criterion=F.cross_entropy, total_steps=600, progress=False
         )
+
+
+def test_one_outlier_batch_that_stops_every_burst_is_named_not_the_lr() -> None:
+    # Student-t targets: one batch's loss ~15x the others at every LR (at 1e-7 too), so the
+    # range test and every burst "diverged" there, and the error blamed the LR and the model.
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 1, generator=g)
+    batches = []
+    for i in range(20):
+        x = torch.randn(32, 8, generator=g)
+        y = x @ w + 0.1 * torch.randn(32, 1, generator=g)
+        if i == 6:
+            y[0] += 400.0  # one heavy-tailed draw
+        batches.append((x, y))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    with pytest.raises(ProbeDivergedError) as caught:
+        _run(model, batches, criterion=F.mse_loss, budget_steps=60)
+    message = str(caught.value)
+    assert "every burst blew up at the same step, 6, whatever its LR" in message
+    assert "(batch 6 of the data as it is yielded" in message and "HuberLoss" in message
