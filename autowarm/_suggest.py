@@ -1516,6 +1516,16 @@ def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
     return firsts.pop() if len(bursts) >= 2 and len(firsts) == 1 else None
 
 
+def _verdict_word(v: Any) -> str:
+    # "stable" means no rule fired; a burst whose loss still ended above where it started
+    # (a rise under the catapult rule's noise bar) is not what a reader calls stable
+    if not v.stable:
+        return "unstable"
+    if v.signals.net_decrease < 0:
+        return "stable by the rules, though its loss ended above its start"
+    return "stable"
+
+
 def _rationale(
     o: ProbeOutcome, probe_steps: int, budget: int, total: int, accumulation_steps: int = 1
 ) -> str:
@@ -1528,8 +1538,8 @@ def _rationale(
         o.notes[0][0].upper() + o.notes[0][1:] + ".",
     ]
     bursts = [
-        f"W={v.burst.warmup_steps} at {v.burst.peak_lr:.3g}: "
-        f"{'stable' if v.stable else 'unstable'} ({v.signals.reason})"
+        f"W={v.burst.warmup_steps} at {v.burst.peak_lr:.3g}: {_verdict_word(v)} "
+        f"({v.signals.reason})"
         for v in o.verdicts
     ]
     if bursts:

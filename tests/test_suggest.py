@@ -2072,3 +2072,19 @@ def test_one_outlier_batch_that_stops_every_burst_is_named_not_the_lr() -> None:
     message = str(caught.value)
     assert "every burst blew up at the same step, 6, whatever its LR" in message
     assert "(batch 6 of the data as it is yielded" in message and "HuberLoss" in message
+
+
+def test_a_stable_burst_whose_loss_ended_above_its_start_is_not_just_called_stable() -> None:
+    # "stable (rise_above_start=22.9%, net_decrease=-2.4%)" read as a burst that trained
+    from types import SimpleNamespace
+
+    from autowarm._suggest import _verdict_word
+
+    def verdict(stable: bool, net: float) -> Any:
+        return SimpleNamespace(stable=stable, signals=SimpleNamespace(net_decrease=net))
+
+    assert _verdict_word(verdict(True, 0.3)) == "stable"
+    assert _verdict_word(verdict(True, -0.024)) == (
+        "stable by the rules, though its loss ended above its start"
+    )
+    assert _verdict_word(verdict(False, -0.5)) == "unstable"
