@@ -69,7 +69,7 @@ def probe_figures(
             "warmup came from the loss bursts alone."
         )
     return {
-        "range_test": F.range_test_figure(s.trace, s.peak_lr, who),
+        "range_test": F.range_test_figure(s.trace, s.peak_lr, who, s.signals),
         "second_moment": moment,
         "second_moment_change": F.second_moment_change_figure(
             s.trace, s.signals, s.warmup_steps, who

@@ -101,9 +101,13 @@ def floats(values: object) -> tuple[float, ...]:
 
 # ---------------------------------------------------------------------------- probe figures
 def range_test_figure(
-    trace: pd.DataFrame, peak_lr: float, who: str = "chosen"
+    trace: pd.DataFrame,
+    peak_lr: float,
+    who: str = "chosen",
+    signals: pd.DataFrame | None = None,
 ) -> FigureData | None:
-    """Smoothed loss against LR during the range test, the ``who`` (chosen) peak marked."""
+    """Smoothed loss against LR during the range test, the ``who`` (chosen) peak marked, and
+    (from ``signals``) the sweep's steepest descent and lowest point on the curve."""
     if trace.empty or "phase" not in trace:
         return None
     rows = trace[(trace["phase"] == "range_test") & np.isfinite(trace["loss_smoothed"])]
@@ -114,17 +118,33 @@ def range_test_figure(
     top = float(min(y.max(), 1.5 * y[0] if y[0] > 0 else y.max()))
     bottom = float(y.min())
     pad = 0.05 * max(top - bottom, 1e-12)
+    lrs = rows["lr"].to_numpy(float)
+    series = [Series("range test", floats(lrs), floats(y))]
+    points = (
+        ("steepest descent", "range_test.steepest_lr", "v"),
+        ("lowest", "range_test.min_loss_lr", "o"),
+    )
+    for label, name, marker in points:
+        lr = _signal(signals, name) if signals is not None else math.nan
+        if math.isfinite(lr) and lr > 0:
+            at = int(np.argmin(np.abs(np.log(lrs) - math.log(lr))))  # its point on the curve
+            series.append(
+                Series(f"{label} {lr:.3g}", (lr,), (float(y[at]),), "scatter", marker=marker)
+            )
     return FigureData(
         name="range_test",
         title="LR range test: smoothed loss as the LR grows",
         xlabel=LR_LABEL + ", log scale",
         ylabel=LOSS_LABEL,
-        series=(Series("range test", floats(rows["lr"]), floats(y)),),
+        series=tuple(series),
         markers=(Marker("x", peak_lr, f"{who} peak {peak_lr:.3g}"),),
         xscale="log",
         ylim=(bottom - pad, top + pad),
         caption="One exponential sweep from the initial weights; the loss is a bias-corrected "
-        "EMA. The dashed line is the probe's peak LR.",
+        "EMA, cut above 1.5 times its start where it diverges. The dashed line is the probe's "
+        "peak LR, which is not read off this curve: the sweep sets the candidates (up to its "
+        "edge), and short bursts at each of them choose among them (the rationale gives their "
+        "losses).",
     )
 
 

@@ -271,3 +271,22 @@ def test_a_study_report_titles_the_probes_figures_as_its_starting_point(
         assert rep.figures[name].title.startswith("The probe (where the study started): ")
     assert rep.figures["schedule"].title.startswith("The schedule to train with: ")
     assert not rep.figures["history"].title.startswith("The probe")
+
+
+def test_range_test_marks_its_steepest_and_lowest_points_on_the_curve(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    # only the chosen peak was marked: a reader saw it a decade left of the visible minimum
+    f = range_test_figure(suggestion.trace, suggestion.peak_lr, signals=suggestion.signals)
+    assert f is not None
+    by = {s.label.split(" ")[0]: s for s in f.series[1:]}
+    signals = suggestion.signals.set_index("name")["value"]
+    curve = dict(zip(f.series[0].x, f.series[0].y, strict=True))
+    for key, name in (
+        ("steepest", "range_test.steepest_lr"),
+        ("lowest", "range_test.min_loss_lr"),
+    ):
+        point = by[key]
+        assert point.kind == "scatter" and point.x == (signals[name],)
+        assert point.y[0] in curve.values()  # drawn on the curve, at its nearest LR
+    assert "not read off this curve" in f.caption
