@@ -241,11 +241,16 @@ def second_moment_figure(
     series = _burst_series(trace, signals, "rel_error", np.isfinite)
     if not series:
         return None
+    settling = _signal(signals, "second_moment.settling_step")
+    # when v_hat's change per update set the settling step, this curve does not show it
+    by_change = math.isfinite(settling) and (
+        _signal(signals, "second_moment.change_estimate") == settling
+    )
+    note = " (set by v_hat's change per update: next figure)" if by_change else ""
     markers = [
         Marker("y", tolerance, f"settled below {tolerance:g}"),
-        Marker("x", float(warmup_steps), f"{who} warmup {warmup_steps}"),
+        Marker("x", float(warmup_steps), f"{who} warmup {warmup_steps}{note}"),
     ]
-    settling = _signal(signals, "second_moment.settling_step")
     # in whole updates, as the warmup takes it and the caption says it (ceil): a marker of
     # its own only where it is not the warmup's line
     if math.isfinite(settling) and math.ceil(settling) != warmup_steps:

@@ -290,3 +290,13 @@ def test_range_test_marks_its_steepest_and_lowest_points_on_the_curve(
         assert point.kind == "scatter" and point.x == (signals[name],)
         assert point.y[0] in curve.values()  # drawn on the curve, at its nearest LR
     assert "not read off this curve" in f.caption
+
+
+def test_the_second_moment_figure_says_when_the_other_statistic_set_the_warmup(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    f = suggestion.report().figures["second_moment"]
+    label = next(m.label for m in f.markers if m.axis == "x" and m.label.startswith("chosen"))
+    signals = suggestion.signals.set_index("name")["value"]
+    by_change = signals["second_moment.change_estimate"] == signals["second_moment.settling_step"]
+    assert label.endswith("(set by v_hat's change per update: next figure)") == bool(by_change)
