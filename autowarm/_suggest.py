@@ -1247,15 +1247,18 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
                 f"{them} and the loss on it. The trace is in error.trace",
                 trace,
             )
-        outlier = _same_blowup_step([v.burst.rows for v in warm])
+        sweep = [b.rows for b in runner.bursts if b.phase == "range_test"]
+        outlier = _same_blowup_step([v.burst.rows for v in warm], sweep[0] if sweep else [])
         if outlier is not None:
             step, loss, typical = outlier
             which, them = _batches_of_step(runner, step)
+            one = which if runner.accumulation_steps == 1 else f"one of {which}"
             raise ProbeDivergedError(
                 f"every burst blew up at the same step, {step}, whatever its LR (peaks {lrs}): "
                 f"its loss there was {loss:.4g} against a median of {typical:.4g} over the "
-                f"steps before, so {which} is far above the others (an outlier example, "
-                "heavy-tailed targets), not the LR; check "
+                f"steps before, and so was the range test's at its tiny LR there, so {one} "
+                "is far above the others (an outlier example, heavy-tailed targets), not the "
+                "LR; check "
                 f"{them}, or clip the targets or use a loss that bounds an outlier's pull "
                 "(torch.nn.HuberLoss) for the probe as for the run. The trace is in "
                 "error.trace",
@@ -1483,11 +1486,15 @@ def _batches_of_step(runner: ProbeRunner, step: int) -> tuple[str, str]:
 _OUTLIER_FACTOR = 5.0
 
 
-def _same_blowup_step(bursts: list[list[dict[str, Any]]]) -> tuple[int, float, float] | None:
+def _same_blowup_step(
+    bursts: list[list[dict[str, Any]]], sweep: list[dict[str, Any]]
+) -> tuple[int, float, float] | None:
     # Every burst (two or more) stopped at the same step, on a finite loss that jumped far
-    # above the losses before it: the batch at that step, not the schedule (a burst at 1e-7
-    # barely moves its weights, and stops there too). The step, the mean loss there over the
-    # bursts, and the median loss of the steps before it.
+    # above the losses before it, and the range test (`sweep`: the same batches at the same
+    # steps, at LRs too small there to blow anything up) jumped at that step too: the batch
+    # at that step, not the schedule. Bursts that share a short ramp can blow up together
+    # at one step from their LR; the sweep tells the two apart. The step, the mean loss there
+    # over the bursts, and the median loss of the steps before it.
     if len(bursts) < 2 or any(not rows for rows in bursts):
         return None
     stops = {int(rows[-1]["step"]) for rows in bursts}
@@ -1501,7 +1508,14 @@ def _same_blowup_step(bursts: list[list[dict[str, Any]]]) -> tuple[int, float, f
         return None
     typical = statistics.median(before)
     loss = statistics.fmean(at)
-    return (step, loss, typical) if loss > _OUTLIER_FACTOR * abs(typical) else None
+    if not loss > _OUTLIER_FACTOR * abs(typical):
+        return None
+    swept = {int(r["step"]): float(r["loss"]) for r in sweep}
+    earlier = [x for s, x in swept.items() if s < step and math.isfinite(x)]
+    there = swept.get(step, math.nan)
+    if not earlier or not there > _OUTLIER_FACTOR * abs(statistics.median(earlier)):
+        return None
+    return step, loss, typical
 
 
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:
@@ -1574,10 +1588,13 @@ def _rationale(
     if o.deciding_signal == "second moment" and o.warmup_from_bursts == 0:
         # the no-ramp burst did as well: the reader would otherwise see no reason for a ramp
         decided += (
-            " (the loss trained without a ramp in the bursts; the warmup is for Adam's "
-            "second moment, whose estimate is unreliable until then, a precaution the "
-            "bursts are too short to test)"
+            " (the loss trained without a ramp in the bursts; the warmup covers Adam's "
+            "second moment until its estimate settles"
         )
+        unramped = [v.signals.n_steps for v in o.verdicts if v.burst.warmup_steps == 0]
+        if unramped and max(unramped) < o.warmup_steps:
+            decided += ", a precaution the bursts are too short to test"
+        decided += ")"
     parts.append(
         f"Warmup {o.warmup_steps} steps ({o.warmup_steps / total:.1%} of {total}), {decided}; "
         f"peak LR {o.peak_lr:.3g}."

@@ -1586,9 +1586,20 @@ def test_the_rationale_says_what_the_settling_step_is() -> None:
     no_ramp = _outcome_with(
         settling=st, warmup_steps=20, deciding_signal="second moment", warmup_from_bursts=0
     )
-    assert "(the loss trained without a ramp in the bursts; the warmup is for Adam's" in (
-        _rationale(no_ramp, 10, 10, 1000)
+    text = _rationale(no_ramp, 10, 10, 1000)
+    assert "(the loss trained without a ramp in the bursts; the warmup covers Adam's" in text
+    assert "too short to test" not in text  # no no-ramp burst shorter than the warmup here
+    from types import SimpleNamespace
+
+    short = SimpleNamespace(
+        burst=SimpleNamespace(warmup_steps=0, peak_lr=0.01),
+        signals=SimpleNamespace(n_steps=15, net_decrease=0.3, reason="ok"),
+        stable=True,
     )
+    for n_steps, said in ((15, True), (30, False)):
+        short.signals.n_steps = n_steps
+        text = _rationale(dataclasses.replace(no_ramp, verdicts=[short]), 10, 10, 1000)
+        assert ("a precaution the bursts are too short to test" in text) == said
     drifting = settling_step(frame.assign(drift=3.0, vhat_change=0.0), beta2=0.999)
     assert drifting.lower_bound and not drifting.at_floor and drifting.settling_step > 20
     text = _rationale(_outcome_with(settling=drifting), 10, 10, 1000)
@@ -2088,3 +2099,17 @@ def test_a_stable_burst_whose_loss_ended_above_its_start_is_not_just_called_stab
         "stable by the rules, though its loss ended above its start"
     )
     assert _verdict_word(verdict(False, -0.5)) == "unstable"
+
+
+def test_bursts_that_blow_up_together_from_their_lr_are_not_blamed_on_a_batch() -> None:
+    # two ladder bursts sharing a short ramp can both blow up at one step from their LR; the
+    # range test, on the same batches at a tiny LR there, tells that from an outlier batch
+    from autowarm._suggest import _same_blowup_step
+
+    def rows(*losses: float) -> list[dict[str, Any]]:
+        return [{"step": i, "loss": x} for i, x in enumerate(losses)]
+
+    bursts = [rows(2.30, 2.31, 40.0), rows(2.30, 2.31, 900.0)]
+    assert _same_blowup_step(bursts, rows(2.30, 2.30, 2.29, 2.29)) is None
+    assert _same_blowup_step(bursts, rows(2.30, 2.30, 60.0)) == (2, 470.0, pytest.approx(2.305))
+    assert _same_blowup_step(bursts, []) is None  # no sweep to tell: no blame on the data

@@ -7,6 +7,7 @@ touches the caller's global figure state or backend.
 from __future__ import annotations
 
 import io
+import math
 import textwrap
 from typing import Any
 
@@ -38,6 +39,9 @@ def draw(data: FigureData) -> Any:
             ax.axhline(m.value, color="0.45", linestyle=":", linewidth=1.3, label=m.label)
     if data.xscale == "symlog":
         ax.set_xscale("symlog", linthresh=1.0)
+        # counts from 0: no negative ticks (all at 0, the default view is symmetric about it)
+        xs = [x for s in data.series for x in s.x if math.isfinite(x)]
+        ax.set_xlim(-0.3, max(2.0, 1.6 * max(xs, default=0.0)))
     else:
         ax.set_xscale(data.xscale)
     ax.set_yscale(data.yscale)
@@ -47,7 +51,7 @@ def draw(data: FigureData) -> Any:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no trial 1.5
     if data.ylim is not None:
         ax.set_ylim(*data.ylim)
-    ax.set_title(data.title, fontsize=11)
+    ax.set_title(textwrap.fill(data.title, 72), fontsize=11)  # a long title wraps, not cut
     # long labels (a study's metric) wrapped to the axis they run along, not cut at the edge
     ax.set_xlabel(textwrap.fill(data.xlabel, 90))
     ax.set_ylabel(textwrap.fill(data.ylabel, 50))
@@ -83,6 +87,7 @@ def _series(ax: Any, s: Series, i: int) -> Any:
             edgecolors=edge,
             zorder=4 if s.marker == "*" else 3,  # the probe's star stays visible on a diamond
             label=s.label,
+            clip_on=False,  # a point drawn at the axes' edge (off its range) is seen whole
         )
         return None
     style = "--" if s.highlight else "-"

@@ -120,17 +120,21 @@ def range_test_figure(
     pad = 0.05 * max(top - bottom, 1e-12)
     lrs = rows["lr"].to_numpy(float)
     series = [Series("range test", floats(lrs), floats(y))]
-    points = (
+    points: dict[int, tuple[list[str], float, str]] = {}  # curve index: labels, LR, marker
+    for label, name, marker in (
         ("steepest descent", "range_test.steepest_lr", "v"),
         ("lowest", "range_test.min_loss_lr", "o"),
-    )
-    for label, name, marker in points:
+    ):
         lr = _signal(signals, name) if signals is not None else math.nan
         if math.isfinite(lr) and lr > 0:
             at = int(np.argmin(np.abs(np.log(lrs) - math.log(lr))))  # its point on the curve
-            series.append(
-                Series(f"{label} {lr:.3g}", (lr,), (float(y[at]),), "scatter", marker=marker)
-            )
+            # one point where both fall (a marker drawn over the other, the legend naming both)
+            points.setdefault(at, ([], lr, marker))[0].append(label)
+    for at, (labels, lr, marker) in points.items():
+        label = " and ".join(labels)
+        series.append(
+            Series(f"{label} {lr:.3g}", (lr,), (float(y[at]),), "scatter", marker=marker)
+        )
     return FigureData(
         name="range_test",
         title="LR range test: smoothed loss as the LR grows",
@@ -141,7 +145,8 @@ def range_test_figure(
         xscale="log",
         ylim=(bottom - pad, top + pad),
         caption="One exponential sweep from the initial weights; the loss is a bias-corrected "
-        "EMA, cut above 1.5 times its start where it diverges. The dashed line is the probe's "
+        "EMA, cut above 1.5 times its start where it diverges. The points mark the sweep's "
+        "steepest descent and its lowest loss. The dashed line is the probe's "
         "peak LR, which is not read off this curve: the sweep sets the candidates (up to its "
         "edge), and short bursts at each of them choose among them (the rationale gives their "
         "losses).",
@@ -243,8 +248,10 @@ def second_moment_figure(
         return None
     settling = _signal(signals, "second_moment.settling_step")
     # when v_hat's change per update set the settling step, this curve does not show it
-    by_change = math.isfinite(settling) and (
-        _signal(signals, "second_moment.change_estimate") == settling
+    by_change = (
+        math.isfinite(settling)
+        and math.ceil(settling) == warmup_steps
+        and _signal(signals, "second_moment.change_estimate") == settling
     )
     note = " (set by v_hat's change per update: next figure)" if by_change else ""
     markers = [

@@ -73,9 +73,17 @@ PERCENT_COLUMNS = frozenset({"vs_best"})
 
 
 def _percent(value: object) -> str:
+    # fixed notation: +1,250%, +0.213%, <0.01% for what is no difference to read
     if not isinstance(value, float) or math.isnan(value):
         return fmt(value)
-    return "0%" if value == 0 else f"{100 * value:+.3g}%"
+    pct = 100 * value
+    if pct == 0:
+        return "0%"
+    if math.isinf(pct) or abs(pct) >= 100:
+        return f"{pct:+,.0f}%"
+    if abs(pct) < 0.01:
+        return f"{'+' if pct > 0 else '-'}<0.01%"
+    return f"{pct:+.3g}%"
 
 
 def texts_apart(values: Sequence[object]) -> list[str]:
@@ -113,7 +121,7 @@ def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
     # shown as "0 to 0", which reads as a certainty
     single = (
         all(
-            fmt(row[f"{k}_low"]) == fmt(row[f"{k}_high"]) != ""
+            fmt(row[f"{k}_low"]) != "" and row[f"{k}_low"] == row[f"{k}_high"]
             for k in ("warmup_steps", "peak_lr")
         )
         and int(row["warmup_steps_low"]) != -1
@@ -121,7 +129,9 @@ def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
     for col, label in _HEADLINE:
         if single and col in _RANGE_COLUMNS:
             if col == "warmup_steps_low":
-                out.append(("near-best range", "none: only the best trial met the rule"))
+                out.append(
+                    ("near-best range", "none: the trials that met the rule share one schedule")
+                )
             continue
         value = row[col]
         text = fmt(value)

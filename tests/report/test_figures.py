@@ -40,7 +40,7 @@ def check_drawn(f: FigureData) -> None:
 
     fig = draw(f)
     ax = fig.axes[0]
-    assert ax.get_title() == f.title
+    assert ax.get_title().replace("\n", " ") == f.title  # long titles wrap, never cut
     # labels may be wrapped onto several lines, never changed
     assert ax.get_xlabel().replace("\n", " ") == f.xlabel
     assert ax.get_ylabel().replace("\n", " ") == f.ylabel
@@ -300,3 +300,37 @@ def test_the_second_moment_figure_says_when_the_other_statistic_set_the_warmup(
     signals = suggestion.signals.set_index("name")["value"]
     by_change = signals["second_moment.change_estimate"] == signals["second_moment.settling_step"]
     assert label.endswith("(set by v_hat's change per update: next figure)") == bool(by_change)
+
+
+def test_steepest_and_lowest_at_one_point_are_one_marker_naming_both(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    signals = suggestion.signals.copy()
+    lowest = signals.loc[signals["name"] == "range_test.min_loss_lr", "value"].iloc[0]
+    signals.loc[signals["name"] == "range_test.steepest_lr", "value"] = lowest
+    f = range_test_figure(suggestion.trace, suggestion.peak_lr, signals=signals)
+    assert f is not None
+    assert [s.label for s in f.series[1:]] == [f"steepest descent and lowest {lowest:.3g}"]
+
+
+def test_the_warmup_note_names_v_hat_only_when_it_set_that_warmup(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    # a warmup of 200 from the bursts was labelled "set by v_hat's change" beside a settling
+    # step of 99 that v_hat's change did set
+    from autowarm.reporting._figures import second_moment_figure
+
+    signals = suggestion.signals.copy()
+    settle = signals["name"] == "second_moment.settling_step"
+    change = signals["name"] == "second_moment.change_estimate"
+    signals.loc[settle | change, "value"] = 98.5
+    labels = {
+        w: next(
+            m.label
+            for m in second_moment_figure(suggestion.trace, signals, w, 0.25).markers  # type: ignore[union-attr]
+            if m.label.startswith("chosen")
+        )
+        for w in (99, 200)
+    }
+    assert labels[99].endswith("(set by v_hat's change per update: next figure)")
+    assert labels[200] == "chosen warmup 200"

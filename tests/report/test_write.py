@@ -348,8 +348,10 @@ def test_vs_best_is_shown_as_a_signed_percentage() -> None:
     # 1.249 was read as "1.25 times the best"; it is 125% worse (the CSV keeps the fraction)
     from autowarm.reporting._render import table_texts
 
-    frame = pd.DataFrame({"vs_best": [1.249, 0.0, 0.00213, -0.05, np.nan]})
-    assert list(table_texts(frame)["vs_best"]) == ["+125%", "0%", "+0.213%", "-5%", ""]
+    frame = pd.DataFrame({"vs_best": [1.249, 0.0, 0.00213, -0.05, np.nan, 12.5, 1e-9]})
+    assert list(table_texts(frame)["vs_best"]) == [
+        "+125%", "0%", "+0.213%", "-5%", "", "+1,250%", "+<0.01%"
+    ]  # fmt: skip
 
 
 def test_a_near_best_range_of_one_trial_is_said_to_be_none() -> None:
@@ -360,10 +362,12 @@ def test_a_near_best_range_of_one_trial_is_said_to_be_none() -> None:
     row.update(n_trials=8, warmup_steps_low=0, warmup_steps_high=0)
     row.update(peak_lr_low=0.08577, peak_lr_high=0.08577, range_rule="within 1%")
     shown = dict(headline(pd.DataFrame([row])))
-    assert shown["near-best range"] == "none: only the best trial met the rule"
+    assert shown["near-best range"] == "none: the trials that met the rule share one schedule"
     assert not any(
         k.startswith("near-best warmup") or k.startswith("near-best peak") for k in shown
     )
-    row.update(warmup_steps_high=40)
+    row.update(peak_lr_high=0.085774)  # equal to 4 digits, not equal: a range
+    assert "near-best range" not in dict(headline(pd.DataFrame([row])))
+    row.update(peak_lr_high=0.08577, warmup_steps_high=40)
     shown = dict(headline(pd.DataFrame([row])))
     assert "near-best range" not in shown and shown["near-best warmup, high (steps)"] == "40"
