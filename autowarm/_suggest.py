@@ -1256,12 +1256,11 @@ def _search_or_raise(runner: ProbeRunner, total: int, beta2: float | None) -> Pr
             raise ProbeDivergedError(
                 f"every burst blew up at the same step, {step}, whatever its LR (peaks {lrs}): "
                 f"its loss there was {loss:.4g} against a median of {typical:.4g} over the "
-                f"steps before, and so was the range test's at its tiny LR there, so {one} "
-                "is far above the others (an outlier example, heavy-tailed targets), not the "
-                "LR; check "
-                f"{them}, or clip the targets or use a loss that bounds an outlier's pull "
-                "(torch.nn.HuberLoss) for the probe as for the run. The trace is in "
-                "error.trace",
+                f"steps before, and the range test's loss jumped there too, at an LR too "
+                f"small to blow anything up, so {one} is far above the others (an outlier "
+                f"example, heavy-tailed targets), not the LR; check {them}, or clip the "
+                "targets or use a loss that bounds an outlier's pull (torch.nn.HuberLoss) for "
+                "the probe as for the run. The trace is in error.trace",
                 trace,
             )
         raise ProbeDivergedError(
