@@ -66,7 +66,13 @@ from autowarm.probe._search import (
     outcome_signals,
     run_search,
 )
-from autowarm.probe._state import as_device, loss_modules, preserved, refuse_unsupported_model
+from autowarm.probe._state import (
+    as_device,
+    grads_kept,
+    loss_modules,
+    preserved,
+    refuse_unsupported_model,
+)
 from autowarm.schedules import ScheduleConfig
 
 if TYPE_CHECKING:
@@ -1108,12 +1114,8 @@ def _probe(
     try:
         try:
             # with its graph where anything trains, to find what a backward gives a .grad to
-            # (the graph is dropped at once)
             trains = any(p.requires_grad for p in model.parameters())
-            with torch.set_grad_enabled(trains), autocast_of(amp):
-                graph = loss_fn(model, first)
-                outside, loss = _leaves_outside(graph, model), _detached(graph)
-            del graph
+            outside, loss = _first_loss(model, first, loss_fn, amp, grad=trains)
         except RuntimeError as first_error:
             if _device_failure(first_error):
                 raise  # out of memory, or a device-side error: a retry would fail the same
@@ -1121,10 +1123,7 @@ def _probe(
             # autograd; the graph is dropped at once. A real error raises again here, in the
             # grad mode the probe trains in, alone: not chained to its own first occurrence.
             try:
-                with torch.enable_grad(), autocast_of(amp):
-                    graph = loss_fn(model, first)
-                    outside, loss = _leaves_outside(graph, model), _detached(graph)
-                del graph
+                outside, loss = _first_loss(model, first, loss_fn, amp, grad=True)
             except Exception as again:
                 raise again from None
     except Exception as exc:
@@ -1172,20 +1171,14 @@ def _probe(
     # Tensors outside the model that the loss trains through (a learned temperature held by
     # the loss_fn, not a module): the probe's backward passes give them a .grad, which the
     # user's first update would add in; it is put back as it was.
-    outside_grads = [(t, t.grad) for t in outside]
-    outside_values = [None if g is None else g.detach().clone() for _, g in outside_grads]
     try:
         torch.manual_seed(seed)
-        outcome = _search_or_raise(
-            runner, total, second_moment_beta(optimizer_cls, kwargs, groups)
-        )
+        with grads_kept(outside):
+            outcome = _search_or_raise(
+                runner, total, second_moment_beta(optimizer_cls, kwargs, groups)
+            )
     finally:
         bar.close()
-        for (tensor, grad), value in zip(outside_grads, outside_values, strict=True):
-            if grad is not None and value is not None:
-                with torch.no_grad():
-                    grad.copy_(value)
-            tensor.grad = grad
     if runner.has_second_moment is False:
         warnings.warn(
             _no_second_moment_message(optimizer_cls, runner.second_moment_note),
@@ -1418,8 +1411,15 @@ def _refuse_step_in_backward(model: nn.Module) -> None:
         )
 
 
-def _detached(loss: Any) -> Any:
-    return loss.detach() if isinstance(loss, torch.Tensor) else loss
+def _first_loss(
+    model: nn.Module, batch: Any, loss_fn: LossFn, amp: MixedPrecision | None, *, grad: bool
+) -> tuple[list[torch.Tensor], Any]:
+    # The loss of the first batch, detached, and (with `grad`) the trainable tensors outside
+    # the model that its graph reaches; the graph is dropped on return.
+    with torch.set_grad_enabled(grad), autocast_of(amp):
+        loss = loss_fn(model, batch)
+        outside = _leaves_outside(loss, model)
+    return outside, loss.detach() if isinstance(loss, torch.Tensor) else loss
 
 
 def _leaves_outside(loss: object, model: nn.Module) -> list[torch.Tensor]:
@@ -1505,16 +1505,17 @@ def _same_blowup_step(
     before = [x for x in before if math.isfinite(x)]
     if not before or not all(math.isfinite(x) for x in at):
         return None
-    typical = statistics.median(before)
     loss = statistics.fmean(at)
-    if not loss > _OUTLIER_FACTOR * abs(typical):
-        return None
     swept = {int(r["step"]): float(r["loss"]) for r in sweep}
     earlier = [x for s, x in swept.items() if s < step and math.isfinite(x)]
-    there = swept.get(step, math.nan)
-    if not earlier or not there > _OUTLIER_FACTOR * abs(statistics.median(earlier)):
+    if not (_far_above(loss, before) and _far_above(swept.get(step, math.nan), earlier)):
         return None
-    return step, loss, typical
+    return step, loss, statistics.median(before)
+
+
+def _far_above(loss: float, before: list[float]) -> bool:
+    # `loss` more than _OUTLIER_FACTOR times the median of the (finite) losses `before` it
+    return bool(before) and loss > _OUTLIER_FACTOR * abs(statistics.median(before))
 
 
 def _same_nonfinite_step(bursts: list[list[dict[str, Any]]]) -> int | None:

@@ -518,8 +518,28 @@ def _restore_tensor(
         tensor.data = saved.to(device=device, copy=True)
 
 
+@contextmanager
+def grads_kept(tensors: list[torch.Tensor]) -> Iterator[None]:
+    """Put back, when the block ends however it ends, each tensor's ``.grad`` (its values, in
+    the same gradient tensor) and ``requires_grad``: for trainable tensors outside the model
+    (a loss's learned temperature) that the block's backward passes reach but no optimizer
+    steps."""
+    saved = [
+        (t, t.requires_grad, None if t.grad is None else t.grad.detach().clone(), t.grad)
+        for t in tensors
+    ]
+    try:
+        yield
+    finally:
+        errors: list[BaseException] = []
+        for tensor, requires_grad, grad, original in saved:
+            _attempt(errors, _restore_grad, tensor, requires_grad, grad, original)
+        if errors:
+            raise errors[0]
+
+
 def _restore_grad(
-    param: nn.Parameter,
+    param: torch.Tensor,
     requires_grad: bool,
     grad: torch.Tensor | None,
     original: torch.Tensor | None,
