@@ -862,8 +862,8 @@ class BatchStream:
         generators = _data_generators(data)
         states = [g.get_state() for g in generators]
         data = _without_persistent_workers(data)
-        # A DataLoader with persistent_workers keeps the iterator (and its worker processes)
-        # that the first iter() makes, and later epochs reuse it: whether the user's had one.
+        # An iterator the data keeps for itself (as a persistent loader does; a persistent
+        # DataLoader itself is read through its copy above): close() leaves it alone.
         self._loader_iterator: Any = getattr(data, "_iterator", None)
         try:
             iterator = iter(data)
@@ -992,16 +992,10 @@ class BatchStream:
         """Shut down the worker processes of the loader iterators this stream started.
 
         A ``DataLoader`` with ``persistent_workers=True`` is read through a copy without them
-        (see the class docstring), so its own iterator, if it has one, is never touched; a
-        loader iterator that is still the loader's (``_iterator``) and that the stream did not
-        find there is shut down and removed, so the loader's next ``iter()`` starts as it would
-        have without the stream. The stream must not be used after this.
+        (see the class docstring), so no loader keeps an iterator of the stream's; an iterator
+        the data already held as its ``_iterator`` is left to it. The stream must not be used
+        after this.
         """
-        kept = getattr(self._data, "_iterator", None)
-        made_here = self._loader_iterator is None and kept is not None
-        if isinstance(self._data, DataLoader) and made_here:
-            _shutdown_workers(kept)
-            self._data._iterator = None
         if self._reiterable and self._iter is not self._loader_iterator:
             _shutdown_workers(self._iter)  # a worker iterator of a non-persistent loader
 
