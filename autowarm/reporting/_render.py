@@ -97,9 +97,9 @@ def texts_apart(values: Sequence[object]) -> list[str]:
 
 
 def table_texts(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame``'s cells as text, each column through :func:`texts_apart`: two trials whose
-    values differ in the 6th digit are not shown as equal, and a column of round numbers
-    stays short."""
+    """``frame``'s cells as text: a :data:`PERCENT_COLUMNS` column as signed percentages,
+    every other through :func:`texts_apart` (two trials whose values differ in the 6th digit
+    are not shown as equal, and a column of round numbers stays short)."""
     texts = [
         [_percent(v) for v in frame.iloc[:, i]]
         if frame.columns[i] in PERCENT_COLUMNS
@@ -117,8 +117,8 @@ def headline(summary: pd.DataFrame) -> list[tuple[str, str]]:
     value) is a value like any other."""
     row = summary.iloc[0]
     out = []
-    # a range whose ends are equal is one trial (the best alone met the rule): said so, not
-    # shown as "0 to 0", which reads as a certainty
+    # a range whose ends are equal (every trial that met the rule has one schedule): said
+    # so, not shown as "0 to 0", which reads as a certainty
     single = (
         all(
             fmt(row[f"{k}_low"]) != "" and row[f"{k}_low"] == row[f"{k}_high"]
