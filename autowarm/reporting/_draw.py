@@ -15,6 +15,16 @@ from autowarm._imports import require
 from autowarm.reporting._figures import FigureData, Series
 
 _WARN = "tab:red"
+_PALETTE = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7")
+"""Series colours by index: matplotlib's cycle without red (the warning colour), ordered so
+that the first few are far apart (cyan, next to blue, comes late)."""
+
+
+_HALF_WIDTH_CHARS = 46
+"""The longest legend label that fits in half the figure's width at the legend's size."""
+_RINGS = ("s",)
+"""Scatter markers drawn hollow and larger: they mark points another series already draws
+(a reference trial among the completed ones), whose colour shows through."""
 
 
 def draw(data: FigureData) -> Any:
@@ -24,10 +34,13 @@ def draw(data: FigureData) -> Any:
     from matplotlib.collections import Collection
     from matplotlib.figure import Figure
 
-    # The legend goes below the axes, two entries a row, so it never hides a curve or a
-    # marker (inside, "best" put it over the chosen warmup's line); the figure grows to hold it.
-    entries = len(data.series) + len(data.markers)
-    rows = -(-entries // 2)
+    # The legend goes below the axes, two entries a row (one, when a label is too long for
+    # half the width: it ran off the figure), so it never hides a curve or a marker (inside,
+    # "best" put it over the chosen warmup's line); the figure grows to hold it.
+    labels = [s.label for s in data.series] + [m.label for m in data.markers]
+    entries = len(labels)
+    columns = 2 if max(map(len, labels), default=0) <= _HALF_WIDTH_CHARS else 1
+    rows = -(-entries // columns)
     fig = Figure(figsize=(7.5, 4.2 + 0.19 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -59,7 +72,7 @@ def draw(data: FigureData) -> Any:
     for mappable in filter(None, mappables):
         fig.colorbar(mappable, ax=ax, label=textwrap.fill(data.colorbar_label or "", 50))
     if entries:
-        legend = fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+        legend = fig.legend(loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
         # a colour-mapped series' swatch takes one value's colour (the worst, say): grey
         mapped = {s.label for s in data.series if s.color_values is not None}
         for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=False):
@@ -72,19 +85,21 @@ def draw(data: FigureData) -> Any:
 
 def _series(ax: Any, s: Series, i: int) -> Any:
     # Returns the colour-mapped scatter, if this series is one, for the colour bar.
-    color = _WARN if s.highlight else f"C{i % 10}" if i % 10 != 3 else "C9"  # C3 is red too
+    color = _WARN if s.highlight else _PALETTE[i % len(_PALETTE)]
     if s.kind == "scatter" and s.color_values is not None:
         return ax.scatter(s.x, s.y, c=s.color_values, cmap="viridis", label=s.label)
     if s.kind == "scatter":
-        size = 90 if s.marker in ("*", "D") else 30
+        size = 90 if s.marker in ("*", "D") else 110 if s.marker in _RINGS else 30
         edge = None if s.marker in ("x", "+") else "black"  # unfilled markers keep the colour
+        paint: dict[str, Any] = {"color": color, "edgecolors": edge}
+        if s.marker in _RINGS:  # around points of another series, whose colour shows through
+            paint = {"facecolors": "none", "edgecolors": color, "linewidths": 1.6}
         ax.scatter(
             s.x,
             s.y,
             s=size,
             marker=s.marker,
-            color=color,
-            edgecolors=edge,
+            **paint,
             zorder=4 if s.marker == "*" else 3,  # the probe's star stays visible on a diamond
             label=s.label,
             clip_on=False,  # a point drawn at the axes' edge (off its range) is seen whole

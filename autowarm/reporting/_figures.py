@@ -21,6 +21,10 @@ from autowarm.schedules import Decay, ScheduleConfig
 
 LR_LABEL = "learning rate (absolute)"
 STEP_LABEL = "optimizer step (updates)"
+BURST_STEP_LABEL = "updates done before the batch, within the burst (count; the first batch at 0)"
+"""The bursts' loss axis: a batch's loss is read before its own update."""
+UPDATES_LABEL = "updates done, v_hat read after the last (count; the first update is 1)"
+"""The second-moment figures' axis: Adam's statistics are read after an update."""
 LOSS_LABEL = "smoothed training loss (task units)"
 VALUE_LABEL = "trial value: final validation loss (task units)"
 MAX_POINTS = 2000  # a schedule is drawn from at most this many points
@@ -220,7 +224,7 @@ def bursts_figure(trace: pd.DataFrame, signals: pd.DataFrame) -> FigureData | No
     return FigureData(
         name="bursts",
         title="Probe bursts: smoothed loss of each (W-step ramp, then the peak)",
-        xlabel=STEP_LABEL + " within the burst",
+        xlabel=BURST_STEP_LABEL,
         ylabel=LOSS_LABEL,
         series=tuple(series),
         caption="Each burst restarts from the initial weights. Each line is the loss the "
@@ -265,7 +269,7 @@ def second_moment_figure(
     return FigureData(
         name="second_moment",
         title="Adam's second moment: relative error of v_hat by step",
-        xlabel=STEP_LABEL,
+        xlabel=UPDATES_LABEL,
         ylabel="relative error sqrt(kappa / n_eff) (fraction)",
         series=tuple(series),
         markers=tuple(markers),
@@ -313,7 +317,7 @@ def second_moment_change_figure(
     return FigureData(
         name="second_moment_change",
         title="Adam's second moment: change of v_hat per update",
-        xlabel=STEP_LABEL,
+        xlabel=UPDATES_LABEL,
         ylabel="relative change of v_hat per update (fraction)",
         series=tuple(series),
         markers=(Marker("y", tol, f"settled below {tol:g}"),)

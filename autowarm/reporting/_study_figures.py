@@ -11,17 +11,57 @@ from autowarm.reporting._figures import LR_LABEL, VALUE_LABEL, FigureData, Serie
 from autowarm.reporting._study import best_row, completed
 from autowarm.study import _attrs as A
 
+REFERENCE_LABEL = "reference schedule"
+REFERENCE_SENTENCE = (
+    " Squares ring the reference schedules: the probe's peak LR with no warmup, with "
+    "2/(1-beta2) steps and with 10% of the run."
+)
+
 
 def _complete(trials: pd.DataFrame) -> pd.DataFrame:
     ordered: pd.DataFrame = completed(trials).sort_values("number")
     return ordered
 
 
+def _references(done: pd.DataFrame) -> pd.DataFrame:
+    """The reference schedules' trials (:data:`~autowarm.study._attrs.REFERENCE_ROLES`),
+    including one that stands for a reference as well as its own role (``also_roles``)."""
+    mine = done["role"].isin(A.REFERENCE_ROLES)
+    if "also_roles" in done:
+        also = done["also_roles"].fillna("").astype(str).str.split(",")
+        mine |= also.map(lambda roles: any(r in A.REFERENCE_ROLES for r in roles))
+    picked: pd.DataFrame = done[mine]
+    return picked
+
+
+def _confirmed_sentence(trials: pd.DataFrame, most: int = 6) -> str:
+    """The full-length confirmations' values, best first, as a sentence (they are on the full
+    run's scale, so not drawn with the compressed values); empty when none finished."""
+    if "full_value" not in trials:
+        return ""
+    full = trials[~np.isnan(trials["full_value"].to_numpy(dtype=float))]
+    if full.empty:
+        return ""
+    full = full.sort_values("full_value")
+    parts = [
+        f"trial {int(n)}: " + ("diverged" if math.isinf(v) else f"{v:.4g}")
+        for n, v in zip(full["number"], full["full_value"].astype(float), strict=True)
+    ]
+    more = f" and {len(parts) - most} more" if len(parts) > most else ""
+    return (
+        " Confirmed at full length (on the full run's scale, so not drawn here), best first: "
+        + "; ".join(parts[:most])
+        + more
+        + "."
+    )
+
+
 def history_figure(
     trials: pd.DataFrame, maximize: bool = False, value_label: str = VALUE_LABEL
 ) -> FigureData | None:
     """Each completed trial's value by trial number, the best so far (``maximize``: the
-    highest so far), the probe's trial, the chosen trial when that is not the best here."""
+    highest so far), the reference schedules' and the probe's trials, the chosen trial when
+    that is not the best here; the caption gives the full-length confirmations' values."""
     done = _complete(trials)
     if done.empty:
         return None
@@ -35,6 +75,17 @@ def history_figure(
             "step",
         ),
     ]
+    refs = _references(done)
+    if len(refs):
+        series.append(
+            Series(
+                REFERENCE_LABEL,
+                floats(refs["number"]),
+                floats(refs["value"]),
+                "scatter",
+                marker="s",
+            )
+        )
     probe = done[done["role"] == A.ROLE_PROBE]
     if len(probe):
         series.append(
@@ -52,6 +103,8 @@ def history_figure(
         else "Lower is better. Trials are compressed runs, so their values compare with each "
         "other, not with a full run's loss."
     )
+    if len(refs):
+        caption += REFERENCE_SENTENCE
     chosen = best_row(trials, maximize)
     best = float(values.max() if maximize else values.min())
     if chosen is not None and float(chosen["value"]) != best:
@@ -75,6 +128,7 @@ def history_figure(
             else "the best whose schedule did not diverge when confirmed at full length "
             "(the better values' schedules did)."
         )
+    caption += _confirmed_sentence(trials)
     stopped = trials[trials["state"].isin(["pruned", "fail"])]
     stopped = stopped[np.isfinite(stopped["last_intermediate_value"])]
     ylim = None
@@ -119,8 +173,9 @@ def history_figure(
 def scatter_figure(
     trials: pd.DataFrame, maximize: bool = False, value_label: str = VALUE_LABEL
 ) -> FigureData | None:
-    """Completed trials at (warmup, peak LR), coloured by value; the probe's trial starred,
-    the chosen one (``maximize``: higher values are better) a diamond."""
+    """Completed trials at (warmup, peak LR), coloured by value; the reference schedules'
+    trials ringed by squares, the probe's starred, the chosen one (``maximize``: higher
+    values are better) a diamond."""
     done = _complete(trials)
     done = done[np.isfinite(done["peak_lr"]) & (done["warmup_steps"] >= 0)]
     if done.empty:
@@ -134,6 +189,17 @@ def scatter_figure(
             color_values=floats(done["value"]),
         )
     ]
+    refs = _references(done)
+    if len(refs):
+        series.append(
+            Series(
+                REFERENCE_LABEL,
+                floats(refs["warmup_steps"]),
+                floats(refs["peak_lr"]),
+                "scatter",
+                marker="s",
+            )
+        )
     probe = done[done["role"] == A.ROLE_PROBE]
     if len(probe):
         series.append(
@@ -175,5 +241,6 @@ def scatter_figure(
                 else "darker is better (lower loss"
             )
             + "; the colour bar gives the value)."
+            + (REFERENCE_SENTENCE if len(refs) else "")
         ),
     )

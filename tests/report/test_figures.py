@@ -14,6 +14,7 @@ import pytest
 import autowarm
 from autowarm.reporting import FigureData
 from autowarm.reporting._figures import (
+    Series,
     burst_table,
     range_test_figure,
     schedule_figure,
@@ -55,6 +56,8 @@ def check_drawn(f: FigureData) -> None:
     fig.canvas.draw()  # the layout runs at drawing
     legend_box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
     assert legend_box.y1 <= ax.get_window_extent().y0  # wholly below the plotting area
+    # and within the figure's width (a long label in two columns ran off both sides)
+    assert legend_box.x0 >= 0 and legend_box.x1 <= fig.bbox.width
 
 
 def test_probe_figures(suggestion: autowarm.Suggestion) -> None:
@@ -334,3 +337,81 @@ def test_the_warmup_note_names_v_hat_only_when_it_set_that_warmup(
     }
     assert labels[99].endswith("(set by v_hat's change per update: next figure)")
     assert labels[200] == "chosen warmup 200"
+
+
+def test_the_study_figures_mark_the_reference_trials_and_give_the_confirmed_values(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    from autowarm.reporting._study_figures import REFERENCE_LABEL
+
+    from .conftest import make_study
+    from .test_tables import _confirm
+
+    study = make_study(suggestion, n_trials=7)
+    T = optuna.trial.TrialState
+    _confirm(study, {4: T.COMPLETE, 0: T.COMPLETE}, full={4: 0.4321, 0: 0.4012})
+    rep = autowarm.report(study)
+    history = rep.figures["history"]
+    refs = {s.label: s for s in history.series}[REFERENCE_LABEL]
+    # trials 1-3 are the no-warmup, 2/(1-beta2) and 10% references (make_study)
+    assert refs.x == (1.0, 2.0, 3.0) and refs.y == (0.61, 0.58, 0.53)
+    assert refs.marker == "s"
+    # full-length values are on another scale than the compressed ones: said, not drawn
+    assert (
+        "Confirmed at full length (on the full run's scale, so not drawn here), best first: "
+        "trial 0: 0.4012; trial 4: 0.4321." in history.caption
+    )
+    scatter = rep.figures["trials_scatter"]
+    ringed = {s.label: s for s in scatter.series}[REFERENCE_LABEL]
+    assert ringed.x == (0.0, 400.0, 40.0)
+    for f in (history, scatter):
+        check_drawn(f)
+
+
+def test_a_trial_that_also_stands_for_a_reference_is_marked_as_one(
+    suggestion: autowarm.Suggestion,
+) -> None:
+    from autowarm.reporting._study import trials_table
+    from autowarm.reporting._study_figures import REFERENCE_LABEL, history_figure
+
+    from .conftest import make_study
+
+    trials = trials_table(make_study(suggestion))
+    trials.loc[trials["number"] == 0, "also_roles"] = "ten_percent"
+    f = history_figure(trials)
+    assert f is not None
+    assert {s.label: s for s in f.series}[REFERENCE_LABEL].x == (0.0, 1.0, 2.0, 3.0)
+
+
+def test_series_colours_are_distinct_and_never_the_warning_red() -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (extra plot)")
+    from matplotlib.colors import to_rgb
+
+    from autowarm.reporting._draw import _PALETTE, _WARN
+
+    rgb = [np.array(to_rgb(c)) for c in _PALETTE]
+    red = np.array(to_rgb(_WARN))
+    assert all(np.abs(c - red).sum() > 0.3 for c in rgb)
+    # the first six (the bursts a probe draws) pairwise far apart: blue and cyan were
+    # bursts 1 and 4
+    for i in range(6):
+        for j in range(i):
+            assert np.abs(rgb[i] - rgb[j]).sum() > 0.35, (_PALETTE[i], _PALETTE[j])
+
+
+def test_a_legend_with_long_labels_stays_within_the_figure() -> None:
+    # two columns of a 60-character label ran off both sides of the figure
+    series = tuple(
+        Series(f"series {i}: " + "a long label " * 4, (0.0, 1.0, 2.0), (1.0, 0.5, 0.2))
+        for i in range(3)
+    )
+    check_drawn(
+        FigureData(
+            name="long",
+            title="Long labels",
+            xlabel="x (count)",
+            ylabel="y (units)",
+            series=series,
+            caption="Three series.",
+        )
+    )
