@@ -34,6 +34,13 @@ def _references(done: pd.DataFrame) -> pd.DataFrame:
     return picked
 
 
+def _marked(rows: pd.DataFrame, label: str, marker: str, x: str, y: str) -> list[Series]:
+    """``rows`` as one scatter series of ``marker`` at columns ``(x, y)``; none if empty."""
+    if rows.empty:
+        return []
+    return [Series(label, floats(rows[x]), floats(rows[y]), "scatter", marker=marker)]
+
+
 def _confirmed_sentence(trials: pd.DataFrame, most: int = 6) -> str:
     """The full-length confirmations' values, best first, as a sentence (they are on the full
     run's scale, so not drawn with the compressed values); empty when none finished."""
@@ -76,27 +83,10 @@ def history_figure(
         ),
     ]
     refs = _references(done)
-    if len(refs):
-        series.append(
-            Series(
-                REFERENCE_LABEL,
-                floats(refs["number"]),
-                floats(refs["value"]),
-                "scatter",
-                marker="s",
-            )
-        )
-    probe = done[done["role"] == A.ROLE_PROBE]
-    if len(probe):
-        series.append(
-            Series(
-                "probe's estimate",
-                floats(probe["number"]),
-                floats(probe["value"]),
-                "scatter",
-                marker="*",
-            )
-        )
+    series += _marked(refs, REFERENCE_LABEL, "s", "number", "value")
+    series += _marked(
+        done[done["role"] == A.ROLE_PROBE], "probe's estimate", "*", "number", "value"
+    )
     caption = (
         "Higher is better: the study maximises its value."
         if maximize
@@ -190,27 +180,10 @@ def scatter_figure(
         )
     ]
     refs = _references(done)
-    if len(refs):
-        series.append(
-            Series(
-                REFERENCE_LABEL,
-                floats(refs["warmup_steps"]),
-                floats(refs["peak_lr"]),
-                "scatter",
-                marker="s",
-            )
-        )
-    probe = done[done["role"] == A.ROLE_PROBE]
-    if len(probe):
-        series.append(
-            Series(
-                "probe's estimate",
-                floats(probe["warmup_steps"]),
-                floats(probe["peak_lr"]),
-                "scatter",
-                marker="*",
-            )
-        )
+    series += _marked(refs, REFERENCE_LABEL, "s", "warmup_steps", "peak_lr")
+    series += _marked(
+        done[done["role"] == A.ROLE_PROBE], "probe's estimate", "*", "warmup_steps", "peak_lr"
+    )
     chosen = best_row(trials, maximize)  # the confirmed best, if the study confirmed any
     best = done[done["number"] == (-1 if chosen is None else int(chosen["number"]))]
     if len(best):
