@@ -174,6 +174,8 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     suggestion = Suggestion.load(args.suggestion) if args.suggestion is not None else None
+    # the default file is claimed by tune() once it has checked the arguments (a refused
+    # command leaves no empty autowarm.db); the one it will take is named here beforehand
     url = _storage.normalize_url(args.storage or _storage.default_storage_url(args.workers))
     shown = _storage.redact(url)
     print(f"autowarm tune: storage {shown}")
@@ -187,7 +189,7 @@ def _run_tune(args: argparse.Namespace) -> int:
             task,
             n_trials=args.n_trials,
             timeout=args.timeout,
-            storage=url,
+            storage=args.storage,
             study_name=args.study_name,
             trial_steps=args.trial_steps,
             suggestion=suggestion,
@@ -207,6 +209,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         )
         return 130
     name = result.study.study_name
+    shown = _storage.redact(result.storage)  # another tune command's, if it claimed first
     try:
         best = result.best
     except NoFinishedTrialError as exc:

@@ -74,11 +74,28 @@ _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
-def default_storage_url(n_workers: int = 1) -> str:
+def default_storage_url(n_workers: int = 1, *, claim: bool = False) -> str:
     """The storage used when none is given, in the working directory: the default file that
     is already there (so a study started with one worker resumes with several, and the other
     way round), else SQLite for one process and a journal file for more. With both there,
-    the one for ``n_workers``, with a warning naming the other."""
+    the one for ``n_workers``, with a warning naming the other.
+
+    With ``claim`` and neither file there, the choice is made under a lock on the folder and
+    its file created empty at once (SQLite and optuna's journal both take an empty file as a
+    new one), so that two commands started together with other ``--workers`` share one study
+    instead of making one each: the second finds the first's file. Claim only once the
+    arguments are checked, or a refused command leaves an empty file behind."""
+    if claim and not (Path(DEFAULT_SQLITE).is_file() or Path(DEFAULT_JOURNAL).is_file()):
+        with _folder_locked(Path.cwd()):
+            made = [n for n in (DEFAULT_SQLITE, DEFAULT_JOURNAL) if Path(n).is_file()]
+            if made:
+                _logger.warning(
+                    "%s appeared in this folder as this command started (another tune "
+                    "command?): this one joins its study",
+                    made[0],
+                )
+            else:
+                Path(DEFAULT_JOURNAL if n_workers > 1 else DEFAULT_SQLITE).touch()
     sqlite = f"sqlite:///{Path(DEFAULT_SQLITE).resolve()}"
     journal = f"journal://{Path(DEFAULT_JOURNAL).resolve()}"
     has_sqlite, has_journal = Path(DEFAULT_SQLITE).is_file(), Path(DEFAULT_JOURNAL).is_file()
@@ -340,6 +357,23 @@ def _drop_cut_record(path: Path, *, quiet: bool = False) -> None:
             end - keep,
         )
     os.truncate(path, keep)
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    # An exclusive flock on the folder itself (no lock file left behind); where the folder
+    # cannot be opened or locked (a file system without flock), the block runs unlocked.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _check_journal(path: Path) -> None:

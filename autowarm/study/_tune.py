@@ -864,7 +864,8 @@ def tune(
         )
     # pickling the task may take a while (its data): after the cheap checks, before the probe
     worker_task = _worker_task(task) if n_workers > 1 else task
-    url = _storage.normalize_url(storage or _storage.default_storage_url(n_workers))
+    # claimed now that the arguments are checked, so a refused call leaves no empty file
+    url = _storage.normalize_url(storage or _storage.default_storage_url(n_workers, claim=True))
     if n_workers > 1 and url.startswith("sqlite"):
         _logger.warning(
             "several workers on one SQLite file contend for its lock; a journal file "

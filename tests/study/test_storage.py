@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,53 @@ def test_the_default_storage_is_the_one_already_in_the_folder(
     (tmp_path / _storage.DEFAULT_JOURNAL).write_text("")
     with pytest.warns(UserWarning, match=r"both autowarm\.db and .*--storage autowarm\.db"):
         assert _storage.default_storage_url(4) == journal
+
+
+def test_claiming_the_default_storage_makes_its_file_and_a_later_command_joins_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sqlite = f"sqlite:///{tmp_path / _storage.DEFAULT_SQLITE}"
+    assert _storage.default_storage_url(1, claim=True) == sqlite
+    assert (tmp_path / _storage.DEFAULT_SQLITE).read_bytes() == b""  # a new database to SQLite
+    # a second command with other --workers takes the same file (it made a journal of its own)
+    assert _storage.default_storage_url(4, claim=True) == sqlite
+    assert sorted(p.name for p in tmp_path.iterdir()) == [_storage.DEFAULT_SQLITE]
+    optuna.create_study(storage=_storage.open_storage(sqlite, heartbeat_interval=None))
+
+
+def test_a_command_that_loses_the_race_for_the_default_storage_joins_the_winners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    locked = _storage._folder_locked
+
+    @contextlib.contextmanager
+    def other_command_first(folder: Path) -> Iterator[None]:
+        # the other command (one worker) made its file between this one's look and its lock
+        (folder / _storage.DEFAULT_SQLITE).touch()
+        with locked(folder):
+            yield
+
+    monkeypatch.setattr(_storage, "_folder_locked", other_command_first)
+    with caplog.at_level("WARNING", logger="autowarm"):
+        url = _storage.default_storage_url(4, claim=True)
+    assert url == f"sqlite:///{tmp_path / _storage.DEFAULT_SQLITE}"
+    assert not (tmp_path / _storage.DEFAULT_JOURNAL).exists()
+    assert "autowarm.db appeared in this folder as this command started" in caplog.text
+
+
+def test_a_refused_tune_leaves_no_default_storage_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autowarm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    task = load_task(SPEC)
+    with pytest.raises(ValueError, match="n_trials must be a positive int"):
+        autowarm.tune(task, n_trials=0)
+    assert main(["tune", SPEC, "--n-trials", "2", "--trial-steps", "1"]) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_storage_functions_take_path_objects(tmp_path: Path) -> None:
