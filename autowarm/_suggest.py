@@ -14,7 +14,7 @@ import re
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,8 +141,10 @@ class Suggestion:
             ``optimizer`` (the class's qualified name), ``optimizer_settings`` (its
             signature's defaults updated by ``optimizer_kwargs``: ``betas``, ``eps``,
             ``weight_decay``...; JSON-able values only), ``grad_clip``,
-            ``accumulation_steps`` and ``precision``. Empty in a suggestion saved by an
-            autowarm before 0.1.0's record of them. :meth:`to_trainer_args` reads it.
+            ``accumulation_steps`` and ``precision``; with ``param_groups=``, also
+            ``param_groups``, each group's ``lr_scale`` and own settings. Empty in a
+            suggestion saved by an autowarm before 0.1.0's record of them.
+            :meth:`to_trainer_args` reads it.
     """
 
     warmup_steps: int
@@ -800,7 +802,9 @@ def suggest(
         decay,
         time.perf_counter() - start,
         preface=" ".join(x for x in (proxy_note, _groups_note(groups)) if x) or None,
-        training=training_record(optimizer_cls, kwargs, grad_clip, accumulation_steps, precision),
+        training=training_record(
+            optimizer_cls, kwargs, grad_clip, accumulation_steps, precision, groups
+        ),
     )
 
 
@@ -824,7 +828,7 @@ def check_training(training: object) -> dict[str, Any]:
 
 
 def _checked_training(training: Mapping[str, Any]) -> dict[str, Any]:
-    check_known_fields(training, _TRAINING_FIELDS, "training")
+    check_known_fields(training, _TRAINING_FIELDS, "training", also=("param_groups",))
     for key in _TRAINING_FIELDS:
         if key not in training:
             raise ValueError(
@@ -851,13 +855,39 @@ def _checked_training(training: Mapping[str, Any]) -> dict[str, Any]:
             "grad_clip must be a positive finite number (the max gradient norm the probe "
             f"clipped to) or null (no clipping), but got grad_clip={clip!r}"
         )
-    return {
+    checked: dict[str, Any] = {
         "optimizer": name,
         "optimizer_settings": dict(settings),
         "grad_clip": None if clip is None else float(clip),
         "accumulation_steps": check_accumulation_steps(training["accumulation_steps"]),
         "precision": check_precision(training["precision"]),
     }
+    if "param_groups" in training:  # recorded since autowarm recorded groups
+        checked["param_groups"] = _checked_groups(training["param_groups"])
+    return checked
+
+
+def _checked_groups(groups: object) -> list[dict[str, Any]]:
+    # The training record's parameter groups: a list of {"lr_scale": positive, ...settings}.
+    if not isinstance(groups, (list, tuple)) or not groups:
+        raise ValueError(
+            "param_groups must be a non-empty list of groups ({'lr_scale': 1.0, ...} each), "
+            f"but got {groups!r}"
+        )
+    out = []
+    for i, group in enumerate(groups):
+        if not (
+            isinstance(group, Mapping)
+            and all(isinstance(k, str) for k in group)
+            and is_finite_real(group.get("lr_scale"))
+            and group["lr_scale"] > 0
+        ):
+            raise ValueError(
+                f"param_groups[{i}] must be a mapping with a positive lr_scale and the "
+                f"group's own optimizer settings, but got {group!r}"
+            )
+        out.append(dict(group))
+    return out
 
 
 def _check_adam_settings(settings: Mapping[str, Any]) -> None:
@@ -943,6 +973,18 @@ def trainer_args(
             UserWarning,
             stacklevel=stacklevel,
         )
+    groups = training.get("param_groups")
+    if groups is not None and _has_own_settings(groups):
+        warnings.warn(
+            f"the schedule was measured on {len(groups)} parameter group(s) "
+            f"({_describe_groups(groups)}), "
+            "which TrainingArguments cannot hold: its learning_rate (the LR of a group with "
+            "lr_scale 1) and weight_decay apply to every parameter (the Trainer itself leaves "
+            "biases and LayerNorm weights undecayed); build the optimizer from the same "
+            "groups and pass Trainer(optimizers=(optimizer, schedule.lambda_lr(optimizer)))",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
     clip = training["grad_clip"]
     args["max_grad_norm"] = float(clip) if clip is not None else 0.0
     args["gradient_accumulation_steps"] = training["accumulation_steps"]
@@ -952,6 +994,22 @@ def trainer_args(
     elif precision == "16-mixed":
         args["fp16"] = True
     return args
+
+
+def _has_own_settings(groups: Sequence[Mapping[str, Any]]) -> bool:
+    # Groups that one learning_rate and one weight_decay cannot stand for.
+    return any(g["lr_scale"] != 1.0 or len(g) > 1 for g in groups)
+
+
+def _describe_groups(groups: Sequence[Mapping[str, Any]]) -> str:
+    # "lr_scale 0.1, 1; weight_decay=0.0 in group 1", groups counted from 0 as given
+    scales = sorted({float(g["lr_scale"]) for g in groups})
+    parts = ["lr_scale " + ", ".join(f"{x:g}" for x in scales)]
+    for i, g in enumerate(groups):
+        own = ", ".join(f"{k}={v!r}" for k, v in g.items() if k != "lr_scale")
+        if own:
+            parts.append(f"{own} in group {i}")
+    return "; ".join(parts)
 
 
 # The optimizers whose settings TrainingArguments holds (adam_beta1/2, adam_epsilon).
@@ -964,8 +1022,14 @@ def training_record(
     grad_clip: float | None,
     accumulation_steps: int,
     precision: str,
+    groups: Sequence[GroupSpec] | None = None,
 ) -> dict[str, Any]:
-    """:attr:`Suggestion.training`: the settings the probe trained under, JSON-able."""
+    """:attr:`Suggestion.training`: the settings the probe trained under, JSON-able.
+
+    ``groups``: the parameter groups it trained (``param_groups=``), recorded as
+    ``param_groups``, one ``{"lr_scale": ..., <the group's own settings>}`` each (the members
+    are the model's, not recorded); without them the key is left out (one group of every
+    trainable parameter)."""
     settings: dict[str, Any] = {}
     try:
         params = inspect.signature(optimizer_cls.__init__).parameters.values()
@@ -985,13 +1049,19 @@ def training_record(
     if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam):
         name = f"torch.optim.{optimizer_cls.__name__}"  # not torch.optim.adamw.AdamW
     plain = {k: _plain(v) for k, v in settings.items()}
-    return {
+    record: dict[str, Any] = {
         "optimizer": name,
         "optimizer_settings": {k: v for k, v in plain.items() if v is not _UNSET_VALUE},
         "grad_clip": None if grad_clip is None else float(grad_clip),
         "accumulation_steps": int(accumulation_steps),
         "precision": precision,
     }
+    if groups is not None:
+        record["param_groups"] = [
+            {"lr_scale": float(g.lr_scale), **{k: _plain(v) for k, v in g.options.items()}}
+            for g in groups
+        ]
+    return record
 
 
 _UNSET_VALUE = object()

@@ -366,3 +366,42 @@ def test_groups_an_optimizer_was_built_from_say_why_they_hold_lr() -> None:
         resolve_param_groups(
             [{"params": list(model.parameters()), "lr": 1e-3}], model, torch.optim.AdamW, {}
         )
+
+
+def test_the_training_record_holds_the_groups_and_the_trainer_export_warns_of_them(
+    tmp_path: Any,
+) -> None:
+    # TrainingArguments holds one learning_rate and one weight_decay: a backbone probed at
+    # 0.1x the peak came out of to_trainer_args() silently trained at 1x
+    s = _run(_mlp(), param_groups=_backbone_head)
+    assert s.training["param_groups"] == [
+        {"lr_scale": 0.1},
+        {"lr_scale": 1.0, "weight_decay": 0.0},
+        {"lr_scale": 2.0, "weight_decay": 0.0},
+    ]
+    loaded = autowarm.Suggestion.load(s.save(tmp_path / "s.json"))
+    assert loaded.training == s.training
+    with pytest.warns(UserWarning) as caught:
+        args = loaded.to_trainer_args()
+    (message,) = [str(w.message) for w in caught if "parameter group" in str(w.message)]
+    assert message.startswith(
+        "the schedule was measured on 3 parameter group(s) (lr_scale 0.1, 1, 2; "
+        "weight_decay=0.0 in "
+        "group 1; weight_decay=0.0 in group 2), which TrainingArguments cannot hold"
+    )
+    assert "Trainer(optimizers=(optimizer, schedule.lambda_lr(optimizer)))" in message
+    assert args["learning_rate"] == s.peak_lr  # a group with lr_scale 1's LR, as documented
+
+
+def test_one_plain_group_gives_no_group_warning_and_a_bad_record_is_named() -> None:
+    import warnings
+
+    s = _run(_mlp(), param_groups=lambda m: [{"params": m.parameters()}])
+    assert s.training["param_groups"] == [{"lr_scale": 1.0}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.to_trainer_args()
+    assert "param_groups" not in _run(_mlp()).training  # no groups given: none recorded
+    bad = {**s.to_dict(), "training": {**s.training, "param_groups": [{"lr_scale": -1}]}}
+    with pytest.raises(ValueError, match=r"field 'training': param_groups\[0\] must be"):
+        autowarm.Suggestion.from_dict(bad)

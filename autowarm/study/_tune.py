@@ -1108,6 +1108,7 @@ def _set_up(
         }
         _check_resumable(study, expected)
         model = structure_fingerprint(built)
+        training = task_training(task, built)  # its groups resolved on the model
         del built
         if recorded.get(_attrs.MODEL, model) != model:
             raise ValueError(
@@ -1155,7 +1156,6 @@ def _set_up(
                 suggestion.probe_steps,
             )
         suggestion_schedule = _centre_of(suggestion, task)
-        training = task_training(task)
         if not complete:
             _warn_other_training(suggestion, training)
         if n_trials is None and not has_timeout:
@@ -1230,17 +1230,22 @@ def _kept(given: Any, recorded: Mapping[str, Any], key: str, valid: Any, default
     return stored if valid(stored) else default
 
 
-def task_training(task: Task) -> dict[str, Any]:
+def task_training(task: Task, model: torch.nn.Module | None = None) -> dict[str, Any]:
     """The settings ``task``'s trials train under, as :attr:`Suggestion.training` records a
-    probe's (stored in the study: ``autowarm export --format trainer`` carries them)."""
+    probe's (stored in the study: ``autowarm export --format trainer`` carries them); its
+    parameter groups, when it has any, as resolved on ``model`` (one built by the task)."""
     from autowarm._suggest import training_record
 
+    groups = None
+    if task.param_groups is not None and model is not None:
+        groups = task._resolved_groups(model)
     return training_record(
         task.optimizer_cls,
         dict(task.optimizer_kwargs or {}),
         task.grad_clip,
         task.accumulation_steps,
         task.precision,
+        groups,
     )
 
 

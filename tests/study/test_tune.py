@@ -33,7 +33,12 @@ from autowarm.study import _attrs, _storage
 from autowarm.study._space import PEAK_LR, WARMUP, SearchSpace
 from autowarm.study._task import Task, load_task
 from autowarm.study._trial import compress, eval_steps, train_trial
-from autowarm.study._tune import NoFinishedTrialError, best_schedule, trials_frame
+from autowarm.study._tune import (
+    NoFinishedTrialError,
+    best_schedule,
+    study_training,
+    trials_frame,
+)
 
 HERE = Path(__file__).parent
 SPEC = f"{HERE / 'tiny_task.py'}:task"
@@ -1019,6 +1024,15 @@ def test_resume_with_other_param_groups_is_an_error(
     recorded = study.user_attrs[_attrs.PARAM_GROUPS]
     assert len(recorded) == 2 and "lr_scale=0.1" in recorded[0]
     assert "weight_decay=0.01" in recorded[1]
+    # the training record carries them, so a Trainer export says it cannot hold them
+    assert study.user_attrs[_attrs.TRAINING]["param_groups"] == [
+        {"lr_scale": 0.1},
+        {"lr_scale": 1.0, "weight_decay": 0.01},
+    ]
+    from autowarm.cli import export_text
+
+    with pytest.warns(UserWarning, match=r"measured on 2 parameter group\(s\) \(lr_scale"):
+        export_text(best_schedule(study), "trainer", study_training(study))
     for other, changed in (
         (dataclasses.replace(task, param_groups=groups(0.01)), "lr_scale=0.01"),
         (dataclasses.replace(task, param_groups=groups(0.1, 0.0)), "weight_decay=0.0"),
