@@ -720,6 +720,7 @@ def suggest(
             "for torch.compile(DDP(model))) on one rank, then share the suggestion (e.g. "
             "torch.distributed.broadcast_object_list)"
         )
+    _warn_process_group()
     _check_optimizer_cls(optimizer_cls)
     _refuse_ambient_autocast()
     _refuse_step_in_backward(model)
@@ -1116,6 +1117,27 @@ def _distributed(model: nn.Module) -> bool:
             return False
         model, seen = inner, seen + 1
     return False
+
+
+def _warn_process_group() -> None:
+    # suggest() called on every rank of a multi-process job (a plain model, before DDP
+    # wraps it): each rank probes its own shard and answers differently, and the replicas
+    # would train different schedules. A call on one rank alone is right, so this warns.
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    if world > 1:
+        warnings.warn(
+            f"suggest() probes in this process alone (rank {dist.get_rank()} of {world}): "
+            "called on every rank, each probes its own batches and returns its own answer. "
+            "Call it on one rank and share the suggestion (torch.distributed."
+            "broadcast_object_list); the run's update averages every rank's batch, so probe "
+            f"with batches of the global size, or accumulation_steps={world} over this "
+            "rank's loader",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _groups_note(groups: list[GroupSpec] | None) -> str | None:
