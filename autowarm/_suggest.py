@@ -795,7 +795,7 @@ def suggest(
             if moved:
                 model.to(original_device)
     trace = pd.DataFrame(runner.trace_rows())
-    return _suggestion(
+    suggestion = _suggestion(
         outcome,
         runner,
         trace,
@@ -807,6 +807,16 @@ def suggest(
             optimizer_cls, kwargs, grad_clip, accumulation_steps, precision, groups
         ),
     )
+    if suggestion.low_confidence:
+        # a script that never reads s.confidence would use the answer as a firm one
+        warnings.warn(
+            "the probe's answer has low confidence: "
+            + "; ".join(suggestion.low_confidence_reasons)
+            + " (s.low_confidence_reasons; s.rationale says what was measured)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return suggestion
 
 
 def check_training(training: object) -> dict[str, Any]:
