@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 import threading
 import time
@@ -80,11 +81,13 @@ def default_storage_url(n_workers: int = 1, *, claim: bool = False) -> str:
     way round), else SQLite for one process and a journal file for more. With both there,
     the one for ``n_workers``, with a warning naming the other.
 
-    With ``claim`` and neither file there, the choice is made under a lock on the folder and
-    its file created empty at once (SQLite and optuna's journal both take an empty file as a
-    new one), so that two commands started together with other ``--workers`` share one study
-    instead of making one each: the second finds the first's file. Claim only once the
-    arguments are checked, or a refused command leaves an empty file behind."""
+    ``claim``: for the command about to open it. With neither file there, the choice is
+    made under a lock on the folder and its file created empty at once (SQLite and optuna's
+    journal both take an empty file as a new one), so that two commands started together
+    with other ``--workers`` share one study instead of making one each: the second finds
+    the first's file. Claim only once the arguments are checked, or a refused command leaves
+    an empty file behind. Only a claim says which file it took and why (a log line, the
+    warning above): without, the answer is a preview (what a command prints beforehand)."""
     if claim and not (Path(DEFAULT_SQLITE).is_file() or Path(DEFAULT_JOURNAL).is_file()):
         with _folder_locked(Path.cwd()):
             made = [n for n in (DEFAULT_SQLITE, DEFAULT_JOURNAL) if Path(n).is_file()]
@@ -101,12 +104,12 @@ def default_storage_url(n_workers: int = 1, *, claim: bool = False) -> str:
     has_sqlite, has_journal = Path(DEFAULT_SQLITE).is_file(), Path(DEFAULT_JOURNAL).is_file()
     if has_sqlite != has_journal:
         url = sqlite if has_sqlite else journal
-        if (url == journal) != (n_workers > 1):
+        if claim and (url == journal) != (n_workers > 1):
             name = DEFAULT_SQLITE if has_sqlite else DEFAULT_JOURNAL
             _logger.info("using the %s already in this folder", name)
         return url
     url = journal if n_workers > 1 else sqlite
-    if has_sqlite:  # both are here
+    if claim and has_sqlite:  # both are here
         other = DEFAULT_SQLITE if n_workers > 1 else DEFAULT_JOURNAL
         warnings.warn(
             f"both {DEFAULT_SQLITE} and {DEFAULT_JOURNAL} are in this folder; using "
@@ -327,6 +330,33 @@ class _WholeRecordJournal(JournalFileBackend):
         finally:
             self._lock.release()
 
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        """optuna's records from ``log_number_from`` on; a damaged line (one that is not a
+        whole JSON record, followed by others) is a :class:`ValueError` naming the file, the
+        line and what can be kept (optuna's own says only "Extra data: line 1 column 144")."""
+        line = log_number_from  # records read so far: the damaged line is the next one
+        try:
+            for log in super().read_logs(log_number_from):
+                line += 1
+                yield log
+        except ValueError as exc:  # json.JSONDecodeError, or optuna's "Invalid log format."
+            raise ValueError(_damaged_message(Path(self._file_path), line + 1, exc)) from exc
+
+
+def _damaged_message(path: Path, line: int, exc: Exception) -> str:
+    what = (
+        f"the journal file {path} is damaged at line {line}, which is not a whole optuna "
+        f"record ({exc}): a write cut short (a full disk, a crash), two programs writing it "
+        "at once, or an edit."
+    )
+    if line == 1:
+        return f"{what} No record before it can be kept: start the study in a new file"
+    return (
+        f"{what} The lines before it are a consistent study: keep a copy, then keep its first "
+        f"{line - 1} line(s) (head -n {line - 1} {shlex.quote(str(path))} > fixed.log) and "
+        f"pass that file as the storage; the records after line {line - 1} are lost"
+    )
+
 
 def _drop_cut_record(path: Path, *, quiet: bool = False) -> None:
     # Truncate the file after its last newline; the caller holds the journal's lock, so no
@@ -393,7 +423,9 @@ def _check_journal(path: Path) -> None:
     if first.endswith(b"\n"):
         try:
             entry = json.loads(first)
-        except ValueError:
+        except ValueError as exc:
+            if first.startswith(b'{"op_code":'):  # a journal's first record, damaged
+                raise ValueError(_damaged_message(path, 1, exc)) from exc
             entry = None
         ok = isinstance(entry, dict) and "op_code" in entry
     else:

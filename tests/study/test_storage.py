@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,9 @@ def test_the_default_storage_is_the_one_already_in_the_folder(
     assert _storage.default_storage_url(4) == sqlite
     (tmp_path / _storage.DEFAULT_JOURNAL).write_text("")
     with pytest.warns(UserWarning, match=r"both autowarm\.db and .*--storage autowarm\.db"):
+        assert _storage.default_storage_url(4, claim=True) == journal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a preview (the CLI's, before tune) says nothing
         assert _storage.default_storage_url(4) == journal
 
 
@@ -548,3 +552,31 @@ def test_a_journal_append_interrupted_after_its_record_is_whole_keeps_it(
     monkeypatch.undo()
     again = optuna.load_study(study_name="s", storage=_storage.open_storage(path))
     assert again.user_attrs["k"] == 1
+
+
+def test_a_damaged_journal_line_is_named_with_the_file_and_what_can_be_kept(
+    tmp_path: Path,
+) -> None:
+    # Two records merged on one line (an append onto a cut-short record, by an autowarm from
+    # before the repair, or another program): optuna said only "Extra data: line 1 column
+    # 144 (char 143)", naming neither the file nor what could be kept
+    path = tmp_path / "s.log"
+    _journal_with_trials(path, 5)
+    lines = path.read_bytes().splitlines(keepends=True)
+    n = 3  # a line in the middle (the first is the study's, then one a trial)
+    assert len(lines) > n + 1
+    lines[n - 1 : n + 1] = [lines[n - 1].rstrip(b"\n") + lines[n]]
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(ValueError) as caught:
+        optuna.load_study(study_name="s", storage=_storage.open_storage(path))
+    message = str(caught.value)
+    assert message.startswith(f"the journal file {path} is damaged at line {n}, which is not")
+    assert f"keep its first {n - 1} line(s) (head -n {n - 1} {path} > fixed.log)" in message
+    # what it says to keep is a study optuna reads
+    fixed = tmp_path / "fixed.log"
+    fixed.write_bytes(b"".join(lines[: n - 1]))
+    optuna.load_study(study_name="s", storage=_storage.open_storage(fixed))
+    # the first line itself (merged with the second: it starts as a journal's does)
+    path.write_bytes(b"".join([lines[0].rstrip(b"\n"), *lines[1:]]))
+    with pytest.raises(ValueError, match=r"damaged at line 1, .* No record before it can be kept"):
+        _storage.open_storage(path)
