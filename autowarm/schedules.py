@@ -59,6 +59,12 @@ def _bad(name: str, rule: str, value: object) -> ValueError:
     if "an int" in rule and isinstance(value, float) and value.is_integer() and value >= 1:
         # 1e4 in YAML or JSON is a float, though a whole number is meant
         hint = f": an int is written without a point or exponent ({int(value)}, not {value!r})"
+    elif name == "warmup_steps" and isinstance(value, float) and 0 < value < 1:
+        # transformers 5 dropped warmup_ratio; a ratio passed as warmup_steps reads as this
+        hint = (
+            ": warmup_steps counts updates, not a fraction of the run; pass "
+            f"round({value!r} * total_steps) for {value:.0%} warmup"
+        )
     return ValueError(
         f"{name} must be {rule}, but got {name}={_shown(value)} ({type(value).__name__}){hint}"
     )
@@ -283,7 +289,10 @@ class ScheduleConfig:
         ``autowarm.suggest(param_groups=...)`` drive an optimizer built from them as the
         probe trained them. Call ``scheduler.step()`` after each
         ``optimizer.step()``. The lambda is a module-level callable object of plain attributes,
-        so the scheduler pickles and ``state_dict()`` round-trips.
+        so the scheduler pickles and ``state_dict()`` round-trips: ``load_state_dict`` brings
+        back the checkpointed schedule itself (peak, warmup, length), whatever config this
+        scheduler was built from. To resume on another schedule (a longer run), pass
+        ``last_epoch`` instead of loading the old state.
 
         Args:
             optimizer: the optimizer to drive; its groups' ``lr`` and ``initial_lr`` are set.

@@ -95,6 +95,16 @@ def test_a_step_count_written_as_a_float_says_how_to_write_it(tmp_path: Path) ->
         ScheduleConfig.load(p)
 
 
+def test_a_warmup_ratio_passed_as_warmup_steps_says_to_count_updates() -> None:
+    # transformers 5 folded warmup_ratio into warmup_steps; 0.1 here is not 10%
+    with pytest.raises(
+        ValueError,
+        match=r"warmup_steps=0.1 \(float\): warmup_steps counts updates, not a fraction of the "
+        r"run; pass round\(0.1 \* total_steps\) for 10% warmup",
+    ):
+        ScheduleConfig(peak_lr=1e-3, total_steps=1000, warmup_steps=0.1)  # type: ignore[arg-type]
+
+
 def test_a_misspelt_key_names_the_field_meant(tmp_path: Path) -> None:
     p = _write(tmp_path, "s.yaml", "peak_lr: 0.1\ntotal_steps: 10\nwarmup_step: 1\n")
     with pytest.raises(ValueError, match="'warmup_step': did you mean 'warmup_steps'"):
