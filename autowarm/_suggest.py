@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import statistics
 import time
@@ -1249,13 +1250,12 @@ def _probe(
             f"the loss of the first batch at the initial weights is {float(loss)}: check the "
             "model's initialisation and the data before probing"
         )
-    bar = tqdm(
-        total=budget_n,
-        desc="autowarm probe",
-        unit="step",
-        disable=None if progress else True,
-        leave=False,
-    )
+    # on terminals only (None); left out where TQDM_DISABLE is set, which tqdm reads only
+    # for an argument not passed
+    shown: dict[str, Any] = {"disable": None if progress else True}
+    if progress and "TQDM_DISABLE" in os.environ:
+        del shown["disable"]
+    bar = tqdm(total=budget_n, desc="autowarm probe", unit="step", leave=False, **shown)
     runner = ProbeRunner(
         model=model,
         stream=stream,

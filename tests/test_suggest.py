@@ -2138,3 +2138,33 @@ def test_bursts_that_blow_up_together_from_their_lr_are_not_blamed_on_a_batch() 
     assert _same_blowup_step(bursts, rows(2.30, 2.30, 2.29, 2.29)) is None
     assert _same_blowup_step(bursts, rows(2.30, 2.30, 60.0)) == (2, 470.0, pytest.approx(2.305))
     assert _same_blowup_step(bursts, []) is None  # no sweep to tell: no blame on the data
+
+
+@pytest.mark.parametrize(
+    ("progress", "env", "expected"),
+    [
+        (True, None, {"disable": None}),  # on terminals only
+        (False, None, {"disable": True}),
+        (True, "1", {}),  # TQDM_DISABLE decides: tqdm reads it only for an argument left out
+        (False, "0", {"disable": True}),
+    ],
+)
+def test_the_progress_bar_shows_on_terminals_and_honours_tqdm_disable(
+    monkeypatch: pytest.MonkeyPatch, progress: bool, env: str | None, expected: dict[str, Any]
+) -> None:
+    import tqdm.auto
+
+    seen: list[dict[str, Any]] = []
+
+    class Bar(tqdm.auto.tqdm):  # type: ignore[misc, name-defined, type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.append({k: v for k, v in kwargs.items() if k == "disable"})
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    if env is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", env)
+    _run(_mlp(), _cls_batches(), criterion=F.cross_entropy, budget_steps=60, progress=progress)
+    assert seen == [expected]

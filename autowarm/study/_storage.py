@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +330,7 @@ class _WholeRecordJournal(JournalFileBackend):
         finally:
             self._lock.release()
 
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         """optuna's records from ``log_number_from`` on; a damaged line (one that is not a
         whole JSON record, followed by others) is a :class:`ValueError` naming the file, the
         line and what can be kept (optuna's own says only "Extra data: line 1 column 144")."""
