@@ -445,15 +445,35 @@ def _rdb_storage(url: str, heartbeat: dict[str, Any], *, create: bool) -> RDBSto
     so two workers, or ``autowarm report`` beside ``autowarm tune``, that open a new file at the
     same moment collide; the loser waits and opens what the winner made (for up to ~3 s).
     """
+    engine = _engine_kwargs(url)
     for attempt in range(_RACE_ATTEMPTS):
         try:
             with quiet_experimental():
-                return RDBStorage(url, skip_table_creation=not create, **heartbeat)
+                return RDBStorage(
+                    url, engine_kwargs=dict(engine), skip_table_creation=not create, **heartbeat
+                )
         except Exception as exc:
             if not _is_table_race(exc) or attempt == _RACE_ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+SQLITE_BUSY_TIMEOUT = 60.0
+"""Seconds a SQLite write waits for another process's lock (workers, a report reading)
+before "database is locked"; sqlite3's own default is 5."""
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    # PostgreSQL: a connection idle through a long trial may have been closed by the server
+    # or a proxy, and the trial's result would fail to write; a ping before each use finds
+    # it (optuna does this for MySQL only). SQLite: a longer wait for the file's lock.
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.startswith("postgresql"):
+        return {"pool_pre_ping": True}
+    if scheme.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    return {}
 
 
 # Tables of an optuna RDB storage, any of which marks a database as a study's (one process

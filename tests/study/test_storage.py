@@ -580,3 +580,31 @@ def test_a_damaged_journal_line_is_named_with_the_file_and_what_can_be_kept(
     path.write_bytes(b"".join([lines[0].rstrip(b"\n"), *lines[1:]]))
     with pytest.raises(ValueError, match=r"damaged at line 1, .* No record before it can be kept"):
         _storage.open_storage(path)
+
+
+def test_a_sqlite_write_waits_for_another_process_lock_as_long_as_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sqlite3 waits 5 s for a lock by default; the storage waits SQLITE_BUSY_TIMEOUT (set
+    # short here, so that the wait ends while the lock is held: it is the one applied)
+    import sqlite3
+    import threading
+    import time
+
+    db = tmp_path / "s.db"
+    optuna.create_study(storage=_storage.open_storage(db, heartbeat_interval=None), study_name="s")
+    monkeypatch.setattr(_storage, "SQLITE_BUSY_TIMEOUT", 0.2)
+    storage = _storage.open_storage(db, heartbeat_interval=None)
+    holder = sqlite3.connect(db, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing
+    threading.Timer(1.5, holder.rollback).start()
+    started = time.monotonic()
+    with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+        storage.set_study_user_attr(storage.get_study_id_from_name("s"), "k", 1)
+    assert "database is locked" in str(caught.value.__cause__)
+    assert time.monotonic() - started < 1.2  # gave up after its own timeout, not sqlite3's 5 s
+    time.sleep(1.5)
+    holder.close()
+    assert _storage.SQLITE_BUSY_TIMEOUT == 0.2
+    assert _storage._engine_kwargs(f"sqlite:///{db}") == {"connect_args": {"timeout": 0.2}}
+    assert _storage._engine_kwargs("postgresql+psycopg://u@h/db") == {"pool_pre_ping": True}

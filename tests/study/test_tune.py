@@ -1733,6 +1733,13 @@ def test_two_hosts_on_postgresql(tmp_path: Path) -> None:
     _check_no_loss_no_duplicates(_storage.load_study(url, name), 10)
 
 
+def test_a_postgresql_storage_pings_a_connection_before_using_it() -> None:
+    # a connection idle through a long trial, closed by the server or a proxy meanwhile,
+    # failed the trial's write; optuna pings before use only on MySQL
+    storage = _storage.open_storage(_postgres_url(), heartbeat_interval=None)
+    assert storage.engine.pool._pre_ping  # type: ignore[attr-defined]
+
+
 def test_resume_keeps_the_stored_search_space_and_refuses_another(
     tmp_path: Path, task: Task, suggestion: Any
 ) -> None:
