@@ -101,6 +101,9 @@ _FIELDS = (
     "tables",
 )
 # The fields of Suggestion.training (training_record writes them all).
+LOW_CONFIDENCE_WARNING = "the probe's answer has low confidence: "
+"""How the warning of a low-confidence answer starts (a filter can match it)."""
+
 _TRAINING_FIELDS = (
     "optimizer",
     "optimizer_settings",
@@ -721,12 +724,12 @@ def suggest(
             "for torch.compile(DDP(model))) on one rank, then share the suggestion (e.g. "
             "torch.distributed.broadcast_object_list)"
         )
-    _warn_process_group()
     _check_optimizer_cls(optimizer_cls)
     _refuse_ambient_autocast()
     _refuse_step_in_backward(model)
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
     accumulation_steps = check_accumulation_steps(accumulation_steps)
+    _warn_process_group(accumulation_steps)
     check_precision(precision)
     if grad_clip is not None and not (is_finite_real(grad_clip) and grad_clip > 0):
         raise ValueError(
@@ -811,9 +814,10 @@ def suggest(
     if suggestion.low_confidence:
         # a script that never reads s.confidence would use the answer as a firm one
         warnings.warn(
-            "the probe's answer has low confidence: "
+            LOW_CONFIDENCE_WARNING
             + "; ".join(suggestion.low_confidence_reasons)
-            + " (s.low_confidence_reasons; s.rationale says what was measured)",
+            + " (the suggestion's low_confidence_reasons; its rationale says what was "
+            "measured)",
             UserWarning,
             stacklevel=2,
         )
@@ -1008,9 +1012,12 @@ def trainer_args(
     return args
 
 
+_NOT_SETTINGS = ("lr_scale", "name")  # a group's scale (read apart) and its label
+
+
 def _has_own_settings(groups: Sequence[Mapping[str, Any]]) -> bool:
     # Groups that one learning_rate and one weight_decay cannot stand for.
-    return any(g["lr_scale"] != 1.0 or len(g) > 1 for g in groups)
+    return any(g["lr_scale"] != 1.0 or any(k not in _NOT_SETTINGS for k in g) for g in groups)
 
 
 def _describe_groups(groups: Sequence[Mapping[str, Any]]) -> str:
@@ -1018,7 +1025,7 @@ def _describe_groups(groups: Sequence[Mapping[str, Any]]) -> str:
     scales = sorted({float(g["lr_scale"]) for g in groups})
     parts = ["lr_scale " + ", ".join(f"{x:g}" for x in scales)]
     for i, g in enumerate(groups):
-        own = ", ".join(f"{k}={v!r}" for k, v in g.items() if k != "lr_scale")
+        own = ", ".join(f"{k}={v!r}" for k, v in g.items() if k not in _NOT_SETTINGS)
         if own:
             parts.append(f"{own} in group {i}")
     return "; ".join(parts)
@@ -1070,7 +1077,15 @@ def training_record(
     }
     if groups is not None:
         record["param_groups"] = [
-            {"lr_scale": float(g.lr_scale), **{k: _plain(v) for k, v in g.options.items()}}
+            {
+                "lr_scale": float(g.lr_scale),
+                # as optimizer_settings: a setting with no JSON form (a dtype) is left out
+                **{
+                    k: v
+                    for k, v in ((k, _plain(v)) for k, v in g.options.items())
+                    if v is not _UNSET_VALUE
+                },
+            }
             for g in groups
         ]
     return record
@@ -1130,22 +1145,24 @@ def _distributed(model: nn.Module) -> bool:
     return False
 
 
-def _warn_process_group() -> None:
+def _warn_process_group(accumulation_steps: int) -> None:
     # suggest() called on every rank of a multi-process job (a plain model, before DDP
     # wraps it): each rank probes its own shard and answers differently, and the replicas
-    # would train different schedules. A call on one rank alone is right, so this warns.
+    # would train different schedules. A call on one rank alone is right, but the batch it
+    # probes with must be the run's global one; this process cannot tell which, so it warns.
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
         return
     world = dist.get_world_size()
     if world > 1:
         warnings.warn(
-            f"suggest() probes in this process alone (rank {dist.get_rank()} of {world}): "
-            "called on every rank, each probes its own batches and returns its own answer. "
-            "Call it on one rank and share the suggestion (torch.distributed."
-            "broadcast_object_list); the run's update averages every rank's batch, so probe "
-            f"with batches of the global size, or accumulation_steps={world} over this "
-            "rank's loader",
+            f"suggest() is probing in rank {dist.get_rank()} of a process group of {world}: "
+            "if it runs on every rank, each probes its own batches and returns its own answer; "
+            "call it on one rank and share the suggestion (torch.distributed."
+            "broadcast_object_list). The run's update averages every rank's batch: probe "
+            "with batches of that global size, or with "
+            f"accumulation_steps={world * accumulation_steps} ({world} ranks x the run's own "
+            f"{accumulation_steps}) over one rank's loader",
             UserWarning,
             stacklevel=3,
         )

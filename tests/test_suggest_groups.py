@@ -405,3 +405,32 @@ def test_one_plain_group_gives_no_group_warning_and_a_bad_record_is_named() -> N
     bad = {**s.to_dict(), "training": {**s.training, "param_groups": [{"lr_scale": -1}]}}
     with pytest.raises(ValueError, match=r"field 'training': param_groups\[0\] must be"):
         autowarm.Suggestion.from_dict(bad)
+
+
+def test_a_group_setting_with_no_json_form_is_left_out_of_the_record_and_a_name_is_no_setting(
+    tmp_path: Any,
+) -> None:
+    import warnings
+
+    # a dtype as a third-party optimizer's group key: save() failed after the probe had run
+    with pytest.warns(UserWarning, match="passed on as given"):
+        s = _run(
+            _mlp(),
+            optimizer_cls=_OwnGroupKey,
+            param_groups=lambda m: [
+                {"params": m[0].parameters(), "use_fast_path": torch.bfloat16, "name": "body"},
+                {"params": m[2].parameters(), "use_fast_path": torch.float32, "name": "head"},
+            ],
+        )
+    assert s.training["param_groups"] == [
+        {"lr_scale": 1.0, "name": "body"},
+        {"lr_scale": 1.0, "name": "head"},
+    ]
+    assert autowarm.Suggestion.load(s.save(tmp_path / "s.json")).training == s.training
+    # named groups at one scale with no settings of their own fit TrainingArguments (the
+    # optimizer does not: that warning is another)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.to_trainer_args()
+    assert not [w for w in caught if "parameter group" in str(w.message)]
+    assert [w for w in caught if "_OwnGroupKey, which TrainingArguments" in str(w.message)]

@@ -32,8 +32,10 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,12 +170,19 @@ def _method_schedule(
     t = task.total_steps
     extra: dict[str, Any] = {"confidence": "", "deciding_signal": ""}
     if method == "autowarm":
-        from autowarm._suggest import suggest
+        from autowarm._suggest import LOW_CONFIDENCE_WARNING, suggest
 
         counted = _Counted(task.resolved_loss_fn())
         start = time.perf_counter()
         settings = SearchSettings(**(probe_settings or {}))
-        with torch_rng_kept(), use_settings(settings), _no_schedule(counted):
+        with (
+            torch_rng_kept(),
+            use_settings(settings),
+            _no_schedule(counted),
+            warnings.catch_warnings(),
+        ):
+            # recorded in the CSV's confidence column instead of a warning per job
+            warnings.filterwarnings("ignore", re.escape(LOW_CONFIDENCE_WARNING), UserWarning)
             s = suggest(
                 task.make_model(seed),
                 task.train_data(seed),

@@ -342,7 +342,13 @@ def _range_test(
     if not rt.ok:
         reasons.append(f"range test inconclusive: {rt.reason}")
     if rt.flat and not rt.diverged:
-        reasons.append("the loss hardly moved in the range test (an already trained model?)")
+        # a slow starter (a recurrent net, a deep narrow one) more often than a trained
+        # model, which mostly diverges somewhere in the sweep before it moves
+        reasons.append(
+            f"the loss hardly moved in the range test (down {rt.descent:.1%} at most): a model "
+            "that learns little in so few steps, or one already trained; the peak rests on the "
+            "bursts alone"
+        )
     if rt.diverged and rt.flat and _early_minimum(rt, settings.lr_min):
         raise NoUsableLR(
             f"the range test diverged at lr {rt.diverge_lr:.3g} and no LR before it lowered "

@@ -243,7 +243,9 @@ class RangeTestResult:
     diverged: bool = field(metadata=_meta("bool", "loss became non-finite or exceeded the factor"))
     diverge_lr: float = field(metadata=_meta("lr", "LR at which divergence was detected"))
     diverge_index: int = field(metadata=_meta("index", "input position of divergence, -1 if none"))
-    flat: bool = field(metadata=_meta("bool", "descent below flat_tol (already trained?)"))
+    flat: bool = field(
+        metadata=_meta("bool", "descent below flat_tol (a slow starter, or trained)")
+    )
     descent: float = field(
         metadata=_meta(
             "ratio",

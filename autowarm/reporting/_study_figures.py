@@ -12,10 +12,11 @@ from autowarm.reporting._study import best_row, completed
 from autowarm.study import _attrs as A
 
 REFERENCE_LABEL = "reference schedule"
-REFERENCE_SENTENCE = (
-    " Squares ring the reference schedules: the probe's peak LR with no warmup, with "
-    "2/(1-beta2) steps and with 10% of the run."
-)
+_REFERENCE_PHRASES = {
+    A.ROLE_NO_WARMUP: "with no warmup",
+    A.ROLE_UNTUNED: "with 2/(1-beta2) steps",
+    A.ROLE_TEN_PERCENT: "with 10% of the run",
+}
 
 
 def _complete(trials: pd.DataFrame) -> pd.DataFrame:
@@ -23,15 +24,33 @@ def _complete(trials: pd.DataFrame) -> pd.DataFrame:
     return ordered
 
 
+def _roles(rows: pd.DataFrame) -> pd.Series:
+    # each trial's roles: its own and those it also stands for (``also_roles``)
+    own = rows["role"].fillna("").astype(str).map(lambda r: [r])
+    if "also_roles" not in rows:
+        return own
+    also = rows["also_roles"].fillna("").astype(str).str.split(",")
+    both: pd.Series = own + also
+    return both
+
+
 def _references(done: pd.DataFrame) -> pd.DataFrame:
     """The reference schedules' trials (:data:`~autowarm.study._attrs.REFERENCE_ROLES`),
     including one that stands for a reference as well as its own role (``also_roles``)."""
-    mine = done["role"].isin(A.REFERENCE_ROLES)
-    if "also_roles" in done:
-        also = done["also_roles"].fillna("").astype(str).str.split(",")
-        mine |= also.map(lambda roles: any(r in A.REFERENCE_ROLES for r in roles))
-    picked: pd.DataFrame = done[mine]
+    mine = _roles(done).map(lambda roles: any(r in A.REFERENCE_ROLES for r in roles))
+    picked: pd.DataFrame = done[mine.astype(bool)]
     return picked
+
+
+def _reference_sentence(refs: pd.DataFrame) -> str:
+    """What the squares mark: the references this study ran (an optimizer without a second
+    moment has no ``2/(1-beta2)`` one); empty without any."""
+    present = {r for roles in _roles(refs) for r in roles}
+    phrases = [_REFERENCE_PHRASES[r] for r in A.REFERENCE_ROLES if r in present]
+    if not phrases:
+        return ""
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return f" Squares ring the reference schedules: the probe's peak LR {listed}."
 
 
 def _marked(rows: pd.DataFrame, label: str, marker: str, x: str, y: str) -> list[Series]:
@@ -93,8 +112,7 @@ def history_figure(
         else "Lower is better. Trials are compressed runs, so their values compare with each "
         "other, not with a full run's loss."
     )
-    if len(refs):
-        caption += REFERENCE_SENTENCE
+    caption += _reference_sentence(refs)
     chosen = best_row(trials, maximize)
     best = float(values.max() if maximize else values.min())
     if chosen is not None and float(chosen["value"]) != best:
@@ -214,6 +232,6 @@ def scatter_figure(
                 else "darker is better (lower loss"
             )
             + "; the colour bar gives the value)."
-            + (REFERENCE_SENTENCE if len(refs) else "")
+            + _reference_sentence(refs)
         ),
     )

@@ -507,3 +507,30 @@ def test_regret_replaces_its_own_tables_never_a_file_of_the_users(
         "total_steps",
         "seeds",
     ]
+
+
+def test_a_low_confidence_probe_is_recorded_in_the_csv_not_warned_per_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+    import warnings
+
+    from autowarm import _suggest
+    from autowarm.bench._evaluate import _method_schedule
+
+    real = _suggest.suggest
+
+    def low(*args: object, **kwargs: object) -> _suggest.Suggestion:
+        s = real(*args, **kwargs)  # type: ignore[arg-type]
+        warnings.warn(_suggest.LOW_CONFIDENCE_WARNING + "a reason", UserWarning, stacklevel=1)
+        warnings.warn("another warning", UserWarning, stacklevel=1)  # not swallowed
+        return dataclasses.replace(s, confidence="low", low_confidence_reasons=("a reason",))
+
+    monkeypatch.setattr(_suggest, "suggest", low)
+    task = dataclasses.replace(get_task("control_convex"), total_steps=STEPS)
+    with pytest.warns(UserWarning) as caught:
+        _, _, extra = _method_schedule(task, "autowarm", 0)
+    messages = [str(w.message) for w in caught]
+    assert "another warning" in messages
+    assert not any(m.startswith(_suggest.LOW_CONFIDENCE_WARNING) for m in messages)
+    assert extra["confidence"] == "low"

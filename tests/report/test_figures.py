@@ -381,6 +381,15 @@ def test_a_trial_that_also_stands_for_a_reference_is_marked_as_one(
     f = history_figure(trials)
     assert f is not None
     assert {s.label: s for s in f.series}[REFERENCE_LABEL].x == (0.0, 1.0, 2.0, 3.0)
+    assert (
+        "Squares ring the reference schedules: the probe's peak LR with no warmup, with "
+        "2/(1-beta2) steps and with 10% of the run." in f.caption
+    )
+    # an optimizer with no second moment (SGD) has no 2/(1-beta2) reference: none is named
+    sgd = trials[trials["role"] != "untuned_2_over_1_minus_beta2"]
+    f = history_figure(sgd)
+    assert f is not None and "2/(1-beta2)" not in f.caption
+    assert "the probe's peak LR with no warmup and with 10% of the run." in f.caption
 
 
 def test_series_colours_are_distinct_and_never_the_warning_red() -> None:
