@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--warmups",
         type=_args.nonnegative_ints,
         default=None,
-        help="warmup lengths in steps, comma separated",
+        help="warmup lengths in steps, comma separated (default: each task's own; 0, 1, 3, "
+        "10, 25 and 60%% of the run, rounded to steps, for a task file)",
     )
 
     table = sub.add_parser("table", help="oracle summary per task of a grid CSV (JSON)")

@@ -39,7 +39,8 @@ __all__ = ["DEFAULT_FILE_LR_GRID", "FileBenchTask", "is_task_spec", "load_file_t
 
 DEFAULT_FILE_LR_GRID: tuple[float, ...] = (1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)
 """Peak LRs of a task file's grid when ``--lrs`` is not given: half-decades from 1e-4 to 0.1.
-The grid warns when its best cell is at an edge; widen it there with ``--lrs``."""
+``bench table`` and ``bench regret`` warn when the best cell is at an edge of the grid;
+widen it there with ``--lrs`` (or ``--warmups``) and run the grid again: it resumes."""
 
 
 def is_task_spec(name: str) -> bool:
