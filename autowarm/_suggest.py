@@ -100,10 +100,11 @@ _FIELDS = (
     "training",
     "tables",
 )
-# The fields of Suggestion.training (training_record writes them all).
 LOW_CONFIDENCE_WARNING = "the probe's answer has low confidence: "
 """How the warning of a low-confidence answer starts (a filter can match it)."""
 
+# The fields of Suggestion.training (training_record writes them all; param_groups only with
+# groups).
 _TRAINING_FIELDS = (
     "optimizer",
     "optimizer_settings",
