@@ -236,7 +236,8 @@ class Suggestion:
         Warns (``UserWarning``) and gives the schedule's fields alone for a suggestion that
         records no training settings (saved by an older autowarm), and leaves the optimizer
         fields out, with a warning, for another optimizer (pass it to ``Trainer(optimizers=
-        ...)``).
+        ...)``). Warns too for a probe of parameter groups with their own scales or settings
+        (``param_groups=``), which one ``learning_rate`` and ``weight_decay`` cannot hold.
 
         Raises:
             TransformersExportError: as :meth:`ScheduleConfig.to_transformers`.
