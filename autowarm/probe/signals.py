@@ -1103,7 +1103,8 @@ def settling_step(
         "change_estimate": change_estimate,
     }
     detail = ", ".join(
-        f"{k} at update {v:g}" if math.isfinite(v) else f"{k} not yet" for k, v in at.items()
+        f"{k} settled at update {v:g}" if math.isfinite(v) else f"{k} not yet"
+        for k, v in at.items()
     )
     if overall >= 0:
         reason = f"settled at update {step[overall]:g}; last to settle: {last} ({detail})"

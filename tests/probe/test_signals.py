@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 
 import numpy as np
@@ -452,6 +453,8 @@ def test_settling_extrapolates_vhat_change_beside_rel_error() -> None:
     r = settling_step(frame)
     assert not r.settled and r.extrapolated and not r.at_floor
     assert "rel_error" in r.reason and "vhat_change not yet" in r.reason
+    # a criterion that did settle says so ("drift at update 1" read as unsettled)
+    assert re.search(r"drift settled at update \d+", r.reason)
     assert "lower bound" not in r.reason
     t = np.arange(11.0, 21.0)  # the second half of the rows
     innovation = float(np.median((1 / t) * (1 - 0.999**t) / (1 - 0.999)))
