@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,22 @@ def _scales_note(trials: pd.DataFrame, chosen: pd.Series, best_value: float) -> 
     ]
 
 
+def _where_note(study: optuna.Study) -> str:
+    # the morning reader's next commands: where the study lives, how to export and resume it
+    from autowarm.study._storage import url_of
+
+    url = url_of(study)
+    if url is None:
+        return ""
+    name = study.study_name
+    return (
+        f"The study {name!r} is stored in {url}: `autowarm export --storage {shlex.quote(url)} "
+        f"--study-name {shlex.quote(name)} -o schedule.yaml` writes the chosen schedule, and "
+        "the `autowarm tune` command that made it, run again, resumes it (a larger --n-trials "
+        "for more trials)."
+    )
+
+
 def study_report(
     study: optuna.Study,
     *,
@@ -268,6 +285,9 @@ def study_report(
             "Not written by autowarm tune (no autowarm.format attribute): roles, reference "
             "schedules and the probe are unknown; peak_lr/warmup_steps come from the params."
         )
+    where = _where_note(study)
+    if where:
+        notes.append(where)
     trials = S.trials_table(study)
     status, status_text = S.study_status(study)
     s = S.stored_suggestion(study)

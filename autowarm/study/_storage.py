@@ -58,6 +58,7 @@ __all__ = [
     "redact",
     "requeue",
     "setup_lock",
+    "url_of",
     "worker_id",
 ]
 
@@ -513,6 +514,21 @@ def _sqlite_path(url: str) -> Path | None:
     query (``?timeout=60``) is SQLAlchemy's, not part of the file's name."""
     path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
     return Path(path) if path and path != ":memory:" else None
+
+
+def url_of(study: optuna.Study) -> str | None:
+    """Where ``study`` is stored, spelt as ``--storage`` and ``optuna-dashboard`` take it
+    (a password hidden: :func:`redact`); ``None`` for storage that no URL names (memory)."""
+    storage = getattr(study, "_storage", None)
+    if isinstance(storage, JournalStorage):
+        path = getattr(getattr(storage, "_backend", None), "_file_path", None)
+        return f"journal://{Path(path).resolve()}" if path else None
+    inner = getattr(storage, "_backend", None)  # optuna caches an RDB storage
+    if isinstance(inner, RDBStorage):
+        storage = inner
+    if isinstance(storage, RDBStorage):
+        return redact(str(storage.url))
+    return None
 
 
 def redact(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -371,3 +372,30 @@ def test_a_near_best_range_of_one_trial_is_said_to_be_none() -> None:
     row.update(peak_lr_high=0.08577, warmup_steps_high=40)
     shown = dict(headline(pd.DataFrame([row])))
     assert "near-best range" not in shown and shown["near-best warmup, high (steps)"] == "40"
+
+
+def test_a_stored_studys_report_says_where_it_is_and_how_to_export_it(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the morning reader had the figures but not the storage to export or resume from
+    import shlex
+
+    import optuna
+
+    from autowarm.cli import main
+    from autowarm.study import _storage
+
+    study = make_study(suggestion)
+    assert not any("is stored in" in n for n in autowarm.report(study).notes)  # memory
+    for target in (f"sqlite:///{tmp_path / 'my study.db'}", str(tmp_path / "night.log")):
+        url = _storage.normalize_url(target)
+        optuna.copy_study(
+            from_study_name="night",
+            from_storage=study._storage,
+            to_storage=_storage.open_storage(url, heartbeat_interval=None),
+        )
+        (note,) = [n for n in autowarm.report((url, "night")).notes if "is stored in" in n]
+        assert note.startswith(f"The study 'night' is stored in {url}: `autowarm export")
+        command = note.split("`")[1]
+        assert main([*shlex.split(command)[1:-2], "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["peak_lr"] > 0
