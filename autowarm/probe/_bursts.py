@@ -370,7 +370,14 @@ class ProbeRunner:
     def _monitor(self, optimizer: torch.optim.Optimizer) -> SecondMomentMonitor | None:
         if self.has_second_moment is False:
             return None
-        return SecondMomentMonitor(optimizer, max_coords=self.monitor_coords, seed=self.seed)
+        from autowarm.probe._search import active_settings  # _search imports this module
+
+        return SecondMomentMonitor(
+            optimizer,
+            max_coords=self.monitor_coords,
+            seed=self.seed,
+            dense_kappa=active_settings().dense_kappa,
+        )
 
     def trace_rows(self) -> list[dict[str, Any]]:
         """All bursts' rows in order."""

@@ -371,6 +371,7 @@ class SecondMomentMonitor:
         every: int = 1,
         short_beta: float = 0.9,
         seed: int = 0,
+        dense_kappa: bool = False,
     ) -> None:
         for name, value in (("max_coords", max_coords), ("every", every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -382,6 +383,9 @@ class SecondMomentMonitor:
         self._every = every
         self._short_beta = float(short_beta)
         self._seed = seed
+        # kappa over the coordinates with a gradient at every observed update only (an
+        # embedding row or a weight into a unit dead for a batch gets none at times)
+        self._dense_kappa = bool(dense_kappa)
         self._handle: RemovableHandle | None = None
         self._select(_trainable(self._optimizer))
         self.history: list[MomentStats] = []
@@ -444,6 +448,7 @@ class SecondMomentMonitor:
         zeros = torch.zeros(self._n, dtype=self._dtype, device=self._device)
         self._short, self._mean, self._m2 = zeros, zeros.clone(), zeros.clone()
         self._prev_vhat = zeros.clone()
+        self._zero_seen = zeros.clone()  # 1 where g^2 was exactly 0 at some observation
         # The Welford moments run on g^2 times a per-tensor constant (1 / the tensor's mean
         # g^2 at its first observation), so they stay near 1: kappa is scale-free, but in
         # float32 the squares of raw g^2 underflow for |g| below ~1e-10 and overflow above ~1e9.
@@ -648,11 +653,20 @@ class SecondMomentMonitor:
         # entry's coordinates, so the work runs over stretches of consecutive entries with the
         # same k (one stretch when every tensor takes every update) with n = k + 1 a scalar.
         m = vhat.numel()
-        vectors = (self._short, self._mean, self._m2, self._prev_vhat, self._scale)
+        vectors = (
+            self._short,
+            self._mean,
+            self._m2,
+            self._prev_vhat,
+            self._scale,
+            self._zero_seen,
+        )
         if pos is None:
-            short, mean, m2, prev, scale = vectors
+            short, mean, m2, prev, scale, zero_seen = vectors
         else:
-            short, mean, m2, prev, scale = (torch.index_select(v, 0, pos) for v in vectors)
+            short, mean, m2, prev, scale, zero_seen = (
+                torch.index_select(v, 0, pos) for v in vectors
+            )
         work, kappa_c = self._scratch[2, :m], self._scratch[3, :m]
         bs = self._short_beta
         runs: list[tuple[int, int, int, int, int]] = []  # entries [i, j), coordinates [lo, hi), k
@@ -670,6 +684,8 @@ class SecondMomentMonitor:
             g, mu, kap, w = g2[lo:hi], mean[lo:hi], kappa_c[lo:hi], work[lo:hi]
             if k == 0:  # first observation of these entries: fix their scale
                 _set_scales(scale[lo:hi], g, [e.count for e in active[i:j]])
+            if self._dense_kappa:
+                zero_seen[lo:hi].masked_fill_(g == 0, 1.0)
             short[lo:hi].lerp_(g, 1.0 - bs)  # short EMA: bs * short + (1 - bs) * g^2
             gs = torch.mul(g, scale[lo:hi], out=kap)  # scaled g^2
             delta = torch.sub(gs, mu, out=w)  # Welford
@@ -679,6 +695,8 @@ class SecondMomentMonitor:
                 # A zero mean (g = 0 at every observation) has m2 = 0 too: 0/0 gives nan, and
                 # the mean of squares is never negative, so no mask is needed.
                 torch.div(m2[lo:hi], n - 1.0, out=kap).div_(torch.mul(mu, mu, out=w))
+                if self._dense_kappa:
+                    kap.masked_fill_(zero_seen[lo:hi] > 0, math.nan)
                 any_kappa = True
             else:
                 kap.fill_(math.nan)
@@ -704,7 +722,7 @@ class SecondMomentMonitor:
         stats = [vhat.mean(), g2.mean(), drift, change, kappa]
         prev.copy_(vhat)
         if pos is not None:
-            for vec, value in zip(vectors, (short, mean, m2, prev, scale), strict=True):
+            for vec, value in zip(vectors, (short, mean, m2, prev, scale, zero_seen), strict=True):
                 vec.index_copy_(0, pos, value)
         for e in active:
             self._observed[e.slot] += 1

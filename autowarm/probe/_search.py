@@ -78,6 +78,8 @@ class SearchSettings:
     # scale is not running ahead of v_hat by more than 1.5x. Shrinking gradients (drift < 1)
     # make Adam's steps smaller than intended, which is safe, so the band is open below.
     rel_error_tol: float = 0.25
+    # kappa read over the coordinates with a gradient at every update only (a variant, off)
+    dense_kappa: bool = False
     drift_band: tuple[float, float] = (1e-3, 1.5)
 
 

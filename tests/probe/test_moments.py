@@ -346,6 +346,23 @@ def test_kappa_is_large_for_heavy_tailed_gradients() -> None:
     assert monitor.history[-1].kappa > 15
 
 
+def test_dense_kappa_reads_only_coordinates_with_a_gradient_at_every_update() -> None:
+    # three quarters of the coordinates get a gradient one update in ten (embedding rows of
+    # rare items), a quarter at every update (Gaussian): the default median reads the sparse
+    # ones (kappa ~29), the dense-only variant the Gaussian ones (~2)
+    def mixed(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+        g = torch.randn(size, generator=gen)
+        rare = torch.arange(size) >= size // 4
+        return torch.where(rare & (torch.rand(size, generator=gen) >= 0.1), 0.0, g)
+
+    assert _manual_run(mixed, 400).history[-1].kappa > 15
+    dense = _manual_run(mixed, 400, dense_kappa=True).history[-1]
+    assert dense.kappa == pytest.approx(2.0, rel=0.15)
+    # with no coordinate updated every time, no kappa: the settling reads the other criteria
+    sparse = _manual_run(lambda t, gen, size: mixed(t, gen, size) * (t % 2), 40, dense_kappa=True)
+    assert math.isnan(sparse.history[-1].kappa)
+
+
 def test_drift_near_one_when_stationary_and_large_when_growing() -> None:
     stationary = _manual_run(_gaussian, 200)
     assert stationary.history[-1].drift == pytest.approx(1.0, abs=0.1)
