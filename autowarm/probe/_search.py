@@ -361,7 +361,8 @@ def _range_test(
         # the bursts below test the LRs under that point.
         reasons.append(
             f"the range test diverged at lr {rt.diverge_lr:.3g} before the loss fell much "
-            f"(descent {rt.descent:.1%})"
+            f"(descent {rt.descent:.1%}): a model that learns little in so few steps; the "
+            "peak rests on the bursts below that LR"
         )
     return rt
 
