@@ -199,6 +199,7 @@ def _method_schedule(
             probe_seconds=time.perf_counter() - start,
             confidence=s.confidence,
             deciding_signal=s.deciding_signal,
+            suggestion=s,
         )
         return s.schedule, torch.optim.AdamW, extra
     if method == "hf_default":
@@ -296,6 +297,7 @@ def _run_one(
         "confidence": extra["confidence"],
         "deciding_signal": extra["deciding_signal"],
         **versions(),
+        SUGGESTION_KEY: extra.get("suggestion"),  # saved beside the CSV, not a column
     }
 
 
@@ -436,7 +438,8 @@ def evaluate_methods(
     runs in a worker process with one torch thread (``workers=0`` runs them here, one after
     another). ``probe_settings`` (``KEY=VALUE`` strings,
     :func:`~autowarm.probe._search.parse_settings`) change the probe of ``autowarm``, whose
-    rows are then labelled by :func:`method_label`.
+    rows are then labelled by :func:`method_label`. Each ``autowarm`` row's suggestion (its
+    rationale, trace and signals) is saved beside the CSV, at :func:`suggestion_path`.
 
     Raises:
         JobsFailed: After every other job has run and written its row, if some jobs failed.
@@ -495,6 +498,13 @@ def _evaluate_jobs(
     writer = RowAppender(path, COLUMNS, drop_partial=True, header=header)
 
     def write(row: dict[str, Any], _job: _Job) -> None:
+        suggestion = row.pop(SUGGESTION_KEY, None)
+        if suggestion is not None:  # first: a row in the CSV has its suggestion saved
+            target = suggestion_path(path, row["task"], row["method"], row["seed"])
+            try:
+                suggestion.save(target)
+            except (OSError, ValueError) as exc:  # the row is the result: it is kept
+                _log.warning("evaluate: the suggestion was not saved at %s: %s", target, exc)
         writer.write(row)
         _log.info(
             "%s %s seed %d: loss %.4f (lr %.3g, warmup %s, probe %d steps)",
@@ -510,6 +520,19 @@ def _evaluate_jobs(
     failed = run_jobs(_run_job, [(j,) for j in jobs], write, workers, "evaluate", _Job.label)
     if failed:
         raise JobsFailed(path, failed)
+
+
+SUGGESTION_KEY = "_suggestion"
+"""The key of a job's result that carries the probe's Suggestion to the writing process."""
+
+
+def suggestion_path(csv_path: Path, task: str, method: str, seed: int) -> Path:
+    """Where :func:`evaluate_methods` saves the suggestion of an ``autowarm`` row (its
+    rationale, trace and signals: ``Suggestion.load`` reads it): a folder beside the CSV,
+    ``evaluation.suggestions/``, one ``TASK.METHOD.seedN.json`` per row (characters that no
+    file name takes, such as a task file's ``:``, as ``_``)."""
+    stem = re.sub(r"[^A-Za-z0-9._=\[\]-]", "_", f"{task}.{method}.seed{seed}")
+    return csv_path.with_name(f"{csv_path.stem}.suggestions") / f"{stem}.json"
 
 
 class JobsFailed(RuntimeError):

@@ -53,6 +53,20 @@ def test_evaluate_and_regret_tiny(tmp_path: Path) -> None:
     assert sorted(rows["method"]) == sorted(methods)
     aw = rows[rows["method"] == "autowarm"].iloc[0]
     assert 0 < aw["probe_steps"] <= 61  # counted from outside: steps + the first-batch check
+    # the probe's suggestion (its rationale, the reason for a pick) is saved beside the CSV
+    from autowarm import Suggestion
+    from autowarm.bench._evaluate import suggestion_path
+
+    saved = suggestion_path(ev, "control_convex", "autowarm", 0)
+    assert saved == tmp_path / "eval.suggestions" / "control_convex.autowarm.seed0.json"
+    s = Suggestion.load(saved)
+    assert s.rationale and len(s.trace) > 0 and s.peak_lr == pytest.approx(aw["peak_lr"])
+    assert sorted(p.name for p in saved.parent.iterdir()) == [
+        "control_convex.autowarm.seed0.json",
+        "control_convex.autowarm.seed0.signals.csv",
+        "control_convex.autowarm.seed0.trace.csv",
+    ]  # the baselines have none
+    assert list(rows.columns) == list(pd.read_csv(ev, nrows=0).columns)
     assert rows.loc[rows["method"] == "hf_default", "probe_steps"].iloc[0] == 0
     # resumable: nothing new to run
     evaluate_methods(
@@ -534,3 +548,10 @@ def test_a_low_confidence_probe_is_recorded_in_the_csv_not_warned_per_job(
     assert "another warning" in messages
     assert not any(m.startswith(_suggest.LOW_CONFIDENCE_WARNING) for m in messages)
     assert extra["confidence"] == "low"
+
+
+def test_a_task_files_suggestion_is_saved_under_a_name_a_file_takes(tmp_path: Path) -> None:
+    from autowarm.bench._evaluate import suggestion_path
+
+    got = suggestion_path(tmp_path / "e.csv", "emb_task.py:task", "autowarm[lr_min=1e-06]", 1)
+    assert got.name == "emb_task.py_task.autowarm[lr_min=1e-06].seed1.json"
