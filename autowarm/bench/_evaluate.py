@@ -499,10 +499,15 @@ def _evaluate_jobs(
 
     def write(row: dict[str, Any], _job: _Job) -> None:
         suggestion = row.pop(SUGGESTION_KEY, None)
-        if suggestion is not None:  # first: a row in the CSV has its suggestion saved
-            target = suggestion_path(path, row["task"], row["method"], row["seed"])
+        if row["method"].startswith("autowarm"):  # first: the CSV's row has its suggestion
+            target = suggestion_path(
+                path, row["task"], row["method"], row["seed"], row["total_steps"]
+            )
             try:
-                suggestion.save(target)
+                if suggestion is not None:
+                    suggestion.save(target)
+                else:  # no schedule (the probe failed): no file of an earlier run stays
+                    _remove_saved_suggestion(target)
             except (OSError, ValueError) as exc:  # the row is the result: it is kept
                 _log.warning("evaluate: the suggestion was not saved at %s: %s", target, exc)
         writer.write(row)
@@ -526,13 +531,20 @@ SUGGESTION_KEY = "_suggestion"
 """The key of a job's result that carries the probe's Suggestion to the writing process."""
 
 
-def suggestion_path(csv_path: Path, task: str, method: str, seed: int) -> Path:
+def suggestion_path(csv_path: Path, task: str, method: str, seed: int, total_steps: int) -> Path:
     """Where :func:`evaluate_methods` saves the suggestion of an ``autowarm`` row (its
     rationale, trace and signals: ``Suggestion.load`` reads it): a folder beside the CSV,
-    ``evaluation.suggestions/``, one ``TASK.METHOD.seedN.json`` per row (characters that no
-    file name takes, such as a task file's ``:``, as ``_``)."""
-    stem = re.sub(r"[^A-Za-z0-9._=\[\]-]", "_", f"{task}.{method}.seed{seed}")
+    ``evaluation.suggestions/``, one ``TASK.METHOD.tSTEPS.seedN.json`` per row, ``STEPS``
+    being the row's ``total_steps`` (one CSV may hold runs of several lengths; characters
+    that no file name takes, such as a task file's ``:``, as ``_``)."""
+    stem = re.sub(r"[^A-Za-z0-9._=\[\]-]", "_", f"{task}.{method}.t{total_steps}.seed{seed}")
     return csv_path.with_name(f"{csv_path.stem}.suggestions") / f"{stem}.json"
+
+
+def _remove_saved_suggestion(target: Path) -> None:
+    """Remove a suggestion saved at ``target`` by an earlier run (its JSON and its two CSVs)."""
+    for p in (target, target.with_suffix(".trace.csv"), target.with_suffix(".signals.csv")):
+        p.unlink(missing_ok=True)
 
 
 class JobsFailed(RuntimeError):

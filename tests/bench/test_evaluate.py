@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from autowarm.bench._evaluate import (
+    COLUMNS,
     METHODS,
     evaluate_methods,
     finder_lr,
     regret_markdown,
     regret_stem,
     regret_table,
+    suggestion_path,
 )
 from autowarm.bench._grid import oracle_grid
 from autowarm.bench.tasks import get_task
@@ -55,18 +57,18 @@ def test_evaluate_and_regret_tiny(tmp_path: Path) -> None:
     assert 0 < aw["probe_steps"] <= 61  # counted from outside: steps + the first-batch check
     # the probe's suggestion (its rationale, the reason for a pick) is saved beside the CSV
     from autowarm import Suggestion
-    from autowarm.bench._evaluate import suggestion_path
 
-    saved = suggestion_path(ev, "control_convex", "autowarm", 0)
-    assert saved == tmp_path / "eval.suggestions" / "control_convex.autowarm.seed0.json"
+    saved = suggestion_path(ev, "control_convex", "autowarm", 0, STEPS)
+    name = f"control_convex.autowarm.t{STEPS}.seed0"
+    assert saved == tmp_path / "eval.suggestions" / f"{name}.json"
     s = Suggestion.load(saved)
     assert s.rationale and len(s.trace) > 0 and s.peak_lr == pytest.approx(aw["peak_lr"])
     assert sorted(p.name for p in saved.parent.iterdir()) == [
-        "control_convex.autowarm.seed0.json",
-        "control_convex.autowarm.seed0.signals.csv",
-        "control_convex.autowarm.seed0.trace.csv",
+        f"{name}.json",
+        f"{name}.signals.csv",
+        f"{name}.trace.csv",
     ]  # the baselines have none
-    assert list(rows.columns) == list(pd.read_csv(ev, nrows=0).columns)
+    assert list(rows.columns) == list(COLUMNS)
     assert rows.loc[rows["method"] == "hf_default", "probe_steps"].iloc[0] == 0
     # resumable: nothing new to run
     evaluate_methods(
@@ -393,7 +395,7 @@ def test_regret_compares_each_run_length_with_its_own_oracle(
 
 def _grid_rows(cells: list[tuple[float, int, int, float]]) -> pd.DataFrame:
     # (lr, warmup, seed, loss) rows of task "t", 10 steps, with every grid column
-    from autowarm.bench._grid import COLUMNS
+    from autowarm.bench._grid import COLUMNS as GRID_COLUMNS
 
     rows = [
         {
@@ -412,7 +414,7 @@ def _grid_rows(cells: list[tuple[float, int, int, float]]) -> pd.DataFrame:
         }
         for lr, w, seed, loss in cells
     ]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    return pd.DataFrame(rows, columns=list(GRID_COLUMNS))
 
 
 def _eval_rows(path: Path, seeds: list[int]) -> Path:
@@ -466,8 +468,14 @@ def test_a_probe_with_no_usable_lr_counts_as_a_diverged_run(
     monkeypatch.setattr(autowarm._suggest, "suggest", every_lr_diverges)
     ev = tmp_path / "eval.csv"
     kw = {"methods": ["autowarm"], "seeds": [0], "workers": 0, "total_steps": 20}
+    # an earlier run's suggestion for this row (its CSV deleted since) must not pass for this one
+    stale = suggestion_path(ev, "control_convex", "autowarm", 0, 20)
+    stale.parent.mkdir()
+    for suffix in (".json", ".trace.csv", ".signals.csv"):
+        stale.with_suffix(suffix).write_text("an earlier run's\n")
     with caplog.at_level(logging.INFO, logger="autowarm"):
         evaluate_methods(["control_convex"], csv_path=ev, **kw)  # no JobsFailed: a row
+    assert list(stale.parent.iterdir()) == []
     assert "control_convex autowarm seed 0: loss inf (lr nan, warmup none" in caplog.text
     row = pd.read_csv(ev).iloc[0]
     assert row["diverged"] and math.isinf(row["final_val_loss"])
@@ -551,7 +559,11 @@ def test_a_low_confidence_probe_is_recorded_in_the_csv_not_warned_per_job(
 
 
 def test_a_task_files_suggestion_is_saved_under_a_name_a_file_takes(tmp_path: Path) -> None:
-    from autowarm.bench._evaluate import suggestion_path
-
-    got = suggestion_path(tmp_path / "e.csv", "emb_task.py:task", "autowarm[lr_min=1e-06]", 1)
-    assert got.name == "emb_task.py_task.autowarm[lr_min=1e-06].seed1.json"
+    got = suggestion_path(
+        tmp_path / "e.csv", "emb_task.py:task", "autowarm[lr_min=1e-06]", 1, 2000
+    )
+    assert got.name == "emb_task.py_task.autowarm[lr_min=1e-06].t2000.seed1.json"
+    # one CSV may hold runs of two lengths: each keeps its own file
+    assert suggestion_path(tmp_path / "e.csv", "t", "autowarm", 0, 2000) != suggestion_path(
+        tmp_path / "e.csv", "t", "autowarm", 0, 4000
+    )
