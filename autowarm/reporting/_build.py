@@ -261,14 +261,16 @@ def _where_note(study: optuna.Study) -> str:
     from autowarm.study._storage import url_of
 
     url = url_of(study)
-    if url is None:
+    if url is None or not S.is_autowarm_study(study):  # export reads autowarm's studies only
         return ""
     name = study.study_name
+    hidden = " (with the password, shown here as ***, filled in)" if "***" in url else ""
+    # --study-name=NAME: a name that starts with "-" is not taken for an option
     return (
         f"The study {name!r} is stored in {url}: `autowarm export --storage {shlex.quote(url)} "
-        f"--study-name {shlex.quote(name)} -o schedule.yaml` writes the chosen schedule, and "
-        "the `autowarm tune` command that made it, run again, resumes it (a larger --n-trials "
-        "for more trials)."
+        f"--study-name={shlex.quote(name)} -o schedule.yaml`{hidden} writes the chosen "
+        "schedule, and the `autowarm tune` command that made it, run again, resumes it (a "
+        "larger --n-trials for more trials)."
     )
 
 

@@ -220,8 +220,10 @@ def _run_tune(args: argparse.Namespace) -> int:
         f"best: peak_lr {best.peak_lr:.4g}, warmup {best.warmup_steps} steps, decay "
         f"{Decay(best.decay).value} (study {name!r})"
     )
-    command = f"autowarm export --storage {shlex.quote(shown)} --study-name {shlex.quote(name)}"
-    print(f"export it: {command} -o schedule.yaml")
+    # --study-name=NAME: a name that starts with "-" is not taken for an option
+    command = f"autowarm export --storage {shlex.quote(shown)} --study-name={shlex.quote(name)}"
+    hidden = " (the password shown as *** filled in)" if "***" in shown else ""
+    print(f"export it: {command} -o schedule.yaml{hidden}")
     return 0
 
 

@@ -527,18 +527,32 @@ def url_of(study: optuna.Study) -> str | None:
     if isinstance(inner, RDBStorage):
         storage = inner
     if isinstance(storage, RDBStorage):
-        return redact(str(storage.url))
+        url = str(storage.url)
+        db = _sqlite_path(url) if url.lower().startswith("sqlite") else None
+        if db is not None and not db.is_absolute():  # the reader's folder may be another
+            head, tail = url.split(":///", 1)
+            _, sep, query = tail.partition("?")
+            url = f"{head}:///{db.resolve()}{sep}{query}"
+        return redact(url)
     return None
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    """The URL with its password hidden (``***``), for messages and logs: the one after the
+    user name (``postgresql://user:***@host/db``) and a ``password=`` query parameter."""
+    base, sep, query = url.partition("?")  # first: an ``@`` in the query is not the host's
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        creds, at, host = rest.partition("@")
+        user, colon, _ = creds.partition(":")
+        if at and colon and "/" not in user:  # a path (sqlite:///a:b@c.db) has no user
+            base = f"{scheme}://{user}:***@{host}"
+    if query:
+        params = [p.partition("=") for p in query.split("&")]
+        query = "&".join(
+            f"{k}=***" if eq and k.lower() == "password" else f"{k}{eq}{v}" for k, eq, v in params
+        )
+    return f"{base}{sep}{query}"
 
 
 @contextlib.contextmanager

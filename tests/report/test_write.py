@@ -399,3 +399,40 @@ def test_a_stored_studys_report_says_where_it_is_and_how_to_export_it(
         command = note.split("`")[1]
         assert main([*shlex.split(command)[1:-2], "--format", "json"]) == 0
         assert json.loads(capsys.readouterr().out)["peak_lr"] > 0
+
+
+def test_the_where_note_names_a_dash_study_with_equals_and_skips_a_foreign_study(
+    suggestion: autowarm.Suggestion, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+
+    import optuna
+
+    from autowarm.study import _storage
+
+    url = _storage.normalize_url(str(tmp_path / "night.log"))
+    storage = _storage.open_storage(url, heartbeat_interval=None)
+    optuna.copy_study(
+        from_study_name="night",
+        from_storage=make_study(suggestion)._storage,
+        to_storage=storage,
+        to_study_name="-night",
+    )
+    (note,) = [n for n in autowarm.report((url, "-night")).notes if "is stored in" in n]
+    command = shlex.split(note.split("`")[1])
+    assert "--study-name=-night" in command  # "--study-name -night" reads as an option
+    assert main([*command[1:-2], "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["peak_lr"] > 0
+    # a study autowarm tune did not write: export would refuse it, so no command is offered
+    foreign = optuna.create_study(storage=storage, study_name="other")
+    foreign.add_trial(
+        optuna.trial.create_trial(
+            params={"peak_lr": 0.01, "warmup_steps": 10},
+            distributions={
+                "peak_lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+                "warmup_steps": optuna.distributions.IntDistribution(0, 100),
+            },
+            value=1.0,
+        )
+    )
+    assert not any("is stored in" in n for n in autowarm.report((url, "other")).notes)

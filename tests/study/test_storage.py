@@ -608,3 +608,34 @@ def test_a_sqlite_write_waits_for_another_process_lock_as_long_as_set(
     assert _storage.SQLITE_BUSY_TIMEOUT == 0.2
     assert _storage._engine_kwargs(f"sqlite:///{db}") == {"connect_args": {"timeout": 0.2}}
     assert _storage._engine_kwargs("postgresql+psycopg://u@h/db") == {"pool_pre_ping": True}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://bob:s3cr/t@db:5432/opt", "postgresql://bob:***@db:5432/opt"),
+        ("postgresql://bob@db/opt", "postgresql://bob@db/opt"),  # no password: as it is
+        # the password as a query parameter, any case, among others
+        (
+            "postgresql://db/opt?user=bob&PassWord=pw&sslmode=require",
+            "postgresql://db/opt?user=bob&PassWord=***&sslmode=require",
+        ),
+        # an "@" in the query was taken for the host's: the URL came out mangled
+        ("postgresql://bob:pw@db/opt?options=a@b", "postgresql://bob:***@db/opt?options=a@b"),
+        ("sqlite:///runs/a:b@c.db?timeout=60", "sqlite:///runs/a:b@c.db?timeout=60"),  # a path
+        ("journal:///runs/night.log", "journal:///runs/night.log"),
+    ],
+)
+def test_redact_hides_passwords_and_keeps_the_rest(url: str, shown: str) -> None:
+    assert _storage.redact(url) == shown
+
+
+def test_url_of_a_study_in_a_relative_sqlite_file_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the report is read from another folder: "sqlite:///autowarm.db" named the wrong file
+    monkeypatch.chdir(tmp_path)
+    storage = optuna.storages.RDBStorage("sqlite:///s.db?timeout=60")
+    study = optuna.create_study(storage=storage, study_name="s")
+    assert _storage.url_of(study) == f"sqlite:///{tmp_path / 's.db'}?timeout=60"
+    assert _storage.url_of(optuna.create_study()) is None  # in memory: no URL names it
