@@ -301,7 +301,7 @@ class SecondMomentMonitor:
       :math:`\\hat v` as an estimate of :math:`\\mathrm{E}[g^2]`.
 
     Cost: everything is on-device tensor work on the sample (an index gather per tensor, so no
-    copy of non-contiguous tensors), with one host sync per observed update; memory is nine
+    copy of non-contiguous tensors), with one host sync per observed update; memory is ten
     float32 vectors of ``max_coords`` entries (running state and reused scratch) plus the int64
     indices. Per tensor an update does two gathers straight into the scratch vectors and a
     little Python; the rest is some 15 in-place passes over the whole sample, a median and
@@ -344,6 +344,13 @@ class SecondMomentMonitor:
             ``1/(1-short_beta)`` observed updates).
         seed:
             Seed of the coordinate sample.
+        dense_kappa:
+            Read ``kappa`` only over the coordinates whose gradient was non-zero at every
+            observed update (off by default; the probe's ``SearchSettings.dense_kappa``).
+            A sparse coordinate (an embedding row of a rare item) has a heavy-tailed
+            :math:`g^2` that raises the median; this variant leaves it out. An update where
+            a whole stretch of tensors gets no gradient at all marks nothing, and while no
+            coordinate qualifies ``kappa`` is ``nan``.
 
     Raises:
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
@@ -685,7 +692,10 @@ class SecondMomentMonitor:
             if k == 0:  # first observation of these entries: fix their scale
                 _set_scales(scale[lo:hi], g, [e.count for e in active[i:j]])
             if self._dense_kappa:
-                zero_seen[lo:hi].masked_fill_(g == 0, 1.0)
+                # not where every coordinate of the stretch is 0 (a step with no gradient at
+                # all): that would leave no coordinate, and the last kappa read before it
+                hit = g != 0
+                zero_seen[lo:hi].masked_fill_(~hit & hit.any(), 1.0)
             short[lo:hi].lerp_(g, 1.0 - bs)  # short EMA: bs * short + (1 - bs) * g^2
             gs = torch.mul(g, scale[lo:hi], out=kap)  # scaled g^2
             delta = torch.sub(gs, mu, out=w)  # Welford
