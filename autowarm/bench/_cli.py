@@ -70,7 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     table = sub.add_parser("table", help="oracle summary per task of a grid CSV (JSON)")
-    table.add_argument("csv", type=Path, help="grid CSV")
+    table.add_argument(
+        "csv",
+        type=Path,
+        nargs="?",
+        default=None,
+        help=f"grid CSV (default {DEFAULT_OUT / GRID_CSV})",
+    )
+    # the spelling of grid/eval/regret, which take their CSVs as options
+    table.add_argument("--csv", dest="csv_option", type=Path, default=None, help="the same")
     table.add_argument("--task", default=None, help="print this task's cells as CSV instead")
     table.add_argument(
         "--pivot",
@@ -158,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
     if action == "tasks":
         return _tasks()
     if action == "table":
-        return _table(args.csv, args.task, pivot=args.pivot, total_steps=args.total_steps)
+        if args.csv is not None and args.csv_option is not None and args.csv != args.csv_option:
+            raise ValueError(
+                f"two grid CSVs, {args.csv} and --csv {args.csv_option}: pass one of them"
+            )
+        csv_path = args.csv or args.csv_option or DEFAULT_OUT / GRID_CSV
+        return _table(csv_path, args.task, pivot=args.pivot, total_steps=args.total_steps)
     if action == "time":
         return _time(args)
     if action in ("eval", "regret", "overhead", "study", "ranks"):

@@ -243,6 +243,11 @@ def test_cli_grid_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     csv_path = str(tmp_path / "oracle_grid.csv")
     assert main(["table", csv_path, "--task", "control_convex", "--pivot"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "peak_lr,0,5"
+    # --csv, as grid, eval and regret spell it, reads the same file
+    assert main(["table", "--csv", csv_path, "--task", "control_convex", "--pivot"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "peak_lr,0,5"
+    assert main(["table", csv_path, "--csv", str(tmp_path / "other.csv")]) == 1
+    assert "two grid CSVs" in capsys.readouterr().err
     assert main(["grid", "--tasks", "nope", "--out", str(tmp_path)]) == 1
     assert "valid names" in capsys.readouterr().err
 
