@@ -503,13 +503,13 @@ def _evaluate_jobs(
             target = suggestion_path(
                 path, row["task"], row["method"], row["seed"], row["total_steps"]
             )
-            try:
-                if suggestion is not None:
+            if suggestion is None:  # no schedule (the probe failed): no earlier run's file
+                _remove_saved_suggestion(target)
+            else:
+                try:
                     suggestion.save(target)
-                else:  # no schedule (the probe failed): no file of an earlier run stays
-                    _remove_saved_suggestion(target)
-            except (OSError, ValueError) as exc:  # the row is the result: it is kept
-                _log.warning("evaluate: the suggestion was not saved at %s: %s", target, exc)
+                except (OSError, ValueError) as exc:  # the row is the result: it is kept
+                    _log.warning("evaluate: the suggestion was not saved at %s: %s", target, exc)
         writer.write(row)
         _log.info(
             "%s %s seed %d: loss %.4f (lr %.3g, warmup %s, probe %d steps)",
@@ -542,9 +542,21 @@ def suggestion_path(csv_path: Path, task: str, method: str, seed: int, total_ste
 
 
 def _remove_saved_suggestion(target: Path) -> None:
-    """Remove a suggestion saved at ``target`` by an earlier run (its JSON and its two CSVs)."""
-    for p in (target, target.with_suffix(".trace.csv"), target.with_suffix(".signals.csv")):
-        p.unlink(missing_ok=True)
+    """Remove the suggestion an earlier run saved at ``target`` (its JSON and its two CSVs):
+    only files a suggestion's save wrote; any other is kept, and a failure logged."""
+    from autowarm._outputs import SIGNALS_HEADER, TRACE_HEADER, is_suggestion, is_table
+
+    kinds = (
+        (target, is_suggestion),
+        (target.with_suffix(".trace.csv"), is_table(TRACE_HEADER)),
+        (target.with_suffix(".signals.csv"), is_table(SIGNALS_HEADER)),
+    )
+    for path, ours in kinds:
+        try:
+            if path.is_file() and ours(path.read_bytes()):
+                path.unlink()
+        except OSError as exc:
+            _log.warning("evaluate: an earlier run's %s was not removed: %s", path, exc)
 
 
 class JobsFailed(RuntimeError):

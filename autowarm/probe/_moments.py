@@ -348,8 +348,8 @@ class SecondMomentMonitor:
             Read ``kappa`` only over the coordinates whose gradient was non-zero at every
             observed update (off by default; the probe's ``SearchSettings.dense_kappa``).
             A sparse coordinate (an embedding row of a rare item) has a heavy-tailed
-            :math:`g^2` that raises the median; this variant leaves it out. An update where
-            a whole stretch of tensors gets no gradient at all marks nothing, and while no
+            :math:`g^2` that raises the median; this variant leaves it out. An update with
+            no gradient at all (every sampled coordinate 0) excludes nothing, and while no
             coordinate qualifies ``kappa`` is ``nan``.
 
     Raises:
@@ -686,16 +686,18 @@ class SecondMomentMonitor:
                 runs.append((i, i + 1, lo, lo + e.count, k))
             lo += e.count
         any_kappa = False
+        # dense_kappa marks the zeros of an update, but not of one with no gradient at all
+        # (every coordinate 0): that would leave none, and the settling the last kappa before
+        # it. One device scalar for the whole update: no host sync, and the same whatever
+        # stretches the entries fall in.
+        some_grad = (g2 != 0).any() if self._dense_kappa else None
         for i, j, lo, hi, k in runs:
             n = k + 1.0
             g, mu, kap, w = g2[lo:hi], mean[lo:hi], kappa_c[lo:hi], work[lo:hi]
             if k == 0:  # first observation of these entries: fix their scale
                 _set_scales(scale[lo:hi], g, [e.count for e in active[i:j]])
-            if self._dense_kappa:
-                # not where every coordinate of the stretch is 0 (a step with no gradient at
-                # all): that would leave no coordinate, and the last kappa read before it
-                hit = g != 0
-                zero_seen[lo:hi].masked_fill_(~hit & hit.any(), 1.0)
+            if some_grad is not None:
+                zero_seen[lo:hi].masked_fill_((g == 0) & some_grad, 1.0)
             short[lo:hi].lerp_(g, 1.0 - bs)  # short EMA: bs * short + (1 - bs) * g^2
             gs = torch.mul(g, scale[lo:hi], out=kap)  # scaled g^2
             delta = torch.sub(gs, mu, out=w)  # Welford

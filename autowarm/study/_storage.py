@@ -528,31 +528,37 @@ def url_of(study: optuna.Study) -> str | None:
         storage = inner
     if isinstance(storage, RDBStorage):
         url = str(storage.url)
-        db = _sqlite_path(url) if url.lower().startswith("sqlite") else None
-        if db is not None and not db.is_absolute():  # the reader's folder may be another
+        if not url.lower().startswith("sqlite"):
+            return redact(url)
+        db = _sqlite_path(url)
+        if db is None:  # in memory: gone with the process
+            return None
+        # the reader's folder may be another; a "file:" URI (uri=true) is left as written
+        if not db.is_absolute() and "uri=true" not in url.lower():
             head, tail = url.split(":///", 1)
             _, sep, query = tail.partition("?")
             url = f"{head}:///{db.resolve()}{sep}{query}"
-        return redact(url)
+        return url
     return None
+
+
+# A URL's user and password as SQLAlchemy reads them: a user without ":" or "/", then a
+# password up to the first "@" ("?" and "/" included)
+_CREDENTIALS = re.compile(r"^(?P<head>[\w+]+://[^:/@]*:)(?P<password>[^@]*)@")
 
 
 def redact(url: str) -> str:
     """The URL with its password hidden (``***``), for messages and logs: the one after the
     user name (``postgresql://user:***@host/db``) and a ``password=`` query parameter."""
-    base, sep, query = url.partition("?")  # first: an ``@`` in the query is not the host's
-    if "://" in base:
-        scheme, rest = base.split("://", 1)
-        creds, at, host = rest.partition("@")
-        user, colon, _ = creds.partition(":")
-        if at and colon and "/" not in user:  # a path (sqlite:///a:b@c.db) has no user
-            base = f"{scheme}://{user}:***@{host}"
+    match = _CREDENTIALS.match(url)
+    head, rest = (f"{match['head']}***@", url[match.end() :]) if match else ("", url)
+    base, sep, query = rest.partition("?")
     if query:
         params = [p.partition("=") for p in query.split("&")]
         query = "&".join(
             f"{k}=***" if eq and k.lower() == "password" else f"{k}{eq}{v}" for k, eq, v in params
         )
-    return f"{base}{sep}{query}"
+    return f"{head}{base}{sep}{query}"
 
 
 @contextlib.contextmanager

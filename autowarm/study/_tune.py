@@ -154,7 +154,7 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
             "exporting it is no answer either"
             if probe_diverged
             else "or export the probe's suggestion instead: `autowarm export --storage STORAGE "
-            f"--study-name {shlex.quote(name)} --probe`"
+            f"--study-name={shlex.quote(name)} --probe`"
         )
         under_way = study.get_trials(
             deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
@@ -191,13 +191,13 @@ def best_schedule(study: optuna.Study) -> ScheduleConfig:
                 "diverged, so its search space, around the probe's peak LR, is too hot and "
                 "more trials will diverge too; start a new study (another --study-name) from "
                 "a probe with another --budget-steps or seed, or a --suggestion with a lower "
-                f"peak (`autowarm report --storage STORAGE --study-name {shlex.quote(name)} "
+                f"peak (`autowarm report --storage STORAGE --study-name={shlex.quote(name)} "
                 "-o report` shows each trial)"
             )
         raise NoFinishedTrialError(
             f"study {name!r} has no completed trial yet ({seen}); resume it with a larger "
             "--n-trials (or a --timeout) until one completes (`autowarm report --storage "
-            f"STORAGE --study-name {shlex.quote(name)} -o report` says why each trial ended), "
+            f"STORAGE --study-name={shlex.quote(name)} -o report` says why each trial ended), "
             f"{instead}"
         )
     full = confirmed_best(study)

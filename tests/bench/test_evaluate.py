@@ -468,14 +468,16 @@ def test_a_probe_with_no_usable_lr_counts_as_a_diverged_run(
     monkeypatch.setattr(autowarm._suggest, "suggest", every_lr_diverges)
     ev = tmp_path / "eval.csv"
     kw = {"methods": ["autowarm"], "seeds": [0], "workers": 0, "total_steps": 20}
-    # an earlier run's suggestion for this row (its CSV deleted since) must not pass for this one
+    # an earlier run's suggestion for this row (its CSV deleted since) must not pass for this
+    # one; a file of the user's there is not a suggestion's, and stays
     stale = suggestion_path(ev, "control_convex", "autowarm", 0, 20)
     stale.parent.mkdir()
-    for suffix in (".json", ".trace.csv", ".signals.csv"):
-        stale.with_suffix(suffix).write_text("an earlier run's\n")
+    stale.write_text('{"format": "autowarm.suggestion"}\n')
+    stale.with_suffix(".trace.csv").write_text("phase,burst,step,lr,loss\n")
+    stale.with_suffix(".signals.csv").write_text("my own notes\n")
     with caplog.at_level(logging.INFO, logger="autowarm"):
         evaluate_methods(["control_convex"], csv_path=ev, **kw)  # no JobsFailed: a row
-    assert list(stale.parent.iterdir()) == []
+    assert [p.name for p in stale.parent.iterdir()] == [stale.with_suffix(".signals.csv").name]
     assert "control_convex autowarm seed 0: loss inf (lr nan, warmup none" in caplog.text
     row = pd.read_csv(ev).iloc[0]
     assert row["diverged"] and math.isinf(row["final_val_loss"])

@@ -371,6 +371,27 @@ def test_dense_kappa_reads_only_coordinates_with_a_gradient_at_every_update() ->
     assert skip.history[-1].kappa == pytest.approx(5.0, rel=0.2)
 
 
+@pytest.mark.parametrize("b_misses_the_first_update", [False, True])
+def test_dense_kappa_excludes_a_sparse_tensor_whatever_its_observation_count(
+    b_misses_the_first_update: bool,
+) -> None:
+    # a is dense Gaussian, b gets a gradient every second update. When b missed an update it
+    # is worked on apart from a (another observation count); the zeros of b were then taken
+    # for an update with no gradient at all and kept, and its g^2 raised the median (3.0)
+    a, b = torch.nn.Parameter(torch.zeros(2048)), torch.nn.Parameter(torch.zeros(2048))
+    opt = torch.optim.Adam([a, b], lr=1e-8)
+    monitor = SecondMomentMonitor(opt, dense_kappa=True)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, 301):
+        a.grad = torch.randn(2048, generator=gen)
+        b.grad = torch.randn(2048, generator=gen) * (t % 2)
+        if t == 1 and b_misses_the_first_update:
+            b.grad = None
+        opt.step()
+        monitor.update()
+    assert monitor.history[-1].kappa == pytest.approx(2.0, rel=0.15)
+
+
 def test_drift_near_one_when_stationary_and_large_when_growing() -> None:
     stationary = _manual_run(_gaussian, 200)
     assert stationary.history[-1].drift == pytest.approx(1.0, abs=0.1)

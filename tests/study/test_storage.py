@@ -614,6 +614,9 @@ def test_a_sqlite_write_waits_for_another_process_lock_as_long_as_set(
     ("url", "shown"),
     [
         ("postgresql://bob:s3cr/t@db:5432/opt", "postgresql://bob:***@db:5432/opt"),
+        # SQLAlchemy reads a password up to the first "@": "?" and "/" are in it
+        ("postgresql://bob:p?ss@db/opt", "postgresql://bob:***@db/opt"),
+        ("postgresql+psycopg://bob:p%40ss@db/opt", "postgresql+psycopg://bob:***@db/opt"),
         ("postgresql://bob@db/opt", "postgresql://bob@db/opt"),  # no password: as it is
         # the password as a query parameter, any case, among others
         (
@@ -639,3 +642,6 @@ def test_url_of_a_study_in_a_relative_sqlite_file_is_absolute(
     study = optuna.create_study(storage=storage, study_name="s")
     assert _storage.url_of(study) == f"sqlite:///{tmp_path / 's.db'}?timeout=60"
     assert _storage.url_of(optuna.create_study()) is None  # in memory: no URL names it
+    for memory in ("sqlite://", "sqlite:///:memory:"):  # nor one another process could open
+        in_memory = optuna.create_study(storage=optuna.storages.RDBStorage(memory))
+        assert _storage.url_of(in_memory) is None

@@ -1486,7 +1486,7 @@ def test_cli_tune_without_a_completed_trial_fails_and_the_probe_exports(
     )
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "no completed trial yet" in err
-    assert "STORAGE" not in err and f"--storage sqlite:///{db} --study-name s -o report" in err
+    assert "STORAGE" not in err and f"--storage sqlite:///{db} --study-name=s -o report" in err
     target = tmp_path / "probe.yaml"
     proc = _cli("export", "--storage", str(db), "--study-name", "s", "--probe", "-o", str(target))
     _, err = proc.communicate(timeout=60)
