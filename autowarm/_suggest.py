@@ -812,6 +812,7 @@ def suggest(
         training=training_record(
             optimizer_cls, kwargs, grad_clip, accumulation_steps, precision, groups
         ),
+        passes_note=_passes_note(dataloader, total, accumulation_steps, runner),
     )
     if suggestion.low_confidence:
         # a script that never reads s.confidence would use the answer as a firm one
@@ -1734,6 +1735,37 @@ def _rationale(
     return " ".join(parts)
 
 
+def _passes_note(
+    dataloader: Iterable[Any], total: int, accumulation_steps: int, runner: ProbeRunner
+) -> str | None:
+    """What the bursts cannot have measured when the run goes over the data several times
+    (``None`` for a single pass, or data without a length): overfitting in the later passes
+    (``reports/benchmark/heldout_finetune``: 32 passes over a small set, peaks 11-24x the
+    best)."""
+    try:
+        n = len(dataloader)  # type: ignore[arg-type]
+    except Exception:  # an iterator, an IterableDataset's loader: no length to go by
+        return None
+    if not isinstance(n, int) or n <= 0:
+        return None
+    passes = total * accumulation_steps / n
+    if passes < 2:
+        return None
+    longest = max((b.steps for b in runner.bursts), default=0) * accumulation_steps
+    seen = (
+        f"a burst (at most {longest} batches) is under one pass, so the bursts scored batches "
+        "they had not trained on"
+        if longest <= n
+        else f"the bursts went over it at most {longest / n:.2g} times"
+    )
+    return (
+        f"The run goes {passes:.3g} times over the data's {n} batches; {seen}, and cannot "
+        "show overfitting in the later passes: on a small set, check the peak on a "
+        "validation loss over runs of the full length (autowarm tune with val_data and "
+        "--trial-steps of the run)."
+    )
+
+
 def _ceil_updates(steps: float) -> int | str:
     # The settling step as the warmup takes it (rounded up), or "?" when unknown.
     return math.ceil(steps) if math.isfinite(steps) else "?"
@@ -1749,6 +1781,7 @@ def _suggestion(
     *,
     preface: str | None = None,
     training: Mapping[str, Any] | None = None,
+    passes_note: str | None = None,
 ) -> Suggestion:
     schedule = ScheduleConfig(
         peak_lr=o.peak_lr,
@@ -1766,6 +1799,8 @@ def _suggestion(
             f" The loss scaler skipped {skipped} of the {steps} updates (float16 overflow of "
             "the scaled gradients, then a lower scale; not divergence)."
         )
+    if passes_note:
+        rationale += f" {passes_note}"
     if preface:
         rationale = f"{preface} {rationale}"
     _log.info(
