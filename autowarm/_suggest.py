@@ -1740,7 +1740,7 @@ def _passes_note(
 ) -> str | None:
     """What the bursts cannot have measured when the run goes over the data several times
     (``None`` for a single pass, or data without a length): overfitting in the later passes
-    (``reports/benchmark/heldout_finetune``: 32 passes over a small set, peaks 11-24x the
+    (``reports/benchmark/heldout_finetune``: 32 passes over a small set, peaks 7.5-24x the
     best)."""
     try:
         n = len(dataloader)  # type: ignore[arg-type]

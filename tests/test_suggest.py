@@ -2193,7 +2193,7 @@ def test_a_flat_range_test_warns_low_confidence_with_its_descent_and_both_causes
 
 def test_the_rationale_says_what_bursts_under_one_pass_cannot_show() -> None:
     # A run that goes over a small set many times can overfit at the peak the bursts prefer
-    # (reports/benchmark/heldout_finetune: 149% regret at high confidence); the rationale says
+    # (reports/benchmark/heldout_finetune: 139% regret at high confidence); the rationale says
     # the bursts could not have seen it, with the passes and the data's size.
     def rationale(data: Any, total_steps: int) -> str:
         crit = nn.CrossEntropyLoss()

@@ -6,8 +6,9 @@ worker process). ``make_model(seed)`` returns a copy of one pretrained network (
 per process, the same in every process: its seed is fixed): an MLP trained on 40,000 examples
 of a source task. The run fine-tunes it on 2,000 examples of a related target task (the same
 inputs, labels from a teacher whose weights moved a little from the source's, 10% of the labels
-replaced at random) for 2,000 steps of batch 32, 32 passes over the set, and is scored on 4,096
-fresh examples of the target. Deterministic in the seed, nothing downloaded.
+replaced at random) for 2,000 steps of batch 32, 32 passes over the set (a shuffling
+``DataLoader`` of 62 batches), and is scored on 4,096 fresh examples of the target.
+Deterministic in the seed, nothing downloaded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import autowarm
 
@@ -85,16 +87,11 @@ def make_model(seed: int) -> nn.Module:
     return copy.deepcopy(_pretrained())
 
 
-def train_data(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    # one fixed small set per seed, shuffled anew each pass
+def train_data(seed: int) -> DataLoader[tuple[torch.Tensor, ...]]:
+    # one fixed small set per seed, reshuffled each pass, as a user's DataLoader would be
     x, y = _examples(TARGET, 1000 + seed, TRAIN_EXAMPLES)
     gen = torch.Generator().manual_seed(seed)
-    passes = TOTAL_STEPS * BATCH // TRAIN_EXAMPLES + 1
-    out: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for _ in range(passes):
-        order = torch.randperm(TRAIN_EXAMPLES, generator=gen)
-        out += _batches(x[order], y[order])
-    return out
+    return DataLoader(TensorDataset(x, y), BATCH, shuffle=True, drop_last=True, generator=gen)
 
 
 VAL = _batches(*_examples(TARGET, 999_999, 4096))
