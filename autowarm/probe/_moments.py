@@ -457,9 +457,13 @@ class SecondMomentMonitor:
         self._prev_vhat = zeros.clone()
         self._zero_seen = zeros.clone()  # 1 where g^2 was exactly 0 at some observation
         # The Welford moments run on g^2 times a per-tensor constant (1 / the tensor's mean
-        # g^2 at its first observation), so they stay near 1: kappa is scale-free, but in
-        # float32 the squares of raw g^2 underflow for |g| below ~1e-10 and overflow above ~1e9.
-        self._scale = torch.ones_like(zeros)
+        # g^2 at its first observation with a gradient), so they stay near 1: kappa is
+        # scale-free, but in float32 the squares of raw g^2 underflow for |g| below ~1e-10 and
+        # overflow above ~1e9. 0 marks a scale not yet set: while a tensor's g^2 is all zero
+        # (the layer before a zero-initialised one, LoRA's B = 0) its scaled g^2 is 0, as its
+        # raw g^2 is, and the first update that has a gradient sets the scale.
+        self._scale = zeros.clone()
+        self._unscaled: set[int] = set()  # slots observed with no scale set yet
         self._observed = [0] * len(self._entries)
         self._last_call = [-2] * len(self._entries)  # the update() call that last observed it
         self._last_step = [math.nan] * len(self._entries)  # and Adam's step count then
@@ -694,8 +698,8 @@ class SecondMomentMonitor:
         for i, j, lo, hi, k in runs:
             n = k + 1.0
             g, mu, kap, w = g2[lo:hi], mean[lo:hi], kappa_c[lo:hi], work[lo:hi]
-            if k == 0:  # first observation of these entries: fix their scale
-                _set_scales(scale[lo:hi], g, [e.count for e in active[i:j]])
+            if k == 0 or self._unscaled:
+                self._fix_scales(active[i:j], scale[lo:hi], g, first=k == 0)
             if some_grad is not None:
                 zero_seen[lo:hi].masked_fill_((g == 0) & some_grad, 1.0)
             short[lo:hi].lerp_(g, 1.0 - bs)  # short EMA: bs * short + (1 - bs) * g^2
@@ -740,15 +744,34 @@ class SecondMomentMonitor:
             self._observed[e.slot] += 1
         return stats
 
+    def _fix_scales(
+        self, entries: list[_Entry], scale: torch.Tensor, g2: torch.Tensor, *, first: bool
+    ) -> None:
+        # Set the scales of these entries at their first observation, and of entries still
+        # without one (their g^2 was all zero so far). The common case costs no host sync: one
+        # check at an entry's first observation, more only while some scale is unset.
+        counts = [e.count for e in entries]
+        if not first and not self._unscaled.intersection(e.slot for e in entries):
+            return
+        _set_scales(scale, g2, counts)
+        if first and not bool((scale == 0).any()):
+            return
+        for e, s in zip(entries, torch.split(scale, counts), strict=True):
+            if bool(s[0] == 0):
+                self._unscaled.add(e.slot)
+            else:
+                self._unscaled.discard(e.slot)
+
 
 def _set_scales(out: torch.Tensor, g2: torch.Tensor, counts: list[int]) -> None:
-    # Per tensor (consecutive stretches of `counts` coordinates): 1 / mean(g^2), or 1 where
-    # that mean is zero or not finite. On-device, no host sync.
+    # Per tensor (consecutive stretches of `counts` coordinates) whose scale is not set yet
+    # (0): 1 / mean(g^2), or still 0 where that mean is zero or not finite. Set scales stay.
+    # On-device, no host sync.
     for o, g in zip(torch.split(out, counts), torch.split(g2, counts), strict=True):
         mean = g.mean()
         inv = mean.reciprocal()  # inf for a subnormal mean as well as for zero
-        ok = torch.isfinite(inv) & (mean > 0)
-        o.copy_(torch.where(ok, inv, torch.ones_like(mean)).expand_as(o))
+        ok = torch.isfinite(inv) & (mean > 0) & (o[0] == 0)
+        o.copy_(torch.where(ok, inv, o[0]).expand_as(o))
 
 
 @dataclass

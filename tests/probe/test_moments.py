@@ -337,6 +337,24 @@ def test_kappa_does_not_depend_on_the_gradient_scale(scale: float) -> None:
     assert got.rel_error == pytest.approx(want.rel_error, rel=1e-4)
 
 
+def test_kappa_keeps_its_scale_when_the_first_gradient_is_all_zero() -> None:
+    # A zero-initialised next layer (LoRA's B = 0) gives the layer before it an all-zero first
+    # gradient: the scale that keeps g^2's squares inside float32 must come from the first
+    # update that has a gradient, not fall back to 1 for good.
+    def late(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+        g = torch.randn(size, generator=gen)
+        return torch.zeros(size) if t == 1 else g * 1e-12
+
+    def late_unit(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
+        g = torch.randn(size, generator=gen)
+        return torch.zeros(size) if t == 1 else g
+
+    want = _manual_run(late_unit, 60).history[-1]
+    got = _manual_run(late, 60).history[-1]
+    assert math.isfinite(want.kappa)
+    assert got.kappa == pytest.approx(want.kappa, rel=1e-4)
+
+
 def test_kappa_is_large_for_heavy_tailed_gradients() -> None:
     def sparse(t: int, gen: torch.Generator, size: int) -> torch.Tensor:
         # nonzero with probability 0.1: E[g^2]=0.1, E[g^4]=0.3 -> kappa = 0.29/0.01 = 29
