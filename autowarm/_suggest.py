@@ -768,7 +768,13 @@ def suggest(
             # a criterion with weights or buffers of its own (a learned temperature, a margin
             # head) comes back as it was too, .grad included; inside the model's snapshot, so
             # that one restores the RNG last
-            loss_state.enter_context(preserved(module, snapshot_device=snapshot_device))
+            loss_state.enter_context(
+                preserved(
+                    module,
+                    snapshot_device=snapshot_device,
+                    what=f"a module the loss uses ({type(module).__name__})",
+                )
+            )
         moved = target != original_device
         stream = BatchStream(dataloader, target)
         try:

@@ -488,6 +488,12 @@ def resolve_loss_fn(loss_fn: LossFn | None = None, criterion: Criterion | None =
             "pass either loss_fn= or criterion=, not both; loss_fn(model, batch) already "
             "computes the loss, so call the criterion inside it"
         )
+    for name, given in (("loss_fn", loss_fn), ("criterion", criterion)):
+        if isinstance(given, type):
+            raise TypeError(
+                f"{name} is the class {given.__name__}, not a loss: pass an instance, "
+                f"{name}={given.__name__}()"
+            )
     if loss_fn is not None:
         if not callable(loss_fn):
             raise TypeError(
@@ -852,11 +858,6 @@ class BatchStream:
     """
 
     def __init__(self, data: Iterable[Any], device: torch.device) -> None:
-        if isinstance(data, (torch.Tensor, Mapping)):
-            raise TypeError(
-                "data must be an iterable of batches, but got a single "
-                f"{type(data).__name__}; wrap it in a list ([batch]) or a DataLoader"
-            )
         check_batched(data)
         # A loader's own generators, captured before iter() draws from them.
         generators = _data_generators(data)
@@ -1114,6 +1115,22 @@ def check_batched(data: object, name: str = "data") -> None:
     """
     from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+    if isinstance(data, (torch.Tensor, Mapping)):
+        raise TypeError(
+            f"{name} must be an iterable of batches, but got a single "
+            f"{type(data).__name__}; wrap it in a list ([batch]) or a DataLoader"
+        )
+    if (
+        isinstance(data, tuple)
+        and 1 < len(data) < 4
+        and all(isinstance(x, torch.Tensor) for x in data)
+        and len({x.shape[1:] for x in data}) > 1  # batches of one kind share all but dim 0
+    ):
+        raise TypeError(
+            f"{name} is a tuple of {len(data)} tensors, which reads as {len(data)} batches: if "
+            "it is one (inputs, targets) batch, wrap it in a list ([batch]) or a DataLoader; "
+            f"if it is {len(data)} batches, pass them as a list"
+        )
     kind = type(data)
     hf = any(c.__module__ in _HF_DATASET_MODULES for c in kind.__mro__)
     if isinstance(data, DataLoader) or not (

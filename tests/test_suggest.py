@@ -2046,6 +2046,67 @@ def test_a_criterion_with_weights_and_buffers_of_its_own_comes_back_as_it_was() 
     assert loss_modules(model.forward, model, model=model) == []
 
 
+_GLOBAL_HEAD = nn.BatchNorm1d(2)  # a module a loss_fn reads by name from its module
+
+
+def test_modules_a_loss_fn_captures_reads_or_holds_come_back_as_they_were() -> None:
+    # a closure's module, a module-level one read by name, an attribute of a callable object,
+    # and a criterion with no tensors but a counter (KL annealing): the probe's training
+    # moved their running statistics and counters
+    captured = nn.BatchNorm1d(2)
+
+    class Loss:
+        def __init__(self) -> None:
+            self.norm = nn.BatchNorm1d(2)
+
+        def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+            return F.cross_entropy(self.norm(model(batch[0])), batch[1])
+
+    class Annealed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = 0
+
+        def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            self.step += 1
+            return F.cross_entropy(out, y)
+
+    def closure(model: nn.Module, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(captured(model(batch[0])), batch[1])
+
+    def by_name(model: nn.Module, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(_GLOBAL_HEAD(model(batch[0])), batch[1])
+
+    held = Loss()
+    for loss_fn, module in ((closure, captured), (by_name, _GLOBAL_HEAD), (held, held.norm)):
+        before = _capture(module)
+        autowarm.suggest(_mlp(), _cls_batches(), loss_fn=loss_fn, total_steps=600, progress=False)
+        _assert_restored(module, before)
+    annealed = Annealed()
+    autowarm.suggest(_mlp(), _cls_batches(), criterion=annealed, total_steps=600, progress=False)
+    assert annealed.step == 0
+
+
+def test_a_loss_class_passed_instead_of_an_instance_is_refused_with_the_fix() -> None:
+    with pytest.raises(TypeError, match=r"criterion=CrossEntropyLoss\(\)"):
+        autowarm.suggest(_mlp(), _cls_batches(), criterion=nn.CrossEntropyLoss, total_steps=600)
+
+
+def test_one_batch_passed_as_the_data_is_named_before_the_run_length() -> None:
+    x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+    for data in ((x, y), {"x": x}, x):
+        with pytest.raises(TypeError, match=r"wrap it in a list \(\[batch\]\)"):
+            autowarm.suggest(_mlp(), data, criterion=F.cross_entropy, progress=False)
+
+
+def test_a_criterion_module_the_snapshot_refuses_is_named_as_such() -> None:
+    with torch.inference_mode():
+        weight = torch.ones(3)
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    with pytest.raises(ValueError, match=r"a module the loss uses \(CrossEntropyLoss\) holds"):
+        autowarm.suggest(_mlp(), _cls_batches(), criterion=criterion, total_steps=600)
+
+
 def test_a_forward_that_adds_a_submodule_is_refused_and_the_model_comes_back() -> None:
     # a head sized from the first batch: every burst's optimizer, built before the forward,
     # never trained it, and the probe called every LR divergent

@@ -245,6 +245,8 @@ class ModelSnapshot:
         cuda_rng:
             Capture the CUDA generators even if CUDA is not initialised yet (for a CPU model
             about to be moved to a GPU); see :meth:`RngState.capture`.
+        what:
+            How errors name the module ("the model", "the criterion module...").
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
@@ -259,6 +261,7 @@ class ModelSnapshot:
         *,
         snapshot_device: torch.device | str | None = None,
         cuda_rng: bool = False,
+        what: str = "the model",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -271,8 +274,8 @@ class ModelSnapshot:
                 "no data, so nothing could be restored from it); pass snapshot_device='cpu', "
                 "or None to keep the copy on the model's device"
             )
-        refuse_unsupported_model(model)
-        _refuse_inference_tensors(model)
+        refuse_unsupported_model(model, what)
+        _refuse_inference_tensors(model, what)
         self._modules = list(model.modules())  # shared submodules appear once
         self._training = [module.training for module in self._modules]
         self._slots: list[_Slot] = [
@@ -564,7 +567,7 @@ def _restore_grad(
     param.grad = grad.to(device=param.device, copy=True)
 
 
-def refuse_unsupported_model(model: nn.Module) -> None:
+def refuse_unsupported_model(model: nn.Module, what: str = "the model") -> None:
     """Refuse, with what to pass instead, a model whose weights cannot be copied and put back:
     a TorchScript module, or one with lazy parameters not yet initialised."""
     if isinstance(model, torch.jit.ScriptModule):
@@ -583,13 +586,13 @@ def refuse_unsupported_model(model: nn.Module) -> None:
     ]
     if lazy:
         raise ValueError(
-            f"the model has lazy parameters or buffers not yet initialised ({', '.join(lazy[:3])}"
+            f"{what} has lazy parameters or buffers not yet initialised ({', '.join(lazy[:3])}"
             f"{', ...' if len(lazy) > 3 else ''}): run one forward pass on a batch first "
             "(model(inputs)), so that their shapes are known, then probe"
         )
 
 
-def _refuse_inference_tensors(model: nn.Module) -> None:
+def _refuse_inference_tensors(model: nn.Module, what: str = "the model") -> None:
     # An inference tensor (made under torch.inference_mode()) cannot be updated in place
     # outside that mode, so the weights could be neither trained nor put back.
     named = [
@@ -599,7 +602,7 @@ def _refuse_inference_tensors(model: nn.Module) -> None:
     bad = [name for name, tensor in named if tensor.is_inference()]
     if bad:
         raise ValueError(
-            f"the model holds inference tensors ({', '.join(bad[:3])}"
+            f"{what} holds inference tensors ({', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}), made under torch.inference_mode(): they "
             "cannot be trained or restored in place; build or load the model outside "
             "torch.inference_mode() (torch.no_grad() is fine), or give each one a normal copy "
@@ -668,7 +671,11 @@ def as_device(
 
 @contextmanager
 def preserved(
-    model: nn.Module, *, snapshot_device: torch.device | str | None = None, cuda_rng: bool = False
+    model: nn.Module,
+    *,
+    snapshot_device: torch.device | str | None = None,
+    cuda_rng: bool = False,
+    what: str = "the model",
 ) -> Iterator[ModelSnapshot]:
     """Snapshot ``model`` and put everything back when the block ends, however it ends.
 
@@ -684,6 +691,8 @@ def preserved(
         cuda_rng:
             Capture the CUDA generators even before CUDA is initialised; see
             :meth:`RngState.capture`.
+        what:
+            How errors name the module; see :class:`ModelSnapshot`.
 
     Yields:
         The snapshot, whose :meth:`~ModelSnapshot.restore_weights` resets the weights between
@@ -699,7 +708,7 @@ def preserved(
         >>> torch.equal(model.weight, before)
         True
     """
-    snapshot = ModelSnapshot(model, snapshot_device=snapshot_device, cuda_rng=cuda_rng)
+    snapshot = ModelSnapshot(model, snapshot_device=snapshot_device, cuda_rng=cuda_rng, what=what)
     grad_enabled = torch.is_grad_enabled()
     try:
         yield snapshot
@@ -730,9 +739,12 @@ def _restore_through_interrupts(snapshot: ModelSnapshot, tries: int = 3) -> None
 
 def loss_modules(*losses: object, model: nn.Module) -> list[nn.Module]:
     """The modules outside ``model`` that ``loss_fn``/``criterion`` hold, whose state the
-    probe's training changes: a criterion that is an ``nn.Module``, a bound method of one, a
-    ``functools.partial`` holding one. One that holds the model itself (a wrapper's bound
-    method) is left out: its snapshot would copy the model's weights a second time."""
+    probe's training changes: a criterion that is an ``nn.Module`` (with or without tensors: a
+    step counter is state too), a bound method of one, a ``functools.partial`` holding one, a
+    module a function (a lambda, a nested function) captures or reads by name from its
+    module's globals, an attribute of a callable object. One level deep. One that holds the
+    model itself (a wrapper's bound method) is left out: its snapshot would copy the model's
+    weights a second time."""
     own = {id(t) for t in (*model.parameters(), *model.buffers())}
     found: dict[int, nn.Module] = {}
     for loss in losses:
@@ -740,9 +752,35 @@ def loss_modules(*losses: object, model: nn.Module) -> list[nn.Module]:
         if isinstance(loss, functools.partial):
             held += [loss.func, getattr(loss.func, "__self__", None), *loss.args]
             held += list(loss.keywords.values())
+        held += _captured(loss)
+        if isinstance(loss, functools.partial):
+            held += _captured(loss.func)
         for obj in held:
             if isinstance(obj, nn.Module) and obj is not model and id(obj) not in found:
                 tensors = {id(t) for t in (*obj.parameters(), *obj.buffers())}
-                if tensors and not tensors & own:
+                if not tensors & own:
                     found[id(obj)] = obj
     return list(found.values())
+
+
+def _captured(fn: object) -> list[object]:
+    # What a function's closure cells hold, or a callable object's attributes (not a
+    # module's: its submodules are in its own snapshot).
+    code_fn = getattr(fn, "__func__", fn)  # a bound method's function
+    cells = getattr(code_fn, "__closure__", None) or ()
+    out: list[object] = []
+    for cell in cells:
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:  # an empty cell (a name not yet bound)
+            continue
+    code = getattr(code_fn, "__code__", None)
+    names = getattr(code, "co_names", ())
+    space = getattr(code_fn, "__globals__", None)
+    if isinstance(space, dict):  # the module-level names the function reads
+        out += [space[n] for n in names if isinstance(space.get(n), nn.Module)]
+    if not isinstance(fn, nn.Module) and not callable(getattr(fn, "__code__", None)):
+        attrs = getattr(fn, "__dict__", None)
+        if isinstance(attrs, dict) and not isinstance(fn, type):
+            out += list(attrs.values())
+    return out
