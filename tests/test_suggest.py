@@ -2087,6 +2087,28 @@ def test_modules_a_loss_fn_captures_reads_or_holds_come_back_as_they_were() -> N
     assert annealed.step == 0
 
 
+def test_a_generator_the_model_keeps_comes_back_and_the_same_seed_gives_the_same_answer() -> None:
+    # a noise source seeded with the model (stochastic depth, noise injection): the probe drew
+    # from it, left it advanced, and a second call with the same seed saw other noise
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _mlp()
+            self.gen = torch.Generator().manual_seed(1234)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.body(x)
+            return out + 0.5 * torch.randn(out.shape, generator=self.gen) if self.training else out
+
+    model = Noisy()
+    state = model.gen.get_state().clone()
+    first = autowarm.suggest(model, _cls_batches(), criterion=F.cross_entropy, total_steps=600)
+    assert torch.equal(model.gen.get_state(), state)
+    again = autowarm.suggest(model, _cls_batches(), criterion=F.cross_entropy, total_steps=600)
+    assert first.trace["loss"].tolist() == again.trace["loss"].tolist()
+    assert (first.peak_lr, first.warmup_steps) == (again.peak_lr, again.warmup_steps)
+
+
 def test_a_loss_class_passed_instead_of_an_instance_is_refused_with_the_fix() -> None:
     with pytest.raises(TypeError, match=r"criterion=CrossEntropyLoss\(\)"):
         autowarm.suggest(_mlp(), _cls_batches(), criterion=nn.CrossEntropyLoss, total_steps=600)

@@ -314,6 +314,15 @@ class ModelSnapshot:
             ]
         self._attrs = [(module, _own_attributes(module)) for module in self._modules]
         self._plain = _plain_tensors(model, self._attrs, self._tensors)
+        # A module's own torch.Generator (a noise source seeded with the model): every burst
+        # starts it where it was, as it starts the weights, and the end puts it back.
+        own_generators = {
+            id(value): value
+            for _, saved in self._attrs
+            for value in saved.values()
+            if isinstance(value, torch.Generator)
+        }
+        self._generators = [(g, g.get_state()) for g in own_generators.values()]
         self._rng = RngState.capture(include_cuda=cuda_rng)
         self._aliases = _spectral_aliases(self._modules)
         self._released = False
@@ -338,11 +347,18 @@ class ModelSnapshot:
 
         Used between probe bursts. The values go into the tensors where they are now: a model
         moved to another device after the snapshot stays there (a model whose dtype was changed
-        gets the saved values cast to it). ``requires_grad``, modes, gradients and RNG states
-        are left as they are; :meth:`restore_all` restores those, and the original dtypes and
-        devices, too. Every tensor is tried even if one fails; the first error is raised after.
+        gets the saved values cast to it). A ``torch.Generator`` a module keeps as an attribute
+        goes back to its state too, so every burst draws the same noise from it.
+        ``requires_grad``, modes, gradients and the global RNG states are left as they are;
+        :meth:`restore_all` restores those, and the original dtypes and devices, too. Every
+        tensor is tried even if one fails; the first error is raised after.
         """
         self._restore_weights(exact=False)
+        self._restore_generators()
+
+    def _restore_generators(self) -> None:
+        for generator, state in self._generators:
+            generator.set_state(state)
 
     @property
     def was_training(self) -> bool:
@@ -358,7 +374,7 @@ class ModelSnapshot:
 
     def restore_all(self) -> None:
         """Restore the weights (with their original dtype and device), ``requires_grad``,
-        ``.training``, ``.grad`` and RNG states.
+        ``.training``, ``.grad``, the modules' own generators and the global RNG states.
 
         Every part is restored even if an earlier one fails (each tensor, each module, each
         parameter's gradient, the RNG states); the first error is raised afterwards.
@@ -374,6 +390,7 @@ class ModelSnapshot:
             self._params, self._requires_grad, self._grads, self._grad_objects, strict=True
         ):
             _attempt(errors, _restore_grad, param, requires_grad, grad, obj)
+        _attempt(errors, self._restore_generators)
         _attempt(errors, self._rng.restore)
         if errors:
             raise errors[0]
@@ -441,6 +458,7 @@ class ModelSnapshot:
         self._copies, self._grads, self._grad_objects, self._meta = [], [], [], []
         self._slots, self._tensors, self._params, self._modules = [], [], [], []
         self._names, self._attrs, self._plain = [], [], []
+        self._generators = []
         self._aliases = set()
         self._released = True
 
