@@ -84,7 +84,8 @@ class _DivergenceWatch:
     ``factor - 1`` times the larger of the first loss's size and the descent from it). The
     minimum is taken from the third step on, once the smoothed loss averages a few batches, so
     one easy first batch does not set it. Burst at a schedule: stop when the smoothed loss
-    exceeds ``factor / 2`` times the starting loss, a blow-up no later step can undo; milder
+    exceeds ``factor / 2`` times the starting loss (for a starting loss of any sign: rises
+    above it by ``factor / 2 - 1`` times its size), a blow-up no later step can undo; milder
     instability is judged afterwards on the whole trace. The starting loss is ``start`` (the
     probe passes the median loss of the first batches at the initial weights), else the first
     loss. A non-finite loss stops a burst at a schedule; in a sweep, two in a row do (one bad
@@ -128,7 +129,10 @@ class _DivergenceWatch:
                 span = max(abs(self.first), self.first - self.best)
                 self.blown = self.n > 3 and smooth - self.best > (self.factor - 1.0) * span
         else:
-            self.blown = smooth > 0.5 * self.factor * abs(self.first) and smooth > self.first
+            # factor / 2 times a positive start; for any sign, a rise above the start of
+            # factor / 2 - 1 times its size (a negative start is no easier to leave behind)
+            rise = (0.5 * self.factor - 1.0) * abs(self.first)
+            self.blown = smooth > self.first + rise and smooth > self.first
         return smooth
 
 

@@ -476,7 +476,8 @@ class BurstSignals:
         metadata=_meta(
             "ratio",
             "total variation of smoothed loss / its net decrease from first to last smoothed "
-            "point (1=monotone; inf when it ends at or above its first point)",
+            "point (1=monotone, or flat: a curve that does not move; inf when it ends at or "
+            "above its first point otherwise)",
         )
     )
     excess_tv: float = field(

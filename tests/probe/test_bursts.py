@@ -39,6 +39,14 @@ def test_a_burst_blows_up_at_half_the_factor_times_its_start() -> None:
     assert _feed(_DivergenceWatch(4.0, sweep=False, beta=0.0, start=1.0), [1.0, 1.9]) is None
 
 
+def test_a_negative_start_blows_up_at_the_same_rise_as_a_positive_one() -> None:
+    # factor 4: a rise of more than the start's size (1 x |start|) is a blow-up for either
+    # sign; a start of -10 used to need a rise of 30 (to +20)
+    watch = _DivergenceWatch(4.0, sweep=False, beta=0.0, start=-10.0)
+    assert _feed(watch, [-10.0, 0.5]) == 1
+    assert _feed(_DivergenceWatch(4.0, sweep=False, beta=0.0, start=-10.0), [-10.0, -0.5]) is None
+
+
 def test_a_sweep_survives_one_non_finite_loss_but_not_two_in_a_row() -> None:
     nan = float("nan")
     sweep = _DivergenceWatch(4.0, sweep=True)
