@@ -716,6 +716,12 @@ def suggest(
     device = as_device(device, "device")
     if device is not None and device.type == "meta":
         raise ValueError("device='meta' holds no values: pass 'cpu', 'cuda' or None")
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r}, but this torch has no CUDA device to use (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda}): pass device=None to "
+            "probe where the model is, or 'cpu'"
+        )
     if _distributed(model):
         # Ranks whose bursts stop at different steps would wait on each other's all-reduce
         # forever, and ranks that happen not to would pair up unrelated bursts; the probe is a

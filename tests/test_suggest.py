@@ -2109,6 +2109,15 @@ def test_a_generator_the_model_keeps_comes_back_and_the_same_seed_gives_the_same
     assert (first.peak_lr, first.warmup_steps) == (again.peak_lr, again.warmup_steps)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a CUDA device")
+def test_a_cuda_device_without_cuda_is_refused_before_any_training() -> None:
+    model = _mlp()
+    before = _capture(model)
+    with pytest.raises(ValueError, match=r"no CUDA device to use .* pass device=None"):
+        autowarm.suggest(model, _cls_batches(), criterion=F.cross_entropy, device="cuda")
+    _assert_restored(model, before)
+
+
 def test_a_loss_class_passed_instead_of_an_instance_is_refused_with_the_fix() -> None:
     with pytest.raises(TypeError, match=r"criterion=CrossEntropyLoss\(\)"):
         autowarm.suggest(_mlp(), _cls_batches(), criterion=nn.CrossEntropyLoss, total_steps=600)
