@@ -734,6 +734,11 @@ def suggest(
         )
     _check_optimizer_cls(optimizer_cls)
     _refuse_ambient_autocast()
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "suggest() was called inside torch.inference_mode(), where nothing can be trained: "
+            "call it outside that block (the probe turns gradients on for its own bursts)"
+        )
     _refuse_step_in_backward(model)
     kwargs = _check_optimizer_kwargs(optimizer_kwargs)
     accumulation_steps = check_accumulation_steps(accumulation_steps)
@@ -769,6 +774,7 @@ def suggest(
     with (
         preserved(model, snapshot_device=snapshot_device, cuda_rng=on_cuda) as snapshot,
         contextlib.ExitStack() as loss_state,
+        torch.enable_grad(),  # the bursts train even when called under torch.no_grad()
     ):
         for module in loss_modules(loss_fn, criterion, model=model):
             # a criterion with weights or buffers of its own (a learned temperature, a margin

@@ -2118,6 +2118,16 @@ def test_a_cuda_device_without_cuda_is_refused_before_any_training() -> None:
     _assert_restored(model, before)
 
 
+def test_suggest_under_no_grad_trains_and_under_inference_mode_is_refused() -> None:
+    model = _mlp()
+    with torch.no_grad():
+        s = autowarm.suggest(model, _cls_batches(), criterion=F.cross_entropy, total_steps=600)
+        assert not torch.is_grad_enabled()
+    assert s.peak_lr > 0
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside that block"):
+        autowarm.suggest(model, _cls_batches(), criterion=F.cross_entropy, total_steps=600)
+
+
 def test_a_loss_class_passed_instead_of_an_instance_is_refused_with_the_fix() -> None:
     with pytest.raises(TypeError, match=r"criterion=CrossEntropyLoss\(\)"):
         autowarm.suggest(_mlp(), _cls_batches(), criterion=nn.CrossEntropyLoss, total_steps=600)
