@@ -782,8 +782,9 @@ def loss_modules(*losses: object, model: nn.Module) -> list[nn.Module]:
 
 
 def _captured(fn: object) -> list[object]:
-    # What a function's closure cells hold, or a callable object's attributes (not a
-    # module's: its submodules are in its own snapshot).
+    # What a function's closure cells hold, the modules it reads by name from its module's
+    # globals, and the attributes of a callable object or function (not a module's: its
+    # submodules are in its own snapshot; not a class's).
     code_fn = getattr(fn, "__func__", fn)  # a bound method's function
     cells = getattr(code_fn, "__closure__", None) or ()
     out: list[object] = []
@@ -797,8 +798,7 @@ def _captured(fn: object) -> list[object]:
     space = getattr(code_fn, "__globals__", None)
     if isinstance(space, dict):  # the module-level names the function reads
         out += [space[n] for n in names if isinstance(space.get(n), nn.Module)]
-    if not isinstance(fn, nn.Module) and not callable(getattr(fn, "__code__", None)):
-        attrs = getattr(fn, "__dict__", None)
-        if isinstance(attrs, dict) and not isinstance(fn, type):
-            out += list(attrs.values())
+    attrs = getattr(fn, "__dict__", None)
+    if isinstance(attrs, dict) and not isinstance(fn, (nn.Module, type)):
+        out += list(attrs.values())
     return out
